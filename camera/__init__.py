@@ -1,0 +1,1 @@
+"""The peercam device agent: sources, fan-out, viewer sessions, identity."""

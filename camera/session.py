@@ -1,0 +1,108 @@
+"""One viewer's peer connection on the camera: offer in, answer out, media out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from camera.broadcaster import Broadcaster
+from camera.track import PassthroughTrack, hook_sender
+from camera.webrtc import (
+    make_peer_connection,
+    prefer_h264,
+    selected_pair_types,
+    set_profile_level_id,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class SessionFailed(Exception):
+    """The viewer's offer could not be answered (no H.264, bad SDP)."""
+
+
+class ViewerSession:
+    """A viewer watching through its own peer connection and its own track."""
+
+    def __init__(
+        self,
+        session_id: str,
+        broadcaster: Broadcaster,
+        ice_servers: list[dict[str, Any]],
+        on_closed: Callable[[ViewerSession, str], None],
+        *,
+        ice_timeout: float = 30.0,
+    ) -> None:
+        self.session_id = session_id
+        self._broadcaster = broadcaster
+        self._on_closed = on_closed
+        self._ice_timeout = ice_timeout
+        self.pc: RTCPeerConnection = make_peer_connection(ice_servers)
+        self.track: PassthroughTrack | None = None
+        self.connected = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self.pc.on("connectionstatechange", self._state_changed)
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the viewer's offer and return our answer SDP (ICE gathered)."""
+        self.track = PassthroughTrack(self._broadcaster.subscribe())
+        # The transceiver must exist before setRemoteDescription so that our
+        # codec preferences apply; otherwise aiortc picks VP8.
+        transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
+        prefer_h264(transceiver)
+        hook_sender(transceiver.sender, self._broadcaster.request_keyframe)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except (ValueError, KeyError, IndexError) as exc:
+            raise SessionFailed(f"cannot answer this offer: {exc}") from None
+        except Exception as exc:  # aiortc raises its own OperationError / InvalidStateError
+            raise SessionFailed(f"cannot answer this offer: {exc}") from None
+        self._watchdog = asyncio.create_task(self._connect_deadline(), name="session-deadline")
+        local = self.pc.localDescription
+        return set_profile_level_id(local.sdp, self._broadcaster.profile_level_id)
+
+    async def _connect_deadline(self) -> None:
+        try:
+            await asyncio.wait_for(self.connected.wait(), self._ice_timeout)
+        except TimeoutError:
+            logger.info("session %s: not connected after %.0f s", self.session_id,
+                        self._ice_timeout)
+            self.close("ICE did not connect")
+
+    async def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        logger.debug("session %s: %s", self.session_id, state)
+        if state == "connected":
+            self.connected.set()
+            local, remote = selected_pair_types(self.pc)
+            logger.info("session %s connected (%s -> %s)", self.session_id, local, remote)
+        elif state in ("failed", "closed"):
+            self.close(f"peer connection {state}")
+
+    @property
+    def pair_types(self) -> tuple[str | None, str | None]:
+        return selected_pair_types(self.pc)
+
+    def close(self, reason: str) -> asyncio.Task[None]:
+        """Start closing (idempotent); the returned task finishes the job."""
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(reason), name="session-close")
+        return self._closing
+
+    async def _close(self, reason: str) -> None:
+        logger.info("session %s closed: %s", self.session_id, reason)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        if self.track is not None:
+            self.track.stop()
+        await self.pc.close()
+        self._on_closed(self, reason)

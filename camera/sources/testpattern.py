@@ -1,0 +1,166 @@
+"""A synthetic moving picture, stamped and encoded by libx264: no camera needed.
+
+Every picture carries the burnt-in stamp (:mod:`camera.stamp`) with its frame
+number and capture time, so a viewer can measure latency and count lost frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import time
+
+import numpy as np
+import numpy.typing as npt
+
+from camera import stamp
+from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame
+from camera.sources.base import FrameSink, Source, VideoSettings
+from camera.sources.x264 import EncodedPicture, X264Encoder
+
+logger = logging.getLogger(__name__)
+
+# Bar colours (Y, U, V), video range: white, yellow, cyan, green, magenta, red, blue.
+_BARS = (
+    (180, 128, 128),
+    (162, 44, 142),
+    (131, 156, 44),
+    (112, 72, 58),
+    (84, 184, 198),
+    (65, 100, 212),
+    (35, 212, 114),
+)
+
+
+class _Painter:
+    """Renders picture n of the pattern into a reused I420 buffer."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        cw, ch = width // 2, height // 2
+        # Twice as wide as the picture, so scrolling is one slice, no wrap logic.
+        x = np.arange(2 * width)
+        bar = (x * len(_BARS) // width) % len(_BARS)
+        ramp = np.linspace(0.6, 1.0, height, dtype=np.float32)[:, None]
+        luma = np.array([b[0] for b in _BARS], dtype=np.float32)[bar][None, :] * ramp
+        self._y = np.clip(luma, 16, 235).astype(np.uint8)
+        self._u = np.repeat(np.array([b[1] for b in _BARS], np.uint8)[bar[::2]][None, :], ch, 0)
+        self._v = np.repeat(np.array([b[2] for b in _BARS], np.uint8)[bar[::2]][None, :], ch, 0)
+        self.buffer = np.empty(width * height * 3 // 2, dtype=np.uint8)
+        self.y = self.buffer[: width * height].reshape(height, width)
+        self.u = self.buffer[width * height : width * height + cw * ch].reshape(ch, cw)
+        self.v = self.buffer[width * height + cw * ch :].reshape(ch, cw)
+        self._box = max(16, (min(width, height) // 6) & ~1)
+
+    def render(self, n: int, capture_ms: int) -> npt.NDArray[np.uint8]:
+        width, height = self.width, self.height
+        shift = (n * 4) % width & ~1
+        self.y[:] = self._y[:, shift : shift + width]
+        self.u[:] = self._u[:, shift // 2 : shift // 2 + width // 2]
+        self.v[:] = self._v[:, shift // 2 : shift // 2 + width // 2]
+        # A box moving on a Lissajous path: motion the encoder must really code.
+        box = self._box
+        bx = int((width - box) * (0.5 + 0.5 * math.sin(n / 23.0))) & ~1
+        by = int((height - box) * (0.5 + 0.5 * math.sin(n / 31.0))) & ~1
+        self.y[by : by + box, bx : bx + box] = 235 - (n % 64)
+        self.u[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 90
+        self.v[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 240
+        stamp.paint(self.y, n, capture_ms)
+        return self.buffer.reshape(height * 3 // 2, width)
+
+
+class TestPatternSource(Source):
+    """Moving colour bars with a burnt-in stamp, encoded once by libx264."""
+
+    name = "testpattern"
+    __test__ = False  # not a pytest class, despite the name
+
+    def __init__(self, settings: VideoSettings, preset: str = "veryfast") -> None:
+        if settings.width < stamp.CODE_WIDTH or settings.height < stamp.CODE_HEIGHT:
+            from camera.errors import BadConfig
+
+            raise BadConfig(
+                f"test pattern {settings.width}x{settings.height}: the stamp needs at least "
+                f"{stamp.CODE_WIDTH}x{stamp.CODE_HEIGHT}"
+            )
+        self.settings = settings
+        self._preset = preset
+        self._delivered = 0
+        self._want_idr = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._encoder: X264Encoder | None = None
+        self._closed = False
+
+    async def start(self, sink: FrameSink) -> None:
+        if self._task is not None or self._closed:
+            raise RuntimeError("TestPatternSource can be started once")
+        self._encoder = X264Encoder(self.settings, self._preset)
+        # One dedicated thread: the encoder is used by one thread only, and a
+        # slow encode never holds up the event loop.
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "testpattern-x264")
+        self._task = asyncio.get_running_loop().create_task(self._run(sink), name="testpattern")
+
+    def request_keyframe(self) -> None:
+        self._want_idr = True
+
+    async def close(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # Waits for an encode that is still running (at most one picture).
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        if self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None
+
+    def _encode(
+        self, painter: _Painter, n: int, capture_time: float, force_idr: bool
+    ) -> list[EncodedPicture]:
+        assert self._encoder is not None
+        yuv = painter.render(n, int(capture_time * 1000))
+        return self._encoder.encode_yuv(yuv, force_idr)
+
+    async def _run(self, sink: FrameSink) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        painter = _Painter(settings.width, settings.height)
+        period = 1.0 / settings.fps
+        ticks = VIDEO_CLOCK_RATE // settings.fps
+        start = loop.time()
+        slot = 0  # the time slot this picture belongs to: pts and pacing
+        number = 0  # pictures made: the stamp's frame number
+        while True:
+            # Deadlines come from the start time, not the last wake-up: no drift.
+            delay = start + slot * period - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -period:
+                # Behind by more than a picture (slow encode, busy loop): skip
+                # the missed slots instead of bursting to catch up.
+                missed = int(-delay / period)
+                logger.debug("test pattern behind by %d picture(s): skipping", missed)
+                slot += missed
+            force_idr, self._want_idr = self._want_idr, False
+            capture_time = time.time()
+            assert self._executor is not None
+            pictures = await loop.run_in_executor(
+                self._executor, self._encode, painter, number, capture_time, force_idr
+            )
+            number += 1
+            for picture in pictures:
+                frame = EncodedFrame(picture.data, slot * ticks, picture.keyframe, capture_time)
+                self._delivered += 1
+                try:
+                    sink(frame)
+                except Exception:
+                    logger.exception("frame sink failed; the source keeps running")
+            slot += 1

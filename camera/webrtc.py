@@ -1,0 +1,83 @@
+"""aiortc plumbing shared by the camera and the CLI viewer."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+
+from camera.h264 import is_constrained_baseline
+
+
+def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
+    """A peer connection with exactly these ICE servers.
+
+    aiortc falls back to Google's public STUN server when ``iceServers`` is
+    None, so we always pass a list; an empty one means host candidates only.
+    """
+    servers = [
+        RTCIceServer(
+            urls=entry["urls"],
+            username=entry.get("username"),
+            credential=entry.get("credential"),
+        )
+        for entry in ice_servers
+    ]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+
+def h264_preferences() -> list[RTCRtpCodecCapability]:
+    """H.264 only, constrained baseline first, with its RTX: never VP8."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    h264 = [c for c in codecs if c.mimeType.lower() == "video/h264"]
+    h264.sort(key=lambda c: 0 if str(c.parameters.get("profile-level-id", "")).lower()
+              .startswith("42e0") else 1)
+    rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
+    return h264 + rtx
+
+
+def prefer_h264(transceiver: RTCRtpTransceiver) -> None:
+    transceiver.setCodecPreferences(h264_preferences())
+
+
+_PLI_RE = re.compile(r"(a=fmtp:\d+ [^\r\n]*profile-level-id=)([0-9a-fA-F]{6})")
+
+
+def set_profile_level_id(sdp: str, actual: str | None) -> str:
+    """Write the profile-level-id the encoder really emits into an answer's fmtp lines.
+
+    aiortc answers with the level of its capability table (3.1) whatever the
+    stream is; browsers size decoders by it, so it must say what the SPS says.
+    Only constrained-baseline fmtp lines are rewritten, and only with a
+    constrained-baseline value.
+    """
+    if actual is None or not is_constrained_baseline(actual):
+        return sdp
+
+    def fix(match: re.Match[str]) -> str:
+        if is_constrained_baseline(match.group(2)):
+            return match.group(1) + actual.lower()
+        return match.group(0)
+
+    return _PLI_RE.sub(fix, sdp)
+
+
+def selected_pair_types(pc: RTCPeerConnection) -> tuple[str | None, str | None]:
+    """Candidate types (host/srflx/prflx/relay) of the nominated ICE pair, if any."""
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport or transceiver.sender.transport
+        if dtls is None:
+            continue
+        connection = dtls.transport._connection
+        pair = connection._nominated.get(1)
+        if pair is not None:
+            return pair.local_candidate.type, pair.remote_candidate.type
+    return None, None

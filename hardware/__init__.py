@@ -1,0 +1,1 @@
+"""GPIO status LED, button and serial devices (injectable, mockable)."""

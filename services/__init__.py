@@ -1,0 +1,1 @@
+"""What runs on servers: the rendezvous (signaling + web viewer)."""

@@ -1,0 +1,169 @@
+"""The rendezvous server: aiohttp adapter around :class:`services.routing.Router`.
+
+Serves the camera and viewer WebSockets, the web viewer and ``/healthz``. All
+routing decisions are the router's; this module moves frames and owns tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from services.ratelimit import TokenBucket
+from services.routing import Action, Close, Peer, Router, Send
+from services.signaling import MAX_MESSAGE_BYTES, ErrorCode, Role, error
+
+logger = logging.getLogger(__name__)
+
+_STATIC = {
+    "/": ("index.html", "text/html"),
+    "/viewer.js": ("viewer.js", "text/javascript"),
+    "/viewer.css": ("viewer.css", "text/css"),
+}
+
+
+@dataclass(frozen=True)
+class RendezvousConfig:
+    """How the rendezvous server behaves."""
+
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    """ICE servers handed to cameras and viewers in ``hello`` (empty: host candidates only)."""
+    heartbeat: float = 20.0
+    """WebSocket ping interval; a peer that misses a pong is dropped (vanished viewers)."""
+    answer_timeout: float = 20.0
+    """Seconds a camera has to answer an offer."""
+    message_rate: float = 20.0
+    """Messages per second allowed per connection (sustained)."""
+    message_burst: float = 40.0
+    """Messages allowed in a burst per connection."""
+    server_name: str = "peercam"
+    """Name sent in ``hello`` (the trust issue signs over it)."""
+
+
+class Rendezvous:
+    """One rendezvous process: presence kept in memory."""
+
+    def __init__(self, config: RendezvousConfig | None = None) -> None:
+        self.config = config or RendezvousConfig()
+        self.router = Router(
+            server_name=self.config.server_name,
+            ice_servers=self.config.ice_servers,
+            answer_timeout=self.config.answer_timeout,
+        )
+        self._sockets: dict[Peer, web.WebSocketResponse] = {}
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.app = web.Application()
+        self.app.router.add_get("/ws/camera", self._camera_ws)
+        self.app.router.add_get("/ws/viewer", self._viewer_ws)
+        self.app.router.add_get("/healthz", self._healthz)
+        for path in _STATIC:
+            self.app.router.add_get(path, self._static)
+        self.app.on_startup.append(self._startup)
+        self.app.on_shutdown.append(self._shutdown)
+
+    async def _startup(self, app: web.Application) -> None:
+        self._expiry_task = asyncio.create_task(self._expire_loop(), name="rendezvous-expiry")
+
+    async def _shutdown(self, app: web.Application) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+            self._expiry_task = None
+        for ws in list(self._sockets.values()):
+            await ws.close(code=1001, message=b"server shutting down")
+
+    async def _expire_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            await self._perform(self.router.expire(loop.time()))
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", **self.router.stats()})
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name, content_type = _STATIC[request.path]
+        body = resources.files("services").joinpath("web", name).read_bytes()
+        return web.Response(
+            body=body,
+            content_type=content_type,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def _camera_ws(self, request: web.Request) -> web.WebSocketResponse:
+        return await self._serve(request, Role.CAMERA)
+
+    async def _viewer_ws(self, request: web.Request) -> web.WebSocketResponse:
+        return await self._serve(request, Role.VIEWER)
+
+    async def _serve(self, request: web.Request, role: Role) -> web.WebSocketResponse:
+        # aiohttp closes with 1009 above max_msg_size; below it, our parser answers
+        # an oversized message with an error and keeps the connection.
+        ws = web.WebSocketResponse(
+            heartbeat=self.config.heartbeat, max_msg_size=4 * MAX_MESSAGE_BYTES
+        )
+        await ws.prepare(request)
+        peer = Peer(role, remote=request.remote or "?")
+        self._sockets[peer] = ws
+        bucket = TokenBucket(self.config.message_rate, self.config.message_burst)
+        loop = asyncio.get_running_loop()
+        warned_at = float("-inf")
+        try:
+            await self._perform(self.router.connected(peer))
+            async for msg in ws:
+                if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    break
+                now = loop.time()
+                if not bucket.allow(now):
+                    if now - warned_at > 1.0:
+                        warned_at = now
+                        await self._send(peer, error(ErrorCode.RATE_LIMITED, "slow down"))
+                    continue
+                await self._perform(self.router.received(peer, msg.data, now))
+        finally:
+            self._sockets.pop(peer, None)
+            await self._perform(self.router.disconnected(peer))
+        return ws
+
+    async def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(action.peer, action.text)
+            elif isinstance(action, Close):
+                ws = self._sockets.get(action.peer)
+                if ws is not None:
+                    await ws.close(code=4000, message=action.reason.encode()[:120])
+
+    async def _send(self, peer: Peer, text: str) -> None:
+        ws = self._sockets.get(peer)
+        if ws is None or ws.closed:
+            return
+        try:
+            await ws.send_str(text)
+        except (ConnectionError, RuntimeError) as exc:
+            logger.info("could not send to %r: %s", peer, exc)
+
+
+async def start_rendezvous(
+    host: str, port: int, config: RendezvousConfig | None = None
+) -> tuple[Rendezvous, web.AppRunner, int]:
+    """Start serving; returns the server, its runner (``await runner.cleanup()``) and port."""
+    server = Rendezvous(config)
+    runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server_obj: Any = site._server
+    sockets = server_obj.sockets if server_obj is not None else []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    logger.info("rendezvous listening on %s:%d", host, bound)
+    return server, runner, bound
+
+

@@ -1,0 +1,263 @@
+"""Signaling messages: the wire format, validated, with no I/O.
+
+Bytes or text in, a typed :class:`Message` or :class:`ProtocolError` out; and
+messages to dicts/text for sending. The asyncio adapters (the rendezvous server,
+the camera agent, the CLI viewer) only move these across WebSockets. The
+schema is a table (``SCHEMAS``): one row per message type per direction, each
+field with its checker. The trust issue adds signature fields as new rows.
+See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_SDP_BYTES = 32 * 1024
+MAX_ICE_SERVERS = 8
+
+_SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# Crockford base32 (no I, L, O, U), 26 data characters + 1 check symbol.
+_DEVICE_RE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}[0-9A-HJKMNP-TV-Z*~$=U]")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CHECK_SYMBOLS = _CROCKFORD + "*~$=U"
+
+
+class ErrorCode(StrEnum):
+    """``error.code`` values (docs/protocol.md, Errors)."""
+
+    BAD_MESSAGE = "bad-message"
+    TOO_LARGE = "too-large"
+    NOT_REGISTERED = "not-registered"
+    UNAVAILABLE = "unavailable"
+    CONFLICT = "conflict"
+    UNKNOWN_SESSION = "unknown-session"
+    RATE_LIMITED = "rate-limited"
+    REPLACED = "replaced"
+    TIMEOUT = "timeout"
+
+
+class ProtocolError(ValueError):
+    """A peer sent something the protocol does not allow."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Role(StrEnum):
+    """Who sent the message; the same type may be legal from one and not the other."""
+
+    CAMERA = "camera"
+    VIEWER = "viewer"
+    SERVER = "server"
+
+
+# -- device IDs ----------------------------------------------------------------
+
+
+def normalize_device_id(text: str) -> str:
+    """Return the canonical ``XXXX-...-XXC`` form of a device ID, or raise ValueError."""
+    if not isinstance(text, str) or len(text) > 64:
+        raise ValueError("device_id: not a string of at most 64 characters")
+    raw = text.replace("-", "").upper()
+    if not _DEVICE_RE.fullmatch(raw):
+        raise ValueError(f"device_id {text[:40]!r}: not 27 Crockford base32 characters")
+    body, check = raw[:26], raw[26]
+    value = 0
+    for ch in body:
+        value = value * 32 + _CROCKFORD.index(ch)
+    if _CHECK_SYMBOLS[value % 37] != check:
+        raise ValueError(f"device_id {text[:40]!r}: check character does not match")
+    return "-".join(raw[i : i + 4] for i in range(0, 27, 4))
+
+
+def device_id_from_digest(digest: bytes) -> str:
+    """Encode the first 130 bits of ``digest`` as a device ID with a check symbol."""
+    if len(digest) < 17:
+        raise ValueError("digest: need at least 17 bytes (130 bits)")
+    value = int.from_bytes(digest[:17], "big") >> (136 - 130)
+    chars = []
+    v = value
+    for _ in range(26):
+        chars.append(_CROCKFORD[v & 31])
+        v >>= 5
+    body = "".join(reversed(chars))
+    return normalize_device_id(body + _CHECK_SYMBOLS[value % 37])
+
+
+# -- field checkers --------------------------------------------------------------
+
+Checker = Callable[[Any], Any]
+
+
+def _session_id(value: Any) -> str:
+    if not isinstance(value, str) or not _SESSION_RE.fullmatch(value):
+        raise ValueError("session_id: need 16-64 characters of [A-Za-z0-9_-]")
+    return value
+
+
+def _device_id(value: Any) -> str:
+    return normalize_device_id(value)
+
+
+def _sdp(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("sdp: not a string")
+    if len(value.encode()) > MAX_SDP_BYTES:
+        raise ValueError(f"sdp: {len(value.encode())} bytes, limit {MAX_SDP_BYTES}")
+    if not value.startswith("v=0"):
+        raise ValueError("sdp: does not start with 'v=0'")
+    return value
+
+
+def _short_text(limit: int) -> Checker:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            raise ValueError(f"not a string of at most {limit} characters")
+        return value
+
+    return check
+
+
+def _error_code(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("code: not a string")
+    return value[:40]
+
+
+def _ice_servers(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or len(value) > MAX_ICE_SERVERS:
+        raise ValueError(f"ice_servers: need a list of at most {MAX_ICE_SERVERS}")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) - {"urls", "username", "credential"}:
+            raise ValueError("ice_servers: entries need urls[, username, credential]")
+        urls = entry.get("urls")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not urls or not all(
+            isinstance(u, str) and re.fullmatch(r"(stun|stuns|turn|turns):\S{1,200}", u)
+            for u in urls
+        ):
+            raise ValueError("ice_servers: urls must be stun:/turn: URLs")
+        server: dict[str, Any] = {"urls": urls}
+        for key in ("username", "credential"):
+            if key in entry:
+                server[key] = _short_text(256)(entry[key])
+        out.append(server)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    required: Mapping[str, Checker]
+    optional: Mapping[str, Checker] = field(default_factory=dict)
+
+
+_HELLO = Schema(
+    {"server": _short_text(64), "nonce": _short_text(64), "ice_servers": _ice_servers}
+)
+_ANSWER = Schema({"session_id": _session_id, "sdp": _sdp})
+_BYE = Schema({"session_id": _session_id}, {"reason": _short_text(200)})
+_ERROR = Schema(
+    {"code": _error_code, "message": _short_text(500)}, {"session_id": _session_id}
+)
+
+#: (sender, type) -> schema. Anything not in this table is refused.
+SCHEMAS: dict[tuple[Role, str], Schema] = {
+    (Role.SERVER, "hello"): _HELLO,
+    (Role.SERVER, "registered"): Schema({"device_id": _device_id}),
+    (Role.SERVER, "offer"): Schema({"session_id": _session_id, "sdp": _sdp}),
+    (Role.SERVER, "answer"): _ANSWER,
+    (Role.SERVER, "bye"): _BYE,
+    (Role.SERVER, "error"): _ERROR,
+    (Role.CAMERA, "register"): Schema({"device_id": _device_id}),
+    (Role.CAMERA, "answer"): _ANSWER,
+    (Role.CAMERA, "bye"): _BYE,
+    (Role.VIEWER, "offer"): Schema(
+        {"device_id": _device_id, "session_id": _session_id, "sdp": _sdp}
+    ),
+    (Role.VIEWER, "bye"): _BYE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A validated message: its type and its checked fields."""
+
+    type: str
+    fields: Mapping[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+
+def parse(data: str | bytes, sender: Role) -> Message:
+    """Validate one WebSocket frame from ``sender``; raise ProtocolError if it is not legal."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"message of {len(data)} bytes, limit {MAX_MESSAGE_BYTES}"
+        )
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not JSON: {exc}") from None
+    return validate(obj, sender)
+
+
+def validate(obj: Any, sender: Role) -> Message:
+    """Check a decoded JSON value against ``SCHEMAS``."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "message is not a JSON object")
+    mtype = obj.get("type")
+    if not isinstance(mtype, str):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "message has no string 'type'")
+    schema = SCHEMAS.get((sender, mtype))
+    if schema is None:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"type {mtype[:40]!r} is not allowed from a {sender}"
+        )
+    unknown = set(obj) - {"type"} - set(schema.required) - set(schema.optional)
+    if unknown:
+        names = ", ".join(sorted(repr(k[:40]) for k in unknown)[:5])
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{mtype}: unknown field(s) {names}")
+    fields: dict[str, Any] = {}
+    for name, check in schema.required.items():
+        if name not in obj:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{mtype}: missing field {name!r}")
+        fields[name] = _check(mtype, name, check, obj[name])
+    for name, check in schema.optional.items():
+        if name in obj:
+            fields[name] = _check(mtype, name, check, obj[name])
+    return Message(mtype, fields)
+
+
+def _check(mtype: str, name: str, check: Checker, value: Any) -> Any:
+    try:
+        return check(value)
+    except ValueError as exc:
+        text = str(exc)
+        prefix = "" if text.startswith(name) else f"{name}: "
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{mtype}: {prefix}{text}") from None
+
+
+def encode(sender: Role, mtype: str, **fields: Any) -> str:
+    """Build one message as JSON text, checked against the same table we parse with."""
+    obj = {"type": mtype, **{k: v for k, v in fields.items() if v is not None}}
+    validate(obj, sender)
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def error(code: ErrorCode, message: str, session_id: str | None = None) -> str:
+    """An ``error`` message from the server."""
+    return encode(Role.SERVER, "error", code=str(code), message=message, session_id=session_id)

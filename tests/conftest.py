@@ -1,0 +1,78 @@
+"""Shared fixtures: a real rendezvous on loopback port 0 and real camera agents.
+
+aioice never offers 127.0.0.1 as a host candidate; tests keep every packet on
+loopback by making it offer exactly 127.0.0.1 (the layer below the one under
+test). Timeouts scale with PEERCAM_TEST_TIMEOUT_FACTOR for slow boards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+import pytest
+
+from camera.agent import CameraAgent
+from camera.config import CameraConfig, make_configured_source
+from camera.identity import DeviceIdentity
+from camera.sources.base import VideoSettings
+from services.rendezvous import Rendezvous, RendezvousConfig, start_rendezvous
+
+TIMEOUT_FACTOR = float(os.environ.get("PEERCAM_TEST_TIMEOUT_FACTOR", "1"))
+SMALL_VIDEO = VideoSettings(width=320, height=240, fps=30, bitrate=400_000)
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIMEOUT_FACTOR
+
+
+@pytest.fixture(autouse=True)
+def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    yield
+
+
+class Stack:
+    def __init__(self, rendezvous: Rendezvous, url: str, tmp: Path) -> None:
+        self.rendezvous = rendezvous
+        self.url = url
+        self.tmp = tmp
+        self.agents: list[CameraAgent] = []
+
+    async def camera(self, video: VideoSettings = SMALL_VIDEO, **config: Any) -> CameraAgent:
+        state = self.tmp / f"camera{len(self.agents)}"
+        cfg = CameraConfig(rendezvous=self.url, state_dir=state, video=video,
+                           backoff_base=0.1, backoff_cap=1.0, **config)
+        source = make_configured_source(cfg)
+        agent = CameraAgent(cfg, source, DeviceIdentity.load_or_create(state))
+        self.agents.append(agent)
+        await agent.start()
+        import asyncio
+
+        await asyncio.wait_for(agent.registered.wait(), scaled(10))
+        return agent
+
+    def link(self, agent: CameraAgent) -> str:
+        return f"{self.url.replace('ws://', 'http://')}/#device={agent.device_id}"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    server, runner, port = await start_rendezvous(
+        "127.0.0.1", 0, RendezvousConfig(heartbeat=2.0)
+    )
+    s = Stack(server, f"ws://127.0.0.1:{port}", tmp_path)
+    try:
+        yield s
+    finally:
+        for agent in s.agents:
+            await agent.close()
+        await runner.cleanup()
+
+
+@pytest.fixture
+def make_identity(tmp_path: Path) -> Callable[[str], DeviceIdentity]:
+    return lambda name: DeviceIdentity.load_or_create(tmp_path / name)

@@ -1,0 +1,124 @@
+"""Real rendezvous, real camera agent, real aiortc viewers, all on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import av
+import pytest
+
+from camera.viewer import view
+from services.signaling import Role, encode
+from tests.conftest import Stack, scaled
+
+
+async def test_several_viewers_at_once_each_decode_full_rate(stack: Stack) -> None:
+    camera = await stack.camera()
+    link = stack.link(camera)
+    results = await asyncio.gather(*(view(link, seconds=4) for _ in range(3)))
+    published = camera.broadcaster.frames_published
+    for stats in results:
+        summary = stats.as_dict()
+        assert summary["fps"] >= 25, summary
+        assert summary["frames"] >= 90, summary
+        assert summary["local_candidate"] == "host" and summary["remote_candidate"] == "host"
+        assert (summary["width"], summary["height"]) == (320, 240)
+        # The burnt-in capture time came back through encode, RTP and decode.
+        assert summary["latency_ms_p50"] is not None and 0 <= summary["latency_ms_p50"] < 1000
+    # One encode for every viewer: the source produced one stream, not three.
+    elapsed = published / 30
+    assert published < 30 * (elapsed + 1)
+    assert camera.broadcaster.keyframe_requests >= 3  # each join asked for an IDR
+
+
+async def test_viewer_joining_mid_stream_gets_video(stack: Stack) -> None:
+    camera = await stack.camera(video=stack_video(gop_seconds=20))
+    first = asyncio.ensure_future(view(stack.link(camera), seconds=5))
+    await asyncio.sleep(scaled(2))
+    late = await view(stack.link(camera), seconds=2)
+    assert late.frames >= 40
+    assert late.ttff_ms is not None and late.ttff_ms < 5000
+    assert (await first).frames >= 120
+    # With a 20 s GOP, only the join's IDR request can explain the late viewer's picture.
+    assert camera.broadcaster.keyframes_published >= 2
+
+
+def stack_video(**changes: float) -> object:
+    from dataclasses import replace
+
+    from tests.conftest import SMALL_VIDEO
+
+    return replace(SMALL_VIDEO, **changes)
+
+
+async def test_vanished_viewer_is_cleaned_up(stack: Stack) -> None:
+    camera = await stack.camera()
+    task = asyncio.ensure_future(view(stack.link(camera), seconds=30))
+    for _ in range(100):
+        if camera.sessions and all(s.connected.is_set() for s in camera.sessions.values()):
+            break
+        await asyncio.sleep(0.1)
+    assert len(camera.sessions) == 1
+    assert camera.broadcaster.viewer_count == 1
+    task.cancel()  # the viewer disappears: no bye, its socket just goes away
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(int(scaled(100))):
+        if not camera.sessions and camera.broadcaster.viewer_count == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert camera.sessions == {}
+    assert camera.broadcaster.viewer_count == 0
+    assert stack.rendezvous.router.stats()["sessions"] == 0
+
+
+async def test_record_writes_a_playable_mp4_without_transcoding(
+    stack: Stack, tmp_path: Path
+) -> None:
+    camera = await stack.camera()
+    out = tmp_path / "clip.mp4"
+    stats = await view(stack.link(camera), seconds=2, record=out)
+    assert stats.recorded_frames >= 40
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        decoded = sum(1 for _ in container.decode(stream))
+    assert decoded >= 40
+
+
+async def test_offline_camera_and_bad_messages_leave_server_serving(stack: Stack) -> None:
+    camera = await stack.camera()
+    async with aiohttp.ClientSession() as http, http.ws_connect(stack.url + "/ws/viewer") as ws:
+        assert (await ws.receive_json())["type"] == "hello"
+        for junk in ["{", "[]", '{"type":"register","device_id":"x"}', "x" * 70_000]:
+            await ws.send_str(junk)
+            reply = await ws.receive_json()
+            assert reply["type"] == "error" and reply["code"] in ("bad-message", "too-large")
+        offline = "0000-0000-0000-0000-0000-0000-000"
+        await ws.send_str(json.dumps({"type": "offer", "device_id": offline,
+                                      "session_id": "k" * 20, "sdp": "v=0\r\n"}))
+        assert (await ws.receive_json())["code"] == "unavailable"
+    # Still serving real viewers afterwards.
+    assert (await view(stack.link(camera), seconds=1)).frames > 10
+
+
+async def test_camera_refuses_an_offer_without_h264(stack: Stack) -> None:
+    camera = await stack.camera()
+    vp8_only = (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\n"
+        "a=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\na=ice-ufrag:abcd\r\n"
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 "
+        + ":".join(["AB"] * 32) + "\r\na=setup:actpass\r\n"
+    )
+    async with aiohttp.ClientSession() as http, http.ws_connect(stack.url + "/ws/viewer") as ws:
+        await ws.receive_json()
+        await ws.send_str(encode(Role.VIEWER, "offer", device_id=camera.device_id,
+                                 session_id="v" * 20, sdp=vp8_only))
+        reply = await asyncio.wait_for(ws.receive_json(), scaled(10))
+        assert reply["type"] == "bye" and "cannot answer" in reply["reason"]
+    assert camera.sessions == {}
+    assert (await view(stack.link(camera), seconds=1)).frames > 10

@@ -1,0 +1,97 @@
+"""The signaling codec: legal messages pass, hostile ones fail with precise errors."""
+
+import hashlib
+import json
+
+import pytest
+
+from services.signaling import (
+    MAX_MESSAGE_BYTES,
+    ErrorCode,
+    ProtocolError,
+    Role,
+    device_id_from_digest,
+    encode,
+    normalize_device_id,
+    parse,
+)
+
+DEVICE = device_id_from_digest(hashlib.sha256(b"camera").digest())
+SESSION = "s" * 22
+SDP = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"
+
+
+def test_device_id_is_grouped_and_normalizes() -> None:
+    assert len(DEVICE.replace("-", "")) == 27
+    assert DEVICE.count("-") == 6
+    assert normalize_device_id(DEVICE.lower().replace("-", "")) == DEVICE
+
+
+def test_device_id_check_character_catches_a_typo() -> None:
+    raw = DEVICE.replace("-", "")
+    typo = ("1" if raw[3] != "1" else "2").join([raw[:3], raw[4:]])
+    with pytest.raises(ValueError, match="check character"):
+        normalize_device_id(typo)
+
+
+@pytest.mark.parametrize("bad", ["", "0000", "I" * 27, "x" * 100, "O" * 27])
+def test_device_id_rejects_garbage(bad: str) -> None:
+    with pytest.raises(ValueError, match="device_id"):
+        normalize_device_id(bad)
+
+
+def test_round_trip_offer() -> None:
+    text = encode(Role.VIEWER, "offer", device_id=DEVICE, session_id=SESSION, sdp=SDP)
+    message = parse(text, Role.VIEWER)
+    assert message.type == "offer"
+    assert message["device_id"] == DEVICE and message["sdp"] == SDP
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b"\xff\xfe", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"kind": "offer"}', "no string 'type'"),
+        ('{"type": "register", "device_id": "x"}', "not allowed from a viewer"),
+        ('{"type": "offer"}', "missing field 'device_id'"),
+        (json.dumps({"type": "bye", "session_id": SESSION, "evil": 1}), "unknown field"),
+        (json.dumps({"type": "bye", "session_id": "short"}), "session_id"),
+        (json.dumps({"type": "bye", "session_id": "../../etc/passwd!!!!"}), "session_id"),
+        (
+            json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION, "sdp": 5}),
+            "sdp: not a string",
+        ),
+        (
+            json.dumps(
+                {"type": "offer", "device_id": DEVICE, "session_id": SESSION, "sdp": "hello"}
+            ),
+            "does not start with 'v=0'",
+        ),
+        (
+            json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION,
+                        "sdp": "v=0" + "a" * 40_000}),
+            "limit 32768",
+        ),
+    ],
+)
+def test_hostile_viewer_messages_are_refused(payload: str | bytes, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse(payload, Role.VIEWER)
+    assert info.value.code is ErrorCode.BAD_MESSAGE
+    assert fragment in info.value.message
+
+
+def test_oversized_frame_is_too_large() -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse("x" * (MAX_MESSAGE_BYTES + 1), Role.CAMERA)
+    assert info.value.code is ErrorCode.TOO_LARGE
+
+
+def test_ice_servers_are_checked() -> None:
+    good = encode(Role.SERVER, "hello", server="s", nonce="n",
+                  ice_servers=[{"urls": "stun:198.51.100.1:3478"}])
+    assert parse(good, Role.SERVER)["ice_servers"] == [{"urls": ["stun:198.51.100.1:3478"]}]
+    with pytest.raises(ProtocolError, match="stun:/turn:"):
+        encode(Role.SERVER, "hello", server="s", nonce="n",
+               ice_servers=[{"urls": "http://evil"}])
