@@ -18,6 +18,7 @@ enough, the same numbers are drawn as digits for a person to read.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -156,7 +157,7 @@ def unwrap_ms(capture_ms_mod: int, now_ms: int) -> int:
     return now_ms + (capture_ms_mod - now_ms + period // 2) % period - period // 2
 
 
-def read(y_plane: npt.NDArray[np.uint8], now_ms: int | None = None) -> tuple[int, int] | None:
+def read(y_plane: npt.NDArray[Any], now_ms: int | None = None) -> tuple[int, int] | None:
     """Read ``(frame_number, capture_ms)`` from a decoded luma plane, or None.
 
     None means no stamp: the plane is too small, a block is ambiguous, or the

@@ -47,6 +47,16 @@ class _Reader:
     """Blocking demuxer: Annex-B access units with continuous 90 kHz pts."""
 
     def __init__(self, path: str, default_duration: int) -> None:
+        self.path = path
+        self._params = h264.ParameterSetInserter()
+        self._default_duration = default_duration
+        self._last_file_ts: int | None = None
+        self._last_pts = -default_duration
+        self._restart_pending = False
+        self._open()
+
+    def _open(self) -> None:
+        path = self.path
         try:
             self._container = av.open(path)
         except (av.FFmpegError, OSError) as exc:
@@ -65,14 +75,8 @@ class _Reader:
         self._bsf: av.bitstream.BitStreamFilterContext | None = None
         if extradata[:1] == b"\x01":
             self._bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", self._stream)
-        self._params = h264.ParameterSetInserter()
         self._time_base: Fraction = self._stream.time_base or Fraction(1, VIDEO_CLOCK_RATE)
-        self._default_duration = default_duration
-        self._packets: Iterator[av.Packet[Any]] = iter(())
-        self._last_file_ts: int | None = None
-        self._last_pts = -default_duration
-        self._restart_pending = False
-        self.path = path
+        self._packets: Iterator[av.Packet[Any]] = self._container.demux(self._stream)
 
     def _ticks(self, value: int | None) -> int | None:
         if value is None:
@@ -84,10 +88,11 @@ class _Reader:
             for packet in self._packets:
                 if packet.size:  # the demuxer ends with an empty flush packet
                     return packet
-            # End of file: start over. The next picture follows on at one
-            # frame duration, whatever the file's own timestamps say.
-            self._container.seek(0, stream=self._stream)
-            self._packets = self._container.demux(self._stream)
+            # End of file: start over. Reopening works for every container
+            # (a raw .h264 stream cannot seek). The next picture follows on at
+            # one frame duration, whatever the file's own timestamps say.
+            self._container.close()
+            self._open()
             self._restart_pending = True
         raise SourceError(f"{self.path!r} has no video packets")
 
@@ -133,6 +138,8 @@ class FileSource(Source):
         self.settings = settings
         self.path = os.fspath(path)
         self._delivered = 0
+        self.error: SourceError | None = None
+        """Why frames stopped, if they stopped on their own."""
         self._skip_requested = False
         self.keyframe_requests = 0
         self._reader: _Reader | None = None
@@ -170,6 +177,14 @@ class FileSource(Source):
             reader.close()
 
     async def _run(self, sink: FrameSink) -> None:
+        try:
+            await self._produce(sink)
+        except Exception as exc:
+            # Recorded for status and health checks; the watchdog sees frames stop.
+            self.error = exc if isinstance(exc, SourceError) else SourceError(str(exc))
+            logger.exception("file source stopped")
+
+    async def _produce(self, sink: FrameSink) -> None:
         loop = asyncio.get_running_loop()
         assert self._reader is not None and self._executor is not None
         origin: float | None = None  # loop time at which output pts 0 is due

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from camera import stamp
+from camera.errors import BadConfig, SourceError
 from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame
 from camera.sources.base import FrameSink, Source, VideoSettings
 from camera.sources.x264 import EncodedPicture, X264Encoder
@@ -69,6 +70,9 @@ class _Painter:
         self.u[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 90
         self.v[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 240
         stamp.paint(self.y, n, capture_ms)
+        # Grey chroma under the stamp: black and white, not tinted by the bars.
+        self.u[: stamp.TEXT_BOTTOM // 2, : stamp.CODE_WIDTH // 2] = 128
+        self.v[: stamp.TEXT_BOTTOM // 2, : stamp.CODE_WIDTH // 2] = 128
         return self.buffer.reshape(height * 3 // 2, width)
 
 
@@ -80,8 +84,6 @@ class TestPatternSource(Source):
 
     def __init__(self, settings: VideoSettings, preset: str = "veryfast") -> None:
         if settings.width < stamp.CODE_WIDTH or settings.height < stamp.CODE_HEIGHT:
-            from camera.errors import BadConfig
-
             raise BadConfig(
                 f"test pattern {settings.width}x{settings.height}: the stamp needs at least "
                 f"{stamp.CODE_WIDTH}x{stamp.CODE_HEIGHT}"
@@ -89,6 +91,8 @@ class TestPatternSource(Source):
         self.settings = settings
         self._preset = preset
         self._delivered = 0
+        self.error: SourceError | None = None
+        """Why frames stopped, if they stopped on their own."""
         self._want_idr = False
         self._task: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -130,6 +134,14 @@ class TestPatternSource(Source):
         return self._encoder.encode_yuv(yuv, force_idr)
 
     async def _run(self, sink: FrameSink) -> None:
+        try:
+            await self._produce(sink)
+        except Exception as exc:
+            # Recorded for status and health checks; the watchdog sees frames stop.
+            self.error = exc if isinstance(exc, SourceError) else SourceError(str(exc))
+            logger.exception("test pattern stopped")
+
+    async def _produce(self, sink: FrameSink) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings
         painter = _Painter(settings.width, settings.height)
@@ -145,10 +157,12 @@ class TestPatternSource(Source):
                 await asyncio.sleep(delay)
             elif delay < -period:
                 # Behind by more than a picture (slow encode, busy loop): skip
-                # the missed slots instead of bursting to catch up.
+                # the missed slots and restart the grid from now, instead of
+                # bursting to catch up.
                 missed = int(-delay / period)
                 logger.debug("test pattern behind by %d picture(s): skipping", missed)
                 slot += missed
+                start = loop.time() - slot * period
             force_idr, self._want_idr = self._want_idr, False
             capture_time = time.time()
             assert self._executor is not None

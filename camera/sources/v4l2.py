@@ -176,14 +176,25 @@ class V4L2Source(Source):
                     last_pts = pts
                     frame = EncodedFrame(data, pts, keyframe, capture_time)
                     loop.call_soon_threadsafe(self._deliver, frame)
-            self.error = SourceError(f"{self.device}: end of stream")
+            error = SourceError(f"{self.device}: end of stream")
         except (av.FFmpegError, OSError) as exc:
-            self.error = SourceError(f"{self.device}: {exc}")
+            error = SourceError(f"{self.device}: {exc}")
         except RuntimeError as exc:  # the loop closed under us
             logger.debug("%s: reader stopping: %s", self.device, exc)
             return
         finally:
             if encoder is not None:
                 encoder.close()
+        if self._stop.is_set():
+            return
+        # Through the loop too, so that once ``error`` is set every frame read
+        # before it has reached the sink.
+        try:
+            loop.call_soon_threadsafe(self._finish, error)
+        except RuntimeError:
+            self.error = error
+
+    def _finish(self, error: SourceError) -> None:
+        self.error = error
         if not self._stop.is_set():
-            logger.error("camera stopped: %s", self.error)
+            logger.error("camera stopped: %s", error)
