@@ -122,3 +122,40 @@ async def test_camera_refuses_an_offer_without_h264(stack: Stack) -> None:
         assert reply["type"] == "bye" and "cannot answer" in reply["reason"]
     assert camera.sessions == {}
     assert (await view(stack.link(camera), seconds=1)).frames > 10
+
+
+async def test_pli_from_a_real_viewer_makes_the_source_send_an_idr(stack: Stack) -> None:
+    from aiortc import RTCSessionDescription
+
+    from camera.webrtc import make_peer_connection, prefer_h264
+    from services.signaling import parse
+
+    camera = await stack.camera(video=stack_video(gop_seconds=30))
+    async with aiohttp.ClientSession() as http, http.ws_connect(stack.url + "/ws/viewer") as ws:
+        parse(await ws.receive_str(), Role.SERVER)
+        pc = make_peer_connection([])
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        prefer_h264(transceiver)
+        await pc.setLocalDescription(await pc.createOffer())
+        await ws.send_str(encode(Role.VIEWER, "offer", device_id=camera.device_id,
+                                 session_id="p" * 20, sdp=pc.localDescription.sdp))
+        answer = parse(await ws.receive_str(timeout=scaled(10)), Role.SERVER)
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        receiver = transceiver.receiver
+        for _ in range(100):
+            if receiver._RTCRtpReceiver__active_ssrc:  # media is flowing
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # past the join IDR and the rate-limit window
+        before = camera.broadcaster.keyframes_published
+        requests = camera.broadcaster.keyframe_requests_sent
+        ssrc = next(iter(receiver._RTCRtpReceiver__active_ssrc))
+        await receiver._send_rtcp_pli(ssrc)  # a real RTCP PLI over SRTCP
+        for _ in range(40):
+            if camera.broadcaster.keyframes_published > before:
+                break
+            await asyncio.sleep(0.05)
+        await pc.close()
+    assert camera.broadcaster.keyframe_requests_sent == requests + 1
+    # With a 30 s GOP, only the PLI can explain this IDR.
+    assert camera.broadcaster.keyframes_published == before + 1
