@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from camera.frames import EncodedFrame
 from camera.h264 import find_sps, profile_level_id
+from services.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +87,15 @@ class Broadcaster:
         request_source_keyframe: Callable[[], None],
         *,
         max_queue_frames: int = 8,
-        min_keyframe_interval: float = 0.5,
+        keyframe_rate: float = 2.0,
+        keyframe_burst: float = 2.0,
     ) -> None:
         self._request_source_keyframe = request_source_keyframe
         self._max_queue_frames = max_queue_frames
-        self._min_keyframe_interval = min_keyframe_interval
+        # A burst lets two viewers joining together both start at once; the rate
+        # caps what a PLI-flooding viewer can cost everyone (IDRs are ~10x P-frames).
+        self._keyframe_bucket = TokenBucket(keyframe_rate, keyframe_burst)
         self._subscribers: set[Subscription] = set()
-        self._last_keyframe_request = float("-inf")
         self._pending: asyncio.TimerHandle | None = None
         self.profile_level_id: str | None = None
         self.frames_published = 0
@@ -125,16 +128,16 @@ class Broadcaster:
         return len(self._subscribers)
 
     def request_keyframe(self, reason: str) -> None:
-        """Ask the source for an IDR, at most once per ``min_keyframe_interval``.
+        """Ask the source for an IDR, rate-limited by a token bucket.
 
-        A request inside the interval is not lost: one IDR is scheduled for when
-        the interval ends, however many requests arrive meanwhile.
+        A request over the limit is not lost: one IDR is scheduled for when the
+        next token arrives, however many requests come in meanwhile.
         """
         self.keyframe_requests += 1
         if self._pending is not None:
             return
         loop = asyncio.get_running_loop()
-        wait = self._last_keyframe_request + self._min_keyframe_interval - loop.time()
+        wait = self._keyframe_bucket.wait_time(loop.time())
         if wait <= 0:
             self._fire(reason)
         else:
@@ -143,7 +146,7 @@ class Broadcaster:
 
     def _fire(self, reason: str) -> None:
         self._pending = None
-        self._last_keyframe_request = asyncio.get_running_loop().time()
+        self._keyframe_bucket.allow(asyncio.get_running_loop().time())
         self.keyframe_requests_sent += 1
         logger.debug("keyframe requested: %s", reason)
         self._request_source_keyframe()

@@ -51,7 +51,7 @@ class ViewerSession:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the viewer's offer and return our answer SDP (ICE gathered)."""
-        self.track = PassthroughTrack(self._broadcaster.subscribe())
+        self.track = PassthroughTrack(self._broadcaster)
         # The transceiver must exist before setRemoteDescription so that our
         # codec preferences apply; otherwise aiortc picks VP8.
         transceiver = self.pc.addTransceiver(self.track, direction="sendonly")

@@ -21,7 +21,7 @@ from aiortc import MediaStreamTrack, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RTP_HISTORY_SIZE
 
-from camera.broadcaster import Subscription
+from camera.broadcaster import Broadcaster, Subscription
 from camera.frames import VIDEO_CLOCK_RATE
 
 logger = logging.getLogger(__name__)
@@ -40,18 +40,26 @@ def check_aiortc() -> None:
 
 
 class PassthroughTrack(MediaStreamTrack):
-    """A video track returning encoded ``av.Packet``s from one subscription."""
+    """A video track returning encoded ``av.Packet``s from one broadcast subscription.
+
+    It joins the broadcast on the first ``recv``, which aiortc makes once DTLS is
+    up: the join's IDR then goes straight out instead of waiting in the queue
+    behind ICE and DTLS (or overflowing it).
+    """
 
     kind = "video"
 
-    def __init__(self, subscription: Subscription) -> None:
+    def __init__(self, broadcaster: Broadcaster) -> None:
         super().__init__()
-        self._subscription = subscription
+        self._broadcaster = broadcaster
+        self._subscription: Subscription | None = None
         self._first_pts: int | None = None
 
     async def recv(self) -> av.Packet:  # type: ignore[override,type-arg,unused-ignore]
         if self.readyState != "live":
             raise MediaStreamError
+        if self._subscription is None:
+            self._subscription = self._broadcaster.subscribe()
         try:
             frame = await self._subscription.get()
         except ConnectionError:
@@ -67,7 +75,8 @@ class PassthroughTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
-        self._subscription.close()
+        if self._subscription is not None:
+            self._subscription.close()
 
 
 def hook_sender(sender: RTCRtpSender, request_keyframe: Callable[[str], None]) -> None:

@@ -107,11 +107,17 @@ class Camera:
              "--state-dir", str(state_dir), "--width", str(width), "--height", str(height)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
+        self.device_id = ""
+
+    async def started(self) -> Camera:
+        """Wait (without blocking the loop the rendezvous runs on) for its device ID."""
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        loop = asyncio.get_running_loop()
+        line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), 30)
         if not line.startswith("DEVICE "):
             raise SystemExit(f"bench: camera did not start ({line!r})")
         self.device_id = line.split()[1]
+        return self
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -148,7 +154,9 @@ class _CountingQueue(queue.Queue):  # type: ignore[type-arg]
         self.frames = 0
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        if item is not None:
+        if item is None:
+            super().put(item)  # the receiver's stop signal for its decoder thread
+        else:
             self.frames += 1
 
 
@@ -201,7 +209,7 @@ async def bench_ttff(args: argparse.Namespace) -> dict[str, Any]:
     from camera.viewer import view
 
     runner, url = await start_rendezvous()
-    camera = Camera(url, "passthrough", Path(args.state) / "ttff", 1280, 720)
+    camera = await Camera(url, "passthrough", Path(args.state) / "ttff", 1280, 720).started()
     link = f"{url.replace('ws://', 'http://')}/#device={camera.device_id}"
     try:
         await asyncio.sleep(1)
@@ -252,7 +260,8 @@ async def bench_viewers(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for mode in ("passthrough", "perviewer"):
             for count in counts:
-                camera = Camera(url, mode, Path(args.state) / mode, args.width, args.height)
+                camera = await Camera(
+                    url, mode, Path(args.state) / mode, args.width, args.height).started()
                 try:
                     await asyncio.sleep(1.0)
                     idle0, t0 = camera.cpu_seconds(), time.monotonic()
@@ -325,7 +334,7 @@ def plot_ttff(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     data = [result["cli_ms"]] + ([result["chromium_ms"]] if result["chromium_ms"] else [])
     labels = ["CLI viewer"] + (["Chromium"] if result["chromium_ms"] else [])
-    ax.boxplot(data, tick_labels=labels, vert=False)
+    ax.boxplot(data, tick_labels=labels, orientation="horizontal")
     ax.set_xlabel("time to first decoded frame (ms), loopback")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -40,7 +40,7 @@ class Requests:
 
 async def test_every_viewer_gets_the_same_single_stream() -> None:
     requests = Requests()
-    broadcaster = Broadcaster(requests, min_keyframe_interval=0)
+    broadcaster = Broadcaster(requests, keyframe_burst=1000)
     subs = [broadcaster.subscribe() for _ in range(5)]
     broadcaster.publish(frame(0, keyframe=True))
     for n in range(1, 4):
@@ -54,7 +54,7 @@ async def test_every_viewer_gets_the_same_single_stream() -> None:
 
 async def test_joining_viewer_asks_for_an_idr_and_starts_at_one() -> None:
     requests = Requests()
-    broadcaster = Broadcaster(requests, min_keyframe_interval=0)
+    broadcaster = Broadcaster(requests, keyframe_burst=1000)
     broadcaster.publish(frame(0, keyframe=True))
     sub = broadcaster.subscribe()
     assert requests.count == 1
@@ -67,7 +67,7 @@ async def test_joining_viewer_asks_for_an_idr_and_starts_at_one() -> None:
 
 async def test_slow_viewer_drops_to_next_keyframe_without_hurting_others() -> None:
     requests = Requests()
-    broadcaster = Broadcaster(requests, max_queue_frames=4, min_keyframe_interval=0)
+    broadcaster = Broadcaster(requests, max_queue_frames=4, keyframe_burst=1000)
     slow, fast = broadcaster.subscribe(), broadcaster.subscribe()
     broadcaster.publish(frame(0, keyframe=True))
     received = [await fast.get()]
@@ -86,7 +86,7 @@ async def test_slow_viewer_drops_to_next_keyframe_without_hurting_others() -> No
 
 async def test_keyframe_requests_are_rate_limited_and_coalesced() -> None:
     requests = Requests()
-    broadcaster = Broadcaster(requests, min_keyframe_interval=0.2)
+    broadcaster = Broadcaster(requests, keyframe_rate=5, keyframe_burst=1)
     for _ in range(50):
         broadcaster.request_keyframe("PLI storm")
     assert requests.count == 1
@@ -95,11 +95,18 @@ async def test_keyframe_requests_are_rate_limited_and_coalesced() -> None:
     assert broadcaster.keyframe_requests == 50
 
 
-async def test_closed_subscription_ends_its_track() -> None:
-    broadcaster = Broadcaster(Requests())
-    track = PassthroughTrack(broadcaster.subscribe())
+async def test_track_joins_on_first_recv_and_ends_with_its_subscription() -> None:
+    requests = Requests()
+    broadcaster = Broadcaster(requests)
+    track = PassthroughTrack(broadcaster)
+    broadcaster.publish(frame(0, keyframe=True))  # before the media path is up: not queued
+    assert broadcaster.viewer_count == 0 and requests.count == 0
+    pending = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    assert broadcaster.viewer_count == 1 and requests.count == 1  # joined, asked for an IDR
+    broadcaster.publish(frame(1))
     broadcaster.publish(frame(0, keyframe=True))
-    packet = await track.recv()
+    packet = await pending
     assert bytes(packet) == frame(0, True).data and packet.pts == 0
     assert packet.time_base is not None and packet.time_base.denominator == 90_000
     broadcaster.close()
@@ -113,8 +120,8 @@ async def test_closed_subscription_ends_its_track() -> None:
 @pytest.mark.parametrize("fmt", [RTCP_PSFB_PLI, RTCP_PSFB_FIR])
 async def test_pli_and_fir_reach_the_source(fmt: int) -> None:
     requests = Requests()
-    broadcaster = Broadcaster(requests, min_keyframe_interval=0)
-    sender = RTCRtpSender(PassthroughTrack(broadcaster.subscribe()), _dtls())
+    broadcaster = Broadcaster(requests, keyframe_burst=1000)
+    sender = RTCRtpSender(PassthroughTrack(broadcaster), _dtls())
     hook_sender(sender, broadcaster.request_keyframe)
     before = requests.count
     await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=fmt, ssrc=1, media_ssrc=sender._ssrc))
@@ -123,8 +130,8 @@ async def test_pli_and_fir_reach_the_source(fmt: int) -> None:
 
 async def test_nack_beyond_history_asks_for_a_keyframe() -> None:
     requests = Requests()
-    broadcaster = Broadcaster(requests, min_keyframe_interval=0)
-    sender = RTCRtpSender(PassthroughTrack(broadcaster.subscribe()), _dtls())
+    broadcaster = Broadcaster(requests, keyframe_burst=1000)
+    sender = RTCRtpSender(PassthroughTrack(broadcaster), _dtls())
     hook_sender(sender, broadcaster.request_keyframe)
     before = requests.count
     nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=sender._ssrc)

@@ -159,3 +159,27 @@ async def test_pli_from_a_real_viewer_makes_the_source_send_an_idr(stack: Stack)
     assert camera.broadcaster.keyframe_requests_sent == requests + 1
     # With a 30 s GOP, only the PLI can explain this IDR.
     assert camera.broadcaster.keyframes_published == before + 1
+
+
+async def test_camera_reregisters_after_the_rendezvous_restarts(tmp_path: Path) -> None:
+    from services.rendezvous import RendezvousConfig, start_rendezvous
+
+    _server, runner, port = await start_rendezvous("127.0.0.1", 0, RendezvousConfig())
+    stack = Stack(_server, f"ws://127.0.0.1:{port}", tmp_path)
+    try:
+        camera = await stack.camera()
+        await runner.cleanup()  # the server goes away
+        for _ in range(50):
+            if not camera.registered.is_set():
+                break
+            await asyncio.sleep(0.1)
+        assert not camera.registered.is_set()
+        server2, runner = (await start_rendezvous("127.0.0.1", port))[:2]
+        await asyncio.wait_for(camera.registered.wait(), scaled(10))
+        assert camera.reconnects >= 1
+        assert server2.router.stats()["cameras"] == 1
+        assert (await view(stack.link(camera), seconds=1)).frames > 10
+    finally:
+        for agent in stack.agents:
+            await agent.close()
+        await runner.cleanup()
