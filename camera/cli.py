@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # aiortc/aioice are chatty at INFO about every candidate pair.
     for noisy in ("aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+    from camera.webrtc import host_addresses_from_env, restrict_host_addresses
+
+    restrict_host_addresses(host_addresses_from_env())
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = {
         "demo": _demo,
         "rendezvous": _rendezvous,

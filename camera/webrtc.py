@@ -81,3 +81,36 @@ def selected_pair_types(pc: RTCPeerConnection) -> tuple[str | None, str | None]:
         if pair is not None:
             return pair.local_candidate.type, pair.remote_candidate.type
     return None, None
+
+
+def restrict_host_addresses(addresses: list[str] | None) -> None:
+    """Offer ICE host candidates only on these local addresses (None: every interface).
+
+    For multi-homed devices (keep a VPN or container bridge out of ICE) and for
+    loopback-only runs: aioice never offers 127.0.0.1 by itself, but does when
+    it is listed here. Process-wide, as aioice's address lookup is.
+    """
+    import aioice.ice
+
+    original = getattr(aioice.ice, "_peercam_original_get_host_addresses", None)
+    if original is None:
+        original = aioice.ice.get_host_addresses
+        aioice.ice._peercam_original_get_host_addresses = original  # type: ignore[attr-defined]
+    if addresses is None:
+        aioice.ice.get_host_addresses = original
+        return
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+def host_addresses_from_env(env: dict[str, str] | None = None) -> list[str] | None:
+    """``PEERCAM_ICE_ADDRESSES=127.0.0.1,::1`` → the list; unset → None."""
+    import os
+
+    value = (env if env is not None else dict(os.environ)).get("PEERCAM_ICE_ADDRESSES", "")
+    items = [a.strip() for a in value.split(",") if a.strip()]
+    return items or None

@@ -31,9 +31,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def pin_loopback() -> None:
-    import aioice.ice
+    from camera.webrtc import restrict_host_addresses
 
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # type: ignore[assignment]
+    restrict_host_addresses(["127.0.0.1"])
 
 
 # -- the camera process ---------------------------------------------------------
@@ -50,15 +50,31 @@ async def camera_main(args: argparse.Namespace) -> None:
     video = VideoSettings(width=args.width, height=args.height, fps=30, bitrate=2_000_000)
     config = CameraConfig(rendezvous=args.rendezvous, state_dir=Path(args.state_dir),
                           video=video, max_viewers=64)
+    source = make_configured_source(config)
     if args.mode == "perviewer":
         install_per_viewer_encode(video)
-    agent = CameraAgent(config, make_configured_source(config),
-                        DeviceIdentity.load_or_create(config.state_dir))
+        source = IdleSource()  # that path needs no shared encoder: don't charge it one
+    agent = CameraAgent(config, source, DeviceIdentity.load_or_create(config.state_dir))
     await agent.start()
     await agent.registered.wait()
     print(f"DEVICE {agent.device_id}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await agent.close()
+
+
+class IdleSource:
+    """A source that never encodes (the per-viewer path renders its own raw frames)."""
+
+    name = "idle"
+
+    async def start(self, sink: Any) -> None:
+        pass
+
+    def request_keyframe(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
 
 def install_per_viewer_encode(video: Any) -> None:

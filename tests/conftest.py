@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 import pytest
 
 from camera.agent import CameraAgent
 from camera.config import CameraConfig, make_configured_source
 from camera.identity import DeviceIdentity
 from camera.sources.base import VideoSettings
+from camera.webrtc import restrict_host_addresses
 from services.rendezvous import Rendezvous, RendezvousConfig, start_rendezvous
 
 TIMEOUT_FACTOR = float(os.environ.get("PEERCAM_TEST_TIMEOUT_FACTOR", "1"))
@@ -30,9 +30,10 @@ def scaled(seconds: float) -> float:
 
 
 @pytest.fixture(autouse=True)
-def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+def loopback_ice() -> Iterator[None]:
+    restrict_host_addresses(["127.0.0.1"])
     yield
+    restrict_host_addresses(None)
 
 
 class Stack:

@@ -183,3 +183,17 @@ async def test_camera_reregisters_after_the_rendezvous_restarts(tmp_path: Path) 
         for agent in stack.agents:
             await agent.close()
         await runner.cleanup()
+
+
+async def test_viewers_over_the_limit_are_refused_politely(stack: Stack) -> None:
+    from camera.viewer import ViewError
+
+    camera = await stack.camera(max_viewers=1)
+    first = asyncio.ensure_future(view(stack.link(camera), seconds=3))
+    for _ in range(100):
+        if camera.sessions:
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(ViewError, match="too many viewers"):
+        await view(stack.link(camera), seconds=1)
+    assert (await first).frames > 40

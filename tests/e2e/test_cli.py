@@ -1,0 +1,113 @@
+"""The command-line contract, as separate processes: rendezvous, camera, view, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import scaled
+
+ENV = {**os.environ, "PEERCAM_ICE_ADDRESSES": "127.0.0.1", "PEERCAM_LOG_LEVEL": "WARNING"}
+PEERCAM = [sys.executable, "-m", "camera.cli"]
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*PEERCAM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+
+
+def first_line(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line.split(None, 1)[1].strip()
+    raise AssertionError(f"no {prefix} line; stderr: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(scaled(15))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("process did not stop on SIGINT") from None
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def view(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PEERCAM, "view", *args], capture_output=True, text=True, env=ENV,
+                          timeout=scaled(60))
+
+
+def test_rendezvous_camera_and_view_processes(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    rendezvous = spawn("rendezvous", "--listen", "127.0.0.1:0")
+    processes.append(rendezvous)
+    port = first_line(rendezvous, "LISTENING").rsplit(":", 1)[1]
+    url = f"ws://127.0.0.1:{port}"
+    camera = spawn("camera", "--rendezvous", url, "--source", "testpattern",
+                   "--state-dir", str(tmp_path), "--width", "320", "--height", "240")
+    processes.append(camera)
+    device = first_line(camera, "DEVICE")
+
+    result = view(device, "--rendezvous", url, "--seconds", "2", "--json",
+                  "--record", str(tmp_path / "out.mp4"))
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["frames"] >= 40 and stats["fps"] >= 25
+    assert stats["ttff_ms"] > 0
+    assert stats["local_candidate"] == "host" and stats["remote_candidate"] == "host"
+    assert stats["latency_ms_p50"] is not None
+    assert (tmp_path / "out.mp4").stat().st_size > 10_000
+
+    # A link works as well as an ID, and an unknown camera is exit status 1.
+    link = f"http://127.0.0.1:{port}/#device={device}"
+    assert view(link, "--seconds", "1", "--json").returncode == 0
+    offline = view("0000-0000-0000-0000-0000-0000-000", "--rendezvous", url, "--json")
+    assert offline.returncode == 1
+    assert "unavailable" in json.loads(offline.stdout.strip().splitlines()[-1])["error"]
+
+    assert stop(camera) == 0
+    assert stop(rendezvous) == 0
+
+
+def test_demo_prints_a_viewer_link_that_plays(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    demo = spawn("demo", "--host", "127.0.0.1", "--port", "0", "--state-dir", str(tmp_path),
+                 "--width", "320", "--height", "240")
+    processes.append(demo)
+    link = first_line(demo, "VIEWER")
+    assert link.startswith("http://127.0.0.1:") and "#device=" in link
+    result = view(link, "--seconds", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["frames"] >= 20
+    assert stop(demo) == 0
+
+
+def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "camera.toml"
+    config.write_text("[video]\nwidth = 641\n")
+    result = subprocess.run([*PEERCAM, "camera", "--config", str(config)], capture_output=True,
+                            text=True, env=ENV, timeout=scaled(30))
+    assert result.returncode == 2
+    assert "video size 641x720" in result.stderr
+    assert "Traceback" not in result.stderr
