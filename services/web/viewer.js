@@ -61,8 +61,16 @@
     reconnects: 0,
     sessionId: null,
     lastError: null,
+    timeline: {},            // ms from startedAt: offer, answer, connected, firstFrame
   };
   window.peercam = peercam;
+
+  // Where the time to first frame goes, for the overlay-less benchmark.
+  function mark(att, name) {
+    if (att.startedAt !== null && !(name in peercam.timeline)) {
+      peercam.timeline[name] = Math.round(performance.now() - att.startedAt);
+    }
+  }
 
   let ui = null;          // DOM elements, found once
   let deviceId = null;    // normalized ID being watched
@@ -187,6 +195,7 @@
     alive(att);
     await iceGatheringDone(att, pc);
     alive(att);
+    mark(att, "offer");
     send(att, {
       type: "offer",
       device_id: deviceId,
@@ -196,6 +205,7 @@
     att.sessionLive = true;
     const answer = await expect(att, "answer", TIMING.answerMs,
       "The camera did not answer in time.");
+    mark(att, "answer");
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     alive(att);
     att.answered = true;
@@ -224,7 +234,7 @@
     // Figures describe the current attempt only; none carry over.
     Object.assign(peercam, {
       ttffMs: null, framesDecoded: 0, localCandidateType: null, remoteCandidateType: null,
-      rttMs: null, fps: null, bitrateKbps: null, sessionId: null,
+      rttMs: null, fps: null, bitrateKbps: null, sessionId: null, timeline: {},
     });
     extra = {};
   }
@@ -438,6 +448,7 @@
     att.firstFrameAt = performance.now();
     att.lastProgressAt = att.firstFrameAt;
     peercam.ttffMs = Math.round(att.firstFrameAt - att.startedAt);
+    mark(att, "firstFrame");
     clearTimer(att, att.noFrameTimer);
     setTimer(att, TIMING.stableMs, () => { failures = 0; });
     if (peercam.state !== "connected") setState("connected");
@@ -447,6 +458,7 @@
   function onConnectionState(att) {
     const state = att.pc.connectionState;
     if (state === "connected") {
+      mark(att, "connected");
       clearTimer(att, att.disconnectTimer);
       att.disconnectTimer = 0;
       setState("connected");
