@@ -197,3 +197,22 @@ async def test_viewers_over_the_limit_are_refused_politely(stack: Stack) -> None
     with pytest.raises(ViewError, match="too many viewers"):
         await view(stack.link(camera), seconds=1)
     assert (await first).frames > 40
+
+
+async def test_healthz_and_viewer_page_are_served(stack: Stack) -> None:
+    camera = await stack.camera()
+    base = stack.url.replace("ws://", "http://")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/healthz") as response:
+            assert response.status == 200
+            health = await response.json()
+        assert health["status"] == "ok" and health["cameras"] == 1
+        async with http.get(base + "/") as response:
+            page = await response.text()
+            assert response.headers["Content-Type"].startswith("text/html")
+        assert "playsinline" in page and "viewer.js" in page
+        async with http.get(base + "/viewer.js") as response:
+            assert "window.peercam" in await response.text()
+        async with http.get(base + "/../etc/passwd") as response:
+            assert response.status == 404
+    assert camera.registered.is_set()
