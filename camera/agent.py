@@ -1,27 +1,41 @@
 """The camera agent: registers with the rendezvous and serves each viewer.
 
-Owns the source, the broadcaster and one :class:`ViewerSession` per viewer.
-Media is peer-to-peer: when the rendezvous connection drops, live sessions go
-on, and the agent reconnects with capped exponential backoff and full jitter.
+Owns the source, the broadcaster, the gatekeeper (ACL, pairing, signatures) and
+one :class:`ViewerSession` per viewer. Media is peer-to-peer: when the
+rendezvous connection drops, live sessions go on, and the agent reconnects with
+capped exponential backoff and full jitter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
 
+from camera.acl import PairingWindows, ViewerACL
 from camera.broadcaster import Broadcaster
 from camera.config import CameraConfig
+from camera.errors import BadConfig
+from camera.gatekeeper import Gatekeeper, Refused
 from camera.identity import DeviceIdentity
 from camera.session import SessionFailed, ViewerSession
 from camera.sources.base import Source
 from camera.track import check_aiortc
-from services.signaling import ErrorCode, Message, ProtocolError, Role, encode, parse
+from services.signaling import (
+    ErrorCode,
+    Message,
+    ProtocolError,
+    Role,
+    encode,
+    normalize_session_id,
+    parse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +48,14 @@ class CameraAgent:
         self.config = config
         self.source = source
         self.identity = identity
+        self.acl = ViewerACL(config.state_dir)
+        self.pairing = PairingWindows(config.state_dir)
+        self.gatekeeper = Gatekeeper(identity, self.acl, self.pairing)
         self.broadcaster = Broadcaster(source.request_keyframe)
         self.sessions: dict[str, ViewerSession] = {}
         self.registered = asyncio.Event()
         self.reconnects = 0
+        self.refusals = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -51,14 +69,16 @@ class CameraAgent:
         """Start the source, then stay registered (in a task) until :meth:`close`."""
         await self.source.start(self.broadcaster.publish)
         self._runner = asyncio.create_task(self._run(), name="camera-agent")
+        self._spawn(self._watch_acl())
 
     async def _run(self) -> None:
         attempt = 0
+        ssl_context = self.config.ssl_context()
         async with aiohttp.ClientSession() as http:
             while not self._closed:
                 registered_at: float | None = None
                 try:
-                    registered_at = await self._connect_once(http)
+                    registered_at = await self._connect_once(http, ssl_context)
                 except (aiohttp.ClientError, OSError, TimeoutError, ProtocolError) as exc:
                     logger.warning("rendezvous %s: %s", self.config.rendezvous, exc)
                 finally:
@@ -76,19 +96,18 @@ class CameraAgent:
                 logger.info("reconnecting to the rendezvous in %.2f s", delay)
                 await asyncio.sleep(delay)
 
-    async def _connect_once(self, http: aiohttp.ClientSession) -> float | None:
+    async def _connect_once(self, http: aiohttp.ClientSession, ssl_context: Any) -> float | None:
         timeout = self.config.connect_timeout
+        url = self.config.camera_ws_url
         async with http.ws_connect(
-            self.config.camera_ws_url, heartbeat=20.0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+            url, heartbeat=20.0, ssl=ssl_context, timeout=aiohttp.ClientWSTimeout(ws_close=5)
         ) as ws:
             self._ws = ws
             hello = await self._receive(ws, timeout)
             if hello is None or hello.type != "hello":
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, "expected hello")
-            ice_servers = self.config.ice_servers
-            if ice_servers is None:
-                ice_servers = list(hello["ice_servers"])
-            await ws.send_str(encode(Role.CAMERA, "register", device_id=self.device_id))
+            fields = self.gatekeeper.registration(url, hello["nonce"])
+            await ws.send_str(encode(Role.CAMERA, "register", **fields))
             reply = await self._receive(ws, timeout)
             if reply is None or reply.type != "registered":
                 detail = reply.get("message") if reply is not None else "connection closed"
@@ -100,12 +119,12 @@ class CameraAgent:
                 message = await self._receive(ws, None)
                 if message is None:
                     return registered_at
-                self._handle(message, ice_servers)
+                self._handle(message)
 
     async def _receive(
         self, ws: aiohttp.ClientWebSocketResponse, timeout: float | None
     ) -> Message | None:
-        """The next valid message; bad ones from the server are logged and skipped."""
+        """The next valid message; bad ones from the server are logged and refused."""
         while True:
             msg = await ws.receive(timeout=timeout)
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -114,10 +133,29 @@ class CameraAgent:
                 return parse(msg.data, Role.SERVER)
             except ProtocolError as exc:
                 logger.warning("rendezvous sent a bad message: %s", exc.message)
+                self._refuse_unparsed(msg.data, exc.message)
 
-    def _handle(self, message: Message, ice_servers: list[dict[str, Any]]) -> None:
+    def _refuse_unparsed(self, data: str, why: str) -> None:
+        """A malformed request that names a session still gets a bye, so the viewer knows."""
+        try:
+            obj = json.loads(data)
+            session_id = normalize_session_id(obj.get("session_id"))
+        except (ValueError, AttributeError):
+            return
+        if obj.get("type") in ("offer", "pair") and session_id not in self.sessions:
+            self.refusals += 1
+            self._spawn(self._send_bye(session_id, f"not authorized: {why}"))
+
+    def _ice_servers(self, message: Message) -> list[dict[str, Any]]:
+        if self.config.ice_servers is not None:
+            return list(self.config.ice_servers)
+        return list(message["ice_servers"])
+
+    def _handle(self, message: Message) -> None:
         if message.type == "offer":
-            self._spawn(self._serve(message["session_id"], message["sdp"], ice_servers))
+            self._spawn(self._serve(message))
+        elif message.type == "pair":
+            self._pair(message)
         elif message.type == "bye":
             # Forget it first: the server already knows, so no bye goes back.
             session = self.sessions.pop(message["session_id"], None)
@@ -126,18 +164,42 @@ class CameraAgent:
         elif message.type == "error":
             logger.warning("rendezvous error %s: %s", message["code"], message["message"])
 
-    async def _serve(self, session_id: str, sdp: str, ice_servers: list[dict[str, Any]]) -> None:
+    def _pair(self, message: Message) -> None:
+        session_id = message["session_id"]
+        try:
+            fields = self.gatekeeper.check_pair(message)
+        except Refused as exc:
+            self.refusals += 1
+            logger.warning("pairing request refused: %s", exc)
+            self._spawn(self._send_bye(session_id, str(exc)))
+            return
+        except BadConfig as exc:
+            logger.error("cannot pair: %s", exc)
+            self._spawn(self._send_bye(session_id, "pairing failed on the camera"))
+            return
+        self._spawn(self._send(encode(Role.CAMERA, "paired", **fields)))
+
+    async def _serve(self, message: Message) -> None:
+        session_id, sdp = message["session_id"], message["sdp"]
         if session_id in self.sessions:
             return  # a duplicate offer: the router already refuses these
+        try:
+            viewer_key = self.gatekeeper.check_offer(message)
+        except (Refused, BadConfig) as exc:
+            self.refusals += 1
+            logger.warning("offer %s refused: %s", session_id, exc)
+            await self._send_bye(session_id, str(exc))
+            return
         if len(self.sessions) >= self.config.max_viewers:
             await self._send_bye(session_id, "camera busy: too many viewers")
             return
         session = ViewerSession(
             session_id,
             self.broadcaster,
-            ice_servers,
+            self._ice_servers(message),
             self._session_closed,
             ice_timeout=self.config.ice_timeout,
+            viewer_key=viewer_key,
         )
         self.sessions[session_id] = session
         try:
@@ -146,7 +208,23 @@ class CameraAgent:
             logger.info("session %s refused: %s", session_id, exc)
             await session.close(str(exc))
             return
-        await self._send(encode(Role.CAMERA, "answer", session_id=session_id, sdp=answer))
+        fields = self.gatekeeper.answer(session_id, sdp, answer)
+        await self._send(encode(Role.CAMERA, "answer", **fields))
+
+    async def _watch_acl(self) -> None:
+        """End the live sessions of viewers revoked (over SSH) since we last looked."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if not self.acl.reload():
+                    continue
+            except BadConfig as exc:
+                logger.error("%s", exc)
+                continue
+            for session in list(self.sessions.values()):
+                if session.viewer_key is not None and session.viewer_key not in self.acl:
+                    logger.info("viewer revoked: ending session %s", session.session_id)
+                    session.close("not authorized: this viewer was revoked")
 
     def _session_closed(self, session: ViewerSession, reason: str) -> None:
         if self.sessions.get(session.session_id) is session:
@@ -164,7 +242,7 @@ class CameraAgent:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_str(text)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -173,6 +251,10 @@ class CameraAgent:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("agent task failed", exc_info=task.exception())
+
+    def open_pairing(self, ttl: float = 600.0, *, reusable: bool = False) -> str:
+        """Open a pairing window in this process; returns the secret for the link."""
+        return self.pairing.open(ttl, reusable=reusable, persist=False).secret
 
     async def close(self) -> None:
         """Stop serving: sessions, tasks, rendezvous link, source. Safe twice."""

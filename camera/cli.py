@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from camera.errors import PeercamError
+from camera.errors import BadConfig, PeercamError
 
 logger = logging.getLogger("peercam")
 
@@ -41,21 +41,48 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--state-dir", type=Path, default=None)
+    demo.add_argument("--tls", action="store_true",
+                      help="serve HTTPS with a generated self-signed certificate (phones on a LAN)")
     _add_video_flags(demo)
 
     rdv = sub.add_parser("rendezvous", help="run the rendezvous server")
     rdv.add_argument("--listen", type=_host_port, default=("0.0.0.0", 8080), metavar="HOST:PORT")
     rdv.add_argument("--ice-server", type=_ice_server, action="append", default=[],
-                     metavar="URL", help="ICE server handed to peers (repeatable)")
+                     metavar="URL", help="STUN server handed to peers (repeatable)")
+    rdv.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS/WSS")
+    rdv.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    rdv.add_argument("--turn-url", action="append", default=[], metavar="URL",
+                     help="TURN server URL to mint credentials for (repeatable)")
+    rdv.add_argument("--turn-secret-file", type=Path,
+                     help="coturn static-auth-secret, in a 0600 file")
+    rdv.add_argument("--turn-ttl", type=int, default=600, help="credential lifetime (s)")
 
-    cam = sub.add_parser("camera", help="run the camera agent")
+    cam = sub.add_parser("camera", help="run the camera agent (or: camera identity)")
+    cam.add_argument("action", nargs="?", choices=["run", "identity"], default="run",
+                     help="identity: print the device ID and exit")
     cam.add_argument("--config", type=Path, default=_default_config())
     cam.add_argument("--rendezvous", help="rendezvous URL, e.g. ws://host:8080")
     cam.add_argument("--source", choices=["testpattern", "file", "v4l2", "picamera2"])
     cam.add_argument("--file", help="file for the file source")
     cam.add_argument("--device", help="device for the v4l2 source")
     cam.add_argument("--state-dir", type=Path)
+    cam.add_argument("--tls-ca", help="CA bundle or certificate to trust for wss://")
+    cam.add_argument("--insecure", action="store_true",
+                     help="development only: accept any rendezvous certificate")
     _add_video_flags(cam)
+
+    pair = sub.add_parser("pair", help="open a pairing window; prints a link and a QR code")
+    pair.add_argument("--config", type=Path, default=_default_config())
+    pair.add_argument("--state-dir", type=Path)
+    pair.add_argument("--rendezvous", help="rendezvous URL the link points at")
+    pair.add_argument("--ttl", type=float, default=600.0, help="window length in seconds")
+
+    viewers = sub.add_parser("viewers", help="list or revoke the camera's paired viewers")
+    viewers.add_argument("action", choices=["list", "revoke", "clear"])
+    viewers.add_argument("handle", nargs="?", help="revoke: fingerprint or name")
+    viewers.add_argument("--config", type=Path, default=_default_config())
+    viewers.add_argument("--state-dir", type=Path)
+    viewers.add_argument("--json", action="store_true")
 
     view = sub.add_parser("view", help="watch a camera from the command line")
     view.add_argument("target", help="viewer link or device ID")
@@ -65,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--json", action="store_true", help="print one JSON line of stats at the end")
     view.add_argument("--ice-server", type=_ice_server, action="append", default=None,
                       metavar="URL", help="ICE server (default: the rendezvous' list)")
+    view.add_argument("--name", help="name to pair under (default: peercam view on HOST)")
+    view.add_argument("--tls-ca", help="CA bundle or certificate to trust for wss://")
+    view.add_argument("--insecure", action="store_true",
+                      help="development only: accept any rendezvous certificate")
     return parser
 
 
@@ -98,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rendezvous": _rendezvous,
         "camera": _camera,
         "view": _view,
+        "pair": _pair,
+        "viewers": _viewers,
     }[args.command]
     try:
         return asyncio.run(handler(args))
@@ -120,13 +153,38 @@ async def _until_signalled() -> None:
             loop.remove_signal_handler(sig)
 
 
+def _turn_credentials(args: argparse.Namespace) -> Any:
+    """A credential minter from --turn-url/--turn-secret-file, or None."""
+    if not args.turn_url and not args.turn_secret_file:
+        return None
+    if not (args.turn_url and args.turn_secret_file):
+        raise BadConfig("TURN needs both --turn-url and --turn-secret-file")
+    import time
+
+    from services.turn import TurnConfig, load_secret, mint
+
+    try:
+        turn = TurnConfig(load_secret(args.turn_secret_file), list(args.turn_url), args.turn_ttl)
+    except ValueError as exc:
+        raise BadConfig(str(exc)) from None
+    return lambda tag: [mint(turn, tag, time.time())]
+
+
 async def _rendezvous(args: argparse.Namespace) -> int:
     from services.rendezvous import RendezvousConfig, start_rendezvous
+    from services.tls import server_context
 
     host, port = args.listen
-    _server, runner, bound = await start_rendezvous(
-        host, port, RendezvousConfig(ice_servers=args.ice_server)
-    )
+    ssl_context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise BadConfig("TLS needs both --tls-cert and --tls-key")
+        try:
+            ssl_context = server_context(args.tls_cert, args.tls_key)
+        except ValueError as exc:
+            raise BadConfig(str(exc)) from None
+    config = RendezvousConfig(ice_servers=args.ice_server, credentials=_turn_credentials(args))
+    _server, runner, bound = await start_rendezvous(host, port, config, ssl_context)
     print(f"LISTENING {host}:{bound}", flush=True)
     try:
         await _until_signalled()
@@ -151,18 +209,31 @@ async def _start_camera(config: Any) -> Any:
     return agent
 
 
-async def _camera(args: argparse.Namespace) -> int:
+def _camera_config(args: argparse.Namespace, **extra: Any) -> Any:
     from camera.config import load_camera_config
 
-    overrides = {
-        "rendezvous": args.rendezvous,
-        "source": args.source,
-        "file": args.file,
-        "device": args.device,
-        "state_dir": args.state_dir,
+    overrides = {"state_dir": args.state_dir, **extra}
+    return load_camera_config(args.config, os.environ, overrides)
+
+
+async def _camera(args: argparse.Namespace) -> int:
+    config = _camera_config(
+        args,
+        rendezvous=args.rendezvous,
+        source=args.source,
+        file=args.file,
+        device=args.device,
+        tls_ca=args.tls_ca,
+        tls_insecure=True if args.insecure else None,
         **_video_overrides(args),
-    }
-    config = load_camera_config(args.config, os.environ, overrides)
+    )
+    if args.action == "identity":
+        from camera.identity import DeviceIdentity
+
+        print(DeviceIdentity.load_or_create(config.state_dir).device_id, flush=True)
+        return 0
+    if config.tls_insecure:
+        logger.warning("--insecure: the rendezvous certificate is NOT checked (development only)")
     agent = await _start_camera(config)
     print(f"DEVICE {agent.device_id}", flush=True)
     try:
@@ -178,33 +249,102 @@ async def _demo(args: argparse.Namespace) -> int:
     from camera.config import DEFAULT_STATE_DIR, load_camera_config
     from services.rendezvous import start_rendezvous
 
-    _server, runner, port = await start_rendezvous(args.host, args.port)
+    state_dir = args.state_dir or DEFAULT_STATE_DIR / "demo"
+    host = args.host if args.host not in ("0.0.0.0", "::", "") else _lan_address()
+    ssl_context, tls_ca, scheme = None, None, "http"
+    if args.tls:
+        from services.tls import self_signed, server_context
+
+        cert, key = self_signed(state_dir, [host, "127.0.0.1", "localhost"])
+        ssl_context, tls_ca, scheme = server_context(cert, key), str(cert), "https"
+    _server, runner, port = await start_rendezvous(args.host, args.port, None, ssl_context)
     agent = None
     try:
         config = load_camera_config(
             None,
             None,
             {
-                "rendezvous": f"ws://127.0.0.1:{port}",
+                "rendezvous": f"{'wss' if args.tls else 'ws'}://127.0.0.1:{port}",
                 "source": "testpattern",
-                "state_dir": args.state_dir or DEFAULT_STATE_DIR / "demo",
+                "state_dir": state_dir,
+                "tls_ca": tls_ca,
                 **_video_overrides(args),
             },
         )
         agent = await _start_camera(config)
-        await asyncio.wait_for(agent.registered.wait(), 10)
-        host = args.host if args.host not in ("0.0.0.0", "::", "") else _lan_address()
-        link = f"http://{_url_host(host)}:{port}/#device={agent.device_id}"
+        async with asyncio.timeout(10):
+            await agent.registered.wait()
+        # The demo's pairing secret stays valid while it runs, for any number of viewers.
+        secret = agent.open_pairing(ttl=365 * 86400, reusable=True)
+        link = f"{scheme}://{_url_host(host)}:{port}/#device={agent.device_id}&pair={secret}"
         with contextlib.suppress(Exception):
             segno.make(link, error="l").terminal(compact=True)
         print(f"DEVICE {agent.device_id}", flush=True)
         print(f"VIEWER {link}", flush=True)
-        print("Open the link in a browser on this network; Ctrl-C stops the demo.", flush=True)
+        print("Open the link in a browser on this network; it pairs that browser and plays.",
+              flush=True)
+        if args.tls:
+            print("The certificate is self-signed: accept the browser's warning once.",
+                  flush=True)
+        elif host not in ("127.0.0.1", "localhost", "::1"):
+            print("Phones need HTTPS for the viewer key (WebCrypto): run with --tls.", flush=True)
+        print("Ctrl-C stops the demo.", flush=True)
         await _until_signalled()
     finally:
         if agent is not None:
             await agent.close()
         await runner.cleanup()
+    return 0
+
+
+async def _pair(args: argparse.Namespace) -> int:
+    import segno
+
+    from camera.acl import PairingWindows
+    from camera.config import ws_url
+    from camera.identity import DeviceIdentity
+
+    config = _camera_config(args, rendezvous=args.rendezvous)
+    identity = DeviceIdentity.load_or_create(config.state_dir)
+    window = PairingWindows(config.state_dir).open(args.ttl)
+    base = ws_url(config.rendezvous, "").replace("wss://", "https://").replace("ws://", "http://")
+    link = f"{base}/#device={identity.device_id}&pair={window.secret}"
+    with contextlib.suppress(Exception):
+        segno.make(link, error="l").terminal(compact=True)
+    print(f"PAIR {link}", flush=True)
+    minutes = args.ttl / 60
+    print(f"Open it on the viewer within {minutes:.0f} min; it works once.", flush=True)
+    return 0
+
+
+async def _viewers(args: argparse.Namespace) -> int:
+    import time
+
+    from camera.acl import ViewerACL
+
+    acl = ViewerACL(_camera_config(args).state_dir)
+    if args.action == "list":
+        rows = [{"fingerprint": v.fingerprint, "name": v.name,
+                 "added": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.added))}
+                for v in acl.viewers()]
+        if args.json:
+            print(json.dumps(rows), flush=True)
+        for row in [] if args.json else rows:
+            print(f"{row['fingerprint']}  {row['added']}  {row['name']}", flush=True)
+        if not rows and not args.json:
+            print("no paired viewers", flush=True)
+        return 0
+    if args.action == "clear":
+        print(f"revoked {acl.clear()} viewer(s)", flush=True)
+        return 0
+    if not args.handle:
+        raise BadConfig("revoke needs a fingerprint or name (see peercam viewers list)")
+    gone = acl.revoke(args.handle)
+    if not gone:
+        print(f"peercam: no paired viewer is {args.handle!r}", file=sys.stderr)
+        return 1
+    for viewer in gone:
+        print(f"revoked {viewer.fingerprint} {viewer.name}", flush=True)
     return 0
 
 
@@ -224,12 +364,16 @@ def _lan_address() -> str:
 
 
 async def _view(args: argparse.Namespace) -> int:
+    import aiohttp
+
     from camera.viewer import ViewError, view
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from camera.viewer import ViewerIdentity
+
     try:
         stats = await view(
             args.target,
@@ -238,8 +382,11 @@ async def _view(args: argparse.Namespace) -> int:
             record=args.record,
             ice_servers=args.ice_server,
             stop=stop,
+            identity=ViewerIdentity.load_or_create(name=args.name),
+            tls_ca=args.tls_ca,
+            tls_insecure=args.insecure,
         )
-    except (ViewError, OSError, TimeoutError, ValueError) as exc:
+    except (ViewError, OSError, TimeoutError, ValueError, aiohttp.ClientError) as exc:
         if args.json:
             print(json.dumps({"error": str(exc), "frames": 0}), flush=True)
         print(f"peercam view: {exc}", file=sys.stderr)

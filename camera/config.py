@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,14 @@ class CameraConfig:
     """Longest reconnect delay cap in seconds."""
     ice_timeout: float = 30.0
     """Seconds a viewer's peer connection may take to connect before it is dropped."""
+    tls_ca: str | None = None
+    """CA bundle (or the server's own certificate) to trust for wss://; None: the system's."""
+    tls_insecure: bool = False
+    """Development only: accept any server certificate. Never on a real camera."""
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What aiohttp needs for the rendezvous connection (True: default checks)."""
+        return client_ssl(self.tls_ca, self.tls_insecure)
 
     def __post_init__(self) -> None:
         if self.source not in ("testpattern", "file", "v4l2", "picamera2"):
@@ -63,6 +72,18 @@ class CameraConfig:
     @property
     def camera_ws_url(self) -> str:
         return ws_url(self.rendezvous, "/ws/camera")
+
+
+def client_ssl(ca: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    """TLS for a client connection: verify by default (True); a CA file; or (dev) not at all."""
+    if insecure:
+        return False
+    if ca:
+        try:
+            return ssl.create_default_context(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise BadConfig(f"tls_ca {ca}: cannot load ({exc})") from None
+    return True
 
 
 def ws_url(base: str, path: str) -> str:
@@ -82,6 +103,7 @@ _ENV = {
     "PEERCAM_FILE": "file",
     "PEERCAM_DEVICE": "device",
     "PEERCAM_STATE_DIR": "state_dir",
+    "PEERCAM_TLS_CA": "tls_ca",
 }
 _VIDEO_KEYS = {f.name for f in dataclasses.fields(VideoSettings)}
 

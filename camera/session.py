@@ -37,8 +37,11 @@ class ViewerSession:
         on_closed: Callable[[ViewerSession, str], None],
         *,
         ice_timeout: float = 30.0,
+        viewer_key: str | None = None,
     ) -> None:
         self.session_id = session_id
+        self.viewer_key = viewer_key
+        """The ACL key whose signed offer opened this session (revocation ends it)."""
         self._broadcaster = broadcaster
         self._on_closed = on_closed
         self._ice_timeout = ice_timeout
@@ -70,7 +73,8 @@ class ViewerSession:
 
     async def _connect_deadline(self) -> None:
         try:
-            await asyncio.wait_for(self.connected.wait(), self._ice_timeout)
+            async with asyncio.timeout(self._ice_timeout):
+                await self.connected.wait()
         except TimeoutError:
             logger.info("session %s: not connected after %.0f s", self.session_id,
                         self._ice_timeout)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import secrets
+import socket
 import statistics
 import time
 import urllib.parse
@@ -24,12 +26,25 @@ import aiohttp
 import av
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from camera.config import ws_url
+from camera.config import client_ssl, ws_url
 from camera.h264 import is_idr
+from camera.identity import load_or_create_key
 from camera.stamp import read as read_stamp
 from camera.webrtc import make_peer_connection, prefer_h264, selected_pair_types
-from services.signaling import ProtocolError, Role, encode, normalize_device_id, parse
+from services.signaling import Message, ProtocolError, Role, encode, normalize_device_id, parse
+from services.signatures import (
+    answer_statement,
+    device_id_of,
+    encode_public_key,
+    offer_statement,
+    pair_statement,
+    paired_statement,
+    pairing_proof,
+    sign,
+    verify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +55,53 @@ class ViewError(Exception):
     """The viewer could not get video (camera offline, refused, no frames)."""
 
 
-def parse_target(target: str, rendezvous: str | None) -> tuple[str, str]:
-    """Split a viewer link or a bare device ID into (rendezvous base URL, device ID)."""
+class ForgedAnswer(ViewError):
+    """The answer or pairing reply was not signed by the camera we asked for."""
+
+
+VIEWER_KEY_FILE = "viewer_key.pem"
+
+
+def default_viewer_dir() -> Path:
+    """Where the CLI viewer keeps its key: $PEERCAM_VIEWER_DIR or ~/.config/peercam."""
+    if os.environ.get("PEERCAM_VIEWER_DIR"):
+        return Path(os.environ["PEERCAM_VIEWER_DIR"])
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "peercam"
+
+
+@dataclass(frozen=True)
+class ViewerIdentity:
+    """This viewer's key pair (its ACL entry on the camera) and its name."""
+
+    private_key: ec.EllipticCurvePrivateKey
+    name: str
+
+    @property
+    def key(self) -> str:
+        return encode_public_key(self.private_key.public_key())
+
+    @classmethod
+    def load_or_create(
+        cls, directory: Path | None = None, name: str | None = None
+    ) -> ViewerIdentity:
+        path = (directory or default_viewer_dir()) / VIEWER_KEY_FILE
+        key, _created = load_or_create_key(path)
+        return cls(key, name or f"peercam view on {socket.gethostname()}"[:64])
+
+
+def parse_target(target: str, rendezvous: str | None) -> tuple[str, str, str | None]:
+    """Split a link or a bare device ID into (rendezvous base URL, device ID, pair secret)."""
+    secret = None
     if "://" in target:
         url = urllib.parse.urlsplit(target)
         params = urllib.parse.parse_qs(url.fragment)
         device = params.get("device", [""])[0]
+        secret = params.get("pair", [None])[0]
         base = rendezvous or f"{url.scheme}://{url.netloc}"
     else:
         device, base = target, rendezvous or "ws://127.0.0.1:8080"
-    return base, normalize_device_id(device)
+    return base, normalize_device_id(device), secret
 
 
 @dataclass
@@ -154,20 +206,38 @@ async def view(
     connect_timeout: float = 15.0,
     ice_servers: list[dict[str, Any]] | None = None,
     stop: asyncio.Event | None = None,
+    identity: ViewerIdentity | None = None,
+    tls_ca: str | None = None,
+    tls_insecure: bool = False,
 ) -> ViewStats:
-    """Watch a camera until ``seconds`` pass or ``stop`` is set; return what was measured."""
-    base, device_id = parse_target(target, rendezvous)
+    """Watch a camera until ``seconds`` pass or ``stop`` is set; return what was measured.
+
+    A link with ``pair=SECRET`` in its fragment pairs this viewer's key first.
+    """
+    base, device_id, secret = parse_target(target, rendezvous)
+    identity = identity or ViewerIdentity.load_or_create()
     stats = ViewStats()
     recorder = Mp4Recorder(record) if record is not None else None
     stop = stop or asyncio.Event()
-    session_id = secrets.token_urlsafe(18)
     async with aiohttp.ClientSession() as http, http.ws_connect(
-        ws_url(base, "/ws/viewer"), heartbeat=20.0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+        ws_url(base, "/ws/viewer"),
+        heartbeat=20.0,
+        ssl=client_ssl(tls_ca, tls_insecure),
+        timeout=aiohttp.ClientWSTimeout(ws_close=5),
     ) as ws:
         hello = parse((await ws.receive_str(timeout=connect_timeout)), Role.SERVER)
         if hello.type != "hello":
             raise ViewError(f"rendezvous sent {hello.type!r} instead of hello")
-        servers = ice_servers if ice_servers is not None else list(hello["ice_servers"])
+        if secret is not None:
+            await pair(ws, device_id, secret, identity, connect_timeout)
+        session_id = secrets.token_urlsafe(18)
+        servers = ice_servers
+        if servers is None:
+            await ws.send_str(
+                encode(Role.VIEWER, "prepare", device_id=device_id, session_id=session_id)
+            )
+            prepared = await _await_reply(ws, session_id, ("prepared",), connect_timeout)
+            servers = list(prepared["ice_servers"])
         started = time.perf_counter()
         pc = make_peer_connection(servers)
         try:
@@ -184,20 +254,30 @@ async def view(
 
             tasks: set[asyncio.Future[None]] = set()
             await pc.setLocalDescription(await pc.createOffer())
+            offer_sdp = pc.localDescription.sdp
+            timestamp = int(time.time() * 1000)
+            signed = offer_statement(device_id, session_id, timestamp, identity.key, offer_sdp)
             await ws.send_str(
                 encode(
                     Role.VIEWER,
                     "offer",
                     device_id=device_id,
                     session_id=session_id,
-                    sdp=pc.localDescription.sdp,
+                    sdp=offer_sdp,
+                    viewer_key=identity.key,
+                    timestamp=timestamp,
+                    signature=sign(identity.private_key, signed),
                 )
             )
-            answer = await _await_answer(ws, session_id, connect_timeout)
-            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            answer = await _await_reply(ws, session_id, ("answer",), connect_timeout)
+            check_answer(device_id, session_id, offer_sdp, answer)
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
             ended = asyncio.ensure_future(_watch_signaling(ws, session_id))
             try:
-                await asyncio.wait_for(first_frame.wait(), connect_timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                # cancellation that lands as the frame arrives (gh-86296).
+                async with asyncio.timeout(connect_timeout):
+                    await first_frame.wait()
             except TimeoutError:
                 raise ViewError(f"no video within {connect_timeout:.0f} s") from None
             finally:
@@ -219,15 +299,58 @@ async def view(
     return stats
 
 
-async def _await_answer(
-    ws: aiohttp.ClientWebSocketResponse, session_id: str, timeout: float
-) -> str:
+def check_answer(device_id: str, session_id: str, offer_sdp: str, answer: Message) -> None:
+    """Believe an answer only if the camera we asked for signed it, for our offer."""
+    if device_id_of(answer["device_key"]) != device_id:
+        raise ForgedAnswer("the answer's key is not this camera's: the server may be hostile")
+    signed = answer_statement(device_id, session_id, offer_sdp, answer["sdp"])
+    if not verify(answer["device_key"], signed, answer["signature"]):
+        raise ForgedAnswer("the answer's signature does not verify: the server may be hostile")
+
+
+async def pair(
+    ws: aiohttp.ClientWebSocketResponse,
+    device_id: str,
+    secret: str,
+    identity: ViewerIdentity,
+    timeout: float,
+) -> None:
+    """Add this viewer's key to the camera's ACL with a pairing secret."""
+    session_id = secrets.token_urlsafe(18)
+    timestamp = int(time.time() * 1000)
+    signed = pair_statement(device_id, session_id, timestamp, identity.key, identity.name)
+    await ws.send_str(
+        encode(
+            Role.VIEWER,
+            "pair",
+            device_id=device_id,
+            session_id=session_id,
+            viewer_key=identity.key,
+            name=identity.name,
+            timestamp=timestamp,
+            signature=sign(identity.private_key, signed),
+            proof=pairing_proof(secret, signed),  # the secret itself never leaves us
+        )
+    )
+    reply = await _await_reply(ws, session_id, ("paired",), timeout)
+    if device_id_of(reply["device_key"]) != device_id or not verify(
+        reply["device_key"],
+        paired_statement(device_id, session_id, identity.key, identity.name),
+        reply["signature"],
+    ):
+        raise ForgedAnswer("the pairing reply was not signed by this camera")
+    logger.info("paired with %s as %r", device_id, identity.name)
+
+
+async def _await_reply(
+    ws: aiohttp.ClientWebSocketResponse, session_id: str, wanted: tuple[str, ...], timeout: float
+) -> Message:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise ViewError("no answer from the camera in time")
+            raise ViewError(f"no {'/'.join(wanted)} from the camera in time")
         msg = await ws.receive(timeout=remaining)
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise ViewError("the rendezvous closed the connection")
@@ -238,8 +361,8 @@ async def _await_answer(
             continue
         if message.get("session_id") not in (None, session_id):
             continue
-        if message.type == "answer":
-            return str(message["sdp"])
+        if message.type in wanted:
+            return message
         if message.type in ("error", "bye"):
             detail = message.get("message") or message.get("reason")
             raise ViewError(f"camera refused: {message.get('code', 'bye')}: {detail}")

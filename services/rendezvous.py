@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -43,7 +45,13 @@ class RendezvousConfig:
     message_burst: float = 40.0
     """Messages allowed in a burst per connection."""
     server_name: str = "peercam"
-    """Name sent in ``hello`` (the trust issue signs over it)."""
+    """Name sent in ``hello`` (informational; cameras sign the host they dialled)."""
+    connection_rate: float = 5.0
+    """New WebSocket connections per second allowed from one IP address (sustained)."""
+    connection_burst: float = 40.0
+    """New connections allowed from one IP address in a burst."""
+    credentials: Callable[[str], list[dict[str, Any]]] | None = None
+    """Mints TURN credentials for a tag (see ``services.turn``); None: no TURN."""
 
 
 class Rendezvous:
@@ -54,9 +62,11 @@ class Rendezvous:
         self.router = Router(
             server_name=self.config.server_name,
             ice_servers=self.config.ice_servers,
+            credentials=self.config.credentials,
             answer_timeout=self.config.answer_timeout,
         )
         self._sockets: dict[Peer, web.WebSocketResponse] = {}
+        self._per_ip: dict[str, TokenBucket] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self.app = web.Application()
         self.app.router.add_get("/ws/camera", self._camera_ws)
@@ -97,26 +107,41 @@ class Rendezvous:
             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
 
-    async def _camera_ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def _camera_ws(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, Role.CAMERA)
 
-    async def _viewer_ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def _viewer_ws(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, Role.VIEWER)
 
-    async def _serve(self, request: web.Request, role: Role) -> web.WebSocketResponse:
+    def _admit(self, remote: str, now: float) -> bool:
+        """Per-IP connection rate limit (a reconnect storm or a scan stops here)."""
+        bucket = self._per_ip.get(remote)
+        if bucket is None:
+            if len(self._per_ip) > 100_000:
+                self._per_ip.clear()  # bounded memory under a spoofed-source flood
+            bucket = self._per_ip[remote] = TokenBucket(
+                self.config.connection_rate, self.config.connection_burst
+            )
+        return bucket.allow(now)
+
+    async def _serve(self, request: web.Request, role: Role) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        remote = request.remote or "?"
+        if not self._admit(remote, loop.time()):
+            logger.info("refused a connection from %s: too many", remote)
+            return web.Response(status=429, text="too many connections\n")
         # aiohttp closes with 1009 above max_msg_size; below it, our parser answers
         # an oversized message with an error and keeps the connection.
         ws = web.WebSocketResponse(
             heartbeat=self.config.heartbeat, max_msg_size=4 * MAX_MESSAGE_BYTES
         )
         await ws.prepare(request)
-        peer = Peer(role, remote=request.remote or "?")
+        peer = Peer(role, remote=remote, host=request.host)
         self._sockets[peer] = ws
         bucket = TokenBucket(self.config.message_rate, self.config.message_burst)
-        loop = asyncio.get_running_loop()
         warned_at = float("-inf")
         try:
-            await self._perform(self.router.connected(peer))
+            await self._perform(self.router.connected(peer, loop.time()))
             async for msg in ws:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
@@ -152,13 +177,16 @@ class Rendezvous:
 
 
 async def start_rendezvous(
-    host: str, port: int, config: RendezvousConfig | None = None
+    host: str,
+    port: int,
+    config: RendezvousConfig | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[Rendezvous, web.AppRunner, int]:
     """Start serving; returns the server, its runner (``await runner.cleanup()``) and port."""
     server = Rendezvous(config)
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     server_obj: Any = site._server
     sockets = server_obj.sockets if server_obj is not None else []

@@ -3,7 +3,12 @@
 The aiohttp adapter (``services.rendezvous``) calls these methods with what
 arrived and performs the returned actions. Keeping the routing here lets the
 tests drive hostile sequences (answers for foreign sessions, duplicate IDs,
-vanishing peers) without sockets.
+forged registrations, vanishing peers) without sockets.
+
+The router is not trusted by cameras or viewers: it forwards their signed
+fields untouched and cannot make them up. What it does enforce is its own
+part: a camera proves it holds the key its ID names before it is reachable,
+and TURN credentials go only to registered cameras and routed sessions.
 """
 
 from __future__ import annotations
@@ -11,12 +16,21 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.ratelimit import TokenBucket
 from services.signaling import ErrorCode, Message, ProtocolError, Role, encode, error, parse
+from services.signatures import device_id_of, register_statement, verify
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a camera has from ``hello`` to a signed ``register``.
+REGISTER_WINDOW = 30.0
+
+#: Makes ICE server entries (with TURN credentials) for a tag: a device or a session.
+Credentials = Callable[[str], list[dict[str, Any]]]
 
 
 @dataclass(eq=False)
@@ -25,12 +39,18 @@ class Peer:
 
     role: Role
     remote: str = "?"
+    host: str = ""
+    """The Host header it connected with: the server name a camera must sign."""
+    connected_at: float = 0.0
     id: int = field(default_factory=itertools.count(1).__next__)
     device_id: str | None = None
     """Cameras: the ID registered on this connection."""
+    nonce: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    nonce_used: bool = False
     sessions: set[tuple[str, str]] = field(default_factory=set)
     """Viewers: (device_id, session_id) of the sessions this connection owns."""
-    nonce: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    credential_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.5, 10))
+    """Viewers: TURN credentials handed out (prepare), rate-limited."""
 
     def __repr__(self) -> str:
         return f"<{self.role} #{self.id} {self.remote}>"
@@ -57,6 +77,8 @@ class _Session:
     session_id: str
     viewer: Peer
     deadline: float
+    kind: str = "offer"
+    """``offer`` (ends at the answer's bye) or ``pair`` (ends at ``paired``)."""
     answered: bool = False
 
 
@@ -68,18 +90,26 @@ class Router:
         *,
         server_name: str = "peercam",
         ice_servers: list[dict[str, Any]] | None = None,
+        credentials: Credentials | None = None,
         answer_timeout: float = 20.0,
     ) -> None:
         self.server_name = server_name
         self.ice_servers = list(ice_servers or [])
+        self.credentials = credentials
         self.answer_timeout = answer_timeout
         self.cameras: dict[str, Peer] = {}
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.viewers: set[Peer] = set()
 
+    def _ice_servers(self, tag: str) -> list[dict[str, Any]]:
+        """Public servers plus, if TURN is configured, credentials minted for ``tag``."""
+        minted = self.credentials(tag) if self.credentials is not None else []
+        return self.ice_servers + minted
+
     # -- connection events -------------------------------------------------
 
-    def connected(self, peer: Peer) -> list[Action]:
+    def connected(self, peer: Peer, now: float = 0.0) -> list[Action]:
+        peer.connected_at = now
         if peer.role is Role.VIEWER:
             self.viewers.add(peer)
         hello = encode(
@@ -87,7 +117,7 @@ class Router:
             "hello",
             server=self.server_name,
             nonce=peer.nonce,
-            ice_servers=self.ice_servers,
+            ice_servers=self.ice_servers,  # STUN only: credentials need a routed session
         )
         return [Send(peer, hello)]
 
@@ -114,11 +144,14 @@ class Router:
         try:
             message = parse(data, peer.role)
             if peer.role is Role.CAMERA:
-                return self._from_camera(peer, message)
+                return self._from_camera(peer, message, now)
             return self._from_viewer(peer, message, now)
         except ProtocolError as exc:
             logger.info("%r sent a bad message: %s", peer, exc.message)
-            return [Send(peer, error(exc.code, exc.message))]
+            actions: list[Action] = [Send(peer, error(exc.code, exc.message))]
+            if exc.code is ErrorCode.BAD_SIGNATURE:
+                actions.append(Close(peer, "registration refused"))
+            return actions
 
     def expire(self, now: float) -> list[Action]:
         """End sessions whose camera did not answer in time. Call about once a second."""
@@ -134,11 +167,11 @@ class Router:
                 actions += self._end(session, "no answer in time", notify_viewer=False)
         return actions
 
-    # -- messages ------------------------------------------------------------
+    # -- camera messages -------------------------------------------------------
 
-    def _from_camera(self, peer: Peer, message: Message) -> list[Action]:
+    def _from_camera(self, peer: Peer, message: Message, now: float) -> list[Action]:
         if message.type == "register":
-            return self._register(peer, message["device_id"])
+            return self._register(peer, message, now)
         if peer.device_id is None:
             raise ProtocolError(ErrorCode.NOT_REGISTERED, f"{message.type} before register")
         key = (peer.device_id, message["session_id"])
@@ -147,26 +180,46 @@ class Router:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_SESSION, f"no live session {message['session_id']!r}"
             )
-        if message.type == "answer":
-            if session.answered:
-                raise ProtocolError(ErrorCode.BAD_MESSAGE, "session already answered")
-            session.answered = True
-            text = encode(
-                Role.SERVER, "answer", session_id=session.session_id, sdp=message["sdp"]
-            )
-            return [Send(session.viewer, text)]
-        # bye
-        return self._end(session, message.get("reason") or "camera ended it", notify_camera=False)
+        if message.type == "bye":
+            reason = message.get("reason") or "camera ended it"
+            return self._end(session, reason, notify_camera=False)
+        expected = "answer" if session.kind == "offer" else "paired"
+        if message.type != expected or session.answered:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{message.type} is not expected now")
+        session.answered = True
+        # Forwarded as signed: the viewer checks the camera's signature, not ours.
+        actions: list[Action] = [
+            Send(session.viewer, encode(Role.SERVER, message.type, **message.fields))
+        ]
+        if session.kind == "pair":
+            actions += self._end(session, "paired", notify_camera=False, notify_viewer=False)
+        return actions
 
-    def _register(self, peer: Peer, device_id: str) -> list[Action]:
+    def _register(self, peer: Peer, message: Message, now: float) -> list[Action]:
+        device_id, device_key = message["device_id"], message["device_key"]
+        if peer.device_id is not None or peer.nonce_used:
+            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "this connection already registered")
+        peer.nonce_used = True  # one registration per nonce: no replays on this connection
+        if now - peer.connected_at > REGISTER_WINDOW:
+            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "the nonce is stale: reconnect")
+        try:
+            key_id = device_id_of(device_key)
+        except ValueError:
+            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "device_key is not a key") from None
+        if key_id != device_id:
+            # IDs are hashes of keys: an ID can never be bound to another key.
+            logger.warning("%r claimed %s with a key for %s", peer, device_id, key_id)
+            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "device_key does not match device_id")
+        signed = register_statement(peer.host, peer.nonce, device_id)
+        if not verify(device_key, signed, message["signature"]):
+            logger.warning("%r: bad registration signature for %s", peer, device_id)
+            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify")
         actions: list[Action] = []
-        if peer.device_id is not None and peer.device_id != device_id:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "this connection registered another ID")
         old = self.cameras.get(device_id)
         if old is not None and old is not peer:
             # The newer connection wins: a camera that reconnects must not wait for
-            # the old socket to time out. (The trust issue binds this to the key.)
-            logger.warning("camera %s re-registered; closing %r", device_id, old)
+            # the old socket to time out. Both proved the same key.
+            logger.warning("camera %s registered again; closing the older %r", device_id, old)
             actions.append(Send(old, error(ErrorCode.REPLACED, "a newer connection registered")))
             actions.append(Close(old, "replaced"))
             for key, session in list(self.sessions.items()):
@@ -176,31 +229,50 @@ class Router:
         peer.device_id = device_id
         self.cameras[device_id] = peer
         logger.info("camera %s registered (%r)", device_id, peer)
-        actions.append(Send(peer, encode(Role.SERVER, "registered", device_id=device_id)))
+        registered = encode(
+            Role.SERVER,
+            "registered",
+            device_id=device_id,
+            ice_servers=self._ice_servers(device_id.replace("-", "")),
+        )
+        actions.append(Send(peer, registered))
         return actions
 
+    # -- viewer messages -------------------------------------------------------
+
     def _from_viewer(self, peer: Peer, message: Message, now: float) -> list[Action]:
-        if message.type == "offer":
-            device_id, session_id = message["device_id"], message["session_id"]
-            camera = self.cameras.get(device_id)
-            if camera is None:
-                # Same answer for an unknown ID and an offline one: no enumeration.
-                raise ProtocolError(ErrorCode.UNAVAILABLE, "that camera is not online")
-            key = (device_id, session_id)
-            if key in self.sessions:
-                raise ProtocolError(ErrorCode.CONFLICT, "that session_id is in use")
-            self.sessions[key] = _Session(
-                device_id, session_id, peer, deadline=now + self.answer_timeout
+        if message.type == "bye":
+            for key in peer.sessions:
+                if key[1] == message["session_id"]:
+                    reason = message.get("reason") or "viewer left"
+                    return self._end(self.sessions[key], reason, notify_viewer=False)
+            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "no such session on this connection")
+        device_id, session_id = message["device_id"], message["session_id"]
+        camera = self.cameras.get(device_id)
+        if camera is None:
+            # Same answer for an unknown ID and an offline one: no enumeration.
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "that camera is not online")
+        if message.type == "prepare":
+            if not peer.credential_bucket.allow(now):
+                raise ProtocolError(ErrorCode.RATE_LIMITED, "too many credential requests")
+            prepared = encode(
+                Role.SERVER,
+                "prepared",
+                session_id=session_id,
+                ice_servers=self._ice_servers(session_id),
             )
-            peer.sessions.add(key)
-            text = encode(Role.SERVER, "offer", session_id=session_id, sdp=message["sdp"])
-            return [Send(camera, text)]
-        # bye: the viewer names only the session; find it among its own.
-        for key in peer.sessions:
-            if key[1] == message["session_id"]:
-                reason = message.get("reason") or "viewer left"
-                return self._end(self.sessions[key], reason, notify_viewer=False)
-        raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "no such session on this connection")
+            return [Send(peer, prepared)]
+        key = (device_id, session_id)
+        if key in self.sessions:
+            raise ProtocolError(ErrorCode.CONFLICT, "that session_id is in use")
+        self.sessions[key] = _Session(
+            device_id, session_id, peer, deadline=now + self.answer_timeout, kind=message.type
+        )
+        peer.sessions.add(key)
+        fields = {k: v for k, v in message.fields.items() if k != "device_id"}
+        if message.type == "offer":
+            fields["ice_servers"] = self._ice_servers(session_id)
+        return [Send(camera, encode(Role.SERVER, message.type, **fields))]
 
     def _end(
         self,
@@ -228,4 +300,3 @@ class Router:
             "viewers": len(self.viewers),
             "sessions": len(self.sessions),
         }
-

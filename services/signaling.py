@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
 
     BAD_MESSAGE = "bad-message"
     TOO_LARGE = "too-large"
+    BAD_SIGNATURE = "bad-signature"
     NOT_REGISTERED = "not-registered"
     UNAVAILABLE = "unavailable"
     CONFLICT = "conflict"
@@ -97,10 +98,14 @@ def device_id_from_digest(digest: bytes) -> str:
 Checker = Callable[[Any], Any]
 
 
-def _session_id(value: Any) -> str:
+def normalize_session_id(value: Any) -> str:
+    """``value`` if it is a well-formed session ID, else ValueError."""
     if not isinstance(value, str) or not _SESSION_RE.fullmatch(value):
         raise ValueError("session_id: need 16-64 characters of [A-Za-z0-9_-]")
     return value
+
+
+_session_id = normalize_session_id
 
 
 def _device_id(value: Any) -> str:
@@ -121,9 +126,46 @@ def _short_text(limit: int) -> Checker:
     def check(value: Any) -> str:
         if not isinstance(value, str) or len(value) > limit:
             raise ValueError(f"not a string of at most {limit} characters")
+        if "\n" in value or "\r" in value:
+            raise ValueError("newlines are not allowed")
         return value
 
     return check
+
+
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _b64url(name: str, lo: int, hi: int) -> Checker:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not lo <= len(value) <= hi:
+            raise ValueError(f"{name}: need {lo}-{hi} base64url characters")
+        if not _B64URL_RE.fullmatch(value):
+            raise ValueError(f"{name}: not base64url without padding")
+        return value
+
+    return check
+
+
+_public_key = _b64url("key", 80, 200)  # P-256 SPKI DER is 91 bytes: 122 characters
+_signature = _b64url("signature", 86, 86)  # P1363 r||s, 64 bytes
+_proof = _b64url("proof", 43, 43)  # HMAC-SHA256, 32 bytes
+_nonce = _b64url("nonce", 16, 64)
+
+
+def _timestamp(value: Any) -> int:
+    # bool is an int in Python; a JSON true is not a timestamp.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
+        raise ValueError("timestamp: need integer milliseconds since 1970")
+    return value
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        raise ValueError("name: need 1-64 characters")
+    if any(ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 for ch in value):
+        raise ValueError("name: control characters are not allowed")
+    return value
 
 
 def _error_code(value: Any) -> str:
@@ -161,29 +203,52 @@ class Schema:
     optional: Mapping[str, Checker] = field(default_factory=dict)
 
 
-_HELLO = Schema(
-    {"server": _short_text(64), "nonce": _short_text(64), "ice_servers": _ice_servers}
+_HELLO = Schema({"server": _short_text(255), "nonce": _nonce, "ice_servers": _ice_servers})
+_ANSWER = Schema(
+    {"session_id": _session_id, "sdp": _sdp, "device_key": _public_key, "signature": _signature}
 )
-_ANSWER = Schema({"session_id": _session_id, "sdp": _sdp})
+_PAIRED = Schema({"session_id": _session_id, "device_key": _public_key, "signature": _signature})
 _BYE = Schema({"session_id": _session_id}, {"reason": _short_text(200)})
 _ERROR = Schema(
     {"code": _error_code, "message": _short_text(500)}, {"session_id": _session_id}
 )
+# What the viewer signs for an offer / a pairing request (docs/protocol.md, Statements).
+_SIGNED_OFFER = {
+    "session_id": _session_id,
+    "sdp": _sdp,
+    "viewer_key": _public_key,
+    "timestamp": _timestamp,
+    "signature": _signature,
+}
+_SIGNED_PAIR = {
+    "session_id": _session_id,
+    "viewer_key": _public_key,
+    "name": _name,
+    "timestamp": _timestamp,
+    "signature": _signature,
+    "proof": _proof,
+}
 
 #: (sender, type) -> schema. Anything not in this table is refused.
 SCHEMAS: dict[tuple[Role, str], Schema] = {
     (Role.SERVER, "hello"): _HELLO,
-    (Role.SERVER, "registered"): Schema({"device_id": _device_id}),
-    (Role.SERVER, "offer"): Schema({"session_id": _session_id, "sdp": _sdp}),
+    (Role.SERVER, "registered"): Schema({"device_id": _device_id, "ice_servers": _ice_servers}),
+    (Role.SERVER, "prepared"): Schema({"session_id": _session_id, "ice_servers": _ice_servers}),
+    (Role.SERVER, "offer"): Schema({**_SIGNED_OFFER, "ice_servers": _ice_servers}),
     (Role.SERVER, "answer"): _ANSWER,
+    (Role.SERVER, "pair"): Schema(_SIGNED_PAIR),
+    (Role.SERVER, "paired"): _PAIRED,
     (Role.SERVER, "bye"): _BYE,
     (Role.SERVER, "error"): _ERROR,
-    (Role.CAMERA, "register"): Schema({"device_id": _device_id}),
-    (Role.CAMERA, "answer"): _ANSWER,
-    (Role.CAMERA, "bye"): _BYE,
-    (Role.VIEWER, "offer"): Schema(
-        {"device_id": _device_id, "session_id": _session_id, "sdp": _sdp}
+    (Role.CAMERA, "register"): Schema(
+        {"device_id": _device_id, "device_key": _public_key, "signature": _signature}
     ),
+    (Role.CAMERA, "answer"): _ANSWER,
+    (Role.CAMERA, "paired"): _PAIRED,
+    (Role.CAMERA, "bye"): _BYE,
+    (Role.VIEWER, "prepare"): Schema({"device_id": _device_id, "session_id": _session_id}),
+    (Role.VIEWER, "offer"): Schema({"device_id": _device_id, **_SIGNED_OFFER}),
+    (Role.VIEWER, "pair"): Schema({"device_id": _device_id, **_SIGNED_PAIR}),
     (Role.VIEWER, "bye"): _BYE,
 }
 
@@ -212,6 +277,9 @@ def parse(data: str | bytes, sender: Role) -> Message:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not JSON: {exc}") from None
+    except RecursionError:
+        # 64 KiB of '[' is enough to exhaust the parser's stack: refuse, don't crash.
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "JSON nested too deeply") from None
     return validate(obj, sender)
 
 

@@ -18,6 +18,7 @@ from camera.agent import CameraAgent
 from camera.config import CameraConfig, make_configured_source
 from camera.identity import DeviceIdentity
 from camera.sources.base import VideoSettings
+from camera.viewer import ViewerIdentity
 from camera.webrtc import restrict_host_addresses
 from services.rendezvous import Rendezvous, RendezvousConfig, start_rendezvous
 
@@ -36,19 +37,33 @@ def loopback_ice() -> Iterator[None]:
     restrict_host_addresses(None)
 
 
+@pytest.fixture(autouse=True)
+def viewer_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The CLI viewer's key lives in the test's own directory, never in ~/.config."""
+    directory = tmp_path / "viewer"
+    monkeypatch.setenv("PEERCAM_VIEWER_DIR", str(directory))
+    return directory
+
+
 class Stack:
     def __init__(self, rendezvous: Rendezvous, url: str, tmp: Path) -> None:
         self.rendezvous = rendezvous
         self.url = url
         self.tmp = tmp
         self.agents: list[CameraAgent] = []
+        # The default CLI viewer identity (PEERCAM_VIEWER_DIR): paired with every camera.
+        self.viewer = ViewerIdentity.load_or_create()
 
-    async def camera(self, video: VideoSettings = SMALL_VIDEO, **config: Any) -> CameraAgent:
+    async def camera(
+        self, video: VideoSettings = SMALL_VIDEO, *, paired: bool = True, **config: Any
+    ) -> CameraAgent:
         state = self.tmp / f"camera{len(self.agents)}"
         cfg = CameraConfig(rendezvous=self.url, state_dir=state, video=video,
                            backoff_base=0.1, backoff_cap=1.0, **config)
         source = make_configured_source(cfg)
         agent = CameraAgent(cfg, source, DeviceIdentity.load_or_create(state))
+        if paired:
+            agent.acl.add(self.viewer.key, self.viewer.name)
         self.agents.append(agent)
         await agent.start()
         import asyncio
@@ -61,7 +76,7 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path, viewer_dir: Path) -> AsyncIterator[Stack]:
     server, runner, port = await start_rendezvous(
         "127.0.0.1", 0, RendezvousConfig(heartbeat=2.0)
     )
@@ -77,3 +92,28 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 @pytest.fixture
 def make_identity(tmp_path: Path) -> Callable[[str], DeviceIdentity]:
     return lambda name: DeviceIdentity.load_or_create(tmp_path / name)
+
+
+def signed_offer(
+    identity: ViewerIdentity,
+    device_id: str,
+    session_id: str,
+    sdp: str,
+    timestamp: int | None = None,
+) -> dict[str, Any]:
+    """The fields of a correctly signed viewer offer (docs/protocol.md)."""
+    import time
+
+    from services.signatures import offer_statement, sign
+
+    timestamp = int(time.time() * 1000) if timestamp is None else timestamp
+    statement = offer_statement(device_id, session_id, timestamp, identity.key, sdp)
+    return {
+        "type": "offer",
+        "device_id": device_id,
+        "session_id": session_id,
+        "sdp": sdp,
+        "viewer_key": identity.key,
+        "timestamp": timestamp,
+        "signature": sign(identity.private_key, statement),
+    }

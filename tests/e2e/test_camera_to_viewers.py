@@ -11,8 +11,8 @@ import av
 import pytest
 
 from camera.viewer import view
-from services.signaling import Role, encode
-from tests.conftest import Stack, scaled
+from services.signaling import Role
+from tests.conftest import Stack, scaled, signed_offer
 
 
 async def test_several_viewers_at_once_each_decode_full_rate(stack: Stack) -> None:
@@ -98,8 +98,8 @@ async def test_offline_camera_and_bad_messages_leave_server_serving(stack: Stack
             reply = await ws.receive_json()
             assert reply["type"] == "error" and reply["code"] in ("bad-message", "too-large")
         offline = "0000-0000-0000-0000-0000-0000-000"
-        await ws.send_str(json.dumps({"type": "offer", "device_id": offline,
-                                      "session_id": "k" * 20, "sdp": "v=0\r\n"}))
+        await ws.send_str(json.dumps({"type": "prepare", "device_id": offline,
+                                      "session_id": "k" * 20}))
         assert (await ws.receive_json())["code"] == "unavailable"
     # Still serving real viewers afterwards.
     assert (await view(stack.link(camera), seconds=1)).frames > 10
@@ -116,8 +116,8 @@ async def test_camera_refuses_an_offer_without_h264(stack: Stack) -> None:
     )
     async with aiohttp.ClientSession() as http, http.ws_connect(stack.url + "/ws/viewer") as ws:
         await ws.receive_json()
-        await ws.send_str(encode(Role.VIEWER, "offer", device_id=camera.device_id,
-                                 session_id="v" * 20, sdp=vp8_only))
+        await ws.send_str(json.dumps(
+            signed_offer(stack.viewer, camera.device_id, "v" * 20, vp8_only)))
         reply = await asyncio.wait_for(ws.receive_json(), scaled(10))
         assert reply["type"] == "bye" and "cannot answer" in reply["reason"]
     assert camera.sessions == {}
@@ -137,8 +137,8 @@ async def test_pli_from_a_real_viewer_makes_the_source_send_an_idr(stack: Stack)
         transceiver = pc.addTransceiver("video", direction="recvonly")
         prefer_h264(transceiver)
         await pc.setLocalDescription(await pc.createOffer())
-        await ws.send_str(encode(Role.VIEWER, "offer", device_id=camera.device_id,
-                                 session_id="p" * 20, sdp=pc.localDescription.sdp))
+        await ws.send_str(json.dumps(signed_offer(
+            stack.viewer, camera.device_id, "p" * 20, pc.localDescription.sdp)))
         answer = parse(await ws.receive_str(timeout=scaled(10)), Role.SERVER)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         receiver = transceiver.receiver

@@ -14,8 +14,18 @@ import pytest
 
 from tests.conftest import scaled
 
-ENV = {**os.environ, "PEERCAM_ICE_ADDRESSES": "127.0.0.1", "PEERCAM_LOG_LEVEL": "WARNING"}
 PEERCAM = [sys.executable, "-m", "camera.cli"]
+
+
+@pytest.fixture(autouse=True)
+def env(viewer_dir: Path) -> dict[str, str]:
+    ENV.clear()
+    ENV.update(os.environ, PEERCAM_ICE_ADDRESSES="127.0.0.1", PEERCAM_LOG_LEVEL="WARNING",
+               PEERCAM_VIEWER_DIR=str(viewer_dir))
+    return ENV
+
+
+ENV: dict[str, str] = {}
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
@@ -67,9 +77,23 @@ def test_rendezvous_camera_and_view_processes(
                    "--state-dir", str(tmp_path), "--width", "320", "--height", "240")
     processes.append(camera)
     device = first_line(camera, "DEVICE")
+    identity = subprocess.run([*PEERCAM, "camera", "identity", "--state-dir", str(tmp_path)],
+                              capture_output=True, text=True, env=ENV, timeout=scaled(30))
+    assert identity.stdout.strip() == device
 
-    result = view(device, "--rendezvous", url, "--seconds", "2", "--json",
-                  "--record", str(tmp_path / "out.mp4"))
+    # Not paired yet: the camera refuses this viewer's key.
+    refused = view(device, "--rendezvous", url, "--json")
+    assert refused.returncode == 1
+    assert "not authorized" in json.loads(refused.stdout.strip().splitlines()[-1])["error"]
+
+    # `peercam pair` (over SSH, next to the running agent) makes a one-time link.
+    pairing = subprocess.run([*PEERCAM, "pair", "--state-dir", str(tmp_path),
+                              "--rendezvous", url], capture_output=True, text=True, env=ENV,
+                             timeout=scaled(30))
+    link = next(line.split(None, 1)[1] for line in pairing.stdout.splitlines()
+                if line.startswith("PAIR "))
+    assert f"#device={device}&pair=" in link
+    result = view(link, "--seconds", "2", "--json", "--record", str(tmp_path / "out.mp4"))
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["frames"] >= 40 and stats["fps"] >= 25
@@ -78,9 +102,21 @@ def test_rendezvous_camera_and_view_processes(
     assert stats["latency_ms_p50"] is not None
     assert (tmp_path / "out.mp4").stat().st_size > 10_000
 
-    # A link works as well as an ID, and an unknown camera is exit status 1.
-    link = f"http://127.0.0.1:{port}/#device={device}"
-    assert view(link, "--seconds", "1", "--json").returncode == 0
+    # The pairing secret was single-use; the key stays paired, so the plain link plays.
+    again = view(link, "--seconds", "1", "--json")
+    assert again.returncode == 1 and "pairing refused" in again.stdout
+    plain = f"http://127.0.0.1:{port}/#device={device}"
+    assert view(plain, "--seconds", "1", "--json").returncode == 0
+    listed = subprocess.run([*PEERCAM, "viewers", "list", "--json", "--state-dir",
+                             str(tmp_path)], capture_output=True, text=True, env=ENV)
+    viewers = json.loads(listed.stdout)
+    assert len(viewers) == 1 and viewers[0]["name"].startswith("peercam view on ")
+    revoked = subprocess.run([*PEERCAM, "viewers", "revoke", viewers[0]["fingerprint"],
+                              "--state-dir", str(tmp_path)], capture_output=True, text=True,
+                             env=ENV)
+    assert revoked.returncode == 0
+    assert view(plain, "--seconds", "1", "--json").returncode == 1
+    # An unknown camera is exit status 1 too.
     offline = view("0000-0000-0000-0000-0000-0000-000", "--rendezvous", url, "--json")
     assert offline.returncode == 1
     assert "unavailable" in json.loads(offline.stdout.strip().splitlines()[-1])["error"]

@@ -1,123 +1,263 @@
 """The rendezvous state machine, driven without sockets."""
 
-import hashlib
+from __future__ import annotations
+
 import json
 from typing import Any
 
-from services.routing import Close, Peer, Router, Send
-from services.signaling import Role, device_id_from_digest, encode
+from camera.gatekeeper import Gatekeeper
+from camera.identity import DeviceIdentity
+from services.routing import REGISTER_WINDOW, Close, Peer, Router, Send
+from services.signaling import Role, encode
+from services.signatures import encode_public_key, register_statement, sign
 
-DEVICE = device_id_from_digest(hashlib.sha256(b"cam-1").digest())
-OTHER = device_id_from_digest(hashlib.sha256(b"cam-2").digest())
 SDP = "v=0\r\n"
+SIG = "A" * 86
+KEY = "B" * 122
+HOST = "rendezvous.test:8080"
+
+
+class Camera:
+    """A camera identity that can make (or fake) its registration."""
+
+    def __init__(self) -> None:
+        self.identity = DeviceIdentity.generate()
+        self.id = self.identity.device_id
+
+    def register(self, peer: Peer, **override: str) -> str:
+        fields = {
+            "device_id": self.id,
+            "device_key": encode_public_key(self.identity.private_key.public_key()),
+            "signature": sign(self.identity.private_key,
+                              register_statement(HOST, peer.nonce, self.id)),
+        }
+        fields.update(override)
+        return encode(Role.CAMERA, "register", **fields)
 
 
 def sent(actions: list[Any], peer: Peer) -> list[dict[str, Any]]:
     return [json.loads(a.text) for a in actions if isinstance(a, Send) and a.peer is peer]
 
 
-def online(router: Router, device: str = DEVICE) -> Peer:
-    camera = Peer(Role.CAMERA)
-    router.connected(camera)
-    actions = router.received(camera, encode(Role.CAMERA, "register", device_id=device), 0)
-    assert sent(actions, camera)[-1]["type"] == "registered"
-    return camera
+def closed(actions: list[Any], peer: Peer) -> bool:
+    return any(isinstance(a, Close) and a.peer is peer for a in actions)
 
 
-def offer(router: Router, viewer: Peer, session: str, device: str = DEVICE) -> list[Any]:
-    text = encode(Role.VIEWER, "offer", device_id=device, session_id=session, sdp=SDP)
-    return router.received(viewer, text, 0)
+def online(router: Router, camera: Camera, now: float = 0) -> Peer:
+    peer = Peer(Role.CAMERA, host=HOST)
+    router.connected(peer, now)
+    actions = router.received(peer, camera.register(peer), now)
+    assert sent(actions, peer)[-1]["type"] == "registered", sent(actions, peer)
+    return peer
 
 
-def test_offer_and_answer_are_routed() -> None:
-    router = Router(ice_servers=[{"urls": ["stun:198.51.100.1:3478"]}])
-    camera = online(router)
+def offer_text(device: str, session: str) -> str:
+    return encode(Role.VIEWER, "offer", device_id=device, session_id=session, sdp=SDP,
+                  viewer_key=KEY, timestamp=1, signature=SIG)
+
+
+def answer_text(session: str, sdp: str = "v=0\r\nanswer") -> str:
+    return encode(Role.CAMERA, "answer", session_id=session, sdp=sdp, device_key=KEY,
+                  signature=SIG)
+
+
+def test_registration_needs_a_signature_by_the_ids_key() -> None:
+    router, cam = Router(), Camera()
+    online(router, cam)
+    assert cam.id in router.cameras
+
+
+def test_registration_with_another_key_for_an_existing_id_is_refused() -> None:
+    router, victim, attacker = Router(), Camera(), Camera()
+    holder = online(router, victim)
+    peer = Peer(Role.CAMERA, host=HOST)
+    router.connected(peer, 0)
+    # The attacker signs correctly with its own key but claims the victim's ID.
+    actions = router.received(peer, attacker.register(peer, device_id=victim.id), 0)
+    assert sent(actions, peer)[0]["code"] == "bad-signature"
+    assert closed(actions, peer)
+    assert router.cameras[victim.id] is holder
+
+
+def test_registration_with_a_bad_signature_is_refused() -> None:
+    router, cam, other = Router(), Camera(), Camera()
+    peer = Peer(Role.CAMERA, host=HOST)
+    router.connected(peer, 0)
+    forged = sign(other.identity.private_key, register_statement(HOST, peer.nonce, cam.id))
+    actions = router.received(peer, cam.register(peer, signature=forged), 0)
+    assert sent(actions, peer)[0]["code"] == "bad-signature"
+    assert cam.id not in router.cameras
+
+
+def test_registration_signed_for_another_server_or_nonce_is_refused() -> None:
+    router, cam = Router(), Camera()
+    # Signed for another server (a relay attack through a hostile rendezvous) ...
+    peer = Peer(Role.CAMERA, host=HOST)
+    router.connected(peer, 0)
+    elsewhere = sign(cam.identity.private_key,
+                     register_statement("evil.test", peer.nonce, cam.id))
+    assert sent(router.received(peer, cam.register(peer, signature=elsewhere), 0),
+                peer)[0]["code"] == "bad-signature"
+    # ... or replayed from another connection (another nonce).
+    first = Peer(Role.CAMERA, host=HOST)
+    router.connected(first, 0)
+    replay = cam.register(first)
+    second = Peer(Role.CAMERA, host=HOST)
+    router.connected(second, 0)
+    assert sent(router.received(second, replay, 0), second)[0]["code"] == "bad-signature"
+    assert cam.id not in router.cameras
+
+
+def test_stale_nonce_and_second_registration_are_refused() -> None:
+    router, cam = Router(), Camera()
+    late = Peer(Role.CAMERA, host=HOST)
+    router.connected(late, 0)
+    actions = router.received(late, cam.register(late), REGISTER_WINDOW + 1)
+    assert "stale" in sent(actions, late)[0]["message"]
+    peer = online(router, cam)
+    again = router.received(peer, cam.register(peer), 1)
+    assert sent(again, peer)[0]["code"] == "bad-signature"
+
+
+def test_newer_registration_replaces_older() -> None:
+    router, cam = Router(), Camera()
+    old = online(router, cam)
+    new = Peer(Role.CAMERA, host=HOST)
+    router.connected(new, 0)
+    actions = router.received(new, cam.register(new), 0)
+    assert closed(actions, old)
+    assert sent(actions, old)[0]["code"] == "replaced"
+    assert router.cameras[cam.id] is new
+    router.disconnected(old)  # the old socket closing later must not unregister the new one
+    assert router.cameras[cam.id] is new
+
+
+def test_gatekeeper_registration_matches_what_the_router_checks() -> None:
+    router, cam = Router(), Camera()
+    peer = Peer(Role.CAMERA, host=HOST)
+    router.connected(peer, 0)
+    keeper = Gatekeeper.__new__(Gatekeeper)  # only its signing half is needed here
+    keeper.identity = cam.identity
+    keeper.device_key = encode_public_key(cam.identity.private_key.public_key())
+    fields = keeper.registration(f"ws://{HOST}/ws/camera", peer.nonce)
+    actions = router.received(peer, encode(Role.CAMERA, "register", **fields), 0)
+    assert sent(actions, peer)[-1]["type"] == "registered"
+
+
+def test_offer_and_answer_are_routed_with_signed_fields_untouched() -> None:
+    router = Router(ice_servers=[{"urls": ["stun:198.51.100.1:3478"]}],
+                    credentials=lambda tag: [{"urls": ["turn:198.51.100.1:3478"],
+                                              "username": f"9:{tag}", "credential": "x"}])
+    cam = Camera()
+    camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
     hello = sent(router.connected(viewer), viewer)[0]
-    assert hello["type"] == "hello"
-    assert hello["ice_servers"][0]["urls"] == ["stun:198.51.100.1:3478"]
-    to_camera = sent(offer(router, viewer, "a" * 20), camera)
-    assert to_camera == [{"type": "offer", "session_id": "a" * 20, "sdp": SDP}]
-    answer = encode(Role.CAMERA, "answer", session_id="a" * 20, sdp="v=0\r\nanswer")
-    assert sent(router.received(camera, answer, 0), viewer)[0]["sdp"] == "v=0\r\nanswer"
+    assert hello["ice_servers"] == [{"urls": ["stun:198.51.100.1:3478"]}]  # no credentials
+    to_camera = sent(router.received(viewer, offer_text(cam.id, "a" * 20), 0), camera)[0]
+    assert to_camera["viewer_key"] == KEY and to_camera["signature"] == SIG
+    assert to_camera["ice_servers"][1]["username"] == "9:" + "a" * 20
+    reply = sent(router.received(camera, answer_text("a" * 20), 0), viewer)[0]
+    assert reply == {"type": "answer", "session_id": "a" * 20, "sdp": "v=0\r\nanswer",
+                     "device_key": KEY, "signature": SIG}
+
+
+def test_prepare_hands_turn_credentials_only_for_an_online_camera() -> None:
+    minted: list[str] = []
+
+    def credentials(tag: str) -> list[dict[str, Any]]:
+        minted.append(tag)
+        return [{"urls": ["turn:198.51.100.1:3478"], "username": f"9:{tag}", "credential": "c"}]
+
+    router, cam = Router(credentials=credentials), Camera()
+    viewer = Peer(Role.VIEWER)
+    prepare = encode(Role.VIEWER, "prepare", device_id=cam.id, session_id="q" * 20)
+    assert sent(router.received(viewer, prepare, 0), viewer)[0]["code"] == "unavailable"
+    assert minted == []
+    online(router, cam)
+    minted.clear()
+    reply = sent(router.received(viewer, prepare, 0), viewer)[0]
+    assert reply["type"] == "prepared" and reply["ice_servers"][0]["username"] == "9:" + "q" * 20
+    # Rate-limited: a viewer cannot farm credentials.
+    replies = [sent(router.received(viewer, prepare, 0), viewer)[0] for _ in range(20)]
+    assert replies[-1]["code"] == "rate-limited"
+
+
+def test_pairing_request_is_routed_and_ends_at_paired() -> None:
+    router, cam = Router(), Camera()
+    camera = online(router, cam)
+    viewer = Peer(Role.VIEWER)
+    pair = encode(Role.VIEWER, "pair", device_id=cam.id, session_id="r" * 20, viewer_key=KEY,
+                  name="phone", timestamp=1, signature=SIG, proof="P" * 43)
+    to_camera = sent(router.received(viewer, pair, 0), camera)[0]
+    assert to_camera["type"] == "pair" and to_camera["proof"] == "P" * 43
+    paired = encode(Role.CAMERA, "paired", session_id="r" * 20, device_key=KEY, signature=SIG)
+    assert sent(router.received(camera, paired, 0), viewer)[0]["type"] == "paired"
+    assert router.stats()["sessions"] == 0
 
 
 def test_unknown_and_offline_ids_get_the_same_answer() -> None:
-    router = Router()
-    camera = online(router, OTHER)
+    router, cam, other = Router(), Camera(), Camera()
+    camera = online(router, other)
     viewer = Peer(Role.VIEWER)
-    unknown = sent(offer(router, viewer, "b" * 20, DEVICE), viewer)
+    unknown = sent(router.received(viewer, offer_text(cam.id, "b" * 20), 0), viewer)
     router.disconnected(camera)
-    offline = sent(offer(router, viewer, "c" * 20, OTHER), viewer)
+    offline = sent(router.received(viewer, offer_text(other.id, "c" * 20), 0), viewer)
     assert unknown == offline
     assert unknown[0]["code"] == "unavailable"
 
 
 def test_camera_cannot_answer_a_session_of_another_camera() -> None:
-    router = Router()
-    camera = online(router)
-    intruder = online(router, OTHER)
+    router, cam, bad = Router(), Camera(), Camera()
+    camera = online(router, cam)
+    intruder = online(router, bad)
     viewer = Peer(Role.VIEWER)
-    offer(router, viewer, "d" * 20)
-    answer = encode(Role.CAMERA, "answer", session_id="d" * 20, sdp="v=0\r\nevil")
-    actions = router.received(intruder, answer, 0)
+    router.received(viewer, offer_text(cam.id, "d" * 20), 0)
+    actions = router.received(intruder, answer_text("d" * 20, "v=0\r\nevil"), 0)
     assert sent(actions, viewer) == []
     assert sent(actions, intruder)[0]["code"] == "unknown-session"
-    assert sent(router.received(camera, answer, 0), viewer)[0]["type"] == "answer"
+    assert sent(router.received(camera, answer_text("d" * 20), 0), viewer)[0]["type"] == "answer"
 
 
 def test_unregistered_camera_is_told_so() -> None:
     router = Router()
     camera = Peer(Role.CAMERA)
-    answer = encode(Role.CAMERA, "answer", session_id="e" * 20, sdp=SDP)
-    assert sent(router.received(camera, answer, 0), camera)[0]["code"] == "not-registered"
+    assert sent(router.received(camera, answer_text("e" * 20), 0),
+                camera)[0]["code"] == "not-registered"
 
 
 def test_viewer_vanishing_sends_bye_to_camera() -> None:
-    router = Router()
-    camera = online(router)
+    router, cam = Router(), Camera()
+    camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
-    offer(router, viewer, "f" * 20)
+    router.received(viewer, offer_text(cam.id, "f" * 20), 0)
     byes = sent(router.disconnected(viewer), camera)
     assert byes == [{"type": "bye", "session_id": "f" * 20, "reason": "viewer left"}]
     assert router.stats()["sessions"] == 0
 
 
 def test_camera_vanishing_sends_bye_to_viewers() -> None:
-    router = Router()
-    camera = online(router)
+    router, cam = Router(), Camera()
+    camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
-    offer(router, viewer, "g" * 20)
+    router.received(viewer, offer_text(cam.id, "g" * 20), 0)
     assert sent(router.disconnected(camera), viewer)[0]["type"] == "bye"
     assert router.stats() == {"cameras": 0, "viewers": 0, "sessions": 0}
 
 
-def test_newer_registration_replaces_older() -> None:
-    router = Router()
-    old = online(router)
-    new = Peer(Role.CAMERA)
-    router.connected(new)
-    actions = router.received(new, encode(Role.CAMERA, "register", device_id=DEVICE), 0)
-    assert any(isinstance(a, Close) and a.peer is old for a in actions)
-    assert sent(actions, old)[0]["code"] == "replaced"
-    assert router.cameras[DEVICE] is new
-    router.disconnected(old)  # the old socket closing later must not unregister the new one
-    assert router.cameras[DEVICE] is new
-
-
 def test_duplicate_session_id_conflicts() -> None:
-    router = Router()
-    online(router)
+    router, cam = Router(), Camera()
+    online(router, cam)
     viewer, other = Peer(Role.VIEWER), Peer(Role.VIEWER)
-    offer(router, viewer, "h" * 20)
-    assert sent(offer(router, other, "h" * 20), other)[0]["code"] == "conflict"
+    router.received(viewer, offer_text(cam.id, "h" * 20), 0)
+    assert sent(router.received(other, offer_text(cam.id, "h" * 20), 0),
+                other)[0]["code"] == "conflict"
 
 
 def test_unanswered_offer_times_out() -> None:
-    router = Router(answer_timeout=5)
-    camera = online(router)
+    router, cam = Router(answer_timeout=5), Camera()
+    camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
-    offer(router, viewer, "i" * 20)
+    router.received(viewer, offer_text(cam.id, "i" * 20), 0)
     assert router.expire(4.9) == []
     actions = router.expire(5.0)
     assert sent(actions, viewer)[0]["code"] == "timeout"
@@ -126,10 +266,10 @@ def test_unanswered_offer_times_out() -> None:
 
 
 def test_viewer_cannot_bye_someone_elses_session() -> None:
-    router = Router()
-    online(router)
+    router, cam = Router(), Camera()
+    online(router, cam)
     viewer, other = Peer(Role.VIEWER), Peer(Role.VIEWER)
-    offer(router, viewer, "j" * 20)
+    router.received(viewer, offer_text(cam.id, "j" * 20), 0)
     actions = router.received(other, encode(Role.VIEWER, "bye", session_id="j" * 20), 0)
     assert sent(actions, other)[0]["code"] == "unknown-session"
     assert router.stats()["sessions"] == 1

@@ -40,8 +40,11 @@ def test_device_id_rejects_garbage(bad: str) -> None:
         normalize_device_id(bad)
 
 
+SIGNED = {"viewer_key": "K" * 122, "timestamp": 1_700_000_000_000, "signature": "S" * 86}
+
+
 def test_round_trip_offer() -> None:
-    text = encode(Role.VIEWER, "offer", device_id=DEVICE, session_id=SESSION, sdp=SDP)
+    text = encode(Role.VIEWER, "offer", device_id=DEVICE, session_id=SESSION, sdp=SDP, **SIGNED)
     message = parse(text, Role.VIEWER)
     assert message.type == "offer"
     assert message["device_id"] == DEVICE and message["sdp"] == SDP
@@ -55,22 +58,31 @@ def test_round_trip_offer() -> None:
         ('{"kind": "offer"}', "no string 'type'"),
         ('{"type": "register", "device_id": "x"}', "not allowed from a viewer"),
         ('{"type": "offer"}', "missing field 'device_id'"),
+        (json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION, "sdp": SDP}),
+         "missing field 'viewer_key'"),
+        (json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION, "sdp": SDP,
+                     **SIGNED, "timestamp": True}), "timestamp"),
+        (json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION, "sdp": SDP,
+                     **SIGNED, "signature": "S" * 85 + "="}), "signature"),
+        (json.dumps({"type": "pair", "device_id": DEVICE, "session_id": SESSION,
+                     "viewer_key": "K" * 122, "name": "a\nb", "timestamp": 1,
+                     "signature": "S" * 86, "proof": "P" * 43}), "control characters"),
         (json.dumps({"type": "bye", "session_id": SESSION, "evil": 1}), "unknown field"),
         (json.dumps({"type": "bye", "session_id": "short"}), "session_id"),
         (json.dumps({"type": "bye", "session_id": "../../etc/passwd!!!!"}), "session_id"),
         (
-            json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION, "sdp": 5}),
+            json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION, "sdp": 5,
+                        **SIGNED}),
             "sdp: not a string",
         ),
         (
-            json.dumps(
-                {"type": "offer", "device_id": DEVICE, "session_id": SESSION, "sdp": "hello"}
-            ),
+            json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION,
+                        "sdp": "hello", **SIGNED}),
             "does not start with 'v=0'",
         ),
         (
             json.dumps({"type": "offer", "device_id": DEVICE, "session_id": SESSION,
-                        "sdp": "v=0" + "a" * 40_000}),
+                        "sdp": "v=0" + "a" * 40_000, **SIGNED}),
             "limit 32768",
         ),
     ],
@@ -89,9 +101,9 @@ def test_oversized_frame_is_too_large() -> None:
 
 
 def test_ice_servers_are_checked() -> None:
-    good = encode(Role.SERVER, "hello", server="s", nonce="n",
+    good = encode(Role.SERVER, "hello", server="s", nonce="n" * 16,
                   ice_servers=[{"urls": "stun:198.51.100.1:3478"}])
     assert parse(good, Role.SERVER)["ice_servers"] == [{"urls": ["stun:198.51.100.1:3478"]}]
     with pytest.raises(ProtocolError, match="stun:/turn:"):
-        encode(Role.SERVER, "hello", server="s", nonce="n",
+        encode(Role.SERVER, "hello", server="s", nonce="n" * 16,
                ice_servers=[{"urls": "http://evil"}])

@@ -1,0 +1,166 @@
+"""The ACL, the pairing windows and the gatekeeper's checks, without a network."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from camera.acl import ACL_FILE, PairingWindows, ViewerACL, fingerprint
+from camera.gatekeeper import CLOCK_SKEW_MS, Gatekeeper, Refused, server_name
+from camera.identity import DeviceIdentity
+from camera.viewer import ViewerIdentity
+from services.signaling import Role, encode, parse
+from services.signatures import (
+    offer_statement,
+    pair_statement,
+    paired_statement,
+    pairing_proof,
+    sign,
+    verify,
+)
+
+SDP = "v=0\r\n"
+
+
+@pytest.fixture
+def viewer(tmp_path: Path) -> ViewerIdentity:
+    return ViewerIdentity.load_or_create(tmp_path / "viewer", name="phone")
+
+
+def keeper(tmp_path: Path, clock: float | None = None) -> Gatekeeper:
+    identity = DeviceIdentity.load_or_create(tmp_path / "cam")
+    return Gatekeeper(identity, ViewerACL(tmp_path / "cam"), PairingWindows(tmp_path / "cam"),
+                      clock=(lambda: clock) if clock is not None else time.time)
+
+
+def offer(gk: Gatekeeper, viewer: ViewerIdentity, session: str = "s" * 20,
+          timestamp: int | None = None, device_id: str | None = None) -> object:
+    ts = int(time.time() * 1000) if timestamp is None else timestamp
+    device = device_id or gk.device_id
+    signature = sign(viewer.private_key, offer_statement(device, session, ts, viewer.key, SDP))
+    return parse(encode(Role.SERVER, "offer", session_id=session, sdp=SDP, viewer_key=viewer.key,
+                        timestamp=ts, signature=signature, ice_servers=[]), Role.SERVER)
+
+
+def pair_request(gk: Gatekeeper, viewer: ViewerIdentity, secret: str,
+                 session: str = "p" * 20) -> object:
+    ts = int(time.time() * 1000)
+    signed = pair_statement(gk.device_id, session, ts, viewer.key, viewer.name)
+    return parse(encode(Role.SERVER, "pair", session_id=session, viewer_key=viewer.key,
+                        name=viewer.name, timestamp=ts, signature=sign(viewer.private_key, signed),
+                        proof=pairing_proof(secret, signed)), Role.SERVER)
+
+
+def test_acl_file_is_0600_and_revocation_by_fingerprint_or_name(
+    tmp_path: Path, viewer: ViewerIdentity
+) -> None:
+    acl = ViewerACL(tmp_path)
+    acl.add(viewer.key, "phone")
+    acl.add(ViewerIdentity.load_or_create(tmp_path / "other").key, "laptop")
+    assert stat.S_IMODE((tmp_path / ACL_FILE).stat().st_mode) == 0o600
+    assert [v.name for v in acl.viewers()] == ["phone", "laptop"]
+    assert [v.name for v in acl.revoke(fingerprint(viewer.key).lower())] == ["phone"]
+    assert viewer.key not in acl
+    assert [v.name for v in acl.revoke("laptop")] == ["laptop"]
+    assert acl.revoke("nobody") == []
+
+
+def test_another_process_editing_the_acl_is_noticed(tmp_path: Path, viewer: ViewerIdentity) -> None:
+    agent_view = ViewerACL(tmp_path)
+    ViewerACL(tmp_path).add(viewer.key, "phone")  # e.g. `peercam pair` in another process
+    assert agent_view.reload() and viewer.key in agent_view
+    ViewerACL(tmp_path).revoke("phone")  # `peercam viewers revoke` over SSH
+    assert agent_view.reload() and viewer.key not in agent_view
+    assert not agent_view.reload()  # nothing changed since
+
+
+def test_corrupt_acl_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / ACL_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable viewer list"):
+        ViewerACL(tmp_path)
+
+
+def test_offer_from_a_paired_viewer_passes_once(tmp_path: Path, viewer: ViewerIdentity) -> None:
+    gk = keeper(tmp_path)
+    message = offer(gk, viewer)
+    with pytest.raises(Refused, match="not paired"):
+        gk.check_offer(message)  # type: ignore[arg-type]
+    gk.acl.add(viewer.key, "phone")
+    assert gk.check_offer(message) == viewer.key  # type: ignore[arg-type]
+    with pytest.raises(Refused, match="replayed"):
+        gk.check_offer(message)  # type: ignore[arg-type]
+
+
+def test_stale_or_future_offers_are_refused(tmp_path: Path, viewer: ViewerIdentity) -> None:
+    now = time.time()
+    gk = keeper(tmp_path, clock=now)
+    gk.acl.add(viewer.key, "phone")
+    for skew in (-CLOCK_SKEW_MS - 1000, CLOCK_SKEW_MS + 1000):
+        with pytest.raises(Refused, match="stale"):
+            gk.check_offer(offer(gk, viewer, timestamp=int(now * 1000) + skew))  # type: ignore[arg-type]
+
+
+def test_offer_signed_for_another_device_is_refused(
+    tmp_path: Path, viewer: ViewerIdentity
+) -> None:
+    gk = keeper(tmp_path)
+    gk.acl.add(viewer.key, "phone")
+    other = DeviceIdentity.generate().device_id
+    with pytest.raises(Refused, match="signature"):
+        gk.check_offer(offer(gk, viewer, device_id=other))  # type: ignore[arg-type]
+
+
+def test_pairing_with_a_one_time_secret(tmp_path: Path, viewer: ViewerIdentity) -> None:
+    gk = keeper(tmp_path)
+    window = gk.pairing.open(ttl=60)  # as `peercam pair` writes it
+    files = list((tmp_path / "cam" / "pairing").iterdir())
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    with pytest.raises(Refused, match="no open pairing window"):
+        gk.check_pair(pair_request(gk, viewer, "WRONG" + window.secret[5:]))  # type: ignore[arg-type]
+    fields = gk.check_pair(pair_request(gk, viewer, window.secret))  # type: ignore[arg-type]
+    assert viewer.key in gk.acl
+    assert verify(fields["device_key"],
+                  paired_statement(gk.device_id, "p" * 20, viewer.key, viewer.name),
+                  fields["signature"])
+    assert not any((tmp_path / "cam" / "pairing").iterdir())  # used up
+    other = ViewerIdentity.load_or_create(tmp_path / "other", name="thief")
+    with pytest.raises(Refused, match="no open pairing window"):
+        gk.check_pair(pair_request(gk, other, window.secret, "q" * 20))  # type: ignore[arg-type]
+
+
+def test_expired_window_is_refused_and_tidied(tmp_path: Path, viewer: ViewerIdentity) -> None:
+    gk = keeper(tmp_path)
+    window = gk.pairing.open(ttl=60)
+    path = next((tmp_path / "cam" / "pairing").iterdir())
+    data = json.loads(path.read_text())
+    data["expires"] = time.time() - 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(Refused, match="no open pairing window"):
+        gk.check_pair(pair_request(gk, viewer, window.secret))  # type: ignore[arg-type]
+    assert not path.exists()
+
+
+def test_reusable_demo_window_pairs_several_viewers(tmp_path: Path) -> None:
+    gk = keeper(tmp_path)
+    secret = gk.pairing.open(ttl=60, reusable=True, persist=False).secret
+    for n in range(3):
+        viewer = ViewerIdentity.load_or_create(tmp_path / f"v{n}", name=f"v{n}")
+        gk.check_pair(pair_request(gk, viewer, secret, f"{n}" * 20))  # type: ignore[arg-type]
+    assert len(gk.acl.viewers()) == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("ws://Example.NET/ws/camera", "example.net"),
+        ("wss://example.net:443/ws/camera", "example.net"),
+        ("ws://127.0.0.1:8080", "127.0.0.1:8080"),
+        ("wss://[::1]:8443/", "[::1]:8443"),
+    ],
+)
+def test_server_name_is_what_the_host_header_says(url: str, name: str) -> None:
+    assert server_name(url) == name

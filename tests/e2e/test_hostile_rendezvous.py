@@ -1,0 +1,211 @@
+"""A compromised rendezvous can deny service; it cannot watch, impersonate or add a viewer.
+
+Each test runs the real camera agent and the real CLI viewer through a
+rendezvous double that tampers with what it routes, checks the right party
+refuses, and that a legitimate session still works afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from camera.agent import CameraAgent
+from camera.identity import DeviceIdentity
+from camera.viewer import ForgedAnswer, ViewerIdentity, ViewError, view
+from services.rendezvous import Rendezvous, start_rendezvous
+from services.routing import Peer
+from services.signaling import Role
+from tests.conftest import Stack, scaled, signed_offer
+
+Tamper = Callable[[Peer, dict[str, Any]], list[dict[str, Any]]]
+
+
+class HostileRendezvous(Rendezvous):
+    """The real server with a hook on everything it sends."""
+
+    tamper: Tamper | None = None
+    sent_to_camera: list[dict[str, Any]]
+
+    async def _send(self, peer: Peer, text: str) -> None:
+        message = json.loads(text)
+        if peer.role is Role.CAMERA:
+            self.sent_to_camera.append(message)
+        out = [message] if self.tamper is None else self.tamper(peer, message)
+        for item in out:
+            await super()._send(peer, json.dumps(item))
+
+    def camera_peer(self, device_id: str) -> Peer:
+        return self.router.cameras[device_id]
+
+
+@pytest.fixture
+async def hostile(tmp_path: Path, viewer_dir: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Stack, Any]]:
+    import services.rendezvous as module
+
+    monkeypatch.setattr(module, "Rendezvous", HostileRendezvous)
+    server, runner, port = await start_rendezvous("127.0.0.1", 0)
+    assert isinstance(server, HostileRendezvous)
+    server.sent_to_camera = []
+    stack = Stack(server, f"ws://127.0.0.1:{port}", tmp_path)
+    try:
+        yield stack, server
+    finally:
+        for agent in stack.agents:
+            await agent.close()
+        await runner.cleanup()
+
+
+async def legit_session_works(stack: Stack, camera: CameraAgent) -> None:
+    stats = await view(stack.link(camera), seconds=1)
+    assert stats.frames > 10
+
+
+async def inject(server: HostileRendezvous, camera: CameraAgent, message: dict[str, Any]) -> dict:
+    """Send ``message`` to the camera as the server; return the camera's bye for it."""
+    byes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    original = server.router.received
+
+    def spy(peer: Peer, data: str | bytes, now: float) -> list[Any]:
+        obj = json.loads(data)
+        if obj.get("session_id") == message["session_id"]:
+            byes.put_nowait(obj)
+        return original(peer, data, now)
+
+    server.router.received = spy  # type: ignore[method-assign]
+    try:
+        await server._send(server.camera_peer(camera.device_id), json.dumps(message))
+        async with asyncio.timeout(scaled(5)):
+            return await byes.get()
+    finally:
+        server.router.received = original  # type: ignore[method-assign]
+
+
+def as_forwarded(offer: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in offer.items() if k != "device_id"}
+    out["ice_servers"] = []
+    return out
+
+
+async def test_unsigned_offer_is_refused_by_the_camera(hostile: tuple[Stack, Any]) -> None:
+    stack, server = hostile
+    camera = await stack.camera()
+    offer = as_forwarded(signed_offer(stack.viewer, camera.device_id, "u" * 20, "v=0\r\n"))
+    for field in ("signature", "viewer_key", "timestamp"):
+        del offer[field]
+    reply = await inject(server, camera, offer)
+    assert reply["type"] == "bye" and reply["reason"].startswith("not authorized")
+    assert camera.sessions == {} and camera.refusals == 1
+    await legit_session_works(stack, camera)
+
+
+async def test_offer_signed_by_a_key_not_in_the_acl_is_refused(
+    hostile: tuple[Stack, Any], tmp_path: Path
+) -> None:
+    stack, server = hostile
+    camera = await stack.camera()
+    stranger = ViewerIdentity.load_or_create(tmp_path / "stranger")  # the server's own key
+    offer = as_forwarded(signed_offer(stranger, camera.device_id, "w" * 20, "v=0\r\n"))
+    reply = await inject(server, camera, offer)
+    assert "not paired" in reply["reason"]
+    assert camera.sessions == {}
+    with pytest.raises(ViewError, match="not authorized"):
+        await view(stack.link(camera), seconds=1, identity=stranger)
+    await legit_session_works(stack, camera)
+
+
+async def test_replayed_offer_is_refused(hostile: tuple[Stack, Any]) -> None:
+    stack, server = hostile
+    camera = await stack.camera()
+    await legit_session_works(stack, camera)  # the server records a real, signed offer
+    recorded = next(m for m in server.sent_to_camera if m["type"] == "offer")
+    reply = await inject(server, camera, recorded)
+    assert reply["type"] == "bye" and "replayed" in reply["reason"]
+    assert camera.sessions == {}
+    await legit_session_works(stack, camera)
+
+
+async def test_offer_readdressed_to_another_camera_is_refused(hostile: tuple[Stack, Any]) -> None:
+    stack, server = hostile
+    first = await stack.camera()
+    second = await stack.camera()  # the same viewer is paired with both
+    # The viewer signs an offer for the first camera; the server delivers it to the second.
+    offer = as_forwarded(signed_offer(stack.viewer, first.device_id, "x" * 20, "v=0\r\n"))
+    reply = await inject(server, second, offer)
+    assert "signature does not verify" in reply["reason"]
+    assert second.sessions == {}
+    await legit_session_works(stack, second)
+
+
+async def test_answer_with_a_rewritten_fingerprint_is_refused_by_the_viewer(
+    hostile: tuple[Stack, Any]
+) -> None:
+    stack, server = hostile
+    camera = await stack.camera()
+
+    def swap_fingerprint(peer: Peer, message: dict[str, Any]) -> list[dict[str, Any]]:
+        if message["type"] == "answer":
+            # The server's own DTLS certificate, to sit in the middle of the media.
+            message["sdp"] = re.sub(r"a=fingerprint:sha-256 \S+",
+                                    "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
+                                    message["sdp"])
+        return [message]
+
+    server.tamper = swap_fingerprint
+    with pytest.raises(ForgedAnswer, match="signature does not verify"):
+        await view(stack.link(camera), seconds=1)
+    server.tamper = None
+    await legit_session_works(stack, camera)
+
+
+async def test_impostor_accepted_by_a_hostile_server_cannot_answer_for_the_id(
+    hostile: tuple[Stack, Any], tmp_path: Path
+) -> None:
+    stack, server = hostile
+    victim = await stack.camera()
+    victim_peer = server.router.cameras[victim.device_id]
+    # The hostile server lets a camera with another key register under the victim's ID.
+    server.router._register = _accept_anything(server.router)  # type: ignore[method-assign]
+    fake = DeviceIdentity(DeviceIdentity.generate().private_key, victim.device_id)
+    impostor = await _camera_with_identity(stack, fake)
+    assert server.router.cameras[victim.device_id] is not victim_peer  # offers go to it now
+    with pytest.raises(ForgedAnswer, match="not this camera's"):
+        await view(stack.link(victim), seconds=1)
+    assert impostor.device_id == victim.device_id
+
+
+def _accept_anything(router: Any) -> Any:
+    from services.signaling import Role as R
+    from services.signaling import encode
+
+    def register(peer: Peer, message: Any, now: float) -> list[Any]:
+        from services.routing import Send
+
+        peer.device_id = message["device_id"]
+        router.cameras[peer.device_id] = peer
+        return [Send(peer, encode(R.SERVER, "registered", device_id=peer.device_id,
+                                  ice_servers=[]))]
+
+    return register
+
+
+async def _camera_with_identity(stack: Stack, identity: DeviceIdentity) -> CameraAgent:
+    from camera.config import CameraConfig, make_configured_source
+    from tests.conftest import SMALL_VIDEO
+
+    state = stack.tmp / "impostor"
+    cfg = CameraConfig(rendezvous=stack.url, state_dir=state, video=SMALL_VIDEO)
+    agent = CameraAgent(cfg, make_configured_source(cfg), identity)
+    agent.acl.add(stack.viewer.key, stack.viewer.name)  # it would happily serve this viewer
+    stack.agents.append(agent)
+    await agent.start()
+    async with asyncio.timeout(scaled(10)):
+        await agent.registered.wait()
+    return agent
