@@ -276,18 +276,23 @@ async def _demo(args: argparse.Namespace) -> int:
             await agent.registered.wait()
         # The demo's pairing secret stays valid while it runs, for any number of viewers.
         secret = agent.open_pairing(ttl=365 * 86400, reusable=True)
-        link = f"{scheme}://{_url_host(host)}:{port}/#device={agent.device_id}&pair={secret}"
+        fragment = f"#device={agent.device_id}&pair={secret}"
+        # Browsers give the page WebCrypto only on https:// or localhost: without
+        # TLS the link that works is this machine's loopback address.
+        link_host = host if args.tls or args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        link = f"{scheme}://{_url_host(link_host)}:{port}/{fragment}"
         with contextlib.suppress(Exception):
             segno.make(link, error="l").terminal(compact=True)
         print(f"DEVICE {agent.device_id}", flush=True)
         print(f"VIEWER {link}", flush=True)
-        print("Open the link in a browser on this network; it pairs that browser and plays.",
-              flush=True)
+        print("Open the link in a browser: it pairs that browser and plays.", flush=True)
         if args.tls:
             print("The certificate is self-signed: accept the browser's warning once.",
                   flush=True)
-        elif host not in ("127.0.0.1", "localhost", "::1"):
-            print("Phones need HTTPS for the viewer key (WebCrypto): run with --tls.", flush=True)
+        elif link_host == "127.0.0.1" and host != "127.0.0.1":
+            print(f"For a phone or another computer on this network, run with --tls "
+                  f"(a browser needs https:// off this machine); LAN address {host}.",
+                  flush=True)
         print("Ctrl-C stops the demo.", flush=True)
         await _until_signalled()
     finally:

@@ -147,3 +147,20 @@ def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "video size 641x720" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_demo_with_tls_serves_https_with_its_own_certificate(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    demo = spawn("demo", "--tls", "--host", "127.0.0.1", "--port", "0", "--state-dir",
+                 str(tmp_path), "--width", "320", "--height", "240")
+    processes.append(demo)
+    link = first_line(demo, "VIEWER")
+    assert link.startswith("https://127.0.0.1:") and "&pair=" in link
+    cert = tmp_path / "tls-cert.pem"
+    untrusted = view(link, "--seconds", "1", "--json")
+    assert untrusted.returncode == 1 and "certificate" in untrusted.stdout.lower()
+    result = view(link, "--seconds", "1", "--json", "--tls-ca", str(cert))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["frames"] >= 20
+    assert stop(demo) == 0
