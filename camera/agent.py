@@ -56,9 +56,12 @@ class CameraAgent:
         self.registered = asyncio.Event()
         self.reconnects = 0
         self.refusals = 0
+        self.replaced = 0
+        """Times another connection registered our ID (a cloned key) and we were closed."""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
+        self._was_replaced = False
         self._closed = False
 
     @property
@@ -91,6 +94,11 @@ class CameraAgent:
                     attempt = 0  # it was a stable connection: start the ladder again
                 cap = min(self.config.backoff_cap, self.config.backoff_base * 2**attempt)
                 delay = random.uniform(0, cap)  # full jitter: no reconnect storms
+                if self._was_replaced:
+                    # Two devices with one key would replace each other forever: back
+                    # off fully so the newer one keeps working, and say why loudly.
+                    self._was_replaced = False
+                    delay = self.config.backoff_cap
                 attempt += 1
                 self.reconnects += 1
                 logger.info("reconnecting to the rendezvous in %.2f s", delay)
@@ -162,7 +170,13 @@ class CameraAgent:
             if session is not None:
                 session.close(message.get("reason") or "viewer left")
         elif message.type == "error":
-            logger.warning("rendezvous error %s: %s", message["code"], message["message"])
+            if message["code"] == ErrorCode.REPLACED:
+                self.replaced += 1
+                self._was_replaced = True
+                logger.error("another connection registered %s: is this key on two devices?",
+                             self.device_id)
+            else:
+                logger.warning("rendezvous error %s: %s", message["code"], message["message"])
 
     def _pair(self, message: Message) -> None:
         session_id = message["session_id"]

@@ -58,8 +58,8 @@ class Stack:
         self, video: VideoSettings = SMALL_VIDEO, *, paired: bool = True, **config: Any
     ) -> CameraAgent:
         state = self.tmp / f"camera{len(self.agents)}"
-        cfg = CameraConfig(rendezvous=self.url, state_dir=state, video=video,
-                           backoff_base=0.1, backoff_cap=1.0, **config)
+        settings: dict[str, Any] = {"backoff_base": 0.1, "backoff_cap": 1.0, **config}
+        cfg = CameraConfig(rendezvous=self.url, state_dir=state, video=video, **settings)
         source = make_configured_source(cfg)
         agent = CameraAgent(cfg, source, DeviceIdentity.load_or_create(state))
         if paired:

@@ -216,3 +216,27 @@ async def test_healthz_and_viewer_page_are_served(stack: Stack) -> None:
         async with http.get(base + "/../etc/passwd") as response:
             assert response.status == 404
     assert camera.registered.is_set()
+
+
+async def test_two_devices_with_one_key_newer_wins_older_backs_off(stack: Stack) -> None:
+    from camera.agent import CameraAgent
+    from camera.config import CameraConfig, make_configured_source
+    from camera.identity import DeviceIdentity
+    from tests.conftest import SMALL_VIDEO
+
+    first = await stack.camera(backoff_cap=3.0)
+    # A cloned SD card: the same key in a second device.
+    cfg = CameraConfig(rendezvous=stack.url, state_dir=first.config.state_dir,
+                       video=SMALL_VIDEO, backoff_base=0.1, backoff_cap=3.0)
+    clone = CameraAgent(cfg, make_configured_source(cfg),
+                        DeviceIdentity.load_or_create(cfg.state_dir))
+    stack.agents.append(clone)
+    await clone.start()
+    async with asyncio.timeout(scaled(10)):
+        await clone.registered.wait()
+    await asyncio.sleep(1.5)
+    # The newer one won; the older was told, backs off fully instead of retaking at once.
+    assert first.replaced == 1
+    assert stack.rendezvous.router.cameras[clone.device_id] is not None
+    assert clone.registered.is_set() and not first.registered.is_set()
+    assert clone.replaced == 0
