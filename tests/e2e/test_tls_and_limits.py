@@ -85,3 +85,28 @@ async def test_connections_per_ip_are_rate_limited(caplog: pytest.LogCaptureFixt
     assert statuses[:3] == [101, 101, 101]
     assert 429 in statuses[3:]
     assert "too many" in caplog.text
+
+
+async def test_message_flood_is_rate_limited_and_the_connection_survives() -> None:
+    server, runner, port = await start_rendezvous(
+        "127.0.0.1", 0, RendezvousConfig(message_rate=5.0, message_burst=10.0))
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.ws_connect(f"ws://127.0.0.1:{port}/ws/viewer") as ws:
+            await ws.receive_json()  # hello
+            for _ in range(50):
+                await ws.send_str("{}")
+            codes = []
+            while True:
+                try:
+                    async with asyncio.timeout(0.5):
+                        codes.append((await ws.receive_json())["code"])
+                except TimeoutError:
+                    break
+            assert codes.count("bad-message") == 10  # the burst was answered
+            assert codes.count("rate-limited") == 1  # then one warning, the rest dropped
+            await asyncio.sleep(0.5)  # tokens come back: the connection still works
+            await ws.send_str("{}")
+            assert (await ws.receive_json())["code"] == "bad-message"
+    finally:
+        await runner.cleanup()
