@@ -230,15 +230,21 @@ class CameraAgent:
         while True:
             await asyncio.sleep(1.0)
             try:
-                if not self.acl.reload():
-                    continue
+                self.acl.reload()
             except BadConfig as exc:
                 logger.error("%s", exc)
                 continue
-            for session in list(self.sessions.values()):
-                if session.viewer_key is not None and session.viewer_key not in self.acl:
-                    logger.info("viewer revoked: ending session %s", session.session_id)
-                    session.close("not authorized: this viewer was revoked")
+            self.end_revoked_sessions()
+
+    def end_revoked_sessions(self) -> int:
+        """Close every session whose viewer key is no longer in the ACL; how many."""
+        ended = 0
+        for session in list(self.sessions.values()):
+            if session.viewer_key is not None and session.viewer_key not in self.acl:
+                logger.info("viewer revoked: ending session %s", session.session_id)
+                session.close("not authorized: this viewer was revoked")
+                ended += 1
+        return ended
 
     def _session_closed(self, session: ViewerSession, reason: str) -> None:
         if self.sessions.get(session.session_id) is session:

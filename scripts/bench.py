@@ -58,6 +58,8 @@ async def camera_main(args: argparse.Namespace) -> None:
     await agent.start()
     await agent.registered.wait()
     print(f"DEVICE {agent.device_id}", flush=True)
+    # One reusable pairing window for the whole run: every browser context pairs from it.
+    print(f"PAIR {agent.open_pairing(ttl=86400, reusable=True)}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await agent.close()
 
@@ -124,6 +126,7 @@ class Camera:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self.device_id = ""
+        self.pair_secret = ""
 
     async def started(self) -> Camera:
         """Wait (without blocking the loop the rendezvous runs on) for its device ID."""
@@ -133,7 +136,13 @@ class Camera:
         if not line.startswith("DEVICE "):
             raise SystemExit(f"bench: camera did not start ({line!r})")
         self.device_id = line.split()[1]
+        line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), 30)
+        self.pair_secret = line.split()[1]
         return self
+
+    def link(self, url: str, pair: bool = False) -> str:
+        link = f"{url.replace('ws://', 'http://')}/#device={self.device_id}"
+        return f"{link}&pair={self.pair_secret}" if pair else link
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -181,9 +190,12 @@ async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -
     import aiohttp
     from aiortc import RTCSessionDescription
 
+    from camera.viewer import ViewerIdentity
     from camera.webrtc import make_peer_connection, prefer_h264
     from services.signaling import Role, encode, parse
+    from services.signatures import offer_statement, sign
 
+    identity = ViewerIdentity.load_or_create()  # paired by the caller
     async with aiohttp.ClientSession() as http, http.ws_connect(url + "/ws/viewer") as ws:
         parse(await ws.receive_str(), Role.SERVER)
         pc = make_peer_connection([])
@@ -193,8 +205,13 @@ async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -
         transceiver.receiver._RTCRtpReceiver__decoder_queue = counter  # type: ignore[attr-defined]
         await pc.setLocalDescription(await pc.createOffer())
         session = os.urandom(12).hex()
+        sdp = pc.localDescription.sdp
+        ts = int(time.time() * 1000)
+        signature = sign(identity.private_key,
+                         offer_statement(device_id, session, ts, identity.key, sdp))
         await ws.send_str(encode(Role.VIEWER, "offer", device_id=device_id, session_id=session,
-                                 sdp=pc.localDescription.sdp))
+                                 sdp=sdp, viewer_key=identity.key, timestamp=ts,
+                                 signature=signature))
         answer = parse(await ws.receive_str(timeout=30), Role.SERVER)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         await asyncio.sleep(warmup)
@@ -226,15 +243,18 @@ async def bench_ttff(args: argparse.Namespace) -> dict[str, Any]:
 
     runner, url = await start_rendezvous()
     camera = await Camera(url, "passthrough", Path(args.state) / "ttff", 1280, 720).started()
-    link = f"{url.replace('ws://', 'http://')}/#device={camera.device_id}"
+    link = camera.link(url)
     try:
         await asyncio.sleep(1)
+        await view(camera.link(url, pair=True), seconds=0.2)  # pair this CLI key, untimed
         cli: list[float] = []
         for _ in range(args.trials):
             stats = await view(link, seconds=0.3)
             assert stats.ttff_ms is not None
             cli.append(stats.ttff_ms)
-        browser, timelines = await chromium_ttff(link, args.trials)
+        # Each trial is a fresh browser profile: it pairs from the link (not timed:
+        # the page's clock starts at the offer's preparation, after pairing).
+        browser, timelines = await chromium_ttff(camera.link(url, pair=True), args.trials)
     finally:
         camera.stop()
         await runner.cleanup()
@@ -276,6 +296,7 @@ async def chromium_ttff(link: str, trials: int) -> tuple[list[float], list[dict[
 
 
 async def bench_viewers(args: argparse.Namespace) -> dict[str, Any]:
+    pin_loopback()
     counts = [int(c) for c in args.counts.split(",")]
     runner, url = await start_rendezvous()
     rows: list[dict[str, Any]] = []
@@ -285,6 +306,10 @@ async def bench_viewers(args: argparse.Namespace) -> dict[str, Any]:
                 camera = await Camera(
                     url, mode, Path(args.state) / mode, args.width, args.height).started()
                 try:
+                    await asyncio.sleep(1.0)
+                    from camera.viewer import view
+
+                    await view(camera.link(url, pair=True), seconds=0.1)  # pair, untimed
                     await asyncio.sleep(1.0)
                     idle0, t0 = camera.cpu_seconds(), time.monotonic()
                     await asyncio.sleep(2.0)
@@ -473,6 +498,8 @@ def main() -> None:
         asyncio.run(camera_main(args))
         return
     OUT.mkdir(parents=True, exist_ok=True)
+    # The bench's CLI viewer key is its own, not the user's ~/.config/peercam one.
+    os.environ["PEERCAM_VIEWER_DIR"] = str(Path(args.state) / "viewer")
     ttff = viewers = None
     if args.cmd in ("ttff", "all"):
         ttff = asyncio.run(bench_ttff(args))

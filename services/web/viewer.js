@@ -9,12 +9,20 @@
 // ice_servers (TURN credentials are short-lived), and there is no half-dead
 // state to reason about.
 //
+// The rendezvous is NOT trusted. This page holds a viewer key (ECDSA P-256,
+// non-extractable, kept in IndexedDB) and signs every offer with it; the
+// camera only answers keys in its own ACL. Every answer is checked against the
+// device ID before it is used: the ID is the hash of the camera's key, so a
+// server cannot substitute its own answer (and its own DTLS fingerprint).
+//
 // The only global is window.peercam, a live view of the state for tests.
 
 (() => {
   // Timers are named here so they can be read and tuned in one place.
   const TIMING = {
     helloMs: 10000,          // server must greet us this soon after the socket opens
+    prepareMs: 10000,        // server must hand out ICE servers this soon
+    pairMs: 20000,           // camera must answer a pairing request this soon
     iceGatherMs: 2000,       // non-trickle: send what we have after this long
     answerMs: 20000,         // camera must answer (server also times out: error "timeout")
     firstFrameMs: 10000,     // after the answer, a frame must be decoded this soon
@@ -35,6 +43,20 @@
   const SESSION_ALPHABET =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
 
+  // What is signed (docs/protocol.md, Statements; services/signatures.py).
+  const STATEMENT = {
+    offer: "peercam/offer/v1",
+    answer: "peercam/answer/v1",
+    pair: "peercam/pair/v1",
+    paired: "peercam/paired/v1",
+  };
+  const ECDSA = { name: "ECDSA", namedCurve: "P-256" };
+  const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" };
+  const KEY_DB = { name: "peercam", store: "keys", viewerKey: "viewer" };
+  const PAIRED_PREFIX = "peercam.paired.";   // localStorage: this device accepted our key
+  // A pairing secret is ASCII (it keys the HMAC as ASCII bytes); bound its size.
+  const PAIR_SECRET_RE = /^[\x21-\x7e]{1,128}$/;
+
   // Error codes from the server, in plain words (protocol.md, Errors).
   const ERROR_WORDS = {
     "unavailable": "The camera is offline (or the ID is unknown). Waiting for it to come online.",
@@ -44,6 +66,19 @@
     "bad-message": "The server refused a message from this page.",
     "too-large": "The server refused a message from this page as too large.",
     "unknown-session": "The server no longer knows this session.",
+  };
+
+  const WORDS = {
+    insecure: "This page needs a secure connection (https:// or localhost) to keep your "
+      + "viewer key safe. Use peercam demo --tls, or put the rendezvous behind TLS.",
+    forgedAnswer: "The answer was not signed by this camera — the server may be compromised.",
+    forgedPaired: "The pairing reply was not signed by this camera — the server may be compromised.",
+    notPaired: "This browser is not paired with this camera. "
+      + "Open a pairing link (peercam pair) to pair.",
+    stale: "The camera refused the request because the clocks disagree. "
+      + "Check this device's date and time.",
+    badSecret: "The pairing link is damaged (the pair= part is not valid). "
+      + "Make a new one with peercam pair.",
   };
 
   // A thrown value that means "this attempt was torn down; stop quietly".
@@ -61,7 +96,9 @@
     reconnects: 0,
     sessionId: null,
     lastError: null,
-    timeline: {},            // ms from startedAt: offer, answer, connected, firstFrame
+    paired: null,            // true: the camera took our key; false: it refused it; null: unknown
+    viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
+    timeline: {},            // ms from startedAt: prepared, offer, answer, verified, connected, firstFrame
   };
   window.peercam = peercam;
 
@@ -74,6 +111,7 @@
 
   let ui = null;          // DOM elements, found once
   let deviceId = null;    // normalized ID being watched
+  let pairSecret = null;  // from the fragment; only ever used as an HMAC key, never sent
   let current = null;     // the live attempt, or null
   let attempts = 0;       // attempts for this device, to count reconnects
   let failures = 0;       // consecutive failures, drives the backoff
@@ -81,25 +119,36 @@
   let retryAt = 0;
   let stopped = false;    // page hidden for good (pagehide)
   let extra = {};         // overlay-only details: path, codec, resolution
+  let keyPromise = null;  // the viewer key, loaded once per page
 
   // ---- small helpers -------------------------------------------------------
 
   class ViewerError extends Error {
-    constructor(message, code) {
+    // state "error" + slow: a problem a retry alone will not fix (not paired,
+    // forged answer); we still retry, at the longest backoff, in case it heals.
+    constructor(message, code, opts) {
       super(message);
       this.code = code || null;
+      this.state = (opts && opts.state) || "reconnecting";
+      this.slow = Boolean(opts && opts.slow);
     }
+  }
+
+  function encodeDeviceId(value) {
+    // value: the 130-bit BigInt. 26 base32 digits, big-endian, then mod-37 check.
+    let body = "";
+    for (let i = 25; i >= 0; i--) body += CROCKFORD[Number((value >> BigInt(5 * i)) & 31n)];
+    const raw = body + CHECK_SYMBOLS[Number(value % 37n)];
+    return raw.match(/.{1,4}/g).join("-");
   }
 
   function normalizeDeviceId(text) {
     const raw = String(text || "").replace(/[\s-]/g, "").toUpperCase();
     if (!DEVICE_RE.test(raw)) return null;
-    // The check symbol is the 130-bit value mod 37; fold it in digit by digit
-    // so no BigInt is needed.
-    let mod = 0;
-    for (const ch of raw.slice(0, 26)) mod = (mod * 32 + CROCKFORD.indexOf(ch)) % 37;
-    if (CHECK_SYMBOLS[mod] !== raw[26]) return null;
-    return raw.match(/.{1,4}/g).join("-");
+    let value = 0n;
+    for (const ch of raw.slice(0, 26)) value = value * 32n + BigInt(CROCKFORD.indexOf(ch));
+    const canonical = encodeDeviceId(value);
+    return canonical.replace(/-/g, "") === raw ? canonical : null;
   }
 
   function newSessionId() {
@@ -131,6 +180,13 @@
     return Math.random() * ceiling;
   }
 
+  function slowDelay() {
+    // For refusals: the longest backoff, jittered in its upper half so the
+    // camera is not asked again and again while nobody changes anything.
+    failures += 1;
+    return TIMING.backoffCapMs * (0.5 + Math.random() / 2);
+  }
+
   function setTimer(att, ms, fn) {
     // One set per attempt; clearTimeout also clears intervals (HTML spec:
     // they share one list of timers), so teardown needs one loop.
@@ -149,6 +205,227 @@
     }
   }
 
+  // ---- encodings and statements -------------------------------------------
+
+  const utf8 = new TextEncoder();
+
+  function b64url(buffer) {
+    let bin = "";
+    for (const b of new Uint8Array(buffer)) bin += String.fromCharCode(b);
+    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function unb64url(text) {
+    // Strict: base64url without padding, else null (the server picks the bytes).
+    if (typeof text !== "string" || !/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) {
+      return null;
+    }
+    const bin = atob(text.replace(/-/g, "+").replace(/_/g, "/")
+      + "=".repeat((4 - (text.length % 4)) % 4));
+    return Uint8Array.from(bin, (c) => c.charCodeAt(0));
+  }
+
+  function statement(...lines) {
+    // Lines joined by "\n", no trailing newline, UTF-8. A newline inside a
+    // field would let one statement pass for another, so refuse it.
+    const text = lines.map(String);
+    if (text.some((line) => /[\r\n]/.test(line))) {
+      throw new ViewerError("A signed field contains a newline.");
+    }
+    return utf8.encode(text.join("\n"));
+  }
+
+  async function sha256Hex(text) {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", utf8.encode(text)));
+    return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function offerStatement(device, session, timestamp, viewerKey, sdp) {
+    return statement(STATEMENT.offer, device, session, timestamp, viewerKey, await sha256Hex(sdp));
+  }
+
+  async function answerStatement(device, session, offerSdp, answerSdp) {
+    return statement(STATEMENT.answer, device, session,
+      await sha256Hex(offerSdp), await sha256Hex(answerSdp));
+  }
+
+  function pairStatement(device, session, timestamp, viewerKey, name) {
+    return statement(STATEMENT.pair, device, session, timestamp, viewerKey, name);
+  }
+
+  function pairedStatement(device, session, viewerKey, name) {
+    return statement(STATEMENT.paired, device, session, viewerKey, name);
+  }
+
+  // ---- keys and signatures -------------------------------------------------
+
+  async function deviceIdOfKey(der) {
+    // First 130 bits of SHA-256(SPKI DER), big-endian (docs/protocol.md, Encodings).
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", der));
+    let value = 0n;
+    for (const b of digest.subarray(0, 17)) value = (value << 8n) | BigInt(b);
+    return encodeDeviceId(value >> 6n);  // 136 bits read, keep the top 130
+  }
+
+  async function verifyByDevice(deviceKey, message, signature) {
+    // True only if deviceKey is the key deviceId was derived from AND it
+    // signed message. Anything malformed is simply "not verified".
+    try {
+      const der = unb64url(deviceKey);
+      const sig = unb64url(signature);
+      if (!der || der.length > 200 || !sig || sig.length !== 64) return false;
+      if (await deviceIdOfKey(der) !== deviceId) return false;
+      const key = await crypto.subtle.importKey("spki", der, ECDSA, false, ["verify"]);
+      return await crypto.subtle.verify(ECDSA_SHA256, key, sig, message);
+    } catch (_) {
+      return false;
+    }
+  }
+
+  async function sign(me, message) {
+    // WebCrypto ECDSA gives IEEE P1363 r||s, the form the protocol uses.
+    return b64url(await crypto.subtle.sign(ECDSA_SHA256, me.pair.privateKey, message));
+  }
+
+  async function pairingProof(secret, message) {
+    // HMAC-SHA256 keyed with the secret's ASCII bytes: proves we know the
+    // secret without sending it (the server only ever sees this MAC).
+    const key = await crypto.subtle.importKey(
+      "raw", utf8.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    return b64url(await crypto.subtle.sign("HMAC", key, message));
+  }
+
+  function viewerKey() {
+    // Loaded once; a failure is not cached, so the next attempt tries again.
+    if (!keyPromise) {
+      keyPromise = loadViewerKey().then(async (pair) => {
+        const text = b64url(await crypto.subtle.exportKey("spki", pair.publicKey));
+        peercam.viewerKey = text;
+        return { pair, text };
+      });
+      keyPromise.catch(() => { keyPromise = null; });
+    }
+    return keyPromise;
+  }
+
+  async function loadViewerKey() {
+    let db = null;
+    try {
+      db = await openKeyDb();
+      const stored = await keyDbRequest(db, "readonly", (s) => s.get(KEY_DB.viewerKey));
+      if (isKeyPair(stored)) return stored;
+      const fresh = await generateViewerKey();
+      // Get-or-put in one transaction: two tabs on first use end up with one key.
+      return await keyDbGetOrPut(db, fresh);
+    } catch (err) {
+      // No IndexedDB (some private modes): a key for this page only. Pairing
+      // then lasts until reload, which beats not working at all.
+      console.warn("peercam: cannot store the viewer key, it will not survive a reload:",
+        (err && err.name) || err);
+      return generateViewerKey();
+    } finally {
+      if (db) db.close();
+    }
+  }
+
+  function generateViewerKey() {
+    // Non-extractable: script on this page can sign with it, never copy it out.
+    return crypto.subtle.generateKey(ECDSA, false, ["sign", "verify"]);
+  }
+
+  function isKeyPair(value) {
+    return Boolean(value && value.privateKey instanceof CryptoKey
+      && value.publicKey instanceof CryptoKey);
+  }
+
+  function openKeyDb() {
+    return new Promise((resolve, reject) => {
+      const req = indexedDB.open(KEY_DB.name, 1);
+      req.onupgradeneeded = () => req.result.createObjectStore(KEY_DB.store);
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => reject(req.error);
+      req.onblocked = () => reject(new Error("key store blocked"));
+    });
+  }
+
+  function keyDbRequest(db, mode, makeRequest) {
+    return new Promise((resolve, reject) => {
+      const tx = db.transaction(KEY_DB.store, mode);
+      const req = makeRequest(tx.objectStore(KEY_DB.store));
+      tx.oncomplete = () => resolve(req.result);
+      tx.onerror = tx.onabort = () => reject(tx.error);
+    });
+  }
+
+  function keyDbGetOrPut(db, fresh) {
+    return new Promise((resolve, reject) => {
+      const tx = db.transaction(KEY_DB.store, "readwrite");
+      const store = tx.objectStore(KEY_DB.store);
+      let result = fresh;
+      const get = store.get(KEY_DB.viewerKey);
+      get.onsuccess = () => {
+        if (isKeyPair(get.result)) result = get.result;
+        else store.put(fresh, KEY_DB.viewerKey);
+      };
+      tx.oncomplete = () => resolve(result);
+      tx.onerror = tx.onabort = () => reject(tx.error);
+    });
+  }
+
+  function viewerName() {
+    // What the camera owner sees in `peercam viewers`: browser and platform,
+    // nothing more identifying. 1-64 characters, no control characters.
+    const ua = navigator.userAgent || "";
+    const browser = /Edg(e|A|iOS)?\//.test(ua) ? "Edge"
+      : /OPR\/|Opera/.test(ua) ? "Opera"
+      : /SamsungBrowser\//.test(ua) ? "Samsung Internet"
+      : /Firefox\/|FxiOS\//.test(ua) ? "Firefox"
+      : /Chrome\/|CriOS\/|Chromium\//.test(ua) ? "Chrome"
+      : /Safari\//.test(ua) ? "Safari"
+      : "Browser";
+    const platform = /Android/.test(ua) ? "Android"
+      : /iPhone|iPod/.test(ua) ? "iPhone"
+      : /iPad/.test(ua) ? "iPad"
+      : /CrOS/.test(ua) ? "ChromeOS"
+      : /Windows/.test(ua) ? "Windows"
+      : /Macintosh|Mac OS X/.test(ua) ? "macOS"
+      : /Linux/.test(ua) ? "Linux"
+      : "";
+    const name = (platform ? browser + " on " + platform : browser)
+      .replace(/[\u0000-\u001f\u007f-\u009f]/g, "");
+    return name.slice(0, 64) || "Browser";
+  }
+
+  // Whether this device accepted our key, remembered per device ID. Only a
+  // hint for the UI: the camera's ACL decides.
+  function storedPaired(id) {
+    try {
+      return localStorage.getItem(PAIRED_PREFIX + id) === "1";
+    } catch (_) {
+      return false;
+    }
+  }
+
+  function setPaired(value) {
+    peercam.paired = value;
+    try {
+      if (value) localStorage.setItem(PAIRED_PREFIX + deviceId, "1");
+      else localStorage.removeItem(PAIRED_PREFIX + deviceId);
+    } catch (_) { /* storage off: the flag lives for this page only */ }
+  }
+
+  function forgetPairSecret() {
+    // Paired: the secret has done its job. Drop it from memory and from the
+    // address bar / history (keep device=), without a hashchange.
+    pairSecret = null;
+    // Cut the pair= part out of the raw fragment rather than re-serializing:
+    // URLSearchParams would percent-encode a "$" or "*" check symbol.
+    const hash = location.hash.replace(/^#/, "").split("&")
+      .filter((part) => part.split("=")[0] !== "pair").join("&");
+    history.replaceState(history.state, "", location.pathname + location.search
+      + (hash ? "#" + hash : ""));
+  }
+
   // ---- attempt lifecycle ---------------------------------------------------
 
   function newAttempt() {
@@ -158,7 +435,8 @@
       pc: null,
       closed: false,
       helloSeen: false,
-      sessionLive: false,    // offer sent and neither bye nor error came back
+      phase: "signaling",    // "pair" while pairing, "offer" once the offer is out
+      sessionLive: false,    // pair/offer sent and neither bye nor error came back
       answered: false,
       startedAt: null,       // performance.now() just before new RTCPeerConnection
       firstFrameAt: null,
@@ -182,30 +460,39 @@
     current = att;
     resetStats();
     peercam.sessionId = att.sessionId;
-    setState(attempts > 1 ? "reconnecting" : "connecting");
+    // An unresolved refusal stays on screen (in red) while we try again.
+    setState(peercam.state === "error" ? "error" : attempts > 1 ? "reconnecting" : "connecting");
     connect(att).catch((err) => fail(att, err));
   }
 
   async function connect(att) {
-    const hello = await openSignaling(att);
-    // TTFF is measured from here: just before the peer connection exists.
+    // The key loads (or is made, on first use) while the socket opens.
+    const [me] = await Promise.all([viewerKey(), openSignaling(att)]);
+    alive(att);
+    if (pairSecret) await pair(att, me);
+    // TTFF is measured from here: asking for ICE servers, then the peer connection.
     att.startedAt = performance.now();
-    const pc = createPeer(att, hello.ice_servers);
+    const iceServers = await prepare(att);
+    const pc = createPeer(att, iceServers);
     await pc.setLocalDescription(await pc.createOffer());
     alive(att);
     await iceGatheringDone(att, pc);
     alive(att);
-    mark(att, "offer");
-    send(att, {
-      type: "offer",
-      device_id: deviceId,
-      session_id: att.sessionId,
-      sdp: pc.localDescription.sdp,
-    });
-    att.sessionLive = true;
+    // The exact string we send is what the camera's answer statement hashes.
+    const sdp = pc.localDescription.sdp;
+    await sendOffer(att, me, sdp);
     const answer = await expect(att, "answer", TIMING.answerMs,
       "The camera did not answer in time.");
     mark(att, "answer");
+    // Checked BEFORE setRemoteDescription: the answer carries the DTLS
+    // fingerprint we will accept, so an unsigned one could be anyone's.
+    const genuine = await verifyByDevice(answer.device_key,
+      await answerStatement(deviceId, att.sessionId, sdp, answer.sdp), answer.signature);
+    alive(att);
+    if (!genuine) throw new ViewerError(WORDS.forgedAnswer, null, { state: "error" });
+    mark(att, "verified");
+    // The camera answered a signed offer: our key is in its ACL.
+    setPaired(true);
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     alive(att);
     att.answered = true;
@@ -214,6 +501,58 @@
         fail(att, new ViewerError("No video arrived from the camera."));
       }
     });
+  }
+
+  async function pair(att, me) {
+    // Pairing link: prove knowledge of the secret (HMAC, never the secret
+    // itself) and have the camera add our key to its ACL, before any offer.
+    att.phase = "pair";
+    const name = viewerName();
+    const timestamp = Date.now();
+    const text = pairStatement(deviceId, att.sessionId, timestamp, me.text, name);
+    const [signature, proof] = await Promise.all([sign(me, text), pairingProof(pairSecret, text)]);
+    alive(att);
+    send(att, {
+      type: "pair", device_id: deviceId, session_id: att.sessionId,
+      viewer_key: me.text, name, timestamp, signature, proof,
+    });
+    att.sessionLive = true;
+    const reply = await expect(att, "paired", TIMING.pairMs,
+      "The camera did not answer the pairing request in time.");
+    att.sessionLive = false;
+    const genuine = await verifyByDevice(reply.device_key,
+      pairedStatement(deviceId, att.sessionId, me.text, name), reply.signature);
+    alive(att);
+    if (!genuine) throw new ViewerError(WORDS.forgedPaired, null, { state: "error" });
+    setPaired(true);
+    forgetPairSecret();
+    // The offer is a new session; the pairing one is finished.
+    att.sessionId = newSessionId();
+    peercam.sessionId = att.sessionId;
+    att.phase = "signaling";
+  }
+
+  async function prepare(att) {
+    // The server mints TURN credentials per session; hello only has STUN.
+    send(att, { type: "prepare", device_id: deviceId, session_id: att.sessionId });
+    const prepared = await expect(att, "prepared", TIMING.prepareMs,
+      "The server did not respond in time.");
+    mark(att, "prepared");
+    return prepared.ice_servers;
+  }
+
+  async function sendOffer(att, me, sdp) {
+    const timestamp = Date.now();
+    const text = await offerStatement(deviceId, att.sessionId, timestamp, me.text, sdp);
+    const signature = await sign(me, text);
+    alive(att);
+    mark(att, "offer");
+    att.phase = "offer";
+    send(att, {
+      type: "offer", device_id: deviceId, session_id: att.sessionId,
+      sdp, viewer_key: me.text, timestamp, signature,
+    });
+    att.sessionLive = true;
   }
 
   function alive(att) {
@@ -227,7 +566,8 @@
     peercam.lastError = message;
     teardown(att);
     if (current === att) current = null;
-    scheduleRetry();
+    const refusal = err instanceof ViewerError ? err : null;
+    scheduleRetry(refusal ? refusal.state : "reconnecting", Boolean(refusal && refusal.slow));
   }
 
   function resetStats() {
@@ -239,12 +579,12 @@
     extra = {};
   }
 
-  function scheduleRetry() {
+  function scheduleRetry(state, slow) {
     if (stopped) return;
-    const delay = backoffDelay();
+    const delay = slow ? slowDelay() : backoffDelay();
     retryAt = performance.now() + delay;
-    setState("reconnecting");
     retryTimer = setTimeout(start, delay);
+    setState(state);
   }
 
   function teardown(att) {
@@ -322,15 +662,19 @@
         att.helloSeen = true;
         deliver(att, "hello", msg);
         break;
+      case "prepared":
+        if (ours) deliver(att, "prepared", msg);
+        break;
+      case "paired":
+        if (ours) deliver(att, "paired", msg);
+        break;
       case "answer":
         if (ours && typeof msg.sdp === "string") deliver(att, "answer", msg);
         break;
       case "bye":
         if (ours) {
           att.sessionLive = false;
-          fail(att, new ViewerError(msg.reason
-            ? "The camera ended the session (" + msg.reason + ")."
-            : "The camera ended the session."));
+          fail(att, byeError(att, typeof msg.reason === "string" ? msg.reason : ""));
         }
         break;
       case "error":
@@ -339,6 +683,27 @@
       default:
         break; // newer servers may add types; they are not for us
     }
+  }
+
+  function byeError(att, reason) {
+    // The reason is relayed by the untrusted server: shown as text, and a
+    // refusal is only ever a reason to stop or slow down, never to trust more.
+    if (att.phase === "pair") {
+      return new ViewerError("The camera refused to pair with this browser"
+        + (reason ? " (" + reason + ")" : "")
+        + ". The pairing link may be wrong, used up or expired: make a new one with peercam pair.",
+      "pair-refused", { state: "error", slow: true });
+    }
+    if (/^not authorized/.test(reason)) {
+      setPaired(false);
+      return new ViewerError(WORDS.notPaired, "not-authorized", { state: "error", slow: true });
+    }
+    if (/^stale/.test(reason)) {
+      return new ViewerError(WORDS.stale, "stale", { state: "error", slow: true });
+    }
+    return new ViewerError(reason
+      ? "The camera ended the session (" + reason + ")."
+      : "The camera ended the session.");
   }
 
   function onServerError(att, msg, ours) {
@@ -643,12 +1008,21 @@
     if (s === "connecting") return "Connecting to the camera…";
     if (s === "reconnecting") {
       const why = peercam.lastError ? peercam.lastError + " " : "";
-      if (!retryTimer) return why + "Trying again…";
-      const secs = Math.ceil(Math.max(0, retryAt - performance.now()) / 1000);
-      return why + (secs > 1 ? "Trying again in " + secs + " s." : "Trying again…");
+      return why + retryText();
     }
-    if (s === "error") return peercam.lastError || "Something went wrong.";
+    if (s === "error") {
+      // An error that is being retried says so; a final one (bad link, no
+      // secure context) does not.
+      const why = peercam.lastError || "Something went wrong.";
+      return current || retryTimer ? why + " " + retryText() : why;
+    }
     return null;
+  }
+
+  function retryText() {
+    if (!retryTimer) return "Trying again…";
+    const secs = Math.ceil(Math.max(0, retryAt - performance.now()) / 1000);
+    return secs > 1 ? "Trying again in " + secs + " s." : "Trying again…";
   }
 
   function render() {
@@ -711,7 +1085,9 @@
   }
 
   function readFragment() {
-    const raw = fragmentParams().get("device");
+    const params = fragmentParams();
+    const raw = params.get("device");
+    const secret = params.get("pair");
     stopAll();
     resetStats();
     // A different camera (or none): do not leave the last one's picture up.
@@ -720,6 +1096,9 @@
     failures = 0;
     peercam.reconnects = 0;
     peercam.lastError = null;
+    peercam.state = "idle";  // a refusal shown for the last link does not carry over
+    peercam.paired = null;
+    pairSecret = null;
     if (!raw) {
       deviceId = null;
       setState("idle");
@@ -737,6 +1116,15 @@
     }
     deviceId = id;
     ui.picker.hidden = true;
+    peercam.paired = storedPaired(id) ? true : null;
+    if (secret !== null) {
+      if (!PAIR_SECRET_RE.test(secret)) {
+        peercam.lastError = WORDS.badSecret;
+        setState("error");
+        return;
+      }
+      pairSecret = secret;
+    }
     start();
   }
 
@@ -784,6 +1172,14 @@
       setState("error");
       return;
     }
+    // crypto.subtle exists only in a secure context; without it there is no
+    // viewer key, and plain http would let anyone on the path swap this page.
+    if (!window.isSecureContext || !crypto.subtle || typeof BigInt !== "function") {
+      peercam.lastError = WORDS.insecure;
+      setState("error");
+      return;
+    }
+    viewerKey().catch(() => { /* reported by the attempt that needs it */ });
     ui.picker.addEventListener("submit", onPick);
     ui.stage = $("stage");
     ui.stage.addEventListener("click", onStageClick);

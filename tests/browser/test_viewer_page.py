@@ -47,7 +47,9 @@ async def test_chromium_decodes_the_camera(
     stack: Stack, browser: Any, context_args: dict[str, Any]
 ) -> None:
     camera = await stack.camera()
-    stats = await _watch(browser, stack.link(camera), context_args)
+    # A fresh browser profile has a fresh key: it pairs from the link, as a user would.
+    link = f"{stack.link(camera)}&pair={camera.open_pairing(reusable=True)}"
+    stats = await _watch(browser, link, context_args)
     assert stats["errors"] == []
     # framesDecoded keeps rising: live video, not one frame.
     assert stats["framesDecoded"] >= stats["first_count"] + 30, stats
@@ -75,7 +77,7 @@ async def test_chromium_reconnects_after_the_camera_restarts(stack: Stack, brows
     context = await browser.new_context(**DESKTOP)
     try:
         page = await context.new_page()
-        await page.goto(stack.link(camera))
+        await page.goto(f"{stack.link(camera)}&pair={camera.open_pairing()}")
         await page.wait_for_function("window.peercam.framesDecoded > 0", timeout=20_000)
         # Drop every session on the camera side: the page must notice and come back.
         for session in list(camera.sessions.values()):
