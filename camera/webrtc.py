@@ -15,6 +15,7 @@ from aiortc import (
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from camera.h264 import is_constrained_baseline
+from camera.ice import prefer_direct
 
 
 def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
@@ -22,7 +23,10 @@ def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection
 
     aiortc falls back to Google's public STUN server when ``iceServers`` is
     None, so we always pass a list; an empty one means host candidates only.
+    When this side controls ICE (the viewer), direct pairs win over relay
+    pairs whenever one works (camera/ice.py).
     """
+    prefer_direct()
     servers = [
         RTCIceServer(
             urls=entry["urls"],
