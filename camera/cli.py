@@ -71,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="development only: accept any rendezvous certificate")
     _add_video_flags(cam)
 
+    stun = sub.add_parser("stun", help="run the STUN server (RFC 8489; RFC 5780 with two IPs)")
+    stun.add_argument("--listen", default="0.0.0.0", metavar="IP[,IP2]",
+                      help="one address, or two for RFC 5780 behaviour discovery")
+    stun.add_argument("--port", type=int, default=3478)
+    stun.add_argument("--alt-port", type=int, default=3479, help="second port (RFC 5780)")
+
+    natcheck = sub.add_parser("natcheck", help="find this network's NAT type (RFC 5780)")
+    natcheck.add_argument("--stun", required=True, metavar="HOST[:PORT]",
+                          help="a STUN server with RFC 5780 (two addresses)")
+    natcheck.add_argument("--json", action="store_true")
+
     pair = sub.add_parser("pair", help="open a pairing window; prints a link and a QR code")
     pair.add_argument("--config", type=Path, default=_default_config())
     pair.add_argument("--state-dir", type=Path)
@@ -131,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "view": _view,
         "pair": _pair,
         "viewers": _viewers,
+        "stun": _stun,
+        "natcheck": _natcheck,
     }[args.command]
     try:
         return asyncio.run(handler(args))
@@ -300,6 +313,43 @@ async def _demo(args: argparse.Namespace) -> int:
             await agent.close()
         await runner.cleanup()
     return 0
+
+
+async def _stun(args: argparse.Namespace) -> int:
+    from services.stun.errors import StunError
+    from services.stun.server import run_stun_server
+
+    addresses = [a.strip() for a in args.listen.split(",") if a.strip()]
+    if not 1 <= len(addresses) <= 2:
+        raise BadConfig(f"--listen {args.listen!r}: one address or two, comma-separated")
+    try:
+        server = await run_stun_server(
+            addresses[0], addresses[1] if len(addresses) > 1 else None, args.port, args.alt_port
+        )
+    except (StunError, OSError) as exc:
+        raise BadConfig(f"cannot serve STUN on {args.listen}: {exc}") from None
+    for _index, (host, port) in sorted(server.addresses.items()):
+        print(f"LISTENING {_url_host(host)}:{port}", flush=True)
+    try:
+        await _until_signalled()
+    finally:
+        await server.close()
+    return 0
+
+
+async def _natcheck(args: argparse.Namespace) -> int:
+    from services.stun.natcheck import natcheck, parse_hostport
+
+    try:
+        server = parse_hostport(args.stun)
+    except ValueError as exc:
+        raise BadConfig(str(exc)) from None
+    report = await natcheck(server)
+    if args.json:
+        print(json.dumps(report.as_dict()), flush=True)
+    else:
+        print(report.summary(), flush=True)
+    return 0 if report.nat_type != "udp-blocked" else 1
 
 
 async def _pair(args: argparse.Namespace) -> int:

@@ -1,0 +1,233 @@
+"""``natcheck``: what NAT is between us and a STUN server (RFC 5780), over asyncio.
+
+The plan and the classification are in :mod:`services.stun.discovery`; this
+module owns the sockets, the retransmissions and the timeouts. Probes are lost
+on real networks, and in the filtering tests a missing answer *is* the result,
+so every probe is retransmitted RFC 8489 section 6.2.1 style (RTO doubling),
+with the timers scaled down and passed in.
+
+CLI wiring: ``peercam natcheck --stun HOST[:PORT] --json`` →
+``report = await natcheck(parse_hostport(text))``; print
+``json.dumps(report.as_dict())`` or ``report.summary()``. Also runnable alone,
+e.g. inside a network namespace: ``python -m services.stun.natcheck HOST:PORT --json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import socket
+import sys
+from typing import Any, cast
+
+from .discovery import BehaviourDiscovery, NatReport
+from .message import Address, Message, MessageClass, Method, parse
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 3478
+DEFAULT_RTO = 0.2
+"""First retransmission timeout; RFC 8489 says 0.5 s or more on the Internet."""
+DEFAULT_RETRIES = 2
+"""Retransmissions after the first send: waits of 0.2, 0.4, 0.8 s (1.4 s per lost probe)."""
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> Address:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address → (host, port)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise ValueError(f"bad address {text!r}: no host")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) <= 0xFFFF:
+        raise ValueError(f"bad port {port_text!r} in {text!r}")
+    return host, int(port_text)
+
+
+class _Prober(asyncio.DatagramProtocol):
+    """One local UDP socket: matches responses to transactions, spots hairpin requests."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[bytes, asyncio.Future[tuple[Message, Address]]] = {}
+        self.expected_requests: dict[bytes, asyncio.Future[None]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            message = parse(data)
+        except ValueError as exc:
+            logger.debug("ignoring malformed packet from %s: %s", addr, exc)
+            return
+        source = (str(addr[0]), int(addr[1]))
+        if message.message_class == MessageClass.REQUEST:
+            waiter = self.expected_requests.get(message.transaction_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        future = self.pending.get(message.transaction_id)
+        if future is not None and not future.done():
+            future.set_result((message, source))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable: the retransmission timer decides, not one error.
+        logger.debug("ICMP error: %s", exc)
+
+    @property
+    def local_port(self) -> int:
+        assert self.transport is not None
+        port: int = self.transport.get_extra_info("sockname")[1]
+        return port
+
+    async def transact(
+        self, request: Message, destination: Address, rto: float, retries: int
+    ) -> tuple[Message, Address] | tuple[None, None]:
+        """Send ``request`` until answered, 1 + ``retries`` times with RTO doubling."""
+        assert self.transport is not None
+        future: asyncio.Future[tuple[Message, Address]] = asyncio.get_running_loop().create_future()
+        self.pending[request.transaction_id] = future
+        data = request.encode()
+        try:
+            for _ in range(1 + retries):
+                self.transport.sendto(data, destination)
+                done, _pending = await asyncio.wait({future}, timeout=rto)
+                if done:
+                    return future.result()
+                rto *= 2
+            return None, None
+        finally:
+            del self.pending[request.transaction_id]
+            future.cancel()
+
+
+async def _open(local_host: str) -> _Prober:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(_Prober, local_addr=(local_host, 0))
+    return protocol
+
+
+def _route_source(local_host: str, server: Address) -> str:
+    """The source IP the kernel picks towards ``server`` (connect() on UDP sends nothing)."""
+    if not ipaddress.ip_address(local_host).is_unspecified:
+        return local_host
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(server)
+        host: str = probe.getsockname()[0]
+        return host
+
+
+async def _hairpin(
+    target: Address, receiver: _Prober, local_host: str, rto: float, retries: int
+) -> bool:
+    # RFC 5780 section 4.5: from a second socket, send to the first one's
+    # mapped address; hairpinning works if the first socket receives it.
+    sender = await _open(local_host)
+    request = Message(Method.BINDING, MessageClass.REQUEST)
+    arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    receiver.expected_requests[request.transaction_id] = arrived
+    try:
+        assert sender.transport is not None
+        data = request.encode()
+        for _ in range(1 + retries):
+            sender.transport.sendto(data, target)
+            done, _pending = await asyncio.wait({arrived}, timeout=rto)
+            if done:
+                return True
+            rto *= 2
+        return False
+    finally:
+        del receiver.expected_requests[request.transaction_id]
+        arrived.cancel()
+        assert sender.transport is not None
+        sender.transport.close()
+
+
+async def natcheck(
+    server: Address,
+    *,
+    local_host: str = "0.0.0.0",
+    timeout: float = DEFAULT_RTO,
+    retries: int = DEFAULT_RETRIES,
+    hairpin: bool = True,
+) -> NatReport:
+    """Run RFC 5780 mapping, filtering and hairpinning tests against ``server``.
+
+    ``timeout`` is the first retransmission timeout of each probe, doubled on
+    every one of the ``retries`` retransmissions. A server without RFC 5780
+    support (no OTHER-ADDRESS) still yields the mapped address and "open" or
+    None for ``nat_type``.
+    """
+    loop = asyncio.get_running_loop()
+    host, port = server
+    if ":" in host and local_host == "0.0.0.0":
+        local_host = "::"
+    family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
+    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"no {family.name} address for STUN server {host!r}")
+    destination: Address = (str(infos[0][4][0]), int(infos[0][4][1]))
+
+    probers = {"mapping": await _open(local_host)}
+    try:
+        probers["filtering"] = await _open(local_host)
+        local = (_route_source(local_host, destination), probers["mapping"].local_port)
+        plan = BehaviourDiscovery(destination, local)
+        while (probe := plan.next_probe()) is not None:
+            response, source = await probers[probe.socket].transact(
+                probe.request(), probe.destination, timeout, retries
+            )
+            plan.record(probe, response, source)
+        target = plan.hairpin_target
+        if hairpin and target is not None:
+            plan.record_hairpin(
+                await _hairpin(target, probers["mapping"], local_host, timeout, retries)
+            )
+        return plan.report()
+    finally:
+        for prober in probers.values():
+            if prober.transport is not None:
+                prober.transport.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.stun.natcheck HOST[:PORT] [--json]``."""
+    parser = argparse.ArgumentParser(description="RFC 5780 NAT behaviour discovery")
+    parser.add_argument("server", help="STUN server HOST[:PORT] (RFC 5780 capable)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--local", default="0.0.0.0", help="local address to bind")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_RTO, help="first RTO, s")
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        server = parse_hostport(args.server)
+    except ValueError as exc:
+        parser.error(str(exc))
+    report = asyncio.run(
+        natcheck(server, local_host=args.local, timeout=args.timeout, retries=args.retries)
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
