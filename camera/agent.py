@@ -27,6 +27,7 @@ from camera.identity import DeviceIdentity
 from camera.session import SessionFailed, ViewerSession
 from camera.sources.base import Source
 from camera.track import check_aiortc
+from camera.webrtc import order_turn, stun_server_of
 from services.signaling import (
     ErrorCode,
     Message,
@@ -36,6 +37,8 @@ from services.signaling import (
     normalize_session_id,
     parse,
 )
+from services.stun.discovery import NatReport
+from services.stun.natcheck import natcheck
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ class CameraAgent:
         self.refusals = 0
         self.replaced = 0
         """Times another connection registered our ID (a cloned key) and we were closed."""
+        self.nat_report: NatReport | None = None
+        """RFC 5780 NAT behaviour found at start (against the rendezvous' STUN server)."""
+        self._natcheck_started = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -122,6 +128,9 @@ class CameraAgent:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not registered: {detail}")
             registered_at = asyncio.get_running_loop().time()
             self.registered.set()
+            if not self._natcheck_started:
+                self._natcheck_started = True
+                self._spawn(self._check_nat(self._configured_or(reply["ice_servers"])))
             logger.info("registered as %s at %s", self.device_id, self.config.rendezvous)
             while True:
                 message = await self._receive(ws, None)
@@ -154,10 +163,23 @@ class CameraAgent:
             self.refusals += 1
             self._spawn(self._send_bye(session_id, f"not authorized: {why}"))
 
-    def _ice_servers(self, message: Message) -> list[dict[str, Any]]:
+    def _configured_or(self, offered: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.config.ice_servers is not None:
             return list(self.config.ice_servers)
-        return list(message["ice_servers"])
+        return list(offered)
+
+    def _ice_servers(self, message: Message) -> list[dict[str, Any]]:
+        blocked = self.nat_report is not None and self.nat_report.nat_type == "udp-blocked"
+        return order_turn(self._configured_or(message["ice_servers"]), prefer_tcp=blocked)
+
+    async def _check_nat(self, ice_servers: list[dict[str, Any]]) -> None:
+        """Learn this network's NAT type once (logged, and shown by status)."""
+        server = stun_server_of(ice_servers)
+        if server is None:
+            logger.info("no STUN server configured: NAT type unknown")
+            return
+        self.nat_report = await natcheck(server)
+        logger.info("NAT check against %s:%d: %s", *server, self.nat_report.summary())
 
     def _handle(self, message: Message) -> None:
         if message.type == "offer":

@@ -32,7 +32,13 @@ from camera.config import client_ssl, ws_url
 from camera.h264 import is_idr
 from camera.identity import load_or_create_key
 from camera.stamp import read as read_stamp
-from camera.webrtc import make_peer_connection, prefer_h264, selected_pair_types
+from camera.webrtc import (
+    make_peer_connection,
+    order_turn,
+    prefer_h264,
+    selected_pair_types,
+    udp_blocked,
+)
 from services.signaling import Message, ProtocolError, Role, encode, normalize_device_id, parse
 from services.signatures import (
     answer_statement,
@@ -238,6 +244,8 @@ async def view(
             )
             prepared = await _await_reply(ws, session_id, ("prepared",), connect_timeout)
             servers = list(prepared["ice_servers"])
+        # aiortc uses one TURN URL: where UDP is blocked it must be TURN over TCP.
+        servers = order_turn(servers, prefer_tcp=await udp_blocked(servers))
         started = time.perf_counter()
         pc = make_peer_connection(servers)
         try:

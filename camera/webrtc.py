@@ -118,3 +118,80 @@ def host_addresses_from_env(env: dict[str, str] | None = None) -> list[str] | No
     value = (env if env is not None else dict(os.environ)).get("PEERCAM_ICE_ADDRESSES", "")
     items = [a.strip() for a in value.split(",") if a.strip()]
     return items or None
+
+
+def stun_server_of(ice_servers: list[dict[str, Any]]) -> tuple[str, int] | None:
+    """The first plain ``stun:`` server in a list, as (host, port)."""
+    from services.stun.natcheck import parse_hostport
+
+    for entry in ice_servers:
+        for url in entry["urls"]:
+            if url.startswith("stun:"):
+                try:
+                    return parse_hostport(url[5:].split("?", 1)[0])
+                except ValueError:
+                    continue
+    return None
+
+
+def order_turn(ice_servers: list[dict[str, Any]], prefer_tcp: bool) -> list[dict[str, Any]]:
+    """One entry per URL, TURN over TCP/TLS first when UDP is blocked here.
+
+    aiortc uses only the first TURN URL it finds; where outbound UDP is blocked
+    that must be the TCP (or TLS, port 443) one, or there is no path at all.
+    """
+    flat = [{**entry, "urls": [url]} for entry in ice_servers for url in entry["urls"]]
+    if not prefer_tcp:
+        return flat
+
+    def rank(entry: dict[str, Any]) -> int:
+        url = entry["urls"][0]
+        if url.startswith("turns:") or "transport=tcp" in url:
+            return 0
+        return 1 if url.startswith("turn:") else 2
+
+    return sorted(flat, key=rank)
+
+
+async def udp_blocked(ice_servers: list[dict[str, Any]], timeout: float = 0.25) -> bool:
+    """True if the list's STUN server does not answer a Binding over UDP (two tries).
+
+    One request, not a whole RFC 5780 run: a viewer pays this before every
+    session. Without a STUN server in the list there is nothing to learn: False.
+    """
+    import asyncio
+
+    from services.stun.message import Message, MessageClass, Method, parse
+
+    server = stun_server_of(ice_servers)
+    if server is None:
+        return False
+    loop = asyncio.get_running_loop()
+    answered = loop.create_future()
+    request = Message(Method.BINDING, MessageClass.REQUEST)
+
+    class Probe(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            try:
+                reply = parse(data)
+            except ValueError:
+                return
+            if reply.transaction_id == request.transaction_id and not answered.done():
+                answered.set_result(True)
+
+    try:
+        transport, _ = await loop.create_datagram_endpoint(Probe, remote_addr=server)
+    except OSError:
+        return True  # no route for UDP at all
+    try:
+        for wait in (timeout, 2 * timeout):
+            transport.sendto(request.encode())
+            try:
+                async with asyncio.timeout(wait):
+                    await asyncio.shield(answered)
+                return False
+            except TimeoutError:
+                continue
+        return True
+    finally:
+        transport.close()
