@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a STUN server with RFC 5780 (two addresses)")
     natcheck.add_argument("--json", action="store_true")
 
+    sub.add_parser("lab", help="the NAT lab (root): up|down|status|exec SITE -- CMD")
+
     pair = sub.add_parser("pair", help="open a pairing window; prints a link and a QR code")
     pair.add_argument("--config", type=Path, default=_default_config())
     pair.add_argument("--state-dir", type=Path)
@@ -123,6 +125,12 @@ def _add_video_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:
+        # The lab has its own command line (python -m services.natlab); pass it all on.
+        from services.natlab.__main__ import main as lab_main
+
+        return lab_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

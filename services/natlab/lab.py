@@ -1,0 +1,547 @@
+"""The NAT lab: build the namespaces, prove each NAT, run programs in them, tear down.
+
+    with Lab(sites=["port-restricted", "symmetric"], conntrack_udp_timeout=20) as lab:
+        server = lab.popen("server", ["python", "-m", "http.server"])
+        lab.run("symmetric", ["ping", "-c1", lab.server_ips[0]])
+        lab.behaviour["symmetric"]   # ("address-and-port-dependent", ...)
+
+The addressing plan is in ``services.natlab.plan``, the NAT rules in
+``services.natlab.rules``. Only one lab runs per machine (the names are global):
+``up`` takes an flock on ``LOCK_PATH`` and sweeps leftover "pcl-*" namespaces.
+``down`` (also run by a finalizer at exit) kills every process in every lab
+namespace before deleting them: deleting a namespace does not end its processes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from services.natlab import netns
+from services.natlab.behaviour import ProbeResult, classify
+from services.natlab.errors import (
+    CommandFailed,
+    LabBusy,
+    NatMismatch,
+    NeedsRoot,
+    UnknownSite,
+)
+from services.natlab.plan import (
+    EXPECTED6,
+    INET_NS,
+    PUBLIC_PREFIXLEN,
+    PUBLIC_PREFIXLEN6,
+    SERVER_IPS,
+    SERVER_IPS6,
+    SERVER_NS,
+    SERVER_SITE,
+    Behaviour,
+    Site,
+    parse_sites,
+)
+from services.natlab.rules import router_ruleset
+
+logger = logging.getLogger(__name__)
+
+LOCK_PATH = Path("/run/peercam-natlab.lock")
+"""flock'ed while a lab is up; holds the owner's pid for ``python -m services.natlab down``."""
+
+STATE_PATH = Path("/run/peercam-natlab.json")
+"""The running lab's addresses and probed behaviour, for ``status``."""
+
+PROBE_PORTS = (40001, 40002)
+"""Ports of the probe responder in the server namespace (UDP both, TCP the first)."""
+
+PROBE_TIMEOUT = 10.0
+CONNTRACK_SYSCTLS = (
+    "net.netfilter.nf_conntrack_udp_timeout",
+    "net.netfilter.nf_conntrack_udp_timeout_stream",
+)
+# The package's parent, so probe programs import it even from an uninstalled checkout.
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def check_prerequisites() -> None:
+    """Raise NeedsRoot unless we can make namespaces and nft rules."""
+    if os.geteuid() != 0:
+        raise NeedsRoot("the NAT lab needs root (network namespaces, nftables)")
+    for tool in ("ip", "nft", "sysctl"):
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            raise NeedsRoot(f"the NAT lab needs {tool!r}: apt-get install iproute2 nftables procps")
+
+
+def sweep() -> list[str]:
+    """Remove leftovers of a dead lab; refuses (LabBusy) while a live lab holds the lock."""
+    check_prerequisites()
+    fd = _lock()
+    try:
+        return netns.sweep()
+    finally:
+        os.close(fd)
+
+
+def _lock() -> int:
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LabBusy(
+            f"another NAT lab is up (pid {owner}); stop it with `python -m services.natlab down`"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+@dataclass
+class _Resources:
+    """What a lab owns, kept apart from the Lab so a finalizer can release it."""
+
+    namespaces: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen[Any]] = field(default_factory=list)
+    lock_fd: int | None = None
+
+    def release(self) -> None:
+        try:
+            ids = netns.namespace_ids(self.namespaces)
+            # Ours directly: one started a moment ago may not have entered its
+            # namespace yet, so a scan of the namespace would miss it.
+            for process in self.processes:
+                if process.poll() is None:
+                    process.kill()
+            netns.kill_processes(ids)
+            netns.delete_namespaces(self.namespaces)
+            # Anyone else's that was entering a namespace during the first pass.
+            netns.kill_processes(ids)
+            for process in self.processes:
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    logger.warning("pid %d outlived SIGKILL", process.pid)
+        finally:
+            self.processes.clear()
+            self.namespaces.clear()
+            STATE_PATH.unlink(missing_ok=True)
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
+                self.lock_fd = None
+
+
+class Lab:
+    """A set of NAT sites, a public segment and a two-address server, on the real kernel."""
+
+    def __init__(
+        self,
+        sites: Sequence[str] | None = None,
+        conntrack_udp_timeout: int | None = None,
+        *,
+        verify: bool = True,
+    ) -> None:
+        """``sites``: names from ``ALL_SITES`` (default all), "-2" for a second instance.
+
+        ``conntrack_udp_timeout``: seconds for nf_conntrack_udp_timeout and
+        _udp_timeout_stream in every router (and the cone NATs' mapping sets);
+        None keeps the kernel's defaults (30 s and 120 s).
+        ``verify``: probe every NAT on ``up`` and raise NatMismatch if one misbehaves.
+        """
+        self._sites = {site.name: site for site in parse_sites(sites)}
+        if conntrack_udp_timeout is not None and conntrack_udp_timeout < 1:
+            raise ValueError(f"conntrack_udp_timeout must be >= 1 s, not {conntrack_udp_timeout}")
+        self.conntrack_udp_timeout = conntrack_udp_timeout
+        self.verify = verify
+        self.behaviour: dict[str, Behaviour] = {}
+        """Probed IPv4 UDP behaviour per site (filled by ``up``)."""
+        self.behaviour6: dict[str, Behaviour] = {}
+        """Probed IPv6 UDP behaviour per site that has IPv6."""
+        self.probes: dict[str, ProbeResult] = {}
+        """Raw probe results per site ("<site>/6" for IPv6)."""
+        self.up_seconds: float | None = None
+        self.down_seconds: float | None = None
+        self._resources = _Resources()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    # -- addresses ---------------------------------------------------------------
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(self._sites)
+
+    @property
+    def server_ips(self) -> tuple[str, str]:
+        """The server's two public IPv4 addresses (RFC 5780 needs two)."""
+        return SERVER_IPS
+
+    @property
+    def server_ips6(self) -> tuple[str, str]:
+        """The server's two public IPv6 addresses."""
+        return SERVER_IPS6
+
+    def site(self, name: str) -> Site:
+        try:
+            return self._sites[name]
+        except KeyError:
+            raise UnknownSite(
+                f"no site {name!r} in this lab (it has {', '.join(self._sites)})"
+            ) from None
+
+    def site_ip(self, site: str) -> str:
+        """The site host's own IPv4 address (private behind a NAT)."""
+        if site == SERVER_SITE:
+            return SERVER_IPS[0]
+        return self.site(site).host_ip
+
+    def site_ip6(self, site: str) -> str | None:
+        """The site host's public IPv6 address, None if the site has no IPv6."""
+        if site == SERVER_SITE:
+            return SERVER_IPS6[0]
+        found = self.site(site)
+        return found.host_ip6 if found.has_ipv6 else None
+
+    def public_ip(self, site: str) -> str:
+        """The IPv4 address the public segment sees for the site (its NAT's)."""
+        if site == SERVER_SITE:
+            return SERVER_IPS[0]
+        return self.site(site).public_ip
+
+    def namespace(self, where: str) -> str:
+        """The namespace of a site's host, "server", "inet", or "<site>-nat" (its router)."""
+        if where == SERVER_SITE:
+            return SERVER_NS
+        if where == "inet":
+            return INET_NS
+        if where.endswith("-nat") and where[:-4] in self._sites:
+            router = self._sites[where[:-4]].router_namespace
+            if router is not None:
+                return router
+        return self.site(where).namespace
+
+    # -- processes ---------------------------------------------------------------
+
+    def popen(self, where: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in a namespace (see ``namespace``); ``down`` kills it."""
+        self._require_up()
+        process: subprocess.Popen[Any] = subprocess.Popen(
+            netns.in_namespace(self.namespace(where), list(argv)), **kwargs
+        )
+        self._resources.processes.append(process)
+        return process
+
+    def run(
+        self,
+        where: str,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 30.0,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` to completion in a namespace, capturing text output.
+
+        With ``check``, a non-zero status raises CommandFailed carrying stderr.
+        """
+        self._require_up()
+        command = netns.in_namespace(self.namespace(where), list(argv))
+        done = subprocess.run(
+            command, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and done.returncode != 0:
+            raise CommandFailed(
+                f"{' '.join(argv)} in {where} failed with status {done.returncode}: "
+                f"{done.stderr.strip()}"
+            )
+        return done
+
+    # -- life cycle --------------------------------------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        return self._finalizer is not None and self._finalizer.alive
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def up(self) -> Lab:
+        """Build the lab and (with ``verify``) prove every NAT; tear down again on failure."""
+        if self.is_up:
+            return self
+        check_prerequisites()
+        started = time.monotonic()
+        resources = _Resources(lock_fd=_lock())
+        self._resources = resources
+        # Also at interpreter exit, and if the Lab is dropped without down().
+        self._finalizer = weakref.finalize(self, resources.release)
+        try:
+            leftovers = netns.sweep()
+            if leftovers:
+                logger.warning("removed leftovers of an earlier lab: %s", leftovers)
+            self._build(resources)
+            if self.verify:
+                self._probe_all()
+            self._write_state()
+        except BaseException:
+            self.down()
+            raise
+        self.up_seconds = time.monotonic() - started
+        logger.info("NAT lab up in %.2f s: %s", self.up_seconds, ", ".join(self._sites))
+        return self
+
+    def down(self) -> None:
+        """Kill every process in every lab namespace and delete the namespaces. Idempotent."""
+        if self._finalizer is None or not self._finalizer.alive:
+            return
+        started = time.monotonic()
+        self._finalizer()
+        self.down_seconds = time.monotonic() - started
+        logger.info("NAT lab down in %.2f s", self.down_seconds)
+
+    def _require_up(self) -> None:
+        if not self.is_up:
+            raise CommandFailed("the NAT lab is not up: call up() or use it as a context manager")
+
+    # -- building ----------------------------------------------------------------
+
+    def _public_members(self) -> list[tuple[str, str]]:
+        """(namespace, interface) of everything plugged into the public bridge."""
+        members = [(SERVER_NS, "eth0")]
+        for site in self._sites.values():
+            if site.router_namespace is None:
+                members.append((site.namespace, "eth0"))
+            else:
+                members.append((site.router_namespace, "wan0"))
+        return members
+
+    def _build(self, resources: _Resources) -> None:
+        sites = list(self._sites.values())
+        names = [INET_NS, SERVER_NS]
+        for site in sites:
+            names.append(site.namespace)
+            if site.router_namespace is not None:
+                names.append(site.router_namespace)
+        # Record them before creating, so a failure half-way still removes them.
+        resources.namespaces.extend(names)
+        netns.ip_batch(f"netns add {name}" for name in names)
+
+        # The public segment: a bridge with one veth per public namespace. No
+        # address in pcl-inet and no link to the host's namespace: nothing leaves.
+        inet = ["link add br0 type bridge stp_state 0 mcast_snooping 0", "link set br0 up"]
+        for number, (namespace, interface) in enumerate(self._public_members()):
+            port = f"p{number}"
+            inet += [
+                f"link add {port} type veth peer name {interface} netns {namespace}",
+                f"link set {port} master br0",
+                f"link set {port} addrgenmode none",
+                f"link set {port} up",
+            ]
+        netns.ip_batch(inet, INET_NS)
+
+        ipv6_sites = [site for site in sites if site.has_ipv6]
+        routes6 = [
+            f"route add {site.lan_prefix6} via {site.router_public_ip6}" for site in ipv6_sites
+        ]
+        # No link-local addresses anywhere: ICE agents then see exactly the plan's
+        # addresses, and neighbour discovery does not wait ~1 s for a link-local
+        # address to finish duplicate address detection (nodad globals suffice).
+        server = ["link set lo up", "link set eth0 addrgenmode none", "link set eth0 up"]
+        server += [f"addr add {ip}/{PUBLIC_PREFIXLEN} dev eth0" for ip in SERVER_IPS]
+        # nodad: usable at once instead of after ~1 s of duplicate address detection.
+        server += [f"addr add {ip}/{PUBLIC_PREFIXLEN6} dev eth0 nodad" for ip in SERVER_IPS6]
+        server += routes6
+
+        def configure_server() -> None:
+            netns.ip_batch(server, SERVER_NS)
+
+        def configure_site(site: Site) -> None:
+            if site.router_namespace is None:
+                netns.ip_batch(
+                    [
+                        "link set lo up",
+                        "link set eth0 addrgenmode none",
+                        "link set eth0 up",
+                        f"addr add {site.host_ip}/{PUBLIC_PREFIXLEN} dev eth0",
+                    ],
+                    site.namespace,
+                )
+                return
+            router = site.router_namespace
+            own_routes6 = [
+                route for other, route in zip(ipv6_sites, routes6, strict=True) if other != site
+            ]
+            commands = [
+                "link set lo up",
+                "link add lan0 type veth peer name eth0 netns " + site.namespace,
+                f"addr add {site.public_ip}/{PUBLIC_PREFIXLEN} dev wan0",
+                f"addr add {site.router_lan_ip}/{site.lan_cidr.split('/')[1]} dev lan0",
+            ]
+            host = [
+                "link set lo up",
+                f"addr add {site.host_ip}/{site.lan_cidr.split('/')[1]} dev eth0",
+            ]
+            if site.has_ipv6:
+                commands += [
+                    f"addr add {site.router_public_ip6}/{PUBLIC_PREFIXLEN6} dev wan0 nodad",
+                    f"addr add {site.router_lan_ip6}/{site.lan_prefix6.split('/')[1]} "
+                    "dev lan0 nodad",
+                    # A router solicits a neighbour for a forwarded packet only from a
+                    # settled link-local address (ndisc_send_ns gives up otherwise).
+                    f"addr add {site.router_link_local6} dev wan0 nodad",
+                    "addr add fe80::1/64 dev lan0 nodad",
+                    *own_routes6,
+                ]
+                host += [
+                    f"addr add {site.host_ip6}/{site.lan_prefix6.split('/')[1]} dev eth0 nodad"
+                ]
+            commands += ["link set wan0 addrgenmode none", "link set lan0 addrgenmode none"]
+            host += ["link set eth0 addrgenmode none"]
+            commands += ["link set wan0 up", "link set lan0 up"]
+            host += ["link set eth0 up", f"route add default via {site.router_lan_ip}"]
+            if site.has_ipv6:
+                host.append(f"route add default via {site.router_lan_ip6}")
+            netns.ip_batch(commands, router)
+
+            sysctls = ["net.ipv4.ip_forward=1"]
+            if site.has_ipv6:
+                sysctls.append("net.ipv6.conf.all.forwarding=1")
+            if self.conntrack_udp_timeout is not None:
+                sysctls += [f"{key}={self.conntrack_udp_timeout}" for key in CONNTRACK_SYSCTLS]
+            netns.run(netns.in_namespace(router, ["sysctl", "-q", "-w", *sysctls]))
+            netns.run(
+                netns.in_namespace(router, ["nft", "-f", "-"]),
+                stdin=router_ruleset(site, self.conntrack_udp_timeout),
+            )
+            # The host's eth0 exists only once the router made the veth pair.
+            netns.ip_batch(host, site.namespace)
+
+        if self.conntrack_udp_timeout is not None and not Path(
+            "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"
+        ).exists():
+            raise CommandFailed("this kernel has no nf_conntrack_udp_timeout sysctl")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(configure_server)]
+            futures += [pool.submit(configure_site, site) for site in sites]
+            for future in futures:
+                future.result()
+
+    # -- probing -----------------------------------------------------------------
+
+    def _probe_argv(self, role: str, addresses: Iterable[str], tcp: bool = False) -> list[str]:
+        argv = [sys.executable, "-m", "services.natlab.probe", role, "--addresses", *addresses]
+        argv += ["--ports", *(str(port) for port in PROBE_PORTS)]
+        return argv + (["--tcp"] if tcp else [])
+
+    def _probe_env(self) -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH")
+        return {**os.environ, "PYTHONPATH": _SOURCE_ROOT + (os.pathsep + path if path else "")}
+
+    def _probe_all(self) -> None:
+        server = self.popen(
+            SERVER_SITE,
+            self._probe_argv("server", [*SERVER_IPS, *SERVER_IPS6]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._probe_env(),
+        )
+        try:
+            assert server.stdout is not None
+            if server.stdout.readline().strip() != "ready":
+                _, err = server.communicate(timeout=PROBE_TIMEOUT)
+                raise CommandFailed(f"probe responder did not start: {err.strip()}")
+            jobs = [(site, False) for site in self._sites.values()]
+            jobs += [(site, True) for site in self._sites.values() if site.has_ipv6]
+            results = self._run_probes(jobs)
+            failures: list[str] = []
+            for (site, v6), result in zip(jobs, results, strict=True):
+                expected = EXPECTED6 if v6 else site.expected
+                seen = classify(result)
+                if seen != expected:
+                    # A symmetric NAT's random ports can collide by chance: ask again.
+                    result = self._run_probes([(site, v6)])[0]
+                    seen = classify(result)
+                ok_tcp = result.tcp is not None
+                label = f"{site.name}{' (IPv6)' if v6 else ''}"
+                if seen != expected:
+                    failures.append(
+                        f"{label}: expected mapping/filtering {tuple(expected)}, probed "
+                        f"{tuple(seen)} (mapped {result.mapped}, filtered {result.filtered})"
+                    )
+                if not ok_tcp:
+                    failures.append(f"{label}: TCP to {SERVER_IPS[0]}:{PROBE_PORTS[0]} failed")
+                self.probes[f"{site.name}/6" if v6 else site.name] = result
+                (self.behaviour6 if v6 else self.behaviour)[site.name] = seen
+            if failures:
+                raise NatMismatch("NAT lab probe: " + "; ".join(failures))
+        finally:
+            server.kill()
+            server.wait()
+            for stream in (server.stdout, server.stderr):
+                if stream is not None:
+                    stream.close()
+            self._resources.processes.remove(server)
+
+    def _run_probes(self, jobs: list[tuple[Site, bool]]) -> list[ProbeResult]:
+        clients = []
+        for site, v6 in jobs:
+            addresses = SERVER_IPS6 if v6 else SERVER_IPS
+            clients.append(
+                self.popen(
+                    site.name,
+                    self._probe_argv("client", addresses, tcp=True),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=self._probe_env(),
+                )
+            )
+        results = []
+        for (site, _), client in zip(jobs, clients, strict=True):
+            out, err = client.communicate(timeout=PROBE_TIMEOUT)
+            self._resources.processes.remove(client)
+            if client.returncode != 0:
+                raise CommandFailed(f"probe client in {site.name} failed: {err.strip()}")
+            results.append(ProbeResult.from_json(json.loads(out)))
+        return results
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "server": {"ipv4": list(SERVER_IPS), "ipv6": list(SERVER_IPS6), "namespace": SERVER_NS},
+            "sites": {
+                site.name: {
+                    "kind": site.kind.value,
+                    "namespace": site.namespace,
+                    "router_namespace": site.router_namespace,
+                    "host_ip": site.host_ip,
+                    "public_ip": site.public_ip,
+                    "host_ip6": site.host_ip6 if site.has_ipv6 else None,
+                    "behaviour": list(self.behaviour.get(site.name, ())),
+                    "behaviour6": list(self.behaviour6.get(site.name, ())),
+                }
+                for site in self._sites.values()
+            },
+            "conntrack_udp_timeout": self.conntrack_udp_timeout,
+        }
+        STATE_PATH.write_text(json.dumps(state, indent=2) + "\n")

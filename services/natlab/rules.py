@@ -1,0 +1,117 @@
+"""nftables rulesets for the lab's routers, one per NAT kind. No I/O.
+
+Every router has ``wan0`` on the public segment and ``lan0`` towards its host;
+one ``inet natlab`` table holds all its chains (an nft named set can only be
+used by rules of its own table).
+
+How each kind gets its RFC 4787 behaviour out of Linux conntrack:
+
+* port-restricted: plain SNAT. Linux keeps the source port when the tuple is
+  free, so the mapping is endpoint-independent; inbound packets pass only as
+  replies of a conntrack entry, i.e. address-and-port-dependent filtering.
+* symmetric: SNAT ``fully-random``: every new 5-tuple gets a random port, so the
+  mapping is address-and-port-dependent too.
+* full-cone / restricted: the same port-keeping SNAT, plus a set that remembers
+  the mapped port (full cone) or remote address and mapped port (address-
+  restricted) of outbound UDP, refreshed by every outbound packet and expiring
+  like a conntrack entry; prerouting DNATs inbound UDP that matches the set to
+  the host. conntrack alone cannot do this: it only admits exact replies.
+* udp-blocked: port-restricted NAT whose forward chain drops the LAN's UDP, so
+  only TCP (e.g. TURN over TCP/TLS on 443) gets out.
+* ipv6: port-restricted NAT for IPv4; IPv6 is routed, untranslated and unfiltered.
+
+Every router's INPUT chain drops by default. Why: conntrack makes an entry for
+any packet in prerouting, and only a packet that survives to INPUT confirms it.
+An early unsolicited hole-punch packet (remote -> public:port) accepted there
+would leave that entry behind; when the host then sends to that remote from the
+same port, SNAT finds the tuple taken and picks another port, so a
+port-restricted NAT would look symmetric towards exactly that peer. A drop
+discards the unconfirmed entry.
+"""
+
+from __future__ import annotations
+
+from services.natlab.plan import Kind, Site
+
+DEFAULT_UDP_TIMEOUT = 30
+"""Seconds; the kernel's nf_conntrack_udp_timeout default, used for the cone sets."""
+
+
+def router_ruleset(site: Site, udp_timeout: int | None = None) -> str:
+    """The nft script (for ``nft -f -``) that makes ``site``'s router behave as its kind."""
+    if not site.natted:
+        raise ValueError(f"site {site.name!r} has no router")
+    timeout = udp_timeout or DEFAULT_UDP_TIMEOUT
+    kind = site.kind
+    cone = kind in (Kind.FULL_CONE, Kind.RESTRICTED)
+
+    lines = [
+        "table inet natlab {",
+    ]
+    if kind is Kind.FULL_CONE:
+        lines += [
+            "  set inbound {",
+            "    type inet_service; flags timeout;",
+            f"    timeout {timeout}s;",
+            "  }",
+        ]
+    elif kind is Kind.RESTRICTED:
+        lines += [
+            "  set inbound {",
+            "    type ipv4_addr . inet_service; flags timeout;",
+            f"    timeout {timeout}s;",
+            "  }",
+        ]
+
+    lines += [
+        "  chain input {",
+        "    type filter hook input priority filter; policy drop;",
+        '    iifname "lo" accept',
+        "    ct state established,related accept",
+        # IPv6 neighbour discovery to the router's own addresses (ipv6 site).
+        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
+        "  }",
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy drop;",
+    ]
+    if kind is Kind.UDP_BLOCKED:
+        lines.append('    iifname "lan0" meta l4proto udp drop')
+    if kind is Kind.IPV6:
+        # The site's IPv6 is a public, routed prefix without a firewall.
+        lines.append("    meta nfproto ipv6 accept")
+    lines += [
+        '    iifname "lan0" oifname "wan0" accept',
+        "    ct state established,related accept",
+    ]
+    if cone:
+        lines.append("    ct status dnat accept")
+    lines.append("  }")
+
+    snat = f"snat ip to {site.public_ip}"
+    if kind is Kind.SYMMETRIC:
+        snat += " fully-random"
+    lines += [
+        "  chain postrouting {",
+        "    type nat hook postrouting priority srcnat; policy accept;",
+        f'    oifname "wan0" ip saddr {site.lan_cidr} {snat}',
+        "  }",
+    ]
+    if cone:
+        key_out = "udp sport" if kind is Kind.FULL_CONE else "ip daddr . udp sport"
+        key_in = "udp dport" if kind is Kind.FULL_CONE else "ip saddr . udp dport"
+        lines += [
+            # After srcnat (priority 100) the packet carries the mapped port.
+            "  chain remember {",
+            "    type filter hook postrouting priority 110; policy accept;",
+            f'    oifname "wan0" meta nfproto ipv4 meta l4proto udp '
+            f"update @inbound {{ {key_out} timeout {timeout}s }}",
+            "  }",
+            # Ports are kept by the SNAT, so the mapped port is the host's port.
+            "  chain prerouting {",
+            "    type nat hook prerouting priority dstnat; policy accept;",
+            f'    iifname "wan0" meta nfproto ipv4 meta l4proto udp {key_in} @inbound '
+            f"dnat ip to {site.host_ip}",
+            "  }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
