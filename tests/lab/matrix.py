@@ -1,0 +1,347 @@
+"""The NAT matrix: a camera behind each lab site, a CLI viewer behind each site.
+
+Used by tests/lab/test_matrix.py (assertions) and scripts/nat-matrix (writes
+docs/nat-matrix.md and docs/nat-matrix.png). Everything runs as real
+processes inside the lab's namespaces: the rendezvous, our STUN server and
+coturn on the server host (two public addresses), one `peercam camera` per
+site, one `peercam view` per cell.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from camera.acl import ViewerACL
+from camera.viewer import ViewerIdentity
+from services.natlab.lab import Lab
+from tests.services.coturn import TURNSERVER, policy_lines
+
+SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "ipv6",
+         "udp-blocked")
+SERVER = "203.0.113.1"
+RENDEZVOUS = f"ws://{SERVER}:8080"
+PEERCAM = [sys.executable, "-m", "camera.cli", "--log-level", "INFO"]
+
+#: What each site's NAT looks like to a peer over IPv4 (the ipv6 site's IPv4 is
+#: port-restricted; the other sites have no IPv6).
+V4_KIND = {"ipv6": "port-restricted"}
+
+
+def direct_possible(camera: str, viewer: str) -> bool:
+    """Can ICE find a direct path between these two sites (RFC 8445 with STUN)?"""
+    if camera == viewer:
+        return True  # the same LAN: host candidates
+    if "udp-blocked" in (camera, viewer):
+        return False  # only TURN over TCP gets out
+    a, b = V4_KIND.get(camera, camera), V4_KIND.get(viewer, viewer)
+    if "symmetric" in (a, b):
+        other = b if a == "symmetric" else a
+        # A symmetric NAT's per-destination port is only reachable through a NAT
+        # that does not filter on the remote port (or through no NAT at all).
+        return other in ("open", "full-cone", "restricted")
+    return True
+
+
+@dataclass
+class Cell:
+    camera: str
+    viewer: str
+    expected_direct: bool
+    frames: int = 0
+    ttff_ms: float | None = None
+    local_candidate: str | None = None
+    remote_candidate: str | None = None
+    error: str | None = None
+
+    @property
+    def relayed(self) -> bool:
+        return "relay" in (self.local_candidate, self.remote_candidate)
+
+    @property
+    def ok(self) -> bool:
+        """Video arrived, directly where a direct path exists and relayed only otherwise."""
+        return self.frames > 0 and self.relayed != self.expected_direct
+
+
+def coturn_config(tmp: Path, secret: str, port: int) -> Path:
+    """The shipped coturn policy, deployed on the lab server (UDP and TCP on ``port``)."""
+    tmp = tmp / f"coturn-{port}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    lines = [
+        *policy_lines(),
+        f"listening-ip={SERVER}",
+        f"relay-ip={SERVER}",
+        f"listening-port={port}",
+        f"static-auth-secret={secret}",
+        "realm=peercam.lab",
+        "no-tls",
+        "no-dtls",
+        "relay-threads=1",
+        f"log-file={tmp / 'turnserver.log'}",
+        "simple-log",
+        "no-stdout-log",
+        f"pidfile={tmp / 'turnserver.pid'}",
+        f"userdb={tmp / 'turndb'}",
+    ]
+    path = tmp / "turnserver.conf"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+class Matrix:
+    """Servers and one camera per site in a running lab."""
+
+    def __init__(self, lab: Lab, tmp: Path, sites: tuple[str, ...] = SITES) -> None:
+        self.lab = lab
+        self.tmp = tmp
+        self.sites = sites
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.devices: dict[str, str] = {}
+        self.natcheck: dict[str, dict[str, Any]] = {}
+        self.viewer_dir = tmp / "viewer"
+        self.env = {**os.environ, "PEERCAM_VIEWER_DIR": str(self.viewer_dir),
+                    "PYTHONUNBUFFERED": "1"}
+
+    def __enter__(self) -> Matrix:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, where: str, argv: list[str], log: str) -> subprocess.Popen[Any]:
+        out = (self.tmp / log).open("w")
+        proc = self.lab.popen(where, argv, stdout=subprocess.PIPE, stderr=out, text=True,
+                              env=self.env)
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(24)
+        secret_file = self.tmp / "turn-secret"
+        secret_file.write_text(secret)
+        secret_file.chmod(0o600)
+        # 3478 as usual, and 443 for sites where only TCP gets out (one process each:
+        # coturn 4.6.1 opens its alternate port only for RFC 5780 on two addresses).
+        for port in (3478, 443):
+            self._spawn("server", [TURNSERVER, "-c", str(coturn_config(self.tmp, secret, port))],
+                        f"coturn-{port}.log")
+        self._spawn("server", [*PEERCAM, "stun", "--listen", "203.0.113.1,203.0.113.2",
+                               "--port", "3479", "--alt-port", "3480"], "stun.log")
+        rendezvous = self._spawn("server", [
+            *PEERCAM, "rendezvous", "--listen", f"{SERVER}:8080",
+            "--ice-server", f"stun:{SERVER}:3479",
+            "--turn-url", f"turn:{SERVER}:3478?transport=udp",
+            "--turn-url", f"turn:{SERVER}:443?transport=tcp",
+            "--turn-secret-file", str(secret_file)], "rendezvous.log")
+        assert rendezvous.stdout is not None
+        if not rendezvous.stdout.readline().startswith("LISTENING"):
+            raise RuntimeError(f"rendezvous did not start: {self.log('rendezvous.log')}")
+        viewer = ViewerIdentity.load_or_create(self.viewer_dir, name="matrix viewer")
+        cameras = {}
+        for site in self.sites:
+            state = self.tmp / f"camera-{site}"
+            ViewerACL(state).add(viewer.key, viewer.name)  # paired beforehand (ACL file)
+            cameras[site] = self._spawn(site, [
+                *PEERCAM, "camera", "--rendezvous", RENDEZVOUS, "--state-dir", str(state),
+                "--width", "320", "--height", "240", "--bitrate", "400000"], f"camera-{site}.log")
+        for site, proc in cameras.items():
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("DEVICE "):
+                detail = self.log(f"camera-{site}.log")
+                raise RuntimeError(f"camera at {site} did not start: {detail}")
+            self.devices[site] = line.split()[1]
+
+    def log(self, name: str) -> str:
+        path = self.tmp / name
+        return path.read_text()[-2000:] if path.exists() else ""
+
+    def run_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
+        cell = Cell(camera, viewer, direct_possible(camera, viewer))
+        argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
+                "--seconds", str(seconds), "--json"]
+        proc = self.lab.popen(viewer, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=self.env)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            cell.error = (err or out)[-500:]
+            return cell
+        cell.frames = int(result.get("frames") or 0)
+        cell.ttff_ms = result.get("ttff_ms")
+        cell.local_candidate = result.get("local_candidate")
+        cell.remote_candidate = result.get("remote_candidate")
+        cell.error = result.get("error")
+        return cell
+
+    def run_all(self, workers: int = 7) -> list[Cell]:
+        """Every cell; one batch per viewer site at a time keeps a camera's load small."""
+        cells: list[Cell] = []
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for viewer in self.sites:
+                batch = [pool.submit(self.run_cell, camera, viewer) for camera in self.sites]
+                cells += [f.result() for f in batch]
+        return cells
+
+    def pair_link(self, camera: str) -> str:
+        """A one-time pairing link for ``camera``, as `peercam pair` prints it over SSH."""
+        result = subprocess.run(
+            [*PEERCAM, "pair", "--state-dir", str(self.tmp / f"camera-{camera}"),
+             "--rendezvous", RENDEZVOUS], capture_output=True, text=True, check=True,
+            env=self.env)
+        return next(line.split(None, 1)[1] for line in result.stdout.splitlines()
+                    if line.startswith("PAIR "))
+
+    def run_browser_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
+        """Headless Chromium behind ``viewer`` pairs with and watches ``camera``."""
+        cell = Cell(camera, viewer, direct_possible(camera, viewer))
+        proc = self.lab.popen(viewer, [sys.executable, "-m", "tests.lab.browser_cell",
+                                       self.pair_link(camera), str(seconds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=self.env, cwd=Path(__file__).resolve().parents[2])
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            cell.error = (err or out)[-500:]
+            return cell
+        cell.frames = int(result.get("framesDecoded") or 0)
+        cell.ttff_ms = result.get("ttffMs")
+        cell.local_candidate = result.get("localCandidateType")
+        cell.remote_candidate = result.get("remoteCandidateType")
+        cell.error = result.get("error") or result.get("lastError")
+        return cell
+
+    def run_natcheck(self, site: str) -> dict[str, Any]:
+        result = self.lab.run(site, [*PEERCAM, "natcheck", "--stun", f"{SERVER}:3479",
+                                     "--json"], check=False, timeout=60)
+        stdout = result.stdout if isinstance(result.stdout, str) else result.stdout.decode()
+        report: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+        return report
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 5
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
+                 natchecks: dict[str, dict[str, Any]] | None = None) -> None:
+    """docs/nat-matrix.md (a table) and a heatmap PNG of time to first frame."""
+    sites = list(dict.fromkeys(c.camera for c in cells))
+    by = {(c.camera, c.viewer): c for c in cells}
+    possible = [c for c in cells if c.expected_direct]
+    direct = [c for c in cells if c.frames and not c.relayed]
+    lines = [
+        "# NAT matrix",
+        "",
+        "Regenerated by `scripts/nat-matrix` (root): a camera behind each lab site,",
+        "a `peercam view` CLI viewer behind each site, real Linux NATs (nftables in",
+        "network namespaces, `services/natlab`), our STUN server, coturn and the",
+        "rendezvous on the lab's public segment. Each cell: pair type seen by the viewer",
+        "(local → remote) and time to first frame in ms. **D** direct, **R** relayed;",
+        "a cell is correct when it is direct wherever the two NATs allow a direct path",
+        "and relayed only where they don't.",
+        "",
+        f"Lab up {lab.up_seconds:.2f} s (with probes), down {lab.down_seconds:.2f} s. "
+        f"Cells with video: {sum(1 for c in cells if c.frames)}/{len(cells)}; "
+        f"direct where possible: {sum(1 for c in possible if not c.relayed and c.frames)}"
+        f"/{len(possible)}; direct share over all cells: {len(direct)}/{len(cells)} "
+        f"({100 * len(direct) / max(1, len(cells)):.0f}%).",
+        "",
+        "| camera \\ viewer | " + " | ".join(sites) + " |",
+        "|---|" + "---|" * len(sites),
+    ]
+    for camera in sites:
+        row = []
+        for viewer in sites:
+            c = by.get((camera, viewer))
+            if c is None:
+                row.append("")
+            elif not c.frames:
+                row.append("**no video**")
+            else:
+                mark = "R" if c.relayed else "D"
+                flag = "" if c.ok else " ⚠"
+                row.append(f"{mark} {c.local_candidate}→{c.remote_candidate} "
+                           f"{c.ttff_ms:.0f}{flag}")
+        lines.append(f"| **{camera}** | " + " | ".join(row) + " |")
+    if natchecks:
+        lines += ["", "## `peercam natcheck` at each site", "",
+                  "| site | lab NAT (probed) | natcheck nat_type | mapping | filtering |",
+                  "|---|---|---|---|---|"]
+        for site, report in natchecks.items():
+            probed = lab.behaviour.get(site)
+            lines.append(f"| {site} | {tuple(probed) if probed else ''} | "
+                         f"{report.get('nat_type')} | {report.get('mapping')} | "
+                         f"{report.get('filtering')} |")
+    lines += ["", "![time to first frame per cell](nat-matrix.png)", ""]
+    md.write_text("\n".join(lines))
+    _heatmap(cells, sites, png)
+    (md.with_suffix(".json")).write_text(json.dumps([asdict(c) for c in cells], indent=1))
+
+
+def _heatmap(cells: list[Cell], sites: list[str], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    by = {(c.camera, c.viewer): c for c in cells}
+    grid = np.full((len(sites), len(sites)), np.nan)
+    for i, camera in enumerate(sites):
+        for j, viewer in enumerate(sites):
+            c = by.get((camera, viewer))
+            if c is not None and c.frames and c.ttff_ms is not None:
+                grid[i, j] = c.ttff_ms
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    image = ax.imshow(grid, cmap="viridis_r")
+    ax.set_xticks(range(len(sites)), sites, rotation=40, ha="right")
+    ax.set_yticks(range(len(sites)), sites)
+    ax.set_xlabel("viewer site")
+    ax.set_ylabel("camera site")
+    for i, camera in enumerate(sites):
+        for j, viewer in enumerate(sites):
+            c = by.get((camera, viewer))
+            label = "none" if c is None or not c.frames else (
+                ("R" if c.relayed else "D") + f"\n{c.ttff_ms:.0f}")
+            ax.text(j, i, label, ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(image, label="time to first frame (ms)")
+    ax.set_title("peercam NAT matrix: D direct / R relayed, first frame ms")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
