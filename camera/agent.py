@@ -170,7 +170,7 @@ class CameraAgent:
 
     def _ice_servers(self, message: Message) -> list[dict[str, Any]]:
         blocked = self.nat_report is not None and self.nat_report.nat_type == "udp-blocked"
-        return order_turn(self._configured_or(message["ice_servers"]), prefer_tcp=blocked)
+        return order_turn(self._configured_or(message["ice_servers"]), udp_blocked=blocked)
 
     async def _check_nat(self, ice_servers: list[dict[str, Any]]) -> None:
         """Learn this network's NAT type once (logged, and shown by status)."""

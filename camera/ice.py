@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 _State = CandidatePair.State
 _ORIGINAL = Connection.check_start
 #: Seconds a successful relay pair waits for a direct pair before being nominated.
-DEFAULT_GRACE = 1.5
+DEFAULT_GRACE = 1.0
 _grace = DEFAULT_GRACE
 
 

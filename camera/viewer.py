@@ -245,7 +245,7 @@ async def view(
             prepared = await _await_reply(ws, session_id, ("prepared",), connect_timeout)
             servers = list(prepared["ice_servers"])
         # aiortc uses one TURN URL: where UDP is blocked it must be TURN over TCP.
-        servers = order_turn(servers, prefer_tcp=await udp_blocked(servers))
+        servers = order_turn(servers, udp_blocked=await udp_blocked(servers))
         started = time.perf_counter()
         pc = make_peer_connection(servers)
         try:

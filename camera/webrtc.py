@@ -134,23 +134,18 @@ def stun_server_of(ice_servers: list[dict[str, Any]]) -> tuple[str, int] | None:
     return None
 
 
-def order_turn(ice_servers: list[dict[str, Any]], prefer_tcp: bool) -> list[dict[str, Any]]:
-    """One entry per URL, TURN over TCP/TLS first when UDP is blocked here.
+def order_turn(ice_servers: list[dict[str, Any]], udp_blocked: bool) -> list[dict[str, Any]]:
+    """One entry per URL; where outbound UDP is blocked, only TURN over TCP/TLS.
 
-    aiortc uses only the first TURN URL it finds; where outbound UDP is blocked
-    that must be the TCP (or TLS, port 443) one, or there is no path at all.
+    aiortc uses only the first TURN URL it finds, so without UDP it must be the
+    TCP (or TLS, port 443) one or there is no path at all; and a STUN query that
+    cannot be answered would hold up candidate gathering for seconds.
     """
     flat = [{**entry, "urls": [url]} for entry in ice_servers for url in entry["urls"]]
-    if not prefer_tcp:
+    if not udp_blocked:
         return flat
-
-    def rank(entry: dict[str, Any]) -> int:
-        url = entry["urls"][0]
-        if url.startswith("turns:") or "transport=tcp" in url:
-            return 0
-        return 1 if url.startswith("turn:") else 2
-
-    return sorted(flat, key=rank)
+    return [e for e in flat
+            if e["urls"][0].startswith("turns:") or "transport=tcp" in e["urls"][0]]
 
 
 async def udp_blocked(ice_servers: list[dict[str, Any]], timeout: float = 0.25) -> bool:

@@ -103,8 +103,15 @@ class Router:
 
     def _ice_servers(self, tag: str) -> list[dict[str, Any]]:
         """Public servers plus, if TURN is configured, credentials minted for ``tag``."""
-        minted = self.credentials(tag) if self.credentials is not None else []
-        return self.ice_servers + minted
+        if self.credentials is None:
+            return list(self.ice_servers)
+        # TURN REST usernames take [A-Za-z0-9_-]: a device ID's check symbol may be '$'.
+        safe = "".join(ch for ch in tag if ch.isascii() and (ch.isalnum() or ch in "_-"))[:64]
+        try:
+            return self.ice_servers + self.credentials(safe)
+        except ValueError as exc:
+            logger.error("could not mint TURN credentials: %s", exc)
+            return list(self.ice_servers)
 
     # -- connection events -------------------------------------------------
 

@@ -78,6 +78,11 @@ def coturn_config(tmp: Path, secret: str, port: int) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     lines = [
         *policy_lines(),
+        # The lab's private LANs play the part of 10/8 and 192.168/16, which the
+        # shipped policy denies. It matters: coturn 4.6.1 drops a whole allocation
+        # when a relay send fails (ENETUNREACH to a peer's private host candidate),
+        # and the client's next ChannelBind then gets 438, then 400.
+        "denied-peer-ip=198.51.100.0-198.51.100.255",
         f"listening-ip={SERVER}",
         f"relay-ip={SERVER}",
         f"listening-port={port}",
@@ -132,6 +137,7 @@ class Matrix:
 
     def start(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
+
         secret = secrets.token_urlsafe(24)
         secret_file = self.tmp / "turn-secret"
         secret_file.write_text(secret)
@@ -179,14 +185,14 @@ class Matrix:
         proc = self.lab.popen(viewer, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=self.env)
         try:
-            out, err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=seconds + 60)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
         try:
             result = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            cell.error = (err or out)[-500:]
+            cell.error = (err or out)[-500:] or "no output"
             return cell
         cell.frames = int(result.get("frames") or 0)
         cell.ttff_ms = result.get("ttff_ms")
@@ -274,9 +280,12 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "rendezvous on the lab's public segment. Each cell: pair type seen by the viewer",
         "(local → remote) and time to first frame in ms. **D** direct, **R** relayed;",
         "a cell is correct when it is direct wherever the two NATs allow a direct path",
-        "and relayed only where they don't.",
+        "and relayed only where they don't. TURN is configured in every cell; a relayed",
+        "cell's first frame includes the grace (up to 1 s) during which the viewer lets a",
+        "direct pair win before it nominates a relay pair (`camera/ice.py`). Cameras and",
+        "viewers behind the UDP-blocked site use TURN over TCP on port 443.",
         "",
-        f"Lab up {lab.up_seconds:.2f} s (with probes), down {lab.down_seconds:.2f} s. "
+        f"Lab up {lab.up_seconds or 0:.2f} s (all sites, with probes). "
         f"Cells with video: {sum(1 for c in cells if c.frames)}/{len(cells)}; "
         f"direct where possible: {sum(1 for c in possible if not c.relayed and c.frames)}"
         f"/{len(possible)}; direct share over all cells: {len(direct)}/{len(cells)} "

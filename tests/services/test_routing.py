@@ -273,3 +273,19 @@ def test_viewer_cannot_bye_someone_elses_session() -> None:
     actions = router.received(other, encode(Role.VIEWER, "bye", session_id="j" * 20), 0)
     assert sent(actions, other)[0]["code"] == "unknown-session"
     assert router.stats()["sessions"] == 1
+
+
+def test_turn_tags_are_safe_for_any_device_id() -> None:
+    tags: list[str] = []
+
+    def credentials(tag: str) -> list[dict[str, Any]]:
+        from services.turn import TAG_PATTERN
+
+        assert TAG_PATTERN.fullmatch(tag), tag
+        tags.append(tag)
+        return []
+
+    router = Router(credentials=credentials)
+    for _ in range(40):  # about one ID in 37 ends in '$', '*', '~' or '='
+        online(router, Camera())
+    assert len(tags) == 40 and all(len(t) >= 26 for t in tags)
