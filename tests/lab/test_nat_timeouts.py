@@ -25,6 +25,7 @@ def matrix(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matri
         yield running
 
 
+@pytest.mark.timeout(STREAM_SECONDS + 180)
 def test_streams_outlive_the_nat_timeout(matrix: Matrix) -> None:
     assert CONNTRACK_UDP_TIMEOUT <= 20
     cells = [("full-cone", "port-restricted"),  # direct, hole-punched
