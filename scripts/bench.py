@@ -434,7 +434,7 @@ def write_markdown(ttff: dict[str, Any] | None, viewers: dict[str, Any] | None) 
         if phases:
             lines += [
                 "",
-                "Where Chromium's time goes (medians, ms from `new RTCPeerConnection`): "
+                "Where Chromium's time goes (medians, ms from the start of the attempt): "
                 + ", ".join(f"{k} {v}" for k, v in phases.items()) + ". Most of it is",
                 "Chromium gathering its own host candidates before the non-trickle offer;",
                 "the camera's part (offer in, answer out) is the `offer` → `answer` step.",
