@@ -36,7 +36,7 @@ from camera.webrtc import (
     make_peer_connection,
     order_turn,
     prefer_h264,
-    selected_pair_types,
+    selected_pair,
     udp_blocked,
 )
 from services.signaling import Message, ProtocolError, Role, encode, normalize_device_id, parse
@@ -121,6 +121,7 @@ class ViewStats:
     latencies_ms: list[float] = field(default_factory=list)
     local_candidate: str | None = None
     remote_candidate: str | None = None
+    remote_address: str | None = None
     width: int | None = None
     height: int | None = None
     recorded_frames: int = 0
@@ -138,6 +139,7 @@ class ViewStats:
             "fps": round(fps, 2),
             "local_candidate": self.local_candidate,
             "remote_candidate": self.remote_candidate,
+            "remote_address": self.remote_address,
             "width": self.width,
             "height": self.height,
             "latency_ms_p50": None,
@@ -289,7 +291,8 @@ async def view(
             except TimeoutError:
                 raise ViewError(f"no video within {connect_timeout:.0f} s") from None
             finally:
-                stats.local_candidate, stats.remote_candidate = selected_pair_types(pc)
+                (stats.local_candidate, stats.remote_candidate,
+                 stats.remote_address) = selected_pair(pc)
             waiters = [ended, asyncio.ensure_future(stop.wait())]
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:

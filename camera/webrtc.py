@@ -74,8 +74,8 @@ def set_profile_level_id(sdp: str, actual: str | None) -> str:
     return _PLI_RE.sub(fix, sdp)
 
 
-def selected_pair_types(pc: RTCPeerConnection) -> tuple[str | None, str | None]:
-    """Candidate types (host/srflx/prflx/relay) of the nominated ICE pair, if any."""
+def selected_pair(pc: RTCPeerConnection) -> tuple[str | None, str | None, str | None]:
+    """(local type, remote type, remote address) of the nominated ICE pair, if any."""
     for transceiver in pc.getTransceivers():
         dtls = transceiver.receiver.transport or transceiver.sender.transport
         if dtls is None:
@@ -83,8 +83,15 @@ def selected_pair_types(pc: RTCPeerConnection) -> tuple[str | None, str | None]:
         connection = dtls.transport._connection
         pair = connection._nominated.get(1)
         if pair is not None:
-            return pair.local_candidate.type, pair.remote_candidate.type
-    return None, None
+            remote = pair.remote_candidate
+            return pair.local_candidate.type, remote.type, remote.host
+    return None, None, None
+
+
+def selected_pair_types(pc: RTCPeerConnection) -> tuple[str | None, str | None]:
+    """Candidate types (host/srflx/prflx/relay) of the nominated ICE pair, if any."""
+    local, remote, _address = selected_pair(pc)
+    return local, remote
 
 
 def restrict_host_addresses(addresses: list[str] | None) -> None:

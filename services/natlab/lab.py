@@ -409,7 +409,6 @@ class Lab:
                     # settled link-local address (ndisc_send_ns gives up otherwise).
                     f"addr add {site.router_link_local6} dev wan0 nodad",
                     "addr add fe80::1/64 dev lan0 nodad",
-                    *own_routes6,
                 ]
                 host += [
                     f"addr add {site.host_ip6}/{site.lan_prefix6.split('/')[1]} dev eth0 nodad"
@@ -417,6 +416,10 @@ class Lab:
             commands += ["link set wan0 addrgenmode none", "link set lan0 addrgenmode none"]
             host += ["link set eth0 addrgenmode none"]
             commands += ["link set wan0 up", "link set lan0 up"]
+            if site.has_ipv6:
+                # Routes to the other IPv6 sites' prefixes: their gateways are
+                # reachable only once wan0 is up.
+                commands += own_routes6
             host += ["link set eth0 up", f"route add default via {site.router_lan_ip}"]
             if site.has_ipv6:
                 host.append(f"route add default via {site.router_lan_ip6}")

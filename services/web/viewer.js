@@ -90,6 +90,7 @@
     framesDecoded: 0,
     localCandidateType: null,
     remoteCandidateType: null,
+    remoteAddress: null,     // the selected pair's remote address (IPv4 or IPv6)
     rttMs: null,
     fps: null,
     bitrateKbps: null,
@@ -573,7 +574,7 @@
   function resetStats() {
     // Figures describe the current attempt only; none carry over.
     Object.assign(peercam, {
-      ttffMs: null, framesDecoded: 0, localCandidateType: null, remoteCandidateType: null,
+      ttffMs: null, framesDecoded: 0, localCandidateType: null, remoteCandidateType: null, remoteAddress: null,
       rttMs: null, fps: null, bitrateKbps: null, sessionId: null, timeline: {},
     });
     extra = {};
@@ -908,6 +909,7 @@
     const remote = pair && report.get(pair.remoteCandidateId);
     peercam.localCandidateType = (local && local.candidateType) || null;
     peercam.remoteCandidateType = (remote && remote.candidateType) || null;
+    peercam.remoteAddress = (remote && (remote.address || remote.ip)) || null;
     peercam.rttMs = pair && typeof pair.currentRoundTripTime === "number"
       ? Math.round(pair.currentRoundTripTime * 1000 * 10) / 10 : null;
     extra.protocol = (local && (local.relayProtocol || local.protocol)) || null;

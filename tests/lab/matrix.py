@@ -38,8 +38,8 @@ V4_KIND = {"ipv6": "port-restricted"}
 
 def direct_possible(camera: str, viewer: str) -> bool:
     """Can ICE find a direct path between these two sites (RFC 8445 with STUN)?"""
-    if camera == viewer:
-        return True  # the same LAN: host candidates
+    if camera == viewer or {camera, viewer} == {"ipv6", "ipv6-2"}:
+        return True  # the same LAN (host candidates), or both on public IPv6
     if "udp-blocked" in (camera, viewer):
         return False  # only TURN over TCP gets out
     a, b = V4_KIND.get(camera, camera), V4_KIND.get(viewer, viewer)
@@ -60,6 +60,7 @@ class Cell:
     ttff_ms: float | None = None
     local_candidate: str | None = None
     remote_candidate: str | None = None
+    remote_address: str | None = None
     error: str | None = None
 
     @property
@@ -198,6 +199,7 @@ class Matrix:
         cell.ttff_ms = result.get("ttff_ms")
         cell.local_candidate = result.get("local_candidate")
         cell.remote_candidate = result.get("remote_candidate")
+        cell.remote_address = result.get("remote_address")
         cell.error = result.get("error")
         return cell
 
@@ -240,6 +242,7 @@ class Matrix:
         cell.ttff_ms = result.get("ttffMs")
         cell.local_candidate = result.get("localCandidateType")
         cell.remote_candidate = result.get("remoteCandidateType")
+        cell.remote_address = result.get("remoteAddress")
         cell.error = result.get("error") or result.get("lastError")
         return cell
 
