@@ -179,21 +179,29 @@ class Matrix:
         path = self.tmp / name
         return path.read_text()[-2000:] if path.exists() else ""
 
-    def run_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
-        cell = Cell(camera, viewer, direct_possible(camera, viewer))
-        argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
-                "--seconds", str(seconds), "--json"]
-        proc = self.lab.popen(viewer, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=self.env)
+    def _last_json(self, where: str, argv: list[str], timeout: float,
+                   cell: Cell) -> dict[str, Any] | None:
+        """Run ``argv`` in ``where``; its last stdout line as JSON, or None (error noted)."""
+        proc = self.lab.popen(where, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=self.env, cwd=Path(__file__).resolve().parents[2])
         try:
-            out, err = proc.communicate(timeout=seconds + 60)
+            out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
         try:
-            result = json.loads(out.strip().splitlines()[-1])
+            result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
             cell.error = (err or out)[-500:] or "no output"
+            return None
+        return result
+
+    def run_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
+        cell = Cell(camera, viewer, direct_possible(camera, viewer))
+        argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
+                "--seconds", str(seconds), "--json"]
+        result = self._last_json(viewer, argv, seconds + 60, cell)
+        if result is None:
             return cell
         cell.frames = int(result.get("frames") or 0)
         cell.ttff_ms = result.get("ttff_ms")
@@ -224,19 +232,10 @@ class Matrix:
     def run_browser_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
         """Headless Chromium behind ``viewer`` pairs with and watches ``camera``."""
         cell = Cell(camera, viewer, direct_possible(camera, viewer))
-        proc = self.lab.popen(viewer, [sys.executable, "-m", "tests.lab.browser_cell",
-                                       self.pair_link(camera), str(seconds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=self.env, cwd=Path(__file__).resolve().parents[2])
-        try:
-            out, err = proc.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        try:
-            result = json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            cell.error = (err or out)[-500:]
+        argv = [sys.executable, "-m", "tests.lab.browser_cell", self.pair_link(camera),
+                str(seconds)]
+        result = self._last_json(viewer, argv, 90, cell)
+        if result is None:
             return cell
         cell.frames = int(result.get("framesDecoded") or 0)
         cell.ttff_ms = result.get("ttffMs")
