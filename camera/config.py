@@ -17,7 +17,84 @@ from typing import Any
 from camera.errors import BadConfig
 from camera.sources.base import Source, VideoSettings
 
+SYSTEM_RUNTIME_DIR = "/run/peercam"
+"""The camera unit's RuntimeDirectory."""
 DEFAULT_STATE_DIR = Path(os.environ.get("STATE_DIRECTORY", "~/.local/state/peercam")).expanduser()
+
+
+def default_control_socket() -> Path:
+    """Where the agent listens and ``peercam status`` looks.
+
+    Under systemd ``$RUNTIME_DIRECTORY`` (``/run/peercam``); over SSH on an
+    installed device ``/run/peercam`` too; elsewhere ``$XDG_RUNTIME_DIR/peercam``
+    or the state directory.
+    """
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock"
+    if Path(SYSTEM_RUNTIME_DIR).is_dir():
+        return Path(SYSTEM_RUNTIME_DIR) / "control.sock"
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "peercam" / "control.sock"
+    return DEFAULT_STATE_DIR / "control.sock"
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """GPIO and serial devices (``[hardware]`` in the TOML file); all off by default."""
+
+    led_pin: int | None = None
+    """BCM GPIO number of the status LED; None: no LED."""
+    led_active_high: bool = True
+    """False when the LED is wired between the pin and 3.3 V (lit when the pin is low)."""
+    led_pwm: bool = True
+    """Dim the LED for "idle" with PWM; False for a plain on/off pattern set."""
+    button_pin: int | None = None
+    """BCM GPIO number of the pairing button (to ground, internal pull-up); None: no button."""
+    button_pull_up: bool = True
+    """True: the button shorts the pin to ground (the usual wiring)."""
+    button_bounce: float = 0.05
+    """Seconds an edge must be stable to count (contact bounce)."""
+    long_press: float = 10.0
+    """Seconds held before a release clears the viewer list (the LED confirms first)."""
+    pairing_ttl: float = 600.0
+    """Seconds a pairing window opened by the button or console stays open."""
+    ptz_port: str | None = None
+    """Serial port (or pyserial URL) of the RS-485 Pelco-D pan/tilt head; None: no head."""
+    ptz_address: int = 1
+    """Pelco-D address of the head (its DIP switches), 1..255."""
+    ptz_baudrate: int = 2400
+    """Baud rate set on the head (Pelco-D heads use 2400 or 9600)."""
+    ptz_rate: float = 10.0
+    """Control messages per second accepted from one viewer (more are dropped)."""
+    console_port: str | None = None
+    """Serial port for the line console (status, ID, pairing); None: no console."""
+    console_baudrate: int = 115200
+    """Baud rate of the console port."""
+    gpio_mock: bool = False
+    """Use gpiozero's mock pins even on a Pi (also the fallback where there is no GPIO)."""
+
+    def __post_init__(self) -> None:
+        for name in ("led_pin", "button_pin"):
+            pin = getattr(self, name)
+            if pin is not None and not 0 <= pin <= 27:
+                raise BadConfig(f"{name} {pin}: need a BCM GPIO number 0..27")
+        if self.led_pin is not None and self.led_pin == self.button_pin:
+            raise BadConfig(f"led_pin and button_pin are both GPIO {self.led_pin}")
+        if not 0 <= self.button_bounce < 1:
+            raise BadConfig(f"button_bounce {self.button_bounce}: need 0..1 s")
+        if not 1 <= self.long_press <= 60:
+            raise BadConfig(f"long_press {self.long_press}: need 1..60 s")
+        if not 10 <= self.pairing_ttl <= 86400:
+            raise BadConfig(f"pairing_ttl {self.pairing_ttl}: need 10..86400 s")
+        if not 1 <= self.ptz_address <= 255:
+            raise BadConfig(f"ptz_address {self.ptz_address}: need 1..255")
+        if not 0 < self.ptz_rate <= 100:
+            raise BadConfig(f"ptz_rate {self.ptz_rate}: need 0..100 per second")
+        for name in ("ptz_baudrate", "console_baudrate"):
+            if getattr(self, name) not in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200):
+                raise BadConfig(f"{name} {getattr(self, name)}: not a standard baud rate")
+        if self.ptz_port is not None and self.ptz_port == self.console_port:
+            raise BadConfig(f"ptz_port and console_port are both {self.ptz_port}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +129,14 @@ class CameraConfig:
     """CA bundle (or the server's own certificate) to trust for wss://; None: the system's."""
     tls_insecure: bool = False
     """Development only: accept any server certificate. Never on a real camera."""
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    """Status LED, pairing button, pan/tilt head, serial console."""
+    control_socket: Path = field(default_factory=default_control_socket)
+    """Owner-only Unix socket that ``peercam status``/``viewers``/``pair`` talk to."""
+    frame_stall: float = 5.0
+    """Seconds without a frame before the source counts as stuck (and is restarted)."""
+    source_restarts: int = 2
+    """Source restarts tried for a stuck camera before the agent exits (systemd restarts it)."""
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """What aiohttp needs for the rendezvous connection (True: default checks)."""
@@ -68,6 +153,10 @@ class CameraConfig:
             raise BadConfig(f"rendezvous {self.rendezvous!r}: need a ws(s):// or http(s):// URL")
         if not 1 <= self.max_viewers <= 256:
             raise BadConfig(f"max_viewers {self.max_viewers}: need 1..256")
+        if not 0.5 <= self.frame_stall <= 600:
+            raise BadConfig(f"frame_stall {self.frame_stall}: need 0.5..600 s")
+        if not 0 <= self.source_restarts <= 100:
+            raise BadConfig(f"source_restarts {self.source_restarts}: need 0..100")
 
     @property
     def camera_ws_url(self) -> str:
@@ -104,8 +193,10 @@ _ENV = {
     "PEERCAM_DEVICE": "device",
     "PEERCAM_STATE_DIR": "state_dir",
     "PEERCAM_TLS_CA": "tls_ca",
+    "PEERCAM_CONTROL_SOCKET": "control_socket",
 }
 _VIDEO_KEYS = {f.name for f in dataclasses.fields(VideoSettings)}
+_HARDWARE_KEYS = {f.name for f in dataclasses.fields(HardwareConfig)}
 
 
 def load_camera_config(
@@ -113,9 +204,10 @@ def load_camera_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> CameraConfig:
-    """Build the config from a TOML file (``[camera]`` and ``[video]`` tables), env and flags."""
+    """Build the config from a TOML file (``[camera]``, ``[video]``, ``[hardware]``), env, flags."""
     values: dict[str, Any] = {}
     video: dict[str, Any] = {}
+    hardware: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
@@ -123,11 +215,13 @@ def load_camera_config(
             raise BadConfig(f"{path}: cannot read ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise BadConfig(f"{path}: not valid TOML ({exc})") from None
-        unknown = set(data) - {"camera", "video"}
+        unknown = set(data) - {"camera", "video", "hardware"}
         if unknown:
             raise BadConfig(f"{path}: unknown table(s) {sorted(unknown)}")
-        values.update(data.get("camera", {}))
-        video.update(data.get("video", {}))
+        for table, into in (("camera", values), ("video", video), ("hardware", hardware)):
+            if not isinstance(data.get(table, {}), dict):
+                raise BadConfig(f"{path}: [{table}] must be a table")
+            into.update(data.get(table, {}))
     for name, key in _ENV.items():
         if env is not None and env.get(name):
             values[key] = env[name]
@@ -136,6 +230,8 @@ def load_camera_config(
             continue
         if key in _VIDEO_KEYS:
             video[key] = value
+        elif key in _HARDWARE_KEYS:
+            hardware[key] = value
         else:
             values[key] = value
     known = {f.name for f in dataclasses.fields(CameraConfig)}
@@ -145,10 +241,16 @@ def load_camera_config(
     unknown = set(video) - _VIDEO_KEYS
     if unknown:
         raise BadConfig(f"unknown video setting(s) {sorted(unknown)}")
+    unknown = set(hardware) - _HARDWARE_KEYS
+    if unknown:
+        raise BadConfig(f"unknown hardware setting(s) {sorted(unknown)}")
     try:
-        if "state_dir" in values:
-            values["state_dir"] = Path(values["state_dir"]).expanduser()
-        return CameraConfig(**values, video=VideoSettings(**video))
+        for key in ("state_dir", "control_socket"):
+            if key in values:
+                values[key] = Path(values[key]).expanduser()
+        return CameraConfig(
+            **values, video=VideoSettings(**video), hardware=HardwareConfig(**hardware)
+        )
     except TypeError as exc:
         raise BadConfig(f"bad setting: {exc}") from None
 
