@@ -199,6 +199,17 @@ class PairingWindows:
                 return True
         return False
 
+    def is_open(self, *, include_reusable: bool = True) -> bool:
+        """Is a window open (in memory or from ``peercam pair``)?
+
+        ``include_reusable=False`` leaves out the demo's long reusable window, so
+        the LED does not show "pairing" for as long as a demo runs.
+        """
+        now = time.time()
+        windows = [w for w in self._memory if w.expires > now]
+        windows += [w for _path, w in self._files()]
+        return any(include_reusable or not w.reusable for w in windows)
+
     def close_all(self) -> None:
         self._memory.clear()
         for path, _window in self._files():

@@ -103,11 +103,18 @@ class Broadcaster:
         self.keyframe_requests = 0
         self.keyframe_requests_sent = 0
         self.last_frame_time: float | None = None
+        self._recent: deque[float] = deque(maxlen=256)
+
+    def recent_fps(self, now: float, window: float = 2.0) -> float:
+        """Frames per second published over the last ``window`` seconds."""
+        count = sum(1 for t in self._recent if now - t <= window)
+        return count / window
 
     def publish(self, frame: EncodedFrame) -> None:
         """Hand one access unit to every viewer. Event loop thread only."""
         self.frames_published += 1
         self.last_frame_time = asyncio.get_running_loop().time()
+        self._recent.append(self.last_frame_time)
         if frame.keyframe:
             self.keyframes_published += 1
             sps = find_sps(frame.data)
