@@ -1,0 +1,105 @@
+"""The camera process benchmarks start (``python -m bench _camera``).
+
+``passthrough`` is peercam as shipped; ``perviewer`` swaps in aiortc's default
+path (raw frames, one encoder per viewer) with the same test pattern, so the two
+are compared in the same run. It prints ``DEVICE <id>`` and ``PAIR <secret>``
+(one reusable pairing window for the run) and stops when stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import pin_loopback
+
+
+async def camera_main(args: argparse.Namespace) -> None:
+    if not args.any_address:
+        pin_loopback()
+    from camera.agent import CameraAgent
+    from camera.config import CameraConfig, make_configured_source
+    from camera.identity import DeviceIdentity
+    from camera.sources.base import VideoSettings
+
+    video = VideoSettings(width=args.width, height=args.height, fps=args.fps,
+                          bitrate=args.bitrate)
+    config = CameraConfig(rendezvous=args.rendezvous, state_dir=Path(args.state_dir),
+                          video=video, max_viewers=256)
+    source: Any = make_configured_source(config)
+    if args.mode == "perviewer":
+        install_per_viewer_encode(video)
+        source = IdleSource()  # that path needs no shared encoder: don't charge it one
+    agent = CameraAgent(config, source, DeviceIdentity.load_or_create(config.state_dir))
+    await agent.start()
+    await agent.registered.wait()
+    print(f"DEVICE {agent.device_id}", flush=True)
+    print(f"PAIR {agent.open_pairing(ttl=86400, reusable=True)}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await agent.close()
+
+
+def add_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--mode", choices=["passthrough", "perviewer"], default="passthrough")
+    c.add_argument("--rendezvous", required=True)
+    c.add_argument("--state-dir", required=True)
+    c.add_argument("--width", type=int, default=1280)
+    c.add_argument("--height", type=int, default=720)
+    c.add_argument("--fps", type=int, default=30)
+    c.add_argument("--bitrate", type=int, default=2_000_000)
+    c.add_argument("--any-address", action="store_true",
+                   help="offer every host address (NAT lab), not only 127.0.0.1")
+
+
+class IdleSource:
+    """A source that never encodes (the per-viewer path renders its own raw frames)."""
+
+    name = "idle"
+
+    async def start(self, sink: Any) -> None:
+        pass
+
+    def request_keyframe(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def install_per_viewer_encode(video: Any) -> None:
+    """Replace the passthrough track with aiortc's default path: raw frames, one
+    encoder per viewer. The raw pictures are the test pattern's, rendered once."""
+    import av
+    from aiortc import VideoStreamTrack
+
+    import camera.session
+    from camera.sources.testpattern import _Painter
+
+    painter = _Painter(video.width, video.height)
+    state: dict[str, Any] = {"n": 0, "frame": None, "at": 0.0}
+
+    def current_frame() -> Any:
+        now = time.monotonic()
+        if state["frame"] is None or now - state["at"] >= 1 / 30:
+            yuv = painter.render(state["n"], int(time.time() * 1000))
+            state["frame"] = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            state["n"] += 1
+            state["at"] = now
+        return state["frame"]
+
+    class RawTrack(VideoStreamTrack):
+        def __init__(self, broadcaster: Any) -> None:
+            super().__init__()  # the broadcaster is not used: nothing is shared here
+
+        async def recv(self) -> Any:
+            pts, time_base = await self.next_timestamp()
+            frame = current_frame()
+            out = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+            out.pts, out.time_base = pts, time_base
+            return out
+
+    camera.session.PassthroughTrack = RawTrack  # type: ignore[misc,assignment]

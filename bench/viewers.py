@@ -1,0 +1,159 @@
+"""Camera CPU and memory per viewer: peercam's passthrough against aiortc's
+per-viewer encode of the same test pattern, in the same run.
+
+Viewers receive and depayload but do not decode (they would starve the camera
+on a 2-core machine). "Holds the frame rate" means every viewer's median rate
+is at least 90% of the source's 30 fps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Camera, null_viewer, pin_loopback, pyplot, start_rendezvous
+
+NAME = "viewers"
+HELP = "camera CPU/memory for N viewers: passthrough vs per-viewer encode"
+SMOKE = ["--counts", "1,2", "--seconds", "1", "--width", "320", "--height", "240"]
+HOLD_FPS = 27.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--counts", default="1,2,4,8,16,32")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--modes", default="passthrough,perviewer")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from camera.viewer import view
+
+    pin_loopback()
+    counts = [int(c) for c in args.counts.split(",")]
+    settle = 0.3 if args.smoke else 1.0  # smoke: does it run, not what it measures
+    warmup = 1.0 if args.smoke else 3.0
+    runner, url = await start_rendezvous()
+    rows: list[dict[str, Any]] = []
+    try:
+        for mode in args.modes.split(","):
+            for count in counts:
+                camera = await Camera(
+                    url, mode, Path(args.state) / mode, args.width, args.height).started()
+                try:
+                    await asyncio.sleep(settle)
+                    await view(camera.link(url, pair=True), seconds=0.1)  # pair, untimed
+                    await asyncio.sleep(settle)
+                    idle0, t0 = camera.cpu_seconds(), time.monotonic()
+                    await asyncio.sleep(2 * settle)
+                    idle_cpu = (camera.cpu_seconds() - idle0) / (time.monotonic() - t0)
+                    viewers = [asyncio.ensure_future(
+                        null_viewer(url, camera.device_id, args.seconds, warmup=warmup))
+                        for _ in range(count)]
+                    await asyncio.sleep(warmup)
+                    c0, t0 = camera.cpu_seconds(), time.monotonic()
+                    await asyncio.sleep(args.seconds)
+                    cpu = (camera.cpu_seconds() - c0) / (time.monotonic() - t0)
+                    rss = camera.rss_mib()
+                    rates = await asyncio.gather(*viewers)
+                finally:
+                    camera.stop()
+                row = {"mode": mode, "viewers": count, "cpu_core": round(cpu, 3),
+                       "idle_cpu_core": round(idle_cpu, 3), "rss_mib": round(rss, 1),
+                       "fps_min": round(min(rates), 1),
+                       "fps_median": round(statistics.median(rates), 1)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    finally:
+        await runner.cleanup()
+    return {"video": f"{args.width}x{args.height}@30 2 Mbit/s", "seconds": args.seconds,
+            "rows": rows, "marginal": marginal(rows), "holds_up_to": holds_up_to(rows)}
+
+
+def marginal(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Least-squares slope of camera CPU over viewer count, per mode (cores per viewer)."""
+    out = {}
+    for mode in sorted({r["mode"] for r in rows}):
+        pts = [(r["viewers"], r["cpu_core"]) for r in rows if r["mode"] == mode]
+        if len(pts) >= 2:
+            mx = statistics.mean(p[0] for p in pts)
+            my = statistics.mean(p[1] for p in pts)
+            den = sum((x - mx) ** 2 for x, _ in pts)
+            out[mode] = round(sum((x - mx) * (y - my) for x, y in pts) / den, 4) if den else 0.0
+    return out
+
+
+def holds_up_to(rows: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Per mode, the largest viewer count at which every viewer still got ≥ 27 fps."""
+    out: dict[str, int | None] = {}
+    for mode in sorted({r["mode"] for r in rows}):
+        best = None
+        for r in sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["viewers"]):
+            if r["fps_min"] < HOLD_FPS:
+                break
+            best = r["viewers"]
+        out[mode] = best
+    return out
+
+
+def headline(result: dict[str, Any]) -> str:
+    mg = result["marginal"]
+    return "viewers: marginal CPU per viewer " + ", ".join(
+        f"{k} {100 * v:.2f}% of a core" for k, v in mg.items()
+    ) + "; holds 30 fps up to " + ", ".join(
+        f"{k} {v}" for k, v in result.get("holds_up_to", {}).items())
+
+
+def plot(result: dict[str, Any], out: Path) -> list[str]:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, label in (("passthrough", "peercam passthrough (one encode)"),
+                        ("perviewer", "aiortc default (encode per viewer)")):
+        rows = [r for r in result["rows"] if r["mode"] == mode]
+        if rows:
+            ax.plot([r["viewers"] for r in rows], [100 * r["cpu_core"] for r in rows], "o-",
+                    label=label)
+    ax.set_xlabel("viewers")
+    ax.set_ylabel("camera CPU (% of one core)")
+    ax.set_title(f"Camera CPU per viewer count, {result['video']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "viewers.png", dpi=100)
+    plt.close(fig)
+    return ["viewers.png"]
+
+
+def markdown(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Camera CPU per viewer ({result['video']})",
+        "",
+        "Camera process CPU (fraction of one core) over "
+        f"{result['seconds']} s with N viewers connected, peercam's passthrough",
+        "(one encode, an `av.Packet` track per viewer) against aiortc's default path",
+        "(raw frames, one encoder per viewer) with the same test pattern, in the same run.",
+        "Viewers receive and depayload but do not decode, so they do not starve the camera.",
+        "Target: < 1% of a core per extra viewer.",
+        "",
+        "| path | viewers | camera CPU (cores) | RSS MiB | viewer fps (min / median) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['mode']} | {r['viewers']} | {r['cpu_core']} | {r['rss_mib']} | "
+                     f"{r['fps_min']} / {r['fps_median']} |")
+    mg = result["marginal"]
+    lines += [
+        "",
+        "Marginal cost per extra viewer (least-squares slope): "
+        + ", ".join(f"{k} {100 * v:.2f}% of a core" for k, v in mg.items()) + ".",
+    ]
+    if result.get("holds_up_to"):
+        lines.append("Largest viewer count with every viewer at ≥ 27 fps: " + ", ".join(
+            f"{k} {v}" for k, v in result["holds_up_to"].items()) + ".")
+    return [*lines, "", "![camera CPU](bench/viewers.png)", ""]
