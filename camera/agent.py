@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import random
-from collections.abc import Coroutine
-from typing import Any
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -23,9 +26,13 @@ from camera.broadcaster import Broadcaster
 from camera.config import CameraConfig
 from camera.errors import BadConfig
 from camera.gatekeeper import Gatekeeper, Refused
+from camera.health import EXIT_STUCK, Action, HealthMonitor
 from camera.identity import DeviceIdentity
+from camera.ptz import PtzControl, open_head
+from camera.sdnotify import Notifier
 from camera.session import SessionFailed, ViewerSession
 from camera.sources.base import Source
+from camera.state import DeviceFacts, device_state
 from camera.track import check_aiortc
 from camera.webrtc import order_turn, stun_server_of
 from services.signaling import (
@@ -40,21 +47,86 @@ from services.signaling import (
 from services.stun.discovery import NatReport
 from services.stun.natcheck import natcheck
 
+if TYPE_CHECKING:
+    from hardware.led import LedState, StatusLed
+
 logger = logging.getLogger(__name__)
+
+TICK = 0.25
+"""Seconds between health/LED ticks on the event loop."""
+STATS_EVERY = 2.0
+"""Seconds between samples of each viewer's sender stats (bitrate, RTT)."""
+_NETWORK_DOWN = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
+
+
+def _network_down(exc: BaseException) -> bool:
+    """The error says this device has no usable network (vs. a server problem)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, socket.gaierror):
+            return True  # no DNS: as good as no network for a camera
+        if isinstance(exc, OSError) and exc.errno in _NETWORK_DOWN:
+            return True
+        nested = getattr(exc, "os_error", None) or exc.__cause__ or exc.__context__
+        if nested is None:
+            return False
+        exc = nested
+    return False
 
 
 class CameraAgent:
     """Serves from :meth:`start` until :meth:`close`."""
 
-    def __init__(self, config: CameraConfig, source: Source, identity: DeviceIdentity) -> None:
+    def __init__(
+        self,
+        config: CameraConfig,
+        source: Source,
+        identity: DeviceIdentity,
+        *,
+        source_factory: Callable[[], Source] | None = None,
+        led: StatusLed | None = None,
+        notifier: Notifier | None = None,
+        watchdog_interval: float | None = None,
+    ) -> None:
+        """``source_factory`` makes a fresh source for the recovery ladder (None: no
+        in-process restart, a stuck source makes the agent exit). ``led`` shows
+        :attr:`state`; ``notifier`` gets READY/WATCHDOG/STOPPING every
+        ``watchdog_interval`` seconds (None: no watchdog pings).
+        """
         check_aiortc()
         self.config = config
         self.source = source
         self.identity = identity
+        self._source_factory = source_factory
+        self.led = led
+        self.notifier = notifier or Notifier(None)
+        self.watchdog_interval = watchdog_interval
+        self.health = HealthMonitor(
+            started_at=0.0,
+            frame_stall=config.frame_stall,
+            max_restarts=config.source_restarts if source_factory is not None else 0,
+        )
+        self.failed = asyncio.Event()
+        """Set when the agent gives up (stuck source); :attr:`exit_code` says how."""
+        self.exit_code = 0
+        self.network_down = False
+        self.reset_armed = False
+        self.source_restarts = 0
+        self.started_at = time.time()
+        self._last_watchdog: float | None = None
+        self._viewer_stats: dict[str, dict[str, Any]] = {}
+        self._stats_at = 0.0
         self.acl = ViewerACL(config.state_dir)
         self.pairing = PairingWindows(config.state_dir)
         self.gatekeeper = Gatekeeper(identity, self.acl, self.pairing)
         self.broadcaster = Broadcaster(source.request_keyframe)
+        # Pan/tilt over each viewer's "ptz" data channel; every message re-checks the ACL.
+        self.ptz = PtzControl(
+            open_head(config.hardware),
+            rate=config.hardware.ptz_rate,
+            authorized=lambda key: key is not None and key in self.acl,
+        )
         self.sessions: dict[str, ViewerSession] = {}
         self.registered = asyncio.Event()
         self.reconnects = 0
@@ -76,9 +148,12 @@ class CameraAgent:
 
     async def start(self) -> None:
         """Start the source, then stay registered (in a task) until :meth:`close`."""
+        self.health.started_at = asyncio.get_running_loop().time()
+        self._show_state()
         await self.source.start(self.broadcaster.publish)
         self._runner = asyncio.create_task(self._run(), name="camera-agent")
         self._spawn(self._watch_acl())
+        self._spawn(self._supervise())
 
     async def _run(self) -> None:
         attempt = 0
@@ -89,7 +164,9 @@ class CameraAgent:
                 try:
                     registered_at = await self._connect_once(http, ssl_context)
                 except (aiohttp.ClientError, OSError, TimeoutError, ProtocolError) as exc:
-                    logger.warning("rendezvous %s: %s", self.config.rendezvous, exc)
+                    self.network_down = _network_down(exc)
+                    logger.warning("rendezvous %s: %s%s", self.config.rendezvous, exc,
+                                   " (no network)" if self.network_down else "")
                 finally:
                     self.registered.clear()
                     self._ws = None
@@ -128,6 +205,8 @@ class CameraAgent:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not registered: {detail}")
             registered_at = asyncio.get_running_loop().time()
             self.registered.set()
+            self.network_down = False
+            self._show_state()
             if not self._natcheck_started:
                 self._natcheck_started = True
                 self._spawn(self._check_nat(self._configured_or(reply["ice_servers"])))
@@ -236,6 +315,7 @@ class CameraAgent:
             self._session_closed,
             ice_timeout=self.config.ice_timeout,
             viewer_key=viewer_key,
+            ptz=self.ptz,
         )
         self.sessions[session_id] = session
         try:
@@ -296,17 +376,232 @@ class CameraAgent:
 
     def open_pairing(self, ttl: float = 600.0, *, reusable: bool = False) -> str:
         """Open a pairing window in this process; returns the secret for the link."""
-        return self.pairing.open(ttl, reusable=reusable, persist=False).secret
+        secret = self.pairing.open(ttl, reusable=reusable, persist=False).secret
+        self._show_state()
+        return secret
+
+    def pairing_link(self, secret: str) -> str:
+        """The viewer link that pairs with ``secret`` (the web page of our rendezvous)."""
+        base = self.config.rendezvous.rstrip("/")
+        for ws, http in (("wss://", "https://"), ("ws://", "http://")):
+            if base.startswith(ws):
+                base = http + base[len(ws):]
+        if base.endswith(("/ws/camera", "/ws/viewer")):
+            base = base.rsplit("/ws/", 1)[0]
+        return f"{base}/#device={self.device_id}&pair={secret}"
+
+    def open_pairing_link(self, ttl: float | None = None) -> tuple[str, float]:
+        """Open a single-use window (button, console, ``peercam pair``): (link, ttl)."""
+        ttl = self.config.hardware.pairing_ttl if ttl is None else ttl
+        link = self.pairing_link(self.open_pairing(ttl))
+        logger.info("pairing window open for %.0f s", ttl)
+        return link, ttl
+
+    def forget_viewers(self) -> int:
+        """Clear the ACL and end every session (factory reset of trust); how many."""
+        count = self.acl.clear()
+        self.pairing.close_all()
+        self.end_revoked_sessions()
+        logger.warning("viewer list cleared: %d viewer(s) forgotten", count)
+        return count
+
+    # The pairing button (hardware/button.py calls these on the event loop).
+
+    def button_short(self) -> None:
+        self.open_pairing_link()
+
+    def button_armed(self) -> None:
+        self.reset_armed = True
+        self._show_state()
+
+    def button_long(self) -> None:
+        self.reset_armed = False
+        self.forget_viewers()
+        self._show_state()
+
+    def button_cancel(self) -> None:
+        self.reset_armed = False
+        self._show_state()
+
+    # Health, state, status.
+
+    @property
+    def facts(self) -> DeviceFacts:
+        now = asyncio.get_running_loop().time()
+        last = self.broadcaster.last_frame_time
+        connected = [s for s in self.sessions.values() if s.connected.is_set()]
+        return DeviceFacts(
+            first_frame=self.broadcaster.frames_published > 0,
+            registered=self.registered.is_set(),
+            network_down=self.network_down,
+            viewers_relayed=[s.pair_types[0] == "relay" or s.pair_types[1] == "relay"
+                             for s in connected],
+            pairing=self.pairing.is_open(include_reusable=False),
+            camera_fault=self.health.faulty(now, last) and not self.health.gave_up,
+            reset_armed=self.reset_armed,
+            fatal=self.health.gave_up,
+        )
+
+    @property
+    def state(self) -> LedState:
+        """What the LED shows (see camera/state.py for the priorities)."""
+        return device_state(self.facts)
+
+    def _show_state(self) -> None:
+        if self.led is None or self.led.closed:
+            return
+        try:
+            self.led.set(self.state)
+        except Exception:  # a broken LED must never stop the camera
+            logger.exception("status LED failed")
+
+    async def _supervise(self) -> None:
+        """The health tick: watchdog, recovery ladder, LED, viewer stats."""
+        loop = asyncio.get_running_loop()
+        expected = loop.time()
+        while not self._closed:
+            await asyncio.sleep(TICK)
+            now = loop.time()
+            if now - expected > TICK + 1.0:
+                logger.warning("event loop was blocked for %.1f s", now - expected - TICK)
+            expected = now + TICK
+            for action in self.health.tick(now, self.broadcaster.last_frame_time,
+                                           self.registered.is_set()):
+                await self._act(action, now)
+            self._show_state()
+            if now - self._stats_at >= STATS_EVERY:
+                self._stats_at = now
+                await self._sample_viewer_stats(now)
+
+    async def _act(self, action: Action, now: float) -> None:
+        if action is Action.READY:
+            self.notifier.ready(f"streaming as {self.device_id}")
+            logger.info("ready: frames flowing and registered")
+        elif action is Action.WATCHDOG:
+            interval = self.watchdog_interval
+            if interval is not None and (
+                self._last_watchdog is None or now - self._last_watchdog >= interval
+            ):
+                self._last_watchdog = now
+                self.notifier.watchdog()
+        elif action is Action.RESTART_SOURCE:
+            logger.error("no frame for %.1f s: restarting the source (%d of %d)",
+                         self.config.frame_stall, self.health.restarts, self.health.max_restarts)
+            self.notifier.status(f"camera stuck: restarting the source ({self.health.restarts})")
+            self._show_state()
+            await self.restart_source()
+        elif action is Action.GIVE_UP:
+            logger.critical("the source is still stuck after %d restart(s): exiting so the "
+                            "service manager restarts the camera", self.health.total_restarts)
+            self.notifier.status("camera stuck: exiting for a restart")
+            self.exit_code = EXIT_STUCK
+            self._show_state()
+            self.failed.set()
+
+    async def restart_source(self) -> None:
+        """Close the source and start a fresh one from the factory (recovery ladder)."""
+        if self._source_factory is None:
+            return
+        old = self.source
+        try:
+            async with asyncio.timeout(10):
+                await old.close()
+        except Exception:
+            logger.exception("closing the stuck source failed (carrying on)")
+        try:
+            self.source = self._source_factory()
+            await self.source.start(self.broadcaster.publish)
+            self.source_restarts += 1
+        except Exception as exc:
+            logger.error("restarting the source failed: %s", exc)
+
+    async def _sample_viewer_stats(self, now: float) -> None:
+        for session_id, session in list(self.sessions.items()):
+            if not session.connected.is_set():
+                continue
+            sent, rtt = 0, None
+            try:
+                for transceiver in session.pc.getTransceivers():
+                    for stat in (await transceiver.sender.getStats()).values():
+                        if stat.type == "outbound-rtp":
+                            sent += stat.bytesSent
+                        elif stat.type == "remote-inbound-rtp":
+                            rtt = stat.roundTripTime
+            except Exception:
+                continue  # closing under us
+            previous = self._viewer_stats.get(session_id)
+            bitrate = None
+            if previous is not None and now > previous["at"]:
+                bitrate = 8 * (sent - previous["bytes"]) / (now - previous["at"])
+            self._viewer_stats[session_id] = {"at": now, "bytes": sent, "rtt": rtt,
+                                              "bitrate": bitrate}
+        for gone in set(self._viewer_stats) - set(self.sessions):
+            del self._viewer_stats[gone]
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``peercam status`` prints (JSON-ready)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        last = self.broadcaster.last_frame_time
+        viewers = []
+        for session in list(self.sessions.values()):
+            local, remote = session.pair_types
+            viewer = self.acl.get(session.viewer_key) if session.viewer_key else None
+            stats = self._viewer_stats.get(session.session_id, {})
+            viewers.append({
+                "session": session.session_id[:8],
+                "name": viewer.name if viewer else None,
+                "fingerprint": viewer.fingerprint if viewer else None,
+                "connected": session.connected.is_set(),
+                "pair": f"{local or '?'}->{remote or '?'}",
+                "relayed": "relay" in (local, remote),
+                "bitrate": None if stats.get("bitrate") is None else round(stats["bitrate"]),
+                "rtt_ms": None if stats.get("rtt") is None else round(1000 * stats["rtt"], 1),
+            })
+        nat = self.nat_report
+        return {
+            "state": self.state.value,
+            "device_id": self.device_id,
+            "uptime": round(time.time() - self.started_at, 1),
+            "rendezvous": {
+                "url": self.config.rendezvous,
+                "connected": self.registered.is_set(),
+                "reconnects": self.reconnects,
+                "network_down": self.network_down,
+            },
+            "nat": {
+                "type": nat.nat_type if nat is not None else None,
+                "summary": nat.summary() if nat is not None else None,
+            },
+            "source": {
+                "kind": self.config.source,
+                "fps": round(self._fps(now), 1),
+                "frames": self.broadcaster.frames_published,
+                "last_frame_age": None if last is None else round(now - last, 2),
+                "restarts": self.source_restarts,
+                "size": f"{self.config.video.width}x{self.config.video.height}",
+            },
+            "viewers": viewers,
+            "pairing_open": self.pairing.is_open(include_reusable=True),
+            "viewers_paired": len(self.acl.viewers()),
+            "refusals": self.refusals,
+        }
+
+    def _fps(self, now: float) -> float:
+        """Frames per second over the last couple of seconds (0 when stalled)."""
+        return self.broadcaster.recent_fps(now)
 
     async def close(self) -> None:
         """Stop serving: sessions, tasks, rendezvous link, source. Safe twice."""
         if self._closed:
             return
         self._closed = True
+        self.notifier.stopping()
         await asyncio.gather(
             *(s.close("camera shutting down") for s in list(self.sessions.values())),
             return_exceptions=True,
         )
+        await self.ptz.close()  # after the sessions: their stops go out first
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from camera.errors import BadConfig, PeercamError
+from camera.sdnotify import Notifier
 
 logger = logging.getLogger("peercam")
 
@@ -84,9 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("lab", help="the NAT lab (root): up|down|status|exec SITE -- CMD")
 
+    status = sub.add_parser("status", help="the running camera's state, network and viewers")
+    status.add_argument("--config", type=Path, default=_default_config())
+    status.add_argument("--state-dir", type=Path)
+    status.add_argument("--socket", type=Path, help="control socket (default: from the config)")
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
     pair = sub.add_parser("pair", help="open a pairing window; prints a link and a QR code")
     pair.add_argument("--config", type=Path, default=_default_config())
     pair.add_argument("--state-dir", type=Path)
+    pair.add_argument("--socket", type=Path, help="control socket (default: from the config)")
     pair.add_argument("--rendezvous", help="rendezvous URL the link points at")
     pair.add_argument("--ttl", type=float, default=600.0, help="window length in seconds")
 
@@ -95,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     viewers.add_argument("handle", nargs="?", help="revoke: fingerprint or name")
     viewers.add_argument("--config", type=Path, default=_default_config())
     viewers.add_argument("--state-dir", type=Path)
+    viewers.add_argument("--socket", type=Path, help="control socket (default: from the config)")
     viewers.add_argument("--json", action="store_true")
 
     view = sub.add_parser("view", help="watch a camera from the command line")
@@ -109,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--tls-ca", help="CA bundle or certificate to trust for wss://")
     view.add_argument("--insecure", action="store_true",
                       help="development only: accept any rendezvous certificate")
+
+    ptz = sub.add_parser("ptz", help="pan/tilt/zoom a camera's head (over the data channel)")
+    ptz.add_argument("target", help="viewer link or device ID")
+    ptz.add_argument("action", choices=["left", "right", "up", "down", "zoom-in", "zoom-out",
+                                        "stop", "goto", "set", "clear"])
+    ptz.add_argument("preset", nargs="?", type=int, help="goto/set/clear: preset number")
+    ptz.add_argument("--for", dest="hold", type=float, default=0.5, metavar="SECONDS",
+                     help="moves: keep moving this long, then stop (default 0.5)")
+    ptz.add_argument("--speed", type=int, default=32, help="pan/tilt speed 1..63 (default 32)")
+    ptz.add_argument("--json", action="store_true", help="print one JSON line at the end")
+    ptz.add_argument("--rendezvous", help="rendezvous URL (default: from the link)")
+    ptz.add_argument("--ice-server", type=_ice_server, action="append", default=None,
+                     metavar="URL", help="ICE server (default: the rendezvous' list)")
+    ptz.add_argument("--name", help="name to pair under (default: peercam view on HOST)")
+    ptz.add_argument("--tls-ca", help="CA bundle or certificate to trust for wss://")
+    ptz.add_argument("--insecure", action="store_true",
+                     help="development only: accept any rendezvous certificate")
     return parser
 
 
@@ -148,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rendezvous": _rendezvous,
         "camera": _camera,
         "view": _view,
+        "ptz": _ptz,
         "pair": _pair,
+        "status": _status,
         "viewers": _viewers,
         "stun": _stun,
         "natcheck": _natcheck,
@@ -162,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
+async def _until_signalled(failed: asyncio.Event | None = None) -> None:
+    """Until SIGINT/SIGTERM, or until ``failed`` is set."""
+    stop = failed or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -207,27 +236,18 @@ async def _rendezvous(args: argparse.Namespace) -> int:
     config = RendezvousConfig(ice_servers=args.ice_server, credentials=_turn_credentials(args))
     _server, runner, bound = await start_rendezvous(host, port, config, ssl_context)
     print(f"LISTENING {host}:{bound}", flush=True)
+    notifier = Notifier.from_env()
+    notifier.ready(f"listening on {host}:{bound}")
     try:
         await _until_signalled()
     finally:
+        notifier.stopping()
         await runner.cleanup()
     return 0
 
 
 def _video_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("width", "height", "fps", "bitrate")}
-
-
-async def _start_camera(config: Any) -> Any:
-    from camera.agent import CameraAgent
-    from camera.config import make_configured_source
-    from camera.identity import DeviceIdentity
-
-    identity = DeviceIdentity.load_or_create(config.state_dir)
-    source = make_configured_source(config)
-    agent = CameraAgent(config, source, identity)
-    await agent.start()
-    return agent
 
 
 def _camera_config(args: argparse.Namespace, **extra: Any) -> Any:
@@ -255,13 +275,17 @@ async def _camera(args: argparse.Namespace) -> int:
         return 0
     if config.tls_insecure:
         logger.warning("--insecure: the rendezvous certificate is NOT checked (development only)")
-    agent = await _start_camera(config)
+    from camera.device import Device
+    from camera.sdnotify import watchdog_interval
+
+    device = Device(config, notifier=Notifier.from_env(), watchdog_interval=watchdog_interval())
+    agent = await device.start()
     print(f"DEVICE {agent.device_id}", flush=True)
     try:
-        await _until_signalled()
+        await _until_signalled(agent.failed)
     finally:
-        await agent.close()
-    return 0
+        await device.close()
+    return agent.exit_code
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -279,7 +303,7 @@ async def _demo(args: argparse.Namespace) -> int:
         cert, key = self_signed(state_dir, [host, "127.0.0.1", "localhost"])
         ssl_context, tls_ca, scheme = server_context(cert, key), str(cert), "https"
     _server, runner, port = await start_rendezvous(args.host, args.port, None, ssl_context)
-    agent = None
+    device = None
     try:
         config = load_camera_config(
             None,
@@ -292,7 +316,10 @@ async def _demo(args: argparse.Namespace) -> int:
                 **_video_overrides(args),
             },
         )
-        agent = await _start_camera(config)
+        from camera.device import Device
+
+        device = Device(config)
+        agent = await device.start()
         async with asyncio.timeout(10):
             await agent.registered.wait()
         # The demo's pairing secret stays valid while it runs, for any number of viewers.
@@ -317,8 +344,8 @@ async def _demo(args: argparse.Namespace) -> int:
         print("Ctrl-C stops the demo.", flush=True)
         await _until_signalled()
     finally:
-        if agent is not None:
-            await agent.close()
+        if device is not None:
+            await device.close()
         await runner.cleanup()
     return 0
 
@@ -338,9 +365,12 @@ async def _stun(args: argparse.Namespace) -> int:
         raise BadConfig(f"cannot serve STUN on {args.listen}: {exc}") from None
     for _index, (host, port) in sorted(server.addresses.items()):
         print(f"LISTENING {_url_host(host)}:{port}", flush=True)
+    notifier = Notifier.from_env()
+    notifier.ready(f"serving STUN on {args.listen}")
     try:
         await _until_signalled()
     finally:
+        notifier.stopping()
         await server.close()
     return 0
 
@@ -360,6 +390,64 @@ async def _natcheck(args: argparse.Namespace) -> int:
     return 0 if report.nat_type != "udp-blocked" else 1
 
 
+async def _ask_agent(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any] | None:
+    """The running agent's reply over the control socket; None if no agent runs."""
+    from camera.control import AgentNotRunning, request
+
+    path = args.socket or _camera_config(args).control_socket_path
+    try:
+        reply = await request(path, op, **fields)
+    except AgentNotRunning:
+        if args.socket is not None:
+            raise
+        return None
+    if not reply.get("ok"):
+        raise BadConfig(f"the camera agent says: {reply.get('error')}")
+    return reply
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from camera.control import request
+
+    path = args.socket or _camera_config(args).control_socket_path
+    reply = await request(path, "status")
+    if not reply.get("ok"):
+        raise BadConfig(f"the camera agent says: {reply.get('error')}")
+    status = reply["status"]
+    if args.json:
+        print(json.dumps(status), flush=True)
+        return 0
+    for line in format_status(status):
+        print(line, flush=True)
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> list[str]:
+    """``peercam status`` for people: one fact per line, then one line per viewer."""
+    rdv, nat, src = status["rendezvous"], status["nat"], status["source"]
+    link = "connected" if rdv["connected"] else (
+        "no network" if rdv["network_down"] else "not connected")
+    lines = [
+        f"state:       {status['state']}",
+        f"device:      {status['device_id']}",
+        f"rendezvous:  {rdv['url']} ({link}, {rdv['reconnects']} reconnects)",
+        f"nat:         {nat['summary'] or 'not checked yet'}",
+        f"source:      {src['kind']} {src['size']} at {src['fps']} fps "
+        f"({src['frames']} frames, {src['restarts']} restarts)",
+        f"pairing:     {'open' if status['pairing_open'] else 'closed'}; "
+        f"{status['viewers_paired']} paired viewer(s)",
+        f"uptime:      {status['uptime']:.0f} s",
+        f"viewers:     {len(status['viewers'])}",
+    ]
+    for v in status["viewers"]:
+        rate = "-" if v["bitrate"] is None else f"{v['bitrate'] / 1e6:.2f} Mbit/s"
+        rtt = "-" if v["rtt_ms"] is None else f"{v['rtt_ms']:.0f} ms"
+        state = v["pair"] if v["connected"] else "connecting"
+        lines.append(f"  {v['name'] or '?'} [{v['fingerprint'] or '-'}] {state} "
+                     f"{'(relayed) ' if v['relayed'] else ''}{rate} rtt {rtt}")
+    return lines
+
+
 async def _pair(args: argparse.Namespace) -> int:
     import segno
 
@@ -368,10 +456,15 @@ async def _pair(args: argparse.Namespace) -> int:
     from camera.identity import DeviceIdentity
 
     config = _camera_config(args, rendezvous=args.rendezvous)
-    identity = DeviceIdentity.load_or_create(config.state_dir)
-    window = PairingWindows(config.state_dir).open(args.ttl)
-    base = ws_url(config.rendezvous, "").replace("wss://", "https://").replace("ws://", "http://")
-    link = f"{base}/#device={identity.device_id}&pair={window.secret}"
+    reply = None if args.rendezvous else await _ask_agent(args, "pair", ttl=args.ttl)
+    if reply is not None:
+        link = reply["link"]  # the running agent opened it: its LED shows "pairing"
+    else:
+        identity = DeviceIdentity.load_or_create(config.state_dir)
+        window = PairingWindows(config.state_dir).open(args.ttl)
+        base = ws_url(config.rendezvous, "").replace("wss://", "https://").replace("ws://",
+                                                                                   "http://")
+        link = f"{base}/#device={identity.device_id}&pair={window.secret}"
     with contextlib.suppress(Exception):
         segno.make(link, error="l").terminal(compact=True)
     print(f"PAIR {link}", flush=True)
@@ -381,27 +474,56 @@ async def _pair(args: argparse.Namespace) -> int:
 
 
 async def _viewers(args: argparse.Namespace) -> int:
+    if args.action == "revoke" and not args.handle:
+        raise BadConfig("revoke needs a fingerprint or name (see peercam viewers list)")
+    fields = {"handle": args.handle} if args.action == "revoke" else {}
+    op = {"list": "viewers"}.get(args.action, args.action)
+    reply = await _ask_agent(args, op, **fields)
+    if reply is None:
+        return _viewers_offline(args)
+    if args.action == "list":
+        _print_viewers(args, reply["viewers"])
+        return 0
+    if args.action == "clear":
+        print(f"revoked {reply['revoked']} viewer(s)", flush=True)
+        return 0
+    if not reply["revoked"]:
+        print(f"peercam: no paired viewer is {args.handle!r}", file=sys.stderr)
+        return 1
+    for viewer in reply["revoked"]:
+        print(f"revoked {viewer['fingerprint']} {viewer['name']}", flush=True)
+    return 0
+
+
+def _print_viewers(args: argparse.Namespace, viewers: list[dict[str, Any]]) -> None:
     import time
 
+    rows = [{"fingerprint": v["fingerprint"], "name": v["name"],
+             "added": time.strftime("%Y-%m-%d %H:%M", time.localtime(v["added"])),
+             **({"watching": v["watching"]} if "watching" in v else {})}
+            for v in viewers]
+    if args.json:
+        print(json.dumps(rows), flush=True)
+        return
+    for row in rows:
+        watching = "  (watching)" if row.get("watching") else ""
+        print(f"{row['fingerprint']}  {row['added']}  {row['name']}{watching}", flush=True)
+    if not rows:
+        print("no paired viewers", flush=True)
+
+
+def _viewers_offline(args: argparse.Namespace) -> int:
+    """No agent running: work on the files directly (it reloads them when it starts)."""
     from camera.acl import ViewerACL
 
     acl = ViewerACL(_camera_config(args).state_dir)
     if args.action == "list":
-        rows = [{"fingerprint": v.fingerprint, "name": v.name,
-                 "added": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.added))}
-                for v in acl.viewers()]
-        if args.json:
-            print(json.dumps(rows), flush=True)
-        for row in [] if args.json else rows:
-            print(f"{row['fingerprint']}  {row['added']}  {row['name']}", flush=True)
-        if not rows and not args.json:
-            print("no paired viewers", flush=True)
+        _print_viewers(args, [{"fingerprint": v.fingerprint, "name": v.name, "added": v.added}
+                              for v in acl.viewers()])
         return 0
     if args.action == "clear":
         print(f"revoked {acl.clear()} viewer(s)", flush=True)
         return 0
-    if not args.handle:
-        raise BadConfig("revoke needs a fingerprint or name (see peercam viewers list)")
     gone = acl.revoke(args.handle)
     if not gone:
         print(f"peercam: no paired viewer is {args.handle!r}", file=sys.stderr)
@@ -424,6 +546,49 @@ def _lan_address() -> str:
             if isinstance(ip.ip, str) and not ip.ip.startswith(("127.", "169.254.")):
                 return ip.ip
     return "127.0.0.1"
+
+
+async def _ptz(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from camera.ptz_client import PtzResult, command_for, control
+    from camera.ptz_protocol import MAX_SPEED, MIN_SPEED, BadControlMessage
+    from camera.viewer import ViewerIdentity, ViewError
+
+    if not MIN_SPEED <= args.speed <= MAX_SPEED:
+        raise BadConfig(f"--speed {args.speed}: need {MIN_SPEED}..{MAX_SPEED}")
+    if args.hold < 0:
+        raise BadConfig(f"--for {args.hold}: need 0 or more seconds")
+    try:
+        command = command_for(args.action, args.preset, args.speed)
+    except ValueError as exc:
+        raise BadConfig(str(exc)) from None
+    try:
+        result: PtzResult = await control(
+            args.target,
+            command,
+            hold=args.hold,
+            rendezvous=args.rendezvous,
+            ice_servers=args.ice_server,
+            identity=ViewerIdentity.load_or_create(name=args.name),
+            tls_ca=args.tls_ca,
+            tls_insecure=args.insecure,
+        )
+    except (ViewError, BadControlMessage, OSError, TimeoutError, ValueError,
+            aiohttp.ClientError) as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc)}), flush=True)
+        print(f"peercam ptz: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.as_dict()), flush=True)
+    else:
+        counts: dict[str, int] = {}
+        for op in result.acks:
+            counts[op] = counts.get(op, 0) + 1
+        print("acknowledged: " + ", ".join(
+            f"{op}" + (f" x{n}" if n > 1 else "") for op, n in counts.items()), flush=True)
+    return 0
 
 
 async def _view(args: argparse.Namespace) -> int:

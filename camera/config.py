@@ -17,25 +17,7 @@ from typing import Any
 from camera.errors import BadConfig
 from camera.sources.base import Source, VideoSettings
 
-SYSTEM_RUNTIME_DIR = "/run/peercam"
-"""The camera unit's RuntimeDirectory."""
 DEFAULT_STATE_DIR = Path(os.environ.get("STATE_DIRECTORY", "~/.local/state/peercam")).expanduser()
-
-
-def default_control_socket() -> Path:
-    """Where the agent listens and ``peercam status`` looks.
-
-    Under systemd ``$RUNTIME_DIRECTORY`` (``/run/peercam``); over SSH on an
-    installed device ``/run/peercam`` too; elsewhere ``$XDG_RUNTIME_DIR/peercam``
-    or the state directory.
-    """
-    if os.environ.get("RUNTIME_DIRECTORY"):
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "control.sock"
-    if Path(SYSTEM_RUNTIME_DIR).is_dir():
-        return Path(SYSTEM_RUNTIME_DIR) / "control.sock"
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(os.environ["XDG_RUNTIME_DIR"]) / "peercam" / "control.sock"
-    return DEFAULT_STATE_DIR / "control.sock"
 
 
 @dataclass(frozen=True)
@@ -131,8 +113,9 @@ class CameraConfig:
     """Development only: accept any server certificate. Never on a real camera."""
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     """Status LED, pairing button, pan/tilt head, serial console."""
-    control_socket: Path = field(default_factory=default_control_socket)
-    """Owner-only Unix socket that ``peercam status``/``viewers``/``pair`` talk to."""
+    control_socket: Path | None = None
+    """Owner-only Unix socket for ``peercam status``/``viewers``/``pair``; None: under
+    systemd ``$RUNTIME_DIRECTORY/control.sock``, else ``control.sock`` in the state dir."""
     frame_stall: float = 5.0
     """Seconds without a frame before the source counts as stuck (and is restarted)."""
     source_restarts: int = 2
@@ -157,6 +140,15 @@ class CameraConfig:
             raise BadConfig(f"frame_stall {self.frame_stall}: need 0.5..600 s")
         if not 0 <= self.source_restarts <= 100:
             raise BadConfig(f"source_restarts {self.source_restarts}: need 0..100")
+
+    @property
+    def control_socket_path(self) -> Path:
+        if self.control_socket is not None:
+            return self.control_socket
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        if runtime:
+            return Path(runtime) / "control.sock"
+        return self.state_dir / "control.sock"
 
     @property
     def camera_ws_url(self) -> str:

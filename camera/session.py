@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from camera.broadcaster import Broadcaster
+from camera.ptz import LABEL as PTZ_LABEL
+from camera.ptz import PtzControl
 from camera.track import PassthroughTrack, hook_sender
 from camera.webrtc import (
     make_peer_connection,
@@ -20,6 +23,9 @@ from camera.webrtc import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+_VIDEO_SECTION = re.compile(r"^m=video ", re.MULTILINE)
 
 
 class SessionFailed(Exception):
@@ -38,6 +44,7 @@ class ViewerSession:
         *,
         ice_timeout: float = 30.0,
         viewer_key: str | None = None,
+        ptz: PtzControl | None = None,
     ) -> None:
         self.session_id = session_id
         self.viewer_key = viewer_key
@@ -45,21 +52,26 @@ class ViewerSession:
         self._broadcaster = broadcaster
         self._on_closed = on_closed
         self._ice_timeout = ice_timeout
+        self._ptz = ptz
         self.pc: RTCPeerConnection = make_peer_connection(ice_servers)
         self.track: PassthroughTrack | None = None
         self.connected = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.pc.on("connectionstatechange", self._state_changed)
+        self.pc.on("datachannel", self._datachannel)
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the viewer's offer and return our answer SDP (ICE gathered)."""
-        self.track = PassthroughTrack(self._broadcaster)
-        # The transceiver must exist before setRemoteDescription so that our
-        # codec preferences apply; otherwise aiortc picks VP8.
-        transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
-        prefer_h264(transceiver)
-        hook_sender(transceiver.sender, self._broadcaster.request_keyframe)
+        if _VIDEO_SECTION.search(offer_sdp):
+            self.track = PassthroughTrack(self._broadcaster)
+            # The transceiver must exist before setRemoteDescription so that our
+            # codec preferences apply; otherwise aiortc picks VP8.
+            transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
+            prefer_h264(transceiver)
+            hook_sender(transceiver.sender, self._broadcaster.request_keyframe)
+        # else: a control-only session (``peercam ptz``): a transceiver the offer
+        # has no m-line for would break aiortc's answer, and no video is wanted.
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             await self.pc.setLocalDescription(await self.pc.createAnswer())
@@ -90,6 +102,14 @@ class ViewerSession:
         elif state in ("failed", "closed"):
             self.close(f"peer connection {state}")
 
+    def _datachannel(self, channel: Any) -> None:
+        # The viewer opens its channels (DCEP, RFC 8832); we serve only pan/tilt.
+        if channel.label == PTZ_LABEL and self._ptz is not None:
+            self._ptz.attach(channel, self.session_id, self.viewer_key)
+        else:
+            logger.info("session %s: closing data channel %r", self.session_id, channel.label)
+            channel.close()
+
     @property
     def pair_types(self) -> tuple[str | None, str | None]:
         return selected_pair_types(self.pc)
@@ -102,6 +122,8 @@ class ViewerSession:
 
     async def _close(self, reason: str) -> None:
         logger.info("session %s closed: %s", self.session_id, reason)
+        if self._ptz is not None:
+            self._ptz.session_closed(self.session_id)  # stops the head if we moved it
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,6 +17,7 @@ import socket
 import statistics
 import time
 import urllib.parse
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import aiohttp
 import av
-from aiortc import RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -205,28 +206,41 @@ class _TeeQueue(queue.Queue):  # type: ignore[type-arg]
         super().put(item, block, timeout)
 
 
-async def view(
+@dataclass
+class Connection:
+    """A viewer session the camera answered: what :func:`connect` hands its caller."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    """The rendezvous link (the session ends with a bye on it)."""
+    pc: RTCPeerConnection
+    device_id: str
+    session_id: str
+    started: float
+    """``time.perf_counter()`` just before the peer connection was made (TTFF origin)."""
+
+
+@contextlib.asynccontextmanager
+async def connect(
     target: str,
+    setup: Callable[[Connection], None],
     *,
     rendezvous: str | None = None,
-    seconds: float | None = None,
-    record: Path | None = None,
     connect_timeout: float = 15.0,
     ice_servers: list[dict[str, Any]] | None = None,
-    stop: asyncio.Event | None = None,
     identity: ViewerIdentity | None = None,
     tls_ca: str | None = None,
     tls_insecure: bool = False,
-) -> ViewStats:
-    """Watch a camera until ``seconds`` pass or ``stop`` is set; return what was measured.
+) -> AsyncIterator[Connection]:
+    """Open a session with a camera the way the browser does, and yield it.
 
-    A link with ``pair=SECRET`` in its fragment pairs this viewer's key first.
+    Pairs first if the link has ``pair=SECRET``; asks the rendezvous for ICE
+    servers unless given; ``setup`` adds transceivers / data channels to the
+    peer connection before the offer is made, so they are in the signed SDP. The
+    answer is checked against the device ID before it is applied. Leaving the
+    block normally says bye; the peer connection is closed either way.
     """
     base, device_id, secret = parse_target(target, rendezvous)
     identity = identity or ViewerIdentity.load_or_create()
-    stats = ViewStats()
-    recorder = Mp4Recorder(record) if record is not None else None
-    stop = stop or asyncio.Event()
     async with aiohttp.ClientSession() as http, http.ws_connect(
         ws_url(base, "/ws/viewer"),
         heartbeat=20.0,
@@ -251,18 +265,8 @@ async def view(
         started = time.perf_counter()
         pc = make_peer_connection(servers)
         try:
-            transceiver = pc.addTransceiver("video", direction="recvonly")
-            prefer_h264(transceiver)
-            if recorder is not None:
-                setattr(transceiver.receiver, _DECODER_QUEUE_ATTR, _TeeQueue(recorder))
-            first_frame = asyncio.Event()
-
-            @pc.on("track")
-            def on_track(track: Any) -> None:
-                task = asyncio.ensure_future(_consume(track, stats, started, first_frame))
-                tasks.add(task)
-
-            tasks: set[asyncio.Future[None]] = set()
+            connection = Connection(ws, pc, device_id, session_id, started)
+            setup(connection)
             await pc.setLocalDescription(await pc.createOffer())
             offer_sdp = pc.localDescription.sdp
             timestamp = int(time.time() * 1000)
@@ -282,31 +286,92 @@ async def view(
             answer = await _await_reply(ws, session_id, ("answer",), connect_timeout)
             check_answer(device_id, session_id, offer_sdp, answer)
             await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-            ended = asyncio.ensure_future(_watch_signaling(ws, session_id))
-            try:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
-                # cancellation that lands as the frame arrives (gh-86296).
-                async with asyncio.timeout(connect_timeout):
-                    await first_frame.wait()
-            except TimeoutError:
-                raise ViewError(f"no video within {connect_timeout:.0f} s") from None
-            finally:
-                (stats.local_candidate, stats.remote_candidate,
-                 stats.remote_address) = selected_pair(pc)
-            waiters = [ended, asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+            yield connection
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_str(encode(Role.VIEWER, "bye", session_id=session_id))
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await pc.close()
-            if recorder is not None:
-                recorder.close()
-                stats.recorded_frames = recorder.frames
+
+
+async def view(
+    target: str,
+    *,
+    rendezvous: str | None = None,
+    seconds: float | None = None,
+    record: Path | None = None,
+    connect_timeout: float = 15.0,
+    ice_servers: list[dict[str, Any]] | None = None,
+    stop: asyncio.Event | None = None,
+    identity: ViewerIdentity | None = None,
+    tls_ca: str | None = None,
+    tls_insecure: bool = False,
+) -> ViewStats:
+    """Watch a camera until ``seconds`` pass or ``stop`` is set; return what was measured.
+
+    A link with ``pair=SECRET`` in its fragment pairs this viewer's key first.
+    """
+    stats = ViewStats()
+    recorder = Mp4Recorder(record) if record is not None else None
+    stop = stop or asyncio.Event()
+    first_frame = asyncio.Event()
+    tasks: set[asyncio.Future[None]] = set()
+
+    def setup(connection: Connection) -> None:
+        pc = connection.pc
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        prefer_h264(transceiver)
+        if recorder is not None:
+            setattr(transceiver.receiver, _DECODER_QUEUE_ATTR, _TeeQueue(recorder))
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            task = asyncio.ensure_future(
+                _consume(track, stats, connection.started, first_frame)
+            )
+            tasks.add(task)
+
+    try:
+        async with connect(
+            target,
+            setup,
+            rendezvous=rendezvous,
+            connect_timeout=connect_timeout,
+            ice_servers=ice_servers,
+            identity=identity,
+            tls_ca=tls_ca,
+            tls_insecure=tls_insecure,
+        ) as connection:
+            try:
+                ended = asyncio.ensure_future(
+                    _watch_signaling(connection.ws, connection.session_id)
+                )
+                framed = asyncio.ensure_future(first_frame.wait())
+                try:
+                    # The first frame, or the camera's bye (revoked, busy) if that
+                    # comes first; asyncio.wait's timeout cancels nothing by itself.
+                    await asyncio.wait([framed, ended], timeout=connect_timeout,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    framed.cancel()
+                    (stats.local_candidate, stats.remote_candidate,
+                     stats.remote_address) = selected_pair(connection.pc)
+                if not first_frame.is_set():
+                    ended.cancel()
+                    if ended.done() and not ended.cancelled():
+                        raise ViewError("the camera ended the session before the first frame")
+                    raise ViewError(f"no video within {connect_timeout:.0f} s")
+                waiters = [ended, asyncio.ensure_future(stop.wait())]
+                await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        if recorder is not None:
+            recorder.close()
+            stats.recorded_frames = recorder.frames
     return stats
 
 

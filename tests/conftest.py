@@ -17,7 +17,7 @@ import pytest
 from camera.agent import CameraAgent
 from camera.config import CameraConfig, make_configured_source
 from camera.identity import DeviceIdentity
-from camera.sources.base import VideoSettings
+from camera.sources.base import Source, VideoSettings
 from camera.viewer import ViewerIdentity
 from camera.webrtc import restrict_host_addresses
 from services.rendezvous import Rendezvous, RendezvousConfig, start_rendezvous
@@ -55,20 +55,30 @@ class Stack:
         self.viewer = ViewerIdentity.load_or_create()
 
     async def camera(
-        self, video: VideoSettings = SMALL_VIDEO, *, paired: bool = True, **config: Any
+        self,
+        video: VideoSettings = SMALL_VIDEO,
+        *,
+        paired: bool = True,
+        agent_options: dict[str, Any] | None = None,
+        source: Source | None = None,
+        wait_registered: bool = True,
+        **config: Any,
     ) -> CameraAgent:
+        """A started agent; ``agent_options`` go to CameraAgent (led, notifier, ...)."""
         state = self.tmp / f"camera{len(self.agents)}"
         settings: dict[str, Any] = {"backoff_base": 0.1, "backoff_cap": 1.0, **config}
         cfg = CameraConfig(rendezvous=self.url, state_dir=state, video=video, **settings)
-        source = make_configured_source(cfg)
-        agent = CameraAgent(cfg, source, DeviceIdentity.load_or_create(state))
+        source = source or make_configured_source(cfg)
+        agent = CameraAgent(cfg, source, DeviceIdentity.load_or_create(state),
+                            **(agent_options or {}))
         if paired:
             agent.acl.add(self.viewer.key, self.viewer.name)
         self.agents.append(agent)
         await agent.start()
         import asyncio
 
-        await asyncio.wait_for(agent.registered.wait(), scaled(10))
+        if wait_registered:
+            await asyncio.wait_for(agent.registered.wait(), scaled(10))
         return agent
 
     def link(self, agent: CameraAgent) -> str:

@@ -32,6 +32,8 @@
     backoffBaseMs: 500,
     backoffCapMs: 10000,
     statsMs: 1000,
+    ptzRepeatMs: 300,        // a held move is repeated this often (camera deadman: 1 s)
+    ptzNoticeMs: 3000,       // how long a pan/tilt error stays on the pad
   };
 
   // Device IDs: Crockford base32, 26 data characters + 1 check symbol (mod 37),
@@ -100,6 +102,11 @@
     paired: null,            // true: the camera took our key; false: it refused it; null: unknown
     viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
     timeline: {},            // ms from startedAt: prepared, offer, answer, verified, connected, firstFrame
+    ptzAvailable: null,      // the camera's "ptz" hello: true (a head), false (none), null (not yet)
+    ptzSent: 0,              // control messages sent on this attempt's channel
+    ptzAcks: 0,              // ... and acknowledged (the frame is on the RS-485 line)
+    ptzLastAck: null,        // op of the last ack
+    ptzLastError: null,      // text of the last error reply (rate limited, not authorized...)
   };
   window.peercam = peercam;
 
@@ -434,6 +441,7 @@
       sessionId: newSessionId(),
       ws: null,
       pc: null,
+      ptz: null,             // the "ptz" data channel (pan/tilt), made before the offer
       closed: false,
       helloSeen: false,
       phase: "signaling",    // "pair" while pairing, "offer" once the offer is out
@@ -576,6 +584,7 @@
     Object.assign(peercam, {
       ttffMs: null, framesDecoded: 0, localCandidateType: null, remoteCandidateType: null, remoteAddress: null,
       rttMs: null, fps: null, bitrateKbps: null, sessionId: null, timeline: {},
+      ptzSent: 0, ptzAcks: 0, ptzLastAck: null, ptzLastError: null,
     });
     extra = {};
   }
@@ -591,6 +600,7 @@
   function teardown(att) {
     if (att.closed) return;
     att.closed = true;
+    closePtzChannel(att);
     for (const id of att.timers) clearTimeout(id);
     att.timers.clear();
     for (const w of att.waiters.values()) w.reject(SUPERSEDED);
@@ -730,6 +740,8 @@
     att.pc = pc;
     const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
     preferH264(transceiver);
+    // Before createOffer: the SCTP m-line must be in the offer we sign.
+    openPtzChannel(att, pc);
     pc.ontrack = (ev) => attachVideo(att, ev);
     pc.onconnectionstatechange = () => onConnectionState(att);
     pc.oniceconnectionstatechange = () => onIceState(att);
@@ -1077,6 +1089,223 @@
     location.hash = params.toString(); // hashchange starts watching
   }
 
+  // ---- pan/tilt ------------------------------------------------------------
+  //
+  // docs/protocol.md, "Pan/tilt data channel". While a button or key is held,
+  // the same move is repeated every ptzRepeatMs (the camera stops a move that
+  // is not repeated within a second, so a vanished page cannot leave the head
+  // turning); releasing it, losing focus or hiding the page sends stop.
+
+  const PTZ_SPEED = 32;      // Pelco-D 1..63
+  const PTZ_DIRECTIONS = {   // [pan, tilt, zoom]
+    left: [-1, 0, 0], right: [1, 0, 0], up: [0, 1, 0], down: [0, -1, 0],
+    "zoom-in": [0, 0, 1], "zoom-out": [0, 0, -1],
+  };
+  const PTZ_KEYS = {         // KeyboardEvent.code (layout-independent for WASD)
+    ArrowLeft: "left", ArrowRight: "right", ArrowUp: "up", ArrowDown: "down",
+    KeyA: "left", KeyD: "right", KeyW: "up", KeyS: "down",
+    NumpadAdd: "zoom-in", NumpadSubtract: "zoom-out",
+  };
+  const PTZ_ZOOM_KEYS = { "+": "zoom-in", "=": "zoom-in", "-": "zoom-out", "_": "zoom-out" };
+
+  const ptzHeld = new Map(); // what is held ("key:KeyW", "button:left") -> direction name
+  let ptzVector = [0, 0, 0];
+  let ptzRepeat = 0;
+  let ptzNoticeTimer = 0;
+  let ptzSetMode = false;
+
+  function openPtzChannel(att, pc) {
+    let channel;
+    try {
+      channel = pc.createDataChannel("ptz", { ordered: true });
+    } catch (_) {
+      return; // no SCTP here: the page still plays, without the pad
+    }
+    att.ptz = channel;
+    channel.onmessage = (ev) => onPtzMessage(att, ev.data);
+    channel.onclose = () => {
+      if (current === att) setPtzAvailable(false);
+    };
+  }
+
+  function closePtzChannel(att) {
+    const channel = att.ptz;
+    if (!channel) return;
+    channel.onmessage = channel.onclose = null;
+    att.ptz = null;
+    // The camera stops the head when the session ends; forget what was held.
+    ptzHeld.clear();
+    ptzVector = [0, 0, 0];
+    clearInterval(ptzRepeat);
+    ptzRepeat = 0;
+    setPtzAvailable(null);
+  }
+
+  function onPtzMessage(att, data) {
+    if (att.closed || typeof data !== "string") return;
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    if (!msg || typeof msg !== "object") return;
+    if (msg.type === "ptz") {
+      setPtzAvailable(msg.available === true);
+    } else if (msg.type === "ack" && typeof msg.op === "string") {
+      peercam.ptzAcks += 1;
+      peercam.ptzLastAck = msg.op;
+    } else if (msg.type === "error" && typeof msg.error === "string") {
+      peercam.ptzLastError = msg.error;
+      ptzNotice(msg.error);
+    }
+  }
+
+  function setPtzAvailable(available) {
+    peercam.ptzAvailable = available;
+    if (!ui) return;
+    ui.ptz.hidden = available !== true;
+    if (available !== true) ptzReleaseAll(false);
+  }
+
+  function ptzNotice(text) {
+    // Discreet: one line on the pad, cleared after a few seconds. Text only
+    // (the message comes from the camera, but never as markup).
+    ui.ptzStatus.textContent = text;
+    clearTimeout(ptzNoticeTimer);
+    ptzNoticeTimer = setTimeout(() => { ui.ptzStatus.textContent = ""; }, TIMING.ptzNoticeMs);
+  }
+
+  function ptzSend(msg) {
+    const att = current;
+    const channel = att && att.ptz;
+    if (!channel || channel.readyState !== "open" || peercam.ptzAvailable !== true) return;
+    try {
+      channel.send(JSON.stringify(msg));
+      peercam.ptzSent += 1;
+    } catch (_) { /* closing: the camera stops the head itself */ }
+  }
+
+  function ptzMove() {
+    const [pan, tilt, zoom] = ptzVector;
+    ptzSend({ op: "move", pan, tilt, zoom, speed: PTZ_SPEED });
+  }
+
+  function ptzUpdate(sendStop) {
+    const sum = [0, 0, 0];
+    for (const name of ptzHeld.values()) {
+      PTZ_DIRECTIONS[name].forEach((d, i) => { sum[i] += d; });
+    }
+    const next = sum.map((x) => Math.max(-1, Math.min(1, x)));
+    const changed = next.some((x, i) => x !== ptzVector[i]);
+    ptzVector = next;
+    for (const button of ui.ptz.querySelectorAll("[data-ptz]")) {
+      button.classList.toggle("held", [...ptzHeld.values()].includes(button.dataset.ptz));
+    }
+    if (!changed) return;
+    clearInterval(ptzRepeat);
+    ptzRepeat = 0;
+    if (next.some((x) => x !== 0)) {
+      ptzMove();
+      ptzRepeat = setInterval(ptzMove, TIMING.ptzRepeatMs);
+    } else if (sendStop) {
+      ptzSend({ op: "stop" });
+    }
+  }
+
+  function ptzHold(source, name) {
+    ptzHeld.set(source, name);
+    ptzUpdate(true);
+  }
+
+  function ptzRelease(source) {
+    if (ptzHeld.delete(source)) ptzUpdate(true);
+  }
+
+  function ptzReleaseAll(sendStop) {
+    if (ptzHeld.size === 0 && ptzVector.every((x) => x === 0)) return;
+    ptzHeld.clear();
+    ptzUpdate(sendStop);
+  }
+
+  function ptzStop() {
+    ptzHeld.clear();
+    ptzUpdate(false);
+    ptzSend({ op: "stop" });
+  }
+
+  function ptzPreset(number, set) {
+    ptzSend({ op: "preset", action: set ? "set" : "goto", preset: number });
+    if (ptzSetMode) toggleSetMode(false);
+  }
+
+  function toggleSetMode(on) {
+    ptzSetMode = on;
+    ui.ptzSet.setAttribute("aria-pressed", String(on));
+  }
+
+  function ptzKeyDown(ev) {
+    // True when the key was for the head (then it does nothing else).
+    if (peercam.ptzAvailable !== true) return false;
+    const name = PTZ_KEYS[ev.code] || PTZ_ZOOM_KEYS[ev.key];
+    if (name) {
+      ev.preventDefault();
+      if (!ev.repeat) ptzHold("key:" + ev.code, name);
+      return true;
+    }
+    const digit = /^(?:Digit|Numpad)([1-9])$/.exec(ev.code);
+    if (digit) {
+      ev.preventDefault();
+      if (!ev.repeat) ptzPreset(Number(digit[1]), ev.shiftKey || ptzSetMode);
+      return true;
+    }
+    if (ev.key === "Escape" || ev.code === "Space") {
+      ev.preventDefault();
+      ptzStop();
+      return true;
+    }
+    return false;
+  }
+
+  function ptzKeyUp(ev) {
+    ptzRelease("key:" + ev.code);
+  }
+
+  function initPtz() {
+    for (const button of ui.ptz.querySelectorAll("[data-ptz]")) {
+      const source = "button:" + button.dataset.ptz;
+      button.addEventListener("pointerdown", (ev) => {
+        if (ev.button !== 0) return;
+        ev.preventDefault();
+        // Capture: the release is seen even if the finger slides off the button.
+        try { button.setPointerCapture(ev.pointerId); } catch (_) { /* synthetic */ }
+        ptzHold(source, button.dataset.ptz);
+      });
+      for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) {
+        button.addEventListener(type, () => ptzRelease(source));
+      }
+      // A long press on a phone must not open a context menu instead.
+      button.addEventListener("contextmenu", (ev) => ev.preventDefault());
+    }
+    for (const button of ui.ptz.querySelectorAll("[data-preset]")) {
+      button.addEventListener("click", (ev) => {
+        ptzPreset(Number(button.dataset.preset), ev.shiftKey || ptzSetMode);
+      });
+    }
+    $ptz("ptz-stop").addEventListener("click", ptzStop);
+    ui.ptzSet.addEventListener("click", () => toggleSetMode(!ptzSetMode));
+    document.addEventListener("keyup", ptzKeyUp);
+    // Losing the keyboard or the page means the keys are no longer "held".
+    window.addEventListener("blur", () => ptzReleaseAll(true));
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState !== "visible") ptzReleaseAll(true);
+    });
+  }
+
+  function $ptz(id) {
+    return document.getElementById(id);
+  }
+
   // ---- page wiring ---------------------------------------------------------
 
   function stopAll() {
@@ -1132,11 +1361,13 @@
 
   function onKey(ev) {
     if (ev.target === ui.input || ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    if (ev.key === "s" || ev.key === "S") toggleOverlay();
+    if (ptzKeyDown(ev)) return;
+    // With a pan/tilt head, S is "tilt down" (WASD); I always toggles the overlay.
+    if (ev.key === "i" || ev.key === "I" || ev.key === "s" || ev.key === "S") toggleOverlay();
   }
 
   function onStageClick(ev) {
-    if (ui.picker.contains(ev.target)) return;
+    if (ui.picker.contains(ev.target) || ui.ptz.contains(ev.target)) return;
     toggleOverlay();
   }
 
@@ -1167,6 +1398,7 @@
     ui = {
       video: $("video"), notice: $("notice"), overlay: $("overlay"), stats: $("stats"),
       picker: $("picker"), input: $("device-input"), pickerError: $("picker-error"),
+      ptz: $("ptz"), ptzStatus: $("ptz-status"), ptzSet: $("ptz-set"),
     };
     ui.cells = buildOverlay();
     if (!window.RTCPeerConnection || !window.WebSocket || !window.crypto) {
@@ -1186,6 +1418,7 @@
     ui.stage = $("stage");
     ui.stage.addEventListener("click", onStageClick);
     document.addEventListener("keydown", onKey);
+    initPtz();
     window.addEventListener("hashchange", readFragment);
     window.addEventListener("pagehide", onPageHide);
     window.addEventListener("pageshow", onPageShow);
