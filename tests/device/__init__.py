@@ -1,0 +1,1 @@
+"""What ships to the device: systemd units, the default config, the Pi install script."""
