@@ -90,6 +90,8 @@ class Device:
                 pull_up=hw.button_pull_up,
                 bounce=hw.button_bounce,
                 long_press=hw.long_press,
+                # A press longer than this (and shorter than long_press) is cancelled.
+                short_max=min(2.0, hw.long_press / 2),
                 pin_factory=self._factory(),
             )
         except Exception as exc:

@@ -15,6 +15,7 @@ idle                solid, dim (20 %); plain LED: a        (1, 0) at 0.2
 streaming direct    solid, full brightness                 (1, 0)
 streaming relayed   on, with a short off-blip every 1 s    (0.9, 0.1)
 pairing             fast alternating, 2.5 Hz               (0.2, 0.2)
+reset armed         very fast flicker, 10 Hz               (0.05, 0.05)
 camera fault        triple blink every 2 s                 (0.15, 0.15) x2 (0.15, 1.25)
 fatal               SOS in Morse (dot 0.12 s), ~4.1 s      see ``_SOS``
 ==================  =====================================  ============================
@@ -55,6 +56,8 @@ class LedState(StrEnum):
     STREAMING_DIRECT = "streaming_direct"
     STREAMING_RELAYED = "streaming_relayed"
     PAIRING = "pairing"
+    RESET = "reset"
+    """A long press of the pairing button is armed: releasing it clears the viewers."""
     CAMERA_FAULT = "camera_fault"
     FATAL = "fatal"
 
@@ -105,6 +108,7 @@ PATTERNS: dict[LedState, Pattern] = {
     LedState.STREAMING_DIRECT: Pattern(SOLID),
     LedState.STREAMING_RELAYED: Pattern(((0.9, 0.1),)),
     LedState.PAIRING: Pattern(((0.2, 0.2),)),
+    LedState.RESET: Pattern(((0.05, 0.05),)),
     LedState.CAMERA_FAULT: Pattern(((0.15, 0.15), (0.15, 0.15), (0.15, 1.25))),
     LedState.FATAL: Pattern(_SOS),
 }

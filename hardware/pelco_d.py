@@ -34,6 +34,8 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from hardware.errors import HardwareError
+
 __all__ = [
     "CHECKSUM_RANGE",
     "DEFAULT_BAUDRATE",
@@ -85,7 +87,7 @@ DEFAULT_BAUDRATE = 2400
 # --- Errors: one root; peer misbehaved vs. we misbehaved (STYLE.md 9) --------------
 
 
-class PelcoDError(Exception):
+class PelcoDError(HardwareError):
     """Root of every error this module raises on purpose."""
 
 

@@ -118,6 +118,7 @@ async def test_viewers_and_pair_go_through_the_running_agent(
         if any(s.connected.is_set() for s in agent.sessions.values()):
             break
         await asyncio.sleep(0.1)
+    await asyncio.sleep(scaled(1.0))  # watching, not only connected
     revoked = await cli("viewers", "revoke", row["fingerprint"], "--socket", sock)
     assert revoked.returncode == 0, revoked.stderr
     assert row["fingerprint"] in revoked.stdout

@@ -137,6 +137,15 @@ def test_sos_is_short_long_short(recordings: dict[str, list[PinState]]) -> None:
     assert ["." if s < 0.24 else "-" for s in on_times] == list("...---...")
 
 
+def test_reset_flickers_twice_as_fast_as_booting(recordings: dict[str, list[PinState]]) -> None:
+    # The per-step tolerance above would also pass booting's 5 Hz for reset's
+    # 10 Hz, so tell them apart by counting flashes over the same recording.
+    reset = [s for level, s in segments(recordings[LedState.RESET.value]) if level > 0]
+    booting = [s for level, s in segments(recordings[LedState.BOOTING.value]) if level > 0]
+    assert len(reset) >= 1.5 * len(booting) >= 1.5 * 15, (len(reset), len(booting))
+    assert sum(reset) / len(reset) < 0.05 + 0.03 * FACTOR, reset
+
+
 @pytest.mark.parametrize(
     ("state", "level"), [(LedState.STREAMING_DIRECT, 1.0), (LedState.IDLE, 0.2)], ids=str
 )
