@@ -87,3 +87,19 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 )
 def test_ws_url(base: str, expected: str) -> None:
     assert ws_url(base, "/ws/camera") == expected
+
+
+def test_every_setting_is_in_the_operations_reference() -> None:
+    """docs/operations.md's configuration table names every setting there is."""
+    import dataclasses
+    from pathlib import Path
+
+    from camera.config import CameraConfig, HardwareConfig
+    from camera.sources.base import VideoSettings
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    reference = doc[doc.index("## Configuration reference"):doc.index("## Troubleshooting")]
+    names = {f.name for cls in (CameraConfig, VideoSettings, HardwareConfig)
+             for f in dataclasses.fields(cls)} - {"video", "hardware"}
+    missing = sorted(n for n in names if f"`{n}`" not in reference)
+    assert missing == []
