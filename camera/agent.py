@@ -429,7 +429,9 @@ class CameraAgent:
     def facts(self) -> DeviceFacts:
         now = asyncio.get_running_loop().time()
         last = self.broadcaster.last_frame_time
-        connected = [s for s in self.sessions.values() if s.connected.is_set()]
+        # Watching: connected with video (a control-only session is not "streaming").
+        connected = [s for s in self.sessions.values()
+                     if s.connected.is_set() and s.track is not None]
         return DeviceFacts(
             first_frame=self.broadcaster.frames_published > 0,
             registered=self.registered.is_set(),

@@ -76,8 +76,10 @@ def set_profile_level_id(sdp: str, actual: str | None) -> str:
 
 def selected_pair(pc: RTCPeerConnection) -> tuple[str | None, str | None, str | None]:
     """(local type, remote type, remote address) of the nominated ICE pair, if any."""
-    for transceiver in pc.getTransceivers():
-        dtls = transceiver.receiver.transport or transceiver.sender.transport
+    transports = [t.receiver.transport or t.sender.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)  # a data-channel-only session (peercam ptz)
+    for dtls in transports:
         if dtls is None:
             continue
         connection = dtls.transport._connection
