@@ -82,7 +82,8 @@ async def test_status_shows_state_network_source_and_each_viewer(
     assert status["device_id"] == agent.device_id
     assert status["rendezvous"] == {"url": stack.url, "connected": True, "reconnects": 0,
                                     "network_down": False}
-    assert status["source"]["fps"] > 15 and status["source"]["size"] == "320x240"
+    # fps over the last 2 s: well under 30 only when the machine is starved.
+    assert status["source"]["fps"] > 5 and status["source"]["size"] == "320x240"
     [viewer] = status["viewers"]
     assert viewer["name"] == stack.viewer.name and viewer["connected"]
     assert viewer["pair"] == "host->host" and not viewer["relayed"]
