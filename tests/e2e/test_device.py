@@ -9,7 +9,10 @@ delivering frames.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -321,3 +324,61 @@ async def test_long_press_forgets_every_viewer_and_ends_their_sessions(stack: St
     stats = await asyncio.wait_for(watching, scaled(10))
     assert stats.frames > 0
     await until(lambda: not agent.sessions)
+
+
+async def test_registering_while_the_rendezvous_refuses(tmp_path: Path) -> None:
+    """Network up, rendezvous down: "registering" (slow blink), not "no network"."""
+    led = StatusLed.mock(pwm=True)
+    config = CameraConfig(rendezvous=f"ws://127.0.0.1:{free_port()}", state_dir=tmp_path / "c",
+                          video=SMALL_VIDEO, backoff_base=0.1, backoff_cap=0.3)
+    agent = CameraAgent(config, GatedSource(flowing()),
+                        DeviceIdentity.load_or_create(config.state_dir), led=led)
+    await agent.start()
+    try:
+        await until(lambda: agent.reconnects >= 2 and led.state is LedState.REGISTERING)
+        assert not agent.network_down
+        await pattern_seen(led, LedState.REGISTERING, 2.2)
+    finally:
+        await agent.close()
+        led.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs the camera in a network "
+                    "namespace with no network")
+async def test_no_network_in_a_namespace_with_only_loopback(tmp_path: Path) -> None:
+    """A camera process in a namespace without routes: status (and LED) say no network."""
+    ns = f"pcnonet{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    sock = Path(f"/tmp/pc-nonet-{os.getpid()}.sock")
+    proc = None
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "camera.cli", "camera",
+             "--rendezvous", "ws://203.0.113.1:8080", "--state-dir", str(tmp_path / "c"),
+             "--width", "320", "--height", "240"],
+            env={**os.environ, "PEERCAM_CONTROL_SOCKET": str(sock),
+                 "PEERCAM_LOG_LEVEL": "WARNING"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        from camera.control import ControlError, request
+
+        status: dict[str, object] = {}
+        deadline = time.monotonic() + scaled(20)
+        while time.monotonic() < deadline:
+            try:
+                status = (await request(sock, "status"))["status"]
+            except ControlError:
+                status = {}
+            if status.get("state") == "no_network":
+                break
+            await asyncio.sleep(0.2)
+        assert status.get("state") == "no_network", status
+        assert status["rendezvous"] == {"url": "ws://203.0.113.1:8080", "connected": False,
+                                        "reconnects": status["rendezvous"]["reconnects"],
+                                        "network_down": True}
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(20)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
