@@ -1,0 +1,338 @@
+"""Simulated cameras for the rendezvous scale benchmark (``python -m bench.scale_cameras``).
+
+Each simulated camera has a real P-256 device identity and does the real
+handshake of ``camera/agent.py``: connect ``/ws/camera``, take the ``hello``
+nonce, send the ``register`` the camera's :class:`~camera.gatekeeper.Gatekeeper`
+signs, wait for ``registered``. Then it stays idle with the agent's 20 s
+heartbeat (aiohttp answers the server's pings while it reads), and answers
+every ``offer`` at once with a signed ``answer``: no WebRTC, no ACL check, so
+what the viewer times is the rendezvous, not a camera.
+
+A worker process holds its share of the cameras (those whose source address
+``index // per_address`` is its own modulo the worker count) and is driven over
+stdin/stdout, one JSON object per line:
+
+    {"cmd": "grow", "to": N}  register this worker's share of cameras 0..N-1
+    {"cmd": "stats"}          answers sent, errors received, connections lost
+    {"cmd": "quit"}           drop every connection and exit
+
+Source addresses are spread over 127.0.0.0/8 (all loopback on Linux): the
+rendezvous admits 40 new connections per IP address in a burst, then 5/s, and
+that limit is not configurable from its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import gc
+import json
+import os
+import random
+import resource
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+CAMERA_NET = 10
+"""Second octet of the cameras' source addresses (127.10.x.y)."""
+VIEWER_NET = 20
+"""Second octet of the load generator's viewers (127.20.x.y)."""
+HEARTBEAT = 20.0
+"""The camera agent's WebSocket ping interval (camera/agent.py ``_connect_once``)."""
+ATTEMPTS = 8
+"""Connection attempts per camera; an HTTP 429 backs off 1-2 s before the next."""
+
+
+def source_address(net: int, block: int) -> str:
+    """The ``block``-th loopback source address of a network (127.<net>.x.y, y = 1..250)."""
+    if not 0 <= block < 250 * 256:
+        raise ValueError(f"source address block {block}: out of range")
+    return f"127.{net}.{block // 250}.{block % 250 + 1}"
+
+
+def raise_nofile() -> int:
+    """Lift the open-file soft limit to the hard limit (children inherit it); the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
+def fake_sdp(direction: str) -> str:
+    """An SDP shaped and sized like aiortc's (one H.264 video m-line, ~1.7 KB).
+
+    The rendezvous does not parse SDP (it checks ``v=0`` and the 32 KiB limit and
+    forwards it), so only the size matters; fresh ICE and DTLS values per call.
+    """
+    ssrc, rtx = random.getrandbits(31), random.getrandbits(31)
+    cname = secrets.token_hex(16)
+
+    def fingerprint(n: int) -> str:
+        return ":".join(f"{b:02X}" for b in os.urandom(n))
+
+    lines = [
+        "v=0",
+        f"o=- {random.getrandbits(31)} {random.getrandbits(31)} IN IP4 0.0.0.0",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=msid-semantic:WMS *",
+        "m=video 52912 UDP/TLS/RTP/SAVPF 101 102 99 100",
+        "c=IN IP4 127.0.0.1",
+        f"a={direction}",
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        "a=mid:0",
+        f"a=msid:{secrets.token_hex(18)} {secrets.token_hex(18)}",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=rtcp-mux",
+        f"a=ssrc-group:FID {ssrc} {rtx}",
+        f"a=ssrc:{ssrc} cname:{cname}",
+        f"a=ssrc:{rtx} cname:{cname}",
+    ]
+    for pt, profile in ((101, "42e01f"), (99, "42001f")):
+        lines += [
+            f"a=rtpmap:{pt} H264/90000",
+            f"a=rtcp-fb:{pt} nack",
+            f"a=rtcp-fb:{pt} nack pli",
+            f"a=rtcp-fb:{pt} goog-remb",
+            f"a=fmtp:{pt} level-asymmetry-allowed=1;packetization-mode=1;"
+            f"profile-level-id={profile}",
+            f"a=rtpmap:{pt + 1} rtx/90000",
+            f"a=fmtp:{pt + 1} apt={pt}",
+        ]
+    lines += [
+        f"a=candidate:{secrets.token_hex(16)} 1 udp 2130706431 127.0.0.1 52912 typ host",
+        "a=end-of-candidates",
+        f"a=ice-ufrag:{secrets.token_urlsafe(3)}",
+        f"a=ice-pwd:{secrets.token_urlsafe(16)}",
+        f"a=fingerprint:sha-256 {fingerprint(32)}",
+        f"a=fingerprint:sha-384 {fingerprint(48)}",
+        f"a=fingerprint:sha-512 {fingerprint(64)}",
+        "a=setup:actpass" if direction != "sendonly" else "a=setup:active",
+    ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+class Refused(Exception):
+    """The rendezvous would not take a camera (the message says why)."""
+
+
+class CameraWorker:
+    """This process's share of the simulated cameras, from :meth:`grow` until :meth:`close`."""
+
+    def __init__(self, url: str, index: int, workers: int, per_address: int,
+                 concurrency: int, timeout: float, state_dir: Path) -> None:
+        from camera.acl import PairingWindows, ViewerACL
+
+        self.url = url.rstrip("/") + "/ws/camera"
+        self.index = index
+        self.workers = workers
+        self.per_address = per_address
+        self.timeout = timeout
+        self._slots = asyncio.Semaphore(concurrency)
+        # Never consulted (the simulated camera answers without an ACL check), but
+        # the gatekeeper is the camera's own signer: registration() and answer().
+        self._acl = ViewerACL(state_dir)
+        self._pairing = PairingWindows(state_dir)
+        self._http: dict[str, aiohttp.ClientSession] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._next = 0
+        self._closing = False
+        self.held = 0
+        self.answers = 0
+        self.refused = 0
+        self.lost = 0
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def _session(self, address: str) -> aiohttp.ClientSession:
+        http = self._http.get(address)
+        if http is None:
+            # limit=0: a WebSocket keeps its connection, and we keep thousands.
+            connector = aiohttp.TCPConnector(local_addr=(address, 0), limit=0)
+            http = self._http[address] = aiohttp.ClientSession(connector=connector)
+        return http
+
+    async def grow(self, to: int) -> dict[str, Any]:
+        """Register this worker's cameras among 0..to-1 not yet started; their results."""
+        loop = asyncio.get_running_loop()
+        refused_before = self.refused
+        mine = [k for k in range(self._next, to)
+                if (k // self.per_address) % self.workers == self.index]
+        self._next = max(self._next, to)
+        futures: list[asyncio.Future[tuple[str, float]]] = []
+        for k in mine:
+            done: asyncio.Future[tuple[str, float]] = loop.create_future()
+            futures.append(done)
+            self._tasks.append(asyncio.create_task(self._camera(k, done), name=f"camera-{k}"))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        ids, ms, failed = [], [], collections.Counter[str]()
+        for result in results:
+            if isinstance(result, BaseException):
+                failed[str(result)[:200]] += 1
+            else:
+                ids.append(result[0])
+                ms.append(round(result[1], 2))
+        self.held += len(ids)
+        # The client is not what is measured: keep its full collections (which would
+        # walk every held connection, ~0.5 s at 5k) out of the cameras' answer times.
+        gc.collect()
+        gc.freeze()
+        return {"ids": ids, "register_ms": ms, "failed": dict(failed), "held": self.held,
+                "refused": self.refused - refused_before}
+
+    async def _camera(self, k: int, registered: asyncio.Future[tuple[str, float]]) -> None:
+        from camera.gatekeeper import Gatekeeper
+        from camera.identity import DeviceIdentity
+        from services.signaling import ProtocolError
+
+        gatekeeper = Gatekeeper(DeviceIdentity.generate(), self._acl, self._pairing)
+        answer_sdp = fake_sdp("sendonly")
+        http = self._session(source_address(CAMERA_NET, k // self.per_address))
+        ws: aiohttp.ClientWebSocketResponse | None = None
+        why = "no attempt"
+        for _attempt in range(ATTEMPTS):
+            try:
+                async with self._slots:
+                    started = time.perf_counter()
+                    ws = await self._register(http, gatekeeper)
+                    registered.set_result((gatekeeper.device_id,
+                                           (time.perf_counter() - started) * 1000))
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                why = f"HTTP {exc.status} at the WebSocket upgrade"
+                if exc.status != 429:
+                    break
+                self.refused += 1
+                await asyncio.sleep(random.uniform(1.0, 2.0))
+            except (aiohttp.ClientError, OSError, TimeoutError, ProtocolError, Refused) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                break
+        if ws is None:
+            registered.set_exception(Refused(why))
+            return
+        # Idle: reading is what answers the server's pings; offers get an answer at once.
+        try:
+            await self._idle(ws, gatekeeper, answer_sdp)
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            if not self._closing:
+                self.errors[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
+        if not self._closing:
+            self.lost += 1
+            self.errors[f"connection closed ({ws.close_code})"] += 1
+
+    async def _idle(self, ws: aiohttp.ClientWebSocketResponse, gatekeeper: Any,
+                    answer_sdp: str) -> None:
+        from services.signaling import ProtocolError, Role, encode, parse
+
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            try:
+                message = parse(msg.data, Role.SERVER)
+            except ProtocolError as exc:
+                self.errors[f"bad message from the server: {exc.message[:60]}"] += 1
+                continue
+            if message.type == "offer":
+                fields = gatekeeper.answer(message["session_id"], message["sdp"], answer_sdp)
+                await ws.send_str(encode(Role.CAMERA, "answer", **fields))
+                self.answers += 1
+            elif message.type == "error":
+                self.errors[str(message["code"])] += 1
+
+    async def _register(self, http: aiohttp.ClientSession,
+                        gatekeeper: Any) -> aiohttp.ClientWebSocketResponse:
+        """The agent's handshake (camera/agent.py ``_connect_once``); the open socket."""
+        from services.signaling import Role, encode, parse
+
+        ws = await http.ws_connect(self.url, heartbeat=HEARTBEAT, timeout=aiohttp.ClientWSTimeout(
+            ws_receive=None, ws_close=5.0))
+        try:
+            hello = await ws.receive(timeout=self.timeout)
+            if hello.type is not aiohttp.WSMsgType.TEXT:
+                raise Refused(f"no hello (got {hello.type.name})")
+            nonce = parse(hello.data, Role.SERVER)["nonce"]
+            await ws.send_str(encode(Role.CAMERA, "register",
+                                     **gatekeeper.registration(self.url, nonce)))
+            reply = await ws.receive(timeout=self.timeout)
+            if reply.type is not aiohttp.WSMsgType.TEXT:
+                raise Refused(f"closed before registered ({ws.close_code})")
+            message = parse(reply.data, Role.SERVER)
+            if message.type != "registered":
+                raise Refused(f"not registered: {message.get('message', message.type)}")
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    def stats(self) -> dict[str, Any]:
+        return {"held": self.held, "answers": self.answers, "refused": self.refused,
+                "lost": self.lost, "errors": dict(self.errors)}
+
+    async def close(self) -> None:
+        """Drop every connection (abruptly: the benchmark is over); safe to call twice."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for http in self._http.values():
+            await http.close()
+        self._http.clear()
+
+
+async def worker_main(args: argparse.Namespace) -> None:
+    import camera.gatekeeper  # noqa: F401  (imported before "ready": the ramp times handshakes)
+    import camera.identity  # noqa: F401
+
+    raise_nofile()
+    worker = CameraWorker(args.url, args.index, args.workers, args.per_address,
+                          args.concurrency, args.timeout, Path(args.state_dir))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def reply(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    reply({"ready": True})
+    try:
+        while line := await reader.readline():
+            command = json.loads(line)
+            if command["cmd"] == "grow":
+                reply(await worker.grow(int(command["to"])))
+            elif command["cmd"] == "stats":
+                reply(worker.stats())
+            elif command["cmd"] == "quit":
+                break
+            else:
+                reply({"error": f"unknown command {command['cmd']!r}"})
+    finally:
+        await worker.close()
+    with contextlib.suppress(BrokenPipeError):
+        reply({"bye": True})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.scale_cameras")
+    p.add_argument("--url", required=True, help="rendezvous base URL, ws://host:port")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--per-address", type=int, default=40)
+    p.add_argument("--concurrency", type=int, default=100, help="handshakes in flight")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per handshake step")
+    p.add_argument("--state-dir", required=True)
+    asyncio.run(worker_main(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
