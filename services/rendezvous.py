@@ -186,7 +186,9 @@ async def start_rendezvous(
     server = Rendezvous(config)
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    # A restart brings every camera back at once: the default backlog (128) drops
+    # SYNs at ~200 handshakes in flight, each costing the client a 1 s retry.
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
     await site.start()
     server_obj: Any = site._server
     sockets = server_obj.sockets if server_obj is not None else []
