@@ -30,7 +30,7 @@ from camera.health import EXIT_STUCK, Action, HealthMonitor
 from camera.identity import DeviceIdentity
 from camera.ptz import PtzControl, open_head
 from camera.sdnotify import Notifier
-from camera.session import SessionFailed, ViewerSession
+from camera.session import BadCandidate, SessionFailed, ViewerSession
 from camera.sources.base import Source
 from camera.state import DeviceFacts, device_state
 from camera.track import check_aiortc
@@ -263,6 +263,10 @@ class CameraAgent:
     def _handle(self, message: Message) -> None:
         if message.type == "offer":
             self._spawn(self._serve(message))
+        elif message.type == "candidate":
+            # Spawned after its offer's task, which registers the session before
+            # its first await: tasks start in the order they were made.
+            self._spawn(self._add_candidate(message))
         elif message.type == "pair":
             self._pair(message)
         elif message.type == "bye":
@@ -277,7 +281,10 @@ class CameraAgent:
                 logger.error("another connection registered %s: is this key on two devices?",
                              self.device_id)
             else:
-                logger.warning("rendezvous error %s: %s", message["code"], message["message"])
+                # unknown-session: our bye crossed the viewer's (both ended it): benign.
+                level = logging.DEBUG if message["code"] == ErrorCode.UNKNOWN_SESSION else \
+                    logging.WARNING
+                logger.log(level, "rendezvous error %s: %s", message["code"], message["message"])
 
     def _pair(self, message: Message) -> None:
         session_id = message["session_id"]
@@ -326,6 +333,26 @@ class CameraAgent:
             return
         fields = self.gatekeeper.answer(session_id, sdp, answer)
         await self._send(encode(Role.CAMERA, "answer", **fields))
+
+    async def _add_candidate(self, message: Message) -> None:
+        """A viewer's trickled ICE candidate: signature checked, then to its session.
+
+        Anything wrong is logged and dropped; the session goes on without it.
+        """
+        session_id = message["session_id"]
+        session = self.sessions.get(session_id)
+        if session is None or session.offer_sdp is None or session.viewer_key is None:
+            logger.info("candidate for unknown session %s dropped", session_id)
+            return
+        try:
+            self.gatekeeper.check_candidate(message, session.viewer_key, session.offer_sdp)
+            await session.add_candidate(message["seq"], message["candidate"],
+                                        message.get("sdp_mid"), message.get("sdp_mline_index"))
+        except Refused as exc:
+            self.refusals += 1
+            logger.warning("candidate for session %s refused: %s", session_id, exc)
+        except BadCandidate as exc:
+            logger.warning("candidate for session %s dropped: %s", session_id, exc)
 
     async def _watch_acl(self) -> None:
         """End the live sessions of viewers revoked (over SSH) since we last looked."""
