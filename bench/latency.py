@@ -297,7 +297,7 @@ async def measure_cli_viewer(args: argparse.Namespace) -> dict[str, Any]:
     from aiortc.mediastreams import MediaStreamError
 
     from camera.stamp import read as read_stamp
-    from camera.viewer import Connection, connect
+    from camera.viewer import Connection, connect, release_frames_on_marker, stamp_region
     from camera.webrtc import prefer_h264
 
     # Per frame, wall-clock seconds: the last RTP packet's arrival and the jitter
@@ -350,7 +350,7 @@ async def measure_cli_viewer(args: argparse.Namespace) -> dict[str, Any]:
             except MediaStreamError:
                 return
             decoded = time.time()
-            stamp = read_stamp(frame.to_ndarray(format="gray"))
+            stamp = read_stamp(stamp_region(frame))
             read_at = time.time()  # view() takes the latency here too
             first.set()
             times = by_pts.pop(frame.pts, (None, None))
@@ -362,6 +362,7 @@ async def measure_cli_viewer(args: argparse.Namespace) -> dict[str, Any]:
     def setup(connection: Connection) -> None:
         transceiver = connection.pc.addTransceiver("video", direction="recvonly")
         prefer_h264(transceiver)
+        release_frames_on_marker(transceiver.receiver)
         instrument(transceiver.receiver)
 
         @connection.pc.on("track")
