@@ -18,6 +18,7 @@ from camera.identity import DeviceIdentity
 from services.signaling import Message
 from services.signatures import (
     answer_statement,
+    candidate_statement,
     encode_public_key,
     offer_statement,
     pair_statement,
@@ -125,6 +126,28 @@ class Gatekeeper:
         self._fresh(viewer_key, message["session_id"], message["timestamp"])
         self._remember(viewer_key, message["session_id"])
         return str(viewer_key)
+
+    def check_candidate(self, message: Message, viewer_key: str, offer_sdp: str) -> None:
+        """Refuse a trickled candidate unless the session's viewer signed it for its offer.
+
+        The rendezvous knows the offer's ICE ufrag/pwd (they are in the SDP): a
+        candidate it made up could put it in the media path as a relay. It still
+        could not decrypt (the DTLS fingerprints are in the signed SDPs), but a
+        candidate must not weaken what the signed offer promised.
+        """
+        if viewer_key not in self.acl:
+            raise Refused("not authorized: this viewer is not paired with the camera")
+        signed = candidate_statement(
+            self.device_id,
+            message["session_id"],
+            offer_sdp,
+            message["seq"],
+            message["candidate"],
+            message.get("sdp_mid"),
+            message.get("sdp_mline_index"),
+        )
+        if not verify(viewer_key, signed, message["signature"]):
+            raise Refused("not authorized: the candidate's signature does not verify")
 
     def check_pair(self, message: Message) -> dict[str, Any]:
         """Add a viewer whose request proves the pairing secret; return ``paired`` fields."""

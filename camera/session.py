@@ -1,4 +1,8 @@
-"""One viewer's peer connection on the camera: offer in, answer out, media out."""
+"""One viewer's peer connection on the camera: offer in, answer out, media out.
+
+The viewer may trickle its ICE candidates after the offer (docs/protocol.md,
+``candidate``): the agent checks each one's signature, then hands it here.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
+from camera.errors import PeercamError
 from camera.ptz import LABEL as PTZ_LABEL
 from camera.ptz import PtzControl
 from camera.track import PassthroughTrack, hook_sender
@@ -21,6 +27,7 @@ from camera.webrtc import (
     selected_pair_types,
     set_profile_level_id,
 )
+from services.signaling import MAX_CANDIDATES
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +37,39 @@ _VIDEO_SECTION = re.compile(r"^m=video ", re.MULTILINE)
 
 class SessionFailed(Exception):
     """The viewer's offer could not be answered (no H.264, bad SDP)."""
+
+
+class BadCandidate(PeercamError, ValueError):
+    """A viewer's trickled candidate cannot be used (malformed or a repeated ``seq``)."""
+
+
+_CANDIDATE_PREFIX = "candidate:"
+
+
+def parse_candidate(
+    line: str, sdp_mid: str | None, sdp_mline_index: int | None
+) -> RTCIceCandidate | None:
+    """aiortc's form of a browser's candidate line; None for end-of-candidates ("").
+
+    ``line`` is what RTCIceCandidate.candidate holds: the SDP attribute value
+    of RFC 8839 section 5.1, ``candidate:`` included.
+    """
+    if line == "":
+        return None  # end-of-candidates (trickle ICE, RFC 8838)
+    if not line.startswith(_CANDIDATE_PREFIX):
+        raise BadCandidate(f"candidate {line[:60]!r}: does not start with 'candidate:'")
+    try:
+        candidate = candidate_from_sdp(line[len(_CANDIDATE_PREFIX):])
+    except (AssertionError, ValueError, IndexError) as exc:
+        raise BadCandidate(f"candidate {line[:60]!r}: {str(exc) or 'too few fields'}") from None
+    # RFC 8445: component IDs 1..256, priorities 1..2^31-1.
+    if not 1 <= candidate.component <= 256 or not 0 < candidate.priority < 2**31:
+        raise BadCandidate(f"candidate {line[:60]!r}: component or priority out of range")
+    if not 0 < candidate.port < 65536:
+        raise BadCandidate(f"candidate {line[:60]!r}: port {candidate.port} out of range")
+    candidate.sdpMid = sdp_mid
+    candidate.sdpMLineIndex = sdp_mline_index
+    return candidate
 
 
 class ViewerSession:
@@ -53,6 +93,12 @@ class ViewerSession:
         self._on_closed = on_closed
         self._ice_timeout = ice_timeout
         self._ptz = ptz
+        self.offer_sdp: str | None = None
+        """The viewer's signed offer, once :meth:`answer` has it (candidates sign its hash)."""
+        self._offer_applied = False
+        self._early_candidates: list[RTCIceCandidate | None] = []
+        """Trickled before the offer was applied: aiortc needs its transceivers first."""
+        self._candidate_seqs: set[int] = set()
         self.pc: RTCPeerConnection = make_peer_connection(ice_servers)
         self.track: PassthroughTrack | None = None
         self.connected = asyncio.Event()
@@ -63,6 +109,7 @@ class ViewerSession:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the viewer's offer and return our answer SDP (ICE gathered)."""
+        self.offer_sdp = offer_sdp
         if _VIDEO_SECTION.search(offer_sdp):
             self.track = PassthroughTrack(self._broadcaster)
             # The transceiver must exist before setRemoteDescription so that our
@@ -74,6 +121,7 @@ class ViewerSession:
         # has no m-line for would break aiortc's answer, and no video is wanted.
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await self._apply_early_candidates()
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except (ValueError, KeyError, IndexError) as exc:
             raise SessionFailed(f"cannot answer this offer: {exc}") from None
@@ -82,6 +130,44 @@ class ViewerSession:
         self._watchdog = asyncio.create_task(self._connect_deadline(), name="session-deadline")
         local = self.pc.localDescription
         return set_profile_level_id(local.sdp, self._broadcaster.profile_level_id)
+
+    async def add_candidate(
+        self, seq: int, line: str, sdp_mid: str | None, sdp_mline_index: int | None
+    ) -> None:
+        """Use one of the viewer's trickled candidates; its signature is already checked.
+
+        ``line`` "" is end-of-candidates. Each ``seq`` is used once (a replay is
+        refused); one that comes before the offer is applied waits for it.
+        """
+        if not 0 <= seq < MAX_CANDIDATES or seq in self._candidate_seqs:
+            raise BadCandidate(f"seq {seq}: out of range or already used")
+        candidate = parse_candidate(line, sdp_mid, sdp_mline_index)
+        self._candidate_seqs.add(seq)
+        if self._closing is not None:
+            return
+        if not self._offer_applied:
+            self._early_candidates.append(candidate)
+            return
+        await self._apply_candidate(candidate)
+
+    async def _apply_early_candidates(self) -> None:
+        self._offer_applied = True
+        early, self._early_candidates = self._early_candidates, []
+        # Concurrently, as aiortc does with the offer's own candidates (an mDNS
+        # name is resolved for up to a second); end-of-candidates last.
+        await asyncio.gather(*(self._apply_candidate(c) for c in early if c is not None))
+        if None in early:
+            await self._apply_candidate(None)
+
+    async def _apply_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except Exception as exc:  # aiortc/aioice raise ValueError or their own errors
+            logger.warning("session %s: candidate %s not applied: %s", self.session_id,
+                           candidate, exc)
+            return
+        logger.debug("session %s: remote candidate %s", self.session_id,
+                     candidate or "end-of-candidates")
 
     async def _connect_deadline(self) -> None:
         try:
@@ -109,6 +195,11 @@ class ViewerSession:
         else:
             logger.info("session %s: closing data channel %r", self.session_id, channel.label)
             channel.close()
+
+    @property
+    def trickled(self) -> int:
+        """How many trickled candidate messages were taken (end-of-candidates included)."""
+        return len(self._candidate_seqs)
 
     @property
     def pair_types(self) -> tuple[str | None, str | None]:

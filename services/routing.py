@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.ratelimit import TokenBucket
-from services.signaling import ErrorCode, Message, ProtocolError, Role, encode, error, parse
+from services.signaling import (
+    MAX_CANDIDATES,
+    ErrorCode,
+    Message,
+    ProtocolError,
+    Role,
+    encode,
+    error,
+    parse,
+)
 from services.signatures import device_id_of, register_statement, verify
 
 logger = logging.getLogger(__name__)
@@ -80,6 +89,8 @@ class _Session:
     kind: str = "offer"
     """``offer`` (ends at the answer's bye) or ``pair`` (ends at ``paired``)."""
     answered: bool = False
+    candidates: int = 0
+    """Trickled ``candidate`` messages routed for it (at most MAX_CANDIDATES)."""
 
 
 class Router:
@@ -254,6 +265,8 @@ class Router:
                     reason = message.get("reason") or "viewer left"
                     return self._end(self.sessions[key], reason, notify_viewer=False)
             raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "no such session on this connection")
+        if message.type == "candidate":
+            return self._candidate(peer, message)
         device_id, session_id = message["device_id"], message["session_id"]
         camera = self.cameras.get(device_id)
         if camera is None:
@@ -280,6 +293,27 @@ class Router:
         if message.type == "offer":
             fields["ice_servers"] = self._ice_servers(session_id)
         return [Send(camera, encode(Role.SERVER, message.type, **fields))]
+
+    def _candidate(self, peer: Peer, message: Message) -> list[Action]:
+        """A trickled ICE candidate: only from the connection that sent the offer, only
+        to that session's camera. Its signature is the camera's business, not ours."""
+        key = (message["device_id"], message["session_id"])
+        session = self.sessions.get(key)
+        camera = self.cameras.get(key[0])
+        if key not in peer.sessions or session is None or session.kind != "offer" or (
+            camera is None
+        ):
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_SESSION,
+                f"no live offer {message['session_id']!r} on this connection",
+            )
+        session.candidates += 1
+        if session.candidates > MAX_CANDIDATES:
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, f"candidate: at most {MAX_CANDIDATES} per session"
+            )
+        fields = {k: v for k, v in message.fields.items() if k != "device_id"}
+        return [Send(camera, encode(Role.SERVER, "candidate", **fields))]
 
     def _end(
         self,

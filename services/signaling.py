@@ -20,6 +20,12 @@ from typing import Any
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_BYTES = 32 * 1024
 MAX_ICE_SERVERS = 8
+#: Trickled ``candidate`` messages per session, the end-of-candidates one included:
+#: ``seq`` runs from 0 to MAX_CANDIDATES - 1 and each value is accepted once.
+MAX_CANDIDATES = 32
+#: Characters in one candidate line (RFC 8839 section 5.1 sets no limit; browsers'
+#: lines, extensions included, stay under 200).
+MAX_CANDIDATE_CHARS = 512
 
 _SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # Crockford base32 (no I, L, O, U), 26 data characters + 1 check symbol.
@@ -153,6 +159,42 @@ _proof = _b64url("proof", 43, 43)  # HMAC-SHA256, 32 bytes
 _nonce = _b64url("nonce", 16, 64)
 
 
+# RFC 8839 section 5.1 (the grammar of RFC 8445 section 5.1 in SDP), with the
+# "candidate:" prefix browsers put in RTCIceCandidate.candidate: foundation,
+# component, transport, priority, address (IP or an mDNS ".local" name), port,
+# "typ" and type, then extension name/value pairs (raddr, rport, generation, ufrag...).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_CANDIDATE_RE = re.compile(
+    r"candidate:[A-Za-z0-9+/]{1,32} [0-9]{1,3} " + _TOKEN + r"{1,32} [0-9]{1,10}"
+    r" [0-9A-Za-z.:_-]{1,255} [0-9]{1,5} typ " + _TOKEN + r"{1,32}"
+    r"(?: [\x21-\x7e]{1,255} [\x21-\x7e]{1,255})*"
+)
+_MID_RE = re.compile(_TOKEN + r"{1,32}")  # RFC 5888 section 4: a token
+
+
+def _candidate(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_CANDIDATE_CHARS:
+        raise ValueError(f"not a string of at most {MAX_CANDIDATE_CHARS} characters")
+    if value and not _CANDIDATE_RE.fullmatch(value):
+        raise ValueError("not an ICE candidate line ('candidate:... typ ...') or ''")
+    return value
+
+
+def _sdp_mid(value: Any) -> str:
+    if not isinstance(value, str) or not _MID_RE.fullmatch(value):
+        raise ValueError("need 1-32 token characters (RFC 5888)")
+    return value
+
+
+def _small_int(name: str, hi: int) -> Checker:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < hi:
+            raise ValueError(f"{name}: need an integer from 0 to {hi - 1}")
+        return value
+
+    return check
+
+
 def _timestamp(value: Any) -> int:
     # bool is an int in Python; a JSON true is not a timestamp.
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
@@ -201,6 +243,8 @@ def _ice_servers(value: Any) -> list[dict[str, Any]]:
 class Schema:
     required: Mapping[str, Checker]
     optional: Mapping[str, Checker] = field(default_factory=dict)
+    check: Callable[[Mapping[str, Any]], None] | None = None
+    """Rules across fields, run on the checked fields; raises ValueError."""
 
 
 _HELLO = Schema({"server": _short_text(255), "nonce": _nonce, "ice_servers": _ice_servers})
@@ -220,6 +264,24 @@ _SIGNED_OFFER = {
     "timestamp": _timestamp,
     "signature": _signature,
 }
+def _candidate_fields(fields: Mapping[str, Any]) -> None:
+    # aiortc (like RTCPeerConnection.addIceCandidate) needs one of the two to
+    # know which m-section's transport a candidate belongs to.
+    if fields["candidate"] and "sdp_mid" not in fields and "sdp_mline_index" not in fields:
+        raise ValueError("a candidate needs sdp_mid or sdp_mline_index")
+
+
+# A viewer's ICE candidate trickled after its offer; "" is end-of-candidates.
+_SIGNED_CANDIDATE = Schema(
+    {
+        "session_id": _session_id,
+        "seq": _small_int("seq", MAX_CANDIDATES),
+        "candidate": _candidate,
+        "signature": _signature,
+    },
+    {"sdp_mid": _sdp_mid, "sdp_mline_index": _small_int("sdp_mline_index", 64)},
+    _candidate_fields,
+)
 _SIGNED_PAIR = {
     "session_id": _session_id,
     "viewer_key": _public_key,
@@ -236,6 +298,7 @@ SCHEMAS: dict[tuple[Role, str], Schema] = {
     (Role.SERVER, "prepared"): Schema({"session_id": _session_id, "ice_servers": _ice_servers}),
     (Role.SERVER, "offer"): Schema({**_SIGNED_OFFER, "ice_servers": _ice_servers}),
     (Role.SERVER, "answer"): _ANSWER,
+    (Role.SERVER, "candidate"): _SIGNED_CANDIDATE,
     (Role.SERVER, "pair"): Schema(_SIGNED_PAIR),
     (Role.SERVER, "paired"): _PAIRED,
     (Role.SERVER, "bye"): _BYE,
@@ -248,6 +311,11 @@ SCHEMAS: dict[tuple[Role, str], Schema] = {
     (Role.CAMERA, "bye"): _BYE,
     (Role.VIEWER, "prepare"): Schema({"device_id": _device_id, "session_id": _session_id}),
     (Role.VIEWER, "offer"): Schema({"device_id": _device_id, **_SIGNED_OFFER}),
+    (Role.VIEWER, "candidate"): Schema(
+        {"device_id": _device_id, **_SIGNED_CANDIDATE.required},
+        _SIGNED_CANDIDATE.optional,
+        _candidate_fields,
+    ),
     (Role.VIEWER, "pair"): Schema({"device_id": _device_id, **_SIGNED_PAIR}),
     (Role.VIEWER, "bye"): _BYE,
 }
@@ -307,6 +375,11 @@ def validate(obj: Any, sender: Role) -> Message:
     for name, check in schema.optional.items():
         if name in obj:
             fields[name] = _check(mtype, name, check, obj[name])
+    if schema.check is not None:
+        try:
+            schema.check(fields)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{mtype}: {exc}") from None
     return Message(mtype, fields)
 
 

@@ -24,6 +24,7 @@ from services.signaling import device_id_from_digest
 REGISTER = "peercam/register/v1"
 OFFER = "peercam/offer/v1"
 ANSWER = "peercam/answer/v1"
+CANDIDATE = "peercam/candidate/v1"
 PAIR = "peercam/pair/v1"
 PAIRED = "peercam/paired/v1"
 
@@ -67,6 +68,32 @@ def offer_statement(
 
 def answer_statement(device_id: str, session_id: str, offer_sdp: str, answer_sdp: str) -> bytes:
     return statement(ANSWER, device_id, session_id, sdp_hash(offer_sdp), sdp_hash(answer_sdp))
+
+
+def candidate_statement(
+    device_id: str,
+    session_id: str,
+    offer_sdp: str,
+    seq: int,
+    candidate: str,
+    sdp_mid: str | None,
+    sdp_mline_index: int | None,
+) -> bytes:
+    """A trickled candidate, bound to the signed offer it belongs to by the offer's hash.
+
+    ``candidate`` "" is end-of-candidates; an absent ``sdp_mid`` / ``sdp_mline_index``
+    is an empty line (a present mid is never empty, the schema says so).
+    """
+    return statement(
+        CANDIDATE,
+        device_id,
+        session_id,
+        sdp_hash(offer_sdp),
+        str(seq),
+        "" if sdp_mid is None else sdp_mid,
+        "" if sdp_mline_index is None else str(sdp_mline_index),
+        candidate,
+    )
 
 
 def pair_statement(

@@ -127,3 +127,35 @@ def signed_offer(
         "timestamp": timestamp,
         "signature": sign(identity.private_key, statement),
     }
+
+
+def signed_candidate(
+    identity: ViewerIdentity,
+    device_id: str,
+    session_id: str,
+    offer_sdp: str,
+    seq: int,
+    line: str,
+    sdp_mid: str | None = "0",
+    sdp_mline_index: int | None = 0,
+) -> dict[str, Any]:
+    """The fields of a viewer's signed trickled candidate (docs/protocol.md); line "" ends."""
+    from services.signatures import candidate_statement, sign
+
+    if line == "":
+        sdp_mid, sdp_mline_index = None, None
+    statement = candidate_statement(device_id, session_id, offer_sdp, seq, line, sdp_mid,
+                                    sdp_mline_index)
+    fields: dict[str, Any] = {
+        "type": "candidate",
+        "device_id": device_id,
+        "session_id": session_id,
+        "seq": seq,
+        "candidate": line,
+        "signature": sign(identity.private_key, statement),
+    }
+    if sdp_mid is not None:
+        fields["sdp_mid"] = sdp_mid
+    if sdp_mline_index is not None:
+        fields["sdp_mline_index"] = sdp_mline_index
+    return fields

@@ -23,7 +23,7 @@
     helloMs: 10000,          // server must greet us this soon after the socket opens
     prepareMs: 10000,        // server must hand out ICE servers this soon
     pairMs: 20000,           // camera must answer a pairing request this soon
-    iceGatherMs: 2000,       // non-trickle: send what we have after this long
+    iceGatherMs: 2000,       // non-trickle fallback: send what we have after this long
     answerMs: 20000,         // camera must answer (server also times out: error "timeout")
     firstFrameMs: 10000,     // after the answer, a frame must be decoded this soon
     stallMs: 10000,          // no new frame for this long while connected = dead stream
@@ -49,12 +49,16 @@
   const STATEMENT = {
     offer: "peercam/offer/v1",
     answer: "peercam/answer/v1",
+    candidate: "peercam/candidate/v1",
     pair: "peercam/pair/v1",
     paired: "peercam/paired/v1",
   };
   const ECDSA = { name: "ECDSA", namedCurve: "P-256" };
   const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" };
   const KEY_DB = { name: "peercam", store: "keys", viewerKey: "viewer" };
+  // Trickled "candidate" messages per session, end-of-candidates included
+  // (seq 0..31; services/signaling.py MAX_CANDIDATES).
+  const MAX_CANDIDATES = 32;
   const PAIRED_PREFIX = "peercam.paired.";   // localStorage: this device accepted our key
   // A pairing secret is ASCII (it keys the HMAC as ASCII bytes); bound its size.
   const PAIR_SECRET_RE = /^[\x21-\x7e]{1,128}$/;
@@ -101,7 +105,10 @@
     lastError: null,
     paired: null,            // true: the camera took our key; false: it refused it; null: unknown
     viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
-    timeline: {},            // ms from startedAt: prepared, offer, answer, verified, connected, firstFrame
+    timeline: {},            // ms from startedAt: prepared, offer, firstCandidateSent, gathered,
+                             // endOfCandidates, answer, verified, connected, firstFrame
+    trickle: null,           // this attempt trickles its ICE candidates (false: the fallback)
+    candidatesSent: 0,       // trickled candidate messages, end-of-candidates not counted
     ptzAvailable: null,      // the camera's "ptz" hello: true (a head), false (none), null (not yet)
     ptzSent: 0,              // control messages sent on this attempt's channel
     ptzAcks: 0,              // ... and acknowledged (the frame is on the RS-485 line)
@@ -128,6 +135,7 @@
   let stopped = false;    // page hidden for good (pagehide)
   let extra = {};         // overlay-only details: path, codec, resolution
   let keyPromise = null;  // the viewer key, loaded once per page
+  let trickleRefused = false; // the server refused "candidate": offer non-trickle from now on
 
   // ---- small helpers -------------------------------------------------------
 
@@ -250,6 +258,12 @@
 
   async function offerStatement(device, session, timestamp, viewerKey, sdp) {
     return statement(STATEMENT.offer, device, session, timestamp, viewerKey, await sha256Hex(sdp));
+  }
+
+  function candidateStatement(device, session, offerHash, seq, line, mid, index) {
+    // An absent sdpMid / sdpMLineIndex is an empty line; "" is end-of-candidates.
+    return statement(STATEMENT.candidate, device, session, offerHash, seq,
+      mid === null ? "" : mid, index === null ? "" : index, line);
   }
 
   async function answerStatement(device, session, offerSdp, answerSdp) {
@@ -442,6 +456,7 @@
       ws: null,
       pc: null,
       ptz: null,             // the "ptz" data channel (pan/tilt), made before the offer
+      trickle: null,         // trickle ICE state (newTrickle), made before the peer connection
       closed: false,
       helloSeen: false,
       phase: "signaling",    // "pair" while pairing, "offer" once the offer is out
@@ -482,14 +497,21 @@
     // TTFF is measured from here: asking for ICE servers, then the peer connection.
     att.startedAt = performance.now();
     const iceServers = await prepare(att);
+    att.trickle = newTrickle(!trickleRefused);
+    peercam.trickle = att.trickle.enabled;
     const pc = createPeer(att, iceServers);
     await pc.setLocalDescription(await pc.createOffer());
     alive(att);
-    await iceGatheringDone(att, pc);
-    alive(att);
+    if (!att.trickle.enabled) {
+      // Fallback: one complete offer, as before trickle ICE (protocol.md).
+      await iceGatheringDone(att, pc);
+      alive(att);
+    }
     // The exact string we send is what the camera's answer statement hashes.
+    // Trickling, it is sent at once: gathering goes on, candidates follow it.
     const sdp = pc.localDescription.sdp;
     await sendOffer(att, me, sdp);
+    await startTrickle(att, me, sdp);
     const answer = await expect(att, "answer", TIMING.answerMs,
       "The camera did not answer in time.");
     mark(att, "answer");
@@ -568,6 +590,127 @@
     if (att.closed) throw SUPERSEDED;
   }
 
+  // ---- trickle ICE ---------------------------------------------------------
+  //
+  // The offer leaves as soon as setLocalDescription resolves, with the
+  // candidates it has (usually none); each candidate gathered after it follows
+  // as a "candidate" message signed with the viewer key and bound to the
+  // offer's hash, then end-of-candidates (protocol.md). Chromium takes ~130 ms
+  // to call gathering complete even with host candidates only: a non-trickle
+  // offer waited for that. The rendezvous sees the offer's ICE ufrag and pwd,
+  // so the camera only takes candidates signed by us (security.md).
+
+  function newTrickle(enabled) {
+    return {
+      enabled,
+      me: null,           // our key, once the offer is out
+      offerHash: null,    // SHA-256 of the offer as sent; null until it is sent
+      offerKeys: null,    // candidates already in that offer (not sent again)
+      bundleMid: null,    // the offer's BUNDLE tag: the one transport the camera uses
+      queue: [],          // gathered and not yet handed to the chain
+      seq: 0,
+      ended: false,       // end-of-candidates queued
+      chain: Promise.resolve(),  // sign and send one at a time, in seq order
+    };
+  }
+
+  function candidateKey(line) {
+    // foundation component transport priority address port "typ" type: the
+    // event's line adds extensions (ufrag) that the SDP's a=candidate lacks.
+    return line.replace(/^a=/, "").split(" ").slice(0, 8).join(" ");
+  }
+
+  async function startTrickle(att, me, sdp) {
+    const t = att.trickle;
+    if (!t.enabled) return;
+    const hash = await sha256Hex(sdp);
+    alive(att);
+    t.me = me;
+    t.offerKeys = new Set((sdp.match(/^a=candidate:.*$/gm) || []).map(candidateKey));
+    const bundle = /^a=group:BUNDLE ([^\s]+)/m.exec(sdp);
+    t.bundleMid = bundle ? bundle[1] : null;
+    t.offerHash = hash;
+    pumpCandidates(att);
+  }
+
+  function onLocalCandidate(att, candidate) {
+    const t = att.trickle;
+    if (att.closed || !t || !t.enabled || t.ended) return;
+    if (!candidate) {
+      // null: gathering is complete. (A "" candidate, which some browsers
+      // send per m-section, is not the end of all of them: wait for null.)
+      t.ended = true;
+      t.queue.push(null);
+    } else if (candidate.candidate) {
+      t.queue.push({ line: candidate.candidate, mid: candidate.sdpMid,
+        index: candidate.sdpMLineIndex });
+    }
+    pumpCandidates(att);
+  }
+
+  function wantCandidate(t, item) {
+    const fields = item.line.split(" ");
+    const mid = typeof item.mid === "string" && item.mid ? item.mid : null;
+    const index = Number.isInteger(item.index) ? item.index : null;
+    if (mid === null && index === null) return false;  // the camera could not place it
+    // The camera (aiortc) always accepts the offer's BUNDLE group, so only the
+    // tagged m-section's transport carries media (BUNDLE, RFC 9143).
+    if (t.bundleMid !== null && mid !== null && mid !== t.bundleMid) return false;
+    // Its ICE (aioice) is UDP only: a TCP candidate (RFC 6544) would never pair.
+    if ((fields[2] || "").toLowerCase() === "tcp") return false;
+    return !t.offerKeys.has(candidateKey(item.line));
+  }
+
+  function pumpCandidates(att) {
+    const t = att.trickle;
+    if (t.offerHash === null) return;  // before the offer the server knows no session
+    while (t.queue.length) {
+      const item = t.queue.shift();
+      if (item !== null && !wantCandidate(t, item)) continue;
+      // The last seq is kept for end-of-candidates; a (rare) surplus is dropped,
+      // and connectivity checks still find those addresses as peer-reflexive.
+      if (item !== null && t.seq >= MAX_CANDIDATES - 1) {
+        console.warn("peercam: more than " + (MAX_CANDIDATES - 1) + " candidates, not sending:",
+          item.line);
+        continue;
+      }
+      const seq = t.seq;
+      t.seq += 1;
+      t.chain = t.chain.then(() => sendCandidate(att, item, seq))
+        .catch((err) => fail(att, err));
+    }
+  }
+
+  async function sendCandidate(att, item, seq) {
+    if (att.closed) return;
+    const t = att.trickle;
+    const line = item ? item.line : "";
+    const mid = item && typeof item.mid === "string" && item.mid ? item.mid : null;
+    const index = item && Number.isInteger(item.index) ? item.index : null;
+    const text = candidateStatement(deviceId, att.sessionId, t.offerHash, seq, line, mid, index);
+    const signature = await sign(t.me, text);
+    if (att.closed) return;
+    const msg = {
+      type: "candidate", device_id: deviceId, session_id: att.sessionId,
+      seq, candidate: line, signature,
+    };
+    if (mid !== null) msg.sdp_mid = mid;
+    if (index !== null) msg.sdp_mline_index = index;
+    send(att, msg);
+    if (item) {
+      peercam.candidatesSent += 1;
+      mark(att, "firstCandidateSent");
+    } else {
+      mark(att, "endOfCandidates");
+    }
+  }
+
+  function onGatheringState(att, pc) {
+    if (att.closed || pc.iceGatheringState !== "complete") return;
+    mark(att, "gathered");
+    onLocalCandidate(att, null);  // in case a browser skips the null candidate
+  }
+
   function fail(att, err) {
     if (att.closed || err === SUPERSEDED) return;
     const message = err instanceof ViewerError ? err.message
@@ -584,6 +727,7 @@
     Object.assign(peercam, {
       ttffMs: null, framesDecoded: 0, localCandidateType: null, remoteCandidateType: null, remoteAddress: null,
       rttMs: null, fps: null, bitrateKbps: null, sessionId: null, timeline: {},
+      trickle: null, candidatesSent: 0,
       ptzSent: 0, ptzAcks: 0, ptzLastAck: null, ptzLastError: null,
     });
     extra = {};
@@ -720,6 +864,15 @@
   function onServerError(att, msg, ours) {
     const text = ERROR_WORDS[msg.code]
       || "The server reported a problem" + (msg.code ? " (" + msg.code + ")." : ".");
+    // A rendezvous older than trickle ICE refuses "candidate" as an unknown
+    // type. This attempt's offer went without candidates; the next ones gather
+    // first and send one complete offer, as before (protocol.md).
+    const t = att.trickle;
+    if (msg.code === "bad-message" && t && t.enabled && t.seq > 0
+        && /candidate/.test(String(msg.message || "")) && !trickleRefused) {
+      trickleRefused = true;
+      console.warn("peercam: the server refused a trickled candidate; sending complete offers");
+    }
     const err = new ViewerError(text, msg.code);
     if (ours) att.sessionLive = false;
     // An error about our session, or any error before the answer, ends the
@@ -743,6 +896,8 @@
     // Before createOffer: the SCTP m-line must be in the offer we sign.
     openPtzChannel(att, pc);
     pc.ontrack = (ev) => attachVideo(att, ev);
+    pc.onicecandidate = (ev) => onLocalCandidate(att, ev.candidate);
+    pc.onicegatheringstatechange = () => onGatheringState(att, pc);
     pc.onconnectionstatechange = () => onConnectionState(att);
     pc.oniceconnectionstatechange = () => onIceState(att);
     const stats = setInterval(() => collectStats(att), TIMING.statsMs);
@@ -777,7 +932,7 @@
   }
 
   function iceGatheringDone(att, pc) {
-    // Non-trickle ICE: the offer must carry the candidates. If a STUN/TURN
+    // Non-trickle fallback: the offer must carry the candidates. If a STUN/TURN
     // server is slow, go with what we have after iceGatherMs.
     if (pc.iceGatheringState === "complete") return Promise.resolve();
     return new Promise((resolve) => {

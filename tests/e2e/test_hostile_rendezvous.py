@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from camera.viewer import ForgedAnswer, ViewerIdentity, ViewError, view
 from services.rendezvous import Rendezvous, start_rendezvous
 from services.routing import Peer
 from services.signaling import Role
-from tests.conftest import Stack, scaled, signed_offer
+from tests.conftest import Stack, scaled, signed_candidate, signed_offer
+from tests.e2e.trickle import watch_trickled
 
 Tamper = Callable[[Peer, dict[str, Any]], list[dict[str, Any]]]
 
@@ -209,3 +211,55 @@ async def _camera_with_identity(stack: Stack, identity: DeviceIdentity) -> Camer
     async with asyncio.timeout(scaled(10)):
         await agent.registered.wait()
     return agent
+
+
+async def test_candidates_the_viewer_did_not_sign_never_reach_the_cameras_ice(
+    hostile: tuple[Stack, Any], tmp_path: Path
+) -> None:
+    """The server knows the offer's ICE ufrag/pwd: a candidate of its own would let it
+    relay the media (encrypted, but in the path). The camera takes only candidates the
+    session's viewer signed for this session and this offer."""
+    stack, server = hostile
+    camera = await stack.camera()
+    stranger = ViewerIdentity.load_or_create(tmp_path / "server-key")
+    # The server's relay: where a camera that believed its candidate would send checks.
+    trap = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    trap.bind(("127.0.0.1", 0))
+    trap.setblocking(False)
+    trap_port = trap.getsockname()[1]
+    line = f"candidate:9 1 udp 2130706431 127.0.0.1 {trap_port} typ host"
+
+    def inject(peer: Peer, message: dict[str, Any]) -> list[dict[str, Any]]:
+        out = [message]
+        if peer.role is Role.CAMERA and message["type"] == "offer":
+            session_id, sdp = message["session_id"], message["sdp"]
+            forged = [
+                # Signed by the server's own key (seq 0: it must not use up the viewer's).
+                signed_candidate(stranger, camera.device_id, session_id, sdp, 0, line),
+                # The viewer's genuine signature, recorded for another session ...
+                signed_candidate(stack.viewer, camera.device_id, "z" * 20, sdp, 1, line),
+                # ... or for another offer under this session ID.
+                signed_candidate(stack.viewer, camera.device_id, session_id, sdp + "a=x\r\n",
+                                 2, line),
+            ]
+            for fields in forged:
+                del fields["device_id"]  # as the server forwards a candidate
+                fields["session_id"] = session_id
+            out += forged
+        return out
+
+    try:
+        server.tamper = inject
+        seen = await watch_trickled(stack, camera)
+        assert seen.frames >= 15  # the viewer's own candidates were taken, all of them
+        assert seen.camera_trickled == len(seen.candidates) + 1
+        assert camera.refusals == 3
+        assert ("127.0.0.1", trap_port) not in seen.camera_remote
+        with pytest.raises(BlockingIOError):
+            trap.recv(2048)  # not one connectivity check went to the server's address
+        # The control: the same candidate signed by the viewer does reach the camera's ICE.
+        server.tamper = None
+        control = await watch_trickled(stack, camera, extra_lines=(line,))
+        assert ("127.0.0.1", trap_port) in control.camera_remote
+    finally:
+        trap.close()

@@ -289,3 +289,95 @@ def test_turn_tags_are_safe_for_any_device_id() -> None:
     for _ in range(40):  # about one ID in 37 ends in '$', '*', '~' or '='
         online(router, Camera())
     assert len(tags) == 40 and all(len(t) >= 26 for t in tags)
+
+
+# -- trickled candidates (docs/protocol.md, candidate) ---------------------------
+
+LINE = "candidate:1 1 udp 2130706431 192.0.2.7 50000 typ host"
+
+
+def candidate_text(device: str, session: str, seq: int = 0, line: str = LINE) -> str:
+    return encode(Role.VIEWER, "candidate", device_id=device, session_id=session, seq=seq,
+                  candidate=line, sdp_mid="0", sdp_mline_index=0, signature=SIG)
+
+
+def test_candidate_goes_to_the_sessions_camera_with_signed_fields_untouched() -> None:
+    router, cam, other = Router(), Camera(), Camera()
+    camera = online(router, cam)
+    bystander = online(router, other)
+    viewer = Peer(Role.VIEWER)
+    router.received(viewer, offer_text(cam.id, "k" * 20), 0)
+    actions = router.received(viewer, candidate_text(cam.id, "k" * 20), 0)
+    assert sent(actions, camera) == [{"type": "candidate", "session_id": "k" * 20, "seq": 0,
+                                      "candidate": LINE, "sdp_mid": "0",
+                                      "sdp_mline_index": 0, "signature": SIG}]
+    assert sent(actions, viewer) == [] and sent(actions, bystander) == []
+    # After the answer too (late srflx/relay candidates), and end-of-candidates ("").
+    router.received(camera, answer_text("k" * 20), 0)
+    end = encode(Role.VIEWER, "candidate", device_id=cam.id, session_id="k" * 20, seq=1,
+                 candidate="", signature=SIG)
+    assert sent(router.received(viewer, end, 0), camera)[0]["candidate"] == ""
+
+
+def test_candidate_only_from_the_connection_that_owns_the_session() -> None:
+    router, cam = Router(), Camera()
+    camera = online(router, cam)
+    owner, other = Peer(Role.VIEWER), Peer(Role.VIEWER)
+    router.received(owner, offer_text(cam.id, "l" * 20), 0)
+    actions = router.received(other, candidate_text(cam.id, "l" * 20), 0)
+    assert sent(actions, camera) == []
+    assert sent(actions, other)[0]["code"] == "unknown-session"
+
+
+def test_candidate_for_an_unknown_ended_or_pairing_session_is_refused() -> None:
+    router, cam, elsewhere = Router(), Camera(), Camera()
+    camera = online(router, cam)
+    online(router, elsewhere)
+    viewer = Peer(Role.VIEWER)
+
+    def refused(text: str) -> str:
+        actions = router.received(viewer, text, 0)
+        assert sent(actions, camera) == []
+        return str(sent(actions, viewer)[0]["code"])
+
+    assert refused(candidate_text(cam.id, "m" * 20)) == "unknown-session"  # never offered
+    router.received(viewer, offer_text(cam.id, "m" * 20), 0)
+    # Re-addressed to another camera: that camera has no such session from us.
+    assert refused(candidate_text(elsewhere.id, "m" * 20)) == "unknown-session"
+    router.received(viewer, encode(Role.VIEWER, "bye", session_id="m" * 20), 0)
+    assert refused(candidate_text(cam.id, "m" * 20)) == "unknown-session"  # ended
+    pair = encode(Role.VIEWER, "pair", device_id=cam.id, session_id="n" * 20, viewer_key=KEY,
+                  name="phone", timestamp=1, signature=SIG, proof="P" * 43)
+    router.received(viewer, pair, 0)
+    assert refused(candidate_text(cam.id, "n" * 20)) == "unknown-session"  # not an offer
+
+
+def test_candidates_per_session_are_capped() -> None:
+    from services.signaling import MAX_CANDIDATES
+
+    router, cam = Router(), Camera()
+    camera = online(router, cam)
+    viewer = Peer(Role.VIEWER)
+    router.received(viewer, offer_text(cam.id, "o" * 20), 0)
+    for seq in range(MAX_CANDIDATES):
+        assert sent(router.received(viewer, candidate_text(cam.id, "o" * 20, seq), 0), camera)
+    # Copies of a valid seq do not get past the cap either.
+    actions = router.received(viewer, candidate_text(cam.id, "o" * 20, 0), 0)
+    assert sent(actions, camera) == []
+    reply = sent(actions, viewer)[0]
+    assert reply["code"] == "bad-message" and f"at most {MAX_CANDIDATES}" in reply["message"]
+    # The cap is per session: a new session starts again.
+    router.received(viewer, offer_text(cam.id, "p" * 20), 0)
+    assert sent(router.received(viewer, candidate_text(cam.id, "p" * 20), 0), camera)
+
+
+def test_candidates_are_not_accepted_from_cameras() -> None:
+    router, cam = Router(), Camera()
+    camera = online(router, cam)
+    viewer = Peer(Role.VIEWER)
+    router.received(viewer, offer_text(cam.id, "q" * 20), 0)
+    text = json.dumps({"type": "candidate", "session_id": "q" * 20, "seq": 0,
+                       "candidate": LINE, "sdp_mid": "0", "signature": SIG})
+    actions = router.received(camera, text, 0)
+    assert sent(actions, viewer) == []
+    assert "not allowed from a camera" in sent(actions, camera)[0]["message"]

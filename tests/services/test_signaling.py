@@ -107,3 +107,66 @@ def test_ice_servers_are_checked() -> None:
     with pytest.raises(ProtocolError, match="stun:/turn:"):
         encode(Role.SERVER, "hello", server="s", nonce="n" * 16,
                ice_servers=[{"urls": "http://evil"}])
+
+
+# -- trickled candidates ---------------------------------------------------------
+
+CHROMIUM_LINE = ("candidate:4092273942 1 udp 2113937151 192.0.2.2 36458 typ host generation 0 "
+                 "ufrag 2tFj network-cost 999")
+RELAY_LINE = ("candidate:3 1 udp 41885439 2001:db8::5 50000 typ relay raddr 2001:db8::9 "
+              "rport 40000 generation 0 ufrag 2tFj network-id 1")
+MDNS_LINE = ("candidate:1 1 udp 2113937151 0b0e5d3c-2a9f-4a5e-9a57-6f1f3c1e2d4b.local 54321 "
+             "typ host generation 0")
+
+
+def candidate_obj(**fields: object) -> dict[str, object]:
+    obj: dict[str, object] = {"type": "candidate", "device_id": DEVICE, "session_id": SESSION,
+                              "seq": 0, "candidate": CHROMIUM_LINE, "sdp_mid": "0",
+                              "sdp_mline_index": 0, "signature": "S" * 86}
+    obj.update(fields)
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+@pytest.mark.parametrize("line", [CHROMIUM_LINE, RELAY_LINE, MDNS_LINE, ""])
+def test_candidates_browsers_send_are_accepted(line: str) -> None:
+    message = parse(json.dumps(candidate_obj(candidate=line)), Role.VIEWER)
+    assert message["candidate"] == line and message["sdp_mline_index"] == 0
+    # The server forwards it without the device ID; the camera parses it as from the server.
+    forwarded = encode(Role.SERVER, "candidate", **{
+        k: v for k, v in message.fields.items() if k != "device_id"})
+    assert parse(forwarded, Role.SERVER).fields["candidate"] == line
+
+
+def test_end_of_candidates_needs_no_mid() -> None:
+    message = parse(json.dumps(candidate_obj(candidate="", sdp_mid=None, sdp_mline_index=None,
+                                             seq=31)), Role.VIEWER)
+    assert message["candidate"] == "" and message.get("sdp_mid") is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"sdp_mid": None, "sdp_mline_index": None}, "needs sdp_mid or sdp_mline_index"),
+        ({"candidate": "a=" + CHROMIUM_LINE}, "not an ICE candidate line"),
+        ({"candidate": "candidate:1 1 udp 1 192.0.2.1 5 host"}, "not an ICE candidate line"),
+        ({"candidate": CHROMIUM_LINE + "\r\na=evil"}, "not an ICE candidate line"),
+        ({"candidate": CHROMIUM_LINE + " odd"}, "not an ICE candidate line"),
+        ({"candidate": CHROMIUM_LINE + " x y" * 200}, "at most 512"),
+        ({"candidate": 5}, "candidate"),
+        ({"seq": 32}, "seq: need an integer from 0 to 31"),
+        ({"seq": -1}, "seq"),
+        ({"seq": True}, "seq"),
+        ({"seq": "1"}, "seq"),
+        ({"sdp_mid": ""}, "sdp_mid"),
+        ({"sdp_mid": "a b"}, "sdp_mid"),
+        ({"sdp_mline_index": 64}, "sdp_mline_index"),
+        ({"signature": "S" * 85}, "signature"),
+        ({"device_id": None}, "missing field 'device_id'"),
+        ({"ufrag": "x"}, "unknown field"),
+    ],
+)
+def test_hostile_candidates_are_refused(changes: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse(json.dumps(candidate_obj(**changes)), Role.VIEWER)
+    assert info.value.code is ErrorCode.BAD_MESSAGE
+    assert fragment in info.value.message
