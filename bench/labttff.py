@@ -1,0 +1,517 @@
+"""Time to first frame through the NAT lab: a direct (srflx) cell and relayed (TURN) cells.
+
+The servers are the NAT matrix's (tests/lab/matrix.py): coturn on the lab's
+public segment (3478 UDP/TCP, 443 TCP), our STUN server and the rendezvous. One
+bench camera (``python -m bench _camera --any-address``) sits behind one site;
+the viewers run behind other sites, inside the lab's namespaces, so every
+packet crosses real kernel NATs. Default cells, all with the camera behind a
+port-restricted cone NAT (the usual home router):
+
+* direct: viewer behind a second port-restricted NAT (``port-restricted-2``):
+  both sides hole-punch, srflx to srflx;
+* relayed (UDP): viewer behind a symmetric NAT: no direct path, coturn relays;
+* relayed (TCP): viewer where UDP is blocked: TURN over TCP on port 443.
+
+Each trial records the pair the viewer selected (local → remote candidate
+type), so every number is labelled with the path it really took. The CLI
+viewer's clock starts at its peer connection (after pairing and the TURN
+credentials), Chromium's at the page's offer preparation (see bench/ttff.py).
+
+``python -m bench.labttff cli|chromium LINK TRIALS GAP`` is the viewer side,
+run inside a lab namespace: one JSON line per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bench.common import CHROMIUM, ROOT, Missing, need_executable, need_root, pyplot, summary
+
+NAME = "labttff"
+HELP = "first frame through the NAT lab: direct (srflx) and relayed (TURN), CLI and Chromium"
+SMOKE = ["--trials", "1", "--width", "320", "--height", "240"]
+NEEDS = ["root", "turnserver", "nft", "chromium"]
+
+CAMERA_SITE = "port-restricted"
+CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
+         "port-restricted:udp-blocked")
+TARGET_DIRECT_MS = 150.0
+TARGET_RELAYED_MS = 400.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", type=int, default=20, help="per cell and viewer kind")
+    p.add_argument("--cells", default=",".join(CELLS),
+                   help="CAMERA_SITE:VIEWER_SITE,… (one camera site for all cells)")
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--bitrate", type=int, default=2_000_000)
+    p.add_argument("--gap", type=float, default=1.0,
+                   help="seconds between trials (the camera's keyframe limiter is 2/s)")
+    p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
+
+
+# -- the lab with servers and one camera, shared with bench/relay.py ----------------
+
+
+def need_lab(chromium: bool) -> None:
+    """Fail loudly, before anything starts, if the lab cannot run here."""
+    need_root("the NAT lab")
+    sys.path.insert(0, str(ROOT))
+    from tests.services.coturn import TURNSERVER
+
+    need_executable(TURNSERVER, "apt install coturn; scripts/setup --test installs it")
+    need_executable("nft", "apt install nftables; scripts/setup --test installs it")
+    if chromium:
+        need_executable(CHROMIUM, "scripts/setup --test installs it")
+        with contextlib.suppress(ImportError):
+            import playwright  # noqa: F401
+
+            return
+        raise Missing("playwright", "scripts/setup --test installs it")
+
+
+def path_of(local: str | None, remote: str | None) -> str:
+    """``direct``, ``relay`` or ``none`` (no pair was reported)."""
+    if local is None and remote is None:
+        return "none"
+    return "relay" if "relay" in (local, remote) else "direct"
+
+
+def expected_direct(camera: str, viewer: str) -> bool:
+    """Does a direct path exist between these two lab sites (tests/lab/matrix.py)?"""
+    from tests.lab.matrix import direct_possible
+
+    kind_a, kind_b = camera.removesuffix("-2"), viewer.removesuffix("-2")
+    if camera != viewer and kind_a == kind_b and kind_a != "ipv6":
+        # Two LANs behind NATs of one kind (not the same LAN): hole punching
+        # works unless the kind is symmetric or blocks UDP.
+        return kind_a not in ("symmetric", "udp-blocked")
+    return direct_possible(camera, viewer)
+
+
+class LabRun:
+    """The NAT lab up, the matrix's servers on its public segment, one bench camera.
+
+    ``async with LabRun(...) as run:``; leaving it stops the camera and the
+    servers and brings the lab down, on errors and on SIGTERM too.
+    """
+
+    def __init__(self, camera_site: str, viewer_sites: list[str], state: Path, *,
+                 width: int, height: int, bitrate: int) -> None:
+        self.camera_site = camera_site
+        self.sites = list(dict.fromkeys([camera_site, *viewer_sites]))
+        self.state = state
+        self.width, self.height, self.bitrate = width, height, bitrate
+        self.lab: Any = None
+        self.matrix: Any = None
+        self.camera: subprocess.Popen[str] | None = None
+        self.device_id = ""
+        self.pair_secret = ""
+        self.lab_up_s = 0.0
+        self.terminated = False
+
+    @property
+    def rendezvous(self) -> str:
+        from tests.lab.matrix import RENDEZVOUS
+
+        return RENDEZVOUS
+
+    def link(self, pair: bool = False) -> str:
+        base = self.rendezvous.replace("ws://", "http://")
+        link = f"{base}/#device={self.device_id}"
+        return f"{link}&pair={self.pair_secret}" if pair else link
+
+    @property
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = self.matrix.env
+        return env
+
+    async def __aenter__(self) -> LabRun:
+        from services.natlab import Lab
+        from tests.lab.matrix import Matrix
+
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is not None:  # SIGTERM: unwind through __aexit__, bring the lab down
+            loop.add_signal_handler(signal.SIGTERM, self._terminate, task)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.lab = Lab(sites=self.sites)
+        try:
+            await loop.run_in_executor(None, self.lab.up)
+            self.lab_up_s = self.lab.up_seconds or 0.0
+            self.matrix = Matrix(self.lab, self.state, sites=())
+            await loop.run_in_executor(None, self.matrix.start)
+            await self._start_camera()
+        except BaseException:
+            await self.close()
+            if self.terminated:
+                raise SystemExit("bench: stopped by SIGTERM; the lab is down") from None
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+        if self.terminated:
+            raise SystemExit("bench: stopped by SIGTERM; the lab is down; nothing was measured")
+
+    def _terminate(self, task: asyncio.Task[Any]) -> None:
+        self.terminated = True
+        task.cancel()
+
+    async def _start_camera(self) -> None:
+        log = (self.state / "camera.log").open("w")
+        self.camera = self.lab.popen(
+            self.camera_site,
+            [sys.executable, "-m", "bench", "_camera", "--any-address",
+             "--rendezvous", self.rendezvous, "--state-dir", str(self.state / "camera"),
+             "--width", str(self.width), "--height", str(self.height),
+             "--bitrate", str(self.bitrate)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+            env=self.env)
+        assert self.camera.stdout is not None
+        loop = asyncio.get_running_loop()
+        lines = []
+        for _ in range(2):
+            try:
+                line = await asyncio.wait_for(
+                    loop.run_in_executor(None, self.camera.stdout.readline), 60)
+            except TimeoutError:
+                line = ""
+            lines.append(line)
+            if not line.startswith(("DEVICE ", "PAIR ")):
+                raise SystemExit(f"bench: the lab camera at {self.camera_site} did not start: "
+                                 f"{self.log('camera.log')}")
+        self.device_id = lines[0].split()[1]
+        self.pair_secret = lines[1].split()[1]
+
+    def log(self, name: str) -> str:
+        path = self.state / name
+        return path.read_text()[-1500:] if path.exists() else "(no log)"
+
+    @property
+    def camera_pid(self) -> int:
+        assert self.camera is not None
+        return self.camera.pid
+
+    async def json_lines(self, site: str, argv: list[str], timeout: float,
+                         log: str) -> list[dict[str, Any]]:
+        """Run ``argv`` behind ``site``; every JSON line it printed (stderr to ``log``)."""
+        with (self.state / log).open("w") as err:
+            proc = self.lab.popen(site, argv, stdout=subprocess.PIPE, stderr=err, text=True,
+                                  cwd=ROOT, env=self.env)
+            loop = asyncio.get_running_loop()
+            try:
+                out, _ = await asyncio.wait_for(
+                    loop.run_in_executor(None, proc.communicate), timeout)
+            except TimeoutError:
+                proc.kill()
+                out, _ = await loop.run_in_executor(None, proc.communicate)
+        rows = []
+        for line in out.splitlines():
+            with contextlib.suppress(ValueError):
+                row = json.loads(line)
+                if isinstance(row, dict):
+                    rows.append(row)
+        return rows
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+        if self.camera is not None and self.camera.poll() is None:
+            if self.camera.stdin:
+                with contextlib.suppress(OSError):
+                    self.camera.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await loop.run_in_executor(None, self.camera.wait, 10)
+        if self.matrix is not None:
+            await loop.run_in_executor(None, self.matrix.stop)
+        if self.lab is not None:
+            await loop.run_in_executor(None, self.lab.down)
+
+
+# -- the benchmark ----------------------------------------------------------------
+
+
+def parse_cells(text: str) -> list[tuple[str, str]]:
+    cells = []
+    for item in text.split(","):
+        camera, sep, viewer = item.strip().partition(":")
+        if not sep or not camera or not viewer:
+            raise SystemExit(f"bench: --cells wants CAMERA:VIEWER items, not {item!r}")
+        cells.append((camera, viewer))
+    if len({c for c, _ in cells}) != 1:
+        raise SystemExit("bench: every --cells item must name the same camera site")
+    return cells
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    need_lab(chromium=not args.no_chromium)
+    cells = parse_cells(args.cells)
+    camera_site = cells[0][0]
+    timeout = 60 + args.trials * (args.gap + 25)
+    out: list[dict[str, Any]] = []
+    async with LabRun(camera_site, [v for _, v in cells], Path(args.state) / NAME,
+                      width=args.width, height=args.height, bitrate=args.bitrate) as lab:
+        for camera, viewer in cells:
+            cell: dict[str, Any] = {
+                "camera": camera, "viewer": viewer,
+                "expected": "direct" if expected_direct(camera, viewer) else "relay",
+                "turn_transport": "tcp" if viewer.startswith("udp-blocked") else "udp",
+            }
+            kinds = ["cli"] if args.no_chromium else ["cli", "chromium"]
+            for kind in kinds:
+                trials = await lab.json_lines(
+                    viewer,
+                    [sys.executable, "-m", "bench.labttff", kind, lab.link(pair=True),
+                     str(args.trials), str(args.gap)],
+                    timeout, f"{kind}-{viewer}.log")
+                if not trials:
+                    raise SystemExit(f"bench: the {kind} viewer behind {viewer} reported "
+                                     f"nothing: {lab.log(f'{kind}-{viewer}.log')}")
+                cell[kind] = describe(trials, cell["expected"])
+                print(json.dumps({"cell": f"{camera}→{viewer}", "viewer": kind,
+                                  **cell[kind]["summary"]}), flush=True)
+            out.append(cell)
+        lab_up = lab.lab_up_s
+    from camera.ice import DEFAULT_GRACE
+
+    return {"video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
+            "trials": args.trials, "lab_up_s": round(lab_up, 2), "cells": out,
+            "relay_grace_s": DEFAULT_GRACE,
+            "targets_ms": {"direct": TARGET_DIRECT_MS, "relay": TARGET_RELAYED_MS}}
+
+
+def describe(trials: list[dict[str, Any]], expected: str) -> dict[str, Any]:
+    """Raw trials, the pair types seen, and p50/p95 over the trials with video."""
+    for t in trials:
+        t["path"] = path_of(t.get("local"), t.get("remote"))
+    ok = [t["ttff_ms"] for t in trials if t.get("ttff_ms") is not None]
+    pairs: dict[str, int] = {}
+    for t in trials:
+        key = f"{t.get('local')}→{t.get('remote')}"
+        pairs[key] = pairs.get(key, 0) + 1
+    waits = [t["relay_wait_ms"] for t in trials if t.get("relay_wait_ms") is not None]
+    return {
+        "trials": trials,
+        "pairs": pairs,
+        "relay_wait_ms_p50": round(statistics.median(waits), 1) if waits else None,
+        "on_expected_path": sum(1 for t in trials if t["path"] == expected),
+        "failed": sum(1 for t in trials if t.get("ttff_ms") is None),
+        "summary": summary(ok) if ok else {"n": 0},
+    }
+
+
+def _label(cell: dict[str, Any]) -> str:
+    how = "direct" if cell["expected"] == "direct" else f"relayed ({cell['turn_transport']})"
+    return f"{how}: {cell['camera']} → {cell['viewer']}"
+
+
+def headline(result: dict[str, Any]) -> str:
+    parts = []
+    for cell in result["cells"]:
+        figures = []
+        for kind in ("cli", "chromium"):
+            if kind in cell:
+                s = cell[kind]["summary"]
+                figures.append(f"{'CLI' if kind == 'cli' else 'Chromium'} p50 "
+                               f"{s.get('p50', 'n/a')} ms")
+                off = len(cell[kind]["trials"]) - cell[kind]["on_expected_path"]
+                if off:
+                    figures[-1] += f" (⚠ {off} off-path)"
+        parts.append(f"{_label(cell)} " + ", ".join(figures))
+    return "labttff: " + "; ".join(parts) + (
+        f" (targets p50 ≤ {TARGET_DIRECT_MS:.0f} direct, ≤ {TARGET_RELAYED_MS:.0f} relayed)")
+
+
+def plot(result: dict[str, Any], out: Path) -> list[str]:
+    plt = pyplot()
+    data, labels = [], []
+    for cell in result["cells"]:
+        for kind in ("cli", "chromium"):
+            ms = [t["ttff_ms"] for t in cell.get(kind, {}).get("trials", [])
+                  if t.get("ttff_ms") is not None]
+            if ms:
+                data.append(ms)
+                labels.append(f"{'CLI' if kind == 'cli' else 'Chromium'}\n"
+                              f"{cell['viewer']} ({cell['expected']})")
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.7 * len(data)))
+    ax.boxplot(data, tick_labels=labels, orientation="horizontal")
+    for x, name in ((TARGET_DIRECT_MS, "direct target"), (TARGET_RELAYED_MS, "relayed target")):
+        ax.axvline(x, linestyle="--", color="grey", linewidth=1)
+        ax.text(x, len(data) + 0.45, name, fontsize=7, ha="center")
+    ax.set_xlabel(f"time to first frame (ms), NAT lab, camera behind "
+                  f"{result['cells'][0]['camera']}")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "labttff.png", dpi=100)
+    plt.close(fig)
+    return ["labttff.png"]
+
+
+def markdown(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "## First frame through the NAT lab",
+        "",
+        f"A bench camera ({result['video']}) behind one lab NAT, viewers behind others,",
+        "real kernel NATs in network namespaces, coturn, our STUN server and the",
+        "rendezvous on the lab's public segment (`tests/lab/matrix.py`). Each trial records",
+        "the pair the viewer selected (local → remote); a trial counts as on its path when",
+        "that pair is relayed exactly where no direct path exists. Targets: p50 ≤ "
+        f"{TARGET_DIRECT_MS:.0f} ms direct, ≤ {TARGET_RELAYED_MS:.0f} ms relayed.",
+        "",
+        "| cell | viewer | trials | on path | pairs seen | p50 ms | p95 ms | min | max "
+        "| target met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in result["cells"]:
+        target = TARGET_DIRECT_MS if cell["expected"] == "direct" else TARGET_RELAYED_MS
+        for kind, label in (("cli", "CLI"), ("chromium", "Chromium")):
+            if kind not in cell:
+                continue
+            c = cell[kind]
+            s = c["summary"]
+            pairs = ", ".join(f"{k} ×{v}" for k, v in c["pairs"].items())
+            met = "—" if not s.get("n") else ("yes" if s["p50"] <= target else "no")
+            lines.append(
+                f"| {_label(cell)} | {label} | {len(c['trials'])} | "
+                f"{c['on_expected_path']}/{len(c['trials'])} | {pairs} | {s.get('p50', '—')} "
+                f"| {s.get('p95', '—')} | {s.get('min', '—')} | {s.get('max', '—')} | {met} |")
+    waits = [f"{_label(c)}: {c['cli']['relay_wait_ms_p50']} ms" for c in result["cells"]
+             if c.get("cli", {}).get("relay_wait_ms_p50") is not None]
+    if waits:
+        lines += ["", "How long the CLI viewer's relay pair waited, after it answered, for a "
+                  "direct pair that could still win (p50): " + "; ".join(waits) + "."]
+    lines += [
+        "",
+        "The lab's links have no propagation delay: these figures are what the",
+        "software costs (candidate gathering including the TURN allocation, checks,",
+        "the relay grace, DTLS, the first IDR), not what a long path adds. The CLI",
+        "viewer nominates (it controls ICE) and takes a relay pair only once no direct",
+        f"pair can still win, at most {result['relay_grace_s']} s after the relay pair "
+        "answered",
+        "(`camera/ice.py`); Chromium applies its own nomination. Relayed (tcp) is TURN",
+        "over TCP on port 443 from a site that blocks UDP. Each Chromium trial is a",
+        "fresh profile that pairs first (untimed).",
+        "",
+        "![first frame through the NAT lab](bench/labttff.png)",
+        "",
+    ]
+    return lines
+
+
+# -- the viewer side, inside a lab namespace ------------------------------------------
+
+
+def strip_pair(link: str) -> str:
+    url = urllib.parse.urlsplit(link)
+    params = urllib.parse.parse_qs(url.fragment)
+    params.pop("pair", None)
+    return urllib.parse.urlunsplit(url._replace(fragment=urllib.parse.urlencode(
+        {k: v[0] for k, v in params.items()})))
+
+
+class RelayWait(logging.Handler):
+    """How long the viewer's relay pair waited for a direct one (camera/ice.py logs it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.ms: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("ICE: nominating relay pair") and len(record.args or ()) > 1:
+            self.ms = float(record.args[1])  # type: ignore[index]
+
+
+async def cli_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
+    from camera.viewer import ViewError, view
+
+    wait = RelayWait()
+    ice_log = logging.getLogger("camera.ice")
+    ice_log.addHandler(wait)
+    ice_log.setLevel(logging.INFO)
+    await view(link, seconds=0.2)  # pair this key and warm up, untimed
+    for _ in range(trials):
+        await asyncio.sleep(gap)
+        wait.ms = None
+        try:
+            stats = await view(strip_pair(link), seconds=0.3)
+        except (ViewError, OSError, TimeoutError) as exc:
+            yield {"ttff_ms": None, "error": str(exc)}
+            continue
+        yield {"ttff_ms": None if stats.ttff_ms is None else round(stats.ttff_ms, 1),
+               "local": stats.local_candidate, "remote": stats.remote_candidate,
+               "remote_address": stats.remote_address, "frames": stats.frames,
+               "relay_wait_ms": None if wait.ms is None else round(wait.ms, 1)}
+
+
+async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
+    from playwright.async_api import async_playwright
+
+    sys.path.insert(0, str(ROOT))
+    from tests.browser.conftest import CHROMIUM_ARGS
+
+    origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(link))
+    # The lab serves plain http on a "public" address: let the page have WebCrypto.
+    argv = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=argv)
+        try:
+            for _ in range(trials):
+                await asyncio.sleep(gap)
+                context = await browser.new_context()  # a fresh profile: pairs (untimed)
+                try:
+                    page = await context.new_page()
+                    await page.goto(link)
+                    try:
+                        await page.wait_for_function(
+                            "window.peercam && window.peercam.ttffMs > 0", timeout=30_000)
+                    except Exception as exc:  # report what the page knew
+                        state = await page.evaluate("({...window.peercam})")
+                        yield {"ttff_ms": None, "error": str(exc).splitlines()[0],
+                               "local": state.get("localCandidateType"),
+                               "remote": state.get("remoteCandidateType")}
+                        continue
+                    # The pair types arrive with the next stats poll after the first frame.
+                    with contextlib.suppress(Exception):
+                        await page.wait_for_function(
+                            "window.peercam.localCandidateType !== null", timeout=3_000)
+                    p = await page.evaluate("({...window.peercam})")
+                    yield {"ttff_ms": float(p["ttffMs"]), "local": p.get("localCandidateType"),
+                           "remote": p.get("remoteCandidateType"),
+                           "remote_address": p.get("remoteAddress"),
+                           "timeline": p.get("timeline")}
+                finally:
+                    await context.close()
+        finally:
+            await browser.close()
+
+
+async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
+    source = cli_trials if kind == "cli" else chromium_trials
+    started = time.monotonic()
+    async for row in source(link, trials, gap):
+        print(json.dumps({**row, "at_s": round(time.monotonic() - started, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if len(sys.argv) != 5 or sys.argv[1] not in ("cli", "chromium"):
+        sys.exit("usage: python -m bench.labttff cli|chromium LINK TRIALS GAP")
+    asyncio.run(_viewer_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))

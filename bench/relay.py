@@ -1,0 +1,581 @@
+"""What a relayed viewer costs: coturn against a direct path, in the same NAT-lab run.
+
+Why the lab and not loopback with a relay-only viewer: the relayed path here is
+the one ICE really picks when no direct path exists, through coturn running the
+shipped policy on its own "host", and the direct path is real NAT traversal. On
+loopback the viewer would have to be forced onto a relay pair (aiortc has no
+relay-only policy), coturn's packets and the camera's would share one
+interface, and the camera could not be made to relay through its own allocation.
+
+Two setups, one lab each, because whose TURN allocation carries the video
+decides what the camera pays:
+
+* ``viewer-allocation``: camera behind a port-restricted NAT, direct viewers
+  behind a second one (srflx to srflx), relayed viewers behind a symmetric NAT:
+  the camera sends plain UDP to the viewer's relay address;
+* ``camera-allocation``: camera behind a symmetric NAT, direct viewers behind a
+  full-cone one (prflx), relayed viewers behind a port-restricted NAT: the
+  camera sends through its own allocation (aioice's TURN client, in Python).
+
+In each: one camera (``python -m bench _camera --any-address``);
+
+* latency: one decoding CLI viewer per path reads the burnt-in capture time
+  (camera/stamp.py) from every frame; added latency = relayed p50 - direct p50;
+* CPU and bytes: N viewers that receive but do not decode (they would starve
+  the camera on a small machine), per path; camera and coturn process CPU
+  (``/proc/PID/stat``) over a fixed window; bytes through coturn counted by
+  nftables counters in the server's namespace on its wire interface (all of
+  coturn's ports, in and out), extrapolated to a viewer-hour and set against
+  the stream's nominal bitrate x 3600 s; the direct viewers' received bytes are
+  counted the same way at their site.
+
+``python -m bench.relay latency|receive …`` is the viewer side, run inside a
+lab namespace (JSON lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, cpu_seconds, pyplot
+
+NAME = "relay"
+HELP = "TURN relay (coturn) cost against direct: CPU, added latency, bytes per viewer-hour"
+SMOKE = ["--counts", "1", "--seconds", "2", "--latency-seconds", "2", "--width", "320",
+         "--height", "240"]
+NEEDS = ["root", "turnserver", "nft"]
+
+RELAY_PORTS = "49152-65535"  # systemd/coturn/turnserver.conf min-port / max-port
+TURN_PORTS = "{ 3478, 443 }"  # tests/lab/matrix.py: UDP and TCP on 3478, TCP on 443
+COUNTERS_TABLE = "relaybench"
+FPS = 30  # the camera's default frame rate (bench/camera_proc.py)
+H264_PACKET_PAYLOAD = 1300 - 2  # aiortc's PACKET_MAX less the FU-A header
+
+
+SETUPS = {
+    "viewer-allocation": ("port-restricted", "port-restricted-2", "symmetric"),
+    "camera-allocation": ("symmetric", "full-cone", "port-restricted"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--setups", default=",".join(SETUPS),
+                   help="NAME=CAMERA:DIRECT:RELAYED lab sites, or a known name, comma-separated")
+    p.add_argument("--counts", default="1,4", help="concurrent viewers per path")
+    p.add_argument("--seconds", type=float, default=12.0, help="CPU/bytes window")
+    p.add_argument("--latency-seconds", type=float, default=8.0,
+                   help="decoding viewer's watch time per path")
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--bitrate", type=int, default=2_000_000)
+
+
+# -- nftables byte counters in a lab namespace -----------------------------------
+
+
+def counter_ruleset(rules: dict[str, tuple[str, str]]) -> str:
+    """An ``inet`` table of named counters; ``rules``: name → (hook, match)."""
+    lines = [f"table inet {COUNTERS_TABLE} {{"]
+    lines += [f"  counter {name} {{ }}" for name in rules]
+    for hook in ("input", "output"):
+        lines += [f"  chain {hook} {{",
+                  f"    type filter hook {hook} priority -5; policy accept;"]
+        lines += [f"    {match} counter name {name}"
+                  for name, (h, match) in rules.items() if h == hook]
+        lines.append("  }")
+    return "\n".join([*lines, "}"]) + "\n"
+
+
+#: coturn's wire traffic on the server: media from the camera into relay ports,
+#: media to the viewers out of the TURN ports (UDP 3478 or TCP 443).
+SERVER_COUNTERS = {
+    "relay_in": ("input", f'iifname "eth0" udp dport {RELAY_PORTS}'),
+    "relay_out": ("output", f'oifname "eth0" udp sport {RELAY_PORTS}'),
+    "turn_out": ("output", f'oifname "eth0" meta l4proto {{ udp, tcp }} th sport {TURN_PORTS}'),
+    "turn_in": ("input", f'iifname "eth0" meta l4proto {{ udp, tcp }} th dport {TURN_PORTS}'),
+}
+#: What a viewer host receives over UDP (its media, direct or relayed).
+VIEWER_COUNTERS = {"udp_in": ("input", 'iifname "eth0" meta l4proto udp')}
+
+
+def install_counters(lab: Any, where: str, rules: dict[str, tuple[str, str]]) -> None:
+    lab.run(where, ["nft", "-f", "-"], input=counter_ruleset(rules))
+
+
+def read_counters(lab: Any, where: str) -> dict[str, dict[str, int]]:
+    """name → {"packets", "bytes"} (IP bytes, as nftables counts them)."""
+    done = lab.run(where, ["nft", "-j", "list", "counters", "table", "inet", COUNTERS_TABLE])
+    out = {}
+    for item in json.loads(done.stdout)["nftables"]:
+        counter = item.get("counter")
+        if counter:
+            out[counter["name"]] = {"packets": counter["packets"], "bytes": counter["bytes"]}
+    return out
+
+
+def delta(after: dict[str, dict[str, int]],
+          before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {name: {k: after[name][k] - before[name][k] for k in ("packets", "bytes")}
+            for name in after}
+
+
+# -- the benchmark ----------------------------------------------------------------
+
+
+class Probe:
+    """CPU seconds of the camera and of every coturn process, and the byte counters."""
+
+    def __init__(self, lab: Any, camera_pid: int, coturn_pids: list[int],
+                 viewer_sites: list[str]) -> None:
+        self.lab, self.camera_pid, self.coturn_pids = lab, camera_pid, coturn_pids
+        self.viewer_sites = viewer_sites
+
+    def sample(self) -> dict[str, Any]:
+        return {
+            "t": time.monotonic(),
+            "camera_cpu_s": cpu_seconds(self.camera_pid),
+            "coturn_cpu_s": sum(cpu_seconds(pid) for pid in self.coturn_pids),
+            "server": read_counters(self.lab, "server"),
+            "viewers": {site: read_counters(self.lab, site) for site in self.viewer_sites},
+        }
+
+    @staticmethod
+    def window(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        seconds = b["t"] - a["t"]
+        return {
+            "seconds": round(seconds, 2),
+            "camera_cpu_core": round((b["camera_cpu_s"] - a["camera_cpu_s"]) / seconds, 4),
+            "coturn_cpu_core": round((b["coturn_cpu_s"] - a["coturn_cpu_s"]) / seconds, 4),
+            "server_bytes": delta(b["server"], a["server"]),
+            "viewer_bytes": {s: delta(b["viewers"][s], a["viewers"][s]) for s in b["viewers"]},
+        }
+
+
+def parse_setups(text: str) -> dict[str, tuple[str, str, str]]:
+    out = {}
+    for item in text.split(","):
+        name, _, sites = item.strip().partition("=")
+        if not sites and name in SETUPS:
+            out[name] = SETUPS[name]
+            continue
+        parts = tuple(sites.split(":"))
+        if len(parts) != 3 or not all(parts):
+            raise SystemExit(f"bench: --setups wants NAME=CAMERA:DIRECT:RELAYED, not {item!r}")
+        out[name] = (parts[0], parts[1], parts[2])
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.labttff import expected_direct, need_lab
+
+    need_lab(chromium=False)
+    setups = parse_setups(args.setups)
+    for name, (camera, direct, relayed) in setups.items():
+        if expected_direct(camera, relayed):
+            raise SystemExit(f"bench: {name}: {camera} and {relayed} have a direct path; "
+                             "the relayed site must be one where coturn has to relay")
+        if not expected_direct(camera, direct):
+            raise SystemExit(f"bench: {name}: {camera} and {direct} have no direct path")
+    results = []
+    for name, sites in setups.items():
+        result = await measure(args, name, *sites)
+        print(json.dumps({"setup": name, **result["figures"]}), flush=True)
+        results.append(result)
+    return {"video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
+            "bitrate": args.bitrate, "window_s": args.seconds, "setups": results}
+
+
+async def measure(args: argparse.Namespace, name: str, camera: str, direct: str,
+                  relayed: str) -> dict[str, Any]:
+    """One setup in its own lab: latency per path, then CPU and bytes per viewer count."""
+    from bench.labttff import LabRun
+
+    counts = [int(c) for c in args.counts.split(",")]
+    paths = {"direct": direct, "relayed": relayed}
+    loop = asyncio.get_running_loop()
+    async with LabRun(camera, list(paths.values()), Path(args.state) / NAME / name,
+                      width=args.width, height=args.height, bitrate=args.bitrate) as lab:
+        install_counters(lab.lab, "server", SERVER_COUNTERS)
+        for site in paths.values():
+            install_counters(lab.lab, site, VIEWER_COUNTERS)
+        coturn = [p.pid for p in lab.matrix.procs[:2]]  # the matrix starts coturn first
+        probe = Probe(lab.lab, lab.camera_pid, coturn, list(paths.values()))
+
+        latency: dict[str, Any] = {}
+        for path, site in paths.items():
+            rows = await lab.json_lines(
+                site, [sys.executable, "-m", "bench.relay", "latency", lab.link(pair=True),
+                       str(args.latency_seconds)],
+                args.latency_seconds + 90, f"latency-{site}.log")
+            if not rows or not rows[-1].get("frames"):
+                raise SystemExit(f"bench: the decoding viewer behind {site} got no video: "
+                                 f"{lab.log(f'latency-{site}.log')}")
+            latency[path] = rows[-1]
+            print(json.dumps({"setup": name, "latency": path, **{
+                k: v for k, v in rows[-1].items() if k != "latencies_ms"}}), flush=True)
+
+        settle = 1.0 if args.smoke else 3.0
+        await asyncio.sleep(settle)
+        a = await loop.run_in_executor(None, probe.sample)
+        await asyncio.sleep(settle if args.smoke else args.seconds / 2)
+        idle = Probe.window(a, await loop.run_in_executor(None, probe.sample))
+
+        rows = []
+        for count in counts:
+            for path, site in paths.items():
+                row = await receive_window(lab, probe, site, count, args, settle)
+                row.update(path=path, site=site, viewers=count)
+                print(json.dumps({"setup": name, **{k: v for k, v in row.items()
+                                                    if k != "sessions"}}), flush=True)
+                rows.append(row)
+    return {"name": name, "camera_site": camera, "paths": paths, "idle": idle, "rows": rows,
+            "latency": latency, "figures": figures(rows, idle, latency, args.bitrate)}
+
+
+async def receive_window(lab: Any, probe: Probe, site: str, count: int,
+                         args: argparse.Namespace, settle: float) -> dict[str, Any]:
+    """``count`` non-decoding viewers behind ``site``; one measured window while all stream."""
+    loop = asyncio.get_running_loop()
+    log = (lab.state / f"receive-{site}-{count}.log").open("w")
+    proc = lab.lab.popen(
+        site, [sys.executable, "-m", "bench.relay", "receive", lab.link(pair=True), str(count),
+               str(settle), str(args.seconds + 1.0)],
+        stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+        env=lab.env)
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline),
+                                      60 + 5 * count)
+        ready = json.loads(line) if line.strip().startswith("{") else {}
+        if not ready.get("ready"):
+            raise SystemExit(f"bench: {count} viewer(s) behind {site} did not start: "
+                             f"{line!r} {lab.log(f'receive-{site}-{count}.log')}")
+        a = await loop.run_in_executor(None, probe.sample)
+        await asyncio.sleep(args.seconds)
+        window = Probe.window(a, await loop.run_in_executor(None, probe.sample))
+        out, _ = await asyncio.wait_for(loop.run_in_executor(None, proc.communicate), 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    final = json.loads(out.strip().splitlines()[-1])
+    return {**window, "sessions": final["sessions"],
+            "fps_min": min(s["fps"] for s in final["sessions"]),
+            "paths": sorted({s["path"] for s in final["sessions"]})}
+
+
+def figures(rows: list[dict[str, Any]], idle: dict[str, Any], latency: dict[str, Any],
+            bitrate: int) -> dict[str, Any]:
+    """The headline numbers: per-viewer CPU, added latency, bytes per viewer-hour."""
+    out: dict[str, Any] = {}
+    for path in ("direct", "relayed"):
+        mine = [r for r in rows if r["path"] == path]
+        for who in ("camera", "coturn"):
+            points = [(0, idle[f"{who}_cpu_core"])] + [
+                (r["viewers"], r[f"{who}_cpu_core"]) for r in mine]
+            out[f"{who}_cpu_per_viewer_{path}"] = round(slope(points), 4)
+    relayed = [r for r in rows if r["path"] == "relayed"]
+    direct = [r for r in rows if r["path"] == "direct"]
+    hour = 3600.0
+
+    def per_viewer_hour(r: dict[str, Any], bytes_: int) -> float:
+        return bytes_ / r["seconds"] / r["viewers"] * hour
+
+    out["relay_egress_gb_per_viewer_hour"] = round(statistics.mean(
+        per_viewer_hour(r, wire(r, "out")["bytes"]) for r in relayed) / 1e9, 3)
+    out["relay_ingress_gb_per_viewer_hour"] = round(statistics.mean(
+        per_viewer_hour(r, wire(r, "in")["bytes"]) for r in relayed) / 1e9, 3)
+    out["direct_viewer_gb_per_hour"] = round(statistics.mean(
+        per_viewer_hour(r, r["viewer_bytes"][r["site"]]["udp_in"]["bytes"])
+        for r in direct) / 1e9, 3)
+    out["nominal_gb_per_viewer_hour"] = round(bitrate / 8 * hour / 1e9, 3)
+    # What the test pattern really sends, and what each packet adds on top of it
+    # (RTP, SRTP, TURN ChannelData, UDP, IP), as coturn sends it to the viewers.
+    payload = statistics.mean(
+        sum(x["payload_bytes_per_s"] for x in r["sessions"]) / r["viewers"] for r in relayed)
+    out["stream_payload_kbit_s"] = round(payload * 8 / 1000, 1)
+    packets = sum(wire(r, "out")["packets"] for r in relayed)
+    sent = sum(wire(r, "out")["bytes"] for r in relayed)
+    payload_total = sum(sum(x["payload_bytes_per_s"] for x in r["sessions"]) * r["seconds"]
+                        for r in relayed)
+    overhead = (sent - payload_total) / packets if packets else 0.0
+    out["overhead_bytes_per_packet"] = round(overhead, 1)
+    out["relay_egress_gb_per_viewer_hour_at_nominal"] = round(
+        at_nominal(bitrate, FPS, overhead) * hour / 1e9, 3)
+    d, r = latency["direct"].get("latency_ms_p50"), latency["relayed"].get("latency_ms_p50")
+    out["latency_p50_direct_ms"], out["latency_p50_relayed_ms"] = d, r
+    out["latency_p95_direct_ms"] = latency["direct"].get("latency_ms_p95")
+    out["latency_p95_relayed_ms"] = latency["relayed"].get("latency_ms_p95")
+    out["added_latency_p50_ms"] = None if d is None or r is None else round(r - d, 1)
+    return out
+
+
+def wire(row: dict[str, Any], direction: str) -> dict[str, int]:
+    """Everything coturn sent ("out") or received ("in") on the wire in a window."""
+    names = ("turn_out", "relay_out") if direction == "out" else ("turn_in", "relay_in")
+    return {k: sum(row["server_bytes"][n][k] for n in names) for k in ("packets", "bytes")}
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of CPU over viewer count (cores per viewer)."""
+    mx = statistics.mean(x for x, _ in points)
+    my = statistics.mean(y for _, y in points)
+    den = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
+
+
+def at_nominal(bitrate: int, fps: int, overhead_per_packet: float) -> float:
+    """Bytes/s a viewer's stream takes on the wire at the nominal bitrate: each frame's
+    share of the payload, cut into aiortc's RTP packets, plus the measured overhead of
+    each packet. An estimate: key frames are bigger and fill their packets better."""
+    frame = bitrate / 8 / fps
+    packets_per_frame = math.ceil(frame / H264_PACKET_PAYLOAD)
+    return bitrate / 8 + fps * packets_per_frame * overhead_per_packet
+
+
+def _who(setup: dict[str, Any]) -> str:
+    return {"viewer-allocation": "the viewer's allocation",
+            "camera-allocation": "the camera's own allocation"}.get(setup["name"], setup["name"])
+
+
+def headline(result: dict[str, Any]) -> str:
+    first = result["setups"][0]["figures"]
+    parts = [f"relay: {first['relay_egress_gb_per_viewer_hour_at_nominal']} GB out of coturn "
+             f"per viewer-hour at {result['bitrate'] / 1e6:g} Mbit/s "
+             f"({first['relay_egress_gb_per_viewer_hour']} GB measured at the test pattern's "
+             f"{first['stream_payload_kbit_s']} kbit/s)"]
+    for setup in result["setups"]:
+        f = setup["figures"]
+        parts.append(
+            f"{setup['name']}: camera {100 * f['camera_cpu_per_viewer_relayed']:.2f}% of a "
+            f"core per relayed viewer vs {100 * f['camera_cpu_per_viewer_direct']:.2f}% direct, "
+            f"coturn {100 * f['coturn_cpu_per_viewer_relayed']:.2f}%, added latency p50 "
+            f"{f['added_latency_p50_ms']} ms")
+    return "; ".join(parts)
+
+
+def plot(result: dict[str, Any], out: Path) -> list[str]:
+    plt = pyplot()
+    fig, (cpu, lat) = plt.subplots(1, 2, figsize=(10, 3.8))
+    data, labels = [], []
+    for setup, marker in zip(result["setups"], "os^v", strict=False):
+        for path, line in (("direct", ":"), ("relayed", "-")):
+            rows = [r for r in setup["rows"] if r["path"] == path]
+            xs = [0] + [r["viewers"] for r in rows]
+            cpu.plot(xs, [100 * setup["idle"]["camera_cpu_core"]]
+                     + [100 * r["camera_cpu_core"] for r in rows], marker + line,
+                     label=f"camera, {path} ({setup['name']})")
+            if path == "relayed":
+                cpu.plot(xs, [100 * setup["idle"]["coturn_cpu_core"]]
+                         + [100 * r["coturn_cpu_core"] for r in rows], marker + "--",
+                         label=f"coturn ({setup['name']})")
+            data.append(setup["latency"][path].get("latencies_ms") or [0.0])
+            labels.append(f"{path}\n{setup['name']}")
+    cpu.set_xlabel("viewers")
+    cpu.set_ylabel("CPU (% of one core)")
+    cpu.grid(alpha=0.3)
+    cpu.legend(fontsize=6)
+    lat.boxplot(data, tick_labels=labels, orientation="horizontal")
+    lat.tick_params(axis="y", labelsize=7)
+    lat.set_xlabel("glass-to-glass latency (ms), decoding CLI viewer")
+    lat.grid(alpha=0.3)
+    fig.suptitle(f"Relay cost, NAT lab, {result['video']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "relay.png", dpi=100)
+    plt.close(fig)
+    return ["relay.png"]
+
+
+def markdown(result: dict[str, Any]) -> list[str]:
+    mbit = result["bitrate"] / 1e6
+    setups = result["setups"]
+    lines = [
+        "## Relay cost",
+        "",
+        f"A camera ({result['video']}) behind one NAT-lab site, direct viewers behind a",
+        "site with a direct path to it, relayed viewers behind one without (coturn relays,",
+        "shipped policy), in the same run. Two setups, because whose TURN allocation",
+        "carries the video decides what the camera pays. CPU per viewer is the",
+        "least-squares slope of process CPU against the viewer count (idle counting as",
+        f"zero viewers, {result['window_s']} s windows); bytes are nftables counters (IP",
+        "bytes) on coturn's wire interface, in and out, extrapolated to an hour.",
+        "",
+        "| | " + " | ".join(f"{s['name']}: {s['camera_site']} camera, relayed viewer "
+                          f"behind {s['paths']['relayed']}" for s in setups) + " |",
+        "|---|" + "---|" * len(setups),
+    ]
+
+    def row(label: str, cell: Any) -> None:
+        lines.append(f"| {label} | " + " | ".join(str(cell(s)) for s in setups) + " |")
+
+    row("video relayed through", _who)
+    row("camera CPU per viewer, relayed / direct (% of a core)",
+        lambda s: f"{100 * s['figures']['camera_cpu_per_viewer_relayed']:.2f} / "
+                  f"{100 * s['figures']['camera_cpu_per_viewer_direct']:.2f}")
+    row("coturn CPU per relayed viewer (% of a core)",
+        lambda s: f"{100 * s['figures']['coturn_cpu_per_viewer_relayed']:.2f}")
+    row("latency p50 / p95, relayed (ms)",
+        lambda s: f"{s['figures']['latency_p50_relayed_ms']} / "
+                  f"{s['figures']['latency_p95_relayed_ms']}")
+    row("latency p50 / p95, direct (ms)",
+        lambda s: f"{s['figures']['latency_p50_direct_ms']} / "
+                  f"{s['figures']['latency_p95_direct_ms']}")
+    row("added latency p50 (ms)", lambda s: s["figures"]["added_latency_p50_ms"])
+    row(f"**GB per relayed viewer-hour out of coturn, at {mbit:g} Mbit/s**",
+        lambda s: f"**{s['figures']['relay_egress_gb_per_viewer_hour_at_nominal']}**")
+    row("GB per viewer-hour measured, coturn out / in",
+        lambda s: f"{s['figures']['relay_egress_gb_per_viewer_hour']} / "
+                  f"{s['figures']['relay_ingress_gb_per_viewer_hour']}")
+    row("GB per viewer-hour measured, into a direct viewer",
+        lambda s: s["figures"]["direct_viewer_gb_per_hour"])
+    row("test pattern's payload (kbit/s) / overhead per packet (bytes)",
+        lambda s: f"{s['figures']['stream_payload_kbit_s']} / "
+                  f"{s['figures']['overhead_bytes_per_packet']}")
+    nominal = setups[0]["figures"]["nominal_gb_per_viewer_hour"]
+    lines += [
+        "",
+        f"Nominal: {mbit:g} Mbit/s × 3600 s = {nominal} GB of payload per viewer-hour each",
+        "way. The test pattern compresses well, so the encoder sends less than its target;",
+        f"the {mbit:g} Mbit/s row adds the measured overhead per packet (RTP, SRTP, TURN",
+        "ChannelData, UDP, IP) to the nominal payload cut into aiortc's 1300-byte RTP",
+        "packets. A relayed viewer costs the operator that much egress *and* about as",
+        "much ingress; a direct viewer costs it nothing.",
+        "",
+        "| setup | path | viewers | camera CPU | coturn CPU | coturn out MB/s | viewer fps min "
+        "| pairs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in setups:
+        for r in s["rows"]:
+            mbs = wire(r, "out")["bytes"] / r["seconds"] / 1e6
+            pairs = ", ".join(sorted({f"{x['local']}→{x['remote']}" for x in r["sessions"]}))
+            lines.append(f"| {s['name']} | {r['path']} | {r['viewers']} | {r['camera_cpu_core']} "
+                         f"| {r['coturn_cpu_core']} | {mbs:.3f} | {r['fps_min']} | {pairs} |")
+    lines += [
+        "",
+        "Caveats: the lab's links have no propagation delay, so the added latency is",
+        "coturn's processing and one more hop, not the detour a real TURN server adds",
+        "(geography: camera → TURN → viewer against camera → viewer). CPU is per packet",
+        "more than per byte, and the test pattern's packet rate is a fraction of a real",
+        f"{mbit:g} Mbit/s scene's: scale the camera's and coturn's per-viewer CPU by the",
+        "ratio of packet rates. Viewers in the CPU rows do not decode; the latency viewer",
+        "does. One run on a shared machine: CPU differences under about one percent of a",
+        "core are noise.",
+        "",
+        "![relay cost](bench/relay.png)",
+        "",
+    ]
+    return lines
+
+
+# -- the viewer side, inside a lab namespace ------------------------------------------
+
+
+async def latency_main(link: str, seconds: float) -> dict[str, Any]:
+    from bench.labttff import strip_pair
+    from camera.viewer import view
+
+    await view(link, seconds=0.2)  # pair, untimed
+    stats = await view(strip_pair(link), seconds=seconds)
+    return {**stats.as_dict(), "latencies_ms": [round(x, 1) for x in stats.latencies_ms]}
+
+
+async def receive_main(link: str, count: int, warmup: float, hold: float) -> dict[str, Any]:
+    """``count`` sessions that receive and depayload without decoding.
+
+    Prints ``{"ready": true}`` once every session has had video for ``warmup``
+    seconds, then counts frames for ``hold`` seconds; the last line is the result.
+    """
+    from bench.common import _CountingQueue
+    from bench.labttff import path_of, strip_pair
+    from camera.viewer import _DECODER_QUEUE_ATTR, Connection, connect, view
+    from camera.webrtc import prefer_h264, selected_pair_types
+
+    class PayloadCounter(_CountingQueue):
+        """Also counts the access units' bytes: the stream's payload, without overhead."""
+
+        bytes = 0
+
+        def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+            if item is not None:
+                self.bytes += len(item[1].data)
+            super().put(item, block, timeout)
+
+    await view(link, seconds=0.1)  # pair, untimed
+    go = asyncio.Event()
+    streaming: list[asyncio.Future[None]] = []
+    results: list[dict[str, Any]] = []
+
+    async def session(started: asyncio.Future[None]) -> None:
+        counter = PayloadCounter()
+
+        def setup(connection: Connection) -> None:
+            transceiver = connection.pc.addTransceiver("video", direction="recvonly")
+            prefer_h264(transceiver)
+            setattr(transceiver.receiver, _DECODER_QUEUE_ATTR, counter)
+
+        async with connect(strip_pair(link), setup) as connection:
+            async with asyncio.timeout(30):
+                while counter.frames == 0:
+                    await asyncio.sleep(0.05)
+            started.set_result(None)
+            await go.wait()
+            start, start_bytes, t0 = counter.frames, counter.bytes, time.monotonic()
+            await asyncio.sleep(hold)
+            took = time.monotonic() - t0
+            local, remote = selected_pair_types(connection.pc)
+            results.append({"fps": round((counter.frames - start) / took, 1),
+                            "payload_bytes_per_s": round((counter.bytes - start_bytes) / took),
+                            "local": local, "remote": remote, "path": path_of(local, remote)})
+
+    loop = asyncio.get_running_loop()
+    tasks = []
+    for _ in range(count):
+        started: asyncio.Future[None] = loop.create_future()
+        streaming.append(started)
+        tasks.append(asyncio.ensure_future(session(started)))
+    try:
+        # A session that fails before it streams fails the whole run, loudly.
+        waiting = asyncio.ensure_future(asyncio.gather(*streaming))
+        done, _ = await asyncio.wait([waiting, *tasks], timeout=60,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if waiting not in done:
+            waiting.cancel()
+            failed = [t.exception() for t in tasks if t.done() and t.exception()]
+            raise SystemExit(f"viewers did not all stream: {failed or 'timeout'}")
+        await asyncio.sleep(warmup)
+        print(json.dumps({"ready": True}), flush=True)
+        go.set()
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {"sessions": results}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    with contextlib.suppress(KeyboardInterrupt):
+        if len(sys.argv) == 4 and sys.argv[1] == "latency":
+            print(json.dumps(asyncio.run(latency_main(sys.argv[2], float(sys.argv[3])))),
+                  flush=True)
+        elif len(sys.argv) == 6 and sys.argv[1] == "receive":
+            print(json.dumps(asyncio.run(receive_main(
+                sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])))),
+                flush=True)
+        else:
+            sys.exit("usage: python -m bench.relay latency LINK SECONDS | "
+                     "receive LINK COUNT WARMUP HOLD")

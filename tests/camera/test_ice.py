@@ -1,0 +1,320 @@
+"""camera/ice.py: direct paths first, and the relay grace ends once no direct pair can win.
+
+The rule itself is a pure function (numbers in, a deadline out). The patched
+checks run on real aioice agents over loopback; what they cannot have there,
+a relay and a NAT, is faked one layer down: the controlling agent is told
+that the controlled agent's host address is a "relay" candidate, and its
+"srflx" candidate is a UDP gate that drops everything until it opens, the way
+a NAT drops packets until the hole is punched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from aioice import Candidate, stun
+from aioice.ice import CandidatePair, Connection
+
+from camera import ice
+from camera.ice import DirectFirst, prefer_direct, relay_deadline
+from tests.conftest import scaled
+
+LAB = DirectFirst()  # the shipped timers
+
+
+# -- the rule ---------------------------------------------------------------------
+
+
+def test_the_grace_lasts_while_a_direct_pair_has_not_been_sent() -> None:
+    deadline = relay_deadline(LAB, first_check=10.0, relay_ok=10.09, relay_rtt=0.002,
+                              pairs=6, direct_sent=[10.0, None])
+    assert deadline == pytest.approx(10.09 + LAB.grace)
+
+
+def test_the_grace_ends_when_the_peer_and_our_retransmits_have_had_their_chance() -> None:
+    # A NAT-lab relayed cell: 6 pairs, direct checks out at 0 and 20 ms, relay ok at 90 ms.
+    deadline = relay_deadline(LAB, first_check=0.0, relay_ok=0.09, relay_rtt=0.002,
+                              pairs=6, direct_sent=[0.0, 0.02])
+    # max(peer paced all 6 pairs: 0.12, our last direct + fast retransmit: 0.12)
+    # + two round trips + margin
+    assert deadline == pytest.approx(0.12 + 0.004 + LAB.margin)
+    assert deadline < 0.09 + LAB.grace
+
+
+def test_a_long_check_list_waits_for_the_peer_to_pace_through_it() -> None:
+    deadline = relay_deadline(LAB, first_check=0.0, relay_ok=0.2, relay_rtt=0.01,
+                              pairs=30, direct_sent=[0.0, 0.02, 0.04])
+    assert deadline == pytest.approx(30 * LAB.pacing + 0.02 + LAB.margin)
+
+
+def test_a_direct_check_started_late_moves_the_deadline() -> None:
+    # A peer-reflexive pair appears when the peer's retransmission gets through.
+    early = relay_deadline(LAB, first_check=0.0, relay_ok=0.1, relay_rtt=0.005, pairs=4,
+                           direct_sent=[0.0])
+    late = relay_deadline(LAB, first_check=0.0, relay_ok=0.1, relay_rtt=0.005, pairs=4,
+                          direct_sent=[0.0, 0.45])
+    assert late == pytest.approx(0.45 + LAB.retransmit + 0.01 + LAB.margin)
+    assert late > early
+
+
+def test_a_slow_relay_round_trip_is_capped_by_the_grace() -> None:
+    deadline = relay_deadline(LAB, first_check=0.0, relay_ok=0.9, relay_rtt=1.0, pairs=6,
+                              direct_sent=[0.0, 0.02])
+    assert deadline == pytest.approx(0.9 + LAB.grace)
+
+
+# -- the checks, with a fake protocol (the layer below) ------------------------------
+
+
+class FakeProtocol:
+    """Records what a check sends; its transactions never get an answer unless told."""
+
+    def __init__(self, local: Candidate, answer: tuple[str, int] | None = None) -> None:
+        self.local_candidate = local
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.requests: list[stun.Message] = []
+        self.answer = answer
+
+    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        self.sent.append((bytes(message), addr))
+
+    async def request(self, request: stun.Message, addr: tuple[str, int],
+                      integrity_key: bytes | None = None,
+                      retransmissions: int | None = None) -> tuple[stun.Message, tuple[str, int]]:
+        self.requests.append(request)
+        if self.answer is None:
+            await asyncio.Event().wait()
+        response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE,
+                                transaction_id=request.transaction_id)
+        assert self.answer is not None
+        return response, self.answer
+
+
+def candidate(kind: str, port: int, host: str = "192.0.2.1") -> Candidate:
+    return Candidate(foundation=kind + str(port), component=1, transport="udp",
+                     priority=1000, host=host, port=port, type=kind)
+
+
+def agent(controlling: bool) -> Connection:
+    connection = Connection(ice_controlling=controlling, components=1, use_ipv6=False)
+    connection.remote_username = "peer"
+    connection.remote_password = "p" * 22
+    return connection
+
+
+@pytest.fixture
+def timing() -> Iterator[DirectFirst]:
+    chosen = DirectFirst(retransmit=0.05, fast_for=1.0)
+    prefer_direct(timing=chosen)
+    yield chosen
+    prefer_direct()
+
+
+async def test_an_incoming_check_retransmits_our_check_of_that_pair_at_once(
+    timing: DirectFirst
+) -> None:
+    connection = agent(controlling=False)
+    protocol: Any = FakeProtocol(candidate("host", 1000))
+    remote = candidate("srflx", 2000, "198.51.100.7")
+    connection._remote_candidates.append(remote)
+    pair = CandidatePair(protocol, remote)
+    connection._check_list.append(pair)
+    connection.check_start_task(pair)
+    await asyncio.sleep(0)  # the check is in flight; its first transmission was lost
+    assert pair.state == CandidatePair.State.IN_PROGRESS
+    protocol.sent.clear()
+
+    peer = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    peer.attributes["PRIORITY"] = 1000
+    connection.check_incoming(peer, ("198.51.100.7", 2000), protocol)
+    # RFC 5245 section 7.2.1.4: the in-progress check goes out again now, same transaction.
+    assert [addr for _, addr in protocol.sent] == [("198.51.100.7", 2000)]
+    assert protocol.sent[0][0] == bytes(protocol.requests[0])
+
+    connection.check_incoming(peer, ("198.51.100.99", 2000), protocol)  # a new pair:
+    assert len(protocol.sent) == 1  # aioice starts its triggered check, nothing more
+    await connection.close()
+
+
+async def test_young_direct_checks_are_retransmitted_fast_relay_checks_are_not(
+    timing: DirectFirst
+) -> None:
+    connection = agent(controlling=False)
+    direct: Any = FakeProtocol(candidate("host", 1000))
+    relay: Any = FakeProtocol(candidate("relay", 1001))
+    pairs = [CandidatePair(direct, candidate("srflx", 2000)),
+             CandidatePair(relay, candidate("srflx", 2001))]
+    connection._check_list.extend(pairs)
+    for pair in pairs:
+        connection.check_start_task(pair)
+    await asyncio.sleep(timing.retransmit * 4.5)
+    await connection.close()
+    assert len(direct.sent) >= 2  # on top of aioice's own (first one at 500 ms)
+    assert relay.sent == []
+    sent = len(direct.sent)
+    await asyncio.sleep(timing.retransmit * 2)
+    assert len(direct.sent) == sent  # the extra retransmissions stop with the check
+
+
+async def test_a_late_check_does_not_nominate_a_second_pair(timing: DirectFirst) -> None:
+    connection = agent(controlling=True)
+    first: Any = FakeProtocol(candidate("host", 1000))
+    chosen = CandidatePair(first, candidate("host", 2000))
+    chosen.nominated = True
+    chosen.state = CandidatePair.State.SUCCEEDED
+    connection._nominated[1] = chosen
+    late_protocol: Any = FakeProtocol(candidate("relay", 1001), answer=("192.0.2.1", 2001))
+    late = CandidatePair(late_protocol, candidate("host", 2001))
+    connection._check_list.append(late)
+    # Triggered by the peer's check arriving over its relay, after ICE completed.
+    await connection.check_start(late)
+    assert "USE-CANDIDATE" not in late_protocol.requests[0].attributes
+    assert len(late_protocol.requests) == 1  # no regular nomination either
+    assert not late.nominated
+    assert connection._nominated[1] is chosen
+
+
+async def test_the_best_waiting_relay_pair_is_the_one_nominated(timing: DirectFirst) -> None:
+    connection = agent(controlling=True)
+    answer = ("192.0.2.1", 2001)
+    relayed = candidate("relay", 2001)
+    relayed.priority = 16_777_215  # type preference 0 (RFC 8445 section 5.1.2.2)
+    host = candidate("host", 1000)
+    host.priority = 2_130_706_431
+    own_relay = candidate("relay", 1001)
+    own_relay.priority = 16_777_215
+    twice: Any = FakeProtocol(own_relay, answer=answer)  # through the TURN server twice
+    once: Any = FakeProtocol(host, answer=answer)
+    never: Any = FakeProtocol(candidate("host", 1002))  # a direct pair that never answers
+    pairs = [CandidatePair(never, candidate("srflx", 2002)), CandidatePair(twice, relayed),
+             CandidatePair(once, relayed)]
+    connection._check_list.extend(pairs)
+    for pair in pairs:
+        connection.check_start_task(pair)
+    async with asyncio.timeout(scaled(5)):
+        while 1 not in connection._nominated:
+            await asyncio.sleep(0.01)
+    assert connection._nominated[1] is pairs[2]
+    await asyncio.sleep(timing.pacing * 3)
+    assert not pairs[1].nominated
+    assert ["USE-CANDIDATE" in r.attributes for r in twice.requests] == [False]
+    await connection.close()
+
+
+# -- two real agents on loopback ---------------------------------------------------
+
+
+class Gate(asyncio.DatagramProtocol):
+    """Relays UDP between an agent (front) and ``target`` (back); drops it all until opened."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.open = False
+        self.front: Any = None
+        self.back: Any = None
+        self.agent: tuple[str, int] | None = None
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        gate = self
+
+        class Back(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                if gate.open and gate.agent is not None:
+                    gate.front.sendto(data, gate.agent)
+
+        self.front, _ = await loop.create_datagram_endpoint(lambda: self,
+                                                            local_addr=("127.0.0.1", 0))
+        self.back, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
+        address: tuple[str, int] = self.front.get_extra_info("sockname")[:2]
+        return address
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.agent = addr
+        if self.open:
+            self.back.sendto(data, self.target)
+
+    def close(self) -> None:
+        self.front.close()
+        self.back.close()
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[tuple[Connection, Connection, Gate]]:
+    viewer, camera = Connection(ice_controlling=True, use_ipv6=False), Connection(
+        ice_controlling=False, use_ipv6=False)
+    await viewer.gather_candidates()
+    await camera.gather_candidates()
+    viewer.remote_username, viewer.remote_password = camera.local_username, camera.local_password
+    camera.remote_username, camera.remote_password = viewer.local_username, viewer.local_password
+    host = camera.local_candidates[0]
+    gate = Gate((host.host, host.port))
+    front = await gate.start()
+    # The viewer sees the camera behind a NAT (the gate) and through a "relay".
+    await viewer.add_remote_candidate(Candidate("gate", 1, "udp", 2_000_000, *front, "srflx"))
+    await viewer.add_remote_candidate(Candidate("relay", 1, "udp", 1_000, host.host, host.port,
+                                                "relay"))
+    await viewer.add_remote_candidate(None)
+    for local in viewer.local_candidates:
+        await camera.add_remote_candidate(local)
+    await camera.add_remote_candidate(None)
+    yield viewer, camera, gate
+    await viewer.close()
+    await camera.close()
+    gate.close()
+
+
+async def connect(viewer: Connection, camera: Connection) -> float:
+    started = time.monotonic()
+    async with asyncio.timeout(scaled(10)):
+        await asyncio.gather(viewer.connect(), camera.connect())
+    return time.monotonic() - started
+
+
+async def test_the_relay_is_nominated_once_no_direct_pair_can_win(
+    agents: tuple[Connection, Connection, Gate]
+) -> None:
+    viewer, camera, _gate = agents  # the gate never opens: no direct path
+    prefer_direct(timing=DirectFirst(grace=scaled(5.0)))
+    try:
+        took = await connect(viewer, camera)
+    finally:
+        prefer_direct()
+    assert viewer._nominated[1].remote_candidate.type == "relay"
+    assert camera._nominated[1].remote_candidate.host == viewer.local_candidates[0].host
+    # The old rule waited the whole grace; this one ends ~0.2 s after the first check.
+    assert took < scaled(5.0) / 2
+
+
+async def test_a_direct_pair_whose_hole_opens_after_the_relay_answered_still_wins(
+    agents: tuple[Connection, Connection, Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    viewer, camera, gate = agents
+    timing = DirectFirst(grace=scaled(5.0), retransmit=0.1, margin=scaled(0.3))
+    prefer_direct(timing=timing)
+    waited: list[CandidatePair] = []
+    original = ice._another_pair_won
+
+    async def spy(connection: Connection, pair: CandidatePair, ok: float, rtt: float) -> bool:
+        waited.append(pair)  # the relay pair answered and is waiting
+        return await original(connection, pair, ok, rtt)
+
+    monkeypatch.setattr(ice, "_another_pair_won", spy)
+
+    async def open_later() -> None:
+        await asyncio.sleep(0.04)  # after the first transmission, before a retransmission
+        gate.open = True
+
+    opener = asyncio.ensure_future(open_later())
+    try:
+        await connect(viewer, camera)
+    finally:
+        prefer_direct()
+        await opener
+    assert viewer._nominated[1].remote_candidate.type == "srflx"
+    assert [p.remote_candidate.type for p in waited] == ["relay"]
+    assert not waited[0].nominated
