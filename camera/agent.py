@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 TICK = 0.25
 """Seconds between health/LED ticks on the event loop."""
+NATCHECK_WAIT = 3.0
+"""Longest an early offer waits for the start-up NAT check (UDP blocked or not)."""
 STATS_EVERY = 2.0
 """Seconds between samples of each viewer's sender stats (bitrate, RTT)."""
 _NETWORK_DOWN = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
@@ -136,6 +138,7 @@ class CameraAgent:
         self.nat_report: NatReport | None = None
         """RFC 5780 NAT behaviour found at start (against the rendezvous' STUN server)."""
         self._natcheck_started = False
+        self._natcheck: asyncio.Task[Any] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -209,7 +212,8 @@ class CameraAgent:
             self._show_state()
             if not self._natcheck_started:
                 self._natcheck_started = True
-                self._spawn(self._check_nat(self._configured_or(reply["ice_servers"])))
+                self._natcheck = self._spawn(
+                    self._check_nat(self._configured_or(reply["ice_servers"])))
             logger.info("registered as %s at %s", self.device_id, self.config.rendezvous)
             while True:
                 message = await self._receive(ws, None)
@@ -246,6 +250,18 @@ class CameraAgent:
         if self.config.ice_servers is not None:
             return list(self.config.ice_servers)
         return list(offered)
+
+    async def _ice_servers_for(self, message: Message) -> list[dict[str, Any]]:
+        """The ICE servers for a session, once the start-up NAT check has spoken.
+
+        An offer that arrives in the first second or two after registration must
+        not try TURN over UDP on a network that blocks UDP (5 s lost, then no
+        relay candidate at all): wait for the NAT check, at most NATCHECK_WAIT.
+        """
+        check = self._natcheck
+        if check is not None and not check.done():
+            await asyncio.wait([check], timeout=NATCHECK_WAIT)
+        return self._ice_servers(message)
 
     def _ice_servers(self, message: Message) -> list[dict[str, Any]]:
         blocked = self.nat_report is not None and self.nat_report.nat_type == "udp-blocked"
@@ -318,7 +334,7 @@ class CameraAgent:
         session = ViewerSession(
             session_id,
             self.broadcaster,
-            self._ice_servers(message),
+            await self._ice_servers_for(message),
             self._session_closed,
             ice_timeout=self.config.ice_timeout,
             viewer_key=viewer_key,
@@ -391,10 +407,11 @@ class CameraAgent:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_str(text)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
