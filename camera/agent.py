@@ -23,7 +23,7 @@ import aiohttp
 
 from camera.acl import PairingWindows, ViewerACL
 from camera.broadcaster import Broadcaster
-from camera.config import CameraConfig
+from camera.config import CameraConfig, page_url
 from camera.errors import BadConfig
 from camera.gatekeeper import Gatekeeper, Refused
 from camera.health import EXIT_STUCK, Action, HealthMonitor
@@ -138,6 +138,8 @@ class CameraAgent:
         self.nat_report: NatReport | None = None
         """RFC 5780 NAT behaviour found at start (against the rendezvous' STUN server)."""
         self._natcheck_started = False
+        self._pairing_open = False
+        """A single-use pairing window is open (re-read each second, not per LED tick)."""
         self._natcheck: asyncio.Task[Any] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -315,6 +317,7 @@ class CameraAgent:
             logger.error("cannot pair: %s", exc)
             self._spawn(self._send_bye(session_id, "pairing failed on the camera"))
             return
+        self._refresh_pairing()  # a single-use window was just consumed
         self._spawn(self._send(encode(Role.CAMERA, "paired", **fields)))
 
     async def _serve(self, message: Message) -> None:
@@ -371,9 +374,11 @@ class CameraAgent:
             logger.warning("candidate for session %s dropped: %s", session_id, exc)
 
     async def _watch_acl(self) -> None:
-        """End the live sessions of viewers revoked (over SSH) since we last looked."""
+        """End the live sessions of viewers revoked (over SSH) since we last looked,
+        and notice pairing windows opened, used or expired by ``peercam pair``."""
         while True:
             await asyncio.sleep(1.0)
+            self._refresh_pairing()
             try:
                 self.acl.reload()
             except BadConfig as exc:
@@ -421,18 +426,16 @@ class CameraAgent:
     def open_pairing(self, ttl: float = 600.0, *, reusable: bool = False) -> str:
         """Open a pairing window in this process; returns the secret for the link."""
         secret = self.pairing.open(ttl, reusable=reusable, persist=False).secret
+        self._refresh_pairing()
         self._show_state()
         return secret
 
+    def _refresh_pairing(self) -> None:
+        self._pairing_open = self.pairing.is_open(include_reusable=False)
+
     def pairing_link(self, secret: str) -> str:
         """The viewer link that pairs with ``secret`` (the web page of our rendezvous)."""
-        base = self.config.rendezvous.rstrip("/")
-        for ws, http in (("wss://", "https://"), ("ws://", "http://")):
-            if base.startswith(ws):
-                base = http + base[len(ws):]
-        if base.endswith(("/ws/camera", "/ws/viewer")):
-            base = base.rsplit("/ws/", 1)[0]
-        return f"{base}/#device={self.device_id}&pair={secret}"
+        return f"{page_url(self.config.rendezvous)}/#device={self.device_id}&pair={secret}"
 
     def open_pairing_link(self, ttl: float | None = None) -> tuple[str, float]:
         """Open a single-use window (button, console, ``peercam pair``): (link, ttl)."""
@@ -445,6 +448,7 @@ class CameraAgent:
         """Clear the ACL and end every session (factory reset of trust); how many."""
         count = self.acl.clear()
         self.pairing.close_all()
+        self._refresh_pairing()
         self.end_revoked_sessions()
         logger.warning("viewer list cleared: %d viewer(s) forgotten", count)
         return count
@@ -482,7 +486,7 @@ class CameraAgent:
             network_down=self.network_down,
             viewers_relayed=[s.pair_types[0] == "relay" or s.pair_types[1] == "relay"
                              for s in connected],
-            pairing=self.pairing.is_open(include_reusable=False),
+            pairing=self._pairing_open,
             camera_fault=self.health.faulty(now, last) and not self.health.gave_up,
             reset_armed=self.reset_armed,
             fatal=self.health.gave_up,
@@ -621,7 +625,7 @@ class CameraAgent:
             },
             "source": {
                 "kind": self.config.source,
-                "fps": round(self._fps(now), 1),
+                "fps": round(self.broadcaster.recent_fps(now), 1),
                 "frames": self.broadcaster.frames_published,
                 "last_frame_age": None if last is None else round(now - last, 2),
                 "restarts": self.source_restarts,
@@ -632,10 +636,6 @@ class CameraAgent:
             "viewers_paired": len(self.acl.viewers()),
             "refusals": self.refusals,
         }
-
-    def _fps(self, now: float) -> float:
-        """Frames per second over the last couple of seconds (0 when stalled)."""
-        return self.broadcaster.recent_fps(now)
 
     async def close(self) -> None:
         """Stop serving: sessions, tasks, rendezvous link, source. Safe twice."""

@@ -192,6 +192,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+async def _serve_until_signalled(
+    status: str, cleanup: Callable[[], Coroutine[Any, Any, Any]]
+) -> None:
+    """A server's life under systemd: READY=1, serve until signalled, STOPPING=1, clean up."""
+    notifier = Notifier.from_env()
+    notifier.ready(status)
+    try:
+        await _until_signalled()
+    finally:
+        notifier.stopping()
+        await cleanup()
+
+
 async def _until_signalled(failed: asyncio.Event | None = None) -> None:
     """Until SIGINT/SIGTERM, or until ``failed`` is set."""
     stop = failed or asyncio.Event()
@@ -238,13 +251,7 @@ async def _rendezvous(args: argparse.Namespace) -> int:
     config = RendezvousConfig(ice_servers=args.ice_server, credentials=_turn_credentials(args))
     _server, runner, bound = await start_rendezvous(host, port, config, ssl_context)
     print(f"LISTENING {host}:{bound}", flush=True)
-    notifier = Notifier.from_env()
-    notifier.ready(f"listening on {host}:{bound}")
-    try:
-        await _until_signalled()
-    finally:
-        notifier.stopping()
-        await runner.cleanup()
+    await _serve_until_signalled(f"listening on {host}:{bound}", runner.cleanup)
     return 0
 
 
@@ -367,13 +374,7 @@ async def _stun(args: argparse.Namespace) -> int:
         raise BadConfig(f"cannot serve STUN on {args.listen}: {exc}") from None
     for _index, (host, port) in sorted(server.addresses.items()):
         print(f"LISTENING {_url_host(host)}:{port}", flush=True)
-    notifier = Notifier.from_env()
-    notifier.ready(f"serving STUN on {args.listen}")
-    try:
-        await _until_signalled()
-    finally:
-        notifier.stopping()
-        await server.close()
+    await _serve_until_signalled(f"serving STUN on {args.listen}", server.close)
     return 0
 
 
@@ -454,7 +455,7 @@ async def _pair(args: argparse.Namespace) -> int:
     import segno
 
     from camera.acl import PairingWindows
-    from camera.config import ws_url
+    from camera.config import page_url
     from camera.identity import DeviceIdentity
 
     config = _camera_config(args, rendezvous=args.rendezvous)
@@ -464,9 +465,7 @@ async def _pair(args: argparse.Namespace) -> int:
     else:
         identity = DeviceIdentity.load_or_create(config.state_dir)
         window = PairingWindows(config.state_dir).open(args.ttl)
-        base = ws_url(config.rendezvous, "").replace("wss://", "https://").replace("ws://",
-                                                                                   "http://")
-        link = f"{base}/#device={identity.device_id}&pair={window.secret}"
+        link = f"{page_url(config.rendezvous)}/#device={identity.device_id}&pair={window.secret}"
     with contextlib.suppress(Exception):
         segno.make(link, error="l").terminal(compact=True)
     print(f"PAIR {link}", flush=True)

@@ -167,6 +167,15 @@ def client_ssl(ca: str | None, insecure: bool) -> ssl.SSLContext | bool:
     return True
 
 
+def page_url(base: str) -> str:
+    """The rendezvous' web page (http/https) for a base URL in any of the four schemes."""
+    url = ws_url(base, "")
+    for ws, http in (("wss://", "https://"), ("ws://", "http://")):
+        if url.startswith(ws):
+            return http + url[len(ws):]
+    return url
+
+
 def ws_url(base: str, path: str) -> str:
     """Turn a rendezvous base URL (ws/wss/http/https) into a WebSocket endpoint URL."""
     base = base.rstrip("/")
