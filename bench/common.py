@@ -137,7 +137,7 @@ async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -
     import aiohttp
     from aiortc import RTCSessionDescription
 
-    from camera.viewer import ViewerIdentity
+    from camera.client.viewer import ViewerIdentity
     from camera.webrtc import make_peer_connection, prefer_h264
     from services.signaling import Role, encode, parse
     from services.signatures import offer_statement, sign

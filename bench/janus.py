@@ -468,7 +468,7 @@ class Viewer:
 
 async def peercam_viewer(viewer: Viewer, link: str) -> None:
     """The peercam CLI viewer's own session code (signed offer, checked answer), no decode."""
-    from camera.viewer import connect
+    from camera.client.viewer import connect
     from camera.webrtc import prefer_h264
 
     started = viewer.begin()  # before the WebSocket to the rendezvous opens
@@ -681,7 +681,7 @@ async def measure(server: str, count: int, start_viewer: StartViewer, procs: Pro
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     executable = need_executable("janus", HOW)
     lib_dir = find_janus_libs()
-    from camera.viewer import view
+    from camera.client.viewer import view
 
     counts = [int(c) for c in args.counts.split(",")]
     pin_loopback()

@@ -94,7 +94,7 @@ def path_of(local: str | None, remote: str | None) -> str:
 
 def expected_direct(camera: str, viewer: str) -> bool:
     """Does a direct path exist between these two lab sites (tests/lab/matrix.py)?"""
-    from tests.lab.matrix import direct_possible
+    from services.natlab.paths import direct_possible
 
     kind_a, kind_b = camera.removesuffix("-2"), viewer.removesuffix("-2")
     if camera != viewer and kind_a == kind_b and kind_a != "ipv6":
@@ -440,7 +440,7 @@ class RelayWait(logging.Handler):
 
 
 async def cli_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
-    from camera.viewer import ViewError, view
+    from camera.client.viewer import ViewError, view
 
     wait = RelayWait()
     ice_log = logging.getLogger("camera.ice")

@@ -7,7 +7,7 @@ clock sync is involved. What one sample spans: draw + encode (camera) +
 packetize + SRTP + loopback UDP + jitter buffer + depacketize + decode + reading
 the stamp; for Chromium also the compositor and the canvas read-back.
 
-* **CLI**: the path ``peercam view`` takes (:func:`camera.viewer.connect`, the
+* **CLI**: the path ``peercam view`` takes (:func:`camera.client.viewer.connect`, the
   aiortc decoder, :func:`camera.stamp.read` on the decoded luma, latency taken
   the way ``view()`` takes it). Each viewer runs in its own process so decoding
   does not share the camera's or the rendezvous' process; the viewer also notes
@@ -93,7 +93,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     baseline = await asyncio.to_thread(measure_baseline, args)
     print(f"latency: no WebRTC p50 {baseline['summary']['p50']} ms", flush=True)
     pin_loopback()
-    from camera.viewer import view
+    from camera.client.viewer import view
 
     runner, url = await start_rendezvous()
     state = Path(args.state) / NAME
@@ -297,7 +297,7 @@ async def measure_cli_viewer(args: argparse.Namespace) -> dict[str, Any]:
     from aiortc.mediastreams import MediaStreamError
 
     from camera.stamp import read as read_stamp
-    from camera.viewer import Connection, connect, release_frames_on_marker, stamp_region
+    from camera.client.viewer import Connection, connect, release_frames_on_marker, stamp_region
     from camera.webrtc import prefer_h264
 
     # Per frame, wall-clock seconds: the last RTP packet's arrival and the jitter
@@ -693,7 +693,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"Each case discards {result['warmup']:g} s, then measures until every viewer has "
         f"{result['frames']} stamped frames (at least {result['seconds']:g} s, at most "
         f"{result['max_seconds']:g} s). CLI viewers run the `peercam view` path "
-        "(`camera.viewer.connect`, aiortc's decoder, `camera.stamp.read`), each in its own "
+        "(`camera.client.viewer.connect`, aiortc's decoder, `camera.stamp.read`), each in its own "
         "process; Chromium tabs are the web viewer as served, each a fresh profile, read by "
         "`bench/stamp_reader.js` (camera/stamp.py's reader in JavaScript).",
         f"Target: p50 ≤ {result['target_p50_ms']:g} ms added by the pipeline (pi-webrtc "

@@ -485,7 +485,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
 
 async def latency_main(link: str, seconds: float) -> dict[str, Any]:
     from bench.labttff import strip_pair
-    from camera.viewer import view
+    from camera.client.viewer import view
 
     await view(link, seconds=0.2)  # pair, untimed
     stats = await view(strip_pair(link), seconds=seconds)
@@ -500,7 +500,7 @@ async def receive_main(link: str, count: int, warmup: float, hold: float) -> dic
     """
     from bench.common import _CountingQueue
     from bench.labttff import path_of, strip_pair
-    from camera.viewer import _DECODER_QUEUE_ATTR, Connection, connect, view
+    from camera.client.viewer import _DECODER_QUEUE_ATTR, Connection, connect, view
     from camera.webrtc import prefer_h264, selected_pair_types
 
     class PayloadCounter(_CountingQueue):

@@ -33,7 +33,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         need_executable(CHROMIUM, "scripts/setup --test installs it")
     pin_loopback()
     from bench.common import start_rendezvous
-    from camera.viewer import view
+    from camera.client.viewer import view
 
     runner, url = await start_rendezvous()
     camera = await Camera(url, "passthrough", Path(args.state) / "ttff", args.width,

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from camera.viewer import view
+    from camera.client.viewer import view
 
     pin_loopback()
     counts = [int(c) for c in args.counts.split(",")]

@@ -552,9 +552,9 @@ def _lan_address() -> str:
 async def _ptz(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from camera.ptz_client import PtzResult, command_for, control
+    from camera.client.ptz import PtzResult, command_for, control
     from camera.ptz_protocol import MAX_SPEED, MIN_SPEED, BadControlMessage
-    from camera.viewer import ViewerIdentity, ViewError
+    from camera.client.viewer import ViewerIdentity, ViewError
 
     if not MIN_SPEED <= args.speed <= MAX_SPEED:
         raise BadConfig(f"--speed {args.speed}: need {MIN_SPEED}..{MAX_SPEED}")
@@ -595,13 +595,13 @@ async def _ptz(args: argparse.Namespace) -> int:
 async def _view(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from camera.viewer import ViewError, view
+    from camera.client.viewer import ViewError, view
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    from camera.viewer import ViewerIdentity
+    from camera.client.viewer import ViewerIdentity
 
     try:
         stats = await view(

@@ -3,7 +3,7 @@
 Someone with a USB-serial adapter (or the Pi's UART) and ``screen /dev/ttyUSB0
 115200`` can ask the camera for its state, device ID, NAT type and a pairing link.
 
-Three layers, each testable alone (STYLE.md 1):
+Three layers, each testable alone:
 
 * :class:`ConsoleProtocol` is the line discipline, sans-I/O: bytes in, command lines
   out, echo and responses as bytes to send. It edits (backspace/DEL, Ctrl-U, Ctrl-C),
@@ -13,7 +13,7 @@ Three layers, each testable alone (STYLE.md 1):
 * :class:`ConsoleCommands` turns a line into response lines, asking an injected
   :class:`ConsoleBackend` (the agent, seen through a narrow seam) for the answers.
 * :class:`SerialConsole` is the asyncio adapter over a pyserial port: one daemon
-  reader thread hands bytes to the loop with ``call_soon_threadsafe`` (STYLE.md 5);
+  reader thread hands bytes to the loop with ``call_soon_threadsafe`` (one crossing of threads);
   one task, owned and joined by :meth:`SerialConsole.close`, runs commands one at a
   time and writes through the port from a worker thread (a stuck port cannot block
   the camera's event loop; ``write_timeout`` bounds it).
@@ -674,7 +674,7 @@ class SerialConsole:
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any
                ) -> bool:
-    """Cross from the reader thread to the loop (once, STYLE.md 5); False if it closed."""
+    """Cross from the reader thread to the loop (the one thread crossing); False if it closed."""
     try:
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:

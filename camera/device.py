@@ -1,6 +1,6 @@
 """The whole device: camera agent plus the hardware and local interfaces the config names.
 
-This is where backends are chosen (STYLE 3): the status LED and the pairing
+This is where backends are chosen (hardware behind an injected seam): the status LED and the pairing
 button on gpiozero (mock pins where there is no GPIO, or with
 ``[hardware] gpio_mock``), the pan/tilt head and the serial console on pyserial,
 the control socket for ``peercam status``, and systemd notifications.

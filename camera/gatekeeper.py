@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from camera.acl import PairingWindows, ViewerACL, fingerprint
+from camera.errors import PeercamError
 from camera.identity import DeviceIdentity
 from services.signaling import Message
 from services.signatures import (
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 CLOCK_SKEW_MS = 300_000
 
 
-class Refused(Exception):
+class Refused(PeercamError, PermissionError):
     """A viewer's request is not allowed; the message is safe to send back."""
 
 

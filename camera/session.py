@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 _VIDEO_SECTION = re.compile(r"^m=video ", re.MULTILINE)
 
 
-class SessionFailed(Exception):
+class SessionFailed(PeercamError, RuntimeError):
     """The viewer's offer could not be answered (no H.264, bad SDP)."""
 
 

@@ -22,7 +22,7 @@ drops every edge for ``bounce_time`` after one, which can lose a release), and
 it. The device is a ``DigitalInputDevice`` with ``bounce_time=None``; every edge
 is classified here, the same on every driver and under ``MockFactory``.
 
-Threads (STYLE 5): gpiozero calls ``when_activated``/``when_deactivated`` on its
+Threads: gpiozero calls ``when_activated``/``when_deactivated`` on its
 own thread. That thread only stamps the edge with ``clock()`` and hands it to the
 loop with ``loop.call_soon_threadsafe``; the classifier, its one timer
 (``loop.call_later``, owned, cancelled on ``close()``) and all four callbacks run
@@ -76,7 +76,7 @@ class PairingButton:
         pin_factory: Any | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        # Lazy (STYLE 4): importing hardware.button must not need gpiozero's backends.
+        # Lazy: importing hardware.button must not need gpiozero's backends.
         from gpiozero import DigitalInputDevice
 
         self._loop = loop

@@ -1,4 +1,4 @@
-"""The exception root of the hardware package (STYLE 9).
+"""The exception root of the hardware package, with each error also inheriting the matching builtin.
 
 Every error a ``hardware`` module raises on purpose derives from
 :class:`HardwareError` and, where one fits, from the matching builtin too

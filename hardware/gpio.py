@@ -1,6 +1,6 @@
 """Choose the gpiozero pin factory: the real one on a Pi, mock pins elsewhere.
 
-``pin_factory(mock)`` is called once, in ``main()`` (STYLE 3), and its result is
+``pin_factory(mock)`` is called once, in ``main()``, and its result is
 passed to every GPIO device (:class:`hardware.led.StatusLed`,
 :class:`hardware.button.PairingButton`):
 
@@ -11,7 +11,7 @@ passed to every GPIO device (:class:`hardware.led.StatusLed`,
   ``/dev/gpiochip*``): a ``MockFactory`` whose pins also do PWM, so a PWM status
   LED and the button both work on it; a warning is logged once per process.
 
-gpiozero is imported here lazily (STYLE 4), on the first call.
+gpiozero is imported here lazily (its pin backends are absent off the Pi), on the first call.
 """
 
 from __future__ import annotations

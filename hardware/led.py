@@ -23,7 +23,7 @@ fatal               SOS in Morse (dot 0.12 s), ~4.1 s      see ``_SOS``
 Why a thread of our own rather than gpiozero's ``blink()``: ``blink()`` knows a
 single ``(on, off)`` pair, and double/triple blinks and SOS need a sequence. The
 thread only writes the device; ``set()`` stops and joins the old one before
-starting the next, so at most one writer exists (STYLE 5, 7).
+starting the next, so at most one writer exists (one thread crossing, one owner per task).
 
 No GPIO (tests, a laptop): pass ``pin_factory=gpiozero.pins.mock.MockFactory()``
 (with ``pin_class=MockPWMPin`` when ``pwm=True``), or use :meth:`StatusLed.mock`.
@@ -38,12 +38,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from hardware.errors import HardwareError
+
 logger = logging.getLogger(__name__)
 
 Step = tuple[float, float]
 
 
-class LedClosed(RuntimeError):
+class LedClosed(HardwareError, RuntimeError):
     """``set()`` was called on a :class:`StatusLed` that was already closed."""
 
 
@@ -139,7 +141,7 @@ class StatusLed:
         pin_factory: Any | None = None,
         pwm: bool = True,
     ) -> None:
-        # Lazy (STYLE 4): importing hardware.led must not need gpiozero's backends.
+        # Lazy: importing hardware.led must not need gpiozero's backends.
         from gpiozero import LED, PWMLED
 
         device_class: Any = PWMLED if pwm else LED

@@ -84,7 +84,7 @@ MAX_PRESET = 255
 DEFAULT_BAUDRATE = 2400
 
 
-# --- Errors: one root; peer misbehaved vs. we misbehaved (STYLE.md 9) --------------
+# --- Errors: one root; peer misbehaved vs. we misbehaved --------------
 
 
 class PelcoDError(HardwareError):

@@ -1,6 +1,6 @@
 """Classify presses of the pairing button: debounced edges in, press events out.
 
-Sans-I/O (STYLE 1): no gpiozero, no asyncio, no clock of its own. The adapter
+Sans-I/O: no gpiozero, no asyncio, no clock of its own. The adapter
 (:mod:`hardware.button`) feeds raw pin edges as ``edge(at, pressed)``, calls
 ``tick(now)`` when :meth:`PressClassifier.next_deadline` comes due, and acts on
 the :class:`PressEvent` list each call returns. Times are seconds on any one

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from services.errors import ServiceError
+
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_BYTES = 32 * 1024
 MAX_ICE_SERVERS = 8
@@ -49,7 +51,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ServiceError, ValueError):
     """A peer sent something the protocol does not allow."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:

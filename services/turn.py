@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.errors import ServiceError
+
 logger = logging.getLogger(__name__)
 
 # The tag identifies the session in coturn's log and must not contain coturn's
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 TAG_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class BadSecret(ValueError):
+class BadSecret(ServiceError, ValueError):
     """The TURN secret file is missing, empty or readable by others."""
 
 

@@ -18,7 +18,7 @@ from camera.agent import CameraAgent
 from camera.config import CameraConfig, make_configured_source
 from camera.identity import DeviceIdentity
 from camera.sources.base import Source, VideoSettings
-from camera.viewer import ViewerIdentity
+from camera.client.viewer import ViewerIdentity
 from camera.webrtc import restrict_host_addresses
 from services.rendezvous import Rendezvous, RendezvousConfig, start_rendezvous
 

@@ -1,7 +1,9 @@
 """The exception root of the NAT lab."""
 
+from services.errors import ServiceError
 
-class NatLabError(Exception):
+
+class NatLabError(ServiceError):
     """Root of every error the NAT lab raises on purpose."""
 
 

@@ -1,7 +1,9 @@
 """The exception root of the STUN package; each also inherits the matching builtin."""
 
+from services.errors import ServiceError
 
-class StunError(Exception):
+
+class StunError(ServiceError):
     """Root of every error the STUN package raises on purpose."""
 
 

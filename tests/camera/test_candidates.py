@@ -14,7 +14,7 @@ from camera.broadcaster import Broadcaster
 from camera.gatekeeper import Gatekeeper, Refused
 from camera.identity import DeviceIdentity
 from camera.session import BadCandidate, ViewerSession, parse_candidate
-from camera.viewer import ViewerIdentity
+from camera.client.viewer import ViewerIdentity
 from services.signaling import MAX_CANDIDATES, Message, Role, encode, parse
 from services.signatures import candidate_statement, sign
 

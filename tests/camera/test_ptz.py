@@ -21,7 +21,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from camera.config import HardwareConfig
 from camera.ptz import NO_HEAD, NOT_AUTHORIZED, PtzControl, open_head
-from camera.ptz_client import command_for
+from camera.client.ptz import command_for
 from camera.ptz_protocol import (
     MAX_MESSAGE_BYTES,
     Ack,

@@ -27,7 +27,7 @@ from aiortc.rtp import RtpPacket
 from camera import stamp
 from camera.sources.base import VideoSettings
 from camera.sources.x264 import X264Encoder
-from camera.viewer import (
+from camera.client.viewer import (
     _DECODER_ERROR_ATTR,
     _DECODER_QUEUE_ATTR,
     _JITTER_BUFFER_ATTR,

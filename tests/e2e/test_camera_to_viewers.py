@@ -10,7 +10,7 @@ import aiohttp
 import av
 import pytest
 
-from camera.viewer import view
+from camera.client.viewer import view
 from services.signaling import Role
 from tests.conftest import Stack, scaled, signed_offer
 
@@ -186,7 +186,7 @@ async def test_camera_reregisters_after_the_rendezvous_restarts(tmp_path: Path) 
 
 
 async def test_viewers_over_the_limit_are_refused_politely(stack: Stack) -> None:
-    from camera.viewer import ViewError
+    from camera.client.viewer import ViewError
 
     camera = await stack.camera(max_viewers=1)
     first = asyncio.ensure_future(view(stack.link(camera), seconds=3))

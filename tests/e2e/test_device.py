@@ -28,7 +28,7 @@ from camera.identity import DeviceIdentity
 from camera.sdnotify import Notifier
 from camera.sources.base import FrameSink, Source
 from camera.sources.testpattern import TestPatternSource
-from camera.viewer import view
+from camera.client.viewer import view
 from hardware.led import PATTERNS, LedState, StatusLed
 from services.rendezvous import start_rendezvous
 from tests.conftest import SMALL_VIDEO, Stack, scaled

@@ -1,6 +1,6 @@
 """The whole device from its config: LED, button, pan/tilt head and serial console.
 
-The layer below each part is faked the way STYLE 3 says: gpiozero's mock pins
+The layer below each part is faked (the hardware sits behind an injected seam): gpiozero's mock pins
 (``gpio_mock = true``), pyserial's ``loop://`` for the head and a pty pair for
 the console. The agent, the rendezvous and the viewer are real.
 """
@@ -17,7 +17,7 @@ import pytest
 
 from camera.config import load_camera_config
 from camera.device import Device
-from camera.viewer import view
+from camera.client.viewer import view
 from hardware.led import LedState
 from tests.conftest import Stack, scaled
 

@@ -19,7 +19,7 @@ import pytest
 
 from camera.agent import CameraAgent
 from camera.identity import DeviceIdentity
-from camera.viewer import ForgedAnswer, ViewerIdentity, ViewError, view
+from camera.client.viewer import ForgedAnswer, ViewerIdentity, ViewError, view
 from services.rendezvous import Rendezvous, start_rendezvous
 from services.routing import Peer
 from services.signaling import Role

@@ -17,8 +17,8 @@ import pytest
 from camera.agent import CameraAgent
 from camera.config import HardwareConfig
 from camera.ptz import NOT_AUTHORIZED
-from camera.ptz_client import PtzRefused, command_for, control
-from camera.viewer import Connection, ViewerIdentity, ViewError, connect
+from camera.client.ptz import PtzRefused, command_for, control
+from camera.client.viewer import Connection, ViewerIdentity, ViewError, connect
 from tests.conftest import Stack, scaled
 
 

@@ -22,7 +22,7 @@ import pytest
 from camera.config import CameraConfig
 from camera.control import ControlError, ControlServer, request
 from camera.device import Device
-from camera.viewer import view
+from camera.client.viewer import view
 from tests.conftest import SMALL_VIDEO, Stack, scaled
 
 PEERCAM = [sys.executable, "-m", "camera.cli"]

@@ -20,7 +20,7 @@ from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from camera.agent import CameraAgent
-from camera.viewer import ViewerIdentity, check_answer
+from camera.client.viewer import ViewerIdentity, check_answer
 from camera.webrtc import make_peer_connection, prefer_h264, selected_pair
 from services.signaling import Message, Role, parse
 from tests.conftest import Stack, scaled, signed_candidate, signed_offer

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from camera.acl import ViewerACL
-from camera.viewer import ViewerIdentity
+from camera.client.viewer import ViewerIdentity
 from services.natlab.lab import Lab
+from services.natlab.paths import direct_possible
 from tests.services.coturn import TURNSERVER, policy_lines
 
 SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "ipv6",
@@ -30,25 +31,6 @@ SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "ipv
 SERVER = "203.0.113.1"
 RENDEZVOUS = f"ws://{SERVER}:8080"
 PEERCAM = [sys.executable, "-m", "camera.cli", "--log-level", "INFO"]
-
-#: What each site's NAT looks like to a peer over IPv4 (the ipv6 site's IPv4 is
-#: port-restricted; the other sites have no IPv6).
-V4_KIND = {"ipv6": "port-restricted"}
-
-
-def direct_possible(camera: str, viewer: str) -> bool:
-    """Can ICE find a direct path between these two sites (RFC 8445 with STUN)?"""
-    if camera == viewer or {camera, viewer} == {"ipv6", "ipv6-2"}:
-        return True  # the same LAN (host candidates), or both on public IPv6
-    if "udp-blocked" in (camera, viewer):
-        return False  # only TURN over TCP gets out
-    a, b = V4_KIND.get(camera, camera), V4_KIND.get(viewer, viewer)
-    if "symmetric" in (a, b):
-        other = b if a == "symmetric" else a
-        # A symmetric NAT's per-destination port is only reachable through a NAT
-        # that does not filter on the remote port (or through no NAT at all).
-        return other in ("open", "full-cone", "restricted")
-    return True
 
 
 @dataclass

@@ -30,7 +30,7 @@ from camera.ptz_protocol import (
     parse_command,
     parse_reply,
 )
-from camera.viewer import Connection, ViewerIdentity, ViewError, connect
+from camera.client.viewer import Connection, ViewerIdentity, ViewError, connect
 
 logger = logging.getLogger(__name__)
 

@@ -47,6 +47,7 @@ from av.video.reformatter import ColorRange
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from camera.config import client_ssl, ws_url
+from camera.errors import PeercamError
 from camera.h264 import is_idr
 from camera.identity import load_or_create_key
 from camera.stamp import CODE_HEIGHT, CODE_WIDTH
@@ -87,7 +88,7 @@ _DECODER_THREAD_ATTR = "_RTCRtpReceiver__decoder_thread"
 DECODER_BACKLOG = 10
 
 
-class ViewError(Exception):
+class ViewError(PeercamError):
     """The viewer could not get video (camera offline, refused, no frames)."""
 
 
