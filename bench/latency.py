@@ -296,8 +296,8 @@ async def measure_cli_viewer(args: argparse.Namespace) -> dict[str, Any]:
     """Watch like ``peercam view`` and time each frame's stages (see the module doc)."""
     from aiortc.mediastreams import MediaStreamError
 
-    from camera.stamp import read as read_stamp
     from camera.client.viewer import Connection, connect, release_frames_on_marker, stamp_region
+    from camera.stamp import read as read_stamp
     from camera.webrtc import prefer_h264
 
     # Per frame, wall-clock seconds: the last RTP packet's arrival and the jitter

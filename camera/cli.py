@@ -553,8 +553,8 @@ async def _ptz(args: argparse.Namespace) -> int:
     import aiohttp
 
     from camera.client.ptz import PtzResult, command_for, control
-    from camera.ptz_protocol import MAX_SPEED, MIN_SPEED, BadControlMessage
     from camera.client.viewer import ViewerIdentity, ViewError
+    from camera.ptz_protocol import MAX_SPEED, MIN_SPEED, BadControlMessage
 
     if not MIN_SPEED <= args.speed <= MAX_SPEED:
         raise BadConfig(f"--speed {args.speed}: need {MIN_SPEED}..{MAX_SPEED}")

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from camera.agent import CameraAgent
+from camera.client.viewer import ViewerIdentity
 from camera.config import CameraConfig, make_configured_source
 from camera.identity import DeviceIdentity
 from camera.sources.base import Source, VideoSettings
-from camera.client.viewer import ViewerIdentity
 from camera.webrtc import restrict_host_addresses
 from services.rendezvous import Rendezvous, RendezvousConfig, start_rendezvous
 

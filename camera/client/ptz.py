@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from camera.client.viewer import Connection, ViewerIdentity, ViewError, connect
 from camera.ptz_protocol import (
     DEFAULT_SPEED,
     LABEL,
@@ -30,7 +31,6 @@ from camera.ptz_protocol import (
     parse_command,
     parse_reply,
 )
-from camera.client.viewer import Connection, ViewerIdentity, ViewError, connect
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from camera.acl import ACL_FILE, PairingWindows, ViewerACL, fingerprint
+from camera.client.viewer import ViewerIdentity
 from camera.gatekeeper import CLOCK_SKEW_MS, Gatekeeper, Refused, server_name
 from camera.identity import DeviceIdentity
-from camera.client.viewer import ViewerIdentity
 from services.signaling import Role, encode, parse
 from services.signatures import (
     offer_statement,

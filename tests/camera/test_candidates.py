@@ -11,10 +11,10 @@ from aiortc import RTCPeerConnection
 
 from camera.acl import PairingWindows, ViewerACL
 from camera.broadcaster import Broadcaster
+from camera.client.viewer import ViewerIdentity
 from camera.gatekeeper import Gatekeeper, Refused
 from camera.identity import DeviceIdentity
 from camera.session import BadCandidate, ViewerSession, parse_candidate
-from camera.client.viewer import ViewerIdentity
 from services.signaling import MAX_CANDIDATES, Message, Role, encode, parse
 from services.signatures import candidate_statement, sign
 

@@ -19,9 +19,9 @@ import pytest
 import serial
 from pyee.asyncio import AsyncIOEventEmitter
 
+from camera.client.ptz import command_for
 from camera.config import HardwareConfig
 from camera.ptz import NO_HEAD, NOT_AUTHORIZED, PtzControl, open_head
-from camera.client.ptz import command_for
 from camera.ptz_protocol import (
     MAX_MESSAGE_BYTES,
     Ack,

@@ -25,8 +25,6 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from camera import stamp
-from camera.sources.base import VideoSettings
-from camera.sources.x264 import X264Encoder
 from camera.client.viewer import (
     _DECODER_ERROR_ATTR,
     _DECODER_QUEUE_ATTR,
@@ -39,6 +37,8 @@ from camera.client.viewer import (
     release_frames_on_marker,
     stamp_region,
 )
+from camera.sources.base import VideoSettings
+from camera.sources.x264 import X264Encoder
 
 H264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90_000, payloadType=96)
 Released = tuple[int, bytes]  # (timestamp, data)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from camera.agent import CameraAgent
+from camera.client.viewer import view
 from camera.config import CameraConfig
 from camera.frames import EncodedFrame
 from camera.health import EXIT_STUCK
@@ -28,7 +29,6 @@ from camera.identity import DeviceIdentity
 from camera.sdnotify import Notifier
 from camera.sources.base import FrameSink, Source
 from camera.sources.testpattern import TestPatternSource
-from camera.client.viewer import view
 from hardware.led import PATTERNS, LedState, StatusLed
 from services.rendezvous import start_rendezvous
 from tests.conftest import SMALL_VIDEO, Stack, scaled

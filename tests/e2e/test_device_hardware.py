@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from camera.client.viewer import view
 from camera.config import load_camera_config
 from camera.device import Device
-from camera.client.viewer import view
 from hardware.led import LedState
 from tests.conftest import Stack, scaled
 

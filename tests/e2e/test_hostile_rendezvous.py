@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from camera.agent import CameraAgent
-from camera.identity import DeviceIdentity
 from camera.client.viewer import ForgedAnswer, ViewerIdentity, ViewError, view
+from camera.identity import DeviceIdentity
 from services.rendezvous import Rendezvous, start_rendezvous
 from services.routing import Peer
 from services.signaling import Role

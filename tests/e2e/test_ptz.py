@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from camera.agent import CameraAgent
-from camera.config import HardwareConfig
-from camera.ptz import NOT_AUTHORIZED
 from camera.client.ptz import PtzRefused, command_for, control
 from camera.client.viewer import Connection, ViewerIdentity, ViewError, connect
+from camera.config import HardwareConfig
+from camera.ptz import NOT_AUTHORIZED
 from tests.conftest import Stack, scaled
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from camera.acl import ACL_FILE
-from camera.identity import KEY_FILE
 from camera.client.viewer import VIEWER_KEY_FILE, ViewerIdentity, view
+from camera.identity import KEY_FILE
 from services.rendezvous import RendezvousConfig, start_rendezvous
 from services.turn import TurnConfig, mint
 from tests.conftest import Stack

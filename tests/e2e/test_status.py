@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from camera.client.viewer import view
 from camera.config import CameraConfig
 from camera.control import ControlError, ControlServer, request
 from camera.device import Device
-from camera.client.viewer import view
 from tests.conftest import SMALL_VIDEO, Stack, scaled
 
 PEERCAM = [sys.executable, "-m", "camera.cli"]

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from camera.agent import CameraAgent
+from camera.client.viewer import view
 from camera.config import CameraConfig, make_configured_source
 from camera.identity import DeviceIdentity
-from camera.client.viewer import view
 from services.rendezvous import RendezvousConfig, start_rendezvous
 from services.tls import self_signed, server_context
 from tests.conftest import SMALL_VIDEO, Stack, scaled
