@@ -416,39 +416,15 @@ async def _status(args: argparse.Namespace) -> int:
     reply = await request(path, "status")
     if not reply.get("ok"):
         raise BadConfig(f"the camera agent says: {reply.get('error')}")
-    status = reply["status"]
+    from camera.status import DeviceStatus, format_status
+
+    status = DeviceStatus.from_dict(reply["status"])
     if args.json:
-        print(json.dumps(status), flush=True)
+        print(json.dumps(status.as_dict()), flush=True)
         return 0
     for line in format_status(status):
         print(line, flush=True)
     return 0
-
-
-def format_status(status: dict[str, Any]) -> list[str]:
-    """``peercam status`` for people: one fact per line, then one line per viewer."""
-    rdv, nat, src = status["rendezvous"], status["nat"], status["source"]
-    link = "connected" if rdv["connected"] else (
-        "no network" if rdv["network_down"] else "not connected")
-    lines = [
-        f"state:       {status['state']}",
-        f"device:      {status['device_id']}",
-        f"rendezvous:  {rdv['url']} ({link}, {rdv['reconnects']} reconnects)",
-        f"nat:         {nat['summary'] or 'not checked yet'}",
-        f"source:      {src['kind']} {src['size']} at {src['fps']} fps "
-        f"({src['frames']} frames, {src['restarts']} restarts)",
-        f"pairing:     {'open' if status['pairing_open'] else 'closed'}; "
-        f"{status['viewers_paired']} paired viewer(s)",
-        f"uptime:      {status['uptime']:.0f} s",
-        f"viewers:     {len(status['viewers'])}",
-    ]
-    for v in status["viewers"]:
-        rate = "-" if v["bitrate"] is None else f"{v['bitrate'] / 1e6:.2f} Mbit/s"
-        rtt = "-" if v["rtt_ms"] is None else f"{v['rtt_ms']:.0f} ms"
-        state = v["pair"] if v["connected"] else "connecting"
-        lines.append(f"  {v['name'] or '?'} [{v['fingerprint'] or '-'}] {state} "
-                     f"{'(relayed) ' if v['relayed'] else ''}{rate} rtt {rtt}")
-    return lines
 
 
 async def _pair(args: argparse.Namespace) -> int:

@@ -53,7 +53,7 @@ def handle(agent: CameraAgent, request: Any) -> dict[str, Any]:
         return {"ok": False, "error": 'a request is a JSON object with an "op" string'}
     op = request["op"]
     if op == "status":
-        return {"ok": True, "status": agent.status()}
+        return {"ok": True, "status": agent.status().as_dict()}
     if op == "viewers":
         return {"ok": True, "viewers": _viewer_rows(agent)}
     if op == "revoke":
