@@ -6,10 +6,9 @@ Three parts, each with one job:
   which candidates to hand over, what to sign, when to say bye.
 - :class:`camera.link.RendezvousLink` connects, registers, receives and sends,
   and comes back with jittered backoff.
-- The supervisor tick here runs the health decisions of ``camera.health``:
-  the systemd watchdog, the source's recovery ladder and the link's
-  (reconnect → rebuild → stop the watchdog pings so systemd restarts the unit),
-  the LED, and each viewer's stats.
+- :class:`camera.supervisor.Supervisor` runs the health tick: the systemd
+  watchdog, the source's recovery ladder and the link's (reconnect → rebuild →
+  stop the watchdog pings so systemd restarts the unit), the LED, viewer stats.
 
 This module owns the source, the broadcaster and one :class:`ViewerSession`
 per viewer, and performs the core's actions. Media is peer-to-peer: when the
@@ -41,16 +40,15 @@ from camera.core import (
 )
 from camera.errors import BadConfig
 from camera.gatekeeper import Gatekeeper
-from camera.health import EXIT_STUCK, HealthMonitor, LinkAction, LinkLadder
-from camera.health import Action as HealthAction
+from camera.health import HealthMonitor, LinkLadder
 from camera.identity import DeviceIdentity
 from camera.link import RendezvousLink
 from camera.ptz import PtzControl
 from camera.sdnotify import Notifier
 from camera.session import BadCandidate, SessionFailed, ViewerSession
 from camera.sources.base import Source
-from camera.state import DeviceFacts, device_state
 from camera.status import DeviceStatus, LinkStatus, NatStatus, SourceStatus, ViewerStatus
+from camera.supervisor import Supervisor
 from camera.track import check_aiortc
 from camera.webrtc import order_turn, stun_server_of
 from services.stun.discovery import NatReport
@@ -61,14 +59,6 @@ if TYPE_CHECKING:
     from hardware.pelco_d import PelcoD
 
 logger = logging.getLogger(__name__)
-
-TICK = 0.25
-"""Seconds between health/LED ticks on the event loop."""
-STATS_EVERY = 2.0
-"""Seconds between samples of each viewer's sender stats (bitrate, RTT)."""
-EXIT_LINK = 75
-"""Exit status when the rendezvous link cannot recover and no watchdog will restart us."""
-
 
 class CameraAgent:
     """Serves from :meth:`start` until :meth:`close`."""
@@ -98,26 +88,25 @@ class CameraAgent:
         self.source = source
         self.identity = identity
         self._source_factory = source_factory
-        self.led = led
         self.notifier = notifier or Notifier(None)
-        self.watchdog_interval = watchdog_interval
-        self.health = HealthMonitor(
-            started_at=0.0,
-            frame_stall=config.frame_stall,
-            max_restarts=config.source_restarts if source_factory is not None else 0,
+        self.supervisor = Supervisor(
+            self,
+            HealthMonitor(
+                started_at=0.0,
+                frame_stall=config.frame_stall,
+                max_restarts=config.source_restarts if source_factory is not None else 0,
+            ),
+            link_ladder or LinkLadder(),
+            notifier=self.notifier,
+            watchdog_interval=watchdog_interval,
+            led=led,
         )
-        self.link_ladder = link_ladder or LinkLadder()
-        self.failed = asyncio.Event()
+        self.failed = self.supervisor.failed
         """Set when the agent gives up (stuck source or link); :attr:`exit_code` says how."""
-        self.exit_code = 0
         self.reset_armed = False
         self.source_restarts = 0
         self.rebuilds = 0
         self.started_at = time.time()
-        self._last_watchdog: float | None = None
-        self._watchdog_stopped = False
-        self._viewer_stats: dict[str, dict[str, Any]] = {}
-        self._stats_at = 0.0
         self.acl = ViewerACL(config.state_dir)
         self.pairing = PairingWindows(config.state_dir)
         self.gatekeeper = Gatekeeper(identity, self.acl, self.pairing)
@@ -140,7 +129,7 @@ class CameraAgent:
         self.nat_report: NatReport | None = None
         """RFC 5780 NAT behaviour found at start (against the rendezvous' STUN server)."""
         self._natcheck: asyncio.Task[Any] | None = None
-        self._pairing_open = False
+        self.pairing_open = False
         """A single-use pairing window is open (re-read each second, not per LED tick)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -173,14 +162,22 @@ class CameraAgent:
     def network_down(self) -> bool:
         return self.link.network_down
 
+    @property
+    def exit_code(self) -> int:
+        return self.supervisor.exit_code
+
     async def start(self) -> None:
         """Start the source, then stay registered (the link's task) until :meth:`close`."""
-        self.health.started_at = asyncio.get_running_loop().time()
+        self.supervisor.health.started_at = asyncio.get_running_loop().time()
         self._show_state()
         await self.source.start(self.broadcaster.publish)
         self.link.start()
         self._spawn(self._watch_acl())
-        self._spawn(self._supervise())
+        self._spawn(self.supervisor.run())
+
+    def tick(self, now: float) -> None:
+        """The supervisor's tick: offers whose wait for the NAT check is over go on."""
+        self._perform(self.core.tick(now))
 
     # -- what the link reports ---------------------------------------------------------
 
@@ -314,7 +311,7 @@ class CameraAgent:
         return secret
 
     def _refresh_pairing(self) -> None:
-        self._pairing_open = self.pairing.is_open(include_reusable=False)
+        self.pairing_open = self.pairing.is_open(include_reusable=False)
 
     def pairing_link(self, secret: str) -> str:
         """The viewer link that pairs with ``secret`` (the web page of our rendezvous)."""
@@ -357,111 +354,20 @@ class CameraAgent:
     # -- health, state, status -------------------------------------------------------------
 
     @property
-    def facts(self) -> DeviceFacts:
-        now = asyncio.get_running_loop().time()
-        last = self.broadcaster.last_frame_time
-        # Watching: connected with video (a control-only session is not "streaming").
-        connected = [s for s in self.sessions.values()
-                     if s.connected.is_set() and s.track is not None]
-        return DeviceFacts(
-            first_frame=self.broadcaster.frames_published > 0,
-            registered=self.registered.is_set(),
-            network_down=self.link.network_down,
-            viewers_relayed=[s.pair_types[0] == "relay" or s.pair_types[1] == "relay"
-                             for s in connected],
-            pairing=self._pairing_open,
-            camera_fault=self.health.faulty(now, last) and not self.health.gave_up,
-            reset_armed=self.reset_armed,
-            fatal=self.health.gave_up or self.link_ladder.gave_up,
-        )
-
-    @property
     def state(self) -> LedState:
         """What the LED shows (see camera/state.py for the priorities)."""
-        return device_state(self.facts)
+        return self.supervisor.state
 
     def _show_state(self) -> None:
-        if self.led is None or self.led.closed:
-            return
-        try:
-            self.led.set(self.state)
-        except Exception:  # a broken LED must never stop the camera
-            logger.exception("status LED failed")
+        self.supervisor.show_state()
 
-    async def _supervise(self) -> None:
-        """The health tick: watchdog, recovery ladders, LED, viewer stats."""
-        loop = asyncio.get_running_loop()
-        expected = loop.time()
-        while not self._closed:
-            await asyncio.sleep(TICK)
-            now = loop.time()
-            if now - expected > TICK + 1.0:
-                logger.warning("event loop was blocked for %.1f s", now - expected - TICK)
-            expected = now + TICK
-            try:
-                await self._tick(now)
-            except Exception as exc:  # the supervisor itself must never stop
-                logger.error("health tick failed: %s: %s", type(exc).__name__, printable(exc))
+    @property
+    def health(self) -> HealthMonitor:
+        return self.supervisor.health
 
-    async def _tick(self, now: float) -> None:
-        self._perform(self.core.tick(now))
-        for action in self.health.tick(now, self.broadcaster.last_frame_time,
-                                       self.registered.is_set()):
-            await self._act(action, now)
-        link = self.link.facts()
-        for link_action in self.link_ladder.tick(now, link.running, link.registered,
-                                                 link.internal_failures, link.last_activity):
-            await self._act_link(link_action)
-        self._show_state()
-        if now - self._stats_at >= STATS_EVERY:
-            self._stats_at = now
-            await self._sample_viewer_stats(now)
-
-    async def _act(self, action: HealthAction, now: float) -> None:
-        if action is HealthAction.READY:
-            self.notifier.ready(f"streaming as {self.device_id}")
-            logger.info("ready: frames flowing and registered")
-        elif action is HealthAction.WATCHDOG:
-            interval = self.watchdog_interval
-            if interval is not None and not self._watchdog_stopped and (
-                self._last_watchdog is None or now - self._last_watchdog >= interval
-            ):
-                self._last_watchdog = now
-                self.notifier.watchdog()
-        elif action is HealthAction.RESTART_SOURCE:
-            logger.error("no frame for %.1f s: restarting the source (%d of %d)",
-                         self.config.frame_stall, self.health.restarts, self.health.max_restarts)
-            self.notifier.status(f"camera stuck: restarting the source ({self.health.restarts})")
-            self._show_state()
-            await self.restart_source()
-        elif action is HealthAction.GIVE_UP:
-            logger.critical("the source is still stuck after %d restart(s): exiting so the "
-                            "service manager restarts the camera", self.health.total_restarts)
-            self.notifier.status("camera stuck: exiting for a restart")
-            self.exit_code = EXIT_STUCK
-            self._show_state()
-            self.failed.set()
-
-    async def _act_link(self, action: LinkAction) -> None:
-        fault = self.link_ladder.fault.value if self.link_ladder.fault else "link fault"
-        if action is LinkAction.RECONNECT:
-            logger.error("rendezvous link: %s; reconnecting", fault)
-            self.notifier.status(f"rendezvous link: {fault}; reconnecting")
-            await self.link.restart()
-        elif action is LinkAction.REBUILD:
-            logger.error("rendezvous link: %s after a reconnect; rebuilding the agent", fault)
-            self.notifier.status(f"rendezvous link: {fault}; rebuilding")
-            await self.rebuild()
-        elif action is LinkAction.STOP_WATCHDOG:
-            logger.critical("rendezvous link: %s after a rebuild; stopping the watchdog so "
-                            "the service manager restarts the camera", fault)
-            self.notifier.status("rendezvous link cannot recover: waiting for a restart")
-            self._watchdog_stopped = True
-            self._show_state()
-            if self.watchdog_interval is None:
-                # No watchdog will notice: exit, and let the service manager (if any) act.
-                self.exit_code = EXIT_LINK
-                self.failed.set()
+    @property
+    def link_ladder(self) -> LinkLadder:
+        return self.supervisor.link_ladder
 
     async def rebuild(self) -> None:
         """A fresh protocol core and rendezvous link; live sessions carry over."""
@@ -502,29 +408,6 @@ class CameraAgent:
         except Exception as exc:
             logger.error("restarting the source failed: %s", exc)
 
-    async def _sample_viewer_stats(self, now: float) -> None:
-        for session_id, session in list(self.sessions.items()):
-            if not session.connected.is_set():
-                continue
-            sent, rtt = 0, None
-            try:
-                for transceiver in session.pc.getTransceivers():
-                    for stat in (await transceiver.sender.getStats()).values():
-                        if stat.type == "outbound-rtp":
-                            sent += stat.bytesSent
-                        elif stat.type == "remote-inbound-rtp":
-                            rtt = stat.roundTripTime
-            except Exception:
-                continue  # closing under us
-            previous = self._viewer_stats.get(session_id)
-            bitrate = None
-            if previous is not None and now > previous["at"]:
-                bitrate = 8 * (sent - previous["bytes"]) / (now - previous["at"])
-            self._viewer_stats[session_id] = {"at": now, "bytes": sent, "rtt": rtt,
-                                              "bitrate": bitrate}
-        for gone in set(self._viewer_stats) - set(self.sessions):
-            del self._viewer_stats[gone]
-
     def _link_state(self) -> str:
         if self.registered.is_set():
             return "registered"
@@ -540,7 +423,7 @@ class CameraAgent:
         for session in list(self.sessions.values()):
             local, remote = session.pair_types
             viewer = self.acl.get(session.viewer_key) if session.viewer_key else None
-            stats = self._viewer_stats.get(session.session_id, {})
+            stats = self.supervisor.viewer_stats.get(session.session_id, {})
             record = self.core.sessions.get(session.session_id)
             viewers.append(ViewerStatus(
                 session=session.session_id[:8],
