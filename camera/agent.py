@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from camera import compat
 from camera.acl import PairingWindows, ViewerACL
 from camera.broadcaster import Broadcaster
 from camera.config import CameraConfig, page_url
@@ -33,7 +34,6 @@ from camera.sdnotify import Notifier
 from camera.session import BadCandidate, SessionFailed, ViewerSession
 from camera.sources.base import Source
 from camera.state import DeviceFacts, device_state
-from camera.track import check_aiortc
 from camera.webrtc import order_turn, stun_server_of
 from services.signaling import (
     ErrorCode,
@@ -96,7 +96,7 @@ class CameraAgent:
         :attr:`state`; ``notifier`` gets READY/WATCHDOG/STOPPING every
         ``watchdog_interval`` seconds (None: no watchdog pings).
         """
-        check_aiortc()
+        compat.ensure_installed()
         self.config = config
         self.source = source
         self.identity = identity
