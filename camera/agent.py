@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from camera import compat
 from camera.acl import PairingWindows, ViewerACL
 from camera.broadcaster import Broadcaster
 from camera.config import CameraConfig, page_url
@@ -49,7 +50,6 @@ from camera.session import BadCandidate, SessionFailed, ViewerSession
 from camera.sources.base import Source
 from camera.status import DeviceStatus, LinkStatus, NatStatus, SourceStatus, ViewerStatus
 from camera.supervisor import Supervisor
-from camera.track import check_aiortc
 from camera.webrtc import order_turn, stun_server_of
 from services.stun.discovery import NatReport
 from services.stun.natcheck import natcheck
@@ -83,7 +83,7 @@ class CameraAgent:
         pan/tilt head the device opened (None: no pan/tilt); ``link_ladder`` sets
         the link's recovery timing.
         """
-        check_aiortc()
+        compat.ensure_installed()
         self.config = config
         self.source = source
         self.identity = identity

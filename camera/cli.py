@@ -168,8 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     if args.command not in ("rendezvous", "stun", "natcheck"):
         # Only the WebRTC commands need aiortc: the servers stay ~30 MiB smaller.
+        from camera import compat
         from camera.webrtc import host_addresses_from_env, restrict_host_addresses
 
+        compat.install(compat.Settings())  # once per process: checks aiortc/aioice first
         restrict_host_addresses(host_addresses_from_env())
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = {
         "demo": _demo,

@@ -4,8 +4,8 @@ It decodes the video (to count frames and read the test pattern's burnt-in
 capture time back), and can record the stream to MP4 without transcoding by
 teeing the depayloaded access units before aiortc's decoder.
 
-Two private hooks into aiortc 1.16's receiver (checked by
-:func:`check_receiver_hooks`; pyproject pins ``aiortc==1.16.*``) make it behave
+Two private hooks into aiortc 1.16's receiver (made and checked through
+:mod:`camera.compat.receiver`; pyproject pins ``aiortc==1.16.*``) make it behave
 like a live viewer: its jitter buffer releases a frame as soon as the packet
 with the RTP marker bit completes it (:class:`MarkerJitterBuffer`), and its
 decoder queue is bounded, restarting at a keyframe when the decoder falls behind
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiortc
 import av
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +45,9 @@ from aiortc.utils import uint16_gt
 from av.video.reformatter import ColorRange
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from camera.client import ice as viewer_ice
+from camera.compat import receiver as hooks
+from camera.compat.receiver import check_receiver_hooks
 from camera.config import client_ssl, ws_url
 from camera.errors import PeercamError
 from camera.h264 import is_idr
@@ -73,14 +75,6 @@ from services.signatures import (
 )
 
 logger = logging.getLogger(__name__)
-
-# aiortc 1.16 RTCRtpReceiver private attributes the viewer replaces or uses (set in
-# its __init__; the receiver reads them per packet, so swapping them before the
-# receiver starts is enough).
-_DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
-_JITTER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
-_DECODER_ERROR_ATTR = "_RTCRtpReceiver__decoder_error"
-_DECODER_THREAD_ATTR = "_RTCRtpReceiver__decoder_thread"
 
 #: Undecoded frames the CLI viewer lets queue before it drops them and restarts at
 #: a keyframe: a third of a second at 30 fps, so a passing stall is absorbed but a
@@ -257,63 +251,18 @@ class MarkerJitterBuffer(JitterBuffer):
 
     def _pop_marked_frame(self) -> JitterFrame | None:
         """The frame at the head of the buffer if it is complete through its marker packet."""
-        if self._origin is None:
-            return None
         packets: list[RtpPacket] = []
-        for count in range(self.capacity):
-            packet = self._packets[(self._origin + count) % self.capacity]
+        for count, packet in enumerate(hooks.buffered(self)):
             if packet is None or (packets and packet.timestamp != packets[0].timestamp):
                 return None  # a gap (or a frame without a marker): not ours to release
             packets.append(packet)
             if packet.marker:
                 self.remove(count + 1)
                 return JitterFrame(
-                    data=b"".join(p._data for p in packets),  # type: ignore[attr-defined]
+                    data=b"".join(hooks.payload(p) for p in packets),
                     timestamp=packet.timestamp,
                 )
         return None
-
-
-def check_receiver_hooks(receiver: RTCRtpReceiver) -> None:
-    """Fail loudly unless ``receiver`` is an unstarted aiortc 1.16 video receiver.
-
-    The viewer replaces its jitter buffer and decoder queue and sets its decoder
-    error flag to ask for a keyframe; aiortc keeps all three private, so any other
-    version (or a receiver already running) gets a clear error instead of a viewer
-    that silently loses the hooks.
-    """
-    if not aiortc.__version__.startswith("1.16."):
-        raise RuntimeError(
-            f"peercam view hooks aiortc 1.16 receiver internals; found aiortc {aiortc.__version__}"
-        )
-    jitter = getattr(receiver, _JITTER_BUFFER_ATTR, None)
-    if (
-        type(jitter) is not JitterBuffer
-        or not isinstance(getattr(jitter, "_packets", None), list)
-        or getattr(jitter, "_origin", "missing") is not None
-        or getattr(jitter, "_prefetch", None) != 0
-        or getattr(jitter, "_is_video", None) is not True
-    ):
-        raise RuntimeError(
-            f"aiortc RTCRtpReceiver.{_JITTER_BUFFER_ATTR} is not the fresh 1.16 video "
-            f"JitterBuffer the viewer hooks (got {jitter!r})"
-        )
-    decoder_queue = getattr(receiver, _DECODER_QUEUE_ATTR, None)
-    if type(decoder_queue) is not queue.Queue or not decoder_queue.empty():
-        raise RuntimeError(
-            f"aiortc RTCRtpReceiver.{_DECODER_QUEUE_ATTR} is not the empty queue.Queue "
-            f"the viewer hooks (got {decoder_queue!r})"
-        )
-    if not isinstance(getattr(receiver, _DECODER_ERROR_ATTR, None), threading.Event):
-        raise RuntimeError(
-            f"aiortc RTCRtpReceiver.{_DECODER_ERROR_ATTR} is not the threading.Event "
-            "the viewer sets to ask for a keyframe"
-        )
-    if getattr(receiver, _DECODER_THREAD_ATTR, "missing") is not None:
-        raise RuntimeError(
-            "the aiortc receiver's decoder is already running (or aiortc changed): "
-            "the viewer's hooks must go in before it starts"
-        )
 
 
 def release_frames_on_marker(receiver: RTCRtpReceiver) -> None:
@@ -323,8 +272,8 @@ def release_frames_on_marker(receiver: RTCRtpReceiver) -> None:
 
 
 def _swap_jitter_buffer(receiver: RTCRtpReceiver) -> None:
-    stock: JitterBuffer = getattr(receiver, _JITTER_BUFFER_ATTR)
-    setattr(receiver, _JITTER_BUFFER_ATTR, MarkerJitterBuffer(stock.capacity, is_video=True))
+    stock = hooks.jitter_buffer(receiver)
+    hooks.set_jitter_buffer(receiver, MarkerJitterBuffer(stock.capacity, is_video=True))
 
 
 def _is_keyframe(codec: RTCRtpCodecParameters, frame: JitterFrame) -> bool:
@@ -397,8 +346,8 @@ def _hook_receiver(receiver: RTCRtpReceiver, recorder: Mp4Recorder | None) -> _D
     """The CLI viewer's receiver: frames released on the marker, a bounded decoder queue."""
     check_receiver_hooks(receiver)
     _swap_jitter_buffer(receiver)
-    decoder_queue = _DecoderQueue(getattr(receiver, _DECODER_ERROR_ATTR), recorder)
-    setattr(receiver, _DECODER_QUEUE_ATTR, decoder_queue)
+    decoder_queue = _DecoderQueue(hooks.decoder_error(receiver), recorder)
+    hooks.set_decoder_queue(receiver, decoder_queue)
     return decoder_queue
 
 
@@ -493,6 +442,7 @@ async def connect(
             servers = list(prepared["ice_servers"])
         # aiortc uses one TURN URL: where UDP is blocked it must be TURN over TCP.
         servers = order_turn(servers, udp_blocked=await udp_blocked(servers))
+        viewer_ice.install()  # the controlling agent's relay rule; idempotent
         started = time.perf_counter()
         pc = make_peer_connection(servers)
         try:
