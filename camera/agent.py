@@ -44,6 +44,7 @@ from camera.gatekeeper import Gatekeeper
 from camera.health import HealthMonitor, LinkLadder
 from camera.identity import DeviceIdentity
 from camera.link import RendezvousLink
+from camera.netwatch import NetworkView, NetworkWatcher
 from camera.ptz import PtzControl
 from camera.sdnotify import Notifier
 from camera.session import BadCandidate, SessionFailed, ViewerSession
@@ -75,13 +76,15 @@ class CameraAgent:
         watchdog_interval: float | None = None,
         head: PelcoD | None = None,
         link_ladder: LinkLadder | None = None,
+        watch_network: bool = True,
     ) -> None:
         """``source_factory`` makes a fresh source for the recovery ladder (None: no
         in-process restart, a stuck source makes the agent exit). ``led`` shows
         :attr:`state`; ``notifier`` gets READY/WATCHDOG/STOPPING every
         ``watchdog_interval`` seconds (None: no watchdog pings); ``head`` is the
         pan/tilt head the device opened (None: no pan/tilt); ``link_ladder`` sets
-        the link's recovery timing.
+        the link's recovery timing; ``watch_network`` follows link, address and
+        route changes (netlink) to reconnect at once.
         """
         compat.ensure_installed()
         self.config = config
@@ -129,6 +132,8 @@ class CameraAgent:
         self.nat_report: NatReport | None = None
         """RFC 5780 NAT behaviour found at start (against the rendezvous' STUN server)."""
         self._natcheck: asyncio.Task[Any] | None = None
+        self._natcheck_servers: list[dict[str, Any]] = []
+        self.netwatch = NetworkWatcher(self._network_changed) if watch_network else None
         self.pairing_open = False
         """A single-use pairing window is open (re-read each second, not per LED tick)."""
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -171,6 +176,8 @@ class CameraAgent:
         self.supervisor.health.started_at = asyncio.get_running_loop().time()
         self._show_state()
         await self.source.start(self.broadcaster.publish)
+        if self.netwatch is not None:
+            await self.netwatch.start()
         self.link.start()
         self._spawn(self._watch_acl())
         self._spawn(self.supervisor.run())
@@ -183,8 +190,15 @@ class CameraAgent:
 
     def _registered(self, ice_servers: list[dict[str, Any]]) -> None:
         if self._natcheck is None:
-            self._natcheck = self._spawn(self._check_nat(
-                self.config.ice_servers if self.config.ice_servers is not None else ice_servers))
+            self._natcheck_servers = (self.config.ice_servers if self.config.ice_servers
+                                      is not None else ice_servers)
+            self._natcheck = self._spawn(self._check_nat(self._natcheck_servers))
+
+    def _network_changed(self, reason: str, old: NetworkView, new: NetworkView) -> None:
+        """Reconnect now (not when the backoff says), and learn the new NAT."""
+        self.link.network_changed(new.online, old.addresses, new.addresses)
+        if new.online and self._natcheck is not None and self._natcheck.done():
+            self._natcheck = self._spawn(self._check_nat(self._natcheck_servers))
 
     def _frame(self, data: str | bytes) -> None:
         self._perform(self.core.received(data, asyncio.get_running_loop().time()))
@@ -499,5 +513,7 @@ class CameraAgent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.link.close()
+        if self.netwatch is not None:
+            await self.netwatch.close()
         self.broadcaster.close()
         await self.source.close()

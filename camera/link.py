@@ -39,22 +39,32 @@ HEARTBEAT = 20.0
 """WebSocket ping interval: under the 30 s after which Linux forgets an idle UDP/TCP NAT entry."""
 STABLE = 30.0
 """A registration that lasted this long resets the backoff."""
+REFUSED_CAP = 2.0
+"""Backoff cap while the server's host refuses connections (its process is restarting)."""
+REFUSED_WINDOW = 60.0
+"""How long into an outage refusals keep the short cap; after that, the normal backoff."""
 
 _NETWORK_DOWN = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in out):
+        out.append(current)
+        current = getattr(current, "os_error", None) or current.__cause__ or current.__context__
+    return out
+
+
 def network_down(exc: BaseException) -> bool:
     """The error says this device has no usable network (vs. a server problem)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, socket.gaierror):
-            return True  # no DNS: as good as no network for a camera
-        if isinstance(current, OSError) and current.errno in _NETWORK_DOWN:
-            return True
-        current = getattr(current, "os_error", None) or current.__cause__ or current.__context__
-    return False
+    return any(isinstance(e, socket.gaierror)  # no DNS: as good as no network for a camera
+               or (isinstance(e, OSError) and e.errno in _NETWORK_DOWN) for e in _causes(exc))
+
+
+def refused(exc: BaseException) -> bool:
+    """The server's host answered with a reset: it is up, its server process is not."""
+    return any(isinstance(e, ConnectionRefusedError) for e in _causes(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,10 @@ class RendezvousLink:
         self.last_error: str | None = None
         self.last_activity = 0.0
         self._replaced = False
+        self._wake = asyncio.Event()
+        """Set when the network changed: skip the backoff wait, start the ladder again."""
+        self._outage_since: float | None = None
+        self._restarting: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -120,7 +134,32 @@ class RendezvousLink:
     async def close(self) -> None:
         """Stop for good. Safe twice."""
         self._closed = True
+        if self._restarting is not None:
+            self._restarting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restarting
         await self._stop_task()
+
+    def network_changed(self, online: bool, old: frozenset[str], new: frozenset[str]) -> None:
+        """The device's network changed (``old``/``new``: its global addresses).
+
+        Waiting out a backoff is for a server that refuses, not for a network that
+        just came back: the next attempt starts now. A connection whose local
+        address went away is dead whatever TCP thinks: it is replaced at once.
+        """
+        if not online:
+            self.network_down = True
+            self._on_change()
+        self._wake.set()
+        ws = self._ws
+        if ws is None or ws.closed or self._closed:
+            return
+        sockname = ws.get_extra_info("sockname")
+        local = sockname[0] if isinstance(sockname, tuple) and sockname else None
+        if local in old and (not online or local not in new):
+            logger.info("rendezvous connection was on %s, which is gone: reconnecting", local)
+            if self._restarting is None or self._restarting.done():
+                self._restarting = asyncio.create_task(self.restart(), name="link-restart")
 
     async def _stop_task(self) -> None:
         task, self._task = self._task, None
@@ -163,11 +202,14 @@ class RendezvousLink:
         async with aiohttp.ClientSession() as http:
             while not self._closed:
                 self.last_activity = loop.time()
+                self._wake.clear()  # a change from now on cuts the next wait short
                 registered_at: float | None = None
+                was_refused = False
                 try:
                     registered_at = await self._connect_once(http, ssl_context)
                 except (aiohttp.ClientError, OSError, TimeoutError, ProtocolError) as exc:
                     self.network_down = network_down(exc)
+                    was_refused = refused(exc)
                     self.last_error = printable(exc) or type(exc).__name__
                     logger.warning("rendezvous %s: %s%s", self.config.rendezvous,
                                    self.last_error, " (no network)" if self.network_down else "")
@@ -181,9 +223,18 @@ class RendezvousLink:
                     self._set_registered(False)
                 if self._closed:
                     break
-                if registered_at is not None and loop.time() - registered_at > STABLE:
-                    attempt = 0  # it was a stable connection: start the ladder again
+                now = loop.time()
+                if registered_at is not None:
+                    self._outage_since = now
+                    if now - registered_at > STABLE:
+                        attempt = 0  # it was a stable connection: start the ladder again
+                elif self._outage_since is None:
+                    self._outage_since = now
                 cap = min(self.config.backoff_cap, self.config.backoff_base * 2**attempt)
+                if was_refused and now - self._outage_since < REFUSED_WINDOW:
+                    # A server restart: come back within seconds of it listening again
+                    # (still jittered, so a fleet spreads its reconnects over the cap).
+                    cap = min(cap, REFUSED_CAP)
                 delay = random.uniform(0, cap)  # full jitter: no reconnect storms
                 if self._replaced:
                     # Two devices with one key would replace each other forever: back
@@ -193,7 +244,11 @@ class RendezvousLink:
                 attempt += 1
                 self.reconnects += 1
                 logger.info("reconnecting to the rendezvous in %.2f s", delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                    attempt = 0  # the network changed: the next attempt is a first one
+                    logger.info("network changed: reconnecting now")
 
     async def _connect_once(self, http: aiohttp.ClientSession, ssl_context: Any) -> float | None:
         loop = asyncio.get_running_loop()
@@ -214,6 +269,7 @@ class RendezvousLink:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE,
                                     f"not registered: {printable(detail)}")
             registered_at = loop.time()
+            self._outage_since = None
             self.network_down = False
             self.internal_failures = 0
             self.last_error = None
