@@ -1,0 +1,71 @@
+"""``peercam``: the one command. Parsing and wiring only; the work is in the packages.
+
+One module per command group (:mod:`.servers`, :mod:`.device`, :mod:`.client`,
+:mod:`.network`; ``lab`` is passed on to the NAT lab's own command line), the
+option groups several commands share in :mod:`.options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from camera.cli import client, device, network, servers
+from camera.cli.device import format_status
+from camera.cli.options import log_level_default
+from camera.errors import PeercamError
+
+__all__ = ["build_parser", "format_status", "main"]
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peercam", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default=log_level_default())
+    sub = parser.add_subparsers(dest="command", required=True)
+    servers.add_commands(sub)
+    device.add_commands(sub)
+    network.add_commands(sub)
+    sub.add_parser("lab", help="the NAT lab (root): up|down|status|exec SITE -- CMD")
+    client.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:
+        # The lab has its own command line (python -m services.natlab); pass it all on.
+        from services.natlab.__main__ import main as lab_main
+
+        return lab_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiortc/aioice are chatty at INFO about every candidate pair.
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+    if args.needs_webrtc:
+        # Only the WebRTC commands need aiortc: the servers stay ~30 MiB smaller.
+        from camera.webrtc import host_addresses_from_env, restrict_host_addresses
+
+        restrict_host_addresses(host_addresses_from_env())
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except PeercamError as exc:
+        print(f"peercam: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# The handler tests drive directly.
+_ptz = client.ptz_command
