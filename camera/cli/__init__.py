@@ -14,10 +14,12 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from camera.cli import client, device, network, servers
+from camera.cli import client, device, exits, network, servers
 from camera.cli.device import format_status
 from camera.cli.options import log_level_default
 from camera.errors import PeercamError
+from hardware.errors import HardwareError
+from services.errors import ServiceError
 
 __all__ = ["build_parser", "format_status", "main"]
 
@@ -25,13 +27,15 @@ Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peercam", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="peercam", description=__doc__.split("\n")[0],
+                                     epilog=exits.epilog())
     parser.add_argument("--log-level", default=log_level_default())
     sub = parser.add_subparsers(dest="command", required=True)
     servers.add_commands(sub)
     device.add_commands(sub)
     network.add_commands(sub)
-    sub.add_parser("lab", help="the NAT lab (root): up|down|status|exec SITE -- CMD")
+    lab = sub.add_parser("lab", help="the NAT lab (root): up|down|status|exec SITE -- CMD")
+    lab.set_defaults(handler=None, needs_webrtc=False)
     client.add_commands(sub)
     return parser
 
@@ -43,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.natlab.__main__ import main as lab_main
 
         return lab_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.handler is None:
+        parser.error("lab: put it first (peercam lab ...), it has its own options")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -60,12 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))
-    except PeercamError as exc:
-        print(f"peercam: {exc}", file=sys.stderr)
-        return 2
+    except (PeercamError, ServiceError, HardwareError) as exc:
+        # A deliberate error: one line, no traceback, the status that says which kind.
+        print(f"peercam: {_one_line(exc)}", file=sys.stderr)
+        return exits.exit_code_for(exc)
+    except OSError as exc:
+        # The machine said no (permissions, a full disk, an address in use): one line too.
+        print(f"peercam: {_one_line(exc)}", file=sys.stderr)
+        return exits.FAILED
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
 
 
-# The handler tests drive directly.
-_ptz = client.ptz_command
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:1000]
+

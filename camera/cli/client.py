@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 from pathlib import Path
 
+from camera.cli import exits
 from camera.cli.options import add_ice_servers, add_tls_client
 from camera.errors import BadConfig
 
@@ -42,8 +42,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 async def ptz_command(args: argparse.Namespace) -> int:
-    import aiohttp
-
     from camera.client.ptz import PtzResult, command_for, control
     from camera.client.viewer import ViewerIdentity, ViewError
     from camera.ptz_protocol import MAX_SPEED, MIN_SPEED, BadControlMessage
@@ -67,12 +65,10 @@ async def ptz_command(args: argparse.Namespace) -> int:
             tls_ca=args.tls_ca,
             tls_insecure=args.insecure,
         )
-    except (ViewError, BadControlMessage, OSError, TimeoutError, ValueError,
-            aiohttp.ClientError) as exc:
+    except (ViewError, BadControlMessage) as exc:
         if args.json:
             print(json.dumps({"error": str(exc)}), flush=True)
-        print(f"peercam ptz: {exc}", file=sys.stderr)
-        return 1
+        raise
     if args.json:
         print(json.dumps(result.as_dict()), flush=True)
     else:
@@ -81,20 +77,17 @@ async def ptz_command(args: argparse.Namespace) -> int:
             counts[op] = counts.get(op, 0) + 1
         print("acknowledged: " + ", ".join(
             f"{op}" + (f" x{n}" if n > 1 else "") for op, n in counts.items()), flush=True)
-    return 0
+    return exits.OK
 
 
 async def view_command(args: argparse.Namespace) -> int:
-    import aiohttp
-
-    from camera.client.viewer import ViewError, view
+    """Exit status: 0 video until --seconds or Ctrl-C; 1 no video; 3 the camera ended it."""
+    from camera.client.viewer import ViewerIdentity, ViewError, view
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    from camera.client.viewer import ViewerIdentity
-
     try:
         stats = await view(
             args.target,
@@ -107,11 +100,14 @@ async def view_command(args: argparse.Namespace) -> int:
             tls_ca=args.tls_ca,
             tls_insecure=args.insecure,
         )
-    except (ViewError, OSError, TimeoutError, ValueError, aiohttp.ClientError) as exc:
+    except ViewError as exc:
         if args.json:
-            print(json.dumps({"error": str(exc), "frames": 0}), flush=True)
-        print(f"peercam view: {exc}", file=sys.stderr)
-        return 1
+            measured = exc.stats.as_dict() if exc.stats is not None else {"frames": 0}
+            print(json.dumps({**measured, "error": str(exc)}), flush=True)
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     result = stats.as_dict()
     if args.json:
         print(json.dumps(result), flush=True)
@@ -122,4 +118,4 @@ async def view_command(args: argparse.Namespace) -> int:
             f"{result['remote_candidate']}",
             flush=True,
         )
-    return 0 if stats.frames > 0 else 1
+    return exits.OK if stats.frames > 0 else exits.FAILED

@@ -7,11 +7,20 @@ import contextlib
 import json
 import logging
 import os
-import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from camera.cli.options import add_camera_files, add_tls_client, add_video_flags, video_overrides
+from camera.cli import exits
+from camera.cli.options import (
+    add_camera_files,
+    add_tls_client,
+    add_video_flags,
+    default_config,
+    video_overrides,
+)
 from camera.cli.signals import until_signalled
+from camera.config import CameraConfig
 from camera.errors import BadConfig
 from camera.sdnotify import Notifier
 
@@ -21,7 +30,9 @@ logger = logging.getLogger("peercam")
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cam = sub.add_parser("camera", help="run the camera agent (or: camera identity)")
     cam.add_argument("action", nargs="?", choices=["run", "identity"], default="run",
-                     help="identity: print the device ID and exit")
+                     help="identity: print the running (or configured) camera's device ID")
+    cam.add_argument("--create", action="store_true",
+                     help="identity: make the device key if there is none (the installer)")
     add_camera_files(cam, socket=False)
     cam.add_argument("--rendezvous", help="rendezvous URL, e.g. ws://host:8080")
     cam.add_argument("--source", choices=["testpattern", "file", "v4l2", "picamera2"])
@@ -50,16 +61,71 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     viewers.set_defaults(handler=viewers_command, needs_webrtc=True)
 
 
-def _camera_config(args: argparse.Namespace, **extra: Any) -> Any:
+def _camera_config(
+    args: argparse.Namespace, *, require_rendezvous: bool = False, **extra: Any
+) -> CameraConfig:
     from camera.config import load_camera_config
 
     overrides = {"state_dir": args.state_dir, **extra}
-    return load_camera_config(args.config, os.environ, overrides)
+    return load_camera_config(args.config or default_config(), os.environ, overrides,
+                              require_rendezvous=require_rendezvous)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The camera a device command acts on."""
+
+    config: CameraConfig
+    state_dir: Path
+    socket: Path
+    running: bool
+    """A running agent recorded itself with this socket (it may still have stopped since)."""
+    device_id: str | None
+
+
+def find_camera(args: argparse.Namespace, **extra: Any) -> Target:
+    """The running camera (its runtime record), else the one the config names.
+
+    Without --socket/--state-dir/--config, a single running camera (the service,
+    ``peercam camera`` or ``peercam demo``) is the one; with them, the running
+    camera with that state directory, else the config's socket.
+    """
+    from camera.runtime import find_running
+
+    config = _camera_config(args, **extra)
+    socket = getattr(args, "socket", None)
+    if socket is not None:
+        return Target(config, config.state_dir, socket, False, None)
+    running = find_running()
+    explicit = args.state_dir is not None or args.config is not None
+    if explicit:
+        wanted = config.state_dir.resolve()
+        running = [r for r in running if r.state_dir == wanted]
+    if len(running) > 1:
+        listing = ", ".join(f"{r.device_id} (state {r.state_dir}, pid {r.pid})" for r in running)
+        raise BadConfig(f"{len(running)} cameras are running here: {listing}; "
+                        f"pick one with --state-dir")
+    if running:
+        found = running[0]
+        return Target(config, found.state_dir, found.control_socket, True, found.device_id)
+    return Target(config, config.state_dir, config.control_socket_path, False, None)
+
+
+def _require_key(state_dir: Path) -> str:
+    """The device ID of the camera whose state is ``state_dir``; NoCamera if it has none."""
+    from camera.identity import DeviceIdentity
+
+    return DeviceIdentity.load(state_dir).device_id
 
 
 async def camera_command(args: argparse.Namespace) -> int:
+    if args.action == "identity":
+        return _identity(args)
+    if args.create:
+        raise BadConfig("--create goes with: peercam camera identity --create")
     config = _camera_config(
         args,
+        require_rendezvous=True,
         rendezvous=args.rendezvous,
         source=args.source,
         file=args.file,
@@ -68,11 +134,6 @@ async def camera_command(args: argparse.Namespace) -> int:
         tls_insecure=True if args.insecure else None,
         **video_overrides(args),
     )
-    if args.action == "identity":
-        from camera.identity import DeviceIdentity
-
-        print(DeviceIdentity.load_or_create(config.state_dir).device_id, flush=True)
-        return 0
     if config.tls_insecure:
         logger.warning("--insecure: the rendezvous certificate is NOT checked (development only)")
     from camera.device import Device
@@ -88,18 +149,27 @@ async def camera_command(args: argparse.Namespace) -> int:
     return agent.exit_code
 
 
+def _identity(args: argparse.Namespace) -> int:
+    """``camera identity``: the device ID; ``--create`` makes the key if missing."""
+    from camera.identity import DeviceIdentity
+
+    if args.create:
+        config = _camera_config(args)
+        print(DeviceIdentity.load_or_create(config.state_dir).device_id, flush=True)
+        return exits.OK
+    args.socket = None
+    target = find_camera(args)
+    print(target.device_id or _require_key(target.state_dir), flush=True)
+    return exits.OK
 
 
-async def _ask_agent(args: argparse.Namespace, op: str, **fields: Any) -> dict[str, Any] | None:
+async def _ask_agent(target: Target, op: str, **fields: Any) -> dict[str, Any] | None:
     """The running agent's reply over the control socket; None if no agent runs."""
     from camera.control import AgentNotRunning, request
 
-    path = args.socket or _camera_config(args).control_socket_path
     try:
-        reply = await request(path, op, **fields)
+        reply = await request(target.socket, op, **fields)
     except AgentNotRunning:
-        if args.socket is not None:
-            raise
         return None
     if not reply.get("ok"):
         raise BadConfig(f"the camera agent says: {reply.get('error')}")
@@ -109,17 +179,17 @@ async def _ask_agent(args: argparse.Namespace, op: str, **fields: Any) -> dict[s
 async def status_command(args: argparse.Namespace) -> int:
     from camera.control import request
 
-    path = args.socket or _camera_config(args).control_socket_path
-    reply = await request(path, "status")
+    target = find_camera(args)
+    reply = await request(target.socket, "status")
     if not reply.get("ok"):
         raise BadConfig(f"the camera agent says: {reply.get('error')}")
     status = reply["status"]
     if args.json:
         print(json.dumps(status), flush=True)
-        return 0
+        return exits.OK
     for line in format_status(status):
         print(line, flush=True)
-    return 0
+    return exits.OK
 
 
 def format_status(status: dict[str, Any]) -> list[str]:
@@ -153,44 +223,51 @@ async def pair_command(args: argparse.Namespace) -> int:
 
     from camera.acl import PairingWindows
     from camera.config import page_url
-    from camera.identity import DeviceIdentity
 
-    config = _camera_config(args, rendezvous=args.rendezvous)
-    reply = None if args.rendezvous else await _ask_agent(args, "pair", ttl=args.ttl)
+    target = find_camera(args, rendezvous=args.rendezvous)
+    reply = None if args.rendezvous else await _ask_agent(target, "pair", ttl=args.ttl)
     if reply is not None:
         link = reply["link"]  # the running agent opened it: its LED shows "pairing"
     else:
-        identity = DeviceIdentity.load_or_create(config.state_dir)
-        window = PairingWindows(config.state_dir).open(args.ttl)
-        link = f"{page_url(config.rendezvous)}/#device={identity.device_id}&pair={window.secret}"
+        # No agent: a window in the state directory, which the camera reads when it runs.
+        device_id = _require_key(target.state_dir)
+        config = _camera_config(args, require_rendezvous=True, rendezvous=args.rendezvous)
+        window = PairingWindows(target.state_dir).open(args.ttl)
+        link = f"{page_url(config.rendezvous)}/#device={device_id}&pair={window.secret}"
     with contextlib.suppress(Exception):
         segno.make(link, error="l").terminal(compact=True)
     print(f"PAIR {link}", flush=True)
     minutes = args.ttl / 60
     print(f"Open it on the viewer within {minutes:.0f} min; it works once.", flush=True)
-    return 0
+    return exits.OK
 
 
 async def viewers_command(args: argparse.Namespace) -> int:
     if args.action == "revoke" and not args.handle:
         raise BadConfig("revoke needs a fingerprint or name (see peercam viewers list)")
+    target = find_camera(args)
     fields = {"handle": args.handle} if args.action == "revoke" else {}
     op = {"list": "viewers"}.get(args.action, args.action)
-    reply = await _ask_agent(args, op, **fields)
+    reply = await _ask_agent(target, op, **fields)
     if reply is None:
-        return _viewers_offline(args)
+        return _viewers_offline(args, target)
     if args.action == "list":
         _print_viewers(args, reply["viewers"])
-        return 0
+        return exits.OK
     if args.action == "clear":
         print(f"revoked {reply['revoked']} viewer(s)", flush=True)
-        return 0
-    if not reply["revoked"]:
-        print(f"peercam: no paired viewer is {args.handle!r}", file=sys.stderr)
-        return 1
-    for viewer in reply["revoked"]:
+        return exits.OK
+    return _print_revoked(args.handle, reply["revoked"])
+
+
+def _print_revoked(handle: str, revoked: list[dict[str, Any]]) -> int:
+    from camera.errors import PeercamError
+
+    if not revoked:
+        raise PeercamError(f"no paired viewer is {handle!r} (see peercam viewers list)")
+    for viewer in revoked:
         print(f"revoked {viewer['fingerprint']} {viewer['name']}", flush=True)
-    return 0
+    return exits.OK
 
 
 def _print_viewers(args: argparse.Namespace, viewers: list[dict[str, Any]]) -> None:
@@ -210,22 +287,19 @@ def _print_viewers(args: argparse.Namespace, viewers: list[dict[str, Any]]) -> N
         print("no paired viewers", flush=True)
 
 
-def _viewers_offline(args: argparse.Namespace) -> int:
+def _viewers_offline(args: argparse.Namespace, target: Target) -> int:
     """No agent running: work on the files directly (it reloads them when it starts)."""
     from camera.acl import ViewerACL
 
-    acl = ViewerACL(_camera_config(args).state_dir)
+    _require_key(target.state_dir)
+    acl = ViewerACL(target.state_dir)
     if args.action == "list":
         _print_viewers(args, [{"fingerprint": v.fingerprint, "name": v.name, "added": v.added}
                               for v in acl.viewers()])
-        return 0
+        return exits.OK
     if args.action == "clear":
         print(f"revoked {acl.clear()} viewer(s)", flush=True)
-        return 0
+        return exits.OK
     gone = acl.revoke(args.handle)
-    if not gone:
-        print(f"peercam: no paired viewer is {args.handle!r}", file=sys.stderr)
-        return 1
-    for viewer in gone:
-        print(f"revoked {viewer.fingerprint} {viewer.name}", flush=True)
-    return 0
+    return _print_revoked(args.handle, [{"fingerprint": v.fingerprint, "name": v.name}
+                                        for v in gone])

@@ -36,7 +36,7 @@ def default_config() -> Path | None:
 
 def add_camera_files(parser: argparse.ArgumentParser, *, socket: bool = True) -> None:
     """--config, --state-dir (and --socket): which camera a device command acts on."""
-    parser.add_argument("--config", type=Path, default=default_config(),
+    parser.add_argument("--config", type=Path, default=None,
                         help="camera config (default: /etc/peercam/camera.toml if present)")
     parser.add_argument("--state-dir", type=Path,
                         help="the camera's state directory (device key, viewers)")

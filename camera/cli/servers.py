@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from camera.cli.options import (
     add_ice_servers,
     add_video_flags,
     host_port,
+    port_number,
     url_host,
     video_overrides,
 )
@@ -22,7 +24,7 @@ from camera.errors import BadConfig
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="rendezvous + test-pattern camera; prints the viewer link")
     demo.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--port", type=port_number, default=8080)
     demo.add_argument("--state-dir", type=Path, default=None)
     demo.add_argument("--tls", action="store_true",
                       help="serve HTTPS with a generated self-signed certificate (phones on a LAN)")
@@ -44,8 +46,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     stun = sub.add_parser("stun", help="run the STUN server (RFC 8489; RFC 5780 with two IPs)")
     stun.add_argument("--listen", default="0.0.0.0", metavar="IP[,IP2]",
                       help="one address, or two for RFC 5780 behaviour discovery")
-    stun.add_argument("--port", type=int, default=3478)
-    stun.add_argument("--alt-port", type=int, default=3479, help="second port (RFC 5780)")
+    stun.add_argument("--port", type=port_number, default=3478)
+    stun.add_argument("--alt-port", type=port_number, default=3479,
+                      help="second port (RFC 5780)")
     stun.set_defaults(handler=stun_command, needs_webrtc=False)
 
 
@@ -66,8 +69,21 @@ def _turn_credentials(args: argparse.Namespace) -> Any:
     return lambda tag: [mint(turn, tag, time.time())]
 
 
+async def _listen(host: str, port: int, config: Any, ssl_context: Any) -> tuple[Any, Any, int]:
+    """The rendezvous started on host:port; a port that cannot be had is one clear line."""
+    from services.rendezvous import start_rendezvous
+
+    try:
+        return await start_rendezvous(host, port, config, ssl_context)
+    except OSError as exc:
+        hint = (" (is another peercam demo or rendezvous running? choose another with --port"
+                " or --listen)" if exc.errno == errno.EADDRINUSE else "")
+        raise BadConfig(f"cannot listen on {url_host(host)}:{port}: "
+                        f"{exc.strerror or exc}{hint}") from None
+
+
 async def rendezvous_command(args: argparse.Namespace) -> int:
-    from services.rendezvous import RendezvousConfig, start_rendezvous
+    from services.rendezvous import RendezvousConfig
     from services.tls import server_context
 
     host, port = args.listen
@@ -80,7 +96,7 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise BadConfig(str(exc)) from None
     config = RendezvousConfig(ice_servers=args.ice_server, credentials=_turn_credentials(args))
-    _server, runner, bound = await start_rendezvous(host, port, config, ssl_context)
+    _server, runner, bound = await _listen(host, port, config, ssl_context)
     print(f"LISTENING {host}:{bound}", flush=True)
     await serve_until_signalled(f"listening on {host}:{bound}", runner.cleanup)
     return 0
@@ -90,7 +106,6 @@ async def demo_command(args: argparse.Namespace) -> int:
     import segno
 
     from camera.config import DEFAULT_STATE_DIR, load_camera_config
-    from services.rendezvous import start_rendezvous
 
     state_dir = args.state_dir or DEFAULT_STATE_DIR / "demo"
     host = args.host if args.host not in ("0.0.0.0", "::", "") else _lan_address()
@@ -100,7 +115,7 @@ async def demo_command(args: argparse.Namespace) -> int:
 
         cert, key = self_signed(state_dir, [host, "127.0.0.1", "localhost"])
         ssl_context, tls_ca, scheme = server_context(cert, key), str(cert), "https"
-    _server, runner, port = await start_rendezvous(args.host, args.port, None, ssl_context)
+    _server, runner, port = await _listen(args.host, args.port, None, ssl_context)
     device = None
     try:
         config = load_camera_config(
@@ -127,18 +142,24 @@ async def demo_command(args: argparse.Namespace) -> int:
         # TLS the link that works is this machine's loopback address.
         link_host = host if args.tls or args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         link = f"{scheme}://{url_host(link_host)}:{port}/{fragment}"
-        with contextlib.suppress(Exception):
-            segno.make(link, error="l").terminal(compact=True)
+        loopback = _is_loopback(link_host)
+        if not loopback:
+            # A QR code is for a phone: only for a link a phone can open.
+            with contextlib.suppress(Exception):
+                segno.make(link, error="l").terminal(compact=True)
         print(f"DEVICE {agent.device_id}", flush=True)
         print(f"VIEWER {link}", flush=True)
         print("Open the link in a browser: it pairs that browser and plays.", flush=True)
         if args.tls:
             print("The certificate is self-signed: accept the browser's warning once.",
                   flush=True)
-        elif link_host == "127.0.0.1" and host != "127.0.0.1":
-            print(f"For a phone or another computer on this network, run with --tls "
-                  f"(a browser needs https:// off this machine); LAN address {host}.",
-                  flush=True)
+        if loopback:
+            lan = _lan_address() if _is_loopback(host) else host
+            where = ("peercam demo --tls, listening on the network (no --host 127.0.0.1): "
+                     + (f"this machine is {lan}" if not _is_loopback(lan)
+                        else "this machine has no network address now"))
+            print(f"This link opens only in a browser on this machine, so there is no QR "
+                  f"code. For a phone or another computer: {where}.", flush=True)
         print("Ctrl-C stops the demo.", flush=True)
         await until_signalled()
     finally:
@@ -165,6 +186,15 @@ async def stun_command(args: argparse.Namespace) -> int:
         print(f"LISTENING {url_host(host)}:{port}", flush=True)
     await serve_until_signalled(f"serving STUN on {args.listen}", server.close)
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _lan_address() -> str:
