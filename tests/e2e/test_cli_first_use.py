@@ -296,3 +296,11 @@ def test_viewer_exit_status_says_who_ended_it(
     camera.wait()
     assert watching.wait(scaled(40)) == exits.ENDED_BY_CAMERA
     assert watching.stderr is not None and "Traceback" not in watching.stderr.read()
+
+
+def test_the_exit_statuses_are_documented_where_users_look(env: dict[str, str]) -> None:
+    helped = run(env, "--help")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for code, text in exits.TABLE:
+        assert f"{code} {text}" in " ".join(helped.stdout.split())
+        assert f"| {code} |" in readme
