@@ -117,6 +117,10 @@ async def demo_command(args: argparse.Namespace) -> int:
         ssl_context, tls_ca, scheme = server_context(cert, key), str(cert), "https"
     _server, runner, port = await _listen(args.host, args.port, None, ssl_context)
     device = None
+    # Signal handlers in place before the link is printed: a Ctrl-C as soon as it
+    # shows is a clean stop, not a KeyboardInterrupt.
+    signalled = asyncio.ensure_future(until_signalled())
+    await asyncio.sleep(0)
     try:
         config = load_camera_config(
             None,
@@ -161,8 +165,9 @@ async def demo_command(args: argparse.Namespace) -> int:
             print(f"This link opens only in a browser on this machine, so there is no QR "
                   f"code. For a phone or another computer: {where}.", flush=True)
         print("Ctrl-C stops the demo.", flush=True)
-        await until_signalled()
+        await signalled
     finally:
+        signalled.cancel()
         if device is not None:
             await device.close()
         await runner.cleanup()
