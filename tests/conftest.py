@@ -45,6 +45,14 @@ def viewer_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Running cameras record themselves in the test's own directory, never in /run."""
+    directory = tmp_path / "run"
+    monkeypatch.setenv("PEERCAM_RUNTIME_DIR", str(directory))
+    return directory
+
+
 class Stack:
     def __init__(self, rendezvous: Rendezvous, url: str, tmp: Path) -> None:
         self.rendezvous = rendezvous

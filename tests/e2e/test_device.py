@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from camera.agent import CameraAgent
-from camera.client.viewer import view
+from camera.client.viewer import SessionEnded, view
 from camera.config import CameraConfig
 from camera.frames import EncodedFrame
 from camera.health import EXIT_STUCK
@@ -322,8 +322,9 @@ async def test_long_press_forgets_every_viewer_and_ends_their_sessions(stack: St
     agent.button_armed()
     agent.button_long()
     assert agent.acl.viewers() == [] and not agent.reset_armed
-    stats = await asyncio.wait_for(watching, scaled(10))
-    assert stats.frames > 0
+    with pytest.raises(SessionEnded) as ended:  # the camera ended it: not a clean finish
+        await asyncio.wait_for(watching, scaled(10))
+    assert ended.value.stats is not None and ended.value.stats.frames > 0
     await until(lambda: not agent.sessions)
 
 
