@@ -93,15 +93,19 @@ class RendezvousLink:
         *,
         on_change: Callable[[], None] | None = None,
         registered: asyncio.Event | None = None,
+        http: Callable[[], aiohttp.ClientSession] = aiohttp.ClientSession,
     ) -> None:
         """``on_registered`` gets the ICE servers of ``registered``; ``on_frame`` every
         later frame; ``on_change`` is called when registration comes or goes, and
-        ``registered`` (made here if not given) is set while registered."""
+        ``registered`` (made here if not given) is set while registered. ``http``
+        makes the HTTP client session (one per run of the link; a benchmark binds
+        each simulated camera to its own source address there)."""
         self.config = config
         self.gatekeeper = gatekeeper
         self._on_registered = on_registered
         self._on_frame = on_frame
         self._on_change = on_change or (lambda: None)
+        self._http = http
         self.registered = registered or asyncio.Event()
         self.registered.clear()
         self.network_down = False
@@ -199,7 +203,7 @@ class RendezvousLink:
         loop = asyncio.get_running_loop()
         attempt = 0
         ssl_context = self.config.ssl_context()
-        async with aiohttp.ClientSession() as http:
+        async with self._http() as http:
             while not self._closed:
                 self.last_activity = loop.time()
                 self._wake.clear()  # a change from now on cuts the next wait short
