@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     rdv.add_argument("--listen", type=_host_port, default=("0.0.0.0", 8080), metavar="HOST:PORT")
     rdv.add_argument("--ice-server", type=_ice_server, action="append", default=[],
                      metavar="URL", help="STUN server handed to peers (repeatable)")
+    rdv.add_argument("--server-name", action="append", default=[], metavar="HOST[:PORT]",
+                     help="a name cameras dial this server by (repeatable; default: "
+                          "$PEERCAM_SERVER_NAME, comma-separated, else the --listen address)")
     rdv.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS/WSS")
     rdv.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     rdv.add_argument("--turn-url", action="append", default=[], metavar="URL",
@@ -236,7 +239,7 @@ def _turn_credentials(args: argparse.Namespace) -> Any:
 
 
 async def _rendezvous(args: argparse.Namespace) -> int:
-    from services.rendezvous import RendezvousConfig, start_rendezvous
+    from services.rendezvous import RendezvousConfig, server_names_from_env, start_rendezvous
     from services.tls import server_context
 
     host, port = args.listen
@@ -248,8 +251,13 @@ async def _rendezvous(args: argparse.Namespace) -> int:
             ssl_context = server_context(args.tls_cert, args.tls_key)
         except ValueError as exc:
             raise BadConfig(str(exc)) from None
-    config = RendezvousConfig(ice_servers=args.ice_server, credentials=_turn_credentials(args))
-    _server, runner, bound = await start_rendezvous(host, port, config, ssl_context)
+    names = tuple(args.server_name) or server_names_from_env(os.environ)
+    config = RendezvousConfig(ice_servers=args.ice_server, credentials=_turn_credentials(args),
+                              server_names=names)
+    try:
+        _server, runner, bound = await start_rendezvous(host, port, config, ssl_context)
+    except ValueError as exc:
+        raise BadConfig(str(exc)) from None
     print(f"LISTENING {host}:{bound}", flush=True)
     await _serve_until_signalled(f"listening on {host}:{bound}", runner.cleanup)
     return 0
@@ -311,7 +319,10 @@ async def _demo(args: argparse.Namespace) -> int:
 
         cert, key = self_signed(state_dir, [host, "127.0.0.1", "localhost"])
         ssl_context, tls_ca, scheme = server_context(cert, key), str(cert), "https"
-    _server, runner, port = await start_rendezvous(args.host, args.port, None, ssl_context)
+    # Registrations are checked against the names its own camera and link use.
+    _server, runner, port = await start_rendezvous(
+        args.host, args.port, None, ssl_context,
+        names_for_port=lambda bound: [f"127.0.0.1:{bound}", f"{_url_host(host)}:{bound}"])
     device = None
     try:
         config = load_camera_config(

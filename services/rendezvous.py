@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -18,7 +18,15 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from services.ratelimit import TokenBucket
-from services.routing import Action, Close, Peer, Router, Send
+from services.routing import (
+    Action,
+    BadServerName,
+    Close,
+    Peer,
+    Router,
+    Send,
+    parse_server_names,
+)
 from services.signaling import MAX_MESSAGE_BYTES, ErrorCode, Role, error
 
 logger = logging.getLogger(__name__)
@@ -44,6 +52,11 @@ class RendezvousConfig:
     """Messages per second allowed per connection (sustained)."""
     message_burst: float = 40.0
     """Messages allowed in a burst per connection."""
+    server_names: tuple[str, ...] = ()
+    """This server's own ``host[:port]`` names, as cameras dial it (the host of
+    their rendezvous URL). A registration must be signed for one of them.
+    Empty: derived from a specific listen address (with a warning); listening
+    on all addresses without a name refuses to start."""
     server_name: str = "peercam"
     """Name sent in ``hello`` (informational; cameras sign the host they dialled)."""
     connection_rate: float = 5.0
@@ -60,6 +73,7 @@ class Rendezvous:
     def __init__(self, config: RendezvousConfig | None = None) -> None:
         self.config = config or RendezvousConfig()
         self.router = Router(
+            server_names=self.config.server_names,
             server_name=self.config.server_name,
             ice_servers=self.config.ice_servers,
             credentials=self.config.credentials,
@@ -176,13 +190,60 @@ class Rendezvous:
             logger.info("could not send to %r: %s", peer, exc)
 
 
+#: Listen addresses that name no one address: a server name can't be derived from them.
+_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def server_names_from_env(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """``PEERCAM_SERVER_NAME``: comma-separated ``host[:port]`` names (may be absent)."""
+    text = environ.get("PEERCAM_SERVER_NAME", "")
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _own_names(
+    host: str,
+    port: int,
+    config: RendezvousConfig,
+    names_for_port: Callable[[int], Iterable[str]] | None,
+) -> tuple[str, ...]:
+    """The names registrations are checked against, once the port is bound."""
+    if names_for_port is not None:
+        return tuple(names_for_port(port))
+    if config.server_names:
+        return config.server_names
+    name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    logger.warning(
+        "no server name configured: cameras must dial exactly %s (derived from the listen"
+        " address). Behind a reverse proxy, a NAT or a DNS name, set --server-name"
+        " (PEERCAM_SERVER_NAME) to the host[:port] cameras dial, or every registration"
+        " is refused.", name,
+    )
+    return (name,)
+
+
 async def start_rendezvous(
     host: str,
     port: int,
     config: RendezvousConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    *,
+    names_for_port: Callable[[int], Iterable[str]] | None = None,
 ) -> tuple[Rendezvous, web.AppRunner, int]:
-    """Start serving; returns the server, its runner (``await runner.cleanup()``) and port."""
+    """Start serving; returns the server, its runner (``await runner.cleanup()``) and port.
+
+    Registrations are checked against ``config.server_names``; ``names_for_port``
+    (given the bound port) replaces them when the port is only known once bound
+    (port 0). With neither, the name is the listen address, if it is a specific
+    one; on a wildcard address this raises :class:`BadServerName` before binding.
+    """
+    config = config or RendezvousConfig()
+    parse_server_names(config.server_names)  # a bad name fails before binding
+    if not config.server_names and names_for_port is None and host in _WILDCARDS:
+        raise BadServerName(
+            f"listening on all addresses ({host or '*'}:{port}) with no server name: set"
+            " --server-name (or PEERCAM_SERVER_NAME) to the host[:port] cameras dial, so"
+            " that a registration relayed here through another server is told apart"
+        )
     server = Rendezvous(config)
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
@@ -193,7 +254,15 @@ async def start_rendezvous(
     server_obj: Any = site._server
     sockets = server_obj.sockets if server_obj is not None else []
     bound = sockets[0].getsockname()[1] if sockets else port
-    logger.info("rendezvous listening on %s:%d", host, bound)
+    try:
+        server.router.server_names = parse_server_names(
+            _own_names(host, bound, config, names_for_port)
+        )
+    except BadServerName:
+        await runner.cleanup()
+        raise
+    logger.info("rendezvous listening on %s:%d as %s", host, bound,
+                ", ".join(sorted(server.router.server_names)))
     return server, runner, bound
 
 
