@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     rdv.add_argument("--server-name", action="append", default=[], metavar="HOST[:PORT]",
                      help="a name cameras dial this server by (repeatable; default: "
                           "$PEERCAM_SERVER_NAME, comma-separated, else the --listen address)")
+    rdv.add_argument("--handshake-timeout", type=float, default=5.0, metavar="S",
+                     help="seconds from accept to a WebSocket upgrade (default 5)")
+    rdv.add_argument("--max-pending", type=int, default=512, metavar="N",
+                     help="connections not yet upgraded, in total (default 512)")
+    rdv.add_argument("--max-pending-per-ip", type=int, default=16, metavar="N",
+                     help="connections not yet upgraded, per IP address (default 16)")
+    rdv.add_argument("--max-connections", type=int, default=0, metavar="N",
+                     help="open connections (default 0: the descriptor limit less 64)")
     rdv.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS/WSS")
     rdv.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     rdv.add_argument("--turn-url", action="append", default=[], metavar="URL",
@@ -253,7 +261,10 @@ async def _rendezvous(args: argparse.Namespace) -> int:
             raise BadConfig(str(exc)) from None
     names = tuple(args.server_name) or server_names_from_env(os.environ)
     config = RendezvousConfig(ice_servers=args.ice_server, credentials=_turn_credentials(args),
-                              server_names=names)
+                              server_names=names, handshake_timeout=args.handshake_timeout,
+                              max_pending=args.max_pending,
+                              max_pending_per_ip=args.max_pending_per_ip,
+                              max_connections=args.max_connections)
     try:
         _server, runner, bound = await start_rendezvous(host, port, config, ssl_context)
     except ValueError as exc:

@@ -166,6 +166,7 @@ class Router:
         ice_servers: list[dict[str, Any]] | None = None,
         credentials: Credentials | None = None,
         answer_timeout: float = 20.0,
+        register_timeout: float = REGISTER_WINDOW,
     ) -> None:
         self.server_names = parse_server_names(server_names)
         """This server's own names: a camera's registration must be signed for one.
@@ -174,6 +175,10 @@ class Router:
         self.ice_servers = list(ice_servers or [])
         self.credentials = credentials
         self.answer_timeout = answer_timeout
+        self.register_timeout = register_timeout
+        """Seconds a camera connection may stay unregistered before it is closed."""
+        self.unregistered: set[Peer] = set()
+        """Camera connections that have not registered (yet)."""
         self.cameras: dict[str, Peer] = {}
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.viewers: set[Peer] = set()
@@ -196,6 +201,8 @@ class Router:
         peer.connected_at = now
         if peer.role is Role.VIEWER:
             self.viewers.add(peer)
+        else:
+            self.unregistered.add(peer)
         hello = encode(
             Role.SERVER,
             "hello",
@@ -209,6 +216,7 @@ class Router:
         """The connection is gone: end every session that depended on it."""
         actions: list[Action] = []
         if peer.role is Role.CAMERA:
+            self.unregistered.discard(peer)
             if peer.device_id and self.cameras.get(peer.device_id) is peer:
                 del self.cameras[peer.device_id]
                 logger.info("camera %s offline (%r)", peer.device_id, peer)
@@ -238,8 +246,15 @@ class Router:
             return actions
 
     def expire(self, now: float) -> list[Action]:
-        """End sessions whose camera did not answer in time. Call about once a second."""
+        """Close camera connections that did not register in time; end sessions whose
+        camera did not answer in time. Call about once a second."""
         actions: list[Action] = []
+        for peer in list(self.unregistered):
+            if now - peer.connected_at > self.register_timeout:
+                # A camera connection that never registers holds a descriptor for nothing.
+                self.unregistered.discard(peer)
+                actions.append(Send(peer, error(ErrorCode.TIMEOUT, "no register in time")))
+                actions.append(Close(peer, "no register in time"))
         for session in list(self.sessions.values()):
             if not session.answered and now >= session.deadline:
                 actions.append(
@@ -311,6 +326,7 @@ class Router:
                     actions += self._end(session, "camera reconnected", notify_camera=False)
             old.device_id = None
         peer.device_id = device_id
+        self.unregistered.discard(peer)
         self.cameras[device_id] = peer
         logger.info("camera %s registered (%r)", device_id, peer)
         registered = encode(
