@@ -130,7 +130,14 @@ class Rendezvous:
             await self._perform(self.router.expire(loop.time()))
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **self.router.stats()})
+        budget = self.budget
+        return web.json_response({
+            "status": "ok",
+            **self.router.stats(),
+            "connections": budget.open,
+            "pending": budget.pending,
+            "refused": budget.refused,
+        })
 
     async def _static(self, request: web.Request) -> web.Response:
         name, content_type = _STATIC[request.path]
