@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from services.errors import ServiceError
 from services.ratelimit import TokenBucket
 from services.routing import (
     Action,
@@ -218,6 +219,10 @@ class Rendezvous:
             await ws.send_str(text)
         except (ConnectionError, RuntimeError) as exc:
             logger.info("could not send to %r: %s", peer, exc)
+
+
+class BadRendezvousConfig(ServiceError, ValueError):
+    """A rendezvous setting out of its range."""
 
 
 #: Descriptors kept back from connections: the listening socket, log and web
@@ -436,6 +441,13 @@ async def start_rendezvous(
     """
     config = config or RendezvousConfig()
     parse_server_names(config.server_names)  # a bad name fails before binding
+    for name in ("handshake_timeout", "register_timeout", "max_pending", "max_pending_per_ip"):
+        if not getattr(config, name) > 0:
+            raise BadRendezvousConfig(f"{name} {getattr(config, name)!r}: need more than 0")
+    if config.max_connections < 0:
+        raise BadRendezvousConfig(
+            f"max_connections {config.max_connections!r}: need 0 (from the descriptor limit)"
+            " or more")
     if not config.server_names and names_for_port is None and host in _WILDCARDS:
         raise BadServerName(
             f"listening on all addresses ({host or '*'}:{port}) with no server name: set"

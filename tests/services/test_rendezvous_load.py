@@ -21,7 +21,12 @@ import aiohttp
 import pytest
 
 from camera.identity import DeviceIdentity
-from services.rendezvous import ConnectionBudget, RendezvousConfig, start_rendezvous
+from services.rendezvous import (
+    BadRendezvousConfig,
+    ConnectionBudget,
+    RendezvousConfig,
+    start_rendezvous,
+)
 from services.signaling import Role
 from tests.conftest import scaled
 from tests.services.messages import legal
@@ -267,3 +272,11 @@ def test_the_budget_counts_pending_per_ip_and_in_total(pending_ip: int) -> None:
     for i in range(20):
         assert budget.admit(f"198.51.100.{i}") is None
     assert "not upgraded (limit 20)" in str(budget.admit("203.0.113.1"))
+
+
+@pytest.mark.parametrize("setting", [{"handshake_timeout": 0.0}, {"max_pending": 0},
+                                     {"max_pending_per_ip": -1}, {"max_connections": -5}])
+async def test_settings_out_of_range_fail_before_binding(setting: dict[str, Any]) -> None:
+    name = next(iter(setting))
+    with pytest.raises(BadRendezvousConfig, match=name):
+        await start_rendezvous("127.0.0.1", 0, RendezvousConfig(**setting))
