@@ -286,8 +286,23 @@ if ! put_file "$work/camera.toml" "$config" 0644 systemd/camera.toml once &&
         echo "install-pi: note: $config says rendezvous = \"$current\"; edit it to use $rendezvous" >&2
 fi
 [ "$source_name" = file ] && echo "install-pi: note: source \"file\" needs file = \"...\" in $config" >&2
+# The rendezvous checks a camera's signed server name against its own names:
+# with --rendezvous URL given, its host[:port] is the name (cameras dial it).
+server_name=""
+if [ -n "$rendezvous" ]; then
+    server_name=${rendezvous#*://}
+    server_name=${server_name%%/*}
+fi
+if [ -n "$server_name" ]; then
+    sed "s|^#PEERCAM_SERVER_NAME=.*|PEERCAM_SERVER_NAME=$server_name|" \
+        "$src/systemd/rendezvous.env" > "$work/rendezvous.env"
+else
+    cp "$src/systemd/rendezvous.env" "$work/rendezvous.env"
+fi
 for name in camera rendezvous stun; do
-    put_file "$src/systemd/$name.env" "/etc/peercam/$name.env" 0644 "systemd/$name.env" once || true
+    from="$src/systemd/$name.env"
+    [ "$name" = rendezvous ] && from="$work/rendezvous.env"
+    put_file "$from" "/etc/peercam/$name.env" 0644 "systemd/$name.env" once || true
 done
 
 # --- 5. state directory --------------------------------------------------------

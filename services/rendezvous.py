@@ -9,16 +9,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from services.errors import ServiceError
 from services.ratelimit import TokenBucket
-from services.routing import Action, Close, Peer, Router, Send
+from services.routing import (
+    Action,
+    BadServerName,
+    Close,
+    Peer,
+    Router,
+    Send,
+    parse_server_names,
+)
 from services.signaling import MAX_MESSAGE_BYTES, ErrorCode, Role, error
 
 logger = logging.getLogger(__name__)
@@ -44,6 +54,11 @@ class RendezvousConfig:
     """Messages per second allowed per connection (sustained)."""
     message_burst: float = 40.0
     """Messages allowed in a burst per connection."""
+    server_names: tuple[str, ...] = ()
+    """This server's own ``host[:port]`` names, as cameras dial it (the host of
+    their rendezvous URL). A registration must be signed for one of them.
+    Empty: derived from a specific listen address (with a warning); listening
+    on all addresses without a name refuses to start."""
     server_name: str = "peercam"
     """Name sent in ``hello`` (informational; cameras sign the host they dialled)."""
     connection_rate: float = 5.0
@@ -52,6 +67,19 @@ class RendezvousConfig:
     """New connections allowed from one IP address in a burst."""
     credentials: Callable[[str], list[dict[str, Any]]] | None = None
     """Mints TURN credentials for a tag (see ``services.turn``); None: no TURN."""
+    handshake_timeout: float = 5.0
+    """Seconds a connection has from accept to a completed WebSocket upgrade (the
+    HTTP request head included); a plain HTTP connection (the page, /healthz)
+    lives at most this long."""
+    register_timeout: float = 30.0
+    """Seconds a camera connection may stay unregistered before it is closed."""
+    max_pending: int = 512
+    """Connections not yet upgraded to a WebSocket, in total."""
+    max_pending_per_ip: int = 16
+    """Connections not yet upgraded to a WebSocket, from one IP address."""
+    max_connections: int = 0
+    """Open connections in total; 0: the descriptor limit less a reserve
+    (``FD_RESERVE``), after raising the soft limit to the hard one."""
 
 
 class Rendezvous:
@@ -60,10 +88,17 @@ class Rendezvous:
     def __init__(self, config: RendezvousConfig | None = None) -> None:
         self.config = config or RendezvousConfig()
         self.router = Router(
+            server_names=self.config.server_names,
             server_name=self.config.server_name,
             ice_servers=self.config.ice_servers,
             credentials=self.config.credentials,
             answer_timeout=self.config.answer_timeout,
+            register_timeout=self.config.register_timeout,
+        )
+        self.budget = ConnectionBudget(
+            max_connections=self.config.max_connections or descriptor_budget(),
+            max_pending=self.config.max_pending,
+            max_pending_per_ip=self.config.max_pending_per_ip,
         )
         self._sockets: dict[Peer, web.WebSocketResponse] = {}
         self._per_ip: dict[str, TokenBucket] = {}
@@ -96,7 +131,14 @@ class Rendezvous:
             await self._perform(self.router.expire(loop.time()))
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **self.router.stats()})
+        budget = self.budget
+        return web.json_response({
+            "status": "ok",
+            **self.router.stats(),
+            "connections": budget.open,
+            "pending": budget.pending,
+            "refused": budget.refused,
+        })
 
     async def _static(self, request: web.Request) -> web.Response:
         name, content_type = _STATIC[request.path]
@@ -136,6 +178,9 @@ class Rendezvous:
             heartbeat=self.config.heartbeat, max_msg_size=4 * MAX_MESSAGE_BYTES
         )
         await ws.prepare(request)
+        counted = _Counted.of(request.transport)
+        if counted is not None:
+            counted.upgraded()
         peer = Peer(role, remote=remote, host=request.host)
         self._sockets[peer] = ws
         bucket = TokenBucket(self.config.message_rate, self.config.message_burst)
@@ -176,24 +221,259 @@ class Rendezvous:
             logger.info("could not send to %r: %s", peer, exc)
 
 
+class BadRendezvousConfig(ServiceError, ValueError):
+    """A rendezvous setting out of its range."""
+
+
+#: Descriptors kept back from connections: the listening socket, log and web
+#: files, the event loop's own, DNS, TLS; shedding starts this far from the limit.
+FD_RESERVE = 64
+_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+            b"Connection: close\r\nRetry-After: 5\r\n\r\n")
+
+
+def raise_descriptor_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; return the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # a syscall filter may deny setrlimit
+            logger.warning("could not raise the descriptor limit from %d: %s", soft, exc)
+    return int(soft) if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def descriptor_budget() -> int:
+    """Connections this process can hold: the descriptor limit less FD_RESERVE."""
+    return max(16, raise_descriptor_limit() - FD_RESERVE)
+
+
+@dataclass
+class ConnectionBudget:
+    """Connection-level accounting, no I/O: who may open a connection now."""
+
+    max_connections: int
+    max_pending: int
+    max_pending_per_ip: int
+    open: int = 0
+    pending: int = 0
+    pending_by_ip: dict[str, int] = field(default_factory=dict)
+    refused: int = 0
+
+    def admit(self, ip: str) -> str | None:
+        """Count a new connection from ``ip`` as pending, or say why it is refused."""
+        reason = None
+        if self.open >= self.max_connections:
+            reason = f"{self.open} connections open (limit {self.max_connections})"
+        elif self.pending >= self.max_pending:
+            reason = f"{self.pending} connections not upgraded (limit {self.max_pending})"
+        elif self.pending_by_ip.get(ip, 0) >= self.max_pending_per_ip:
+            reason = f"{self.max_pending_per_ip} connections not upgraded from {ip}"
+        if reason is not None:
+            self.refused += 1
+            return reason
+        self.open += 1
+        self.pending += 1
+        self.pending_by_ip[ip] = self.pending_by_ip.get(ip, 0) + 1
+        return None
+
+    def upgraded(self, ip: str) -> None:
+        self._unpend(ip)
+
+    def closed(self, ip: str, pending: bool) -> None:
+        self.open -= 1
+        if pending:
+            self._unpend(ip)
+
+    def _unpend(self, ip: str) -> None:
+        self.pending -= 1
+        left = self.pending_by_ip.get(ip, 1) - 1
+        if left > 0:
+            self.pending_by_ip[ip] = left
+        else:
+            self.pending_by_ip.pop(ip, None)
+
+
+class _Counted(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one accepted socket: admission, the handshake
+    deadline and the count, then passes everything through untouched."""
+
+    _by_transport: dict[int, _Counted] = {}
+
+    def __init__(self, inner: Any, budget: ConnectionBudget, deadline: float) -> None:
+        self.inner, self.budget, self.deadline = inner, budget, deadline
+        self.ip = "?"
+        self.admitted = self.pending = False
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, transport: asyncio.BaseTransport | None) -> _Counted | None:
+        return cls._by_transport.get(id(transport)) if transport is not None else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        refusal = self.budget.admit(self.ip)
+        if refusal is not None:
+            logger.info("refused a connection from %s: %s", self.ip, refusal)
+            transport.write(_REFUSED)
+            transport.close()
+            return
+        self.admitted = self.pending = True
+        self._by_transport[id(transport)] = self
+        self._timer = asyncio.get_running_loop().call_later(self.deadline, self._expired)
+        self.inner.connection_made(transport)
+
+    def upgraded(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.budget.upgraded(self.ip)
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _expired(self) -> None:
+        if self.pending and self.transport is not None:
+            logger.info("closed a connection from %s: no WebSocket upgrade within %.0f s",
+                        self.ip, self.deadline)
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.admitted:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.admitted else None
+
+    def pause_writing(self) -> None:
+        if self.admitted:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.admitted:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._by_transport.pop(id(self.transport), None)
+        self.budget.closed(self.ip, self.pending)
+        self.pending = False
+        self.inner.connection_lost(exc)
+
+
+class _BudgetSite(web.TCPSite):
+    """A TCP site whose every accepted socket goes through :class:`_Counted`."""
+
+    def __init__(self, runner: web.AppRunner, budget: ConnectionBudget, deadline: float,
+                 host: str, port: int, **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._budget, self._deadline = budget, deadline
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        budget, deadline = self._budget, self._deadline
+        self._server = await loop.create_server(
+            lambda: _Counted(server(), budget, deadline),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=deadline if self._ssl_context else None,
+        )
+
+
+#: Listen addresses that name no one address: a server name can't be derived from them.
+_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+def server_names_from_env(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """``PEERCAM_SERVER_NAME``: comma-separated ``host[:port]`` names (may be absent)."""
+    text = environ.get("PEERCAM_SERVER_NAME", "")
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _own_names(
+    host: str,
+    port: int,
+    config: RendezvousConfig,
+    names_for_port: Callable[[int], Iterable[str]] | None,
+) -> tuple[str, ...]:
+    """The names registrations are checked against, once the port is bound."""
+    if names_for_port is not None:
+        return tuple(names_for_port(port))
+    if config.server_names:
+        return config.server_names
+    name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    logger.warning(
+        "no server name configured: cameras must dial exactly %s (derived from the listen"
+        " address). Behind a reverse proxy, a NAT or a DNS name, set --server-name"
+        " (PEERCAM_SERVER_NAME) to the host[:port] cameras dial, or every registration"
+        " is refused.", name,
+    )
+    return (name,)
+
+
 async def start_rendezvous(
     host: str,
     port: int,
     config: RendezvousConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    *,
+    names_for_port: Callable[[int], Iterable[str]] | None = None,
 ) -> tuple[Rendezvous, web.AppRunner, int]:
-    """Start serving; returns the server, its runner (``await runner.cleanup()``) and port."""
+    """Start serving; returns the server, its runner (``await runner.cleanup()``) and port.
+
+    Registrations are checked against ``config.server_names``; ``names_for_port``
+    (given the bound port) replaces them when the port is only known once bound
+    (port 0). With neither, the name is the listen address, if it is a specific
+    one; on a wildcard address this raises :class:`BadServerName` before binding.
+    """
+    config = config or RendezvousConfig()
+    parse_server_names(config.server_names)  # a bad name fails before binding
+    for name in ("handshake_timeout", "register_timeout", "max_pending", "max_pending_per_ip"):
+        if not getattr(config, name) > 0:
+            raise BadRendezvousConfig(f"{name} {getattr(config, name)!r}: need more than 0")
+    if config.max_connections < 0:
+        raise BadRendezvousConfig(
+            f"max_connections {config.max_connections!r}: need 0 (from the descriptor limit)"
+            " or more")
+    if not config.server_names and names_for_port is None and host in _WILDCARDS:
+        raise BadServerName(
+            f"listening on all addresses ({host or '*'}:{port}) with no server name: set"
+            " --server-name (or PEERCAM_SERVER_NAME) to the host[:port] cameras dial, so"
+            " that a registration relayed here through another server is told apart"
+        )
     server = Rendezvous(config)
     runner = web.AppRunner(server.app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     # A restart brings every camera back at once: the default backlog (128) drops
     # SYNs at ~200 handshakes in flight, each costing the client a 1 s retry.
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
+    site = _BudgetSite(runner, server.budget, config.handshake_timeout, host, port,
+                       ssl_context=ssl_context, backlog=1024)
     await site.start()
     server_obj: Any = site._server
     sockets = server_obj.sockets if server_obj is not None else []
     bound = sockets[0].getsockname()[1] if sockets else port
-    logger.info("rendezvous listening on %s:%d", host, bound)
+    try:
+        server.router.server_names = parse_server_names(
+            _own_names(host, bound, config, names_for_port)
+        )
+    except BadServerName:
+        await runner.cleanup()
+        raise
+    logger.info("rendezvous listening on %s:%d as %s", host, bound,
+                ", ".join(sorted(server.router.server_names)))
     return server, runner, bound
 
 

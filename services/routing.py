@@ -7,19 +7,22 @@ forged registrations, vanishing peers) without sockets.
 
 The router is not trusted by cameras or viewers: it forwards their signed
 fields untouched and cannot make them up. What it does enforce is its own
-part: a camera proves it holds the key its ID names before it is reachable,
-and TURN credentials go only to registered cameras and routed sessions.
+part: a camera proves it holds the key its ID names, for this server's own
+name, before it is reachable, and TURN credentials go only to registered
+cameras and routed sessions.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.errors import ServiceError
 from services.ratelimit import TokenBucket
 from services.signaling import (
     MAX_CANDIDATES,
@@ -38,8 +41,65 @@ logger = logging.getLogger(__name__)
 #: Seconds a camera has from ``hello`` to a signed ``register``.
 REGISTER_WINDOW = 30.0
 
+#: Server names a registration may be signed for (each costs a signature check).
+MAX_SERVER_NAMES = 16
+
 #: Makes ICE server entries (with TURN credentials) for a tag: a device or a session.
 Credentials = Callable[[str], list[dict[str, Any]]]
+
+
+class BadServerName(ServiceError, ValueError):
+    """A configured server name is not ``host[:port]``."""
+
+
+_HOST_RE = re.compile(r"[a-z0-9._-]{1,253}|\[[0-9a-f:.]{2,45}\]")
+_DEFAULT_PORTS = (80, 443)
+
+
+def server_name_forms(name: str) -> frozenset[str]:
+    """The names a camera signs when it dials ``name`` (``host[:port]``).
+
+    The camera signs the host of its rendezvous URL, lower case, with the port
+    unless it is the scheme's default (80 for ws://, 443 for wss://; see
+    ``camera.gatekeeper.server_name``). The server does not know which scheme a
+    camera used (a TLS proxy may sit in front of it), so ``host:443`` and
+    ``host:80`` also accept the bare ``host``. A bare IPv6 address (as in a
+    listen address) gets its brackets.
+    """
+    text = name.lower()
+    host, port = text, None
+    if text.count(":") > 1 and not text.startswith("["):
+        host = f"[{text}]"  # a bare IPv6 address, no port
+    elif text.startswith("["):
+        host, bracket, rest = text.partition("]")
+        host += bracket
+        if rest:
+            if not rest.startswith(":"):
+                raise BadServerName(f"server name {name[:80]!r}: need host[:port]")
+            port = rest[1:]
+    elif ":" in text:
+        host, _, port = text.partition(":")
+    if not _HOST_RE.fullmatch(host):
+        raise BadServerName(f"server name {name[:80]!r}: need host[:port]")
+    if port is None:
+        return frozenset({host})
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadServerName(f"server name {name[:80]!r}: port {port[:10]!r} is not 1-65535")
+    number = int(port)
+    forms = {f"{host}:{number}"}
+    if number in _DEFAULT_PORTS:
+        forms.add(host)
+    return frozenset(forms)
+
+
+def parse_server_names(names: Iterable[str]) -> frozenset[str]:
+    """Every form of every name in ``names`` (see :func:`server_name_forms`)."""
+    out: set[str] = set()
+    for name in names:
+        out |= server_name_forms(name)
+    if len(out) > MAX_SERVER_NAMES:
+        raise BadServerName(f"{len(out)} server names, limit {MAX_SERVER_NAMES}")
+    return frozenset(out)
 
 
 @dataclass(eq=False)
@@ -49,7 +109,9 @@ class Peer:
     role: Role
     remote: str = "?"
     host: str = ""
-    """The Host header it connected with: the server name a camera must sign."""
+    """The Host header it connected with. A relaying proxy chooses it, so it is
+    never what a registration is checked against (see ``Router.server_names``);
+    it only decides which name is tried first and appears in a refusal's log."""
     connected_at: float = 0.0
     id: int = field(default_factory=itertools.count(1).__next__)
     device_id: str | None = None
@@ -99,15 +161,24 @@ class Router:
     def __init__(
         self,
         *,
+        server_names: Iterable[str] = (),
         server_name: str = "peercam",
         ice_servers: list[dict[str, Any]] | None = None,
         credentials: Credentials | None = None,
         answer_timeout: float = 20.0,
+        register_timeout: float = REGISTER_WINDOW,
     ) -> None:
+        self.server_names = parse_server_names(server_names)
+        """This server's own names: a camera's registration must be signed for one.
+        Empty: every registration is refused."""
         self.server_name = server_name
         self.ice_servers = list(ice_servers or [])
         self.credentials = credentials
         self.answer_timeout = answer_timeout
+        self.register_timeout = register_timeout
+        """Seconds a camera connection may stay unregistered before it is closed."""
+        self.unregistered: set[Peer] = set()
+        """Camera connections that have not registered (yet)."""
         self.cameras: dict[str, Peer] = {}
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.viewers: set[Peer] = set()
@@ -130,6 +201,8 @@ class Router:
         peer.connected_at = now
         if peer.role is Role.VIEWER:
             self.viewers.add(peer)
+        else:
+            self.unregistered.add(peer)
         hello = encode(
             Role.SERVER,
             "hello",
@@ -143,6 +216,7 @@ class Router:
         """The connection is gone: end every session that depended on it."""
         actions: list[Action] = []
         if peer.role is Role.CAMERA:
+            self.unregistered.discard(peer)
             if peer.device_id and self.cameras.get(peer.device_id) is peer:
                 del self.cameras[peer.device_id]
                 logger.info("camera %s offline (%r)", peer.device_id, peer)
@@ -172,8 +246,15 @@ class Router:
             return actions
 
     def expire(self, now: float) -> list[Action]:
-        """End sessions whose camera did not answer in time. Call about once a second."""
+        """Close camera connections that did not register in time; end sessions whose
+        camera did not answer in time. Call about once a second."""
         actions: list[Action] = []
+        for peer in list(self.unregistered):
+            if now - peer.connected_at > self.register_timeout:
+                # A camera connection that never registers holds a descriptor for nothing.
+                self.unregistered.discard(peer)
+                actions.append(Send(peer, error(ErrorCode.TIMEOUT, "no register in time")))
+                actions.append(Close(peer, "no register in time"))
         for session in list(self.sessions.values()):
             if not session.answered and now >= session.deadline:
                 actions.append(
@@ -228,10 +309,10 @@ class Router:
             # IDs are hashes of keys: an ID can never be bound to another key.
             logger.warning("%r claimed %s with a key for %s", peer, device_id, key_id)
             raise ProtocolError(ErrorCode.BAD_SIGNATURE, "device_key does not match device_id")
-        signed = register_statement(peer.host, peer.nonce, device_id)
-        if not verify(device_key, signed, message["signature"]):
-            logger.warning("%r: bad registration signature for %s", peer, device_id)
-            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "signature does not verify")
+        if not self._signed_for_us(peer, device_key, device_id, message["signature"]):
+            raise ProtocolError(
+                ErrorCode.BAD_SIGNATURE, "signature does not verify for this server's name"
+            )
         actions: list[Action] = []
         old = self.cameras.get(device_id)
         if old is not None and old is not peer:
@@ -245,6 +326,7 @@ class Router:
                     actions += self._end(session, "camera reconnected", notify_camera=False)
             old.device_id = None
         peer.device_id = device_id
+        self.unregistered.discard(peer)
         self.cameras[device_id] = peer
         logger.info("camera %s registered (%r)", device_id, peer)
         registered = encode(
@@ -255,6 +337,33 @@ class Router:
         )
         actions.append(Send(peer, registered))
         return actions
+
+    def _signed_for_us(self, peer: Peer, device_key: str, device_id: str, signature: str) -> bool:
+        """Is ``signature`` a registration for one of our own names, with this nonce?
+
+        Never checked against the Host header: a hostile server relaying a
+        camera's connection here chooses that header, and would otherwise make
+        a registration signed for its own name count here. The camera does not
+        say which name it signed, so each of ours is tried, the Host header's
+        first (the usual case costs one check).
+        """
+        host = peer.host.strip().lower()
+        names = sorted(self.server_names, key=lambda name: name != host)
+        for name in names:
+            if verify(device_key, register_statement(name, peer.nonce, device_id), signature):
+                return True
+        if not self.server_names:
+            logger.warning("%r: registration for %s refused: this server has no name", peer,
+                           device_id)
+        else:
+            # %r: the header is the client's text; repr keeps the log line one line.
+            logger.warning(
+                "%r: registration for %s refused: not signed for %s (this server's names)"
+                " with this connection's nonce; its Host header was %r. If cameras dial"
+                " this server by that name, add it with --server-name.",
+                peer, device_id, ", ".join(sorted(self.server_names)), peer.host[:100],
+            )
+        return False
 
     # -- viewer messages -------------------------------------------------------
 

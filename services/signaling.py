@@ -127,7 +127,18 @@ def _sdp(value: Any) -> str:
         raise ValueError(f"sdp: {len(value.encode())} bytes, limit {MAX_SDP_BYTES}")
     if not value.startswith("v=0"):
         raise ValueError("sdp: does not start with 'v=0'")
+    if "\x00" in value:  # RFC 8866 section 9: no NUL anywhere in a session description
+        raise ValueError("sdp: contains NUL")
     return value
+
+
+#: C0 and C1 control characters and DEL: never in a one-line text field (a NUL
+#: ends a C string in whatever logs or displays it; a newline splits a log line).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: A UTF-16 surrogate code point: JSON "\ud800" decodes to one, but it is not a
+#: Unicode scalar value, and encoding it to UTF-8 (a signed statement, a log
+#: file, aiortc's SDP) raises.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def _short_text(limit: int) -> Checker:
@@ -136,6 +147,8 @@ def _short_text(limit: int) -> Checker:
             raise ValueError(f"not a string of at most {limit} characters")
         if "\n" in value or "\r" in value:
             raise ValueError("newlines are not allowed")
+        if _CONTROL_RE.search(value):
+            raise ValueError("control characters (NUL included) are not allowed")
         return value
 
     return check
@@ -215,6 +228,8 @@ def _name(value: Any) -> str:
 def _error_code(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("code: not a string")
+    if _CONTROL_RE.search(value):
+        raise ValueError("code: control characters are not allowed")
     return value[:40]
 
 
@@ -229,7 +244,7 @@ def _ice_servers(value: Any) -> list[dict[str, Any]]:
         if isinstance(urls, str):
             urls = [urls]
         if not isinstance(urls, list) or not urls or not all(
-            isinstance(u, str) and re.fullmatch(r"(stun|stuns|turn|turns):\S{1,200}", u)
+            isinstance(u, str) and re.fullmatch(r"(stun|stuns|turn|turns):[!-~]{1,200}", u)
             for u in urls
         ):
             raise ValueError("ice_servers: urls must be stun:/turn: URLs")
@@ -360,6 +375,8 @@ def validate(obj: Any, sender: Role) -> Message:
     mtype = obj.get("type")
     if not isinstance(mtype, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "message has no string 'type'")
+    if _SURROGATE_RE.search(mtype):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "type: not valid Unicode text")
     schema = SCHEMAS.get((sender, mtype))
     if schema is None:
         raise ProtocolError(
@@ -385,7 +402,35 @@ def validate(obj: Any, sender: Role) -> Message:
     return Message(mtype, fields)
 
 
+def _not_unicode(value: Any) -> str | None:
+    """Where in ``value`` (a decoded JSON value) a string or key holds a lone
+    surrogate, as a path (``""``, ``"[0].username"``), or None if none does.
+    Iterative: a value nested 60,000 deep (built by a caller, not by
+    ``json.loads``) must not exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE_RE.search(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _SURROGATE_RE.search(key):
+                    return f"{path} (a key)"
+                label = key if isinstance(key, str) and len(key) <= 20 else "?"
+                stack.append((f"{path}.{_CONTROL_RE.sub('?', label)}", child))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+    return None
+
+
 def _check(mtype: str, name: str, check: Checker, value: Any) -> Any:
+    where = _not_unicode(value)
+    if where is not None:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"{mtype}: {name}{where}: not valid Unicode text (a lone surrogate)",
+        )
     try:
         return check(value)
     except ValueError as exc:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rdv = sub.add_parser("rendezvous", help="run the rendezvous server")
     rdv.add_argument("--listen", type=host_port, default=("0.0.0.0", 8080), metavar="HOST:PORT")
     add_ice_servers(rdv, [], "STUN server handed to peers (repeatable)")
+    rdv.add_argument("--server-name", action="append", default=[], metavar="HOST[:PORT]",
+                     help="a name cameras dial this server by (repeatable; default: "
+                          "$PEERCAM_SERVER_NAME, comma-separated, else the --listen address)")
+    rdv.add_argument("--handshake-timeout", type=float, default=5.0, metavar="S",
+                     help="seconds from accept to a WebSocket upgrade (default 5)")
+    rdv.add_argument("--max-pending", type=int, default=512, metavar="N",
+                     help="connections not yet upgraded, in total (default 512)")
+    rdv.add_argument("--max-pending-per-ip", type=int, default=16, metavar="N",
+                     help="connections not yet upgraded, per IP address (default 16)")
+    rdv.add_argument("--max-connections", type=int, default=0, metavar="N",
+                     help="open connections (default 0: the descriptor limit less 64)")
     rdv.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS/WSS")
     rdv.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     rdv.add_argument("--turn-url", action="append", default=[], metavar="URL",
@@ -69,12 +81,16 @@ def _turn_credentials(args: argparse.Namespace) -> Any:
     return lambda tag: [mint(turn, tag, time.time())]
 
 
-async def _listen(host: str, port: int, config: Any, ssl_context: Any) -> tuple[Any, Any, int]:
-    """The rendezvous started on host:port; a port that cannot be had is one clear line."""
+async def _listen(host: str, port: int, config: Any, ssl_context: Any,
+                  **options: Any) -> tuple[Any, Any, int]:
+    """The rendezvous started on host:port; a port that cannot be had, or a setting it
+    refuses, is one clear line."""
     from services.rendezvous import start_rendezvous
 
     try:
-        return await start_rendezvous(host, port, config, ssl_context)
+        return await start_rendezvous(host, port, config, ssl_context, **options)
+    except ValueError as exc:
+        raise BadConfig(str(exc)) from None
     except OSError as exc:
         hint = (" (is another peercam demo or rendezvous running? choose another with --port"
                 " or --listen)" if exc.errno == errno.EADDRINUSE else "")
@@ -83,7 +99,7 @@ async def _listen(host: str, port: int, config: Any, ssl_context: Any) -> tuple[
 
 
 async def rendezvous_command(args: argparse.Namespace) -> int:
-    from services.rendezvous import RendezvousConfig
+    from services.rendezvous import RendezvousConfig, server_names_from_env
     from services.tls import server_context
 
     host, port = args.listen
@@ -95,7 +111,15 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
             ssl_context = server_context(args.tls_cert, args.tls_key)
         except ValueError as exc:
             raise BadConfig(str(exc)) from None
-    config = RendezvousConfig(ice_servers=args.ice_server, credentials=_turn_credentials(args))
+    names = tuple(args.server_name) or server_names_from_env(os.environ)
+    try:
+        config = RendezvousConfig(
+            ice_servers=args.ice_server, credentials=_turn_credentials(args),
+            server_names=names, handshake_timeout=args.handshake_timeout,
+            max_pending=args.max_pending, max_pending_per_ip=args.max_pending_per_ip,
+            max_connections=args.max_connections)
+    except ValueError as exc:
+        raise BadConfig(str(exc)) from None
     _server, runner, bound = await _listen(host, port, config, ssl_context)
     print(f"LISTENING {host}:{bound}", flush=True)
     await serve_until_signalled(f"listening on {host}:{bound}", runner.cleanup)
@@ -115,7 +139,10 @@ async def demo_command(args: argparse.Namespace) -> int:
 
         cert, key = self_signed(state_dir, [host, "127.0.0.1", "localhost"])
         ssl_context, tls_ca, scheme = server_context(cert, key), str(cert), "https"
-    _server, runner, port = await _listen(args.host, args.port, None, ssl_context)
+    # Registrations are checked against the names its own camera and link use.
+    _server, runner, port = await _listen(
+        args.host, args.port, None, ssl_context,
+        names_for_port=lambda bound: [f"127.0.0.1:{bound}", f"{url_host(host)}:{bound}"])
     device = None
     # Signal handlers in place before the link is printed: a Ctrl-C as soon as it
     # shows is a clean stop, not a KeyboardInterrupt.

@@ -184,7 +184,12 @@ def test_install_into_a_fake_root_then_a_rerun_changes_nothing(tmp_path: Path) -
         installed = root / "etc/systemd/system" / unit
         assert installed.read_text() == (REPO / "systemd" / unit).read_text()
     for name in ENV_FILES:
-        assert (root / "etc/peercam" / name).read_text() == (REPO / "systemd" / name).read_text()
+        shipped = (REPO / "systemd" / name).read_text()
+        if name == "rendezvous.env":  # the server's own name: the host cameras dial
+            shipped = shipped.replace("#PEERCAM_SERVER_NAME=cam.example.net:8080",
+                                      "PEERCAM_SERVER_NAME=cam.example.net")
+            assert "\nPEERCAM_SERVER_NAME=cam.example.net\n" in shipped
+        assert (root / "etc/peercam" / name).read_text() == shipped
     config_path = root / "etc/peercam/camera.toml"
     config = load_camera_config(config_path)
     assert config.rendezvous == "wss://cam.example.net"
@@ -249,6 +254,8 @@ def test_user_prefix_and_source_are_written_where_they_belong(tmp_path: Path) ->
     assert "/opt/peercam" not in camera + stun
     config = load_camera_config(root / "etc/peercam/camera.toml")
     assert (config.source, config.rendezvous) == ("v4l2", "http://192.168.1.20:8080")
+    env = (root / "etc/peercam/rendezvous.env").read_text()
+    assert "\nPEERCAM_SERVER_NAME=192.168.1.20:8080\n" in env
 
 
 @pytest.mark.parametrize(

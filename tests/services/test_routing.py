@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from camera.gatekeeper import Gatekeeper
+import pytest
+
+from camera.gatekeeper import Gatekeeper, server_name
 from camera.identity import DeviceIdentity
-from services.routing import REGISTER_WINDOW, Close, Peer, Router, Send
+from services.routing import (
+    MAX_SERVER_NAMES,
+    REGISTER_WINDOW,
+    BadServerName,
+    Close,
+    Peer,
+    Router,
+    Send,
+    parse_server_names,
+    server_name_forms,
+)
 from services.signaling import Role, encode
 from services.signatures import encode_public_key, register_statement, sign
 
@@ -24,12 +36,13 @@ class Camera:
         self.identity = DeviceIdentity.generate()
         self.id = self.identity.device_id
 
-    def register(self, peer: Peer, **override: str) -> str:
+    def register(self, peer: Peer, name: str = HOST, **override: str) -> str:
+        """``register`` signed for ``name``, as a camera that dialled ``ws://name`` signs."""
         fields = {
             "device_id": self.id,
             "device_key": encode_public_key(self.identity.private_key.public_key()),
             "signature": sign(self.identity.private_key,
-                              register_statement(HOST, peer.nonce, self.id)),
+                              register_statement(name, peer.nonce, self.id)),
         }
         fields.update(override)
         return encode(Role.CAMERA, "register", **fields)
@@ -62,13 +75,13 @@ def answer_text(session: str, sdp: str = "v=0\r\nanswer") -> str:
 
 
 def test_registration_needs_a_signature_by_the_ids_key() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     online(router, cam)
     assert cam.id in router.cameras
 
 
 def test_registration_with_another_key_for_an_existing_id_is_refused() -> None:
-    router, victim, attacker = Router(), Camera(), Camera()
+    router, victim, attacker = Router(server_names=[HOST]), Camera(), Camera()
     holder = online(router, victim)
     peer = Peer(Role.CAMERA, host=HOST)
     router.connected(peer, 0)
@@ -80,7 +93,7 @@ def test_registration_with_another_key_for_an_existing_id_is_refused() -> None:
 
 
 def test_registration_with_a_bad_signature_is_refused() -> None:
-    router, cam, other = Router(), Camera(), Camera()
+    router, cam, other = Router(server_names=[HOST]), Camera(), Camera()
     peer = Peer(Role.CAMERA, host=HOST)
     router.connected(peer, 0)
     forged = sign(other.identity.private_key, register_statement(HOST, peer.nonce, cam.id))
@@ -90,7 +103,7 @@ def test_registration_with_a_bad_signature_is_refused() -> None:
 
 
 def test_registration_signed_for_another_server_or_nonce_is_refused() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     # Signed for another server (a relay attack through a hostile rendezvous) ...
     peer = Peer(Role.CAMERA, host=HOST)
     router.connected(peer, 0)
@@ -108,8 +121,92 @@ def test_registration_signed_for_another_server_or_nonce_is_refused() -> None:
     assert cam.id not in router.cameras
 
 
-def test_stale_nonce_and_second_registration_are_refused() -> None:
+def register_as(router: Router, cam: Camera, signed_for: str, host: str) -> str:
+    """What the router answers a registration signed for ``signed_for`` that arrived
+    with the Host header ``host``."""
+    peer = Peer(Role.CAMERA, host=host)
+    router.connected(peer, 0)
+    reply = sent(router.received(peer, cam.register(peer, name=signed_for), 0), peer)[-1]
+    return str(reply["type"] if reply["type"] == "registered" else reply["code"])
+
+
+def test_registration_is_checked_against_the_servers_own_name_never_host() -> None:
+    router, cam = Router(server_names=["rendezvous.test:8080"]), Camera()
+    # A hostile server at evil.test relays the camera's connection here and sets the
+    # Host header to its own name (the name the camera signed): refused.
+    assert register_as(router, cam, "evil.test", host="evil.test") == "bad-signature"
+    # ... or to ours: refused too, the signature names evil.test.
+    assert register_as(router, cam, "evil.test", host="rendezvous.test:8080") == "bad-signature"
+    assert cam.id not in router.cameras
+    # Signed for our name: accepted whatever Host says (a proxy may rewrite it).
+    assert register_as(router, cam, "rendezvous.test:8080", host="127.0.0.1:9000") == "registered"
+    assert cam.id in router.cameras
+
+
+def test_a_server_without_a_name_refuses_every_registration() -> None:
     router, cam = Router(), Camera()
+    assert router.server_names == frozenset()
+    assert register_as(router, cam, HOST, host=HOST) == "bad-signature"
+    assert cam.id not in router.cameras
+
+
+@pytest.mark.parametrize(("configured", "url"), [
+    ("Rendezvous.Test:8080", "ws://rendezvous.test:8080/ws/camera"),
+    ("rendezvous.test", "wss://RENDEZVOUS.test/ws/camera"),
+    ("rendezvous.test:443", "wss://rendezvous.test:443/ws/camera"),
+    ("rendezvous.test:443", "ws://rendezvous.test:443/ws/camera"),
+    ("rendezvous.test:80", "ws://rendezvous.test/ws/camera"),
+    ("[2001:DB8::1]:8080", "ws://[2001:db8::1]:8080/ws/camera"),
+    ("2001:db8::1", "wss://[2001:db8::1]/ws/camera"),
+    ("127.0.0.1:8080", "ws://127.0.0.1:8080"),
+])
+def test_names_compare_like_the_camera_signs_them(configured: str, url: str) -> None:
+    """Case-insensitive, default ports elided: the camera's own normalisation."""
+    router, cam = Router(server_names=[configured]), Camera()
+    assert server_name(url) in server_name_forms(configured)
+    assert register_as(router, cam, server_name(url), host="proxy.test") == "registered"
+
+
+@pytest.mark.parametrize(("configured", "url"), [
+    ("rendezvous.test:8080", "ws://rendezvous.test:8081"),
+    ("rendezvous.test:8080", "ws://rendezvous.test"),
+    ("rendezvous.test", "ws://rendezvous.test:8080"),
+    ("rendezvous.test", "ws://rendezvous.test.evil.test"),
+    ("127.0.0.1:8080", "ws://localhost:8080"),
+])
+def test_other_names_and_ports_do_not_match(configured: str, url: str) -> None:
+    router, cam = Router(server_names=[configured]), Camera()
+    assert register_as(router, cam, server_name(url), host=server_name(url)) == "bad-signature"
+
+
+def test_several_names_each_work() -> None:
+    router = Router(server_names=["cam.example.net", "192.0.2.7:8080"])
+    for name in ("cam.example.net", "192.0.2.7:8080"):
+        cam = Camera()
+        assert register_as(router, cam, name, host="whatever") == "registered"
+
+
+@pytest.mark.parametrize("bad", [
+    "", "host name", "http://host", "host/path", "user@host", "host:0", "host:65536",
+    "host:x", "host:", "[::1", "[::1]x", "hôst", "host\n", "a" * 300,
+])
+def test_bad_server_names_are_refused_with_the_value_named(bad: str) -> None:
+    with pytest.raises(BadServerName, match="server name|port") as caught:
+        parse_server_names([bad])
+    assert isinstance(caught.value, ValueError)
+    with pytest.raises(BadServerName):
+        Router(server_names=[bad])
+
+
+def test_the_number_of_names_is_bounded() -> None:
+    names = [f"n{i}.test:8080" for i in range(MAX_SERVER_NAMES)]
+    assert len(parse_server_names(names)) == MAX_SERVER_NAMES
+    with pytest.raises(BadServerName, match="limit"):
+        parse_server_names([*names, "one-more.test:8080"])
+
+
+def test_stale_nonce_and_second_registration_are_refused() -> None:
+    router, cam = Router(server_names=[HOST]), Camera()
     late = Peer(Role.CAMERA, host=HOST)
     router.connected(late, 0)
     actions = router.received(late, cam.register(late), REGISTER_WINDOW + 1)
@@ -120,7 +217,7 @@ def test_stale_nonce_and_second_registration_are_refused() -> None:
 
 
 def test_newer_registration_replaces_older() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     old = online(router, cam)
     new = Peer(Role.CAMERA, host=HOST)
     router.connected(new, 0)
@@ -133,7 +230,7 @@ def test_newer_registration_replaces_older() -> None:
 
 
 def test_gatekeeper_registration_matches_what_the_router_checks() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     peer = Peer(Role.CAMERA, host=HOST)
     router.connected(peer, 0)
     keeper = Gatekeeper.__new__(Gatekeeper)  # only its signing half is needed here
@@ -145,7 +242,7 @@ def test_gatekeeper_registration_matches_what_the_router_checks() -> None:
 
 
 def test_offer_and_answer_are_routed_with_signed_fields_untouched() -> None:
-    router = Router(ice_servers=[{"urls": ["stun:198.51.100.1:3478"]}],
+    router = Router(server_names=[HOST], ice_servers=[{"urls": ["stun:198.51.100.1:3478"]}],
                     credentials=lambda tag: [{"urls": ["turn:198.51.100.1:3478"],
                                               "username": f"9:{tag}", "credential": "x"}])
     cam = Camera()
@@ -168,7 +265,7 @@ def test_prepare_hands_turn_credentials_only_for_an_online_camera() -> None:
         minted.append(tag)
         return [{"urls": ["turn:198.51.100.1:3478"], "username": f"9:{tag}", "credential": "c"}]
 
-    router, cam = Router(credentials=credentials), Camera()
+    router, cam = Router(server_names=[HOST], credentials=credentials), Camera()
     viewer = Peer(Role.VIEWER)
     prepare = encode(Role.VIEWER, "prepare", device_id=cam.id, session_id="q" * 20)
     assert sent(router.received(viewer, prepare, 0), viewer)[0]["code"] == "unavailable"
@@ -183,7 +280,7 @@ def test_prepare_hands_turn_credentials_only_for_an_online_camera() -> None:
 
 
 def test_pairing_request_is_routed_and_ends_at_paired() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
     pair = encode(Role.VIEWER, "pair", device_id=cam.id, session_id="r" * 20, viewer_key=KEY,
@@ -196,7 +293,7 @@ def test_pairing_request_is_routed_and_ends_at_paired() -> None:
 
 
 def test_unknown_and_offline_ids_get_the_same_answer() -> None:
-    router, cam, other = Router(), Camera(), Camera()
+    router, cam, other = Router(server_names=[HOST]), Camera(), Camera()
     camera = online(router, other)
     viewer = Peer(Role.VIEWER)
     unknown = sent(router.received(viewer, offer_text(cam.id, "b" * 20), 0), viewer)
@@ -207,7 +304,7 @@ def test_unknown_and_offline_ids_get_the_same_answer() -> None:
 
 
 def test_camera_cannot_answer_a_session_of_another_camera() -> None:
-    router, cam, bad = Router(), Camera(), Camera()
+    router, cam, bad = Router(server_names=[HOST]), Camera(), Camera()
     camera = online(router, cam)
     intruder = online(router, bad)
     viewer = Peer(Role.VIEWER)
@@ -219,14 +316,14 @@ def test_camera_cannot_answer_a_session_of_another_camera() -> None:
 
 
 def test_unregistered_camera_is_told_so() -> None:
-    router = Router()
+    router = Router(server_names=[HOST])
     camera = Peer(Role.CAMERA)
     assert sent(router.received(camera, answer_text("e" * 20), 0),
                 camera)[0]["code"] == "not-registered"
 
 
 def test_viewer_vanishing_sends_bye_to_camera() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
     router.received(viewer, offer_text(cam.id, "f" * 20), 0)
@@ -236,7 +333,7 @@ def test_viewer_vanishing_sends_bye_to_camera() -> None:
 
 
 def test_camera_vanishing_sends_bye_to_viewers() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
     router.received(viewer, offer_text(cam.id, "g" * 20), 0)
@@ -245,7 +342,7 @@ def test_camera_vanishing_sends_bye_to_viewers() -> None:
 
 
 def test_duplicate_session_id_conflicts() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     online(router, cam)
     viewer, other = Peer(Role.VIEWER), Peer(Role.VIEWER)
     router.received(viewer, offer_text(cam.id, "h" * 20), 0)
@@ -254,7 +351,7 @@ def test_duplicate_session_id_conflicts() -> None:
 
 
 def test_unanswered_offer_times_out() -> None:
-    router, cam = Router(answer_timeout=5), Camera()
+    router, cam = Router(server_names=[HOST], answer_timeout=5), Camera()
     camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
     router.received(viewer, offer_text(cam.id, "i" * 20), 0)
@@ -266,7 +363,7 @@ def test_unanswered_offer_times_out() -> None:
 
 
 def test_viewer_cannot_bye_someone_elses_session() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     online(router, cam)
     viewer, other = Peer(Role.VIEWER), Peer(Role.VIEWER)
     router.received(viewer, offer_text(cam.id, "j" * 20), 0)
@@ -285,7 +382,7 @@ def test_turn_tags_are_safe_for_any_device_id() -> None:
         tags.append(tag)
         return []
 
-    router = Router(credentials=credentials)
+    router = Router(server_names=[HOST], credentials=credentials)
     for _ in range(40):  # about one ID in 37 ends in '$', '*', '~' or '='
         online(router, Camera())
     assert len(tags) == 40 and all(len(t) >= 26 for t in tags)
@@ -302,7 +399,7 @@ def candidate_text(device: str, session: str, seq: int = 0, line: str = LINE) ->
 
 
 def test_candidate_goes_to_the_sessions_camera_with_signed_fields_untouched() -> None:
-    router, cam, other = Router(), Camera(), Camera()
+    router, cam, other = Router(server_names=[HOST]), Camera(), Camera()
     camera = online(router, cam)
     bystander = online(router, other)
     viewer = Peer(Role.VIEWER)
@@ -320,7 +417,7 @@ def test_candidate_goes_to_the_sessions_camera_with_signed_fields_untouched() ->
 
 
 def test_candidate_only_from_the_connection_that_owns_the_session() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     camera = online(router, cam)
     owner, other = Peer(Role.VIEWER), Peer(Role.VIEWER)
     router.received(owner, offer_text(cam.id, "l" * 20), 0)
@@ -330,7 +427,7 @@ def test_candidate_only_from_the_connection_that_owns_the_session() -> None:
 
 
 def test_candidate_for_an_unknown_ended_or_pairing_session_is_refused() -> None:
-    router, cam, elsewhere = Router(), Camera(), Camera()
+    router, cam, elsewhere = Router(server_names=[HOST]), Camera(), Camera()
     camera = online(router, cam)
     online(router, elsewhere)
     viewer = Peer(Role.VIEWER)
@@ -355,7 +452,7 @@ def test_candidate_for_an_unknown_ended_or_pairing_session_is_refused() -> None:
 def test_candidates_per_session_are_capped() -> None:
     from services.signaling import MAX_CANDIDATES
 
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
     router.received(viewer, offer_text(cam.id, "o" * 20), 0)
@@ -372,7 +469,7 @@ def test_candidates_per_session_are_capped() -> None:
 
 
 def test_candidates_are_not_accepted_from_cameras() -> None:
-    router, cam = Router(), Camera()
+    router, cam = Router(server_names=[HOST]), Camera()
     camera = online(router, cam)
     viewer = Peer(Role.VIEWER)
     router.received(viewer, offer_text(cam.id, "q" * 20), 0)
