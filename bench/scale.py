@@ -17,9 +17,10 @@ behind), always through 200/s. The machine's other load is recorded with each
 figure: a busy shared machine shows up there, not as a server limit.
 
 The rendezvous admits 40 new connections per source IP in a burst, then 5/s,
-and its command line cannot change that; cameras and viewers are spread over
-loopback source addresses (127.10.x.y, 127.20.x.y), ``--per-address`` each, as
-real cameras come from many addresses. Client-side CPU is recorded too: on a
+and at most 16 connections per IP that have not finished their WebSocket
+upgrade; cameras and viewers are spread over loopback source addresses
+(127.10.x.y, 127.20.x.y), ``--per-address`` each, as real cameras come from
+many addresses. Client-side CPU is recorded too: on a
 small machine the load generator competes with the server for cores.
 """
 
@@ -69,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settle", type=float, default=3.0, help="pause after each ramp")
     p.add_argument("--workers", type=int, default=2, help="camera worker processes")
     p.add_argument("--concurrency", type=int, default=200, help="handshakes in flight, total")
-    p.add_argument("--per-address", type=int, default=40,
+    p.add_argument("--per-address", type=int, default=16,
                    help="connections per loopback source address (the server's per-IP burst)")
     p.add_argument("--viewers", type=int, default=64,
                    help="viewer connections at least (more if the top rate needs them)")
@@ -856,9 +857,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
                      "slow, the machine was the limit, not the server.")
     lines += [
         "The rendezvous admits 40 new connections per IP address in a burst, then 5/s, and "
-        "its command line",
-        "cannot change that: the simulated peers come from loopback addresses 127.10.x.y / "
-        f"127.20.x.y, {result['per_address']} each.",
+        "at most 16",
+        "upgrades in flight per address: the simulated peers come from loopback addresses "
+        f"127.10.x.y / 127.20.x.y, {result['per_address']} each.",
         "RSS excludes kernel socket buffers (idle sockets hold next to none). The server's",
         "garbage collections are timed by a `gc.callbacks` probe around the unchanged CLI; a",
         "full collection walks every live object, so it grows with the cameras held and",

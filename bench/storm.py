@@ -7,7 +7,7 @@ process each run the camera agent's own rendezvous link
 its real backoff with full jitter, its short cap while the server refuses), each
 from a loopback source address shared by at most ``--per-address`` cameras (the
 server admits 40 connections per address in a burst, as real cameras come from
-many addresses). Once every camera is registered, the server is killed
+many addresses, and at most 16 upgrades in flight per address). Once every camera is registered, the server is killed
 (SIGKILL: no goodbye), stays down ``--down`` seconds (its port refuses), and is
 started again on the same port. Measured: for each camera, the time from the
 server listening again to that camera being registered again; how the
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cameras", type=int, default=1000, help="simulated cameras")
     p.add_argument("--down", type=float, default=5.0,
                    help="seconds the rendezvous stays down (its port refuses)")
-    p.add_argument("--per-address", type=int, default=20,
+    p.add_argument("--per-address", type=int, default=10,
                    help="cameras per loopback source address")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="give up waiting for the fleet after this long")
