@@ -10,6 +10,10 @@ The addressing plan is in ``services.natlab.plan``, the NAT rules in
 ``up`` takes an flock on ``LOCK_PATH`` and sweeps leftover "pcl-*" namespaces.
 ``down`` (also run by a finalizer at exit) kills every process in every lab
 namespace before deleting them: deleting a namespace does not end its processes.
+
+Faults and impairments of a running lab: ``link_down``, ``flush_conntrack``,
+``remap``, ``roam``, ``impair`` and ``watch`` (netlink events), built on
+``services.natlab.faults``.
 """
 
 from __future__ import annotations
