@@ -366,6 +366,8 @@ class Lab:
         (host -> internet), "down" or "both". The other direction keeps what it had.
         Returns the site's handle: ``change``, ``clear``, ``stats``."""
         self._require_up()
+        if direction not in ("up", "down", "both"):
+            raise BadImpairment(f"direction must be up, down or both, not {direction!r}")
         target = self.site(site)
         handle = self._impaired.get(site)
         if handle is None:

@@ -115,7 +115,7 @@ def test_down_ends_faults_impairments_and_the_roaming_host() -> None:
     impaired.clear()  # harmless once the lab is down
 
 
-def test_cli_impairment_outlives_the_command_and_goes_with_down(tmp_path: object) -> None:
+def test_cli_impairment_outlives_the_command_and_goes_with_down() -> None:
     """`impair` from another shell starts a forwarder that `down` removes."""
     from services.natlab.__main__ import main
 
