@@ -4,10 +4,19 @@
     python -m services.natlab status [--json]
     python -m services.natlab exec SITE -- CMD [ARG...]
     python -m services.natlab down
+    python -m services.natlab link SITE down|up [--where host|carrier|wan] [--for SECONDS]
+    python -m services.natlab flush SITE [--remap [--hold SECONDS]]
+    python -m services.natlab conntrack SITE
+    python -m services.natlab impair SITE [--loss 5%] [--delay 100ms] [--jitter 30ms]
+        [--rate 600kbit] [--reorder 1%] [--queue BYTES] [--direction up|down|both]
+    python -m services.natlab impair SITE --clear
+    python -m services.natlab roam SITE [--gap SECONDS]
 
 ``up`` stays in the foreground until Ctrl-C, SIGTERM or ``down`` from another
-shell, then removes everything. SITE is a site name, "server", "inet" or
-"<site>-nat" (the site's router).
+shell, then removes everything. SITE is a site name, "server", "inet", "roam"
+(the roaming host), "<site>-nat" (the site's router) or "<site>-wire". The fault
+and impairment commands act on the running lab and return at once (``link
+--for`` waits); ``impair SITE`` without settings shows the site's impairment.
 """
 
 from __future__ import annotations
@@ -17,22 +26,34 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from services.natlab import netns
+from services.natlab import faults, netns
 from services.natlab.errors import NatLabError
 from services.natlab.lab import LOCK_PATH, STATE_PATH, Lab, check_prerequisites
 from services.natlab.plan import (
     ALL_SITES,
     INET_NS,
+    ROAM_NS,
+    ROAM_SITE,
     SERVER_IPS,
     SERVER_IPS6,
     SERVER_NS,
     SERVER_SITE,
+    Site,
     parse_site,
+)
+from services.natlab.shaping import (
+    Impairment,
+    parse_duration,
+    parse_fraction,
+    parse_rate,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,6 +138,7 @@ def _down(_: argparse.Namespace) -> int:
     try:
         swept = netns.sweep()
         STATE_PATH.unlink(missing_ok=True)
+        shutil.rmtree(faults.RUN_DIR, ignore_errors=True)
     finally:
         os.close(fd)
     _out(f"removed leftovers: {', '.join(swept)}" if swept else "NAT lab is down")
@@ -158,6 +180,10 @@ def namespace_of(where: str) -> str:
         return SERVER_NS
     if where == "inet":
         return INET_NS
+    if where == ROAM_SITE:
+        return ROAM_NS
+    if where.endswith("-wire"):
+        return parse_site(where[: -len("-wire")]).wire_namespace
     if where.endswith("-nat"):
         site = parse_site(where[: -len("-nat")])
         if site.router_namespace is not None:
@@ -176,6 +202,137 @@ def _exec(args: argparse.Namespace) -> int:
         raise NatLabError(f"{namespace} does not exist: is the lab up with site {args.site!r}?")
     argv = netns.in_namespace(namespace, command)
     os.execvp(argv[0], argv)
+
+
+def _running_site(name: str) -> Site:
+    """A site of the running lab; NatLabError if the lab or the site is not up."""
+    site = parse_site(name)
+    if site.namespace not in netns.lab_namespaces():
+        raise NatLabError(f"{site.namespace} does not exist: is the lab up with site {name!r}?")
+    return site
+
+
+def _running_sites() -> list[Site]:
+    names = netns.lab_namespaces()
+    found = []
+    for name in names:
+        try:
+            site = parse_site(name[len("pcl-") :])
+        except ValueError:
+            continue
+        if site.namespace == name:
+            found.append(site)
+    return found
+
+
+def _link(args: argparse.Namespace) -> int:
+    site = _running_site(args.site)
+    if args.seconds is not None:
+        if args.state != "down":
+            raise NatLabError("--for goes with `down`: the link comes back after SECONDS")
+        fault = faults.LinkFault(site, args.where, args.seconds)
+        _out(f"{site.name}: {args.where} link down for {args.seconds:g} s")
+        fault.wait(args.seconds + DOWN_WAIT_SECONDS)
+        _out(f"{site.name}: {args.where} link up")
+        return 0
+    faults.set_link(site, args.where, up=args.state == "up")
+    _out(f"{site.name}: {args.where} link {args.state}")
+    return 0
+
+
+def _flush(args: argparse.Namespace) -> int:
+    site = _running_site(args.site)
+    if args.remap:
+        moved = faults.remap(site, args.hold)
+        for flow in moved:
+            _out(
+                f"{site.name}: {flow.host[0]}:{flow.host[1]} -> {flow.remote[0]}:{flow.remote[1]} "
+                f"loses {flow.old[0]}:{flow.old[1]}"
+            )
+        _out(f"{site.name}: conntrack flushed; {len(moved)} UDP flows get new ports")
+        return 0
+    _out(f"{site.name}: conntrack flushed ({faults.flush_conntrack(site)} entries)")
+    return 0
+
+
+def _conntrack(args: argparse.Namespace) -> int:
+    site = _running_site(args.site)
+    for entry in faults.conntrack_entries(site):
+        proto = {6: "tcp", 17: "udp"}.get(entry.original.protocol, str(entry.original.protocol))
+        src, dst = entry.original.source, entry.original.destination
+        mapped = entry.mapped
+        _out(f"{proto} {src[0]}:{src[1]} -> {dst[0]}:{dst[1]} as {mapped[0]}:{mapped[1]}")
+    return 0
+
+
+def _impair(args: argparse.Namespace) -> int:
+    site = _running_site(args.site)
+    if args.clear:
+        if faults.wire_running(site):
+            faults.stop_wire(site)
+        _out(f"{site.name}: not impaired")
+        return 0
+    given = {
+        "loss": args.loss, "delay": args.delay, "jitter": args.jitter,
+        "rate_kbit": args.rate, "reorder": args.reorder, "queue_bytes": args.queue,
+    }
+    settings = {key: value for key, value in given.items() if value is not None}
+    if not settings:
+        if not faults.wire_running(site):
+            _out(f"{site.name}: not impaired")
+            return 0
+        stats = faults.wire_stats(site)
+        for name, direction in (("up", stats.up), ("down", stats.down)):
+            c = direction.counters
+            _out(
+                f"{site.name} {name:<4} {direction.settings.describe()}: {c.offered} frames, "
+                f"{c.lost} lost, {c.overflowed} over the queue, {c.reordered} reordered"
+            )
+        return 0
+    impairment = Impairment(**settings)
+    if faults.wire_running(site):
+        current = faults.wire_stats(site)
+        up, down = current.up.settings, current.down.settings
+    else:
+        up = down = Impairment()
+        _start_detached_wire(site, args.seed)
+    if args.direction in ("up", "both"):
+        up = impairment
+    if args.direction in ("down", "both"):
+        down = impairment
+    faults.set_impairment(site, up, down)
+    _out(f"{site.name}: up {up.describe()}; down {down.describe()}")
+    return 0
+
+
+def _start_detached_wire(site: Site, seed: int | None) -> None:
+    """Start the site's forwarder so that it outlives this command (`down` ends it)."""
+    faults.RUN_DIR.mkdir(mode=0o755, exist_ok=True)
+    log = (faults.RUN_DIR / f"{site.name}.wire.log").open("ab")
+    source_root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": source_root + (os.pathsep + path if path else "")}
+    try:
+        process = subprocess.Popen(
+            netns.in_namespace(site.wire_namespace, faults.wire_argv(site, sys.executable, seed)),
+            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    faults.start_wire(site, process)
+    assert process.stdout is not None
+    process.stdout.close()
+
+
+def _roam(args: argparse.Namespace) -> int:
+    site = _running_site(args.site)
+    left = faults.roam(site, _running_sites(), args.gap)
+    _out(
+        f"roam: {left.name if left else 'new'} -> {site.name}: {site.roamer_ip}, seen outside as "
+        f"{site.public_ip} (run programs there: exec roam -- CMD)"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +361,52 @@ def build_parser() -> argparse.ArgumentParser:
     execute.add_argument("site", help=f"a site, {SERVER_SITE!r}, 'inet' or '<site>-nat'")
     execute.add_argument("command", nargs=argparse.REMAINDER)
     execute.set_defaults(handler=_exec)
+
+    link = commands.add_parser("link", help="take a site's link down or bring it back")
+    link.add_argument("site")
+    link.add_argument("state", choices=("down", "up"))
+    link.add_argument(
+        "--where", choices=faults.LINK_PLACES, default="host",
+        help="host: the host's Wi-Fi drops (carrier, address, routes); carrier: carrier only; "
+        "wan: the NAT's internet line goes away (default host)",
+    )
+    link.add_argument("--for", dest="seconds", type=float, metavar="SECONDS",
+                      help="down for SECONDS, then up again (waits)")
+    link.set_defaults(handler=_link)
+
+    flush = commands.add_parser("flush", help="flush a site's NAT conntrack table")
+    flush.add_argument("site")
+    flush.add_argument("--remap", action="store_true",
+                       help="and make each UDP flow's next packet get a new external port")
+    flush.add_argument("--hold", type=int, default=faults.DEFAULT_REMAP_HOLD, metavar="SECONDS",
+                       help="how long the old ports stay taken (default %(default)s)")
+    flush.set_defaults(handler=_flush)
+
+    track = commands.add_parser("conntrack", help="list a site's NAT flows and external ports")
+    track.add_argument("site")
+    track.set_defaults(handler=_conntrack)
+
+    impair = commands.add_parser(
+        "impair", help="loss, delay, jitter, reordering and a rate cap on a site's link"
+    )
+    impair.add_argument("site")
+    impair.add_argument("--loss", type=parse_fraction, help="e.g. 5%% or 0.05")
+    impair.add_argument("--delay", type=parse_duration, help="one-way, e.g. 100ms")
+    impair.add_argument("--jitter", type=parse_duration, help="uniform +-, e.g. 30ms")
+    impair.add_argument("--rate", type=parse_rate, help="cap, e.g. 600kbit or 2mbit")
+    impair.add_argument("--reorder", type=parse_fraction, help="fraction that skips the delay")
+    impair.add_argument("--queue", type=int, metavar="BYTES",
+                        help="the cap's queue (default 100 ms at the rate)")
+    impair.add_argument("--direction", choices=("up", "down", "both"), default="both")
+    impair.add_argument("--seed", type=int, help="random seed of a newly started forwarder")
+    impair.add_argument("--clear", action="store_true", help="remove the impairment")
+    impair.set_defaults(handler=_impair)
+
+    roam = commands.add_parser("roam", help="plug the roaming host into a NAT site's LAN")
+    roam.add_argument("site")
+    roam.add_argument("--gap", type=float, default=0.0, metavar="SECONDS",
+                      help="offline time between the old site and the new one")
+    roam.set_defaults(handler=_roam)
     return parser
 
 

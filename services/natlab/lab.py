@@ -10,6 +10,10 @@ The addressing plan is in ``services.natlab.plan``, the NAT rules in
 ``up`` takes an flock on ``LOCK_PATH`` and sweeps leftover "pcl-*" namespaces.
 ``down`` (also run by a finalizer at exit) kills every process in every lab
 namespace before deleting them: deleting a namespace does not end its processes.
+
+Faults and impairments of a running lab: ``link_down``, ``flush_conntrack``,
+``remap``, ``roam``, ``impair`` and ``watch`` (netlink events), built on
+``services.natlab.faults``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from services.natlab import netns
+from services.natlab import faults, netns
 from services.natlab.behaviour import ProbeResult, classify
 from services.natlab.errors import (
     CommandFailed,
@@ -39,20 +43,35 @@ from services.natlab.errors import (
     NeedsRoot,
     UnknownSite,
 )
+from services.natlab.faults import (
+    RUN_DIR,
+    LinkFault,
+    NetlinkWatcher,
+    Remapped,
+    WireStats,
+)
+from services.natlab.netlink import ConntrackEntry
 from services.natlab.plan import (
     EXPECTED6,
     INET_NS,
     PUBLIC_PREFIXLEN,
     PUBLIC_PREFIXLEN6,
+    ROAM_NS,
+    ROAM_SITE,
+    ROUTER_WIRE_PORT,
+    SERVER_INET_PORT,
     SERVER_IPS,
     SERVER_IPS6,
     SERVER_NS,
     SERVER_SITE,
+    WIRE_HOST_SIDE,
+    WIRE_UPLINK_SIDE,
     Behaviour,
     Site,
     parse_sites,
 )
 from services.natlab.rules import router_ruleset
+from services.natlab.shaping import BadImpairment, Impairment
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +133,13 @@ class _Resources:
 
     namespaces: list[str] = field(default_factory=list)
     processes: list[subprocess.Popen[Any]] = field(default_factory=list)
+    faults: list[LinkFault] = field(default_factory=list)
     lock_fd: int | None = None
 
     def release(self) -> None:
         try:
+            for fault in self.faults:
+                fault.cancel()
             ids = netns.namespace_ids(self.namespaces)
             # Ours directly: one started a moment ago may not have entered its
             # namespace yet, so a scan of the namespace would miss it.
@@ -136,6 +158,8 @@ class _Resources:
         finally:
             self.processes.clear()
             self.namespaces.clear()
+            self.faults.clear()
+            shutil.rmtree(RUN_DIR, ignore_errors=True)
             STATE_PATH.unlink(missing_ok=True)
             if self.lock_fd is not None:
                 os.close(self.lock_fd)
@@ -174,6 +198,7 @@ class Lab:
         self.down_seconds: float | None = None
         self._resources = _Resources()
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._impaired: dict[str, Impaired] = {}
 
     # -- addresses ---------------------------------------------------------------
 
@@ -219,11 +244,16 @@ class Lab:
         return self.site(site).public_ip
 
     def namespace(self, where: str) -> str:
-        """The namespace of a site's host, "server", "inet", or "<site>-nat" (its router)."""
+        """The namespace of a site's host, "server", "inet", "roam" (the roaming host),
+        "<site>-nat" (its router) or "<site>-wire" (between host and router)."""
         if where == SERVER_SITE:
             return SERVER_NS
         if where == "inet":
             return INET_NS
+        if where == ROAM_SITE:
+            return ROAM_NS
+        if where.endswith("-wire") and where[:-5] in self._sites:
+            return self._sites[where[:-5]].wire_namespace
         if where.endswith("-nat") and where[:-4] in self._sites:
             router = self._sites[where[:-4]].router_namespace
             if router is not None:
@@ -265,6 +295,119 @@ class Lab:
                 f"{done.stderr.strip()}"
             )
         return done
+
+    # -- faults ------------------------------------------------------------------
+
+    def link_down(
+        self, site: str, seconds: float | None = None, where: str = "host"
+    ) -> LinkFault:
+        """Take a site's link down now; back after ``seconds``, on ``restore()``, or
+        when the ``with`` block ends. ``where``: "host" (the host's Wi-Fi drops:
+        carrier, addresses and routes go), "carrier" (carrier only) or "wan" (the
+        ISP goes away); see ``services.natlab.faults``."""
+        self._require_up()
+        fault = LinkFault(self.site(site), where, seconds)
+        self._resources.faults.append(fault)
+        return fault
+
+    def conntrack(self, site: str) -> list[ConntrackEntry]:
+        """The IPv4 TCP/UDP flows the site's NAT tracks (with their external ports)."""
+        self._require_up()
+        return faults.conntrack_entries(self.site(site))
+
+    def flush_conntrack(self, site: str) -> int:
+        """``conntrack -F`` in the site's NAT (and the cones' mapping sets); how many went."""
+        self._require_up()
+        return faults.flush_conntrack(self.site(site))
+
+    def remap(self, site: str, hold: int | None = None) -> list[Remapped]:
+        """Flush the site's NAT so that each UDP flow's next packet gets a new
+        external port, even on a NAT that keeps ports (see ``faults.remap``)."""
+        self._require_up()
+        return faults.remap(
+            self.site(site), hold or self.conntrack_udp_timeout or faults.DEFAULT_REMAP_HOLD
+        )
+
+    def watch(self, where: str) -> NetlinkWatcher:
+        """Link, address and route events in a namespace (see ``namespace``), from now on."""
+        self._require_up()
+        return NetlinkWatcher(self.namespace(where))
+
+    # -- the roaming host -------------------------------------------------------
+
+    def roam(self, site: str, gap: float = 0.0) -> str | None:
+        """Plug the roaming host ("roam") into a NAT site's LAN; return the site it left.
+
+        The host keeps its eth0 and sees real carrier, address and route changes;
+        ``gap``: seconds it is plugged in nowhere on the way.
+        """
+        self._require_up()
+        left = faults.roam(self.site(site), self._sites.values(), gap)
+        return None if left is None else left.name
+
+    @property
+    def roamer_site(self) -> str | None:
+        """Where the roaming host is plugged in (None: nowhere yet)."""
+        found = faults.roamer_site(self._sites.values())
+        return None if found is None else found.name
+
+    @property
+    def roamer_ip(self) -> str | None:
+        site = self.roamer_site
+        return None if site is None else self.site(site).roamer_ip
+
+    # -- impairment -------------------------------------------------------------
+
+    def impair(
+        self, site: str, direction: str = "both", *, seed: int | None = None, **settings: Any
+    ) -> Impaired:
+        """Impair a site's link: ``settings`` are ``Impairment`` fields (loss, delay,
+        jitter, rate_kbit, reorder, queue_bytes, burst_bytes); ``direction`` "up"
+        (host -> internet), "down" or "both". The other direction keeps what it had.
+        Returns the site's handle: ``change``, ``clear``, ``stats``."""
+        self._require_up()
+        if direction not in ("up", "down", "both"):
+            raise BadImpairment(f"direction must be up, down or both, not {direction!r}")
+        target = self.site(site)
+        handle = self._impaired.get(site)
+        if handle is None:
+            impairment = Impairment(**settings)  # bad settings fail before anything starts
+            process = self.popen(
+                f"{site}-wire",
+                faults.wire_argv(target, sys.executable, seed),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                env=self._probe_env(),
+            )
+            try:
+                faults.start_wire(target, process)
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            handle = Impaired(self, target, process)
+            self._impaired[site] = handle
+            handle.change(direction, **impairment.to_json())
+        else:
+            handle.change(direction, **settings)
+        return handle
+
+    def clear_impairment(self, site: str) -> None:
+        """Put the site's plain wire back (no-op if it is not impaired)."""
+        handle = self._impaired.pop(site, None)
+        if handle is None:
+            return
+        faults.stop_wire(handle.site)
+        try:
+            handle.process.wait(timeout=faults.WIRE_START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
+            handle.process.wait()
+        if handle.process.stdout is not None:
+            handle.process.stdout.close()
+        if handle.process in self._resources.processes:
+            self._resources.processes.remove(handle.process)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -313,6 +456,7 @@ class Lab:
         """Kill every process in every lab namespace and delete the namespaces. Idempotent."""
         if self._finalizer is None or not self._finalizer.alive:
             return
+        self._impaired.clear()
         started = time.monotonic()
         self._finalizer()
         self.down_seconds = time.monotonic() - started
@@ -324,32 +468,33 @@ class Lab:
 
     # -- building ----------------------------------------------------------------
 
-    def _public_members(self) -> list[tuple[str, str]]:
-        """(namespace, interface) of everything plugged into the public bridge."""
-        members = [(SERVER_NS, "eth0")]
+    def _public_members(self) -> list[tuple[str, str, str]]:
+        """(bridge port, namespace, interface) of everything on the public bridge."""
+        members = [(SERVER_INET_PORT, SERVER_NS, "eth0")]
         for site in self._sites.values():
             if site.router_namespace is None:
-                members.append((site.namespace, "eth0"))
+                members.append((site.inet_port, site.wire_namespace, WIRE_UPLINK_SIDE))
             else:
-                members.append((site.router_namespace, "wan0"))
+                members.append((site.inet_port, site.router_namespace, "wan0"))
         return members
 
     def _build(self, resources: _Resources) -> None:
         sites = list(self._sites.values())
         names = [INET_NS, SERVER_NS]
         for site in sites:
-            names.append(site.namespace)
+            names += [site.namespace, site.wire_namespace]
             if site.router_namespace is not None:
                 names.append(site.router_namespace)
-        # Record them before creating, so a failure half-way still removes them.
-        resources.namespaces.extend(names)
+        # Record them before creating, so a failure half-way still removes them;
+        # the roaming host is made on demand, but goes with the rest.
+        resources.namespaces.extend([*names, ROAM_NS])
         netns.ip_batch(f"netns add {name}" for name in names)
+        RUN_DIR.mkdir(mode=0o755, exist_ok=True)
 
         # The public segment: a bridge with one veth per public namespace. No
         # address in pcl-inet and no link to the host's namespace: nothing leaves.
         inet = ["link add br0 type bridge stp_state 0 mcast_snooping 0", "link set br0 up"]
-        for number, (namespace, interface) in enumerate(self._public_members()):
-            port = f"p{number}"
+        for port, namespace, interface in self._public_members():
             inet += [
                 f"link add {port} type veth peer name {interface} netns {namespace}",
                 f"link set {port} master br0",
@@ -375,67 +520,36 @@ class Lab:
             netns.ip_batch(server, SERVER_NS)
 
         def configure_site(site: Site) -> None:
-            if site.router_namespace is None:
-                netns.ip_batch(
-                    [
-                        "link set lo up",
-                        "link set eth0 addrgenmode none",
-                        "link set eth0 up",
-                        f"addr add {site.host_ip}/{PUBLIC_PREFIXLEN} dev eth0",
-                    ],
-                    site.namespace,
-                )
-                return
-            router = site.router_namespace
-            own_routes6 = [
-                route for other, route in zip(ipv6_sites, routes6, strict=True) if other != site
-            ]
-            commands = [
-                "link set lo up",
-                "link add lan0 type veth peer name eth0 netns " + site.namespace,
-                f"addr add {site.public_ip}/{PUBLIC_PREFIXLEN} dev wan0",
-                f"addr add {site.router_lan_ip}/{site.lan_cidr.split('/')[1]} dev lan0",
-            ]
-            host = [
-                "link set lo up",
-                f"addr add {site.host_ip}/{site.lan_cidr.split('/')[1]} dev eth0",
-            ]
-            if site.has_ipv6:
-                commands += [
-                    f"addr add {site.router_public_ip6}/{PUBLIC_PREFIXLEN6} dev wan0 nodad",
-                    f"addr add {site.router_lan_ip6}/{site.lan_prefix6.split('/')[1]} "
-                    "dev lan0 nodad",
-                    # A router solicits a neighbour for a forwarded packet only from a
-                    # settled link-local address (ndisc_send_ns gives up otherwise).
-                    f"addr add {site.router_link_local6} dev wan0 nodad",
-                    "addr add fe80::1/64 dev lan0 nodad",
-                ]
-                host += [
-                    f"addr add {site.host_ip6}/{site.lan_prefix6.split('/')[1]} dev eth0 nodad"
-                ]
-            commands += ["link set wan0 addrgenmode none", "link set lan0 addrgenmode none"]
-            host += ["link set eth0 addrgenmode none"]
-            commands += ["link set wan0 up", "link set lan0 up"]
-            if site.has_ipv6:
-                # Routes to the other IPv6 sites' prefixes: their gateways are
-                # reachable only once wan0 is up.
-                commands += own_routes6
-            host += ["link set eth0 up", f"route add default via {site.router_lan_ip}"]
-            if site.has_ipv6:
-                host.append(f"route add default via {site.router_lan_ip6}")
-            netns.ip_batch(commands, router)
-
-            sysctls = ["net.ipv4.ip_forward=1"]
-            if site.has_ipv6:
-                sysctls.append("net.ipv6.conf.all.forwarding=1")
-            if self.conntrack_udp_timeout is not None:
-                sysctls += [f"{key}={self.conntrack_udp_timeout}" for key in CONNTRACK_SYSCTLS]
-            netns.run(netns.in_namespace(router, ["sysctl", "-q", "-w", *sysctls]))
-            netns.run(
-                netns.in_namespace(router, ["nft", "-f", "-"]),
-                stdin=router_ruleset(site, self.conntrack_udp_timeout),
+            wire = site.wire_namespace
+            # The wire: the host's eth0 and a bridge, which the impairment
+            # forwarder replaces while the site is impaired.
+            netns.ip_batch(
+                [
+                    "link set lo up",
+                    f"link add {WIRE_HOST_SIDE} type veth peer name eth0 netns {site.namespace}",
+                    "link add br0 type bridge stp_state 0 mcast_snooping 0",
+                    f"link set {WIRE_HOST_SIDE} addrgenmode none",
+                    "link set br0 addrgenmode none",
+                    "link set br0 up",
+                ],
+                wire,
             )
-            # The host's eth0 exists only once the router made the veth pair.
+            host = ["link set lo up", "link set eth0 addrgenmode none", "link set eth0 up"]
+            host += faults.host_addressing(site)
+            router = site.router_namespace
+            if router is not None:
+                self._configure_router(site, ipv6_sites, routes6)
+            # u0 exists now: made by the router, or by pcl-inet for the open site.
+            netns.ip_batch(
+                [
+                    f"link set {WIRE_UPLINK_SIDE} addrgenmode none",
+                    f"link set {WIRE_HOST_SIDE} master br0",
+                    f"link set {WIRE_UPLINK_SIDE} master br0",
+                    f"link set {WIRE_HOST_SIDE} up",
+                    f"link set {WIRE_UPLINK_SIDE} up",
+                ],
+                wire,
+            )
             netns.ip_batch(host, site.namespace)
 
         if self.conntrack_udp_timeout is not None and not Path(
@@ -447,6 +561,56 @@ class Lab:
             futures += [pool.submit(configure_site, site) for site in sites]
             for future in futures:
                 future.result()
+
+    def _configure_router(self, site: Site, ipv6_sites: list[Site], routes6: list[str]) -> None:
+        router = site.router_namespace
+        assert router is not None
+        own_routes6 = [
+            route for other, route in zip(ipv6_sites, routes6, strict=True) if other != site
+        ]
+        prefix = site.lan_cidr.split("/")[1]
+        commands = [
+            "link set lo up",
+            # The LAN is a bridge, so the roaming host can plug in beside the
+            # wire; a fixed MAC keeps the hosts' ARP entries valid when it does.
+            "link add lan0 type bridge stp_state 0 mcast_snooping 0",
+            f"link set lan0 address {faults.router_lan_mac(site)}",
+            f"link add {ROUTER_WIRE_PORT} type veth peer name {WIRE_UPLINK_SIDE} "
+            f"netns {site.wire_namespace}",
+            f"link set {ROUTER_WIRE_PORT} master lan0",
+            f"link set {ROUTER_WIRE_PORT} addrgenmode none",
+            f"link set {ROUTER_WIRE_PORT} up",
+            f"addr add {site.public_ip}/{PUBLIC_PREFIXLEN} dev wan0",
+            f"addr add {site.router_lan_ip}/{prefix} dev lan0",
+        ]
+        if site.has_ipv6:
+            commands += [
+                f"addr add {site.router_public_ip6}/{PUBLIC_PREFIXLEN6} dev wan0 nodad",
+                f"addr add {site.router_lan_ip6}/{site.lan_prefix6.split('/')[1]} "
+                "dev lan0 nodad",
+                # A router solicits a neighbour for a forwarded packet only from a
+                # settled link-local address (ndisc_send_ns gives up otherwise).
+                f"addr add {site.router_link_local6} dev wan0 nodad",
+                "addr add fe80::1/64 dev lan0 nodad",
+            ]
+        commands += ["link set wan0 addrgenmode none", "link set lan0 addrgenmode none"]
+        commands += ["link set wan0 up", "link set lan0 up"]
+        if site.has_ipv6:
+            # Routes to the other IPv6 sites' prefixes: their gateways are
+            # reachable only once wan0 is up.
+            commands += own_routes6
+        netns.ip_batch(commands, router)
+
+        sysctls = ["net.ipv4.ip_forward=1"]
+        if site.has_ipv6:
+            sysctls.append("net.ipv6.conf.all.forwarding=1")
+        if self.conntrack_udp_timeout is not None:
+            sysctls += [f"{key}={self.conntrack_udp_timeout}" for key in CONNTRACK_SYSCTLS]
+        netns.run(netns.in_namespace(router, ["sysctl", "-q", "-w", *sysctls]))
+        netns.run(
+            netns.in_namespace(router, ["nft", "-f", "-"]),
+            stdin=router_ruleset(site, self.conntrack_udp_timeout),
+        )
 
     # -- probing -----------------------------------------------------------------
 
@@ -548,3 +712,40 @@ class Lab:
             "conntrack_udp_timeout": self.conntrack_udp_timeout,
         }
         STATE_PATH.write_text(json.dumps(state, indent=2) + "\n")
+
+
+class Impaired:
+    """A site's impairment, from ``Lab.impair``: change it, read its counters, clear it."""
+
+    def __init__(self, lab: Lab, site: Site, process: subprocess.Popen[str]) -> None:
+        self._lab = lab
+        self.site = site
+        self.process = process
+        self.up = Impairment()
+        """What the host -> internet direction does now."""
+        self.down = Impairment()
+        """What the internet -> host direction does now."""
+
+    def __enter__(self) -> Impaired:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.clear()
+
+    def change(self, direction: str = "both", **settings: Any) -> None:
+        """Set ``direction`` ("up", "down", "both") to exactly ``settings``."""
+        if direction not in ("up", "down", "both"):
+            raise BadImpairment(f"direction must be up, down or both, not {direction!r}")
+        impairment = Impairment(**settings)
+        up = impairment if direction in ("up", "both") else self.up
+        down = impairment if direction in ("down", "both") else self.down
+        faults.set_impairment(self.site, up, down)
+        self.up, self.down = up, down
+
+    def stats(self) -> WireStats:
+        return faults.wire_stats(self.site)
+
+    def clear(self) -> None:
+        """Back to the plain wire; delayed frames are sent at once."""
+        if self._lab.is_up:
+            self._lab.clear_impairment(self.site.name)

@@ -6,10 +6,13 @@ the command and its stderr, because a half-built lab is worse than none.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -155,3 +158,44 @@ def sweep() -> list[str]:
         killed += kill_processes(ids)
         logger.info("swept %d namespaces and %d processes: %s", len(names), killed, names)
     return names
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def socket_in_namespace(
+    namespace: str, family: int, kind: int, protocol: int = 0
+) -> socket.socket:
+    """A socket that lives in ``namespace``, made without a child process.
+
+    A short-lived thread enters the namespace (setns(2) moves only the calling
+    thread) and makes the socket; a socket stays in the namespace it was made in,
+    wherever it is used afterwards.
+    """
+    made: list[socket.socket] = []
+    failed: list[BaseException] = []
+
+    def enter() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(NETNS_DIR / namespace, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    errno = ctypes.get_errno()
+                    raise CommandFailed(f"setns into {namespace}: {os.strerror(errno)}")
+                made.append(socket.socket(family, kind, protocol))
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=enter, name=f"setns-{namespace}")
+    thread.start()
+    thread.join(COMMAND_TIMEOUT)
+    if failed:
+        if isinstance(failed[0], FileNotFoundError):
+            raise CommandFailed(f"namespace {namespace} does not exist") from failed[0]
+        raise failed[0]
+    if not made:
+        raise CommandFailed(f"could not make a socket in {namespace}")
+    return made[0]

@@ -10,6 +10,13 @@ a real network: 203.0.113.0/24 (RFC 5737 TEST-NET-3) is the "public internet",
     pcl-open     203.0.113.10 (a second instance "open-2": 203.0.113.11)
     pcl-K-nat    router of site K: wan0 = 203.0.113.(100 + k), lan0 = 198.51.100.(16 i + 1)
     pcl-K        host of site K: eth0 = 198.51.100.(16 i + 2), default route via the router
+    pcl-K-wire   between host and router (or, for open, the public bridge): a bridge
+                 h0 <-> u0, replaced by a user-space forwarder while K is impaired
+    pcl-roam     the roaming host, created on demand: 198.51.100.(16 i + 3) in the
+                 LAN of whichever NAT site it is plugged into
+
+A router's LAN side is a bridge ``lan0`` (ports: ``lanw`` to the wire, and ``roam``
+while the roaming host is there).
 
 where k is the kind's number (full-cone 1 … udp-blocked 6) and i = k for the
 first instance of a kind, k + 8 for the second ("K-2", public 203.0.113.(200 + k)).
@@ -31,6 +38,22 @@ PREFIX = "pcl-"
 INET_NS = PREFIX + "inet"
 SERVER_NS = PREFIX + "server"
 SERVER_SITE = "server"
+SERVER_INET_PORT = "psrv"
+"""The server's port on the public bridge (a site's is ``Site.inet_port``)."""
+
+ROAM_SITE = "roam"
+"""The roaming host: one extra host whose link moves between the NAT sites' LANs."""
+ROAM_NS = PREFIX + ROAM_SITE
+ROAM_ROUTER_PORT = "roam"
+"""The roaming host's link as it appears in the router of the site it is plugged into."""
+
+WIRE_HOST_SIDE = "h0"
+"""In a site's wire namespace: the veth towards the site's host (its eth0)."""
+WIRE_UPLINK_SIDE = "u0"
+"""In a site's wire namespace: the veth towards the router's LAN (or, for the open
+site, the public bridge)."""
+ROUTER_WIRE_PORT = "lanw"
+"""In a router: the LAN bridge ``lan0``'s port towards the wire."""
 
 SERVER_IPS = ("203.0.113.1", "203.0.113.2")
 SERVER_IPS6 = ("2001:db8:0:1::1", "2001:db8:0:1::2")
@@ -130,6 +153,23 @@ class Site:
     def router_namespace(self) -> str | None:
         """The namespace of the site's NAT router, or None for the open site."""
         return PREFIX + self.name + "-nat" if self.natted else None
+
+    @property
+    def wire_namespace(self) -> str:
+        """The namespace between the host and its uplink, where impairments happen."""
+        return PREFIX + self.name + "-wire"
+
+    @property
+    def inet_port(self) -> str:
+        """The site's port on the public bridge in ``pcl-inet`` (its "ISP line")."""
+        return f"p{self.number}"
+
+    @property
+    def roamer_ip(self) -> str:
+        """The roaming host's address while it is plugged into this site's LAN."""
+        if not self.natted:
+            raise ValueError(f"site {self.name!r} has no LAN to roam into")
+        return f"198.51.100.{16 * self.number + 3}"
 
     @property
     def public_ip(self) -> str:

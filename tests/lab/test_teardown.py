@@ -9,6 +9,7 @@ import pytest
 
 from services.natlab import Lab, LabBusy, NatMismatch, sweep
 from services.natlab import lab as lab_module
+from services.natlab.faults import RUN_DIR
 from services.natlab.rules import router_ruleset
 from tests.conftest import scaled
 from tests.lab.conftest import needs_lab
@@ -37,6 +38,7 @@ def clean_machine() -> Iterator[tuple[str, str]]:
     yield before
     assert lab_namespaces() == []
     assert host_view() == before
+    assert not RUN_DIR.exists()
 
 
 def assert_gone(*processes: subprocess.Popen[bytes]) -> None:
@@ -47,7 +49,8 @@ def assert_gone(*processes: subprocess.Popen[bytes]) -> None:
 def test_down_kills_processes_and_deletes_namespaces() -> None:
     lab = Lab(SITES, verify=False).up()
     assert set(lab_namespaces()) == {
-        "pcl-inet", "pcl-server", "pcl-open", "pcl-port-restricted", "pcl-port-restricted-nat",
+        "pcl-inet", "pcl-server", "pcl-open", "pcl-open-wire", "pcl-port-restricted",
+        "pcl-port-restricted-nat", "pcl-port-restricted-wire",
     }
     ours = lab.popen("port-restricted", ["sleep", "1000"])
     # Started behind the lab's back, as `python -m services.natlab exec` does.
@@ -96,3 +99,35 @@ def test_a_nat_that_misbehaves_fails_up_and_is_removed(monkeypatch: pytest.Monke
     monkeypatch.setattr(lab_module, "router_ruleset", broken)
     with pytest.raises(NatMismatch, match="full-cone: expected mapping/filtering"):
         Lab(["full-cone"]).up()
+
+
+def test_down_ends_faults_impairments_and_the_roaming_host() -> None:
+    """A lab taken down mid-fault: forwarder, timer, roaming host and sockets all go."""
+    lab = Lab(SITES, verify=False).up()
+    impaired = lab.impair("port-restricted", delay=0.05, loss=0.1)
+    fault = lab.link_down("open", seconds=30, where="wan")
+    lab.roam("port-restricted")
+    assert "pcl-roam" in lab_namespaces()
+    assert any(RUN_DIR.iterdir())  # the forwarder's control socket
+    lab.down()
+    assert_gone(impaired.process)
+    assert fault.up_at is None  # cancelled, not restored into a deleted namespace
+    impaired.clear()  # harmless once the lab is down
+
+
+def test_cli_impairment_outlives_the_command_and_goes_with_down() -> None:
+    """`impair` from another shell starts a forwarder that `down` removes."""
+    from services.natlab.__main__ import main
+
+    with Lab(["symmetric"], verify=False):
+        assert main(["impair", "symmetric", "--delay", "20ms", "--loss", "1%"]) == 0
+        forwarders = subprocess.run(
+            ["ip", "netns", "pids", "pcl-symmetric-wire"], capture_output=True, text=True,
+            check=True,
+        ).stdout.split()
+        assert len(forwarders) == 1
+        assert main(["impair", "symmetric", "--rate", "600kbit", "--direction", "up"]) == 0
+        assert main(["impair", "symmetric", "--loss", "200%"]) == 2  # refused, still serving
+        assert main(["impair", "symmetric", "--clear"]) == 0
+        assert main(["impair", "symmetric", "--jitter", "5ms", "--delay", "10ms"]) == 0
+    # The lab went down with the forwarder still running.
