@@ -6,9 +6,9 @@ process each run the camera agent's own rendezvous link
 (:class:`camera.link.RendezvousLink`: the real handshake with its own P-256 key,
 its real backoff with full jitter, its short cap while the server refuses), each
 from a loopback source address shared by at most ``--per-address`` cameras (the
-server admits 40 connections per address in a burst, as real cameras come from
-many addresses, and at most 16 upgrades in flight per address). Once every camera is registered, the server is killed
-(SIGKILL: no goodbye), stays down ``--down`` seconds (its port refuses), and is
+server admits 40 connections per address in a burst and 16 upgrades in flight,
+as real cameras come from many addresses). Once every camera is registered,
+the server is killed (SIGKILL: no goodbye), stays down ``--down`` seconds (its port refuses), and is
 started again on the same port. Measured: for each camera, the time from the
 server listening again to that camera being registered again; how the
 reconnects spread over time. Then every camera is checked for misrouting: a
