@@ -622,7 +622,13 @@ class _Run:
         error = self.errors.get(action.session) or ViewError(action.cause)
         if not self.healer.played or isinstance(error, ForgedAnswer):
             return error
-        said = self.last_bye or (error.reason if isinstance(error, Refused) else str(error))
+        said = error.reason if isinstance(error, Refused) else str(error)
+        if "not paired" in said:
+            # It played, so it was paired when the run began: the key was revoked since
+            # (the camera's own bye saying so may come after its DTLS close, or never).
+            said = f"this viewer was revoked ({said})"
+        if self.last_bye is not None and heal.terminal_refusal(self.last_bye):
+            said = self.last_bye
         return SessionEnded(f"the camera ended the session: {said}")
 
     async def _consume(self, session: _Session, track: Any) -> None:
