@@ -499,8 +499,9 @@ class _Run:
     def _apply(self, actions: list[heal.Action]) -> None:
         for action in actions:
             if isinstance(action, heal.Open):
-                if action.cause != "start":
-                    logger.info("opening a new session (%s)", action.cause)
+                if action.cause != "start":  # the first try of a replacement, then quieter
+                    logger.log(logging.INFO if self.healer.retry.attempt == 0 else logging.DEBUG,
+                               "opening a new session (%s)", action.cause)
                 self._open(action.session)
             elif isinstance(action, heal.Close):
                 self._close(action.session, action.reason)
