@@ -14,11 +14,16 @@ from camera.errors import BadConfig
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    view = sub.add_parser("view", help="watch a camera from the command line")
+    view = sub.add_parser("view", help="watch a camera from the command line (heals until "
+                          "Ctrl-C: a camera or rendezvous that comes back is watched again)")
     view.add_argument("target", help="viewer link or device ID")
     view.add_argument("--rendezvous", help="rendezvous URL (default: from the link)")
-    view.add_argument("--seconds", type=float, help="stop after this long")
-    view.add_argument("--record", type=Path, help="save the stream to this MP4 (no transcoding)")
+    view.add_argument("--seconds", type=float,
+                      help="stop this long after the first frame (healing happens inside it)")
+    view.add_argument("--record", type=Path,
+                      help="save the stream to this MP4 (no transcoding; goes on across heals)")
+    view.add_argument("--stall", type=float, default=1.5, metavar="SECONDS",
+                      help="a session with no frame for this long is replaced (default 1.5)")
     view.add_argument("--json", action="store_true", help="print one JSON line of stats at the end")
     add_ice_servers(view, None, "ICE server (default: the rendezvous' list)")
     view.add_argument("--name", help="name to pair under (default: peercam view on HOST)")
@@ -81,9 +86,12 @@ async def ptz_command(args: argparse.Namespace) -> int:
 
 
 async def view_command(args: argparse.Namespace) -> int:
-    """Exit status: 0 video until --seconds or Ctrl-C; 1 no video; 3 the camera ended it."""
+    """Exit status: 0 video until --seconds or Ctrl-C (healing as needed); 1 no video at
+    all, or a recording that failed; 3 the camera refused to go on (revoked)."""
     from camera.client.viewer import ViewerIdentity, ViewError, view
 
+    if args.stall <= 0:
+        raise BadConfig(f"--stall {args.stall}: need more than 0 seconds")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -99,6 +107,7 @@ async def view_command(args: argparse.Namespace) -> int:
             identity=ViewerIdentity.load_or_create(name=args.name),
             tls_ca=args.tls_ca,
             tls_insecure=args.insecure,
+            stall=args.stall,
         )
     except ViewError as exc:
         if args.json:
@@ -115,7 +124,9 @@ async def view_command(args: argparse.Namespace) -> int:
         print(
             f"{result['frames']} frames, {result['fps']} fps, first frame after "
             f"{result['ttff_ms']} ms, path {result['local_candidate']} -> "
-            f"{result['remote_candidate']}",
+            f"{result['remote_candidate']}"
+            + (f", {result['sessions']} sessions (last healed after: {result['last_cause']})"
+               if result["sessions"] > 1 else ""),
             flush=True,
         )
     return exits.OK if stats.frames > 0 else exits.FAILED

@@ -11,7 +11,9 @@ FAILED = 1
 USAGE = 2
 """Usage or configuration error: a bad flag, setting or argument (argparse uses 2 too)."""
 ENDED_BY_CAMERA = 3
-"""A playing session was ended from the camera's side: revoked, bye, camera went offline."""
+"""The camera refused to go on with a run that was playing (the viewer was revoked).
+
+A camera that goes offline or restarts does not end ``peercam view``: it heals."""
 NO_CAMERA = 4
 """No camera here: no agent running for status, no device key in the state directory."""
 INTERRUPTED = 130
@@ -21,7 +23,7 @@ TABLE = [
     (OK, "completed"),
     (FAILED, "failed: no video, refused, unreachable, nothing matched"),
     (USAGE, "usage or configuration error"),
-    (ENDED_BY_CAMERA, "the camera ended the session (revoked, bye, went offline)"),
+    (ENDED_BY_CAMERA, "the camera ended the session (revoked)"),
     (NO_CAMERA, "no camera here (no agent running, no device key)"),
     (INTERRUPTED, "interrupted"),
 ]

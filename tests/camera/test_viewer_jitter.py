@@ -299,7 +299,7 @@ def test_a_stalled_decoder_drops_to_the_next_keyframe_and_asks_for_one(tmp_path:
     units = _access_units(12, idrs=(0, 9))  # the IDR at 9 answers the PLI
     wanted = threading.Event()
     recorder = Mp4Recorder(tmp_path / "clip.mp4")
-    q = _DecoderQueue(wanted, recorder, backlog=4)
+    q = _DecoderQueue(wanted, lambda f, _key: recorder.write(f.data, f.timestamp), backlog=4)
     for n, unit in enumerate(units[:4]):
         q.put((H264, JitterFrame(unit, 3000 * n)))
     assert q.qsize() == 4 and not wanted.is_set() and q.dropped == 0

@@ -286,7 +286,8 @@ def test_viewer_exit_status_says_who_ended_it(
     refused = run(env, "view", device, "--rendezvous", url, "--json")
     one_line(refused, exits.FAILED, "not authorized")
 
-    # The camera goes offline mid-run: ended by the camera too, not 0.
+    # The camera goes offline mid-run: the viewer waits for it and heals, then
+    # Ctrl-C is a completed run.
     again = run(env, "pair", "--ttl", "60")
     link = next(line[5:] for line in again.stdout.splitlines() if line.startswith("PAIR "))
     watching = spawn(env, "view", link, "--json")
@@ -294,8 +295,19 @@ def test_viewer_exit_status_says_who_ended_it(
     time.sleep(scaled(4))
     camera.kill()
     camera.wait()
-    assert watching.wait(scaled(40)) == exits.ENDED_BY_CAMERA
-    assert watching.stderr is not None and "Traceback" not in watching.stderr.read()
+    time.sleep(3)
+    assert watching.poll() is None  # still there, retrying
+    camera = spawn(env, "camera", "--rendezvous", url, "--state-dir", str(state),
+                   "--width", "320", "--height", "240")
+    processes.append(camera)
+    assert first_line(camera, "DEVICE") == device
+    time.sleep(scaled(6))
+    watching.send_signal(signal.SIGINT)
+    assert watching.wait(scaled(15)) == exits.OK
+    assert watching.stdout is not None and watching.stderr is not None
+    healed = json.loads(watching.stdout.read().strip().splitlines()[-1])
+    assert healed["sessions"] == 2 and healed["last_cause"] is not None
+    assert "Traceback" not in watching.stderr.read()
 
 
 def test_the_exit_statuses_are_documented_where_users_look(env: dict[str, str]) -> None:

@@ -263,3 +263,26 @@ async def test_candidates_the_viewer_did_not_sign_never_reach_the_cameras_ice(
         assert ("127.0.0.1", trap_port) in control.camera_remote
     finally:
         trap.close()
+
+
+async def test_a_forged_bye_does_not_interrupt_a_playing_session(
+    hostile: tuple[Stack, Any]
+) -> None:
+    """Byes are unsigned: the viewer takes one as advice, and the media plane says
+    the session is alive, so it goes on (no new session, no gap)."""
+    stack, server = hostile
+    camera = await stack.camera()
+    watching = asyncio.ensure_future(view(stack.link(camera), seconds=scaled(5)))
+    async with asyncio.timeout(scaled(10)):
+        while not any(s.connected.is_set() for s in camera.sessions.values()):
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    (session,) = server.router.sessions.values()
+    for reason in ("camera went offline", "not authorized: this viewer was revoked"):
+        await server._send(session.viewer, json.dumps(
+            {"type": "bye", "session_id": session.session_id, "reason": reason}))
+        await asyncio.sleep(1.0)
+    stats = await asyncio.wait_for(watching, scaled(20))
+    assert stats.sessions == 1 and stats.last_cause is None
+    assert stats.max_gap_ms is not None and stats.max_gap_ms < 500
+    assert stats.frames > 100
