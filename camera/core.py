@@ -22,6 +22,11 @@ Each viewer session has an explicit phase::
 - live: the signed answer went out.
 - closing: the session is ending; nothing more is sent for it but one bye.
 
+A ``bye`` relayed by the rendezvous ends a session that is not live yet; a live
+one is ended by its media plane (the viewer's DTLS close, ICE consent), because
+byes are unsigned and the rendezvous also sends one when only the viewer's
+signaling link dropped.
+
 A trickled candidate is checked (the viewer's signature over it and its offer)
 the moment it arrives; in ``waiting`` it is queued and handed over when the
 session starts, in ``answering`` and ``live`` it is handed over at once.
@@ -257,12 +262,20 @@ class AgentCore:
         if message.type == "pair":
             return self._pair(message)
         if message.type == "bye":
-            # The rendezvous already knows it ended: no bye goes back.
             record = self.sessions.get(message["session_id"])
             if record is None or record.phase is Phase.CLOSING:
                 return []
+            reason = message.get("reason") or "viewer left"
+            if record.phase is Phase.LIVE:
+                # Byes are unsigned, and the rendezvous sends one when only the viewer's
+                # signaling dropped: for a live session it is advice. The media plane
+                # decides: the viewer's DTLS close, or ICE consent (RFC 7675) failing.
+                logger.info("session %s: the rendezvous says %r; the media decides",
+                            record.session_id, printable(reason))
+                return []
+            # Not live yet: the viewer gave up before connecting. No bye goes back.
             record.phase = Phase.CLOSING
-            return [CloseSession(record.session_id, message.get("reason") or "viewer left")]
+            return [CloseSession(record.session_id, reason)]
         if message.type == "error":
             return self._error(message)
         # hello/registered belong to the link's handshake; prepared/answer/paired are
@@ -273,16 +286,14 @@ class AgentCore:
     def _offer(self, message: Message, now: float) -> list[Action]:
         session_id = message["session_id"]
         existing = self.sessions.get(session_id)
-        if existing is not None and existing.phase is not Phase.CLOSING:
-            return []  # a duplicate offer: the router already refuses these
         try:
             viewer_key = self.gatekeeper.check_offer(message)
         except (Refused, BadConfig) as exc:
             self.refusals += 1
             logger.warning("offer %s refused: %s", session_id, printable(exc))
             return [_bye(session_id, str(exc))]
-        if existing is not None:  # still closing under that ID (the replay cache said yes)
-            return [_bye(session_id, "that session is still closing")]
+        if existing is not None:  # cannot pass the replay cache; refused all the same
+            return [_bye(session_id, "that session ID is in use")]
         if self.active() >= self.max_viewers:
             return [_bye(session_id, "camera busy: too many viewers")]
         record = SessionRecord(

@@ -155,6 +155,19 @@ def test_capacity_counts_sessions_that_are_not_closing(tmp_path: Path, keys: Any
     assert isinstance(core.received(offer(keys, third), 0.3)[0], StartSession)
 
 
+def test_a_relayed_bye_for_a_live_session_is_advice(tmp_path: Path, keys: Any) -> None:
+    # The rendezvous sends "viewer left" when only the viewer's signaling dropped, and
+    # a hostile one can send any bye: a live session ends by its media plane.
+    core = make_core(tmp_path, keys)
+    core.received(offer(keys), 0.0)
+    core.answered(S1, "v=0\r\n", 0.5)
+    assert core.received(json.dumps({"type": "bye", "session_id": S1, "reason": "viewer left"}),
+                         1.0) == []
+    assert core.sessions[S1].phase is Phase.LIVE
+    [bye] = sent(core.session_ended(S1, "peer connection closed"))  # the DTLS close
+    assert bye["reason"] == "peer connection closed" and core.sessions == {}
+
+
 def test_a_bye_from_the_server_closes_without_a_bye_back(tmp_path: Path, keys: Any) -> None:
     core = make_core(tmp_path, keys)
     core.received(offer(keys), 0.0)

@@ -128,6 +128,10 @@ async def test_replayed_offer_is_refused(hostile: tuple[Stack, Any]) -> None:
     camera = await stack.camera()
     await legit_session_works(stack, camera)  # the server records a real, signed offer
     recorded = next(m for m in server.sent_to_camera if m["type"] == "offer")
+    async with asyncio.timeout(scaled(5)):  # the first session ends by its DTLS close
+        while camera.sessions:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # and its bye has gone out
     reply = await inject(server, camera, recorded)
     assert reply["type"] == "bye" and "replayed" in reply["reason"]
     assert camera.sessions == {}
