@@ -898,7 +898,10 @@
     retryTimer = 0;
     if (old) {
       peercam.reconnects += 1;
-      if (/offline/.test(old.advice || "")) peercam.lastCause = "camera restarted";
+      // The camera said it was going (through the relay) and is back: say so.
+      if (/offline|shutting down|restart/.test(old.advice || "")) {
+        peercam.lastCause = "camera restarted";
+      }
       else if (!old.trouble) peercam.lastCause = "replaced";
       att.video.id = "video";
       att.video.classList.remove("back");
