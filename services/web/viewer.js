@@ -500,6 +500,7 @@
       startedAt: null,       // performance.now() just before new RTCPeerConnection
       firstFrameAt: null,
       lastFrameAt: 0,        // last sign of a new frame (frame callback or framesDecoded)
+      frameCallbacks: false, // frame callbacks run for its video (then stats are not needed)
       trouble: null,         // live only: why it is being replaced, or null while healthy
       advice: null,          // a bye the server relayed for it after it showed video
       timers: new Set(),
@@ -1302,6 +1303,7 @@
       // a page gets to "the user sees video". Stats cover hidden pages.
       const onFrame = (now) => {
         if (att.closed) return;
+        att.frameCallbacks = document.visibilityState !== "hidden";
         frameShown(att, now);
         video.requestVideoFrameCallback(onFrame);
       };
@@ -1465,7 +1467,9 @@
       }
     }
     if (typeof s.framesPerSecond === "number") f.fps = s.framesPerSecond;
-    if (frames > f.framesDecoded) {
+    if (frames > f.framesDecoded && !att.frameCallbacks) {
+      // Only where frame callbacks do not run (no API, hidden page): this
+      // sample is up to statsMs late, the callbacks are not.
       att.lastFrameAt = performance.now();
       if (att === live && isStalled(att)) recovered(att);
     }

@@ -228,3 +228,33 @@ async def test_a_relayed_camera_went_offline_bye_does_not_interrupt_the_video(
     assert after["framesDecoded"] >= frames + 45, after
     assert set(camera.sessions) == {before["sessionId"]}
     assert page.errors == []
+
+
+async def test_a_stalled_session_is_replaced_make_before_break(
+    stack: Stack, context: Any
+) -> None:
+    camera = await stack.camera()
+    page = Watcher(await context.new_page())
+    before = await page.open(f"{stack.link(camera)}&pair={camera.open_pairing()}")
+    (old,) = camera.sessions.values()
+    # The camera stops feeding this session; ICE and DTLS stay up, so only
+    # the frames tell (what a stuck sender or a black-holed path looks like).
+    sender = old.pc.getSenders()[0]
+    sender.replaceTrack(None)
+    await page.wait("window.peercam.reconnects >= 1 && window.peercam.state === 'connected'", 15)
+    after = await page.state()
+    assert after["lastCause"] == "stall 1.5 s", after
+    # Frozen for the stall time plus one session set-up, not for a backoff.
+    assert after["maxFrameGapMs"] <= 1500 + scaled(3) * 1000, after
+    assert after["sessionId"] != before["sessionId"] and after["sessions"] == 2, after
+    # The replacement took the screen; the stalled one was closed after it (bye).
+    assert await page.page.locator("video").count() == 1
+    for _ in range(int(scaled(5) * 10)):
+        if set(camera.sessions) == {after["sessionId"]}:
+            break
+        await asyncio.sleep(0.1)
+    assert set(camera.sessions) == {after["sessionId"]}
+    frames = await page.frames()
+    await asyncio.sleep(1)
+    assert await page.frames() >= frames + 15
+    assert page.errors == []
