@@ -100,7 +100,7 @@
       + "Make a new one with peercam pair.",
   };
 
-  // A thrown value that means "this attempt was torn down; stop quietly".
+  // A thrown value that means "this session was torn down; stop quietly".
   const SUPERSEDED = Object.freeze({ superseded: true });
 
   const peercam = {
@@ -127,10 +127,10 @@
     viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
     timeline: {},            // ms from startedAt: prepared, offer, firstCandidateSent, gathered,
                              // endOfCandidates, answer, verified, connected, firstFrame
-    trickle: null,           // this attempt trickles its ICE candidates (false: the fallback)
+    trickle: null,           // the shown session trickles its ICE candidates (false: the fallback)
     candidatesSent: 0,       // trickled candidate messages, end-of-candidates not counted
     ptzAvailable: null,      // the camera's "ptz" hello: true (a head), false (none), null (not yet)
-    ptzSent: 0,              // control messages sent on this attempt's channel
+    ptzSent: 0,              // control messages sent on the shown session's channel
     ptzAcks: 0,              // ... and acknowledged (the frame is on the RS-485 line)
     ptzLastAck: null,        // op of the last ack
     ptzLastError: null,      // text of the last error reply (rate limited, not authorized...)
@@ -230,7 +230,7 @@
   }
 
   function setTimer(att, ms, fn) {
-    // One set per attempt; clearTimeout also clears intervals (HTML spec:
+    // One set per session; clearTimeout also clears intervals (HTML spec:
     // they share one list of timers), so teardown needs one loop.
     const id = setTimeout(() => {
       att.timers.delete(id);
@@ -344,7 +344,7 @@
   }
 
   function viewerKey() {
-    // Loaded once; a failure is not cached, so the next attempt tries again.
+    // Loaded once; a failure is not cached, so the next session tries again.
     if (!keyPromise) {
       keyPromise = loadViewerKey().then(async (pair) => {
         const text = b64url(await crypto.subtle.exportKey("spki", pair.publicKey));
@@ -1467,7 +1467,8 @@
       }
     }
     if (typeof s.framesPerSecond === "number") f.fps = s.framesPerSecond;
-    if (frames > f.framesDecoded && !att.frameCallbacks) {
+    if (frames > f.framesDecoded
+        && (!att.frameCallbacks || document.visibilityState === "hidden")) {
       // Only where frame callbacks do not run (no API, hidden page): this
       // sample is up to statsMs late, the callbacks are not.
       att.lastFrameAt = performance.now();
@@ -1930,10 +1931,20 @@
   }
 
   function onPageShow(ev) {
-    // Back from the back/forward cache: the old attempt is gone, start over.
+    // Back from the back/forward cache: the old sessions are gone, start over.
     if (!ev.persisted) return;
     stopped = false;
     readFragment();
+  }
+
+  function onVisibility() {
+    // Hidden, frame callbacks stop: nothing is on screen, so no gap counts,
+    // and only stats tell progress. Visible again: a fresh stall window while
+    // the callbacks start again.
+    lastShownAt = null;
+    if (document.visibilityState === "visible" && live && live.trouble === null) {
+      live.lastFrameAt = Math.max(live.lastFrameAt, performance.now());
+    }
   }
 
   function onOnline() {
@@ -1969,7 +1980,7 @@
       setState("error");
       return;
     }
-    viewerKey().catch(() => { /* reported by the attempt that needs it */ });
+    viewerKey().catch(() => { /* reported by the session that needs it */ });
     ui.picker.addEventListener("submit", onPick);
     ui.stage = $("stage");
     ui.stage.addEventListener("click", onStageClick);
@@ -1979,6 +1990,7 @@
     window.addEventListener("pagehide", onPageHide);
     window.addEventListener("pageshow", onPageShow);
     window.addEventListener("online", onOnline);
+    document.addEventListener("visibilitychange", onVisibility);
     // Refresh the overlay's countdown even while no stats are flowing.
     setInterval(render, TIMING.statsMs);
     setInterval(watchdog, TIMING.watchdogMs);
