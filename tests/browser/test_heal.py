@@ -89,13 +89,27 @@ async def context(browser: Any) -> AsyncIterator[Any]:
         await ctx.close()
 
 
+class Facts(dict[str, Any]):
+    """window.peercam, shown by what a failed assertion needs first."""
+
+    KEYS = ("state", "sessionId", "sessions", "reconnects", "lastCause", "lastError",
+            "lastAdvice", "maxFrameGapMs", "framesDecoded", "signaling", "signalingReconnects",
+            "console")
+
+    def __repr__(self) -> str:
+        first = {k: self.get(k) for k in self.KEYS}
+        return repr(first) + " " + repr({k: v for k, v in self.items() if k not in first})
+
+
 class Watcher:
     """A page watching a camera: its script errors, and waits on window.peercam."""
 
     def __init__(self, page: Any) -> None:
         self.page = page
         self.errors: list[str] = []
+        self.console: list[str] = []  # the page says why it heals (console.info)
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on("console", lambda msg: self.console.append(msg.text))
 
     async def open(self, link: str) -> dict[str, Any]:
         await self.page.goto(link)
@@ -107,7 +121,8 @@ class Watcher:
         await self.page.wait_for_function(expression, timeout=scaled(seconds) * 1000)
 
     async def state(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self.page.evaluate(STATE)
+        result = Facts(await self.page.evaluate(STATE))
+        result["console"] = list(self.console)
         return result
 
     async def frames(self) -> int:
@@ -143,7 +158,8 @@ async def test_the_video_outlives_a_killed_and_restarted_rendezvous(
         assert await page.page.evaluate(MARK) == 1  # no page reload
         # The same session all along: nothing was torn down or replaced.
         assert after["sessionId"] == before["sessionId"], after
-        assert after["sessions"] == 1 and after["reconnects"] == 0, after
+        # (A first session may have been retried under load before the video: compare.)
+        assert after["sessions"] == before["sessions"] and after["reconnects"] == 0, after
         assert after["state"] == "connected", after
         assert after["framesDecoded"] >= during["framesDecoded"] + 15, after
         # The bound is the behaviour: the picture never froze for more than 0.5 s.
@@ -223,7 +239,7 @@ async def test_a_relayed_camera_went_offline_bye_does_not_interrupt_the_video(
     await asyncio.sleep(3)  # two stall periods
     after = await page.state()
     assert after["sessionId"] == before["sessionId"], after
-    assert after["sessions"] == 1 and after["reconnects"] == 0, after
+    assert after["sessions"] == before["sessions"] and after["reconnects"] == 0, after
     assert after["lastCause"] is None and after["state"] == "connected", after
     assert after["framesDecoded"] >= frames + 45, after
     assert set(camera.sessions) == {before["sessionId"]}
@@ -246,7 +262,8 @@ async def test_a_stalled_session_is_replaced_make_before_break(
     assert after["lastCause"] == "stall 1.5 s", after
     # Frozen for the stall time plus one session set-up, not for a backoff.
     assert after["maxFrameGapMs"] <= 1500 + scaled(3) * 1000, after
-    assert after["sessionId"] != before["sessionId"] and after["sessions"] == 2, after
+    assert after["sessionId"] != before["sessionId"], after
+    assert after["sessions"] > before["sessions"] and after["reconnects"] == 1, after
     # The replacement took the screen; the stalled one was closed after it (bye).
     assert await page.page.locator("video").count() == 1
     for _ in range(int(scaled(5) * 10)):
@@ -255,6 +272,5 @@ async def test_a_stalled_session_is_replaced_make_before_break(
         await asyncio.sleep(0.1)
     assert set(camera.sessions) == {after["sessionId"]}
     frames = await page.frames()
-    await asyncio.sleep(1)
-    assert await page.frames() >= frames + 15
+    await page.wait(f"window.peercam.framesDecoded > {frames + 15}", 5)
     assert page.errors == []
