@@ -2,12 +2,19 @@
 
 // peercam web viewer.
 //
-// One attempt = one WebSocket to the rendezvous (docs/protocol.md) + one
-// receive-only RTCPeerConnection + one session_id. Anything that goes wrong
-// tears the whole attempt down and a new one starts after a capped,
-// fully-jittered exponential backoff: a fresh socket also brings fresh
-// ice_servers (TURN credentials are short-lived), and there is no half-dead
-// state to reason about.
+// It never gives up on its own, and never reloads. Two planes:
+//
+// - Signaling: one WebSocket to the rendezvous (docs/protocol.md), shared by
+//   the page's sessions and reopened in the background after a capped,
+//   jittered backoff. Losing it never closes a working peer connection.
+// - Media: a session = one receive-only RTCPeerConnection + one session_id,
+//   with its own <video>. Only the media plane ends a session that shows
+//   video (connection failed or closed, DTLS closed, no new frame for
+//   stallMs); a bye relayed by the server is advice. Healing is
+//   make-before-break: the replacement starts at once, plays behind the old
+//   picture, and takes the screen at its first frame; then the old one is
+//   closed. Every session asks for fresh ice_servers (TURN credentials are
+//   short-lived).
 //
 // The rendezvous is NOT trusted. This page holds a viewer key (ECDSA P-256,
 // non-extractable, kept in IndexedDB) and signs every offer with it; the
@@ -26,11 +33,17 @@
     iceGatherMs: 2000,       // non-trickle fallback: send what we have after this long
     answerMs: 20000,         // camera must answer (server also times out: error "timeout")
     firstFrameMs: 10000,     // after the answer, a frame must be decoded this soon
-    stallMs: 10000,          // no new frame for this long while connected = dead stream
-    iceDisconnectedMs: 4000, // ICE "disconnected" often heals; give it this long
-    stableMs: 10000,         // video this long resets the backoff
-    backoffBaseMs: 500,
-    backoffCapMs: 10000,
+    stallMs: 1500,           // no new frame for this long on screen: heal (make-before-break)
+    stallHiddenMs: 5000,     // ... while the page is hidden (only stats tell, throttled)
+    watchdogMs: 250,         // how often the stall is checked
+    backoffBaseMs: 250,      // retries of a session (camera offline, server said no)
+    backoffCapMs: 2500,      // a camera back online is watched again within seconds
+    slowCapMs: 10000,        // refusals a retry alone will not fix (clocks, forged answer)
+    sigBaseMs: 250,          // signaling socket reconnects
+    sigFastCapMs: 2000,      // ... while connecting fails fast (a restarting server refuses)
+    sigCapMs: 10000,         // ... while it hangs (network gone)
+    sigFastFailMs: 2000,     // a socket that fails sooner than this failed fast
+    signalWaitMs: 15000,     // a new session waits this long for the signaling socket
     statsMs: 1000,
     ptzRepeatMs: 300,        // a held move is repeated this often (camera deadman: 1 s)
     ptzNoticeMs: 3000,       // how long a pan/tilt error stays on the pad
@@ -87,7 +100,7 @@
       + "Make a new one with peercam pair.",
   };
 
-  // A thrown value that means "this attempt was torn down; stop quietly".
+  // A thrown value that means "this session was torn down; stop quietly".
   const SUPERSEDED = Object.freeze({ superseded: true });
 
   const peercam = {
@@ -101,17 +114,23 @@
     rttMs: null,
     fps: null,
     bitrateKbps: null,
-    reconnects: 0,
+    reconnects: 0,           // sessions that replaced one on screen (heals), on this page
+    lastCause: null,         // why the last heal started: "stall 1.5 s", "ICE failed", ...
+    lastAdvice: null,        // the last bye the server relayed for a session showing video
+    sessions: 0,             // sessions started for this device (first one included)
+    maxFrameGapMs: 0,        // longest gap between frames on screen, after the first frame
+    signaling: "idle",       // the rendezvous socket: connecting, connected, reconnecting, closed
+    signalingReconnects: 0,  // times it came back (hello again) without a page reload
     sessionId: null,
     lastError: null,
     paired: null,            // true: the camera took our key; false: it refused it; null: unknown
     viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
     timeline: {},            // ms from startedAt: prepared, offer, firstCandidateSent, gathered,
                              // endOfCandidates, answer, verified, connected, firstFrame
-    trickle: null,           // this attempt trickles its ICE candidates (false: the fallback)
+    trickle: null,           // the shown session trickles its ICE candidates (false: the fallback)
     candidatesSent: 0,       // trickled candidate messages, end-of-candidates not counted
     ptzAvailable: null,      // the camera's "ptz" hello: true (a head), false (none), null (not yet)
-    ptzSent: 0,              // control messages sent on this attempt's channel
+    ptzSent: 0,              // control messages sent on the shown session's channel
     ptzAcks: 0,              // ... and acknowledged (the frame is on the RS-485 line)
     ptzLastAck: null,        // op of the last ack
     ptzLastError: null,      // text of the last error reply (rate limited, not authorized...)
@@ -120,21 +139,24 @@
 
   // Where the time to first frame goes, for the overlay-less benchmark.
   function mark(att, name) {
-    if (att.startedAt !== null && !(name in peercam.timeline)) {
-      peercam.timeline[name] = Math.round(performance.now() - att.startedAt);
+    // att.figures.timeline is window.peercam.timeline while att is shown.
+    const timeline = att.figures.timeline;
+    if (att.startedAt !== null && !(name in timeline)) {
+      timeline[name] = Math.round(performance.now() - att.startedAt);
     }
   }
 
   let ui = null;          // DOM elements, found once
   let deviceId = null;    // normalized ID being watched
   let pairSecret = null;  // from the fragment; only ever used as an HMAC key, never sent
-  let current = null;     // the live attempt, or null
-  let attempts = 0;       // attempts for this device, to count reconnects
+  let live = null;        // the session on screen (it has shown a frame), or null
+  let pending = null;     // the session being set up (first one, or a heal), or null
+  let lastShownAt = null; // when the last frame on screen was shown (frame gaps)
   let failures = 0;       // consecutive failures, drives the backoff
   let retryTimer = 0;
   let retryAt = 0;
   let stopped = false;    // page hidden for good (pagehide)
-  let extra = {};         // overlay-only details: path, codec, resolution
+  let extra = {};         // overlay-only details of the shown session: path, codec, size
   let keyPromise = null;  // the viewer key, loaded once per page
   let trickleRefused = false; // the server refused "candidate": offer non-trickle from now on
 
@@ -204,11 +226,11 @@
     // For refusals: the longest backoff, jittered in its upper half so the
     // camera is not asked again and again while nobody changes anything.
     failures += 1;
-    return TIMING.backoffCapMs * (0.5 + Math.random() / 2);
+    return TIMING.slowCapMs * (0.5 + Math.random() / 2);
   }
 
   function setTimer(att, ms, fn) {
-    // One set per attempt; clearTimeout also clears intervals (HTML spec:
+    // One set per session; clearTimeout also clears intervals (HTML spec:
     // they share one list of timers), so teardown needs one loop.
     const id = setTimeout(() => {
       att.timers.delete(id);
@@ -322,7 +344,7 @@
   }
 
   function viewerKey() {
-    // Loaded once; a failure is not cached, so the next attempt tries again.
+    // Loaded once; a failure is not cached, so the next session tries again.
     if (!keyPromise) {
       keyPromise = loadViewerKey().then(async (pair) => {
         const text = b64url(await crypto.subtle.exportKey("spki", pair.publicKey));
@@ -452,58 +474,130 @@
       + (hash ? "#" + hash : ""));
   }
 
-  // ---- attempt lifecycle ---------------------------------------------------
+  // ---- sessions: make-before-break -----------------------------------------
+  //
+  // `live` is the session on screen (it has shown a frame); `pending` is the
+  // one being set up. When the live one's media plane fails (peer connection
+  // failed or closed, DTLS closed by the camera, no new frame for stallMs), a
+  // new session starts at once while the old picture stays up; the new one's
+  // <video> sits behind it and comes to the front at its first decoded frame,
+  // and only then is the old connection closed. Whichever session shows a
+  // frame first wins: if the old one recovers first, the new one is dropped.
 
-  function newAttempt() {
-    return {
+  function newSession() {
+    const att = {
       sessionId: newSessionId(),
-      ws: null,
+      sigGen: 0,             // the signaling socket this session speaks on (sig.gen)
       pc: null,
       ptz: null,             // the "ptz" data channel (pan/tilt), made before the offer
+      ptzAvailable: null,    // the camera's "ptz" hello on this session's channel
       trickle: null,         // trickle ICE state (newTrickle), made before the peer connection
+      video: null,           // this session's <video> element
       closed: false,
-      helloSeen: false,
       phase: "signaling",    // "pair" while pairing, "offer" once the offer is out
       sessionLive: false,    // pair/offer sent and neither bye nor error came back
       answered: false,
       startedAt: null,       // performance.now() just before new RTCPeerConnection
       firstFrameAt: null,
+      lastFrameAt: 0,        // last sign of a new frame (frame callback or framesDecoded)
+      frameCallbacks: false, // frame callbacks run for its video (then stats are not needed)
+      trouble: null,         // live only: why it is being replaced, or null while healthy
+      advice: null,          // a bye the server relayed for it after it showed video
       timers: new Set(),
       waiters: new Map(),    // message type -> {resolve, reject, timer}
-      disconnectTimer: 0,
-      noFrameTimer: 0,
       prev: null,            // previous stats sample, for rates
-      lastProgressAt: 0,
+      extra: {},             // overlay-only details: path protocol, codec, resolution
+      figures: null,
     };
+    att.figures = {
+      sessionId: att.sessionId, ttffMs: null, framesDecoded: 0, localCandidateType: null,
+      remoteCandidateType: null, remoteAddress: null, rttMs: null, fps: null,
+      bitrateKbps: null, timeline: {}, trickle: null, candidatesSent: 0,
+    };
+    return att;
+  }
+
+  function shown() {
+    // The session whose figures the overlay and window.peercam describe.
+    return live || pending;
+  }
+
+  function setFigure(att, name, value) {
+    att.figures[name] = value;
+    if (att === shown()) peercam[name] = value;
+  }
+
+  function showFigures(att) {
+    Object.assign(peercam, att.figures);
+    extra = att.extra;
+    peercam.ptzSent = 0;
+    peercam.ptzAcks = 0;
+    peercam.ptzLastAck = null;
+    peercam.ptzLastError = null;
+  }
+
+  function resetStats() {
+    // Figures describe the shown session only; a new device starts blank.
+    showFigures(newSession());
+    peercam.sessionId = null;
+  }
+
+  function sessionById(id) {
+    if (typeof id !== "string") return null;
+    if (live && live.sessionId === id) return live;
+    if (pending && pending.sessionId === id) return pending;
+    return null;
   }
 
   function start() {
-    clearTimeout(retryTimer);
-    retryTimer = 0;
+    // Watch deviceId: the signaling socket and a first session.
     peercam.gaveUp = null;
     if (stopped || !deviceId) return;
-    if (current) teardown(current);
-    attempts += 1;
-    if (attempts > 1) peercam.reconnects += 1;
-    const att = newAttempt();
-    current = att;
-    resetStats();
-    peercam.sessionId = att.sessionId;
-    // An unresolved refusal stays on screen (in red) while we try again.
-    setState(peercam.state === "error" ? "error" : attempts > 1 ? "reconnecting" : "connecting");
+    sigConnect();
+    startSession();
+  }
+
+  function startSession() {
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    if (stopped || !deviceId || peercam.gaveUp || pending) return;
+    const att = newSession();
+    pending = att;
+    peercam.sessions += 1;
+    if (live) {
+      // Behind the picture on screen until it has a frame of its own.
+      att.video = makeVideo();
+      ui.video.after(att.video);
+    } else {
+      att.video = ui.video;
+      showFigures(att);
+      // An unresolved refusal stays on screen (in red) while we try again.
+      setState(peercam.state === "error" ? "error"
+        : peercam.sessions > 1 ? "reconnecting" : "connecting");
+    }
     connect(att).catch((err) => fail(att, err));
+  }
+
+  function makeVideo() {
+    const video = document.createElement("video");
+    video.className = "feed back";
+    video.autoplay = true;
+    video.muted = true;
+    video.playsInline = true;
+    video.setAttribute("playsinline", "");
+    return video;
   }
 
   async function connect(att) {
     // The key loads (or is made, on first use) while the socket opens.
-    const [me] = await Promise.all([viewerKey(), openSignaling(att)]);
+    const [me] = await Promise.all([viewerKey(), signalingReady(att)]);
     alive(att);
     if (pairSecret) await pair(att, me);
     // TTFF is measured from here: asking for ICE servers, then the peer connection.
     att.startedAt = performance.now();
     const iceServers = await prepare(att);
     att.trickle = newTrickle(!trickleRefused);
-    peercam.trickle = att.trickle.enabled;
+    setFigure(att, "trickle", att.trickle.enabled);
     const pc = createPeer(att, iceServers);
     await pc.setLocalDescription(await pc.createOffer());
     alive(att);
@@ -532,7 +626,7 @@
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     alive(att);
     att.answered = true;
-    att.noFrameTimer = setTimer(att, TIMING.firstFrameMs, () => {
+    setTimer(att, TIMING.firstFrameMs, () => {
       if (att.firstFrameAt === null) {
         fail(att, new ViewerError("No video arrived from the camera."));
       }
@@ -564,7 +658,7 @@
     forgetPairSecret();
     // The offer is a new session; the pairing one is finished.
     att.sessionId = newSessionId();
-    peercam.sessionId = att.sessionId;
+    setFigure(att, "sessionId", att.sessionId);
     att.phase = "signaling";
   }
 
@@ -682,7 +776,11 @@
       const seq = t.seq;
       t.seq += 1;
       t.chain = t.chain.then(() => sendCandidate(att, item, seq))
-        .catch((err) => fail(att, err));
+        .catch((err) => {
+          // Candidates only matter while negotiating; a session with media
+          // does not need the rest of them.
+          if (!att.answered) fail(att, err);
+        });
     }
   }
 
@@ -694,7 +792,7 @@
     const index = item && Number.isInteger(item.index) ? item.index : null;
     const text = candidateStatement(deviceId, att.sessionId, t.offerHash, seq, line, mid, index);
     const signature = await sign(t.me, text);
-    if (att.closed) return;
+    if (att.closed || (att.answered && !sigCanSend(att))) return;
     const msg = {
       type: "candidate", device_id: deviceId, session_id: att.sessionId,
       seq, candidate: line, signature,
@@ -703,7 +801,7 @@
     if (index !== null) msg.sdp_mline_index = index;
     send(att, msg);
     if (item) {
-      peercam.candidatesSent += 1;
+      setFigure(att, "candidatesSent", att.figures.candidatesSent + 1);
       mark(att, "firstCandidateSent");
     } else {
       mark(att, "endOfCandidates");
@@ -717,39 +815,112 @@
   }
 
   function fail(att, err) {
+    // The pending session did not make it (or a refusal came): drop it and,
+    // unless only the person can fix this, try again after a short backoff.
     if (att.closed || err === SUPERSEDED) return;
     const message = err instanceof ViewerError ? err.message
       : "Browser error: " + ((err && err.message) || String(err));
+    if (att === live) {
+      // Never tear down the picture on screen for an error: heal around it.
+      heal(att, message);
+      return;
+    }
     peercam.lastError = message;
     teardown(att);
-    if (current === att) current = null;
+    if (att === pending) pending = null;
     const refusal = err instanceof ViewerError ? err : null;
     if (refusal && refusal.final) {
-      // Asking again cannot help: stop, and leave the instructions on screen.
-      // Opening a (new) pairing link or reloading the page starts over.
-      peercam.gaveUp = refusal.code;
-      setState("error");
+      giveUp(refusal.code);
+      return;
+    }
+    if (live && !live.trouble) {
+      // The old session came back while this one was being set up: keep it.
+      render();
       return;
     }
     scheduleRetry(refusal ? refusal.state : "reconnecting", Boolean(refusal && refusal.slow));
   }
 
-  function resetStats() {
-    // Figures describe the current attempt only; none carry over.
-    Object.assign(peercam, {
-      ttffMs: null, framesDecoded: 0, localCandidateType: null, remoteCandidateType: null, remoteAddress: null,
-      rttMs: null, fps: null, bitrateKbps: null, sessionId: null, timeline: {},
-      trickle: null, candidatesSent: 0,
-      ptzSent: 0, ptzAcks: 0, ptzLastAck: null, ptzLastError: null,
-    });
-    extra = {};
+  function giveUp(code) {
+    // Asking again cannot help: stop, and leave the instructions on screen.
+    // Opening a (new) pairing link or reloading the page starts over.
+    peercam.gaveUp = code;
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    for (const att of [pending, live]) if (att) teardown(att);
+    pending = null;
+    live = null;
+    sigClose();
+    setState("error");
+  }
+
+  function heal(att, cause) {
+    // The live session's media plane says it is gone or stuck. Start its
+    // replacement now; the old picture stays up until the new one has a frame.
+    if (att !== live || att.closed || peercam.gaveUp) return;
+    if (att.trouble === null) {
+      if (/^not authorized/.test(att.advice || "")) {
+        // The camera said so (through the relay) and the media ended: a
+        // revoked viewer. Asking again would only be refused.
+        const refusal = byeError(att, att.advice);
+        peercam.lastError = refusal.message;
+        peercam.lastCause = cause;
+        giveUp(refusal.code);
+        return;
+      }
+      att.trouble = cause;
+      peercam.lastCause = att.advice ? att.advice + ": " + cause : cause;
+      console.info("peercam: healing session " + att.sessionId + " (" + peercam.lastCause + ")");
+      failures = 0;
+    }
+    setState("reconnecting");
+    if (!pending && !retryTimer) startSession();
+  }
+
+  function recovered(att) {
+    // Frames again on the live session before its replacement showed one:
+    // the old one wins, the new one goes.
+    att.trouble = null;
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    if (pending) {
+      teardown(pending);
+      pending = null;
+    }
+    setState("connected");
+  }
+
+  function promote(att) {
+    // The pending session showed its first frame: it takes the screen.
+    const old = live;
+    pending = null;
+    live = att;
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    if (old) {
+      peercam.reconnects += 1;
+      // The camera said it was going (through the relay) and is back: say so.
+      if (/offline|shutting down|restart/.test(old.advice || "")) {
+        peercam.lastCause = "camera restarted";
+      }
+      else if (!old.trouble) peercam.lastCause = "replaced";
+      att.video.id = "video";
+      att.video.classList.remove("back");
+      old.video.removeAttribute("id");
+      ui.video = att.video;
+      teardown(old);
+    }
+    showFigures(att);
+    setPtzAvailable(att.ptzAvailable);
+    peercam.lastError = null;
+    setState("connected");
   }
 
   function scheduleRetry(state, slow) {
-    if (stopped) return;
+    if (stopped || pending || retryTimer) return;
     const delay = slow ? slowDelay() : backoffDelay();
     retryAt = performance.now() + delay;
-    retryTimer = setTimeout(start, delay);
+    retryTimer = setTimeout(startSession, delay);
     setState(state);
   }
 
@@ -761,35 +932,161 @@
     att.timers.clear();
     for (const w of att.waiters.values()) w.reject(SUPERSEDED);
     att.waiters.clear();
-    const ws = att.ws;
-    if (ws) {
-      // Tell the camera at once rather than when it notices the socket went.
-      if (att.sessionLive && ws.readyState === WebSocket.OPEN) {
-        try {
-          ws.send(JSON.stringify({ type: "bye", session_id: att.sessionId }));
-        } catch (_) { /* the socket is going away anyway */ }
-      }
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      ws.close(1000);
+    // Tell the camera at once rather than when it notices the media stopped.
+    if (att.sessionLive && sigCanSend(att)) {
+      try {
+        sig.ws.send(JSON.stringify({ type: "bye", session_id: att.sessionId }));
+      } catch (_) { /* the socket is going away anyway */ }
     }
+    att.sessionLive = false;
     const pc = att.pc;
     if (pc) {
       pc.ontrack = pc.onconnectionstatechange = pc.oniceconnectionstatechange = null;
       pc.onicegatheringstatechange = pc.onicecandidate = null;
       pc.close();
     }
+    const video = att.video;
+    if (video && video !== ui.video) {
+      video.srcObject = null;
+      video.remove();
+    }
   }
 
   // ---- signaling -----------------------------------------------------------
+  //
+  // One WebSocket per page, shared by its sessions (a viewer connection may
+  // carry several; protocol.md). It only carries signaling: a session whose
+  // media flows does not need it, so losing it never closes a peer
+  // connection. It is reopened in the background after a capped, jittered
+  // backoff: at most sigFastCapMs while connecting fails fast (a restarting
+  // server refuses at once), sigCapMs when it hangs.
 
-  function openSignaling(att) {
-    const ws = new WebSocket(signalingUrl());
-    att.ws = ws;
-    ws.onmessage = (ev) => onSignal(att, ev.data);
-    ws.onclose = () => fail(att, new ViewerError(att.helloSeen
-      ? "Lost the connection to the server."
-      : "Cannot reach the server."));
-    return expect(att, "hello", TIMING.helloMs, "The server did not respond in time.");
+  const sig = {
+    ws: null,
+    gen: 0,          // one per socket; a session speaks on the one it started on
+    ready: false,    // hello seen on this socket
+    everReady: false,
+    startedAt: 0,
+    failures: 0,
+    timer: 0,        // reconnect timer
+    helloTimer: 0,
+    retryAt: 0,
+  };
+
+  function sigConnect() {
+    clearTimeout(sig.timer);
+    sig.timer = 0;
+    if (stopped || !deviceId || peercam.gaveUp || sig.ws) return;
+    sig.gen += 1;
+    sig.ready = false;
+    sig.startedAt = performance.now();
+    const gen = sig.gen;
+    let ws;
+    try {
+      ws = new WebSocket(signalingUrl());
+    } catch (err) {
+      console.warn("peercam: cannot open the signaling socket:", err);
+      sigSchedule(true);
+      return;
+    }
+    sig.ws = ws;
+    peercam.signaling = "connecting";
+    ws.onmessage = (ev) => {
+      if (sig.gen === gen) onSignal(ev.data);
+    };
+    ws.onclose = () => {
+      if (sig.gen === gen) sigDropped();
+    };
+    sig.helloTimer = setTimeout(() => {
+      if (sig.gen === gen && !sig.ready) sigDropped();
+    }, TIMING.helloMs);
+  }
+
+  function sigRelease() {
+    clearTimeout(sig.helloTimer);
+    sig.helloTimer = 0;
+    const ws = sig.ws;
+    sig.ws = null;
+    sig.ready = false;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close(1000);
+      } catch (_) { /* already closing */ }
+    }
+  }
+
+  function sigClose() {
+    // On purpose (page hidden, other device, gave up): no reconnect.
+    clearTimeout(sig.timer);
+    sig.timer = 0;
+    sigRelease();
+    sig.failures = 0;
+    peercam.signaling = "closed";
+  }
+
+  function sigDropped() {
+    const fast = performance.now() - sig.startedAt < TIMING.sigFastFailMs;
+    const wasReady = sig.ready;
+    sigRelease();
+    if (wasReady) sig.failures = 0;
+    for (const att of [pending, live]) {
+      if (!att || att.closed || att.sigGen === 0) continue;
+      if (att.firstFrameAt === null && !att.answered) {
+        // Still negotiating: that cannot finish on a socket that is gone.
+        fail(att, new ViewerError("Lost the connection to the server."));
+      }
+      // Otherwise the media needs no signaling: keep it.
+    }
+    if (live && !live.trouble && wasReady) {
+      peercam.lastCause = "signaling lost (media kept)";
+      console.info("peercam: signaling lost; the video goes on, reconnecting in the background");
+    }
+    sigSchedule(fast);
+  }
+
+  function sigSchedule(fast) {
+    if (stopped || !deviceId || peercam.gaveUp) return;
+    const cap = fast ? TIMING.sigFastCapMs : TIMING.sigCapMs;
+    const ceiling = Math.min(cap, TIMING.sigBaseMs * 2 ** Math.min(sig.failures, 20));
+    sig.failures += 1;
+    // Jittered in the upper half: viewers that lost the same server spread out.
+    const delay = ceiling * (0.5 + Math.random() / 2);
+    sig.retryAt = performance.now() + delay;
+    sig.timer = setTimeout(sigConnect, delay);
+    peercam.signaling = "reconnecting";
+    render();
+  }
+
+  function sigReady() {
+    clearTimeout(sig.helloTimer);
+    sig.helloTimer = 0;
+    if (sig.everReady) peercam.signalingReconnects += 1;
+    sig.ready = true;
+    sig.everReady = true;
+    sig.failures = 0;
+    peercam.signaling = "connected";
+    const att = pending;
+    if (att && !att.closed && att.waiters.has("signaling")) {
+      att.sigGen = sig.gen;
+      deliver(att, "signaling", null);
+    }
+    render();
+  }
+
+  function sigCanSend(att) {
+    return sig.ready && att.sigGen === sig.gen && sig.ws !== null
+      && sig.ws.readyState === WebSocket.OPEN;
+  }
+
+  function signalingReady(att) {
+    if (sig.ready) {
+      att.sigGen = sig.gen;
+      return Promise.resolve();
+    }
+    if (!sig.ws && !sig.timer) sigConnect();
+    return expect(att, "signaling", TIMING.signalWaitMs,
+      sig.everReady ? "Lost the connection to the server." : "Cannot reach the server.");
   }
 
   function expect(att, type, ms, timeoutText) {
@@ -808,14 +1105,12 @@
   }
 
   function send(att, msg) {
-    if (!att.ws || att.ws.readyState !== WebSocket.OPEN) {
-      throw new ViewerError("Lost the connection to the server.");
-    }
-    att.ws.send(JSON.stringify(msg));
+    if (!sigCanSend(att)) throw new ViewerError("Lost the connection to the server.");
+    sig.ws.send(JSON.stringify(msg));
   }
 
-  function onSignal(att, data) {
-    if (att.closed || typeof data !== "string") return;
+  function onSignal(data) {
+    if (typeof data !== "string") return;
     let msg;
     try {
       msg = JSON.parse(data);
@@ -823,33 +1118,44 @@
       return; // the server only sends JSON; ignore noise rather than drop video
     }
     if (!msg || typeof msg !== "object") return;
-    const ours = msg.session_id === att.sessionId;
+    if (msg.type === "hello") {
+      sigReady();
+      return;
+    }
+    const att = sessionById(msg.session_id);
     switch (msg.type) {
-      case "hello":
-        att.helloSeen = true;
-        deliver(att, "hello", msg);
-        break;
       case "prepared":
-        if (ours) deliver(att, "prepared", msg);
-        break;
       case "paired":
-        if (ours) deliver(att, "paired", msg);
+        if (att) deliver(att, msg.type, msg);
         break;
       case "answer":
-        if (ours && typeof msg.sdp === "string") deliver(att, "answer", msg);
+        if (att && typeof msg.sdp === "string") deliver(att, "answer", msg);
         break;
       case "bye":
-        if (ours) {
-          att.sessionLive = false;
-          fail(att, byeError(att, typeof msg.reason === "string" ? msg.reason : ""));
-        }
+        if (att) onBye(att, typeof msg.reason === "string" ? msg.reason : "");
         break;
       case "error":
-        onServerError(att, msg, ours);
+        onServerError(att, msg);
         break;
       default:
         break; // newer servers may add types; they are not for us
     }
+  }
+
+  function onBye(att, reason) {
+    att.sessionLive = false;  // the server has forgotten it: no bye back
+    if (att.firstFrameAt !== null) {
+      // Byes are not signed and the server is not trusted: for a session that
+      // shows video, "camera went offline" (or any reason) is advice. The
+      // media plane decides; if the camera is really gone, the frames stop.
+      att.advice = reason.slice(0, 120) || "session ended";
+      peercam.lastAdvice = att.advice;
+      console.info("peercam: the server ended session " + att.sessionId
+        + " (" + att.advice + "); keeping it while video flows");
+      render();
+      return;
+    }
+    fail(att, byeError(att, reason));
   }
 
   function byeError(att, reason) {
@@ -874,25 +1180,34 @@
       : "The camera ended the session.");
   }
 
-  function onServerError(att, msg, ours) {
+  function onServerError(att, msg) {
     const text = ERROR_WORDS[msg.code]
       || "The server reported a problem" + (msg.code ? " (" + msg.code + ")." : ".");
     // A rendezvous older than trickle ICE refuses "candidate" as an unknown
-    // type. This attempt's offer went without candidates; the next ones gather
+    // type. This session's offer went without candidates; the next ones gather
     // first and send one complete offer, as before (protocol.md).
-    const t = att.trickle;
+    const p = pending;
+    const t = p && p.trickle;
     if (msg.code === "bad-message" && t && t.enabled && t.seq > 0
         && /candidate/.test(String(msg.message || "")) && !trickleRefused) {
       trickleRefused = true;
       console.warn("peercam: the server refused a trickled candidate; sending complete offers");
     }
-    const err = new ViewerError(text, msg.code);
-    if (ours) att.sessionLive = false;
-    // An error about our session, or any error before the answer, ends the
-    // attempt. A stray one while video plays is only noted: the stream is fine.
-    if (ours || !att.answered) {
-      fail(att, err);
+    // Errors without a session_id answer this connection's last message: the
+    // one session still negotiating. An "unknown-session" names its session
+    // in the message (a late candidate or bye of one the server ended).
+    let target = att;
+    if (!target && p && !p.answered) {
+      const aboutOther = msg.code === "unknown-session"
+        && !String(msg.message || "").includes(p.sessionId);
+      if (!aboutOther) target = p;
+    }
+    if (target && target.firstFrameAt === null) {
+      if (att) att.sessionLive = false;
+      fail(target, new ViewerError(text, msg.code));
     } else {
+      // About a session that shows video, or about nothing we wait for: the
+      // stream is fine, so it is only noted.
       peercam.lastError = text;
       render();
     }
@@ -964,79 +1279,119 @@
 
   function attachVideo(att, ev) {
     if (att.closed) return;
-    const video = ui.video;
+    const video = att.video;
     video.srcObject = (ev.streams && ev.streams[0]) || new MediaStream([ev.track]);
     // muted + playsinline autoplay is allowed everywhere; play() covers
     // browsers that do not start a srcObject swap by themselves.
     const p = video.play();
     if (p && p.catch) p.catch(() => {});
-    watchFirstFrame(att, video);
+    watchFrames(att, video);
+    // The camera closing its end (DTLS close_notify: session ended, agent
+    // stopped) is the quickest sign the media is gone.
+    const transport = ev.receiver && ev.receiver.transport;
+    if (transport && "onstatechange" in transport) {
+      transport.addEventListener("statechange", () => {
+        if (transport.state === "closed") mediaLost(att, "camera closed the connection");
+        else if (transport.state === "failed") mediaLost(att, "DTLS failed");
+      });
+    }
   }
 
-  function watchFirstFrame(att, video) {
+  function watchFrames(att, video) {
     if (typeof video.requestVideoFrameCallback === "function") {
       // Fires when a decoded frame is handed to the compositor: the closest
-      // a page gets to "the user sees video".
-      video.requestVideoFrameCallback(() => onFirstFrame(att));
+      // a page gets to "the user sees video". Stats cover hidden pages.
+      const onFrame = (now) => {
+        if (att.closed) return;
+        att.frameCallbacks = document.visibilityState !== "hidden";
+        frameShown(att, now);
+        video.requestVideoFrameCallback(onFrame);
+      };
+      video.requestVideoFrameCallback(onFrame);
       return;
     }
     const once = () => {
       video.removeEventListener("playing", once);
       video.removeEventListener("resize", once);
-      onFirstFrame(att);
+      frameShown(att, performance.now());
     };
     video.addEventListener("playing", once);
     video.addEventListener("resize", once);
   }
 
+  function frameShown(att, now) {
+    // A new frame of att's video: its first one may promote it, and the gaps
+    // between frames on screen (across a swap too) are what the viewer sees.
+    if (att.closed) return;
+    att.lastFrameAt = Math.max(att.lastFrameAt, now);
+    if (att.firstFrameAt === null) onFirstFrame(att);
+    if (att === live && isStalled(att)) recovered(att);
+    if (att !== live) return;
+    if (lastShownAt !== null) {
+      peercam.maxFrameGapMs = Math.max(peercam.maxFrameGapMs, Math.round(now - lastShownAt));
+    }
+    lastShownAt = Math.max(lastShownAt || 0, now);
+  }
+
+  function isStalled(att) {
+    // Only a stall can end by itself; a failed or closed connection cannot.
+    return att.trouble !== null && att.trouble.startsWith("stall");
+  }
+
   function onFirstFrame(att) {
     if (att.closed || att.firstFrameAt !== null) return;
     att.firstFrameAt = performance.now();
-    att.lastProgressAt = att.firstFrameAt;
-    peercam.ttffMs = Math.round(att.firstFrameAt - att.startedAt);
+    att.lastFrameAt = att.firstFrameAt;
+    setFigure(att, "ttffMs", Math.round(att.firstFrameAt - att.startedAt));
     mark(att, "firstFrame");
-    clearTimer(att, att.noFrameTimer);
-    setTimer(att, TIMING.stableMs, () => { failures = 0; });
-    if (peercam.state !== "connected") setState("connected");
-    else render();
+    if (att === pending) promote(att);
   }
 
   function onConnectionState(att) {
     const state = att.pc.connectionState;
     if (state === "connected") {
       mark(att, "connected");
-      clearTimer(att, att.disconnectTimer);
-      att.disconnectTimer = 0;
-      setState("connected");
-    } else if (state === "disconnected") {
-      armDisconnect(att);
+      if (att === shown() && att.firstFrameAt === null && peercam.state !== "error") {
+        setState("connected");
+      }
     } else if (state === "failed") {
-      fail(att, new ViewerError("The network path to the camera failed."));
+      mediaLost(att, "ICE failed");
     } else if (state === "closed") {
-      fail(att, new ViewerError("The connection to the camera closed."));
+      mediaLost(att, "connection closed");
     }
   }
 
   function onIceState(att) {
     const state = att.pc.iceConnectionState;
-    if (state === "connected" || state === "completed") {
-      clearTimer(att, att.disconnectTimer);
-      att.disconnectTimer = 0;
-      // Browsers without connectionState report progress only here.
-      if (att.pc.connectionState === undefined) setState("connected");
-    } else if (state === "disconnected") {
-      armDisconnect(att);
-    } else if (state === "failed") {
-      fail(att, new ViewerError("The network path to the camera failed."));
+    if (state === "failed") mediaLost(att, "ICE failed");
+    else if (state === "closed") mediaLost(att, "connection closed");
+    else if ((state === "connected" || state === "completed")
+      && att.pc.connectionState === undefined && att === shown()) {
+      setState("connected");  // browsers without connectionState report progress only here
     }
   }
 
-  function armDisconnect(att) {
-    // "disconnected" is often a brief loss (Wi-Fi roam); only a long one is fatal.
-    if (att.disconnectTimer) return;
-    att.disconnectTimer = setTimer(att, TIMING.iceDisconnectedMs, () => {
-      fail(att, new ViewerError("The connection to the camera dropped."));
-    });
+  function mediaLost(att, cause) {
+    // The media plane's verdict: this session's media is gone for good.
+    if (att.closed) return;
+    if (att === live) {
+      heal(att, cause);
+    } else {
+      fail(att, new ViewerError(cause === "ICE failed"
+        ? "The network path to the camera failed."
+        : "The connection to the camera closed (" + cause + ")."));
+    }
+  }
+
+  function watchdog() {
+    // A live session with no new frame for stallMs (longer while the page is
+    // hidden: frame callbacks stop and only stats tell) is stalled.
+    const att = live;
+    if (!att || att.closed || att.trouble !== null || peercam.gaveUp) return;
+    const limit = document.visibilityState === "hidden" ? TIMING.stallHiddenMs : TIMING.stallMs;
+    if (performance.now() - att.lastFrameAt > limit) {
+      heal(att, "stall " + (limit / 1000).toFixed(1) + " s");
+    }
   }
 
   // ---- statistics ----------------------------------------------------------
@@ -1052,10 +1407,12 @@
     if (att.closed) return;
     const inbound = findInboundVideo(report);
     const pair = findSelectedPair(report);
-    applyPair(report, pair);
+    applyPair(att, report, pair);
     if (inbound) applyInbound(att, report, inbound);
-    checkProgress(att);
-    render();
+    if (att === shown()) {
+      Object.assign(peercam, att.figures);
+      render();
+    }
   }
 
   function findInboundVideo(report) {
@@ -1084,48 +1441,49 @@
       || null;
   }
 
-  function applyPair(report, pair) {
+  function applyPair(att, report, pair) {
+    const f = att.figures;
     const local = pair && report.get(pair.localCandidateId);
     const remote = pair && report.get(pair.remoteCandidateId);
-    peercam.localCandidateType = (local && local.candidateType) || null;
-    peercam.remoteCandidateType = (remote && remote.candidateType) || null;
-    peercam.remoteAddress = (remote && (remote.address || remote.ip)) || null;
-    peercam.rttMs = pair && typeof pair.currentRoundTripTime === "number"
+    f.localCandidateType = (local && local.candidateType) || null;
+    f.remoteCandidateType = (remote && remote.candidateType) || null;
+    f.remoteAddress = (remote && (remote.address || remote.ip)) || null;
+    f.rttMs = pair && typeof pair.currentRoundTripTime === "number"
       ? Math.round(pair.currentRoundTripTime * 1000 * 10) / 10 : null;
-    extra.protocol = (local && (local.relayProtocol || local.protocol)) || null;
+    att.extra.protocol = (local && (local.relayProtocol || local.protocol)) || null;
   }
 
   function applyInbound(att, report, s) {
+    const f = att.figures;
     const now = s.timestamp;
     const frames = s.framesDecoded || 0;
     const bytes = s.bytesReceived || 0;
     const prev = att.prev;
     if (prev && now > prev.now) {
       const dt = now - prev.now; // ms
-      peercam.bitrateKbps = Math.round(((bytes - prev.bytes) * 8) / dt); // bits/ms = kbit/s
+      f.bitrateKbps = Math.round(((bytes - prev.bytes) * 8) / dt); // bits/ms = kbit/s
       if (typeof s.framesPerSecond !== "number") {
-        peercam.fps = Math.round(((frames - prev.frames) * 1000 / dt) * 10) / 10;
+        f.fps = Math.round(((frames - prev.frames) * 1000 / dt) * 10) / 10;
       }
     }
-    if (typeof s.framesPerSecond === "number") peercam.fps = s.framesPerSecond;
-    if (frames > peercam.framesDecoded) att.lastProgressAt = performance.now();
-    peercam.framesDecoded = frames;
+    if (typeof s.framesPerSecond === "number") f.fps = s.framesPerSecond;
+    if (frames > f.framesDecoded
+        && (!att.frameCallbacks || document.visibilityState === "hidden")) {
+      // Only where frame callbacks do not run (no API, hidden page): this
+      // sample is up to statsMs late, the callbacks are not.
+      att.lastFrameAt = performance.now();
+      if (att === live && isStalled(att)) recovered(att);
+    }
+    f.framesDecoded = frames;
     att.prev = { now, frames, bytes };
-    const w = s.frameWidth || ui.video.videoWidth;
-    const h = s.frameHeight || ui.video.videoHeight;
-    extra.resolution = w && h ? w + "×" + h : null;
+    const w = s.frameWidth || att.video.videoWidth;
+    const h = s.frameHeight || att.video.videoHeight;
+    att.extra.resolution = w && h ? w + "×" + h : null;
     const codec = s.codecId && report.get(s.codecId);
-    extra.codec = codec ? codec.mimeType.replace(/^video\//, "") : null;
+    att.extra.codec = codec ? codec.mimeType.replace(/^video\//, "") : null;
     // Fallback first-frame signal, e.g. when the tab is hidden and no frame
     // callbacks run; a decoded frame still proves the stream works.
     if (frames > 0) onFirstFrame(att);
-  }
-
-  function checkProgress(att) {
-    if (att.firstFrameAt === null) return;
-    if (performance.now() - att.lastProgressAt > TIMING.stallMs) {
-      fail(att, new ViewerError("Video stopped arriving from the camera."));
-    }
   }
 
   // ---- UI ------------------------------------------------------------------
@@ -1141,6 +1499,9 @@
     ["codec", "Codec"],
     ["ttff", "First frame"],
     ["reconnects", "Reconnects"],
+    ["cause", "Last cause"],
+    ["gap", "Longest gap"],
+    ["signaling", "Signaling"],
     ["device", "Device"],
     ["error", "Last error"],
   ];
@@ -1177,18 +1538,31 @@
       codec: extra.codec || dash,
       ttff: p.ttffMs === null ? dash : p.ttffMs + " ms",
       reconnects: String(p.reconnects),
+      cause: p.lastCause || dash,
+      gap: p.maxFrameGapMs ? p.maxFrameGapMs + " ms" : dash,
+      signaling: signalingText(),
       device: deviceId || dash,
       error: p.lastError || dash,
     };
   }
 
+  function signalingText() {
+    const s = peercam.signaling;
+    if (s === "reconnecting" && sig.timer) {
+      const secs = Math.max(0, (sig.retryAt - performance.now()) / 1000);
+      return (live ? "lost (media kept), " : "lost, ") + "retry in " + secs.toFixed(1) + " s";
+    }
+    return s;
+  }
+
   function noticeText() {
     const s = peercam.state;
-    const att = current;
-    if (s === "connected" && att && att.firstFrameAt !== null) return null;
+    if (s === "connected" && live) return null;
     if (s === "connected") return "Connected. Waiting for video…";
     if (s === "connecting") return "Connecting to the camera…";
     if (s === "reconnecting") {
+      // With the last picture still up, a short line; without it, why and when.
+      if (live && pending) return "Reconnecting (" + (peercam.lastCause || "…") + ")…";
       const why = peercam.lastError ? peercam.lastError + " " : "";
       return why + retryText();
     }
@@ -1196,7 +1570,7 @@
       // An error that is being retried says so; a final one (bad link, no
       // secure context) does not.
       const why = peercam.lastError || "Something went wrong.";
-      return current || retryTimer ? why + " " + retryText() : why;
+      return pending || retryTimer ? why + " " + retryText() : why;
     }
     return null;
   }
@@ -1292,7 +1666,8 @@
     att.ptz = channel;
     channel.onmessage = (ev) => onPtzMessage(att, ev.data);
     channel.onclose = () => {
-      if (current === att) setPtzAvailable(false);
+      att.ptzAvailable = false;
+      if (live === att) setPtzAvailable(false);
     };
   }
 
@@ -1301,6 +1676,7 @@
     if (!channel) return;
     channel.onmessage = channel.onclose = null;
     att.ptz = null;
+    if (att !== live) return;  // a session that never took the screen held nothing
     // The camera stops the head when the session ends; forget what was held.
     ptzHeld.clear();
     ptzVector = [0, 0, 0];
@@ -1319,7 +1695,8 @@
     }
     if (!msg || typeof msg !== "object") return;
     if (msg.type === "ptz") {
-      setPtzAvailable(msg.available === true);
+      att.ptzAvailable = msg.available === true;
+      if (att === live) setPtzAvailable(att.ptzAvailable);
     } else if (msg.type === "ack" && typeof msg.op === "string") {
       peercam.ptzAcks += 1;
       peercam.ptzLastAck = msg.op;
@@ -1345,7 +1722,7 @@
   }
 
   function ptzSend(msg) {
-    const att = current;
+    const att = live;
     const channel = att && att.ptz;
     if (!channel || channel.readyState !== "open" || peercam.ptzAvailable !== true) return;
     try {
@@ -1477,10 +1854,13 @@
   // ---- page wiring ---------------------------------------------------------
 
   function stopAll() {
+    // Byes for the live sessions first, then the socket goes.
     clearTimeout(retryTimer);
     retryTimer = 0;
-    if (current) teardown(current);
-    current = null;
+    for (const att of [pending, live]) if (att) teardown(att);
+    pending = null;
+    live = null;
+    sigClose();
   }
 
   function readFragment() {
@@ -1491,9 +1871,13 @@
     resetStats();
     // A different camera (or none): do not leave the last one's picture up.
     ui.video.srcObject = null;
-    attempts = 0;
     failures = 0;
-    peercam.reconnects = 0;
+    lastShownAt = null;
+    Object.assign(peercam, {
+      reconnects: 0, lastCause: null, lastAdvice: null, sessions: 0, maxFrameGapMs: 0,
+      signalingReconnects: 0,
+    });
+    sig.everReady = false;
     peercam.lastError = null;
     peercam.state = "idle";  // a refusal shown for the last link does not carry over
     peercam.paired = null;
@@ -1547,17 +1931,32 @@
   }
 
   function onPageShow(ev) {
-    // Back from the back/forward cache: the old attempt is gone, start over.
+    // Back from the back/forward cache: the old sessions are gone, start over.
     if (!ev.persisted) return;
     stopped = false;
     readFragment();
   }
 
+  function onVisibility() {
+    // Hidden, frame callbacks stop: nothing is on screen, so no gap counts,
+    // and only stats tell progress. Visible again: a fresh stall window while
+    // the callbacks start again.
+    lastShownAt = null;
+    if (document.visibilityState === "visible" && live && live.trouble === null) {
+      live.lastFrameAt = Math.max(live.lastFrameAt, performance.now());
+    }
+  }
+
   function onOnline() {
-    // The network is back: do not sit out the rest of a long backoff.
-    if (retryTimer && !stopped) {
+    // The network is back: do not sit out the rest of a backoff.
+    if (stopped || !deviceId || peercam.gaveUp) return;
+    if (sig.timer) {
+      sig.failures = 0;
+      sigConnect();
+    }
+    if (retryTimer) {
       failures = 0;
-      start();
+      startSession();
     }
   }
 
@@ -1581,7 +1980,7 @@
       setState("error");
       return;
     }
-    viewerKey().catch(() => { /* reported by the attempt that needs it */ });
+    viewerKey().catch(() => { /* reported by the session that needs it */ });
     ui.picker.addEventListener("submit", onPick);
     ui.stage = $("stage");
     ui.stage.addEventListener("click", onStageClick);
@@ -1591,8 +1990,10 @@
     window.addEventListener("pagehide", onPageHide);
     window.addEventListener("pageshow", onPageShow);
     window.addEventListener("online", onOnline);
+    document.addEventListener("visibilitychange", onVisibility);
     // Refresh the overlay's countdown even while no stats are flowing.
     setInterval(render, TIMING.statsMs);
+    setInterval(watchdog, TIMING.watchdogMs);
     readFragment();
   }
 
