@@ -138,6 +138,7 @@ async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -
     from aiortc import RTCSessionDescription
 
     from camera.client.viewer import ViewerIdentity
+    from camera.compat.receiver import set_decoder_queue
     from camera.webrtc import make_peer_connection, prefer_h264
     from services.signaling import Role, encode, parse
     from services.signatures import offer_statement, sign
@@ -149,7 +150,7 @@ async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -
         transceiver = pc.addTransceiver("video", direction="recvonly")
         prefer_h264(transceiver)
         counter = _CountingQueue()
-        transceiver.receiver._RTCRtpReceiver__decoder_queue = counter  # type: ignore[attr-defined]
+        set_decoder_queue(transceiver.receiver, counter)
         await pc.setLocalDescription(await pc.createOffer())
         session = os.urandom(12).hex()
         sdp = pc.localDescription.sdp

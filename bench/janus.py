@@ -409,7 +409,9 @@ class _TimedQueue(_CountingQueue):
             if key:
                 self.first_key_ms = now_ms
             elif self._pli:
-                self._receiver._RTCRtpReceiver__decoder_error.set()
+                from camera.compat.receiver import decoder_error
+
+                decoder_error(self._receiver).set()
         super().put(item, block, timeout)
 
 
@@ -451,8 +453,10 @@ class Viewer:
         return self.queue.frames if self.queue else 0
 
     def install(self, receiver: Any, started: float) -> None:
+        from camera.compat.receiver import set_decoder_queue
+
         self.queue = _TimedQueue(receiver, started, self.pli)
-        receiver._RTCRtpReceiver__decoder_queue = self.queue
+        set_decoder_queue(receiver, self.queue)
 
     async def wait_first_frame(self, timeout: float) -> None:
         async def keyframe() -> None:

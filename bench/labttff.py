@@ -428,7 +428,8 @@ def strip_pair(link: str) -> str:
 
 
 class RelayWait(logging.Handler):
-    """How long the viewer's relay pair waited for a direct one (camera/ice.py logs it)."""
+    """How long the viewer's relay pair waited for a direct one (camera/compat/ice.py logs
+    it, as ``camera.ice``)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)

@@ -297,6 +297,7 @@ async def measure_cli_viewer(args: argparse.Namespace) -> dict[str, Any]:
     from aiortc.mediastreams import MediaStreamError
 
     from camera.client.viewer import Connection, connect, release_frames_on_marker, stamp_region
+    from camera.compat import receiver as hooks
     from camera.stamp import read as read_stamp
     from camera.webrtc import prefer_h264
 
@@ -313,10 +314,7 @@ async def measure_cli_viewer(args: argparse.Namespace) -> dict[str, Any]:
     def instrument(receiver: Any) -> None:
         import queue
 
-        jitter = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        if jitter is None or not hasattr(receiver, "_RTCRtpReceiver__decoder_queue"):
-            raise SystemExit("bench: latency: aiortc's receiver has no jitter buffer or "
-                             "decoder queue where bench/latency.py expects them")
+        jitter = hooks.jitter_buffer(receiver)  # IncompatibleLibrary if aiortc moved it
         add = jitter.add
 
         def timed_add(packet: Any) -> Any:
@@ -340,8 +338,8 @@ async def measure_cli_viewer(args: argparse.Namespace) -> dict[str, Any]:
                             by_pts.pop(next(iter(by_pts)))
                 super().put(item, block, timeout)
 
-        jitter.add = timed_add
-        receiver._RTCRtpReceiver__decoder_queue = TimedQueue()
+        jitter.add = timed_add  # type: ignore[method-assign]
+        hooks.set_decoder_queue(receiver, TimedQueue())
 
     async def consume(track: Any) -> None:
         while True:

@@ -500,7 +500,8 @@ async def receive_main(link: str, count: int, warmup: float, hold: float) -> dic
     """
     from bench.common import _CountingQueue
     from bench.labttff import path_of, strip_pair
-    from camera.client.viewer import _DECODER_QUEUE_ATTR, Connection, connect, view
+    from camera.client.viewer import Connection, connect, view
+    from camera.compat.receiver import set_decoder_queue
     from camera.webrtc import prefer_h264, selected_pair_types
 
     class PayloadCounter(_CountingQueue):
@@ -524,7 +525,7 @@ async def receive_main(link: str, count: int, warmup: float, hold: float) -> dic
         def setup(connection: Connection) -> None:
             transceiver = connection.pc.addTransceiver("video", direction="recvonly")
             prefer_h264(transceiver)
-            setattr(transceiver.receiver, _DECODER_QUEUE_ATTR, counter)
+            set_decoder_queue(transceiver.receiver, counter)
 
         async with connect(strip_pair(link), setup) as connection:
             async with asyncio.timeout(30):

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from camera.errors import BadConfig
+from camera.errors import BadConfig, PeercamError
 from services.files import write_private
 from services.signatures import check_pairing_proof, unb64url
 
@@ -38,6 +38,10 @@ def fingerprint(viewer_key: str) -> str:
     chars = [_CROCKFORD[(digest >> (5 * i)) & 31] for i in range(10)]
     text = "".join(reversed(chars))
     return f"{text[:5]}-{text[5:]}"
+
+
+class AmbiguousHandle(PeercamError, LookupError):
+    """A name given to revoke matches more than one viewer: nothing was revoked."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +113,24 @@ class ViewerACL:
         return viewer
 
     def revoke(self, handle: str) -> list[Viewer]:
-        """Remove viewers whose fingerprint, name or key is ``handle``; returns them."""
+        """Remove the viewer whose fingerprint, key or name is ``handle``; returns it.
+
+        A fingerprint or key names one viewer. A name shared by several viewers
+        ("Chrome on Linux") is refused with :class:`AmbiguousHandle` listing their
+        fingerprints, and nothing is revoked.
+        """
         self.reload()
+        exact = handle.upper().replace("-", "")
         gone = [v for v in self._viewers.values()
-                if handle in (v.fingerprint, v.name, v.key)
-                or handle.upper().replace("-", "") == v.fingerprint.replace("-", "")]
+                if handle in (v.fingerprint, v.key) or exact == v.fingerprint.replace("-", "")]
+        if not gone:
+            gone = [v for v in self._viewers.values() if v.name == handle]
+            if len(gone) > 1:
+                listing = ", ".join(v.fingerprint for v in gone)
+                raise AmbiguousHandle(
+                    f"{len(gone)} viewers are named {handle[:80]!r}: revoke one by its "
+                    f"fingerprint ({listing})"
+                )
         for viewer in gone:
             del self._viewers[viewer.key]
         if gone:

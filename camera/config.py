@@ -9,6 +9,8 @@ import dataclasses
 import os
 import ssl
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,12 +202,58 @@ _VIDEO_KEYS = {f.name for f in dataclasses.fields(VideoSettings)}
 _HARDWARE_KEYS = {f.name for f in dataclasses.fields(HardwareConfig)}
 
 
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               Path: "a path (string)", list: "a list"}
+
+
+def _type_error(table: str, name: str, value: Any, allowed: list[Any]) -> BadConfig:
+    words = " or ".join(_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in allowed)
+    return BadConfig(f"[{table}] {name} = {value!r}: need {words}"[:300])
+
+
+def _checked(table: str, name: str, value: Any, declared: Any) -> Any:
+    """``value`` if it is of the setting's declared type (a float setting takes an int)."""
+    options = list(typing.get_args(declared)) if isinstance(declared, types.UnionType) else [
+        declared]
+    if value is None and type(None) in options:
+        return None
+    allowed = [typing.get_origin(t) or t for t in options if t is not type(None)]
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+        if kind is Path and isinstance(value, str | Path):
+            return Path(value).expanduser()
+        if kind is list and isinstance(value, list):
+            if all(isinstance(item, dict) for item in value):
+                return value
+            raise BadConfig(f"[{table}] {name}: need a list of tables")
+    raise _type_error(table, name, value, allowed)
+
+
+def _check_types(table: str, cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {name: _checked(table, name, value, hints[name]) for name, value in values.items()}
+
+
 def load_camera_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    require_rendezvous: bool = False,
 ) -> CameraConfig:
-    """Build the config from a TOML file (``[camera]``, ``[video]``, ``[hardware]``), env, flags."""
+    """Build the config from a TOML file (``[camera]``, ``[video]``, ``[hardware]``), env, flags.
+
+    Every setting is checked against its declared type here, naming the setting.
+    ``require_rendezvous``: the file, environment or flags must set ``rendezvous``
+    (the camera agent has no sensible default server to register with).
+    """
     values: dict[str, Any] = {}
     video: dict[str, Any] = {}
     hardware: dict[str, Any] = {}
@@ -245,15 +293,20 @@ def load_camera_config(
     unknown = set(hardware) - _HARDWARE_KEYS
     if unknown:
         raise BadConfig(f"unknown hardware setting(s) {sorted(unknown)}")
+    values = _check_types("camera", CameraConfig, values)
+    video = _check_types("video", VideoSettings, video)
+    hardware = _check_types("hardware", HardwareConfig, hardware)
     try:
-        for key in ("state_dir", "control_socket"):
-            if key in values:
-                values[key] = Path(values[key]).expanduser()
-        return CameraConfig(
+        config = CameraConfig(
             **values, video=VideoSettings(**video), hardware=HardwareConfig(**hardware)
         )
     except TypeError as exc:
         raise BadConfig(f"bad setting: {exc}") from None
+    if require_rendezvous and not values.get("rendezvous"):
+        where = f"[camera] rendezvous in {path}" if path else "[camera] rendezvous in --config"
+        raise BadConfig(f"no rendezvous server configured: set {where}, PEERCAM_RENDEZVOUS "
+                        f"or --rendezvous (e.g. wss://rendezvous.example.net)")
+    return config
 
 
 def make_configured_source(config: CameraConfig) -> Source:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from camera.errors import PeercamError
+from camera.status import DeviceStatus
 
 __all__ = [
     "DEFAULT_BAUDRATE",
@@ -275,9 +276,8 @@ class ConsoleBackend(Protocol):
     @property
     def device_id(self) -> str: ...
 
-    async def status(self) -> dict[str, Any]:
-        """Keys: ``state`` (str), ``device_id``, ``rendezvous`` {``url``, ``connected``},
-        ``nat`` {``type``, ``summary``}, ``source`` {``fps``, ...}, ``viewers`` (list)."""
+    async def status(self) -> DeviceStatus:
+        """The device's status record (the same one ``peercam status`` prints)."""
         ...
 
     async def pair(self) -> tuple[str, float]:
@@ -342,35 +342,27 @@ class ConsoleCommands:
 
     async def status(self) -> list[str]:
         status = await self.backend.status()
-        rendezvous = _mapping(status.get("rendezvous"))
-        connected = rendezvous.get("connected")
-        link = "connected" if connected is True else "not connected"
-        url = _public_url(rendezvous.get("url"))
+        link = "connected" if status.rendezvous.connected else "not connected"
+        url = _public_url(status.rendezvous.url)
         if url is not None:
             link += f" ({url})"
-        nat_type = _mapping(status.get("nat")).get("type")
-        fps = _mapping(status.get("source")).get("fps")
-        viewers = status.get("viewers")
         return [
-            f"state: {_text(status.get('state'))}",
-            f"device id: {_text(status.get('device_id', self.backend.device_id))}",
+            f"state: {_text(status.state)}",
+            f"device id: {_text(status.device_id or self.backend.device_id)}",
             f"rendezvous: {link}",
-            f"nat type: {_text(nat_type, 'unknown (not checked yet)')}",
-            "source fps: " + (
-                f"{fps:.1f}" if isinstance(fps, int | float) and not isinstance(fps, bool)
-                else "unknown"
-            ),
-            "viewers: " + (str(len(viewers)) if isinstance(viewers, list | tuple) else "unknown"),
+            f"nat type: {_text(status.nat.type, 'unknown (not checked yet)')}",
+            f"source fps: {status.source.fps:.1f}",
+            f"viewers: {len(status.viewers)}",
         ]
 
     async def device_id(self) -> list[str]:
         return [self.backend.device_id]
 
     async def nat(self) -> list[str]:
-        nat = _mapping((await self.backend.status()).get("nat"))
-        lines = [f"nat type: {_text(nat.get('type'), 'unknown (not checked yet)')}"]
-        summary = nat.get("summary")
-        if isinstance(summary, str):
+        nat = (await self.backend.status()).nat
+        lines = [f"nat type: {_text(nat.type, 'unknown (not checked yet)')}"]
+        summary = nat.summary
+        if summary is not None:
             lines += [line for line in summary.splitlines() if line.strip()]
         return lines
 
@@ -389,10 +381,6 @@ class ConsoleCommands:
             except metadata.PackageNotFoundError:
                 version = "unknown"
         return [f"peercam {version}"]
-
-
-def _mapping(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _text(value: object, missing: str = "unknown") -> str:

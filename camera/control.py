@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camera.errors import PeercamError
+from camera.runtime import record_running, remove_record
 
 if TYPE_CHECKING:
     from camera.agent import CameraAgent
@@ -53,7 +54,7 @@ def handle(agent: CameraAgent, request: Any) -> dict[str, Any]:
         return {"ok": False, "error": 'a request is a JSON object with an "op" string'}
     op = request["op"]
     if op == "status":
-        return {"ok": True, "status": agent.status()}
+        return {"ok": True, "status": agent.status().as_dict()}
     if op == "viewers":
         return {"ok": True, "viewers": _viewer_rows(agent)}
     if op == "revoke":
@@ -89,6 +90,7 @@ class ControlServer:
         self._agent = agent
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._record: Path | None = None
 
     async def start(self) -> None:
         self._prepare_directory()
@@ -101,6 +103,10 @@ class ControlServer:
         except OSError as exc:
             raise ControlError(f"control socket {self.path}: {exc.strerror or exc}") from None
         logger.info("control socket on %s", self.path)
+        # So that peercam status/pair/viewers find this camera without flags.
+        self._record = record_running(
+            self.path, self._agent.config.state_dir, self._agent.device_id
+        )
 
     def _prepare_directory(self) -> None:
         parent = self.path.parent
@@ -182,6 +188,8 @@ class ControlServer:
         server, self._server = self._server, None
         if server is None:
             return
+        remove_record(self._record)
+        self._record = None
         server.close()
         for task in list(self._clients):
             task.cancel()

@@ -3,7 +3,8 @@
 This is where backends are chosen (hardware behind an injected seam): the status LED and the pairing
 button on gpiozero (mock pins where there is no GPIO, or with
 ``[hardware] gpio_mock``), the pan/tilt head and the serial console on pyserial,
-the control socket for ``peercam status``, and systemd notifications.
+the control socket for ``peercam status``, and systemd notifications. Every
+piece of hardware is opened here, and only here.
 
 Start order: LED (so "booting" shows at once), agent, control socket, button,
 console. Close order is the reverse, so no callback reaches a closed agent.
@@ -21,7 +22,9 @@ from camera.agent import CameraAgent
 from camera.config import CameraConfig, make_configured_source
 from camera.control import ControlServer
 from camera.identity import DeviceIdentity
+from camera.ptz import open_head
 from camera.sdnotify import Notifier
+from camera.status import DeviceStatus
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,7 @@ class Device:
             led=self.led,
             notifier=self.notifier,
             watchdog_interval=self._watchdog_interval,
+            head=open_head(config.hardware),
         )
         self.agent = agent
         await agent.start()
@@ -165,7 +169,7 @@ class ConsoleBackend:
         self._agent = agent
         self.device_id = agent.device_id
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> DeviceStatus:
         return self._agent.status()
 
     async def pair(self) -> tuple[str, float]:

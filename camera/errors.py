@@ -11,3 +11,7 @@ class BadConfig(PeercamError, ValueError):
 
 class SourceError(PeercamError, RuntimeError):
     """The camera source failed to start or stopped delivering frames."""
+
+
+class NoCamera(PeercamError, LookupError):
+    """No camera here: no device key in the state directory, or no agent running."""

@@ -95,3 +95,79 @@ class HealthMonitor:
             return [Action.RESTART_SOURCE]
         self.gave_up = True
         return [Action.GIVE_UP]
+
+
+class LinkAction(enum.Enum):
+    RECONNECT = "reconnect"
+    REBUILD = "rebuild"
+    STOP_WATCHDOG = "stop_watchdog"
+
+
+class LinkFault(enum.Enum):
+    ENDED = "the link task ended"
+    HUNG = "the link shows no sign of life"
+    FAILING = "the link keeps failing inside the camera"
+
+
+@dataclass
+class LinkLadder:
+    """The rendezvous link's recovery ladder, sans I/O.
+
+    Only faults a restart can cure count: the link task ended, an unregistered
+    link that shows no sign of life for ``hang`` seconds (an await that never
+    returns), or ``failures`` attempts in a row that ended in an unexpected error
+    of the camera's own. A server that refuses or is down, and a network that
+    is down, are not faults of the camera: the link keeps retrying with backoff,
+    live sessions go on, and nothing is restarted for them.
+
+    On a fault: reconnect (a fresh link task, backoff reset); if the fault is
+    still there ``settle`` seconds later, rebuild (fresh protocol state and
+    link); if still, stop the watchdog pings so systemd restarts the unit. A
+    registration puts the ladder back at the bottom.
+    """
+
+    hang: float = 90.0
+    failures: int = 3
+    settle: float = 10.0
+    step: int = 0
+    """0: healthy; 1: reconnected; 2: rebuilt; 3: gave up."""
+    recoveries: int = 0
+    """Actions taken since start (shown by ``peercam status``)."""
+    fault: LinkFault | None = None
+    _acted_at: float | None = field(default=None, repr=False)
+
+    @property
+    def gave_up(self) -> bool:
+        return self.step >= 3
+
+    def diagnose(self, now: float, running: bool, registered: bool,
+                 internal_failures: int, last_activity: float) -> LinkFault | None:
+        if not running:
+            return LinkFault.ENDED
+        if registered:
+            return None
+        if internal_failures >= self.failures:
+            return LinkFault.FAILING
+        if now - last_activity > self.hang:
+            return LinkFault.HUNG
+        return None
+
+    def tick(self, now: float, running: bool, registered: bool, internal_failures: int,
+             last_activity: float) -> list[LinkAction]:
+        if self.gave_up:
+            return []
+        if registered and running:
+            self.step, self.fault, self._acted_at = 0, None, None
+            return []
+        self.fault = self.diagnose(now, running, registered, internal_failures, last_activity)
+        if self.fault is None:
+            if self._acted_at is not None and now - self._acted_at > 6 * self.settle:
+                self.step, self._acted_at = 0, None  # that fault is long cured
+            return []
+        if self._acted_at is not None and now - self._acted_at < self.settle:
+            return []  # give the last action its time
+        self._acted_at = now
+        self.step += 1
+        self.recoveries += 1
+        return [(LinkAction.RECONNECT, LinkAction.REBUILD, LinkAction.STOP_WATCHDOG)[
+            self.step - 1]]

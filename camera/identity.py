@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from camera.errors import BadConfig
+from camera.errors import BadConfig, NoCamera
 from services.files import write_private
 from services.signaling import device_id_from_digest
 
@@ -65,6 +65,18 @@ class DeviceIdentity:
     @classmethod
     def generate(cls) -> DeviceIdentity:
         key = ec.generate_private_key(ec.SECP256R1())
+        return cls(key, device_id_for(key.public_key()))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> DeviceIdentity:
+        """The existing key in ``state_dir``; :class:`NoCamera` if there is none."""
+        path = state_dir / KEY_FILE
+        if not path.exists():
+            raise NoCamera(
+                f"no camera in {state_dir}: no device key there (is this the camera's state "
+                f"directory? peercam camera makes the key on its first start)"
+            )
+        key, _created = load_or_create_key(path)
         return cls(key, device_id_for(key.public_key()))
 
     @classmethod

@@ -17,10 +17,11 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
+from camera.compat import hook_sender
 from camera.errors import PeercamError
 from camera.ptz import LABEL as PTZ_LABEL
 from camera.ptz import PtzControl
-from camera.track import PassthroughTrack, hook_sender
+from camera.track import PassthroughTrack
 from camera.webrtc import (
     make_peer_connection,
     prefer_h264,

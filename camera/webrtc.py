@@ -14,8 +14,8 @@ from aiortc import (
 )
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
+from camera import compat
 from camera.h264 import is_constrained_baseline
-from camera.ice import prefer_direct
 
 
 def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
@@ -23,10 +23,11 @@ def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection
 
     aiortc falls back to Google's public STUN server when ``iceServers`` is
     None, so we always pass a list; an empty one means host candidates only.
-    When this side controls ICE (the viewer), direct pairs win over relay
-    pairs whenever one works (camera/ice.py).
+    The library hooks (camera/compat: version and member checks, the direct-first
+    ICE rules of camera/ice.py) are installed once per process, by the first
+    connection if nothing installed them before; later connections leave them be.
     """
-    prefer_direct()
+    compat.ensure_installed()
     servers = [
         RTCIceServer(
             urls=entry["urls"],
@@ -82,8 +83,7 @@ def selected_pair(pc: RTCPeerConnection) -> tuple[str | None, str | None, str | 
     for dtls in transports:
         if dtls is None:
             continue
-        connection = dtls.transport._connection
-        pair = connection._nominated.get(1)
+        pair = compat.nominated_pair(dtls.transport)
         if pair is not None:
             remote = pair.remote_candidate
             return pair.local_candidate.type, remote.type, remote.host
@@ -101,23 +101,9 @@ def restrict_host_addresses(addresses: list[str] | None) -> None:
 
     For multi-homed devices (keep a VPN or container bridge out of ICE) and for
     loopback-only runs: aioice never offers 127.0.0.1 by itself, but does when
-    it is listed here. Process-wide, as aioice's address lookup is.
+    it is listed here. Process-wide, as aioice's address lookup is (camera/compat).
     """
-    import aioice.ice
-
-    original = getattr(aioice.ice, "_peercam_original_get_host_addresses", None)
-    if original is None:
-        original = aioice.ice.get_host_addresses
-        aioice.ice._peercam_original_get_host_addresses = original  # type: ignore[attr-defined]
-    if addresses is None:
-        aioice.ice.get_host_addresses = original
-        return
-    chosen = list(addresses)
-
-    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
-
-    aioice.ice.get_host_addresses = host_addresses
+    compat.restrict_host_addresses(addresses)
 
 
 def host_addresses_from_env(env: dict[str, str] | None = None) -> list[str] | None:

@@ -329,7 +329,7 @@ as_user=(runuser -u "$user" -- env "STATE_DIRECTORY=$state_dir")
 umask_before=$(umask)
 identity=0 new_key=0
 if [ -n "$root" ]; then
-    skip "identity: --root (on the device: sudo -u $user peercam camera identity)"
+    skip "identity: --root (on the device: sudo -u $user peercam camera identity --create)"
 elif [ "$do_venv" -eq 0 ] && [ ! -x "$peercam" ]; then
     skip "identity: --no-venv and no $peercam"
 elif ! has_user "$user" && [ "$dry_run" -eq 0 ]; then
@@ -340,7 +340,7 @@ elif [ -e "$state_dir/device_key.pem" ]; then
 else
     identity=1 new_key=1
     umask 077  # as the unit's UMask=: the key is the service user's alone
-    run "${as_user[@]}" "$peercam" camera identity --config "$config"
+    run "${as_user[@]}" "$peercam" camera identity --create --config "$config"
     umask "$umask_before"
 fi
 

@@ -45,6 +45,14 @@ def viewer_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Running cameras record themselves in the test's own directory, never in /run."""
+    directory = tmp_path / "run"
+    monkeypatch.setenv("PEERCAM_RUNTIME_DIR", str(directory))
+    return directory
+
+
 class Stack:
     def __init__(self, rendezvous: Rendezvous, url: str, tmp: Path) -> None:
         self.rendezvous = rendezvous
@@ -69,8 +77,12 @@ class Stack:
         settings: dict[str, Any] = {"backoff_base": 0.1, "backoff_cap": 1.0, **config}
         cfg = CameraConfig(rendezvous=self.url, state_dir=state, video=video, **settings)
         source = source or make_configured_source(cfg)
-        agent = CameraAgent(cfg, source, DeviceIdentity.load_or_create(state),
-                            **(agent_options or {}))
+        options = dict(agent_options or {})
+        if cfg.hardware.ptz_port and "head" not in options:
+            from camera.ptz import open_head
+
+            options["head"] = open_head(cfg.hardware)
+        agent = CameraAgent(cfg, source, DeviceIdentity.load_or_create(state), **options)
         if paired:
             agent.acl.add(self.viewer.key, self.viewer.name)
         self.agents.append(agent)

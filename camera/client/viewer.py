@@ -4,8 +4,8 @@ It decodes the video (to count frames and read the test pattern's burnt-in
 capture time back), and can record the stream to MP4 without transcoding by
 teeing the depayloaded access units before aiortc's decoder.
 
-Two private hooks into aiortc 1.16's receiver (checked by
-:func:`check_receiver_hooks`; pyproject pins ``aiortc==1.16.*``) make it behave
+Two private hooks into aiortc 1.16's receiver (made and checked through
+:mod:`camera.compat.receiver`; pyproject pins ``aiortc==1.16.*``) make it behave
 like a live viewer: its jitter buffer releases a frame as soon as the packet
 with the RTP marker bit completes it (:class:`MarkerJitterBuffer`), and its
 decoder queue is bounded, restarting at a keyframe when the decoder falls behind
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiortc
 import av
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +45,9 @@ from aiortc.utils import uint16_gt
 from av.video.reformatter import ColorRange
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from camera.client import ice as viewer_ice
+from camera.compat import receiver as hooks
+from camera.compat.receiver import check_receiver_hooks
 from camera.config import client_ssl, ws_url
 from camera.errors import PeercamError
 from camera.h264 import is_idr
@@ -74,14 +76,6 @@ from services.signatures import (
 
 logger = logging.getLogger(__name__)
 
-# aiortc 1.16 RTCRtpReceiver private attributes the viewer replaces or uses (set in
-# its __init__; the receiver reads them per packet, so swapping them before the
-# receiver starts is enough).
-_DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
-_JITTER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
-_DECODER_ERROR_ATTR = "_RTCRtpReceiver__decoder_error"
-_DECODER_THREAD_ATTR = "_RTCRtpReceiver__decoder_thread"
-
 #: Undecoded frames the CLI viewer lets queue before it drops them and restarts at
 #: a keyframe: a third of a second at 30 fps, so a passing stall is absorbed but a
 #: decoder that cannot keep up never builds more delay than this.
@@ -89,11 +83,26 @@ DECODER_BACKLOG = 10
 
 
 class ViewError(PeercamError):
-    """The viewer could not get video (camera offline, refused, no frames)."""
+    """The viewer could not get video (camera offline, refused, no frames).
+
+    ``stats`` is what was measured before it went wrong, when video had started.
+    """
+
+    def __init__(self, message: str, stats: ViewStats | None = None) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 class ForgedAnswer(ViewError):
     """The answer or pairing reply was not signed by the camera we asked for."""
+
+
+class SessionEnded(ViewError):
+    """The camera ended a session that was playing (revoked, bye, went offline)."""
+
+
+class RecordingFailed(ViewError):
+    """``--record``: the file cannot be written (checked before connecting, and per frame)."""
 
 
 VIEWER_KEY_FILE = "viewer_key.pem"
@@ -189,17 +198,49 @@ class ViewStats:
 
 
 class Mp4Recorder:
-    """Writes received H.264 access units into an MP4 without transcoding."""
+    """Writes received H.264 access units into an MP4 without transcoding.
 
-    def __init__(self, path: Path) -> None:
+    The first write that fails stops the recording: ``error`` says why and
+    ``on_error`` (if given) is called once, so the viewing can end with it.
+    """
+
+    def __init__(self, path: Path, on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self.error: str | None = None
+        self._on_error = on_error
         self._container: Any = None
         self._stream: Any = None
         self._first_ts: int | None = None
         self.frames = 0
 
+    @staticmethod
+    def check(path: Path) -> None:
+        """Refuse a path that cannot be written before anything connects."""
+        parent = path.parent
+        if path.is_dir():
+            raise RecordingFailed(f"cannot record to {path}: it is a directory")
+        if not parent.is_dir():
+            raise RecordingFailed(f"cannot record to {path}: no directory {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK) or (
+            path.exists() and not os.access(path, os.W_OK)
+        ):
+            raise RecordingFailed(f"cannot record to {path}: permission denied")
+
     def write(self, data: bytes, timestamp: int) -> None:
         """One access unit (Annex-B) with its 90 kHz RTP timestamp; starts at an IDR."""
+        if self.error is not None:
+            return
+        try:
+            self._write(data, timestamp)
+        except Exception as exc:  # any failure ends the recording, once
+            self.error = f"recording to {self.path} failed: {exc}"
+            logger.error("%s", self.error)
+            with contextlib.suppress(Exception):
+                self.close()
+            if self._on_error is not None:
+                self._on_error(self.error)
+
+    def _write(self, data: bytes, timestamp: int) -> None:
         if self._container is None:
             if not is_idr(data):
                 return
@@ -217,9 +258,9 @@ class Mp4Recorder:
         self.frames += 1
 
     def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
+        container, self._container = self._container, None
+        if container is not None:
+            container.close()
 
 
 class MarkerJitterBuffer(JitterBuffer):
@@ -257,63 +298,18 @@ class MarkerJitterBuffer(JitterBuffer):
 
     def _pop_marked_frame(self) -> JitterFrame | None:
         """The frame at the head of the buffer if it is complete through its marker packet."""
-        if self._origin is None:
-            return None
         packets: list[RtpPacket] = []
-        for count in range(self.capacity):
-            packet = self._packets[(self._origin + count) % self.capacity]
+        for count, packet in enumerate(hooks.buffered(self)):
             if packet is None or (packets and packet.timestamp != packets[0].timestamp):
                 return None  # a gap (or a frame without a marker): not ours to release
             packets.append(packet)
             if packet.marker:
                 self.remove(count + 1)
                 return JitterFrame(
-                    data=b"".join(p._data for p in packets),  # type: ignore[attr-defined]
+                    data=b"".join(hooks.payload(p) for p in packets),
                     timestamp=packet.timestamp,
                 )
         return None
-
-
-def check_receiver_hooks(receiver: RTCRtpReceiver) -> None:
-    """Fail loudly unless ``receiver`` is an unstarted aiortc 1.16 video receiver.
-
-    The viewer replaces its jitter buffer and decoder queue and sets its decoder
-    error flag to ask for a keyframe; aiortc keeps all three private, so any other
-    version (or a receiver already running) gets a clear error instead of a viewer
-    that silently loses the hooks.
-    """
-    if not aiortc.__version__.startswith("1.16."):
-        raise RuntimeError(
-            f"peercam view hooks aiortc 1.16 receiver internals; found aiortc {aiortc.__version__}"
-        )
-    jitter = getattr(receiver, _JITTER_BUFFER_ATTR, None)
-    if (
-        type(jitter) is not JitterBuffer
-        or not isinstance(getattr(jitter, "_packets", None), list)
-        or getattr(jitter, "_origin", "missing") is not None
-        or getattr(jitter, "_prefetch", None) != 0
-        or getattr(jitter, "_is_video", None) is not True
-    ):
-        raise RuntimeError(
-            f"aiortc RTCRtpReceiver.{_JITTER_BUFFER_ATTR} is not the fresh 1.16 video "
-            f"JitterBuffer the viewer hooks (got {jitter!r})"
-        )
-    decoder_queue = getattr(receiver, _DECODER_QUEUE_ATTR, None)
-    if type(decoder_queue) is not queue.Queue or not decoder_queue.empty():
-        raise RuntimeError(
-            f"aiortc RTCRtpReceiver.{_DECODER_QUEUE_ATTR} is not the empty queue.Queue "
-            f"the viewer hooks (got {decoder_queue!r})"
-        )
-    if not isinstance(getattr(receiver, _DECODER_ERROR_ATTR, None), threading.Event):
-        raise RuntimeError(
-            f"aiortc RTCRtpReceiver.{_DECODER_ERROR_ATTR} is not the threading.Event "
-            "the viewer sets to ask for a keyframe"
-        )
-    if getattr(receiver, _DECODER_THREAD_ATTR, "missing") is not None:
-        raise RuntimeError(
-            "the aiortc receiver's decoder is already running (or aiortc changed): "
-            "the viewer's hooks must go in before it starts"
-        )
 
 
 def release_frames_on_marker(receiver: RTCRtpReceiver) -> None:
@@ -323,8 +319,8 @@ def release_frames_on_marker(receiver: RTCRtpReceiver) -> None:
 
 
 def _swap_jitter_buffer(receiver: RTCRtpReceiver) -> None:
-    stock: JitterBuffer = getattr(receiver, _JITTER_BUFFER_ATTR)
-    setattr(receiver, _JITTER_BUFFER_ATTR, MarkerJitterBuffer(stock.capacity, is_video=True))
+    stock = hooks.jitter_buffer(receiver)
+    hooks.set_jitter_buffer(receiver, MarkerJitterBuffer(stock.capacity, is_video=True))
 
 
 def _is_keyframe(codec: RTCRtpCodecParameters, frame: JitterFrame) -> bool:
@@ -397,8 +393,8 @@ def _hook_receiver(receiver: RTCRtpReceiver, recorder: Mp4Recorder | None) -> _D
     """The CLI viewer's receiver: frames released on the marker, a bounded decoder queue."""
     check_receiver_hooks(receiver)
     _swap_jitter_buffer(receiver)
-    decoder_queue = _DecoderQueue(getattr(receiver, _DECODER_ERROR_ATTR), recorder)
-    setattr(receiver, _DECODER_QUEUE_ATTR, decoder_queue)
+    decoder_queue = _DecoderQueue(hooks.decoder_error(receiver), recorder)
+    hooks.set_decoder_queue(receiver, decoder_queue)
     return decoder_queue
 
 
@@ -472,56 +468,86 @@ async def connect(
     """
     base, device_id, secret = parse_target(target, rendezvous)
     identity = identity or ViewerIdentity.load_or_create()
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-        ws_url(base, "/ws/viewer"),
-        heartbeat=20.0,
-        ssl=client_ssl(tls_ca, tls_insecure),
-        timeout=aiohttp.ClientWSTimeout(ws_close=5),
-    ) as ws:
-        hello = parse((await ws.receive_str(timeout=connect_timeout)), Role.SERVER)
-        if hello.type != "hello":
-            raise ViewError(f"rendezvous sent {hello.type!r} instead of hello")
-        if secret is not None:
-            await pair(ws, device_id, secret, identity, connect_timeout)
-        session_id = secrets.token_urlsafe(18)
-        servers = ice_servers
-        if servers is None:
-            await ws.send_str(
-                encode(Role.VIEWER, "prepare", device_id=device_id, session_id=session_id)
-            )
-            prepared = await _await_reply(ws, session_id, ("prepared",), connect_timeout)
-            servers = list(prepared["ice_servers"])
+    url = ws_url(base, "/ws/viewer")
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await asyncio.wait_for(http.ws_connect(
+                url,
+                heartbeat=20.0,
+                ssl=client_ssl(tls_ca, tls_insecure),
+                timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            ), connect_timeout)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ViewError(f"cannot reach the rendezvous at {url}: "
+                            f"{exc or type(exc).__name__}") from None
+        async with ws:
+            async with _session(ws, device_id, secret, setup, identity, connect_timeout,
+                                ice_servers) as connection:
+                yield connection
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    ws: aiohttp.ClientWebSocketResponse,
+    device_id: str,
+    secret: str | None,
+    setup: Callable[[Connection], None],
+    identity: ViewerIdentity,
+    connect_timeout: float,
+    ice_servers: list[dict[str, Any]] | None,
+) -> AsyncIterator[Connection]:
+    """:func:`connect` once the rendezvous link is up: yields the one connection."""
+    hello = await _receive(ws, connect_timeout, "hello")
+    if hello.type != "hello":
+        raise ViewError(f"rendezvous sent {hello.type!r} instead of hello")
+    if secret is not None:
+        await pair(ws, device_id, secret, identity, connect_timeout)
+    session_id = secrets.token_urlsafe(18)
+    servers = ice_servers
+    if servers is None:
+        await _send(ws, encode(Role.VIEWER, "prepare", device_id=device_id,
+                               session_id=session_id))
+        prepared = await _await_reply(ws, session_id, ("prepared",), connect_timeout)
+        servers = list(prepared["ice_servers"])
+    try:
         # aiortc uses one TURN URL: where UDP is blocked it must be TURN over TCP.
         servers = order_turn(servers, udp_blocked=await udp_blocked(servers))
+        viewer_ice.install()  # the controlling agent's relay rule; idempotent
         started = time.perf_counter()
         pc = make_peer_connection(servers)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ViewError(f"the rendezvous sent unusable ICE servers ({exc})") from None
+    try:
+        connection = Connection(ws, pc, device_id, session_id, started)
+        setup(connection)
         try:
-            connection = Connection(ws, pc, device_id, session_id, started)
-            setup(connection)
             await pc.setLocalDescription(await pc.createOffer())
-            offer_sdp = pc.localDescription.sdp
-            timestamp = int(time.time() * 1000)
-            signed = offer_statement(device_id, session_id, timestamp, identity.key, offer_sdp)
-            await ws.send_str(
-                encode(
-                    Role.VIEWER,
-                    "offer",
-                    device_id=device_id,
-                    session_id=session_id,
-                    sdp=offer_sdp,
-                    viewer_key=identity.key,
-                    timestamp=timestamp,
-                    signature=sign(identity.private_key, signed),
-                )
-            )
-            answer = await _await_reply(ws, session_id, ("answer",), connect_timeout)
-            check_answer(device_id, session_id, offer_sdp, answer)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ViewError(f"cannot make an offer with these ICE servers ({exc})") from None
+        offer_sdp = pc.localDescription.sdp
+        timestamp = int(time.time() * 1000)
+        signed = offer_statement(device_id, session_id, timestamp, identity.key, offer_sdp)
+        await _send(ws, encode(
+            Role.VIEWER,
+            "offer",
+            device_id=device_id,
+            session_id=session_id,
+            sdp=offer_sdp,
+            viewer_key=identity.key,
+            timestamp=timestamp,
+            signature=sign(identity.private_key, signed),
+        ))
+        answer = await _await_reply(ws, session_id, ("answer",), connect_timeout)
+        check_answer(device_id, session_id, offer_sdp, answer)
+        try:
             await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-            yield connection
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_str(encode(Role.VIEWER, "bye", session_id=session_id))
-        finally:
-            await pc.close()
+        except (ValueError, TypeError) as exc:
+            raise ViewError(f"the camera's answer is not usable ({exc})") from None
+        yield connection
+        with contextlib.suppress(ConnectionError, RuntimeError, ViewError):
+            await _send(ws, encode(Role.VIEWER, "bye", session_id=session_id))
+    finally:
+        await pc.close()
 
 
 async def view(
@@ -540,10 +566,23 @@ async def view(
     """Watch a camera until ``seconds`` pass or ``stop`` is set; return what was measured.
 
     A link with ``pair=SECRET`` in its fragment pairs this viewer's key first.
+    Anything but that ending raises a :class:`ViewError` carrying the stats so
+    far: :class:`SessionEnded` when the camera ends a playing session (revoked,
+    bye, connection lost), :class:`RecordingFailed` when ``record`` cannot be
+    written (checked before connecting, and on every frame).
     """
+    if record is not None:
+        Mp4Recorder.check(record)
     stats = ViewStats()
-    recorder = Mp4Recorder(record) if record is not None else None
     stop = stop or asyncio.Event()
+    failed: asyncio.Future[ViewError] = asyncio.get_running_loop().create_future()
+
+    def fail(error: ViewError) -> None:
+        if not failed.done():
+            failed.set_result(error)
+
+    recorder = (Mp4Recorder(record, on_error=lambda text: fail(RecordingFailed(text)))
+                if record is not None else None)
     first_frame = asyncio.Event()
     tasks: set[asyncio.Future[None]] = set()
     decoder_queues: list[_DecoderQueue] = []
@@ -561,6 +600,11 @@ async def view(
             )
             tasks.add(task)
 
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "failed":
+                fail(SessionEnded("lost the camera: the connection failed (camera offline?)"))
+
     try:
         async with connect(
             target,
@@ -572,39 +616,73 @@ async def view(
             tls_ca=tls_ca,
             tls_insecure=tls_insecure,
         ) as connection:
-            try:
-                ended = asyncio.ensure_future(
-                    _watch_signaling(connection.ws, connection.session_id)
-                )
-                framed = asyncio.ensure_future(first_frame.wait())
-                try:
-                    # The first frame, or the camera's bye (revoked, busy) if that
-                    # comes first; asyncio.wait's timeout cancels nothing by itself.
-                    await asyncio.wait([framed, ended], timeout=connect_timeout,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    framed.cancel()
-                    (stats.local_candidate, stats.remote_candidate,
-                     stats.remote_address) = selected_pair(connection.pc)
-                if not first_frame.is_set():
-                    ended.cancel()
-                    if ended.done() and not ended.cancelled():
-                        raise ViewError("the camera ended the session before the first frame")
-                    raise ViewError(f"no video within {connect_timeout:.0f} s")
-                waiters = [ended, asyncio.ensure_future(stop.wait())]
-                await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in waiters:
-                    waiter.cancel()
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await _play(connection, stats, first_frame, stop, failed, seconds, connect_timeout,
+                        tasks)
+    except ViewError as exc:
+        exc.stats = exc.stats or (stats if stats.frames else None)
+        raise
     finally:
         stats.dropped_frames = sum(q.dropped for q in decoder_queues)
         if recorder is not None:
-            recorder.close()
+            try:
+                recorder.close()
+            except Exception as exc:  # the file's last write failed
+                recorder.error = recorder.error or f"recording to {record} failed: {exc}"
             stats.recorded_frames = recorder.frames
+    if recorder is not None and recorder.error is not None:
+        raise RecordingFailed(recorder.error, stats)
     return stats
+
+
+async def _play(
+    connection: Connection,
+    stats: ViewStats,
+    first_frame: asyncio.Event,
+    stop: asyncio.Event,
+    failed: asyncio.Future[ViewError],
+    seconds: float | None,
+    connect_timeout: float,
+    tasks: set[asyncio.Future[None]],
+) -> None:
+    """From the answer to the end: first frame, then until stopped, ended or failed."""
+    ended: asyncio.Future[str | None] = asyncio.ensure_future(
+        _watch_signaling(connection.ws, connection.session_id)
+    )
+    stopped = asyncio.ensure_future(stop.wait())
+    framed = asyncio.ensure_future(first_frame.wait())
+    try:
+        # The first frame, or the camera's bye (revoked, busy) if that comes
+        # first; asyncio.wait's timeout cancels nothing by itself.
+        waiters: list[asyncio.Future[Any]] = [framed, ended, failed]
+        await asyncio.wait(waiters, timeout=connect_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        (stats.local_candidate, stats.remote_candidate,
+         stats.remote_address) = selected_pair(connection.pc)
+        if failed.done():
+            raise failed.result()
+        if not first_frame.is_set():
+            if ended.done():
+                reason = ended.result()
+                if reason is None:
+                    raise ViewError("the rendezvous closed the connection before the first frame")
+                raise ViewError(f"the camera ended the session before the first frame: {reason}")
+            raise ViewError(f"no video within {connect_timeout:.0f} s")
+        waiters = [ended, stopped, failed]
+        await asyncio.wait(waiters, timeout=seconds,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if failed.done():
+            raise failed.result()
+        if ended.done() and not stopped.done():
+            reason = ended.result()
+            if reason is None:
+                raise ViewError("lost the rendezvous connection")
+            raise SessionEnded(f"the camera ended the session: {reason}")
+    finally:
+        for waiter in (ended, stopped, framed):
+            waiter.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(ended, stopped, framed, *tasks, return_exceptions=True)
 
 
 def check_answer(device_id: str, session_id: str, offer_sdp: str, answer: Message) -> None:
@@ -627,7 +705,8 @@ async def pair(
     session_id = secrets.token_urlsafe(18)
     timestamp = int(time.time() * 1000)
     signed = pair_statement(device_id, session_id, timestamp, identity.key, identity.name)
-    await ws.send_str(
+    await _send(
+        ws,
         encode(
             Role.VIEWER,
             "pair",
@@ -650,6 +729,30 @@ async def pair(
     logger.info("paired with %s as %r", device_id, identity.name)
 
 
+async def _send(ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+    """Send on the rendezvous link; a link that is gone is a :class:`ViewError`."""
+    try:
+        await ws.send_str(text)
+    except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+        raise ViewError(f"lost the rendezvous connection ({exc})") from None
+
+
+async def _receive(ws: aiohttp.ClientWebSocketResponse, timeout: float, wanted: str) -> Message:
+    """The next message on the link, parsed; closed, late or malformed is a ViewError."""
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except TimeoutError:
+        raise ViewError(f"no {wanted} from the rendezvous in time") from None
+    except (ConnectionError, aiohttp.ClientError) as exc:
+        raise ViewError(f"lost the rendezvous connection ({exc})") from None
+    if msg.type != aiohttp.WSMsgType.TEXT:
+        raise ViewError("the rendezvous closed the connection")
+    try:
+        return parse(msg.data, Role.SERVER)
+    except ProtocolError as exc:
+        raise ViewError(f"the rendezvous sent a bad {wanted}: {exc.message}") from None
+
+
 async def _await_reply(
     ws: aiohttp.ClientWebSocketResponse, session_id: str, wanted: tuple[str, ...], timeout: float
 ) -> Message:
@@ -659,13 +762,18 @@ async def _await_reply(
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise ViewError(f"no {'/'.join(wanted)} from the camera in time")
-        msg = await ws.receive(timeout=remaining)
+        try:
+            msg = await ws.receive(timeout=remaining)
+        except TimeoutError:
+            continue  # the deadline check above says so
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise ViewError(f"lost the rendezvous connection ({exc})") from None
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise ViewError("the rendezvous closed the connection")
         try:
             message = parse(msg.data, Role.SERVER)
         except ProtocolError as exc:
-            logger.warning("rendezvous sent a bad message: %s", exc.message)
+            logger.warning("rendezvous sent a bad message: %s", exc.message[:200])
             continue
         if message.get("session_id") not in (None, session_id):
             continue
@@ -676,16 +784,19 @@ async def _await_reply(
             raise ViewError(f"camera refused: {message.get('code', 'bye')}: {detail}")
 
 
-async def _watch_signaling(ws: aiohttp.ClientWebSocketResponse, session_id: str) -> None:
-    """Returns when the camera ends the session or the rendezvous link closes."""
-    async for msg in ws:
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            return
-        with contextlib.suppress(ProtocolError):
-            message = parse(msg.data, Role.SERVER)
-            if message.type == "bye" and message["session_id"] == session_id:
-                logger.info("camera ended the session: %s", message.get("reason"))
-                return
+async def _watch_signaling(ws: aiohttp.ClientWebSocketResponse, session_id: str) -> str | None:
+    """Returns the reason when the camera ends the session; None when the link closes."""
+    with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return None
+            with contextlib.suppress(ProtocolError):
+                message = parse(msg.data, Role.SERVER)
+                if message.type == "bye" and message["session_id"] == session_id:
+                    reason = str(message.get("reason") or "bye")
+                    logger.info("camera ended the session: %s", reason)
+                    return reason
+    return None
 
 
 async def _consume(track: Any, stats: ViewStats, started: float, first: asyncio.Event) -> None:

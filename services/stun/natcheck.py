@@ -6,10 +6,13 @@ on real networks, and in the filtering tests a missing answer *is* the result,
 so every probe is retransmitted RFC 8489 section 6.2.1 style (RTO doubling),
 with the timers scaled down and passed in.
 
-CLI wiring: ``peercam natcheck --stun HOST[:PORT] --json`` →
-``report = await natcheck(parse_hostport(text))``; print
-``json.dumps(report.as_dict())`` or ``report.summary()``. Also runnable alone,
-e.g. inside a network namespace: ``python -m services.stun.natcheck HOST:PORT --json``.
+CLI wiring: ``peercam natcheck --stun HOST[:PORT] [--stun HOST2] --json`` →
+``report = await natcheck_servers([...])``; print ``json.dumps(report.as_dict())``
+or ``report.summary()``. One silent server proves nothing about this network (it
+may be down, or the port wrong): :func:`natcheck_servers` says "no answer from
+STUN server X" unless a second server stays silent too, which is what
+"udp-blocked" then means. Also runnable alone, e.g. inside a network namespace:
+``python -m services.stun.natcheck HOST:PORT --json``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 from typing import Any, cast
 
 from .discovery import BehaviourDiscovery, NatReport
+from .errors import StunError
 from .message import Address, Message, MessageClass, Method, parse
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,14 @@ DEFAULT_RTO = 0.2
 """First retransmission timeout; RFC 8489 says 0.5 s or more on the Internet."""
 DEFAULT_RETRIES = 2
 """Retransmissions after the first send: waits of 0.2, 0.4, 0.8 s (1.4 s per lost probe)."""
+
+
+class StunUnreachable(StunError, OSError):
+    """The STUN server's name does not resolve, or there is no route to it."""
+
+
+class NoAnswer(StunError, TimeoutError):
+    """One STUN server did not answer: it may be down, or UDP may be blocked."""
 
 
 def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> Address:
@@ -176,15 +188,25 @@ async def natcheck(
     if ":" in host and local_host == "0.0.0.0":
         local_host = "::"
     family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
-    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+    try:
+        infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StunUnreachable(f"STUN server {host!r}: cannot resolve ({reason})") from None
     if not infos:
-        raise OSError(f"no {family.name} address for STUN server {host!r}")
+        raise StunUnreachable(f"no {family.name} address for STUN server {host!r}")
     destination: Address = (str(infos[0][4][0]), int(infos[0][4][1]))
 
     probers = {"mapping": await _open(local_host)}
     try:
         probers["filtering"] = await _open(local_host)
-        local = (_route_source(local_host, destination), probers["mapping"].local_port)
+        try:
+            via = _route_source(local_host, destination)
+        except OSError as exc:
+            raise StunUnreachable(
+                f"STUN server {host}:{port}: no route ({exc.strerror or exc})"
+            ) from None
+        local = (via, probers["mapping"].local_port)
         plan = BehaviourDiscovery(destination, local)
         while (probe := plan.next_probe()) is not None:
             response, source = await probers[probe.socket].transact(
@@ -201,6 +223,36 @@ async def natcheck(
         for prober in probers.values():
             if prober.transport is not None:
                 prober.transport.close()
+
+
+async def natcheck_servers(
+    servers: list[Address],
+    *,
+    local_host: str = "0.0.0.0",
+    timeout: float = DEFAULT_RTO,
+    retries: int = DEFAULT_RETRIES,
+) -> NatReport:
+    """:func:`natcheck` against the first server that answers.
+
+    Raises :class:`NoAnswer` if the only server given stays silent: that is a
+    server down or a wrong port as often as a network blocking UDP. With two or
+    more servers, all silent, the report says "udp-blocked".
+    """
+    if not servers:
+        raise ValueError("natcheck needs at least one STUN server")
+    report: NatReport | None = None
+    for server in servers:
+        report = await natcheck(server, local_host=local_host, timeout=timeout, retries=retries)
+        if report.nat_type != "udp-blocked":
+            return report
+    assert report is not None
+    if len(servers) == 1:
+        host, port = servers[0]
+        raise NoAnswer(
+            f"no answer from STUN server {host}:{port} (is it running, on that port? "
+            f"name a second server with another --stun to tell whether UDP is blocked here)"
+        )
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ UDP and TCP (RFC 8489 section 6.2.2: on a stream, each message is framed by its
 own length field) on one address, or on two addresses times two ports for
 RFC 5780 behaviour discovery.
 
-CLI wiring (``camera/cli.py``, owned by the lead):
+CLI wiring (``camera/cli/servers.py`` and ``camera/cli/network.py``):
 
 - ``peercam stun --listen IP[,IP2] --port 3478 [--alt-port 3479]`` →
   ``server = await run_stun_server(ip, ip2_or_None, port, alt_port)``, then wait

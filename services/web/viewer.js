@@ -79,8 +79,8 @@
       + "viewer key safe. Use peercam demo --tls, or put the rendezvous behind TLS.",
     forgedAnswer: "The answer was not signed by this camera — the server may be compromised.",
     forgedPaired: "The pairing reply was not signed by this camera — the server may be compromised.",
-    notPaired: "This browser is not paired with this camera. "
-      + "Open a pairing link (peercam pair) to pair.",
+    notPaired: "This browser is not paired with this camera. Ask the camera's owner for "
+      + "a pairing link (peercam pair on the camera) and open it here.",
     stale: "The camera refused the request because the clocks disagree. "
       + "Check this device's date and time.",
     badSecret: "The pairing link is damaged (the pair= part is not valid). "
@@ -92,6 +92,7 @@
 
   const peercam = {
     state: "idle",
+    gaveUp: null,            // error code of a refusal only the person can fix: no more retries
     ttffMs: null,
     framesDecoded: 0,
     localCandidateType: null,
@@ -140,13 +141,16 @@
   // ---- small helpers -------------------------------------------------------
 
   class ViewerError extends Error {
-    // state "error" + slow: a problem a retry alone will not fix (not paired,
-    // forged answer); we still retry, at the longest backoff, in case it heals.
+    // state "error" + slow: a problem a retry alone will not fix (forged
+    // answer, clocks); we still retry, at the longest backoff, in case it heals.
+    // final: only the person can fix it (not paired, pairing link used up):
+    // no retry at all, the notice says what to do.
     constructor(message, code, opts) {
       super(message);
       this.code = code || null;
       this.state = (opts && opts.state) || "reconnecting";
       this.slow = Boolean(opts && opts.slow);
+      this.final = Boolean(opts && opts.final);
     }
   }
 
@@ -476,6 +480,7 @@
   function start() {
     clearTimeout(retryTimer);
     retryTimer = 0;
+    peercam.gaveUp = null;
     if (stopped || !deviceId) return;
     if (current) teardown(current);
     attempts += 1;
@@ -719,6 +724,13 @@
     teardown(att);
     if (current === att) current = null;
     const refusal = err instanceof ViewerError ? err : null;
+    if (refusal && refusal.final) {
+      // Asking again cannot help: stop, and leave the instructions on screen.
+      // Opening a (new) pairing link or reloading the page starts over.
+      peercam.gaveUp = refusal.code;
+      setState("error");
+      return;
+    }
     scheduleRetry(refusal ? refusal.state : "reconnecting", Boolean(refusal && refusal.slow));
   }
 
@@ -846,12 +858,13 @@
     if (att.phase === "pair") {
       return new ViewerError("The camera refused to pair with this browser"
         + (reason ? " (" + reason + ")" : "")
-        + ". The pairing link may be wrong, used up or expired: make a new one with peercam pair.",
-      "pair-refused", { state: "error", slow: true });
+        + ". The pairing link may be wrong, used up or expired: ask the camera's owner for "
+        + "a new one (peercam pair on the camera) and open it here.",
+      "pair-refused", { state: "error", final: true });
     }
     if (/^not authorized/.test(reason)) {
       setPaired(false);
-      return new ViewerError(WORDS.notPaired, "not-authorized", { state: "error", slow: true });
+      return new ViewerError(WORDS.notPaired, "not-authorized", { state: "error", final: true });
     }
     if (/^stale/.test(reason)) {
       return new ViewerError(WORDS.stale, "stale", { state: "error", slow: true });

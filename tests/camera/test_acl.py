@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from camera.acl import ACL_FILE, PairingWindows, ViewerACL, fingerprint
+from camera.acl import ACL_FILE, AmbiguousHandle, PairingWindows, ViewerACL, fingerprint
 from camera.client.viewer import ViewerIdentity
 from camera.gatekeeper import CLOCK_SKEW_MS, Gatekeeper, Refused, server_name
 from camera.identity import DeviceIdentity
@@ -164,3 +164,44 @@ def test_reusable_demo_window_pairs_several_viewers(tmp_path: Path) -> None:
 )
 def test_server_name_is_what_the_host_header_says(url: str, name: str) -> None:
     assert server_name(url) == name
+
+
+def test_revoking_a_name_three_viewers_share_is_refused_and_lists_them(tmp_path: Path) -> None:
+    acl = ViewerACL(tmp_path)
+    keys = [ViewerIdentity.load_or_create(tmp_path / f"v{i}").key for i in range(3)]
+    for key in keys:
+        acl.add(key, "Chrome on Linux")
+    acl.add(ViewerIdentity.load_or_create(tmp_path / "phone").key, "phone")
+    with pytest.raises(AmbiguousHandle) as caught:
+        acl.revoke("Chrome on Linux")
+    message = str(caught.value)
+    assert message.startswith("3 viewers are named 'Chrome on Linux'")
+    assert all(fingerprint(key) in message for key in keys)
+    assert len(ViewerACL(tmp_path).viewers()) == 4  # nothing revoked
+    # A fingerprint names one of them; a unique name still works.
+    assert [v.key for v in acl.revoke(fingerprint(keys[1]))] == [keys[1]]
+    assert [v.name for v in acl.revoke("phone")] == ["phone"]
+    assert acl.revoke("nobody") == []
+    # Two left with that name: still ambiguous; the last one alone is not.
+    with pytest.raises(AmbiguousHandle):
+        acl.revoke("Chrome on Linux")
+    acl.revoke(fingerprint(keys[0]))
+    assert [v.key for v in acl.revoke("Chrome on Linux")] == [keys[2]]
+
+
+def test_secret_directories_are_made_owner_only(tmp_path: Path) -> None:
+    state = tmp_path / "new" / "state"
+    DeviceIdentity.load_or_create(state)
+    PairingWindows(state).open(60)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "pairing").stat().st_mode) == 0o700
+
+
+def test_load_never_makes_a_device_key(tmp_path: Path) -> None:
+    from camera.errors import NoCamera
+
+    with pytest.raises(NoCamera, match="no device key"):
+        DeviceIdentity.load(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+    made = DeviceIdentity.load_or_create(tmp_path / "cam")
+    assert DeviceIdentity.load(tmp_path / "cam").device_id == made.device_id

@@ -21,8 +21,9 @@ from aiortc.rtp import (
 )
 
 from camera.broadcaster import Broadcaster
+from camera.compat import hook_sender
 from camera.frames import EncodedFrame
-from camera.track import PassthroughTrack, hook_sender
+from camera.track import PassthroughTrack
 
 
 def frame(n: int, keyframe: bool = False) -> EncodedFrame:

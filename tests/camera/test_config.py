@@ -62,7 +62,7 @@ fps = 25
         ("[camera]\nrendezvous = 'ftp://x'\n", "rendezvous 'ftp://x'"),
         ("[video]\nwidth = 641\n", "video size 641x720"),
         ("[video]\nfps = 0\n", "fps 0"),
-        ("[video]\nbitrate = 'fast'\n", "bad setting"),
+        ("[video]\nbitrate = 'fast'\n", "bitrate = 'fast': need an integer"),
         ("[video]\nframerate = 30\n", "unknown video setting"),
     ],
 )
@@ -103,3 +103,50 @@ def test_every_setting_is_in_the_operations_reference() -> None:
              for f in dataclasses.fields(cls)} - {"video", "hardware"}
     missing = sorted(n for n in names if f"`{n}`" not in reference)
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[video]\nfps = 30.5\n", "[video] fps = 30.5: need an integer"),
+        ('[video]\nwidth = "abc"\n', "[video] width = 'abc': need an integer"),
+        ('[video]\nbitrate = "2M"\n', "[video] bitrate = '2M': need an integer"),
+        ("[video]\nheight = true\n", "[video] height = True: need an integer"),
+        ('[video]\ngop_seconds = "2"\n', "[video] gop_seconds = '2': need a number"),
+        ("[camera]\nmax_viewers = 4.0\n", "[camera] max_viewers = 4.0: need an integer"),
+        ("[camera]\ntls_insecure = 1\n", "[camera] tls_insecure = 1: need true or false"),
+        ("[camera]\nsource = 3\n", "[camera] source = 3: need a string"),
+        ("[camera]\nstate_dir = 7\n", "[camera] state_dir = 7: need a path (string)"),
+        ("[camera]\nice_servers = [1]\n", "[camera] ice_servers: need a list of tables"),
+        ("[camera]\nfile = false\n", "[camera] file = False: need a string"),
+        ("[hardware]\nled_pin = 17.0\n", "[hardware] led_pin = 17.0: need an integer"),
+        ('[hardware]\nlong_press = "10"\n', "[hardware] long_press = '10': need a number"),
+        ("[hardware]\ngpio_mock = 0\n", "[hardware] gpio_mock = 0: need true or false"),
+    ],
+)
+def test_every_setting_is_checked_for_its_type_at_load(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(BadConfig) as caught:
+        load_camera_config(write(tmp_path, text))
+    assert str(caught.value) == message
+
+
+def test_a_float_setting_takes_an_integer(tmp_path: Path) -> None:
+    config = load_camera_config(write(tmp_path, "[video]\ngop_seconds = 3\n"
+                                                "[hardware]\nlong_press = 5\n"))
+    assert config.video.gop_seconds == 3.0 and isinstance(config.video.gop_seconds, float)
+    assert config.hardware.long_press == 5.0
+
+
+def test_flags_are_type_checked_too() -> None:
+    with pytest.raises(BadConfig, match=r"\[video\] fps = 29.97: need an integer"):
+        load_camera_config(None, None, {"fps": 29.97})
+
+
+def test_the_camera_needs_a_rendezvous_configured(tmp_path: Path) -> None:
+    with pytest.raises(BadConfig, match="no rendezvous server configured"):
+        load_camera_config(write(tmp_path, "[video]\nfps = 25\n"), {}, require_rendezvous=True)
+    config = load_camera_config(None, {"PEERCAM_RENDEZVOUS": "wss://r.example"},
+                                require_rendezvous=True)
+    assert config.rendezvous == "wss://r.example"

@@ -23,6 +23,7 @@ from camera.console import (
     SerialConsole,
 )
 from camera.errors import PeercamError
+from camera.status import DeviceStatus, LinkStatus, NatStatus, SourceStatus, ViewerStatus
 from tests.conftest import scaled
 
 DEVICE_ID = "K7QM-42XD-PB3N"
@@ -52,25 +53,36 @@ class FakeBackend:
         if name in self.hang:
             await asyncio.Event().wait()
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> DeviceStatus:
         await self._misbehave("status")
-        return {
-            "state": "streaming",
-            "device_id": DEVICE_ID,
-            "rendezvous": {"url": self.url, "connected": True},
-            "nat": {
-                "type": self.nat_type,
-                "summary": NAT_SUMMARY if self.nat_type else None,
-            },
-            "source": {"fps": 29.97, "frames": 1234},
-            "viewers": [{"session_id": "a"}, {"session_id": "b"}],
-            "private_key": "NEVER-PRINT-THIS",
-        }
+        return status_record(
+            rendezvous=LinkStatus(self.url, "registered", True, 0, False,
+                                  last_error="NEVER-PRINT-THIS"),
+            nat=NatStatus(self.nat_type, NAT_SUMMARY if self.nat_type else None),
+        )
 
     async def pair(self) -> tuple[str, float]:
         await self._misbehave("pair")
         self.pairs += 1
         return LINK, 600.0
+
+
+def status_record(**fields: Any) -> DeviceStatus:
+    """A status as the agent builds it, with these fields changed."""
+    viewer = ViewerStatus("a" * 8, "phone", "K3MP", True, "host->srflx", False, None, None)
+    base: dict[str, Any] = {
+        "state": "streaming",
+        "device_id": DEVICE_ID,
+        "uptime": 12.0,
+        "rendezvous": LinkStatus("ws://rv.example.net", "registered", True, 0, False),
+        "nat": NatStatus(None, None),
+        "source": SourceStatus("testpattern", 29.97, 1234, 0.01, 0, "1280x720"),
+        "viewers": (viewer, viewer),
+        "pairing_open": False,
+        "viewers_paired": 2,
+        "refusals": 0,
+    }
+    return DeviceStatus(**{**base, **fields})
 
 
 STATUS_LINES = [
@@ -242,19 +254,22 @@ async def test_help_lists_every_command() -> None:
     ]
 
 
-async def test_status_tolerates_missing_fields() -> None:
-    class Sparse(FakeBackend):
-        async def status(self) -> dict[str, Any]:
-            return {"rendezvous": {"url": "not a url", "connected": "yes"},
-                    "source": {"fps": True}, "viewers": None}
+async def test_status_of_a_camera_not_yet_connected() -> None:
+    class Early(FakeBackend):
+        async def status(self) -> DeviceStatus:
+            return status_record(
+                state="registering",
+                rendezvous=LinkStatus("not a url", "connecting", False, 3, False),
+                viewers=(),
+            )
 
-    assert await ConsoleCommands(Sparse()).run("status") == [
-        "state: unknown",
+    assert await ConsoleCommands(Early()).run("status") == [
+        "state: registering",
         f"device id: {DEVICE_ID}",
         "rendezvous: not connected",
         "nat type: unknown (not checked yet)",
-        "source fps: unknown",
-        "viewers: unknown",
+        "source fps: 30.0",
+        "viewers: 0",
     ]
 
 

@@ -1,4 +1,7 @@
-"""camera/ice.py: direct paths first, and the relay grace ends once no direct pair can win.
+"""Direct paths first, and the relay grace ends once no direct pair can win.
+
+The rules are camera/ice.py and camera/client/ice.py; the aioice patch that
+applies them is camera/compat/ice.py.
 
 The rule itself is a pure function (numbers in, a deadline out). The patched
 checks run on real aioice agents over loopback; what they cannot have there,
@@ -19,8 +22,10 @@ import pytest
 from aioice import Candidate, stun
 from aioice.ice import CandidatePair, Connection
 
-from camera import ice
-from camera.ice import DirectFirst, prefer_direct, relay_deadline
+from camera.client.ice import install as install_relay_rule
+from camera.client.ice import relay_deadline
+from camera.compat import Settings, ice, reconfigure
+from camera.ice import DirectFirst
 from tests.conftest import scaled
 
 LAB = DirectFirst()  # the shipped timers
@@ -109,9 +114,10 @@ def agent(controlling: bool) -> Connection:
 @pytest.fixture
 def timing() -> Iterator[DirectFirst]:
     chosen = DirectFirst(retransmit=0.05, fast_for=1.0)
-    prefer_direct(timing=chosen)
+    install_relay_rule()
+    reconfigure(Settings(direct_first=chosen))
     yield chosen
-    prefer_direct()
+    reconfigure(Settings())
 
 
 async def test_an_incoming_check_retransmits_our_check_of_that_pair_at_once(
@@ -279,11 +285,12 @@ async def test_the_relay_is_nominated_once_no_direct_pair_can_win(
     agents: tuple[Connection, Connection, Gate]
 ) -> None:
     viewer, camera, _gate = agents  # the gate never opens: no direct path
-    prefer_direct(timing=DirectFirst(grace=scaled(5.0)))
+    install_relay_rule()
+    reconfigure(Settings(direct_first=DirectFirst(grace=scaled(5.0))))
     try:
         took = await connect(viewer, camera)
     finally:
-        prefer_direct()
+        reconfigure(Settings())
     assert viewer._nominated[1].remote_candidate.type == "relay"
     assert camera._nominated[1].remote_candidate.host == viewer.local_candidates[0].host
     # The old rule waited the whole grace; this one ends ~0.2 s after the first check.
@@ -295,7 +302,8 @@ async def test_a_direct_pair_whose_hole_opens_after_the_relay_answered_still_win
 ) -> None:
     viewer, camera, gate = agents
     timing = DirectFirst(grace=scaled(5.0), retransmit=0.1, margin=scaled(0.3))
-    prefer_direct(timing=timing)
+    install_relay_rule()
+    reconfigure(Settings(direct_first=timing))
     waited: list[CandidatePair] = []
     original = ice._another_pair_won
 
@@ -313,7 +321,7 @@ async def test_a_direct_pair_whose_hole_opens_after_the_relay_answered_still_win
     try:
         await connect(viewer, camera)
     finally:
-        prefer_direct()
+        reconfigure(Settings())
         await opener
     assert viewer._nominated[1].remote_candidate.type == "srflx"
     assert [p.remote_candidate.type for p in waited] == ["relay"]

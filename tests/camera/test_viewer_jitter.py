@@ -26,17 +26,17 @@ from aiortc.rtp import RtpPacket
 
 from camera import stamp
 from camera.client.viewer import (
-    _DECODER_ERROR_ATTR,
-    _DECODER_QUEUE_ATTR,
-    _JITTER_BUFFER_ATTR,
     MarkerJitterBuffer,
     Mp4Recorder,
     _DecoderQueue,
     _hook_receiver,
-    check_receiver_hooks,
     release_frames_on_marker,
     stamp_region,
 )
+from camera.compat.receiver import DECODER_ERROR_ATTR as _DECODER_ERROR_ATTR
+from camera.compat.receiver import DECODER_QUEUE_ATTR as _DECODER_QUEUE_ATTR
+from camera.compat.receiver import JITTER_BUFFER_ATTR as _JITTER_BUFFER_ATTR
+from camera.compat.receiver import check_receiver_hooks
 from camera.sources.base import VideoSettings
 from camera.sources.x264 import X264Encoder
 

@@ -158,7 +158,8 @@ def test_dry_run_on_this_machine_plans_the_whole_install(tmp_path: Path) -> None
                    for line in out), out
     if not Path("/var/lib/peercam/device_key.pem").exists():
         as_user = f"runuser -u {user} -- env STATE_DIRECTORY=/var/lib/peercam {venv}/bin/peercam"
-        assert f"[dry-run] {as_user} camera identity --config /etc/peercam/camera.toml" in out
+        assert (f"[dry-run] {as_user} camera identity --create "
+                f"--config /etc/peercam/camera.toml") in out
         assert f"[dry-run] {as_user} pair --config /etc/peercam/camera.toml --ttl 600" in out
     assert not any(line.startswith("[run]") for line in out)
     assert not prefix.exists()

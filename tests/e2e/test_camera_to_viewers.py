@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -11,15 +12,28 @@ import av
 import pytest
 
 from camera.client.viewer import view
+from camera.sources.x264 import EncodedPicture, X264Encoder
 from services.signaling import Role
 from tests.conftest import Stack, scaled, signed_offer
 
 
-async def test_several_viewers_at_once_each_decode_full_rate(stack: Stack) -> None:
+async def test_several_viewers_at_once_each_decode_full_rate(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every libx264 encode in this process, timed (the layer below the source).
+    encodes: list[float] = []
+    encode = X264Encoder.encode
+
+    def counted(self: X264Encoder, frame: av.VideoFrame,
+                force_idr: bool = False) -> list[EncodedPicture]:
+        encodes.append(time.perf_counter())
+        return encode(self, frame, force_idr)
+
+    monkeypatch.setattr(X264Encoder, "encode", counted)
+    viewers = 3
     camera = await stack.camera()
     link = stack.link(camera)
-    results = await asyncio.gather(*(view(link, seconds=4) for _ in range(3)))
-    published = camera.broadcaster.frames_published
+    results = await asyncio.gather(*(view(link, seconds=4) for _ in range(viewers)))
     for stats in results:
         summary = stats.as_dict()
         assert summary["fps"] >= 25, summary
@@ -28,9 +42,18 @@ async def test_several_viewers_at_once_each_decode_full_rate(stack: Stack) -> No
         assert (summary["width"], summary["height"]) == (320, 240)
         # The burnt-in capture time came back through encode, RTP and decode.
         assert summary["latency_ms_p50"] is not None and 0 <= summary["latency_ms_p50"] < 1000
-    # One encode for every viewer: the source produced one stream, not three.
-    elapsed = published / 30
-    assert published < 30 * (elapsed + 1)
+        # One encode for every viewer: while this viewer decoded its frames, the
+        # process encoded about as many pictures as it decoded, not one per viewer
+        # for each (that would be ~3x as many).
+        assert stats.first_frame_at is not None and stats.last_frame_at is not None
+        during = sum(stats.first_frame_at <= t <= stats.last_frame_at for t in encodes)
+        assert during < 1.5 * stats.frames, (during, summary)
+        assert len(encodes) >= stats.frames  # the counter sees the encoder that fed it
+    # Together the viewers decoded ~3x what was encoded meanwhile: one stream, fanned out.
+    first = min(s.first_frame_at for s in results if s.first_frame_at is not None)
+    last = max(s.last_frame_at for s in results if s.last_frame_at is not None)
+    encoded = sum(first <= t <= last for t in encodes)
+    assert sum(s.frames for s in results) > (viewers - 1) * encoded, encoded
     assert camera.broadcaster.keyframe_requests >= 3  # each join asked for an IDR
 
 

@@ -182,7 +182,8 @@ async def test_session_ending_mid_move_stops_the_head_at_once(stack: Stack) -> N
 async def test_camera_without_a_head_says_so(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from camera.cli import _ptz, build_parser
+    from camera.cli import build_parser
+    from camera.cli.client import ptz_command
 
     camera = await stack.camera()
     assert camera.ptz.head is None
@@ -192,10 +193,10 @@ async def test_camera_without_a_head_says_so(
     assert camera.refusals == 0
     # The command's handler: a clear message and a non-zero exit.
     args = build_parser().parse_args(["ptz", stack.link(camera), "goto", "2", "--json"])
-    assert await _ptz(args) == 1
-    out, err = capsys.readouterr()
+    with pytest.raises(PtzRefused, match="no pan/tilt head"):
+        await ptz_command(args)  # main() prints it as one line, exit status 1
+    out, _err = capsys.readouterr()
     assert json.loads(out) == {"error": "this camera has no pan/tilt head"}
-    assert err == "peercam ptz: this camera has no pan/tilt head\n"
 
 
 async def test_peercam_ptz_cli_moves_the_head(stack: Stack, viewer_dir: Path) -> None:

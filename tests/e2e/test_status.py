@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from camera.client.viewer import view
+from camera.client.viewer import SessionEnded, view
 from camera.config import CameraConfig
 from camera.control import ControlError, ControlServer, request
 from camera.device import Device
+from camera.identity import DeviceIdentity
 from tests.conftest import SMALL_VIDEO, Stack, scaled
 
 PEERCAM = [sys.executable, "-m", "camera.cli"]
@@ -71,8 +72,8 @@ async def test_status_shows_state_network_source_and_each_viewer(
     assert agent is not None
     watching = asyncio.ensure_future(view(stack.link(agent), seconds=6))
     for _ in range(int(scaled(100))):
-        viewers = agent.status()["viewers"]
-        if viewers and viewers[0]["bitrate"] is not None and viewers[0]["rtt_ms"] is not None:
+        viewers = agent.status().viewers
+        if viewers and viewers[0].bitrate is not None and viewers[0].rtt_ms is not None:
             break
         await asyncio.sleep(0.1)
     done = await cli("status", "--socket", str(socket_path(device)), "--json")
@@ -80,8 +81,9 @@ async def test_status_shows_state_network_source_and_each_viewer(
     status = json.loads(done.stdout)
     assert status["state"] == "streaming_direct"
     assert status["device_id"] == agent.device_id
-    assert status["rendezvous"] == {"url": stack.url, "connected": True, "reconnects": 0,
-                                    "network_down": False}
+    assert status["rendezvous"] == {"url": stack.url, "state": "registered", "connected": True,
+                                    "reconnects": 0, "network_down": False,
+                                    "last_error": None, "recoveries": 0}
     # fps over the last 2 s: well under 30 only when the machine is starved.
     assert status["source"]["fps"] > 5 and status["source"]["size"] == "320x240"
     [viewer] = status["viewers"]
@@ -124,9 +126,11 @@ async def test_viewers_and_pair_go_through_the_running_agent(
     assert revoked.returncode == 0, revoked.stderr
     assert row["fingerprint"] in revoked.stdout
     assert stack.viewer.key not in agent.acl
-    # Through the socket the session ends at once, not at the next ACL poll.
-    stats = await asyncio.wait_for(watching, scaled(10))
-    assert stats.frames > 0
+    # Through the socket the session ends at once, not at the next ACL poll; the
+    # viewer says the camera ended it (exit status 3 for peercam view).
+    with pytest.raises(SessionEnded, match="revoked") as ended:
+        await asyncio.wait_for(watching, scaled(10))
+    assert ended.value.stats is not None and ended.value.stats.frames > 0
     missing = await cli("viewers", "revoke", "nobody", "--socket", sock)
     assert missing.returncode == 1 and "no paired viewer" in missing.stderr
 
@@ -178,7 +182,7 @@ async def test_other_users_are_refused_even_if_the_file_mode_is_loosened(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "b''"  # hung up without a word
-    assert device.agent is not None and device.agent.status()["state"]  # still fine
+    assert device.agent is not None and device.agent.status().state  # still fine
 
 
 async def test_no_agent_gives_a_clear_error_and_files_are_used_offline(
@@ -186,7 +190,12 @@ async def test_no_agent_gives_a_clear_error_and_files_are_used_offline(
 ) -> None:
     state = tmp_path / "offline"
     done = await cli("status", "--state-dir", str(state))
-    assert done.returncode == 2 and "no camera agent on" in done.stderr
+    assert done.returncode == 4 and "no camera agent on" in done.stderr
+    # No device key there: no camera to act on, and nothing is created.
+    listed = await cli("viewers", "list", "--state-dir", str(state))
+    assert listed.returncode == 4 and "no device key" in listed.stderr
+    assert not (state / "device_key.pem").exists()
+    DeviceIdentity.load_or_create(state)
     listed = await cli("viewers", "list", "--state-dir", str(state))
     assert listed.returncode == 0 and "no paired viewers" in listed.stdout
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from camera.agent import CameraAgent
-from camera.client.viewer import view
+from camera.client.viewer import ViewError, view
 from camera.config import CameraConfig, make_configured_source
 from camera.identity import DeviceIdentity
 from services.rendezvous import RendezvousConfig, start_rendezvous
@@ -52,7 +52,7 @@ async def test_camera_over_tls_verifies_the_server(
         stack = Stack(server, url, tmp_path)
         trusting.acl.add(stack.viewer.key, stack.viewer.name)
         link = f"https://127.0.0.1:{port}/#device={trusting.device_id}"
-        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        with pytest.raises(ViewError, match="certificate verify failed"):
             await view(link, seconds=1)
         stats = await view(link, seconds=1, tls_ca=str(cert))
         assert stats.frames > 10

@@ -1,0 +1,149 @@
+"""One home for peercam's hooks into aiortc's and aioice's private members.
+
+aiortc (pinned 1.16.*) and aioice (pinned 0.13.*) lack three things peercam
+needs, so it reaches into their internals, here and nowhere else:
+
+* the camera's RTP senders turn PLI/FIR and NACKs beyond the retransmit history
+  into keyframe requests (:func:`hook_sender`, :mod:`camera.compat.sender`);
+* the CLI viewer's receivers release a frame on its marker packet and bound their
+  decoder queue (:mod:`camera.compat.receiver`);
+* aioice's connectivity checks try direct paths first and retransmit sooner
+  (:mod:`camera.compat.ice`; the rules are in :mod:`camera.ice` and, for the
+  viewer, :mod:`camera.client.ice`), and gather host candidates only on chosen
+  addresses (:func:`restrict_host_addresses`).
+
+Before any of it is used, the installed versions and every private member a hook
+touches are checked (existence, callable or coroutine, parameter names), and a
+mismatch raises :class:`IncompatibleLibrary` naming the library, its version and
+the member. The process-wide part (aioice's two methods) is installed once per
+process by :func:`install` with its :class:`Settings`; installing again with the
+same settings does nothing, with other settings raises :class:`HooksConflict`:
+changing them is :func:`reconfigure`, on purpose.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioice
+import aiortc
+from aioice.ice import CandidatePair, Connection
+from aiortc import RTCIceTransport
+
+from camera.compat import ice, receiver, sender
+from camera.compat.guard import (
+    AIOICE,
+    AIORTC,
+    HooksConflict,
+    IncompatibleLibrary,
+    Library,
+    Member,
+    check_version,
+    instance_attribute,
+)
+from camera.compat.ice import restrict_host_addresses
+from camera.compat.sender import hook_sender
+from camera.ice import DirectFirst
+
+__all__ = [
+    "AIOICE",
+    "AIORTC",
+    "HooksConflict",
+    "IncompatibleLibrary",
+    "Library",
+    "Member",
+    "Settings",
+    "check_libraries",
+    "ensure_installed",
+    "hook_sender",
+    "install",
+    "installed",
+    "nominated_pair",
+    "reconfigure",
+    "restrict_host_addresses",
+    "uninstall",
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the process-wide hooks are installed with."""
+
+    direct_first: DirectFirst = field(default_factory=DirectFirst)
+    """Timers of the direct-first ICE rules (camera.ice)."""
+
+
+def check_libraries(aiortc_module: Any = aiortc, aioice_module: Any = aioice) -> None:
+    """The versions, then every private member any hook uses: before any is used."""
+    check_version(AIORTC, aiortc_module)
+    check_version(AIOICE, aioice_module)
+    sender.check_members(aiortc_module)
+    receiver.check_members(aiortc_module)
+    ice.check_members(aioice_module)
+
+
+_lock = threading.Lock()
+_installed: Settings | None = None
+
+
+def install(settings: Settings | None = None) -> Settings:
+    """Check the libraries and patch aioice, once per process; returns the settings in force.
+
+    Again with equal settings: nothing happens. With other settings:
+    :class:`HooksConflict` (two parts of one process disagree; :func:`reconfigure`
+    changes them on purpose).
+    """
+    global _installed
+    wanted = settings if settings is not None else Settings()
+    with _lock:
+        if _installed is not None:
+            if _installed != wanted:
+                raise HooksConflict(
+                    f"peercam's library hooks are installed with {_installed}; "
+                    f"install({wanted}) would change them (reconfigure() does that on purpose)"
+                )
+            return _installed
+        check_libraries()
+        ice.patch(wanted.direct_first)
+        _installed = wanted
+        return wanted
+
+
+def ensure_installed() -> Settings:
+    """The settings in force, installing the defaults if nothing was installed yet."""
+    current = _installed
+    return current if current is not None else install()
+
+
+def installed() -> Settings | None:
+    return _installed
+
+
+def reconfigure(settings: Settings) -> Settings:
+    """Change the settings of installed hooks (or install them with these)."""
+    global _installed
+    with _lock:
+        if _installed is None:
+            check_libraries()
+            ice.patch(settings.direct_first)
+        else:
+            ice.set_timing(settings.direct_first)
+        _installed = settings
+        return settings
+
+
+def uninstall() -> None:
+    """Put aioice's own methods back (tests); the next install checks and patches again."""
+    global _installed
+    with _lock:
+        ice.unpatch()
+        ice.set_relay_policy(None)
+        _installed = None
+
+
+def nominated_pair(transport: RTCIceTransport, component: int = 1) -> CandidatePair | None:
+    """The ICE pair aioice selected under this aiortc ICE transport, if any."""
+    connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
+    return ice.nominated_pair(connection, component)

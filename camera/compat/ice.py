@@ -1,0 +1,366 @@
+"""aioice 0.13's ``Connection.check_start`` and ``check_incoming``, with peercam's rules.
+
+The rules and their reasons are in :mod:`camera.ice` (both ICE roles: immediate
+and fast retransmits) and :mod:`camera.client.ice` (the controlling agent, the
+viewer: deferred relay nomination). This module is their I/O against aioice's
+internals: :func:`check_start` follows aioice 0.13.0's line by line apart from
+those rules, and everything it reads or calls on a ``Connection`` or
+``CandidatePair`` is checked by :func:`check_members` before :func:`patch`
+replaces the two methods, once per process (:mod:`camera.compat`).
+
+Without a relay policy (:func:`set_relay_policy`; the camera never sets one, it
+answers and so is the controlled agent) a controlling agent nominates exactly as
+stock aioice does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aioice
+import aioice.ice
+from aioice import stun
+from aioice.ice import CandidatePair, Connection, candidate_pair_priority
+
+from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
+from camera.ice import DirectFirst
+
+logger = logging.getLogger("camera.ice")  # the lab benchmarks read these lines by this name
+
+_State = CandidatePair.State
+
+
+class RelayDeadline(Protocol):
+    """When a successful relay pair stops waiting for a direct pair (see camera.client.ice)."""
+
+    def __call__(
+        self,
+        timing: DirectFirst,
+        *,
+        first_check: float,
+        relay_ok: float,
+        relay_rtt: float,
+        pairs: int,
+        direct_sent: Sequence[float | None],
+    ) -> float: ...
+
+
+# What the replacement methods use of aioice, checked before they go in.
+_CONNECTION_MEMBERS = (
+    Member("check_start", "coroutine", ("self", "pair")),
+    Member("check_incoming", "method", ("self", "message", "addr", "protocol")),
+    Member("check_state", "method", ("self", "pair", "state")),
+    Member("check_complete", "method", ("self", "pair")),
+    Member("build_request", "method", ("self", "pair", "nominate")),
+    Member("switch_role", "method", ("self", "ice_controlling")),
+    Member("check_start_task", "method", ("self", "pair")),
+)
+_PAIR_MEMBERS = (
+    Member("State", "attribute"),
+    Member("remote_addr", "attribute"),
+    Member("component", "attribute"),
+    Member("local_candidate", "attribute"),
+)
+_STATES = ("FROZEN", "WAITING", "IN_PROGRESS", "SUCCEEDED", "FAILED")
+_MODULE_MEMBERS = (
+    Member("get_host_addresses", "function", ("use_ipv4", "use_ipv6")),
+    Member("candidate_pair_priority", "function", ("local", "remote", "ice_controlling")),
+)
+
+
+def check_members(
+    module: Any = aioice, connection_class: Any = Connection, pair_class: Any = CandidatePair,
+    ice_module: Any = aioice.ice,
+) -> None:
+    """Every aioice member the patch and the host-address filter use, before use."""
+    for member in _CONNECTION_MEMBERS:
+        require(AIOICE, module, connection_class, member)
+    for member in _PAIR_MEMBERS:
+        require(AIOICE, module, pair_class, member)
+    for state in _STATES:
+        require(AIOICE, module, pair_class.State, Member(state, "attribute"))
+    for member in _MODULE_MEMBERS:
+        require(AIOICE, module, ice_module, member)
+    require(AIOICE, module, stun, Member("TransactionError", "attribute"))
+    # Per-connection state lives in instance attributes set by __init__: look at one.
+    probe = connection_class(ice_controlling=True, components=1)
+    instance_attribute(AIOICE, module, probe, "_check_list", list)
+    instance_attribute(AIOICE, module, probe, "_nominated", dict)
+    instance_attribute(AIOICE, module, probe, "_nominating", set)
+    instance_attribute(AIOICE, module, probe, "remote_is_lite", bool)
+
+
+_PENDING = (_State.FROZEN, _State.WAITING, _State.IN_PROGRESS)
+_ORIGINAL_CHECK_START = Connection.check_start
+_ORIGINAL_CHECK_INCOMING = Connection.check_incoming
+_ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
+
+_timing = DirectFirst()
+_relay_deadline: RelayDeadline | None = None
+
+# Per check-list bookkeeping, dropped with the objects (aioice owns them).
+_first_check: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+_sent_at: weakref.WeakKeyDictionary[CandidatePair, float] = weakref.WeakKeyDictionary()
+_in_flight: weakref.WeakKeyDictionary[CandidatePair, stun.Message] = weakref.WeakKeyDictionary()
+_waiting_relays: weakref.WeakKeyDictionary[Connection, weakref.WeakSet[CandidatePair]] = (
+    weakref.WeakKeyDictionary())
+
+
+def patch(timing: DirectFirst) -> None:
+    """Replace aioice's two methods with the ones below (process-wide)."""
+    set_timing(timing)
+    start: Any = check_start
+    incoming: Any = check_incoming
+    Connection.check_start = start  # type: ignore[method-assign]
+    Connection.check_incoming = incoming  # type: ignore[method-assign]
+
+
+def unpatch() -> None:
+    """Put aioice's own methods back."""
+    Connection.check_start = _ORIGINAL_CHECK_START  # type: ignore[method-assign]
+    Connection.check_incoming = _ORIGINAL_CHECK_INCOMING  # type: ignore[method-assign]
+
+
+def set_timing(timing: DirectFirst) -> None:
+    global _timing
+    _timing = timing
+
+
+def timing() -> DirectFirst:
+    return _timing
+
+
+def set_relay_policy(deadline: RelayDeadline | None) -> None:
+    """The controlling agent's relay deferral (rule 1); once per process, or None to drop it."""
+    global _relay_deadline
+    if deadline is not None and _relay_deadline is not None and deadline is not _relay_deadline:
+        raise HooksConflict(
+            f"another relay nomination policy is installed ({_relay_deadline!r}); "
+            f"refusing {deadline!r}"
+        )
+    _relay_deadline = deadline
+
+
+def relay_policy() -> RelayDeadline | None:
+    return _relay_deadline
+
+
+# -- reading aioice state for the rest of peercam -------------------------------------
+
+
+def nominated_pair(connection: Connection, component: int = 1) -> CandidatePair | None:
+    """The pair ICE selected for ``component``, if any."""
+    nominated: dict[int, CandidatePair] = instance_attribute(
+        AIOICE, aioice, connection, "_nominated", dict)
+    return nominated.get(component)
+
+
+def restrict_host_addresses(addresses: list[str] | None) -> None:
+    """Make aioice gather host candidates on these addresses only (None: its own lookup)."""
+    if addresses is None:
+        aioice.ice.get_host_addresses = _ORIGINAL_GET_HOST_ADDRESSES
+        return
+    require(AIOICE, aioice, aioice.ice, _MODULE_MEMBERS[0])
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+# -- the replacement methods -----------------------------------------------------------
+
+
+def _is_relay(pair: CandidatePair) -> bool:
+    return "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
+
+
+def _pending_direct(connection: Connection, component: int) -> list[CandidatePair]:
+    """Direct pairs of this component still unchecked or in flight."""
+    return [
+        p for p in connection._check_list
+        if p.component == component and not _is_relay(p) and p.state in _PENDING
+    ]
+
+
+def _priority(connection: Connection, pair: CandidatePair) -> int:
+    return candidate_pair_priority(pair.local_candidate, pair.remote_candidate,
+                                   connection.ice_controlling)
+
+
+async def _another_pair_won(
+    connection: Connection, pair: CandidatePair, relay_ok: float, relay_rtt: float
+) -> bool:
+    """Wait until another pair of this component is nominated (True), or until this
+    relay pair should be (False): no direct pair can still win and no relay pair of
+    higher priority (RFC 8445 section 6.1.2.3) is waiting too; a relay to relay
+    pair, say, goes through the TURN server twice."""
+    deadline_of = _relay_deadline
+    assert deadline_of is not None  # only deferred with a policy
+    loop = asyncio.get_running_loop()
+    waiting = _waiting_relays.setdefault(connection, weakref.WeakSet())
+    waiting.add(pair)
+    try:
+        while True:
+            if pair.component in connection._nominated:
+                return True
+            pending = _pending_direct(connection, pair.component)
+            deadline = relay_ok if not pending else deadline_of(
+                _timing,
+                first_check=_first_check.get(connection, relay_ok),
+                relay_ok=relay_ok,
+                relay_rtt=relay_rtt,
+                pairs=len(connection._check_list),
+                direct_sent=[_sent_at.get(p) if p.state == _State.IN_PROGRESS else None
+                             for p in pending],
+            )
+            now = loop.time()
+            if now >= deadline and pair.component not in connection._nominating and not any(
+                other.component == pair.component
+                and _priority(connection, other) > _priority(connection, pair)
+                for other in waiting
+            ):
+                return False
+            # Until the deadline, or a check's worth when waiting for another pair.
+            delay = deadline - now if deadline > now else _timing.pacing
+            await asyncio.sleep(min(2 * _timing.pacing, delay))
+    finally:
+        waiting.discard(pair)
+
+
+class _FastRetransmit:
+    """Resends one check's request every ``retransmit`` s for its first ``fast_for`` s."""
+
+    def __init__(self, pair: CandidatePair, request: stun.Message) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pair = pair
+        self._request = request
+        self._until = self._loop.time() + _timing.fast_for
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(
+            _timing.retransmit, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._pair.protocol.send_stun(self._request, self._pair.remote_addr)
+        if self._loop.time() + _timing.retransmit < self._until:
+            self._handle = self._loop.call_later(_timing.retransmit, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+async def _transaction(
+    connection: Connection, pair: CandidatePair, request: stun.Message
+) -> tuple[stun.Message, tuple[str, int]]:
+    """One check's STUN transaction, open to immediate (2) and fast (3) retransmits."""
+    assert connection.remote_password is not None
+    _sent_at[pair] = asyncio.get_running_loop().time()
+    _in_flight[pair] = request
+    fast = None if _is_relay(pair) else _FastRetransmit(pair, request)
+    try:
+        return await pair.protocol.request(
+            request, pair.remote_addr, integrity_key=connection.remote_password.encode("utf8")
+        )
+    finally:
+        _in_flight.pop(pair, None)
+        if fast is not None:
+            fast.cancel()
+
+
+async def check_start(self: Connection, pair: CandidatePair) -> None:
+    """aioice 0.13.0 ``Connection.check_start`` with peercam's rules."""
+    assert self.remote_password is not None
+    loop = asyncio.get_running_loop()
+    self.check_state(pair, _State.IN_PROGRESS)
+    _first_check.setdefault(self, loop.time())
+
+    policy = _relay_deadline is not None
+    defer = (policy and self.ice_controlling and _is_relay(pair)
+             and bool(_pending_direct(self, pair.component)))
+    # Once a pair is nominated, a late check (say, triggered by the peer's check
+    # arriving over a relay) must not nominate another: aioice would replace
+    # the selected pair, on both sides, with whichever was nominated last.
+    settled = policy and pair.component in self._nominated
+    nominate = self.ice_controlling and not self.remote_is_lite and not defer and not settled
+    request = self.build_request(pair, nominate=nominate)
+    try:
+        response, addr = await _transaction(self, pair, request)
+    except stun.TransactionError as exc:
+        # Role conflict or failure (RFC 8445 sections 7.2.5.1 and 7.2.5.2).
+        if exc.response and exc.response.error_code == 487:
+            if "ICE-CONTROLLING" in request.attributes:
+                self.switch_role(ice_controlling=False)
+            elif "ICE-CONTROLLED" in request.attributes:
+                self.switch_role(ice_controlling=True)
+            return await check_start(self, pair)
+        self.check_state(pair, _State.FAILED)
+        self.check_complete(pair)
+        return
+
+    # Check that the remote address matches (RFC 8445 section 7.2.5.2.1).
+    if addr != pair.remote_addr:
+        self.check_state(pair, _State.FAILED)
+        self.check_complete(pair)
+        return
+
+    # Success (RFC 8445 section 7.2.5.3).
+    if nominate or pair.remote_nominated:
+        pair.nominated = True
+    elif self.ice_controlling and defer:
+        succeeded = loop.time()
+        rtt = succeeded - _sent_at.get(pair, succeeded)
+        if await _another_pair_won(self, pair, succeeded, rtt):
+            logger.info("ICE: relay pair %s not nominated: %s was", pair,
+                        self._nominated[pair.component])
+            self.check_state(pair, _State.SUCCEEDED)
+            self.check_complete(pair)
+            return
+        logger.info("ICE: nominating relay pair %s after %.0f ms: no direct pair can win",
+                    pair, 1000 * (loop.time() - succeeded))
+        if not await _nominate(self, pair):
+            return
+    elif (self.ice_controlling and pair.component not in self._nominating
+          and not (policy and pair.component in self._nominated)):
+        if not await _nominate(self, pair):
+            return
+    self.check_state(pair, _State.SUCCEEDED)
+    self.check_complete(pair)
+
+
+async def _nominate(self: Connection, pair: CandidatePair) -> bool:
+    """Regular nomination (RFC 8445 section 8.1.1): repeat the check with USE-CANDIDATE."""
+    assert self.remote_password is not None
+    self._nominating.add(pair.component)
+    request = self.build_request(pair, nominate=True)
+    try:
+        await pair.protocol.request(
+            request, pair.remote_addr, integrity_key=self.remote_password.encode("utf8")
+        )
+    except stun.TransactionError:
+        self._nominating.discard(pair.component)
+        self.check_state(pair, _State.FAILED)
+        self.check_complete(pair)
+        return False
+    pair.nominated = True
+    return True
+
+
+def check_incoming(
+    self: Connection, message: stun.Message, addr: tuple[str, int], protocol: Any
+) -> None:
+    """aioice's ``check_incoming``, then (2): retransmit our own check of that pair now."""
+    pair = next((p for p in self._check_list
+                 if p.protocol is protocol and p.remote_addr == (addr[0], addr[1])), None)
+    in_progress = pair is not None and pair.state == _State.IN_PROGRESS
+    _ORIGINAL_CHECK_INCOMING(self, message, addr, protocol)
+    request = _in_flight.get(pair) if in_progress and pair is not None else None
+    if pair is not None and request is not None:
+        protocol.send_stun(request, pair.remote_addr)
+

@@ -1,0 +1,54 @@
+"""The camera's hooks into aiortc 1.16's ``RTCRtpSender``: PLI/FIR and NACK misses.
+
+aiortc sends a pre-encoded ``av.Packet`` through ``encoder.pack()``: no decode,
+no re-encode. On that path it drops PLI/FIR (``RTCRtpSender._send_keyframe``
+only sets a private flag its encoder path reads) and silently ignores a NACK
+for a packet that fell out of its 128-packet history. :func:`hook_sender` makes
+both reach the source as keyframe requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import aiortc
+from aiortc import RTCRtpSender
+from aiortc.rtp import RTP_HISTORY_SIZE
+
+from camera.compat.guard import AIORTC, Member, instance_attribute, require
+
+HISTORY_ATTR = "_RTCRtpSender__rtp_history"
+"""The sender's retransmit history: sequence number modulo RTP_HISTORY_SIZE -> packet."""
+
+_SENDER_MEMBERS = (
+    Member("_send_keyframe", "method", ("self",)),
+    Member("_retransmit", "coroutine", ("self", "sequence_number")),
+    Member("_handle_rtcp_packet", "coroutine", ("self", "packet")),
+)
+
+
+def check_members(module: Any = aiortc, sender_class: Any = RTCRtpSender) -> None:
+    """The sender methods :func:`hook_sender` replaces (and the one that calls them)."""
+    for member in _SENDER_MEMBERS:
+        require(AIORTC, module, sender_class, member)
+
+
+def hook_sender(sender: RTCRtpSender, request_keyframe: Callable[[str], None]) -> None:
+    """Route this sender's PLI/FIR and unservable NACKs to ``request_keyframe``."""
+    history: dict[int, Any] = instance_attribute(AIORTC, aiortc, sender, HISTORY_ATTR, dict)
+    retransmit = require(AIORTC, aiortc, sender, _SENDER_MEMBERS[1])
+
+    def send_keyframe() -> None:
+        request_keyframe("PLI/FIR")
+
+    async def retransmit_or_keyframe(sequence_number: int) -> None:
+        packet = history.get(sequence_number % RTP_HISTORY_SIZE)
+        if packet is None or packet.sequence_number != sequence_number:
+            # Lost beyond the retransmit history: only a new IDR repairs the picture.
+            request_keyframe("NACK beyond history")
+            return
+        await retransmit(sequence_number)
+
+    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+    sender._retransmit = retransmit_or_keyframe  # type: ignore[method-assign]
