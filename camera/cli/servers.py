@@ -46,6 +46,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="connections not yet upgraded, per IP address (default 16)")
     rdv.add_argument("--max-connections", type=int, default=0, metavar="N",
                      help="open connections (default 0: the descriptor limit less 64)")
+    rdv.add_argument("--metrics-listen", type=host_port, default=None, metavar="HOST:PORT",
+                     help="serve /metrics only on this address (e.g. 127.0.0.1:9464), not on"
+                          " the public port (default: /metrics on the public port)")
     rdv.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS/WSS")
     rdv.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     rdv.add_argument("--turn-url", action="append", default=[], metavar="URL",
@@ -116,7 +119,8 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
                               server_names=names, handshake_timeout=args.handshake_timeout,
                               max_pending=args.max_pending,
                               max_pending_per_ip=args.max_pending_per_ip,
-                              max_connections=args.max_connections)
+                              max_connections=args.max_connections,
+                              metrics_listen=args.metrics_listen)
     _server, runner, bound = await _listen(host, port, config, ssl_context)
     print(f"LISTENING {host}:{bound}", flush=True)
     await serve_until_signalled(f"listening on {host}:{bound}", runner.cleanup)
