@@ -10,7 +10,6 @@ import asyncio
 import gc
 import json
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from camera.identity import DeviceIdentity
 from services.rendezvous import BadRendezvousConfig, RendezvousConfig, start_rendezvous
@@ -27,30 +25,11 @@ from services.signaling import Role
 from services.signatures import encode_public_key, register_statement, sign
 from services.turn import TurnConfig, mint
 from tests.conftest import scaled
+from tests.prometheus import assert_lint_clean, promtool, value
 from tests.services.messages import legal
 
 RULES = Path(__file__).resolve().parents[2] / "docs" / "prometheus" / "peercam.rules.yml"
 SESSION = "s" * 22
-
-
-def promtool(*args: str, text: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", *args], input=text, capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
-def assert_lint_clean(text: str) -> None:
-    """``promtool check metrics``: a valid exposition with no lint problem at all."""
-    result = promtool("check", "metrics", text=text)
-    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    """The sample ``name{labels}`` (labels compared as given; others ignored)."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    raise AssertionError(f"no sample {name}{labels}")
 
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> str:
