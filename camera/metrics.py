@@ -18,17 +18,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import Metric
 
 from camera.errors import BadConfig
 from camera.status import DeviceStatus
+from services.metrics import Families
+from services.metrics import counter as _counter
+from services.metrics import gauge as _gauge
 
 if TYPE_CHECKING:
     from camera.agent import CameraAgent
@@ -82,26 +84,6 @@ def counters_of(agent: CameraAgent) -> CameraCounters:
         watchdog_stopped=stopped,
         replaced=agent.replaced,
     )
-
-
-def _gauge(name: str, doc: str, value: float | None = None, labels: Iterable[str] = (),
-           values: Mapping[tuple[str, ...], float] | None = None) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=list(labels))
-    if value is not None:
-        family.add_metric([], value)
-    for key, number in (values or {}).items():
-        family.add_metric(list(key), number)
-    return family
-
-
-def _counter(name: str, doc: str, value: float | None = None, labels: Iterable[str] = (),
-             values: Mapping[tuple[str, ...], float] | None = None) -> Metric:
-    family = CounterMetricFamily(name, doc, labels=list(labels))
-    if value is not None:
-        family.add_metric([], value)
-    for key, number in (values or {}).items():
-        family.add_metric(list(key), number)
-    return family
 
 
 def families(status: DeviceStatus, counters: CameraCounters, now: float) -> Iterator[Metric]:
@@ -204,18 +186,10 @@ def families(status: DeviceStatus, counters: CameraCounters, now: float) -> Iter
                    labels=["action"], values={(a,): actions[a] for a in RECOVERY_ACTIONS})
 
 
-class _Families(Collector):
-    def __init__(self, metrics: list[Metric]) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self.metrics)
-
-
 def render(status: DeviceStatus, counters: CameraCounters, now: float) -> str:
     """The textfile for one status record, in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(list(families(status, counters, now))))
+    registry.register(Families(lambda: families(status, counters, now)))
     return generate_latest(registry).decode()
 
 

@@ -10,7 +10,9 @@ library's global default registry. What a server adds here:
   build-info gauge;
 - :func:`metrics_handler`: the ``/metrics`` aiohttp handler for a registry;
 - :func:`serve_metrics`: the same handler alone on its own address, for a
-  server that keeps ``/metrics`` off its public port.
+  server that keeps ``/metrics`` off its public port;
+- :func:`counter`, :func:`gauge`, :class:`Families`: metric families built at
+  scrape time from a server's own plain counters (no second copy of them).
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +117,39 @@ class RuntimeMetrics:
             generation = info.get("generation", 2)
             self.gc_pause.labels(str(generation if generation in (0, 1, 2) else 2)).observe(
                 pause)
+
+
+def _family(family: CounterMetricFamily | GaugeMetricFamily, value: float | None,
+            values: Mapping[Any, float] | None) -> Metric:
+    if value is not None:
+        family.add_metric([], value)
+    for key, number in (values or {}).items():
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], number)
+    return family
+
+
+def counter(name: str, doc: str, value: float | None = None, labels: Iterable[str] = (),
+            values: Mapping[Any, float] | None = None) -> Metric:
+    """A counter family for a custom collector: ``value`` unlabelled, or ``values`` by
+    label value (a string for one label, a tuple for several). ``_total`` is added."""
+    return _family(CounterMetricFamily(name, doc, labels=list(labels)), value, values)
+
+
+def gauge(name: str, doc: str, value: float | None = None, labels: Iterable[str] = (),
+          values: Mapping[Any, float] | None = None) -> Metric:
+    """A gauge family for a custom collector (as :func:`counter`). With neither
+    ``value`` nor ``values`` it has no sample: unknown for now."""
+    return _family(GaugeMetricFamily(name, doc, labels=list(labels)), value, values)
+
+
+class Families(Collector):
+    """A collector that yields what ``collect`` returns, on each scrape."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(list(self._collect()))
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

@@ -21,11 +21,17 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.core import Metric
 
 from services.errors import ServiceError
-from services.metrics import RuntimeMetrics, metrics_handler, serve_metrics
+from services.metrics import (
+    Families,
+    RuntimeMetrics,
+    counter,
+    gauge,
+    metrics_handler,
+    serve_metrics,
+)
 from services.ratelimit import TokenBucket
 from services.routing import (
     Action,
@@ -118,7 +124,7 @@ class Rendezvous:
         and ``message_rate`` (a message dropped); the budget counts the rest."""
         # One registry per server: tests run many in one process.
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_RendezvousCollector(self))
+        self.registry.register(Families(lambda: _metrics(self)))
         self.runtime_metrics = RuntimeMetrics(self.registry, "rendezvous")
         self.metrics_port: int | None = None
         """The bound port of the separate ``/metrics`` listener (``metrics_listen``)."""
@@ -251,27 +257,6 @@ class Rendezvous:
             logger.info("could not send to %r: %s", peer, exc)
 
 
-def _counter(name: str, doc: str, labels: Iterable[str] = (),
-             values: Mapping[Any, int] | None = None, value: int | None = None) -> Metric:
-    family = CounterMetricFamily(name, doc, labels=list(labels))
-    if value is not None:
-        family.add_metric([], value)
-    for key, count in sorted((values or {}).items()):
-        family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
-    return family
-
-
-def _gauge(name: str, doc: str, value: float, labels: Iterable[str] = (),
-           values: Mapping[Any, float] | None = None) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=list(labels))
-    if values is None:
-        family.add_metric([], value)
-    else:
-        for key, number in sorted(values.items()):
-            family.add_metric(list(key) if isinstance(key, tuple) else [key], number)
-    return family
-
-
 #: Every label value a counter can have, listed so each series exists from the
 #: first scrape (a rate over a series that appears mid-way misses its first count).
 _SESSION_KINDS = ("offer", "pair")
@@ -281,68 +266,64 @@ _REGISTRATION_REFUSALS = ("replayed", "stale-nonce", "bad-key", "key-mismatch",
                           "bad-signature", "timeout")
 
 
-class _RendezvousCollector(Collector):
-    """Reads the router's counters, the connection budget and the adapter's
-    refusals at scrape time: nothing is counted twice, the router stays sans-I/O."""
-
-    def __init__(self, server: Rendezvous) -> None:
-        self.server = server
-
-    def collect(self) -> Iterator[Metric]:
-        server = self.server
-        router, budget, counters = server.router, server.budget, server.router.counters
-        yield _gauge("peercam_rendezvous_cameras_online",
-                     "Cameras registered now (a proved device key each)", len(router.cameras))
-        yield _gauge("peercam_rendezvous_camera_connections_unregistered",
-                     "Camera WebSockets open that have not registered (yet)",
-                     len(router.unregistered))
-        yield _gauge("peercam_rendezvous_viewers_connected",
-                     "Viewer WebSockets open now", len(router.viewers))
-        active = Counter(session.kind for session in router.sessions.values())
-        yield _gauge("peercam_rendezvous_viewer_sessions_active",
-                     "Viewer sessions routed and not ended, by kind (offer: watch, "
-                     "pair: pairing)", 0, ["kind"], {k: active[k] for k in _SESSION_KINDS})
-        yield _counter("peercam_rendezvous_viewer_sessions_started",
-                       "Viewer sessions routed to an online camera, by kind", ["kind"],
-                       {k: counters.sessions_started[k] for k in _SESSION_KINDS})
-        yield _counter("peercam_rendezvous_viewer_sessions_answered",
-                       "Viewer sessions the camera answered (answer or paired), by kind",
-                       ["kind"], {k: counters.sessions_answered[k] for k in _SESSION_KINDS})
-        yield _counter("peercam_rendezvous_messages_received",
-                       "Signaling messages received, by sender role and message type "
-                       "(type invalid: did not parse)", ["role", "type"], counters.received)
-        yield _counter("peercam_rendezvous_errors_sent",
-                       "error messages sent to cameras and viewers, by code", ["code"],
-                       {code.value: counters.errors[code.value] for code in ErrorCode})
-        refused = {k: server.refused[k] + budget.refused_by[k] for k in _LIMITERS}
-        yield _counter("peercam_rendezvous_refusals",
-                       "Connections or messages refused by a limiter: connection_rate "
-                       "(HTTP 429), message_rate (message dropped), max_connections, "
-                       "max_pending, max_pending_per_ip (HTTP 503), handshake_timeout "
-                       "(no WebSocket upgrade in time: reset)", ["limiter"], refused)
-        yield _counter("peercam_rendezvous_registrations",
-                       "Camera registrations accepted", value=counters.registrations)
-        yield _counter("peercam_rendezvous_registrations_refused",
-                       "Camera registrations refused, by reason", ["reason"],
-                       {r: counters.registrations_refused[r] for r in _REGISTRATION_REFUSALS})
-        yield _counter("peercam_rendezvous_registrations_replaced",
-                       "Registrations that closed an older connection of the same camera",
-                       value=counters.replaced)
-        yield _counter("peercam_rendezvous_turn_credentials_issued",
-                       "TURN credential sets minted (for registered cameras and sessions)",
-                       value=counters.turn_credentials)
-        yield _counter("peercam_rendezvous_turn_credential_failures",
-                       "TURN credentials that could not be minted",
-                       value=counters.turn_credential_failures)
-        yield _gauge("peercam_rendezvous_open_connections",
-                     "TCP connections open (WebSockets, pages, scrapes)", budget.open)
-        yield _gauge("peercam_rendezvous_pending_connections",
-                     "Connections not yet upgraded to a WebSocket", budget.pending)
-        yield _gauge("peercam_rendezvous_max_connections",
-                     "Open connections allowed before new ones get HTTP 503",
-                     budget.max_connections)
-        yield _gauge("peercam_rendezvous_max_pending_connections",
-                     "Connections not yet upgraded allowed in total", budget.max_pending)
+def _metrics(server: Rendezvous) -> Iterator[Metric]:
+    """The router's counters, the connection budget and the adapter's refusals, read
+    at scrape time: nothing is counted twice, and the router stays sans-I/O."""
+    router, budget, counters = server.router, server.budget, server.router.counters
+    yield gauge("peercam_rendezvous_cameras_online",
+                "Cameras registered now (a proved device key each)", len(router.cameras))
+    yield gauge("peercam_rendezvous_camera_connections_unregistered",
+                "Camera WebSockets open that have not registered (yet)",
+                len(router.unregistered))
+    yield gauge("peercam_rendezvous_viewers_connected", "Viewer WebSockets open now",
+                len(router.viewers))
+    active = Counter(session.kind for session in router.sessions.values())
+    yield gauge("peercam_rendezvous_viewer_sessions_active",
+                "Viewer sessions routed and not ended, by kind (offer: watch, pair: pairing)",
+                labels=["kind"], values={k: active[k] for k in _SESSION_KINDS})
+    yield counter("peercam_rendezvous_viewer_sessions_started",
+                  "Viewer sessions routed to an online camera, by kind", labels=["kind"],
+                  values={k: counters.sessions_started[k] for k in _SESSION_KINDS})
+    yield counter("peercam_rendezvous_viewer_sessions_answered",
+                  "Viewer sessions the camera answered (answer or paired), by kind",
+                  labels=["kind"],
+                  values={k: counters.sessions_answered[k] for k in _SESSION_KINDS})
+    yield counter("peercam_rendezvous_messages_received",
+                  "Signaling messages received, by sender role and message type "
+                  "(type invalid: did not parse)", labels=["role", "type"],
+                  values=dict(sorted(counters.received.items())))
+    yield counter("peercam_rendezvous_errors_sent",
+                  "error messages sent to cameras and viewers, by code", labels=["code"],
+                  values={code.value: counters.errors[code.value] for code in ErrorCode})
+    yield counter("peercam_rendezvous_refusals",
+                  "Connections or messages refused by a limiter: connection_rate (HTTP 429), "
+                  "message_rate (message dropped), max_connections, max_pending, "
+                  "max_pending_per_ip (HTTP 503), handshake_timeout (no WebSocket upgrade "
+                  "in time: reset)", labels=["limiter"],
+                  values={k: server.refused[k] + budget.refused_by[k] for k in _LIMITERS})
+    yield counter("peercam_rendezvous_registrations", "Camera registrations accepted",
+                  counters.registrations)
+    yield counter("peercam_rendezvous_registrations_refused",
+                  "Camera registrations refused, by reason", labels=["reason"],
+                  values={r: counters.registrations_refused[r]
+                          for r in _REGISTRATION_REFUSALS})
+    yield counter("peercam_rendezvous_registrations_replaced",
+                  "Registrations that closed an older connection of the same camera",
+                  counters.replaced)
+    yield counter("peercam_rendezvous_turn_credentials_issued",
+                  "TURN credential sets minted (for registered cameras and sessions)",
+                  counters.turn_credentials)
+    yield counter("peercam_rendezvous_turn_credential_failures",
+                  "TURN credentials that could not be minted",
+                  counters.turn_credential_failures)
+    yield gauge("peercam_rendezvous_open_connections",
+                "TCP connections open (WebSockets, pages, scrapes)", budget.open)
+    yield gauge("peercam_rendezvous_pending_connections",
+                "Connections not yet upgraded to a WebSocket", budget.pending)
+    yield gauge("peercam_rendezvous_max_connections",
+                "Open connections allowed before new ones get HTTP 503", budget.max_connections)
+    yield gauge("peercam_rendezvous_max_pending_connections",
+                "Connections not yet upgraded allowed in total", budget.max_pending)
 
 
 class BadRendezvousConfig(ServiceError, ValueError):

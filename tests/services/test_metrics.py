@@ -21,6 +21,7 @@ import yaml
 
 from camera.identity import DeviceIdentity
 from services.rendezvous import BadRendezvousConfig, RendezvousConfig, start_rendezvous
+from services.routing import Peer, Router
 from services.signaling import Role
 from services.signatures import encode_public_key, register_statement, sign
 from services.turn import TurnConfig, mint
@@ -344,3 +345,38 @@ def test_a_bad_metrics_listen_is_refused_by_the_cli(capsys: pytest.CaptureFixtur
                      "--metrics-listen", f"127.0.0.1:{busy}"])
     assert code == 2
     assert f"metrics_listen 127.0.0.1:{busy}" in capsys.readouterr().err
+
+
+def test_the_router_counts_without_any_io() -> None:
+    """The counters are the router's own plain numbers: no socket, no registry."""
+    identity, other = DeviceIdentity.generate(), DeviceIdentity.generate()
+    router = Router(server_names=["rdv.test:8080"], register_timeout=30.0)
+
+    def registration(peer: Peer, key_of: DeviceIdentity = identity) -> str:
+        statement = register_statement("rdv.test:8080", peer.nonce, identity.device_id)
+        return json.dumps({
+            "type": "register", "device_id": identity.device_id,
+            "device_key": encode_public_key(key_of.private_key.public_key()),
+            "signature": sign(identity.private_key, statement)})
+
+    mismatched, camera, idle = Peer(Role.CAMERA), Peer(Role.CAMERA), Peer(Role.CAMERA)
+    for peer in (mismatched, camera, idle):
+        router.connected(peer, 0.0)
+    router.received(mismatched, registration(mismatched, other), 1.0)
+    router.disconnected(mismatched)  # the adapter closes it, as the router asked
+    router.received(camera, registration(camera), 1.0)
+    router.received(camera, registration(camera), 2.0)  # the same nonce again
+    viewer = Peer(Role.VIEWER)
+    router.connected(viewer, 0.0)
+    pair = {**legal(Role.VIEWER, "pair"), "device_id": identity.device_id,
+            "session_id": SESSION}
+    router.received(viewer, json.dumps(pair), 3.0)
+    router.expire(100.0)  # idle never registered; the pairing was never answered
+    counters = router.counters
+    assert counters.registrations == 1
+    assert counters.registrations_refused == {"key-mismatch": 1, "replayed": 1, "timeout": 1}
+    assert counters.sessions_started == {"pair": 1}
+    assert counters.sessions_answered == {}
+    assert counters.received[("camera", "register")] == 3
+    assert counters.received[("viewer", "pair")] == 1
+    assert counters.errors == {"bad-signature": 2, "timeout": 2}
