@@ -566,7 +566,7 @@ async def _grow(rdv: RendezvousProcess, workers: list[WorkerProcess], level: int
     if failed:
         why = "; ".join(f"{n}× {msg}" for msg, n in failed.most_common(3))
         raise SystemExit(f"bench: {sum(failed.values())} of {level} cameras could not register "
-                         f"at the rendezvous ({why}); {refused} HTTP 429 refusals on the way")
+                         f"at the rendezvous ({why}); {refused} HTTP 429/503 refusals on the way")
     health = await healthz(rdv.url)
     if health.get("cameras") != level:
         raise SystemExit(f"bench: the rendezvous reports {health.get('cameras')} cameras "
@@ -781,7 +781,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
     refused = sum(r["refused_429"] for r in result["levels"])
     drops = sum(r["listen_drops"] for r in result["levels"])
     lines += ["", f"Handshakes ran {result['concurrency']} at a time, so their times are mostly "
-                  "queueing; the server's CPU per registration is the cost. HTTP 429 refusals: "
+                  "queueing; the server's CPU per registration is the cost. HTTP 429/503 refusals: "
                   f"{refused}; SYNs dropped at a full accept queue during the ramps: {drops}."]
     if len(result["levels"]) > 1:
         a, b = result["levels"][-2], result["levels"][-1]

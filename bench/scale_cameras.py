@@ -47,7 +47,9 @@ VIEWER_NET = 20
 HEARTBEAT = 20.0
 """The camera agent's WebSocket ping interval (camera/agent.py ``_connect_once``)."""
 ATTEMPTS = 8
-"""Connection attempts per camera; an HTTP 429 backs off 1-2 s before the next."""
+"""Connection attempts per camera; an HTTP 429 (connection rate) or 503 (too many
+connections not yet upgraded from one address) backs off 1-2 s before the next,
+as a real camera's link retries."""
 
 
 def source_address(net: int, block: int) -> str:
@@ -209,7 +211,7 @@ class CameraWorker:
                 break
             except aiohttp.WSServerHandshakeError as exc:
                 why = f"HTTP {exc.status} at the WebSocket upgrade"
-                if exc.status != 429:
+                if exc.status not in (429, 503):
                     break
                 self.refused += 1
                 await asyncio.sleep(random.uniform(1.0, 2.0))

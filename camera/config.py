@@ -122,6 +122,10 @@ class CameraConfig:
     """Seconds without a frame before the source counts as stuck (and is restarted)."""
     source_restarts: int = 2
     """Source restarts tried for a stuck camera before the agent exits (systemd restarts it)."""
+    metrics_file: str | bool | None = None
+    """Prometheus textfile (node_exporter's textfile collector) written every few
+    seconds; None or true: ``$RUNTIME_DIRECTORY/metrics.prom`` under systemd, else
+    ``metrics.prom`` in the state dir; "" or false: none."""
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """What aiohttp needs for the rendezvous connection (True: default checks)."""
@@ -151,6 +155,16 @@ class CameraConfig:
         if runtime:
             return Path(runtime) / "control.sock"
         return self.state_dir / "control.sock"
+
+    @property
+    def metrics_path(self) -> Path | None:
+        """Where the metrics textfile goes (see ``metrics_file``); None: not written."""
+        if self.metrics_file is False or self.metrics_file == "":
+            return None
+        if isinstance(self.metrics_file, str):
+            return Path(self.metrics_file).expanduser()
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        return Path(runtime or self.state_dir) / "metrics.prom"
 
     @property
     def camera_ws_url(self) -> str:

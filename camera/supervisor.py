@@ -10,6 +10,7 @@ A few times a second, on the event loop, it runs the sans-I/O decisions of
   the watchdog pings so systemd restarts the unit);
 - the status LED (one state for the LED, ``peercam status`` and the console);
 - each viewer's sender stats (bitrate, round-trip time) for ``peercam status``.
+- the Prometheus textfile for node_exporter (``camera.metrics``), every few seconds.
 
 The tick itself never stops: an error in one tick is logged and the next goes on.
 """
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from camera.core import printable
 from camera.health import EXIT_STUCK, HealthMonitor, LinkAction, LinkLadder
 from camera.health import Action as HealthAction
+from camera.metrics import MetricsFile
 from camera.sdnotify import Notifier
 from camera.state import DeviceFacts, device_state
 
@@ -67,6 +69,8 @@ class Supervisor:
         self._last_watchdog: float | None = None
         self._watchdog_stopped = False
         self._stats_at = 0.0
+        self.metrics = MetricsFile.for_config(agent.config)
+        """The Prometheus textfile, rewritten from the tick every few seconds."""
 
     # -- the LED --------------------------------------------------------------------------
 
@@ -134,6 +138,7 @@ class Supervisor:
         if now - self._stats_at >= STATS_EVERY:
             self._stats_at = now
             await self._sample_viewer_stats(now)
+        self.metrics.tick(now, agent)
 
     async def _act(self, action: HealthAction, now: float) -> None:
         if action is HealthAction.READY:

@@ -1,7 +1,9 @@
 """The rendezvous server: aiohttp adapter around :class:`services.routing.Router`.
 
-Serves the camera and viewer WebSockets, the web viewer and ``/healthz``. All
-routing decisions are the router's; this module moves frames and owns tasks.
+Serves the camera and viewer WebSockets, the web viewer, ``/healthz`` and
+``/metrics`` (Prometheus; on its own address with ``metrics_listen``). All
+routing decisions are the router's; this module moves frames, owns tasks and
+counts what it refuses itself.
 """
 
 from __future__ import annotations
@@ -11,14 +13,25 @@ import contextlib
 import logging
 import resource
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from services.errors import ServiceError
+from services.metrics import (
+    Families,
+    RuntimeMetrics,
+    counter,
+    gauge,
+    metrics_handler,
+    serve_metrics,
+)
 from services.ratelimit import TokenBucket
 from services.routing import (
     Action,
@@ -80,6 +93,9 @@ class RendezvousConfig:
     max_connections: int = 0
     """Open connections in total; 0: the descriptor limit less a reserve
     (``FD_RESERVE``), after raising the soft limit to the hard one."""
+    metrics_listen: tuple[str, int] | None = None
+    """Serve ``/metrics`` on this (host, port) only, not on the public port;
+    None: ``/metrics`` on the public port (block it at the proxy)."""
 
 
 class Rendezvous:
@@ -103,10 +119,22 @@ class Rendezvous:
         self._sockets: dict[Peer, web.WebSocketResponse] = {}
         self._per_ip: dict[str, TokenBucket] = {}
         self._expiry_task: asyncio.Task[None] | None = None
+        self.refused: Counter[str] = Counter()
+        """Refusals of this adapter's own limiters: ``connection_rate`` (HTTP 429)
+        and ``message_rate`` (a message dropped); the budget counts the rest."""
+        # One registry per server: tests run many in one process.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(Families(lambda: _metrics(self)))
+        self.runtime_metrics = RuntimeMetrics(self.registry, "rendezvous")
+        self.metrics_port: int | None = None
+        """The bound port of the separate ``/metrics`` listener (``metrics_listen``)."""
+        self.metrics_runner: web.AppRunner | None = None
         self.app = web.Application()
         self.app.router.add_get("/ws/camera", self._camera_ws)
         self.app.router.add_get("/ws/viewer", self._viewer_ws)
         self.app.router.add_get("/healthz", self._healthz)
+        if self.config.metrics_listen is None:
+            self.app.router.add_get("/metrics", metrics_handler(self.registry))
         for path in _STATIC:
             self.app.router.add_get(path, self._static)
         self.app.on_startup.append(self._startup)
@@ -114,8 +142,13 @@ class Rendezvous:
 
     async def _startup(self, app: web.Application) -> None:
         self._expiry_task = asyncio.create_task(self._expire_loop(), name="rendezvous-expiry")
+        self.runtime_metrics.start()
 
     async def _shutdown(self, app: web.Application) -> None:
+        await self.runtime_metrics.stop()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
+            self.metrics_runner = None
         if self._expiry_task is not None:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -170,6 +203,7 @@ class Rendezvous:
         loop = asyncio.get_running_loop()
         remote = request.remote or "?"
         if not self._admit(remote, loop.time()):
+            self.refused["connection_rate"] += 1
             logger.info("refused a connection from %s: too many", remote)
             return web.Response(status=429, text="too many connections\n")
         # aiohttp closes with 1009 above max_msg_size; below it, our parser answers
@@ -192,8 +226,10 @@ class Rendezvous:
                     break
                 now = loop.time()
                 if not bucket.allow(now):
+                    self.refused["message_rate"] += 1
                     if now - warned_at > 1.0:
                         warned_at = now
+                        self.router.counters.errors[ErrorCode.RATE_LIMITED.value] += 1
                         await self._send(peer, error(ErrorCode.RATE_LIMITED, "slow down"))
                     continue
                 await self._perform(self.router.received(peer, msg.data, now))
@@ -219,6 +255,75 @@ class Rendezvous:
             await ws.send_str(text)
         except (ConnectionError, RuntimeError) as exc:
             logger.info("could not send to %r: %s", peer, exc)
+
+
+#: Every label value a counter can have, listed so each series exists from the
+#: first scrape (a rate over a series that appears mid-way misses its first count).
+_SESSION_KINDS = ("offer", "pair")
+_LIMITERS = ("connection_rate", "message_rate", "max_connections", "max_pending",
+             "max_pending_per_ip", "handshake_timeout")
+_REGISTRATION_REFUSALS = ("replayed", "stale-nonce", "bad-key", "key-mismatch",
+                          "bad-signature", "timeout")
+
+
+def _metrics(server: Rendezvous) -> Iterator[Metric]:
+    """The router's counters, the connection budget and the adapter's refusals, read
+    at scrape time: nothing is counted twice, and the router stays sans-I/O."""
+    router, budget, counters = server.router, server.budget, server.router.counters
+    yield gauge("peercam_rendezvous_cameras_online",
+                "Cameras registered now (a proved device key each)", len(router.cameras))
+    yield gauge("peercam_rendezvous_camera_connections_unregistered",
+                "Camera WebSockets open that have not registered (yet)",
+                len(router.unregistered))
+    yield gauge("peercam_rendezvous_viewers_connected", "Viewer WebSockets open now",
+                len(router.viewers))
+    active = Counter(session.kind for session in router.sessions.values())
+    yield gauge("peercam_rendezvous_viewer_sessions_active",
+                "Viewer sessions routed and not ended, by kind (offer: watch, pair: pairing)",
+                labels=["kind"], values={k: active[k] for k in _SESSION_KINDS})
+    yield counter("peercam_rendezvous_viewer_sessions_started",
+                  "Viewer sessions routed to an online camera, by kind", labels=["kind"],
+                  values={k: counters.sessions_started[k] for k in _SESSION_KINDS})
+    yield counter("peercam_rendezvous_viewer_sessions_answered",
+                  "Viewer sessions the camera answered (answer or paired), by kind",
+                  labels=["kind"],
+                  values={k: counters.sessions_answered[k] for k in _SESSION_KINDS})
+    yield counter("peercam_rendezvous_messages_received",
+                  "Signaling messages received, by sender role and message type "
+                  "(type invalid: did not parse)", labels=["role", "type"],
+                  values=dict(sorted(counters.received.items())))
+    yield counter("peercam_rendezvous_errors_sent",
+                  "error messages sent to cameras and viewers, by code", labels=["code"],
+                  values={code.value: counters.errors[code.value] for code in ErrorCode})
+    yield counter("peercam_rendezvous_refusals",
+                  "Connections or messages refused by a limiter: connection_rate (HTTP 429), "
+                  "message_rate (message dropped), max_connections, max_pending, "
+                  "max_pending_per_ip (HTTP 503), handshake_timeout (no WebSocket upgrade "
+                  "in time: reset)", labels=["limiter"],
+                  values={k: server.refused[k] + budget.refused_by[k] for k in _LIMITERS})
+    yield counter("peercam_rendezvous_registrations", "Camera registrations accepted",
+                  counters.registrations)
+    yield counter("peercam_rendezvous_registrations_refused",
+                  "Camera registrations refused, by reason", labels=["reason"],
+                  values={r: counters.registrations_refused[r]
+                          for r in _REGISTRATION_REFUSALS})
+    yield counter("peercam_rendezvous_registrations_replaced",
+                  "Registrations that closed an older connection of the same camera",
+                  counters.replaced)
+    yield counter("peercam_rendezvous_turn_credentials_issued",
+                  "TURN credential sets minted (for registered cameras and sessions)",
+                  counters.turn_credentials)
+    yield counter("peercam_rendezvous_turn_credential_failures",
+                  "TURN credentials that could not be minted",
+                  counters.turn_credential_failures)
+    yield gauge("peercam_rendezvous_open_connections",
+                "TCP connections open (WebSockets, pages, scrapes)", budget.open)
+    yield gauge("peercam_rendezvous_pending_connections",
+                "Connections not yet upgraded to a WebSocket", budget.pending)
+    yield gauge("peercam_rendezvous_max_connections",
+                "Open connections allowed before new ones get HTTP 503", budget.max_connections)
+    yield gauge("peercam_rendezvous_max_pending_connections",
+                "Connections not yet upgraded allowed in total", budget.max_pending)
 
 
 class BadRendezvousConfig(ServiceError, ValueError):
@@ -261,18 +366,25 @@ class ConnectionBudget:
     pending: int = 0
     pending_by_ip: dict[str, int] = field(default_factory=dict)
     refused: int = 0
+    refused_by: Counter[str] = field(default_factory=Counter)
+    """Refusals by limiter (``max_connections``, ``max_pending``,
+    ``max_pending_per_ip``), and ``handshake_timeout`` resets."""
 
     def admit(self, ip: str) -> str | None:
         """Count a new connection from ``ip`` as pending, or say why it is refused."""
-        reason = None
+        reason = limiter = None
         if self.open >= self.max_connections:
+            limiter = "max_connections"
             reason = f"{self.open} connections open (limit {self.max_connections})"
         elif self.pending >= self.max_pending:
+            limiter = "max_pending"
             reason = f"{self.pending} connections not upgraded (limit {self.max_pending})"
         elif self.pending_by_ip.get(ip, 0) >= self.max_pending_per_ip:
+            limiter = "max_pending_per_ip"
             reason = f"{self.max_pending_per_ip} connections not upgraded from {ip}"
-        if reason is not None:
+        if reason is not None and limiter is not None:
             self.refused += 1
+            self.refused_by[limiter] += 1
             return reason
         self.open += 1
         self.pending += 1
@@ -338,6 +450,7 @@ class _Counted(asyncio.Protocol):
 
     def _expired(self) -> None:
         if self.pending and self.transport is not None:
+            self.budget.refused_by["handshake_timeout"] += 1
             logger.info("closed a connection from %s: no WebSocket upgrade within %.0f s",
                         self.ip, self.deadline)
             self.transport.abort()
@@ -469,7 +582,16 @@ async def start_rendezvous(
         server.router.server_names = parse_server_names(
             _own_names(host, bound, config, names_for_port)
         )
-    except BadServerName:
+        if config.metrics_listen is not None:
+            metrics_host, metrics_port = config.metrics_listen
+            try:
+                server.metrics_runner, server.metrics_port = await serve_metrics(
+                    server.registry, metrics_host, metrics_port)
+            except OSError as exc:
+                raise BadRendezvousConfig(
+                    f"metrics_listen {metrics_host}:{metrics_port}: cannot listen"
+                    f" ({exc.strerror or exc})") from None
+    except (BadServerName, BadRendezvousConfig):
         await runner.cleanup()
         raise
     logger.info("rendezvous listening on %s:%d as %s", host, bound,

@@ -18,6 +18,7 @@ import itertools
 import logging
 import re
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,6 +143,30 @@ class Close:
 Action = Send | Close
 
 
+@dataclass
+class RouterCounters:
+    """Totals since the router started, for the adapter's metrics (plain numbers)."""
+
+    received: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(role, message type) -> messages; type ``invalid`` for one that did not parse."""
+    errors: Counter[str] = field(default_factory=Counter)
+    """``error`` messages sent, by code."""
+    sessions_started: Counter[str] = field(default_factory=Counter)
+    """Sessions routed to a camera, by kind (``offer``, ``pair``)."""
+    sessions_answered: Counter[str] = field(default_factory=Counter)
+    """Sessions the camera answered (``answer``/``paired``), by kind."""
+    registrations: int = 0
+    registrations_refused: Counter[str] = field(default_factory=Counter)
+    """By reason: ``replayed``, ``stale-nonce``, ``bad-key``, ``key-mismatch``,
+    ``bad-signature`` (not signed for this server's names), ``timeout`` (no
+    register in time)."""
+    replaced: int = 0
+    """Registrations that replaced an older connection of the same camera."""
+    turn_credentials: int = 0
+    """TURN credential sets minted (registered cameras, prepare, offer)."""
+    turn_credential_failures: int = 0
+
+
 @dataclass(slots=True)
 class _Session:
     device_id: str
@@ -182,6 +207,7 @@ class Router:
         self.cameras: dict[str, Peer] = {}
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.viewers: set[Peer] = set()
+        self.counters = RouterCounters()
 
     def _ice_servers(self, tag: str) -> list[dict[str, Any]]:
         """Public servers plus, if TURN is configured, credentials minted for ``tag``."""
@@ -190,10 +216,13 @@ class Router:
         # TURN REST usernames take [A-Za-z0-9_-]: a device ID's check symbol may be '$'.
         safe = "".join(ch for ch in tag if ch.isascii() and (ch.isalnum() or ch in "_-"))[:64]
         try:
-            return self.ice_servers + self.credentials(safe)
+            minted = self.credentials(safe)
         except ValueError as exc:
+            self.counters.turn_credential_failures += 1
             logger.error("could not mint TURN credentials: %s", exc)
             return list(self.ice_servers)
+        self.counters.turn_credentials += 1
+        return self.ice_servers + minted
 
     # -- connection events -------------------------------------------------
 
@@ -234,13 +263,18 @@ class Router:
     def received(self, peer: Peer, data: str | bytes, now: float) -> list[Action]:
         """One WebSocket frame from ``peer``. Bad input yields an error, never an exception."""
         try:
-            message = parse(data, peer.role)
+            try:
+                message = parse(data, peer.role)
+            except ProtocolError:
+                self.counters.received[(peer.role.value, "invalid")] += 1
+                raise
+            self.counters.received[(peer.role.value, message.type)] += 1
             if peer.role is Role.CAMERA:
                 return self._from_camera(peer, message, now)
             return self._from_viewer(peer, message, now)
         except ProtocolError as exc:
             logger.info("%r sent a bad message: %s", peer, exc.message)
-            actions: list[Action] = [Send(peer, error(exc.code, exc.message))]
+            actions: list[Action] = [Send(peer, self._error(exc.code, exc.message))]
             if exc.code is ErrorCode.BAD_SIGNATURE:
                 actions.append(Close(peer, "registration refused"))
             return actions
@@ -253,14 +287,16 @@ class Router:
             if now - peer.connected_at > self.register_timeout:
                 # A camera connection that never registers holds a descriptor for nothing.
                 self.unregistered.discard(peer)
-                actions.append(Send(peer, error(ErrorCode.TIMEOUT, "no register in time")))
+                self.counters.registrations_refused["timeout"] += 1
+                actions.append(Send(peer, self._error(ErrorCode.TIMEOUT, "no register in time")))
                 actions.append(Close(peer, "no register in time"))
         for session in list(self.sessions.values()):
             if not session.answered and now >= session.deadline:
                 actions.append(
                     Send(
                         session.viewer,
-                        error(ErrorCode.TIMEOUT, "the camera did not answer", session.session_id),
+                        self._error(ErrorCode.TIMEOUT, "the camera did not answer",
+                                    session.session_id),
                     )
                 )
                 actions += self._end(session, "no answer in time", notify_viewer=False)
@@ -286,6 +322,7 @@ class Router:
         if message.type != expected or session.answered:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{message.type} is not expected now")
         session.answered = True
+        self.counters.sessions_answered[session.kind] += 1
         # Forwarded as signed: the viewer checks the camera's signature, not ours.
         actions: list[Action] = [
             Send(session.viewer, encode(Role.SERVER, message.type, **message.fields))
@@ -297,19 +334,24 @@ class Router:
     def _register(self, peer: Peer, message: Message, now: float) -> list[Action]:
         device_id, device_key = message["device_id"], message["device_key"]
         if peer.device_id is not None or peer.nonce_used:
+            self.counters.registrations_refused["replayed"] += 1
             raise ProtocolError(ErrorCode.BAD_SIGNATURE, "this connection already registered")
         peer.nonce_used = True  # one registration per nonce: no replays on this connection
         if now - peer.connected_at > REGISTER_WINDOW:
+            self.counters.registrations_refused["stale-nonce"] += 1
             raise ProtocolError(ErrorCode.BAD_SIGNATURE, "the nonce is stale: reconnect")
         try:
             key_id = device_id_of(device_key)
         except ValueError:
+            self.counters.registrations_refused["bad-key"] += 1
             raise ProtocolError(ErrorCode.BAD_SIGNATURE, "device_key is not a key") from None
         if key_id != device_id:
             # IDs are hashes of keys: an ID can never be bound to another key.
             logger.warning("%r claimed %s with a key for %s", peer, device_id, key_id)
+            self.counters.registrations_refused["key-mismatch"] += 1
             raise ProtocolError(ErrorCode.BAD_SIGNATURE, "device_key does not match device_id")
         if not self._signed_for_us(peer, device_key, device_id, message["signature"]):
+            self.counters.registrations_refused["bad-signature"] += 1
             raise ProtocolError(
                 ErrorCode.BAD_SIGNATURE, "signature does not verify for this server's name"
             )
@@ -319,7 +361,9 @@ class Router:
             # The newer connection wins: a camera that reconnects must not wait for
             # the old socket to time out. Both proved the same key.
             logger.warning("camera %s registered again; closing the older %r", device_id, old)
-            actions.append(Send(old, error(ErrorCode.REPLACED, "a newer connection registered")))
+            self.counters.replaced += 1
+            actions.append(Send(old, self._error(ErrorCode.REPLACED,
+                                                 "a newer connection registered")))
             actions.append(Close(old, "replaced"))
             for key, session in list(self.sessions.items()):
                 if key[0] == device_id:
@@ -328,6 +372,7 @@ class Router:
         peer.device_id = device_id
         self.unregistered.discard(peer)
         self.cameras[device_id] = peer
+        self.counters.registrations += 1
         logger.info("camera %s registered (%r)", device_id, peer)
         registered = encode(
             Role.SERVER,
@@ -398,6 +443,7 @@ class Router:
             device_id, session_id, peer, deadline=now + self.answer_timeout, kind=message.type
         )
         peer.sessions.add(key)
+        self.counters.sessions_started[message.type] += 1
         fields = {k: v for k, v in message.fields.items() if k != "device_id"}
         if message.type == "offer":
             fields["ice_servers"] = self._ice_servers(session_id)
@@ -443,6 +489,11 @@ class Router:
         if notify_viewer:
             actions.append(Send(session.viewer, bye))
         return actions
+
+    def _error(self, code: ErrorCode, text: str, session_id: str | None = None) -> str:
+        """An ``error`` message, counted by code."""
+        self.counters.errors[code.value] += 1
+        return error(code, text, session_id)
 
     def stats(self) -> dict[str, int]:
         return {

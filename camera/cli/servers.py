@@ -46,6 +46,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="connections not yet upgraded, per IP address (default 16)")
     rdv.add_argument("--max-connections", type=int, default=0, metavar="N",
                      help="open connections (default 0: the descriptor limit less 64)")
+    rdv.add_argument("--metrics-listen", type=host_port, default=None, metavar="HOST:PORT",
+                     help="serve /metrics only on this address (e.g. 127.0.0.1:9464), not on"
+                          " the public port (default: /metrics on the public port)")
     rdv.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS/WSS")
     rdv.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     rdv.add_argument("--turn-url", action="append", default=[], metavar="URL",
@@ -117,7 +120,8 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
             ice_servers=args.ice_server, credentials=_turn_credentials(args),
             server_names=names, handshake_timeout=args.handshake_timeout,
             max_pending=args.max_pending, max_pending_per_ip=args.max_pending_per_ip,
-            max_connections=args.max_connections)
+            max_connections=args.max_connections,
+            metrics_listen=args.metrics_listen)
     except ValueError as exc:
         raise BadConfig(str(exc)) from None
     _server, runner, bound = await _listen(host, port, config, ssl_context)
