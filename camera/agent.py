@@ -113,7 +113,10 @@ class CameraAgent:
         self.acl = ViewerACL(config.state_dir)
         self.pairing = PairingWindows(config.state_dir)
         self.gatekeeper = Gatekeeper(identity, self.acl, self.pairing)
-        self.broadcaster = Broadcaster(source.request_keyframe)
+        # Keyframe requests go to whichever source is current (the recovery ladder
+        # replaces it), on the layer the viewer is on.
+        self.broadcaster = Broadcaster(lambda layer: self.source.request_keyframe(layer),
+                                       layers=source.layers)
         # Pan/tilt over each viewer's "ptz" data channel; every message re-checks the ACL.
         self.ptz = PtzControl(
             head,

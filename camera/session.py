@@ -117,7 +117,7 @@ class ViewerSession:
             # codec preferences apply; otherwise aiortc picks VP8.
             transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
             prefer_h264(transceiver)
-            hook_sender(transceiver.sender, self._broadcaster.request_keyframe)
+            hook_sender(transceiver.sender, self.track.request_keyframe)
         # else: a control-only session (``peercam ptz``): a transceiver the offer
         # has no m-line for would break aiortc's answer, and no video is wanted.
         try:
