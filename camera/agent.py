@@ -259,6 +259,9 @@ class CameraAgent:
                 ice_timeout=self.config.ice_timeout,
                 viewer_key=start.viewer_key,
                 ptz=self.ptz,
+                authorized=lambda key: key is not None and key in self.acl,
+                layer_bitrates={layer: self.config.video.for_layer(layer).bitrate
+                                for layer in self.config.video.layers},
             )
         except Exception as exc:
             logger.error("session %s: cannot make a peer connection: %s: %s",
@@ -452,6 +455,8 @@ class CameraAgent:
                 bitrate=None if stats.get("bitrate") is None else round(stats["bitrate"]),
                 rtt_ms=None if stats.get("rtt") is None else round(1000 * stats["rtt"], 1),
                 phase=record.phase.value if record is not None else Phase.CLOSING.value,
+                layer=session.layer,
+                quality=session.quality.mode if session.quality is not None else None,
             ))
         nat = self.nat_report
         return DeviceStatus(
