@@ -249,6 +249,11 @@ async def test_quality_channel_switches_layers_at_an_idr_without_a_stall(
     status = camera.status()
     (row,) = status.viewers
     assert (row.layer, row.quality) == ("high", "high")
+    from camera.status import DeviceStatus, format_status
+
+    # What peercam status prints, after the round trip through the control socket's JSON.
+    lines = format_status(DeviceStatus.from_dict(json.loads(json.dumps(status.as_dict()))))
+    assert lines[-1].endswith("layer high (high)"), lines[-1]
 
 
 async def test_lossy_viewer_goes_low_while_an_unimpaired_one_stays_high(
