@@ -113,7 +113,10 @@ class CameraAgent:
         self.acl = ViewerACL(config.state_dir)
         self.pairing = PairingWindows(config.state_dir)
         self.gatekeeper = Gatekeeper(identity, self.acl, self.pairing)
-        self.broadcaster = Broadcaster(source.request_keyframe)
+        # Keyframe requests go to whichever source is current (the recovery ladder
+        # replaces it), on the layer the viewer is on.
+        self.broadcaster = Broadcaster(lambda layer: self.source.request_keyframe(layer),
+                                       layers=source.layers)
         # Pan/tilt over each viewer's "ptz" data channel; every message re-checks the ACL.
         self.ptz = PtzControl(
             head,
@@ -256,6 +259,9 @@ class CameraAgent:
                 ice_timeout=self.config.ice_timeout,
                 viewer_key=start.viewer_key,
                 ptz=self.ptz,
+                authorized=lambda key: key is not None and key in self.acl,
+                layer_bitrates={layer: self.config.video.for_layer(layer).bitrate
+                                for layer in self.config.video.layers},
             )
         except Exception as exc:
             logger.error("session %s: cannot make a peer connection: %s: %s",
@@ -449,6 +455,8 @@ class CameraAgent:
                 bitrate=None if stats.get("bitrate") is None else round(stats["bitrate"]),
                 rtt_ms=None if stats.get("rtt") is None else round(1000 * stats["rtt"], 1),
                 phase=record.phase.value if record is not None else Phase.CLOSING.value,
+                layer=session.layer,
+                quality=session.quality.mode if session.quality is not None else None,
             ))
         nat = self.nat_report
         return DeviceStatus(

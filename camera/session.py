@@ -10,17 +10,20 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiortc import RTCIceCandidate, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
 from camera.compat import hook_sender
 from camera.errors import PeercamError
+from camera.frames import Layer
+from camera.ladder import LABEL as QUALITY_LABEL
 from camera.ptz import LABEL as PTZ_LABEL
 from camera.ptz import PtzControl
+from camera.quality import ViewerQuality
 from camera.track import PassthroughTrack
 from camera.webrtc import (
     make_peer_connection,
@@ -86,7 +89,11 @@ class ViewerSession:
         ice_timeout: float = 30.0,
         viewer_key: str | None = None,
         ptz: PtzControl | None = None,
+        authorized: Callable[[str | None], bool] | None = None,
+        layer_bitrates: Mapping[Layer, int] | None = None,
     ) -> None:
+        """``authorized(viewer_key)`` is asked for every quality-channel request (None:
+        every request is refused); ``layer_bitrates`` are the layers' target bitrates."""
         self.session_id = session_id
         self.viewer_key = viewer_key
         """The ACL key whose signed offer opened this session (revocation ends it)."""
@@ -94,6 +101,11 @@ class ViewerSession:
         self._on_closed = on_closed
         self._ice_timeout = ice_timeout
         self._ptz = ptz
+        self._authorized = authorized or (lambda key: False)
+        self._layer_bitrates = layer_bitrates
+        self.quality: ViewerQuality | None = None
+        self._video_sender: RTCRtpSender | None = None
+        """This viewer's layer choice (None for a control-only session)."""
         self.offer_sdp: str | None = None
         """The viewer's signed offer, once :meth:`answer` has it (candidates sign its hash)."""
         self._offer_applied = False
@@ -117,7 +129,12 @@ class ViewerSession:
             # codec preferences apply; otherwise aiortc picks VP8.
             transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
             prefer_h264(transceiver)
-            hook_sender(transceiver.sender, self._broadcaster.request_keyframe)
+            hook_sender(transceiver.sender, self.track.request_keyframe)
+            self._video_sender = transceiver.sender
+            self.quality = ViewerQuality(session_id=self.session_id, track=self.track,
+                                         viewer_key=self.viewer_key,
+                                         authorized=self._authorized,
+                                         bitrates=self._layer_bitrates)
         # else: a control-only session (``peercam ptz``): a transceiver the offer
         # has no m-line for would break aiortc's answer, and no video is wanted.
         try:
@@ -184,18 +201,27 @@ class ViewerSession:
         logger.debug("session %s: %s", self.session_id, state)
         if state == "connected":
             self.connected.set()
+            if self.quality is not None and self._video_sender is not None:
+                self.quality.start(self._video_sender)  # its stats feed the layer choice
             local, remote = selected_pair_types(self.pc)
             logger.info("session %s connected (%s -> %s)", self.session_id, local, remote)
         elif state in ("failed", "closed"):
             self.close(f"peer connection {state}")
 
     def _datachannel(self, channel: Any) -> None:
-        # The viewer opens its channels (DCEP, RFC 8832); we serve only pan/tilt.
+        # The viewer opens its channels (DCEP, RFC 8832); we serve pan/tilt and quality.
         if channel.label == PTZ_LABEL and self._ptz is not None:
             self._ptz.attach(channel, self.session_id, self.viewer_key)
+        elif channel.label == QUALITY_LABEL and self.quality is not None:
+            self.quality.attach(channel)
         else:
             logger.info("session %s: closing data channel %r", self.session_id, channel.label)
             channel.close()
+
+    @property
+    def layer(self) -> str | None:
+        """The layer this viewer gets ("high", "low"); None without video."""
+        return self.track.layer.label if self.track is not None else None
 
     @property
     def trickled(self) -> int:
@@ -220,6 +246,8 @@ class ViewerSession:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+        if self.quality is not None:
+            await self.quality.close()
         if self.track is not None:
             self.track.stop()
         await self.pc.close()

@@ -65,6 +65,10 @@ class ViewerStatus:
     rtt_ms: float | None
     phase: str = "live"
     """The session's phase on the camera: waiting, answering, live or closing."""
+    layer: str | None = None
+    """The quality layer the viewer gets ("high", "low"); None without video."""
+    quality: str | None = None
+    """How its layer is chosen: "auto" (by its loss), "high" or "low" (it asked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,8 @@ def format_status(status: DeviceStatus) -> list[str]:
         rate = "-" if v.bitrate is None else f"{v.bitrate / 1e6:.2f} Mbit/s"
         rtt = "-" if v.rtt_ms is None else f"{v.rtt_ms:.0f} ms"
         state = v.pair if v.connected else v.phase if v.phase != "live" else "connecting"
+        layer = "" if v.layer is None else f" layer {v.layer}" + (
+            f" ({v.quality})" if v.quality else "")
         lines.append(f"  {v.name or '?'} [{v.fingerprint or '-'}] {state} "
-                     f"{'(relayed) ' if v.relayed else ''}{rate} rtt {rtt}")
+                     f"{'(relayed) ' if v.relayed else ''}{rate} rtt {rtt}{layer}")
     return lines

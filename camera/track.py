@@ -1,8 +1,12 @@
 """Per-viewer aiortc track on the packet path.
 
 aiortc sends a pre-encoded ``av.Packet`` through ``encoder.pack()``: no decode,
-no re-encode. The sender hooks that turn PLI/FIR and NACK misses on that path
-into keyframe requests are :func:`camera.compat.hook_sender`.
+no re-encode. A track sits on one layer of the broadcast and moves to another at
+that layer's IDR (:meth:`PassthroughTrack.switch_to`); aiortc packetizes per
+track, so the viewer sees one RTP stream (one SSRC, continuous sequence numbers
+and timestamps) whose picture size changes at an IDR. The sender hooks that
+turn PLI/FIR and NACK misses on that path into keyframe requests (on the
+track's layer) are :func:`camera.compat.hook_sender`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from camera.broadcaster import Broadcaster, Subscription
-from camera.frames import VIDEO_CLOCK_RATE
+from camera.frames import VIDEO_CLOCK_RATE, Layer
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +41,49 @@ class PassthroughTrack(MediaStreamTrack):
         self._broadcaster = broadcaster
         self._subscription: Subscription | None = None
         self._first_pts: int | None = None
+        self._last_pts = -1
+        self._join_layer = broadcaster.layers[0]
+        """The layer to join on (changed by a switch asked for before the first recv)."""
+
+    @property
+    def layer(self) -> Layer:
+        """The layer this viewer is getting (or will join on)."""
+        return self._subscription.layer if self._subscription is not None else self._join_layer
+
+    @property
+    def target(self) -> Layer | None:
+        """The layer a pending switch goes to at its next IDR, if any."""
+        return self._subscription.target if self._subscription is not None else None
+
+    @property
+    def switches(self) -> int:
+        return self._subscription.switches if self._subscription is not None else 0
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return self._broadcaster.layers
+
+    def switch_to(self, layer: Layer) -> bool:
+        """Move to ``layer`` at its next IDR (see :meth:`Subscription.switch_to`)."""
+        if layer not in self._broadcaster.layers:
+            return False
+        if self._subscription is None:
+            self._join_layer = layer
+            return False
+        return self._subscription.switch_to(layer)
+
+    def request_keyframe(self, reason: str) -> None:
+        """An IDR on this viewer's layer (the sender's PLI/FIR and NACK hooks)."""
+        if self._subscription is not None:
+            self._subscription.request_keyframe(reason)
+        else:
+            self._broadcaster.request_keyframe(reason, self._join_layer)
 
     async def recv(self) -> av.Packet:  # type: ignore[override,type-arg,unused-ignore]
         if self.readyState != "live":
             raise MediaStreamError
         if self._subscription is None:
-            self._subscription = self._broadcaster.subscribe()
+            self._subscription = self._broadcaster.subscribe(self._join_layer)
         try:
             frame = await self._subscription.get()
         except ConnectionError:
@@ -51,8 +92,11 @@ class PassthroughTrack(MediaStreamTrack):
         if self._first_pts is None:
             self._first_pts = frame.pts
         packet = av.Packet(frame.data)
-        # Each viewer's RTP clock starts at its own first frame (aiortc adds a random origin).
-        packet.pts = frame.pts - self._first_pts
+        # Each viewer's RTP clock starts at its own first frame (aiortc adds a random
+        # origin). Every layer shares the source's clock; should two layers' encoders
+        # run apart around a switch, time still never goes backwards.
+        self._last_pts = max(frame.pts - self._first_pts, self._last_pts + 1)
+        packet.pts = self._last_pts
         packet.time_base = _TIME_BASE
         return packet
 

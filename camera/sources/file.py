@@ -5,6 +5,9 @@ viewer wait up to a whole GOP, a request skips forward to the file's next
 keyframe: the packets in between are dropped (not decoded) and that IDR is sent
 at the next picture time. Viewers see the picture jump ahead a little; pts stay
 monotonic. At end of file the source starts again from the first keyframe.
+
+One layer only: the file is sent as recorded, never re-encoded, so there is no
+smaller layer for viewers on thin links (``[video] low_*`` does not apply).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import av.bitstream
 
 from camera import h264
 from camera.errors import SourceError
-from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame
+from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame, Layer
 from camera.sources.base import FrameSink, Source, VideoSettings
 
 logger = logging.getLogger(__name__)
@@ -158,7 +161,9 @@ class FileSource(Source):
         logger.info("playing %s in a loop", self.path)
         self._task = loop.create_task(self._run(sink), name="file-source")
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, layer: Layer = Layer.HIGH) -> None:
+        if layer is not Layer.HIGH:
+            return  # one layer only
         self.keyframe_requests += 1
         self._skip_requested = True
 

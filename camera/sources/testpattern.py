@@ -2,6 +2,13 @@
 
 Every picture carries the burnt-in stamp (:mod:`camera.stamp`) with its frame
 number and capture time, so a viewer can measure latency and count lost frames.
+
+Each picture is painted once at the configured size and encoded once per layer:
+the high layer as painted, the low layer (``[video] low_*``) scaled down from the
+same picture by its own libx264 encoder, with the same pts. The stamp is painted
+at the high layer's size and scaled with the picture on the low one, where its
+blocks are smaller than the 16 pixels a stamp reader needs: latency and lost
+frames are measured on the high layer.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ import logging
 import math
 import time
 
+import av
 import numpy as np
 import numpy.typing as npt
 
 from camera import stamp
 from camera.errors import BadConfig, SourceError
-from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame
+from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame, Layer
 from camera.sources.base import FrameSink, Source, VideoSettings
 from camera.sources.x264 import EncodedPicture, X264Encoder
 
@@ -77,7 +85,7 @@ class _Painter:
 
 
 class TestPatternSource(Source):
-    """Moving colour bars with a burnt-in stamp, encoded once by libx264."""
+    """Moving colour bars with a burnt-in stamp, encoded once per layer by libx264."""
 
     name = "testpattern"
     __test__ = False  # not a pytest class, despite the name
@@ -93,23 +101,29 @@ class TestPatternSource(Source):
         self._delivered = 0
         self.error: SourceError | None = None
         """Why frames stopped, if they stopped on their own."""
-        self._want_idr = False
+        self._want_idr: set[Layer] = set()
         self._task: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._encoder: X264Encoder | None = None
+        self._encoders: dict[Layer, X264Encoder] = {}
         self._closed = False
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return self.settings.layers
 
     async def start(self, sink: FrameSink) -> None:
         if self._task is not None or self._closed:
             raise RuntimeError("TestPatternSource can be started once")
-        self._encoder = X264Encoder(self.settings, self._preset)
+        self._encoders = {layer: X264Encoder(self.settings.for_layer(layer), self._preset)
+                          for layer in self.layers}
         # One dedicated thread: the encoder is used by one thread only, and a
         # slow encode never holds up the event loop.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "testpattern-x264")
         self._task = asyncio.get_running_loop().create_task(self._run(sink), name="testpattern")
 
-    def request_keyframe(self) -> None:
-        self._want_idr = True
+    def request_keyframe(self, layer: Layer = Layer.HIGH) -> None:
+        if layer in self.layers:
+            self._want_idr.add(layer)
 
     async def close(self) -> None:
         self._closed = True
@@ -122,16 +136,21 @@ class TestPatternSource(Source):
         if executor is not None:
             # Waits for an encode that is still running (at most one picture).
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
-        if self._encoder is not None:
-            self._encoder.close()
-            self._encoder = None
+        encoders, self._encoders = self._encoders, {}
+        for encoder in encoders.values():
+            encoder.close()
 
     def _encode(
-        self, painter: _Painter, n: int, capture_time: float, force_idr: bool
-    ) -> list[EncodedPicture]:
-        assert self._encoder is not None
+        self, painter: _Painter, n: int, capture_time: float, force_idr: frozenset[Layer]
+    ) -> list[tuple[Layer, EncodedPicture]]:
+        """Paint picture ``n`` once; encode it once per layer (the low one scaled)."""
         yuv = painter.render(n, int(capture_time * 1000))
-        return self._encoder.encode_yuv(yuv, force_idr)
+        picture = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        return [
+            (layer, encoded)
+            for layer, encoder in self._encoders.items()
+            for encoded in encoder.encode(picture, layer in force_idr)
+        ]
 
     async def _run(self, sink: FrameSink) -> None:
         try:
@@ -163,15 +182,16 @@ class TestPatternSource(Source):
                 logger.debug("test pattern behind by %d picture(s): skipping", missed)
                 slot += missed
                 start = loop.time() - slot * period
-            force_idr, self._want_idr = self._want_idr, False
+            force_idr, self._want_idr = frozenset(self._want_idr), set()
             capture_time = time.time()
             assert self._executor is not None
             pictures = await loop.run_in_executor(
                 self._executor, self._encode, painter, number, capture_time, force_idr
             )
             number += 1
-            for picture in pictures:
-                frame = EncodedFrame(picture.data, slot * ticks, picture.keyframe, capture_time)
+            for layer, picture in pictures:
+                frame = EncodedFrame(picture.data, slot * ticks, picture.keyframe, capture_time,
+                                     layer)
                 self._delivered += 1
                 try:
                     sink(frame)

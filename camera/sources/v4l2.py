@@ -13,6 +13,10 @@ The device is read on a thread of its own (reads block); each access unit
 crosses into the event loop once, through ``loop.call_soon_threadsafe``. The
 device path, demuxer and its options are parameters so tests can feed a file
 through the same code.
+
+One layer only (``[video] low_*`` does not apply): a passthrough stream cannot
+be scaled without re-encoding, and a USB camera's host is usually short of CPU
+for a second libx264 encode.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import av
 
 from camera import h264
 from camera.errors import BadConfig, SourceError
-from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame
+from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame, Layer
 from camera.sources.base import FrameSink, Source, VideoSettings
 from camera.sources.x264 import X264Encoder
 
@@ -108,7 +112,9 @@ class V4L2Source(Source):
             raise SourceError(f"{self.device} has no video stream")
         return container
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, layer: Layer = Layer.HIGH) -> None:
+        if layer is not Layer.HIGH:
+            return  # one layer only
         if self.passthrough:
             logger.debug("%s: keyframe request ignored (camera H.264 passthrough)", self.device)
         self._want_idr.set()

@@ -20,9 +20,9 @@ from aiortc.rtp import (
     RtcpRtpfbPacket,
 )
 
-from camera.broadcaster import Broadcaster
+from camera.broadcaster import Broadcaster, Subscription
 from camera.compat import hook_sender
-from camera.frames import EncodedFrame
+from camera.frames import EncodedFrame, Layer
 from camera.track import PassthroughTrack
 
 
@@ -34,9 +34,11 @@ def frame(n: int, keyframe: bool = False) -> EncodedFrame:
 class Requests:
     def __init__(self) -> None:
         self.count = 0
+        self.layers: list[Layer] = []
 
-    def __call__(self) -> None:
+    def __call__(self, layer: Layer) -> None:
         self.count += 1
+        self.layers.append(layer)
 
 
 async def test_every_viewer_gets_the_same_single_stream() -> None:
@@ -146,3 +148,101 @@ def _dtls() -> RTCDtlsTransport:
     return RTCDtlsTransport(
         RTCIceTransport(RTCIceGatherer(iceServers=[])), [RTCCertificate.generateCertificate()]
     )
+
+
+# --- layers -------------------------------------------------------------------
+
+
+def layered(n: int, layer: Layer, keyframe: bool = False) -> EncodedFrame:
+    nal = b"\x65" if keyframe else b"\x41"
+    return EncodedFrame(b"\x00\x00\x00\x01" + nal + bytes([layer, n]), pts=n * 3000,
+                        keyframe=keyframe, capture_time=0.0, layer=layer)
+
+
+def publish_picture(broadcaster: Broadcaster, n: int, idr: set[Layer] = frozenset()) -> None:
+    """One picture on both layers, high first (as the test pattern delivers them)."""
+    for layer in (Layer.HIGH, Layer.LOW):
+        broadcaster.publish(layered(n, layer, layer in idr))
+
+
+async def drain(sub: Subscription) -> list[EncodedFrame]:
+    out = []
+    while sub.backlog:
+        out.append(await sub.get())
+    return out
+
+
+async def test_viewers_sit_on_one_layer_and_ask_for_that_layers_idr() -> None:
+    requests = Requests()
+    broadcaster = Broadcaster(requests, layers=(Layer.HIGH, Layer.LOW), keyframe_burst=1000)
+    high, low = broadcaster.subscribe(), broadcaster.subscribe(Layer.LOW)
+    assert requests.layers == [Layer.HIGH, Layer.LOW]  # each join asked its own layer
+    publish_picture(broadcaster, 0, {Layer.HIGH, Layer.LOW})
+    for n in range(1, 4):
+        publish_picture(broadcaster, n)
+    assert {f.layer for f in await drain(high)} == {Layer.HIGH}
+    assert {f.layer for f in await drain(low)} == {Layer.LOW}
+    low.request_keyframe("PLI/FIR")
+    assert requests.layers[-1] is Layer.LOW
+    assert broadcaster.frames_published == 4  # pictures, counted on the top layer
+    assert broadcaster.viewer_count == 2
+    assert broadcaster.feed(Layer.LOW).frames_published == 4
+
+
+async def test_switch_happens_at_the_target_layers_idr_never_mid_gop() -> None:
+    requests = Requests()
+    broadcaster = Broadcaster(requests, layers=(Layer.HIGH, Layer.LOW), keyframe_burst=1000)
+    sub = broadcaster.subscribe()
+    publish_picture(broadcaster, 0, {Layer.HIGH, Layer.LOW})
+    publish_picture(broadcaster, 1)
+    assert sub.switch_to(Layer.LOW)
+    assert requests.layers[-1] is Layer.LOW and sub.target is Layer.LOW
+    publish_picture(broadcaster, 2)  # no low IDR yet: still on high
+    publish_picture(broadcaster, 3, {Layer.LOW})
+    publish_picture(broadcaster, 4)
+    got = await drain(sub)
+    # High up to picture 2, then low from its IDR at picture 3: one picture per
+    # moment (high's picture 3 was already queued and is dropped), pts rising.
+    assert [(f.layer, f.pts // 3000) for f in got] == [
+        (Layer.HIGH, 0), (Layer.HIGH, 1), (Layer.HIGH, 2), (Layer.LOW, 3), (Layer.LOW, 4)]
+    assert got[3].keyframe
+    assert sub.layer is Layer.LOW and sub.target is None and sub.switches == 1
+    # And back up, at a high IDR that comes first this time.
+    assert sub.switch_to(Layer.HIGH)
+    publish_picture(broadcaster, 5)
+    publish_picture(broadcaster, 6, {Layer.HIGH})
+    got = await drain(sub)
+    assert [(f.layer, f.pts // 3000) for f in got] == [(Layer.LOW, 5), (Layer.HIGH, 6)]
+    assert broadcaster.feed(Layer.LOW).subscribers == set()
+
+
+async def test_switch_to_the_current_layer_cancels_and_unknown_layers_are_refused() -> None:
+    requests = Requests()
+    broadcaster = Broadcaster(requests, layers=(Layer.HIGH, Layer.LOW), keyframe_burst=1000)
+    sub = broadcaster.subscribe()
+    publish_picture(broadcaster, 0, {Layer.HIGH, Layer.LOW})
+    assert sub.switch_to(Layer.LOW)
+    assert not sub.switch_to(Layer.HIGH)  # changed its mind before the IDR
+    publish_picture(broadcaster, 1, {Layer.LOW})
+    assert {f.layer for f in await drain(sub)} == {Layer.HIGH}
+    single = Broadcaster(requests)
+    only = single.subscribe()
+    assert not only.switch_to(Layer.LOW) and only.layer is Layer.HIGH
+
+
+async def test_track_switches_layers_with_continuous_timestamps() -> None:
+    requests = Requests()
+    broadcaster = Broadcaster(requests, layers=(Layer.HIGH, Layer.LOW), keyframe_burst=1000)
+    track = PassthroughTrack(broadcaster)
+    hook_sender(RTCRtpSender(track, _dtls()), track.request_keyframe)
+    first = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    publish_picture(broadcaster, 10, {Layer.HIGH, Layer.LOW})
+    pts = [(await first).pts]
+    assert track.switch_to(Layer.LOW) and track.layer is Layer.HIGH
+    publish_picture(broadcaster, 11)
+    publish_picture(broadcaster, 12, {Layer.LOW})
+    for _ in range(2):
+        pts.append((await track.recv()).pts)
+    assert pts == [0, 3000, 6000] and track.layer is Layer.LOW and track.switches == 1
+    track.stop()

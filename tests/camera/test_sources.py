@@ -17,7 +17,7 @@ import pytest
 
 from camera import h264, stamp
 from camera.errors import BadConfig, SourceError
-from camera.frames import EncodedFrame
+from camera.frames import EncodedFrame, Layer
 from camera.sources.base import Source, VideoSettings
 from camera.sources.file import FileSource
 from camera.sources.picamera2 import Picamera2Source
@@ -27,7 +27,10 @@ from camera.sources.v4l2 import V4L2Source
 from camera.sources.x264 import X264Encoder
 from tests.conftest import scaled
 
-SMALL = VideoSettings(width=320, height=240, fps=30, bitrate=500_000, gop_seconds=60)
+SMALL = VideoSettings(width=320, height=240, fps=30, bitrate=500_000, gop_seconds=60,
+                      low_layer=False)
+LAYERED = VideoSettings(width=640, height=360, fps=30, bitrate=1_000_000, gop_seconds=60,
+                        low_width=320, low_height=180, low_bitrate=100_000)
 
 
 class Collector:
@@ -173,6 +176,82 @@ async def test_testpattern_skips_rather_than_bursts_when_behind() -> None:
     after = [t for t in sink.times if t >= stall_end]
     assert len([t for t in after if t < stall_end + 0.025]) <= 2, np.diff(after)
     assert np.diff(after[-3:]).min() > 0.02, np.diff(after)
+
+
+async def test_testpattern_encodes_each_layer_at_its_size_and_bitrate() -> None:
+    source = TestPatternSource(LAYERED)
+    assert source.layers == (Layer.HIGH, Layer.LOW)
+    sink = Collector()
+    await source.start(sink)
+    await sink.wait_for(2 * 60, timeout=10)  # two seconds of both layers
+    await source.close()
+    by_layer = {layer: [f for f in sink.frames if f.layer is layer] for layer in Layer}
+    high, low = by_layer[Layer.HIGH], by_layer[Layer.LOW]
+    # One access unit per picture and layer, the same pts on both (one timeline).
+    assert abs(len(high) - len(low)) <= 1
+    assert [f.pts for f in high[: len(low)]] == [f.pts for f in low[: len(high)]]
+    for frames, size in ((high, (640, 360)), (low, (320, 180))):
+        assert_constrained_baseline_idr(frames[0])
+        assert [i for i, f in enumerate(frames) if f.keyframe] == [0]
+        assert_monotonic(frames)
+        decoder = av.CodecContext.create("h264", "r")
+        pictures = [p for f in frames for p in decoder.decode(av.Packet(f.data))]
+        assert len(pictures) == len(frames)
+        assert {(p.width, p.height) for p in pictures} == {size}
+    # Each layer within its own bitrate (VBV caps it; the simple pattern often
+    # needs less), and the low layer far cheaper than the high one.
+    seconds = len(low) / 30
+
+    def rate(frames: list[EncodedFrame]) -> float:
+        return 8 * sum(len(f.data) for f in frames) / seconds
+
+    assert rate(high) < 1.3 * 1_000_000, rate(high)
+    assert rate(low) < 1.3 * 100_000, rate(low)
+    assert rate(low) < rate(high) / 2, (rate(low), rate(high))
+
+
+async def test_testpattern_keyframe_request_goes_to_one_layer() -> None:
+    source = TestPatternSource(LAYERED)
+    asked: list[int] = []
+
+    def on_frame(index: int, frame: EncodedFrame) -> None:
+        if frame.layer is Layer.LOW and not asked and index > 10:
+            asked.append(frame.pts)
+            source.request_keyframe(Layer.LOW)
+
+    sink = Collector(on_frame)
+    await source.start(sink)
+    await sink.wait_for(40)
+    await source.close()
+    low_idrs = [f.pts for f in sink.frames if f.layer is Layer.LOW and f.keyframe]
+    high_idrs = [f.pts for f in sink.frames if f.layer is Layer.HIGH and f.keyframe]
+    assert high_idrs == [0]  # untouched
+    assert len(low_idrs) == 2 and 0 < low_idrs[1] - asked[0] <= 2 * 3000, (low_idrs, asked)
+    low_idr = next(f for f in sink.frames if f.layer is Layer.LOW and f.pts == low_idrs[1])
+    assert_constrained_baseline_idr(low_idr)
+
+
+def test_video_settings_low_layer_defaults_and_checks() -> None:
+    default = VideoSettings()
+    assert default.layers == (Layer.HIGH, Layer.LOW)
+    low = default.for_layer(Layer.LOW)
+    assert (low.width, low.height, low.bitrate) == (640, 360, 500_000)
+    assert low.layers == (Layer.HIGH,)  # a layer's encoder settings are single-layer
+    assert default.for_layer(Layer.HIGH).width == 1280
+    assert VideoSettings(low_layer=False).layers == (Layer.HIGH,)
+    # Too small (or too thin) to halve: the automatic low layer is left out.
+    assert VideoSettings(width=100, height=100).layers == (Layer.HIGH,)
+    assert VideoSettings(bitrate=150_000).layers == (Layer.HIGH,)
+    with pytest.raises(ValueError, match="'low' is not configured"):
+        VideoSettings(low_layer=False).for_layer(Layer.LOW)
+    with pytest.raises(BadConfig, match="low layer size 1280x720: need a smaller picture"):
+        VideoSettings(low_width=1280, low_height=720)
+    with pytest.raises(BadConfig, match="low layer size 641x360"):
+        VideoSettings(low_width=641)
+    with pytest.raises(BadConfig, match="low_bitrate 3000000"):
+        VideoSettings(low_bitrate=3_000_000)
+    with pytest.raises(BadConfig, match="low_width -2"):
+        VideoSettings(low_width=-2)
 
 
 def test_testpattern_rejects_a_picture_too_small_for_the_stamp() -> None:
@@ -409,7 +488,6 @@ class FakePicamera2Module:
                 self.config: Any = None
                 self.stopped = threading.Event()
                 self.closed = False
-                self.thread: threading.Thread | None = None
                 fake.cameras.append(self)
 
             def create_video_configuration(self, **kwargs: Any) -> dict[str, Any]:
@@ -418,11 +496,21 @@ class FakePicamera2Module:
             def configure(self, config: Any) -> None:
                 self.config = config
 
-            def start_recording(self, encoder: Any, output: Any) -> None:
-                self.thread = threading.Thread(target=self._encode, args=(encoder, output))
-                self.thread.start()
+                self.started_encoders: list[tuple[Any, Any, str]] = []
+                self.threads: list[threading.Thread] = []
 
-            def _encode(self, encoder: Any, output: Any) -> None:
+            def start_encoder(self, encoder: Any, output: Any, name: str = "main") -> None:
+                assert name in self.config, f"stream {name} is not configured"
+                self.started_encoders.append((encoder, output, name))
+
+            def start(self) -> None:
+                # picamera2 runs each encoder on a thread of its own.
+                for encoder, output, name in self.started_encoders:
+                    thread = threading.Thread(target=self._encode, args=(encoder, output, name))
+                    self.threads.append(thread)
+                    thread.start()
+
+            def _encode(self, encoder: Any, output: Any, name: str) -> None:
                 fake.encoder_threads.add(threading.get_ident())
                 for i in range(fake.frames):
                     if self.stopped.is_set():
@@ -431,15 +519,17 @@ class FakePicamera2Module:
                     if keyframe and i:
                         encoder.forced = 0
                     nal = b"\x65" if keyframe else b"\x41"
-                    frame = bytearray(b"\x00\x00\x00\x01" + nal + i.to_bytes(2, "big"))
+                    tag = name[0].encode()  # b"m" or b"l": which stream it came from
+                    frame = bytearray(b"\x00\x00\x00\x01" + nal + i.to_bytes(2, "big") + tag)
+                    # Both streams of one request carry the same sensor timestamp.
                     output.outputframe(frame, keyframe, 5_000_000 + i * 33_333)
                     frame[:] = b"\xff" * len(frame)  # the encoder reuses its buffer
                     time.sleep(0.002)
 
             def stop_recording(self) -> None:
                 self.stopped.set()
-                if self.thread is not None:
-                    self.thread.join()
+                for thread in self.threads:
+                    thread.join()
 
             def close(self) -> None:
                 self.closed = True
@@ -495,6 +585,40 @@ async def test_picamera2_hands_frames_to_the_loop_in_order() -> None:
     keyframes = [i for i, f in enumerate(sink.frames) if f.keyframe]
     assert keyframes[0] == 0 and len(keyframes) == 2 and keyframes[1] > 4
     assert source.frames_delivered == 20
+
+
+async def test_picamera2_two_layers_main_and_lores_each_with_its_encoder() -> None:
+    module, fake = fake_module(frames=20)
+    source = Picamera2Source(LAYERED, picamera2_module=module)
+    assert source.layers == (Layer.HIGH, Layer.LOW)
+
+    def on_frame(index: int, frame: EncodedFrame) -> None:
+        if index == 8:
+            source.request_keyframe(Layer.LOW)
+
+    sink = Collector(on_frame)
+    await source.start(sink)
+    await sink.wait_for(40)
+    await source.close()
+    (camera,) = fake.cameras
+    assert camera.config["main"] == {"size": (640, 360), "format": "YUV420"}
+    assert camera.config["lores"] == {"size": (320, 180), "format": "YUV420"}
+    high_encoder, low_encoder = fake.encoders
+    assert [name for _, _, name in camera.started_encoders] == ["main", "lores"]
+    assert high_encoder.kwargs["bitrate"] == 1_000_000
+    assert low_encoder.kwargs["bitrate"] == 100_000
+    assert low_encoder.kwargs["profile"] == "baseline" and low_encoder.kwargs["repeat"]
+    assert sink.threads == {threading.get_ident()}
+    for layer, tag in ((Layer.HIGH, b"m"), (Layer.LOW, b"l")):
+        frames = [f for f in sink.frames if f.layer is layer]
+        assert {f.data[7:8] for f in frames} == {tag}  # main -> high, lores -> low
+        assert [int.from_bytes(f.data[5:7], "big") for f in frames] == list(range(20))
+        # One timeline: the same sensor timestamps give both layers the same pts.
+        assert [f.pts for f in frames[:3]] == [0, 2999, 5999]
+    # The request went to the low layer's encoder only.
+    high_keys = [f for f in sink.frames if f.layer is Layer.HIGH and f.keyframe]
+    low_keys = [f for f in sink.frames if f.layer is Layer.LOW and f.keyframe]
+    assert len(high_keys) == 1 and len(low_keys) == 2
 
 
 async def test_picamera2_not_installed_is_a_source_error() -> None:

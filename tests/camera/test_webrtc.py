@@ -8,6 +8,7 @@ import re
 from aiortc import RTCSessionDescription
 
 from camera.broadcaster import Broadcaster
+from camera.frames import Layer
 from camera.session import ViewerSession
 from camera.webrtc import make_peer_connection, prefer_h264, set_profile_level_id
 
@@ -46,8 +47,8 @@ async def test_camera_answers_h264_with_the_streams_profile() -> None:
     await viewer.setLocalDescription(await viewer.createOffer())
     assert "VP8" not in viewer.localDescription.sdp
 
-    broadcaster = Broadcaster(lambda: None)
-    broadcaster.profile_level_id = "42e01e"  # as if the encoder emitted level 3.0
+    broadcaster = Broadcaster(lambda layer: None)
+    broadcaster.feed(Layer.HIGH).profile_level_id = "42e01e"  # as if the encoder emitted level 3.0
     closed: list[str] = []
     session = ViewerSession("x" * 20, broadcaster, [], lambda s, r: closed.append(r))
     answer = await session.answer(viewer.localDescription.sdp)

@@ -24,7 +24,7 @@ import pytest
 from camera.agent import CameraAgent
 from camera.client.viewer import SessionEnded, view
 from camera.config import CameraConfig
-from camera.frames import EncodedFrame
+from camera.frames import EncodedFrame, Layer
 from camera.health import EXIT_STUCK
 from camera.identity import DeviceIdentity
 from camera.sdnotify import Notifier
@@ -55,8 +55,12 @@ class GatedSource(Source):
 
         await self.inner.start(gated)
 
-    def request_keyframe(self) -> None:
-        self.inner.request_keyframe()
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return self.inner.layers
+
+    def request_keyframe(self, layer: Layer = Layer.HIGH) -> None:
+        self.inner.request_keyframe(layer)
 
     async def close(self) -> None:
         await self.inner.close()

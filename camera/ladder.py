@@ -1,0 +1,284 @@
+"""Which layer each viewer should be on, and the ``quality`` data channel: sans-I/O.
+
+:class:`LadderController` is one viewer's loss-based controller, after the loss
+half of Google Congestion Control (draft-ietf-rmcat-gcc-02, section 6): what the
+viewer's RTCP receiver reports say it lost over a sliding window decides.
+
+* Loss above ``down_loss`` (10 %) over the window, in two evaluations running:
+  go down a layer.
+* On a lower layer, loss under ``up_loss`` (2 %) for ``up_after`` seconds: probe
+  up (the move happens at the upper layer's next IDR).
+* A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
+  taking effect is reverted, and the next probe waits twice as long (up to
+  ``max_up_after``, so a viewer whose link got better is back up within about
+  ``window + max_up_after`` seconds). A probe that survives resets the wait.
+* Between 2 % and 10 % nothing moves: the gap is the hysteresis that keeps
+  steady random loss (Wi-Fi) from flapping a viewer between layers.
+
+It decides nothing without evidence: a window needs ``min_packets`` packets
+covered by fresh receiver reports (none for ``stale_after`` seconds: no
+decision, and no clean time accrues). The caller samples the sender's stats
+(aiortc's ``remote-inbound-rtp`` and ``outbound-rtp``) into :class:`Sample`
+records with its own clock: no wall time in here. Round-trip time and bytes
+sent are recorded in each :class:`Estimate` for status; the decisions are
+loss-based only.
+
+The ``quality`` data channel lets a viewer pin a layer (docs/protocol.md,
+"Quality data channel"). Viewer -> camera, one JSON object per text message::
+
+    {"quality": "auto" | "high" | "low"}
+
+Camera -> viewer: ``{"type": "quality", "mode": ..., "layer": ..., "layers": [...]}``
+when the channel opens, after every request and whenever the layer changes;
+``{"type": "error", "error": "..."}`` for a refused request.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from camera.errors import PeercamError
+from camera.frames import Layer
+
+LABEL = "quality"
+"""The data channel's label."""
+MAX_MESSAGE_BYTES = 128
+"""Largest request (UTF-8 bytes); the biggest valid one is under 30."""
+MODES = ("auto", "high", "low")
+
+Mode = Literal["auto", "high", "low"]
+
+
+class Decision(enum.Enum):
+    """What one viewer's controller says after a sample."""
+
+    STAY = "stay"
+    DOWN = "down"
+    """Go down one layer (at its next IDR)."""
+    UP = "up"
+    """Probe the layer above (at its next IDR); reverted if it brings loss."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One look at a viewer's sender stats, on the caller's clock."""
+
+    at: float
+    """Seconds on the caller's monotonic clock."""
+    packets_sent: int
+    """RTP packets sent so far (``outbound-rtp`` packetsSent)."""
+    bytes_sent: int
+    """RTP payload bytes sent so far (``outbound-rtp`` bytesSent)."""
+    packets_lost: int | None = None
+    """Cumulative packets lost in the viewer's latest receiver report (None: no report yet)."""
+    packets_expected: int | None = None
+    """Packets the sender had sent when that report came in (received + lost)."""
+    report_at: float | None = None
+    """When that report arrived, on any clock that only moves forward (tells reports apart)."""
+    rtt: float | None = None
+    """Round-trip time from the latest report, in seconds."""
+    nominal_bitrate: int | None = None
+    """The target bitrate of the layer the viewer is on (bit/s)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What the controller made of its window (for status and logs)."""
+
+    loss: float | None
+    """Fraction of packets lost over the window; None: not enough evidence."""
+    rtt: float | None
+    send_rate: float | None
+    """Bits per second sent over the window."""
+
+
+@dataclass(frozen=True, slots=True)
+class LadderTuning:
+    """The controller's thresholds and timers (seconds, fractions)."""
+
+    window: float = 2.0
+    down_loss: float = 0.10
+    up_loss: float = 0.02
+    probe_loss: float = 0.05
+    min_packets: int = 20
+    up_after: float = 3.0
+    max_up_after: float = 8.0
+    probe_window: float = 3.0
+    stale_after: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.up_loss < self.down_loss <= 1:
+            raise ValueError(f"loss thresholds up {self.up_loss}, down {self.down_loss}: "
+                             "need 0 < up < down <= 1")
+        if not 0 < self.up_after <= self.max_up_after:
+            raise ValueError(f"up_after {self.up_after}, max_up_after {self.max_up_after}: "
+                             "need 0 < up_after <= max_up_after")
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    at: float
+    lost: int
+    expected: int
+
+
+class LadderController:
+    """One viewer's layer choice from its loss; layer 0 is the top (best) one."""
+
+    def __init__(self, layers: int, tuning: LadderTuning | None = None, *,
+                 layer: int = 0) -> None:
+        if layers < 1 or not 0 <= layer < layers:
+            raise ValueError(f"layer {layer} of {layers}: out of range")
+        self.tuning = tuning or LadderTuning()
+        self.layers = layers
+        self.layer = layer
+        """The layer in effect (moved by :meth:`switched`, not by a decision)."""
+        self.pending: int | None = None
+        """A layer decided on but not yet in effect (waiting for its IDR)."""
+        self.probes = 0
+        self.failed_probes = 0
+        """Probes reverted in a row (the next probe waits 2**n times as long)."""
+        self.estimate = Estimate(None, None, None)
+        self._reports: deque[_Report] = deque()
+        self._samples: deque[Sample] = deque()
+        self._last_report_at: float | None = None
+        self._last_fresh: float | None = None
+        self._over = 0
+        self._clean_since: float | None = None
+        self._probe_until: float | None = None
+
+    @property
+    def probing(self) -> bool:
+        return self._probe_until is not None
+
+    @property
+    def up_after(self) -> float:
+        """Clean seconds needed before the next probe up (backed off by failures)."""
+        t = self.tuning
+        return min(t.max_up_after, t.up_after * 2.0 ** self.failed_probes)
+
+    def switched(self, layer: int, at: float) -> None:
+        """The viewer's move to ``layer`` took effect (its IDR went out) at ``at``."""
+        if not 0 <= layer < self.layers:
+            raise ValueError(f"layer {layer} of {self.layers}: out of range")
+        up = layer < self.layer
+        self.layer, self.pending = layer, None
+        # The window starts again: loss on the old layer says nothing about this one.
+        self._reports.clear()
+        self._over = 0
+        self._clean_since = None
+        self._probe_until = at + self.tuning.probe_window if up else None
+
+    def observe(self, sample: Sample) -> Decision:
+        """Take one sample; say whether this viewer should move."""
+        t = self.tuning
+        now = sample.at
+        self._take(sample)
+        loss = self.estimate.loss
+        if self.pending is not None:
+            return Decision.STAY
+        if self._probe_until is not None:
+            if loss is not None and loss > t.probe_loss:
+                self.failed_probes += 1
+                self._probe_until = None
+                return self._decide(Decision.DOWN)
+            if now >= self._probe_until:
+                self._probe_until = None
+                self.failed_probes = 0  # the probe held: the link has room
+        self._over = self._over + 1 if loss is not None and loss > t.down_loss else 0
+        if self._over >= 2 and self.layer < self.layers - 1:
+            return self._decide(Decision.DOWN)
+        if self.layer > 0:
+            if loss is None or loss >= t.up_loss:
+                self._clean_since = None
+            elif self._clean_since is None:
+                self._clean_since = now
+            elif now - self._clean_since >= self.up_after:
+                self.probes += 1
+                return self._decide(Decision.UP)
+        return Decision.STAY
+
+    def _decide(self, decision: Decision) -> Decision:
+        self.pending = self.layer + (1 if decision is Decision.DOWN else -1)
+        self._clean_since = None
+        self._over = 0
+        return decision
+
+    def cancel(self) -> None:
+        """The decided move will not happen (forced layer, single-layer source)."""
+        self.pending = None
+
+    def _take(self, sample: Sample) -> None:
+        t = self.tuning
+        now = sample.at
+        self._samples.append(sample)
+        while len(self._samples) > 1 and self._samples[1].at <= now - t.window:
+            self._samples.popleft()
+        fresh = (sample.report_at is not None and sample.packets_lost is not None
+                 and sample.packets_expected is not None
+                 and sample.report_at != self._last_report_at)
+        if fresh:
+            assert sample.packets_lost is not None and sample.packets_expected is not None
+            self._last_report_at = sample.report_at
+            self._last_fresh = now
+            self._reports.append(_Report(now, sample.packets_lost, sample.packets_expected))
+        # Keep one report at or before the window's start as the baseline.
+        while len(self._reports) > 1 and self._reports[1].at <= now - t.window:
+            self._reports.popleft()
+        loss: float | None = None
+        stale = self._last_fresh is None or now - self._last_fresh > t.stale_after
+        if len(self._reports) >= 2 and not stale:
+            first, last = self._reports[0], self._reports[-1]
+            expected = last.expected - first.expected
+            if expected >= t.min_packets:
+                loss = min(1.0, max(0.0, (last.lost - first.lost) / expected))
+        oldest = self._samples[0]
+        span = now - oldest.at
+        rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
+        self.estimate = Estimate(loss, sample.rtt, rate)
+
+
+# -- the quality data channel ---------------------------------------------------------
+
+
+class BadQualityRequest(PeercamError, ValueError):
+    """A message on the quality channel that is not a valid request (the reply says why)."""
+
+
+def parse_request(data: str | bytes) -> Mode:
+    """The mode a viewer asks for; :class:`BadQualityRequest` naming the fault."""
+    if isinstance(data, bytes):
+        raise BadQualityRequest("binary message: send JSON text")
+    if len(data.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES:
+        raise BadQualityRequest(f"message of {len(data)} characters: at most "
+                                f"{MAX_MESSAGE_BYTES} bytes")
+    try:
+        message: Any = json.loads(data)
+    except ValueError:
+        raise BadQualityRequest(f"not JSON: {data[:40]!r}") from None
+    if not isinstance(message, dict) or set(message) != {"quality"}:
+        raise BadQualityRequest('need exactly {"quality": "auto" | "high" | "low"}')
+    mode = message["quality"]
+    if mode not in MODES:
+        raise BadQualityRequest(f"quality {str(mode)[:20]!r}: need one of {', '.join(MODES)}")
+    result: Mode = mode
+    return result
+
+
+def state_reply(mode: Mode, layer: Layer, layers: tuple[Layer, ...]) -> str:
+    """The camera's report of a viewer's quality mode and the layer it is on."""
+    return json.dumps({"type": "quality", "mode": mode, "layer": layer.label,
+                       "layers": [item.label for item in layers]})
+
+
+def error_reply(text: str) -> str:
+    return json.dumps({"type": "error", "error": text})
+
+
+def layer_for(mode: Mode) -> Layer | None:
+    """The layer a fixed mode pins; None for ``auto``."""
+    return None if mode == "auto" else Layer[mode.upper()]

@@ -1,0 +1,223 @@
+"""One viewer's place on the quality ladder: the asyncio adapter around camera/ladder.py.
+
+Each viewer session with video has one :class:`ViewerQuality`. It owns:
+
+* a sampling task (started when the session connects, ended when it closes):
+  every :data:`SAMPLE_EVERY` seconds it reads the video sender's stats (aiortc's
+  public ``getStats``: ``outbound-rtp`` and the viewer's receiver reports as
+  ``remote-inbound-rtp``), feeds the :class:`~camera.ladder.LadderController`
+  and moves the viewer's track at the target layer's next IDR;
+* the viewer's ``quality`` data channel, if it opens one: ``auto`` (the
+  controller decides), ``high`` or ``low`` (pinned). Every request re-checks the
+  ACL, like pan/tilt, and takes a token from the session's bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiortc import RTCRtpSender
+from aiortc.exceptions import InvalidStateError
+
+from camera.frames import Layer
+from camera.ladder import (
+    BadQualityRequest,
+    Decision,
+    LadderController,
+    LadderTuning,
+    Mode,
+    Sample,
+    error_reply,
+    layer_for,
+    parse_request,
+    state_reply,
+)
+from camera.track import PassthroughTrack
+from services.ratelimit import TokenBucket
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_EVERY = 0.5
+"""Seconds between looks at a viewer's sender stats (receiver reports come every ~1 s)."""
+STATS_TIMEOUT = 2.0
+"""Longest wait for one ``getStats`` (it answers from memory; a bound all the same)."""
+NOT_AUTHORIZED = "not authorized: this viewer is not paired with the camera"
+
+
+class ViewerQuality:
+    """Chooses (or pins) one viewer's layer."""
+
+    def __init__(
+        self,
+        session_id: str,
+        track: PassthroughTrack,
+        *,
+        viewer_key: str | None,
+        authorized: Callable[[str | None], bool],
+        bitrates: Mapping[Layer, int] | None = None,
+        tuning: LadderTuning | None = None,
+        rate: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session_id = session_id
+        self.track = track
+        self._viewer_key = viewer_key
+        self._authorized = authorized
+        self._bitrates = dict(bitrates or {})
+        self._clock = clock
+        self._bucket = TokenBucket(rate, rate)
+        self.layers = track.layers
+        self.controller = LadderController(len(self.layers), tuning,
+                                           layer=self.layers.index(track.layer))
+        self.mode: Mode = "auto"
+        self._channel: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._reported: Layer | None = None
+        self.refused = 0
+
+    @property
+    def layer(self) -> Layer:
+        return self.track.layer
+
+    # -- the sampling task ----------------------------------------------------------
+
+    def start(self, sender: RTCRtpSender) -> None:
+        """Start sampling ``sender``'s stats (once; the session calls :meth:`close`)."""
+        if self._task is None and len(self.layers) > 1:
+            self._task = asyncio.create_task(self._run(sender), name="viewer-quality")
+
+    async def _run(self, sender: RTCRtpSender) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY)
+            try:
+                async with asyncio.timeout(STATS_TIMEOUT):
+                    report = await sender.getStats()
+            except Exception as exc:  # closing under us
+                logger.debug("session %s: no sender stats: %s", self.session_id, exc)
+                continue
+            self.step(self._sample(report.values()))
+
+    def _sample(self, stats: Any) -> Sample:
+        sent = sent_bytes = 0
+        lost = expected = None
+        report_at = rtt = None
+        for stat in stats:
+            if stat.type == "outbound-rtp":
+                sent, sent_bytes = stat.packetsSent, stat.bytesSent
+            elif stat.type == "remote-inbound-rtp":
+                lost = stat.packetsLost
+                expected = stat.packetsReceived + stat.packetsLost
+                report_at = stat.timestamp.timestamp()
+                rtt = stat.roundTripTime
+        return Sample(at=self._clock(), packets_sent=sent, bytes_sent=sent_bytes,
+                      packets_lost=lost, packets_expected=expected, report_at=report_at,
+                      rtt=rtt, nominal_bitrate=self._bitrates.get(self.track.layer))
+
+    def step(self, sample: Sample) -> None:
+        """One sample: follow a move that took effect, then let the controller decide."""
+        index = self.layers.index(self.track.layer)
+        if index != self.controller.layer:
+            self.controller.switched(index, sample.at)
+            logger.info("session %s: now on the %s layer", self.session_id,
+                        self.track.layer.label)
+        self._report_layer()
+        decision = self.controller.observe(sample)
+        if self.mode != "auto" or decision is Decision.STAY:
+            if self.mode != "auto":
+                self.controller.cancel()
+            return
+        assert self.controller.pending is not None
+        target = self.layers[self.controller.pending]
+        loss = self.controller.estimate.loss
+        logger.info("session %s: loss %s on the %s layer: %s to the %s layer",
+                    self.session_id, "?" if loss is None else f"{100 * loss:.1f} %",
+                    self.track.layer.label,
+                    "probing up" if decision is Decision.UP else "going down", target.label)
+        if not self.track.switch_to(target):
+            self.controller.cancel()
+
+    # -- the quality data channel -------------------------------------------------
+
+    def attach(self, channel: Any) -> None:
+        """Serve the viewer's ``quality`` channel (one per session)."""
+        if self._channel is not None:
+            logger.info("session %s: refusing a second quality channel", self.session_id)
+            channel.close()
+            return
+        self._channel = channel
+
+        def on_message(data: str | bytes) -> None:
+            if self._channel is channel:
+                self._received(data)
+
+        def on_close() -> None:
+            if self._channel is channel:
+                self._channel = None
+
+        channel.on("message", on_message)
+        channel.on("close", on_close)
+        if channel.readyState == "open":
+            self._say(self._state())
+        else:
+            channel.on("open", lambda: self._say(self._state()))
+
+    def _received(self, data: str | bytes) -> None:
+        if not self._authorized(self._viewer_key):
+            self.refused += 1
+            self._say(error_reply(NOT_AUTHORIZED))
+            return
+        if not self._bucket.allow(self._clock()):
+            self._say(error_reply("rate limited: too many quality requests"))
+            return
+        try:
+            mode = parse_request(data)
+        except BadQualityRequest as exc:
+            self._say(error_reply(str(exc)))
+            return
+        self.set_mode(mode)
+        self._say(self._state())
+
+    def set_mode(self, mode: Mode) -> None:
+        """``auto``: the controller decides from here on; ``high``/``low``: pinned."""
+        pinned = layer_for(mode)
+        if pinned is not None and pinned not in self.layers:
+            self._say(error_reply(f"unavailable: this camera sends no {pinned.label} layer"))
+            return
+        self.mode = mode
+        self.controller.cancel()
+        if pinned is not None:
+            self.track.switch_to(pinned)
+        else:
+            # Fresh evidence from here on, starting where the viewer is.
+            self.controller = LadderController(len(self.layers), self.controller.tuning,
+                                               layer=self.layers.index(self.track.layer))
+        logger.info("session %s: quality %s", self.session_id, mode)
+
+    def _state(self) -> str:
+        return state_reply(self.mode, self.track.layer, self.layers)
+
+    def _report_layer(self) -> None:
+        if self._reported is not self.track.layer:
+            self._reported = self.track.layer
+            self._say(self._state())
+
+    def _say(self, text: str) -> None:
+        channel = self._channel
+        if channel is None or channel.readyState != "open":
+            return
+        with contextlib.suppress(InvalidStateError, ConnectionError):
+            channel.send(text)
+
+    async def close(self) -> None:
+        """Stop sampling; forget the channel. Safe twice."""
+        self._channel = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

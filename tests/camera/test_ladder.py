@@ -1,0 +1,197 @@
+"""The per-viewer layer controller on synthetic RTCP, with its own clock; the quality
+channel's messages."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from camera.frames import Layer
+from camera.ladder import (
+    BadQualityRequest,
+    Decision,
+    LadderController,
+    LadderTuning,
+    Sample,
+    layer_for,
+    parse_request,
+    state_reply,
+)
+
+HIGH_BPS, LOW_BPS = 2_000_000, 500_000
+PACKET_BITS = 8 * 1200
+
+
+class Link:
+    """A viewer's downlink on a simulated clock: RTP packets at the layer's rate, a
+    capacity cap (policing: the excess is lost) and random loss; receiver reports
+    every 0.5-1.5 s like aiortc's; a decided move takes effect at the next IDR
+    (0.3 s later)."""
+
+    def __init__(self, seed: int = 1, layer: int = 0) -> None:
+        self.rng = random.Random(seed)
+        self.controller = LadderController(2, layer=layer)
+        self.now = 0.0
+        self.sent = 0
+        self.lost = 0
+        self.bytes = 0
+        self.report: tuple[float, int, int] | None = None
+        self.next_report = 1.0
+        self.switch_at: tuple[float, int] | None = None
+        self.history: list[tuple[float, int]] = []
+        self.decisions: list[tuple[float, Decision]] = []
+        self.cap: float | None = None
+        self.random_loss = 0.0
+
+    def run(self, until: float, step: float = 0.5) -> None:
+        while self.now < until:
+            self.now = round(self.now + step, 6)
+            rate = HIGH_BPS if self.controller.layer == 0 else LOW_BPS
+            packets = round(rate * step / PACKET_BITS)
+            over = 0.0 if self.cap is None else max(0.0, 1 - self.cap / rate)
+            p = 1 - (1 - over) * (1 - self.random_loss)
+            self.lost += sum(self.rng.random() < p for _ in range(packets))
+            self.sent += packets
+            self.bytes += packets * 1200
+            if self.now >= self.next_report:
+                self.report = (self.now, self.lost, self.sent)
+                self.next_report = self.now + 0.5 + self.rng.random()
+            if self.switch_at is not None and self.now >= self.switch_at[0]:
+                self.controller.switched(self.switch_at[1], self.now)
+                self.switch_at = None
+            report_at, lost, expected = self.report or (None, None, None)
+            decision = self.controller.observe(Sample(
+                at=self.now, packets_sent=self.sent, bytes_sent=self.bytes,
+                packets_lost=lost, packets_expected=expected, report_at=report_at,
+                rtt=0.03, nominal_bitrate=rate))
+            if decision is not Decision.STAY:
+                self.decisions.append((self.now, decision))
+                assert self.controller.pending is not None
+                self.switch_at = (self.now + 0.3, self.controller.pending)
+            self.history.append((self.now, self.controller.layer))
+
+    def layer_at(self, t: float) -> int:
+        return next(layer for at, layer in self.history if at >= t)
+
+    def first(self, since: float, test: Callable[[int], bool]) -> float:
+        return next(at for at, layer in self.history if at >= since and test(layer))
+
+
+def test_capped_viewer_goes_down_within_the_window_and_stays_down() -> None:
+    link = Link()
+    link.run(10)
+    assert link.decisions == [] and link.controller.layer == 0
+    link.cap = 1_000_000  # the high layer loses half its packets, the low one none
+    link.run(70)
+    went_down = link.first(10, lambda layer: layer == 1)
+    # Two windows' evaluations over 10 % (the window is 2 s), plus the IDR.
+    assert went_down - 10 <= link.controller.tuning.window + 1.5, went_down
+    # While capped: probes up are tried, each one reverted within the probe window,
+    # each waiting longer than the last (up to the ceiling): mostly on the low layer.
+    capped = [layer for at, layer in link.history if went_down <= at < 70]
+    assert capped.count(1) / len(capped) > 0.8
+    ups = [at for at, d in link.decisions if d is Decision.UP]
+    downs = [at for at, d in link.decisions if d is Decision.DOWN]
+    assert 2 <= len(ups) <= 8, ups
+    for up in ups:
+        revert = next(at for at in downs if at > up)
+        assert revert - up <= link.controller.tuning.probe_window + 1.0
+    gaps = [b - a for a, b in zip(ups, ups[1:], strict=False)]
+    assert gaps == sorted(gaps), gaps  # backed off, never sooner
+    assert link.controller.failed_probes >= 2
+
+
+def test_viewer_goes_back_up_within_ten_seconds_of_the_cap_lifting() -> None:
+    link = Link(seed=3)
+    link.cap = 800_000
+    link.run(60)  # long enough for the probe wait to reach its ceiling
+    assert link.controller.up_after == link.controller.tuning.max_up_after
+    link.cap = None
+    link.run(90)
+    back_up = link.first(60, lambda layer: layer == 0)
+    assert back_up - 60 <= 10.5, back_up
+    # And it stays up: the probe held, the wait is reset.
+    assert all(layer == 0 for at, layer in link.history if at >= back_up)
+    assert link.controller.failed_probes == 0
+
+
+@pytest.mark.parametrize("loss", [0.01, 0.015, 0.02])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_steady_random_loss_never_flaps(loss: float, seed: int) -> None:
+    link = Link(seed=seed)
+    link.random_loss = loss
+    link.run(600)  # ten minutes
+    assert link.decisions == []
+    # Started low (say it was capped before), it goes up once and stays.
+    low = Link(seed=seed, layer=1)
+    low.random_loss = loss / 2
+    low.run(600)
+    assert [d for _, d in low.decisions] == [Decision.UP]
+
+
+def test_no_reports_no_decision() -> None:
+    controller = LadderController(2, layer=1)
+    for i in range(100):
+        # Packets go out, but the viewer never reports: nothing is known.
+        assert controller.observe(Sample(at=i * 0.5, packets_sent=i * 50,
+                                         bytes_sent=i * 60_000)) is Decision.STAY
+    assert controller.estimate.loss is None
+    # A report that stops coming is stale after a while: no clean time accrues.
+    controller = LadderController(2, layer=1)
+    for i in range(40):
+        report = min(i, 2) * 0.5
+        decision = controller.observe(Sample(
+            at=i * 0.5, packets_sent=i * 50, bytes_sent=i * 60_000, packets_lost=0,
+            packets_expected=min(i, 2) * 50, report_at=report))
+        assert decision is Decision.STAY, i
+
+
+def test_a_pending_move_is_not_decided_twice_and_tuning_is_checked() -> None:
+    controller = LadderController(2)
+    decisions = []
+    for i in range(1, 12):
+        decisions.append(controller.observe(Sample(
+            at=i * 0.5, packets_sent=i * 100, bytes_sent=0, packets_lost=i * 50,
+            packets_expected=i * 100, report_at=float(i))))
+    assert decisions.count(Decision.DOWN) == 1 and controller.pending == 1
+    controller.switched(1, 6.0)
+    assert controller.layer == 1 and controller.pending is None
+    with pytest.raises(ValueError, match="layer 2 of 2"):
+        controller.switched(2, 7.0)
+    with pytest.raises(ValueError, match="need 0 < up < down"):
+        LadderTuning(up_loss=0.2, down_loss=0.1)
+
+
+# -- the quality channel's messages ------------------------------------------------
+
+
+def test_quality_requests_parse_and_replies_say_the_layer() -> None:
+    assert parse_request('{"quality": "low"}') == "low"
+    assert layer_for("low") is Layer.LOW and layer_for("high") is Layer.HIGH
+    assert layer_for("auto") is None
+    reply = json.loads(state_reply("auto", Layer.LOW, (Layer.HIGH, Layer.LOW)))
+    assert reply == {"type": "quality", "mode": "auto", "layer": "low",
+                     "layers": ["high", "low"]}
+    for bad, message in [
+        (b"{}", "binary"),
+        ("{", "not JSON"),
+        ('{"quality": "medium"}', "'medium': need one of auto, high, low"),
+        ('{"quality": "low", "x": 1}', "need exactly"),
+        ("[]", "need exactly"),
+        ("x" * 200, "at most 128 bytes"),
+    ]:
+        with pytest.raises(BadQualityRequest, match=message):
+            parse_request(bad)
+
+
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_any_message_is_a_mode_or_a_clear_error(data: str | bytes) -> None:
+    try:
+        assert parse_request(data) in ("auto", "high", "low")
+    except BadQualityRequest as exc:
+        assert str(exc)
