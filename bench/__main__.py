@@ -8,6 +8,7 @@
     scripts/bench storm      reconnect storm: a fleet of cameras back after a rendezvous restart
     scripts/bench relay      TURN relay (coturn) cost against direct
     scripts/bench labttff    first frame through the NAT lab: direct (srflx) and relayed
+    scripts/bench recovery   faults in the NAT lab: how soon video is back
     scripts/bench all        every benchmark above, in that order
     scripts/bench report     rewrite docs/benchmarks.md from the stored results
 
@@ -36,7 +37,8 @@ from bench import camera_proc
 from bench.common import ROOT, machine
 from bench.report import write_report
 
-ORDER = ["ttff", "latency", "viewers", "janus", "scale", "storm", "relay", "labttff"]
+ORDER = ["ttff", "latency", "viewers", "janus", "scale", "storm", "relay", "labttff",
+         "recovery"]
 
 
 def benchmarks() -> dict[str, ModuleType]:

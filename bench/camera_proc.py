@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import pin_loopback
+from camera.sources.base import Layer
 
 
 async def camera_main(args: argparse.Namespace) -> None:
@@ -59,11 +60,12 @@ class IdleSource:
     """A source that never encodes (the per-viewer path renders its own raw frames)."""
 
     name = "idle"
+    layers = (Layer.HIGH,)
 
     async def start(self, sink: Any) -> None:
         pass
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, layer: Layer = Layer.HIGH) -> None:
         pass
 
     async def close(self) -> None:
@@ -92,8 +94,17 @@ def install_per_viewer_encode(video: Any) -> None:
         return state["frame"]
 
     class RawTrack(VideoStreamTrack):
+        layer = Layer.HIGH
+        layers = (Layer.HIGH,)
+
         def __init__(self, broadcaster: Any) -> None:
             super().__init__()  # the broadcaster is not used: nothing is shared here
+
+        def request_keyframe(self, reason: str) -> None:
+            pass  # aiortc's own encoder answers PLI itself on this path
+
+        def switch_to(self, layer: Layer) -> bool:
+            return layer is Layer.HIGH
 
         async def recv(self) -> Any:
             pts, time_base = await self.next_timestamp()

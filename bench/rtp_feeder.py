@@ -125,8 +125,9 @@ async def feed(args: argparse.Namespace) -> dict[str, Any]:
     from camera.sources.testpattern import TestPatternSource
 
     loop = asyncio.get_running_loop()
+    # One stream, as the Janus mountpoint takes one (no second, lower layer).
     settings = VideoSettings(width=args.width, height=args.height, fps=args.fps,
-                             bitrate=args.bitrate)
+                             bitrate=args.bitrate, low_layer=False)
     source = TestPatternSource(settings)
     limiter = Broadcaster(source.request_keyframe)  # peercam's IDR limiter, nothing else
     packetizer = RtpPacketizer(args.payload_type)

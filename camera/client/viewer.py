@@ -146,6 +146,11 @@ def parse_target(target: str, rendezvous: str | None) -> tuple[str, str, str | N
     return base, normalize_device_id(device), secret
 
 
+GAP_LOGGED = 0.25
+"""Seconds between two shown frames that count as a gap in :attr:`ViewStats.gaps`."""
+GAPS_KEPT = 200
+
+
 @dataclass
 class ViewStats:
     """What one viewing measured."""
@@ -171,6 +176,12 @@ class ViewStats:
     """Why the last session was replaced (None: it never was)."""
     max_gap_ms: float | None = None
     """Longest time between two shown frames after the first."""
+    first_frame_clock: float | None = None
+    """``time.monotonic()`` at the first frame: one clock for every process on a machine,
+    so a test or benchmark can line frames up with faults it made elsewhere."""
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+    """``time.monotonic()`` (last frame before, first frame after) of every gap of
+    ``GAP_LOGGED`` or more, at most ``GAPS_KEPT`` of them."""
 
     def as_dict(self) -> dict[str, Any]:
         span = (
@@ -193,6 +204,8 @@ class ViewStats:
             "reconnects": self.reconnects,
             "last_cause": self.last_cause,
             "max_gap_ms": None if self.max_gap_ms is None else round(self.max_gap_ms, 1),
+            "first_frame_clock": self.first_frame_clock,
+            "gaps": [[round(a, 3), round(b, 3)] for a, b in self.gaps],
         }
         if self.latencies_ms:
             ordered = sorted(self.latencies_ms)
@@ -642,13 +655,17 @@ class _Run:
             if session.number != self.healer.current:
                 continue  # a session that lost, in its last moments
             now = time.perf_counter()
+            clock = time.monotonic()
             if stats.first_frame_at is None:
                 stats.ttff_ms = (now - session.started) * 1000
                 stats.first_frame_at = now
+                stats.first_frame_clock = clock
                 stats.width, stats.height = frame.width, frame.height
             elif stats.last_frame_at is not None:
                 gap = (now - stats.last_frame_at) * 1000
                 stats.max_gap_ms = max(stats.max_gap_ms or 0.0, gap)
+                if gap >= GAP_LOGGED * 1000 and len(stats.gaps) < GAPS_KEPT:
+                    stats.gaps.append((clock - gap / 1000, clock))
             stats.last_frame_at = now
             stats.frames += 1
             stamp = read_stamp(stamp_region(frame))
