@@ -17,7 +17,7 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionD
 from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
-from camera.compat import hook_sender
+from camera.compat import hook_sender, watch_rtcp
 from camera.errors import PeercamError
 from camera.frames import Layer
 from camera.ladder import LABEL as QUALITY_LABEL
@@ -118,6 +118,8 @@ class ViewerSession:
         self.pc: RTCPeerConnection = make_peer_connection(ice_servers)
         self.track: PassthroughTrack | None = None
         self.connected = asyncio.Event()
+        self.last_rtcp: float | None = None
+        """Loop time of the viewer's last RTCP packet (video sessions; None: none yet)."""
         self._closing: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.pc.on("connectionstatechange", self._state_changed)
@@ -133,6 +135,7 @@ class ViewerSession:
             transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
             prefer_h264(transceiver)
             hook_sender(transceiver.sender, self.track.request_keyframe)
+            watch_rtcp(transceiver.sender, self._rtcp_seen)
             self._video_sender = transceiver.sender
             self.quality = ViewerQuality(session_id=self.session_id, track=self.track,
                                          viewer_key=self.viewer_key,
@@ -198,6 +201,15 @@ class ViewerSession:
             logger.info("session %s: not connected after %.0f s", self.session_id,
                         self._ice_timeout)
             self.close("ICE did not connect")
+
+    def _rtcp_seen(self) -> None:
+        self.last_rtcp = asyncio.get_running_loop().time()
+
+    def quiet(self, now: float, after: float) -> bool:
+        """A connected video session whose viewer has sent no RTCP for ``after`` seconds:
+        its half of the path is broken (a NAT that forgot its mapping, a link down)."""
+        return (self.connected.is_set() and self.last_rtcp is not None
+                and now - self.last_rtcp > after)
 
     async def _state_changed(self) -> None:
         state = self.pc.connectionState
