@@ -36,6 +36,9 @@ from services.signaling import MAX_CANDIDATES
 logger = logging.getLogger(__name__)
 
 
+CLOSE_TIMEOUT = 5.0
+"""Seconds a session's peer connection may take to close before it is given up."""
+
 _VIDEO_SECTION = re.compile(r"^m=video ", re.MULTILINE)
 
 
@@ -267,5 +270,16 @@ class ViewerSession:
             await self.quality.close()
         if self.track is not None:
             self.track.stop()
-        await self.pc.close()
-        self._on_closed(self, reason)
+        try:
+            # aiortc's close waits on its transports; on a network that is gone
+            # (the camera moved) that can take forever. The session ends anyway.
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.pc.close()
+        except TimeoutError:
+            logger.warning("session %s: the peer connection did not close within %.0f s",
+                           self.session_id, CLOSE_TIMEOUT)
+        except Exception as exc:
+            logger.warning("session %s: closing the peer connection failed: %s",
+                           self.session_id, exc)
+        finally:
+            self._on_closed(self, reason)

@@ -38,8 +38,12 @@ TICK = 0.25
 """Seconds between health/LED ticks on the event loop."""
 MEDIA_QUIET = 2.0
 """Seconds without RTCP from every connected viewer before the rendezvous link is renewed."""
-RENEW_EVERY = 10.0
-"""Seconds between two renewals of the link for quiet media."""
+RENEW_SPACING = 2.0
+"""Shortest time between two renewals of the link for quiet media."""
+MEDIA_DEAD = 30.0
+"""Seconds without RTCP after which a connected video session is closed: its viewer is
+gone (ICE consent, RFC 7675, takes as long, but aioice's check can die with the
+network it was using)."""
 STATS_EVERY = 2.0
 """Seconds between samples of each viewer's sender stats (bitrate, RTT)."""
 EXIT_LINK = 75
@@ -74,6 +78,8 @@ class Supervisor:
         self._watchdog_stopped = False
         self._stats_at = 0.0
         self._renewed_at = float("-inf")
+        self._renewed_for: set[str] = set()
+        """Sessions whose quiet already led to a renewal (one renewal per quiet spell)."""
         self.metrics = MetricsFile.for_config(agent.config)
         """The Prometheus textfile, rewritten from the tick every few seconds."""
 
@@ -140,23 +146,33 @@ class Supervisor:
                                                  link.internal_failures, link.last_activity):
             await self._act_link(link_action)
         self.show_state()
+        await self._watch_media(now)
+        if now - self._stats_at >= STATS_EVERY:
+            self._stats_at = now
+            await self._sample_viewer_stats(now)
+        self.metrics.tick(now, agent)
+
+    async def _watch_media(self, now: float) -> None:
+        agent = self.agent
         watching = [s for s in agent.sessions.values()
                     if s.connected.is_set() and s.last_rtcp is not None]
-        if (watching and now - self._renewed_at >= RENEW_EVERY
-                and all(s.quiet(now, MEDIA_QUIET) for s in watching)):
+        for session in watching:
+            if session.quiet(now, MEDIA_DEAD):
+                session.close(f"no RTCP from the viewer for {MEDIA_DEAD:.0f} s")
+        self._renewed_for &= {s.session_id for s in watching if s.quiet(now, MEDIA_QUIET)}
+        if (watching and now - self._renewed_at >= RENEW_SPACING
+                and all(s.quiet(now, MEDIA_QUIET) for s in watching)
+                and any(s.session_id not in self._renewed_for for s in watching)):
             # Every viewer's RTCP stopped at once: our side of the path broke (our NAT
             # forgot its mappings, our uplink changed). The rendezvous link's TCP
             # connection is then as dead as the media, and the viewers' new offers
             # would wait behind it until the next heartbeat. A fresh link now lets
             # them through in seconds (the live sessions are not touched).
             self._renewed_at = now
+            self._renewed_for |= {s.session_id for s in watching}
             logger.warning("no RTCP from any viewer for %.0f s: renewing the rendezvous link",
                            MEDIA_QUIET)
             await agent.link.restart()
-        if now - self._stats_at >= STATS_EVERY:
-            self._stats_at = now
-            await self._sample_viewer_stats(now)
-        self.metrics.tick(now, agent)
 
     async def _act(self, action: HealthAction, now: float) -> None:
         if action is HealthAction.READY:
