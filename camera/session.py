@@ -218,8 +218,12 @@ class ViewerSession:
         state = self.pc.connectionState
         logger.debug("session %s: %s", self.session_id, state)
         if state == "connected":
-            if not self.connected.is_set() and self._on_connected is not None:
-                self._on_connected(self)
+            if not self.connected.is_set():
+                if self.track is not None and self.last_rtcp is None:
+                    # Connecting is a sign of life; RTCP follows within a second or so.
+                    self.last_rtcp = asyncio.get_running_loop().time()
+                if self._on_connected is not None:
+                    self._on_connected(self)
             self.connected.set()
             if self.quality is not None and self._video_sender is not None:
                 self.quality.start(self._video_sender)  # its stats feed the layer choice
