@@ -195,10 +195,14 @@ def _target(value: float | None, kind: str) -> str:
     return f"≤ {value:g} s"
 
 
+def _new_cell(event: str, stats: dict[str, Any]) -> str:
+    return "–" if TARGETS[event][1] is None else _cell(stats)
+
+
 def headline(result: dict[str, Any]) -> str:
     parts = []
     for event, data in result["events"].items():
-        parts.append(f"{event} {_cell(data['existing'])} (new {_cell(data['new'])})")
+        parts.append(f"{event} {_cell(data['existing'])} (new {_new_cell(event, data['new'])})")
     return "recovery: " + "; ".join(parts)
 
 
@@ -250,6 +254,6 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines.append(f"| {LABELS[event]} | {len(data['trials'])} | "
                      f"{_target(existing_target, 'existing')} | "
                      f"{_cell(data['existing'])} | {_target(new_target, 'new')} | "
-                     f"{_cell(data['new'])} |")
+                     f"{_new_cell(event, data['new'])} |")
     lines += ["", "![recovery](bench/recovery.png)", ""]
     return lines
