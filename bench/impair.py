@@ -78,6 +78,7 @@ class ImpairRelay:
                         False: LinkModel(to_camera or Impairment(), self._rng)}
         self._counts = {True: [0, 0, 0], False: [0, 0, 0]}  # datagrams, media, delivered
         self._sockets: dict[bool, asyncio.DatagramTransport] = {}
+        self._last_when = {True: float("-inf"), False: float("-inf")}
 
     @property
     def viewer_port(self) -> int:
@@ -137,14 +138,26 @@ class ImpairRelay:
             return
         counts[1] += 1
         now = self._clock()
-        at = self._models[towards_viewer].offer(now, len(data) + 42)  # UDP/IP/Ethernet
+        model = self._models[towards_viewer]
+        reordered = model.counters.reordered
+        at = model.offer(now, len(data) + 42)  # UDP/IP/Ethernet headers
         if at is None:
             return
-        if at <= now:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + (at - now)
+        last = self._last_when[towards_viewer]
+        if model.counters.reordered > reordered:  # meant to overtake
+            loop.call_at(when, self._deliver, data, towards_viewer)
+            return
+        if at <= now and last <= loop.time():
             self._deliver(data, towards_viewer)
             return
+        # The loop's timers are a heap: equal times may come out in any order, so each
+        # datagram goes a hair after the one before it (the model keeps the order).
+        when = max(when, last + 1e-6)
+        self._last_when[towards_viewer] = when
         # After close() the sockets are gone and a late delivery does nothing.
-        asyncio.get_running_loop().call_later(at - now, self._deliver, data, towards_viewer)
+        loop.call_at(when, self._deliver, data, towards_viewer)
 
     def _deliver(self, data: bytes, towards_viewer: bool) -> None:
         target = self.viewer if towards_viewer else self.camera

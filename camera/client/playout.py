@@ -154,6 +154,8 @@ class Playout:
         self._missing: dict[int, _Missing] = {}
         self._head: int | None = None
         """Unwrapped sequence number of the first packet not yet released or given up."""
+        self._head_starts_frame = False
+        """Whether the head is known to be a frame's first packet (it follows a marker)."""
         self._newest: int | None = None
         self._awaiting_keyframe = False
         self._asked_at: float | None = None
@@ -229,6 +231,7 @@ class Playout:
         self._arrived.clear()
         self._missing.clear()
         self._head = seq
+        self._head_starts_frame = False
         self._skip_to_keyframe()
 
     def due_nacks(self, now: float) -> list[int]:
@@ -312,7 +315,12 @@ class Playout:
         packets = [self._packets.pop(seq) for seq in range(self._head, end + 1)]
         arrived = [self._arrived.pop(seq) for seq in range(self._head, end + 1)]
         self._head = end + 1
+        whole = self._head_starts_frame or packets[0].keyframe_start
+        self._head_starts_frame = True
         keyframe = any(p.keyframe_start for p in packets)
+        if not whole:
+            # Its first packets may have been lost before anything told us of them.
+            self._skip_to_keyframe()
         if self._awaiting_keyframe and not keyframe:
             self.counters.dropped_for_keyframe += 1
             return
@@ -331,6 +339,7 @@ class Playout:
         self.counters.waited_ms_max = max(self.counters.waited_ms_max,
                                           round((now - gap_seen) * 1000, 1))
         stuck: int | None = None
+        dropped: set[int] = set()
         seq = self._head
         while seq <= self._newest:
             packet = self._packets.get(seq)
@@ -339,11 +348,14 @@ class Playout:
                     stuck = packet.timestamp
                 elif packet.timestamp != stuck:
                     break
+                dropped.add(seq)
                 del self._packets[seq]
                 self._arrived.pop(seq, None)
             self._missing.pop(seq, None)
             seq += 1
         self._head = seq
+        # The next frame starts here only if the packet before it was seen.
+        self._head_starts_frame = (seq - 1) in dropped
         self._skip_to_keyframe()
 
     def _skip_to_keyframe(self) -> None:

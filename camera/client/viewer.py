@@ -773,7 +773,6 @@ class _Run:
                 stats.ttff_ms = (now - session.started) * 1000
                 stats.first_frame_at = now
                 stats.first_frame_clock = clock
-                stats.width, stats.height = frame.width, frame.height
             elif stats.last_frame_at is not None:
                 gap = (now - stats.last_frame_at) * 1000
                 stats.max_gap_ms = max(stats.max_gap_ms or 0.0, gap)
@@ -781,6 +780,7 @@ class _Run:
                     stats.gaps.append((clock - gap / 1000, clock))
             stats.last_frame_at = now
             stats.frames += 1
+            stats.width, stats.height = frame.width, frame.height  # the latest picture's
             stamp = read_stamp(stamp_region(frame))
             if stamp is not None:
                 _number, capture_ms = stamp
