@@ -28,8 +28,8 @@ from camera import stamp
 from camera.client.viewer import (
     MarkerJitterBuffer,
     Mp4Recorder,
-    _DecoderQueue,
     ReceiveSettings,
+    _DecoderQueue,
     _hook_receiver,
     release_frames_on_marker,
     stamp_region,
