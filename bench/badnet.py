@@ -13,18 +13,20 @@ up as usual). Conditions:
   capped at 600 kbit/s (token bucket, 0.1 s queue, tail drop) for ``--cap-for``
   s, then the cap is lifted.
 
-Each condition runs twice in the same run, with the same camera: ``baseline``
-(the receiver as before: ``ReceiveSettings(playout=False, nack=False)``, aiortc's
-jitter buffer released on the marker bit and its NACK generator) and
-``improved`` (the defaults: NACK at once and at RTT intervals, bounded waits,
-skip to the next keyframe). Measured per viewer: glass-to-glass latency from
-the burnt-in stamp (read on the high layer only: on the low layer it is half
-size and not read), the longest gap between shown frames, frames shown per
-second, the layer the camera reported over time; for ``cap`` also how soon the
-capped viewer was reported low after the cap and high after the lift, and its
-longest gap after it went low. What it leaves out: Chromium (its WebRTC stack has
-its own jitter buffer and NACK; not driven through the relay here), reordering,
-bursty (Gilbert-Elliott) loss, real radio links, TURN.
+Each condition runs twice in the same run, each variant with a camera of its
+own: ``baseline`` (the receiver as before: ``ReceiveSettings(playout=False,
+nack=False)``, aiortc's jitter buffer released on the marker bit and its NACK
+generator; the camera with ``probe_revert = false``) and ``improved`` (the
+defaults: NACK at once and at RTT intervals, bounded waits, skip to the next
+keyframe; a probe up that brings picture loss reverted at once). Measured per
+viewer: glass-to-glass latency from the burnt-in stamp (read on the high layer
+only: on the low layer it is half size and not read), the longest gap between
+shown frames, frames shown per second, the layer the camera reported over time;
+for ``cap`` also how soon the capped viewer was reported low after the cap and
+high after the lift, and its longest gap after it went low. What it leaves out:
+Chromium (its WebRTC stack has its own jitter buffer and NACK; not driven
+through the relay here), reordering, bursty (Gilbert-Elliott) loss, real radio
+links, TURN.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ SMOKE = ["--width", "320", "--height", "240", "--bitrate", "400000", "--seconds"
 NEEDS: list[str] = []
 
 VARIANTS = {"baseline": {"playout": False, "nack": False}, "improved": {}}
+"""The CLI viewer's ReceiveSettings per variant ..."""
+CAMERA: dict[str, dict[str, Any]] = {"baseline": {"probe_revert": False}, "improved": {}}
+"""... and the camera's settings."""
 TARGETS = {
     "loss": {"latency_p95_ms": 250.0, "max_gap_ms": 500.0, "fps": 25.0},
     "jitter": {"max_gap_ms": 300.0, "fps": 28.0},
@@ -81,27 +86,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from camera.client.viewer import view
 
     runner, url = await start_rendezvous()
-    state = Path(args.state) / NAME
-    camera = await Camera(url, "passthrough", state / "camera", args.width, args.height,
-                          bitrate=args.bitrate, fps=args.fps).started()
     rows: list[dict[str, Any]] = []
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     try:
-        await asyncio.sleep(1)
-        await view(camera.link(url, pair=True), seconds=0.2)  # pair the CLI key, untimed
-        for condition in [c.strip() for c in args.conditions.split(",") if c.strip()]:
-            for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            # A camera of its own per variant: the camera's part is a setting too.
+            state = Path(args.state) / NAME / variant
+            camera = await Camera(url, "passthrough", state / "camera", args.width,
+                                  args.height, bitrate=args.bitrate, fps=args.fps,
+                                  extra=["--settings", json.dumps(CAMERA[variant])]).started()
+            try:
                 await asyncio.sleep(1)
-                before = _camera_counters(state / "camera")
-                row = await run_condition(condition, variant, camera, camera.link(url), args,
-                                          state)
-                await asyncio.sleep(3)  # the metrics file is rewritten every few seconds
-                after = _camera_counters(state / "camera")
-                row["camera"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-                rows.append(row)
-                print(f"badnet: {_row_line(row)}", flush=True)
+                await view(camera.link(url, pair=True), seconds=0.2)  # pair the key, untimed
+                for condition in conditions:
+                    await asyncio.sleep(1)
+                    before = _camera_counters(state / "camera")
+                    row = await run_condition(condition, variant, camera, camera.link(url),
+                                              args, state)
+                    await asyncio.sleep(3)  # the metrics file is rewritten every few seconds
+                    after = _camera_counters(state / "camera")
+                    row["camera"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                    rows.append(row)
+                    print(f"badnet: {_row_line(row)}", flush=True)
+            finally:
+                camera.stop()
     finally:
-        camera.stop()
         await runner.cleanup()
+    order = {name: k for k, name in enumerate(conditions)}
+    rows.sort(key=lambda row: order[row["condition"]])
     return {"video": f"{args.width}x{args.height}@{args.fps} {args.bitrate / 1e6:g} Mbit/s",
             "conditions": {"loss": args.loss, "delay_s": args.delay, "jitter_s": args.jitter,
                            "cap_kbit": args.cap_kbit, "cap_after_s": args.cap_after,

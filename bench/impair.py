@@ -77,6 +77,7 @@ class ImpairRelay:
         self._models = {True: LinkModel(to_viewer or Impairment(), self._rng),
                         False: LinkModel(to_camera or Impairment(), self._rng)}
         self._counts = {True: [0, 0, 0], False: [0, 0, 0]}  # datagrams, media, delivered
+        self._retired: dict[bool, list[LinkCounters]] = {True: [], False: []}
         self._sockets: dict[bool, asyncio.DatagramTransport] = {}
         self._last_when = {True: float("-inf"), False: float("-inf")}
 
@@ -96,15 +97,19 @@ class ImpairRelay:
         datagrams already scheduled keep their times."""
         for towards_viewer, settings in ((True, to_viewer), (False, to_camera)):
             if settings is not None:
+                self._retired[towards_viewer].append(self._models[towards_viewer].counters)
                 self._models[towards_viewer] = LinkModel(settings, self._rng)
 
     def settings(self, towards_viewer: bool) -> Impairment:
         return self._models[towards_viewer].settings
 
     def counters(self, towards_viewer: bool) -> DirectionCounters:
+        """Everything so far, across changes of impairment."""
         datagrams, media, delivered = self._counts[towards_viewer]
-        return DirectionCounters(datagrams, media, delivered,
-                                 self._models[towards_viewer].counters)
+        parts = [*self._retired[towards_viewer], self._models[towards_viewer].counters]
+        link = LinkCounters(**{name: sum(getattr(p, name) for p in parts)
+                               for name in LinkCounters.__dataclass_fields__})
+        return DirectionCounters(datagrams, media, delivered, link)
 
     async def start(self, host: str = "127.0.0.1") -> ImpairRelay:
         loop = asyncio.get_running_loop()

@@ -91,6 +91,7 @@ class ViewerSession:
         ptz: PtzControl | None = None,
         authorized: Callable[[str | None], bool] | None = None,
         layer_bitrates: Mapping[Layer, int] | None = None,
+        probe_revert: bool = True,
     ) -> None:
         """``authorized(viewer_key)`` is asked for every quality-channel request (None:
         every request is refused); ``layer_bitrates`` are the layers' target bitrates."""
@@ -103,6 +104,7 @@ class ViewerSession:
         self._ptz = ptz
         self._authorized = authorized or (lambda key: False)
         self._layer_bitrates = layer_bitrates
+        self._probe_revert = probe_revert
         self.quality: ViewerQuality | None = None
         self._video_sender: RTCRtpSender | None = None
         """This viewer's layer choice (None for a control-only session)."""
@@ -129,12 +131,13 @@ class ViewerSession:
             # codec preferences apply; otherwise aiortc picks VP8.
             transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
             prefer_h264(transceiver)
-            hook_sender(transceiver.sender, self.track.request_keyframe)
             self._video_sender = transceiver.sender
             self.quality = ViewerQuality(session_id=self.session_id, track=self.track,
                                          viewer_key=self.viewer_key,
                                          authorized=self._authorized,
-                                         bitrates=self._layer_bitrates)
+                                         bitrates=self._layer_bitrates,
+                                         revert_on_picture_loss=self._probe_revert)
+            hook_sender(transceiver.sender, self._keyframe_wanted)
         # else: a control-only session (``peercam ptz``): a transceiver the offer
         # has no m-line for would break aiortc's answer, and no video is wanted.
         try:
@@ -148,6 +151,13 @@ class ViewerSession:
         self._watchdog = asyncio.create_task(self._connect_deadline(), name="session-deadline")
         local = self.pc.localDescription
         return set_profile_level_id(local.sdp, self._broadcaster.profile_level_id)
+
+    def _keyframe_wanted(self, reason: str) -> None:
+        """The viewer lost a picture: an IDR on its layer, and its probe (if any) failed."""
+        if self.quality is not None:
+            self.quality.picture_lost(reason)
+        if self.track is not None:
+            self.track.request_keyframe(reason)
 
     async def add_candidate(
         self, seq: int, line: str, sdp_mid: str | None, sdp_mline_index: int | None

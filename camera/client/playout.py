@@ -71,12 +71,15 @@ class ReceiveSettings:
     """A packet is NACKed again after max(renack_min, rtt x renack_factor) seconds."""
     keyframe_retry: float = 0.5
     """Seconds between keyframe requests while waiting for one."""
+    keyframe_wait: float = 2.0
+    """While the stream waits for an IDR, an IDR with a missing packet waits this long
+    (seconds) instead of ``wait``: giving it up would only ask for another as big."""
     history: int = 128
     """Packets the sender keeps for retransmission (aiortc: 128); older ones are not NACKed."""
 
     def __post_init__(self) -> None:
         for name in ("initial_rtt", "wait_factor", "margin", "min_wait", "max_wait",
-                     "renack_factor", "renack_min", "keyframe_retry"):
+                     "renack_factor", "renack_min", "keyframe_retry", "keyframe_wait"):
             value = getattr(self, name)
             if not 0 <= value <= 10:
                 raise BadReceiveSettings(f"{name} {value!r}: need 0..10")
@@ -160,6 +163,8 @@ class Playout:
         self._awaiting_keyframe = False
         self._asked_at: float | None = None
         self._ready: list[Frame] = []
+        self._key_timestamps: dict[int, None] = {}
+        """RTP timestamps of IDRs whose first packet came (the latest few, oldest first)."""
 
     # -- the clock-driven parts ----------------------------------------------------
 
@@ -224,6 +229,10 @@ class Playout:
             return
         self._packets[seq] = packet
         self._arrived[seq] = now
+        if packet.keyframe_start:
+            self._key_timestamps[packet.timestamp] = None
+            if len(self._key_timestamps) > 8:
+                del self._key_timestamps[next(iter(self._key_timestamps))]
         self._release(now)
 
     def _restart(self, seq: int) -> None:
@@ -246,6 +255,8 @@ class Playout:
                 del self._missing[seq]  # given up, or gone from the sender's history
                 continue
             entry = self._missing[seq]
+            if self._awaiting_keyframe and self.settings.playout and not self._in_keyframe(seq):
+                continue  # its frame would be dropped anyway: leave the link to the IDR
             if entry.sent_at is None or now - entry.sent_at >= interval:
                 entry.sent_at, entry.sends = now, entry.sends + 1
                 due.append(seq % SEQ_MOD)
@@ -274,12 +285,45 @@ class Playout:
             if gap_seen is None:
                 return  # the head frame is still arriving (no packet missing yet)
             overflow = self._newest - self._head >= OVERFLOW
-            if overflow or self.settings.playout and now >= gap_seen + self.wait:
+            wait = self.wait
+            if self._awaiting_keyframe and self._in_latest_keyframe(self._head):
+                wait = max(wait, self.settings.keyframe_wait)
+            if overflow or self.settings.playout and now >= gap_seen + wait:
                 self._give_up_head(now, gap_seen)
                 continue
             return
         if self._awaiting_keyframe:
             self._ask_keyframe(now)
+
+    def _in_keyframe(self, seq: int) -> bool:
+        """Whether a (missing or present) packet is part of an IDR whose start came:
+        the nearest packet after it is one, or the nearest before it is one and not
+        its last."""
+        assert self._newest is not None and self._head is not None
+        for after in range(seq, min(self._newest, seq + 512) + 1):
+            packet = self._packets.get(after)
+            if packet is not None:
+                if packet.timestamp in self._key_timestamps:
+                    return True
+                break
+        for before in range(seq - 1, max(self._head, seq - 512) - 1, -1):
+            packet = self._packets.get(before)
+            if packet is not None:
+                return packet.timestamp in self._key_timestamps and not packet.marker
+        return False
+
+    def _in_latest_keyframe(self, seq: int) -> bool:
+        """Part of the newest IDR that started (an older one is given up at its deadline:
+        the newer one replaces it)."""
+        assert self._newest is not None
+        if not self._key_timestamps or not self._in_keyframe(seq):
+            return False
+        latest = next(reversed(self._key_timestamps))
+        for after in range(seq, min(self._newest, seq + 512) + 1):
+            packet = self._packets.get(after)
+            if packet is not None:
+                return packet.timestamp == latest
+        return False
 
     def _complete_frame(self) -> int | None:
         """The last sequence number of the head frame, if it is all here."""

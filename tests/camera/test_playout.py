@@ -183,3 +183,35 @@ def test_settings_are_checked() -> None:
 )
 def test_keyframe_start_of_an_rtp_payload(payload: bytes, expected: bool) -> None:
     assert h264_keyframe_start(payload) is expected
+
+
+def test_an_idr_awaited_waits_longer_unless_a_newer_one_starts() -> None:
+    settings = ReceiveSettings(initial_rtt=0.01, keyframe_wait=1.0)
+    playout = Playout(settings)
+    for p in frame_packets(0, 0, 1, keyframe=True):
+        playout.add(p, 0.0)
+    drain(playout)
+    playout.add(frame_packets(2, 3000, 1)[0], 0.0)  # seq 1 lost: a frame given up
+    playout.poll(0.2)
+    assert playout.awaiting_keyframe
+    # An IDR whose middle packet is lost: held past the usual wait ...
+    idr = frame_packets(3, 6000, 3, keyframe=True)
+    playout.add(idr[0], 0.3)
+    playout.add(idr[2], 0.3)
+    playout.poll(0.3 + playout.wait + 0.1)
+    assert drain(playout) == [] and playout.counters.skipped == 1
+    # ... and still completes when its packet comes back.
+    playout.add(idr[1], 0.6)
+    assert [f.timestamp for f in drain(playout)] == [6000]
+    # Another IDR loses a packet, then a newer IDR starts: the older one goes at its
+    # usual deadline, and the newer one plays.
+    playout.add(frame_packets(7, 9000, 1)[0], 0.7)  # seq 6 lost
+    playout.poll(1.0)
+    old = frame_packets(8, 12000, 3, keyframe=True)
+    playout.add(old[0], 1.0)
+    playout.add(old[2], 1.0)
+    new = frame_packets(11, 15000, 2, keyframe=True)
+    for p in new:
+        playout.add(p, 1.01)
+    playout.poll(1.0 + playout.wait + 0.01)
+    assert [f.timestamp for f in drain(playout)] == [15000]
