@@ -276,6 +276,11 @@ class Playout:
     # -- releasing -------------------------------------------------------------------
 
     def _release(self, now: float) -> None:
+        self._release_ready(now)
+        if self._awaiting_keyframe:
+            self._ask_keyframe(now)  # also while a frame waits at the head
+
+    def _release_ready(self, now: float) -> None:
         while self._head is not None and self._newest is not None and self._head <= self._newest:
             frame_end = self._complete_frame()
             if frame_end is not None:
@@ -292,8 +297,6 @@ class Playout:
                 self._give_up_head(now, gap_seen)
                 continue
             return
-        if self._awaiting_keyframe:
-            self._ask_keyframe(now)
 
     def _in_keyframe(self, seq: int) -> bool:
         """Whether a (missing or present) packet is part of an IDR whose start came:
