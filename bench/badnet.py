@@ -196,7 +196,8 @@ async def run_condition(condition: str, variant: str, camera: Camera, link: str,
             relay.close()
     for k, viewer in enumerate(viewers):
         viewer["relay"] = relay_counts[k]
-        viewer.update(_derived(viewer, events))
+        # Only the first viewer is ever capped.
+        viewer.update(_derived(viewer, events if k == 0 else {}))
     return {"condition": condition, "variant": variant, "viewers": viewers,
             "events": {k: round(v - events["playing"], 2) for k, v in events.items()}}
 
@@ -345,7 +346,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
     rows = result["rows"]
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * max(1, len(rows)), 3.4),
-                             squeeze=False)
+                             squeeze=False, sharey=True)
     for ax, row in zip(axes[0], rows, strict=False):
         v = row["viewers"][0]
         clock = v["frame_clock"]
@@ -356,6 +357,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
                     linewidth=0.6, color="#4477aa" if row["variant"] == "improved"
                     else "#cc6677")
         ax.set_yscale("log")
+        ax.set_ylim(5, 20_000)
         ax.set_title(f"{row['condition']} {row['variant']}", fontsize=9)
         ax.set_xlabel("s")
         for name, at in row["events"].items():
@@ -376,19 +378,23 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         f"Camera test pattern {result['video']} (two layers), CLI viewers in their own "
         "processes, each through its own loopback UDP relay running the NAT lab's link "
-        "model on SRTP/SRTCP only. `baseline` is the viewer's receiver as it was (aiortc's "
-        "jitter buffer released on the marker bit, its NACK generator), `improved` the "
-        "default now (NACK at once and again at RTT intervals, bounded waits, skip to the "
-        "next keyframe); same camera, same run. Latency is read from the stamp on the high "
-        "layer only. Left out: Chromium through the relay, reordering, bursty loss, TURN.",
+        "model on SRTP/SRTCP only. `baseline` is today's code before this work, switched "
+        "back on by settings: the viewer's receiver as it was (`--no-playout --no-nack`: "
+        "aiortc's jitter buffer released on the marker bit, its NACK generator) and the "
+        "camera with `probe_revert = false`; `improved` is the default now (NACK at once "
+        "and again at RTT intervals, bounded waits, skip to the next keyframe; a probe up "
+        "that brings picture loss reverted at once). Both in the same run, a camera "
+        "process each. Latency is read from the stamp on the high layer only (on the low "
+        "layer it is half size and not read). Left out: Chromium through the relay (its "
+        "own NACK and jitter buffer), reordering, bursty loss, TURN, real radio links.",
         "",
         f"Conditions: loss {c['loss'] * 100:g} % each way; delay {c['delay_s'] * 1000:g} ms "
         f"± {c['jitter_s'] * 1000:g} ms each way; cap: viewer 1 of 3 capped at "
         f"{c['cap_kbit']:g} kbit/s from {c['cap_after_s']:g} s for {c['cap_for_s']:g} s.",
         "",
-        "| condition | receiver | viewer | latency p50 / p95 ms | longest gap ms | fps shown "
-        "| layers (time share) | capped: low after / high after lift / longest gap once low "
-        "| camera keyframe requests / IDRs sent |",
+        "| condition | variant | viewer | latency p50 / p95 ms | longest gap ms | fps shown "
+        "| layers (time share) | capped: low after / high after lift / longest gap and fps "
+        "once low | camera keyframe requests / IDRs asked of the source |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
@@ -397,12 +403,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
             layers = ", ".join(f"{name} {share * 100:.0f} %"
                                for name, share in sorted(v["residency"].items()))
             capped = "–"
-            if "low_after_s" in v:
+            if "low_after_s" in v and k == 0:
                 capped = (f"{v['low_after_s']} s / {v['high_after_lift_s']} s / "
-                          f"{v.get('max_gap_after_switch_ms')} ms")
+                          f"{v.get('max_gap_after_switch_ms')} ms, "
+                          f"{v.get('fps_while_capped')} fps")
             cam = row.get("camera", {})
-            kf = (f"{cam.get('keyframe_requests', 0):g} / "
-                  f"{cam.get('keyframe_requests_sent', 0):g}") if k == 0 else ""
+            kf = (f"{cam.get('keyframe_requests_total', 0):g} / "
+                  f"{cam.get('keyframe_requests_sent_total', 0):g}") if k == 0 else ""
             lines.append(f"| {row['condition']} | {row['variant']} | {k + 1} | "
                          f"{s['latency_p50']} / {s['latency_p95']} | {s['max_gap_ms']} | "
                          f"{s['fps']} | {layers} | {capped} | {kf} |")
