@@ -123,7 +123,7 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
         rec.camera_site = "roam"
         rec.start_camera()
     watch = rec.watch(VIEWER, 600)
-    time.sleep(3)  # playing
+    rec.wait_playing()
     broken = time.monotonic()
     repaired = broken
     if event.startswith("link"):

@@ -263,6 +263,7 @@ class CameraAgent:
                 layer_bitrates={layer: self.config.video.for_layer(layer).bitrate
                                 for layer in self.config.video.layers},
                 probe_revert=self.config.probe_revert,
+                on_connected=lambda s: self.core.media_up(s.session_id),
             )
         except Exception as exc:
             logger.error("session %s: cannot make a peer connection: %s: %s",

@@ -17,7 +17,7 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionD
 from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
-from camera.compat import hook_sender
+from camera.compat import hook_sender, watch_rtcp
 from camera.errors import PeercamError
 from camera.frames import Layer
 from camera.ladder import LABEL as QUALITY_LABEL
@@ -92,14 +92,17 @@ class ViewerSession:
         authorized: Callable[[str | None], bool] | None = None,
         layer_bitrates: Mapping[Layer, int] | None = None,
         probe_revert: bool = True,
+        on_connected: Callable[[ViewerSession], None] | None = None,
     ) -> None:
         """``authorized(viewer_key)`` is asked for every quality-channel request (None:
-        every request is refused); ``layer_bitrates`` are the layers' target bitrates."""
+        every request is refused); ``layer_bitrates`` are the layers' target bitrates;
+        ``on_connected`` is called once ICE and DTLS are up."""
         self.session_id = session_id
         self.viewer_key = viewer_key
         """The ACL key whose signed offer opened this session (revocation ends it)."""
         self._broadcaster = broadcaster
         self._on_closed = on_closed
+        self._on_connected = on_connected
         self._ice_timeout = ice_timeout
         self._ptz = ptz
         self._authorized = authorized or (lambda key: False)
@@ -117,6 +120,8 @@ class ViewerSession:
         self.pc: RTCPeerConnection = make_peer_connection(ice_servers)
         self.track: PassthroughTrack | None = None
         self.connected = asyncio.Event()
+        self.last_rtcp: float | None = None
+        """Loop time of the viewer's last RTCP packet (video sessions; None: none yet)."""
         self._closing: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.pc.on("connectionstatechange", self._state_changed)
@@ -131,6 +136,7 @@ class ViewerSession:
             # codec preferences apply; otherwise aiortc picks VP8.
             transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
             prefer_h264(transceiver)
+            watch_rtcp(transceiver.sender, self._rtcp_seen)
             self._video_sender = transceiver.sender
             self.quality = ViewerQuality(session_id=self.session_id, track=self.track,
                                          viewer_key=self.viewer_key,
@@ -206,10 +212,21 @@ class ViewerSession:
                         self._ice_timeout)
             self.close("ICE did not connect")
 
+    def _rtcp_seen(self) -> None:
+        self.last_rtcp = asyncio.get_running_loop().time()
+
+    def quiet(self, now: float, after: float) -> bool:
+        """A connected video session whose viewer has sent no RTCP for ``after`` seconds:
+        its half of the path is broken (a NAT that forgot its mapping, a link down)."""
+        return (self.connected.is_set() and self.last_rtcp is not None
+                and now - self.last_rtcp > after)
+
     async def _state_changed(self) -> None:
         state = self.pc.connectionState
         logger.debug("session %s: %s", self.session_id, state)
         if state == "connected":
+            if not self.connected.is_set() and self._on_connected is not None:
+                self._on_connected(self)
             self.connected.set()
             if self.quality is not None and self._video_sender is not None:
                 self.quality.start(self._video_sender)  # its stats feed the layer choice

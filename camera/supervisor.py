@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 TICK = 0.25
 """Seconds between health/LED ticks on the event loop."""
+MEDIA_QUIET = 2.0
+"""Seconds without RTCP from every connected viewer before the rendezvous link is renewed."""
+RENEW_EVERY = 10.0
+"""Seconds between two renewals of the link for quiet media."""
 STATS_EVERY = 2.0
 """Seconds between samples of each viewer's sender stats (bitrate, RTT)."""
 EXIT_LINK = 75
@@ -69,6 +73,7 @@ class Supervisor:
         self._last_watchdog: float | None = None
         self._watchdog_stopped = False
         self._stats_at = 0.0
+        self._renewed_at = float("-inf")
         self.metrics = MetricsFile.for_config(agent.config)
         """The Prometheus textfile, rewritten from the tick every few seconds."""
 
@@ -135,6 +140,19 @@ class Supervisor:
                                                  link.internal_failures, link.last_activity):
             await self._act_link(link_action)
         self.show_state()
+        watching = [s for s in agent.sessions.values()
+                    if s.connected.is_set() and s.last_rtcp is not None]
+        if (watching and now - self._renewed_at >= RENEW_EVERY
+                and all(s.quiet(now, MEDIA_QUIET) for s in watching)):
+            # Every viewer's RTCP stopped at once: our side of the path broke (our NAT
+            # forgot its mappings, our uplink changed). The rendezvous link's TCP
+            # connection is then as dead as the media, and the viewers' new offers
+            # would wait behind it until the next heartbeat. A fresh link now lets
+            # them through in seconds (the live sessions are not touched).
+            self._renewed_at = now
+            logger.warning("no RTCP from any viewer for %.0f s: renewing the rendezvous link",
+                           MEDIA_QUIET)
+            await agent.link.restart()
         if now - self._stats_at >= STATS_EVERY:
             self._stats_at = now
             await self._sample_viewer_stats(now)

@@ -44,7 +44,7 @@ from camera.compat.guard import (
     instance_attribute,
 )
 from camera.compat.ice import restrict_host_addresses
-from camera.compat.sender import hook_sender
+from camera.compat.sender import hook_sender, watch_rtcp
 from camera.ice import DirectFirst
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "check_libraries",
     "ensure_installed",
     "hook_sender",
+    "watch_rtcp",
     "install",
     "installed",
     "nominated_pair",

@@ -52,3 +52,15 @@ def hook_sender(sender: RTCRtpSender, request_keyframe: Callable[[str], None]) -
 
     sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
     sender._retransmit = retransmit_or_keyframe  # type: ignore[method-assign]
+
+
+def watch_rtcp(sender: RTCRtpSender, on_rtcp: Callable[[], None]) -> None:
+    """Call ``on_rtcp`` for every RTCP packet this sender receives (receiver reports,
+    NACK, PLI): while they arrive, the viewer's half of the media path works."""
+    handle = require(AIORTC, aiortc, sender, _SENDER_MEMBERS[2])
+
+    async def handle_and_note(packet: Any) -> None:
+        on_rtcp()
+        await handle(packet)
+
+    sender._handle_rtcp_packet = handle_and_note  # type: ignore[method-assign]

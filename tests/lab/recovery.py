@@ -120,6 +120,20 @@ class RecoveryLab(Matrix):
         status: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return status
 
+    def wait_playing(self, viewers: int = 1, timeout: float = 60.0) -> None:
+        """Until the camera has ``viewers`` connected sessions (the watch is playing)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                sessions = self.camera_status()["viewers"]
+            except (ValueError, KeyError, IndexError):
+                sessions = []
+            if sum(1 for s in sessions if s.get("connected")) >= viewers:
+                time.sleep(1.0)  # a second of video before anything breaks
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"no viewer connected within {timeout} s")
+
     # -- the rendezvous -------------------------------------------------------------
 
     def kill_rendezvous(self) -> float:

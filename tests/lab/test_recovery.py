@@ -11,6 +11,7 @@ recovery`` (medians and worst of many runs), not asserted here.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -18,12 +19,20 @@ import pytest
 
 from services.natlab import Lab
 from tests.conftest import scaled
-from tests.lab.conftest import needs_lab
+from tests.lab.conftest import CONNTRACK_UDP_TIMEOUT, needs_lab
 from tests.lab.recovery import RecoveryLab, video_back
 
 pytestmark = needs_lab
 
 CAMERA, VIEWER = "port-restricted", "port-restricted-2"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """Two home routers of the same kind, and a symmetric NAT to move the camera to."""
+    with Lab(sites=[CAMERA, VIEWER, "symmetric"],
+             conntrack_udp_timeout=CONNTRACK_UDP_TIMEOUT) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +64,7 @@ def test_a_link_flap_heals(run: RecoveryLab, lab: Lab, side: str, seconds: int) 
     settled(run, 0, None)
     baseline = run.camera_fds()
     watch = run.watch(VIEWER, seconds + 25)
-    time.sleep(3)  # playing
+    run.wait_playing()
     fault = lab.link_down(CAMERA if side == "camera" else VIEWER, seconds)
     up_at = fault.wait(seconds + 30)
     result = watch.finish(timeout=seconds + 60)
@@ -69,9 +78,9 @@ def test_a_link_flap_heals(run: RecoveryLab, lab: Lab, side: str, seconds: int) 
 @pytest.mark.timeout(300)
 def test_a_rendezvous_restart_never_interrupts_video(run: RecoveryLab) -> None:
     watch = run.watch(VIEWER, 14)
-    time.sleep(3)
+    run.wait_playing()
     killed = run.kill_rendezvous()
-    time.sleep(3)
+    run.wait_playing()
     listening = run.start_rendezvous()
     result = watch.finish(timeout=60)
     assert result.get("sessions") == 1 and result.get("frames", 0) > 200, result
@@ -84,7 +93,7 @@ def test_a_rendezvous_restart_never_interrupts_video(run: RecoveryLab) -> None:
 def test_a_camera_restart_heals_the_viewer(run: RecoveryLab) -> None:
     settled(run, 0, None)
     watch = run.watch(VIEWER, 16)
-    time.sleep(3)
+    run.wait_playing()
     killed = run.kill_camera()
     time.sleep(2)
     started = run.start_camera()
@@ -100,14 +109,14 @@ def test_a_nat_that_forgets_its_mapping_heals(run: RecoveryLab, lab: Lab) -> Non
     settled(run, 0, None)
     baseline = run.camera_fds()
     watch = run.watch(VIEWER, 14)
-    time.sleep(3)
+    run.wait_playing()
     flushed = time.monotonic()
     remapped = lab.remap(CAMERA)  # the camera's next packet leaves from a new port
     assert remapped, "the camera's NAT had no flow to remap"
     result = watch.finish(timeout=60)
     back = video_back(result, flushed, flushed)
     assert back is not None and back < scaled(30), result
-    assert result.get("frames", 0) > 150, result
+    assert result.get("frames", 0) > 150, json.dumps(result)
     settled(run, 0, baseline)
 
 
@@ -121,7 +130,7 @@ def test_a_camera_moved_to_another_site_heals(run: RecoveryLab, lab: Lab) -> Non
     try:
         run.start_camera()
         watch = run.watch(VIEWER, 16)
-        time.sleep(3)
+        run.wait_playing()
         left = lab.roam("symmetric")  # a new address, a new NAT, a new default route
         assert left == CAMERA
         moved_at = time.monotonic()
