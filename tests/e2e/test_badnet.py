@@ -54,7 +54,7 @@ async def test_a_capped_viewer_goes_low_and_back_while_two_others_stay_high(
         low_rate = 8 * (low.bytes_published - before[1]) / 2.0
         assert low_rate < high_rate / 1.5, (low_rate, high_rate)
         cap_kbit = (high_rate + 2 * low_rate) / 2 / 1000
-        relays[0].impair(to_viewer=Impairment(rate_kbit=cap_kbit, queue_bytes=16_000))
+        relays[0].impair(to_viewer=Impairment(rate_kbit=cap_kbit))  # a 0.1 s queue
         capped = next(s for s in camera.sessions.values()
                       if s.pc.remoteDescription is not None and str(relays[0].camera_port)
                       in s.pc.remoteDescription.sdp)
