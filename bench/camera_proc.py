@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ async def camera_main(args: argparse.Namespace) -> None:
     video = VideoSettings(width=args.width, height=args.height, fps=args.fps,
                           bitrate=args.bitrate)
     config = CameraConfig(rendezvous=args.rendezvous, state_dir=Path(args.state_dir),
-                          video=video, max_viewers=256)
+                          video=video, max_viewers=256, **json.loads(args.settings))
     source: Any = make_configured_source(config)
     if args.mode == "perviewer":
         install_per_viewer_encode(video)
@@ -52,6 +53,8 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--height", type=int, default=720)
     c.add_argument("--fps", type=int, default=30)
     c.add_argument("--bitrate", type=int, default=2_000_000)
+    c.add_argument("--settings", default="{}",
+                   help="more camera settings, a JSON object (e.g. {\"probe_revert\": false})")
     c.add_argument("--any-address", action="store_true",
                    help="offer every host address (NAT lab), not only 127.0.0.1")
 

@@ -54,11 +54,13 @@ class Camera:
 
     def __init__(self, rendezvous: str, mode: str, state_dir: Path, width: int = 1280,
                  height: int = 720, *, bitrate: int = 2_000_000, fps: int = 30,
-                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None,
+                 extra: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "bench", "_camera", "--mode", mode,
              "--rendezvous", rendezvous, "--state-dir", str(state_dir), "--width", str(width),
-             "--height", str(height), "--bitrate", str(bitrate), "--fps", str(fps)],
+             "--height", str(height), "--bitrate", str(bitrate), "--fps", str(fps),
+             *(extra or [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
             env={**os.environ, **(env or {})},
         )

@@ -118,6 +118,10 @@ class CameraConfig:
     control_socket: Path | None = None
     """Owner-only Unix socket for ``peercam status``/``viewers``/``pair``; None: under
     systemd ``$RUNTIME_DIRECTORY/control.sock``, else ``control.sock`` in the state dir."""
+    probe_revert: bool = True
+    """A viewer probing the layer above goes back down as soon as it reports picture
+    loss (PLI/FIR, a NACK beyond the retransmit history), not only when its receiver
+    reports show the loss a second or two later; false: the reports alone decide."""
     frame_stall: float = 5.0
     """Seconds without a frame before the source counts as stuck (and is restarted)."""
     source_restarts: int = 2

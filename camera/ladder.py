@@ -9,9 +9,11 @@ viewer's RTCP receiver reports say it lost over a sliding window decides.
 * On a lower layer, loss under ``up_loss`` (2 %) for ``up_after`` seconds: probe
   up (the move happens at the upper layer's next IDR).
 * A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
-  taking effect is reverted, and the next probe waits twice as long (up to
-  ``max_up_after``, so a viewer whose link got better is back up within about
-  ``window + max_up_after`` seconds). A probe that survives resets the wait.
+  taking effect (or, with the caller's :meth:`LadderController.picture_lost`, a
+  picture loss the viewer reports right away) is reverted, and the next probe
+  waits twice as long (up to ``max_up_after``, so a viewer whose link got
+  better is back up within about ``window + max_up_after`` seconds). A probe
+  that survives resets the wait.
 * Between 2 % and 10 % nothing moves: the gap is the hysteresis that keeps
   steady random loss (Wi-Fi) from flapping a viewer between layers.
 
@@ -201,6 +203,16 @@ class LadderController:
                 self.probes += 1
                 return self._decide(Decision.UP)
         return Decision.STAY
+
+    def picture_lost(self, at: float) -> Decision:
+        """The viewer reported picture loss (PLI/FIR, or a NACK beyond the retransmit
+        history) at ``at``. During a probe that is the probe failing, well before
+        the receiver reports show it: go back down now. Otherwise nothing moves."""
+        if self._probe_until is None or self.pending is not None or at > self._probe_until:
+            return Decision.STAY
+        self.failed_probes += 1
+        self._probe_until = None
+        return self._decide(Decision.DOWN)
 
     def _decide(self, decision: Decision) -> Decision:
         self.pending = self.layer + (1 if decision is Decision.DOWN else -1)

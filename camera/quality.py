@@ -63,6 +63,7 @@ class ViewerQuality:
         tuning: LadderTuning | None = None,
         rate: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        revert_on_picture_loss: bool = True,
     ) -> None:
         self.session_id = session_id
         self.track = track
@@ -71,6 +72,7 @@ class ViewerQuality:
         self._bitrates = dict(bitrates or {})
         self._clock = clock
         self._bucket = TokenBucket(rate, rate)
+        self.revert_on_picture_loss = revert_on_picture_loss
         self.layers = track.layers
         self.controller = LadderController(len(self.layers), tuning,
                                            layer=self.layers.index(track.layer))
@@ -138,6 +140,24 @@ class ViewerQuality:
                     self.session_id, "?" if loss is None else f"{100 * loss:.1f} %",
                     self.track.layer.label,
                     "probing up" if decision is Decision.UP else "going down", target.label)
+        if not self.track.switch_to(target):
+            self.controller.cancel()
+
+    def picture_lost(self, reason: str) -> None:
+        """The viewer asked for a keyframe (PLI/FIR, NACK beyond history): a probe up that
+        brings picture loss goes back down at once (``revert_on_picture_loss``)."""
+        if not self.revert_on_picture_loss or self.mode != "auto" or len(self.layers) < 2:
+            return
+        now = self._clock()
+        index = self.layers.index(self.track.layer)
+        if index != self.controller.layer:
+            self.controller.switched(index, now)  # the probe's IDR went out since the sample
+        if self.controller.picture_lost(now) is not Decision.DOWN:
+            return
+        assert self.controller.pending is not None
+        target = self.layers[self.controller.pending]
+        logger.info("session %s: picture loss (%s) while probing the %s layer: back to the %s "
+                    "layer", self.session_id, reason, self.track.layer.label, target.label)
         if not self.track.switch_to(target):
             self.controller.cancel()
 

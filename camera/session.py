@@ -94,6 +94,7 @@ class ViewerSession:
         ptz: PtzControl | None = None,
         authorized: Callable[[str | None], bool] | None = None,
         layer_bitrates: Mapping[Layer, int] | None = None,
+        probe_revert: bool = True,
         on_connected: Callable[[ViewerSession], None] | None = None,
     ) -> None:
         """``authorized(viewer_key)`` is asked for every quality-channel request (None:
@@ -109,6 +110,7 @@ class ViewerSession:
         self._ptz = ptz
         self._authorized = authorized or (lambda key: False)
         self._layer_bitrates = layer_bitrates
+        self._probe_revert = probe_revert
         self.quality: ViewerQuality | None = None
         self._video_sender: RTCRtpSender | None = None
         """This viewer's layer choice (None for a control-only session)."""
@@ -137,13 +139,14 @@ class ViewerSession:
             # codec preferences apply; otherwise aiortc picks VP8.
             transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
             prefer_h264(transceiver)
-            hook_sender(transceiver.sender, self.track.request_keyframe)
             watch_rtcp(transceiver.sender, self._rtcp_seen)
             self._video_sender = transceiver.sender
             self.quality = ViewerQuality(session_id=self.session_id, track=self.track,
                                          viewer_key=self.viewer_key,
                                          authorized=self._authorized,
-                                         bitrates=self._layer_bitrates)
+                                         bitrates=self._layer_bitrates,
+                                         revert_on_picture_loss=self._probe_revert)
+            hook_sender(transceiver.sender, self._keyframe_wanted)
         # else: a control-only session (``peercam ptz``): a transceiver the offer
         # has no m-line for would break aiortc's answer, and no video is wanted.
         try:
@@ -157,6 +160,13 @@ class ViewerSession:
         self._watchdog = asyncio.create_task(self._connect_deadline(), name="session-deadline")
         local = self.pc.localDescription
         return set_profile_level_id(local.sdp, self._broadcaster.profile_level_id)
+
+    def _keyframe_wanted(self, reason: str) -> None:
+        """The viewer lost a picture: an IDR on its layer, and its probe (if any) failed."""
+        if self.quality is not None:
+            self.quality.picture_lost(reason)
+        if self.track is not None:
+            self.track.request_keyframe(reason)
 
     async def add_candidate(
         self, seq: int, line: str, sdp_mid: str | None, sdp_mline_index: int | None

@@ -24,6 +24,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                       help="save the stream to this MP4 (no transcoding; goes on across heals)")
     view.add_argument("--stall", type=float, default=1.5, metavar="SECONDS",
                       help="a session with no frame for this long is replaced (default 1.5)")
+    view.add_argument("--quality", choices=["auto", "high", "low"],
+                      help="ask the camera for a layer: auto (it follows the link), high or "
+                      "low (default: the camera's, auto)")
+    view.add_argument("--playout", action=argparse.BooleanOptionalAction, default=True,
+                      help="bounded waits for lost packets, skipping to the next keyframe "
+                      "(--no-playout: wait for every retransmission, as before)")
+    view.add_argument("--nack", action=argparse.BooleanOptionalAction, default=True,
+                      help="NACK a gap at once and again at RTT intervals "
+                      "(--no-nack: aiortc's NACKs, as before)")
     view.add_argument("--json", action="store_true", help="print one JSON line of stats at the end")
     add_ice_servers(view, None, "ICE server (default: the rendezvous' list)")
     view.add_argument("--name", help="name to pair under (default: peercam view on HOST)")
@@ -88,7 +97,7 @@ async def ptz_command(args: argparse.Namespace) -> int:
 async def view_command(args: argparse.Namespace) -> int:
     """Exit status: 0 video until --seconds or Ctrl-C (healing as needed); 1 no video at
     all, or a recording that failed; 3 the camera refused to go on (revoked)."""
-    from camera.client.viewer import ViewerIdentity, ViewError, view
+    from camera.client.viewer import ReceiveSettings, ViewerIdentity, ViewError, view
 
     if args.stall <= 0:
         raise BadConfig(f"--stall {args.stall}: need more than 0 seconds")
@@ -108,6 +117,8 @@ async def view_command(args: argparse.Namespace) -> int:
             tls_ca=args.tls_ca,
             tls_insecure=args.insecure,
             stall=args.stall,
+            quality=args.quality,
+            receive=ReceiveSettings(playout=args.playout, nack=args.nack),
         )
     except ViewError as exc:
         if args.json:
@@ -125,6 +136,8 @@ async def view_command(args: argparse.Namespace) -> int:
             f"{result['frames']} frames, {result['fps']} fps, first frame after "
             f"{result['ttff_ms']} ms, path {result['local_candidate']} -> "
             f"{result['remote_candidate']}"
+            + (f", layer {result['layer']} ({result['layer_switches']} switches)"
+               if result["layer"] else "")
             + (f", {result['sessions']} sessions (last healed after: {result['last_cause']})"
                if result["sessions"] > 1 else ""),
             flush=True,

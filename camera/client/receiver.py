@@ -15,6 +15,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_gt
 from av.video.reformatter import ColorRange
 
+from camera.client.playout import Packet, Playout, PlayoutCounters, ReceiveSettings
 from camera.compat import receiver as hooks
 from camera.compat.receiver import check_receiver_hooks
 from camera.h264 import is_idr
@@ -91,6 +93,57 @@ class MarkerJitterBuffer(JitterBuffer):
                     timestamp=packet.timestamp,
                 )
         return None
+
+
+def h264_keyframe_start(payload: bytes) -> bool:
+    """Whether an H.264 RTP payload (RFC 6184) starts an IDR picture or its parameter sets:
+    a single SPS/PPS/IDR NAL, a STAP-A whose first NAL is one, or a FU-A starting an IDR."""
+    if len(payload) < 2:
+        return False
+    kind = payload[0] & 0x1F
+    if kind == 24 and len(payload) >= 4:  # STAP-A: 2-byte size, then the first NAL
+        kind = payload[3] & 0x1F
+    elif kind == 28:  # FU-A: the FU header's start bit and type
+        return bool(payload[1] & 0x80) and payload[1] & 0x1F == 5
+    return kind in (5, 7, 8)
+
+
+class PlayoutJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer slot, filled by a :class:`~camera.client.playout.Playout`:
+    frames go when complete, or are given up at a deadline (see that module)."""
+
+    def __init__(self, capacity: int, playout: Playout,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(capacity, is_video=True)
+        self.playout = playout
+        self._clock = clock
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        now = self._clock()
+        self.playout.add(Packet(seq=packet.sequence_number, timestamp=packet.timestamp,
+                                marker=bool(packet.marker),
+                                keyframe_start=h264_keyframe_start(packet.payload),
+                                payload=hooks.payload(packet)), now)
+        frame = self.playout.take()  # one per packet, as aiortc's receiver takes them
+        if frame is None:
+            return False, None
+        return False, JitterFrame(data=frame.data, timestamp=frame.timestamp)
+
+
+class ScheduledNacks:
+    """Stands in for aiortc's NackGenerator: ``add`` says whether to send a NACK now and
+    ``missing`` which packets (the playout's schedule: at once, then at RTT intervals)."""
+
+    def __init__(self, playout: Playout, clock: Callable[[], float] = time.monotonic) -> None:
+        self.playout = playout
+        self._clock = clock
+        self.missing: set[int] = set()
+
+    def add(self, packet: RtpPacket) -> bool:
+        now = self._clock()
+        self.playout.observe(packet.sequence_number, now)
+        self.missing = set(self.playout.due_nacks(now))
+        return bool(self.missing)
 
 
 def release_frames_on_marker(receiver: RTCRtpReceiver) -> None:
@@ -171,13 +224,31 @@ class _DecoderQueue(queue.Queue):  # type: ignore[type-arg]
         super().put(item, block, timeout)
 
 
-def _hook_receiver(receiver: RTCRtpReceiver, tee: Tee | None) -> _DecoderQueue:
-    """The CLI viewer's receiver: frames released on the marker, a bounded decoder queue."""
+def _hook_receiver(receiver: RTCRtpReceiver, tee: Tee | None,
+                   settings: ReceiveSettings | None = None) -> tuple[_DecoderQueue,
+                                                                      PlayoutCounters | None]:
+    """The CLI viewer's receiver: a bounded decoder queue, and either the playout
+    (``settings.playout``: bounded waits, skipping) or frames released on the marker;
+    with ``settings.nack`` the playout's NACK schedule replaces aiortc's."""
+    settings = settings or ReceiveSettings()
     check_receiver_hooks(receiver)
-    _swap_jitter_buffer(receiver)
-    decoder_queue = _DecoderQueue(hooks.decoder_error(receiver), tee)
+    keyframe_wanted = hooks.decoder_error(receiver)
+    counters: PlayoutCounters | None = None
+    if settings.playout or settings.nack:
+        playout = Playout(settings, on_keyframe_request=keyframe_wanted.set)
+        counters = playout.counters
+        if settings.playout:
+            stock = hooks.jitter_buffer(receiver)
+            hooks.set_jitter_buffer(receiver, PlayoutJitterBuffer(stock.capacity, playout))
+        else:
+            _swap_jitter_buffer(receiver)
+        if settings.nack:
+            hooks.set_nack_generator(receiver, ScheduledNacks(playout))
+    else:
+        _swap_jitter_buffer(receiver)
+    decoder_queue = _DecoderQueue(keyframe_wanted, tee)
     hooks.set_decoder_queue(receiver, decoder_queue)
-    return decoder_queue
+    return decoder_queue, counters
 
 
 @functools.cache

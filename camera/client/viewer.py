@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -46,6 +48,7 @@ from camera.client.errors import (
     SessionEnded,
     ViewError,
 )
+from camera.client.playout import PlayoutCounters, ReceiveSettings
 from camera.client.receiver import (
     DECODER_BACKLOG,
     MarkerJitterBuffer,
@@ -58,6 +61,8 @@ from camera.client.recorder import Mp4Recorder
 from camera.client.signaling import LINK_LOST, SignalingLink, await_reply, check_answer, pair
 from camera.config import client_ssl, ws_url
 from camera.identity import load_or_create_key
+from camera.ladder import LABEL as QUALITY_LABEL
+from camera.ladder import MODES, Mode
 from camera.stamp import read as read_stamp
 from camera.webrtc import (
     make_peer_connection,
@@ -76,7 +81,9 @@ __all__ = [
     "MarkerJitterBuffer",
     "Mp4Recorder",
     "RecordingFailed",
+    "ReceiveSettings",
     "Refused",
+    "SdpRewrite",
     "SessionEnded",
     "ViewError",
     "ViewStats",
@@ -132,6 +139,16 @@ class ViewerIdentity:
         return cls(key, name or f"peercam view on {socket.gethostname()}"[:64])
 
 
+@dataclass(frozen=True)
+class SdpRewrite:
+    """Changes to a session's SDPs for something put in its ICE path on purpose (the
+    benchmarks' impairing relay): ``offer`` before the offer is signed, ``answer``
+    after the camera's signed answer was checked."""
+
+    offer: Callable[[str], str]
+    answer: Callable[[str], str]
+
+
 def parse_target(target: str, rendezvous: str | None) -> tuple[str, str, str | None]:
     """Split a link or a bare device ID into (rendezvous base URL, device ID, pair secret)."""
     secret = None
@@ -182,6 +199,17 @@ class ViewStats:
     gaps: list[tuple[float, float]] = field(default_factory=list)
     """``time.monotonic()`` (last frame before, first frame after) of every gap of
     ``GAP_LOGGED`` or more, at most ``GAPS_KEPT`` of them."""
+    layer: str | None = None
+    """The layer the camera last said this viewer is on ("high", "low"; None: it never
+    said, e.g. a camera without the quality channel)."""
+    quality: str | None = None
+    """The quality mode the camera last confirmed ("auto", "high", "low")."""
+    layer_switches: int = 0
+    """Times the camera reported a move to another layer."""
+    layer_changes: list[tuple[float, str]] = field(default_factory=list)
+    """``time.monotonic()`` and layer of each report of a new layer (the first included)."""
+    playout: PlayoutCounters | None = None
+    """What the receiver's playout did (None: the playout was off), summed over sessions."""
 
     def as_dict(self) -> dict[str, Any]:
         span = (
@@ -206,7 +234,12 @@ class ViewStats:
             "max_gap_ms": None if self.max_gap_ms is None else round(self.max_gap_ms, 1),
             "first_frame_clock": self.first_frame_clock,
             "gaps": [[round(a, 3), round(b, 3)] for a, b in self.gaps],
+            "layer": self.layer,
+            "quality": self.quality,
+            "layer_switches": self.layer_switches,
         }
+        if self.playout is not None:
+            out["playout"] = dataclasses.asdict(self.playout)
         if self.latencies_ms:
             ordered = sorted(self.latencies_ms)
             out["latency_ms_p50"] = round(statistics.median(ordered), 1)
@@ -239,6 +272,7 @@ async def open_session(
     *,
     timeout: float,
     ice_servers: list[dict[str, Any]] | None,
+    rewrite: SdpRewrite | None = None,
 ) -> tuple[Connection, asyncio.Queue[Message]]:
     """Offer a session and apply the camera's checked answer.
 
@@ -273,6 +307,8 @@ async def open_session(
         except (ValueError, TypeError, OSError) as exc:
             raise ViewError(f"cannot make an offer with these ICE servers ({exc})") from None
         offer_sdp = pc.localDescription.sdp
+        if rewrite is not None:
+            offer_sdp = rewrite.offer(offer_sdp)
         timestamp = int(time.time() * 1000)
         signed = offer_statement(device_id, session_id, timestamp, identity.key, offer_sdp)
         await link.send(encode(
@@ -288,8 +324,9 @@ async def open_session(
         offered = True
         answer = await await_reply(queue, ("answer",), timeout)
         check_answer(device_id, session_id, offer_sdp, answer)
+        answer_sdp = answer["sdp"] if rewrite is None else rewrite.answer(answer["sdp"])
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            await pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
         except (ValueError, TypeError) as exc:
             raise ViewError(f"the camera's answer is not usable ({exc})") from None
     except BaseException:
@@ -360,12 +397,20 @@ async def view(
     tls_ca: str | None = None,
     tls_insecure: bool = False,
     stall: float = heal.STALL,
+    quality: Mode | None = None,
+    receive: ReceiveSettings | None = None,
+    rewrite: SdpRewrite | None = None,
 ) -> ViewStats:
     """Watch a camera until ``seconds`` pass (from the first frame) or ``stop`` is set.
 
     A link with ``pair=SECRET`` in its fragment pairs this viewer's key first.
     Sessions that die are replaced (see the module's description); ``stall``
-    is the frame gap that counts as a dead session. Anything but that ending
+    is the frame gap that counts as a dead session. Every session opens the
+    camera's ``quality`` channel (the camera says which layer the viewer is on);
+    ``quality`` asks for ``auto``, ``high`` or ``low`` on each (None: the camera's
+    default, auto). ``receive`` is how the receiver waits for and asks again for
+    lost packets (:class:`ReceiveSettings`); ``rewrite`` changes the SDPs for a
+    relay put in the path (benchmarks). Anything but that ending
     raises a :class:`ViewError` carrying the stats so far:
     :class:`SessionEnded` when the camera refuses to go on with a run that was
     playing (revoked), :class:`RecordingFailed` when ``record`` cannot be
@@ -374,6 +419,8 @@ async def view(
     """
     if record is not None:
         Mp4Recorder.check(record)
+    if quality is not None and quality not in MODES:
+        raise ValueError(f"quality {quality!r}: choose auto, high or low")
     base, device_id, secret = parse_target(target, rendezvous)
     identity = identity or ViewerIdentity.load_or_create()
     stats = ViewStats()
@@ -382,7 +429,8 @@ async def view(
                          connect_timeout=connect_timeout)
     run = _Run(link, device_id, identity, stats,
                record=record, connect_timeout=connect_timeout, ice_servers=ice_servers,
-               healer=heal.Healer(stall=stall))
+               healer=heal.Healer(stall=stall), quality=quality,
+               receive=receive or ReceiveSettings(), rewrite=rewrite)
     try:
         await link.open()
         if secret is not None:
@@ -410,6 +458,9 @@ class _Session:
     pc: RTCPeerConnection | None = None
     session_id: str | None = None
     decoder_queue: _DecoderQueue | None = None
+    playout: PlayoutCounters | None = None
+    layer_heard: tuple[str, Any] | None = None
+    """The camera's last (layer, mode) report on this session's quality channel."""
     owner: asyncio.Task[None] | None = None
     """Opens it, waits for its first frame, then reads the camera's byes for it."""
     tasks: set[asyncio.Future[None]] = field(default_factory=set)
@@ -434,6 +485,9 @@ class _Run:
         connect_timeout: float,
         ice_servers: list[dict[str, Any]] | None,
         healer: heal.Healer,
+        quality: Mode | None = None,
+        receive: ReceiveSettings | None = None,
+        rewrite: SdpRewrite | None = None,
     ) -> None:
         self.link = link
         self.device_id = device_id
@@ -442,6 +496,9 @@ class _Run:
         self.connect_timeout = connect_timeout
         self.ice_servers = ice_servers
         self.healer = healer
+        self.quality = quality
+        self.receive = receive or ReceiveSettings()
+        self.rewrite = rewrite
         self.outcome: asyncio.Future[ViewError] = asyncio.get_running_loop().create_future()
         self.recorder = (Mp4Recorder(record, on_error=lambda text: self._end(
             RecordingFailed(text))) if record is not None else None)
@@ -541,7 +598,7 @@ class _Run:
             connection, queue = await open_session(
                 self.link, self.device_id, self.identity,
                 lambda connection: self._setup(session, connection),
-                timeout=timeout, ice_servers=self.ice_servers,
+                timeout=timeout, ice_servers=self.ice_servers, rewrite=self.rewrite,
             )
             session.session_id = connection.session_id
             try:
@@ -584,7 +641,9 @@ class _Run:
                 if self.recorder is not None:
                     self.recorder.write(frame.data, frame.timestamp, session.number)
 
-        session.decoder_queue = _hook_receiver(transceiver.receiver, tee)
+        session.decoder_queue, session.playout = _hook_receiver(transceiver.receiver, tee,
+                                                                self.receive)
+        self._open_quality_channel(session, pc)
 
         @pc.on("track")
         def on_track(track: Any) -> None:
@@ -603,9 +662,51 @@ class _Run:
             self._close(session.number, cause)
             self._apply(self.healer.ended(session.number, cause, loop.time()))
 
+    def _open_quality_channel(self, session: _Session, pc: RTCPeerConnection) -> None:
+        """The camera's ``quality`` channel: ask for the mode, hear which layer we are on."""
+        channel = pc.createDataChannel(QUALITY_LABEL)
+
+        def opened() -> None:
+            if self.quality is not None:
+                channel.send(json.dumps({"quality": self.quality}))
+
+        def heard(data: str | bytes) -> None:
+            if session.closing:
+                return
+            try:
+                reply = json.loads(data)
+            except (ValueError, TypeError):
+                return
+            if not isinstance(reply, dict):
+                return
+            if reply.get("type") == "error":
+                logger.warning("the camera refused a quality request: %s", reply.get("error"))
+            elif reply.get("type") == "quality" and isinstance(reply.get("layer"), str):
+                session.layer_heard = (str(reply["layer"]), reply.get("mode"))
+                if self.healer.current in (None, session.number):
+                    self._layer_reported(*session.layer_heard)
+
+        channel.on("open", opened)
+        channel.on("message", heard)
+
+    def _layer_reported(self, layer: str, mode: Any) -> None:
+        stats = self.stats
+        if isinstance(mode, str):
+            stats.quality = mode
+        if layer == stats.layer:
+            return
+        if stats.layer is not None:
+            stats.layer_switches += 1
+            logger.info("now on the %s layer", layer)
+        stats.layer = layer
+        stats.layer_changes.append((time.monotonic(), layer))
+
     def _promoted(self, number: int) -> None:
         if self.healer.sessions_used > 1:
             logger.info("healed: session %d plays (%s)", number, self.healer.last_cause)
+        session = self.sessions.get(number)
+        if session is not None and session.layer_heard is not None:
+            self._layer_reported(*session.layer_heard)
         self.first_frame.set()
 
     def _close(self, number: int, reason: str, *, owner_done: bool = False) -> None:
@@ -629,8 +730,20 @@ class _Run:
             self.link.send_soon(encode(Role.VIEWER, "bye", session_id=session.session_id))
         if session.decoder_queue is not None:
             self.dropped += session.decoder_queue.dropped
+        if session.playout is not None:
+            self._add_playout(session.playout)
         if session.pc is not None:
             await asyncio.shield(session.pc.close())
+
+    def _add_playout(self, counters: PlayoutCounters) -> None:
+        total = self.stats.playout
+        if total is None:
+            self.stats.playout = dataclasses.replace(counters)
+            return
+        for item in dataclasses.fields(PlayoutCounters):
+            mine, theirs = getattr(total, item.name), getattr(counters, item.name)
+            setattr(total, item.name,
+                    max(mine, theirs) if item.name == "waited_ms_max" else mine + theirs)
 
     def _give_up(self, action: heal.GiveUp) -> ViewError:
         error = self.errors.get(action.session) or ViewError(action.cause)
@@ -660,7 +773,6 @@ class _Run:
                 stats.ttff_ms = (now - session.started) * 1000
                 stats.first_frame_at = now
                 stats.first_frame_clock = clock
-                stats.width, stats.height = frame.width, frame.height
             elif stats.last_frame_at is not None:
                 gap = (now - stats.last_frame_at) * 1000
                 stats.max_gap_ms = max(stats.max_gap_ms or 0.0, gap)
@@ -668,6 +780,7 @@ class _Run:
                     stats.gaps.append((clock - gap / 1000, clock))
             stats.last_frame_at = now
             stats.frames += 1
+            stats.width, stats.height = frame.width, frame.height  # the latest picture's
             stamp = read_stamp(stamp_region(frame))
             if stamp is not None:
                 _number, capture_ms = stamp

@@ -27,6 +27,7 @@ DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 JITTER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 DECODER_ERROR_ATTR = "_RTCRtpReceiver__decoder_error"
 DECODER_THREAD_ATTR = "_RTCRtpReceiver__decoder_thread"
+NACK_GENERATOR_ATTR = "_RTCRtpReceiver__nack_generator"
 PAYLOAD_ATTR = "_data"
 """What aiortc's receiver stores on each RtpPacket: its depayloaded bytes."""
 
@@ -105,6 +106,17 @@ def set_decoder_queue(receiver: RTCRtpReceiver, decoder_queue: queue.Queue[Any],
     instance_attribute(AIORTC, module, receiver, DECODER_QUEUE_ATTR, queue.Queue)
     _not_started(receiver, module)
     setattr(receiver, DECODER_QUEUE_ATTR, decoder_queue)
+
+
+def set_nack_generator(receiver: RTCRtpReceiver, generator: Any, module: Any = aiortc) -> None:
+    """Replace an unstarted video receiver's NACK generator. The receiver calls
+    ``generator.add(packet)`` for every RTP packet and, when it returns True, sends a
+    NACK for ``sorted(generator.missing)``."""
+    from aiortc.rtcrtpreceiver import NackGenerator
+
+    instance_attribute(AIORTC, module, receiver, NACK_GENERATOR_ATTR, NackGenerator)
+    _not_started(receiver, module)
+    setattr(receiver, NACK_GENERATOR_ATTR, generator)
 
 
 def decoder_error(receiver: RTCRtpReceiver, module: Any = aiortc) -> threading.Event:

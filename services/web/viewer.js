@@ -134,6 +134,12 @@
     ptzAcks: 0,              // ... and acknowledged (the frame is on the RS-485 line)
     ptzLastAck: null,        // op of the last ack
     ptzLastError: null,      // text of the last error reply (rate limited, not authorized...)
+    layer: null,             // the layer the camera says the shown session gets: "high", "low"
+    qualityMode: null,       // the mode it confirmed: "auto", "high", "low"
+    layers: [],              // the layers the camera sends
+    layerSwitches: 0,        // moves to another layer reported while shown
+    qualityWanted: null,     // what the person picked (sent on every new session); null: auto
+    qualityLastError: null,  // text of the camera's last refusal on the quality channel
   };
   window.peercam = peercam;
 
@@ -912,6 +918,7 @@
     }
     showFigures(att);
     setPtzAvailable(att.ptzAvailable);
+    showQuality(att);
     peercam.lastError = null;
     setState("connected");
   }
@@ -928,6 +935,10 @@
     if (att.closed) return;
     att.closed = true;
     closePtzChannel(att);
+    if (att.qualityChannel) {
+      att.qualityChannel.onopen = att.qualityChannel.onmessage = null;
+      att.qualityChannel = null;
+    }
     for (const id of att.timers) clearTimeout(id);
     att.timers.clear();
     for (const w of att.waiters.values()) w.reject(SUPERSEDED);
@@ -1223,6 +1234,7 @@
     preferH264(transceiver);
     // Before createOffer: the SCTP m-line must be in the offer we sign.
     openPtzChannel(att, pc);
+    openQualityChannel(att, pc);
     pc.ontrack = (ev) => attachVideo(att, ev);
     pc.onicecandidate = (ev) => onLocalCandidate(att, ev.candidate);
     pc.onicegatheringstatechange = () => onGatheringState(att, pc);
@@ -1656,6 +1668,77 @@
   let ptzNoticeTimer = 0;
   let ptzSetMode = false;
 
+  // ---- quality: which layer the camera sends (docs/protocol.md, "Quality data channel")
+
+  function openQualityChannel(att, pc) {
+    let channel;
+    try {
+      channel = pc.createDataChannel("quality", { ordered: true });
+    } catch (_) {
+      return; // no SCTP here: the page plays what the camera picks
+    }
+    att.qualityChannel = channel;
+    att.quality = null;
+    channel.onopen = () => {
+      if (peercam.qualityWanted) sendQuality(att, peercam.qualityWanted);
+    };
+    channel.onmessage = (ev) => onQualityMessage(att, ev.data);
+  }
+
+  function onQualityMessage(att, data) {
+    if (att.closed || typeof data !== "string") return;
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    if (!msg || typeof msg !== "object") return;
+    if (msg.type === "quality" && typeof msg.layer === "string") {
+      const layers = Array.isArray(msg.layers) ? msg.layers.filter((x) => typeof x === "string")
+        : [];
+      att.quality = { mode: String(msg.mode || "auto"), layer: msg.layer, layers };
+      if (att === live) showQuality(att);
+    } else if (msg.type === "error" && typeof msg.error === "string") {
+      peercam.qualityLastError = msg.error;
+    }
+  }
+
+  function sendQuality(att, mode) {
+    const channel = att && att.qualityChannel;
+    if (!channel || channel.readyState !== "open") return;
+    try {
+      channel.send(JSON.stringify({ quality: mode }));
+    } catch (_) { /* closing: the next session sends it */ }
+  }
+
+  function showQuality(att) {
+    const q = att.quality;
+    if (q && peercam.layer && q.layer !== peercam.layer) peercam.layerSwitches += 1;
+    peercam.layer = q ? q.layer : null;
+    peercam.qualityMode = q ? q.mode : null;
+    peercam.layers = q ? q.layers : [];
+    if (!ui) return;
+    ui.quality.hidden = !q;
+    ui.qualityLayer.textContent = q ? q.layer : "–";
+    for (const button of ui.quality.querySelectorAll("[data-quality]")) {
+      const mode = button.dataset.quality;
+      button.setAttribute("aria-pressed", String(!!q && q.mode === mode));
+      // A layer the camera does not send cannot be pinned.
+      button.disabled = !!q && mode !== "auto" && !q.layers.includes(mode);
+    }
+  }
+
+  function onQualityClick(ev) {
+    const button = ev.target.closest("[data-quality]");
+    if (!button) return;
+    ev.stopPropagation(); // not a tap on the stage (that toggles the overlay)
+    const mode = button.dataset.quality;
+    peercam.qualityWanted = mode === "auto" ? null : mode;
+    sendQuality(live, mode);
+    if (pending) sendQuality(pending, mode);
+  }
+
   function openPtzChannel(att, pc) {
     let channel;
     try {
@@ -1966,7 +2049,9 @@
       video: $("video"), notice: $("notice"), overlay: $("overlay"), stats: $("stats"),
       picker: $("picker"), input: $("device-input"), pickerError: $("picker-error"),
       ptz: $("ptz"), ptzStatus: $("ptz-status"), ptzSet: $("ptz-set"),
+      quality: $("quality"), qualityLayer: $("quality-layer"),
     };
+    ui.quality.addEventListener("click", onQualityClick);
     ui.cells = buildOverlay();
     if (!window.RTCPeerConnection || !window.WebSocket || !window.crypto) {
       peercam.lastError = "This browser cannot play WebRTC video.";

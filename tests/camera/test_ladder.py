@@ -195,3 +195,19 @@ def test_any_message_is_a_mode_or_a_clear_error(data: str | bytes) -> None:
         assert parse_request(data) in ("auto", "high", "low")
     except BadQualityRequest as exc:
         assert str(exc)
+
+
+def test_picture_loss_during_a_probe_reverts_it_at_once() -> None:
+    from camera.ladder import Decision, LadderController
+
+    controller = LadderController(2, layer=1)
+    assert controller.picture_lost(0.0) is Decision.STAY  # not probing: nothing moves
+    controller.switched(0, at=10.0)  # a probe up took effect
+    assert controller.probing
+    assert controller.picture_lost(10.5) is Decision.DOWN
+    assert controller.pending == 1 and controller.failed_probes == 1
+    assert not controller.probing
+    assert controller.picture_lost(10.6) is Decision.STAY  # one revert, not two
+    controller.switched(1, at=10.7)
+    controller.switched(0, at=30.0)
+    assert controller.picture_lost(30.0 + controller.tuning.probe_window + 1) is Decision.STAY

@@ -28,6 +28,7 @@ from camera import stamp
 from camera.client.viewer import (
     MarkerJitterBuffer,
     Mp4Recorder,
+    ReceiveSettings,
     _DecoderQueue,
     _hook_receiver,
     release_frames_on_marker,
@@ -255,7 +256,9 @@ async def test_hooks_replace_the_receivers_jitter_buffer_and_decoder_queue() -> 
         receiver = pc.addTransceiver("video", direction="recvonly").receiver
         stock = getattr(receiver, _JITTER_BUFFER_ATTR)
         check_receiver_hooks(receiver)
-        decoder_queue = _hook_receiver(receiver, None)
+        decoder_queue, counters = _hook_receiver(receiver, None,
+                                                 ReceiveSettings(playout=False, nack=False))
+        assert counters is None
         jitter = getattr(receiver, _JITTER_BUFFER_ATTR)
         assert type(jitter) is MarkerJitterBuffer and jitter.capacity == stock.capacity
         assert getattr(receiver, _DECODER_QUEUE_ATTR) is decoder_queue
