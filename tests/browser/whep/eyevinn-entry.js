@@ -1,0 +1,1 @@
+import { WebRTCPlayer } from "@eyevinn/webrtc-player"; window.WebRTCPlayer = WebRTCPlayer;
