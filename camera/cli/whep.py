@@ -94,7 +94,7 @@ async def pair_command(args: argparse.Namespace) -> int:
         load_config,
         save_paired,
     )
-    from camera.config import ws_url
+    from camera.config import client_ssl, ws_url
 
     config = load_config(args.config)
     base, device_id, secret = parse_target(args.link, args.rendezvous)
@@ -104,7 +104,8 @@ async def pair_command(args: argparse.Namespace) -> int:
     name = check_camera_name(args.name or device_id[:4].lower())
     identity = ViewerIdentity.load_or_create(ensure_state_dir(config.key_dir),
                                              "peercam WHEP gateway")
-    link = SignalingLink(ws_url(base, "/ws/viewer"), connect_timeout=args.timeout)
+    link = SignalingLink(ws_url(base, "/ws/viewer"), ssl=client_ssl(config.tls_ca, False),
+                         connect_timeout=args.timeout)
     await link.open()
     try:
         await pair(link, device_id, secret, identity.key, identity.private_key, identity.name,

@@ -47,7 +47,7 @@ from camera.client.whep_core import (
     status_for_refusal,
     token_index,
 )
-from camera.config import ws_url
+from camera.config import client_ssl, ws_url
 from services.metrics import Families, RuntimeMetrics, counter, gauge, metrics_handler
 from services.signaling import Message, ProtocolError, Role, encode
 from services.signatures import candidate_statement, offer_statement, sign
@@ -283,6 +283,7 @@ class Gateway:
             link = self._links.get(rendezvous)
             if link is None:
                 link = SignalingLink(ws_url(rendezvous, "/ws/viewer"),
+                                     ssl=client_ssl(self.config.tls_ca, False),
                                      connect_timeout=self.config.offer_timeout)
                 await link.open()
                 self._links[rendezvous] = link

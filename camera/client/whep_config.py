@@ -10,6 +10,7 @@ The config is TOML (every key optional)::
     max_sessions = 16
     snapshot_cache = 3.0               # seconds a snapshot is served from memory
     snapshot_warm = 0.0                # seconds a snapshot session stays open afterwards
+    tls_ca = "/etc/peercam/ca.pem"     # to trust for wss:// (default: the system's CAs)
 
     [cameras.front]
     device = "XXXX-XXXX-XXXX-XXXX-XXXX-XXXX-XXC"
@@ -149,6 +150,8 @@ class GatewayConfig:
     """JPEG quantiser 2 (best) .. 31 (smallest)."""
     max_session_age: float = 12 * 3600.0
     """A session nobody ended (DELETE or the camera's bye) is forgotten after this."""
+    tls_ca: str | None = None
+    """CA bundle to trust for wss:// rendezvous URLs (default: the system's)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_sessions <= 1024:
@@ -201,7 +204,7 @@ class GatewayConfig:
 
 _KEYS = {"listen", "state_dir", "tokens_file", "cameras", "ice_servers", "cors_origins",
          "max_sessions", "max_body", "rate", "burst", "offer_timeout", "snapshot_cache",
-         "snapshot_warm", "snapshot_quality", "max_session_age"}
+         "snapshot_warm", "snapshot_quality", "max_session_age", "tls_ca"}
 
 
 def _listen(value: Any) -> tuple[str, int]:
@@ -230,11 +233,11 @@ def load_config(path: Path | None) -> GatewayConfig:
     kwargs: dict[str, Any] = {}
     if "listen" in data:
         kwargs["listen"] = _listen(data["listen"])
-    for key in ("state_dir", "tokens_file"):
+    for key in ("state_dir", "tokens_file", "tls_ca"):
         if key in data:
             if not isinstance(data[key], str) or not data[key]:
                 raise BadConfig(f"{key} = {data[key]!r}: need a path")
-            kwargs[key] = Path(data[key])
+            kwargs[key] = data[key] if key == "tls_ca" else Path(data[key])
     cameras = data.get("cameras", {})
     if not isinstance(cameras, dict):
         raise BadConfig("[cameras]: need tables [cameras.NAME]")
