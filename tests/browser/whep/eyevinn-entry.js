@@ -1,1 +1,0 @@
-import { WebRTCPlayer } from "@eyevinn/webrtc-player"; window.WebRTCPlayer = WebRTCPlayer;
