@@ -9,6 +9,7 @@
     scripts/bench relay      TURN relay (coturn) cost against direct
     scripts/bench labttff    first frame through the NAT lab: direct (srflx) and relayed
     scripts/bench recovery   faults in the NAT lab: how soon video is back
+    scripts/bench snapshot   snapshots through the WHEP gateway: cold and cached, loopback
     scripts/bench all        every benchmark above, in that order
     scripts/bench report     rewrite docs/benchmarks.md from the stored results
 
@@ -38,7 +39,7 @@ from bench.common import ROOT, machine
 from bench.report import write_report
 
 ORDER = ["ttff", "latency", "viewers", "janus", "scale", "storm", "relay", "labttff",
-         "recovery"]
+         "recovery", "snapshot"]
 
 
 def benchmarks() -> dict[str, ModuleType]:

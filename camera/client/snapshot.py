@@ -149,8 +149,9 @@ async def snapshot(
 class Snapshotter:
     """One camera's pictures for the gateway: cached, shared, optionally kept warm.
 
-    ``link()`` gives the (shared) rendezvous link for the camera. Every task it
-    starts is its own and ends at :meth:`close`.
+    ``link()`` gives the (shared) rendezvous link for the camera, ``ice_servers()``
+    the list to use for a session. Every task it starts is its own and ends at
+    :meth:`close`.
     """
 
     def __init__(
@@ -159,7 +160,7 @@ class Snapshotter:
         device_id: str,
         identity: ViewerIdentity,
         *,
-        ice_servers: list[dict[str, Any]] | None,
+        ice_servers: Callable[[], Awaitable[list[dict[str, Any]]]],
         timeout: float = 15.0,
         cache: float = 3.0,
         warm: float = 0.0,
@@ -231,7 +232,7 @@ class Snapshotter:
         self.sessions_opened += 1
         connection, _queue = await open_session(link, self.device_id, self.identity,
                                                 receiver.setup, timeout=self.timeout,
-                                                ice_servers=self.ice_servers)
+                                                ice_servers=await self.ice_servers())
         receiver.start()
         return connection, receiver
 

@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 SWEEP = 5.0
 """Seconds between looks for sessions past ``max_session_age`` and old tombstones."""
+PREPARED_REUSE = 60.0
+"""Seconds a rendezvous' ``prepared`` ICE list is reused (its TURN credentials live
+for minutes: the rendezvous' ``--turn-ttl``, 600 s by default)."""
 BODY_TIMEOUT = 10.0
 """A request body must arrive within this."""
 CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
@@ -94,6 +97,7 @@ class Gateway:
         self._link_locks: dict[str, asyncio.Lock] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._snapshotters: dict[str, Snapshotter] = {}
+        self._prepared: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         # counters, read at scrape time
@@ -289,6 +293,42 @@ class Gateway:
                 self._links[rendezvous] = link
         return link
 
+    async def _ice_servers(self, camera: CameraEntry) -> list[dict[str, Any]]:
+        """The gateway's own list if configured, else the rendezvous' (``prepare``).
+
+        A prepared list is reused for :data:`PREPARED_REUSE` seconds: the rendezvous
+        rate-limits credential requests per connection, and every player and snapshot
+        shares the gateway's one connection. A refused ``prepare`` falls back to the
+        last list, or to the STUN-only list of the link's ``hello``.
+        """
+        if self.config.ice_servers is not None:
+            return list(self.config.ice_servers)
+        loop = asyncio.get_running_loop()
+        cached = self._prepared.get(camera.rendezvous)
+        if cached is not None and loop.time() - cached[0] < PREPARED_REUSE:
+            return list(cached[1])
+        link = await self._link(camera.rendezvous)
+        session_id = secrets.token_urlsafe(18)
+        queue = link.subscribe(session_id)
+        try:
+            await link.send(encode(Role.VIEWER, "prepare", device_id=camera.device_id,
+                                   session_id=session_id))
+            prepared = await await_reply(queue, ("prepared",), self.config.offer_timeout)
+        except Refused as exc:
+            if "rate-limited" not in str(exc):
+                raise
+            hello = link.hello
+            fallback = cached[1] if cached is not None else (
+                list(hello["ice_servers"]) if hello is not None else [])
+            logger.info("%s: prepare refused (%s): using %d ICE servers from before",
+                        camera.name, exc.reason, len(fallback))
+            return list(fallback)
+        finally:
+            link.unsubscribe(session_id)
+        servers = list(prepared["ice_servers"])
+        self._prepared[camera.rendezvous] = (loop.time(), servers)
+        return list(servers)
+
     def _bye(self, session: Session) -> None:
         camera = self.config.camera(session.camera)
         link = self._links.get(camera.rendezvous) if camera is not None else None
@@ -349,12 +389,7 @@ class Gateway:
         queue = link.subscribe(session_id)
         offered = False
         try:
-            servers = self.config.ice_servers
-            if servers is None:
-                await link.send(encode(Role.VIEWER, "prepare", device_id=camera.device_id,
-                                       session_id=session_id))
-                prepared = await await_reply(queue, ("prepared",), timeout)
-                servers = list(prepared["ice_servers"])
+            servers = await self._ice_servers(camera)
             timestamp = int(time.time() * 1000)
             signed = offer_statement(camera.device_id, session_id, timestamp,
                                      self.identity.key, sdp)
@@ -472,7 +507,7 @@ class Gateway:
         if snapshotter is None:
             snapshotter = Snapshotter(
                 lambda: self._link(camera.rendezvous), camera.device_id, self.identity,
-                ice_servers=self.config.ice_servers, timeout=self.config.offer_timeout,
+                ice_servers=lambda: self._ice_servers(camera), timeout=self.config.offer_timeout,
                 cache=self.config.snapshot_cache, warm=self.config.snapshot_warm,
                 quality=self.config.snapshot_quality)
             self._snapshotters[camera.name] = snapshotter

@@ -321,3 +321,16 @@ async def test_cors_preflight_for_allowed_origins_only(stack: Stack, tmp_path: P
                              headers={"Origin": origin}) as response:
             assert response.status == 401  # errors carry CORS too, so the page can read why
             assert response.headers["Access-Control-Allow-Origin"] == origin
+
+
+async def test_many_sessions_share_one_prepared_ice_list(stack: Stack, tmp_path: Path) -> None:
+    """The rendezvous allows a connection 10 credential requests in a burst; every player
+    shares the gateway's one connection, so a prepared list is reused."""
+    agent = await stack.camera()
+    async with running_gateway(stack.url, agent, tmp_path, rate=100.0, burst=100.0) as gw:
+        for _ in range(14):
+            async with player() as p:
+                response = await p.play(gw.endpoint())
+                assert response.status == 201, await response.text()
+                assert (await p.delete(gw.endpoint())).status == 200
+        assert gw.gateway.started == 14
