@@ -225,12 +225,13 @@ class Gateway:
             return response
         if method == "OPTIONS":
             return self._options(where)
-        if where.kind == "snapshot":
-            owner = token_index(bearer_token(request.headers.get("Authorization"),
-                                             request.query.get("token")), self.tokens)
-            return await self._snapshot(request, self._camera(where.camera))
-        owner = token_index(bearer_token(request.headers.get("Authorization")), self.tokens)
+        # The header, or ``?token=`` for clients that cannot set one (a still-image URL,
+        # go2rtc's WHEP source); the gateway keeps no access log, so URLs are not logged.
+        owner = token_index(bearer_token(request.headers.get("Authorization"),
+                                         request.query.get("token")), self.tokens)
         camera = self._camera(where.camera)
+        if where.kind == "snapshot":
+            return await self._snapshot(request, camera)
         if where.kind == "whep":
             return await self._post(request, camera, owner)
         assert where.session is not None

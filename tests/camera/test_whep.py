@@ -334,3 +334,16 @@ async def test_many_sessions_share_one_prepared_ice_list(stack: Stack, tmp_path:
                 assert response.status == 201, await response.text()
                 assert (await p.delete(gw.endpoint())).status == 200
         assert gw.gateway.started == 14
+
+
+async def test_the_token_may_come_in_the_query(stack: Stack, tmp_path: Path) -> None:
+    """For clients that cannot set a header (go2rtc's WHEP source): ``?token=``."""
+    agent = await stack.camera()
+    async with running_gateway(stack.url, agent, tmp_path) as gw, player(token="") as p:
+        response = await p.play(f"{gw.endpoint()}?token={TOKEN}")
+        assert response.status == 201, await response.text()
+        await p.wait_frames(3, scaled(15))
+        assert (await p.delete(f"{gw.endpoint()}?token={TOKEN}")).status == 401
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(f"{p.resource(gw.endpoint())}?token={TOKEN}") as deleted:
+                assert deleted.status == 200

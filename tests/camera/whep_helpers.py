@@ -107,8 +107,10 @@ class Player:
         if trickle:
             sdp, trickled = strip_candidates(sdp)
         self.offer_sdp = sdp
-        response = await self.http.post(endpoint, data=sdp.encode(), headers={
-            "Content-Type": "application/sdp", "Authorization": f"Bearer {self.token}"})
+        headers = {"Content-Type": "application/sdp"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        response = await self.http.post(endpoint, data=sdp.encode(), headers=headers)
         if response.status != 201:
             return response
         answer = await response.text()
@@ -137,8 +139,9 @@ class Player:
             "Authorization": f"Bearer {token or self.token}"})
 
     async def delete(self, endpoint: str, token: str | None = None) -> aiohttp.ClientResponse:
-        return await self.http.delete(self.resource(endpoint), headers={
-            "Authorization": f"Bearer {token or self.token}"})
+        token = token or self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return await self.http.delete(self.resource(endpoint), headers=headers)
 
     async def _consume(self, track: Any) -> None:
         while True:
