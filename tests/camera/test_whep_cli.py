@@ -79,3 +79,28 @@ async def test_a_bad_config_is_a_usage_error(tmp_path: Path) -> None:
     config.write_text('max_sessions = 0\n')
     code, _out, err = await run("whep", "serve", "--config", str(config))
     assert code == 2 and "max_sessions 0" in err
+
+
+def test_every_gateway_setting_is_documented_and_loads(tmp_path: Path) -> None:
+    """docs/operations.md's example config names every setting, and loads as written."""
+    import dataclasses
+
+    from camera.client.whep_config import GatewayConfig, load_config
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    section = doc[doc.index("## WHEP gateway"):doc.index("## Metrics and alerts")]
+    missing = [f.name for f in dataclasses.fields(GatewayConfig)
+               if f.name != "cameras" and f"{f.name} =" not in section]
+    assert missing == []
+    example = section[section.index("```toml") + 7:]
+    example = example[:example.index("```")]
+    example = "\n".join(line.lstrip("# ") if line.startswith("# ") and " = " in line else line
+                        for line in example.splitlines())
+    from camera.identity import DeviceIdentity
+
+    device = DeviceIdentity.load_or_create(tmp_path / "camera").device_id
+    path = tmp_path / "whep.toml"
+    path.write_text(example.replace("XXXX-XXXX-XXXX-XXXX-XXXX-XXXX-XXC", device))
+    config = load_config(path)
+    assert config.cameras[0].name == "front" and config.ice_servers is not None
+    assert config.cors_origins == ("https://ha.example:8123",)
