@@ -146,9 +146,12 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        now = asyncio.get_running_loop().time()
+        byes: list[Awaitable[None]] = []
         for session in self.sessions.all():
-            if self.sessions.end(session, "gateway stopped"):
-                self._bye(session)
+            if self.sessions.end(session, "gateway stopped", now):
+                byes.append(self._bye_now(session))
+        await asyncio.gather(*byes, return_exceptions=True)
         watchers = list(self._watchers.values())
         self._watchers.clear()
         for task in watchers:
@@ -330,6 +333,15 @@ class Gateway:
         self._prepared[camera.rendezvous] = (loop.time(), servers)
         return list(servers)
 
+    async def _bye_now(self, session: Session) -> None:
+        """A bye that is sent before the link closes (shutdown), within a second."""
+        camera = self.config.camera(session.camera)
+        link = self._links.get(camera.rendezvous) if camera is not None else None
+        if link is not None:
+            with contextlib.suppress(ViewError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await link.send(encode(Role.VIEWER, "bye", session_id=session.session_id))
+
     def _bye(self, session: Session) -> None:
         camera = self.config.camera(session.camera)
         link = self._links.get(camera.rendezvous) if camera is not None else None
@@ -354,11 +366,12 @@ class Gateway:
             raise
         try:
             session_id, servers, answer = await self._offer(camera, offer.sdp)
-            session = Session(secrets.token_urlsafe(24), session_id, camera.name,
-                              camera.device_id, owner, offer, asyncio.get_running_loop().time())
-            self.sessions.add(session)
-        finally:
-            self.sessions.release()  # no-op once add() took the place
+        except BaseException:
+            self.sessions.release()
+            raise
+        session = Session(secrets.token_urlsafe(24), session_id, camera.name,
+                          camera.device_id, owner, offer, asyncio.get_running_loop().time())
+        self.sessions.add(session)  # takes the reserved place
         self.started += 1
         link = self._links[camera.rendezvous]
         self._watchers[session.resource] = asyncio.create_task(
@@ -408,27 +421,30 @@ class Gateway:
             raise self._offer_error(camera, exc) from None
         return session_id, servers, str(answer["sdp"])
 
-    def _offer_error(self, camera: CameraEntry, exc: BaseException) -> BaseException:
+    def _offer_error(self, camera: CameraEntry, exc: BaseException, *,
+                     count: bool = True) -> BaseException:
+        """The HTTP answer to a failed offer (counted by reason for WHEP sessions)."""
+        failed = self._failed if count else (lambda reason: None)
         if isinstance(exc, ForgedAnswer):
-            self._failed("forged")
+            failed("forged")
             logger.warning("%s: %s", camera.name, exc)
             return WhepError(502, f"camera {camera.name!r}: {exc}")
         if isinstance(exc, Refused):
             error = status_for_refusal(camera.name, str(exc))
-            self._failed("busy" if "busy" in error.reason else
-                          "offline" if "offline" in error.reason else "refused")
+            failed("busy" if "busy" in error.reason else
+                   "offline" if "offline" in error.reason else "refused")
             logger.info("%s: %s", camera.name, exc)
             return error
         if isinstance(exc, ViewError):
             text = str(exc)
             if "in time" in text:
-                self._failed("timeout")
+                failed("timeout")
                 return WhepError(504, f"camera {camera.name!r} did not answer in time "
                                       f"({self.config.offer_timeout:.0f} s)")
-            self._failed("rendezvous")
+            failed("rendezvous")
             return WhepError(503, f"camera {camera.name!r}: {text}", retry_after=5)
         if isinstance(exc, ProtocolError):
-            self._failed("refused")
+            failed("refused")
             return WhepError(400, f"the offer cannot be sent: {exc.message}")
         return exc
 
@@ -443,7 +459,8 @@ class Gateway:
                     return
                 if message.type == "bye":
                     reason = str(message.get("reason") or "the camera ended it")
-                    if self.sessions.end(session, reason):
+                    now = asyncio.get_running_loop().time()
+                    if self.sessions.end(session, reason, now):
                         logger.info("session %s on %s ended by the camera: %s",
                                     session.resource[:8], session.camera, reason)
                     return
@@ -453,7 +470,8 @@ class Gateway:
                 del self._watchers[session.resource]
 
     def _delete(self, session: Session) -> web.Response:
-        if not self.sessions.end(session, "deleted by the player"):
+        now = asyncio.get_running_loop().time()
+        if not self.sessions.end(session, "deleted by the player", now):
             return web.Response(status=200, text=f"already ended: {session.ended}\n")
         self._bye(session)
         logger.info("session %s on %s: deleted", session.resource[:8], session.camera)
@@ -520,7 +538,7 @@ class Gateway:
             picture, how = await snapshotter.get()
         except BaseException as exc:
             self.snapshots["error"] = self.snapshots.get("error", 0) + 1
-            error = self._offer_error(camera, exc)
+            error = self._offer_error(camera, exc, count=False)
             if isinstance(error, WhepError):
                 raise error from None
             raise

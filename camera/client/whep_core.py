@@ -265,6 +265,7 @@ class Session:
     etag: str = field(default_factory=lambda: '"' + secrets.token_hex(8) + '"')
     ended: str | None = None
     """Why it ended (None: live)."""
+    ended_at: float = 0.0
     next_seq: int = 0
     sent: set[str] = field(default_factory=set)
     end_sent: bool = False
@@ -342,25 +343,25 @@ class Sessions:
     def by_session_id(self, session_id: str) -> Session | None:
         return self._by_session_id.get(session_id)
 
-    def end(self, session: Session, reason: str) -> bool:
-        """Mark it ended (its place is free); False if it already was."""
+    def end(self, session: Session, reason: str, now: float) -> bool:
+        """Mark it ended (its place is free; a tombstone for a minute, so a repeated
+        DELETE still gets 200); False if it already was."""
         if session.ended is not None:
             return False
-        session.ended = reason
+        session.ended, session.ended_at = reason, now
         return True
 
     def sweep(self, now: float) -> list[Session]:
-        """Forget tombstones after a minute and live sessions after ``max_age``; returns
-        the live ones dropped (the adapter says bye for them)."""
+        """End live sessions older than ``max_age`` (returned: the adapter says bye for
+        them) and forget tombstones a minute after their end."""
         dropped: list[Session] = []
         for session in list(self._by_resource.values()):
-            age = now - session.created
-            if session.ended is None and age > self.max_age:
-                session.ended = "too old (max_session_age)"
-                dropped.append(session)
-            elif session.ended is not None and age > self.TOMBSTONE_SECONDS and (
-                    session not in dropped):
-                self._by_resource.pop(session.resource, None)
+            if session.ended is None:
+                if now - session.created > self.max_age:
+                    self.end(session, "too old (max_session_age)", now)
+                    dropped.append(session)
+            elif now - session.ended_at > self.TOMBSTONE_SECONDS:
+                del self._by_resource[session.resource]
                 self._by_session_id.pop(session.session_id, None)
         return dropped
 
