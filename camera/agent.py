@@ -262,6 +262,7 @@ class CameraAgent:
                 authorized=lambda key: key is not None and key in self.acl,
                 layer_bitrates={layer: self.config.video.for_layer(layer).bitrate
                                 for layer in self.config.video.layers},
+                on_connected=lambda s: self.core.media_up(s.session_id),
             )
         except Exception as exc:
             logger.error("session %s: cannot make a peer connection: %s: %s",

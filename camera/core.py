@@ -22,10 +22,11 @@ Each viewer session has an explicit phase::
 - live: the signed answer went out.
 - closing: the session is ending; nothing more is sent for it but one bye.
 
-A ``bye`` relayed by the rendezvous ends a session that is not live yet; a live
-one is ended by its media plane (the viewer's DTLS close, ICE consent), because
-byes are unsigned and the rendezvous also sends one when only the viewer's
-signaling link dropped.
+A ``bye`` relayed by the rendezvous ends a session whose media is not up yet
+(a viewer that gave up, or refused the answer); once its peer connection has
+connected, the media plane ends it (the viewer's DTLS close, ICE consent),
+because byes are unsigned and the rendezvous also sends one when only the
+viewer's signaling link dropped.
 
 A trickled candidate is checked (the viewer's signature over it and its offer)
 the moment it arrives; in ``waiting`` it is queued and handed over when the
@@ -102,6 +103,8 @@ class SessionRecord:
     """When it entered its phase."""
     queued: list[Candidate] = field(default_factory=list)
     seqs: set[int] = field(default_factory=set)
+    media: bool = False
+    """The peer connection connected (ICE and DTLS up): from now on its media decides."""
 
 
 # -- actions -------------------------------------------------------------------
@@ -223,6 +226,12 @@ class AgentCore:
         record.phase, record.since = Phase.LIVE, now
         return [Send(encode(Role.CAMERA, "answer", **fields))]
 
+    def media_up(self, session_id: str) -> None:
+        """The session's peer connection connected: a relayed bye no longer ends it."""
+        record = self.sessions.get(session_id)
+        if record is not None:
+            record.media = True
+
     def session_ended(self, session_id: str, reason: str) -> list[Action]:
         """The adapter's peer connection ended: on its own (ICE failed, no answer), and
         then the rendezvous is told, or because the core closed it (no second bye)."""
@@ -266,14 +275,14 @@ class AgentCore:
             if record is None or record.phase is Phase.CLOSING:
                 return []
             reason = message.get("reason") or "viewer left"
-            if record.phase is Phase.LIVE:
+            if record.phase is Phase.LIVE and record.media:
                 # Byes are unsigned, and the rendezvous sends one when only the viewer's
-                # signaling dropped: for a live session it is advice. The media plane
+                # signaling dropped: for a session with media up it is advice. The media plane
                 # decides: the viewer's DTLS close, or ICE consent (RFC 7675) failing.
                 logger.info("session %s: the rendezvous says %r; the media decides",
                             record.session_id, printable(reason))
                 return []
-            # Not live yet: the viewer gave up before connecting. No bye goes back.
+            # No media yet: the viewer gave up before connecting. No bye goes back.
             record.phase = Phase.CLOSING
             return [CloseSession(record.session_id, reason)]
         if message.type == "error":

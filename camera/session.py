@@ -91,14 +91,17 @@ class ViewerSession:
         ptz: PtzControl | None = None,
         authorized: Callable[[str | None], bool] | None = None,
         layer_bitrates: Mapping[Layer, int] | None = None,
+        on_connected: Callable[[ViewerSession], None] | None = None,
     ) -> None:
         """``authorized(viewer_key)`` is asked for every quality-channel request (None:
-        every request is refused); ``layer_bitrates`` are the layers' target bitrates."""
+        every request is refused); ``layer_bitrates`` are the layers' target bitrates;
+        ``on_connected`` is called once ICE and DTLS are up."""
         self.session_id = session_id
         self.viewer_key = viewer_key
         """The ACL key whose signed offer opened this session (revocation ends it)."""
         self._broadcaster = broadcaster
         self._on_closed = on_closed
+        self._on_connected = on_connected
         self._ice_timeout = ice_timeout
         self._ptz = ptz
         self._authorized = authorized or (lambda key: False)
@@ -200,6 +203,8 @@ class ViewerSession:
         state = self.pc.connectionState
         logger.debug("session %s: %s", self.session_id, state)
         if state == "connected":
+            if not self.connected.is_set() and self._on_connected is not None:
+                self._on_connected(self)
             self.connected.set()
             if self.quality is not None and self._video_sender is not None:
                 self.quality.start(self._video_sender)  # its stats feed the layer choice

@@ -161,11 +161,21 @@ def test_a_relayed_bye_for_a_live_session_is_advice(tmp_path: Path, keys: Any) -
     core = make_core(tmp_path, keys)
     core.received(offer(keys), 0.0)
     core.answered(S1, "v=0\r\n", 0.5)
+    core.media_up(S1)
     assert core.received(json.dumps({"type": "bye", "session_id": S1, "reason": "viewer left"}),
                          1.0) == []
     assert core.sessions[S1].phase is Phase.LIVE
     [bye] = sent(core.session_ended(S1, "peer connection closed"))  # the DTLS close
     assert bye["reason"] == "peer connection closed" and core.sessions == {}
+
+
+def test_a_bye_before_the_media_is_up_ends_the_session(tmp_path: Path, keys: Any) -> None:
+    # The viewer refused the answer (a forged fingerprint) or gave up before ICE.
+    core = make_core(tmp_path, keys)
+    core.received(offer(keys), 0.0)
+    core.answered(S1, "v=0\r\n", 0.5)
+    [close] = core.received(json.dumps({"type": "bye", "session_id": S1}), 1.0)
+    assert close == CloseSession(S1, "viewer left")
 
 
 def test_a_bye_from_the_server_closes_without_a_bye_back(tmp_path: Path, keys: Any) -> None:

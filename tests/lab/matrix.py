@@ -29,6 +29,7 @@ from tests.services.coturn import TURNSERVER, policy_lines
 SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "ipv6",
          "udp-blocked")
 SERVER = "203.0.113.1"
+SERVER2 = "203.0.113.2"
 RENDEZVOUS = f"ws://{SERVER}:8080"
 PEERCAM = [sys.executable, "-m", "camera.cli", "--log-level", "INFO"]
 
@@ -228,8 +229,11 @@ class Matrix:
         return cell
 
     def run_natcheck(self, site: str) -> dict[str, Any]:
+        # Two servers (our STUN server's two addresses): one silent server alone is
+        # "no answer from it"; UDP counts as blocked only when both are silent.
         result = self.lab.run(site, [*PEERCAM, "natcheck", "--stun", f"{SERVER}:3479",
-                                     "--json"], check=False, timeout=60)
+                                     "--stun", f"{SERVER2}:3479", "--json"],
+                              check=False, timeout=60)
         stdout = result.stdout if isinstance(result.stdout, str) else result.stdout.decode()
         report: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
         return report
