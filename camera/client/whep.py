@@ -191,6 +191,11 @@ class Gateway:
             status = exc.status
             text = ("request body too large" if status == 413 else exc.reason) or "error"
             response = self._error(WhepError(status, text))
+        except (ConnectionError, asyncio.CancelledError):
+            raise  # the client went away: nobody to answer
+        except Exception:  # a bug: this request fails, the gateway serves on
+            logger.exception("%s %s failed", request.method, request.path[:100])
+            response = self._error(WhepError(500, "internal error (logged)"))
         self._cors(request, response)
         key = str(response.status)
         self.requests[key] = self.requests.get(key, 0) + 1
