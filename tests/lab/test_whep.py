@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from services.natlab import Lab
+from services.natlab.paths import direct_possible
 from services.turn import TurnConfig, mint
 from tests.lab.conftest import REPO_ROOT, needs_lab
 from tests.lab.matrix import PEERCAM, SERVER, Matrix
@@ -78,6 +79,7 @@ def play(lab: Lab, matrix: Matrix, camera: str, player: str,
 def test_player_and_camera_behind_different_nats_connect_directly(
         lab: Lab, gateway: Matrix) -> None:
     """full-cone camera, port-restricted player: a direct path exists, and is used."""
+    assert direct_possible("full-cone", "port-restricted")
     result = play(lab, gateway, "full-cone", "port-restricted",
                   [{"urls": [f"stun:{SERVER}:3479"]}])
     assert result.get("error") is None, (result, gateway.log("whep.log"))
@@ -87,12 +89,14 @@ def test_player_and_camera_behind_different_nats_connect_directly(
 
 
 def test_a_turn_only_pair_plays_through_the_relay(lab: Lab, gateway: Matrix) -> None:
-    """Both behind symmetric NATs: only TURN connects them. The camera's TURN comes from
-    the rendezvous; the player is configured with its own credentials for the same coturn."""
+    """A symmetric camera, a port-restricted player: no direct path, only TURN. The
+    camera's TURN comes from the rendezvous; the player is configured with its own
+    credentials for the same coturn."""
+    assert not direct_possible("symmetric", "port-restricted")
     secret = (gateway.tmp / "turn-secret").read_text().strip()
     turn = mint(TurnConfig(secret, [f"turn:{SERVER}:3478?transport=udp"]), "whep-player",
                 time.time())
-    result = play(lab, gateway, "symmetric", "symmetric",
+    result = play(lab, gateway, "symmetric", "port-restricted",
                   [{"urls": [f"stun:{SERVER}:3479"]}, turn])
     assert result.get("error") is None, (result, gateway.log("whep.log"))
     assert result["post"] == 201 and result["frames"] > 10
