@@ -10,6 +10,7 @@
     scripts/bench labttff    first frame through the NAT lab: direct (srflx) and relayed
     scripts/bench recovery   faults in the NAT lab: how soon video is back
     scripts/bench badnet     loss, jitter, a capped viewer: latency, stalls, fps, layers
+    scripts/bench snapshot   snapshots through the WHEP gateway: cold and cached, loopback
     scripts/bench all        every benchmark above, in that order
     scripts/bench report     rewrite docs/benchmarks.md from the stored results
 
@@ -39,7 +40,7 @@ from bench.common import ROOT, machine
 from bench.report import write_report
 
 ORDER = ["ttff", "latency", "viewers", "janus", "scale", "storm", "relay", "labttff",
-         "recovery", "badnet"]
+         "recovery", "badnet", "snapshot"]
 
 
 def benchmarks() -> dict[str, ModuleType]:

@@ -1,7 +1,7 @@
 """``peercam``: the one command. Parsing and wiring only; the work is in the packages.
 
 One module per command group (:mod:`.servers`, :mod:`.device`, :mod:`.client`,
-:mod:`.network`; ``lab`` is passed on to the NAT lab's own command line), the
+:mod:`.network`, :mod:`.whep`; ``lab`` is passed on to the NAT lab's own command line), the
 option groups several commands share in :mod:`.options`.
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from camera.cli import client, device, exits, network, servers
+from camera.cli import client, device, exits, network, servers, whep
 from camera.cli.options import log_level_default
 from camera.errors import PeercamError
 from hardware.errors import HardwareError
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="the NAT lab (root): up|down|status|exec SITE -- CMD")
     lab.set_defaults(handler=None, needs_webrtc=False)
     client.add_commands(sub)
+    whep.add_commands(sub)
     return parser
 
 

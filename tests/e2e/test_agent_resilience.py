@@ -125,7 +125,7 @@ async def _probe(server: HostileRendezvous, camera: CameraAgent) -> None:
 
     server.router.received = spy  # type: ignore[method-assign]
     try:
-        async with asyncio.timeout(scaled(10)):
+        async with asyncio.timeout(scaled(30)):  # generous: a loaded machine is slow
             await camera.registered.wait()
             await server._send(server.camera_peer(camera.device_id),
                                json.dumps({**_pair_base("probe"), "session_id": probe}))
