@@ -1,0 +1,37 @@
+"""The web viewer's pure modules under Node, against vectors from the Python code.
+
+The vectors are generated here, from the Python implementation, for every run:
+if either side changes an encoding, this test fails until the other follows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.web.vectors import make_vectors
+
+HERE = Path(__file__).parent
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="needs Node.js 20 (scripts/setup --test installs it)")
+def test_web_modules_agree_with_python(tmp_path: Path) -> None:
+    vectors = tmp_path / "vectors.json"
+    vectors.write_text(json.dumps(make_vectors()), encoding="utf-8")
+    files = sorted(str(p) for p in HERE.glob("*.test.mjs"))
+    assert len(files) >= 2
+    result = subprocess.run(
+        [str(NODE), "--test", *files],
+        env={**os.environ, "PEERCAM_VECTORS": str(vectors)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    # node --test ends with a summary: every test ran, none failed or was skipped.
+    assert "# fail 0" in result.stdout and "# skipped 0" in result.stdout
+    assert "# pass 14" in result.stdout, result.stdout[-1500:]
