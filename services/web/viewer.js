@@ -23,10 +23,10 @@
 // The only global is window.peercam, a live view of the state for tests.
 
 import {
-  StatementError, answerStatement, b64url, candidateStatement, deviceIdOfKey,
-  normalizeDeviceId, offerStatement, pairStatement, pairedStatement, sha256Hex, unb64url,
-  utf8,
+  StatementError, answerStatement, candidateStatement, normalizeDeviceId, offerStatement,
+  pairStatement, pairedStatement, sha256Hex,
 } from "./codec.mjs";
+import { loadViewerKey, pairingProof, publicKeyText, sign, verifiedBy } from "./keys.mjs";
 import { cameras, initList, markSeen, remember, showList, viewerName } from "./list.js";
 import { initPlayer, renderBadge, stopPlayer, toggleFullscreen } from "./player.js";
 
@@ -57,9 +57,6 @@ const TIMING = {
 const SESSION_ALPHABET =
   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
 
-const ECDSA = { name: "ECDSA", namedCurve: "P-256" };
-const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" };
-const KEY_DB = { name: "peercam", store: "keys", viewerKey: "viewer" };
 // Trickled "candidate" messages per session, end-of-candidates included
 // (seq 0..31; services/signaling.py MAX_CANDIDATES).
 const MAX_CANDIDATES = 32;
@@ -231,113 +228,24 @@ function clearTimer(att, id) {
   }
 }
 
-// ---- encodings and statements -------------------------------------------
-
 // ---- keys and signatures -------------------------------------------------
 
-async function verifyByDevice(deviceKey, message, signature) {
-  // True only if deviceKey is the key deviceId was derived from AND it
-  // signed message. Anything malformed is simply "not verified".
-  try {
-    const der = unb64url(deviceKey);
-    const sig = unb64url(signature);
-    if (!der || der.length > 200 || !sig || sig.length !== 64) return false;
-    if (await deviceIdOfKey(der) !== deviceId) return false;
-    const key = await crypto.subtle.importKey("spki", der, ECDSA, false, ["verify"]);
-    return await crypto.subtle.verify(ECDSA_SHA256, key, sig, message);
-  } catch (_) {
-    return false;
-  }
-}
-
-async function sign(me, message) {
-  // WebCrypto ECDSA gives IEEE P1363 r||s, the form the protocol uses.
-  return b64url(await crypto.subtle.sign(ECDSA_SHA256, me.pair.privateKey, message));
-}
-
-async function pairingProof(secret, message) {
-  // HMAC-SHA256 keyed with the secret's ASCII bytes: proves we know the
-  // secret without sending it (the server only ever sees this MAC).
-  const key = await crypto.subtle.importKey(
-    "raw", utf8.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-  return b64url(await crypto.subtle.sign("HMAC", key, message));
+function verifyByDevice(deviceKey, message, signature) {
+  // Only the camera whose ID we watch: its key hashes to deviceId.
+  return verifiedBy(deviceId, deviceKey, message, signature);
 }
 
 function viewerKey() {
   // Loaded once; a failure is not cached, so the next session tries again.
   if (!keyPromise) {
     keyPromise = loadViewerKey().then(async (pair) => {
-      const text = b64url(await crypto.subtle.exportKey("spki", pair.publicKey));
+      const text = await publicKeyText(pair.publicKey);
       peercam.viewerKey = text;
       return { pair, text };
     });
     keyPromise.catch(() => { keyPromise = null; });
   }
   return keyPromise;
-}
-
-async function loadViewerKey() {
-  let db = null;
-  try {
-    db = await openKeyDb();
-    const stored = await keyDbRequest(db, "readonly", (s) => s.get(KEY_DB.viewerKey));
-    if (isKeyPair(stored)) return stored;
-    const fresh = await generateViewerKey();
-    // Get-or-put in one transaction: two tabs on first use end up with one key.
-    return await keyDbGetOrPut(db, fresh);
-  } catch (err) {
-    // No IndexedDB (some private modes): a key for this page only. Pairing
-    // then lasts until reload, which beats not working at all.
-    console.warn("peercam: cannot store the viewer key, it will not survive a reload:",
-      (err && err.name) || err);
-    return generateViewerKey();
-  } finally {
-    if (db) db.close();
-  }
-}
-
-function generateViewerKey() {
-  // Non-extractable: script on this page can sign with it, never copy it out.
-  return crypto.subtle.generateKey(ECDSA, false, ["sign", "verify"]);
-}
-
-function isKeyPair(value) {
-  return Boolean(value && value.privateKey instanceof CryptoKey
-    && value.publicKey instanceof CryptoKey);
-}
-
-function openKeyDb() {
-  return new Promise((resolve, reject) => {
-    const req = indexedDB.open(KEY_DB.name, 1);
-    req.onupgradeneeded = () => req.result.createObjectStore(KEY_DB.store);
-    req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(req.error);
-    req.onblocked = () => reject(new Error("key store blocked"));
-  });
-}
-
-function keyDbRequest(db, mode, makeRequest) {
-  return new Promise((resolve, reject) => {
-    const tx = db.transaction(KEY_DB.store, mode);
-    const req = makeRequest(tx.objectStore(KEY_DB.store));
-    tx.oncomplete = () => resolve(req.result);
-    tx.onerror = tx.onabort = () => reject(tx.error);
-  });
-}
-
-function keyDbGetOrPut(db, fresh) {
-  return new Promise((resolve, reject) => {
-    const tx = db.transaction(KEY_DB.store, "readwrite");
-    const store = tx.objectStore(KEY_DB.store);
-    let result = fresh;
-    const get = store.get(KEY_DB.viewerKey);
-    get.onsuccess = () => {
-      if (isKeyPair(get.result)) result = get.result;
-      else store.put(fresh, KEY_DB.viewerKey);
-    };
-    tx.oncomplete = () => resolve(result);
-    tx.onerror = tx.onabort = () => reject(tx.error);
-  });
 }
 
 // Whether this device accepted our key, remembered per device ID. Only a
@@ -536,7 +444,8 @@ async function pair(att, me) {
   const name = viewerName();
   const timestamp = Date.now();
   const text = pairStatement(deviceId, att.sessionId, timestamp, me.text, name);
-  const [signature, proof] = await Promise.all([sign(me, text), pairingProof(pairSecret, text)]);
+  const [signature, proof] = await Promise.all([
+    sign(me.pair.privateKey, text), pairingProof(pairSecret, text)]);
   alive(att);
   send(att, {
     type: "pair", device_id: deviceId, session_id: att.sessionId,
@@ -570,7 +479,7 @@ async function prepare(att) {
 async function sendOffer(att, me, sdp) {
   const timestamp = Date.now();
   const text = await offerStatement(deviceId, att.sessionId, timestamp, me.text, sdp);
-  const signature = await sign(me, text);
+  const signature = await sign(me.pair.privateKey, text);
   alive(att);
   mark(att, "offer");
   att.phase = "offer";
@@ -687,7 +596,7 @@ async function sendCandidate(att, item, seq) {
   const mid = item && typeof item.mid === "string" && item.mid ? item.mid : null;
   const index = item && Number.isInteger(item.index) ? item.index : null;
   const text = candidateStatement(deviceId, att.sessionId, t.offerHash, seq, line, mid, index);
-  const signature = await sign(t.me, text);
+  const signature = await sign(t.me.pair.privateKey, text);
   if (att.closed || (att.answered && !sigCanSend(att))) return;
   const msg = {
     type: "candidate", device_id: deviceId, session_id: att.sessionId,

@@ -108,7 +108,20 @@ def make_vectors(seed: int = 13) -> dict[str, Any]:
                   "🍳" * 65, "tab\there", "del\x7f", "c1\x85", "nbsp\xa0ok", "Chrome on Android"]
     viewer_names = [{"name": n, "ok": _name_ok(n)} for n in name_cases]
 
+    # A camera's signature on a "paired" reply, and a pairing proof (HMAC).
+    camera_key = ec.generate_private_key(ec.SECP256R1())
+    camera_text = sig.encode_public_key(camera_key.public_key())
+    camera_id = sig.device_id_of(camera_text)
+    message = sig.paired_statement(camera_id, session, viewer_key, names[0])
+    secret = "K3M$x*~=" + "a" * 20
+    signed = {
+        "device_id": camera_id, "device_key": camera_text,
+        "message": sig.b64url(message), "signature": sig.sign(camera_key, message),
+        "other_id": ids[1], "secret": secret, "proof": sig.pairing_proof(secret, message),
+    }
+
     return {
+        "signed": signed,
         "device_ids": device_ids, "keys": keys, "normalize": normalize, "b64url": b64,
         "bad_b64url": bad_b64, "statements": statements, "refused": refused,
         "sdp_hashes": sdp_hashes, "viewer_names": viewer_names,
