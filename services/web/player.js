@@ -21,7 +21,7 @@ const pointers = new Map();  // pointerId -> {x, y}
 let gesture = null;          // {kind: "pinch"|"pan", ...} while fingers are down
 let lastTap = null;          // {t, x, y} of the last single tap
 let tapTimer = 0;
-const clip = { recorder: null, chunks: [], started: 0, timer: 0, type: "" };
+const clip = { recorder: null, chunks: [], started: 0, timer: 0, type: "", stem: "" };
 
 // ---- zoom and pan ------------------------------------------------------------
 
@@ -249,6 +249,7 @@ export function toggleClip() {
   clip.recorder = recorder;
   clip.chunks = [];
   clip.started = performance.now();
+  clip.stem = fileStem();  // named when it starts, whatever is on screen when it ends
   recorder.ondataavailable = (ev) => {
     if (ev.data && ev.data.size) clip.chunks.push(ev.data);
   };
@@ -281,7 +282,7 @@ function saveClip(recorder) {
     flash("The clip is empty.");
     return;
   }
-  download(blob, fileStem() + (type === "video/mp4" ? ".mp4" : ".webm"));
+  download(blob, clip.stem + (type === "video/mp4" ? ".mp4" : ".webm"));
   window.peercam.clips = (window.peercam.clips || 0) + 1;
   flash("Clip saved");
 }

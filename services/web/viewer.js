@@ -1760,6 +1760,7 @@ function readFragment() {
   const params = fragmentParams();
   const raw = params.get("device");
   const secret = params.get("pair");
+  stopPlayer();  // a clip under way is saved first; the zoom starts over
   stopAll();
   resetStats();
   // A different camera (or none): do not leave the last one's picture up.
@@ -1778,7 +1779,6 @@ function readFragment() {
   if (!raw) {
     deviceId = null;
     setState("idle");
-    stopPlayer();
     showHome("");
     return;
   }
@@ -1787,7 +1787,6 @@ function readFragment() {
     deviceId = null;
     peercam.lastError = "The link does not hold a valid device ID.";
     setState("error");
-    stopPlayer();
     showHome(peercam.lastError);
     return;
   }
