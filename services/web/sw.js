@@ -8,10 +8,10 @@
 // network-first, so a server update shows on the next load; the cache is the
 // fallback when offline.
 
-const CACHE = "peercam-shell-v1";  // a new name drops the old copy on activation
+const CACHE = "peercam-shell-v2";  // a new name drops the old copy on activation
 const SHELL = [
   "./", "viewer.js", "viewer.css", "codec.mjs", "keys.mjs", "cameras.mjs", "zoom.mjs", "list.js",
-  "player.js", "manifest.webmanifest", "icon-192.png", "icon-512.png",
+  "player.js", "controls.js", "manifest.webmanifest", "icon-192.png", "icon-512.png",
 ];
 const SHELL_URLS = new Set(SHELL.map((path) => new URL(path, self.registration.scope).href));
 

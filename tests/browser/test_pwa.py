@@ -175,7 +175,7 @@ async def installable(rig: Rig, context: Any, page: Any, errors: list[str]) -> N
         paths = sorted(url.removeprefix(rig.base) for url in cached)
         assert "" in paths and "viewer.js" in paths and "icon-192.png" in paths, paths
         assert not [p for p in paths if p.startswith(("ws", "healthz", "metrics"))], paths
-        assert len(paths) == 12, paths
+        assert len(paths) == 13, paths
         # Offline, the installed app still opens on its camera list.
         await context.set_offline(True)
         await page.reload()
