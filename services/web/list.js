@@ -288,6 +288,13 @@ function closeAdd() {
 
 function onAdd(ev) {
   ev.preventDefault();
+  if (!ui.addLink.value.trim() && cleanName(ui.addViewerName.value)) {
+    // Only this device's name changed (Rename at the bottom of the list).
+    setViewerName(ui.addViewerName.value);
+    closeAdd();
+    render();
+    return;
+  }
   let link;
   try {
     link = parseCameraLink(ui.addLink.value, location.href);

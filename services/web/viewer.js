@@ -1447,7 +1447,7 @@ function showHome(message) {
 function watch(id, secret) {
   // From the list: open a camera (and pair with it, given a pairing secret).
   // Kept in the fragment, as a link would be: hashchange starts watching.
-  location.hash = "device=" + id + (secret ? "&pair=" + secret : "");
+  location.hash = "device=" + id + (secret ? "&pair=" + encodeURIComponent(secret) : "");
 }
 
 function cameraName() {

@@ -230,6 +230,12 @@ async def test_camera_list_add_rename_remove(rig: Rig) -> None:
         assert "elsewhere.example" in (await page.locator("#add-error").text_content() or "")
         await rig.shot(page, "add")
         await page.locator("#add-cancel").click()
+        # This device's name alone can change too (used by the next pairing).
+        await page.locator("#viewer-name-edit").click()
+        await page.locator("#add-viewer-name").fill("Kitchen tablet")
+        await page.locator("#add-submit").click()
+        assert await page.locator("#viewer-name").text_content() == "Kitchen tablet"
+        assert await page.locator("#add-sheet").is_hidden()
 
         # Remove: a first tap asks, the second removes.
         gone = page.locator(f'#camera-list li[data-id="{offline}"]')
