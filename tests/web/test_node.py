@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,8 +36,10 @@ def test_web_modules_agree_with_python(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     # node --test ends with a summary: every test ran, none failed or was skipped.
-    assert "# fail 0" in result.stdout and "# skipped 0" in result.stdout
-    assert "# pass 17" in result.stdout, result.stdout[-1500:]
+    summary = dict(re.findall(r"^# (tests|pass|fail|skipped|cancelled|todo) (\d+)$",
+                              result.stdout, re.M))
+    assert summary.get("tests") == summary.get("pass"), summary
+    assert int(summary["pass"]) >= 17, summary
     # The other way: what the viewer signed, the camera's code accepts.
     signed = json.loads(out.read_text(encoding="utf-8"))
     message = sig.offer_statement(signed["device_id"], signed["session_id"],
