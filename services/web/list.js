@@ -23,7 +23,9 @@ const state = {
   probeTimer: 0,
   onWatch: null,
   modelName: "",       // the device model, when the browser tells it (client hints)
+  modelKnown: null,    // a promise: settled once the model is known (or will not be)
 };
+const MODEL_WAIT_MS = 500;  // pairing waits at most this long for the model's name
 let ui = null;
 
 // ---- storage ----------------------------------------------------------------
@@ -71,6 +73,15 @@ export function markSeen(id) {
 /** The name the camera's owner sees for this browser in `peercam viewers list`. */
 export function viewerName() {
   return cleanName(storageGet(NAME_KEY)) || defaultName();
+}
+
+/** The name to pair with: as viewerName(), once the device model had its chance. */
+export async function pairingName() {
+  let timer = 0;
+  await Promise.race([state.modelKnown || Promise.resolve(),
+    new Promise((resolve) => { timer = setTimeout(resolve, MODEL_WAIT_MS); })]);
+  clearTimeout(timer);
+  return viewerName();
 }
 
 function defaultName() {
@@ -406,5 +417,5 @@ export function initList(onWatch) {
   });
   window.peercam.cameras = cameras().map((c) => ({ ...c, online: null }));
   window.peercam.viewerName = viewerName;
-  learnModel();
+  state.modelKnown = learnModel();
 }

@@ -27,7 +27,7 @@ import {
   pairStatement, pairedStatement, sha256Hex,
 } from "./codec.mjs";
 import { loadViewerKey, pairingProof, publicKeyText, sign, verifiedBy } from "./keys.mjs";
-import { cameras, initList, markSeen, remember, showList, viewerName } from "./list.js";
+import { cameras, initList, markSeen, pairingName, remember, showList } from "./list.js";
 import {
   closePtzChannel, initControls, openPtzChannel, openQualityChannel, ptzKeyDown,
   setPtzAvailable, showQuality,
@@ -443,7 +443,7 @@ async function pair(att, me) {
   // Pairing link: prove knowledge of the secret (HMAC, never the secret
   // itself) and have the camera add our key to its ACL, before any offer.
   att.phase = "pair";
-  const name = viewerName();
+  const name = await pairingName();
   const timestamp = Date.now();
   const text = pairStatement(deviceId, att.sessionId, timestamp, me.text, name);
   const [signature, proof] = await Promise.all([

@@ -36,6 +36,8 @@ PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touc
          "device_scale_factor": 2}
 LANDSCAPE = {**PHONE, "viewport": {"width": 844, "height": 390}}
 VIEWER_NAME = "Test phone — Chrome"
+ANDROID_UA = ("Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/131.0.0.0 Mobile Safari/537.36")
 
 
 @dataclass
@@ -274,6 +276,16 @@ async def test_add_by_scanning_a_qr_code(rig: Rig) -> None:
     context, page, errors = await new_page(rig, {**PHONE, "permissions": ["camera"]})
     try:
         await context.add_init_script(FAKE_QR_DECODER)
+        # A Pixel 7's Chrome: its user agent hides the model, its client hints tell it.
+        cdp = await context.new_cdp_session(page)
+        await cdp.send("Emulation.setUserAgentOverride", {
+            "userAgent": ANDROID_UA,
+            "userAgentMetadata": {
+                "brands": [{"brand": "Chromium", "version": "131"}], "platform": "Android",
+                "platformVersion": "14", "architecture": "", "model": "Pixel 7",
+                "mobile": True,
+            },
+        })
         await page.goto(rig.base)
         link = rig.pairing_link()
         await page.evaluate("(link) => { window.__qr = link; }", link)
@@ -284,8 +296,11 @@ async def test_add_by_scanning_a_qr_code(rig: Rig) -> None:
         # Found: the phone's camera is let go at once.
         assert await page.locator("#scan-box video").count() == 0
         assert await page.locator("#scan-box").is_hidden()
+        # Its name by default, so `peercam viewers list` tells it from other phones.
+        assert await page.locator("#add-viewer-name").input_value() == "Pixel 7 — Chrome"
         await page.locator("#add-submit").click()
         await wait(page, "window.peercam.framesDecoded > 0")
+        assert "Pixel 7 — Chrome" in [v.name for v in rig.camera.acl.viewers()]
         assert errors == []
     finally:
         await context.close()
