@@ -45,6 +45,8 @@ NAME = "labttff"
 HELP = "first frame through the NAT lab: direct (srflx) and relayed (TURN), CLI and Chromium"
 SMOKE = ["--trials", "1", "--width", "320", "--height", "240"]
 NEEDS = ["root", "turnserver", "nft", "chromium"]
+# Brings up the NAT lab (one per machine): its smoke test runs with the lab tests.
+USES_LAB = True
 
 CAMERA_SITE = "port-restricted"
 CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",

@@ -36,6 +36,8 @@ NAME = "recovery"
 HELP = "faults in the NAT lab (link flaps, restarts, NAT flush, moved camera): video back"
 SMOKE = ["--runs", "1", "--events", "link5,rendezvous,camera"]
 NEEDS = ["root", "turnserver", "nft"]
+# Brings up the NAT lab (one per machine): its smoke test runs with the lab tests.
+USES_LAB = True
 
 CAMERA, VIEWER = "port-restricted", "port-restricted-2"
 EVENTS = ("link5", "link30", "link120", "rendezvous", "camera", "flush", "moved")

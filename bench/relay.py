@@ -55,6 +55,8 @@ HELP = "TURN relay (coturn) cost against direct: CPU, added latency, bytes per v
 SMOKE = ["--counts", "1", "--seconds", "2", "--latency-seconds", "2", "--width", "320",
          "--height", "240"]
 NEEDS = ["root", "turnserver", "nft"]
+# Brings up the NAT lab (one per machine): its smoke test runs with the lab tests.
+USES_LAB = True
 
 RELAY_PORTS = "49152-65535"  # systemd/coturn/turnserver.conf min-port / max-port
 TURN_PORTS = "{ 3478, 443 }"  # tests/lab/matrix.py: UDP and TCP on 3478, TCP on 443

@@ -30,6 +30,16 @@ def scaled(seconds: float) -> float:
     return seconds * TIMEOUT_FACTOR
 
 
+LAB_DIR = Path(__file__).resolve().parent / "lab"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/lab as `lab`: scripts/test runs those beside the rest."""
+    for item in items:
+        if LAB_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.lab)
+
+
 @pytest.fixture(autouse=True)
 def loopback_ice() -> Iterator[None]:
     restrict_host_addresses(["127.0.0.1"])

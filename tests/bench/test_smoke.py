@@ -34,7 +34,9 @@ def missing(needs: list[str]) -> str | None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", list(benchmarks()))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.lab] if getattr(mod, "USES_LAB", False) else [])
+    for name, mod in benchmarks().items()])
 def test_benchmark_runs_at_smoke_size(name: str, tmp_path: Path) -> None:
     mod = benchmarks()[name]
     why = missing(getattr(mod, "NEEDS", []))
