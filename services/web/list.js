@@ -416,6 +416,5 @@ export function initList(onWatch) {
     if (!ui.home.hidden) schedule();
   });
   window.peercam.cameras = cameras().map((c) => ({ ...c, online: null }));
-  window.peercam.viewerName = viewerName;
   state.modelKnown = learnModel();
 }
