@@ -50,6 +50,13 @@ _STATIC = {
     "/": ("index.html", "text/html"),
     "/viewer.js": ("viewer.js", "text/javascript"),
     "/viewer.css": ("viewer.css", "text/css"),
+    # The viewer's ES modules, its PWA manifest, service worker and icons.
+    **{f"/{name}": (name, "text/javascript") for name in (
+        "codec.mjs", "keys.mjs", "cameras.mjs", "zoom.mjs", "list.js", "player.js",
+        "controls.js", "sw.js")},
+    "/manifest.webmanifest": ("manifest.webmanifest", "application/manifest+json"),
+    "/icon-192.png": ("icon-192.png", "image/png"),
+    "/icon-512.png": ("icon-512.png", "image/png"),
 }
 
 

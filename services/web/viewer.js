@@ -1,5 +1,3 @@
-"use strict";
-
 // peercam web viewer.
 //
 // It never gives up on its own, and never reloads. Two planes:
@@ -24,2063 +22,1603 @@
 //
 // The only global is window.peercam, a live view of the state for tests.
 
-(() => {
-  // Timers are named here so they can be read and tuned in one place.
-  const TIMING = {
-    helloMs: 10000,          // server must greet us this soon after the socket opens
-    prepareMs: 10000,        // server must hand out ICE servers this soon
-    pairMs: 20000,           // camera must answer a pairing request this soon
-    iceGatherMs: 2000,       // non-trickle fallback: send what we have after this long
-    answerMs: 20000,         // camera must answer (server also times out: error "timeout")
-    firstFrameMs: 10000,     // after the answer, a frame must be decoded this soon
-    stallMs: 1500,           // no new frame for this long on screen: heal (make-before-break)
-    stallHiddenMs: 5000,     // ... while the page is hidden (only stats tell, throttled)
-    watchdogMs: 250,         // how often the stall is checked
-    backoffBaseMs: 250,      // retries of a session (camera offline, server said no)
-    backoffCapMs: 2500,      // a camera back online is watched again within seconds
-    slowCapMs: 10000,        // refusals a retry alone will not fix (clocks, forged answer)
-    sigBaseMs: 250,          // signaling socket reconnects
-    sigFastCapMs: 2000,      // ... while connecting fails fast (a restarting server refuses)
-    sigCapMs: 10000,         // ... while it hangs (network gone)
-    sigFastFailMs: 2000,     // a socket that fails sooner than this failed fast
-    signalWaitMs: 15000,     // a new session waits this long for the signaling socket
-    statsMs: 1000,
-    ptzRepeatMs: 300,        // a held move is repeated this often (camera deadman: 1 s)
-    ptzNoticeMs: 3000,       // how long a pan/tilt error stays on the pad
+import {
+  StatementError, answerStatement, candidateStatement, normalizeDeviceId, offerStatement,
+  pairStatement, pairedStatement, sha256Hex,
+} from "./codec.mjs";
+import { loadViewerKey, pairingProof, publicKeyText, sign, verifiedBy } from "./keys.mjs";
+import { cameras, initList, markSeen, pairingName, remember, showList } from "./list.js";
+import {
+  closePtzChannel, initControls, openPtzChannel, openQualityChannel, ptzKeyDown,
+  setPtzAvailable, showQuality,
+} from "./controls.js";
+import { initPlayer, renderBadge, stopPlayer, toggleFullscreen } from "./player.js";
+
+// Timers are named here so they can be read and tuned in one place.
+const TIMING = {
+  helloMs: 10000,          // server must greet us this soon after the socket opens
+  prepareMs: 10000,        // server must hand out ICE servers this soon
+  pairMs: 20000,           // camera must answer a pairing request this soon
+  iceGatherMs: 2000,       // non-trickle fallback: send what we have after this long
+  answerMs: 20000,         // camera must answer (server also times out: error "timeout")
+  firstFrameMs: 10000,     // after the answer, a frame must be decoded this soon
+  stallMs: 1500,           // no new frame for this long on screen: heal (make-before-break)
+  stallHiddenMs: 5000,     // ... while the page is hidden (only stats tell, throttled)
+  watchdogMs: 250,         // how often the stall is checked
+  backoffBaseMs: 250,      // retries of a session (camera offline, server said no)
+  backoffCapMs: 2500,      // a camera back online is watched again within seconds
+  slowCapMs: 10000,        // refusals a retry alone will not fix (clocks, forged answer)
+  sigBaseMs: 250,          // signaling socket reconnects
+  sigFastCapMs: 2000,      // ... while connecting fails fast (a restarting server refuses)
+  sigCapMs: 10000,         // ... while it hangs (network gone)
+  sigFastFailMs: 2000,     // a socket that fails sooner than this failed fast
+  signalWaitMs: 15000,     // a new session waits this long for the signaling socket
+  statsMs: 1000,
+};
+
+const SESSION_ALPHABET =
+  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+
+// Trickled "candidate" messages per session, end-of-candidates included
+// (seq 0..31; services/signaling.py MAX_CANDIDATES).
+const MAX_CANDIDATES = 32;
+const PAIRED_PREFIX = "peercam.paired.";   // localStorage: this device accepted our key
+// A pairing secret is ASCII (it keys the HMAC as ASCII bytes); bound its size.
+const PAIR_SECRET_RE = /^[\x21-\x7e]{1,128}$/;
+
+// Error codes from the server, in plain words (protocol.md, Errors).
+const ERROR_WORDS = {
+  "unavailable": "The camera is offline (or the ID is unknown). Waiting for it to come online.",
+  "timeout": "The camera did not answer in time.",
+  "conflict": "The camera already has a session with this ID.",
+  "rate-limited": "The server asked us to slow down.",
+  "bad-message": "The server refused a message from this page.",
+  "too-large": "The server refused a message from this page as too large.",
+  "unknown-session": "The server no longer knows this session.",
+};
+
+const WORDS = {
+  insecure: "This page needs a secure connection (https:// or localhost) to keep your "
+    + "viewer key safe. Use peercam demo --tls, or put the rendezvous behind TLS.",
+  forgedAnswer: "The answer was not signed by this camera — the server may be compromised.",
+  forgedPaired: "The pairing reply was not signed by this camera — the server may be compromised.",
+  notPaired: "This browser is not paired with this camera. Ask the camera's owner for "
+    + "a pairing link (peercam pair on the camera) and open it here.",
+  stale: "The camera refused the request because the clocks disagree. "
+    + "Check this device's date and time.",
+  badSecret: "The pairing link is damaged (the pair= part is not valid). "
+    + "Make a new one with peercam pair.",
+};
+
+// A thrown value that means "this session was torn down; stop quietly".
+const SUPERSEDED = Object.freeze({ superseded: true });
+
+const peercam = {
+  state: "idle",
+  gaveUp: null,            // error code of a refusal only the person can fix: no more retries
+  ttffMs: null,
+  framesDecoded: 0,
+  localCandidateType: null,
+  remoteCandidateType: null,
+  remoteAddress: null,     // the selected pair's remote address (IPv4 or IPv6)
+  rttMs: null,
+  fps: null,
+  bitrateKbps: null,
+  latencyMs: null,         // estimate: half the RTT + the jitter buffer's hold (the badge)
+  path: null,              // "direct" or "relayed" (a TURN relay on either end), the badge
+  reconnects: 0,           // sessions that replaced one on screen (heals), on this page
+  lastCause: null,         // why the last heal started: "stall 1.5 s", "ICE failed", ...
+  lastAdvice: null,        // the last bye the server relayed for a session showing video
+  sessions: 0,             // sessions started for this device (first one included)
+  maxFrameGapMs: 0,        // longest gap between frames on screen, after the first frame
+  signaling: "idle",       // the rendezvous socket: connecting, connected, reconnecting, closed
+  signalingReconnects: 0,  // times it came back (hello again) without a page reload
+  sessionId: null,
+  lastError: null,
+  paired: null,            // true: the camera took our key; false: it refused it; null: unknown
+  viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
+  timeline: {},            // ms from startedAt: prepared, offer, firstCandidateSent, gathered,
+                           // endOfCandidates, answer, verified, connected, firstFrame
+  trickle: null,           // the shown session trickles its ICE candidates (false: the fallback)
+  candidatesSent: 0,       // trickled candidate messages, end-of-candidates not counted
+  ptzAvailable: null,      // the camera's "ptz" hello: true (a head), false (none), null (not yet)
+  ptzSent: 0,              // control messages sent on the shown session's channel
+  ptzAcks: 0,              // ... and acknowledged (the frame is on the RS-485 line)
+  ptzLastAck: null,        // op of the last ack
+  ptzLastError: null,      // text of the last error reply (rate limited, not authorized...)
+  layer: null,             // the layer the camera says the shown session gets: "high", "low"
+  qualityMode: null,       // the mode it confirmed: "auto", "high", "low"
+  layers: [],              // the layers the camera sends
+  layerSwitches: 0,        // moves to another layer reported while shown
+  qualityWanted: null,     // what the person picked (sent on every new session); null: auto
+  qualityLastError: null,  // text of the camera's last refusal on the quality channel
+  serviceWorker: null,     // the app shell's worker registered (true), refused (false)
+  cameras: [],             // the camera list: {id, name, addedAt, lastSeen, online}
+};
+window.peercam = peercam;
+
+// Where the time to first frame goes, for the overlay-less benchmark.
+function mark(att, name) {
+  // att.figures.timeline is window.peercam.timeline while att is shown.
+  const timeline = att.figures.timeline;
+  if (att.startedAt !== null && !(name in timeline)) {
+    timeline[name] = Math.round(performance.now() - att.startedAt);
+  }
+}
+
+let ui = null;          // DOM elements, found once
+let deviceId = null;    // normalized ID being watched
+let pairSecret = null;  // from the fragment; only ever used as an HMAC key, never sent
+let live = null;        // the session on screen (it has shown a frame), or null
+let pending = null;     // the session being set up (first one, or a heal), or null
+let lastShownAt = null; // when the last frame on screen was shown (frame gaps)
+let failures = 0;       // consecutive failures, drives the backoff
+let retryTimer = 0;
+let retryAt = 0;
+let stopped = false;    // page hidden for good (pagehide)
+let extra = {};         // overlay-only details of the shown session: path, codec, size
+let keyPromise = null;  // the viewer key, loaded once per page
+let trickleRefused = false; // the server refused "candidate": offer non-trickle from now on
+
+// ---- small helpers -------------------------------------------------------
+
+class ViewerError extends Error {
+  // state "error" + slow: a problem a retry alone will not fix (forged
+  // answer, clocks); we still retry, at the longest backoff, in case it heals.
+  // final: only the person can fix it (not paired, pairing link used up):
+  // no retry at all, the notice says what to do.
+  constructor(message, code, opts) {
+    super(message);
+    this.code = code || null;
+    this.state = (opts && opts.state) || "reconnecting";
+    this.slow = Boolean(opts && opts.slow);
+    this.final = Boolean(opts && opts.final);
+  }
+}
+
+function newSessionId() {
+  // 24 symbols of a 64-symbol alphabet = 144 random bits; 256 % 64 == 0,
+  // so masking the byte keeps the choice unbiased.
+  const bytes = crypto.getRandomValues(new Uint8Array(24));
+  return Array.from(bytes, (b) => SESSION_ALPHABET[b & 63]).join("");
+}
+
+function fragmentParams() {
+  return new URLSearchParams(location.hash.replace(/^#/, ""));
+}
+
+function signalingUrl() {
+  // Resolved against the page, so /ws/viewer when served at "/", and it
+  // still works behind a reverse proxy that mounts the viewer under a path.
+  const url = new URL("ws/viewer", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  url.hash = "";
+  url.search = "";
+  return url.href;
+}
+
+function backoffDelay() {
+  // Full jitter (uniform in [0, min(cap, base * 2^n)]): many viewers that
+  // lost the same server do not come back in lockstep.
+  const ceiling = Math.min(TIMING.backoffCapMs, TIMING.backoffBaseMs * 2 ** Math.min(failures, 20));
+  failures += 1;
+  return Math.random() * ceiling;
+}
+
+function slowDelay() {
+  // For refusals: the longest backoff, jittered in its upper half so the
+  // camera is not asked again and again while nobody changes anything.
+  failures += 1;
+  return TIMING.slowCapMs * (0.5 + Math.random() / 2);
+}
+
+function setTimer(att, ms, fn) {
+  // One set per session; clearTimeout also clears intervals (HTML spec:
+  // they share one list of timers), so teardown needs one loop.
+  const id = setTimeout(() => {
+    att.timers.delete(id);
+    if (!att.closed) fn();
+  }, ms);
+  att.timers.add(id);
+  return id;
+}
+
+function clearTimer(att, id) {
+  if (id) {
+    clearTimeout(id);
+    att.timers.delete(id);
+  }
+}
+
+// ---- keys and signatures -------------------------------------------------
+
+function verifyByDevice(deviceKey, message, signature) {
+  // Only the camera whose ID we watch: its key hashes to deviceId.
+  return verifiedBy(deviceId, deviceKey, message, signature);
+}
+
+function viewerKey() {
+  // Loaded once; a failure is not cached, so the next session tries again.
+  if (!keyPromise) {
+    keyPromise = loadViewerKey().then(async (pair) => {
+      const text = await publicKeyText(pair.publicKey);
+      peercam.viewerKey = text;
+      return { pair, text };
+    });
+    keyPromise.catch(() => { keyPromise = null; });
+  }
+  return keyPromise;
+}
+
+// Whether this device accepted our key, remembered per device ID. Only a
+// hint for the UI: the camera's ACL decides.
+function storedPaired(id) {
+  try {
+    return localStorage.getItem(PAIRED_PREFIX + id) === "1";
+  } catch (_) {
+    return false;
+  }
+}
+
+function setPaired(value) {
+  peercam.paired = value;
+  try {
+    if (value) localStorage.setItem(PAIRED_PREFIX + deviceId, "1");
+    else localStorage.removeItem(PAIRED_PREFIX + deviceId);
+  } catch (_) { /* storage off: the flag lives for this page only */ }
+}
+
+function forgetPairSecret() {
+  // Paired: the secret has done its job. Drop it from memory and from the
+  // address bar / history (keep device=), without a hashchange.
+  pairSecret = null;
+  // Cut the pair= part out of the raw fragment rather than re-serializing:
+  // URLSearchParams would percent-encode a "$" or "*" check symbol.
+  const hash = location.hash.replace(/^#/, "").split("&")
+    .filter((part) => part.split("=")[0] !== "pair").join("&");
+  history.replaceState(history.state, "", location.pathname + location.search
+    + (hash ? "#" + hash : ""));
+}
+
+// ---- sessions: make-before-break -----------------------------------------
+//
+// `live` is the session on screen (it has shown a frame); `pending` is the
+// one being set up. When the live one's media plane fails (peer connection
+// failed or closed, DTLS closed by the camera, no new frame for stallMs), a
+// new session starts at once while the old picture stays up; the new one's
+// <video> sits behind it and comes to the front at its first decoded frame,
+// and only then is the old connection closed. Whichever session shows a
+// frame first wins: if the old one recovers first, the new one is dropped.
+
+function newSession() {
+  const att = {
+    sessionId: newSessionId(),
+    sigGen: 0,             // the signaling socket this session speaks on (sig.gen)
+    pc: null,
+    ptz: null,             // the "ptz" data channel (pan/tilt), made before the offer
+    ptzAvailable: null,    // the camera's "ptz" hello on this session's channel
+    trickle: null,         // trickle ICE state (newTrickle), made before the peer connection
+    video: null,           // this session's <video> element
+    closed: false,
+    phase: "signaling",    // "pair" while pairing, "offer" once the offer is out
+    sessionLive: false,    // pair/offer sent and neither bye nor error came back
+    answered: false,
+    startedAt: null,       // performance.now() just before new RTCPeerConnection
+    firstFrameAt: null,
+    lastFrameAt: 0,        // last sign of a new frame (frame callback or framesDecoded)
+    frameCallbacks: false, // frame callbacks run for its video (then stats are not needed)
+    trouble: null,         // live only: why it is being replaced, or null while healthy
+    advice: null,          // a bye the server relayed for it after it showed video
+    timers: new Set(),
+    waiters: new Map(),    // message type -> {resolve, reject, timer}
+    prev: null,            // previous stats sample, for rates
+    extra: {},             // overlay-only details: path protocol, codec, resolution
+    figures: null,
   };
-
-  // Device IDs: Crockford base32, 26 data characters + 1 check symbol (mod 37),
-  // as in services/signaling.py. Checked here so a typo is shown at once
-  // instead of looping on "bad-message" from the server.
-  const CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-  const CHECK_SYMBOLS = CROCKFORD + "*~$=U";
-  const DEVICE_RE = /^[0-9A-HJKMNP-TV-Z]{26}[0-9A-HJKMNP-TV-Z*~$=U]$/;
-  const SESSION_ALPHABET =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
-
-  // What is signed (docs/protocol.md, Statements; services/signatures.py).
-  const STATEMENT = {
-    offer: "peercam/offer/v1",
-    answer: "peercam/answer/v1",
-    candidate: "peercam/candidate/v1",
-    pair: "peercam/pair/v1",
-    paired: "peercam/paired/v1",
+  att.figures = {
+    sessionId: att.sessionId, ttffMs: null, framesDecoded: 0, localCandidateType: null,
+    remoteCandidateType: null, remoteAddress: null, rttMs: null, fps: null,
+    bitrateKbps: null, timeline: {}, trickle: null, candidatesSent: 0, latencyMs: null,
   };
-  const ECDSA = { name: "ECDSA", namedCurve: "P-256" };
-  const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" };
-  const KEY_DB = { name: "peercam", store: "keys", viewerKey: "viewer" };
-  // Trickled "candidate" messages per session, end-of-candidates included
-  // (seq 0..31; services/signaling.py MAX_CANDIDATES).
-  const MAX_CANDIDATES = 32;
-  const PAIRED_PREFIX = "peercam.paired.";   // localStorage: this device accepted our key
-  // A pairing secret is ASCII (it keys the HMAC as ASCII bytes); bound its size.
-  const PAIR_SECRET_RE = /^[\x21-\x7e]{1,128}$/;
+  return att;
+}
 
-  // Error codes from the server, in plain words (protocol.md, Errors).
-  const ERROR_WORDS = {
-    "unavailable": "The camera is offline (or the ID is unknown). Waiting for it to come online.",
-    "timeout": "The camera did not answer in time.",
-    "conflict": "The camera already has a session with this ID.",
-    "rate-limited": "The server asked us to slow down.",
-    "bad-message": "The server refused a message from this page.",
-    "too-large": "The server refused a message from this page as too large.",
-    "unknown-session": "The server no longer knows this session.",
+function shown() {
+  // The session whose figures the overlay and window.peercam describe.
+  return live || pending;
+}
+
+function setFigure(att, name, value) {
+  att.figures[name] = value;
+  if (att === shown()) peercam[name] = value;
+}
+
+function showFigures(att) {
+  Object.assign(peercam, att.figures);
+  extra = att.extra;
+  peercam.ptzSent = 0;
+  peercam.ptzAcks = 0;
+  peercam.ptzLastAck = null;
+  peercam.ptzLastError = null;
+}
+
+function resetStats() {
+  // Figures describe the shown session only; a new device starts blank.
+  showFigures(newSession());
+  peercam.sessionId = null;
+}
+
+function sessionById(id) {
+  if (typeof id !== "string") return null;
+  if (live && live.sessionId === id) return live;
+  if (pending && pending.sessionId === id) return pending;
+  return null;
+}
+
+function start() {
+  // Watch deviceId: the signaling socket and a first session.
+  peercam.gaveUp = null;
+  if (stopped || !deviceId) return;
+  sigConnect();
+  startSession();
+}
+
+function startSession() {
+  clearTimeout(retryTimer);
+  retryTimer = 0;
+  if (stopped || !deviceId || peercam.gaveUp || pending) return;
+  const att = newSession();
+  pending = att;
+  peercam.sessions += 1;
+  if (live) {
+    // Behind the picture on screen until it has a frame of its own.
+    att.video = makeVideo();
+    ui.video.after(att.video);
+  } else {
+    att.video = ui.video;
+    showFigures(att);
+    // An unresolved refusal stays on screen (in red) while we try again.
+    setState(peercam.state === "error" ? "error"
+      : peercam.sessions > 1 ? "reconnecting" : "connecting");
+  }
+  connect(att).catch((err) => fail(att, err));
+}
+
+function makeVideo() {
+  const video = document.createElement("video");
+  video.className = "feed back";
+  video.autoplay = true;
+  video.muted = true;
+  video.playsInline = true;
+  video.setAttribute("playsinline", "");
+  return video;
+}
+
+async function connect(att) {
+  // The key loads (or is made, on first use) while the socket opens.
+  const [me] = await Promise.all([viewerKey(), signalingReady(att)]);
+  alive(att);
+  if (pairSecret) await pair(att, me);
+  // TTFF is measured from here: asking for ICE servers, then the peer connection.
+  att.startedAt = performance.now();
+  const iceServers = await prepare(att);
+  att.trickle = newTrickle(!trickleRefused);
+  setFigure(att, "trickle", att.trickle.enabled);
+  const pc = createPeer(att, iceServers);
+  await pc.setLocalDescription(await pc.createOffer());
+  alive(att);
+  if (!att.trickle.enabled) {
+    // Fallback: one complete offer, as before trickle ICE (protocol.md).
+    await iceGatheringDone(att, pc);
+    alive(att);
+  }
+  // The exact string we send is what the camera's answer statement hashes.
+  // Trickling, it is sent at once: gathering goes on, candidates follow it.
+  const sdp = pc.localDescription.sdp;
+  await sendOffer(att, me, sdp);
+  await startTrickle(att, me, sdp);
+  const answer = await expect(att, "answer", TIMING.answerMs,
+    "The camera did not answer in time.");
+  mark(att, "answer");
+  // Checked BEFORE setRemoteDescription: the answer carries the DTLS
+  // fingerprint we will accept, so an unsigned one could be anyone's.
+  const genuine = await verifyByDevice(answer.device_key,
+    await answerStatement(deviceId, att.sessionId, sdp, answer.sdp), answer.signature);
+  alive(att);
+  if (!genuine) throw new ViewerError(WORDS.forgedAnswer, null, { state: "error" });
+  mark(att, "verified");
+  // The camera answered a signed offer: our key is in its ACL.
+  setPaired(true);
+  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  alive(att);
+  att.answered = true;
+  setTimer(att, TIMING.firstFrameMs, () => {
+    if (att.firstFrameAt === null) {
+      fail(att, new ViewerError("No video arrived from the camera."));
+    }
+  });
+}
+
+async function pair(att, me) {
+  // Pairing link: prove knowledge of the secret (HMAC, never the secret
+  // itself) and have the camera add our key to its ACL, before any offer.
+  att.phase = "pair";
+  const name = await pairingName();
+  const timestamp = Date.now();
+  const text = pairStatement(deviceId, att.sessionId, timestamp, me.text, name);
+  const [signature, proof] = await Promise.all([
+    sign(me.pair.privateKey, text), pairingProof(pairSecret, text)]);
+  alive(att);
+  send(att, {
+    type: "pair", device_id: deviceId, session_id: att.sessionId,
+    viewer_key: me.text, name, timestamp, signature, proof,
+  });
+  att.sessionLive = true;
+  const reply = await expect(att, "paired", TIMING.pairMs,
+    "The camera did not answer the pairing request in time.");
+  att.sessionLive = false;
+  const genuine = await verifyByDevice(reply.device_key,
+    pairedStatement(deviceId, att.sessionId, me.text, name), reply.signature);
+  alive(att);
+  if (!genuine) throw new ViewerError(WORDS.forgedPaired, null, { state: "error" });
+  setPaired(true);
+  forgetPairSecret();
+  // The offer is a new session; the pairing one is finished.
+  att.sessionId = newSessionId();
+  setFigure(att, "sessionId", att.sessionId);
+  att.phase = "signaling";
+}
+
+async function prepare(att) {
+  // The server mints TURN credentials per session; hello only has STUN.
+  send(att, { type: "prepare", device_id: deviceId, session_id: att.sessionId });
+  const prepared = await expect(att, "prepared", TIMING.prepareMs,
+    "The server did not respond in time.");
+  mark(att, "prepared");
+  return prepared.ice_servers;
+}
+
+async function sendOffer(att, me, sdp) {
+  const timestamp = Date.now();
+  const text = await offerStatement(deviceId, att.sessionId, timestamp, me.text, sdp);
+  const signature = await sign(me.pair.privateKey, text);
+  alive(att);
+  mark(att, "offer");
+  att.phase = "offer";
+  send(att, {
+    type: "offer", device_id: deviceId, session_id: att.sessionId,
+    sdp, viewer_key: me.text, timestamp, signature,
+  });
+  att.sessionLive = true;
+}
+
+function alive(att) {
+  if (att.closed) throw SUPERSEDED;
+}
+
+// ---- trickle ICE ---------------------------------------------------------
+//
+// The offer leaves as soon as setLocalDescription resolves, with the
+// candidates it has (usually none); each candidate gathered after it follows
+// as a "candidate" message signed with the viewer key and bound to the
+// offer's hash, then end-of-candidates (protocol.md). Chromium takes ~130 ms
+// to call gathering complete even with host candidates only: a non-trickle
+// offer waited for that. The rendezvous sees the offer's ICE ufrag and pwd,
+// so the camera only takes candidates signed by us (security.md).
+
+function newTrickle(enabled) {
+  return {
+    enabled,
+    me: null,           // our key, once the offer is out
+    offerHash: null,    // SHA-256 of the offer as sent; null until it is sent
+    offerKeys: null,    // candidates already in that offer (not sent again)
+    bundleMid: null,    // the offer's BUNDLE tag: the one transport the camera uses
+    queue: [],          // gathered and not yet handed to the chain
+    seq: 0,
+    ended: false,       // end-of-candidates queued
+    chain: Promise.resolve(),  // sign and send one at a time, in seq order
   };
+}
 
-  const WORDS = {
-    insecure: "This page needs a secure connection (https:// or localhost) to keep your "
-      + "viewer key safe. Use peercam demo --tls, or put the rendezvous behind TLS.",
-    forgedAnswer: "The answer was not signed by this camera — the server may be compromised.",
-    forgedPaired: "The pairing reply was not signed by this camera — the server may be compromised.",
-    notPaired: "This browser is not paired with this camera. Ask the camera's owner for "
-      + "a pairing link (peercam pair on the camera) and open it here.",
-    stale: "The camera refused the request because the clocks disagree. "
-      + "Check this device's date and time.",
-    badSecret: "The pairing link is damaged (the pair= part is not valid). "
-      + "Make a new one with peercam pair.",
-  };
+function candidateKey(line) {
+  // foundation component transport priority address port "typ" type: the
+  // event's line adds extensions (ufrag) that the SDP's a=candidate lacks.
+  return line.replace(/^a=/, "").split(" ").slice(0, 8).join(" ");
+}
 
-  // A thrown value that means "this session was torn down; stop quietly".
-  const SUPERSEDED = Object.freeze({ superseded: true });
+async function startTrickle(att, me, sdp) {
+  const t = att.trickle;
+  if (!t.enabled) return;
+  const hash = await sha256Hex(sdp);
+  alive(att);
+  t.me = me;
+  t.offerKeys = new Set((sdp.match(/^a=candidate:.*$/gm) || []).map(candidateKey));
+  const bundle = /^a=group:BUNDLE ([^\s]+)/m.exec(sdp);
+  t.bundleMid = bundle ? bundle[1] : null;
+  t.offerHash = hash;
+  pumpCandidates(att);
+}
 
-  const peercam = {
-    state: "idle",
-    gaveUp: null,            // error code of a refusal only the person can fix: no more retries
-    ttffMs: null,
-    framesDecoded: 0,
-    localCandidateType: null,
-    remoteCandidateType: null,
-    remoteAddress: null,     // the selected pair's remote address (IPv4 or IPv6)
-    rttMs: null,
-    fps: null,
-    bitrateKbps: null,
-    reconnects: 0,           // sessions that replaced one on screen (heals), on this page
-    lastCause: null,         // why the last heal started: "stall 1.5 s", "ICE failed", ...
-    lastAdvice: null,        // the last bye the server relayed for a session showing video
-    sessions: 0,             // sessions started for this device (first one included)
-    maxFrameGapMs: 0,        // longest gap between frames on screen, after the first frame
-    signaling: "idle",       // the rendezvous socket: connecting, connected, reconnecting, closed
-    signalingReconnects: 0,  // times it came back (hello again) without a page reload
-    sessionId: null,
-    lastError: null,
-    paired: null,            // true: the camera took our key; false: it refused it; null: unknown
-    viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
-    timeline: {},            // ms from startedAt: prepared, offer, firstCandidateSent, gathered,
-                             // endOfCandidates, answer, verified, connected, firstFrame
-    trickle: null,           // the shown session trickles its ICE candidates (false: the fallback)
-    candidatesSent: 0,       // trickled candidate messages, end-of-candidates not counted
-    ptzAvailable: null,      // the camera's "ptz" hello: true (a head), false (none), null (not yet)
-    ptzSent: 0,              // control messages sent on the shown session's channel
-    ptzAcks: 0,              // ... and acknowledged (the frame is on the RS-485 line)
-    ptzLastAck: null,        // op of the last ack
-    ptzLastError: null,      // text of the last error reply (rate limited, not authorized...)
-    layer: null,             // the layer the camera says the shown session gets: "high", "low"
-    qualityMode: null,       // the mode it confirmed: "auto", "high", "low"
-    layers: [],              // the layers the camera sends
-    layerSwitches: 0,        // moves to another layer reported while shown
-    qualityWanted: null,     // what the person picked (sent on every new session); null: auto
-    qualityLastError: null,  // text of the camera's last refusal on the quality channel
-  };
-  window.peercam = peercam;
+function onLocalCandidate(att, candidate) {
+  const t = att.trickle;
+  if (att.closed || !t || !t.enabled || t.ended) return;
+  if (!candidate) {
+    // null: gathering is complete. (A "" candidate, which some browsers
+    // send per m-section, is not the end of all of them: wait for null.)
+    t.ended = true;
+    t.queue.push(null);
+  } else if (candidate.candidate) {
+    t.queue.push({ line: candidate.candidate, mid: candidate.sdpMid,
+      index: candidate.sdpMLineIndex });
+  }
+  pumpCandidates(att);
+}
 
-  // Where the time to first frame goes, for the overlay-less benchmark.
-  function mark(att, name) {
-    // att.figures.timeline is window.peercam.timeline while att is shown.
-    const timeline = att.figures.timeline;
-    if (att.startedAt !== null && !(name in timeline)) {
-      timeline[name] = Math.round(performance.now() - att.startedAt);
+function wantCandidate(t, item) {
+  const fields = item.line.split(" ");
+  const mid = typeof item.mid === "string" && item.mid ? item.mid : null;
+  const index = Number.isInteger(item.index) ? item.index : null;
+  if (mid === null && index === null) return false;  // the camera could not place it
+  // The camera (aiortc) always accepts the offer's BUNDLE group, so only the
+  // tagged m-section's transport carries media (BUNDLE, RFC 9143).
+  if (t.bundleMid !== null && mid !== null && mid !== t.bundleMid) return false;
+  // Its ICE (aioice) is UDP only: a TCP candidate (RFC 6544) would never pair.
+  if ((fields[2] || "").toLowerCase() === "tcp") return false;
+  return !t.offerKeys.has(candidateKey(item.line));
+}
+
+function pumpCandidates(att) {
+  const t = att.trickle;
+  if (t.offerHash === null) return;  // before the offer the server knows no session
+  while (t.queue.length) {
+    const item = t.queue.shift();
+    if (item !== null && !wantCandidate(t, item)) continue;
+    // The last seq is kept for end-of-candidates; a (rare) surplus is dropped,
+    // and connectivity checks still find those addresses as peer-reflexive.
+    if (item !== null && t.seq >= MAX_CANDIDATES - 1) {
+      console.warn("peercam: more than " + (MAX_CANDIDATES - 1) + " candidates, not sending:",
+        item.line);
+      continue;
     }
-  }
-
-  let ui = null;          // DOM elements, found once
-  let deviceId = null;    // normalized ID being watched
-  let pairSecret = null;  // from the fragment; only ever used as an HMAC key, never sent
-  let live = null;        // the session on screen (it has shown a frame), or null
-  let pending = null;     // the session being set up (first one, or a heal), or null
-  let lastShownAt = null; // when the last frame on screen was shown (frame gaps)
-  let failures = 0;       // consecutive failures, drives the backoff
-  let retryTimer = 0;
-  let retryAt = 0;
-  let stopped = false;    // page hidden for good (pagehide)
-  let extra = {};         // overlay-only details of the shown session: path, codec, size
-  let keyPromise = null;  // the viewer key, loaded once per page
-  let trickleRefused = false; // the server refused "candidate": offer non-trickle from now on
-
-  // ---- small helpers -------------------------------------------------------
-
-  class ViewerError extends Error {
-    // state "error" + slow: a problem a retry alone will not fix (forged
-    // answer, clocks); we still retry, at the longest backoff, in case it heals.
-    // final: only the person can fix it (not paired, pairing link used up):
-    // no retry at all, the notice says what to do.
-    constructor(message, code, opts) {
-      super(message);
-      this.code = code || null;
-      this.state = (opts && opts.state) || "reconnecting";
-      this.slow = Boolean(opts && opts.slow);
-      this.final = Boolean(opts && opts.final);
-    }
-  }
-
-  function encodeDeviceId(value) {
-    // value: the 130-bit BigInt. 26 base32 digits, big-endian, then mod-37 check.
-    let body = "";
-    for (let i = 25; i >= 0; i--) body += CROCKFORD[Number((value >> BigInt(5 * i)) & 31n)];
-    const raw = body + CHECK_SYMBOLS[Number(value % 37n)];
-    return raw.match(/.{1,4}/g).join("-");
-  }
-
-  function normalizeDeviceId(text) {
-    const raw = String(text || "").replace(/[\s-]/g, "").toUpperCase();
-    if (!DEVICE_RE.test(raw)) return null;
-    let value = 0n;
-    for (const ch of raw.slice(0, 26)) value = value * 32n + BigInt(CROCKFORD.indexOf(ch));
-    const canonical = encodeDeviceId(value);
-    return canonical.replace(/-/g, "") === raw ? canonical : null;
-  }
-
-  function newSessionId() {
-    // 24 symbols of a 64-symbol alphabet = 144 random bits; 256 % 64 == 0,
-    // so masking the byte keeps the choice unbiased.
-    const bytes = crypto.getRandomValues(new Uint8Array(24));
-    return Array.from(bytes, (b) => SESSION_ALPHABET[b & 63]).join("");
-  }
-
-  function fragmentParams() {
-    return new URLSearchParams(location.hash.replace(/^#/, ""));
-  }
-
-  function signalingUrl() {
-    // Resolved against the page, so /ws/viewer when served at "/", and it
-    // still works behind a reverse proxy that mounts the viewer under a path.
-    const url = new URL("ws/viewer", location.href);
-    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-    url.hash = "";
-    url.search = "";
-    return url.href;
-  }
-
-  function backoffDelay() {
-    // Full jitter (uniform in [0, min(cap, base * 2^n)]): many viewers that
-    // lost the same server do not come back in lockstep.
-    const ceiling = Math.min(TIMING.backoffCapMs, TIMING.backoffBaseMs * 2 ** Math.min(failures, 20));
-    failures += 1;
-    return Math.random() * ceiling;
-  }
-
-  function slowDelay() {
-    // For refusals: the longest backoff, jittered in its upper half so the
-    // camera is not asked again and again while nobody changes anything.
-    failures += 1;
-    return TIMING.slowCapMs * (0.5 + Math.random() / 2);
-  }
-
-  function setTimer(att, ms, fn) {
-    // One set per session; clearTimeout also clears intervals (HTML spec:
-    // they share one list of timers), so teardown needs one loop.
-    const id = setTimeout(() => {
-      att.timers.delete(id);
-      if (!att.closed) fn();
-    }, ms);
-    att.timers.add(id);
-    return id;
-  }
-
-  function clearTimer(att, id) {
-    if (id) {
-      clearTimeout(id);
-      att.timers.delete(id);
-    }
-  }
-
-  // ---- encodings and statements -------------------------------------------
-
-  const utf8 = new TextEncoder();
-
-  function b64url(buffer) {
-    let bin = "";
-    for (const b of new Uint8Array(buffer)) bin += String.fromCharCode(b);
-    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-  }
-
-  function unb64url(text) {
-    // Strict: base64url without padding, else null (the server picks the bytes).
-    if (typeof text !== "string" || !/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) {
-      return null;
-    }
-    const bin = atob(text.replace(/-/g, "+").replace(/_/g, "/")
-      + "=".repeat((4 - (text.length % 4)) % 4));
-    return Uint8Array.from(bin, (c) => c.charCodeAt(0));
-  }
-
-  function statement(...lines) {
-    // Lines joined by "\n", no trailing newline, UTF-8. A newline inside a
-    // field would let one statement pass for another, so refuse it.
-    const text = lines.map(String);
-    if (text.some((line) => /[\r\n]/.test(line))) {
-      throw new ViewerError("A signed field contains a newline.");
-    }
-    return utf8.encode(text.join("\n"));
-  }
-
-  async function sha256Hex(text) {
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", utf8.encode(text)));
-    return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-  }
-
-  async function offerStatement(device, session, timestamp, viewerKey, sdp) {
-    return statement(STATEMENT.offer, device, session, timestamp, viewerKey, await sha256Hex(sdp));
-  }
-
-  function candidateStatement(device, session, offerHash, seq, line, mid, index) {
-    // An absent sdpMid / sdpMLineIndex is an empty line; "" is end-of-candidates.
-    return statement(STATEMENT.candidate, device, session, offerHash, seq,
-      mid === null ? "" : mid, index === null ? "" : index, line);
-  }
-
-  async function answerStatement(device, session, offerSdp, answerSdp) {
-    return statement(STATEMENT.answer, device, session,
-      await sha256Hex(offerSdp), await sha256Hex(answerSdp));
-  }
-
-  function pairStatement(device, session, timestamp, viewerKey, name) {
-    return statement(STATEMENT.pair, device, session, timestamp, viewerKey, name);
-  }
-
-  function pairedStatement(device, session, viewerKey, name) {
-    return statement(STATEMENT.paired, device, session, viewerKey, name);
-  }
-
-  // ---- keys and signatures -------------------------------------------------
-
-  async function deviceIdOfKey(der) {
-    // First 130 bits of SHA-256(SPKI DER), big-endian (docs/protocol.md, Encodings).
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", der));
-    let value = 0n;
-    for (const b of digest.subarray(0, 17)) value = (value << 8n) | BigInt(b);
-    return encodeDeviceId(value >> 6n);  // 136 bits read, keep the top 130
-  }
-
-  async function verifyByDevice(deviceKey, message, signature) {
-    // True only if deviceKey is the key deviceId was derived from AND it
-    // signed message. Anything malformed is simply "not verified".
-    try {
-      const der = unb64url(deviceKey);
-      const sig = unb64url(signature);
-      if (!der || der.length > 200 || !sig || sig.length !== 64) return false;
-      if (await deviceIdOfKey(der) !== deviceId) return false;
-      const key = await crypto.subtle.importKey("spki", der, ECDSA, false, ["verify"]);
-      return await crypto.subtle.verify(ECDSA_SHA256, key, sig, message);
-    } catch (_) {
-      return false;
-    }
-  }
-
-  async function sign(me, message) {
-    // WebCrypto ECDSA gives IEEE P1363 r||s, the form the protocol uses.
-    return b64url(await crypto.subtle.sign(ECDSA_SHA256, me.pair.privateKey, message));
-  }
-
-  async function pairingProof(secret, message) {
-    // HMAC-SHA256 keyed with the secret's ASCII bytes: proves we know the
-    // secret without sending it (the server only ever sees this MAC).
-    const key = await crypto.subtle.importKey(
-      "raw", utf8.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-    return b64url(await crypto.subtle.sign("HMAC", key, message));
-  }
-
-  function viewerKey() {
-    // Loaded once; a failure is not cached, so the next session tries again.
-    if (!keyPromise) {
-      keyPromise = loadViewerKey().then(async (pair) => {
-        const text = b64url(await crypto.subtle.exportKey("spki", pair.publicKey));
-        peercam.viewerKey = text;
-        return { pair, text };
+    const seq = t.seq;
+    t.seq += 1;
+    t.chain = t.chain.then(() => sendCandidate(att, item, seq))
+      .catch((err) => {
+        // Candidates only matter while negotiating; a session with media
+        // does not need the rest of them.
+        if (!att.answered) fail(att, err);
       });
-      keyPromise.catch(() => { keyPromise = null; });
-    }
-    return keyPromise;
   }
+}
 
-  async function loadViewerKey() {
-    let db = null;
-    try {
-      db = await openKeyDb();
-      const stored = await keyDbRequest(db, "readonly", (s) => s.get(KEY_DB.viewerKey));
-      if (isKeyPair(stored)) return stored;
-      const fresh = await generateViewerKey();
-      // Get-or-put in one transaction: two tabs on first use end up with one key.
-      return await keyDbGetOrPut(db, fresh);
-    } catch (err) {
-      // No IndexedDB (some private modes): a key for this page only. Pairing
-      // then lasts until reload, which beats not working at all.
-      console.warn("peercam: cannot store the viewer key, it will not survive a reload:",
-        (err && err.name) || err);
-      return generateViewerKey();
-    } finally {
-      if (db) db.close();
-    }
+async function sendCandidate(att, item, seq) {
+  if (att.closed) return;
+  const t = att.trickle;
+  const line = item ? item.line : "";
+  const mid = item && typeof item.mid === "string" && item.mid ? item.mid : null;
+  const index = item && Number.isInteger(item.index) ? item.index : null;
+  const text = candidateStatement(deviceId, att.sessionId, t.offerHash, seq, line, mid, index);
+  const signature = await sign(t.me.pair.privateKey, text);
+  if (att.closed || (att.answered && !sigCanSend(att))) return;
+  const msg = {
+    type: "candidate", device_id: deviceId, session_id: att.sessionId,
+    seq, candidate: line, signature,
+  };
+  if (mid !== null) msg.sdp_mid = mid;
+  if (index !== null) msg.sdp_mline_index = index;
+  send(att, msg);
+  if (item) {
+    setFigure(att, "candidatesSent", att.figures.candidatesSent + 1);
+    mark(att, "firstCandidateSent");
+  } else {
+    mark(att, "endOfCandidates");
   }
+}
 
-  function generateViewerKey() {
-    // Non-extractable: script on this page can sign with it, never copy it out.
-    return crypto.subtle.generateKey(ECDSA, false, ["sign", "verify"]);
+function onGatheringState(att, pc) {
+  if (att.closed || pc.iceGatheringState !== "complete") return;
+  mark(att, "gathered");
+  onLocalCandidate(att, null);  // in case a browser skips the null candidate
+}
+
+function fail(att, err) {
+  // The pending session did not make it (or a refusal came): drop it and,
+  // unless only the person can fix this, try again after a short backoff.
+  if (att.closed || err === SUPERSEDED) return;
+  const message = err instanceof ViewerError || err instanceof StatementError ? err.message
+    : "Browser error: " + ((err && err.message) || String(err));
+  if (att === live) {
+    // Never tear down the picture on screen for an error: heal around it.
+    heal(att, message);
+    return;
   }
-
-  function isKeyPair(value) {
-    return Boolean(value && value.privateKey instanceof CryptoKey
-      && value.publicKey instanceof CryptoKey);
+  peercam.lastError = message;
+  teardown(att);
+  if (att === pending) pending = null;
+  const refusal = err instanceof ViewerError ? err : null;
+  if (refusal && refusal.final) {
+    giveUp(refusal.code);
+    return;
   }
-
-  function openKeyDb() {
-    return new Promise((resolve, reject) => {
-      const req = indexedDB.open(KEY_DB.name, 1);
-      req.onupgradeneeded = () => req.result.createObjectStore(KEY_DB.store);
-      req.onsuccess = () => resolve(req.result);
-      req.onerror = () => reject(req.error);
-      req.onblocked = () => reject(new Error("key store blocked"));
-    });
+  if (live && !live.trouble) {
+    // The old session came back while this one was being set up: keep it.
+    render();
+    return;
   }
+  scheduleRetry(refusal ? refusal.state : "reconnecting", Boolean(refusal && refusal.slow));
+}
 
-  function keyDbRequest(db, mode, makeRequest) {
-    return new Promise((resolve, reject) => {
-      const tx = db.transaction(KEY_DB.store, mode);
-      const req = makeRequest(tx.objectStore(KEY_DB.store));
-      tx.oncomplete = () => resolve(req.result);
-      tx.onerror = tx.onabort = () => reject(tx.error);
-    });
-  }
+function giveUp(code) {
+  // Asking again cannot help: stop, and leave the instructions on screen.
+  // Opening a (new) pairing link or reloading the page starts over.
+  peercam.gaveUp = code;
+  clearTimeout(retryTimer);
+  retryTimer = 0;
+  for (const att of [pending, live]) if (att) teardown(att);
+  pending = null;
+  live = null;
+  sigClose();
+  setState("error");
+}
 
-  function keyDbGetOrPut(db, fresh) {
-    return new Promise((resolve, reject) => {
-      const tx = db.transaction(KEY_DB.store, "readwrite");
-      const store = tx.objectStore(KEY_DB.store);
-      let result = fresh;
-      const get = store.get(KEY_DB.viewerKey);
-      get.onsuccess = () => {
-        if (isKeyPair(get.result)) result = get.result;
-        else store.put(fresh, KEY_DB.viewerKey);
-      };
-      tx.oncomplete = () => resolve(result);
-      tx.onerror = tx.onabort = () => reject(tx.error);
-    });
-  }
-
-  function viewerName() {
-    // What the camera owner sees in `peercam viewers`: browser and platform,
-    // nothing more identifying. 1-64 characters, no control characters.
-    const ua = navigator.userAgent || "";
-    const browser = /Edg(e|A|iOS)?\//.test(ua) ? "Edge"
-      : /OPR\/|Opera/.test(ua) ? "Opera"
-      : /SamsungBrowser\//.test(ua) ? "Samsung Internet"
-      : /Firefox\/|FxiOS\//.test(ua) ? "Firefox"
-      : /Chrome\/|CriOS\/|Chromium\//.test(ua) ? "Chrome"
-      : /Safari\//.test(ua) ? "Safari"
-      : "Browser";
-    const platform = /Android/.test(ua) ? "Android"
-      : /iPhone|iPod/.test(ua) ? "iPhone"
-      : /iPad/.test(ua) ? "iPad"
-      : /CrOS/.test(ua) ? "ChromeOS"
-      : /Windows/.test(ua) ? "Windows"
-      : /Macintosh|Mac OS X/.test(ua) ? "macOS"
-      : /Linux/.test(ua) ? "Linux"
-      : "";
-    const name = (platform ? browser + " on " + platform : browser)
-      .replace(/[\u0000-\u001f\u007f-\u009f]/g, "");
-    return name.slice(0, 64) || "Browser";
-  }
-
-  // Whether this device accepted our key, remembered per device ID. Only a
-  // hint for the UI: the camera's ACL decides.
-  function storedPaired(id) {
-    try {
-      return localStorage.getItem(PAIRED_PREFIX + id) === "1";
-    } catch (_) {
-      return false;
-    }
-  }
-
-  function setPaired(value) {
-    peercam.paired = value;
-    try {
-      if (value) localStorage.setItem(PAIRED_PREFIX + deviceId, "1");
-      else localStorage.removeItem(PAIRED_PREFIX + deviceId);
-    } catch (_) { /* storage off: the flag lives for this page only */ }
-  }
-
-  function forgetPairSecret() {
-    // Paired: the secret has done its job. Drop it from memory and from the
-    // address bar / history (keep device=), without a hashchange.
-    pairSecret = null;
-    // Cut the pair= part out of the raw fragment rather than re-serializing:
-    // URLSearchParams would percent-encode a "$" or "*" check symbol.
-    const hash = location.hash.replace(/^#/, "").split("&")
-      .filter((part) => part.split("=")[0] !== "pair").join("&");
-    history.replaceState(history.state, "", location.pathname + location.search
-      + (hash ? "#" + hash : ""));
-  }
-
-  // ---- sessions: make-before-break -----------------------------------------
-  //
-  // `live` is the session on screen (it has shown a frame); `pending` is the
-  // one being set up. When the live one's media plane fails (peer connection
-  // failed or closed, DTLS closed by the camera, no new frame for stallMs), a
-  // new session starts at once while the old picture stays up; the new one's
-  // <video> sits behind it and comes to the front at its first decoded frame,
-  // and only then is the old connection closed. Whichever session shows a
-  // frame first wins: if the old one recovers first, the new one is dropped.
-
-  function newSession() {
-    const att = {
-      sessionId: newSessionId(),
-      sigGen: 0,             // the signaling socket this session speaks on (sig.gen)
-      pc: null,
-      ptz: null,             // the "ptz" data channel (pan/tilt), made before the offer
-      ptzAvailable: null,    // the camera's "ptz" hello on this session's channel
-      trickle: null,         // trickle ICE state (newTrickle), made before the peer connection
-      video: null,           // this session's <video> element
-      closed: false,
-      phase: "signaling",    // "pair" while pairing, "offer" once the offer is out
-      sessionLive: false,    // pair/offer sent and neither bye nor error came back
-      answered: false,
-      startedAt: null,       // performance.now() just before new RTCPeerConnection
-      firstFrameAt: null,
-      lastFrameAt: 0,        // last sign of a new frame (frame callback or framesDecoded)
-      frameCallbacks: false, // frame callbacks run for its video (then stats are not needed)
-      trouble: null,         // live only: why it is being replaced, or null while healthy
-      advice: null,          // a bye the server relayed for it after it showed video
-      timers: new Set(),
-      waiters: new Map(),    // message type -> {resolve, reject, timer}
-      prev: null,            // previous stats sample, for rates
-      extra: {},             // overlay-only details: path protocol, codec, resolution
-      figures: null,
-    };
-    att.figures = {
-      sessionId: att.sessionId, ttffMs: null, framesDecoded: 0, localCandidateType: null,
-      remoteCandidateType: null, remoteAddress: null, rttMs: null, fps: null,
-      bitrateKbps: null, timeline: {}, trickle: null, candidatesSent: 0,
-    };
-    return att;
-  }
-
-  function shown() {
-    // The session whose figures the overlay and window.peercam describe.
-    return live || pending;
-  }
-
-  function setFigure(att, name, value) {
-    att.figures[name] = value;
-    if (att === shown()) peercam[name] = value;
-  }
-
-  function showFigures(att) {
-    Object.assign(peercam, att.figures);
-    extra = att.extra;
-    peercam.ptzSent = 0;
-    peercam.ptzAcks = 0;
-    peercam.ptzLastAck = null;
-    peercam.ptzLastError = null;
-  }
-
-  function resetStats() {
-    // Figures describe the shown session only; a new device starts blank.
-    showFigures(newSession());
-    peercam.sessionId = null;
-  }
-
-  function sessionById(id) {
-    if (typeof id !== "string") return null;
-    if (live && live.sessionId === id) return live;
-    if (pending && pending.sessionId === id) return pending;
-    return null;
-  }
-
-  function start() {
-    // Watch deviceId: the signaling socket and a first session.
-    peercam.gaveUp = null;
-    if (stopped || !deviceId) return;
-    sigConnect();
-    startSession();
-  }
-
-  function startSession() {
-    clearTimeout(retryTimer);
-    retryTimer = 0;
-    if (stopped || !deviceId || peercam.gaveUp || pending) return;
-    const att = newSession();
-    pending = att;
-    peercam.sessions += 1;
-    if (live) {
-      // Behind the picture on screen until it has a frame of its own.
-      att.video = makeVideo();
-      ui.video.after(att.video);
-    } else {
-      att.video = ui.video;
-      showFigures(att);
-      // An unresolved refusal stays on screen (in red) while we try again.
-      setState(peercam.state === "error" ? "error"
-        : peercam.sessions > 1 ? "reconnecting" : "connecting");
-    }
-    connect(att).catch((err) => fail(att, err));
-  }
-
-  function makeVideo() {
-    const video = document.createElement("video");
-    video.className = "feed back";
-    video.autoplay = true;
-    video.muted = true;
-    video.playsInline = true;
-    video.setAttribute("playsinline", "");
-    return video;
-  }
-
-  async function connect(att) {
-    // The key loads (or is made, on first use) while the socket opens.
-    const [me] = await Promise.all([viewerKey(), signalingReady(att)]);
-    alive(att);
-    if (pairSecret) await pair(att, me);
-    // TTFF is measured from here: asking for ICE servers, then the peer connection.
-    att.startedAt = performance.now();
-    const iceServers = await prepare(att);
-    att.trickle = newTrickle(!trickleRefused);
-    setFigure(att, "trickle", att.trickle.enabled);
-    const pc = createPeer(att, iceServers);
-    await pc.setLocalDescription(await pc.createOffer());
-    alive(att);
-    if (!att.trickle.enabled) {
-      // Fallback: one complete offer, as before trickle ICE (protocol.md).
-      await iceGatheringDone(att, pc);
-      alive(att);
-    }
-    // The exact string we send is what the camera's answer statement hashes.
-    // Trickling, it is sent at once: gathering goes on, candidates follow it.
-    const sdp = pc.localDescription.sdp;
-    await sendOffer(att, me, sdp);
-    await startTrickle(att, me, sdp);
-    const answer = await expect(att, "answer", TIMING.answerMs,
-      "The camera did not answer in time.");
-    mark(att, "answer");
-    // Checked BEFORE setRemoteDescription: the answer carries the DTLS
-    // fingerprint we will accept, so an unsigned one could be anyone's.
-    const genuine = await verifyByDevice(answer.device_key,
-      await answerStatement(deviceId, att.sessionId, sdp, answer.sdp), answer.signature);
-    alive(att);
-    if (!genuine) throw new ViewerError(WORDS.forgedAnswer, null, { state: "error" });
-    mark(att, "verified");
-    // The camera answered a signed offer: our key is in its ACL.
-    setPaired(true);
-    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-    alive(att);
-    att.answered = true;
-    setTimer(att, TIMING.firstFrameMs, () => {
-      if (att.firstFrameAt === null) {
-        fail(att, new ViewerError("No video arrived from the camera."));
-      }
-    });
-  }
-
-  async function pair(att, me) {
-    // Pairing link: prove knowledge of the secret (HMAC, never the secret
-    // itself) and have the camera add our key to its ACL, before any offer.
-    att.phase = "pair";
-    const name = viewerName();
-    const timestamp = Date.now();
-    const text = pairStatement(deviceId, att.sessionId, timestamp, me.text, name);
-    const [signature, proof] = await Promise.all([sign(me, text), pairingProof(pairSecret, text)]);
-    alive(att);
-    send(att, {
-      type: "pair", device_id: deviceId, session_id: att.sessionId,
-      viewer_key: me.text, name, timestamp, signature, proof,
-    });
-    att.sessionLive = true;
-    const reply = await expect(att, "paired", TIMING.pairMs,
-      "The camera did not answer the pairing request in time.");
-    att.sessionLive = false;
-    const genuine = await verifyByDevice(reply.device_key,
-      pairedStatement(deviceId, att.sessionId, me.text, name), reply.signature);
-    alive(att);
-    if (!genuine) throw new ViewerError(WORDS.forgedPaired, null, { state: "error" });
-    setPaired(true);
-    forgetPairSecret();
-    // The offer is a new session; the pairing one is finished.
-    att.sessionId = newSessionId();
-    setFigure(att, "sessionId", att.sessionId);
-    att.phase = "signaling";
-  }
-
-  async function prepare(att) {
-    // The server mints TURN credentials per session; hello only has STUN.
-    send(att, { type: "prepare", device_id: deviceId, session_id: att.sessionId });
-    const prepared = await expect(att, "prepared", TIMING.prepareMs,
-      "The server did not respond in time.");
-    mark(att, "prepared");
-    return prepared.ice_servers;
-  }
-
-  async function sendOffer(att, me, sdp) {
-    const timestamp = Date.now();
-    const text = await offerStatement(deviceId, att.sessionId, timestamp, me.text, sdp);
-    const signature = await sign(me, text);
-    alive(att);
-    mark(att, "offer");
-    att.phase = "offer";
-    send(att, {
-      type: "offer", device_id: deviceId, session_id: att.sessionId,
-      sdp, viewer_key: me.text, timestamp, signature,
-    });
-    att.sessionLive = true;
-  }
-
-  function alive(att) {
-    if (att.closed) throw SUPERSEDED;
-  }
-
-  // ---- trickle ICE ---------------------------------------------------------
-  //
-  // The offer leaves as soon as setLocalDescription resolves, with the
-  // candidates it has (usually none); each candidate gathered after it follows
-  // as a "candidate" message signed with the viewer key and bound to the
-  // offer's hash, then end-of-candidates (protocol.md). Chromium takes ~130 ms
-  // to call gathering complete even with host candidates only: a non-trickle
-  // offer waited for that. The rendezvous sees the offer's ICE ufrag and pwd,
-  // so the camera only takes candidates signed by us (security.md).
-
-  function newTrickle(enabled) {
-    return {
-      enabled,
-      me: null,           // our key, once the offer is out
-      offerHash: null,    // SHA-256 of the offer as sent; null until it is sent
-      offerKeys: null,    // candidates already in that offer (not sent again)
-      bundleMid: null,    // the offer's BUNDLE tag: the one transport the camera uses
-      queue: [],          // gathered and not yet handed to the chain
-      seq: 0,
-      ended: false,       // end-of-candidates queued
-      chain: Promise.resolve(),  // sign and send one at a time, in seq order
-    };
-  }
-
-  function candidateKey(line) {
-    // foundation component transport priority address port "typ" type: the
-    // event's line adds extensions (ufrag) that the SDP's a=candidate lacks.
-    return line.replace(/^a=/, "").split(" ").slice(0, 8).join(" ");
-  }
-
-  async function startTrickle(att, me, sdp) {
-    const t = att.trickle;
-    if (!t.enabled) return;
-    const hash = await sha256Hex(sdp);
-    alive(att);
-    t.me = me;
-    t.offerKeys = new Set((sdp.match(/^a=candidate:.*$/gm) || []).map(candidateKey));
-    const bundle = /^a=group:BUNDLE ([^\s]+)/m.exec(sdp);
-    t.bundleMid = bundle ? bundle[1] : null;
-    t.offerHash = hash;
-    pumpCandidates(att);
-  }
-
-  function onLocalCandidate(att, candidate) {
-    const t = att.trickle;
-    if (att.closed || !t || !t.enabled || t.ended) return;
-    if (!candidate) {
-      // null: gathering is complete. (A "" candidate, which some browsers
-      // send per m-section, is not the end of all of them: wait for null.)
-      t.ended = true;
-      t.queue.push(null);
-    } else if (candidate.candidate) {
-      t.queue.push({ line: candidate.candidate, mid: candidate.sdpMid,
-        index: candidate.sdpMLineIndex });
-    }
-    pumpCandidates(att);
-  }
-
-  function wantCandidate(t, item) {
-    const fields = item.line.split(" ");
-    const mid = typeof item.mid === "string" && item.mid ? item.mid : null;
-    const index = Number.isInteger(item.index) ? item.index : null;
-    if (mid === null && index === null) return false;  // the camera could not place it
-    // The camera (aiortc) always accepts the offer's BUNDLE group, so only the
-    // tagged m-section's transport carries media (BUNDLE, RFC 9143).
-    if (t.bundleMid !== null && mid !== null && mid !== t.bundleMid) return false;
-    // Its ICE (aioice) is UDP only: a TCP candidate (RFC 6544) would never pair.
-    if ((fields[2] || "").toLowerCase() === "tcp") return false;
-    return !t.offerKeys.has(candidateKey(item.line));
-  }
-
-  function pumpCandidates(att) {
-    const t = att.trickle;
-    if (t.offerHash === null) return;  // before the offer the server knows no session
-    while (t.queue.length) {
-      const item = t.queue.shift();
-      if (item !== null && !wantCandidate(t, item)) continue;
-      // The last seq is kept for end-of-candidates; a (rare) surplus is dropped,
-      // and connectivity checks still find those addresses as peer-reflexive.
-      if (item !== null && t.seq >= MAX_CANDIDATES - 1) {
-        console.warn("peercam: more than " + (MAX_CANDIDATES - 1) + " candidates, not sending:",
-          item.line);
-        continue;
-      }
-      const seq = t.seq;
-      t.seq += 1;
-      t.chain = t.chain.then(() => sendCandidate(att, item, seq))
-        .catch((err) => {
-          // Candidates only matter while negotiating; a session with media
-          // does not need the rest of them.
-          if (!att.answered) fail(att, err);
-        });
-    }
-  }
-
-  async function sendCandidate(att, item, seq) {
-    if (att.closed) return;
-    const t = att.trickle;
-    const line = item ? item.line : "";
-    const mid = item && typeof item.mid === "string" && item.mid ? item.mid : null;
-    const index = item && Number.isInteger(item.index) ? item.index : null;
-    const text = candidateStatement(deviceId, att.sessionId, t.offerHash, seq, line, mid, index);
-    const signature = await sign(t.me, text);
-    if (att.closed || (att.answered && !sigCanSend(att))) return;
-    const msg = {
-      type: "candidate", device_id: deviceId, session_id: att.sessionId,
-      seq, candidate: line, signature,
-    };
-    if (mid !== null) msg.sdp_mid = mid;
-    if (index !== null) msg.sdp_mline_index = index;
-    send(att, msg);
-    if (item) {
-      setFigure(att, "candidatesSent", att.figures.candidatesSent + 1);
-      mark(att, "firstCandidateSent");
-    } else {
-      mark(att, "endOfCandidates");
-    }
-  }
-
-  function onGatheringState(att, pc) {
-    if (att.closed || pc.iceGatheringState !== "complete") return;
-    mark(att, "gathered");
-    onLocalCandidate(att, null);  // in case a browser skips the null candidate
-  }
-
-  function fail(att, err) {
-    // The pending session did not make it (or a refusal came): drop it and,
-    // unless only the person can fix this, try again after a short backoff.
-    if (att.closed || err === SUPERSEDED) return;
-    const message = err instanceof ViewerError ? err.message
-      : "Browser error: " + ((err && err.message) || String(err));
-    if (att === live) {
-      // Never tear down the picture on screen for an error: heal around it.
-      heal(att, message);
-      return;
-    }
-    peercam.lastError = message;
-    teardown(att);
-    if (att === pending) pending = null;
-    const refusal = err instanceof ViewerError ? err : null;
-    if (refusal && refusal.final) {
+function heal(att, cause) {
+  // The live session's media plane says it is gone or stuck. Start its
+  // replacement now; the old picture stays up until the new one has a frame.
+  if (att !== live || att.closed || peercam.gaveUp) return;
+  if (att.trouble === null) {
+    if (/^not authorized/.test(att.advice || "")) {
+      // The camera said so (through the relay) and the media ended: a
+      // revoked viewer. Asking again would only be refused.
+      const refusal = byeError(att, att.advice);
+      peercam.lastError = refusal.message;
+      peercam.lastCause = cause;
       giveUp(refusal.code);
       return;
     }
-    if (live && !live.trouble) {
-      // The old session came back while this one was being set up: keep it.
-      render();
-      return;
-    }
-    scheduleRetry(refusal ? refusal.state : "reconnecting", Boolean(refusal && refusal.slow));
-  }
-
-  function giveUp(code) {
-    // Asking again cannot help: stop, and leave the instructions on screen.
-    // Opening a (new) pairing link or reloading the page starts over.
-    peercam.gaveUp = code;
-    clearTimeout(retryTimer);
-    retryTimer = 0;
-    for (const att of [pending, live]) if (att) teardown(att);
-    pending = null;
-    live = null;
-    sigClose();
-    setState("error");
-  }
-
-  function heal(att, cause) {
-    // The live session's media plane says it is gone or stuck. Start its
-    // replacement now; the old picture stays up until the new one has a frame.
-    if (att !== live || att.closed || peercam.gaveUp) return;
-    if (att.trouble === null) {
-      if (/^not authorized/.test(att.advice || "")) {
-        // The camera said so (through the relay) and the media ended: a
-        // revoked viewer. Asking again would only be refused.
-        const refusal = byeError(att, att.advice);
-        peercam.lastError = refusal.message;
-        peercam.lastCause = cause;
-        giveUp(refusal.code);
-        return;
-      }
-      att.trouble = cause;
-      peercam.lastCause = att.advice ? att.advice + ": " + cause : cause;
-      console.info("peercam: healing session " + att.sessionId + " (" + peercam.lastCause + ")");
-      failures = 0;
-    }
-    setState("reconnecting");
-    if (!pending && !retryTimer) startSession();
-  }
-
-  function recovered(att) {
-    // Frames again on the live session before its replacement showed one:
-    // the old one wins, the new one goes.
-    att.trouble = null;
-    clearTimeout(retryTimer);
-    retryTimer = 0;
-    if (pending) {
-      teardown(pending);
-      pending = null;
-    }
-    setState("connected");
-  }
-
-  function promote(att) {
-    // The pending session showed its first frame: it takes the screen.
-    const old = live;
-    pending = null;
-    live = att;
-    clearTimeout(retryTimer);
-    retryTimer = 0;
-    if (old) {
-      peercam.reconnects += 1;
-      // The camera said it was going (through the relay) and is back: say so.
-      if (/offline|shutting down|restart/.test(old.advice || "")) {
-        peercam.lastCause = "camera restarted";
-      }
-      else if (!old.trouble) peercam.lastCause = "replaced";
-      att.video.id = "video";
-      att.video.classList.remove("back");
-      old.video.removeAttribute("id");
-      ui.video = att.video;
-      teardown(old);
-    }
-    showFigures(att);
-    setPtzAvailable(att.ptzAvailable);
-    showQuality(att);
-    peercam.lastError = null;
-    setState("connected");
-  }
-
-  function scheduleRetry(state, slow) {
-    if (stopped || pending || retryTimer) return;
-    const delay = slow ? slowDelay() : backoffDelay();
-    retryAt = performance.now() + delay;
-    retryTimer = setTimeout(startSession, delay);
-    setState(state);
-  }
-
-  function teardown(att) {
-    if (att.closed) return;
-    att.closed = true;
-    closePtzChannel(att);
-    if (att.qualityChannel) {
-      att.qualityChannel.onopen = att.qualityChannel.onmessage = null;
-      att.qualityChannel = null;
-    }
-    for (const id of att.timers) clearTimeout(id);
-    att.timers.clear();
-    for (const w of att.waiters.values()) w.reject(SUPERSEDED);
-    att.waiters.clear();
-    // Tell the camera at once rather than when it notices the media stopped.
-    if (att.sessionLive && sigCanSend(att)) {
-      try {
-        sig.ws.send(JSON.stringify({ type: "bye", session_id: att.sessionId }));
-      } catch (_) { /* the socket is going away anyway */ }
-    }
-    att.sessionLive = false;
-    const pc = att.pc;
-    if (pc) {
-      pc.ontrack = pc.onconnectionstatechange = pc.oniceconnectionstatechange = null;
-      pc.onicegatheringstatechange = pc.onicecandidate = null;
-      pc.close();
-    }
-    const video = att.video;
-    if (video && video !== ui.video) {
-      video.srcObject = null;
-      video.remove();
-    }
-  }
-
-  // ---- signaling -----------------------------------------------------------
-  //
-  // One WebSocket per page, shared by its sessions (a viewer connection may
-  // carry several; protocol.md). It only carries signaling: a session whose
-  // media flows does not need it, so losing it never closes a peer
-  // connection. It is reopened in the background after a capped, jittered
-  // backoff: at most sigFastCapMs while connecting fails fast (a restarting
-  // server refuses at once), sigCapMs when it hangs.
-
-  const sig = {
-    ws: null,
-    gen: 0,          // one per socket; a session speaks on the one it started on
-    ready: false,    // hello seen on this socket
-    everReady: false,
-    startedAt: 0,
-    failures: 0,
-    timer: 0,        // reconnect timer
-    helloTimer: 0,
-    retryAt: 0,
-  };
-
-  function sigConnect() {
-    clearTimeout(sig.timer);
-    sig.timer = 0;
-    if (stopped || !deviceId || peercam.gaveUp || sig.ws) return;
-    sig.gen += 1;
-    sig.ready = false;
-    sig.startedAt = performance.now();
-    const gen = sig.gen;
-    let ws;
-    try {
-      ws = new WebSocket(signalingUrl());
-    } catch (err) {
-      console.warn("peercam: cannot open the signaling socket:", err);
-      sigSchedule(true);
-      return;
-    }
-    sig.ws = ws;
-    peercam.signaling = "connecting";
-    ws.onmessage = (ev) => {
-      if (sig.gen === gen) onSignal(ev.data);
-    };
-    ws.onclose = () => {
-      if (sig.gen === gen) sigDropped();
-    };
-    sig.helloTimer = setTimeout(() => {
-      if (sig.gen === gen && !sig.ready) sigDropped();
-    }, TIMING.helloMs);
-  }
-
-  function sigRelease() {
-    clearTimeout(sig.helloTimer);
-    sig.helloTimer = 0;
-    const ws = sig.ws;
-    sig.ws = null;
-    sig.ready = false;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      try {
-        ws.close(1000);
-      } catch (_) { /* already closing */ }
-    }
-  }
-
-  function sigClose() {
-    // On purpose (page hidden, other device, gave up): no reconnect.
-    clearTimeout(sig.timer);
-    sig.timer = 0;
-    sigRelease();
-    sig.failures = 0;
-    peercam.signaling = "closed";
-  }
-
-  function sigDropped() {
-    const fast = performance.now() - sig.startedAt < TIMING.sigFastFailMs;
-    const wasReady = sig.ready;
-    sigRelease();
-    if (wasReady) sig.failures = 0;
-    for (const att of [pending, live]) {
-      if (!att || att.closed || att.sigGen === 0) continue;
-      if (att.firstFrameAt === null && !att.answered) {
-        // Still negotiating: that cannot finish on a socket that is gone.
-        fail(att, new ViewerError("Lost the connection to the server."));
-      }
-      // Otherwise the media needs no signaling: keep it.
-    }
-    if (live && !live.trouble && wasReady) {
-      peercam.lastCause = "signaling lost (media kept)";
-      console.info("peercam: signaling lost; the video goes on, reconnecting in the background");
-    }
-    sigSchedule(fast);
-  }
-
-  function sigSchedule(fast) {
-    if (stopped || !deviceId || peercam.gaveUp) return;
-    const cap = fast ? TIMING.sigFastCapMs : TIMING.sigCapMs;
-    const ceiling = Math.min(cap, TIMING.sigBaseMs * 2 ** Math.min(sig.failures, 20));
-    sig.failures += 1;
-    // Jittered in the upper half: viewers that lost the same server spread out.
-    const delay = ceiling * (0.5 + Math.random() / 2);
-    sig.retryAt = performance.now() + delay;
-    sig.timer = setTimeout(sigConnect, delay);
-    peercam.signaling = "reconnecting";
-    render();
-  }
-
-  function sigReady() {
-    clearTimeout(sig.helloTimer);
-    sig.helloTimer = 0;
-    if (sig.everReady) peercam.signalingReconnects += 1;
-    sig.ready = true;
-    sig.everReady = true;
-    sig.failures = 0;
-    peercam.signaling = "connected";
-    const att = pending;
-    if (att && !att.closed && att.waiters.has("signaling")) {
-      att.sigGen = sig.gen;
-      deliver(att, "signaling", null);
-    }
-    render();
-  }
-
-  function sigCanSend(att) {
-    return sig.ready && att.sigGen === sig.gen && sig.ws !== null
-      && sig.ws.readyState === WebSocket.OPEN;
-  }
-
-  function signalingReady(att) {
-    if (sig.ready) {
-      att.sigGen = sig.gen;
-      return Promise.resolve();
-    }
-    if (!sig.ws && !sig.timer) sigConnect();
-    return expect(att, "signaling", TIMING.signalWaitMs,
-      sig.everReady ? "Lost the connection to the server." : "Cannot reach the server.");
-  }
-
-  function expect(att, type, ms, timeoutText) {
-    return new Promise((resolve, reject) => {
-      const timer = setTimer(att, ms, () => fail(att, new ViewerError(timeoutText)));
-      att.waiters.set(type, { resolve, reject, timer });
-    });
-  }
-
-  function deliver(att, type, msg) {
-    const w = att.waiters.get(type);
-    if (!w) return;
-    att.waiters.delete(type);
-    clearTimer(att, w.timer);
-    w.resolve(msg);
-  }
-
-  function send(att, msg) {
-    if (!sigCanSend(att)) throw new ViewerError("Lost the connection to the server.");
-    sig.ws.send(JSON.stringify(msg));
-  }
-
-  function onSignal(data) {
-    if (typeof data !== "string") return;
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch (_) {
-      return; // the server only sends JSON; ignore noise rather than drop video
-    }
-    if (!msg || typeof msg !== "object") return;
-    if (msg.type === "hello") {
-      sigReady();
-      return;
-    }
-    const att = sessionById(msg.session_id);
-    switch (msg.type) {
-      case "prepared":
-      case "paired":
-        if (att) deliver(att, msg.type, msg);
-        break;
-      case "answer":
-        if (att && typeof msg.sdp === "string") deliver(att, "answer", msg);
-        break;
-      case "bye":
-        if (att) onBye(att, typeof msg.reason === "string" ? msg.reason : "");
-        break;
-      case "error":
-        onServerError(att, msg);
-        break;
-      default:
-        break; // newer servers may add types; they are not for us
-    }
-  }
-
-  function onBye(att, reason) {
-    att.sessionLive = false;  // the server has forgotten it: no bye back
-    if (att.firstFrameAt !== null) {
-      // Byes are not signed and the server is not trusted: for a session that
-      // shows video, "camera went offline" (or any reason) is advice. The
-      // media plane decides; if the camera is really gone, the frames stop.
-      att.advice = reason.slice(0, 120) || "session ended";
-      peercam.lastAdvice = att.advice;
-      console.info("peercam: the server ended session " + att.sessionId
-        + " (" + att.advice + "); keeping it while video flows");
-      render();
-      return;
-    }
-    fail(att, byeError(att, reason));
-  }
-
-  function byeError(att, reason) {
-    // The reason is relayed by the untrusted server: shown as text, and a
-    // refusal is only ever a reason to stop or slow down, never to trust more.
-    if (att.phase === "pair") {
-      return new ViewerError("The camera refused to pair with this browser"
-        + (reason ? " (" + reason + ")" : "")
-        + ". The pairing link may be wrong, used up or expired: ask the camera's owner for "
-        + "a new one (peercam pair on the camera) and open it here.",
-      "pair-refused", { state: "error", final: true });
-    }
-    if (/^not authorized/.test(reason)) {
-      setPaired(false);
-      return new ViewerError(WORDS.notPaired, "not-authorized", { state: "error", final: true });
-    }
-    if (/^stale/.test(reason)) {
-      return new ViewerError(WORDS.stale, "stale", { state: "error", slow: true });
-    }
-    return new ViewerError(reason
-      ? "The camera ended the session (" + reason + ")."
-      : "The camera ended the session.");
-  }
-
-  function onServerError(att, msg) {
-    const text = ERROR_WORDS[msg.code]
-      || "The server reported a problem" + (msg.code ? " (" + msg.code + ")." : ".");
-    // A rendezvous older than trickle ICE refuses "candidate" as an unknown
-    // type. This session's offer went without candidates; the next ones gather
-    // first and send one complete offer, as before (protocol.md).
-    const p = pending;
-    const t = p && p.trickle;
-    if (msg.code === "bad-message" && t && t.enabled && t.seq > 0
-        && /candidate/.test(String(msg.message || "")) && !trickleRefused) {
-      trickleRefused = true;
-      console.warn("peercam: the server refused a trickled candidate; sending complete offers");
-    }
-    // Errors without a session_id answer this connection's last message: the
-    // one session still negotiating. An "unknown-session" names its session
-    // in the message (a late candidate or bye of one the server ended).
-    let target = att;
-    if (!target && p && !p.answered) {
-      const aboutOther = msg.code === "unknown-session"
-        && !String(msg.message || "").includes(p.sessionId);
-      if (!aboutOther) target = p;
-    }
-    if (target && target.firstFrameAt === null) {
-      if (att) att.sessionLive = false;
-      fail(target, new ViewerError(text, msg.code));
-    } else {
-      // About a session that shows video, or about nothing we wait for: the
-      // stream is fine, so it is only noted.
-      peercam.lastError = text;
-      render();
-    }
-  }
-
-  // ---- WebRTC --------------------------------------------------------------
-
-  function createPeer(att, iceServers) {
-    // Always explicit: an empty list means host candidates only (protocol.md).
-    const pc = new RTCPeerConnection({ iceServers: Array.isArray(iceServers) ? iceServers : [] });
-    att.pc = pc;
-    const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
-    preferH264(transceiver);
-    // Before createOffer: the SCTP m-line must be in the offer we sign.
-    openPtzChannel(att, pc);
-    openQualityChannel(att, pc);
-    pc.ontrack = (ev) => attachVideo(att, ev);
-    pc.onicecandidate = (ev) => onLocalCandidate(att, ev.candidate);
-    pc.onicegatheringstatechange = () => onGatheringState(att, pc);
-    pc.onconnectionstatechange = () => onConnectionState(att);
-    pc.oniceconnectionstatechange = () => onIceState(att);
-    const stats = setInterval(() => collectStats(att), TIMING.statsMs);
-    att.timers.add(stats);
-    return pc;
-  }
-
-  function preferH264(transceiver) {
-    // The camera sends H.264 passthrough (no re-encode), so offer H.264
-    // first; constrained baseline 42e01f with packetization-mode=1 is what
-    // every decoder handles. Other codecs stay listed after it.
-    if (typeof transceiver.setCodecPreferences !== "function"
-        || !window.RTCRtpReceiver || !RTCRtpReceiver.getCapabilities) return;
-    const caps = RTCRtpReceiver.getCapabilities("video");
-    if (!caps || !caps.codecs) return;
-    const rank = (c) => {
-      if (c.mimeType.toLowerCase() !== "video/h264") return 3;
-      const fmtp = (c.sdpFmtpLine || "").toLowerCase();
-      const pm1 = /packetization-mode=1/.test(fmtp);
-      if (pm1 && /profile-level-id=42e01f/.test(fmtp)) return 0;
-      return pm1 ? 1 : 2;
-    };
-    const ordered = caps.codecs
-      .map((c, i) => ({ c, i }))
-      .sort((a, b) => rank(a.c) - rank(b.c) || a.i - b.i)
-      .map((x) => x.c);
-    try {
-      transceiver.setCodecPreferences(ordered);
-    } catch (_) {
-      // Some browsers refuse certain lists; the default order still works.
-    }
-  }
-
-  function iceGatheringDone(att, pc) {
-    // Non-trickle fallback: the offer must carry the candidates. If a STUN/TURN
-    // server is slow, go with what we have after iceGatherMs.
-    if (pc.iceGatheringState === "complete") return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        if (pc.iceGatheringState === "complete") finish();
-      };
-      const finish = () => {
-        clearTimer(att, timer);
-        pc.removeEventListener("icegatheringstatechange", done);
-        resolve();
-      };
-      const timer = setTimer(att, TIMING.iceGatherMs, finish);
-      pc.addEventListener("icegatheringstatechange", done);
-    });
-  }
-
-  function attachVideo(att, ev) {
-    if (att.closed) return;
-    const video = att.video;
-    video.srcObject = (ev.streams && ev.streams[0]) || new MediaStream([ev.track]);
-    // muted + playsinline autoplay is allowed everywhere; play() covers
-    // browsers that do not start a srcObject swap by themselves.
-    const p = video.play();
-    if (p && p.catch) p.catch(() => {});
-    watchFrames(att, video);
-    // The camera closing its end (DTLS close_notify: session ended, agent
-    // stopped) is the quickest sign the media is gone.
-    const transport = ev.receiver && ev.receiver.transport;
-    if (transport && "onstatechange" in transport) {
-      transport.addEventListener("statechange", () => {
-        if (transport.state === "closed") mediaLost(att, "camera closed the connection");
-        else if (transport.state === "failed") mediaLost(att, "DTLS failed");
-      });
-    }
-  }
-
-  function watchFrames(att, video) {
-    if (typeof video.requestVideoFrameCallback === "function") {
-      // Fires when a decoded frame is handed to the compositor: the closest
-      // a page gets to "the user sees video". Stats cover hidden pages.
-      const onFrame = (now) => {
-        if (att.closed) return;
-        att.frameCallbacks = document.visibilityState !== "hidden";
-        frameShown(att, now);
-        video.requestVideoFrameCallback(onFrame);
-      };
-      video.requestVideoFrameCallback(onFrame);
-      return;
-    }
-    const once = () => {
-      video.removeEventListener("playing", once);
-      video.removeEventListener("resize", once);
-      frameShown(att, performance.now());
-    };
-    video.addEventListener("playing", once);
-    video.addEventListener("resize", once);
-  }
-
-  function frameShown(att, now) {
-    // A new frame of att's video: its first one may promote it, and the gaps
-    // between frames on screen (across a swap too) are what the viewer sees.
-    if (att.closed) return;
-    att.lastFrameAt = Math.max(att.lastFrameAt, now);
-    if (att.firstFrameAt === null) onFirstFrame(att);
-    if (att === live && isStalled(att)) recovered(att);
-    if (att !== live) return;
-    if (lastShownAt !== null) {
-      peercam.maxFrameGapMs = Math.max(peercam.maxFrameGapMs, Math.round(now - lastShownAt));
-    }
-    lastShownAt = Math.max(lastShownAt || 0, now);
-  }
-
-  function isStalled(att) {
-    // Only a stall can end by itself; a failed or closed connection cannot.
-    return att.trouble !== null && att.trouble.startsWith("stall");
-  }
-
-  function onFirstFrame(att) {
-    if (att.closed || att.firstFrameAt !== null) return;
-    att.firstFrameAt = performance.now();
-    att.lastFrameAt = att.firstFrameAt;
-    setFigure(att, "ttffMs", Math.round(att.firstFrameAt - att.startedAt));
-    mark(att, "firstFrame");
-    if (att === pending) promote(att);
-  }
-
-  function onConnectionState(att) {
-    const state = att.pc.connectionState;
-    if (state === "connected") {
-      mark(att, "connected");
-      if (att === shown() && att.firstFrameAt === null && peercam.state !== "error") {
-        setState("connected");
-      }
-    } else if (state === "failed") {
-      mediaLost(att, "ICE failed");
-    } else if (state === "closed") {
-      mediaLost(att, "connection closed");
-    }
-  }
-
-  function onIceState(att) {
-    const state = att.pc.iceConnectionState;
-    if (state === "failed") mediaLost(att, "ICE failed");
-    else if (state === "closed") mediaLost(att, "connection closed");
-    else if ((state === "connected" || state === "completed")
-      && att.pc.connectionState === undefined && att === shown()) {
-      setState("connected");  // browsers without connectionState report progress only here
-    }
-  }
-
-  function mediaLost(att, cause) {
-    // The media plane's verdict: this session's media is gone for good.
-    if (att.closed) return;
-    if (att === live) {
-      heal(att, cause);
-    } else {
-      fail(att, new ViewerError(cause === "ICE failed"
-        ? "The network path to the camera failed."
-        : "The connection to the camera closed (" + cause + ")."));
-    }
-  }
-
-  function watchdog() {
-    // A live session with no new frame for stallMs (longer while the page is
-    // hidden: frame callbacks stop and only stats tell) is stalled.
-    const att = live;
-    if (!att || att.closed || att.trouble !== null || peercam.gaveUp) return;
-    const limit = document.visibilityState === "hidden" ? TIMING.stallHiddenMs : TIMING.stallMs;
-    if (performance.now() - att.lastFrameAt > limit) {
-      heal(att, "stall " + (limit / 1000).toFixed(1) + " s");
-    }
-  }
-
-  // ---- statistics ----------------------------------------------------------
-
-  async function collectStats(att) {
-    if (att.closed || !att.pc) return;
-    let report;
-    try {
-      report = await att.pc.getStats();
-    } catch (_) {
-      return;
-    }
-    if (att.closed) return;
-    const inbound = findInboundVideo(report);
-    const pair = findSelectedPair(report);
-    applyPair(att, report, pair);
-    if (inbound) applyInbound(att, report, inbound);
-    if (att === shown()) {
-      Object.assign(peercam, att.figures);
-      render();
-    }
-  }
-
-  function findInboundVideo(report) {
-    let found = null;
-    report.forEach((s) => {
-      if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "video") found = s;
-    });
-    return found;
-  }
-
-  function findSelectedPair(report) {
-    // Spec way first (transport.selectedCandidatePairId), then Firefox's
-    // "selected", then the nominated pair that succeeded.
-    let pair = null;
-    const pairs = [];
-    report.forEach((s) => {
-      if (s.type === "transport" && s.selectedCandidatePairId && !pair) {
-        pair = report.get(s.selectedCandidatePairId) || null;
-      } else if (s.type === "candidate-pair") {
-        pairs.push(s);
-      }
-    });
-    return pair
-      || pairs.find((p) => p.selected)
-      || pairs.find((p) => p.nominated && p.state === "succeeded")
-      || null;
-  }
-
-  function applyPair(att, report, pair) {
-    const f = att.figures;
-    const local = pair && report.get(pair.localCandidateId);
-    const remote = pair && report.get(pair.remoteCandidateId);
-    f.localCandidateType = (local && local.candidateType) || null;
-    f.remoteCandidateType = (remote && remote.candidateType) || null;
-    f.remoteAddress = (remote && (remote.address || remote.ip)) || null;
-    f.rttMs = pair && typeof pair.currentRoundTripTime === "number"
-      ? Math.round(pair.currentRoundTripTime * 1000 * 10) / 10 : null;
-    att.extra.protocol = (local && (local.relayProtocol || local.protocol)) || null;
-  }
-
-  function applyInbound(att, report, s) {
-    const f = att.figures;
-    const now = s.timestamp;
-    const frames = s.framesDecoded || 0;
-    const bytes = s.bytesReceived || 0;
-    const prev = att.prev;
-    if (prev && now > prev.now) {
-      const dt = now - prev.now; // ms
-      f.bitrateKbps = Math.round(((bytes - prev.bytes) * 8) / dt); // bits/ms = kbit/s
-      if (typeof s.framesPerSecond !== "number") {
-        f.fps = Math.round(((frames - prev.frames) * 1000 / dt) * 10) / 10;
-      }
-    }
-    if (typeof s.framesPerSecond === "number") f.fps = s.framesPerSecond;
-    if (frames > f.framesDecoded
-        && (!att.frameCallbacks || document.visibilityState === "hidden")) {
-      // Only where frame callbacks do not run (no API, hidden page): this
-      // sample is up to statsMs late, the callbacks are not.
-      att.lastFrameAt = performance.now();
-      if (att === live && isStalled(att)) recovered(att);
-    }
-    f.framesDecoded = frames;
-    att.prev = { now, frames, bytes };
-    const w = s.frameWidth || att.video.videoWidth;
-    const h = s.frameHeight || att.video.videoHeight;
-    att.extra.resolution = w && h ? w + "×" + h : null;
-    const codec = s.codecId && report.get(s.codecId);
-    att.extra.codec = codec ? codec.mimeType.replace(/^video\//, "") : null;
-    // Fallback first-frame signal, e.g. when the tab is hidden and no frame
-    // callbacks run; a decoded frame still proves the stream works.
-    if (frames > 0) onFirstFrame(att);
-  }
-
-  // ---- UI ------------------------------------------------------------------
-
-  const ROWS = [
-    ["state", "State"],
-    ["path", "Path"],
-    ["rtt", "RTT"],
-    ["fps", "Frame rate"],
-    ["bitrate", "Bitrate"],
-    ["frames", "Decoded"],
-    ["resolution", "Size"],
-    ["codec", "Codec"],
-    ["ttff", "First frame"],
-    ["reconnects", "Reconnects"],
-    ["cause", "Last cause"],
-    ["gap", "Longest gap"],
-    ["signaling", "Signaling"],
-    ["device", "Device"],
-    ["error", "Last error"],
-  ];
-
-  function setState(state) {
-    peercam.state = state;
-    render();
-  }
-
-  function stateText() {
-    const s = peercam.state;
-    if (s === "reconnecting" && retryTimer) {
-      const secs = Math.max(0, (retryAt - performance.now()) / 1000);
-      return "reconnecting in " + secs.toFixed(1) + " s";
-    }
-    return s;
-  }
-
-  function overlayValues() {
-    const p = peercam;
-    const dash = "–";
-    const path = p.localCandidateType
-      ? p.localCandidateType + " ↔ " + (p.remoteCandidateType || "?")
-        + (extra.protocol ? " (" + extra.protocol + ")" : "")
-      : dash;
-    return {
-      state: stateText(),
-      path,
-      rtt: p.rttMs === null ? dash : p.rttMs + " ms",
-      fps: p.fps === null ? dash : String(p.fps),
-      bitrate: p.bitrateKbps === null ? dash : p.bitrateKbps + " kbit/s",
-      frames: String(p.framesDecoded),
-      resolution: extra.resolution || dash,
-      codec: extra.codec || dash,
-      ttff: p.ttffMs === null ? dash : p.ttffMs + " ms",
-      reconnects: String(p.reconnects),
-      cause: p.lastCause || dash,
-      gap: p.maxFrameGapMs ? p.maxFrameGapMs + " ms" : dash,
-      signaling: signalingText(),
-      device: deviceId || dash,
-      error: p.lastError || dash,
-    };
-  }
-
-  function signalingText() {
-    const s = peercam.signaling;
-    if (s === "reconnecting" && sig.timer) {
-      const secs = Math.max(0, (sig.retryAt - performance.now()) / 1000);
-      return (live ? "lost (media kept), " : "lost, ") + "retry in " + secs.toFixed(1) + " s";
-    }
-    return s;
-  }
-
-  function noticeText() {
-    const s = peercam.state;
-    if (s === "connected" && live) return null;
-    if (s === "connected") return "Connected. Waiting for video…";
-    if (s === "connecting") return "Connecting to the camera…";
-    if (s === "reconnecting") {
-      // With the last picture still up, a short line; without it, why and when.
-      if (live && pending) return "Reconnecting (" + (peercam.lastCause || "…") + ")…";
-      const why = peercam.lastError ? peercam.lastError + " " : "";
-      return why + retryText();
-    }
-    if (s === "error") {
-      // An error that is being retried says so; a final one (bad link, no
-      // secure context) does not.
-      const why = peercam.lastError || "Something went wrong.";
-      return pending || retryTimer ? why + " " + retryText() : why;
-    }
-    return null;
-  }
-
-  function retryText() {
-    if (!retryTimer) return "Trying again…";
-    const secs = Math.ceil(Math.max(0, retryAt - performance.now()) / 1000);
-    return secs > 1 ? "Trying again in " + secs + " s." : "Trying again…";
-  }
-
-  function render() {
-    if (!ui) return;
-    const text = noticeText();
-    ui.notice.hidden = text === null;
-    if (text !== null) ui.notice.textContent = text;
-    ui.notice.classList.toggle("error", peercam.state === "error");
-    if (ui.overlay.hidden) return;
-    const values = overlayValues();
-    for (const [key] of ROWS) ui.cells[key].textContent = values[key];
-  }
-
-  function buildOverlay() {
-    const cells = {};
-    for (const [key, label] of ROWS) {
-      const dt = document.createElement("dt");
-      dt.textContent = label;
-      const dd = document.createElement("dd");
-      dd.dataset.key = key;
-      ui.stats.append(dt, dd);
-      cells[key] = dd;
-    }
-    return cells;
-  }
-
-  function toggleOverlay() {
-    ui.overlay.hidden = !ui.overlay.hidden;
-    render();
-  }
-
-  function showPicker(message) {
-    ui.picker.hidden = false;
-    ui.notice.hidden = true;
-    ui.pickerError.textContent = message || "";
-    ui.input.focus();
-  }
-
-  function onPick(ev) {
-    ev.preventDefault();
-    const id = normalizeDeviceId(ui.input.value);
-    if (!id) {
-      ui.pickerError.textContent =
-        "That is not a device ID: 27 characters (0–9, A–Z), as printed on the camera.";
-      return;
-    }
-    // Keep every other fragment key (a pairing secret, for one).
-    const params = fragmentParams();
-    params.set("device", id);
-    location.hash = params.toString(); // hashchange starts watching
-  }
-
-  // ---- pan/tilt ------------------------------------------------------------
-  //
-  // docs/protocol.md, "Pan/tilt data channel". While a button or key is held,
-  // the same move is repeated every ptzRepeatMs (the camera stops a move that
-  // is not repeated within a second, so a vanished page cannot leave the head
-  // turning); releasing it, losing focus or hiding the page sends stop.
-
-  const PTZ_SPEED = 32;      // Pelco-D 1..63
-  const PTZ_DIRECTIONS = {   // [pan, tilt, zoom]
-    left: [-1, 0, 0], right: [1, 0, 0], up: [0, 1, 0], down: [0, -1, 0],
-    "zoom-in": [0, 0, 1], "zoom-out": [0, 0, -1],
-  };
-  const PTZ_KEYS = {         // KeyboardEvent.code (layout-independent for WASD)
-    ArrowLeft: "left", ArrowRight: "right", ArrowUp: "up", ArrowDown: "down",
-    KeyA: "left", KeyD: "right", KeyW: "up", KeyS: "down",
-    NumpadAdd: "zoom-in", NumpadSubtract: "zoom-out",
-  };
-  const PTZ_ZOOM_KEYS = { "+": "zoom-in", "=": "zoom-in", "-": "zoom-out", "_": "zoom-out" };
-
-  const ptzHeld = new Map(); // what is held ("key:KeyW", "button:left") -> direction name
-  let ptzVector = [0, 0, 0];
-  let ptzRepeat = 0;
-  let ptzNoticeTimer = 0;
-  let ptzSetMode = false;
-
-  // ---- quality: which layer the camera sends (docs/protocol.md, "Quality data channel")
-
-  function openQualityChannel(att, pc) {
-    let channel;
-    try {
-      channel = pc.createDataChannel("quality", { ordered: true });
-    } catch (_) {
-      return; // no SCTP here: the page plays what the camera picks
-    }
-    att.qualityChannel = channel;
-    att.quality = null;
-    channel.onopen = () => {
-      if (peercam.qualityWanted) sendQuality(att, peercam.qualityWanted);
-    };
-    channel.onmessage = (ev) => onQualityMessage(att, ev.data);
-  }
-
-  function onQualityMessage(att, data) {
-    if (att.closed || typeof data !== "string") return;
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch (_) {
-      return;
-    }
-    if (!msg || typeof msg !== "object") return;
-    if (msg.type === "quality" && typeof msg.layer === "string") {
-      const layers = Array.isArray(msg.layers) ? msg.layers.filter((x) => typeof x === "string")
-        : [];
-      att.quality = { mode: String(msg.mode || "auto"), layer: msg.layer, layers };
-      if (att === live) showQuality(att);
-    } else if (msg.type === "error" && typeof msg.error === "string") {
-      peercam.qualityLastError = msg.error;
-    }
-  }
-
-  function sendQuality(att, mode) {
-    const channel = att && att.qualityChannel;
-    if (!channel || channel.readyState !== "open") return;
-    try {
-      channel.send(JSON.stringify({ quality: mode }));
-    } catch (_) { /* closing: the next session sends it */ }
-  }
-
-  function showQuality(att) {
-    const q = att.quality;
-    if (q && peercam.layer && q.layer !== peercam.layer) peercam.layerSwitches += 1;
-    peercam.layer = q ? q.layer : null;
-    peercam.qualityMode = q ? q.mode : null;
-    peercam.layers = q ? q.layers : [];
-    if (!ui) return;
-    ui.quality.hidden = !q;
-    ui.qualityLayer.textContent = q ? q.layer : "–";
-    for (const button of ui.quality.querySelectorAll("[data-quality]")) {
-      const mode = button.dataset.quality;
-      button.setAttribute("aria-pressed", String(!!q && q.mode === mode));
-      // A layer the camera does not send cannot be pinned.
-      button.disabled = !!q && mode !== "auto" && !q.layers.includes(mode);
-    }
-  }
-
-  function onQualityClick(ev) {
-    const button = ev.target.closest("[data-quality]");
-    if (!button) return;
-    ev.stopPropagation(); // not a tap on the stage (that toggles the overlay)
-    const mode = button.dataset.quality;
-    peercam.qualityWanted = mode === "auto" ? null : mode;
-    sendQuality(live, mode);
-    if (pending) sendQuality(pending, mode);
-  }
-
-  function openPtzChannel(att, pc) {
-    let channel;
-    try {
-      channel = pc.createDataChannel("ptz", { ordered: true });
-    } catch (_) {
-      return; // no SCTP here: the page still plays, without the pad
-    }
-    att.ptz = channel;
-    channel.onmessage = (ev) => onPtzMessage(att, ev.data);
-    channel.onclose = () => {
-      att.ptzAvailable = false;
-      if (live === att) setPtzAvailable(false);
-    };
-  }
-
-  function closePtzChannel(att) {
-    const channel = att.ptz;
-    if (!channel) return;
-    channel.onmessage = channel.onclose = null;
-    att.ptz = null;
-    if (att !== live) return;  // a session that never took the screen held nothing
-    // The camera stops the head when the session ends; forget what was held.
-    ptzHeld.clear();
-    ptzVector = [0, 0, 0];
-    clearInterval(ptzRepeat);
-    ptzRepeat = 0;
-    setPtzAvailable(null);
-  }
-
-  function onPtzMessage(att, data) {
-    if (att.closed || typeof data !== "string") return;
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch (_) {
-      return;
-    }
-    if (!msg || typeof msg !== "object") return;
-    if (msg.type === "ptz") {
-      att.ptzAvailable = msg.available === true;
-      if (att === live) setPtzAvailable(att.ptzAvailable);
-    } else if (msg.type === "ack" && typeof msg.op === "string") {
-      peercam.ptzAcks += 1;
-      peercam.ptzLastAck = msg.op;
-    } else if (msg.type === "error" && typeof msg.error === "string") {
-      peercam.ptzLastError = msg.error;
-      ptzNotice(msg.error);
-    }
-  }
-
-  function setPtzAvailable(available) {
-    peercam.ptzAvailable = available;
-    if (!ui) return;
-    ui.ptz.hidden = available !== true;
-    if (available !== true) ptzReleaseAll(false);
-  }
-
-  function ptzNotice(text) {
-    // Discreet: one line on the pad, cleared after a few seconds. Text only
-    // (the message comes from the camera, but never as markup).
-    ui.ptzStatus.textContent = text;
-    clearTimeout(ptzNoticeTimer);
-    ptzNoticeTimer = setTimeout(() => { ui.ptzStatus.textContent = ""; }, TIMING.ptzNoticeMs);
-  }
-
-  function ptzSend(msg) {
-    const att = live;
-    const channel = att && att.ptz;
-    if (!channel || channel.readyState !== "open" || peercam.ptzAvailable !== true) return;
-    try {
-      channel.send(JSON.stringify(msg));
-      peercam.ptzSent += 1;
-    } catch (_) { /* closing: the camera stops the head itself */ }
-  }
-
-  function ptzMove() {
-    const [pan, tilt, zoom] = ptzVector;
-    ptzSend({ op: "move", pan, tilt, zoom, speed: PTZ_SPEED });
-  }
-
-  function ptzUpdate(sendStop) {
-    const sum = [0, 0, 0];
-    for (const name of ptzHeld.values()) {
-      PTZ_DIRECTIONS[name].forEach((d, i) => { sum[i] += d; });
-    }
-    const next = sum.map((x) => Math.max(-1, Math.min(1, x)));
-    const changed = next.some((x, i) => x !== ptzVector[i]);
-    ptzVector = next;
-    for (const button of ui.ptz.querySelectorAll("[data-ptz]")) {
-      button.classList.toggle("held", [...ptzHeld.values()].includes(button.dataset.ptz));
-    }
-    if (!changed) return;
-    clearInterval(ptzRepeat);
-    ptzRepeat = 0;
-    if (next.some((x) => x !== 0)) {
-      ptzMove();
-      ptzRepeat = setInterval(ptzMove, TIMING.ptzRepeatMs);
-    } else if (sendStop) {
-      ptzSend({ op: "stop" });
-    }
-  }
-
-  function ptzHold(source, name) {
-    ptzHeld.set(source, name);
-    ptzUpdate(true);
-  }
-
-  function ptzRelease(source) {
-    if (ptzHeld.delete(source)) ptzUpdate(true);
-  }
-
-  function ptzReleaseAll(sendStop) {
-    if (ptzHeld.size === 0 && ptzVector.every((x) => x === 0)) return;
-    ptzHeld.clear();
-    ptzUpdate(sendStop);
-  }
-
-  function ptzStop() {
-    ptzHeld.clear();
-    ptzUpdate(false);
-    ptzSend({ op: "stop" });
-  }
-
-  function ptzPreset(number, set) {
-    ptzSend({ op: "preset", action: set ? "set" : "goto", preset: number });
-    if (ptzSetMode) toggleSetMode(false);
-  }
-
-  function toggleSetMode(on) {
-    ptzSetMode = on;
-    ui.ptzSet.setAttribute("aria-pressed", String(on));
-  }
-
-  function ptzKeyDown(ev) {
-    // True when the key was for the head (then it does nothing else).
-    if (peercam.ptzAvailable !== true) return false;
-    const name = PTZ_KEYS[ev.code] || PTZ_ZOOM_KEYS[ev.key];
-    if (name) {
-      ev.preventDefault();
-      if (!ev.repeat) ptzHold("key:" + ev.code, name);
-      return true;
-    }
-    const digit = /^(?:Digit|Numpad)([1-9])$/.exec(ev.code);
-    if (digit) {
-      ev.preventDefault();
-      if (!ev.repeat) ptzPreset(Number(digit[1]), ev.shiftKey || ptzSetMode);
-      return true;
-    }
-    if (ev.key === "Escape" || ev.code === "Space") {
-      ev.preventDefault();
-      ptzStop();
-      return true;
-    }
-    return false;
-  }
-
-  function ptzKeyUp(ev) {
-    ptzRelease("key:" + ev.code);
-  }
-
-  function initPtz() {
-    for (const button of ui.ptz.querySelectorAll("[data-ptz]")) {
-      const source = "button:" + button.dataset.ptz;
-      button.addEventListener("pointerdown", (ev) => {
-        if (ev.button !== 0) return;
-        ev.preventDefault();
-        // Capture: the release is seen even if the finger slides off the button.
-        try { button.setPointerCapture(ev.pointerId); } catch (_) { /* synthetic */ }
-        ptzHold(source, button.dataset.ptz);
-      });
-      for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) {
-        button.addEventListener(type, () => ptzRelease(source));
-      }
-      // A long press on a phone must not open a context menu instead.
-      button.addEventListener("contextmenu", (ev) => ev.preventDefault());
-    }
-    for (const button of ui.ptz.querySelectorAll("[data-preset]")) {
-      button.addEventListener("click", (ev) => {
-        ptzPreset(Number(button.dataset.preset), ev.shiftKey || ptzSetMode);
-      });
-    }
-    $ptz("ptz-stop").addEventListener("click", ptzStop);
-    ui.ptzSet.addEventListener("click", () => toggleSetMode(!ptzSetMode));
-    document.addEventListener("keyup", ptzKeyUp);
-    // Losing the keyboard or the page means the keys are no longer "held".
-    window.addEventListener("blur", () => ptzReleaseAll(true));
-    document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState !== "visible") ptzReleaseAll(true);
-    });
-  }
-
-  function $ptz(id) {
-    return document.getElementById(id);
-  }
-
-  // ---- page wiring ---------------------------------------------------------
-
-  function stopAll() {
-    // Byes for the live sessions first, then the socket goes.
-    clearTimeout(retryTimer);
-    retryTimer = 0;
-    for (const att of [pending, live]) if (att) teardown(att);
-    pending = null;
-    live = null;
-    sigClose();
-  }
-
-  function readFragment() {
-    const params = fragmentParams();
-    const raw = params.get("device");
-    const secret = params.get("pair");
-    stopAll();
-    resetStats();
-    // A different camera (or none): do not leave the last one's picture up.
-    ui.video.srcObject = null;
+    att.trouble = cause;
+    peercam.lastCause = att.advice ? att.advice + ": " + cause : cause;
+    console.info("peercam: healing session " + att.sessionId + " (" + peercam.lastCause + ")");
     failures = 0;
-    lastShownAt = null;
-    Object.assign(peercam, {
-      reconnects: 0, lastCause: null, lastAdvice: null, sessions: 0, maxFrameGapMs: 0,
-      signalingReconnects: 0,
-    });
-    sig.everReady = false;
-    peercam.lastError = null;
-    peercam.state = "idle";  // a refusal shown for the last link does not carry over
-    peercam.paired = null;
-    pairSecret = null;
-    if (!raw) {
-      deviceId = null;
-      setState("idle");
-      showPicker("");
-      return;
+  }
+  setState("reconnecting");
+  if (!pending && !retryTimer) startSession();
+}
+
+function recovered(att) {
+  // Frames again on the live session before its replacement showed one:
+  // the old one wins, the new one goes.
+  att.trouble = null;
+  clearTimeout(retryTimer);
+  retryTimer = 0;
+  if (pending) {
+    teardown(pending);
+    pending = null;
+  }
+  setState("connected");
+}
+
+function promote(att) {
+  // The pending session showed its first frame: it takes the screen.
+  const old = live;
+  pending = null;
+  live = att;
+  clearTimeout(retryTimer);
+  retryTimer = 0;
+  if (old) {
+    peercam.reconnects += 1;
+    // The camera said it was going (through the relay) and is back: say so.
+    if (/offline|shutting down|restart/.test(old.advice || "")) {
+      peercam.lastCause = "camera restarted";
     }
-    const id = normalizeDeviceId(raw);
-    if (!id) {
-      deviceId = null;
-      peercam.lastError = "The link does not hold a valid device ID.";
-      setState("error");
-      ui.input.value = raw;
-      showPicker(peercam.lastError);
-      return;
+    else if (!old.trouble) peercam.lastCause = "replaced";
+    att.video.id = "video";
+    att.video.classList.remove("back");
+    old.video.removeAttribute("id");
+    ui.video = att.video;
+    teardown(old);
+  }
+  showFigures(att);
+  setPtzAvailable(att.ptzAvailable);
+  showQuality(att);
+  peercam.lastError = null;
+  setState("connected");
+}
+
+function scheduleRetry(state, slow) {
+  if (stopped || pending || retryTimer) return;
+  const delay = slow ? slowDelay() : backoffDelay();
+  retryAt = performance.now() + delay;
+  retryTimer = setTimeout(startSession, delay);
+  setState(state);
+}
+
+function teardown(att) {
+  if (att.closed) return;
+  att.closed = true;
+  closePtzChannel(att);
+  if (att.qualityChannel) {
+    att.qualityChannel.onopen = att.qualityChannel.onmessage = null;
+    att.qualityChannel = null;
+  }
+  for (const id of att.timers) clearTimeout(id);
+  att.timers.clear();
+  for (const w of att.waiters.values()) w.reject(SUPERSEDED);
+  att.waiters.clear();
+  // Tell the camera at once rather than when it notices the media stopped.
+  if (att.sessionLive && sigCanSend(att)) {
+    try {
+      sig.ws.send(JSON.stringify({ type: "bye", session_id: att.sessionId }));
+    } catch (_) { /* the socket is going away anyway */ }
+  }
+  att.sessionLive = false;
+  const pc = att.pc;
+  if (pc) {
+    pc.ontrack = pc.onconnectionstatechange = pc.oniceconnectionstatechange = null;
+    pc.onicegatheringstatechange = pc.onicecandidate = null;
+    pc.close();
+  }
+  const video = att.video;
+  if (video && video !== ui.video) {
+    video.srcObject = null;
+    video.remove();
+  }
+}
+
+// ---- signaling -----------------------------------------------------------
+//
+// One WebSocket per page, shared by its sessions (a viewer connection may
+// carry several; protocol.md). It only carries signaling: a session whose
+// media flows does not need it, so losing it never closes a peer
+// connection. It is reopened in the background after a capped, jittered
+// backoff: at most sigFastCapMs while connecting fails fast (a restarting
+// server refuses at once), sigCapMs when it hangs.
+
+const sig = {
+  ws: null,
+  gen: 0,          // one per socket; a session speaks on the one it started on
+  ready: false,    // hello seen on this socket
+  everReady: false,
+  startedAt: 0,
+  failures: 0,
+  timer: 0,        // reconnect timer
+  helloTimer: 0,
+  retryAt: 0,
+};
+
+function sigConnect() {
+  clearTimeout(sig.timer);
+  sig.timer = 0;
+  if (stopped || !deviceId || peercam.gaveUp || sig.ws) return;
+  sig.gen += 1;
+  sig.ready = false;
+  sig.startedAt = performance.now();
+  const gen = sig.gen;
+  let ws;
+  try {
+    ws = new WebSocket(signalingUrl());
+  } catch (err) {
+    console.warn("peercam: cannot open the signaling socket:", err);
+    sigSchedule(true);
+    return;
+  }
+  sig.ws = ws;
+  peercam.signaling = "connecting";
+  ws.onmessage = (ev) => {
+    if (sig.gen === gen) onSignal(ev.data);
+  };
+  ws.onclose = () => {
+    if (sig.gen === gen) sigDropped();
+  };
+  sig.helloTimer = setTimeout(() => {
+    if (sig.gen === gen && !sig.ready) sigDropped();
+  }, TIMING.helloMs);
+}
+
+function sigRelease() {
+  clearTimeout(sig.helloTimer);
+  sig.helloTimer = 0;
+  const ws = sig.ws;
+  sig.ws = null;
+  sig.ready = false;
+  if (ws) {
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(1000);
+    } catch (_) { /* already closing */ }
+  }
+}
+
+function sigClose() {
+  // On purpose (page hidden, other device, gave up): no reconnect.
+  clearTimeout(sig.timer);
+  sig.timer = 0;
+  sigRelease();
+  sig.failures = 0;
+  peercam.signaling = "closed";
+}
+
+function sigDropped() {
+  const fast = performance.now() - sig.startedAt < TIMING.sigFastFailMs;
+  const wasReady = sig.ready;
+  sigRelease();
+  if (wasReady) sig.failures = 0;
+  for (const att of [pending, live]) {
+    if (!att || att.closed || att.sigGen === 0) continue;
+    if (att.firstFrameAt === null && !att.answered) {
+      // Still negotiating: that cannot finish on a socket that is gone.
+      fail(att, new ViewerError("Lost the connection to the server."));
     }
-    deviceId = id;
-    ui.picker.hidden = true;
-    peercam.paired = storedPaired(id) ? true : null;
-    if (secret !== null) {
-      if (!PAIR_SECRET_RE.test(secret)) {
-        peercam.lastError = WORDS.badSecret;
-        setState("error");
-        return;
-      }
-      pairSecret = secret;
-    }
-    start();
+    // Otherwise the media needs no signaling: keep it.
   }
-
-  function onKey(ev) {
-    if (ev.target === ui.input || ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    if (ptzKeyDown(ev)) return;
-    // With a pan/tilt head, S is "tilt down" (WASD); I always toggles the overlay.
-    if (ev.key === "i" || ev.key === "I" || ev.key === "s" || ev.key === "S") toggleOverlay();
+  if (live && !live.trouble && wasReady) {
+    peercam.lastCause = "signaling lost (media kept)";
+    console.info("peercam: signaling lost; the video goes on, reconnecting in the background");
   }
+  sigSchedule(fast);
+}
 
-  function onStageClick(ev) {
-    if (ui.picker.contains(ev.target) || ui.ptz.contains(ev.target)) return;
-    toggleOverlay();
+function sigSchedule(fast) {
+  if (stopped || !deviceId || peercam.gaveUp) return;
+  const cap = fast ? TIMING.sigFastCapMs : TIMING.sigCapMs;
+  const ceiling = Math.min(cap, TIMING.sigBaseMs * 2 ** Math.min(sig.failures, 20));
+  sig.failures += 1;
+  // Jittered in the upper half: viewers that lost the same server spread out.
+  const delay = ceiling * (0.5 + Math.random() / 2);
+  sig.retryAt = performance.now() + delay;
+  sig.timer = setTimeout(sigConnect, delay);
+  peercam.signaling = "reconnecting";
+  render();
+}
+
+function sigReady() {
+  clearTimeout(sig.helloTimer);
+  sig.helloTimer = 0;
+  if (sig.everReady) peercam.signalingReconnects += 1;
+  sig.ready = true;
+  sig.everReady = true;
+  sig.failures = 0;
+  peercam.signaling = "connected";
+  const att = pending;
+  if (att && !att.closed && att.waiters.has("signaling")) {
+    att.sigGen = sig.gen;
+    deliver(att, "signaling", null);
   }
+  render();
+}
 
-  function onPageHide() {
-    // Sends bye for a live session, so the camera frees it at once.
-    stopped = true;
-    stopAll();
-    peercam.state = "closed";
+function sigCanSend(att) {
+  return sig.ready && att.sigGen === sig.gen && sig.ws !== null
+    && sig.ws.readyState === WebSocket.OPEN;
+}
+
+function signalingReady(att) {
+  if (sig.ready) {
+    att.sigGen = sig.gen;
+    return Promise.resolve();
   }
+  if (!sig.ws && !sig.timer) sigConnect();
+  return expect(att, "signaling", TIMING.signalWaitMs,
+    sig.everReady ? "Lost the connection to the server." : "Cannot reach the server.");
+}
 
-  function onPageShow(ev) {
-    // Back from the back/forward cache: the old sessions are gone, start over.
-    if (!ev.persisted) return;
-    stopped = false;
-    readFragment();
+function expect(att, type, ms, timeoutText) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimer(att, ms, () => fail(att, new ViewerError(timeoutText)));
+    att.waiters.set(type, { resolve, reject, timer });
+  });
+}
+
+function deliver(att, type, msg) {
+  const w = att.waiters.get(type);
+  if (!w) return;
+  att.waiters.delete(type);
+  clearTimer(att, w.timer);
+  w.resolve(msg);
+}
+
+function send(att, msg) {
+  if (!sigCanSend(att)) throw new ViewerError("Lost the connection to the server.");
+  sig.ws.send(JSON.stringify(msg));
+}
+
+function onSignal(data) {
+  if (typeof data !== "string") return;
+  let msg;
+  try {
+    msg = JSON.parse(data);
+  } catch (_) {
+    return; // the server only sends JSON; ignore noise rather than drop video
   }
-
-  function onVisibility() {
-    // Hidden, frame callbacks stop: nothing is on screen, so no gap counts,
-    // and only stats tell progress. Visible again: a fresh stall window while
-    // the callbacks start again.
-    lastShownAt = null;
-    if (document.visibilityState === "visible" && live && live.trouble === null) {
-      live.lastFrameAt = Math.max(live.lastFrameAt, performance.now());
-    }
+  if (!msg || typeof msg !== "object") return;
+  if (msg.type === "hello") {
+    sigReady();
+    return;
   }
-
-  function onOnline() {
-    // The network is back: do not sit out the rest of a backoff.
-    if (stopped || !deviceId || peercam.gaveUp) return;
-    if (sig.timer) {
-      sig.failures = 0;
-      sigConnect();
-    }
-    if (retryTimer) {
-      failures = 0;
-      startSession();
-    }
+  const att = sessionById(msg.session_id);
+  switch (msg.type) {
+    case "prepared":
+    case "paired":
+      if (att) deliver(att, msg.type, msg);
+      break;
+    case "answer":
+      if (att && typeof msg.sdp === "string") deliver(att, "answer", msg);
+      break;
+    case "bye":
+      if (att) onBye(att, typeof msg.reason === "string" ? msg.reason : "");
+      break;
+    case "error":
+      onServerError(att, msg);
+      break;
+    default:
+      break; // newer servers may add types; they are not for us
   }
+}
 
-  function init() {
-    const $ = (id) => document.getElementById(id);
-    ui = {
-      video: $("video"), notice: $("notice"), overlay: $("overlay"), stats: $("stats"),
-      picker: $("picker"), input: $("device-input"), pickerError: $("picker-error"),
-      ptz: $("ptz"), ptzStatus: $("ptz-status"), ptzSet: $("ptz-set"),
-      quality: $("quality"), qualityLayer: $("quality-layer"),
+function onBye(att, reason) {
+  att.sessionLive = false;  // the server has forgotten it: no bye back
+  if (att.firstFrameAt !== null) {
+    // Byes are not signed and the server is not trusted: for a session that
+    // shows video, "camera went offline" (or any reason) is advice. The
+    // media plane decides; if the camera is really gone, the frames stop.
+    att.advice = reason.slice(0, 120) || "session ended";
+    peercam.lastAdvice = att.advice;
+    console.info("peercam: the server ended session " + att.sessionId
+      + " (" + att.advice + "); keeping it while video flows");
+    render();
+    return;
+  }
+  fail(att, byeError(att, reason));
+}
+
+function byeError(att, reason) {
+  // The reason is relayed by the untrusted server: shown as text, and a
+  // refusal is only ever a reason to stop or slow down, never to trust more.
+  if (att.phase === "pair") {
+    return new ViewerError("The camera refused to pair with this browser"
+      + (reason ? " (" + reason + ")" : "")
+      + ". The pairing link may be wrong, used up or expired: ask the camera's owner for "
+      + "a new one (peercam pair on the camera) and open it here.",
+    "pair-refused", { state: "error", final: true });
+  }
+  if (/^not authorized/.test(reason)) {
+    setPaired(false);
+    return new ViewerError(WORDS.notPaired, "not-authorized", { state: "error", final: true });
+  }
+  if (/^stale/.test(reason)) {
+    return new ViewerError(WORDS.stale, "stale", { state: "error", slow: true });
+  }
+  return new ViewerError(reason
+    ? "The camera ended the session (" + reason + ")."
+    : "The camera ended the session.");
+}
+
+function onServerError(att, msg) {
+  const text = ERROR_WORDS[msg.code]
+    || "The server reported a problem" + (msg.code ? " (" + msg.code + ")." : ".");
+  // A rendezvous older than trickle ICE refuses "candidate" as an unknown
+  // type. This session's offer went without candidates; the next ones gather
+  // first and send one complete offer, as before (protocol.md).
+  const p = pending;
+  const t = p && p.trickle;
+  if (msg.code === "bad-message" && t && t.enabled && t.seq > 0
+      && /candidate/.test(String(msg.message || "")) && !trickleRefused) {
+    trickleRefused = true;
+    console.warn("peercam: the server refused a trickled candidate; sending complete offers");
+  }
+  // Errors without a session_id answer this connection's last message: the
+  // one session still negotiating. An "unknown-session" names its session
+  // in the message (a late candidate or bye of one the server ended).
+  let target = att;
+  if (!target && p && !p.answered) {
+    const aboutOther = msg.code === "unknown-session"
+      && !String(msg.message || "").includes(p.sessionId);
+    if (!aboutOther) target = p;
+  }
+  if (target && target.firstFrameAt === null) {
+    if (att) att.sessionLive = false;
+    fail(target, new ViewerError(text, msg.code));
+  } else {
+    // About a session that shows video, or about nothing we wait for: the
+    // stream is fine, so it is only noted.
+    peercam.lastError = text;
+    render();
+  }
+}
+
+// ---- WebRTC --------------------------------------------------------------
+
+function createPeer(att, iceServers) {
+  // Always explicit: an empty list means host candidates only (protocol.md).
+  const pc = new RTCPeerConnection({ iceServers: Array.isArray(iceServers) ? iceServers : [] });
+  att.pc = pc;
+  const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
+  preferH264(transceiver);
+  // Before createOffer: the SCTP m-line must be in the offer we sign.
+  openPtzChannel(att, pc);
+  openQualityChannel(att, pc);
+  pc.ontrack = (ev) => attachVideo(att, ev);
+  pc.onicecandidate = (ev) => onLocalCandidate(att, ev.candidate);
+  pc.onicegatheringstatechange = () => onGatheringState(att, pc);
+  pc.onconnectionstatechange = () => onConnectionState(att);
+  pc.oniceconnectionstatechange = () => onIceState(att);
+  const stats = setInterval(() => collectStats(att), TIMING.statsMs);
+  att.timers.add(stats);
+  return pc;
+}
+
+function preferH264(transceiver) {
+  // The camera sends H.264 passthrough (no re-encode), so offer H.264
+  // first; constrained baseline 42e01f with packetization-mode=1 is what
+  // every decoder handles. Other codecs stay listed after it.
+  if (typeof transceiver.setCodecPreferences !== "function"
+      || !window.RTCRtpReceiver || !RTCRtpReceiver.getCapabilities) return;
+  const caps = RTCRtpReceiver.getCapabilities("video");
+  if (!caps || !caps.codecs) return;
+  const rank = (c) => {
+    if (c.mimeType.toLowerCase() !== "video/h264") return 3;
+    const fmtp = (c.sdpFmtpLine || "").toLowerCase();
+    const pm1 = /packetization-mode=1/.test(fmtp);
+    if (pm1 && /profile-level-id=42e01f/.test(fmtp)) return 0;
+    return pm1 ? 1 : 2;
+  };
+  const ordered = caps.codecs
+    .map((c, i) => ({ c, i }))
+    .sort((a, b) => rank(a.c) - rank(b.c) || a.i - b.i)
+    .map((x) => x.c);
+  try {
+    transceiver.setCodecPreferences(ordered);
+  } catch (_) {
+    // Some browsers refuse certain lists; the default order still works.
+  }
+}
+
+function iceGatheringDone(att, pc) {
+  // Non-trickle fallback: the offer must carry the candidates. If a STUN/TURN
+  // server is slow, go with what we have after iceGatherMs.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") finish();
     };
-    ui.quality.addEventListener("click", onQualityClick);
-    ui.cells = buildOverlay();
-    if (!window.RTCPeerConnection || !window.WebSocket || !window.crypto) {
-      peercam.lastError = "This browser cannot play WebRTC video.";
-      setState("error");
-      return;
-    }
-    // crypto.subtle exists only in a secure context; without it there is no
-    // viewer key, and plain http would let anyone on the path swap this page.
-    if (!window.isSecureContext || !crypto.subtle || typeof BigInt !== "function") {
-      peercam.lastError = WORDS.insecure;
-      setState("error");
-      return;
-    }
-    viewerKey().catch(() => { /* reported by the session that needs it */ });
-    ui.picker.addEventListener("submit", onPick);
-    ui.stage = $("stage");
-    ui.stage.addEventListener("click", onStageClick);
-    document.addEventListener("keydown", onKey);
-    initPtz();
-    window.addEventListener("hashchange", readFragment);
-    window.addEventListener("pagehide", onPageHide);
-    window.addEventListener("pageshow", onPageShow);
-    window.addEventListener("online", onOnline);
-    document.addEventListener("visibilitychange", onVisibility);
-    // Refresh the overlay's countdown even while no stats are flowing.
-    setInterval(render, TIMING.statsMs);
-    setInterval(watchdog, TIMING.watchdogMs);
-    readFragment();
-  }
+    const finish = () => {
+      clearTimer(att, timer);
+      pc.removeEventListener("icegatheringstatechange", done);
+      resolve();
+    };
+    const timer = setTimer(att, TIMING.iceGatherMs, finish);
+    pc.addEventListener("icegatheringstatechange", done);
+  });
+}
 
-  init();
-})();
+function attachVideo(att, ev) {
+  if (att.closed) return;
+  const video = att.video;
+  video.srcObject = (ev.streams && ev.streams[0]) || new MediaStream([ev.track]);
+  // muted + playsinline autoplay is allowed everywhere; play() covers
+  // browsers that do not start a srcObject swap by themselves.
+  const p = video.play();
+  if (p && p.catch) p.catch(() => {});
+  watchFrames(att, video);
+  // The camera closing its end (DTLS close_notify: session ended, agent
+  // stopped) is the quickest sign the media is gone.
+  const transport = ev.receiver && ev.receiver.transport;
+  if (transport && "onstatechange" in transport) {
+    transport.addEventListener("statechange", () => {
+      if (transport.state === "closed") mediaLost(att, "camera closed the connection");
+      else if (transport.state === "failed") mediaLost(att, "DTLS failed");
+    });
+  }
+}
+
+function watchFrames(att, video) {
+  if (typeof video.requestVideoFrameCallback === "function") {
+    // Fires when a decoded frame is handed to the compositor: the closest
+    // a page gets to "the user sees video". Stats cover hidden pages.
+    const onFrame = (now) => {
+      if (att.closed) return;
+      att.frameCallbacks = document.visibilityState !== "hidden";
+      frameShown(att, now);
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+    return;
+  }
+  const once = () => {
+    video.removeEventListener("playing", once);
+    video.removeEventListener("resize", once);
+    frameShown(att, performance.now());
+  };
+  video.addEventListener("playing", once);
+  video.addEventListener("resize", once);
+}
+
+function frameShown(att, now) {
+  // A new frame of att's video: its first one may promote it, and the gaps
+  // between frames on screen (across a swap too) are what the viewer sees.
+  if (att.closed) return;
+  att.lastFrameAt = Math.max(att.lastFrameAt, now);
+  if (att.firstFrameAt === null) onFirstFrame(att);
+  if (att === live && isStalled(att)) recovered(att);
+  if (att !== live) return;
+  if (lastShownAt !== null) {
+    peercam.maxFrameGapMs = Math.max(peercam.maxFrameGapMs, Math.round(now - lastShownAt));
+  }
+  lastShownAt = Math.max(lastShownAt || 0, now);
+}
+
+function isStalled(att) {
+  // Only a stall can end by itself; a failed or closed connection cannot.
+  return att.trouble !== null && att.trouble.startsWith("stall");
+}
+
+function onFirstFrame(att) {
+  if (att.closed || att.firstFrameAt !== null) return;
+  att.firstFrameAt = performance.now();
+  att.lastFrameAt = att.firstFrameAt;
+  setFigure(att, "ttffMs", Math.round(att.firstFrameAt - att.startedAt));
+  mark(att, "firstFrame");
+  if (att === pending) promote(att);
+  if (deviceId) markSeen(deviceId);
+}
+
+function onConnectionState(att) {
+  const state = att.pc.connectionState;
+  if (state === "connected") {
+    mark(att, "connected");
+    if (att === shown() && att.firstFrameAt === null && peercam.state !== "error") {
+      setState("connected");
+    }
+  } else if (state === "failed") {
+    mediaLost(att, "ICE failed");
+  } else if (state === "closed") {
+    mediaLost(att, "connection closed");
+  }
+}
+
+function onIceState(att) {
+  const state = att.pc.iceConnectionState;
+  if (state === "failed") mediaLost(att, "ICE failed");
+  else if (state === "closed") mediaLost(att, "connection closed");
+  else if ((state === "connected" || state === "completed")
+    && att.pc.connectionState === undefined && att === shown()) {
+    setState("connected");  // browsers without connectionState report progress only here
+  }
+}
+
+function mediaLost(att, cause) {
+  // The media plane's verdict: this session's media is gone for good.
+  if (att.closed) return;
+  if (att === live) {
+    heal(att, cause);
+  } else {
+    fail(att, new ViewerError(cause === "ICE failed"
+      ? "The network path to the camera failed."
+      : "The connection to the camera closed (" + cause + ")."));
+  }
+}
+
+function watchdog() {
+  // A live session with no new frame for stallMs (longer while the page is
+  // hidden: frame callbacks stop and only stats tell) is stalled.
+  const att = live;
+  if (!att || att.closed || att.trouble !== null || peercam.gaveUp) return;
+  const limit = document.visibilityState === "hidden" ? TIMING.stallHiddenMs : TIMING.stallMs;
+  if (performance.now() - att.lastFrameAt > limit) {
+    heal(att, "stall " + (limit / 1000).toFixed(1) + " s");
+  }
+}
+
+// ---- statistics ----------------------------------------------------------
+
+async function collectStats(att) {
+  if (att.closed || !att.pc) return;
+  let report;
+  try {
+    report = await att.pc.getStats();
+  } catch (_) {
+    return;
+  }
+  if (att.closed) return;
+  const inbound = findInboundVideo(report);
+  const pair = findSelectedPair(report);
+  applyPair(att, report, pair);
+  if (inbound) applyInbound(att, report, inbound);
+  if (att === shown()) {
+    Object.assign(peercam, att.figures);
+    render();
+  }
+}
+
+function findInboundVideo(report) {
+  let found = null;
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "video") found = s;
+  });
+  return found;
+}
+
+function findSelectedPair(report) {
+  // Spec way first (transport.selectedCandidatePairId), then Firefox's
+  // "selected", then the nominated pair that succeeded.
+  let pair = null;
+  const pairs = [];
+  report.forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId && !pair) {
+      pair = report.get(s.selectedCandidatePairId) || null;
+    } else if (s.type === "candidate-pair") {
+      pairs.push(s);
+    }
+  });
+  return pair
+    || pairs.find((p) => p.selected)
+    || pairs.find((p) => p.nominated && p.state === "succeeded")
+    || null;
+}
+
+function applyPair(att, report, pair) {
+  const f = att.figures;
+  const local = pair && report.get(pair.localCandidateId);
+  const remote = pair && report.get(pair.remoteCandidateId);
+  f.localCandidateType = (local && local.candidateType) || null;
+  f.remoteCandidateType = (remote && remote.candidateType) || null;
+  f.remoteAddress = (remote && (remote.address || remote.ip)) || null;
+  f.rttMs = pair && typeof pair.currentRoundTripTime === "number"
+    ? Math.round(pair.currentRoundTripTime * 1000 * 10) / 10 : null;
+  att.extra.protocol = (local && (local.relayProtocol || local.protocol)) || null;
+}
+
+function applyInbound(att, report, s) {
+  const f = att.figures;
+  const now = s.timestamp;
+  const frames = s.framesDecoded || 0;
+  const bytes = s.bytesReceived || 0;
+  const prev = att.prev;
+  if (prev && now > prev.now) {
+    const dt = now - prev.now; // ms
+    f.bitrateKbps = Math.round(((bytes - prev.bytes) * 8) / dt); // bits/ms = kbit/s
+    if (typeof s.framesPerSecond !== "number") {
+      f.fps = Math.round(((frames - prev.frames) * 1000 / dt) * 10) / 10;
+    }
+  }
+  if (typeof s.framesPerSecond === "number") f.fps = s.framesPerSecond;
+  if (frames > f.framesDecoded
+      && (!att.frameCallbacks || document.visibilityState === "hidden")) {
+    // Only where frame callbacks do not run (no API, hidden page): this
+    // sample is up to statsMs late, the callbacks are not.
+    att.lastFrameAt = performance.now();
+    if (att === live && isStalled(att)) recovered(att);
+  }
+  f.framesDecoded = frames;
+  // Glass-to-glass latency is not observable here; what the network and the
+  // jitter buffer add is: half the round trip plus the buffer's average hold.
+  const jbDelay = s.jitterBufferDelay || 0;
+  const jbCount = s.jitterBufferEmittedCount || 0;
+  if (prev && jbCount > prev.jbCount && f.rttMs !== null) {
+    const hold = ((jbDelay - prev.jbDelay) / (jbCount - prev.jbCount)) * 1000;
+    f.latencyMs = Math.round(f.rttMs / 2 + hold);
+  }
+  att.prev = { now, frames, bytes, jbDelay, jbCount };
+  const w = s.frameWidth || att.video.videoWidth;
+  const h = s.frameHeight || att.video.videoHeight;
+  att.extra.resolution = w && h ? w + "×" + h : null;
+  const codec = s.codecId && report.get(s.codecId);
+  att.extra.codec = codec ? codec.mimeType.replace(/^video\//, "") : null;
+  // Fallback first-frame signal, e.g. when the tab is hidden and no frame
+  // callbacks run; a decoded frame still proves the stream works.
+  if (frames > 0) onFirstFrame(att);
+}
+
+// ---- UI ------------------------------------------------------------------
+
+const ROWS = [
+  ["state", "State"],
+  ["path", "Path"],
+  ["rtt", "RTT"],
+  ["latency", "Latency"],
+  ["fps", "Frame rate"],
+  ["bitrate", "Bitrate"],
+  ["frames", "Decoded"],
+  ["resolution", "Size"],
+  ["codec", "Codec"],
+  ["ttff", "First frame"],
+  ["reconnects", "Reconnects"],
+  ["cause", "Last cause"],
+  ["gap", "Longest gap"],
+  ["signaling", "Signaling"],
+  ["device", "Device"],
+  ["error", "Last error"],
+];
+
+function setState(state) {
+  peercam.state = state;
+  render();
+}
+
+function stateText() {
+  const s = peercam.state;
+  if (s === "reconnecting" && retryTimer) {
+    const secs = Math.max(0, (retryAt - performance.now()) / 1000);
+    return "reconnecting in " + secs.toFixed(1) + " s";
+  }
+  return s;
+}
+
+function overlayValues() {
+  const p = peercam;
+  const dash = "–";
+  const path = p.localCandidateType
+    ? p.localCandidateType + " ↔ " + (p.remoteCandidateType || "?")
+      + (extra.protocol ? " (" + extra.protocol + ")" : "")
+    : dash;
+  return {
+    state: stateText(),
+    path,
+    rtt: p.rttMs === null ? dash : p.rttMs + " ms",
+    latency: p.latencyMs === null ? dash : "~" + p.latencyMs + " ms (RTT/2 + jitter buffer)",
+    fps: p.fps === null ? dash : String(p.fps),
+    bitrate: p.bitrateKbps === null ? dash : p.bitrateKbps + " kbit/s",
+    frames: String(p.framesDecoded),
+    resolution: extra.resolution || dash,
+    codec: extra.codec || dash,
+    ttff: p.ttffMs === null ? dash : p.ttffMs + " ms",
+    reconnects: String(p.reconnects),
+    cause: p.lastCause || dash,
+    gap: p.maxFrameGapMs ? p.maxFrameGapMs + " ms" : dash,
+    signaling: signalingText(),
+    device: deviceId || dash,
+    error: p.lastError || dash,
+  };
+}
+
+function signalingText() {
+  const s = peercam.signaling;
+  if (s === "reconnecting" && sig.timer) {
+    const secs = Math.max(0, (sig.retryAt - performance.now()) / 1000);
+    return (live ? "lost (media kept), " : "lost, ") + "retry in " + secs.toFixed(1) + " s";
+  }
+  return s;
+}
+
+function noticeText() {
+  const s = peercam.state;
+  if (s === "connected" && live) return null;
+  if (s === "connected") return "Connected. Waiting for video…";
+  if (s === "connecting") return "Connecting to the camera…";
+  if (s === "reconnecting") {
+    // With the last picture still up, a short line; without it, why and when.
+    if (live && pending) return "Reconnecting (" + (peercam.lastCause || "…") + ")…";
+    const why = peercam.lastError ? peercam.lastError + " " : "";
+    return why + retryText();
+  }
+  if (s === "error") {
+    // An error that is being retried says so; a final one (bad link, no
+    // secure context) does not.
+    const why = peercam.lastError || "Something went wrong.";
+    return pending || retryTimer ? why + " " + retryText() : why;
+  }
+  return null;
+}
+
+function retryText() {
+  if (!retryTimer) return "Trying again…";
+  const secs = Math.ceil(Math.max(0, retryAt - performance.now()) / 1000);
+  return secs > 1 ? "Trying again in " + secs + " s." : "Trying again…";
+}
+
+function render() {
+  if (!ui) return;
+  const text = noticeText();
+  ui.notice.hidden = text === null;
+  if (text !== null) ui.notice.textContent = text;
+  ui.notice.classList.toggle("error", peercam.state === "error");
+  renderBadge(peercam, Boolean(deviceId));
+  if (ui.overlay.hidden) return;
+  const values = overlayValues();
+  for (const [key] of ROWS) ui.cells[key].textContent = values[key];
+}
+
+function buildOverlay() {
+  const cells = {};
+  for (const [key, label] of ROWS) {
+    const dt = document.createElement("dt");
+    dt.textContent = label;
+    const dd = document.createElement("dd");
+    dd.dataset.key = key;
+    ui.stats.append(dt, dd);
+    cells[key] = dd;
+  }
+  return cells;
+}
+
+function toggleOverlay() {
+  ui.overlay.hidden = !ui.overlay.hidden;
+  render();
+}
+
+function showHome(message) {
+  // No camera chosen (or a bad link): the list of cameras.
+  ui.notice.hidden = true;
+  ui.controls.hidden = true;
+  ui.listError.textContent = message || "";
+  showList(true);
+  render();
+}
+
+function watch(id, secret) {
+  // From the list: open a camera (and pair with it, given a pairing secret).
+  // Kept in the fragment, as a link would be: hashchange starts watching.
+  location.hash = "device=" + id + (secret ? "&pair=" + encodeURIComponent(secret) : "");
+}
+
+function cameraName() {
+  const camera = cameras().find((c) => c.id === deviceId);
+  return camera ? camera.name : "camera";
+}
+
+// ---- page wiring ---------------------------------------------------------
+
+function stopAll() {
+  // Byes for the live sessions first, then the socket goes.
+  clearTimeout(retryTimer);
+  retryTimer = 0;
+  for (const att of [pending, live]) if (att) teardown(att);
+  pending = null;
+  live = null;
+  sigClose();
+}
+
+function readFragment() {
+  const params = fragmentParams();
+  const raw = params.get("device");
+  const secret = params.get("pair");
+  stopPlayer();  // a clip under way is saved first; the zoom starts over
+  stopAll();
+  resetStats();
+  // A different camera (or none): do not leave the last one's picture up.
+  ui.video.srcObject = null;
+  failures = 0;
+  lastShownAt = null;
+  Object.assign(peercam, {
+    reconnects: 0, lastCause: null, lastAdvice: null, sessions: 0, maxFrameGapMs: 0,
+    signalingReconnects: 0,
+  });
+  sig.everReady = false;
+  peercam.lastError = null;
+  peercam.state = "idle";  // a refusal shown for the last link does not carry over
+  peercam.paired = null;
+  pairSecret = null;
+  if (!raw) {
+    deviceId = null;
+    setState("idle");
+    showHome("");
+    return;
+  }
+  const id = normalizeDeviceId(raw);
+  if (!id) {
+    deviceId = null;
+    peercam.lastError = "The link does not hold a valid device ID.";
+    setState("error");
+    showHome(peercam.lastError);
+    return;
+  }
+  deviceId = id;
+  showList(false);
+  ui.controls.hidden = false;
+  remember(id);
+  peercam.paired = storedPaired(id) ? true : null;
+  if (secret !== null) {
+    if (!PAIR_SECRET_RE.test(secret)) {
+      peercam.lastError = WORDS.badSecret;
+      setState("error");
+      return;
+    }
+    pairSecret = secret;
+  }
+  start();
+}
+
+function onKey(ev) {
+  if (ev.target.closest("input, textarea") || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (!deviceId) return;
+  if (ev.key === "f" || ev.key === "F") {
+    toggleFullscreen();
+    return;
+  }
+  if (ptzKeyDown(ev)) return;
+  // With a pan/tilt head, S is "tilt down" (WASD); I always toggles the overlay.
+  if (ev.key === "i" || ev.key === "I" || ev.key === "s" || ev.key === "S") toggleOverlay();
+}
+
+function onPageHide() {
+  // Sends bye for a live session, so the camera frees it at once.
+  stopped = true;
+  stopAll();
+  peercam.state = "closed";
+}
+
+function onPageShow(ev) {
+  // Back from the back/forward cache: the old sessions are gone, start over.
+  if (!ev.persisted) return;
+  stopped = false;
+  readFragment();
+}
+
+function onVisibility() {
+  // Hidden, frame callbacks stop: nothing is on screen, so no gap counts,
+  // and only stats tell progress. Visible again: a fresh stall window while
+  // the callbacks start again.
+  lastShownAt = null;
+  if (document.visibilityState === "visible" && live && live.trouble === null) {
+    live.lastFrameAt = Math.max(live.lastFrameAt, performance.now());
+  }
+}
+
+function onOnline() {
+  // The network is back: do not sit out the rest of a backoff.
+  if (stopped || !deviceId || peercam.gaveUp) return;
+  if (sig.timer) {
+    sig.failures = 0;
+    sigConnect();
+  }
+  if (retryTimer) {
+    failures = 0;
+    startSession();
+  }
+}
+
+function registerServiceWorker() {
+  // Installable app: the worker caches the page's own files (never video,
+  // keys or signaling) so the home-screen icon opens even offline.
+  if (!("serviceWorker" in navigator)) return;
+  navigator.serviceWorker.register("sw.js").then(() => {
+    peercam.serviceWorker = true;
+  }, (err) => {
+    peercam.serviceWorker = false;
+    console.info("peercam: no service worker:", (err && err.message) || err);
+  });
+}
+
+function init() {
+  const $ = (id) => document.getElementById(id);
+  ui = {
+    video: $("video"), notice: $("notice"), overlay: $("overlay"), stats: $("stats"),
+    controls: $("controls"), listError: $("list-error"),
+  };
+  ui.cells = buildOverlay();
+  if (!window.RTCPeerConnection || !window.WebSocket || !window.crypto) {
+    peercam.lastError = "This browser cannot play WebRTC video.";
+    setState("error");
+    return;
+  }
+  // crypto.subtle exists only in a secure context; without it there is no
+  // viewer key, and plain http would let anyone on the path swap this page.
+  if (!window.isSecureContext || !crypto.subtle || typeof BigInt !== "function") {
+    peercam.lastError = WORDS.insecure;
+    setState("error");
+    return;
+  }
+  viewerKey().catch(() => { /* reported by the session that needs it */ });
+  registerServiceWorker();
+  ui.stage = $("stage");
+  initList(watch);
+  initPlayer({
+    stage: ui.stage, zoomBox: $("zoom"), video: () => ui.video, name: cameraName,
+    onTap: () => {
+      if (deviceId) toggleOverlay();
+    },
+  });
+  $("btn-back").addEventListener("click", () => { location.hash = ""; });
+  document.addEventListener("keydown", onKey);
+  initControls({ live: () => live, pending: () => pending });
+  window.addEventListener("hashchange", readFragment);
+  window.addEventListener("pagehide", onPageHide);
+  window.addEventListener("pageshow", onPageShow);
+  window.addEventListener("online", onOnline);
+  document.addEventListener("visibilitychange", onVisibility);
+  // Refresh the overlay's countdown even while no stats are flowing.
+  setInterval(render, TIMING.statsMs);
+  setInterval(watchdog, TIMING.watchdogMs);
+  readFragment();
+}
+
+init();
