@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import scaled
-
-PEERCAM = [sys.executable, "-m", "camera.cli"]
+from tests.e2e.cli_processes import PEERCAM, first_line, reaped, spawn, stop
 
 
 @pytest.fixture(autouse=True)
@@ -28,37 +25,9 @@ def env(viewer_dir: Path) -> dict[str, str]:
 ENV: dict[str, str] = {}
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*PEERCAM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
-
-
-def first_line(proc: subprocess.Popen[str], prefix: str) -> str:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(prefix):
-            return line.split(None, 1)[1].strip()
-    raise AssertionError(f"no {prefix} line; stderr: {proc.stderr.read() if proc.stderr else ''}")
-
-
-def stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(scaled(15))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError("process did not stop on SIGINT") from None
-
-
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    yield from reaped()
 
 
 def view(*args: str) -> subprocess.CompletedProcess[str]:
@@ -69,11 +38,11 @@ def view(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rendezvous_camera_and_view_processes(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    rendezvous = spawn("rendezvous", "--listen", "127.0.0.1:0")
+    rendezvous = spawn(ENV, "rendezvous", "--listen", "127.0.0.1:0")
     processes.append(rendezvous)
     port = first_line(rendezvous, "LISTENING").rsplit(":", 1)[1]
     url = f"ws://127.0.0.1:{port}"
-    camera = spawn("camera", "--rendezvous", url, "--source", "testpattern",
+    camera = spawn(ENV, "camera", "--rendezvous", url, "--source", "testpattern",
                    "--state-dir", str(tmp_path), "--width", "320", "--height", "240")
     processes.append(camera)
     device = first_line(camera, "DEVICE")
@@ -128,7 +97,7 @@ def test_rendezvous_camera_and_view_processes(
 def test_demo_prints_a_viewer_link_that_plays(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    demo = spawn("demo", "--host", "127.0.0.1", "--port", "0", "--state-dir", str(tmp_path),
+    demo = spawn(ENV, "demo", "--host", "127.0.0.1", "--port", "0", "--state-dir", str(tmp_path),
                  "--width", "320", "--height", "240")
     processes.append(demo)
     link = first_line(demo, "VIEWER")
@@ -152,7 +121,7 @@ def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
 def test_demo_with_tls_serves_https_with_its_own_certificate(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    demo = spawn("demo", "--tls", "--host", "127.0.0.1", "--port", "0", "--state-dir",
+    demo = spawn(ENV, "demo", "--tls", "--host", "127.0.0.1", "--port", "0", "--state-dir",
                  str(tmp_path), "--width", "320", "--height", "240")
     processes.append(demo)
     link = first_line(demo, "VIEWER")

@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +24,7 @@ from camera.acl import ViewerACL
 from camera.cli import exits
 from camera.client.viewer import ViewerIdentity
 from tests.conftest import scaled
-
-PEERCAM = [sys.executable, "-m", "camera.cli"]
+from tests.e2e.cli_processes import PEERCAM, first_line, reaped, spawn, stop
 
 
 @pytest.fixture
@@ -40,30 +38,12 @@ def env(viewer_dir: Path, runtime_dir: Path, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    yield from reaped()
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*PEERCAM, *args], capture_output=True, text=True, env=env,
                           timeout=scaled(timeout))
-
-
-def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*PEERCAM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-
-
-def first_line(proc: subprocess.Popen[str], prefix: str) -> str:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(prefix):
-            return line.split(None, 1)[1].strip()
-    raise AssertionError(f"no {prefix} line; stderr: {proc.stderr.read() if proc.stderr else ''}")
 
 
 def one_line(result: subprocess.CompletedProcess[str], status: int, *fragments: str) -> str:
@@ -83,11 +63,6 @@ def demo(env: dict[str, str], processes: list[subprocess.Popen[str]], state: Pat
                  "--width", "320", "--height", "240", *extra)
     processes.append(proc)
     return proc, first_line(proc, "VIEWER")
-
-
-def stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGINT)
-    return proc.wait(scaled(15))
 
 
 # --- ports ---------------------------------------------------------------------------------
