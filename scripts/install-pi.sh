@@ -28,6 +28,9 @@ usage: install-pi.sh --rendezvous URL [options]
   --prefix DIR       install directory (default: /opt/peercam; venv in DIR/venv)
   --with-rendezvous  also enable and start peercam-rendezvous.service
   --with-stun        also enable and start peercam-stun.service
+  --with-whep        also enable and start peercam-whep.service (the WHEP
+                     gateway for Home Assistant and other players; settings in
+                     /etc/peercam/whep.toml)
   --pair             open a pairing window even if the device already has a key
   --dry-run          print every action, change nothing
   --root DIR         install files under DIR (an image or a test tree): no apt,
@@ -46,7 +49,7 @@ die() { echo "install-pi: $*" >&2; exit 2; }
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rendezvous="" source_name=picamera2 user=peercam prefix=/opt/peercam root=""
 dry_run=0 do_apt=1 do_user=1 do_venv=1 do_systemctl=1
-with_rendezvous=0 with_stun=0 force_pair=0
+with_rendezvous=0 with_stun=0 with_whep=0 force_pair=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
         --root=*) root=${1#*=} ;;
         --with-rendezvous) with_rendezvous=1 ;;
         --with-stun) with_stun=1 ;;
+        --with-whep) with_whep=1 ;;
         --pair) force_pair=1 ;;
         --dry-run) dry_run=1 ;;
         --no-apt) do_apt=0 ;;
@@ -113,7 +117,7 @@ peercam=$venv/bin/peercam
 state_dir=/var/lib/peercam
 config=/etc/peercam/camera.toml
 groups=(video gpio dialout)
-units=(peercam-camera.service peercam-rendezvous.service peercam-stun.service)
+units=(peercam-camera.service peercam-rendezvous.service peercam-stun.service peercam-whep.service)
 if [ ! -e "$root$config" ] && [ -z "$rendezvous" ]; then
     die "first install: --rendezvous URL is needed (the camera registers there)"
 fi
@@ -304,6 +308,8 @@ for name in camera rendezvous stun; do
     [ "$name" = rendezvous ] && from="$work/rendezvous.env"
     put_file "$from" "/etc/peercam/$name.env" 0644 "systemd/$name.env" once || true
 done
+# The WHEP gateway's settings (its state directory is the unit's StateDirectory=).
+put_file "$src/systemd/whep.toml" /etc/peercam/whep.toml 0644 systemd/whep.toml once || true
 
 # --- 5. state directory --------------------------------------------------------
 # systemd (StateDirectory=) owns it from the first start; it must exist now,
@@ -363,6 +369,7 @@ fi
 enable=(peercam-camera.service)
 [ "$with_rendezvous" -eq 1 ] && enable+=(peercam-rendezvous.service)
 [ "$with_stun" -eq 1 ] && enable+=(peercam-stun.service)
+[ "$with_whep" -eq 1 ] && enable+=(peercam-whep.service)
 if [ "$do_systemctl" -eq 0 ]; then
     skip "systemctl: --no-systemctl"
 elif [ "$offline" -eq 1 ]; then
@@ -405,6 +412,10 @@ if [ "$identity" -eq 1 ]; then
     else
         say "pair a viewer: sudo -u $user peercam pair"
     fi
+fi
+if [ "$with_whep" -eq 1 ] && [ "$dry_run" -eq 0 ]; then
+    say "WHEP gateway: sudo -u $user peercam whep pair --config /etc/peercam/whep.toml 'LINK'," \
+        "then systemctl restart peercam-whep"
 fi
 
 # --- Summary --------------------------------------------------------------------------

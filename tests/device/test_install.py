@@ -28,7 +28,8 @@ from camera.sources.base import VideoSettings
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts/install-pi.sh"
 SHIPPED_CONFIG = REPO / "systemd/camera.toml"
-UNITS = ("peercam-camera.service", "peercam-rendezvous.service", "peercam-stun.service")
+UNITS = ("peercam-camera.service", "peercam-rendezvous.service", "peercam-stun.service",
+         "peercam-whep.service")
 ENV_FILES = ("camera.env", "rendezvous.env", "stun.env")
 SETTING = re.compile(r"^# ([a-z_]+) = (.+)$")
 """A commented-out setting in the shipped config (explanations never look like this)."""
@@ -104,7 +105,7 @@ def test_dry_run_into_an_empty_root_prints_every_action_and_changes_nothing(
     root.mkdir()
     user = f"pcdry{secrets.token_hex(3)}"
     result = install("--dry-run", "--root", root, "--rendezvous", "wss://cam.example.net",
-                     "--user", user, "--with-rendezvous", "--with-stun")
+                     "--user", user, "--with-rendezvous", "--with-stun", "--with-whep")
     assert result.returncode == 0, result.stderr
     out = lines(result)
     expected = [
@@ -117,6 +118,7 @@ def test_dry_run_into_an_empty_root_prints_every_action_and_changes_nothing(
         f"[dry-run] install -D -m 0644 systemd/camera.toml {root}/etc/peercam/camera.toml",
         *(f"[dry-run] install -D -m 0644 systemd/{name} {root}/etc/peercam/{name}"
           for name in ENV_FILES),
+        f"[dry-run] install -D -m 0644 systemd/whep.toml {root}/etc/peercam/whep.toml",
         f"[dry-run] install -d -m 0700 -o {user} -g {user} {root}/var/lib/peercam",
         *(f"[dry-run] install -D -m 0644 systemd/{unit} {root}/etc/systemd/system/{unit}"
           for unit in UNITS),
@@ -190,6 +192,8 @@ def test_install_into_a_fake_root_then_a_rerun_changes_nothing(tmp_path: Path) -
                                       "PEERCAM_SERVER_NAME=cam.example.net")
             assert "\nPEERCAM_SERVER_NAME=cam.example.net\n" in shipped
         assert (root / "etc/peercam" / name).read_text() == shipped
+    whep = root / "etc/peercam/whep.toml"  # the gateway's settings, as shipped
+    assert whep.read_text() == (REPO / "systemd/whep.toml").read_text()
     config_path = root / "etc/peercam/camera.toml"
     config = load_camera_config(config_path)
     assert config.rendezvous == "wss://cam.example.net"

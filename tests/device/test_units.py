@@ -6,6 +6,7 @@ Measured with systemd 252 (Debian 12), ``systemd-analyze security --offline=yes`
     peercam-camera.service      1.6   budget 1.7
     peercam-rendezvous.service  1.4   budget 1.5
     peercam-stun.service        1.1   budget 1.2
+    peercam-whep.service        1.1   budget 1.2
 
 Each budget is the measured value plus one step of the printed precision: the
 smallest loosening that shows (dropping NoNewPrivileges= or ProtectSystem=
@@ -34,6 +35,7 @@ BUDGETS = {
     "peercam-camera.service": 1.7,
     "peercam-rendezvous.service": 1.5,
     "peercam-stun.service": 1.2,
+    "peercam-whep.service": 1.2,
 }
 RESTART_ALLOWANCE = 5.0
 """Seconds one in-process source restart may take (picamera2 close + open on a Pi Zero 2 W)."""
@@ -226,3 +228,28 @@ def test_rendezvous_may_bind_443_and_nothing_more() -> None:
     assert one(unit, "Service", "AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
     # A missing LoadCredential= file fails the start: TLS/TURN credentials go in a drop-in.
     assert "LoadCredential" not in directives(unit)["Service"]
+
+
+def test_whep_unit_and_its_config_agree(tmp_path: Path) -> None:
+    """The unit's state directory is the shipped config's; the service user can pair it."""
+    from camera.client.whep_config import DEFAULT_CONFIG, load_config
+
+    unit = "peercam-whep.service"
+    assert one(unit, "Service", "ExecStart").endswith(
+        f"peercam whep serve --config {DEFAULT_CONFIG}")
+    assert one(unit, "Service", "User") == "peercam"  # the installer's service user
+    assert one(unit, "Service", "StateDirectoryMode") == "0700"
+    assert one(unit, "Service", "CapabilityBoundingSet") == ""  # port 8889: no privilege
+    config = load_config(SYSTEMD / "whep.toml")
+    assert config.state_dir == Path("/var/lib") / one(unit, "Service", "StateDirectory")
+    assert config.listen == ("127.0.0.1", 8889)  # loopback unless the owner says otherwise
+    assert config.cameras == ()
+    # Every commented example in it is valid once uncommented.
+    lines = (SYSTEMD / "whep.toml").read_text().splitlines()
+    setting = re.compile(r"^# ([a-z_]+ = |\[cameras\.)")
+    uncommented = [line[2:] if setting.match(line) else line for line in lines]
+    example = tmp_path / "whep.toml"
+    example.write_text("\n".join(uncommented) + "\n")
+    full = load_config(example)
+    assert [c.name for c in full.cameras] == ["front"]
+    assert full.cors_origins == ("https://ha.example",)
