@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,12 @@ from camera.sources.base import Layer
 
 
 async def camera_main(args: argparse.Namespace) -> None:
+    for name in filter(None, os.environ.get("PEERCAM_BENCH_DEBUG", "").split(",")):
+        # Debug lines of these loggers on stderr (e.g. camera.quality's ladder samples).
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(created).3f %(name)s %(message)s"))
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.DEBUG)
     if not args.any_address:
         pin_loopback()
     from camera.agent import CameraAgent

@@ -4,26 +4,32 @@
 half of Google Congestion Control (draft-ietf-rmcat-gcc-02, section 6): what the
 viewer's RTCP receiver reports say it lost over a sliding window decides.
 
-* Loss above ``down_loss`` (10 %) over the window, in two evaluations running:
-  go down a layer.
-* On a lower layer, loss under ``up_loss`` (2 %) for ``up_after`` seconds: probe
-  up (the move happens at the upper layer's next IDR).
+* Loss above ``down_loss`` (10 %) over the window, in two evaluations running,
+  *and* signs of congestion: go down a layer. Congestion is loss of
+  ``congestion_loss`` (20 %) or more (a policer dropping what does not fit), or
+  a round-trip time ``rtt_rise`` (15 ms) or more over its floor of the last
+  ``rtt_floor_window`` seconds (a queue building at the bottleneck). Random
+  loss (Wi-Fi, a few percent with a flat RTT) demotes nobody: a smaller layer
+  would lose the same share of its packets, and NACK recovers them.
+* On a lower layer, loss under ``up_loss`` (2 %), or under ``down_loss`` with a
+  flat RTT (random loss, no queue), for ``up_after`` seconds: probe up (the
+  move happens at the upper layer's next IDR).
 * A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
-  taking effect (or, with the caller's :meth:`LadderController.picture_lost`, a
+  taking effect, with congestion or ``probe_loss`` more than the lower layer lost
+  before it (or, with the caller's :meth:`LadderController.picture_lost`, a
   picture loss the viewer reports right away) is reverted, and the next probe
   waits twice as long (up to ``max_up_after``, so a viewer whose link got
   better is back up within about ``window + max_up_after`` seconds). A probe
   that survives resets the wait.
-* Between 2 % and 10 % nothing moves: the gap is the hysteresis that keeps
-  steady random loss (Wi-Fi) from flapping a viewer between layers.
+* Between the thresholds nothing moves: the gap is the hysteresis that keeps
+  steady random loss from flapping a viewer between layers.
 
 It decides nothing without evidence: a window needs ``min_packets`` packets
 covered by fresh receiver reports (none for ``stale_after`` seconds: no
 decision, and no clean time accrues). The caller samples the sender's stats
 (aiortc's ``remote-inbound-rtp`` and ``outbound-rtp``) into :class:`Sample`
-records with its own clock: no wall time in here. Round-trip time and bytes
-sent are recorded in each :class:`Estimate` for status; the decisions are
-loss-based only.
+records with its own clock: no wall time in here. Bytes sent are recorded in
+each :class:`Estimate` for status; loss and the round-trip time's rise decide.
 
 The ``quality`` data channel lets a viewer pin a layer (docs/protocol.md,
 "Quality data channel"). Viewer -> camera, one JSON object per text message::
@@ -96,6 +102,8 @@ class Estimate:
     rtt: float | None
     send_rate: float | None
     """Bits per second sent over the window."""
+    rtt_rise: float | None = None
+    """Seconds the latest RTT is over the floor of the last ``rtt_floor_window`` s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,11 @@ class LadderTuning:
     max_up_after: float = 8.0
     probe_window: float = 3.0
     stale_after: float = 2.0
+    congestion_loss: float = 0.20
+    """Loss this heavy is a link too thin for the layer, whatever the RTT."""
+    rtt_rise: float = 0.015
+    """RTT this far over its recent floor: a queue is building (congestion)."""
+    rtt_floor_window: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 < self.up_loss < self.down_loss <= 1:
@@ -119,6 +132,9 @@ class LadderTuning:
         if not 0 < self.up_after <= self.max_up_after:
             raise ValueError(f"up_after {self.up_after}, max_up_after {self.max_up_after}: "
                              "need 0 < up_after <= max_up_after")
+        if not self.down_loss <= self.congestion_loss <= 1:
+            raise ValueError(f"congestion_loss {self.congestion_loss}: need down_loss "
+                             f"{self.down_loss} <= congestion_loss <= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +168,8 @@ class LadderController:
         self._over = 0
         self._clean_since: float | None = None
         self._probe_until: float | None = None
+        self._rtts: deque[tuple[float, float]] = deque()
+        self._loss_before_probe = 0.0
 
     @property
     def probing(self) -> bool:
@@ -184,25 +202,39 @@ class LadderController:
         if self.pending is not None:
             return Decision.STAY
         if self._probe_until is not None:
-            if loss is not None and loss > t.probe_loss:
+            if loss is not None and loss > t.probe_loss and (
+                    self.congested or loss - self._loss_before_probe > t.probe_loss):
                 self.failed_probes += 1
                 self._probe_until = None
                 return self._decide(Decision.DOWN)
             if now >= self._probe_until:
                 self._probe_until = None
                 self.failed_probes = 0  # the probe held: the link has room
-        self._over = self._over + 1 if loss is not None and loss > t.down_loss else 0
+        over = loss is not None and loss > t.down_loss and self.congested
+        self._over = self._over + 1 if over else 0
         if self._over >= 2 and self.layer < self.layers - 1:
             return self._decide(Decision.DOWN)
         if self.layer > 0:
-            if loss is None or loss >= t.up_loss:
+            clean = loss is not None and (loss < t.up_loss
+                                          or (loss < t.down_loss and not self.congested))
+            if not clean:
                 self._clean_since = None
             elif self._clean_since is None:
                 self._clean_since = now
             elif now - self._clean_since >= self.up_after:
                 self.probes += 1
+                self._loss_before_probe = loss or 0.0
                 return self._decide(Decision.UP)
         return Decision.STAY
+
+    @property
+    def congested(self) -> bool:
+        """The window's loss or the RTT's rise says the link is too thin for the layer
+        (not random loss on a link with room)."""
+        t, e = self.tuning, self.estimate
+        if e.loss is not None and e.loss >= t.congestion_loss:
+            return True
+        return e.rtt_rise is not None and e.rtt_rise >= t.rtt_rise
 
     def picture_lost(self, at: float) -> Decision:
         """The viewer reported picture loss (PLI/FIR, or a NACK beyond the retransmit
@@ -251,7 +283,15 @@ class LadderController:
         oldest = self._samples[0]
         span = now - oldest.at
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
-        self.estimate = Estimate(loss, sample.rtt, rate)
+        rise: float | None = None
+        if sample.rtt is not None and not stale:
+            if fresh:
+                self._rtts.append((now, sample.rtt))
+            while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
+                self._rtts.popleft()
+            if self._rtts:
+                rise = max(0.0, sample.rtt - min(rtt for _, rtt in self._rtts))
+        self.estimate = Estimate(loss, sample.rtt, rate, rise)
 
 
 # -- the quality data channel ---------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,7 @@ from camera.frames import Layer
 from camera.ladder import (
     BadQualityRequest,
     Decision,
+    Estimate,
     LadderController,
     LadderTuning,
     Sample,
@@ -211,3 +213,87 @@ def test_picture_loss_during_a_probe_reverts_it_at_once() -> None:
     controller.switched(1, at=10.7)
     controller.switched(0, at=30.0)
     assert controller.picture_lost(30.0 + controller.tuning.probe_window + 1) is Decision.STAY
+
+
+# -- recorded traces: random loss against a capped link ------------------------------
+
+TRACES = json.loads((Path(__file__).parent / "data" / "ladder_traces.json").read_text())
+
+
+def replay(name: str, tuning: LadderTuning | None = None
+           ) -> tuple[LadderController, list[tuple[float, Decision]], list[Estimate]]:
+    """Feed a recorded trace to a controller; the layer follows the recording (what the
+    camera did), so a decision the recording did not take stays pending."""
+    rows = TRACES[name]
+    controller = LadderController(2, tuning, layer=rows[0][7])
+    decisions: list[tuple[float, Decision]] = []
+    estimates: list[Estimate] = []
+    for at, sent, sent_bytes, lost, expected, report_at, rtt, layer in rows:
+        if layer != controller.layer:
+            controller.switched(layer, at)
+        decision = controller.observe(Sample(
+            at=at, packets_sent=sent, bytes_sent=sent_bytes, packets_lost=lost,
+            packets_expected=expected, report_at=report_at, rtt=rtt))
+        estimates.append(controller.estimate)
+        if decision is not Decision.STAY:
+            decisions.append((at, decision))
+    return controller, decisions, estimates
+
+
+def test_recorded_random_loss_demotes_nobody() -> None:
+    controller, decisions, estimates = replay("loss")
+    losses = [e.loss for e in estimates if e.loss is not None]
+    # 5 % random loss at ~60 packets/s: some windows see over 10 % ...
+    assert max(losses) > controller.tuning.down_loss
+    # ... but the RTT stays flat (no queue) and the loss is never a policer's: no move.
+    assert max(e.rtt_rise for e in estimates if e.rtt_rise is not None) < 0.005
+    assert decisions == [] and controller.layer == 0
+
+
+def test_recorded_cap_demotes_once_the_queue_shows() -> None:
+    controller, decisions, estimates = replay("cap")
+    rows = TRACES["cap"]
+    # The cap went on ~10 s in; the first second with loss over 10 % is the queue's.
+    first_over = next(at for (at, *_), e in zip(rows, estimates, strict=True)
+                      if e.loss is not None and e.loss > controller.tuning.down_loss)
+    down = next(at for at, d in decisions if d is Decision.DOWN)
+    assert 10 < first_over <= down <= first_over + 1.0, (first_over, down)
+    at_down = estimates[[row[0] for row in rows].index(down)]
+    assert at_down.rtt_rise is not None and at_down.rtt_rise >= controller.tuning.rtt_rise
+    # Nothing moved before the cap; on the low layer after it, probes up are tried.
+    assert all(at > 10 for at, _ in decisions)
+    assert any(d is Decision.UP for _, d in decisions)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_five_percent_random_loss_on_a_thin_stream_stays_high(seed: int) -> None:
+    """A stream of ~60 packets/s (the test pattern's) at 5 % random loss, ten minutes:
+    loss alone over 10 % in two windows running happens, and used to demote the viewer
+    (loss-only tuning below); with a flat RTT it moves nobody now."""
+
+    def run(tuning: LadderTuning | None) -> list[tuple[float, Decision]]:
+        rng = random.Random(seed)
+        controller = LadderController(2, tuning)
+        sent = lost = 0
+        report: tuple[float, int, int] | None = None
+        decisions = []
+        for step in range(1, 1200):
+            now = step * 0.5
+            packets = 30
+            lost += sum(rng.random() < 0.05 for _ in range(packets))
+            sent += packets
+            if step % 2 == 0:
+                report = (now, lost, sent)
+            decision = controller.observe(Sample(
+                at=now, packets_sent=sent, bytes_sent=sent * 900,
+                packets_lost=report[1] if report else None,
+                packets_expected=report[2] if report else None,
+                report_at=report[0] if report else None, rtt=0.002 + 0.0005 * rng.random()))
+            if decision is not Decision.STAY:
+                decisions.append((now, decision))
+                controller.cancel()
+        return decisions
+
+    assert run(None) == []
+    loss_only = LadderTuning(congestion_loss=0.10, rtt_rise=10.0)
+    assert any(d is Decision.DOWN for _, d in run(loss_only))
