@@ -11,9 +11,11 @@ viewer's RTCP receiver reports say it lost over a sliding window decides.
   ``rtt_floor_window`` seconds (a queue building at the bottleneck). Random
   loss (Wi-Fi, a few percent with a flat RTT) demotes nobody: a smaller layer
   would lose the same share of its packets, and NACK recovers them.
-* On a lower layer, loss under ``up_loss`` (2 %), or under ``down_loss`` with a
-  flat RTT (random loss, no queue), for ``up_after`` seconds: probe up (the
-  move happens at the upper layer's next IDR).
+* On a lower layer, no congestion and loss under ``down_loss`` with a flat RTT
+  (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
+  ``up_after`` seconds: probe up (the move happens at the upper layer's next
+  IDR). A queue still standing on the lower layer (the RTT over its floor) is
+  not clean time: a probe into a full link would only stall the picture.
 * A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
   taking effect, with congestion or ``probe_loss`` more than the lower layer lost
   before it (or, with the caller's :meth:`LadderController.picture_lost`, a
@@ -123,7 +125,7 @@ class LadderTuning:
     """Loss this heavy is a link too thin for the layer, whatever the RTT."""
     rtt_rise: float = 0.015
     """RTT this far over its recent floor: a queue is building (congestion)."""
-    rtt_floor_window: float = 10.0
+    rtt_floor_window: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 < self.up_loss < self.down_loss <= 1:
@@ -215,8 +217,11 @@ class LadderController:
         if self._over >= 2 and self.layer < self.layers - 1:
             return self._decide(Decision.DOWN)
         if self.layer > 0:
-            clean = loss is not None and (loss < t.up_loss
-                                          or (loss < t.down_loss and not self.congested))
+            # A standing queue (the RTT over its floor) says the link is full even
+            # when nothing is lost yet: no clean time then.
+            known = self.estimate.rtt_rise is not None
+            clean = loss is not None and not self.congested and (
+                loss < t.up_loss or (known and loss < t.down_loss))
             if not clean:
                 self._clean_since = None
             elif self._clean_since is None:

@@ -49,6 +49,8 @@ class Link:
         self.decisions: list[tuple[float, Decision]] = []
         self.cap: float | None = None
         self.random_loss = 0.0
+        self.rtt = 0.03
+        """aiortc's RTT: smoothed (0.85 of the last value per report)."""
 
     def run(self, until: float, step: float = 0.5) -> None:
         while self.now < until:
@@ -63,6 +65,9 @@ class Link:
             if self.now >= self.next_report:
                 self.report = (self.now, self.lost, self.sent)
                 self.next_report = self.now + 0.5 + self.rng.random()
+                # Near the cap a queue stands at the bottleneck (80 ms over the path's 30).
+                queue = self.cap is not None and rate > 0.8 * self.cap
+                self.rtt = 0.85 * self.rtt + 0.15 * (0.03 + (0.08 if queue else 0.0))
             if self.switch_at is not None and self.now >= self.switch_at[0]:
                 self.controller.switched(self.switch_at[1], self.now)
                 self.switch_at = None
@@ -70,7 +75,7 @@ class Link:
             decision = self.controller.observe(Sample(
                 at=self.now, packets_sent=self.sent, bytes_sent=self.bytes,
                 packets_lost=lost, packets_expected=expected, report_at=report_at,
-                rtt=0.03, nominal_bitrate=rate))
+                rtt=self.rtt, nominal_bitrate=rate))
             if decision is not Decision.STAY:
                 self.decisions.append((self.now, decision))
                 assert self.controller.pending is not None
@@ -104,7 +109,9 @@ def test_capped_viewer_goes_down_within_the_window_and_stays_down() -> None:
         revert = next(at for at in downs if at > up)
         assert revert - up <= link.controller.tuning.probe_window + 1.0
     gaps = [b - a for a, b in zip(ups, ups[1:], strict=False)]
-    assert gaps == sorted(gaps), gaps  # backed off, never sooner
+    # Backed off: never sooner than a failed probe's doubled wait (the probe's queue
+    # draining, the RTT coming back down, adds to it).
+    assert min(gaps) >= 2 * link.controller.tuning.up_after, gaps
     assert link.controller.failed_probes >= 2
 
 
@@ -260,9 +267,27 @@ def test_recorded_cap_demotes_once_the_queue_shows() -> None:
     assert 10 < first_over <= down <= first_over + 1.0, (first_over, down)
     at_down = estimates[[row[0] for row in rows].index(down)]
     assert at_down.rtt_rise is not None and at_down.rtt_rise >= controller.tuning.rtt_rise
-    # Nothing moved before the cap; on the low layer after it, probes up are tried.
+    # Nothing moved before the cap; on the low layer the queue still stands (the
+    # RTT stays up): no probe into the full link while capped (lifted at ~31 s).
     assert all(at > 10 for at, _ in decisions)
-    assert any(d is Decision.UP for _, d in decisions)
+    assert [d for at, d in decisions if at < 31] == [Decision.DOWN]
+
+
+def test_a_standing_queue_holds_probes_until_the_cap_lifts() -> None:
+    """Capped just over the low layer's rate: a queue stands on the low layer too. No
+    probe while it stands; back up within ten seconds once the cap is lifted."""
+    link = Link(seed=5)
+    link.run(10)
+    link.cap = 600_000
+    link.run(50)
+    down = link.first(10, lambda layer: layer == 1)
+    assert down - 10 <= 4, down
+    assert [d for _, d in link.decisions] == [Decision.DOWN]
+    link.cap = None
+    link.run(80)
+    back_up = link.first(50, lambda layer: layer == 0)
+    assert back_up - 50 <= 10, back_up
+    assert link.controller.failed_probes == 0
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
