@@ -79,6 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--after-lift", type=float, default=15.0)
     p.add_argument("--conditions", default="loss,jitter,cap")
     p.add_argument("--variants", default="baseline,improved")
+    p.add_argument("--no-chromium", dest="chromium", action="store_false",
+                   help="CLI viewers only")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,11 +153,24 @@ async def run_condition(condition: str, variant: str, camera: Camera, link: str,
         seconds = args.cap_after + args.cap_for + args.after_lift
     else:
         raise SystemExit(f"bench: badnet: unknown condition {condition!r}")
+    # Chromium: a tab of its own through a relay of its own, impaired as the first CLI
+    # viewer's (for cap: capped at the same time, on its own link).
+    browser_relays = []
+    if args.chromium:
+        first = relays[0]
+        browser_relays = [await ImpairRelay(first.settings(True), first.settings(False),
+                                            seed=11).start()]
     procs: list[asyncio.subprocess.Process] = []
     logs: list[Path] = []
     events: dict[str, float] = {}
     state.mkdir(parents=True, exist_ok=True)
+    browsers: list[asyncio.Task[dict[str, Any]]] = []
+    browser_playing = [asyncio.Event() for _ in browser_relays]
+    browser_link = _paired(camera, link)
     try:
+        for k, relay in enumerate(browser_relays):
+            browsers.append(asyncio.create_task(chromium_viewer(
+                browser_link, relay, seconds, browser_playing[k])))
         for k, relay in enumerate(relays):
             log = state / f"{condition}-{variant}-{k}.log"
             logs.append(log)
@@ -170,13 +185,25 @@ async def run_condition(condition: str, variant: str, camera: Camera, link: str,
             if line != "PLAYING":
                 raise SystemExit(f"bench: badnet: viewer {k} did not play: {line!r} "
                                  f"({_tail(logs[k])})")
+        for k, playing in enumerate(browser_playing):
+            waiter = asyncio.ensure_future(playing.wait())
+            await asyncio.wait([waiter, browsers[k]], timeout=90,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not playing.is_set():
+                waiter.cancel()
+                if browsers[k].done():
+                    browsers[k].result()  # its error
+                raise SystemExit("bench: badnet: Chromium did not play within 90 s")
         events["playing"] = time.monotonic()
+        capped = [relays[0], *browser_relays]
         if condition == "cap":
             await asyncio.sleep(args.cap_after)
-            relays[0].impair(to_viewer=Impairment(rate_kbit=args.cap_kbit))
+            for relay in capped:
+                relay.impair(to_viewer=Impairment(rate_kbit=args.cap_kbit))
             events["capped"] = time.monotonic()
             await asyncio.sleep(args.cap_for)
-            relays[0].impair(to_viewer=Impairment())
+            for relay in capped:
+                relay.impair(to_viewer=Impairment())
             events["lifted"] = time.monotonic()
         viewers = []
         for k, proc in enumerate(procs):
@@ -186,20 +213,170 @@ async def run_condition(condition: str, variant: str, camera: Camera, link: str,
                                  f"({_tail(logs[k])})")
             viewers.append(json.loads(line.split(" ", 1)[1]))
             await proc.wait()
+        for task in browsers:
+            viewers.append(await asyncio.wait_for(task, seconds + 90))
     finally:
         for proc in procs:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-        relay_counts = [_relay_counts(relay) for relay in relays]
-        for relay in relays:
+        for task in browsers:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        all_relays = [*relays, *browser_relays]
+        relay_counts = [_relay_counts(relay) for relay in all_relays]
+        for relay in all_relays:
             relay.close()
     for k, viewer in enumerate(viewers):
         viewer["relay"] = relay_counts[k]
-        # Only the first viewer is ever capped.
-        viewer.update(_derived(viewer, events if k == 0 else {}))
+        viewer.setdefault("client", "cli")
+        # The first CLI viewer and the Chromium one are capped; the others never.
+        viewer.update(_derived(viewer, events if k == 0 or k >= len(relays) else {}))
     return {"condition": condition, "variant": variant, "viewers": viewers,
             "events": {k: round(v - events["playing"], 2) for k, v in events.items()}}
+
+
+def _paired(camera: Camera, link: str) -> str:
+    """The viewer link with the camera's reusable pairing secret (a fresh browser key)."""
+    return f"{link}&pair={camera.pair_secret}"
+
+
+# --- Chromium: the web viewer as served, through a relay -------------------------------------
+
+# Moves the page's UDP host candidates (Chromium offers its interfaces' addresses, not
+# loopback's) to the relay before the page signs them (the offer's SDP, each trickled
+# candidate), and the camera's answer's candidates to the relay's other port; other
+# candidates (TCP, reflexive) are left out so no path goes round the relay. Also lets
+# the bench find the peer connection for getStats().
+_RELAY_JS = """([toCamera, toViewer]) => {
+  const Native = window.RTCPeerConnection;
+  const made = [];
+  window.peercamBenchConnections = made;
+  const host = /^(a=)?(candidate:\\S+ \\d+ udp \\d+ )\\S+ \\d+( typ host.*)$/i;
+  const move = (line, port) => {
+    const m = host.exec(line);
+    return m ? `${m[1] || ""}${m[2]}127.0.0.1 ${port}${m[3]}` : null;
+  };
+  const sdp = (text, port) => text.split("\\r\\n").map((line) => {
+    if (!line.startsWith("a=candidate:")) return line;
+    return move(line, port);
+  }).filter((line) => line !== null).join("\\r\\n");
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) { super(...args); made.push(this); }
+    get localDescription() {
+      const d = super.localDescription;
+      return d && { type: d.type, sdp: sdp(d.sdp, toCamera), toJSON() { return this; } };
+    }
+    set onicecandidate(fn) {
+      super.onicecandidate = fn && ((ev) => {
+        if (!ev.candidate || !ev.candidate.candidate) return fn(ev);
+        const line = move(ev.candidate.candidate, toCamera);
+        if (line === null) return undefined;
+        return fn({ candidate: { candidate: line, sdpMid: ev.candidate.sdpMid,
+          sdpMLineIndex: ev.candidate.sdpMLineIndex,
+          usernameFragment: ev.candidate.usernameFragment } });
+      });
+    }
+    get onicecandidate() { return super.onicecandidate; }
+    setRemoteDescription(d) {
+      const moved = d && d.sdp ? { type: d.type, sdp: sdp(d.sdp, toViewer) } : d;
+      return super.setRemoteDescription(moved);
+    }
+    addIceCandidate(c) {
+      if (c && c.candidate) {
+        const line = move(c.candidate, toViewer);
+        if (line === null) return Promise.resolve();
+        return super.addIceCandidate({ ...c, candidate: line, sdpMid: c.sdpMid,
+          sdpMLineIndex: c.sdpMLineIndex });
+      }
+      return super.addIceCandidate(c);
+    }
+  };
+}"""
+
+# Every frame the <video> presents: (Date.now(), presentedFrames).
+_FRAMES_JS = """() => {
+  const video = document.querySelector("video");
+  const state = { frames: [] };
+  window.peercamBadnet = state;
+  const onFrame = (_now, meta) => {
+    state.frames.push([Date.now(), meta.presentedFrames]);
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+  return true;
+}"""
+
+_CHROMIUM_STATS_JS = """async () => {
+  const pc = (window.peercamBenchConnections || []).filter(
+    (p) => p.connectionState !== "closed").pop();
+  if (!pc) return null;
+  for (const s of (await pc.getStats()).values()) {
+    if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "video") {
+      const keys = ["framesReceived", "framesDecoded", "framesDropped", "packetsLost",
+        "packetsReceived", "nackCount", "pliCount", "firCount", "freezeCount",
+        "totalFreezesDuration", "retransmittedPacketsReceived", "jitterBufferDelay",
+        "jitterBufferEmittedCount", "keyFramesDecoded"];
+      return Object.fromEntries(keys.map((k) => [k, typeof s[k] === "number" ? s[k] : null]));
+    }
+  }
+  return null;
+}"""
+
+
+async def chromium_viewer(link: str, relay: Any, seconds: float,
+                          playing: asyncio.Event) -> dict[str, Any]:
+    """One headless Chromium tab on the web viewer as served, its media through ``relay``:
+    the same record as a CLI viewer's RESULT (clock: this process's ``time.monotonic``)."""
+    from playwright.async_api import async_playwright
+
+    from bench.common import CHROMIUM
+    from bench.latency import PLAUSIBLE_MS, READER_JS
+
+    sys.path.insert(0, str(ROOT))
+    from tests.browser.conftest import CHROMIUM_ARGS
+
+    def mono(epoch_ms: float) -> float:
+        return epoch_ms / 1000 + (time.monotonic() - time.time())
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context()
+            await context.add_init_script(
+                f"({_RELAY_JS})([{relay.camera_port}, {relay.viewer_port}])")
+            page = await context.new_page()
+            await page.goto(link)
+            await page.wait_for_function("window.peercam && window.peercam.ttffMs > 0",
+                                         timeout=60_000)
+            await page.evaluate(_FRAMES_JS)
+            await page.evaluate(READER_JS.read_text(), "video")
+            first = time.monotonic()
+            playing.set()
+            changes: list[list[Any]] = []
+            while time.monotonic() - first < seconds:
+                layer = await page.evaluate("window.peercam.layer")
+                if layer and (not changes or changes[-1][1] != layer):
+                    changes.append([round(time.monotonic(), 3), layer])
+                await asyncio.sleep(0.25)
+            end = time.monotonic()
+            frames = await page.evaluate("window.peercamBadnet.frames")
+            stamps = await page.evaluate("window.peercamLatency.samples")
+            stats = await page.evaluate(_CHROMIUM_STATS_JS)
+        finally:
+            await browser.close()
+    clock = [round(mono(at), 3) for at, _ in frames]
+    gaps = [b - a for a, b in zip(clock, clock[1:], strict=False)]
+    # Glass to glass: the frame's callback (it is on the page) minus its capture time.
+    latencies = [round(s[6] - s[1], 1) for s in stamps if 0 <= s[6] - s[1] < PLAUSIBLE_MS]
+    return {"client": "chromium", "latencies_ms": latencies,
+            "max_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
+            "frame_clock": clock, "layer_changes": changes,
+            "first_frame_clock": clock[0] if clock else first, "end_clock": end,
+            "presented_frames": frames[-1][1] - frames[0][1] if len(frames) > 1 else 0,
+            "chromium_stats": stats}
 
 
 def _relay_counts(relay: Any) -> dict[str, Any]:
@@ -318,11 +495,13 @@ def _viewer_summary(v: dict[str, Any]) -> dict[str, Any]:
     lat = sorted(v["latencies_ms"])
     clock = v["frame_clock"]
     span = clock[-1] - clock[0] if len(clock) > 1 else 0.0
+    # Chromium: frames its compositor presented (a callback may cover several).
+    shown = v.get("presented_frames") or len(clock) - 1
     return {
         "latency_p50": round(statistics.median(lat), 1) if lat else None,
         "latency_p95": round(percentile(lat, 0.95), 1) if lat else None,
         "max_gap_ms": v["max_gap_ms"],
-        "fps": round((len(clock) - 1) / span, 1) if span > 0 else 0.0,
+        "fps": round(shown / span, 1) if span > 0 else 0.0,
     }
 
 
@@ -330,7 +509,8 @@ def _row_line(row: dict[str, Any]) -> str:
     parts = []
     for k, v in enumerate(row["viewers"]):
         s = _viewer_summary(v)
-        parts.append(f"v{k} p50 {s['latency_p50']} p95 {s['latency_p95']} ms, longest gap "
+        who = f"v{k}{' chromium' if v.get('client') == 'chromium' else ''}"
+        parts.append(f"{who} p50 {s['latency_p50']} p95 {s['latency_p95']} ms, longest gap "
                      f"{s['max_gap_ms']} ms, {s['fps']} fps, layers {v['residency']}"
                      + (f", low after {v.get('low_after_s')} s, high after lift "
                         f"{v.get('high_after_lift_s')} s, gap after switch "
@@ -403,16 +583,34 @@ def markdown(result: dict[str, Any]) -> list[str]:
             layers = ", ".join(f"{name} {share * 100:.0f} %"
                                for name, share in sorted(v["residency"].items()))
             capped = "–"
-            if "low_after_s" in v and k == 0:
+            if "low_after_s" in v:
                 capped = (f"{v['low_after_s']} s / {v['high_after_lift_s']} s / "
                           f"{v.get('max_gap_after_switch_ms')} ms, "
                           f"{v.get('fps_while_capped')} fps")
             cam = row.get("camera", {})
             kf = (f"{cam.get('keyframe_requests_total', 0):g} / "
                   f"{cam.get('keyframe_requests_sent_total', 0):g}") if k == 0 else ""
-            lines.append(f"| {row['condition']} | {row['variant']} | {k + 1} | "
+            who = f"{k + 1} (Chromium)" if v.get("client") == "chromium" else f"{k + 1}"
+            lines.append(f"| {row['condition']} | {row['variant']} | {who} | "
                          f"{s['latency_p50']} / {s['latency_p95']} | {s['max_gap_ms']} | "
                          f"{s['fps']} | {layers} | {capped} | {kf} |")
+    chromium = [(row, v) for row in result["rows"] for v in row["viewers"]
+                if v.get("client") == "chromium" and v.get("chromium_stats")]
+    if chromium:
+        lines += ["", "Chromium's own `inbound-rtp` counters over each run (NACKs it sent, "
+                  "packets it got back by retransmission (RTX), keyframe requests, its "
+                  "freezes):", "",
+                  "| condition | variant | packets lost | NACKs | retransmitted received | "
+                  "PLI | freezes (total s) | frames decoded / dropped |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row, v in chromium:
+            st = v["chromium_stats"]
+            lines.append(
+                f"| {row['condition']} | {row['variant']} | {st.get('packetsLost')} | "
+                f"{st.get('nackCount')} | {st.get('retransmittedPacketsReceived')} | "
+                f"{st.get('pliCount')} | {st.get('freezeCount')} "
+                f"({st.get('totalFreezesDuration')}) | {st.get('framesDecoded')} / "
+                f"{st.get('framesDropped')} |")
     t = result["targets"]
     lines += [
         "",
