@@ -4,13 +4,13 @@
 half of Google Congestion Control (draft-ietf-rmcat-gcc-02, section 6): what the
 viewer's RTCP receiver reports say it lost over a sliding window decides.
 
-* Loss above ``down_loss`` (10 %) over the window, in two evaluations running,
-  *and* signs of congestion: go down a layer. Congestion is loss of
-  ``congestion_loss`` (20 %) or more (a policer dropping what does not fit), or
-  a round-trip time ``rtt_rise`` (15 ms) or more over its floor of the last
-  ``rtt_floor_window`` seconds (a queue building at the bottleneck). Random
-  loss (Wi-Fi, a few percent with a flat RTT) demotes nobody: a smaller layer
-  would lose the same share of its packets, and NACK recovers them.
+* Congestion in two evaluations running: go down a layer. Congestion is loss
+  over ``up_loss`` (2 %) with the round-trip time ``rtt_rise`` (15 ms) or more
+  over its floor of the last ``rtt_floor_window`` seconds (a queue building at
+  the bottleneck), or loss of ``congestion_loss`` (20 %) or more whatever the
+  RTT (a policer dropping what does not fit). Random loss (Wi-Fi: a few
+  percent, even over ``down_loss``, with a flat RTT) demotes nobody: a smaller
+  layer would lose the same share of its packets, and NACK recovers them.
 * On a lower layer, no congestion and loss under ``down_loss`` with a flat RTT
   (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
   ``up_after`` seconds: probe up (the move happens at the upper layer's next
@@ -212,7 +212,9 @@ class LadderController:
             if now >= self._probe_until:
                 self._probe_until = None
                 self.failed_probes = 0  # the probe held: the link has room
-        over = loss is not None and loss > t.down_loss and self.congested
+        # Loss with a queue standing, or loss of a policer's size: the layer does not fit.
+        queued = self.estimate.rtt_rise is not None and self.estimate.rtt_rise >= t.rtt_rise
+        over = loss is not None and (loss >= t.congestion_loss or (queued and loss > t.up_loss))
         self._over = self._over + 1 if over else 0
         if self._over >= 2 and self.layer < self.layers - 1:
             return self._decide(Decision.DOWN)
