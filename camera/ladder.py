@@ -105,7 +105,8 @@ class Estimate:
     send_rate: float | None
     """Bits per second sent over the window."""
     rtt_rise: float | None = None
-    """Seconds the latest RTT is over the floor of the last ``rtt_floor_window`` s."""
+    """Seconds the recent RTT (raw: the median of the last three reports' samples) is
+    over its floor (the least average of the last ``rtt_floor_window`` s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,10 @@ class LadderTuning:
     rtt_rise: float = 0.015
     """RTT this far over its recent floor: a queue is building (congestion)."""
     rtt_floor_window: float = 30.0
+    rtt_smoothing: float = 0.85
+    """The weight of the old value in the sender's RTT average (aiortc's is 0.85 per
+    report); the controller undoes it to see a queue build or drain within a report
+    or two rather than seconds later. 0: the RTT given is a raw sample."""
 
     def __post_init__(self) -> None:
         if not 0 < self.up_loss < self.down_loss <= 1:
@@ -134,6 +139,8 @@ class LadderTuning:
         if not 0 < self.up_after <= self.max_up_after:
             raise ValueError(f"up_after {self.up_after}, max_up_after {self.max_up_after}: "
                              "need 0 < up_after <= max_up_after")
+        if not 0 <= self.rtt_smoothing < 1:
+            raise ValueError(f"rtt_smoothing {self.rtt_smoothing}: need 0 <= x < 1")
         if not self.down_loss <= self.congestion_loss <= 1:
             raise ValueError(f"congestion_loss {self.congestion_loss}: need down_loss "
                              f"{self.down_loss} <= congestion_loss <= 1")
@@ -171,6 +178,9 @@ class LadderController:
         self._clean_since: float | None = None
         self._probe_until: float | None = None
         self._rtts: deque[tuple[float, float]] = deque()
+        """(when, the sender's smoothed RTT) per fresh report: the floor is their least."""
+        self._raw_rtts: deque[float] = deque(maxlen=3)
+        self._last_rtt: float | None = None
         self._loss_before_probe = 0.0
 
     @property
@@ -294,10 +304,17 @@ class LadderController:
         if sample.rtt is not None and not stale:
             if fresh:
                 self._rtts.append((now, sample.rtt))
+                # The raw sample behind the average: (new - a * old) / (1 - a).
+                a, last = t.rtt_smoothing, self._last_rtt
+                raw = sample.rtt if last is None else (sample.rtt - a * last) / (1 - a)
+                self._raw_rtts.append(max(0.0, raw))
+                self._last_rtt = sample.rtt
             while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
                 self._rtts.popleft()
-            if self._rtts:
-                rise = max(0.0, sample.rtt - min(rtt for _, rtt in self._rtts))
+            if self._rtts and self._raw_rtts:
+                # The median of the last three raw samples: one odd report moves nothing.
+                recent = sorted(self._raw_rtts)[len(self._raw_rtts) // 2]
+                rise = max(0.0, recent - min(rtt for _, rtt in self._rtts))
         self.estimate = Estimate(loss, sample.rtt, rate, rise)
 
 
