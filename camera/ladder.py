@@ -15,7 +15,9 @@ viewer's RTCP receiver reports say it lost over a sliding window decides.
   (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
   ``up_after`` seconds: probe up (the move happens at the upper layer's next
   IDR). A queue still standing on the lower layer (the RTT over its floor) is
-  not clean time: a probe into a full link would only stall the picture.
+  not clean time (at any of the last three reports: they span a keyframe
+  interval, and a link the layer only just fits queues at each IDR): a probe
+  into a full link would only stall the picture.
 * A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
   taking effect, with congestion or ``probe_loss`` more than the lower layer lost
   before it (or, with the caller's :meth:`LadderController.picture_lost`, a
@@ -107,6 +109,9 @@ class Estimate:
     rtt_rise: float | None = None
     """Seconds the recent RTT (raw: the median of the last three reports' samples) is
     over its floor (the least average of the last ``rtt_floor_window`` s)."""
+    rtt_rise_max: float | None = None
+    """The same for the highest of those three samples (a queue that stood at any of
+    them: three reports span a keyframe interval, whose IDR fills a thin link)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +236,10 @@ class LadderController:
         if self.layer > 0:
             # A standing queue (the RTT over its floor) says the link is full even
             # when nothing is lost yet: no clean time then.
-            known = self.estimate.rtt_rise is not None
-            clean = loss is not None and not self.congested and (
-                loss < t.up_loss or (known and loss < t.down_loss))
+            highest = self.estimate.rtt_rise_max
+            flat = highest is not None and highest < t.rtt_rise
+            clean = loss is not None and not self.congested and (highest is None or flat) and (
+                loss < t.up_loss or (flat and loss < t.down_loss))
             if not clean:
                 self._clean_since = None
             elif self._clean_since is None:
@@ -301,21 +307,24 @@ class LadderController:
         span = now - oldest.at
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
         rise: float | None = None
+        rise_max: float | None = None
         if sample.rtt is not None and not stale:
             if fresh:
                 self._rtts.append((now, sample.rtt))
                 # The raw sample behind the average: (new - a * old) / (1 - a).
-                a, last = t.rtt_smoothing, self._last_rtt
-                raw = sample.rtt if last is None else (sample.rtt - a * last) / (1 - a)
+                a, before = t.rtt_smoothing, self._last_rtt
+                raw = sample.rtt if before is None else (sample.rtt - a * before) / (1 - a)
                 self._raw_rtts.append(max(0.0, raw))
                 self._last_rtt = sample.rtt
             while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
                 self._rtts.popleft()
             if self._rtts and self._raw_rtts:
                 # The median of the last three raw samples: one odd report moves nothing.
-                recent = sorted(self._raw_rtts)[len(self._raw_rtts) // 2]
-                rise = max(0.0, recent - min(rtt for _, rtt in self._rtts))
-        self.estimate = Estimate(loss, sample.rtt, rate, rise)
+                floor = min(rtt for _, rtt in self._rtts)
+                recent = sorted(self._raw_rtts)
+                rise = max(0.0, recent[len(recent) // 2] - floor)
+                rise_max = max(0.0, recent[-1] - floor)
+        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_max)
 
 
 # -- the quality data channel ---------------------------------------------------------
