@@ -77,6 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-after", type=float, default=10.0)
     p.add_argument("--cap-for", type=float, default=20.0)
     p.add_argument("--after-lift", type=float, default=15.0)
+    p.add_argument("--low-bitrate", type=int, default=0,
+                   help="the camera's low layer (0: its default, a quarter of --bitrate)")
     p.add_argument("--conditions", default="loss,jitter,cap")
     p.add_argument("--variants", default="baseline,improved")
     p.add_argument("--no-chromium", dest="chromium", action="store_false",
@@ -96,7 +98,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             state = Path(args.state) / NAME / variant
             camera = await Camera(url, "passthrough", state / "camera", args.width,
                                   args.height, bitrate=args.bitrate, fps=args.fps,
-                                  extra=["--settings", json.dumps(CAMERA[variant])]).started()
+                                  extra=["--settings", json.dumps(CAMERA[variant]),
+                                         "--low-bitrate", str(args.low_bitrate)]).started()
             try:
                 await asyncio.sleep(1)
                 await view(camera.link(url, pair=True), seconds=0.2)  # pair the key, untimed

@@ -37,7 +37,7 @@ async def camera_main(args: argparse.Namespace) -> None:
     from camera.sources.base import VideoSettings
 
     video = VideoSettings(width=args.width, height=args.height, fps=args.fps,
-                          bitrate=args.bitrate)
+                          bitrate=args.bitrate, low_bitrate=args.low_bitrate)
     config = CameraConfig(rendezvous=args.rendezvous, state_dir=Path(args.state_dir),
                           video=video, max_viewers=256, **json.loads(args.settings))
     source: Any = make_configured_source(config)
@@ -61,6 +61,8 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--height", type=int, default=720)
     c.add_argument("--fps", type=int, default=30)
     c.add_argument("--bitrate", type=int, default=2_000_000)
+    c.add_argument("--low-bitrate", type=int, default=0,
+                   help="the low layer's bitrate (0: the camera's default, a quarter)")
     c.add_argument("--settings", default="{}",
                    help="more camera settings, a JSON object (e.g. {\"probe_revert\": false})")
     c.add_argument("--any-address", action="store_true",
