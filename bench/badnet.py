@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,7 +53,9 @@ NEEDS: list[str] = []
 VARIANTS = {"baseline": {"playout": False, "nack": False}, "improved": {}}
 """The CLI viewer's ReceiveSettings per variant ..."""
 CAMERA: dict[str, dict[str, Any]] = {"baseline": {"probe_revert": False}, "improved": {}}
-"""... and the camera's settings."""
+"""... the camera's settings ..."""
+LADDER: dict[str, dict[str, Any]] = {"baseline": {"loss_only": True}, "improved": {}}
+"""... and its layer controller's tuning (``loss_only``: on loss alone, as before)."""
 TARGETS = {
     "loss": {"latency_p95_ms": 250.0, "max_gap_ms": 500.0, "fps": 25.0},
     "jitter": {"max_gap_ms": 300.0, "fps": 28.0},
@@ -83,9 +86,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="baseline,improved")
     p.add_argument("--no-chromium", dest="chromium", action="store_false",
                    help="CLI viewers only")
+    p.add_argument("--lab", action="store_true",
+                   help="only the NAT-lab rows (loss and cap, CLI viewers, root), merged into "
+                   "the stored result; run it under the lab lock")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.lab:
+        return await run_lab(args)
     pin_loopback()
     from camera.client.viewer import view
 
@@ -99,6 +107,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             camera = await Camera(url, "passthrough", state / "camera", args.width,
                                   args.height, bitrate=args.bitrate, fps=args.fps,
                                   extra=["--settings", json.dumps(CAMERA[variant]),
+                                         "--ladder", json.dumps(LADDER[variant]),
                                          "--low-bitrate", str(args.low_bitrate)]).started()
             try:
                 await asyncio.sleep(1)
@@ -382,6 +391,118 @@ async def chromium_viewer(link: str, relay: Any, seconds: float,
             "chromium_stats": stats}
 
 
+# --- the NAT lab: the camera and its viewers behind different NATs ---------------------------
+
+LAB_CAMERA = "port-restricted"
+LAB_VIEWERS = ("port-restricted-2", "full-cone", "restricted")
+"""The first viewer's site is the impaired one; the others reach the camera directly too."""
+
+
+async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
+    """The loss and cap conditions in the NAT lab, CLI viewers in their sites' namespaces,
+    the impairment on the first viewer's site by the lab's own forwarder (``Lab.impair``):
+    loss both ways; the cap on its downlink. The camera is today's default (``improved``);
+    rows are merged into the stored result (the loopback rows stay)."""
+    from bench.common import need_root
+    from bench.labttff import LabRun
+
+    need_root("the NAT lab")
+    stored_path = Path(args.out) / f"{NAME}.json"
+    stored: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        stored = json.loads(stored_path.read_text())
+    rows = [row for row in stored.get("rows", []) if not row.get("lab")]
+    started = time.monotonic()
+    lab_rows = []
+    async with LabRun(LAB_CAMERA, list(LAB_VIEWERS), Path(args.state) / NAME / "lab",
+                      width=args.width, height=args.height, bitrate=args.bitrate) as lab:
+        await asyncio.sleep(1)
+        for condition in ("loss", "cap"):
+            row = await _lab_condition(condition, lab, args)
+            lab_rows.append(row)
+            print(f"badnet: lab {_row_line(row)}", flush=True)
+    out = {key: value for key, value in stored.items()
+           if key not in ("machine", "seconds_taken", "smoke", "plots")}
+    out.setdefault("video", f"{args.width}x{args.height}@{args.fps} "
+                            f"{args.bitrate / 1e6:g} Mbit/s")
+    out.setdefault("targets", TARGETS)
+    out["rows"] = rows + lab_rows
+    out["lab"] = {"camera_site": LAB_CAMERA, "viewer_sites": list(LAB_VIEWERS),
+                  "seconds_taken": round(time.monotonic() - started, 1),
+                  "conditions": {"loss": args.loss, "cap_kbit": args.cap_kbit,
+                                 "cap_after_s": args.cap_after, "cap_for_s": args.cap_for,
+                                 "after_lift_s": args.after_lift, "seconds": args.seconds}}
+    if "machine" in stored:
+        out["loopback_machine"] = stored["machine"]
+        out["loopback_seconds_taken"] = stored.get("seconds_taken")
+    return out
+
+
+async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    sites = [LAB_VIEWERS[0]] if condition == "loss" else list(LAB_VIEWERS)
+    seconds = args.seconds if condition == "loss" else (
+        args.cap_after + args.cap_for + args.after_lift)
+    impaired = None
+    if condition == "loss":
+        impaired = lab.lab.impair(sites[0], "both", seed=7, loss=args.loss)
+    procs: list[Any] = []
+    events: dict[str, float] = {}
+    logs = [lab.state / f"lab-{condition}-{k}.log" for k in range(len(sites))]
+    try:
+        for k, site in enumerate(sites):
+            with logs[k].open("w") as err:
+                procs.append(lab.lab.popen(
+                    site, [sys.executable, "-c", _VIEWER_CMD, "--link", lab.link(pair=True),
+                           "--seconds", str(seconds), "--variant", "improved"],
+                    stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=lab.env))
+
+        async def line(proc: Any, timeout: float, log: Path) -> str:
+            try:
+                raw = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline),
+                                             timeout)
+            except TimeoutError:
+                raise SystemExit(f"bench: badnet: a lab viewer said nothing for {timeout:.0f} s "
+                                 f"({_tail(log)})") from None
+            return str(raw).strip()
+
+        for k, proc in enumerate(procs):
+            said = await line(proc, 90, logs[k])
+            if said != "PLAYING":
+                raise SystemExit(f"bench: badnet: lab viewer {k} did not play: {said!r} "
+                                 f"({_tail(logs[k])})")
+        events["playing"] = time.monotonic()
+        if condition == "cap":
+            await asyncio.sleep(args.cap_after)
+            impaired = lab.lab.impair(sites[0], "down", seed=7, rate_kbit=args.cap_kbit)
+            events["capped"] = time.monotonic()
+            await asyncio.sleep(args.cap_for)
+            impaired.change("down")
+            events["lifted"] = time.monotonic()
+        viewers = []
+        for k, proc in enumerate(procs):
+            said = await line(proc, seconds + 90, logs[k])
+            if not said.startswith("RESULT "):
+                raise SystemExit(f"bench: badnet: lab viewer {k} failed: {said!r} "
+                                 f"({_tail(logs[k])})")
+            viewers.append(json.loads(said.split(" ", 1)[1]))
+        wire = impaired.stats() if impaired is not None else None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            await loop.run_in_executor(None, proc.wait)
+        if impaired is not None:
+            impaired.clear()
+    for k, viewer in enumerate(viewers):
+        viewer["client"] = "cli"
+        viewer["site"] = sites[k]
+        viewer.update(_derived(viewer, events if k == 0 else {}))
+    return {"condition": condition, "variant": "improved", "lab": True, "viewers": viewers,
+            "wire": None if wire is None else repr(wire),
+            "events": {k: round(v - events["playing"], 2) for k, v in events.items()}}
+
+
 def _relay_counts(relay: Any) -> dict[str, Any]:
     out = {}
     for name, towards_viewer in (("to_viewer", True), ("to_camera", False)):
@@ -444,10 +565,12 @@ def viewer_main(argv: list[str]) -> int:
     p.add_argument("--link", required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--variant", choices=list(VARIANTS), required=True)
-    p.add_argument("--relay", required=True, help="VIEWER_PORT,CAMERA_PORT of the relay")
+    p.add_argument("--relay", help="VIEWER_PORT,CAMERA_PORT of the relay (none: the NAT lab, "
+                   "every address)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    pin_loopback()
+    if args.relay:
+        pin_loopback()
     result = asyncio.run(_watch(args))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
@@ -457,9 +580,11 @@ async def _watch(args: argparse.Namespace) -> dict[str, Any]:
     from bench.impair import rewrite_candidates
     from camera.client.viewer import ReceiveSettings, SdpRewrite, _Run
 
-    viewer_port, camera_port = (int(x) for x in args.relay.split(","))
-    rewrite = SdpRewrite(offer=lambda sdp: rewrite_candidates(sdp, camera_port),
-                         answer=lambda sdp: rewrite_candidates(sdp, viewer_port))
+    rewrite = None
+    if args.relay:
+        viewer_port, camera_port = (int(x) for x in args.relay.split(","))
+        rewrite = SdpRewrite(offer=lambda sdp: rewrite_candidates(sdp, camera_port),
+                             answer=lambda sdp: rewrite_candidates(sdp, viewer_port))
     frame_clock: list[float] = []
     # Note every shown frame's time (the stats keep only gaps of 250 ms and more).
     consume = _Run._consume

@@ -44,6 +44,9 @@ async def camera_main(args: argparse.Namespace) -> None:
     if args.mode == "perviewer":
         install_per_viewer_encode(video)
         source = IdleSource()  # that path needs no shared encoder: don't charge it one
+    tuning = json.loads(args.ladder)
+    if tuning:
+        use_ladder_tuning(tuning)
     agent = CameraAgent(config, source, DeviceIdentity.load_or_create(config.state_dir))
     await agent.start()
     await agent.registered.wait()
@@ -51,6 +54,20 @@ async def camera_main(args: argparse.Namespace) -> None:
     print(f"PAIR {agent.open_pairing(ttl=86400, reusable=True)}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await agent.close()
+
+
+def use_ladder_tuning(fields: dict[str, Any]) -> None:
+    """Every viewer's layer controller in this process gets this tuning (the camera has
+    no setting for it: benchmarks compare controllers with it)."""
+    from camera import ladder
+
+    tuning = ladder.LadderTuning(**fields)
+    plain = ladder.LadderController.__init__
+
+    def init(self: Any, layers: int, _tuning: Any = None, *, layer: int = 0) -> None:
+        plain(self, layers, tuning, layer=layer)
+
+    ladder.LadderController.__init__ = init  # type: ignore[method-assign]
 
 
 def add_arguments(c: argparse.ArgumentParser) -> None:
@@ -61,6 +78,9 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--height", type=int, default=720)
     c.add_argument("--fps", type=int, default=30)
     c.add_argument("--bitrate", type=int, default=2_000_000)
+    c.add_argument("--ladder", default="{}",
+                   help="the layer controller's tuning for every viewer, a JSON object of "
+                   "camera.ladder.LadderTuning fields (e.g. {\"loss_only\": true})")
     c.add_argument("--low-bitrate", type=int, default=0,
                    help="the low layer's bitrate (0: the camera's default, a quarter)")
     c.add_argument("--settings", default="{}",

@@ -132,6 +132,10 @@ class LadderTuning:
     rtt_rise: float = 0.015
     """RTT this far over its recent floor: a queue is building (congestion)."""
     rtt_floor_window: float = 30.0
+    loss_only: bool = False
+    """Decide on loss alone, as the controller did before it looked at the RTT (down
+    over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``):
+    for comparisons."""
     rtt_smoothing: float = 0.85
     """The weight of the old value in the sender's RTT average (aiortc's is 0.85 per
     report); the controller undoes it to see a queue build or drain within a report
@@ -220,7 +224,8 @@ class LadderController:
             return Decision.STAY
         if self._probe_until is not None:
             if loss is not None and loss > t.probe_loss and (
-                    self.congested or loss - self._loss_before_probe > t.probe_loss):
+                    t.loss_only or self.congested
+                    or loss - self._loss_before_probe > t.probe_loss):
                 self.failed_probes += 1
                 self._probe_until = None
                 return self._decide(Decision.DOWN)
@@ -230,6 +235,8 @@ class LadderController:
         # Loss with a queue standing, or loss of a policer's size: the layer does not fit.
         queued = self.estimate.rtt_rise is not None and self.estimate.rtt_rise >= t.rtt_rise
         over = loss is not None and (loss >= t.congestion_loss or (queued and loss > t.up_loss))
+        if t.loss_only:
+            over = loss is not None and loss > t.down_loss
         self._over = self._over + 1 if over else 0
         if self._over >= 2 and self.layer < self.layers - 1:
             return self._decide(Decision.DOWN)
@@ -240,6 +247,8 @@ class LadderController:
             flat = highest is not None and highest < t.rtt_rise
             clean = loss is not None and not self.congested and (highest is None or flat) and (
                 loss < t.up_loss or (flat and loss < t.down_loss))
+            if t.loss_only:
+                clean = loss is not None and loss < t.up_loss
             if not clean:
                 self._clean_since = None
             elif self._clean_since is None:

@@ -322,5 +322,5 @@ def test_five_percent_random_loss_on_a_thin_stream_stays_high(seed: int) -> None
         return decisions
 
     assert run(None) == []
-    loss_only = LadderTuning(congestion_loss=0.10, rtt_rise=10.0)
+    loss_only = LadderTuning(loss_only=True)
     assert any(d is Decision.DOWN for _, d in run(loss_only))
