@@ -107,10 +107,10 @@ class Estimate:
     send_rate: float | None
     """Bits per second sent over the window."""
     rtt_rise: float | None = None
-    """Seconds the recent RTT (raw: the median of the last three reports' samples) is
+    """Seconds the recent RTT (raw: the least of the last three reports' samples) is
     over its floor (the least average of the last ``rtt_floor_window`` s)."""
     rtt_rise_max: float | None = None
-    """The same for the highest of those three samples (a queue that stood at any of
+    """The same for the highest of the last three samples (a queue that stood at any of
     them: three reports span a keyframe interval, whose IDR fills a thin link)."""
 
 
@@ -328,11 +328,11 @@ class LadderController:
             while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
                 self._rtts.popleft()
             if self._rtts and self._raw_rtts:
-                # The median of the last three raw samples: one odd report moves nothing.
+                # A queue stands across reports; an odd report or two (a busy loop, a
+                # delayed RTCP) is not one: the least of the last three raw samples says.
                 floor = min(rtt for _, rtt in self._rtts)
-                recent = sorted(self._raw_rtts)
-                rise = max(0.0, recent[len(recent) // 2] - floor)
-                rise_max = max(0.0, recent[-1] - floor)
+                rise = max(0.0, min(self._raw_rtts) - floor)
+                rise_max = max(0.0, max(self._raw_rtts) - floor)
         self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_max)
 
 
