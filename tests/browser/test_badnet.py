@@ -40,20 +40,21 @@ async def test_chromium_under_loss_is_repaired_by_retransmission_and_stays_high(
         frames = await page.evaluate("window.peercamBadnet.frames")
         stats = await page.evaluate(_CHROMIUM_STATS_JS)
         state = await page.evaluate("({...window.peercam})")
+        layers = [session.layer for session in camera.sessions.values()]
     finally:
         await context.close()
         relay.close()
-    # The loss was real, and every path went through the relay both ways.
-    assert relay.counters(True).link.lost > 5 and relay.counters(False).link.lost > 0
-    assert relay.counters(True).delivered > 200
+    # The loss was real, and the media went through the relay both ways (the uplink
+    # carries only RTCP: a few dozen packets, maybe none of them lost).
+    assert relay.counters(True).link.lost > 5 and relay.counters(True).delivered > 200
+    assert relay.counters(False).media > 10
     # Chromium NACKed and the camera answered with retransmissions (RTX).
     assert stats is not None and stats["nackCount"] > 0, stats
     assert stats["retransmittedPacketsReceived"] > 0, stats
     # Loss alone demotes nobody: still on the high layer, one session, no stall.
     assert state["layer"] == "high" and state["layerSwitches"] == 0
     assert state["state"] == "connected" and state["reconnects"] == 0
-    (session,) = camera.sessions.values()
-    assert session.layer == "high"
+    assert layers == ["high"]
     times = [at for at, _ in frames]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert len(times) > 8 * 15 and max(gaps) < scaled(STALL_MS), max(gaps)
