@@ -86,6 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="baseline,improved")
     p.add_argument("--no-chromium", dest="chromium", action="store_false",
                    help="CLI viewers only")
+    p.add_argument("--merge", action="store_true",
+                   help="add these rows to the stored result (e.g. a --low-bitrate run)")
     p.add_argument("--lab", action="store_true",
                    help="only the NAT-lab rows (loss and cap, CLI viewers, root), merged into "
                    "the stored result; run it under the lab lock")
@@ -128,6 +130,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await runner.cleanup()
     order = {name: k for k, name in enumerate(conditions)}
     rows.sort(key=lambda row: order[row["condition"]])
+    if args.low_bitrate:
+        for row in rows:
+            row["setup"] = f"low layer {args.low_bitrate / 1000:g} kbit/s"
+    if args.merge:
+        # Added to the stored result: its rows of another setup stay.
+        stored = json.loads((Path(args.out) / f"{NAME}.json").read_text())
+        setup = rows[0].get("setup") if rows else None
+        stored["rows"] = [row for row in stored["rows"] if row.get("setup") != setup] + rows
+        return {key: value for key, value in stored.items()
+                if key not in ("machine", "seconds_taken", "smoke", "plots")}
     return {"video": f"{args.width}x{args.height}@{args.fps} {args.bitrate / 1e6:g} Mbit/s",
             "conditions": {"loss": args.loss, "delay_s": args.delay, "jitter_s": args.jitter,
                            "cap_kbit": args.cap_kbit, "cap_after_s": args.cap_after,
@@ -680,6 +692,8 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
 
 
 def _condition_label(row: dict[str, Any]) -> str:
+    if row.get("setup"):
+        return f"{row['condition']} ({row['setup']})"
     if not row.get("lab"):
         return str(row["condition"])
     site = row["viewers"][0].get("site", "?")
