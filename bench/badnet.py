@@ -419,20 +419,25 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     from bench.labttff import LabRun
 
     need_root("the NAT lab")
-    stored_path = Path(args.out) / f"{NAME}.json"
-    stored: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        stored = json.loads(stored_path.read_text())
-    rows = [row for row in stored.get("rows", []) if not row.get("lab")]
     started = time.monotonic()
     lab_rows = []
     async with LabRun(LAB_CAMERA, list(LAB_VIEWERS), Path(args.state) / NAME / "lab",
                       width=args.width, height=args.height, bitrate=args.bitrate) as lab:
         await asyncio.sleep(1)
+        # Pair the viewers' key once (they share it), untimed, before anything is measured.
+        await lab.json_lines(LAB_VIEWERS[0], [
+            sys.executable, "-c", "import asyncio; from camera.client.viewer import view; "
+            f"asyncio.run(view({lab.link(pair=True)!r}, seconds=0.2))"], 90, "lab-pair.log")
         for condition in ("loss", "cap"):
             row = await _lab_condition(condition, lab, args)
             lab_rows.append(row)
             print(f"badnet: lab {_row_line(row)}", flush=True)
+    # Read now, not before: a loopback run may have stored its rows while this one
+    # waited for the lab.
+    stored: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        stored = json.loads((Path(args.out) / f"{NAME}.json").read_text())
+    rows = [row for row in stored.get("rows", []) if not row.get("lab")]
     out = {key: value for key, value in stored.items()
            if key not in ("machine", "seconds_taken", "smoke", "plots")}
     out.setdefault("video", f"{args.width}x{args.height}@{args.fps} "
@@ -465,7 +470,7 @@ async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> 
         for k, site in enumerate(sites):
             with logs[k].open("w") as err:
                 procs.append(lab.lab.popen(
-                    site, [sys.executable, "-c", _VIEWER_CMD, "--link", lab.link(pair=True),
+                    site, [sys.executable, "-c", _VIEWER_CMD, "--link", lab.link(),
                            "--seconds", str(seconds), "--variant", "improved"],
                     stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=lab.env))
 
