@@ -47,7 +47,8 @@ from bench.common import ROOT, Camera, percentile, pin_loopback, pyplot, start_r
 NAME = "badnet"
 HELP = "video through loss, jitter and a capped link: latency, stalls, fps, layers"
 SMOKE = ["--width", "320", "--height", "240", "--bitrate", "400000", "--seconds", "4",
-         "--cap-after", "2", "--cap-for", "4", "--after-lift", "2", "--cap-kbit", "150"]
+         "--cap-after", "2", "--cap-for", "4", "--after-lift", "2", "--cap-kbit", "150",
+         "--no-chromium"]
 NEEDS: list[str] = []
 
 VARIANTS = {"baseline": {"playout": False, "nack": False}, "improved": {}}
