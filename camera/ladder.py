@@ -15,8 +15,8 @@ viewer's RTCP receiver reports say it lost over a sliding window decides.
   (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
   ``up_after`` seconds: probe up (the move happens at the upper layer's next
   IDR). A queue still standing on the lower layer (the RTT over its floor) is
-  not clean time (at any of the last three reports: they span a keyframe
-  interval, and a link the layer only just fits queues at each IDR): a probe
+  not clean time (at most of the last three reports: they span a keyframe
+  interval, and a link the layer only just fits queues at its IDRs): a probe
   into a full link would only stall the picture.
 * A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
   taking effect, with congestion or ``probe_loss`` more than the lower layer lost
@@ -108,10 +108,12 @@ class Estimate:
     """Bits per second sent over the window."""
     rtt_rise: float | None = None
     """Seconds the recent RTT (raw: the least of the last three reports' samples) is
-    over its floor (the least average of the last ``rtt_floor_window`` s)."""
+    over its floor (the least raw sample of the last ``rtt_floor_window`` s): a queue
+    that stood through all three."""
     rtt_rise_max: float | None = None
-    """The same for the highest of the last three samples (a queue that stood at any of
-    them: three reports span a keyframe interval, whose IDR fills a thin link)."""
+    """The same for the median of those three: a queue at most reports (three reports
+    span a keyframe interval, whose IDR fills a link the layer only just fits), not
+    one odd report of a busy machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,7 @@ class LadderTuning:
     """Loss this heavy is a link too thin for the layer, whatever the RTT."""
     rtt_rise: float = 0.015
     """RTT this far over its recent floor: a queue is building (congestion)."""
-    rtt_floor_window: float = 30.0
+    rtt_floor_window: float = 60.0
     loss_only: bool = False
     """Decide on loss alone, as the controller did before it looked at the RTT (down
     over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``):
@@ -187,7 +189,7 @@ class LadderController:
         self._clean_since: float | None = None
         self._probe_until: float | None = None
         self._rtts: deque[tuple[float, float]] = deque()
-        """(when, the sender's smoothed RTT) per fresh report: the floor is their least."""
+        """(when, the raw RTT sample) per fresh report: the floor is their least."""
         self._raw_rtts: deque[float] = deque(maxlen=3)
         self._last_rtt: float | None = None
         self._loss_before_probe = 0.0
@@ -319,11 +321,11 @@ class LadderController:
         rise_max: float | None = None
         if sample.rtt is not None and not stale:
             if fresh:
-                self._rtts.append((now, sample.rtt))
                 # The raw sample behind the average: (new - a * old) / (1 - a).
                 a, before = t.rtt_smoothing, self._last_rtt
                 raw = sample.rtt if before is None else (sample.rtt - a * before) / (1 - a)
                 self._raw_rtts.append(max(0.0, raw))
+                self._rtts.append((now, max(0.0, raw)))
                 self._last_rtt = sample.rtt
             while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
                 self._rtts.popleft()
@@ -331,8 +333,9 @@ class LadderController:
                 # A queue stands across reports; an odd report or two (a busy loop, a
                 # delayed RTCP) is not one: the least of the last three raw samples says.
                 floor = min(rtt for _, rtt in self._rtts)
-                rise = max(0.0, min(self._raw_rtts) - floor)
-                rise_max = max(0.0, max(self._raw_rtts) - floor)
+                recent = sorted(self._raw_rtts)
+                rise = max(0.0, recent[0] - floor)
+                rise_max = max(0.0, recent[len(recent) // 2] - floor)
         self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_max)
 
 
