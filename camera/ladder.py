@@ -1,8 +1,10 @@
 """Which layer each viewer should be on, and the ``quality`` data channel: sans-I/O.
 
-:class:`LadderController` is one viewer's loss-based controller, after the loss
-half of Google Congestion Control (draft-ietf-rmcat-gcc-02, section 6): what the
-viewer's RTCP receiver reports say it lost over a sliding window decides.
+:class:`LadderController` is one viewer's controller, after Google Congestion
+Control (draft-ietf-rmcat-gcc-02): its loss half (section 6: what the viewer's
+RTCP receiver reports say it lost over a sliding window) and, to tell a link too
+thin from random loss, a coarse delay signal (the round-trip time's rise over its
+floor, the queue that section 5's delay-based half watches).
 
 * Congestion in two evaluations running: go down a layer. Congestion is loss
   over ``up_loss`` (2 %) with the round-trip time ``rtt_rise`` (15 ms) or more
@@ -245,9 +247,9 @@ class LadderController:
         if self.layer > 0:
             # A standing queue (the RTT over its floor) says the link is full even
             # when nothing is lost yet: no clean time then.
-            highest = self.estimate.rtt_rise_max
-            flat = highest is not None and highest < t.rtt_rise
-            clean = loss is not None and not self.congested and (highest is None or flat) and (
+            typical = self.estimate.rtt_rise_max
+            flat = typical is not None and typical < t.rtt_rise
+            clean = loss is not None and not self.congested and (typical is None or flat) and (
                 loss < t.up_loss or (flat and loss < t.down_loss))
             if t.loss_only:
                 clean = loss is not None and loss < t.up_loss
