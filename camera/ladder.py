@@ -112,7 +112,7 @@ class Estimate:
     """Seconds the recent RTT (raw: the least of the last three reports' samples) is
     over its floor (the least raw sample of the last ``rtt_floor_window`` s): a queue
     that stood through all three."""
-    rtt_rise_max: float | None = None
+    rtt_rise_median: float | None = None
     """The same for the median of those three: a queue at most reports (three reports
     span a keyframe interval, whose IDR fills a link the layer only just fits), not
     one odd report of a busy machine."""
@@ -247,7 +247,7 @@ class LadderController:
         if self.layer > 0:
             # A standing queue (the RTT over its floor) says the link is full even
             # when nothing is lost yet: no clean time then.
-            typical = self.estimate.rtt_rise_max
+            typical = self.estimate.rtt_rise_median
             flat = typical is not None and typical < t.rtt_rise
             clean = loss is not None and not self.congested and (typical is None or flat) and (
                 loss < t.up_loss or (flat and loss < t.down_loss))
@@ -320,7 +320,7 @@ class LadderController:
         span = now - oldest.at
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
         rise: float | None = None
-        rise_max: float | None = None
+        rise_median: float | None = None
         if sample.rtt is not None and not stale:
             if fresh:
                 # The raw sample behind the average: (new - a * old) / (1 - a).
@@ -337,8 +337,8 @@ class LadderController:
                 floor = min(rtt for _, rtt in self._rtts)
                 recent = sorted(self._raw_rtts)
                 rise = max(0.0, recent[0] - floor)
-                rise_max = max(0.0, recent[len(recent) // 2] - floor)
-        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_max)
+                rise_median = max(0.0, recent[len(recent) // 2] - floor)
+        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median)
 
 
 # -- the quality data channel ---------------------------------------------------------
