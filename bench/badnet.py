@@ -810,9 +810,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
                                for name, share in sorted(v["residency"].items()))
             capped = "–"
             if "low_after_s" in v:
-                capped = (f"{v['low_after_s']} s / {v['high_after_lift_s']} s / "
-                          f"{v.get('max_gap_after_switch_ms')} ms, "
-                          f"{v.get('fps_while_capped')} fps")
+                def shown(value: Any, unit: str) -> str:
+                    return "–" if value is None else f"{value} {unit}"
+
+                capped = (f"{shown(v['low_after_s'], 's')} / "
+                          f"{shown(v['high_after_lift_s'], 's')} / "
+                          f"{shown(v.get('max_gap_after_switch_ms'), 'ms')}, "
+                          f"{shown(v.get('fps_while_capped'), 'fps')}")
             cam = row.get("camera", {})
             kf = (f"{cam.get('keyframe_requests_total', 0):g} / "
                   f"{cam.get('keyframe_requests_sent_total', 0):g}") if k == 0 else ""
