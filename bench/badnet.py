@@ -100,6 +100,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     pin_loopback()
     from camera.client.viewer import view
 
+    started = time.monotonic()
     runner, url = await start_rendezvous()
     rows: list[dict[str, Any]] = []
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
@@ -139,8 +140,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stored = json.loads((Path(args.out) / f"{NAME}.json").read_text())
         setup = rows[0].get("setup") if rows else None
         stored["rows"] = [row for row in stored["rows"] if row.get("setup") != setup] + rows
+        # The time the page names is every merged run's.
+        stored["seconds_taken"] = round(stored.get("seconds_taken", 0.0)
+                                        + time.monotonic() - started, 1)
         return {key: value for key, value in stored.items()
-                if key not in ("machine", "seconds_taken", "smoke", "plots")}
+                if key not in ("machine", "smoke", "plots")}
     return {"video": f"{args.width}x{args.height}@{args.fps} {args.bitrate / 1e6:g} Mbit/s",
             "conditions": {"loss": args.loss, "delay_s": args.delay, "jitter_s": args.jitter,
                            "cap_kbit": args.cap_kbit, "cap_after_s": args.cap_after,
