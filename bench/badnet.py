@@ -785,6 +785,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"on its own link) capped at {c['cap_kbit']:g} kbit/s (0.1 s queue) from "
         f"{c['cap_after_s']:g} s for {c['cap_for_s']:g} s.",
     ]
+    if not lab:
+        lines += ["", "No NAT-lab rows on this page: `scripts/bench badnet --lab` (root, under "
+                  "the lab lock) adds them to the stored result."]
     if lab:
         lc = lab["conditions"]
         lines += [
