@@ -785,6 +785,12 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"on its own link) capped at {c['cap_kbit']:g} kbit/s (0.1 s queue) from "
         f"{c['cap_after_s']:g} s for {c['cap_for_s']:g} s.",
     ]
+    setups = sorted({row["setup"] for row in result["rows"] if row.get("setup")})
+    if setups:
+        lines += ["", f"Rows marked {', '.join(setups)} ran again (`--low-bitrate …` "
+                  "`--merge`, a later run) with the camera's `[video] low_bitrate` set so: the "
+                  "default low layer (a quarter of the bitrate) is close to a 600 kbit/s cap, "
+                  "and every IDR of it overflows the link's queue."]
     if not lab:
         lines += ["", "No NAT-lab rows on this page: `scripts/bench badnet --lab` (root, under "
                   "the lab lock) adds them to the stored result."]
