@@ -829,7 +829,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
                           f"{shown(v.get('fps_while_capped'), 'fps')}")
             cam = row.get("camera", {})
             kf = (f"{cam.get('keyframe_requests_total', 0):g} / "
-                  f"{cam.get('keyframe_requests_sent_total', 0):g}") if k == 0 else ""
+                  f"{cam.get('keyframe_requests_sent_total', 0):g}") if k == 0 and cam else ""
             who = f"{k + 1} (Chromium)" if v.get("client") == "chromium" else f"{k + 1}"
             lines.append(f"| {_condition_label(row)} | {row['variant']} | {who} | "
                          f"{s['latency_p50']} / {s['latency_p95']} | {s['max_gap_ms']} | "
