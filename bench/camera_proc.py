@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,12 @@ from camera.sources.base import Layer
 
 
 async def camera_main(args: argparse.Namespace) -> None:
+    for name in filter(None, os.environ.get("PEERCAM_BENCH_DEBUG", "").split(",")):
+        # Debug lines of these loggers on stderr (e.g. camera.quality's ladder samples).
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(created).3f %(name)s %(message)s"))
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.DEBUG)
     if not args.any_address:
         pin_loopback()
     from camera.agent import CameraAgent
@@ -29,13 +37,16 @@ async def camera_main(args: argparse.Namespace) -> None:
     from camera.sources.base import VideoSettings
 
     video = VideoSettings(width=args.width, height=args.height, fps=args.fps,
-                          bitrate=args.bitrate)
+                          bitrate=args.bitrate, low_bitrate=args.low_bitrate)
     config = CameraConfig(rendezvous=args.rendezvous, state_dir=Path(args.state_dir),
                           video=video, max_viewers=256, **json.loads(args.settings))
     source: Any = make_configured_source(config)
     if args.mode == "perviewer":
         install_per_viewer_encode(video)
         source = IdleSource()  # that path needs no shared encoder: don't charge it one
+    tuning = json.loads(args.ladder)
+    if tuning:
+        use_ladder_tuning(tuning)
     agent = CameraAgent(config, source, DeviceIdentity.load_or_create(config.state_dir))
     await agent.start()
     await agent.registered.wait()
@@ -43,6 +54,20 @@ async def camera_main(args: argparse.Namespace) -> None:
     print(f"PAIR {agent.open_pairing(ttl=86400, reusable=True)}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await agent.close()
+
+
+def use_ladder_tuning(fields: dict[str, Any]) -> None:
+    """Every viewer's layer controller in this process gets this tuning (the camera has
+    no setting for it: benchmarks compare controllers with it)."""
+    from camera import ladder
+
+    tuning = ladder.LadderTuning(**fields)
+    plain = ladder.LadderController.__init__
+
+    def init(self: Any, layers: int, _tuning: Any = None, *, layer: int = 0) -> None:
+        plain(self, layers, tuning, layer=layer)
+
+    ladder.LadderController.__init__ = init  # type: ignore[method-assign]
 
 
 def add_arguments(c: argparse.ArgumentParser) -> None:
@@ -53,6 +78,11 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--height", type=int, default=720)
     c.add_argument("--fps", type=int, default=30)
     c.add_argument("--bitrate", type=int, default=2_000_000)
+    c.add_argument("--ladder", default="{}",
+                   help="the layer controller's tuning for every viewer, a JSON object of "
+                   "camera.ladder.LadderTuning fields (e.g. {\"loss_only\": true})")
+    c.add_argument("--low-bitrate", type=int, default=0,
+                   help="the low layer's bitrate (0: the camera's default, a quarter)")
     c.add_argument("--settings", default="{}",
                    help="more camera settings, a JSON object (e.g. {\"probe_revert\": false})")
     c.add_argument("--any-address", action="store_true",

@@ -1,29 +1,41 @@
 """Which layer each viewer should be on, and the ``quality`` data channel: sans-I/O.
 
-:class:`LadderController` is one viewer's loss-based controller, after the loss
-half of Google Congestion Control (draft-ietf-rmcat-gcc-02, section 6): what the
-viewer's RTCP receiver reports say it lost over a sliding window decides.
+:class:`LadderController` is one viewer's controller, after Google Congestion
+Control (draft-ietf-rmcat-gcc-02): its loss half (section 6: what the viewer's
+RTCP receiver reports say it lost over a sliding window) and, to tell a link too
+thin from random loss, a coarse delay signal (the round-trip time's rise over its
+floor, the queue that section 5's delay-based half watches).
 
-* Loss above ``down_loss`` (10 %) over the window, in two evaluations running:
-  go down a layer.
-* On a lower layer, loss under ``up_loss`` (2 %) for ``up_after`` seconds: probe
-  up (the move happens at the upper layer's next IDR).
+* Congestion in two evaluations running: go down a layer. Congestion is loss
+  over ``up_loss`` (2 %) with the round-trip time ``rtt_rise`` (15 ms) or more
+  over its floor of the last ``rtt_floor_window`` seconds (a queue building at
+  the bottleneck), or loss of ``congestion_loss`` (20 %) or more whatever the
+  RTT (a policer dropping what does not fit). Random loss (Wi-Fi: a few
+  percent, even over ``down_loss``, with a flat RTT) demotes nobody: a smaller
+  layer would lose the same share of its packets, and NACK recovers them.
+* On a lower layer, no congestion and loss under ``down_loss`` with a flat RTT
+  (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
+  ``up_after`` seconds: probe up (the move happens at the upper layer's next
+  IDR). A queue still standing on the lower layer (the RTT over its floor) is
+  not clean time (at most of the last three reports: they span a keyframe
+  interval, and a link the layer only just fits queues at its IDRs): a probe
+  into a full link would only stall the picture.
 * A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
-  taking effect (or, with the caller's :meth:`LadderController.picture_lost`, a
+  taking effect, with congestion or ``probe_loss`` more than the lower layer lost
+  before it (or, with the caller's :meth:`LadderController.picture_lost`, a
   picture loss the viewer reports right away) is reverted, and the next probe
   waits twice as long (up to ``max_up_after``, so a viewer whose link got
   better is back up within about ``window + max_up_after`` seconds). A probe
   that survives resets the wait.
-* Between 2 % and 10 % nothing moves: the gap is the hysteresis that keeps
-  steady random loss (Wi-Fi) from flapping a viewer between layers.
+* Between the thresholds nothing moves: the gap is the hysteresis that keeps
+  steady random loss from flapping a viewer between layers.
 
 It decides nothing without evidence: a window needs ``min_packets`` packets
 covered by fresh receiver reports (none for ``stale_after`` seconds: no
 decision, and no clean time accrues). The caller samples the sender's stats
 (aiortc's ``remote-inbound-rtp`` and ``outbound-rtp``) into :class:`Sample`
-records with its own clock: no wall time in here. Round-trip time and bytes
-sent are recorded in each :class:`Estimate` for status; the decisions are
-loss-based only.
+records with its own clock: no wall time in here. Bytes sent are recorded in
+each :class:`Estimate` for status; loss and the round-trip time's rise decide.
 
 The ``quality`` data channel lets a viewer pin a layer (docs/protocol.md,
 "Quality data channel"). Viewer -> camera, one JSON object per text message::
@@ -96,6 +108,14 @@ class Estimate:
     rtt: float | None
     send_rate: float | None
     """Bits per second sent over the window."""
+    rtt_rise: float | None = None
+    """Seconds the recent RTT (raw: the least of the last three reports' samples) is
+    over its floor (the least raw sample of the last ``rtt_floor_window`` s): a queue
+    that stood through all three."""
+    rtt_rise_median: float | None = None
+    """The same for the median of those three: a queue at most reports (three reports
+    span a keyframe interval, whose IDR fills a link the layer only just fits), not
+    one odd report of a busy machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +131,19 @@ class LadderTuning:
     max_up_after: float = 8.0
     probe_window: float = 3.0
     stale_after: float = 2.0
+    congestion_loss: float = 0.20
+    """Loss this heavy is a link too thin for the layer, whatever the RTT."""
+    rtt_rise: float = 0.015
+    """RTT this far over its recent floor: a queue is building (congestion)."""
+    rtt_floor_window: float = 60.0
+    loss_only: bool = False
+    """Decide on loss alone, as the controller did before it looked at the RTT (down
+    over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``):
+    for comparisons."""
+    rtt_smoothing: float = 0.85
+    """The weight of the old value in the sender's RTT average (aiortc's is 0.85 per
+    report); the controller undoes it to see a queue build or drain within a report
+    or two rather than seconds later. 0: the RTT given is a raw sample."""
 
     def __post_init__(self) -> None:
         if not 0 < self.up_loss < self.down_loss <= 1:
@@ -119,6 +152,11 @@ class LadderTuning:
         if not 0 < self.up_after <= self.max_up_after:
             raise ValueError(f"up_after {self.up_after}, max_up_after {self.max_up_after}: "
                              "need 0 < up_after <= max_up_after")
+        if not 0 <= self.rtt_smoothing < 1:
+            raise ValueError(f"rtt_smoothing {self.rtt_smoothing}: need 0 <= x < 1")
+        if not self.down_loss <= self.congestion_loss <= 1:
+            raise ValueError(f"congestion_loss {self.congestion_loss}: need down_loss "
+                             f"{self.down_loss} <= congestion_loss <= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +190,11 @@ class LadderController:
         self._over = 0
         self._clean_since: float | None = None
         self._probe_until: float | None = None
+        self._rtts: deque[tuple[float, float]] = deque()
+        """(when, the raw RTT sample) per fresh report: the floor is their least."""
+        self._raw_rtts: deque[float] = deque(maxlen=3)
+        self._last_rtt: float | None = None
+        self._loss_before_probe = 0.0
 
     @property
     def probing(self) -> bool:
@@ -184,25 +227,50 @@ class LadderController:
         if self.pending is not None:
             return Decision.STAY
         if self._probe_until is not None:
-            if loss is not None and loss > t.probe_loss:
+            if loss is not None and loss > t.probe_loss and (
+                    t.loss_only or self.congested
+                    or loss - self._loss_before_probe > t.probe_loss):
                 self.failed_probes += 1
                 self._probe_until = None
                 return self._decide(Decision.DOWN)
             if now >= self._probe_until:
                 self._probe_until = None
                 self.failed_probes = 0  # the probe held: the link has room
-        self._over = self._over + 1 if loss is not None and loss > t.down_loss else 0
+        # Loss with a queue standing, or loss of a policer's size: the layer does not fit.
+        queued = self.estimate.rtt_rise is not None and self.estimate.rtt_rise >= t.rtt_rise
+        over = loss is not None and (loss >= t.congestion_loss or (queued and loss > t.up_loss))
+        if t.loss_only:
+            over = loss is not None and loss > t.down_loss
+        self._over = self._over + 1 if over else 0
         if self._over >= 2 and self.layer < self.layers - 1:
             return self._decide(Decision.DOWN)
         if self.layer > 0:
-            if loss is None or loss >= t.up_loss:
+            # A standing queue (the RTT over its floor) says the link is full even
+            # when nothing is lost yet: no clean time then.
+            typical = self.estimate.rtt_rise_median
+            flat = typical is not None and typical < t.rtt_rise
+            clean = loss is not None and not self.congested and (typical is None or flat) and (
+                loss < t.up_loss or (flat and loss < t.down_loss))
+            if t.loss_only:
+                clean = loss is not None and loss < t.up_loss
+            if not clean:
                 self._clean_since = None
             elif self._clean_since is None:
                 self._clean_since = now
             elif now - self._clean_since >= self.up_after:
                 self.probes += 1
+                self._loss_before_probe = loss or 0.0
                 return self._decide(Decision.UP)
         return Decision.STAY
+
+    @property
+    def congested(self) -> bool:
+        """The window's loss or the RTT's rise says the link is too thin for the layer
+        (not random loss on a link with room)."""
+        t, e = self.tuning, self.estimate
+        if e.loss is not None and e.loss >= t.congestion_loss:
+            return True
+        return e.rtt_rise is not None and e.rtt_rise >= t.rtt_rise
 
     def picture_lost(self, at: float) -> Decision:
         """The viewer reported picture loss (PLI/FIR, or a NACK beyond the retransmit
@@ -251,7 +319,26 @@ class LadderController:
         oldest = self._samples[0]
         span = now - oldest.at
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
-        self.estimate = Estimate(loss, sample.rtt, rate)
+        rise: float | None = None
+        rise_median: float | None = None
+        if sample.rtt is not None and not stale:
+            if fresh:
+                # The raw sample behind the average: (new - a * old) / (1 - a).
+                a, before = t.rtt_smoothing, self._last_rtt
+                raw = sample.rtt if before is None else (sample.rtt - a * before) / (1 - a)
+                self._raw_rtts.append(max(0.0, raw))
+                self._rtts.append((now, max(0.0, raw)))
+                self._last_rtt = sample.rtt
+            while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
+                self._rtts.popleft()
+            if self._rtts and self._raw_rtts:
+                # A queue stands across reports; an odd report or two (a busy loop, a
+                # delayed RTCP) is not one: the least of the last three raw samples says.
+                floor = min(rtt for _, rtt in self._rtts)
+                recent = sorted(self._raw_rtts)
+                rise = max(0.0, recent[0] - floor)
+                rise_median = max(0.0, recent[len(recent) // 2] - floor)
+        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median)
 
 
 # -- the quality data channel ---------------------------------------------------------

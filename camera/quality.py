@@ -129,6 +129,11 @@ class ViewerQuality:
                         self.track.layer.label)
         self._report_layer()
         decision = self.controller.observe(sample)
+        # One line per sample at debug: what a recorded trace for the ladder's tests is.
+        logger.debug("session %s: ladder sample %s %s %s %s %s %s %s layer %d -> %s",
+                     self.session_id, sample.at, sample.packets_sent, sample.bytes_sent,
+                     sample.packets_lost, sample.packets_expected, sample.report_at,
+                     sample.rtt, self.controller.layer, decision.value)
         if self.mode != "auto" or decision is Decision.STAY:
             if self.mode != "auto":
                 self.controller.cancel()

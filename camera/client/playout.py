@@ -20,7 +20,9 @@ whenever a packet and its retransmission are both lost.
   buffer moves on to the next frame; a dropped frame was a reference (every
   P-frame of the camera's encoders is), so the frames after it would decode to
   garbage: they are dropped too until an IDR arrives, and a keyframe is asked
-  for once (again every ``keyframe_retry`` while none comes).
+  for once (again every ``keyframe_retry`` while none comes; not while one that
+  began arriving after the request is still being repaired, up to
+  ``keyframe_wait``).
 * **Complete frames go at once**: the packets from the head through a marker
   bit, one timestamp, no gap.
 
@@ -165,6 +167,8 @@ class Playout:
         self._ready: list[Frame] = []
         self._key_timestamps: dict[int, None] = {}
         """RTP timestamps of IDRs whose first packet came (the latest few, oldest first)."""
+        self._key_began_at: float | None = None
+        """When the first packet of the newest IDR came."""
 
     # -- the clock-driven parts ----------------------------------------------------
 
@@ -230,6 +234,8 @@ class Playout:
         self._packets[seq] = packet
         self._arrived[seq] = now
         if packet.keyframe_start:
+            if packet.timestamp not in self._key_timestamps:
+                self._key_began_at = now
             self._key_timestamps[packet.timestamp] = None
             if len(self._key_timestamps) > 8:
                 del self._key_timestamps[next(iter(self._key_timestamps))]
@@ -412,6 +418,12 @@ class Playout:
 
     def _ask_keyframe(self, now: float) -> None:
         if self._asked_at is not None and now - self._asked_at < self.settings.keyframe_retry:
+            return
+        began = self._key_began_at
+        if (self._asked_at is not None and began is not None and began >= self._asked_at
+                and now - began < self.settings.keyframe_wait):
+            # The IDR asked for is arriving and NACKs repair it: asking for another
+            # would only put a second burst on a link the first one already fills.
             return
         self._asked_at = now
         self.counters.keyframe_requests += 1

@@ -215,3 +215,26 @@ def test_an_idr_awaited_waits_longer_unless_a_newer_one_starts() -> None:
         playout.add(p, 1.01)
     playout.poll(1.0 + playout.wait + 0.01)
     assert [f.timestamp for f in drain(playout)] == [15000]
+
+
+def test_no_second_keyframe_request_while_the_first_answer_is_repaired() -> None:
+    """Under a thin link the IDR asked for loses packets too: asking for another every
+    keyframe_retry would put burst on burst. While the IDR that began arriving after
+    the request is being repaired (up to keyframe_wait) nothing more is asked."""
+    asked: list[float] = []
+    settings = ReceiveSettings(initial_rtt=0.01, keyframe_retry=0.5, keyframe_wait=2.0)
+    playout = Playout(settings, on_keyframe_request=lambda: asked.append(0.0))
+    for p in frame_packets(0, 0, 1, keyframe=True):
+        playout.add(p, 0.0)
+    drain(playout)
+    playout.add(frame_packets(2, 3000, 1)[0], 0.0)  # seq 1 lost: a frame given up
+    playout.poll(0.2)
+    assert playout.awaiting_keyframe and len(asked) == 1
+    idr = frame_packets(3, 6000, 4, keyframe=True)  # its packets 4 and 5 lost for now
+    playout.add(idr[0], 0.3)
+    playout.add(idr[3], 0.3)
+    for t in (0.8, 1.3, 1.8, 2.2):
+        playout.poll(t)
+    assert len(asked) == 1  # still being repaired: no burst on top of it
+    playout.poll(2.31 + settings.keyframe_retry)  # past keyframe_wait: ask again
+    assert len(asked) == 2
