@@ -18,7 +18,7 @@ a real network: 203.0.113.0/24 (RFC 5737 TEST-NET-3) is the "public internet",
 A router's LAN side is a bridge ``lan0`` (ports: ``lanw`` to the wire, and ``roam``
 while the roaming host is there).
 
-where k is the kind's number (full-cone 1 … udp-blocked 6) and i = k for the
+where k is the kind's number (full-cone 1 … udp-blocked 6, symmetric-seq 7) and i = k for the
 first instance of a kind, k + 8 for the second ("K-2", public 203.0.113.(200 + k)).
 The ipv6 site's router also routes 2001:db8:0:1::(100 + k) <-> 2001:db8:0:(100 + k)::/64
 without NAT; the hex group reuses the decimal digits so ::105 reads as .105.
@@ -73,6 +73,9 @@ class Kind(StrEnum):
     SYMMETRIC = "symmetric"
     IPV6 = "ipv6"
     UDP_BLOCKED = "udp-blocked"
+    SYMMETRIC_SEQUENTIAL = "symmetric-seq"
+    """Symmetric, but each new flow gets the next port (predictable); "symmetric"
+    picks every port at random."""
 
 
 KIND_NUMBER = {
@@ -83,6 +86,7 @@ KIND_NUMBER = {
     Kind.SYMMETRIC: 4,
     Kind.IPV6: 5,
     Kind.UDP_BLOCKED: 6,
+    Kind.SYMMETRIC_SEQUENTIAL: 7,
 }
 
 ALL_SITES: tuple[str, ...] = tuple(kind.value for kind in Kind)
@@ -112,6 +116,7 @@ EXPECTED: dict[Kind, Behaviour] = {
     Kind.SYMMETRIC: Behaviour(APDM, APDM),
     Kind.IPV6: Behaviour(EIM, APDM),
     Kind.UDP_BLOCKED: Behaviour(BLOCKED, BLOCKED),
+    Kind.SYMMETRIC_SEQUENTIAL: Behaviour(APDM, APDM),
 }
 """IPv4 UDP behaviour per kind; the ipv6 site's IPv4 sits behind a port-restricted NAT."""
 

@@ -11,6 +11,15 @@ How each kind gets its RFC 4787 behaviour out of Linux conntrack:
   replies of a conntrack entry, i.e. address-and-port-dependent filtering.
 * symmetric: SNAT ``fully-random``: every new 5-tuple gets a random port, so the
   mapping is address-and-port-dependent too.
+* symmetric-seq: SNAT to the port ``numgen inc`` gives: every new 5-tuple (the
+  nat chain sees only a flow's first packet) takes the next port of
+  ``SEQUENTIAL_PORTS``, the predictable allocator of many home routers. Plain
+  SNAT cannot do this: Linux keeps the source port while the tuple is free
+  (endpoint-independent), and when it must change the port it starts its search
+  at a random offset (``nf_nat_l4proto_unique_tuple``), with or without
+  ``random``; ``random`` hashes the flow, ``fully-random`` draws per flow. The
+  counter is global, so other flows through the router take ports in between,
+  as other hosts' traffic does on a real one.
 * full-cone / restricted: the same port-keeping SNAT, plus a set that remembers
   the mapped port (full cone) or remote address and mapped port (address-
   restricted) of outbound UDP, refreshed by every outbound packet and expiring
@@ -32,6 +41,9 @@ discards the unconfirmed entry.
 from __future__ import annotations
 
 from services.natlab.plan import Kind, Site
+
+SEQUENTIAL_PORTS = (20000, 20000)
+"""(first port, how many) for the symmetric-seq NAT's counter, wrapping around."""
 
 DEFAULT_UDP_TIMEOUT = 30
 """Seconds; the kernel's nf_conntrack_udp_timeout default, used for the cone sets."""
@@ -93,6 +105,14 @@ def router_ruleset(site: Site, udp_timeout: int | None = None) -> str:
     lines += [
         "  chain postrouting {",
         "    type nat hook postrouting priority srcnat; policy accept;",
+    ]
+    if kind is Kind.SYMMETRIC_SEQUENTIAL:
+        first, count = SEQUENTIAL_PORTS
+        lines.append(
+            f'    oifname "wan0" ip saddr {site.lan_cidr} meta l4proto udp '
+            f"snat ip to {site.public_ip}:numgen inc mod {count} offset {first}"
+        )
+    lines += [
         f'    oifname "wan0" ip saddr {site.lan_cidr} {snat}',
         "  }",
     ]

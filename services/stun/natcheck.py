@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -27,6 +28,7 @@ import socket
 import sys
 from typing import Any, cast
 
+from .allocation import classify_allocation
 from .discovery import BehaviourDiscovery, NatReport
 from .errors import StunError
 from .message import Address, Message, MessageClass, Method, parse
@@ -38,6 +40,9 @@ DEFAULT_RTO = 0.2
 """First retransmission timeout; RFC 8489 says 0.5 s or more on the Internet."""
 DEFAULT_RETRIES = 2
 """Retransmissions after the first send: waits of 0.2, 0.4, 0.8 s (1.4 s per lost probe)."""
+ALLOCATION_SAMPLES = 6
+"""New flows (one socket each, one after the other) whose mappings show the
+allocation pattern behind a symmetric NAT."""
 
 
 class StunUnreachable(StunError, OSError):
@@ -168,6 +173,37 @@ async def _hairpin(
         sender.transport.close()
 
 
+async def _measure_allocation(
+    report: NatReport, destination: Address, local_host: str, samples: int, rto: float,
+    retries: int,
+) -> NatReport:
+    """Consecutive new flows to ``destination``, one socket each, all kept open until
+    the end so that no local port is reused; their mapped ports, classified."""
+    probers: list[_Prober] = []
+    mapped: list[int] = []
+    local: list[int] = []
+    try:
+        for _ in range(samples):
+            prober = await _open(local_host)
+            probers.append(prober)
+            response, _source = await prober.transact(
+                Message(Method.BINDING, MessageClass.REQUEST), destination, rto, retries
+            )
+            address = response.attributes.get("XOR-MAPPED-ADDRESS") if response else None
+            if not isinstance(address, tuple):
+                break  # a lost flow would read as a gap: stop at the first silence
+            mapped.append(int(address[1]))
+            local.append(prober.local_port)
+    finally:
+        for prober in probers:
+            if prober.transport is not None:
+                prober.transport.close()
+    found = classify_allocation(mapped, local)
+    logger.debug("allocation %s: mapped ports %s", found.pattern, mapped)
+    return dataclasses.replace(report, allocation=found.pattern, mapped_ports=tuple(mapped),
+                               allocation_step=found.step)
+
+
 async def natcheck(
     server: Address,
     *,
@@ -175,8 +211,11 @@ async def natcheck(
     timeout: float = DEFAULT_RTO,
     retries: int = DEFAULT_RETRIES,
     hairpin: bool = True,
+    samples: int = ALLOCATION_SAMPLES,
 ) -> NatReport:
-    """Run RFC 5780 mapping, filtering and hairpinning tests against ``server``.
+    """Run RFC 5780 mapping, filtering and hairpinning tests against ``server``;
+    behind a NAT whose mapping depends on the destination, also map ``samples``
+    new flows one after the other and classify the port allocation.
 
     ``timeout`` is the first retransmission timeout of each probe, doubled on
     every one of the ``retries`` retransmissions. A server without RFC 5780
@@ -218,7 +257,11 @@ async def natcheck(
             plan.record_hairpin(
                 await _hairpin(target, probers["mapping"], local_host, timeout, retries)
             )
-        return plan.report()
+        report = plan.report()
+        if samples >= 2 and report.mapping not in (None, "endpoint-independent"):
+            report = await _measure_allocation(report, destination, local_host, samples,
+                                               timeout, retries)
+        return report
     finally:
         for prober in probers.values():
             if prober.transport is not None:
