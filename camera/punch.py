@@ -43,6 +43,8 @@ Strategy = Literal["off", "none", "sequential", "birthday-open", "birthday-probe
 FIRST_PORT = 1024
 """NATs allocate outside the well-known ports; predictions stay in 1024-65535."""
 USABLE_PORTS = 65536 - FIRST_PORT
+MAX_PACKETS_PER_SECOND = 200.0
+"""RFC 8445 section 14.2: ICE checks are paced at Ta >= 5 ms; punching is no faster."""
 
 
 class BadPunchPlan(PeercamError, ValueError):
@@ -55,9 +57,9 @@ class PunchBudget:
 
     max_packets: int = 2048
     """Packets this side sends in one attempt (each a small STUN Binding request)."""
-    max_seconds: float = 10.0
+    max_seconds: float = 12.0
     """The attempt's last packet leaves at most this long after its first."""
-    packets_per_second: float = 250.0
+    packets_per_second: float = MAX_PACKETS_PER_SECOND
     """Pacing: packets leave evenly spaced at this rate, never in a burst."""
 
     def __post_init__(self) -> None:
@@ -65,9 +67,10 @@ class PunchBudget:
             raise BadPunchPlan(f"max_packets must be at least 1, not {self.max_packets!r}")
         if not self.max_seconds > 0:
             raise BadPunchPlan(f"max_seconds must be positive, not {self.max_seconds!r}")
-        if not 0 < self.packets_per_second <= 10_000:
+        if not 0 < self.packets_per_second <= MAX_PACKETS_PER_SECOND:
             raise BadPunchPlan(
-                f"packets_per_second must be in (0, 10000], not {self.packets_per_second!r}"
+                f"packets_per_second must be in (0, {MAX_PACKETS_PER_SECOND:g}], "
+                f"not {self.packets_per_second!r}"
             )
 
     @property

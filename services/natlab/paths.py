@@ -18,7 +18,23 @@ from services.natlab.plan import parse_site
 #: What each kind of NAT looks like to a peer's ICE over IPv4 (the ipv6 site's
 #: IPv4 is port-restricted; a sequential symmetric NAT is still symmetric to
 #: plain ICE, which does not predict ports).
-V4_KIND = {"ipv6": "port-restricted", "symmetric-seq": "symmetric"}
+V4_KIND = {
+    "ipv6": "port-restricted",
+    "symmetric-seq": "symmetric",
+    # Behind a carrier: a port-restricted home router (or plain LAN router) behind a
+    # port-keeping NAT is port-restricted as a whole; behind a symmetric one, symmetric.
+    "cgnat": "port-restricted",
+    "cgnat-hairpin": "port-restricted",
+    "lans": "port-restricted",
+    "lans-hairpin": "port-restricted",
+    "cgnat-sym": "symmetric",
+}
+
+#: Kinds whose two sites share one NAT that hairpins: their peers meet through
+#: the shared public address. Without hairpinning they share an address they
+#: cannot reach, and no private path (the NAT does not route between them).
+HAIRPIN = {"cgnat-hairpin", "lans-hairpin"}
+SHARED = {"cgnat", "cgnat-sym", "lans", *HAIRPIN}
 
 
 def site_kind(site: str) -> str:
@@ -31,6 +47,8 @@ def direct_possible(camera: str, viewer: str) -> bool:
     if camera == viewer:
         return True  # the same LAN: host candidates
     kinds = {site_kind(camera), site_kind(viewer)}
+    if len(kinds) == 1 and kinds <= SHARED:
+        return kinds <= HAIRPIN  # two sites behind one shared NAT
     if kinds == {"ipv6"}:
         return True  # both on public IPv6, which the ipv6 sites route without a firewall
     if "udp-blocked" in kinds:

@@ -28,6 +28,20 @@ How each kind gets its RFC 4787 behaviour out of Linux conntrack:
 * udp-blocked: port-restricted NAT whose forward chain drops the LAN's UDP, so
   only TCP (e.g. TURN over TCP/TLS on 443) gets out.
 * ipv6: port-restricted NAT for IPv4; IPv6 is routed, untranslated and unfiltered.
+* cgnat, cgnat-sym, cgnat-hairpin: a port-restricted home router whose WAN is in
+  100.64.0.0/10 behind a carrier NAT (``carrier_ruleset``); lans, lans-hairpin: a
+  plain router (no NAT, no filter) whose LAN sits behind the shared NAT.
+
+A carrier NAT (``carrier_ruleset``) translates everything behind it to one public
+address: ``fully-random`` for the symmetric CGNAT, port-keeping SNAT otherwise.
+It never forwards from one inside network to another (two homes reach each
+other only through public addresses). Hairpinning (RFC 4787 REQ-9) needs what
+conntrack alone does not give: a packet from inside to the public address and a
+mapped port must go to whoever holds that mapping. A map remembers, per mapped
+port, the inside address and port of the flow (filled after srcnat, like the
+cones' sets); prerouting DNATs inside packets to the public address through it,
+and postrouting SNATs the hairpinned packet to the sender's own public mapping,
+so the receiver sees the address its peer announced.
 
 Every router's INPUT chain drops by default. Why: conntrack makes an entry for
 any packet in prerouting, and only a packet that survives to INPUT confirms it.
@@ -40,7 +54,7 @@ discards the unconfirmed entry.
 
 from __future__ import annotations
 
-from services.natlab.plan import Kind, Site
+from services.natlab.plan import Carrier, Kind, Site
 
 SEQUENTIAL_PORTS = (20000, 20000)
 """(first port, how many) for the symmetric-seq NAT's counter, wrapping around."""
@@ -99,7 +113,9 @@ def router_ruleset(site: Site, udp_timeout: int | None = None) -> str:
         lines.append("    ct status dnat accept")
     lines.append("  }")
 
-    snat = f"snat ip to {site.public_ip}"
+    snat = f"snat ip to {site.wan_ip}"
+    if not site.translates:
+        snat = "accept"  # a plain router: the carrier translates
     if kind is Kind.SYMMETRIC:
         snat += " fully-random"
     lines += [
@@ -131,6 +147,59 @@ def router_ruleset(site: Site, udp_timeout: int | None = None) -> str:
             "    type nat hook prerouting priority dstnat; policy accept;",
             f'    iifname "wan0" meta nfproto ipv4 meta l4proto udp {key_in} @inbound '
             f"dnat ip to {site.host_ip}",
+            "  }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def carrier_ruleset(carrier: Carrier, udp_timeout: int | None = None) -> str:
+    """The nft script for a carrier's NAT: ``wan0`` public, ``isp0`` the inside bridge."""
+    timeout = udp_timeout or DEFAULT_UDP_TIMEOUT
+    inside = f"{{ {carrier.inside_cidr}, {carrier.lan_supernet} }}"
+    public = carrier.public_ip
+    lines = ["table inet natlab {"]
+    if carrier.hairpin:
+        lines += [
+            "  map hairpin {",
+            "    type inet_service : ipv4_addr . inet_service; flags timeout;",
+            f"    timeout {timeout}s;",
+            "  }",
+        ]
+    lines += [
+        "  chain input {",
+        "    type filter hook input priority filter; policy drop;",
+        '    iifname "lo" accept',
+        "    ct state established,related accept",
+        "  }",
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy drop;",
+    ]
+    if carrier.hairpin:
+        lines.append('    iifname "isp0" oifname "isp0" ct status dnat accept')
+    lines += [
+        '    iifname "isp0" oifname "wan0" accept',
+        '    iifname "wan0" oifname "isp0" ct state established,related accept',
+        "  }",
+        "  chain postrouting {",
+        "    type nat hook postrouting priority srcnat; policy accept;",
+        f'    oifname "wan0" ip saddr {inside} snat ip to {public}'
+        + (" fully-random" if carrier.symmetric else ""),
+    ]
+    if carrier.hairpin:
+        lines.append(f'    oifname "isp0" ip saddr {inside} ct status dnat snat ip to {public}')
+    lines.append("  }")
+    if carrier.hairpin:
+        lines += [
+            "  chain remember {",
+            "    type filter hook postrouting priority 110; policy accept;",
+            '    oifname "wan0" meta nfproto ipv4 meta l4proto udp update @hairpin '
+            f"{{ udp sport timeout {timeout}s : ct original ip saddr . ct original proto-src }}",
+            "  }",
+            "  chain prerouting {",
+            "    type nat hook prerouting priority dstnat; policy accept;",
+            f'    iifname "isp0" ip daddr {public} meta l4proto udp '
+            "dnat ip to udp dport map @hairpin",
             "  }",
         ]
     lines.append("}")

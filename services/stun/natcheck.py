@@ -148,18 +148,41 @@ def _route_source(local_host: str, server: Address) -> str:
 
 
 async def _hairpin(
-    target: Address, receiver: _Prober, local_host: str, rto: float, retries: int
+    target: Address,
+    receiver: _Prober,
+    local_host: str,
+    rto: float,
+    retries: int,
+    server: Address | None = None,
 ) -> bool:
-    # RFC 5780 section 4.5: from a second socket, send to the first one's
-    # mapped address; hairpinning works if the first socket receives it.
+    """RFC 5780 section 4.5: from a second socket, send to the first one's mapped
+    address (``target``); hairpinning works if the first socket receives it.
+
+    With ``server``, the second socket first learns its own mapped address there,
+    and the first socket sends to it too, each round, as ICE checks do: behind a
+    home router that filters on the remote address and port, itself behind a
+    hairpinning carrier NAT, a hairpinned packet arrives from a public address the
+    home router lets in only after its own host has sent there."""
     sender = await _open(local_host)
+    loop = asyncio.get_running_loop()
     request = Message(Method.BINDING, MessageClass.REQUEST)
-    arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    arrived: asyncio.Future[None] = loop.create_future()
     receiver.expected_requests[request.transaction_id] = arrived
+    back = Message(Method.BINDING, MessageClass.REQUEST)
+    sender.expected_requests[back.transaction_id] = arrived
+    sender_mapped: Address | None = None
     try:
-        assert sender.transport is not None
-        data = request.encode()
+        assert sender.transport is not None and receiver.transport is not None
+        if server is not None:
+            response, _source = await sender.transact(
+                Message(Method.BINDING, MessageClass.REQUEST), server, rto, retries
+            )
+            value = response.attributes.get("XOR-MAPPED-ADDRESS") if response else None
+            sender_mapped = value if isinstance(value, tuple) else None
+        data, back_data = request.encode(), back.encode()
         for _ in range(1 + retries):
+            if sender_mapped is not None:
+                receiver.transport.sendto(back_data, sender_mapped)
             sender.transport.sendto(data, target)
             done, _pending = await asyncio.wait({arrived}, timeout=rto)
             if done:
@@ -255,7 +278,8 @@ async def natcheck(
         target = plan.hairpin_target
         if hairpin and target is not None:
             plan.record_hairpin(
-                await _hairpin(target, probers["mapping"], local_host, timeout, retries)
+                await _hairpin(target, probers["mapping"], local_host, timeout, retries,
+                               destination)
             )
         report = plan.report()
         if samples >= 2 and report.mapping not in (None, "endpoint-independent"):

@@ -79,6 +79,8 @@ def coturn_config(tmp: Path, secret: str, port: int) -> Path:
         # when a relay send fails (ENETUNREACH to a peer's private host candidate),
         # and the client's next ChannelBind then gets 438, then 400.
         "denied-peer-ip=198.51.100.0-198.51.100.255",
+        "denied-peer-ip=192.0.2.0-192.0.2.255",  # the LANs behind the lab's carriers
+        "denied-peer-ip=100.64.0.0-100.127.255.255",  # and the carriers' inside
         f"listening-ip={SERVER}",
         f"relay-ip={SERVER}",
         f"listening-port={port}",
@@ -265,9 +267,38 @@ class Matrix:
         self.procs.clear()
 
 
+SHARED_REPORT = "nat-matrix-shared.json"
+"""Where tests/lab/test_cgnat.py leaves its cells and natchecks for ``write_report``."""
+
+
+def save_shared(out: Path, cells: list[Cell], natchecks: dict[str, dict[str, Any]]) -> None:
+    """The shared-NAT cells (CGNAT, two LANs) for the next ``write_report`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SHARED_REPORT).write_text(json.dumps(
+        {"cells": [asdict(c) for c in cells], "natcheck": natchecks}, indent=1))
+
+
+def load_shared(out: Path) -> tuple[list[Cell], dict[str, dict[str, Any]]]:
+    path = out / SHARED_REPORT
+    if not path.exists():
+        return [], {}
+    data = json.loads(path.read_text())
+    return [Cell(**cell) for cell in data["cells"]], dict(data["natcheck"])
+
+
+def _cell_text(c: Cell) -> str:
+    if not c.frames:
+        return "**no video**"
+    mark = "R" if c.relayed else "D"
+    flag = "" if c.ok else " ⚠"
+    return f"{mark} {c.local_candidate}→{c.remote_candidate} {c.ttff_ms:.0f}{flag}"
+
+
 def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
-                 natchecks: dict[str, dict[str, Any]] | None = None) -> None:
-    """docs/nat-matrix.md (a table) and a heatmap PNG of time to first frame."""
+                 natchecks: dict[str, dict[str, Any]] | None = None,
+                 shared: list[Cell] | None = None) -> None:
+    """docs/nat-matrix.md (a table) and a heatmap PNG of time to first frame;
+    ``shared``: the cells between sites behind shared NATs, as a second table."""
     sites = list(dict.fromkeys(c.camera for c in cells))
     viewers = list(dict.fromkeys(c.viewer for c in cells))
     by = {(c.camera, c.viewer): c for c in cells}
@@ -306,15 +337,7 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         row = []
         for viewer in viewers:
             c = by.get((camera, viewer))
-            if c is None:
-                row.append("")
-            elif not c.frames:
-                row.append("**no video**")
-            else:
-                mark = "R" if c.relayed else "D"
-                flag = "" if c.ok else " ⚠"
-                row.append(f"{mark} {c.local_candidate}→{c.remote_candidate} "
-                           f"{c.ttff_ms:.0f}{flag}")
+            row.append("" if c is None else _cell_text(c))
         lines.append(f"| **{camera}** | " + " | ".join(row) + " |")
     if natchecks:
         lines += ["", "## `peercam natcheck` at each site", "",
@@ -331,6 +354,24 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
                          f"{report.get('nat_type')} | {report.get('mapping')} | "
                          f"{report.get('filtering')} | {report.get('hairpinning')} | "
                          f"{allocation} |")
+    if shared:
+        lines += [
+            "", "## Shared NATs: carrier-grade NAT and two LANs behind one NAT", "",
+            "Sites behind a NAT they share with their kind's second site "
+            "(`tests/lab/test_cgnat.py`):",
+            "`cgnat-sym`: a port-restricted home router behind a symmetric CGNAT "
+            "(100.64.0.0/10 between them); `cgnat`: behind an endpoint-independent CGNAT "
+            "without hairpinning; `cgnat-hairpin`: the same CGNAT, hairpinning; `lans`: two "
+            "LANs behind one port-restricted NAT that neither routes between them nor "
+            "hairpins; `lans-hairpin`: the same, hairpinning. `KIND` × `KIND-2` is two homes "
+            "(or LANs) behind the same shared NAT.",
+            "",
+            "| camera | viewer | direct possible | path, first frame ms |",
+            "|---|---|---|---|",
+        ]
+        for c in shared:
+            lines.append(f"| {c.camera} | {c.viewer} | {'yes' if c.expected_direct else 'no'} "
+                         f"| {_cell_text(c)} |")
     lines += ["", "![time to first frame per cell](nat-matrix.png)", ""]
     md.write_text("\n".join(lines))
     _heatmap(cells, sites, viewers, png)

@@ -18,7 +18,15 @@ import pytest
 
 from services.natlab import Lab
 from tests.lab.conftest import CONNTRACK_UDP_TIMEOUT, needs_lab
-from tests.lab.matrix import SITES, VIEWER_SITES, Cell, Matrix, twin, write_report
+from tests.lab.matrix import (
+    SITES,
+    VIEWER_SITES,
+    Cell,
+    Matrix,
+    load_shared,
+    twin,
+    write_report,
+)
 
 pytestmark = needs_lab
 
@@ -72,7 +80,9 @@ def test_natcheck_names_every_lab_nat(matrix: Matrix) -> None:
 def test_every_pair_connects_direct_where_possible(matrix: Matrix, lab: Lab) -> None:
     cells = matrix.run_all()
     out = Path(os.environ.get("PEERCAM_MATRIX_DIR", matrix.tmp))
-    write_report(cells, lab, out / "nat-matrix.md", out / "nat-matrix.png", matrix.natcheck)
+    shared, shared_natcheck = load_shared(out)
+    write_report(cells, lab, out / "nat-matrix.md", out / "nat-matrix.png",
+                 {**matrix.natcheck, **shared_natcheck}, shared)
     missing = [f"{c.camera}→{c.viewer}: {c.error}" for c in cells if not c.frames]
     assert not missing, missing
     wrong = [f"{c.camera}→{c.viewer}: {c.local_candidate}/{c.remote_candidate} "

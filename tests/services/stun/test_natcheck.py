@@ -134,6 +134,25 @@ async def test_hairpin_probe_reaches_the_mapping_socket() -> None:
         receiver.transport.close()
 
 
+async def test_hairpin_probe_opens_the_receivers_filter_first(
+        rfc5780_server: StunServer) -> None:
+    # With the server given, the receiver also sends to the sender's mapped address.
+    silent: UdpClient = await open_client()
+    receiver = await _open(PRIMARY)
+    try:
+        before = rfc5780_server.responder.stats.answered
+        # The target never reads, but the sender (no NAT: its mapped address is
+        # itself) gets the receiver's packet: hairpinning in the other direction.
+        assert await _hairpin(silent.address, receiver, PRIMARY, 0.5, 1,
+                              rfc5780_server.addresses[(0, 0)])
+        assert rfc5780_server.responder.stats.answered == before + 1  # the sender's mapping
+        assert silent.received.qsize() == 1
+    finally:
+        silent.close()
+        assert receiver.transport is not None
+        receiver.transport.close()
+
+
 async def test_module_cli_prints_json(rfc5780_server: StunServer) -> None:
     host, port = rfc5780_server.addresses[(0, 0)]
     process = await asyncio.create_subprocess_exec(
