@@ -600,6 +600,10 @@ class Lab:
             commands += [
                 f"link add {site.inet_port} type veth peer name wan0 netns {site.router_namespace}",
                 f"link set {site.inet_port} master isp0",
+                # A hairpinned packet goes back out of the port it came in by:
+                # with br_netfilter loaded the bridge forwards it at layer 2,
+                # which it does to the ingress port only in hairpin mode.
+                f"link set {site.inet_port} type bridge_slave hairpin on",
                 f"link set {site.inet_port} addrgenmode none",
                 f"link set {site.inet_port} up",
             ]

@@ -11,9 +11,11 @@ How each kind gets its RFC 4787 behaviour out of Linux conntrack:
   replies of a conntrack entry, i.e. address-and-port-dependent filtering.
 * symmetric: SNAT ``fully-random``: every new 5-tuple gets a random port, so the
   mapping is address-and-port-dependent too.
-* symmetric-seq: SNAT to the port ``numgen inc`` gives: every new 5-tuple (the
-  nat chain sees only a flow's first packet) takes the next port of
-  ``SEQUENTIAL_PORTS``, the predictable allocator of many home routers. Plain
+* symmetric-seq: SNAT to the port ``numgen inc`` picks from a map: every new
+  5-tuple (the nat chain sees only a flow's first packet) takes the next port of
+  ``SEQUENTIAL_PORTS``, the predictable allocator of many home routers. The map
+  is needed: nft 1.0.6 hands ``numgen``'s value to ``snat`` as the port in host
+  byte order, so "20000, 20001, …" comes out as 8270, 8526, … (a step of 256). Plain
   SNAT cannot do this: Linux keeps the source port while the tuple is free
   (endpoint-independent), and when it must change the port it starts its search
   at a random offset (``nf_nat_l4proto_unique_tuple``), with or without
@@ -56,7 +58,7 @@ from __future__ import annotations
 
 from services.natlab.plan import Carrier, Kind, Site
 
-SEQUENTIAL_PORTS = (20000, 20000)
+SEQUENTIAL_PORTS = (20000, 1024)
 """(first port, how many) for the symmetric-seq NAT's counter, wrapping around."""
 
 DEFAULT_UDP_TIMEOUT = 30
@@ -124,9 +126,10 @@ def router_ruleset(site: Site, udp_timeout: int | None = None) -> str:
     ]
     if kind is Kind.SYMMETRIC_SEQUENTIAL:
         first, count = SEQUENTIAL_PORTS
+        ports = ", ".join(f"{i} : {first + i}" for i in range(count))
         lines.append(
             f'    oifname "wan0" ip saddr {site.lan_cidr} meta l4proto udp '
-            f"snat ip to {site.public_ip}:numgen inc mod {count} offset {first}"
+            f"snat ip to {site.wan_ip} : numgen inc mod {count} map {{ {ports} }}"
         )
     lines += [
         f'    oifname "wan0" ip saddr {site.lan_cidr} {snat}',
@@ -198,7 +201,10 @@ def carrier_ruleset(carrier: Carrier, udp_timeout: int | None = None) -> str:
             "  }",
             "  chain prerouting {",
             "    type nat hook prerouting priority dstnat; policy accept;",
-            f'    iifname "isp0" ip daddr {public} meta l4proto udp '
+            # By source, not ``iifname "isp0"``: with br_netfilter loaded, a frame
+            # arriving on the bridge meets prerouting (and gets its one NAT
+            # decision) with its bridge port as input device, not ``isp0``.
+            f"    ip saddr {inside} ip daddr {public} meta l4proto udp "
             "dnat ip to udp dport map @hairpin",
             "  }",
         ]
