@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from camera.errors import PeercamError
+from services.stun.discovery import NatReport
 
 Address = tuple[str, int]
 Allocation = Literal["sequential", "random", "preserving", "unknown"]
@@ -148,6 +149,28 @@ class PunchPlan:
     @property
     def destinations(self) -> frozenset[Address]:
         return frozenset(send.destination for send in self.sends)
+
+
+def profile_from_report(report: NatReport) -> NatProfile:
+    """What a peer says about its NAT in the session, from its ``natcheck`` report."""
+    symmetric = report.mapping not in (None, "endpoint-independent")
+    if not symmetric:
+        return NatProfile(symmetric=False)
+    last = report.mapped_ports[-1] if report.mapped_ports else None
+    return NatProfile(True, report.allocation, report.allocation_step, last)
+
+
+def predicted_candidates(profile: NatProfile, public_ip: str,
+                         config: PunchConfig) -> tuple[Address, ...]:
+    """The extra candidates a peer behind a sequential symmetric NAT offers: its
+    public address with the ports its next flows will likely get."""
+    if not (config.enabled and profile.symmetric and profile.allocation == "sequential"):
+        return ()
+    if profile.step is None or profile.last_port is None:
+        return ()
+    return tuple((public_ip, port)
+                 for port in predict_ports(profile.last_port, profile.step,
+                                           config.predicted_ports))
 
 
 def _nothing(strategy: Strategy) -> PunchPlan:

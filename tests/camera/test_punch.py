@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,8 +18,11 @@ from camera.punch import (
     birthday_probability,
     plan_punch,
     predict_ports,
+    predicted_candidates,
+    profile_from_report,
 )
 from services.stun.allocation import classify_allocation
+from services.stun.discovery import NatReport
 from tests.services.stun.test_allocation import RECORDED_SEQUENTIAL, sequential_ports
 
 PEER_PUBLIC = "203.0.113.104"
@@ -66,6 +70,28 @@ def test_prediction_covers_the_next_flow_despite_other_traffic(
     assert report.pattern == "sequential" and report.step == step
     ours = sequential_ports(seen[-1], [step] * (between + 1))[-1]
     assert ours in predict_ports(seen[-1], report.step, 16)
+
+
+def report(mapping: Any, ports: tuple[int, ...] = ()) -> NatReport:
+    found = classify_allocation(ports) if ports else None
+    return NatReport(("203.0.113.1", 3479), None, (PEER_PUBLIC, 4000), None,
+                     mapping, "address-and-port-dependent", False, None,
+                     found.pattern if found else None, ports, found.step if found else None)
+
+
+def test_the_sequential_side_offers_its_next_mappings_from_its_natcheck() -> None:
+    profile = profile_from_report(report("address-and-port-dependent", RECORDED_SEQUENTIAL[0]))
+    assert profile == SEQUENTIAL
+    assert predicted_candidates(profile, PEER_PUBLIC, PunchConfig())[:2] == (
+        (PEER_PUBLIC, 20019), (PEER_PUBLIC, 20020))
+    assert predicted_candidates(profile, PEER_PUBLIC, PunchConfig(enabled=False)) == ()
+    cone = profile_from_report(report("endpoint-independent"))
+    assert cone == CONE and predicted_candidates(cone, PEER_PUBLIC, PunchConfig()) == ()
+    assert profile_from_report(report("address-and-port-dependent", (50437, 9120, 33804,
+                                                                     61187))) == RANDOM_SEEN
+
+
+RANDOM_SEEN = NatProfile(symmetric=True, allocation="random", last_port=61187)
 
 
 def offered(ports: list[int]) -> set[tuple[str, int]]:
