@@ -208,13 +208,14 @@ class Matrix:
         cell.error = result.get("error")
         return cell
 
-    def run_all(self, viewers: tuple[str, ...] | None = None, workers: int = 8) -> list[Cell]:
-        """Every camera × every viewer site (default: each camera site's twin); one
-        batch per viewer site at a time keeps a camera's load small."""
+    def run_all(self, cameras: tuple[str, ...] | None = None, workers: int = 8) -> list[Cell]:
+        """Every camera (default: all) × the twin of every camera site; one batch per
+        viewer site at a time keeps a camera's load small."""
+        cameras = cameras or self.sites
         cells: list[Cell] = []
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            for viewer in viewers or tuple(twin(site) for site in self.sites):
-                batch = [pool.submit(self.run_cell, camera, viewer) for camera in self.sites]
+            for viewer in (twin(site) for site in cameras):
+                batch = [pool.submit(self.run_cell, camera, viewer) for camera in cameras]
                 cells += [f.result() for f in batch]
         return cells
 

@@ -77,8 +77,15 @@ def test_natcheck_names_every_lab_nat(matrix: Matrix) -> None:
         == dict.fromkeys(set(SITES) - {"open", "udp-blocked"}, False)
 
 
+#: The whole matrix for docs/nat-matrix.md (scripts/nat-matrix sets PEERCAM_MATRIX_DIR);
+#: in the suite, the seven kinds plain ICE tells apart: to plain ICE the sequential
+#: symmetric NAT is a symmetric NAT, and its cells would add a minute.
+FULL = "PEERCAM_MATRIX_DIR" in os.environ or os.environ.get("PEERCAM_MATRIX_FULL") == "1"
+CELL_SITES = SITES if FULL else tuple(site for site in SITES if site != "symmetric-seq")
+
+
 def test_every_pair_connects_direct_where_possible(matrix: Matrix, lab: Lab) -> None:
-    cells = matrix.run_all()
+    cells = matrix.run_all(CELL_SITES)
     out = Path(os.environ.get("PEERCAM_MATRIX_DIR", matrix.tmp))
     shared, shared_natcheck = load_shared(out)
     write_report(cells, lab, out / "nat-matrix.md", out / "nat-matrix.png",
@@ -90,8 +97,9 @@ def test_every_pair_connects_direct_where_possible(matrix: Matrix, lab: Lab) -> 
     assert not wrong, wrong
     # 64 cells: 15 need TURN over TCP (UDP blocked), 12 pair a symmetric NAT (either
     # allocator) with a port-restricted or symmetric one; the other 37 must be direct.
-    assert len(cells) == 64
-    assert sum(1 for c in cells if c.expected_direct) == 37
+    # Without the sequential one, 49 cells: 13 UDP-blocked, 5 symmetric, 31 direct.
+    assert (len(cells), sum(1 for c in cells if c.expected_direct)) == \
+        ((64, 37) if FULL else (49, 31))
     assert not by_pair(cells)[("symmetric", "symmetric-2")].expected_direct
 
 
