@@ -323,7 +323,9 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "and relayed only where they don't. TURN is configured in every cell; a relayed",
         "cell's first frame includes the short wait (until no direct pair can still win,",
         "at most 1 s) before the viewer nominates a relay pair (`camera/ice.py`). Cameras and",
-        "viewers behind the UDP-blocked site use TURN over TCP on port 443.",
+        "viewers behind the UDP-blocked site use TURN over TCP on port 443. Times come",
+        "from a 2-core machine shared with other engineers' benchmarks: compare paths,",
+        "not milliseconds.",
         "",
         f"Lab up {lab.up_seconds or 0:.2f} s (all sites, with probes). "
         f"Cells with video: {sum(1 for c in cells if c.frames)}/{len(cells)}; "
@@ -346,7 +348,7 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
                   "| hairpinning | allocation (port deltas) |",
                   "|---|---|---|---|---|---|---|"]
         for site, report in natchecks.items():
-            probed = lab.behaviour.get(site)
+            probed = lab.behaviour.get(site) or report.get("lab_probed")
             allocation = report.get("allocation") or ""
             deltas = report.get("port_deltas")
             if deltas:

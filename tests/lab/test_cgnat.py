@@ -84,6 +84,8 @@ def test_natcheck_reports_hairpinning_and_allocation(matrix: Matrix) -> None:
         reports: dict[str, dict[str, Any]] = dict(
             zip(EXPECTED_NATCHECK, pool.map(matrix.run_natcheck, EXPECTED_NATCHECK),
                 strict=True))
+    for site, report in reports.items():  # for docs/nat-matrix.md
+        report["lab_probed"] = list(matrix.lab.behaviour[site])
     matrix.natcheck.update(reports)
     seen = {site: (r["nat_type"], r["hairpinning"], r["allocation"])
             for site, r in reports.items()}

@@ -15,9 +15,11 @@ from services.stun.allocation import (
 )
 
 #: Mapped ports natcheck recorded in the NAT lab (six new flows, one after the
-#: other, to the STUN server): the sequential symmetric NAT, then the random one.
+#: other, to the STUN server): behind the random symmetric CGNAT ("cgnat-sym").
+#: Behind the sequential NAT ("symmetric-seq") the lab recorded deltas of exactly
+#: 1 (docs/nat-matrix.md) from the start of its port range (20000).
 RECORDED_SEQUENTIAL = [(20013, 20014, 20015, 20016, 20017, 20018)]
-RECORDED_RANDOM = [(50437, 9120, 33804, 61187, 2516, 45973)]
+RECORDED_RANDOM = [(11854, 38908, 46858, 10283, 27035, 49469)]
 
 
 def sequential_ports(start: int, steps: list[int]) -> list[int]:
