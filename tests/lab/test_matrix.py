@@ -20,7 +20,6 @@ from services.natlab import Lab
 from tests.lab.conftest import CONNTRACK_UDP_TIMEOUT, needs_lab
 from tests.lab.matrix import (
     SITES,
-    VIEWER_SITES,
     Cell,
     Matrix,
     load_shared,
@@ -43,10 +42,17 @@ EXPECTED_NAT = {
 }
 
 
+#: The whole matrix for docs/nat-matrix.md (scripts/nat-matrix sets PEERCAM_MATRIX_DIR);
+#: in the suite, the seven kinds plain ICE tells apart: to plain ICE the sequential
+#: symmetric NAT is a symmetric NAT, and its cells would add a minute.
+FULL = "PEERCAM_MATRIX_DIR" in os.environ or os.environ.get("PEERCAM_MATRIX_FULL") == "1"
+CELL_SITES = SITES if FULL else tuple(site for site in SITES if site != "symmetric-seq")
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    """Two sites of every kind: the cameras' and, "KIND-2", the viewers'."""
-    with Lab(sites=[*SITES, *VIEWER_SITES],
+    """A site of every kind for the cameras, and "KIND-2" sites for the viewers."""
+    with Lab(sites=[*SITES, *(twin(site) for site in CELL_SITES)],
              conntrack_udp_timeout=CONNTRACK_UDP_TIMEOUT) as running:
         yield running
 
@@ -75,13 +81,6 @@ def test_natcheck_names_every_lab_nat(matrix: Matrix) -> None:
     # open site has no NAT, so there is nothing to test.
     assert {s: r["hairpinning"] for s, r in reports.items() if s not in ("open", "udp-blocked")} \
         == dict.fromkeys(set(SITES) - {"open", "udp-blocked"}, False)
-
-
-#: The whole matrix for docs/nat-matrix.md (scripts/nat-matrix sets PEERCAM_MATRIX_DIR);
-#: in the suite, the seven kinds plain ICE tells apart: to plain ICE the sequential
-#: symmetric NAT is a symmetric NAT, and its cells would add a minute.
-FULL = "PEERCAM_MATRIX_DIR" in os.environ or os.environ.get("PEERCAM_MATRIX_FULL") == "1"
-CELL_SITES = SITES if FULL else tuple(site for site in SITES if site != "symmetric-seq")
 
 
 def test_every_pair_connects_direct_where_possible(matrix: Matrix, lab: Lab) -> None:
