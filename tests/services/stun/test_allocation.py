@@ -15,11 +15,19 @@ from services.stun.allocation import (
 )
 
 #: Mapped ports natcheck recorded in the NAT lab (six new flows, one after the
-#: other, to the STUN server): behind the random symmetric CGNAT ("cgnat-sym").
-#: Behind the sequential NAT ("symmetric-seq") the lab recorded deltas of exactly
-#: 1 (docs/nat-matrix.md) from the start of its port range (20000).
-RECORDED_SEQUENTIAL = [(20013, 20014, 20015, 20016, 20017, 20018)]
-RECORDED_RANDOM = [(11854, 38908, 46858, 10283, 27035, 49469)]
+#: other, to the STUN server), two runs behind the sequential symmetric NAT
+#: ("symmetric-seq": the second run starts five ports on, which natcheck's other
+#: flows took), and behind the random ones ("symmetric", and the symmetric CGNAT
+#: "cgnat-sym").
+RECORDED_SEQUENTIAL = [
+    (20009, 20010, 20011, 20012, 20013, 20014),
+    (20020, 20021, 20022, 20023, 20024, 20025),
+]
+RECORDED_RANDOM = [
+    (12115, 45682, 50039, 30123, 62135, 25849),
+    (3702, 41263, 50188, 7337, 61912, 38309),
+    (11854, 38908, 46858, 10283, 27035, 49469),
+]
 
 
 def sequential_ports(start: int, steps: list[int]) -> list[int]:
