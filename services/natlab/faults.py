@@ -108,7 +108,8 @@ def set_link(site: Site, where: str, up: bool) -> None:
     """Take the site's link at ``where`` (see the module doc) down or bring it back."""
     state = "up" if up else "down"
     if where == "wan":
-        netns.ip_batch([f"link set {site.inet_port} {state}"], INET_NS)
+        uplink = INET_NS if site.carrier is None else site.carrier.namespace
+        netns.ip_batch([f"link set {site.inet_port} {state}"], uplink)
     elif where == "carrier":
         netns.ip_batch([f"link set {WIRE_HOST_SIDE} {state}"], site.wire_namespace)
     elif where == "host":

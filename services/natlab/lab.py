@@ -54,6 +54,7 @@ from services.natlab.netlink import ConntrackEntry
 from services.natlab.plan import (
     EXPECTED6,
     INET_NS,
+    PREFIX,
     PUBLIC_PREFIXLEN,
     PUBLIC_PREFIXLEN6,
     ROAM_NS,
@@ -67,10 +68,11 @@ from services.natlab.plan import (
     WIRE_HOST_SIDE,
     WIRE_UPLINK_SIDE,
     Behaviour,
+    Carrier,
     Site,
     parse_sites,
 )
-from services.natlab.rules import router_ruleset
+from services.natlab.rules import carrier_ruleset, router_ruleset
 from services.natlab.shaping import BadImpairment, Impairment
 
 logger = logging.getLogger(__name__)
@@ -216,6 +218,12 @@ class Lab:
         """The server's two public IPv6 addresses."""
         return SERVER_IPS6
 
+    @property
+    def carriers(self) -> tuple[Carrier, ...]:
+        """The shared NATs (CGNATs, two-LAN routers) the lab's sites sit behind."""
+        found = (site.carrier for site in self._sites.values() if site.carrier is not None)
+        return tuple(dict.fromkeys(found))
+
     def site(self, name: str) -> Site:
         try:
             return self._sites[name]
@@ -254,6 +262,10 @@ class Lab:
             return ROAM_NS
         if where.endswith("-wire") and where[:-5] in self._sites:
             return self._sites[where[:-5]].wire_namespace
+        if where.endswith("-cgn"):
+            for carrier in self.carriers:
+                if carrier.namespace == PREFIX + where:
+                    return carrier.namespace
         if where.endswith("-nat") and where[:-4] in self._sites:
             router = self._sites[where[:-4]].router_namespace
             if router is not None:
@@ -471,7 +483,10 @@ class Lab:
     def _public_members(self) -> list[tuple[str, str, str]]:
         """(bridge port, namespace, interface) of everything on the public bridge."""
         members = [(SERVER_INET_PORT, SERVER_NS, "eth0")]
+        members += [(carrier.inet_port, carrier.namespace, "wan0") for carrier in self.carriers]
         for site in self._sites.values():
+            if site.carrier is not None:
+                continue  # its router's uplink is on the carrier's inside bridge
             if site.router_namespace is None:
                 members.append((site.inet_port, site.wire_namespace, WIRE_UPLINK_SIDE))
             else:
@@ -480,7 +495,7 @@ class Lab:
 
     def _build(self, resources: _Resources) -> None:
         sites = list(self._sites.values())
-        names = [INET_NS, SERVER_NS]
+        names = [INET_NS, SERVER_NS, *(carrier.namespace for carrier in self.carriers)]
         for site in sites:
             names += [site.namespace, site.wire_namespace]
             if site.router_namespace is not None:
@@ -556,11 +571,51 @@ class Lab:
             "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"
         ).exists():
             raise CommandFailed("this kernel has no nf_conntrack_udp_timeout sysctl")
+        for carrier in self.carriers:
+            # Before the sites: it makes their routers' wan0.
+            self._configure_carrier(carrier)
         with ThreadPoolExecutor(max_workers=8) as pool:
             futures = [pool.submit(configure_server)]
             futures += [pool.submit(configure_site, site) for site in sites]
             for future in futures:
                 future.result()
+
+    def _configure_carrier(self, carrier: Carrier) -> None:
+        """The shared NAT: ``wan0`` on the public bridge, a bridge ``isp0`` inside with a
+        port (veth) per site router behind it, whose other end is that router's wan0."""
+        homes = [site for site in self._sites.values() if site.carrier == carrier]
+        inside_len = carrier.inside_cidr.split("/")[1]
+        commands = [
+            "link set lo up",
+            "link add isp0 type bridge stp_state 0 mcast_snooping 0",
+            "link set isp0 addrgenmode none",
+            f"addr add {carrier.inside_ip}/{inside_len} dev isp0",
+            f"addr add {carrier.public_ip}/{PUBLIC_PREFIXLEN} dev wan0",
+            "link set wan0 addrgenmode none",
+            "link set wan0 up",
+            "link set isp0 up",
+        ]
+        for site in homes:
+            assert site.router_namespace is not None
+            commands += [
+                f"link add {site.inet_port} type veth peer name wan0 netns {site.router_namespace}",
+                f"link set {site.inet_port} master isp0",
+                # A hairpinned packet goes back out of the port it came in by:
+                # with br_netfilter loaded the bridge forwards it at layer 2,
+                # which it does to the ingress port only in hairpin mode.
+                f"link set {site.inet_port} type bridge_slave hairpin on",
+                f"link set {site.inet_port} addrgenmode none",
+                f"link set {site.inet_port} up",
+            ]
+        netns.ip_batch(commands, carrier.namespace)
+        sysctls = ["net.ipv4.ip_forward=1"]
+        if self.conntrack_udp_timeout is not None:
+            sysctls += [f"{key}={self.conntrack_udp_timeout}" for key in CONNTRACK_SYSCTLS]
+        netns.run(netns.in_namespace(carrier.namespace, ["sysctl", "-q", "-w", *sysctls]))
+        netns.run(
+            netns.in_namespace(carrier.namespace, ["nft", "-f", "-"]),
+            stdin=carrier_ruleset(carrier, self.conntrack_udp_timeout),
+        )
 
     def _configure_router(self, site: Site, ipv6_sites: list[Site], routes6: list[str]) -> None:
         router = site.router_namespace
@@ -580,7 +635,7 @@ class Lab:
             f"link set {ROUTER_WIRE_PORT} master lan0",
             f"link set {ROUTER_WIRE_PORT} addrgenmode none",
             f"link set {ROUTER_WIRE_PORT} up",
-            f"addr add {site.public_ip}/{PUBLIC_PREFIXLEN} dev wan0",
+            f"addr add {site.wan_ip}/{PUBLIC_PREFIXLEN} dev wan0",
             f"addr add {site.router_lan_ip}/{prefix} dev lan0",
         ]
         if site.has_ipv6:
@@ -599,7 +654,13 @@ class Lab:
             # Routes to the other IPv6 sites' prefixes: their gateways are
             # reachable only once wan0 is up.
             commands += own_routes6
+        if site.carrier is not None:
+            commands.append(f"route add default via {site.carrier.inside_ip}")
         netns.ip_batch(commands, router)
+        if site.carrier is not None and not site.translates:
+            # The carrier reaches an untranslated LAN through its router (now up).
+            netns.ip_batch([f"route add {site.lan_cidr} via {site.wan_ip}"],
+                           site.carrier.namespace)
 
         sysctls = ["net.ipv4.ip_forward=1"]
         if site.has_ipv6:

@@ -5,22 +5,55 @@ maps each destination to a new port (symmetric) and the other filters on the
 remote port: the port the symmetric side's check comes from was never
 announced, so the filtering side drops it. The matrix and the benchmarks
 compare what they measure against this rule.
+
+Sites are named by kind, "-2" for a kind's second site. Two peers in one site
+share a LAN and meet host to host; two sites of one kind are two different NATs
+of that type, and the rule applies to them like to any other pair.
 """
 
 from __future__ import annotations
 
-#: What each site's NAT looks like to a peer over IPv4 (the ipv6 site's IPv4 is
-#: port-restricted; the other sites have no IPv6).
-V4_KIND = {"ipv6": "port-restricted"}
+from services.natlab.plan import parse_site
+
+#: What each kind of NAT looks like to a peer's ICE over IPv4 (the ipv6 site's
+#: IPv4 is port-restricted; a sequential symmetric NAT is still symmetric to
+#: plain ICE, which does not predict ports).
+V4_KIND = {
+    "ipv6": "port-restricted",
+    "symmetric-seq": "symmetric",
+    # Behind a carrier: a port-restricted home router (or plain LAN router) behind a
+    # port-keeping NAT is port-restricted as a whole; behind a symmetric one, symmetric.
+    "cgnat": "port-restricted",
+    "cgnat-hairpin": "port-restricted",
+    "lans": "port-restricted",
+    "lans-hairpin": "port-restricted",
+    "cgnat-sym": "symmetric",
+}
+
+#: Kinds whose two sites share one NAT that hairpins: their peers meet through
+#: the shared public address. Without hairpinning they share an address they
+#: cannot reach, and no private path (the NAT does not route between them).
+HAIRPIN = {"cgnat-hairpin", "lans-hairpin"}
+SHARED = {"cgnat", "cgnat-sym", "lans", *HAIRPIN}
+
+
+def site_kind(site: str) -> str:
+    """The kind of NAT a site name stands for ("symmetric-2" → "symmetric")."""
+    return parse_site(site).kind.value
 
 
 def direct_possible(camera: str, viewer: str) -> bool:
     """Can ICE find a direct path between these two sites (RFC 8445 with STUN)?"""
-    if camera == viewer or {camera, viewer} == {"ipv6", "ipv6-2"}:
-        return True  # the same LAN (host candidates), or both on public IPv6
-    if "udp-blocked" in (camera, viewer):
+    if camera == viewer:
+        return True  # the same LAN: host candidates
+    kinds = {site_kind(camera), site_kind(viewer)}
+    if len(kinds) == 1 and kinds <= SHARED:
+        return kinds <= HAIRPIN  # two sites behind one shared NAT
+    if kinds == {"ipv6"}:
+        return True  # both on public IPv6, which the ipv6 sites route without a firewall
+    if "udp-blocked" in kinds:
         return False  # only TURN over TCP gets out
-    a, b = V4_KIND.get(camera, camera), V4_KIND.get(viewer, viewer)
+    a, b = (V4_KIND.get(kind, kind) for kind in (site_kind(camera), site_kind(viewer)))
     if "symmetric" in (a, b):
         other = b if a == "symmetric" else a
         # A symmetric NAT's per-destination port is only reachable through a NAT

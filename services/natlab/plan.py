@@ -18,8 +18,16 @@ a real network: 203.0.113.0/24 (RFC 5737 TEST-NET-3) is the "public internet",
 A router's LAN side is a bridge ``lan0`` (ports: ``lanw`` to the wire, and ``roam``
 while the roaming host is there).
 
-where k is the kind's number (full-cone 1 … udp-blocked 6) and i = k for the
+where k is the kind's number (full-cone 1 … udp-blocked 6, symmetric-seq 7) and i = k for the
 first instance of a kind, k + 8 for the second ("K-2", public 203.0.113.(200 + k)).
+Sites behind a shared NAT (``Carrier``: a CGNAT, or one router in front of two
+LANs; kinds in ``CARRIER_KINDS``, carrier number c = 1 … 5):
+
+    pcl-KIND-cgn  the shared NAT: wan0 = 203.0.113.(50 + c) on the public bridge,
+                  bridge isp0 = 100.64.c.1/24 (RFC 6598 shared address space)
+    pcl-K-nat     wan0 = 100.64.c.(1 + instance) on isp0, default route via .1
+    pcl-K         192.0.2.(16 j + 2), j = 2 c + instance - 1 (RFC 5737 TEST-NET-1)
+
 The ipv6 site's router also routes 2001:db8:0:1::(100 + k) <-> 2001:db8:0:(100 + k)::/64
 without NAT; the hex group reuses the decimal digits so ::105 reads as .105.
 """
@@ -73,6 +81,21 @@ class Kind(StrEnum):
     SYMMETRIC = "symmetric"
     IPV6 = "ipv6"
     UDP_BLOCKED = "udp-blocked"
+    SYMMETRIC_SEQUENTIAL = "symmetric-seq"
+    """Symmetric, but each new flow gets the next port (predictable); "symmetric"
+    picks every port at random."""
+    CGNAT_SYMMETRIC = "cgnat-sym"
+    """A home NAT (port-restricted) behind a symmetric carrier-grade NAT."""
+    CGNAT = "cgnat"
+    """A home NAT (port-restricted) behind an endpoint-independent CGNAT that does
+    not hairpin."""
+    CGNAT_HAIRPIN = "cgnat-hairpin"
+    """As "cgnat", and the CGNAT hairpins (RFC 4787 REQ-9)."""
+    LANS = "lans"
+    """One of two LANs behind one port-restricted NAT that neither routes between
+    them nor hairpins (a guest network beside the main one)."""
+    LANS_HAIRPIN = "lans-hairpin"
+    """As "lans", and the NAT hairpins."""
 
 
 KIND_NUMBER = {
@@ -83,10 +106,27 @@ KIND_NUMBER = {
     Kind.SYMMETRIC: 4,
     Kind.IPV6: 5,
     Kind.UDP_BLOCKED: 6,
+    Kind.SYMMETRIC_SEQUENTIAL: 7,
+    Kind.CGNAT_SYMMETRIC: 8,
+    Kind.CGNAT: 9,
+    Kind.CGNAT_HAIRPIN: 10,
+    Kind.LANS: 11,
+    Kind.LANS_HAIRPIN: 12,
 }
 
-ALL_SITES: tuple[str, ...] = tuple(kind.value for kind in Kind)
-"""The default sites: one of each kind."""
+CARRIER_KINDS = (Kind.CGNAT_SYMMETRIC, Kind.CGNAT, Kind.CGNAT_HAIRPIN, Kind.LANS,
+                 Kind.LANS_HAIRPIN)
+"""Kinds whose sites sit behind a shared upstream NAT (a ``Carrier``); a kind's
+two sites ("K" and "K-2") share one."""
+
+ALL_SITES: tuple[str, ...] = tuple(kind.value for kind in Kind if kind not in CARRIER_KINDS)
+"""The default sites: one of each kind with its own NAT (the shared-NAT kinds are
+asked for by name, usually in pairs)."""
+
+CGNAT_SPACE = "100.64.0.0/10"
+"""RFC 6598 shared address space: the carrier's side of a CGNAT."""
+CARRIER_LAN_NET = "192.0.2"
+"""RFC 5737 TEST-NET-1, cut into /28 LANs for the sites behind a carrier."""
 
 # RFC 4787 §4.1 (mapping) and §5 (filtering) vocabulary, plus two lab words:
 # "none" = the address seen outside is the host's own; "udp-blocked" = no UDP gets out.
@@ -112,6 +152,12 @@ EXPECTED: dict[Kind, Behaviour] = {
     Kind.SYMMETRIC: Behaviour(APDM, APDM),
     Kind.IPV6: Behaviour(EIM, APDM),
     Kind.UDP_BLOCKED: Behaviour(BLOCKED, BLOCKED),
+    Kind.SYMMETRIC_SEQUENTIAL: Behaviour(APDM, APDM),
+    Kind.CGNAT_SYMMETRIC: Behaviour(APDM, APDM),
+    Kind.CGNAT: Behaviour(EIM, APDM),
+    Kind.CGNAT_HAIRPIN: Behaviour(EIM, APDM),
+    Kind.LANS: Behaviour(EIM, APDM),
+    Kind.LANS_HAIRPIN: Behaviour(EIM, APDM),
 }
 """IPv4 UDP behaviour per kind; the ipv6 site's IPv4 sits behind a port-restricted NAT."""
 
@@ -119,6 +165,61 @@ EXPECTED6 = Behaviour(NO_NAT, EIM)
 """IPv6 of the ipv6 site: a routed public address, no NAT and no firewall."""
 
 _SITE_NAME = re.compile(r"(?P<kind>[a-z0-9-]+?)(?:-(?P<instance>2))?")
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """A NAT that several sites share: a carrier-grade NAT in front of home routers,
+    or one router in front of two LANs."""
+
+    kind: Kind
+
+    @property
+    def number(self) -> int:
+        """1 … 5 in ``CARRIER_KINDS`` order: its inside /24 is 100.64.<number>.0."""
+        return CARRIER_KINDS.index(self.kind) + 1
+
+    @property
+    def namespace(self) -> str:
+        return PREFIX + self.kind.value + "-cgn"
+
+    @property
+    def inet_port(self) -> str:
+        """Its port on the public bridge in ``pcl-inet``."""
+        return f"c{self.number}"
+
+    @property
+    def public_ip(self) -> str:
+        return f"203.0.113.{50 + self.number}"
+
+    @property
+    def inside_ip(self) -> str:
+        """Its address on the inside segment (the homes' default gateway)."""
+        return f"100.64.{self.number}.1"
+
+    @property
+    def inside_cidr(self) -> str:
+        return f"100.64.{self.number}.0/24"
+
+    @property
+    def symmetric(self) -> bool:
+        """Maps every destination to a new random port (else endpoint-independent)."""
+        return self.kind is Kind.CGNAT_SYMMETRIC
+
+    @property
+    def hairpin(self) -> bool:
+        """Sends a packet from inside to its own public address:port back inside."""
+        return self.kind in (Kind.CGNAT_HAIRPIN, Kind.LANS_HAIRPIN)
+
+    @property
+    def homes_translate(self) -> bool:
+        """The sites' own routers NAT (home routers) rather than just route (LANs)."""
+        return self.kind not in (Kind.LANS, Kind.LANS_HAIRPIN)
+
+    @property
+    def lan_supernet(self) -> str:
+        """Every LAN behind this carrier (two /28s)."""
+        return f"{CARRIER_LAN_NET}.{32 * self.number}/27"
 
 
 @dataclass(frozen=True)
@@ -135,9 +236,28 @@ class Site:
     """1 or 2: two sites of one kind let two peers sit behind the same NAT type."""
 
     @property
-    def number(self) -> int:
-        """Index of the site's /28 LAN in 198.51.100.0/24 (0 is never used)."""
+    def carrier(self) -> Carrier | None:
+        """The NAT this site shares with its kind's other site, if any."""
+        return Carrier(self.kind) if self.kind in CARRIER_KINDS else None
+
+    @property
+    def _lan_slot(self) -> int:
+        """Index of the site's /28 LAN in its /24: 198.51.100.0/24, or 192.0.2.0/24
+        behind a carrier."""
+        carrier = self.carrier
+        if carrier is not None:
+            return 2 * carrier.number + self.instance - 1
         return KIND_NUMBER[self.kind] + 8 * (self.instance - 1)
+
+    @property
+    def _lan_net(self) -> str:
+        return CARRIER_LAN_NET if self.carrier is not None else "198.51.100"
+
+    @property
+    def number(self) -> int:
+        """A number unique in the lab (0 is never used): the LAN's index in
+        198.51.100.0/24, or 16 + its index in 192.0.2.0/24 behind a carrier."""
+        return self._lan_slot + (16 if self.carrier is not None else 0)
 
     @property
     def natted(self) -> bool:
@@ -161,7 +281,8 @@ class Site:
 
     @property
     def inet_port(self) -> str:
-        """The site's port on the public bridge in ``pcl-inet`` (its "ISP line")."""
+        """The site's port on its uplink bridge (its "ISP line"): in ``pcl-inet``, or in
+        the carrier's namespace for a site behind a carrier."""
         return f"p{self.number}"
 
     @property
@@ -169,29 +290,48 @@ class Site:
         """The roaming host's address while it is plugged into this site's LAN."""
         if not self.natted:
             raise ValueError(f"site {self.name!r} has no LAN to roam into")
-        return f"198.51.100.{16 * self.number + 3}"
+        return f"{self._lan_net}.{16 * self._lan_slot + 3}"
 
     @property
     def public_ip(self) -> str:
-        """The IPv4 address the public segment sees: the host's or the router's."""
+        """The IPv4 address the public segment sees: the host's, the router's, or
+        the carrier's (shared with the kind's other site)."""
         if not self.natted:
             return f"203.0.113.{9 + self.instance}"
+        if self.carrier is not None:
+            return self.carrier.public_ip
         return f"203.0.113.{100 * self.instance + KIND_NUMBER[self.kind]}"
+
+    @property
+    def wan_ip(self) -> str:
+        """The router's own address on its uplink: ``public_ip``, or in 100.64.0.0/10
+        behind a carrier."""
+        if self.carrier is not None:
+            return f"100.64.{self.carrier.number}.{1 + self.instance}"
+        return self.public_ip
 
     @property
     def router_lan_ip(self) -> str:
         """The router's address on the site LAN (the host's default gateway)."""
-        return f"198.51.100.{16 * self.number + 1}"
+        return f"{self._lan_net}.{16 * self._lan_slot + 1}"
 
     @property
     def host_ip(self) -> str:
         """The host's own IPv4 address: private behind a NAT, public for the open site."""
-        return f"198.51.100.{16 * self.number + 2}" if self.natted else self.public_ip
+        if not self.natted:
+            return self.public_ip
+        return f"{self._lan_net}.{16 * self._lan_slot + 2}"
 
     @property
     def lan_cidr(self) -> str:
         """The site LAN, which the router translates."""
-        return f"198.51.100.{16 * self.number}/{LAN_PREFIXLEN}"
+        return f"{self._lan_net}.{16 * self._lan_slot}/{LAN_PREFIXLEN}"
+
+    @property
+    def translates(self) -> bool:
+        """Whether the site's own router translates (all but the "lans" kinds' routers)."""
+        carrier = self.carrier
+        return self.natted and (carrier is None or carrier.homes_translate)
 
     @property
     def has_ipv6(self) -> bool:

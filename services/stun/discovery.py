@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from .allocation import Allocation, port_delta
 from .message import Address, ChangeRequest, Message, MessageClass, Method
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,18 @@ class NatReport:
     """RFC 5780 section 4.5; None when not tested (no NAT, or no mapping)."""
     nat_type: NatType | None
     """Classic name: cone types need endpoint-independent mapping."""
+    allocation: Allocation | None = None
+    """Behind a NAT whose mapping depends on the destination: how it picks each new
+    flow's port (:mod:`services.stun.allocation`); None when not measured."""
+    mapped_ports: tuple[int, ...] = ()
+    """The mapped ports of consecutive new flows that ``allocation`` was read from."""
+    allocation_step: int | None = None
+    """For a sequential allocator: the usual delta between consecutive mappings."""
+
+    @property
+    def port_deltas(self) -> tuple[int, ...]:
+        return tuple(port_delta(a, b) for a, b in zip(self.mapped_ports, self.mapped_ports[1:],
+                                                      strict=False))
 
     @property
     def verdict(self) -> Verdict:
@@ -97,6 +110,10 @@ class NatReport:
             "hairpinning": self.hairpinning,
             "nat_type": self.nat_type,
             "verdict": self.verdict,
+            "allocation": self.allocation,
+            "allocation_step": self.allocation_step,
+            "mapped_ports": list(self.mapped_ports),
+            "port_deltas": list(self.port_deltas),
         }
 
     def summary(self) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -27,6 +28,7 @@ import socket
 import sys
 from typing import Any, cast
 
+from .allocation import classify_allocation
 from .discovery import BehaviourDiscovery, NatReport
 from .errors import StunError
 from .message import Address, Message, MessageClass, Method, parse
@@ -38,6 +40,9 @@ DEFAULT_RTO = 0.2
 """First retransmission timeout; RFC 8489 says 0.5 s or more on the Internet."""
 DEFAULT_RETRIES = 2
 """Retransmissions after the first send: waits of 0.2, 0.4, 0.8 s (1.4 s per lost probe)."""
+ALLOCATION_SAMPLES = 6
+"""New flows (one socket each, one after the other) whose mappings show the
+allocation pattern behind a symmetric NAT."""
 
 
 class StunUnreachable(StunError, OSError):
@@ -143,18 +148,41 @@ def _route_source(local_host: str, server: Address) -> str:
 
 
 async def _hairpin(
-    target: Address, receiver: _Prober, local_host: str, rto: float, retries: int
+    target: Address,
+    receiver: _Prober,
+    local_host: str,
+    rto: float,
+    retries: int,
+    server: Address | None = None,
 ) -> bool:
-    # RFC 5780 section 4.5: from a second socket, send to the first one's
-    # mapped address; hairpinning works if the first socket receives it.
+    """RFC 5780 section 4.5: from a second socket, send to the first one's mapped
+    address (``target``); hairpinning works if the first socket receives it.
+
+    With ``server``, the second socket first learns its own mapped address there,
+    and the first socket sends to it too, each round, as ICE checks do: behind a
+    home router that filters on the remote address and port, itself behind a
+    hairpinning carrier NAT, a hairpinned packet arrives from a public address the
+    home router lets in only after its own host has sent there."""
     sender = await _open(local_host)
+    loop = asyncio.get_running_loop()
     request = Message(Method.BINDING, MessageClass.REQUEST)
-    arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    arrived: asyncio.Future[None] = loop.create_future()
     receiver.expected_requests[request.transaction_id] = arrived
+    back = Message(Method.BINDING, MessageClass.REQUEST)
+    sender.expected_requests[back.transaction_id] = arrived
+    sender_mapped: Address | None = None
     try:
-        assert sender.transport is not None
-        data = request.encode()
+        assert sender.transport is not None and receiver.transport is not None
+        if server is not None:
+            response, _source = await sender.transact(
+                Message(Method.BINDING, MessageClass.REQUEST), server, rto, retries
+            )
+            value = response.attributes.get("XOR-MAPPED-ADDRESS") if response else None
+            sender_mapped = value if isinstance(value, tuple) else None
+        data, back_data = request.encode(), back.encode()
         for _ in range(1 + retries):
+            if sender_mapped is not None:
+                receiver.transport.sendto(back_data, sender_mapped)
             sender.transport.sendto(data, target)
             done, _pending = await asyncio.wait({arrived}, timeout=rto)
             if done:
@@ -168,6 +196,37 @@ async def _hairpin(
         sender.transport.close()
 
 
+async def _measure_allocation(
+    report: NatReport, destination: Address, local_host: str, samples: int, rto: float,
+    retries: int,
+) -> NatReport:
+    """Consecutive new flows to ``destination``, one socket each, all kept open until
+    the end so that no local port is reused; their mapped ports, classified."""
+    probers: list[_Prober] = []
+    mapped: list[int] = []
+    local: list[int] = []
+    try:
+        for _ in range(samples):
+            prober = await _open(local_host)
+            probers.append(prober)
+            response, _source = await prober.transact(
+                Message(Method.BINDING, MessageClass.REQUEST), destination, rto, retries
+            )
+            address = response.attributes.get("XOR-MAPPED-ADDRESS") if response else None
+            if not isinstance(address, tuple):
+                break  # a lost flow would read as a gap: stop at the first silence
+            mapped.append(int(address[1]))
+            local.append(prober.local_port)
+    finally:
+        for prober in probers:
+            if prober.transport is not None:
+                prober.transport.close()
+    found = classify_allocation(mapped, local)
+    logger.debug("allocation %s: mapped ports %s", found.pattern, mapped)
+    return dataclasses.replace(report, allocation=found.pattern, mapped_ports=tuple(mapped),
+                               allocation_step=found.step)
+
+
 async def natcheck(
     server: Address,
     *,
@@ -175,8 +234,11 @@ async def natcheck(
     timeout: float = DEFAULT_RTO,
     retries: int = DEFAULT_RETRIES,
     hairpin: bool = True,
+    samples: int = ALLOCATION_SAMPLES,
 ) -> NatReport:
-    """Run RFC 5780 mapping, filtering and hairpinning tests against ``server``.
+    """Run RFC 5780 mapping, filtering and hairpinning tests against ``server``;
+    behind a NAT whose mapping depends on the destination, also map ``samples``
+    new flows one after the other and classify the port allocation.
 
     ``timeout`` is the first retransmission timeout of each probe, doubled on
     every one of the ``retries`` retransmissions. A server without RFC 5780
@@ -216,9 +278,14 @@ async def natcheck(
         target = plan.hairpin_target
         if hairpin and target is not None:
             plan.record_hairpin(
-                await _hairpin(target, probers["mapping"], local_host, timeout, retries)
+                await _hairpin(target, probers["mapping"], local_host, timeout, retries,
+                               destination)
             )
-        return plan.report()
+        report = plan.report()
+        if samples >= 2 and report.mapping not in (None, "endpoint-independent"):
+            report = await _measure_allocation(report, destination, local_host, samples,
+                                               timeout, retries)
+        return report
     finally:
         for prober in probers.values():
             if prober.transport is not None:

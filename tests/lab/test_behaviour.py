@@ -31,6 +31,7 @@ EXPECTED = {
     "symmetric": (APDM, APDM),
     "ipv6": (EIM, APDM),
     "udp-blocked": ("udp-blocked", "udp-blocked"),
+    "symmetric-seq": (APDM, APDM),
 }
 
 SERVER_PORT = 41000
@@ -52,8 +53,14 @@ def test_probed_behaviour_matches_the_name(lab: Lab, site: str) -> None:
     assert lab.behaviour[site] == EXPECTED[site]
     result = lab.probes[site]
     mapped = result.mapped
-    if site == "symmetric":
+    if site in ("symmetric", "symmetric-seq"):
         assert len({endpoint for endpoint in mapped}) == 3, mapped
+        # Three destinations, one after the other: the sequential NAT hands out the
+        # next ports, the random one ports anywhere.
+        ports = [endpoint[1] for endpoint in mapped if endpoint is not None]
+        steps = [b - a for a, b in zip(ports, ports[1:], strict=False)]
+        assert all(1 <= step <= 4 for step in steps) == (site == "symmetric-seq"), \
+            (site, ports)
     elif site == "udp-blocked":
         assert mapped == [None, None, None]
         assert result.tcp is not None and result.tcp[0] == lab.public_ip(site)

@@ -12,7 +12,13 @@ from typing import Any, cast
 import pytest
 
 from services.stun.message import parse
-from services.stun.natcheck import _hairpin, _open, natcheck, parse_hostport
+from services.stun.natcheck import (
+    _hairpin,
+    _measure_allocation,
+    _open,
+    natcheck,
+    parse_hostport,
+)
 from services.stun.responder import BindingResponder
 from services.stun.server import StunServer
 from tests.conftest import scaled
@@ -38,6 +44,21 @@ async def test_no_nat_on_loopback_is_open(rfc5780_server: StunServer) -> None:
     # Mapping I+II, filtering I+II: four answers, none needed CHANGE-REQUEST refusals.
     assert rfc5780_server.responder.stats.answered == 4
     assert rfc5780_server.responder.stats.errors_sent == 0
+
+
+async def test_allocation_is_measured_only_where_mapping_depends_on_the_destination(
+        rfc5780_server: StunServer) -> None:
+    primary = rfc5780_server.addresses[(0, 0)]
+    report = await natcheck(primary)
+    assert (report.allocation, report.mapped_ports) == (None, ())  # no NAT here
+    # The measurement itself: six new flows, one socket each, answered in order.
+    before = rfc5780_server.responder.stats.answered
+    measured = await _measure_allocation(report, primary, "127.0.0.1", 6, 0.2, 2)
+    assert rfc5780_server.responder.stats.answered - before == 6
+    assert len(set(measured.mapped_ports)) == 6  # all open at once: no port reused
+    assert measured.allocation == "preserving"  # loopback keeps every source port
+    assert measured.as_dict()["port_deltas"] == list(measured.port_deltas)
+    assert len(measured.port_deltas) == 5
 
 
 async def test_server_without_rfc5780(server: StunServer) -> None:
@@ -109,6 +130,25 @@ async def test_hairpin_probe_reaches_the_mapping_socket() -> None:
         finally:
             silent.close()
     finally:
+        assert receiver.transport is not None
+        receiver.transport.close()
+
+
+async def test_hairpin_probe_opens_the_receivers_filter_first(
+        rfc5780_server: StunServer) -> None:
+    # With the server given, the receiver also sends to the sender's mapped address.
+    silent: UdpClient = await open_client()
+    receiver = await _open(PRIMARY)
+    try:
+        before = rfc5780_server.responder.stats.answered
+        # The target never reads, but the sender (no NAT: its mapped address is
+        # itself) gets the receiver's packet: hairpinning in the other direction.
+        assert await _hairpin(silent.address, receiver, PRIMARY, 0.5, 1,
+                              rfc5780_server.addresses[(0, 0)])
+        assert rfc5780_server.responder.stats.answered == before + 1  # the sender's mapping
+        assert silent.received.qsize() == 1
+    finally:
+        silent.close()
         assert receiver.transport is not None
         receiver.transport.close()
 

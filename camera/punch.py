@@ -1,0 +1,280 @@
+"""Port prediction and birthday punching through symmetric NATs, as plans. No I/O.
+
+Plain ICE (RFC 8445) cannot connect a symmetric NAT to one that filters on the
+remote port: the symmetric side's checks leave from a port nobody announced.
+Two ways around it, both driven by ``natcheck`` measurements
+(:mod:`services.stun.allocation`) that each peer puts in its signed offer or
+answer:
+
+* **sequential allocator**: the NAT gives each new flow the last port plus a
+  small step. The peer behind it offers the next few ports as extra candidates
+  (:func:`predict_ports`); the other side checks exactly those candidates.
+* **random allocator**: the birthday technique. The side behind the random
+  symmetric NAT opens N sockets and sends from each to the other side's one
+  public mapping (N new random mappings); the other side, whose mapping does
+  not depend on the destination, sends from its one socket to M distinct
+  random ports of the symmetric side's public address, opening its own filter
+  for them. One of the M ports equal to one of the N mappings is a path:
+  ``1 - (1 - N/P)^M`` over P usable ports (256 × 256: ~63%, 256 × 1024: ~98%).
+
+:func:`plan_punch` turns both sides' profiles into a :class:`PunchPlan`: which
+local sockets to open and every packet to send, when. A plan always stays
+inside its :class:`PunchBudget` (packets, seconds, pacing) and never sends to
+an address the peer did not offer in the signed session: the sequential plan
+targets only offered candidates, and the birthday probe only ports of a public
+address the peer offered as its server-reflexive candidate. With
+``PunchConfig(enabled=False)`` every plan is empty.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from camera.errors import PeercamError
+from services.stun.discovery import NatReport
+
+Address = tuple[str, int]
+Allocation = Literal["sequential", "random", "preserving", "unknown"]
+Strategy = Literal["off", "none", "sequential", "birthday-open", "birthday-probe"]
+
+FIRST_PORT = 1024
+"""NATs allocate outside the well-known ports; predictions stay in 1024-65535."""
+USABLE_PORTS = 65536 - FIRST_PORT
+MAX_PACKETS_PER_SECOND = 200.0
+"""RFC 8445 section 14.2: ICE checks are paced at Ta >= 5 ms; punching is no faster."""
+
+
+class BadPunchPlan(PeercamError, ValueError):
+    """A punching budget or profile that cannot make a safe plan (names the value)."""
+
+
+@dataclass(frozen=True)
+class PunchBudget:
+    """The most one punching attempt may cost."""
+
+    max_packets: int = 2048
+    """Packets this side sends in one attempt (each a small STUN Binding request)."""
+    max_seconds: float = 12.0
+    """The attempt's last packet leaves at most this long after its first."""
+    packets_per_second: float = MAX_PACKETS_PER_SECOND
+    """Pacing: packets leave evenly spaced at this rate, never in a burst."""
+
+    def __post_init__(self) -> None:
+        if self.max_packets < 1:
+            raise BadPunchPlan(f"max_packets must be at least 1, not {self.max_packets!r}")
+        if not self.max_seconds > 0:
+            raise BadPunchPlan(f"max_seconds must be positive, not {self.max_seconds!r}")
+        if not 0 < self.packets_per_second <= MAX_PACKETS_PER_SECOND:
+            raise BadPunchPlan(
+                f"packets_per_second must be in (0, {MAX_PACKETS_PER_SECOND:g}], "
+                f"not {self.packets_per_second!r}"
+            )
+
+    @property
+    def packet_limit(self) -> int:
+        """Packets that fit both limits at the paced rate (the first leaves at 0 s)."""
+        paced = math.floor(self.max_seconds * self.packets_per_second + 1e-9) + 1
+        return min(self.max_packets, paced)
+
+
+@dataclass(frozen=True)
+class PunchConfig:
+    """Operator settings: whether to punch at all, and how hard."""
+
+    enabled: bool = True
+    budget: PunchBudget = field(default_factory=PunchBudget)
+    predicted_ports: int = 16
+    """Sequential allocator: how many next ports to offer (other flows take some)."""
+    birthday_sockets: int = 256
+    """Random allocator, the symmetric side: sockets opened, one packet each per round."""
+    birthday_probes: int = 1024
+    """Random allocator, the other side: distinct ports probed, one packet each."""
+
+    def __post_init__(self) -> None:
+        for name in ("predicted_ports", "birthday_sockets", "birthday_probes"):
+            value = getattr(self, name)
+            if not 1 <= value <= USABLE_PORTS:
+                raise BadPunchPlan(f"{name} must be in 1-{USABLE_PORTS}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class NatProfile:
+    """One peer's NAT as natcheck measured it, as carried in the signed session."""
+
+    symmetric: bool
+    """Mapping depends on the destination (RFC 4787 address(-and-port)-dependent)."""
+    allocation: Allocation | None = None
+    """Behind a symmetric NAT: how it picks ports; None when not measured."""
+    step: int | None = None
+    """Sequential allocator: the delta between consecutive mappings."""
+    last_port: int | None = None
+    """Sequential allocator: the mapped port of the newest flow natcheck made."""
+
+
+@dataclass(frozen=True)
+class Send:
+    """One packet of a plan: from local socket ``socket`` to ``destination`` at ``at``."""
+
+    at: float
+    """Seconds after the attempt starts."""
+    socket: int
+    """Index of the local socket (0 is the ICE agent's own)."""
+    destination: Address
+
+
+@dataclass(frozen=True)
+class PunchPlan:
+    """What one side does in one punching attempt."""
+
+    strategy: Strategy
+    sockets: int
+    """Local sockets the attempt needs (0 when it sends nothing)."""
+    sends: tuple[Send, ...]
+    hit_probability: float
+    """The chance this attempt opens a path, if the peer does its part."""
+
+    @property
+    def packets(self) -> int:
+        return len(self.sends)
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first packet to the last."""
+        return self.sends[-1].at - self.sends[0].at if self.sends else 0.0
+
+    @property
+    def destinations(self) -> frozenset[Address]:
+        return frozenset(send.destination for send in self.sends)
+
+
+def profile_from_report(report: NatReport) -> NatProfile:
+    """What a peer says about its NAT in the session, from its ``natcheck`` report."""
+    symmetric = report.mapping not in (None, "endpoint-independent")
+    if not symmetric:
+        return NatProfile(symmetric=False)
+    last = report.mapped_ports[-1] if report.mapped_ports else None
+    return NatProfile(True, report.allocation, report.allocation_step, last)
+
+
+def predicted_candidates(profile: NatProfile, public_ip: str,
+                         config: PunchConfig) -> tuple[Address, ...]:
+    """The extra candidates a peer behind a sequential symmetric NAT offers: its
+    public address with the ports its next flows will likely get."""
+    if not (config.enabled and profile.symmetric and profile.allocation == "sequential"):
+        return ()
+    if profile.step is None or profile.last_port is None:
+        return ()
+    return tuple((public_ip, port)
+                 for port in predict_ports(profile.last_port, profile.step,
+                                           config.predicted_ports))
+
+
+def _nothing(strategy: Strategy) -> PunchPlan:
+    return PunchPlan(strategy, 0, (), 0.0)
+
+
+def predict_ports(last_port: int, step: int, count: int) -> tuple[int, ...]:
+    """The ports a sequential NAT will likely give the next ``count`` flows after the
+    one that got ``last_port``: last + step, last + 2 step, … wrapped into 1024-65535."""
+    if not 0 < last_port < 65536:
+        raise BadPunchPlan(f"last_port must be in 1-65535, not {last_port!r}")
+    if step == 0 or abs(step) > 4096:
+        raise BadPunchPlan(f"step must be non-zero and at most 4096 either way, not {step!r}")
+    if not 1 <= count <= USABLE_PORTS:
+        raise BadPunchPlan(f"count must be in 1-{USABLE_PORTS}, not {count!r}")
+    ports: list[int] = []
+    for k in range(1, count + 1):
+        port = FIRST_PORT + (last_port + k * step - FIRST_PORT) % USABLE_PORTS
+        if port not in ports:
+            ports.append(port)
+    return tuple(ports)
+
+
+def birthday_probability(sockets: int, probes: int, ports: int = USABLE_PORTS) -> float:
+    """Chance that ``probes`` distinct random ports include one of ``sockets`` random
+    mappings, over ``ports`` equally likely ports."""
+    if sockets <= 0 or probes <= 0:
+        return 0.0
+    if sockets + probes > ports:
+        return 1.0
+    # Hypergeometric: no probe lands on a mapping.
+    miss = 1.0
+    for i in range(probes):
+        miss *= (ports - sockets - i) / (ports - i)
+    return 1.0 - miss
+
+
+def _paced(budget: PunchBudget, route: Sequence[tuple[int, Address]]) -> tuple[Send, ...]:
+    gap = 1.0 / budget.packets_per_second
+    return tuple(Send(i * gap, socket, dest) for i, (socket, dest) in enumerate(route))
+
+
+def plan_punch(
+    local: NatProfile,
+    remote: NatProfile,
+    remote_candidates: Collection[Address],
+    remote_public: Sequence[str],
+    config: PunchConfig,
+    rng: random.Random,
+) -> PunchPlan:
+    """This side's part of a punching attempt towards a peer.
+
+    ``remote_candidates``: every candidate the peer offered in the signed
+    session (host, server-reflexive, predicted). ``remote_public``: the peer's
+    server-reflexive addresses among them, the only ones a birthday probe may
+    try other ports of. Returns an empty plan ("none") where neither technique
+    applies: neither side symmetric (plain ICE does it), both symmetric and random
+    (N × M would need far more than a few thousand packets), or nothing measured.
+    """
+    if not config.enabled:
+        return _nothing("off")
+    budget = config.budget
+    offered = frozenset(remote_candidates)
+    public = tuple(dict.fromkeys(ip for ip in remote_public if any(c[0] == ip for c in offered)))
+    limit = budget.packet_limit
+
+    if remote.symmetric and remote.allocation == "sequential":
+        # The peer offered its predicted ports as candidates: check those, no others.
+        if remote.step is None or remote.last_port is None:
+            return _nothing("none")
+        predicted = predict_ports(remote.last_port, remote.step, config.predicted_ports)
+        targets = [
+            (ip, port) for ip in public for port in predicted if (ip, port) in offered
+        ][:limit]
+        if not targets:
+            return _nothing("none")
+        return PunchPlan("sequential", 1, _paced(budget, [(0, t) for t in targets]), 1.0)
+
+    if local.symmetric and local.allocation == "sequential":
+        # We offered our predicted ports; plain ICE checks from our side do the rest.
+        return _nothing("none")
+
+    if local.symmetric and local.allocation == "random" and not remote.symmetric:
+        # Open N sockets (new random mappings), each sends to the peer's public mappings.
+        targets = [c for c in sorted(offered) if c[0] in public]
+        if not targets:
+            return _nothing("none")
+        sockets = max(1, min(config.birthday_sockets, limit // len(targets)))
+        route = [(s + 1, t) for s in range(sockets) for t in targets]
+        probes = config.birthday_probes
+        return PunchPlan("birthday-open", sockets + 1, _paced(budget, route[:limit]),
+                         birthday_probability(sockets, probes))
+
+    if remote.symmetric and remote.allocation == "random" and not local.symmetric:
+        # Probe M distinct random ports of the peer's public address from our socket.
+        if not public:
+            return _nothing("none")
+        per_address = max(1, limit // len(public))
+        probes = min(config.birthday_probes, per_address)
+        route = []
+        for ip in public:
+            for port in rng.sample(range(FIRST_PORT, 65536), probes):
+                route.append((0, (ip, port)))
+        return PunchPlan("birthday-probe", 1, _paced(budget, route[:limit]),
+                         birthday_probability(config.birthday_sockets, probes))
+
+    return _nothing("none")

@@ -1,0 +1,185 @@
+"""The port predictor and birthday planner: budgets, targets, predictions (sans-I/O)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from camera.punch import (
+    BadPunchPlan,
+    NatProfile,
+    PunchBudget,
+    PunchConfig,
+    PunchPlan,
+    birthday_probability,
+    plan_punch,
+    predict_ports,
+    predicted_candidates,
+    profile_from_report,
+)
+from services.stun.allocation import classify_allocation
+from services.stun.discovery import NatReport
+from tests.services.stun.test_allocation import RECORDED_SEQUENTIAL, sequential_ports
+
+PEER_PUBLIC = "203.0.113.104"
+OTHER_HOST = "203.0.113.99"
+SEQUENTIAL = NatProfile(symmetric=True, allocation="sequential", step=1, last_port=20014)
+RANDOM = NatProfile(symmetric=True, allocation="random")
+CONE = NatProfile(symmetric=False)
+
+
+def test_birthday_odds_match_the_textbook() -> None:
+    # 256 mappings x 256 probes over ~64k ports: ~63%; x 1024: ~98%.
+    assert birthday_probability(256, 256) == pytest.approx(0.64, abs=0.02)
+    assert birthday_probability(256, 1024) == pytest.approx(0.98, abs=0.01)
+    assert birthday_probability(0, 1024) == 0.0
+
+
+def test_predicted_ports_follow_the_step_and_wrap() -> None:
+    assert predict_ports(20018, 1, 3) == (20019, 20020, 20021)
+    assert predict_ports(65535, 1, 2) == (1024, 1025)
+    assert predict_ports(20000, -2, 2) == (19998, 19996)
+    with pytest.raises(BadPunchPlan, match="step must be non-zero"):
+        predict_ports(20000, 0, 2)
+    with pytest.raises(BadPunchPlan, match="70000"):
+        predict_ports(70000, 1, 2)
+
+
+@pytest.mark.parametrize("ports", RECORDED_SEQUENTIAL)
+def test_recorded_sequence_predicts_the_next_mapping(ports: tuple[int, ...]) -> None:
+    # Hold back the last recorded mapping: predicted from the ones before it.
+    report = classify_allocation(ports[:-1])
+    assert report.step is not None
+    assert ports[-1] in predict_ports(ports[-2], report.step, 16)
+
+
+def test_recorded_runs_predict_the_next_runs_first_flow() -> None:
+    # Between the two recorded runs natcheck's other flows took five ports: the
+    # window of 16 after the first run's last mapping still holds the next flow.
+    first, second = RECORDED_SEQUENTIAL
+    step = classify_allocation(first).step
+    assert step == 1
+    assert second[0] in predict_ports(first[-1], step, 16)
+    assert second[0] not in predict_ports(first[-1], step, 4)  # and a window can be too small
+
+
+@given(start=st.integers(2048, 60000), step=st.sampled_from([1, 2, 3, -1]),
+       gaps=st.lists(st.integers(0, 2), min_size=6, max_size=6),
+       between=st.integers(0, 15))
+def test_prediction_covers_the_next_flow_despite_other_traffic(
+        start: int, step: int, gaps: list[int], between: int) -> None:
+    # natcheck saw five flows (others' flows in between), then ``between`` more
+    # flows of other hosts took ports before ours: the window of 16 holds it.
+    # At least once natcheck's flows were back to back.
+    seen = sequential_ports(start, [step * (1 + g) for g in [0, *gaps[:3]]])
+    report = classify_allocation(seen)
+    assert report.pattern == "sequential" and report.step == step
+    ours = sequential_ports(seen[-1], [step] * (between + 1))[-1]
+    assert ours in predict_ports(seen[-1], report.step, 16)
+
+
+def report(mapping: Any, ports: tuple[int, ...] = ()) -> NatReport:
+    found = classify_allocation(ports) if ports else None
+    return NatReport(("203.0.113.1", 3479), None, (PEER_PUBLIC, 4000), None,
+                     mapping, "address-and-port-dependent", False, None,
+                     found.pattern if found else None, ports, found.step if found else None)
+
+
+def test_the_sequential_side_offers_its_next_mappings_from_its_natcheck() -> None:
+    profile = profile_from_report(report("address-and-port-dependent", RECORDED_SEQUENTIAL[0]))
+    assert profile == SEQUENTIAL
+    assert predicted_candidates(profile, PEER_PUBLIC, PunchConfig())[:2] == (
+        (PEER_PUBLIC, 20015), (PEER_PUBLIC, 20016))
+    assert predicted_candidates(profile, PEER_PUBLIC, PunchConfig(enabled=False)) == ()
+    cone = profile_from_report(report("endpoint-independent"))
+    assert cone == CONE and predicted_candidates(cone, PEER_PUBLIC, PunchConfig()) == ()
+    assert profile_from_report(report("address-and-port-dependent", (50437, 9120, 33804,
+                                                                     61187))) == RANDOM_SEEN
+
+
+RANDOM_SEEN = NatProfile(symmetric=True, allocation="random", last_port=61187)
+
+
+def offered(ports: list[int]) -> set[tuple[str, int]]:
+    return {("198.51.100.66", 50000), (PEER_PUBLIC, 3000), *((PEER_PUBLIC, p) for p in ports)}
+
+
+def test_sequential_plan_checks_exactly_the_offered_predictions() -> None:
+    predicted = list(predict_ports(20014, 1, 16))
+    candidates = offered(predicted[:10])  # the peer offered ten of them
+    plan = plan_punch(CONE, SEQUENTIAL, candidates, [PEER_PUBLIC], PunchConfig(),
+                      random.Random(1))
+    assert plan.strategy == "sequential"
+    assert plan.destinations == {(PEER_PUBLIC, p) for p in predicted[:10]}
+
+
+def test_birthday_probe_targets_only_the_offered_public_address() -> None:
+    plan = plan_punch(CONE, RANDOM, offered([]), [PEER_PUBLIC, OTHER_HOST], PunchConfig(),
+                      random.Random(2))
+    assert plan.strategy == "birthday-probe"
+    assert {ip for ip, _ in plan.destinations} == {PEER_PUBLIC}
+    assert plan.packets == 1024 and len(plan.destinations) == 1024  # distinct ports
+    assert plan.hit_probability > 0.95
+
+
+def test_random_against_random_is_not_attempted() -> None:
+    assert plan_punch(RANDOM, RANDOM, offered([]), [PEER_PUBLIC], PunchConfig(),
+                      random.Random(3)).strategy == "none"
+
+
+def test_switched_off_it_sends_nothing() -> None:
+    plan = plan_punch(CONE, RANDOM, offered([]), [PEER_PUBLIC], PunchConfig(enabled=False),
+                      random.Random(4))
+    assert plan == PunchPlan("off", 0, (), 0.0)
+
+
+@pytest.mark.parametrize(("settings_", "needle"), [
+    ({"max_packets": 0}, "max_packets must be at least 1, not 0"),
+    ({"max_seconds": -1.0}, "max_seconds must be positive, not -1.0"),
+    ({"packets_per_second": 0.0}, "packets_per_second"),
+    ({"packets_per_second": 1000.0}, r"\(0, 200\], not 1000.0"),
+])
+def test_bad_budgets_are_named(settings_: dict[str, float], needle: str) -> None:
+    with pytest.raises(BadPunchPlan, match=needle):
+        PunchBudget(**settings_)  # type: ignore[arg-type]
+
+
+profiles = st.one_of(
+    st.just(CONE), st.just(RANDOM),
+    st.builds(NatProfile, symmetric=st.just(True), allocation=st.just("sequential"),
+              step=st.sampled_from([1, 2, -1]), last_port=st.integers(1024, 65535)),
+)
+addresses = st.tuples(st.sampled_from([PEER_PUBLIC, "198.51.100.66", "2001:db8::2"]),
+                      st.integers(1, 65535))
+
+
+@settings(max_examples=60, deadline=None)
+@given(local=profiles, remote=profiles,
+       candidates=st.lists(addresses, max_size=40),
+       public=st.lists(st.sampled_from([PEER_PUBLIC, OTHER_HOST, "2001:db8::2"]), max_size=3),
+       max_packets=st.integers(1, 5000), max_seconds=st.floats(0.01, 30),
+       rate=st.floats(1, 200), seed=st.integers(0, 2**16), enabled=st.booleans())
+def test_every_plan_stays_inside_its_budget_and_the_offered_addresses(
+        local: NatProfile, remote: NatProfile, candidates: list[tuple[str, int]],
+        public: list[str], max_packets: int, max_seconds: float, rate: float, seed: int,
+        enabled: bool) -> None:
+    budget = PunchBudget(max_packets, max_seconds, rate)
+    config = PunchConfig(enabled=enabled, budget=budget)
+    plan = plan_punch(local, remote, candidates, public, config, random.Random(seed))
+    assert plan.packets <= max_packets
+    assert plan.duration <= max_seconds + 1e-9
+    times = [send.at for send in plan.sends]
+    assert all(b - a >= 1 / rate - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    offered_ips = {ip for ip, _ in candidates}
+    # Never an address the peer did not offer; ports beyond the offered ones only
+    # for the birthday probe, and only at an offered server-reflexive address.
+    assert {ip for ip, _ in plan.destinations} <= offered_ips & (set(public) or {""})
+    if plan.strategy in ("sequential", "birthday-open"):
+        assert plan.destinations <= set(candidates)
+    assert all(0 <= send.socket < max(plan.sockets, 1) for send in plan.sends)
+    if not enabled:
+        assert plan.packets == 0
