@@ -33,8 +33,12 @@ async def camera_main(args: argparse.Namespace) -> None:
     config = CameraConfig(rendezvous=args.rendezvous, state_dir=Path(args.state_dir),
                           video=video, max_viewers=256, **json.loads(args.settings))
     source: Any = make_configured_source(config)
+    if args.pattern != "bars" and config.source == "testpattern":
+        from camera.sources.testpattern import TestPatternSource
+
+        source = TestPatternSource(video, pattern=args.pattern)
     if args.mode == "perviewer":
-        install_per_viewer_encode(video)
+        install_per_viewer_encode(video, args.pattern)
         source = IdleSource()  # that path needs no shared encoder: don't charge it one
     agent = CameraAgent(config, source, DeviceIdentity.load_or_create(config.state_dir))
     await agent.start()
@@ -53,6 +57,9 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--height", type=int, default=720)
     c.add_argument("--fps", type=int, default=30)
     c.add_argument("--bitrate", type=int, default=2_000_000)
+    c.add_argument("--pattern", default="bars", choices=["bars", "texture"],
+                   help="test pattern: bars (cheap, well under the bitrate) or texture "
+                   "(libx264 reaches the configured bitrate)")
     c.add_argument("--settings", default="{}",
                    help="more camera settings, a JSON object (e.g. {\"probe_revert\": false})")
     c.add_argument("--any-address", action="store_true",
@@ -75,16 +82,16 @@ class IdleSource:
         pass
 
 
-def install_per_viewer_encode(video: Any) -> None:
+def install_per_viewer_encode(video: Any, pattern: str = "bars") -> None:
     """Replace the passthrough track with aiortc's default path: raw frames, one
     encoder per viewer. The raw pictures are the test pattern's, rendered once."""
     import av
     from aiortc import VideoStreamTrack
 
     import camera.session
-    from camera.sources.testpattern import _Painter
+    from camera.sources.testpattern import make_painter
 
-    painter = _Painter(video.width, video.height)
+    painter = make_painter(pattern, video.width, video.height)
     state: dict[str, Any] = {"n": 0, "frame": None, "at": 0.0}
 
     def current_frame() -> Any:

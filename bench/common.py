@@ -55,12 +55,12 @@ class Camera:
     def __init__(self, rendezvous: str, mode: str, state_dir: Path, width: int = 1280,
                  height: int = 720, *, bitrate: int = 2_000_000, fps: int = 30,
                  prefix: list[str] | None = None, env: dict[str, str] | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, pattern: str = "bars") -> None:
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "bench", "_camera", "--mode", mode,
              "--rendezvous", rendezvous, "--state-dir", str(state_dir), "--width", str(width),
              "--height", str(height), "--bitrate", str(bitrate), "--fps", str(fps),
-             *(extra or [])],
+             "--pattern", pattern, *(extra or [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
             env={**os.environ, **(env or {})},
         )
@@ -126,16 +126,33 @@ class _CountingQueue(queue.Queue):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self.frames = 0
+        self.octets = 0
+        """H.264 bytes of the access units counted (the encoder's bitrate)."""
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if item is None:
             super().put(item)  # the receiver's stop signal for its decoder thread
         else:
             self.frames += 1
+            self.octets += len(getattr(item[1], "data", b""))
 
 
-async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -> float:
-    """Receive (SRTP, depayload) without decoding; return access units/s after warm-up."""
+async def rtp_packets_received(pc: Any) -> int:
+    """RTP packets an aiortc peer connection's receivers have counted (inbound-rtp)."""
+    total = 0
+    for transceiver in pc.getTransceivers():
+        report = await transceiver.receiver.getStats()
+        total += sum(getattr(s, "packetsReceived", 0) for s in report.values()
+                     if getattr(s, "type", "") == "inbound-rtp")
+    return total
+
+
+async def null_viewer(url: str, device_id: str, seconds: float, warmup: float,
+                      traffic: dict[str, float] | None = None) -> float:
+    """Receive (SRTP, depayload) without decoding; return access units/s after warm-up.
+
+    ``traffic``, if given, gets the window's ``kbit_s`` (H.264 payload) and
+    ``packets_s`` (RTP packets received)."""
     import aiohttp
     from aiortc import RTCSessionDescription
 
@@ -165,9 +182,12 @@ async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -
         answer = parse(await ws.receive_str(timeout=30), Role.SERVER)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         await asyncio.sleep(warmup)
-        start = counter.frames
+        start, octets, packets = counter.frames, counter.octets, await rtp_packets_received(pc)
         await asyncio.sleep(seconds)
         rate = (counter.frames - start) / seconds
+        if traffic is not None:
+            traffic["kbit_s"] = (counter.octets - octets) * 8 / seconds / 1000
+            traffic["packets_s"] = (await rtp_packets_received(pc) - packets) / seconds
         await ws.send_str(encode(Role.VIEWER, "bye", session_id=session))
         await pc.close()
         return rate

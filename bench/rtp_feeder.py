@@ -128,7 +128,7 @@ async def feed(args: argparse.Namespace) -> dict[str, Any]:
     # One stream, as the Janus mountpoint takes one (no second, lower layer).
     settings = VideoSettings(width=args.width, height=args.height, fps=args.fps,
                              bitrate=args.bitrate, low_layer=False)
-    source = TestPatternSource(settings)
+    source = TestPatternSource(settings, pattern=args.pattern)
     limiter = Broadcaster(source.request_keyframe)  # peercam's IDR limiter, nothing else
     packetizer = RtpPacketizer(args.payload_type)
     stats = {"frames": 0, "keyframes": 0, "keyframe_requests": 0}
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--bitrate", type=int, default=2_000_000)
+    p.add_argument("--pattern", default="bars", choices=["bars", "texture"],
+                   help="the test pattern (texture: the encoder reaches its bitrate)")
     p.add_argument("--debug", action="store_true", help="log keyframe requests and IDRs")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--modes", default="passthrough,perviewer")
+    p.add_argument("--bitrate", type=int, default=2_000_000)
+    p.add_argument("--pattern", default="texture", choices=["bars", "texture"],
+                   help="texture: libx264 reaches the bitrate; bars: the old, light content")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,7 +48,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for mode in args.modes.split(","):
             for count in counts:
                 camera = await Camera(
-                    url, mode, Path(args.state) / mode, args.width, args.height).started()
+                    url, mode, Path(args.state) / mode, args.width, args.height,
+                    bitrate=args.bitrate, pattern=args.pattern).started()
                 try:
                     await asyncio.sleep(settle)
                     await view(camera.link(url, pair=True), seconds=0.1)  # pair, untimed
@@ -53,9 +57,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     idle0, t0 = camera.cpu_seconds(), time.monotonic()
                     await asyncio.sleep(2 * settle)
                     idle_cpu = (camera.cpu_seconds() - idle0) / (time.monotonic() - t0)
+                    traffic: list[dict[str, float]] = [{} for _ in range(count)]
                     viewers = [asyncio.ensure_future(
-                        null_viewer(url, camera.device_id, args.seconds, warmup=warmup))
-                        for _ in range(count)]
+                        null_viewer(url, camera.device_id, args.seconds, warmup=warmup,
+                                    traffic=t)) for t in traffic]
                     await asyncio.sleep(warmup)
                     c0, t0 = camera.cpu_seconds(), time.monotonic()
                     await asyncio.sleep(args.seconds)
@@ -67,12 +72,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 row = {"mode": mode, "viewers": count, "cpu_core": round(cpu, 3),
                        "idle_cpu_core": round(idle_cpu, 3), "rss_mib": round(rss, 1),
                        "fps_min": round(min(rates), 1),
-                       "fps_median": round(statistics.median(rates), 1)}
+                       "fps_median": round(statistics.median(rates), 1),
+                       "kbit_s": round(statistics.median(t["kbit_s"] for t in traffic), 1),
+                       "packets_s_per_viewer": round(
+                           statistics.median(t["packets_s"] for t in traffic), 1),
+                       "packets_s_sent": round(sum(t["packets_s"] for t in traffic), 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
         await runner.cleanup()
-    return {"video": f"{args.width}x{args.height}@30 2 Mbit/s", "seconds": args.seconds,
+    return {"video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
+            "pattern": args.pattern, "seconds": args.seconds,
             "rows": rows, "marginal": marginal(rows), "holds_up_to": holds_up_to(rows)}
 
 
@@ -141,11 +151,17 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "Viewers receive and depayload but do not decode, so they do not starve the camera.",
         "Target: < 1% of a core per extra viewer.",
         "",
-        "| path | viewers | camera CPU (cores) | RSS MiB | viewer fps (min / median) |",
-        "|---|---|---|---|---|",
+        f"Content: the `{result.get('pattern', 'bars')}` test pattern; *kbit/s* is the H.264",
+        "bitrate each viewer received (median viewer), *packets/s* the RTP packets the",
+        "camera sent to all viewers together (as the viewers counted them).",
+        "",
+        "| path | viewers | camera CPU (cores) | packets/s sent | kbit/s per viewer | RSS MiB "
+        "| viewer fps (min / median) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['mode']} | {r['viewers']} | {r['cpu_core']} | {r['rss_mib']} | "
+        lines.append(f"| {r['mode']} | {r['viewers']} | {r['cpu_core']} | "
+                     f"{r.get('packets_s_sent', '–')} | {r.get('kbit_s', '–')} | {r['rss_mib']} | "
                      f"{r['fps_min']} / {r['fps_median']} |")
     mg = result["marginal"]
     lines += [
