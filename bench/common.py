@@ -114,9 +114,14 @@ def rss_kib(pid: int) -> int:
 
 
 async def start_rendezvous() -> tuple[Any, str]:
+    from services.rendezvous import RendezvousConfig
     from services.rendezvous import start_rendezvous as start
 
-    _server, runner, port = await start("127.0.0.1", 0)
+    # Every bench viewer comes from 127.0.0.1: lift the per-address limits that
+    # would refuse a burst of 32 joins (they protect a public server, not this).
+    config = RendezvousConfig(connection_rate=1000.0, connection_burst=1000.0,
+                              max_pending_per_ip=512)
+    _server, runner, port = await start("127.0.0.1", 0, config)
     return runner, f"ws://127.0.0.1:{port}"
 
 
