@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -134,6 +135,16 @@ class SharedSendStats:
         self.retransmitted = 0
         self.direct_sends = 0
         """Datagrams handed straight to a UDP transport (not through a TURN protocol)."""
+        self.last_sequence_number: int | None = None
+        """Of the last RTP packet sent (None: nothing sent yet)."""
+
+
+_STATS: weakref.WeakKeyDictionary[RTCRtpSender, SharedSendStats] = weakref.WeakKeyDictionary()
+
+
+def stats_of(sender: RTCRtpSender) -> SharedSendStats | None:
+    """The counters of a sender :func:`share_packetization` changed (None: not changed)."""
+    return _STATS.get(sender)
 
 
 def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
@@ -227,6 +238,7 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
             octets += len(payload)
             sequence_number = (sequence_number + 1) & 0xFFFF
         count = last + 1
+        stats.last_sequence_number = (sequence_number - 1) & 0xFFFF
         stats.frames += 1
         stats.packets += count
         if udp is not None:
@@ -254,6 +266,7 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
         stats.retransmitted += 1
         await sender.transport._send_rtp(packet.serialize(extensions_map))
 
+    _STATS[sender] = stats
     sender._run_rtp = run_rtp  # type: ignore[method-assign]
     sender._retransmit = retransmit  # type: ignore[method-assign]
     return stats
