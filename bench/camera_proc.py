@@ -37,6 +37,11 @@ async def camera_main(args: argparse.Namespace) -> None:
         from camera.sources.testpattern import TestPatternSource
 
         source = TestPatternSource(video, pattern=args.pattern)
+    if args.mode == "aiortcsend":
+        import camera.session
+
+        # The shipped camera before shared packetization: aiortc's own send loop.
+        camera.session.share_packetization = lambda sender: None  # type: ignore[assignment]
     if args.mode == "perviewer":
         install_per_viewer_encode(video, args.pattern)
         source = IdleSource()  # that path needs no shared encoder: don't charge it one
@@ -50,7 +55,8 @@ async def camera_main(args: argparse.Namespace) -> None:
 
 
 def add_arguments(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--mode", choices=["passthrough", "perviewer"], default="passthrough")
+    c.add_argument("--mode", choices=["passthrough", "aiortcsend", "perviewer"],
+                   default="passthrough")
     c.add_argument("--rendezvous", required=True)
     c.add_argument("--state-dir", required=True)
     c.add_argument("--width", type=int, default=1280)

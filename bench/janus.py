@@ -61,6 +61,7 @@ from bench.common import (
     pin_loopback,
     pyplot,
     rss_kib,
+    rtp_packets_received,
     start_rendezvous,
     summary,
 )
@@ -98,6 +99,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--bitrate", type=int, default=2_000_000)
+    p.add_argument("--pattern", default="texture", choices=["bars", "texture"],
+                   help="texture: libx264 reaches the bitrate; bars: the old, light content")
     p.add_argument("--decoded-trials", type=int, default=5,
                    help="peercam's CLI viewer to the first decoded frame, for reference")
     p.add_argument("--keepalive", type=float, default=25.0, help="Janus session keepalive (s)")
@@ -344,11 +347,13 @@ class JanusProcess:
 class Feeder:
     """The feeder process (bench/rtp_feeder.py): the test pattern as RTP to the mountpoint."""
 
-    def __init__(self, setup: JanusSetup, width: int, height: int, bitrate: int) -> None:
+    def __init__(self, setup: JanusSetup, width: int, height: int, bitrate: int,
+                 pattern: str = "bars") -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.rtp_feeder", "--port", str(setup.rtp_port),
              "--rtcp-port", str(setup.rtcp_port), "--payload-type", str(PAYLOAD_TYPE),
-             "--width", str(width), "--height", str(height), "--bitrate", str(bitrate)],
+             "--width", str(width), "--height", str(height), "--bitrate", str(bitrate),
+             "--pattern", pattern],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         self.stats: dict[str, Any] = {}
 
@@ -427,6 +432,7 @@ class Viewer:
         self.started = time.perf_counter()
         self.marks: dict[str, float] = {}
         """Milliseconds from ``started`` to each step (answer, connected, ...)."""
+        self.pc: Any = None
 
     def begin(self) -> float:
         """The first signaling byte is about to go: time from here."""
@@ -437,6 +443,8 @@ class Viewer:
         self.marks.setdefault(step, round(1000 * (time.perf_counter() - self.started), 1))
 
     def watch_connection(self, pc: Any) -> None:
+        self.pc = pc
+
         def ice_changed() -> None:
             if pc.iceConnectionState in ("checking", "completed"):
                 self.mark("ice_" + pc.iceConnectionState)
@@ -666,10 +674,16 @@ async def measure(server: str, count: int, start_viewer: StartViewer, procs: Pro
         await watching(server, viewers, procs)
         await asyncio.sleep(args.warmup)
         frames0 = [v.frames for v in viewers]
+        octets0 = [v.queue.octets if v.queue else 0 for v in viewers]
+        packets0 = [await rtp_packets_received(v.pc) if v.pc else 0 for v in viewers]
         t0 = time.monotonic()
         cores = await cpu_window(procs, args.seconds)
         elapsed = time.monotonic() - t0
         rates = [(v.frames - f0) / elapsed for v, f0 in zip(viewers, frames0, strict=True)]
+        kbits = [((v.queue.octets if v.queue else 0) - o0) * 8 / elapsed / 1000
+                 for v, o0 in zip(viewers, octets0, strict=True)]
+        packets = [((await rtp_packets_received(v.pc) if v.pc else 0) - p0) / elapsed
+                   for v, p0 in zip(viewers, packets0, strict=True)]
         rss = procs.camera.rss_mib() if server == "peercam" else procs.janus.rss_mib()
     finally:
         await leave(server, viewers)
@@ -678,6 +692,7 @@ async def measure(server: str, count: int, start_viewer: StartViewer, procs: Pro
         "cpu_all": cores, "rss_mib": round(rss, 1),
         "fps": [round(r, 2) for r in rates],
         "fps_min": round(min(rates), 1), "fps_median": round(statistics.median(rates), 1),
+        "kbit_s": round(statistics.median(kbits), 1), "packets_s_sent": round(sum(packets), 1),
         **first_frames(viewers),
     }
 
@@ -702,10 +717,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     decoded: list[float] = []
     try:
         camera = await Camera(url, "passthrough", state / "janus-camera", args.width,
-                              args.height, bitrate=args.bitrate).started()
+                              args.height, bitrate=args.bitrate, pattern=args.pattern).started()
         janus = JanusProcess(executable, setup, state / "janus")
         info = await janus.ready()
-        feeder = Feeder(setup, args.width, args.height, args.bitrate)
+        feeder = Feeder(setup, args.width, args.height, args.bitrate, args.pattern)
         await feeder.feeding()
         mountpoint = await janus.mountpoint_live()
         procs = Procs(camera, janus, feeder)
@@ -787,6 +802,7 @@ def result_of(args: argparse.Namespace, joins: dict[str, dict[str, list[Any]]],
                    for s in SERVERS}
     return {
         "video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
+        "pattern": args.pattern,
         "janus_version": info.get("version_string", "?"),
         "counts": [int(c) for c in args.counts.split(",")],
         "seconds": args.seconds, "warmup": args.warmup, "join_gap": args.join_gap,
@@ -934,16 +950,20 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"**CPU per viewer**: process CPU over {result['seconds']} s with N viewers, after a "
         f"{result['warmup']} s warm-up; the N viewers join {result['join_gap']} s apart.",
         "",
-        "| server | viewers | process CPU (cores) | marginal per viewer | RSS MiB | "
-        "viewer fps (min / median) | first keyframe p50 / p95 ms |",
-        "|---|---|---|---|---|---|---|",
+        f"Content: the `{result.get('pattern', 'bars')}` test pattern; *kbit/s*: the H.264 "
+        "bitrate a viewer received (median); *packets/s*: RTP packets all viewers received.",
+        "",
+        "| server | viewers | process CPU (cores) | marginal per viewer | packets/s | "
+        "kbit/s per viewer | RSS MiB | viewer fps (min / median) | first keyframe p50 / p95 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for server in SERVERS:
-        lines.append(f"| {server} | 0 | {base[server]} | | | | |")
+        lines.append(f"| {server} | 0 | {base[server]} | | | | | | |")
         for r in (r for r in result["rows"] if r["server"] == server):
             key = summary(r["first_key_ms"])
             lines.append(
                 f"| {server} | {r['viewers']} | {r['cpu_core']} | {_pct(r['marginal_core'])} | "
+                f"{r.get('packets_s_sent', '–')} | {r.get('kbit_s', '–')} | "
                 f"{r['rss_mib']} | {r['fps_min']} / {r['fps_median']} | "
                 f"{key['p50']} / {key['p95']} |")
     lines += [

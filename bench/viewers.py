@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
-    p.add_argument("--modes", default="passthrough,perviewer")
+    p.add_argument("--modes", default="passthrough,aiortcsend,perviewer",
+                   help="passthrough: as shipped; aiortcsend: the same with aiortc's own "
+                   "send loop (packetized per viewer); perviewer: an encoder per viewer")
     p.add_argument("--bitrate", type=int, default=2_000_000)
     p.add_argument("--pattern", default="texture", choices=["bars", "texture"],
                    help="texture: libx264 reaches the bitrate; bars: the old, light content")
@@ -45,8 +47,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     runner, url = await start_rendezvous()
     rows: list[dict[str, Any]] = []
     try:
-        for mode in args.modes.split(","):
-            for count in counts:
+        # Counts outside, paths inside: the paths compared at each count run within
+        # the same minute of a shared machine.
+        for count in counts:
+            for mode in args.modes.split(","):
                 camera = await Camera(
                     url, mode, Path(args.state) / mode, args.width, args.height,
                     bitrate=args.bitrate, pattern=args.pattern).started()
