@@ -55,12 +55,13 @@ class Camera:
     def __init__(self, rendezvous: str, mode: str, state_dir: Path, width: int = 1280,
                  height: int = 720, *, bitrate: int = 2_000_000, fps: int = 30,
                  prefix: list[str] | None = None, env: dict[str, str] | None = None,
-                 extra: list[str] | None = None, pattern: str = "bars") -> None:
+                 extra: list[str] | None = None, pattern: str = "bars",
+                 clip: str = "") -> None:
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "bench", "_camera", "--mode", mode,
              "--rendezvous", rendezvous, "--state-dir", str(state_dir), "--width", str(width),
              "--height", str(height), "--bitrate", str(bitrate), "--fps", str(fps),
-             "--pattern", pattern, *(extra or [])],
+             "--pattern", pattern, *(["--clip", clip] if clip else []), *(extra or [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
             env={**os.environ, **(env or {})},
         )
@@ -86,6 +87,18 @@ class Camera:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid)
+
+    async def packets_sent(self) -> int:
+        """RTP packets the camera's live video senders sent so far (its own counter)."""
+        import signal
+
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        self.proc.send_signal(signal.SIGUSR1)
+        line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), 10)
+        if not line.startswith("SENT "):
+            raise SystemExit(f"bench: the camera did not count its packets ({line!r})")
+        return int(line.split()[1])
 
     def rss_mib(self) -> float:
         return rss_kib(self.proc.pid) / 1024
@@ -142,22 +155,11 @@ class _CountingQueue(queue.Queue):  # type: ignore[type-arg]
             self.octets += len(getattr(item[1], "data", b""))
 
 
-async def rtp_packets_received(pc: Any) -> int:
-    """RTP packets an aiortc peer connection's receivers have counted (inbound-rtp)."""
-    total = 0
-    for transceiver in pc.getTransceivers():
-        report = await transceiver.receiver.getStats()
-        total += sum(getattr(s, "packetsReceived", 0) for s in report.values()
-                     if getattr(s, "type", "") == "inbound-rtp")
-    return total
-
-
 async def null_viewer(url: str, device_id: str, seconds: float, warmup: float,
                       traffic: dict[str, float] | None = None) -> float:
     """Receive (SRTP, depayload) without decoding; return access units/s after warm-up.
 
-    ``traffic``, if given, gets the window's ``kbit_s`` (H.264 payload) and
-    ``packets_s`` (RTP packets received)."""
+    ``traffic``, if given, gets the window's ``kbit_s`` (H.264 payload received)."""
     import aiohttp
     from aiortc import RTCSessionDescription
 
@@ -187,12 +189,11 @@ async def null_viewer(url: str, device_id: str, seconds: float, warmup: float,
         answer = parse(await ws.receive_str(timeout=30), Role.SERVER)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         await asyncio.sleep(warmup)
-        start, octets, packets = counter.frames, counter.octets, await rtp_packets_received(pc)
+        start, octets = counter.frames, counter.octets
         await asyncio.sleep(seconds)
         rate = (counter.frames - start) / seconds
         if traffic is not None:
             traffic["kbit_s"] = (counter.octets - octets) * 8 / seconds / 1000
-            traffic["packets_s"] = (await rtp_packets_received(pc) - packets) / seconds
         await ws.send_str(encode(Role.VIEWER, "bye", session_id=session))
         await pc.close()
         return rate

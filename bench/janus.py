@@ -61,7 +61,6 @@ from bench.common import (
     pin_loopback,
     pyplot,
     rss_kib,
-    rtp_packets_received,
     start_rendezvous,
     summary,
 )
@@ -675,15 +674,17 @@ async def measure(server: str, count: int, start_viewer: StartViewer, procs: Pro
         await asyncio.sleep(args.warmup)
         frames0 = [v.frames for v in viewers]
         octets0 = [v.queue.octets if v.queue else 0 for v in viewers]
-        packets0 = [await rtp_packets_received(v.pc) if v.pc else 0 for v in viewers]
+        sent0 = await procs.camera.packets_sent() if server == "peercam" else 0
         t0 = time.monotonic()
         cores = await cpu_window(procs, args.seconds)
         elapsed = time.monotonic() - t0
+        # peercam's senders count their packets; Janus's rows are filled in from the
+        # feeder's packets per frame once it stops (Janus forwards each to each viewer).
+        packets = ((await procs.camera.packets_sent() - sent0) / (time.monotonic() - t0)
+                   if server == "peercam" else None)
         rates = [(v.frames - f0) / elapsed for v, f0 in zip(viewers, frames0, strict=True)]
         kbits = [((v.queue.octets if v.queue else 0) - o0) * 8 / elapsed / 1000
                  for v, o0 in zip(viewers, octets0, strict=True)]
-        packets = [((await rtp_packets_received(v.pc) if v.pc else 0) - p0) / elapsed
-                   for v, p0 in zip(viewers, packets0, strict=True)]
         rss = procs.camera.rss_mib() if server == "peercam" else procs.janus.rss_mib()
     finally:
         await leave(server, viewers)
@@ -692,7 +693,8 @@ async def measure(server: str, count: int, start_viewer: StartViewer, procs: Pro
         "cpu_all": cores, "rss_mib": round(rss, 1),
         "fps": [round(r, 2) for r in rates],
         "fps_min": round(min(rates), 1), "fps_median": round(statistics.median(rates), 1),
-        "kbit_s": round(statistics.median(kbits), 1), "packets_s_sent": round(sum(packets), 1),
+        "kbit_s": round(statistics.median(kbits), 1),
+        "packets_s_sent": None if packets is None else round(packets, 1),
         **first_frames(viewers),
     }
 
@@ -761,6 +763,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if camera is not None:
             camera.stop()
         await runner.cleanup()
+    per_frame = (feeder.stats.get("packets", 0) / feeder.stats["frames"]
+                 if feeder.stats.get("frames") else None)
+    for row in rows:
+        if row["server"] == "janus" and per_frame is not None:
+            row["packets_s_sent"] = round(sum(row["fps"]) * per_frame, 1)
     return {**result_of(args, joins, rows, idle, decoded, info),
             "feeder": feeder.stats, "mountpoint": mountpoint}
 
@@ -951,7 +958,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"{result['warmup']} s warm-up; the N viewers join {result['join_gap']} s apart.",
         "",
         f"Content: the `{result.get('pattern', 'bars')}` test pattern; *kbit/s*: the H.264 "
-        "bitrate a viewer received (median); *packets/s*: RTP packets all viewers received.",
+        "bitrate a viewer received (median); *packets/s*: RTP packets sent to all viewers",
+        "(peercam: its senders' counters; Janus: the frames its viewers got times the",
+        "feeder's packets per frame).",
         "",
         "| server | viewers | process CPU (cores) | marginal per viewer | packets/s | "
         "kbit/s per viewer | RSS MiB | viewer fps (min / median) | first keyframe p50 / p95 ms |",
