@@ -100,6 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bitrate", type=int, default=2_000_000)
     p.add_argument("--pattern", default="texture", choices=["bars", "texture"],
                    help="texture: libx264 reaches the bitrate; bars: the old, light content")
+    p.add_argument("--clip", action="store_true",
+                   help="camera and feeder play one pre-encoded clip (no encoder in either)")
     p.add_argument("--decoded-trials", type=int, default=5,
                    help="peercam's CLI viewer to the first decoded frame, for reference")
     p.add_argument("--keepalive", type=float, default=25.0, help="Janus session keepalive (s)")
@@ -347,12 +349,12 @@ class Feeder:
     """The feeder process (bench/rtp_feeder.py): the test pattern as RTP to the mountpoint."""
 
     def __init__(self, setup: JanusSetup, width: int, height: int, bitrate: int,
-                 pattern: str = "bars") -> None:
+                 pattern: str = "bars", clip: str = "") -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.rtp_feeder", "--port", str(setup.rtp_port),
              "--rtcp-port", str(setup.rtcp_port), "--payload-type", str(PAYLOAD_TYPE),
              "--width", str(width), "--height", str(height), "--bitrate", str(bitrate),
-             "--pattern", pattern],
+             "--pattern", pattern, *(["--clip", clip] if clip else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         self.stats: dict[str, Any] = {}
 
@@ -710,6 +712,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                        rtp_port=free_port(socket.SOCK_DGRAM),
                        rtcp_port=free_port(socket.SOCK_DGRAM), lib_dir=lib_dir)
     state = Path(args.state)
+    clip = str(state / "clips") if args.clip else ""
     runner, url = await start_rendezvous()
     camera: Camera | None = None
     janus: JanusProcess | None = None
@@ -719,10 +722,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     decoded: list[float] = []
     try:
         camera = await Camera(url, "passthrough", state / "janus-camera", args.width,
-                              args.height, bitrate=args.bitrate, pattern=args.pattern).started()
+                              args.height, bitrate=args.bitrate, pattern=args.pattern,
+                              clip=clip).started()
         janus = JanusProcess(executable, setup, state / "janus")
         info = await janus.ready()
-        feeder = Feeder(setup, args.width, args.height, args.bitrate, args.pattern)
+        feeder = Feeder(setup, args.width, args.height, args.bitrate, args.pattern, clip)
         await feeder.feeding()
         mountpoint = await janus.mountpoint_live()
         procs = Procs(camera, janus, feeder)
@@ -809,7 +813,7 @@ def result_of(args: argparse.Namespace, joins: dict[str, dict[str, list[Any]]],
                    for s in SERVERS}
     return {
         "video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
-        "pattern": args.pattern,
+        "pattern": args.pattern, "clip": args.clip,
         "janus_version": info.get("version_string", "?"),
         "counts": [int(c) for c in args.counts.split(",")],
         "seconds": args.seconds, "warmup": args.warmup, "join_gap": args.join_gap,
@@ -957,8 +961,11 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"**CPU per viewer**: process CPU over {result['seconds']} s with N viewers, after a "
         f"{result['warmup']} s warm-up; the N viewers join {result['join_gap']} s apart.",
         "",
-        f"Content: the `{result.get('pattern', 'bars')}` test pattern; *kbit/s*: the H.264 "
-        "bitrate a viewer received (median); *packets/s*: RTP packets sent to all viewers",
+        f"Content: the `{result.get('pattern', 'bars')}` test pattern"
+        + (", pre-encoded, played by the camera's `file` source and by the feeder (no encoder "
+           "in either)" if result.get("clip") else ", encoded live by each")
+        + "; *kbit/s*: the H.264 bitrate a viewer received (median); *packets/s*: RTP "
+        "packets sent to all viewers",
         "(peercam: its senders' counters; Janus: the frames its viewers got times the",
         "feeder's packets per frame).",
         "",
