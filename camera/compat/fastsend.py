@@ -9,8 +9,9 @@ serializes its header extensions per packet and goes down four awaited layers
 
 * takes RTP payloads cut once per access unit for every viewer on a layer
   (:meth:`camera.track.PassthroughTrack.next_payloads`, :func:`packetize_h264`);
-* serializes the header (with aiortc's own header-extension code) once per
-  access unit, then per packet packs only the sequence number and marker;
+* serializes the header with aiortc's own header-extension code once per
+  viewer (again if its MID or SSRC change); per access unit it puts in the
+  abs-send-time, per packet it packs the sequence number, marker and timestamp;
 * keeps the plain packets (bytes, no objects) for retransmission, and serves a
   NACK from them as aiortc would (RTX when negotiated); a NACK for a packet no
   longer kept goes to the ``_retransmit`` in place before (the camera's hook,
@@ -47,8 +48,7 @@ from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rtx
 from aiortc.utils import random32
 
-from camera.compat.guard import AIORTC, Member, instance_attribute, require
-from camera.compat.ice import nominated_pair
+from camera.compat.guard import AIOICE, AIORTC, Member, instance_attribute, require
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ def _check_dtls(dtls: RTCDtlsTransport) -> None:
     for name in (DTLS_TX_BYTES, DTLS_TX_PACKETS):
         instance_attribute(AIORTC, aiortc, dtls, name, int)
     instance_attribute(AIORTC, aiortc, dtls, "_state", State)
-    instance_attribute(AIORTC, aiortc, dtls.transport, "_connection", aioice.ice.Connection)
+    connection = instance_attribute(AIORTC, aiortc, dtls.transport, "_connection",
+                                    aioice.ice.Connection)
+    instance_attribute(AIOICE, aioice, connection, "_nominated", dict)
 
 
 class SharedSendStats:
@@ -203,19 +205,47 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
             setattr(sender, TRACK, None)
         getattr(sender, RTP_EXITED).set()
 
+    header: list[Any] = []  # [mid, ssrc, first byte, bytes before abs-send-time, after]
+
+    def header_for(payload_type: int, abs_send_time: int) -> tuple[int, bytes]:
+        """(first byte, header from the SSRC on) of this frame's packets.
+
+        aiortc serializes the header with its extensions; that is done again only
+        when what goes into it (MID, SSRC) changes. Between frames only the
+        abs-send-time value moves: found once by serializing two values, then put
+        in place with a slice.
+        """
+        mid, ssrc = getattr(sender, MID), sender._ssrc
+        if not header or header[0] != mid or header[1] != ssrc:
+            heads = []
+            for probe in (0, 0xABCDEF):
+                template = RtpPacket(payload_type=payload_type, ssrc=ssrc)
+                template.extensions.abs_send_time = probe
+                template.extensions.mid = mid
+                heads.append(template.serialize(extensions_map))
+            a, b = heads
+            at = next((i for i in range(8, len(a)) if a[i] != b[i]), None)
+            if at is not None and (len(a) != len(b) or a[at : at + 3] != bytes(3)
+                                   or b[at : at + 3] != b"\xab\xcd\xef"):
+                raise AIORTC.fail(aiortc, "the RTP header extensions are not serialized "
+                                  "as the send loop expects (abs-send-time)")
+            if at is None:  # abs-send-time not negotiated: the header never changes
+                header[:] = [mid, ssrc, a[0], a[8:], b""]
+            else:
+                header[:] = [mid, ssrc, a[0], a[8:at], a[at + 3 :]]
+        _, _, first, before, after = header
+        if not after:
+            return first, before
+        return first, before + abs_send_time.to_bytes(3, "big") + after
+
     async def _send_frame(payloads: Sequence[bytes], pts: int, payload_type: int,
                           sequence_number: int, timestamp_origin: int) -> int:
         dtls = transport()
         timestamp = (timestamp_origin + pts) & 0xFFFFFFFF
         ntp = current_ntp_time()
-        # The header with its extensions, serialized by aiortc once for this frame.
-        template = RtpPacket(payload_type=payload_type, timestamp=timestamp, ssrc=sender._ssrc)
-        template.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
-        template.extensions.mid = getattr(sender, MID)
-        head = template.serialize(extensions_map)
-        first, rest = head[0], head[8:]
+        first, rest = header_for(payload_type, (ntp >> 14) & 0x00FFFFFF)
         protect = dtls._tx_srtp.protect
-        pair = nominated_pair(dtls.transport._connection)
+        pair = dtls.transport._connection._nominated.get(1)  # checked by transport()
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
         protocol, address = pair.protocol, pair.remote_addr
