@@ -871,6 +871,39 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value}"
 
 
+def us_per_packet(row: dict[str, Any], baseline: dict[str, float]) -> float | None:
+    """A server's CPU above its 0-viewer baseline, in microseconds per packet sent."""
+    packets = row.get("packets_s_sent")
+    if not packets:
+        return None
+    return round(1e6 * (row["cpu_core"] - baseline[row["server"]]) / packets, 1)
+
+
+def per_packet_ratio(result: dict[str, Any]) -> float | None:
+    """Median over viewer counts of peercam's CPU per packet over Janus's."""
+    base = result["baseline_core"]
+    by = {(r["server"], r["viewers"]): us_per_packet(r, base) for r in result["rows"]}
+    ratios = [a / b for (server, n), a in by.items() if server == "peercam" and a is not None
+              and (b := by.get(("janus", n))) is not None and b > 0]
+    return round(statistics.median(ratios), 2) if ratios else None
+
+
+def summary_of(result: dict[str, Any]) -> dict[str, Any]:
+    """One line of a run, for the table of runs at other bitrates."""
+    base = result["baseline_core"]
+    return {"video": result["video"], "pattern": result.get("pattern"),
+            "clip": result.get("clip"), "marginal_core": result["marginal_core"],
+            "marginal_ratio": result["marginal_ratio"],
+            "per_packet_ratio": per_packet_ratio(result),
+            "us_per_packet": {s: statistics.median(
+                v for r in result["rows"] if r["server"] == s
+                and (v := us_per_packet(r, base)) is not None) for s in SERVERS},
+            "packets_s_per_viewer": max(
+                r["packets_s_sent"] / r["viewers"] for r in result["rows"]
+                if r["server"] == "peercam" and r.get("packets_s_sent")),
+            "kbit_s": max(r.get("kbit_s", 0) for r in result["rows"])}
+
+
 def headline(result: dict[str, Any]) -> str:
     mg, ff = result["marginal_core"], result["first_frame"]
     return (f"janus: marginal CPU per viewer peercam {_pct(mg['peercam'])} vs Janus "
@@ -970,16 +1003,19 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "feeder's packets per frame).",
         "",
         "| server | viewers | process CPU (cores) | marginal per viewer | packets/s | "
-        "kbit/s per viewer | RSS MiB | viewer fps (min / median) | first keyframe p50 / p95 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "µs/packet | kbit/s per viewer | RSS MiB | viewer fps (min / median) | "
+        "first keyframe p50 / p95 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for server in SERVERS:
-        lines.append(f"| {server} | 0 | {base[server]} | | | | | | |")
+        lines.append(f"| {server} | 0 | {base[server]} | | | | | | | |")
         for r in (r for r in result["rows"] if r["server"] == server):
             key = summary(r["first_key_ms"])
+            per = us_per_packet(r, base)
             lines.append(
                 f"| {server} | {r['viewers']} | {r['cpu_core']} | {_pct(r['marginal_core'])} | "
-                f"{r.get('packets_s_sent', '–')} | {r.get('kbit_s', '–')} | "
+                f"{r.get('packets_s_sent', '–')} | {'–' if per is None else per} | "
+                f"{r.get('kbit_s', '–')} | "
                 f"{r['rss_mib']} | {r['fps_min']} / {r['fps_median']} | "
                 f"{key['p50']} / {key['p95']} |")
     lines += [
@@ -998,6 +1034,26 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"First keyframe under these bursts, all counts: peercam p50 {burst['peercam']['p50']} "
         f"ms (p95 {burst['peercam']['p95']}), Janus p50 {burst['janus']['p50']} ms "
         f"(p95 {burst['janus']['p95']}).",
+    ]
+    ratio_pp = per_packet_ratio(result)
+    if ratio_pp is not None:
+        lines.append(f"CPU per packet sent (above each server's idle; median over the counts "
+                     f"of the per-count ratio): **peercam/Janus {ratio_pp}**.")
+    others = result.get("other_runs", [])
+    if others:
+        lines += ["", "Other runs (each its own run, both servers in it, same settings "
+                  "otherwise):", "",
+                  "| video | content | marginal per viewer peercam / Janus | ratio | "
+                  "µs/packet peercam / Janus | ratio per packet | packets/s per viewer | "
+                  "kbit/s |", "|---|---|---|---|---|---|---|---|"]
+        for o in others:
+            mo, up = o["marginal_core"], o["us_per_packet"]
+            lines.append(
+                f"| {o['video']} | {o['pattern']}{' clip' if o.get('clip') else ''} | "
+                f"{_pct(mo['peercam'])} / {_pct(mo['janus'])} | {_ratio(o['marginal_ratio'])} | "
+                f"{up['peercam']:.1f} / {up['janus']:.1f} | {o['per_packet_ratio']} | "
+                f"{o['packets_s_per_viewer']:.0f} | {o['kbit_s']} |")
+    lines += [
         "",
         "How it was set up: our own `janus` process with its own config folder (only",
         "`libjanus_streaming.so` and `libjanus_http.so` loaded, HTTP API on a free loopback",
