@@ -957,6 +957,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "relay the same H.264 (peercam's test pattern, libx264, same settings) to aiortc",
         "viewers, in the same run, one server at a time while both keep running. Viewers",
         "receive and depayload but do not decode. Aim: parity or better.",
+        *(["With `--clip` both play one pre-encoded clip of the pattern (the camera's "
+           "`file` source, the feeder likewise), so no encoder runs in either process and "
+           "a joining viewer waits for the clip's next IDR (one a second) instead of "
+           "a fresh one: first-frame times here include up to that second."]
+          if result.get("clip") else []),
+        "The machine was shared with other engineers' work while these ran: compare "
+        "the servers count by count (they ran in the same minute), by ratio.",
         "",
         "**First frame**: from a viewer's first signaling byte (peercam: opening the",
         "rendezvous WebSocket; Janus: the session `create`) to the first received keyframe",
@@ -1039,6 +1046,15 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if ratio_pp is not None:
         lines.append(f"CPU per packet sent (above each server's idle; median over the counts "
                      f"of the per-count ratio): **peercam/Janus {ratio_pp}**.")
+    verdicts = []
+    for label, value in (("marginal", result["marginal_ratio"]), ("per packet", ratio_pp)):
+        if value is not None:
+            verdict = "meets it" if value <= 1.0 else f"misses by {value - 1:.2f}"
+            verdicts.append(f"{label} {verdict}")
+    lines.append("Against the target (ratio ≤ 1.0): " + ", ".join(verdicts) + ". What is left of "
+                 "peercam's cost per packet is in its [profile](bench/profile-viewers.md): the "
+                 "`sendto` itself, SRTP, a few Python steps per packet and aiortc's RTCP "
+                 "receive path, against C in Janus.")
     others = result.get("other_runs", [])
     if others:
         lines += ["", "Other runs (each its own run, both servers in it, same settings "
@@ -1069,8 +1085,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
                       "Viewers ask for nothing themselves (`--viewer-pli` makes them PLI like "
                       "aiortc's decoder)."),
         "",
-        "Caveats: peercam's process CPU includes its encoder and Janus's does not (the feeder",
-        "encodes), hence the marginal figures; both include signaling. Janus passes at most",
+        "Caveats: " + ("neither process encodes (a clip); " if result.get("clip") else
+                       "peercam's process CPU includes its encoder and Janus's does not (the "
+                       "feeder encodes), hence the marginal figures; ")
+        + "both include signaling. Janus passes at most",
         "one PLI a second to its source and sends a held-back one when the second is up, so",
         "joins less than about a second apart (or viewers that PLI) can wait up to a second",
         "for a keyframe: the burst figures above show it, the single joins avoid it.",

@@ -161,7 +161,8 @@ def headline(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, label in (("passthrough", "peercam passthrough (one encode)"),
+    for mode, label in (("passthrough", "peercam (shared packetization)"),
+                        ("aiortcsend", "peercam with aiortc's send loop"),
                         ("perviewer", "aiortc default (encode per viewer)")):
         rows = [r for r in result["rows"] if r["mode"] == mode]
         if rows:
