@@ -1029,12 +1029,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         f"Marginal CPU per viewer (least-squares slope from 0 viewers): peercam "
         f"{_pct(mg['peercam'])}, Janus {_pct(mg['janus'])} of a core; "
-        f"**ratio peercam/Janus {_ratio(result['marginal_ratio'])}**. The camera's encoder "
-        "dominates its CPU and slows down when the machine is busy; taking off the feeder's "
-        "CPU in the same window (the same encoder, same settings) leaves peercam "
-        f"{_pct(result['peercam_marginal_encoder_adjusted'])} per viewer, ratio "
-        f"{_ratio(result['marginal_ratio_encoder_adjusted'])}. When the two ratios disagree, "
-        "the machine was too busy for the first one.",
+        f"**ratio peercam/Janus {_ratio(result['marginal_ratio'])}**. "
+        + ("" if result.get("clip") else
+           "The camera's encoder dominates its CPU and slows down when the machine is busy; "
+           "taking off the feeder's CPU in the same window (the same encoder, same settings) "
+           f"leaves peercam {_pct(result['peercam_marginal_encoder_adjusted'])} per viewer, "
+           f"ratio {_ratio(result['marginal_ratio_encoder_adjusted'])}. When the two ratios "
+           "disagree, the machine was too busy for the first one."),
         "Largest count with every viewer at ≥ 27 fps: " + ", ".join(
             f"{k} {'none' if v is None else v}" for k, v in result["holds_up_to"].items())
         + ".",
