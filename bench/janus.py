@@ -1066,7 +1066,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
         for o in others:
             mo, up = o["marginal_core"], o["us_per_packet"]
             lines.append(
-                f"| {o['video']} | {o['pattern']}{' clip' if o.get('clip') else ''}{' (' + o['note'] + ')' if o.get('note') else ''} | "
+                f"| {o['video']} | {o['pattern']}{' clip' if o.get('clip') else ''}"
+                f"{' (' + o['note'] + ')' if o.get('note') else ''} | "
                 f"{_pct(mo['peercam'])} / {_pct(mo['janus'])} | {_ratio(o['marginal_ratio'])} | "
                 f"{up['peercam']:.1f} / {up['janus']:.1f} | {o['per_packet_ratio']} | "
                 f"{o['packets_s_per_viewer']:.0f} | {o['kbit_s']} |")

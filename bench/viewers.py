@@ -236,7 +236,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
                   "|---|---|---|---|---|---|"]
         for o in others:
             lines.append(
-                f"| {o['video']} | {o['pattern']}{' clip' if o.get('clip') else ''}{' (' + o['note'] + ')' if o.get('note') else ''} | "
+                f"| {o['video']} | {o['pattern']}{' clip' if o.get('clip') else ''}"
+                f"{' (' + o['note'] + ')' if o.get('note') else ''} | "
                 + ", ".join(f"{k} {v:.1f}" for k, v in o["us_per_packet"].items()) + " | "
                 f"{o['per_packet_ratio']} | "
                 + ", ".join(f"{k} {100 * v:.2f}%" for k, v in o["marginal"].items())
