@@ -1,10 +1,13 @@
 """Per-viewer aiortc track on the packet path.
 
-aiortc sends a pre-encoded ``av.Packet`` through ``encoder.pack()``: no decode,
-no re-encode. A track sits on one layer of the broadcast and moves to another at
-that layer's IDR (:meth:`PassthroughTrack.switch_to`); aiortc packetizes per
-track, so the viewer sees one RTP stream (one SSRC, continuous sequence numbers
-and timestamps) whose picture size changes at an IDR. The sender hooks that
+No decode, no re-encode: the camera's sender takes each access unit's RTP
+payloads, cut once for every viewer on its layer (:meth:`PassthroughTrack.next_payloads`,
+:func:`camera.compat.share_packetization`); ``recv`` still hands aiortc's own
+send loop an ``av.Packet``. A track sits on one layer of the broadcast and moves
+to another at that layer's IDR (:meth:`PassthroughTrack.switch_to`); its sender
+numbers and times the packets, so the viewer sees one RTP stream (one SSRC,
+continuous sequence numbers and timestamps) whose picture size changes at an
+IDR. The sender hooks that
 turn PLI/FIR and NACK misses on that path into keyframe requests (on the
 track's layer) are :func:`camera.compat.hook_sender`.
 """
