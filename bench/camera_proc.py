@@ -41,12 +41,28 @@ async def camera_main(args: argparse.Namespace) -> None:
     config = CameraConfig(rendezvous=args.rendezvous, state_dir=Path(args.state_dir),
                           video=video, max_viewers=256, **json.loads(args.settings))
     source: Any = make_configured_source(config)
+    if args.clip:
+        from camera.sources.file import FileSource
+
+        # Pre-encoded H.264 played as recorded: the camera's CPU is its send path,
+        # as on a board whose hardware encoder does the encoding.
+        source = FileSource(video, ensure_clip(Path(args.clip), video, args.pattern))
+    elif args.pattern != "bars" and config.source == "testpattern":
+        from camera.sources.testpattern import TestPatternSource
+
+        source = TestPatternSource(video, pattern=args.pattern)
+    if args.mode == "aiortcsend":
+        import camera.session
+
+        # The shipped camera before shared packetization: aiortc's own send loop.
+        camera.session.share_packetization = lambda sender: None  # type: ignore[assignment]
     if args.mode == "perviewer":
-        install_per_viewer_encode(video)
+        install_per_viewer_encode(video, args.pattern)
         source = IdleSource()  # that path needs no shared encoder: don't charge it one
     tuning = json.loads(args.ladder)
     if tuning:
         use_ladder_tuning(tuning)
+    count_packets_sent()
     agent = CameraAgent(config, source, DeviceIdentity.load_or_create(config.state_dir))
     await agent.start()
     await agent.registered.wait()
@@ -70,8 +86,62 @@ def use_ladder_tuning(fields: dict[str, Any]) -> None:
     ladder.LadderController.__init__ = init  # type: ignore[method-assign]
 
 
+CLIP_SECONDS = 10
+CLIP_GOP_SECONDS = 1.0
+"""IDRs in the clip (a joining viewer waits for the next one: the file cannot make one)."""
+
+
+def ensure_clip(folder: Path, video: Any, pattern: str) -> Path:
+    """A raw H.264 clip of the test pattern at these settings, encoded once and kept
+    in ``folder`` (its name says its settings)."""
+    import dataclasses
+
+    from camera.sources.testpattern import make_painter
+    from camera.sources.x264 import X264Encoder
+
+    settings = dataclasses.replace(video, low_layer=False, gop_seconds=CLIP_GOP_SECONDS)
+    path = folder / (f"{pattern}-{settings.width}x{settings.height}-{settings.fps}-"
+                     f"{settings.bitrate}-gop{CLIP_GOP_SECONDS:g}.h264")
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    painter = make_painter(pattern, settings.width, settings.height)
+    encoder = X264Encoder(settings)
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as out:
+        for n in range(CLIP_SECONDS * settings.fps):
+            for picture in encoder.encode_yuv(painter.render(n, 0)):
+                out.write(picture.data)
+    partial.rename(path)
+    return path
+
+
+def count_packets_sent() -> None:
+    """On SIGUSR1, print ``SENT <n>``: RTP packets the live video senders sent so far
+    (aiortc's own counter, which the shared-packetization loop keeps too)."""
+    import signal
+    import weakref
+
+    import camera.session
+
+    senders: weakref.WeakSet[Any] = weakref.WeakSet()
+    hook = camera.session.hook_sender
+
+    def hook_and_note(sender: Any, request_keyframe: Any) -> None:
+        senders.add(sender)
+        hook(sender, request_keyframe)
+
+    def report() -> None:
+        total = sum(getattr(s, "_RTCRtpSender__packet_count", 0) for s in list(senders))
+        print(f"SENT {total}", flush=True)
+
+    camera.session.hook_sender = hook_and_note  # type: ignore[assignment]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, report)
+
+
 def add_arguments(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--mode", choices=["passthrough", "perviewer"], default="passthrough")
+    c.add_argument("--mode", choices=["passthrough", "aiortcsend", "perviewer"],
+                   default="passthrough")
     c.add_argument("--rendezvous", required=True)
     c.add_argument("--state-dir", required=True)
     c.add_argument("--width", type=int, default=1280)
@@ -83,6 +153,12 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
                    "camera.ladder.LadderTuning fields (e.g. {\"loss_only\": true})")
     c.add_argument("--low-bitrate", type=int, default=0,
                    help="the low layer's bitrate (0: the camera's default, a quarter)")
+    c.add_argument("--pattern", default="bars", choices=["bars", "texture"],
+                   help="test pattern: bars (cheap, well under the bitrate) or texture "
+                   "(libx264 reaches the configured bitrate)")
+    c.add_argument("--clip", default="",
+                   help="a folder: play a pre-encoded clip of the pattern (made there once) "
+                   "instead of encoding live")
     c.add_argument("--settings", default="{}",
                    help="more camera settings, a JSON object (e.g. {\"probe_revert\": false})")
     c.add_argument("--any-address", action="store_true",
@@ -105,16 +181,16 @@ class IdleSource:
         pass
 
 
-def install_per_viewer_encode(video: Any) -> None:
+def install_per_viewer_encode(video: Any, pattern: str = "bars") -> None:
     """Replace the passthrough track with aiortc's default path: raw frames, one
     encoder per viewer. The raw pictures are the test pattern's, rendered once."""
     import av
     from aiortc import VideoStreamTrack
 
     import camera.session
-    from camera.sources.testpattern import _Painter
+    from camera.sources.testpattern import make_painter
 
-    painter = _Painter(video.width, video.height)
+    painter = make_painter(pattern, video.width, video.height)
     state: dict[str, Any] = {"n": 0, "frame": None, "at": 0.0}
 
     def current_frame() -> Any:

@@ -55,12 +55,13 @@ class Camera:
     def __init__(self, rendezvous: str, mode: str, state_dir: Path, width: int = 1280,
                  height: int = 720, *, bitrate: int = 2_000_000, fps: int = 30,
                  prefix: list[str] | None = None, env: dict[str, str] | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, pattern: str = "bars",
+                 clip: str = "") -> None:
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "bench", "_camera", "--mode", mode,
              "--rendezvous", rendezvous, "--state-dir", str(state_dir), "--width", str(width),
              "--height", str(height), "--bitrate", str(bitrate), "--fps", str(fps),
-             *(extra or [])],
+             "--pattern", pattern, *(["--clip", clip] if clip else []), *(extra or [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
             env={**os.environ, **(env or {})},
         )
@@ -86,6 +87,18 @@ class Camera:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.proc.pid)
+
+    async def packets_sent(self) -> int:
+        """RTP packets the camera's live video senders sent so far (its own counter)."""
+        import signal
+
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        self.proc.send_signal(signal.SIGUSR1)
+        line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), 10)
+        if not line.startswith("SENT "):
+            raise SystemExit(f"bench: the camera did not count its packets ({line!r})")
+        return int(line.split()[1])
 
     def rss_mib(self) -> float:
         return rss_kib(self.proc.pid) / 1024
@@ -114,9 +127,14 @@ def rss_kib(pid: int) -> int:
 
 
 async def start_rendezvous() -> tuple[Any, str]:
+    from services.rendezvous import RendezvousConfig
     from services.rendezvous import start_rendezvous as start
 
-    _server, runner, port = await start("127.0.0.1", 0)
+    # Every bench viewer comes from 127.0.0.1: lift the per-address limits that
+    # would refuse a burst of 32 joins (they protect a public server, not this).
+    config = RendezvousConfig(connection_rate=1000.0, connection_burst=1000.0,
+                              max_pending_per_ip=512)
+    _server, runner, port = await start("127.0.0.1", 0, config)
     return runner, f"ws://127.0.0.1:{port}"
 
 
@@ -126,16 +144,22 @@ class _CountingQueue(queue.Queue):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self.frames = 0
+        self.octets = 0
+        """H.264 bytes of the access units counted (the encoder's bitrate)."""
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if item is None:
             super().put(item)  # the receiver's stop signal for its decoder thread
         else:
             self.frames += 1
+            self.octets += len(getattr(item[1], "data", b""))
 
 
-async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -> float:
-    """Receive (SRTP, depayload) without decoding; return access units/s after warm-up."""
+async def null_viewer(url: str, device_id: str, seconds: float, warmup: float,
+                      traffic: dict[str, float] | None = None) -> float:
+    """Receive (SRTP, depayload) without decoding; return access units/s after warm-up.
+
+    ``traffic``, if given, gets the window's ``kbit_s`` (H.264 payload received)."""
     import aiohttp
     from aiortc import RTCSessionDescription
 
@@ -165,9 +189,11 @@ async def null_viewer(url: str, device_id: str, seconds: float, warmup: float) -
         answer = parse(await ws.receive_str(timeout=30), Role.SERVER)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         await asyncio.sleep(warmup)
-        start = counter.frames
+        start, octets = counter.frames, counter.octets
         await asyncio.sleep(seconds)
         rate = (counter.frames - start) / seconds
+        if traffic is not None:
+            traffic["kbit_s"] = (counter.octets - octets) * 8 / seconds / 1000
         await ws.send_str(encode(Role.VIEWER, "bye", session_id=session))
         await pc.close()
         return rate

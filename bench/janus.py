@@ -98,6 +98,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--bitrate", type=int, default=2_000_000)
+    p.add_argument("--pattern", default="texture", choices=["bars", "texture"],
+                   help="texture: libx264 reaches the bitrate; bars: the old, light content")
+    p.add_argument("--clip", action="store_true",
+                   help="camera and feeder play one pre-encoded clip (no encoder in either)")
     p.add_argument("--decoded-trials", type=int, default=5,
                    help="peercam's CLI viewer to the first decoded frame, for reference")
     p.add_argument("--keepalive", type=float, default=25.0, help="Janus session keepalive (s)")
@@ -344,11 +348,13 @@ class JanusProcess:
 class Feeder:
     """The feeder process (bench/rtp_feeder.py): the test pattern as RTP to the mountpoint."""
 
-    def __init__(self, setup: JanusSetup, width: int, height: int, bitrate: int) -> None:
+    def __init__(self, setup: JanusSetup, width: int, height: int, bitrate: int,
+                 pattern: str = "bars", clip: str = "") -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.rtp_feeder", "--port", str(setup.rtp_port),
              "--rtcp-port", str(setup.rtcp_port), "--payload-type", str(PAYLOAD_TYPE),
-             "--width", str(width), "--height", str(height), "--bitrate", str(bitrate)],
+             "--width", str(width), "--height", str(height), "--bitrate", str(bitrate),
+             "--pattern", pattern, *(["--clip", clip] if clip else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         self.stats: dict[str, Any] = {}
 
@@ -427,6 +433,7 @@ class Viewer:
         self.started = time.perf_counter()
         self.marks: dict[str, float] = {}
         """Milliseconds from ``started`` to each step (answer, connected, ...)."""
+        self.pc: Any = None
 
     def begin(self) -> float:
         """The first signaling byte is about to go: time from here."""
@@ -437,6 +444,8 @@ class Viewer:
         self.marks.setdefault(step, round(1000 * (time.perf_counter() - self.started), 1))
 
     def watch_connection(self, pc: Any) -> None:
+        self.pc = pc
+
         def ice_changed() -> None:
             if pc.iceConnectionState in ("checking", "completed"):
                 self.mark("ice_" + pc.iceConnectionState)
@@ -666,10 +675,18 @@ async def measure(server: str, count: int, start_viewer: StartViewer, procs: Pro
         await watching(server, viewers, procs)
         await asyncio.sleep(args.warmup)
         frames0 = [v.frames for v in viewers]
+        octets0 = [v.queue.octets if v.queue else 0 for v in viewers]
+        sent0 = await procs.camera.packets_sent() if server == "peercam" else 0
         t0 = time.monotonic()
         cores = await cpu_window(procs, args.seconds)
         elapsed = time.monotonic() - t0
+        # peercam's senders count their packets; Janus's rows are filled in from the
+        # feeder's packets per frame once it stops (Janus forwards each to each viewer).
+        packets = ((await procs.camera.packets_sent() - sent0) / (time.monotonic() - t0)
+                   if server == "peercam" else None)
         rates = [(v.frames - f0) / elapsed for v, f0 in zip(viewers, frames0, strict=True)]
+        kbits = [((v.queue.octets if v.queue else 0) - o0) * 8 / elapsed / 1000
+                 for v, o0 in zip(viewers, octets0, strict=True)]
         rss = procs.camera.rss_mib() if server == "peercam" else procs.janus.rss_mib()
     finally:
         await leave(server, viewers)
@@ -678,6 +695,8 @@ async def measure(server: str, count: int, start_viewer: StartViewer, procs: Pro
         "cpu_all": cores, "rss_mib": round(rss, 1),
         "fps": [round(r, 2) for r in rates],
         "fps_min": round(min(rates), 1), "fps_median": round(statistics.median(rates), 1),
+        "kbit_s": round(statistics.median(kbits), 1),
+        "packets_s_sent": None if packets is None else round(packets, 1),
         **first_frames(viewers),
     }
 
@@ -693,6 +712,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                        rtp_port=free_port(socket.SOCK_DGRAM),
                        rtcp_port=free_port(socket.SOCK_DGRAM), lib_dir=lib_dir)
     state = Path(args.state)
+    clip = str(state / "clips") if args.clip else ""
     runner, url = await start_rendezvous()
     camera: Camera | None = None
     janus: JanusProcess | None = None
@@ -702,10 +722,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     decoded: list[float] = []
     try:
         camera = await Camera(url, "passthrough", state / "janus-camera", args.width,
-                              args.height, bitrate=args.bitrate).started()
+                              args.height, bitrate=args.bitrate, pattern=args.pattern,
+                              clip=clip).started()
         janus = JanusProcess(executable, setup, state / "janus")
         info = await janus.ready()
-        feeder = Feeder(setup, args.width, args.height, args.bitrate)
+        feeder = Feeder(setup, args.width, args.height, args.bitrate, args.pattern, clip)
         await feeder.feeding()
         mountpoint = await janus.mountpoint_live()
         procs = Procs(camera, janus, feeder)
@@ -746,6 +767,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if camera is not None:
             camera.stop()
         await runner.cleanup()
+    per_frame = (feeder.stats.get("packets", 0) / feeder.stats["frames"]
+                 if feeder.stats.get("frames") else None)
+    for row in rows:
+        if row["server"] == "janus" and per_frame is not None:
+            row["packets_s_sent"] = round(sum(row["fps"]) * per_frame, 1)
     return {**result_of(args, joins, rows, idle, decoded, info),
             "feeder": feeder.stats, "mountpoint": mountpoint}
 
@@ -787,6 +813,7 @@ def result_of(args: argparse.Namespace, joins: dict[str, dict[str, list[Any]]],
                    for s in SERVERS}
     return {
         "video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
+        "pattern": args.pattern, "clip": args.clip,
         "janus_version": info.get("version_string", "?"),
         "counts": [int(c) for c in args.counts.split(",")],
         "seconds": args.seconds, "warmup": args.warmup, "join_gap": args.join_gap,
@@ -844,6 +871,39 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value}"
 
 
+def us_per_packet(row: dict[str, Any], baseline: dict[str, float]) -> float | None:
+    """A server's CPU above its 0-viewer baseline, in microseconds per packet sent."""
+    packets = row.get("packets_s_sent")
+    if not packets:
+        return None
+    return round(1e6 * (row["cpu_core"] - baseline[row["server"]]) / packets, 1)
+
+
+def per_packet_ratio(result: dict[str, Any]) -> float | None:
+    """Median over viewer counts of peercam's CPU per packet over Janus's."""
+    base = result["baseline_core"]
+    by = {(r["server"], r["viewers"]): us_per_packet(r, base) for r in result["rows"]}
+    ratios = [a / b for (server, n), a in by.items() if server == "peercam" and a is not None
+              and (b := by.get(("janus", n))) is not None and b > 0]
+    return round(statistics.median(ratios), 2) if ratios else None
+
+
+def summary_of(result: dict[str, Any]) -> dict[str, Any]:
+    """One line of a run, for the table of runs at other bitrates."""
+    base = result["baseline_core"]
+    return {"video": result["video"], "pattern": result.get("pattern"),
+            "clip": result.get("clip"), "marginal_core": result["marginal_core"],
+            "marginal_ratio": result["marginal_ratio"],
+            "per_packet_ratio": per_packet_ratio(result),
+            "us_per_packet": {s: statistics.median(
+                v for r in result["rows"] if r["server"] == s
+                and (v := us_per_packet(r, base)) is not None) for s in SERVERS},
+            "packets_s_per_viewer": max(
+                r["packets_s_sent"] / r["viewers"] for r in result["rows"]
+                if r["server"] == "peercam" and r.get("packets_s_sent")),
+            "kbit_s": max(r.get("kbit_s", 0) for r in result["rows"])}
+
+
 def headline(result: dict[str, Any]) -> str:
     mg, ff = result["marginal_core"], result["first_frame"]
     return (f"janus: marginal CPU per viewer peercam {_pct(mg['peercam'])} vs Janus "
@@ -897,6 +957,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "relay the same H.264 (peercam's test pattern, libx264, same settings) to aiortc",
         "viewers, in the same run, one server at a time while both keep running. Viewers",
         "receive and depayload but do not decode. Aim: parity or better.",
+        *(["With `--clip` both play one pre-encoded clip of the pattern (the camera's "
+           "`file` source, the feeder likewise), so no encoder runs in either process and "
+           "a joining viewer waits for the clip's next IDR (one a second) instead of "
+           "a fresh one: first-frame times here include up to that second."]
+          if result.get("clip") else []),
+        "The machine was shared with other engineers' work while these ran: compare "
+        "the servers count by count (they ran in the same minute), by ratio.",
         "",
         "**First frame**: from a viewer's first signaling byte (peercam: opening the",
         "rendezvous WebSocket; Janus: the session `create`) to the first received keyframe",
@@ -934,34 +1001,77 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"**CPU per viewer**: process CPU over {result['seconds']} s with N viewers, after a "
         f"{result['warmup']} s warm-up; the N viewers join {result['join_gap']} s apart.",
         "",
-        "| server | viewers | process CPU (cores) | marginal per viewer | RSS MiB | "
-        "viewer fps (min / median) | first keyframe p50 / p95 ms |",
-        "|---|---|---|---|---|---|---|",
+        f"Content: the `{result.get('pattern', 'bars')}` test pattern"
+        + (", pre-encoded, played by the camera's `file` source and by the feeder (no encoder "
+           "in either)" if result.get("clip") else ", encoded live by each")
+        + "; *kbit/s*: the H.264 bitrate a viewer received (median); *packets/s*: RTP "
+        "packets sent to all viewers",
+        "(peercam: its senders' counters; Janus: the frames its viewers got times the",
+        "feeder's packets per frame).",
+        "",
+        "| server | viewers | process CPU (cores) | marginal per viewer | packets/s | "
+        "µs/packet | kbit/s per viewer | RSS MiB | viewer fps (min / median) | "
+        "first keyframe p50 / p95 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for server in SERVERS:
-        lines.append(f"| {server} | 0 | {base[server]} | | | | |")
+        lines.append(f"| {server} | 0 | {base[server]} | | | | | | | |")
         for r in (r for r in result["rows"] if r["server"] == server):
             key = summary(r["first_key_ms"])
+            per = us_per_packet(r, base)
             lines.append(
                 f"| {server} | {r['viewers']} | {r['cpu_core']} | {_pct(r['marginal_core'])} | "
+                f"{r.get('packets_s_sent', '–')} | {'–' if per is None else per} | "
+                f"{r.get('kbit_s', '–')} | "
                 f"{r['rss_mib']} | {r['fps_min']} / {r['fps_median']} | "
                 f"{key['p50']} / {key['p95']} |")
     lines += [
         "",
         f"Marginal CPU per viewer (least-squares slope from 0 viewers): peercam "
         f"{_pct(mg['peercam'])}, Janus {_pct(mg['janus'])} of a core; "
-        f"**ratio peercam/Janus {_ratio(result['marginal_ratio'])}**. The camera's encoder "
-        "dominates its CPU and slows down when the machine is busy; taking off the feeder's "
-        "CPU in the same window (the same encoder, same settings) leaves peercam "
-        f"{_pct(result['peercam_marginal_encoder_adjusted'])} per viewer, ratio "
-        f"{_ratio(result['marginal_ratio_encoder_adjusted'])}. When the two ratios disagree, "
-        "the machine was too busy for the first one.",
+        f"**ratio peercam/Janus {_ratio(result['marginal_ratio'])}**. "
+        + ("" if result.get("clip") else
+           "The camera's encoder dominates its CPU and slows down when the machine is busy; "
+           "taking off the feeder's CPU in the same window (the same encoder, same settings) "
+           f"leaves peercam {_pct(result['peercam_marginal_encoder_adjusted'])} per viewer, "
+           f"ratio {_ratio(result['marginal_ratio_encoder_adjusted'])}. When the two ratios "
+           "disagree, the machine was too busy for the first one."),
         "Largest count with every viewer at ≥ 27 fps: " + ", ".join(
             f"{k} {'none' if v is None else v}" for k, v in result["holds_up_to"].items())
         + ".",
         f"First keyframe under these bursts, all counts: peercam p50 {burst['peercam']['p50']} "
         f"ms (p95 {burst['peercam']['p95']}), Janus p50 {burst['janus']['p50']} ms "
         f"(p95 {burst['janus']['p95']}).",
+    ]
+    ratio_pp = per_packet_ratio(result)
+    if ratio_pp is not None:
+        lines.append(f"CPU per packet sent (above each server's idle; median over the counts "
+                     f"of the per-count ratio): **peercam/Janus {ratio_pp}**.")
+    verdicts = []
+    for label, value in (("marginal", result["marginal_ratio"]), ("per packet", ratio_pp)):
+        if value is not None:
+            verdict = "meets it" if value <= 1.0 else f"misses by {value - 1:.2f}"
+            verdicts.append(f"{label} {verdict}")
+    lines.append("Against the target (ratio ≤ 1.0): " + ", ".join(verdicts) + ". What is left of "
+                 "peercam's cost per packet is in its [profile](bench/profile-viewers.md): the "
+                 "`sendto` itself, SRTP, a few Python steps per packet and aiortc's RTCP "
+                 "receive path, against C in Janus.")
+    others = result.get("other_runs", [])
+    if others:
+        lines += ["", "Other runs (each its own run, both servers in it, same settings "
+                  "otherwise):", "",
+                  "| video | content | marginal per viewer peercam / Janus | ratio | "
+                  "µs/packet peercam / Janus | ratio per packet | packets/s per viewer | "
+                  "kbit/s |", "|---|---|---|---|---|---|---|---|"]
+        for o in others:
+            mo, up = o["marginal_core"], o["us_per_packet"]
+            lines.append(
+                f"| {o['video']} | {o['pattern']}{' clip' if o.get('clip') else ''}"
+                f"{' (' + o['note'] + ')' if o.get('note') else ''} | "
+                f"{_pct(mo['peercam'])} / {_pct(mo['janus'])} | {_ratio(o['marginal_ratio'])} | "
+                f"{up['peercam']:.1f} / {up['janus']:.1f} | {o['per_packet_ratio']} | "
+                f"{o['packets_s_per_viewer']:.0f} | {o['kbit_s']} |")
+    lines += [
         "",
         "How it was set up: our own `janus` process with its own config folder (only",
         "`libjanus_streaming.so` and `libjanus_http.so` loaded, HTTP API on a free loopback",
@@ -977,8 +1087,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
                       "Viewers ask for nothing themselves (`--viewer-pli` makes them PLI like "
                       "aiortc's decoder)."),
         "",
-        "Caveats: peercam's process CPU includes its encoder and Janus's does not (the feeder",
-        "encodes), hence the marginal figures; both include signaling. Janus passes at most",
+        "Caveats: " + ("neither process encodes (a clip); " if result.get("clip") else
+                       "peercam's process CPU includes its encoder and Janus's does not (the "
+                       "feeder encodes), hence the marginal figures; ")
+        + "both include signaling. Janus passes at most",
         "one PLI a second to its source and sends a held-back one when the second is up, so",
         "joins less than about a second apart (or viewers that PLI) can wait up to a second",
         "for a keyframe: the burst figures above show it, the single joins avoid it.",

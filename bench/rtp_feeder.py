@@ -25,6 +25,7 @@ import logging
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,12 @@ async def feed(args: argparse.Namespace) -> dict[str, Any]:
     # One stream, as the Janus mountpoint takes one (no second, lower layer).
     settings = VideoSettings(width=args.width, height=args.height, fps=args.fps,
                              bitrate=args.bitrate, low_layer=False)
-    source = TestPatternSource(settings)
+    source: Any = TestPatternSource(settings, pattern=args.pattern)
+    if args.clip:
+        from bench.camera_proc import ensure_clip
+        from camera.sources.file import FileSource
+
+        source = FileSource(settings, ensure_clip(Path(args.clip), settings, args.pattern))
     limiter = Broadcaster(source.request_keyframe)  # peercam's IDR limiter, nothing else
     packetizer = RtpPacketizer(args.payload_type)
     stats = {"frames": 0, "keyframes": 0, "keyframe_requests": 0}
@@ -191,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--bitrate", type=int, default=2_000_000)
+    p.add_argument("--pattern", default="bars", choices=["bars", "texture"],
+                   help="the test pattern (texture: the encoder reaches its bitrate)")
+    p.add_argument("--clip", default="",
+                   help="a folder: play a pre-encoded clip of the pattern (as the camera's "
+                   "--clip) instead of encoding live")
     p.add_argument("--debug", action="store_true", help="log keyframe requests and IDRs")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

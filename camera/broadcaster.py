@@ -14,6 +14,10 @@ changes at an IDR, which carries the new SPS/PPS.
 Keyframe requests from joins, switches, PLI/FIR and unservable NACKs go to the
 viewer's layer, coalesced and rate-limited per layer, so one bad viewer cannot
 turn every frame of a layer into an IDR.
+
+Each access unit is cut into RTP payloads once per layer, for every viewer on
+that layer (:meth:`Broadcaster.payloads`): a viewer's sender adds only its own
+RTP header fields and SRTP.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from camera.frames import EncodedFrame, Layer
 from camera.h264 import find_sps, profile_level_id
 from services.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
+
+P = TypeVar("P")
 
 
 class Subscription:
@@ -138,6 +145,11 @@ class Subscription:
             self._waiter.set_result(None)
 
 
+PACKETIZED_KEPT = 16
+"""Access units per layer whose RTP payloads are kept for viewers still to send them:
+more than a viewer's queue holds, so a viewer behind by its whole queue still shares."""
+
+
 class LayerFeed:
     """One layer's fan-out state: its viewers, its keyframe budget, its counters."""
 
@@ -158,6 +170,9 @@ class LayerFeed:
         self.keyframe_requests_sent = 0
         self.last_frame_time: float | None = None
         self.recent: deque[float] = deque(maxlen=256)
+        self.packetized: deque[tuple[EncodedFrame, object]] = deque(maxlen=PACKETIZED_KEPT)
+        """The last access units' RTP payloads, cut once for every viewer (newest last)."""
+        self.packetizations = 0
 
     def recent_fps(self, now: float, window: float = 2.0) -> float:
         return sum(1 for t in self.recent if now - t <= window) / window
@@ -251,6 +266,23 @@ class Broadcaster:
         for sub in list(feed.subscribers):
             if sub not in switched:
                 sub._offer(frame)
+
+    def payloads(self, frame: EncodedFrame, packetize: Callable[[bytes], P]) -> P:
+        """``packetize(frame.data)``, computed once per access unit for all its viewers.
+
+        Kept for the last :data:`PACKETIZED_KEPT` access units of the frame's layer
+        (found by identity: every viewer on a layer gets the same frame objects).
+        A frame of a layer nobody set up is packetized and not kept."""
+        feed = self._feeds.get(frame.layer)
+        if feed is None:
+            return packetize(frame.data)
+        for known, payloads in reversed(feed.packetized):
+            if known is frame:
+                return payloads  # type: ignore[return-value]
+        made = packetize(frame.data)
+        feed.packetized.append((frame, made))
+        feed.packetizations += 1
+        return made
 
     def subscribe(self, layer: Layer | None = None) -> Subscription:
         """Join the broadcast on ``layer`` (default: the top one) at a fresh IDR, asked

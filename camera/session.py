@@ -17,7 +17,7 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionD
 from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
-from camera.compat import hook_sender, watch_rtcp
+from camera.compat import hook_sender, share_packetization, watch_rtcp
 from camera.errors import PeercamError
 from camera.frames import Layer
 from camera.ladder import LABEL as QUALITY_LABEL
@@ -147,6 +147,7 @@ class ViewerSession:
                                          bitrates=self._layer_bitrates,
                                          revert_on_picture_loss=self._probe_revert)
             hook_sender(transceiver.sender, self._keyframe_wanted)
+            share_packetization(transceiver.sender)  # after hook_sender: NACK misses
         # else: a control-only session (``peercam ptz``): a transceiver the offer
         # has no m-line for would break aiortc's answer, and no video is wanted.
         try:

@@ -1,10 +1,13 @@
 """Per-viewer aiortc track on the packet path.
 
-aiortc sends a pre-encoded ``av.Packet`` through ``encoder.pack()``: no decode,
-no re-encode. A track sits on one layer of the broadcast and moves to another at
-that layer's IDR (:meth:`PassthroughTrack.switch_to`); aiortc packetizes per
-track, so the viewer sees one RTP stream (one SSRC, continuous sequence numbers
-and timestamps) whose picture size changes at an IDR. The sender hooks that
+No decode, no re-encode: the camera's sender takes each access unit's RTP
+payloads, cut once for every viewer on its layer (:meth:`PassthroughTrack.next_payloads`,
+:func:`camera.compat.share_packetization`); ``recv`` still hands aiortc's own
+send loop an ``av.Packet``. A track sits on one layer of the broadcast and moves
+to another at that layer's IDR (:meth:`PassthroughTrack.switch_to`); its sender
+numbers and times the packets, so the viewer sees one RTP stream (one SSRC,
+continuous sequence numbers and timestamps) whose picture size changes at an
+IDR. The sender hooks that
 turn PLI/FIR and NACK misses on that path into keyframe requests (on the
 track's layer) are :func:`camera.compat.hook_sender`.
 """
@@ -13,17 +16,21 @@ from __future__ import annotations
 
 import fractions
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from camera.broadcaster import Broadcaster, Subscription
-from camera.frames import VIDEO_CLOCK_RATE, Layer
+from camera.frames import VIDEO_CLOCK_RATE, EncodedFrame, Layer
 
 logger = logging.getLogger(__name__)
 
 _TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+
+P = TypeVar("P")
 
 
 class PassthroughTrack(MediaStreamTrack):
@@ -80,6 +87,20 @@ class PassthroughTrack(MediaStreamTrack):
             self._broadcaster.request_keyframe(reason, self._join_layer)
 
     async def recv(self) -> av.Packet:  # type: ignore[override,type-arg,unused-ignore]
+        frame, pts = await self._next()
+        packet = av.Packet(frame.data)
+        packet.pts = pts
+        packet.time_base = _TIME_BASE
+        return packet
+
+    async def next_payloads(self, packetize: Callable[[bytes], P]) -> tuple[P, int]:
+        """The next access unit as ``packetize`` cuts it (once for every viewer on its
+        layer) and its RTP time in 90 kHz ticks from this viewer's first frame: what a
+        sender that shares packetization sends instead of :meth:`recv`'s packet."""
+        frame, pts = await self._next()
+        return self._broadcaster.payloads(frame, packetize), pts
+
+    async def _next(self) -> tuple[EncodedFrame, int]:
         if self.readyState != "live":
             raise MediaStreamError
         if self._subscription is None:
@@ -91,14 +112,11 @@ class PassthroughTrack(MediaStreamTrack):
             raise MediaStreamError from None
         if self._first_pts is None:
             self._first_pts = frame.pts
-        packet = av.Packet(frame.data)
         # Each viewer's RTP clock starts at its own first frame (aiortc adds a random
         # origin). Every layer shares the source's clock; should two layers' encoders
         # run apart around a switch, time still never goes backwards.
         self._last_pts = max(frame.pts - self._first_pts, self._last_pts + 1)
-        packet.pts = self._last_pts
-        packet.time_base = _TIME_BASE
-        return packet
+        return frame, self._last_pts
 
     def stop(self) -> None:
         super().stop()

@@ -3,6 +3,9 @@
 aiortc (pinned 1.16.*) and aioice (pinned 0.13.*) lack three things peercam
 needs, so it reaches into their internals, here and nowhere else:
 
+* the camera's RTP senders send payloads cut once per access unit for every
+  viewer, with a per-packet path of a header pack, SRTP and one ``sendto``
+  (:func:`share_packetization`, :mod:`camera.compat.fastsend`);
 * the camera's RTP senders turn PLI/FIR and NACKs beyond the retransmit history
   into keyframe requests (:func:`hook_sender`, :mod:`camera.compat.sender`);
 * the CLI viewer's receivers release a frame on its marker packet and bound their
@@ -32,7 +35,8 @@ import aiortc
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCIceTransport
 
-from camera.compat import ice, receiver, sender
+from camera.compat import fastsend, ice, receiver, sender
+from camera.compat.fastsend import SharedSendStats, packetize_h264, share_packetization
 from camera.compat.guard import (
     AIOICE,
     AIORTC,
@@ -55,6 +59,7 @@ __all__ = [
     "Library",
     "Member",
     "Settings",
+    "SharedSendStats",
     "check_libraries",
     "ensure_installed",
     "hook_sender",
@@ -62,8 +67,10 @@ __all__ = [
     "install",
     "installed",
     "nominated_pair",
+    "packetize_h264",
     "reconfigure",
     "restrict_host_addresses",
+    "share_packetization",
     "uninstall",
 ]
 
@@ -81,6 +88,7 @@ def check_libraries(aiortc_module: Any = aiortc, aioice_module: Any = aioice) ->
     check_version(AIORTC, aiortc_module)
     check_version(AIOICE, aioice_module)
     sender.check_members(aiortc_module)
+    fastsend.check_members(aiortc_module)
     receiver.check_members(aiortc_module)
     ice.check_members(aioice_module)
 

@@ -9,6 +9,12 @@ same picture by its own libx264 encoder, with the same pts. The stamp is painted
 at the high layer's size and scaled with the picture on the low one, where its
 blocks are smaller than the 16 pixels a stamp reader needs: latency and lost
 frames are measured on the high layer.
+
+Two patterns: ``bars`` (the default: moving colour bars, cheap to draw, which
+libx264 codes far below a 2 Mbit/s target) and ``texture`` (a panning, grainy
+multi-scale texture a real scene's bitrate needs: the encoder reaches its
+target, so benchmarks send the packet rate a camera really sends). The texture
+is drawn from buffers made once at start; a picture costs a few array copies.
 """
 
 from __future__ import annotations
@@ -84,13 +90,79 @@ class _Painter:
         return self.buffer.reshape(height * 3 // 2, width)
 
 
+class _TexturePainter(_Painter):
+    """A panning multi-scale texture with fresh grain every picture, the moving box
+    and the stamp: detail and motion that make libx264 spend its whole bitrate."""
+
+    GRAIN_PLANES = 8
+    """Grain buffers made at start and cycled (a picture adds one, shifted)."""
+
+    def __init__(self, width: int, height: int, seed: int = 1) -> None:
+        super().__init__(width, height)
+        rng = np.random.default_rng(seed)
+        tw, th = 2 * width, 2 * height
+        luma = np.zeros((th, tw), np.float32)
+        # Blobs at several scales (pixel-repeated noise): edges the encoder codes
+        # at every size, motion it can track.
+        for scale, weight in ((64, 0.35), (16, 0.3), (4, 0.2), (1, 0.15)):
+            small = rng.random((th // scale + 1, tw // scale + 1), dtype=np.float32)
+            luma += weight * np.repeat(np.repeat(small, scale, 0), scale, 1)[:th, :tw]
+        self._texture = (28 + luma * 180).astype(np.uint8)
+        cw, ch = tw // 2, th // 2
+        chroma = rng.random((ch // 32 + 1, cw // 32 + 1, 2), dtype=np.float32)
+        chroma = np.repeat(np.repeat(chroma, 32, 0), 32, 1)[:ch, :cw]
+        self._tu = (88 + chroma[..., 0] * 80).astype(np.uint8)
+        self._tv = (88 + chroma[..., 1] * 80).astype(np.uint8)
+        self._grain = rng.integers(0, 18, (self.GRAIN_PLANES, height + 16, width + 16),
+                                   dtype=np.uint8)
+        self._scratch = np.empty((height, width), np.uint8)
+
+    def render(self, n: int, capture_ms: int) -> npt.NDArray[np.uint8]:
+        width, height = self.width, self.height
+        # Pan along a slow ellipse (about 5 pixels a picture), never repeating a view.
+        x = int((width // 2) * (1 + math.sin(n / 41.0))) & ~1
+        y = int((height // 2) * (1 + math.sin(n / 53.0))) & ~1
+        np.copyto(self.y, self._texture[y : y + height, x : x + width])
+        grain = self._grain[n % self.GRAIN_PLANES]
+        gx, gy = (n * 7) % 16, (n * 5) % 16
+        np.add(self.y, grain[gy : gy + height, gx : gx + width], out=self.y)
+        self.u[:] = self._tu[y // 2 : y // 2 + height // 2, x // 2 : x // 2 + width // 2]
+        self.v[:] = self._tv[y // 2 : y // 2 + height // 2, x // 2 : x // 2 + width // 2]
+        box = self._box
+        bx = int((width - box) * (0.5 + 0.5 * math.sin(n / 23.0))) & ~1
+        by = int((height - box) * (0.5 + 0.5 * math.sin(n / 31.0))) & ~1
+        self.y[by : by + box, bx : bx + box] = 235 - (n % 64)
+        self.u[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 90
+        self.v[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 240
+        stamp.paint(self.y, n, capture_ms)
+        self.u[: stamp.TEXT_BOTTOM // 2, : stamp.CODE_WIDTH // 2] = 128
+        self.v[: stamp.TEXT_BOTTOM // 2, : stamp.CODE_WIDTH // 2] = 128
+        return self.buffer.reshape(height * 3 // 2, width)
+
+
+PATTERNS = ("bars", "texture")
+"""The pictures :class:`TestPatternSource` can draw."""
+
+
+def make_painter(pattern: str, width: int, height: int) -> _Painter:
+    """The painter for ``pattern`` (one of :data:`PATTERNS`)."""
+    if pattern == "bars":
+        return _Painter(width, height)
+    if pattern == "texture":
+        return _TexturePainter(width, height)
+    raise BadConfig(f"test pattern {pattern!r}: choose one of {', '.join(PATTERNS)}")
+
+
 class TestPatternSource(Source):
     """Moving colour bars with a burnt-in stamp, encoded once per layer by libx264."""
 
     name = "testpattern"
     __test__ = False  # not a pytest class, despite the name
 
-    def __init__(self, settings: VideoSettings, preset: str = "veryfast") -> None:
+    def __init__(self, settings: VideoSettings, preset: str = "veryfast",
+                 pattern: str = "bars") -> None:
+        if pattern not in PATTERNS:
+            raise BadConfig(f"test pattern {pattern!r}: choose one of {', '.join(PATTERNS)}")
         if settings.width < stamp.CODE_WIDTH or settings.height < stamp.CODE_HEIGHT:
             raise BadConfig(
                 f"test pattern {settings.width}x{settings.height}: the stamp needs at least "
@@ -98,6 +170,7 @@ class TestPatternSource(Source):
             )
         self.settings = settings
         self._preset = preset
+        self.pattern = pattern
         self._delivered = 0
         self.error: SourceError | None = None
         """Why frames stopped, if they stopped on their own."""
@@ -163,7 +236,10 @@ class TestPatternSource(Source):
     async def _produce(self, sink: FrameSink) -> None:
         loop = asyncio.get_running_loop()
         settings = self.settings
-        painter = _Painter(settings.width, settings.height)
+        assert self._executor is not None
+        # The texture's buffers take a moment to make: not on the event loop.
+        painter = await loop.run_in_executor(
+            self._executor, make_painter, self.pattern, settings.width, settings.height)
         period = 1.0 / settings.fps
         ticks = VIDEO_CLOCK_RATE // settings.fps
         start = loop.time()

@@ -136,6 +136,27 @@ async def test_testpattern_moves_and_carries_the_stamp() -> None:
     assert all(np.abs(a.astype(int) - b).mean() > 1 for a, b in zip(below, below[1:], strict=False))
 
 
+def test_texture_pattern_spends_the_bitrate_bars_do_not_and_keeps_the_stamp() -> None:
+    from camera.sources.testpattern import make_painter
+
+    rates = {}
+    for pattern in ("bars", "texture"):
+        painter = make_painter(pattern, SMALL.width, SMALL.height)
+        encoder = X264Encoder(SMALL)
+        sizes, first = [], []
+        for n in range(90):
+            pictures = encoder.encode_yuv(painter.render(n, 5000 + n))
+            sizes.append(sum(len(p.data) for p in pictures))
+            first += [EncodedFrame(p.data, n * 3000, p.keyframe, 5.0) for p in pictures][:1]
+        rates[pattern] = sum(sizes[30:]) * 8 / 2.0  # the last 60 pictures: 2 s at 30 fps
+    assert abs(rates["texture"] - SMALL.bitrate) <= 0.1 * SMALL.bitrate, rates
+    assert rates["bars"] < 0.5 * SMALL.bitrate, rates
+    assert [stamp.read(y, 5000) for y in decode_lumas(first[:3])] == [(0, 5000), (1, 5001),
+                                                                 (2, 5002)]
+    with pytest.raises(BadConfig, match="'plaid'"):
+        TestPatternSource(SMALL, pattern="plaid")
+
+
 async def test_testpattern_keyframe_on_request_within_two_frames() -> None:
     source = TestPatternSource(SMALL)
     requested_at: list[int] = []

@@ -1,0 +1,304 @@
+"""A cheaper RTP send loop for aiortc 1.16's ``RTCRtpSender`` on the passthrough path.
+
+aiortc's own loop (``RTCRtpSender._run_rtp``) packetizes every access unit again
+for every viewer, builds an ``RtpPacket`` object per packet (kept for NACKs),
+serializes its header extensions per packet and goes down four awaited layers
+(DTLS, ICE transport, ICE connection, protocol) to one ``sendto`` per packet.
+
+:func:`share_packetization` replaces that loop on one sender with one that
+
+* takes RTP payloads cut once per access unit for every viewer on a layer
+  (:meth:`camera.track.PassthroughTrack.next_payloads`, :func:`packetize_h264`);
+* serializes the header with aiortc's own header-extension code once per
+  viewer (again if its MID or SSRC change); per access unit it puts in the
+  abs-send-time, per packet it packs the sequence number, marker and timestamp;
+* keeps the plain packets (bytes, no objects) for retransmission, and serves a
+  NACK from them as aiortc would (RTX when negotiated); a NACK for a packet no
+  longer kept goes to the ``_retransmit`` in place before (the camera's hook,
+  which asks for a keyframe);
+* protects with the DTLS transport's SRTP session and hands the datagram
+  straight to the UDP transport of the ICE pair in use (through the pair's
+  protocol where that is not plain UDP: TURN);
+* updates the counters aiortc's RTCP sender reports and stats read, once per
+  access unit.
+
+DTLS, ICE, SRTP keys, RTCP (PLI/FIR, NACK, receiver reports) stay aiortc's.
+Everything private it touches is checked by :func:`check_members` (the class)
+and when a loop starts (the sender and its transports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aioice
+import aioice.ice
+import aiortc
+from aiortc import RTCRtpSender
+from aiortc.clock import current_ntp_time
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcrtpsender import random_sequence_number
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rtx
+from aiortc.utils import random32
+
+from camera.compat.guard import AIOICE, AIORTC, Member, instance_attribute, require
+
+logger = logging.getLogger(__name__)
+
+_S = "_RTCRtpSender__"
+RTP_STARTED = _S + "rtp_started"
+RTP_EXITED = _S + "rtp_exited"
+EXTENSIONS_MAP = _S + "rtp_header_extensions_map"
+TRACK = _S + "track"
+MID = _S + "mid"
+RTX_PAYLOAD_TYPE = _S + "rtx_payload_type"
+RTX_SEQUENCE_NUMBER = _S + "rtx_sequence_number"
+NTP_TIMESTAMP = _S + "ntp_timestamp"
+RTP_TIMESTAMP = _S + "rtp_timestamp"
+OCTET_COUNT = _S + "octet_count"
+PACKET_COUNT = _S + "packet_count"
+DTLS_TX_BYTES = "_RTCDtlsTransport__tx_bytes"
+DTLS_TX_PACKETS = "_RTCDtlsTransport__tx_packets"
+
+_CLASS_MEMBERS = (
+    Member("_run_rtp", "coroutine", ("self", "codec")),
+    Member("_retransmit", "coroutine", ("self", "sequence_number")),
+)
+_PACKETIZER_MEMBERS = (
+    Member("_split_bitstream", "function", ("buf",)),
+    Member("_packetize", "function", ("cls", "packages")),
+)
+_SENDER_STATE: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    (RTP_STARTED, asyncio.Event),
+    (RTP_EXITED, asyncio.Event),
+    (EXTENSIONS_MAP, HeaderExtensionsMap),
+    (RTX_SEQUENCE_NUMBER, int),
+    (NTP_TIMESTAMP, int),
+    (RTP_TIMESTAMP, int),
+    (OCTET_COUNT, int),
+    (PACKET_COUNT, int),
+    ("_ssrc", int),
+    ("_rtx_ssrc", int),
+    ("_enabled", bool),
+)
+_SENDER_OPTIONAL = (TRACK, MID, RTX_PAYLOAD_TYPE)
+"""Present from construction, possibly None until ``send()``."""
+
+_HEAD = struct.Struct("!BBHL")
+"""The first 8 bytes of an RTP header: V/P/X/CC, M/PT, sequence number, timestamp."""
+
+
+def check_members(module: Any = aiortc, sender_class: Any = RTCRtpSender,
+                  encoder_class: Any = H264Encoder) -> None:
+    """The sender methods replaced and the packetizer functions used."""
+    for member in _CLASS_MEMBERS:
+        require(AIORTC, module, sender_class, member)
+    for member in _PACKETIZER_MEMBERS:
+        require(AIORTC, module, encoder_class, member)
+
+
+def packetize_h264(access_unit: bytes) -> tuple[bytes, ...]:
+    """RFC 6184 payloads of one Annex-B access unit, exactly as aiortc cuts them
+    (single NAL unit, STAP-A, FU-A; at most aiortc's packet size)."""
+    return tuple(H264Encoder._packetize(H264Encoder._split_bitstream(access_unit)))
+
+
+def _check_sender(sender: RTCRtpSender) -> None:
+    for name, kind in _SENDER_STATE:
+        instance_attribute(AIORTC, aiortc, sender, name, kind)
+    for name in _SENDER_OPTIONAL:
+        if not hasattr(sender, name):
+            raise AIORTC.fail(aiortc, f"RTCRtpSender.{name} is missing: the hook that uses "
+                              "it would be lost")
+
+
+def _check_dtls(dtls: RTCDtlsTransport) -> None:
+    for name in (DTLS_TX_BYTES, DTLS_TX_PACKETS):
+        instance_attribute(AIORTC, aiortc, dtls, name, int)
+    instance_attribute(AIORTC, aiortc, dtls, "_state", State)
+    connection = instance_attribute(AIORTC, aiortc, dtls.transport, "_connection",
+                                    aioice.ice.Connection)
+    instance_attribute(AIOICE, aioice, connection, "_nominated", dict)
+
+
+class SharedSendStats:
+    """What one sender's loop did (tests and benchmarks read it)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.packets = 0
+        self.retransmitted = 0
+        self.direct_sends = 0
+        """Datagrams handed straight to a UDP transport (not through a TURN protocol)."""
+        self.last_sequence_number: int | None = None
+        """Of the last RTP packet sent (None: nothing sent yet)."""
+
+
+_STATS: weakref.WeakKeyDictionary[RTCRtpSender, SharedSendStats] = weakref.WeakKeyDictionary()
+
+
+def stats_of(sender: RTCRtpSender) -> SharedSendStats | None:
+    """The counters of a sender :func:`share_packetization` changed (None: not changed)."""
+    return _STATS.get(sender)
+
+
+def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
+    """Make ``sender`` send its track's shared payloads (see the module doc).
+
+    The track must offer ``next_payloads(packetize)`` (PassthroughTrack does);
+    any other track keeps aiortc's loop and this returns None. Call it after
+    the camera's own hooks (:func:`camera.compat.hook_sender`) and before the
+    sender starts (it starts when the peer connection connects): a NACK for a
+    packet no longer kept is handed to the ``_retransmit`` in place now.
+    """
+    track = getattr(sender, "track", None)
+    if not callable(getattr(track, "next_payloads", None)):
+        return None
+    check_members()
+    _check_sender(sender)
+    fallback_retransmit = sender._retransmit  # the class member is checked above
+    history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
+    stats = SharedSendStats()
+    extensions_map: HeaderExtensionsMap = getattr(sender, EXTENSIONS_MAP)
+    checked: set[int] = set()
+
+    def transport() -> RTCDtlsTransport:
+        dtls = sender.transport
+        if id(dtls) not in checked:
+            _check_dtls(dtls)
+            checked.add(id(dtls))
+        if dtls._state != State.CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        return dtls
+
+    async def run_rtp(codec: Any) -> None:
+        getattr(sender, RTP_STARTED).set()
+        sequence_number = random_sequence_number()
+        timestamp_origin = random32()
+        payload_type = int(codec.payloadType)
+        try:
+            while True:
+                track = getattr(sender, TRACK)
+                if track is None:
+                    await asyncio.sleep(0.02)
+                    continue
+                payloads, pts = await track.next_payloads(packetize_h264)
+                if not sender._enabled or not payloads:
+                    continue
+                sequence_number = await _send_frame(payloads, pts, payload_type,
+                                                    sequence_number, timestamp_origin)
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:
+            # The exit below must run (RTCRtpSender.stop waits for it), as in aiortc.
+            logger.exception("RTP send loop failed")
+        track = getattr(sender, TRACK)
+        if track is not None:
+            track.stop()
+            setattr(sender, TRACK, None)
+        getattr(sender, RTP_EXITED).set()
+
+    header: list[Any] = []  # [mid, ssrc, first byte, bytes before abs-send-time, after]
+
+    def header_for(payload_type: int, abs_send_time: int) -> tuple[int, bytes]:
+        """(first byte, header from the SSRC on) of this frame's packets.
+
+        aiortc serializes the header with its extensions; that is done again only
+        when what goes into it (MID, SSRC) changes. Between frames only the
+        abs-send-time value moves: found once by serializing two values, then put
+        in place with a slice.
+        """
+        mid, ssrc = getattr(sender, MID), sender._ssrc
+        if not header or header[0] != mid or header[1] != ssrc:
+            heads = []
+            for probe in (0, 0xABCDEF):
+                template = RtpPacket(payload_type=payload_type, ssrc=ssrc)
+                template.extensions.abs_send_time = probe
+                template.extensions.mid = mid
+                heads.append(template.serialize(extensions_map))
+            a, b = heads
+            at = next((i for i in range(8, len(a)) if a[i] != b[i]), None)
+            if at is not None and (len(a) != len(b) or a[at : at + 3] != bytes(3)
+                                   or b[at : at + 3] != b"\xab\xcd\xef"):
+                raise AIORTC.fail(aiortc, "the RTP header extensions are not serialized "
+                                  "as the send loop expects (abs-send-time)")
+            if at is None:  # abs-send-time not negotiated: the header never changes
+                header[:] = [mid, ssrc, a[0], a[8:], b""]
+            else:
+                header[:] = [mid, ssrc, a[0], a[8:at], a[at + 3 :]]
+        _, _, first, before, after = header
+        if not after:
+            return first, before
+        return first, before + abs_send_time.to_bytes(3, "big") + after
+
+    async def _send_frame(payloads: Sequence[bytes], pts: int, payload_type: int,
+                          sequence_number: int, timestamp_origin: int) -> int:
+        dtls = transport()
+        timestamp = (timestamp_origin + pts) & 0xFFFFFFFF
+        ntp = current_ntp_time()
+        first, rest = header_for(payload_type, (ntp >> 14) & 0x00FFFFFF)
+        protect = dtls._tx_srtp.protect
+        pair = dtls.transport._connection._nominated.get(1)  # checked by transport()
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        protocol, address = pair.protocol, pair.remote_addr
+        udp: Callable[[bytes, Any], None] | None = None
+        if type(protocol) is aioice.ice.StunProtocol and protocol.transport is not None:
+            udp = protocol.transport.sendto
+        pack = _HEAD.pack
+        last = len(payloads) - 1
+        octets = sent = 0
+        for i, payload in enumerate(payloads):
+            plain = pack(first, payload_type | 0x80 if i == last else payload_type,
+                         sequence_number, timestamp) + rest + payload
+            history[sequence_number % RTP_HISTORY_SIZE] = plain
+            datagram = protect(plain)
+            if udp is not None:
+                udp(datagram, address)
+            else:
+                await protocol.send_data(datagram, address)
+            sent += len(datagram)
+            octets += len(payload)
+            sequence_number = (sequence_number + 1) & 0xFFFF
+        count = last + 1
+        stats.last_sequence_number = (sequence_number - 1) & 0xFFFF
+        stats.frames += 1
+        stats.packets += count
+        if udp is not None:
+            stats.direct_sends += count
+        setattr(sender, NTP_TIMESTAMP, ntp)
+        setattr(sender, RTP_TIMESTAMP, timestamp)
+        setattr(sender, OCTET_COUNT, getattr(sender, OCTET_COUNT) + octets)
+        setattr(sender, PACKET_COUNT, getattr(sender, PACKET_COUNT) + count)
+        setattr(dtls, DTLS_TX_BYTES, getattr(dtls, DTLS_TX_BYTES) + sent)
+        setattr(dtls, DTLS_TX_PACKETS, getattr(dtls, DTLS_TX_PACKETS) + count)
+        return sequence_number
+
+    async def retransmit(sequence_number: int) -> None:
+        plain = history[sequence_number % RTP_HISTORY_SIZE]
+        if plain is None or _HEAD.unpack_from(plain)[2] != sequence_number:
+            await fallback_retransmit(sequence_number)  # lost beyond what is kept
+            return
+        packet = RtpPacket.parse(plain, extensions_map)
+        rtx_payload_type = getattr(sender, RTX_PAYLOAD_TYPE)
+        if rtx_payload_type is not None:
+            rtx_sequence = getattr(sender, RTX_SEQUENCE_NUMBER)
+            packet = wrap_rtx(packet, payload_type=rtx_payload_type,
+                              sequence_number=rtx_sequence, ssrc=sender._rtx_ssrc)
+            setattr(sender, RTX_SEQUENCE_NUMBER, (rtx_sequence + 1) & 0xFFFF)
+        stats.retransmitted += 1
+        await sender.transport._send_rtp(packet.serialize(extensions_map))
+
+    _STATS[sender] = stats
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]
+    sender._retransmit = retransmit  # type: ignore[method-assign]
+    return stats
+
+

@@ -1,0 +1,117 @@
+"""The shared-packetization send loop against real aiortc viewers on loopback:
+SRTP the viewers decrypt, one packetization per access unit for all viewers,
+NACKs answered from the kept packets (RTX), and the fallback for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RtpPacket
+
+from camera.broadcaster import Broadcaster
+from camera.compat import fastsend, packetize_h264
+from camera.frames import Layer
+from camera.session import ViewerSession
+from camera.sources.base import VideoSettings
+from camera.sources.testpattern import TestPatternSource
+from camera.webrtc import make_peer_connection, prefer_h264
+from tests.conftest import scaled
+
+SMALL = VideoSettings(width=320, height=240, fps=30, bitrate=400_000, low_layer=False)
+
+
+async def _viewer(broadcaster: Broadcaster) -> tuple[RTCPeerConnection, ViewerSession]:
+    viewer = make_peer_connection([])
+    prefer_h264(viewer.addTransceiver("video", direction="recvonly"))
+    await viewer.setLocalDescription(await viewer.createOffer())
+    session = ViewerSession("v" * 20, broadcaster, [], lambda s, r: None)
+    answer = await session.answer(viewer.localDescription.sdp)
+    await viewer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return viewer, session
+
+
+async def test_two_viewers_decode_frames_packetized_once_and_nacks_are_served() -> None:
+    source = TestPatternSource(SMALL, pattern="texture")
+    broadcaster = Broadcaster(source.request_keyframe)
+    await source.start(broadcaster.publish)
+    peers = [await _viewer(broadcaster) for _ in range(2)]
+    try:
+        tracks = [pc.getTransceivers()[0].receiver.track for pc, _ in peers]
+        for track in tracks:  # decoded pictures: SRTP, RTP and H.264 are all right
+            for _ in range(5):
+                picture = await asyncio.wait_for(track.recv(), scaled(10))
+                assert (picture.width, picture.height) == (320, 240)
+        feed = broadcaster.feed(Layer.HIGH)
+        # Both viewers got the same frames, each cut into payloads once.
+        assert 0 < feed.packetizations <= feed.frames_published
+
+        sender = peers[0][1].pc.getTransceivers()[0].sender
+        sent: list[bytes] = []
+        send_rtp = sender.transport._send_rtp
+
+        async def capture(data: bytes) -> None:
+            sent.append(data)
+            await send_rtp(data)
+
+        sender.transport._send_rtp = capture  # type: ignore[method-assign]
+        stats = fastsend.stats_of(sender)  # the loop is ours, not aiortc's
+        assert stats is not None and stats.direct_sends == stats.packets > 0
+        # The last packet sent is still kept: resent as RTX (its own SSRC, the
+        # original sequence number in front of the payload).
+        latest = stats.last_sequence_number
+        assert latest is not None
+        before = len(sent)
+        await sender._retransmit(latest)
+        assert len(sent) == before + 1 and stats.retransmitted == 1
+        rtx = sent[-1]
+        assert struct.unpack_from("!L", rtx, 8)[0] == sender._rtx_ssrc
+        assert struct.unpack_from("!H", RtpPacket.parse(rtx).payload)[0] == latest
+        # A packet long gone: not resent, the camera asks its source for an IDR instead.
+        requests = broadcaster.keyframe_requests
+        await sender._retransmit((latest + 30000) & 0xFFFF)
+        assert len(sent) == before + 1
+        assert broadcaster.keyframe_requests == requests + 1
+    finally:
+        for pc, session in peers:
+            await session.close("done")
+            await pc.close()
+        await source.close()
+        broadcaster.close()
+
+
+def test_packetize_h264_cuts_like_aiortc() -> None:
+    import fractions
+
+    import av
+    from aiortc.codecs.h264 import H264Encoder
+
+    unit = b"\x00\x00\x00\x01\x67" + bytes(20) + b"\x00\x00\x01\x68" + bytes(4) + (
+        b"\x00\x00\x01\x65" + bytes(range(256)) * 20)
+    packet = av.Packet(unit)
+    packet.pts, packet.time_base = 0, fractions.Fraction(1, 90000)
+    assert list(packetize_h264(unit)) == H264Encoder().pack(packet)[0]
+    assert all(len(p) <= 1300 for p in packetize_h264(unit))
+
+
+def test_a_changed_sender_or_packetizer_is_refused_by_name() -> None:
+    import types
+
+    import aiortc
+    from aiortc import RTCRtpSender
+    from aiortc.codecs.h264 import H264Encoder
+
+    from camera.compat import IncompatibleLibrary
+
+    class NoLoop:
+        async def _retransmit(self, sequence_number: int) -> None: ...
+
+    with pytest.raises(IncompatibleLibrary, match="NoLoop._run_rtp is missing"):
+        fastsend.check_members(aiortc, NoLoop, H264Encoder)
+    with pytest.raises(IncompatibleLibrary, match="_split_bitstream is missing"):
+        fastsend.check_members(aiortc, RTCRtpSender, types.SimpleNamespace)
+    # A track that cannot hand out shared payloads keeps aiortc's own loop.
+    sender = types.SimpleNamespace(track=object())
+    assert fastsend.share_packetization(sender) is None  # type: ignore[arg-type]
