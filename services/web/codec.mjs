@@ -112,13 +112,20 @@ export function pairedStatement(device, session, viewerKey, name) {
 export const NAME_MAX = 64;
 
 export function cleanName(text) {
-  // The name as it will be sent, or "" if nothing usable is left. Cut by code
-  // points, as the server counts them: a cut through a surrogate pair would
-  // leave half an emoji that UTF-8 cannot carry.
+  // The name as it will be sent, or "" if nothing usable is left.
+  return cleanText(text, NAME_MAX);
+}
+
+export function cleanText(text, max) {
+  // At most `max` code points without control characters or lone surrogates,
+  // trimmed. Cut by code points, as the server counts them: a cut through a
+  // surrogate pair would leave half an emoji that UTF-8 cannot carry. Also
+  // what is shown of a string the untrusted server relays (error codes, bye
+  // reasons): it goes to the page as text, never as markup, and this bounds it.
   const chars = Array.from(String(text || "").replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
     .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "")
     .trim());
-  return chars.slice(0, NAME_MAX).join("").trim();
+  return chars.slice(0, max).join("").trim();
 }
 
 export function isValidName(text) {
