@@ -68,7 +68,8 @@ def web_headers(host: str) -> dict[str, str]:
     """The headers of every web-viewer file (docs/security.md, "The web viewer").
 
     The policy lets the page run only its own files (no inline script, no
-    eval, no HTML built from strings: Trusted Types), talk only to this
+    eval, no HTML built from strings, script URLs only through the page's one
+    Trusted Types policy, "peercam", which knows the worker's), talk only to this
     server (its WebSocket included: older WebKit does not count ws: as
     'self'), and never be framed; the Referer is never sent (a pairing link's
     secret is in the fragment, which browsers do not send anyway).
@@ -88,7 +89,7 @@ def web_headers(host: str) -> dict[str, str]:
         "object-src 'none'",
         "frame-ancestors 'none'",
         "require-trusted-types-for 'script'",
-        "trusted-types 'none'",
+        "trusted-types peercam",
     ))
     return {
         "Cache-Control": "no-cache",

@@ -34,7 +34,8 @@ export function encodeDeviceId(value) {
 
 export function normalizeDeviceId(text) {
   // The canonical XXXX-...-XXC form, or null (typos are caught by the check symbol).
-  const raw = String(text || "").replace(/[\s-]/g, "").toUpperCase();
+  if (typeof text !== "string") return null;  // stored or relayed junk: not an ID
+  const raw = text.replace(/[\s-]/g, "").toUpperCase();
   if (!DEVICE_RE.test(raw)) return null;
   let value = 0n;
   for (const ch of raw.slice(0, 26)) value = value * 32n + BigInt(CROCKFORD.indexOf(ch));
@@ -122,7 +123,9 @@ export function cleanText(text, max) {
   // surrogate pair would leave half an emoji that UTF-8 cannot carry. Also
   // what is shown of a string the untrusted server relays (error codes, bye
   // reasons): it goes to the page as text, never as markup, and this bounds it.
-  const chars = Array.from(String(text || "").replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
+  // Only strings (and numbers) count: String() of a stored {"toString": 1} throws.
+  const value = typeof text === "string" || typeof text === "number" ? String(text) : "";
+  const chars = Array.from(value.replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
     .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "")
     .trim());
   return chars.slice(0, max).join("").trim();

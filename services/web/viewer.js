@@ -1585,7 +1585,17 @@ function registerServiceWorker() {
   // Installable app: the worker caches the page's own files (never video,
   // keys or signaling) so the home-screen icon opens even offline.
   if (!("serviceWorker" in navigator)) return;
-  navigator.serviceWorker.register("sw.js").then(() => {
+  // The page's policy takes script URLs only through its one Trusted Types
+  // policy, and that policy knows one URL: the worker's.
+  const script = window.trustedTypes
+    ? window.trustedTypes.createPolicy("peercam", {
+      createScriptURL: (url) => {
+        if (url !== "sw.js") throw new TypeError("not the app's worker: " + url);
+        return url;
+      },
+    }).createScriptURL("sw.js")
+    : "sw.js";
+  navigator.serviceWorker.register(script).then(() => {
     peercam.serviceWorker = true;
   }, (err) => {
     peercam.serviceWorker = false;

@@ -11,6 +11,7 @@ shows); otherwise they stay in the test's temporary directory.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
@@ -115,7 +116,18 @@ async def new_page(rig: Rig, options: dict[str, Any]) -> tuple[Any, Any, list[st
 
 
 async def wait(page: Any, expression: str, seconds: float = 20) -> None:
-    await page.wait_for_function(expression, timeout=scaled(seconds) * 1000)
+    """Until the expression holds in the page.
+
+    Polled from here, not with ``wait_for_function``: Playwright evaluates that
+    predicate with the page's own ``eval``, which the viewer's policy forbids
+    (script-src without 'unsafe-eval'); ``evaluate`` runs over the debugging
+    protocol, outside the policy, so these tests run under the real one.
+    """
+    deadline = asyncio.get_running_loop().time() + scaled(seconds)
+    while not await page.evaluate(f"!!({expression})"):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {seconds} s: {expression}")
+        await asyncio.sleep(0.05)
 
 
 async def watch_from_list(rig: Rig, page: Any, camera_name: str) -> None:
