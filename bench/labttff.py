@@ -478,7 +478,7 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
         try:
             for _ in range(trials):
                 await asyncio.sleep(gap)
-                context = await browser.new_context()  # a fresh profile: pairs (untimed)
+                context = await browser.new_context(bypass_csp=True)  # fresh; waits use eval
                 try:
                     page = await context.new_page()
                     await page.goto(link)

@@ -469,7 +469,7 @@ async def chromium_case(camera: Camera, link: str, tabs: int,
         try:
             pages = []
             for _ in range(tabs):
-                context = await browser.new_context()
+                context = await browser.new_context(bypass_csp=True)  # wait_for_function: eval
                 await context.add_init_script(_PC_RECORDER_JS)
                 page = await context.new_page()
                 await page.goto(link)

@@ -79,7 +79,7 @@ async def chromium_ttff(link: str, trials: int) -> tuple[list[float], list[dict[
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(trials):
             await asyncio.sleep(1.0)
-            context = await browser.new_context()
+            context = await browser.new_context(bypass_csp=True)  # wait_for_function uses eval
             page = await context.new_page()
             await page.goto(link)
             await page.wait_for_function("window.peercam && window.peercam.ttffMs > 0",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import resource
 import ssl
 from collections import Counter
@@ -58,6 +59,46 @@ _STATIC = {
     "/icon-192.png": ("icon-192.png", "image/png"),
     "/icon-512.png": ("icon-512.png", "image/png"),
 }
+
+
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def web_headers(host: str) -> dict[str, str]:
+    """The headers of every web-viewer file (docs/security.md, "The web viewer").
+
+    The policy lets the page run only its own files (no inline script, no
+    eval, no HTML built from strings, script URLs only through the page's one
+    Trusted Types policy, "peercam", which knows the worker's), talk only to this
+    server (its WebSocket included: older WebKit does not count ws: as
+    'self'), and never be framed; the Referer is never sent (a pairing link's
+    secret is in the fragment, which browsers do not send anyway).
+    """
+    sockets = f" ws://{host} wss://{host}" if _HOST.fullmatch(host) else ""
+    policy = "; ".join((
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' blob: data:",
+        "media-src 'self' blob:",
+        f"connect-src 'self'{sockets}",
+        "worker-src 'self'",
+        "manifest-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+        "require-trusted-types-for 'script'",
+        "trusted-types peercam",
+    ))
+    return {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "Cross-Origin-Opener-Policy": "same-origin",
+    }
 
 
 @dataclass(frozen=True)
@@ -183,11 +224,8 @@ class Rendezvous:
     async def _static(self, request: web.Request) -> web.Response:
         name, content_type = _STATIC[request.path]
         body = resources.files("services").joinpath("web", name).read_bytes()
-        return web.Response(
-            body=body,
-            content_type=content_type,
-            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
-        )
+        return web.Response(body=body, content_type=content_type,
+                            headers=web_headers(request.host))
 
     async def _camera_ws(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, Role.CAMERA)

@@ -9,6 +9,9 @@
 import { cleanName, normalizeDeviceId } from "./codec.mjs";
 
 export const MAX_CAMERAS = 64;
+export const MAX_LINK = 2048;  // a pairing link is ~120 characters
+// A pairing secret: printable ASCII, no space (what `peercam pair` makes is base64url).
+export const PAIR_RE = /^[\x21-\x7e]{1,128}$/;
 
 /** A link, QR code or ID the list cannot take; the message says why. */
 export class LinkError extends Error {}
@@ -76,6 +79,10 @@ export function parseCameraLink(text, pageHref) {
   // Returns {id, pair}; pair is null for a camera already paired.
   const value = String(text || "").trim();
   if (!value) throw new LinkError("Paste a pairing link or a device ID.");
+  if (value.length > MAX_LINK) {
+    throw new LinkError("That is too long for a pairing link (at most " + MAX_LINK
+      + " characters).");
+  }
   const bare = normalizeDeviceId(value);
   if (bare) return { id: bare, pair: null };
   let url;
@@ -91,14 +98,30 @@ export function parseCameraLink(text, pageHref) {
     throw new LinkError("That link is for " + url.origin + ", not this server ("
       + page.origin + "): open it there.");
   }
-  const params = new URLSearchParams(url.hash.replace(/^#/, ""));
+  const params = linkParams(url.hash);
   const id = normalizeDeviceId(params.get("device"));
   if (!id) throw new LinkError("The link does not hold a valid device ID.");
   const pair = params.get("pair");
-  if (pair !== null && !/^[\x21-\x7e]{1,128}$/.test(pair)) {
+  if (pair !== null && !PAIR_RE.test(pair)) {
     throw new LinkError("The pairing link is damaged (the pair= part is not valid).");
   }
   return { id, pair };
+}
+
+export function linkParams(hash) {
+  // The fields of a link's fragment (#device=ID&pair=SECRET). Other fields
+  // are ignored (newer links may add some); a field given twice is refused:
+  // which of the two counts would be a guess, and a link that shows one
+  // camera's ID while pairing with another must not pass.
+  const text = String(hash || "").replace(/^#/, "");
+  if (text.length > MAX_LINK) throw new LinkError("The link is too long.");
+  const params = new URLSearchParams(text);
+  for (const key of ["device", "pair"]) {
+    if (params.getAll(key).length > 1) {
+      throw new LinkError("The link is damaged (it holds " + key + "= twice).");
+    }
+  }
+  return params;
 }
 
 export function lastSeenText(lastSeen, now) {

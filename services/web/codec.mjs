@@ -34,7 +34,8 @@ export function encodeDeviceId(value) {
 
 export function normalizeDeviceId(text) {
   // The canonical XXXX-...-XXC form, or null (typos are caught by the check symbol).
-  const raw = String(text || "").replace(/[\s-]/g, "").toUpperCase();
+  if (typeof text !== "string") return null;  // stored or relayed junk: not an ID
+  const raw = text.replace(/[\s-]/g, "").toUpperCase();
   if (!DEVICE_RE.test(raw)) return null;
   let value = 0n;
   for (const ch of raw.slice(0, 26)) value = value * 32n + BigInt(CROCKFORD.indexOf(ch));
@@ -112,13 +113,22 @@ export function pairedStatement(device, session, viewerKey, name) {
 export const NAME_MAX = 64;
 
 export function cleanName(text) {
-  // The name as it will be sent, or "" if nothing usable is left. Cut by code
-  // points, as the server counts them: a cut through a surrogate pair would
-  // leave half an emoji that UTF-8 cannot carry.
-  const chars = Array.from(String(text || "").replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
+  // The name as it will be sent, or "" if nothing usable is left.
+  return cleanText(text, NAME_MAX);
+}
+
+export function cleanText(text, max) {
+  // At most `max` code points without control characters or lone surrogates,
+  // trimmed. Cut by code points, as the server counts them: a cut through a
+  // surrogate pair would leave half an emoji that UTF-8 cannot carry. Also
+  // what is shown of a string the untrusted server relays (error codes, bye
+  // reasons): it goes to the page as text, never as markup, and this bounds it.
+  // Only strings (and numbers) count: String() of a stored {"toString": 1} throws.
+  const value = typeof text === "string" || typeof text === "number" ? String(text) : "";
+  const chars = Array.from(value.replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
     .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, "")
     .trim());
-  return chars.slice(0, NAME_MAX).join("").trim();
+  return chars.slice(0, max).join("").trim();
 }
 
 export function isValidName(text) {

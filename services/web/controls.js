@@ -2,6 +2,8 @@
 // quality (which layer the camera sends). Both are opened on every session
 // before the offer; what they show follows the session on screen.
 
+import { cleanText } from "./codec.mjs";
+
 const PTZ_REPEAT_MS = 300;   // a held move is repeated this often (camera deadman: 1 s)
 const PTZ_NOTICE_MS = 3000;  // how long a pan/tilt error stays on the pad
 
@@ -61,12 +63,15 @@ function onQualityMessage(att, data) {
   }
   if (!msg || typeof msg !== "object") return;
   if (msg.type === "quality" && typeof msg.layer === "string") {
-    const layers = Array.isArray(msg.layers) ? msg.layers.filter((x) => typeof x === "string")
+    // Shown as text only; bounded, as any string from the network.
+    const layers = Array.isArray(msg.layers)
+      ? msg.layers.filter((x) => typeof x === "string").slice(0, 8).map((x) => cleanText(x, 16))
       : [];
-    att.quality = { mode: String(msg.mode || "auto"), layer: msg.layer, layers };
+    att.quality = { mode: cleanText(msg.mode || "auto", 16), layer: cleanText(msg.layer, 16),
+      layers };
     if (att === current.live()) showQuality(att);
   } else if (msg.type === "error" && typeof msg.error === "string") {
-    peercam.qualityLastError = msg.error;
+    peercam.qualityLastError = cleanText(msg.error, 120);
   }
 }
 
@@ -150,8 +155,8 @@ function onPtzMessage(att, data) {
     peercam.ptzAcks += 1;
     peercam.ptzLastAck = msg.op;
   } else if (msg.type === "error" && typeof msg.error === "string") {
-    peercam.ptzLastError = msg.error;
-    ptzNotice(msg.error);
+    peercam.ptzLastError = cleanText(msg.error, 120);
+    ptzNotice(peercam.ptzLastError);
   }
 }
 

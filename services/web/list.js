@@ -209,7 +209,7 @@ function render() {
   const keep = new Set(list.map((c) => c.id));
   for (const li of [...ui.list.children]) if (!keep.has(li.dataset.id)) li.remove();
   list.forEach((camera, i) => {
-    let li = ui.list.querySelector('li[data-id="' + camera.id + '"]');
+    let li = [...ui.list.children].find((item) => item.dataset.id === camera.id);
     if (!li) li = makeItem(camera.id);
     if (ui.list.children[i] !== li) ui.list.insertBefore(li, ui.list.children[i] || null);
     const online = state.online.get(camera.id);
@@ -222,16 +222,33 @@ function render() {
   });
 }
 
+function el(tag, props, ...children) {
+  // Properties set as such; "aria-*" ones as attributes. Text only as text.
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key.startsWith("aria-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  node.append(...children);
+  return node;
+}
+
 function makeItem(id) {
   const li = document.createElement("li");
   li.dataset.id = id;
-  li.innerHTML = '<button type="button" class="cam-open">'
-    + '<span class="cam-dot" aria-hidden="true"></span>'
-    + '<span class="cam-text"><span class="cam-name"></span>'
-    + '<span class="cam-state"></span></span></button>'
-    + '<input class="cam-rename-input" type="text" maxlength="64" aria-label="Camera name" hidden>'
-    + '<button type="button" class="cam-rename" aria-label="Rename" title="Rename">✎</button>'
-    + '<button type="button" class="cam-remove" aria-label="Remove" title="Remove">✕</button>';
+  // Built node by node, never from markup: names come from links, QR codes
+  // and storage, and the page's policy (Trusted Types) refuses HTML strings.
+  const open = el("button", { type: "button", className: "cam-open" },
+    el("span", { className: "cam-dot", "aria-hidden": "true" }),
+    el("span", { className: "cam-text" },
+      el("span", { className: "cam-name" }), el("span", { className: "cam-state" })));
+  const rename = el("input", { className: "cam-rename-input", type: "text", maxLength: 64,
+    "aria-label": "Camera name", hidden: true });
+  li.append(open, rename,
+    el("button", { type: "button", className: "cam-rename", "aria-label": "Rename",
+      title: "Rename", textContent: "✎" }),
+    el("button", { type: "button", className: "cam-remove", "aria-label": "Remove",
+      title: "Remove", textContent: "✕" }));
   li.querySelector(".cam-open").addEventListener("click", () => state.onWatch(id, null));
   li.querySelector(".cam-rename").addEventListener("click", () => startRename(li));
   const input = li.querySelector(".cam-rename-input");

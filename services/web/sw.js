@@ -8,7 +8,8 @@
 // network-first, so a server update shows on the next load; the cache is the
 // fallback when offline.
 
-const CACHE = "peercam-shell-v2";  // a new name drops the old copy on activation
+const PREFIX = "peercam-shell-";
+const CACHE = PREFIX + "v3";  // a new name drops the old copy on activation
 const SHELL = [
   "./", "viewer.js", "viewer.css", "codec.mjs", "keys.mjs", "cameras.mjs", "zoom.mjs", "list.js",
   "player.js", "controls.js", "manifest.webmanifest", "icon-192.png", "icon-512.png",
@@ -22,7 +23,9 @@ self.addEventListener("install", (event) => {
 
 self.addEventListener("activate", (event) => {
   event.waitUntil(caches.keys()
-    .then((names) => Promise.all(names.filter((n) => n !== CACHE).map((n) => caches.delete(n))))
+    // Only this app's older shells: other caches of the origin are not ours.
+    .then((names) => Promise.all(names.filter((n) => n.startsWith(PREFIX) && n !== CACHE)
+      .map((n) => caches.delete(n))))
     .then(() => self.clients.claim()));
 });
 
@@ -34,7 +37,8 @@ self.addEventListener("fetch", (event) => {
   url.search = "";
   if (!SHELL_URLS.has(url.href)) return;  // not ours: the browser fetches it as usual
   event.respondWith(fetch(request).then((response) => {
-    if (response.ok) {
+    // Only a plain same-origin 200 is kept (no redirect, no opaque or partial body).
+    if (response.status === 200 && response.type === "basic" && !response.redirected) {
       const copy = response.clone();
       caches.open(CACHE).then((cache) => cache.put(url.href, copy));
     }

@@ -23,9 +23,10 @@
 // The only global is window.peercam, a live view of the state for tests.
 
 import {
-  StatementError, answerStatement, candidateStatement, normalizeDeviceId, offerStatement,
-  pairStatement, pairedStatement, sha256Hex,
+  StatementError, answerStatement, candidateStatement, cleanText, normalizeDeviceId,
+  offerStatement, pairStatement, pairedStatement, sha256Hex,
 } from "./codec.mjs";
+import { LinkError, PAIR_RE, linkParams } from "./cameras.mjs";
 import { loadViewerKey, pairingProof, publicKeyText, sign, verifiedBy } from "./keys.mjs";
 import { cameras, initList, markSeen, pairingName, remember, showList } from "./list.js";
 import {
@@ -63,8 +64,9 @@ const SESSION_ALPHABET =
 // (seq 0..31; services/signaling.py MAX_CANDIDATES).
 const MAX_CANDIDATES = 32;
 const PAIRED_PREFIX = "peercam.paired.";   // localStorage: this device accepted our key
-// A pairing secret is ASCII (it keys the HMAC as ASCII bytes); bound its size.
-const PAIR_SECRET_RE = /^[\x21-\x7e]{1,128}$/;
+// A pairing secret is ASCII (it keys the HMAC as ASCII bytes); PAIR_RE bounds its size.
+// What is shown of a reason the untrusted server relays (a bye's cause).
+const RELAYED_MAX = 120;
 
 // Error codes from the server, in plain words (protocol.md, Errors).
 const ERROR_WORDS = {
@@ -183,9 +185,6 @@ function newSessionId() {
   return Array.from(bytes, (b) => SESSION_ALPHABET[b & 63]).join("");
 }
 
-function fragmentParams() {
-  return new URLSearchParams(location.hash.replace(/^#/, ""));
-}
 
 function signalingUrl() {
   // Resolved against the page, so /ws/viewer when served at "/", and it
@@ -944,7 +943,7 @@ function onSignal(data) {
       if (att && typeof msg.sdp === "string") deliver(att, "answer", msg);
       break;
     case "bye":
-      if (att) onBye(att, typeof msg.reason === "string" ? msg.reason : "");
+      if (att) onBye(att, cleanText(typeof msg.reason === "string" ? msg.reason : "", RELAYED_MAX));
       break;
     case "error":
       onServerError(att, msg);
@@ -960,7 +959,7 @@ function onBye(att, reason) {
     // Byes are not signed and the server is not trusted: for a session that
     // shows video, "camera went offline" (or any reason) is advice. The
     // media plane decides; if the camera is really gone, the frames stop.
-    att.advice = reason.slice(0, 120) || "session ended";
+    att.advice = reason || "session ended";
     peercam.lastAdvice = att.advice;
     console.info("peercam: the server ended session " + att.sessionId
       + " (" + att.advice + "); keeping it while video flows");
@@ -993,8 +992,9 @@ function byeError(att, reason) {
 }
 
 function onServerError(att, msg) {
-  const text = ERROR_WORDS[msg.code]
-    || "The server reported a problem" + (msg.code ? " (" + msg.code + ")." : ".");
+  const code = cleanText(typeof msg.code === "string" ? msg.code : "", 40);
+  const text = (Object.hasOwn(ERROR_WORDS, code) && ERROR_WORDS[code])
+    || "The server reported a problem" + (code ? " (" + code + ")." : ".");
   // A rendezvous older than trickle ICE refuses "candidate" as an unknown
   // type. This session's offer went without candidates; the next ones gather
   // first and send one complete offer, as before (protocol.md).
@@ -1016,7 +1016,7 @@ function onServerError(att, msg) {
   }
   if (target && target.firstFrameAt === null) {
     if (att) att.sessionLive = false;
-    fail(target, new ViewerError(text, msg.code));
+    fail(target, new ViewerError(text, code));
   } else {
     // About a session that shows video, or about nothing we wait for: the
     // stream is fine, so it is only noted.
@@ -1468,7 +1468,15 @@ function stopAll() {
 }
 
 function readFragment() {
-  const params = fragmentParams();
+  let params;
+  let damaged = "";
+  try {
+    params = linkParams(location.hash);
+  } catch (err) {
+    if (!(err instanceof LinkError)) throw err;
+    params = new URLSearchParams();
+    damaged = err.message;
+  }
   const raw = params.get("device");
   const secret = params.get("pair");
   stopPlayer();  // a clip under way is saved first; the zoom starts over
@@ -1487,6 +1495,13 @@ function readFragment() {
   peercam.state = "idle";  // a refusal shown for the last link does not carry over
   peercam.paired = null;
   pairSecret = null;
+  if (damaged) {
+    deviceId = null;
+    peercam.lastError = damaged;
+    setState("error");
+    showHome(peercam.lastError);
+    return;
+  }
   if (!raw) {
     deviceId = null;
     setState("idle");
@@ -1507,7 +1522,7 @@ function readFragment() {
   remember(id);
   peercam.paired = storedPaired(id) ? true : null;
   if (secret !== null) {
-    if (!PAIR_SECRET_RE.test(secret)) {
+    if (!PAIR_RE.test(secret)) {
       peercam.lastError = WORDS.badSecret;
       setState("error");
       return;
@@ -1570,7 +1585,17 @@ function registerServiceWorker() {
   // Installable app: the worker caches the page's own files (never video,
   // keys or signaling) so the home-screen icon opens even offline.
   if (!("serviceWorker" in navigator)) return;
-  navigator.serviceWorker.register("sw.js").then(() => {
+  // The page's policy takes script URLs only through its one Trusted Types
+  // policy, and that policy knows one URL: the worker's.
+  const script = window.trustedTypes
+    ? window.trustedTypes.createPolicy("peercam", {
+      createScriptURL: (url) => {
+        if (url !== "sw.js") throw new TypeError("not the app's worker: " + url);
+        return url;
+      },
+    }).createScriptURL("sw.js")
+    : "sw.js";
+  navigator.serviceWorker.register(script).then(() => {
     peercam.serviceWorker = true;
   }, (err) => {
     peercam.serviceWorker = false;

@@ -34,6 +34,27 @@ async def browser() -> AsyncIterator[Any]:
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield browser
+            yield _PolicyBypass(browser)
         finally:
             await browser.close()
+
+
+class _PolicyBypass:
+    """The browser, its pages exempt from the viewer's Content-Security-Policy.
+
+    These tests wait with ``wait_for_function``, whose predicate Playwright runs
+    through the page's ``eval``: the viewer's policy forbids that. The policy
+    itself is under test in test_pwa.py, which runs every screen under it.
+    """
+
+    def __init__(self, browser: Any) -> None:
+        self._browser = browser
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._browser, name)
+
+    async def new_context(self, **options: Any) -> Any:
+        return await self._browser.new_context(**{"bypass_csp": True, **options})
+
+    async def new_page(self, **options: Any) -> Any:
+        return await self._browser.new_page(**{"bypass_csp": True, **options})

@@ -11,8 +11,11 @@ shows); otherwise they stay in the test's temporary directory.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from PIL import Image, ImageStat
 from camera.agent import CameraAgent
 from camera.webrtc import restrict_host_addresses
 from services.rendezvous import RendezvousConfig, start_rendezvous
+from services.signaling import device_id_from_digest
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import Stack, scaled
 
@@ -106,8 +110,18 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
             restrict_host_addresses(None)
 
 
+# Every page here runs under the viewer's real Content-Security-Policy and
+# records what it refused: a refusal is a broken feature (or an attack).
+RECORD_VIOLATIONS = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__csp.push(e.effectiveDirective + " " + e.blockedURI));
+"""
+
+
 async def new_page(rig: Rig, options: dict[str, Any]) -> tuple[Any, Any, list[str]]:
     context = await rig.browser.new_context(**options)
+    await context.add_init_script(RECORD_VIOLATIONS)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -115,7 +129,26 @@ async def new_page(rig: Rig, options: dict[str, Any]) -> tuple[Any, Any, list[st
 
 
 async def wait(page: Any, expression: str, seconds: float = 20) -> None:
-    await page.wait_for_function(expression, timeout=scaled(seconds) * 1000)
+    """Until the expression holds in the page.
+
+    Polled from here, not with ``wait_for_function``: Playwright evaluates that
+    predicate with the page's own ``eval``, which the viewer's policy forbids
+    (script-src without 'unsafe-eval'); ``evaluate`` runs over the debugging
+    protocol, outside the policy, so these tests run under the real one.
+    """
+    from playwright.async_api import Error as PlaywrightError
+
+    deadline = asyncio.get_running_loop().time() + scaled(seconds)
+    while True:
+        try:
+            if await page.evaluate(f"!!({expression})"):
+                return
+        except PlaywrightError as exc:  # a navigation under way: ask the next page
+            if "context was destroyed" not in str(exc):
+                raise
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {seconds} s: {expression}")
+        await asyncio.sleep(0.05)
 
 
 async def watch_from_list(rig: Rig, page: Any, camera_name: str) -> None:
@@ -397,6 +430,8 @@ async def test_player_fullscreen_zoom_snapshot_clip(rig: Rig, tmp_path: Path) ->
             frames = [f for _, f in zip(range(10), container.decode(video=0), strict=False)]
         assert frames and frames[0].width == 320 and frames[0].height == 240
         assert errors == []
+        # Playing, zooming, snapshot and clip all within the page's policy.
+        assert await page.evaluate("window.__csp") == []
     finally:
         await context.close()
 
@@ -414,6 +449,78 @@ async def test_landscape_fills_the_screen(rig: Rig) -> None:
         bar = await page.locator("#controls").bounding_box()
         assert bar["x"] + bar["width"] > 844 - 24 and bar["height"] > bar["width"], bar
         await rig.shot(page, "player-landscape")
+        assert errors == []
+    finally:
+        await context.close()
+
+
+HOSTILE = "<img src=x onerror=window.__xss=1>"
+
+
+async def test_hostile_names_links_and_server_texts_stay_text(rig: Rig) -> None:
+    # The list in storage was tampered with; a link holds two devices; the
+    # rendezvous (untrusted) answers with markup and a prototype key as error
+    # codes. Nothing runs, every string shows as the text it is.
+    listed, target, added = (device_id_from_digest(bytes([n]) * 32) for n in (1, 2, 3))
+    stored = json.dumps([{"id": listed, "name": HOSTILE}, {"id": {"toString": 1}}, "junk", 7,
+                         None, {"id": rig.camera.device_id, "name": {"toString": 1}}])
+    # The server's answers to the target's "prepare": the first at once, the
+    # next ones held until the test has read what the first one showed.
+    codes = [HOSTILE]
+    held: list[tuple[Any, str]] = []
+
+    def refuse(ws: Any, session_id: str, code: str) -> None:
+        ws.send(json.dumps({"type": "error", "code": code, "message": HOSTILE,
+                            "session_id": session_id}))
+
+    def relay(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            msg = json.loads(message) if isinstance(message, str) else {}
+            if msg.get("type") == "prepare" and msg.get("device_id") == target:
+                if codes:
+                    refuse(ws, msg["session_id"], codes.pop(0))
+                else:
+                    held.append((ws, msg["session_id"]))
+            else:
+                server.send(message)
+        ws.on_message(from_page)
+
+    context, page, errors = await new_page(rig, PHONE)
+    try:
+        seed = f"localStorage.setItem('peercam.cameras', {json.dumps(stored)});"
+        await context.add_init_script(seed)
+        await page.route_web_socket(re.compile(r"/ws/viewer$"), relay)
+        await page.goto(rig.base)
+        await wait(page, "document.querySelectorAll('#camera-list li').length === 2")
+        names = await page.locator("#camera-list .cam-name").all_text_contents()
+        assert names == [HOSTILE, "Camera " + rig.camera.device_id[:4]], names
+
+        await page.locator("#add-open").click()
+        await page.locator("#add-link").fill(f"{rig.base}#device={added}&device={listed}")
+        await page.locator("#add-submit").click()
+        assert "twice" in (await page.locator("#add-error").text_content() or "")
+        await page.locator("#add-link").fill(added)
+        await page.locator("#add-name").fill(HOSTILE.replace("1", "3"))
+        await page.locator("#add-submit").click()
+        await wait(page, "document.querySelectorAll('#camera-list li').length === 3")
+        assert HOSTILE.replace("1", "3") in await page.locator(
+            "#camera-list .cam-name").all_text_contents()
+
+        await page.evaluate(f"location.hash = 'device={target}'")
+        await wait(page, f"String(window.peercam.lastError).includes({json.dumps(HOSTILE)})")
+        assert HOSTILE in (await page.locator("#notice").text_content() or "")
+        for _ in range(int(scaled(10) / 0.05)):  # the retry's "prepare"
+            if held:
+                break
+            await asyncio.sleep(0.05)
+        refuse(*held[0], "constructor")
+        await wait(page, "window.peercam.lastError === "
+                         "'The server reported a problem (constructor).'")
+        assert await page.evaluate("window.__xss") is None
+        assert await page.evaluate("document.querySelectorAll('img').length") == 0
+        assert await page.evaluate("window.__csp") == []
         assert errors == []
     finally:
         await context.close()

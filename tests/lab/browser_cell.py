@@ -24,7 +24,7 @@ async def main(link: str, seconds: float) -> dict[str, object]:
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args)
         try:
-            page = await browser.new_page()
+            page = await browser.new_page(bypass_csp=True)  # wait_for_function uses eval
             await page.goto(link)
             try:
                 await page.wait_for_function(

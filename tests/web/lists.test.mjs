@@ -4,9 +4,10 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import {
-  LinkError, addCamera, lastSeenText, parseCameraLink, parseCameras, removeCamera,
+  LinkError, addCamera, lastSeenText, linkParams, parseCameraLink, parseCameras, removeCamera,
   renameCamera, touchCamera,
 } from "../../services/web/cameras.mjs";
+import { NAME_MAX, cleanText } from "../../services/web/codec.mjs";
 import { IDENTITY, clampView, doubleTap, panBy, zoomAt } from "../../services/web/zoom.mjs";
 
 const V = JSON.parse(readFileSync(process.env.PEERCAM_VECTORS, "utf8"));
@@ -72,4 +73,49 @@ test("zoom keeps the pinched point still and never shows an edge", () => {
   const tapped = doubleTap(IDENTITY, w / 2, h / 2, w, h);
   assert.equal(tapped.scale, 2.5);
   assert.deepEqual(doubleTap(tapped, 0, 0, w, h), { ...IDENTITY });
+});
+
+test("links: duplicate fields, long input and non-ASCII are refused, extra fields ignored", () => {
+  assert.throws(() => parseCameraLink(PAGE + "#device=" + A + "&device=" + B, PAGE), /device= twice/);
+  assert.throws(() => parseCameraLink(PAGE + "#device=" + A + "&pair=x&pair=y", PAGE), /pair= twice/);
+  assert.deepEqual(parseCameraLink(PAGE + "#v=2&device=" + A + "&pair=s&x=%3Cb%3E", PAGE),
+    { id: A, pair: "s" });
+  assert.throws(() => parseCameraLink(PAGE + "#device=" + A + "&x=" + "a".repeat(3000), PAGE),
+    /too long/);
+  assert.throws(() => parseCameraLink(PAGE + "#device=" + A + "&pair=s\u00e9cret", PAGE),
+    /damaged/);
+  assert.throws(() => parseCameraLink("https://cams.ex\u00e4mple:8443/#device=" + A, PAGE),
+    /xn--/, "an IDN look-alike host is another origin, shown as punycode");
+  assert.throws(() => parseCameraLink("//evil.example/#device=" + A, PAGE), /evil\.example/);
+  assert.throws(() => parseCameraLink("javascript:alert(1)//#device=" + A, PAGE), /not this server/);
+  assert.throws(() => linkParams("#device=a&device=b"), LinkError);
+  assert.equal(linkParams("#device=" + A).get("device"), A);
+});
+
+test("stored lists: hostile and oversized entries are dropped or cut, never fatal", () => {
+  const long = "\u{1F600}".repeat(100);  // 100 code points, 200 UTF-16 units
+  const stored = JSON.stringify([
+    { id: A, name: long, addedAt: "x", lastSeen: 1e308 * 10 },
+    { id: { toString: 1 } }, [A], "A", 7, { id: B, name: { html: "<img>", toString: 1 } },
+    { id: B, name: "dup" },
+  ]);
+  const list = parseCameras(stored);
+  assert.deepEqual(list.map((c) => c.id), [A, B]);
+  assert.equal(Array.from(list[0].name).length, NAME_MAX);
+  assert.equal(list[0].name, "\u{1F600}".repeat(NAME_MAX), "cut by code points");
+  assert.equal(list[0].addedAt, 0);
+  assert.equal(list[1].name, "Camera " + B.slice(0, 4), "a name that is not text: the default");
+  const many = JSON.stringify(Array.from({ length: 200 }, () => ({ id: A })));
+  assert.equal(parseCameras(many).length, 1);
+  assert.deepEqual(parseCameras('"just a string"'), []);
+  assert.deepEqual(parseCameras("null"), []);
+});
+
+test("relayed text is bounded, control-free and whole code points", () => {
+  assert.equal(cleanText("<img src=x onerror=alert(1)>", 120), "<img src=x onerror=alert(1)>");
+  assert.equal(cleanText("a\u0000b\u001bc\u2028d", 120), "abc\u2028d");
+  assert.equal(cleanText("x".repeat(500), 120).length, 120);
+  assert.equal(cleanText("\u{1F600}\u{1F600}", 1), "\u{1F600}");
+  assert.equal(cleanText("\ud800x", 5), "x", "a lone surrogate is dropped");
+  assert.equal(cleanText(null, 5), "");
 });
