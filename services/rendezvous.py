@@ -580,7 +580,8 @@ async def start_rendezvous(
     """
     config = config or RendezvousConfig()
     parse_server_names(config.server_names)  # a bad name fails before binding
-    for name in ("handshake_timeout", "register_timeout", "max_pending", "max_pending_per_ip"):
+    for name in ("handshake_timeout", "register_timeout", "max_pending", "max_pending_per_ip",
+                 "connection_rate", "connection_burst", "heartbeat"):
         if not getattr(config, name) > 0:
             raise BadRendezvousConfig(f"{name} {getattr(config, name)!r}: need more than 0")
     if config.max_connections < 0:

@@ -44,6 +44,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="connections not yet upgraded, in total (default 512)")
     rdv.add_argument("--max-pending-per-ip", type=int, default=16, metavar="N",
                      help="connections not yet upgraded, per IP address (default 16)")
+    rdv.add_argument("--connection-rate", type=float, default=5.0, metavar="N",
+                     help="new connections per second per IP address (default 5)")
+    rdv.add_argument("--connection-burst", type=float, default=40.0, metavar="N",
+                     help="new connections per IP address in a burst (default 40)")
+    rdv.add_argument("--heartbeat", type=float, default=20.0, metavar="S",
+                     help="WebSocket ping interval; a missed pong drops the peer (default 20)")
     rdv.add_argument("--max-connections", type=int, default=0, metavar="N",
                      help="open connections (default 0: the descriptor limit less 64)")
     rdv.add_argument("--metrics-listen", type=host_port, default=None, metavar="HOST:PORT",
@@ -148,7 +154,9 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
             server_names=names, handshake_timeout=args.handshake_timeout,
             max_pending=args.max_pending, max_pending_per_ip=args.max_pending_per_ip,
             max_connections=args.max_connections,
-            metrics_listen=args.metrics_listen, cluster=cluster)
+            metrics_listen=args.metrics_listen, cluster=cluster,
+            connection_rate=args.connection_rate, connection_burst=args.connection_burst,
+            heartbeat=args.heartbeat)
     except ValueError as exc:
         raise BadConfig(str(exc)) from None
     _server, runner, bound = await _listen(host, port, config, ssl_context)
