@@ -52,6 +52,10 @@ MAX_NODE_MESSAGE = 4 * MAX_MESSAGE_BYTES + 1024
 #: Server message types a node may relay to a viewer.
 _TO_VIEWER_TYPES = frozenset({"answer", "paired", "bye", "error"})
 
+#: Reasons a node message is refused (``ClusterRouter.node_refused``).
+REFUSALS = ("malformed", "foreign-viewer", "foreign-session", "foreign-camera",
+            "bad-signature", "bad-payload", "too-many")
+
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _URL_SCHEMES = ("redis", "rediss", "unix")
 
@@ -92,7 +96,7 @@ def redacted(url: str) -> str:
 class ClusterSettings:
     """How a node joins the others (``RendezvousConfig.cluster``)."""
 
-    redis_url: str
+    redis_url: str = field(repr=False)  # its password must not reach a log
     """``redis://[user:password@]host:port/db``, ``rediss://`` for TLS, or ``unix://``."""
     node_id: str = field(default_factory=default_node_id)
     """This node's name in presence keys and channels; unique among running nodes."""

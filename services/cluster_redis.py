@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client.core import Metric
 from redis.exceptions import RedisError
 
 from services.cluster import (
+    REFUSALS,
     Claim,
     ClusterRouter,
     ClusterSettings,
@@ -32,6 +34,7 @@ from services.cluster import (
     holder_node,
     redacted,
 )
+from services.metrics import counter, gauge
 from services.routing import Action, Extension
 
 logger = logging.getLogger(__name__)
@@ -105,6 +108,21 @@ class RedisCluster:
             "last_error": self.last_error if self.degraded else None,
             "outages": self.outages,
         }
+
+    def metrics(self) -> Iterator[Metric]:
+        """This node's cluster families, read at scrape time."""
+        yield gauge("peercam_rendezvous_cluster_redis_up",
+                    "1 while Redis is reachable (presence and cross-node routing work);"
+                    " 0: degraded, serving this node's own cameras and viewers only",
+                    0 if self.degraded else 1)
+        yield counter("peercam_rendezvous_cluster_redis_outages",
+                      "Times Redis became unreachable", self.outages)
+        yield counter("peercam_rendezvous_cluster_node_messages_refused",
+                      "Messages from other nodes refused, by reason", labels=["reason"],
+                      values={r: self.router.node_refused[r] for r in REFUSALS})
+        yield counter("peercam_rendezvous_cluster_publishes_unreceived",
+                      "Messages for another node that no node received (it is gone, or"
+                      " Redis is down)", self.published_unreceived)
 
     async def start(self) -> None:
         logger.info("cluster node %s on %s (lease %.0f s)", self.settings.node_id,

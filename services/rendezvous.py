@@ -350,6 +350,8 @@ def _metrics(server: Rendezvous) -> Iterator[Metric]:
                 "Open connections allowed before new ones get HTTP 503", budget.max_connections)
     yield gauge("peercam_rendezvous_max_pending_connections",
                 "Connections not yet upgraded allowed in total", budget.max_pending)
+    if server.cluster is not None:
+        yield from server.cluster.metrics()
 
 
 class BadRendezvousConfig(ServiceError, ValueError):

@@ -374,6 +374,11 @@ async def test_hostile_node_messages_are_refused_and_logged(
         assert a.router.node_refused["foreign-camera"] == 1
         assert a.router.node_refused["foreign-viewer"] == 1
         assert any("refused a node message" in r.getMessage() for r in caplog.records)
+        async with http.get(f"http://127.0.0.1:{a.port}/metrics") as reply:
+            scraped = await reply.text()
+        assert ('peercam_rendezvous_cluster_node_messages_refused_total{reason="malformed"} 7.0'
+                in scraped)
+        assert "peercam_rendezvous_cluster_redis_up 1.0" in scraped
         # The camera is still registered and reachable from the other node.
         assert identity.device_id in a.router.cameras
         viewer = await raw_viewer(http, b.url)
