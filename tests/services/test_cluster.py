@@ -397,3 +397,56 @@ async def test_without_a_redis_url_the_server_is_one_process(tmp_path: Path) -> 
         assert body["status"] == "ok" and "cluster" not in body
     finally:
         await runner.cleanup()
+
+
+# -- the sans-I/O router alone: two nodes wired by hand (the bus is the test) --------
+
+
+def test_two_cluster_routers_route_a_session_and_refuse_foreign_replies() -> None:
+    from services.cluster import Locate, Publish, RemoteViewer, ToViewer
+    from services.routing import Peer, Send
+    from services.signaling import Role, encode
+
+    name = "rdv.test:443"
+    a, b = (ClusterRouter(node, server_names=[name]) for node in ("a", "b"))
+    identity = DeviceIdentity.generate()
+    camera = Peer(Role.CAMERA, host=name)
+    b.connected(camera)
+    statement = register_statement(name, camera.nonce, identity.device_id)
+    b.received(camera, encode(Role.CAMERA, "register", device_id=identity.device_id,
+                              device_key=encode_public_key(identity.private_key.public_key()),
+                              signature=sign(identity.private_key, statement)), 0.0)
+    assert b.presence() == {identity.device_id: b.holder(camera)}
+    viewer = Peer(Role.VIEWER)
+    a.connected(viewer)
+    request = json.dumps(pair_request(identity.device_id, "s" * 22))
+    [locate] = a.received(viewer, request, 1.0)
+    assert isinstance(locate, Locate) and locate.device_id == identity.device_id
+    [publish] = a.located(viewer, locate.data, "b", 1.0)
+    assert isinstance(publish, Publish) and publish.node == "b"
+    [to_camera] = b.from_node(encode_node(publish.message), 1.0)
+    assert isinstance(to_camera, Send) and to_camera.peer is camera
+    assert json.loads(to_camera.text)["type"] == "pair"
+    [proxy] = b.proxies.values()
+    assert isinstance(proxy, RemoteViewer) and proxy.node == "a" and proxy.ref == viewer.id
+    [reply] = b.received(camera, encode(Role.CAMERA, "bye", session_id="s" * 22,
+                                        reason="no"), 2.0)
+    assert isinstance(reply, Publish) and isinstance(reply.message, ToViewer)
+    # The same reply from the wrong node, or for another session, goes nowhere.
+    wrong = ToViewer("c", viewer.id, reply.message.data)
+    assert a.from_node(encode_node(wrong), 2.0) == []
+    assert a.node_refused["foreign-viewer"] == 1
+    [delivered] = a.from_node(encode_node(reply.message), 2.0)
+    assert isinstance(delivered, Send) and delivered.peer is viewer
+    assert json.loads(delivered.text) == {"type": "bye", "session_id": "s" * 22, "reason": "no"}
+    assert not a.remote.get(viewer)  # the bye ended it on the viewer's node too
+    # A session whose camera's node dies ends with a bye to the viewer.
+    [locate] = a.received(viewer, json.dumps(pair_request(identity.device_id, "t" * 22)), 3.0)
+    a.located(viewer, locate.data, "b", 3.0)
+    assert a.nodes_in_use() == {"b"}
+    [bye] = a.nodes_gone({"b"})
+    assert isinstance(bye, Send) and json.loads(bye.text)["type"] == "bye"
+    # Redis could not say where the camera is: the ordinary reply.
+    [locate] = a.received(viewer, json.dumps(pair_request(identity.device_id, "u" * 22)), 4.0)
+    [unavailable] = a.located(viewer, locate.data, None, 4.0)
+    assert isinstance(unavailable, Send) and json.loads(unavailable.text)["code"] == "unavailable"
