@@ -86,6 +86,7 @@ class RedisCluster:
         self._keep = self.client.register_script(_KEEP)
         self._release = self.client.register_script(_RELEASE)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
         self._subscribed = False
         self._renewed = False
         self._reported_down = False
@@ -135,6 +136,7 @@ class RedisCluster:
     async def stop(self) -> None:
         """Stop the loops; give back this node's presence (best effort, bounded)."""
         tasks, self._tasks = self._tasks, []
+        self._stopped = True  # what the closing connections release is done below
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -172,6 +174,8 @@ class RedisCluster:
     # -- actions -----------------------------------------------------------------------
 
     async def perform(self, action: Extension) -> None:
+        if self._stopped:
+            return
         if isinstance(action, Locate):
             await self._locate(action)
         elif isinstance(action, Publish):
