@@ -86,7 +86,9 @@ class CameraConfig:
     """Everything the camera agent needs."""
 
     rendezvous: str = "ws://127.0.0.1:8080"
-    """Base URL of the rendezvous server (ws:// or wss://, or http(s):// for the same)."""
+    """Base URL of the rendezvous server (ws:// or wss://, or http(s):// for the same);
+    several, separated by commas, for several nodes of one service: tried in order,
+    then round robin (see ``rendezvous_urls``)."""
     source: str = "testpattern"
     """Camera source: testpattern, file, v4l2 or picamera2."""
     file: str | None = None
@@ -142,8 +144,14 @@ class CameraConfig:
             )
         if self.source == "file" and not self.file:
             raise BadConfig("source 'file' needs a file (--file or [camera] file)")
-        if not self.rendezvous.startswith(("ws://", "wss://", "http://", "https://")):
+        urls = split_urls(self.rendezvous)
+        if not urls:
             raise BadConfig(f"rendezvous {self.rendezvous!r}: need a ws(s):// or http(s):// URL")
+        for url in urls:
+            if not url.startswith(("ws://", "wss://", "http://", "https://")):
+                raise BadConfig(f"rendezvous {url!r}: need a ws(s):// or http(s):// URL")
+        if len(urls) > MAX_RENDEZVOUS_URLS:
+            raise BadConfig(f"rendezvous: {len(urls)} URLs, at most {MAX_RENDEZVOUS_URLS}")
         if not 1 <= self.max_viewers <= 256:
             raise BadConfig(f"max_viewers {self.max_viewers}: need 1..256")
         if not 0.5 <= self.frame_stall <= 600:
@@ -171,8 +179,22 @@ class CameraConfig:
         return Path(runtime or self.state_dir) / "metrics.prom"
 
     @property
+    def rendezvous_urls(self) -> tuple[str, ...]:
+        """Every rendezvous URL configured, in order (one, usually)."""
+        return split_urls(self.rendezvous)
+
+    @property
     def camera_ws_url(self) -> str:
         return ws_url(self.rendezvous, "/ws/camera")
+
+
+#: Rendezvous URLs one camera may list.
+MAX_RENDEZVOUS_URLS = 16
+
+
+def split_urls(text: str) -> tuple[str, ...]:
+    """The URLs of a ``rendezvous`` setting: comma-separated, blanks ignored."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def client_ssl(ca: str | None, insecure: bool) -> ssl.SSLContext | bool:
@@ -197,8 +219,9 @@ def page_url(base: str) -> str:
 
 
 def ws_url(base: str, path: str) -> str:
-    """Turn a rendezvous base URL (ws/wss/http/https) into a WebSocket endpoint URL."""
-    base = base.rstrip("/")
+    """Turn a rendezvous base URL (ws/wss/http/https) into a WebSocket endpoint URL
+    (of a list of several, the first)."""
+    base = (split_urls(base) or ("",))[0].rstrip("/")
     for http, ws in (("https://", "wss://"), ("http://", "ws://")):
         if base.startswith(http):
             base = ws + base[len(http) :]

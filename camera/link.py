@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from camera.config import CameraConfig
+from camera.config import CameraConfig, ws_url
 from camera.core import printable
 from camera.gatekeeper import Gatekeeper
 from services.signaling import ErrorCode, Message, ProtocolError, Role, encode, parse
@@ -65,6 +65,34 @@ def network_down(exc: BaseException) -> bool:
 def refused(exc: BaseException) -> bool:
     """The server's host answered with a reset: it is up, its server process is not."""
     return any(isinstance(e, ConnectionRefusedError) for e in _causes(exc))
+
+
+class RendezvousUrls:
+    """Which of several rendezvous URLs to dial next: each in order until one works,
+    then round robin, one step per attempt (the link's backoff between them)."""
+
+    def __init__(self, urls: tuple[str, ...]) -> None:
+        self.urls = urls or ("",)
+        self.index = 0
+        self._untried = len(self.urls) - 1
+        """URLs of the first pass not tried yet: those are dialled without a wait."""
+
+    @property
+    def current(self) -> str:
+        return self.urls[self.index]
+
+    def registered(self) -> None:
+        """The current URL worked: the first pass is over."""
+        self._untried = 0
+
+    def advance(self) -> bool:
+        """The attempt at the current URL ended: move on. True if the next one is
+        still untried (first pass): dial it without waiting."""
+        self.index = (self.index + 1) % len(self.urls)
+        if self._untried > 0:
+            self._untried -= 1
+            return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +134,7 @@ class RendezvousLink:
         self._on_frame = on_frame
         self._on_change = on_change or (lambda: None)
         self._http = http
+        self.urls = RendezvousUrls(config.rendezvous_urls)
         self.registered = registered or asyncio.Event()
         self.registered.clear()
         self.network_down = False
@@ -215,7 +244,7 @@ class RendezvousLink:
                     self.network_down = network_down(exc)
                     was_refused = refused(exc)
                     self.last_error = printable(exc) or type(exc).__name__
-                    logger.warning("rendezvous %s: %s%s", self.config.rendezvous,
+                    logger.warning("rendezvous %s: %s%s", self.urls.current,
                                    self.last_error, " (no network)" if self.network_down else "")
                 except Exception as exc:
                     # Our own bug, or a library's: logged with its type, never fatal here.
@@ -240,6 +269,8 @@ class RendezvousLink:
                     # (still jittered, so a fleet spreads its reconnects over the cap).
                     cap = min(cap, REFUSED_CAP)
                 delay = random.uniform(0, cap)  # full jitter: no reconnect storms
+                if self.urls.advance():
+                    delay = 0.0  # several URLs: the first pass tries each at once
                 if self._replaced:
                     # Two devices with one key would replace each other forever: back
                     # off fully so the newer one keeps working, and say why loudly.
@@ -257,7 +288,7 @@ class RendezvousLink:
     async def _connect_once(self, http: aiohttp.ClientSession, ssl_context: Any) -> float | None:
         loop = asyncio.get_running_loop()
         timeout = self.config.connect_timeout
-        url = self.config.camera_ws_url
+        url = ws_url(self.urls.current, "/ws/camera")
         async with http.ws_connect(
             url, heartbeat=HEARTBEAT, ssl=ssl_context, timeout=aiohttp.ClientWSTimeout(ws_close=5)
         ) as ws:
@@ -278,8 +309,9 @@ class RendezvousLink:
             self.internal_failures = 0
             self.last_error = None
             self._set_registered(True)
+            self.urls.registered()
             logger.info("registered as %s at %s", self.gatekeeper.device_id,
-                        self.config.rendezvous)
+                        self.urls.current)
             self._on_registered(list(reply["ice_servers"]))
             while True:
                 msg = await ws.receive()

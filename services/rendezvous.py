@@ -18,12 +18,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from services.cluster import ClusterRouter, ClusterSettings
 from services.errors import ServiceError
 from services.metrics import (
     Families,
@@ -38,12 +39,16 @@ from services.routing import (
     Action,
     BadServerName,
     Close,
+    Extension,
     Peer,
     Router,
     Send,
     parse_server_names,
 )
 from services.signaling import MAX_MESSAGE_BYTES, ErrorCode, Role, error
+
+if TYPE_CHECKING:
+    from services.cluster_redis import RedisCluster
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +149,9 @@ class RendezvousConfig:
     metrics_listen: tuple[str, int] | None = None
     """Serve ``/metrics`` on this (host, port) only, not on the public port;
     None: ``/metrics`` on the public port (block it at the proxy)."""
+    cluster: ClusterSettings | None = None
+    """Share presence and routing with other nodes through Redis; None: this
+    process alone (presence in memory only)."""
 
 
 class Rendezvous:
@@ -151,7 +159,7 @@ class Rendezvous:
 
     def __init__(self, config: RendezvousConfig | None = None) -> None:
         self.config = config or RendezvousConfig()
-        self.router = Router(
+        router_options: dict[str, Any] = dict(
             server_names=self.config.server_names,
             server_name=self.config.server_name,
             ice_servers=self.config.ice_servers,
@@ -159,6 +167,13 @@ class Rendezvous:
             answer_timeout=self.config.answer_timeout,
             register_timeout=self.config.register_timeout,
         )
+        self.router = Router(**router_options)
+        self.cluster: RedisCluster | None = None
+        if self.config.cluster is not None:
+            from services.cluster_redis import RedisCluster
+
+            self.router = ClusterRouter(self.config.cluster.node_id, **router_options)
+            self.cluster = RedisCluster(self.config.cluster, self.router, self._perform)
         self.budget = ConnectionBudget(
             max_connections=self.config.max_connections or descriptor_budget(),
             max_pending=self.config.max_pending,
@@ -191,6 +206,8 @@ class Rendezvous:
     async def _startup(self, app: web.Application) -> None:
         self._expiry_task = asyncio.create_task(self._expire_loop(), name="rendezvous-expiry")
         self.runtime_metrics.start()
+        if self.cluster is not None:
+            await self.cluster.start()
 
     async def _shutdown(self, app: web.Application) -> None:
         await self.runtime_metrics.stop()
@@ -204,6 +221,8 @@ class Rendezvous:
             self._expiry_task = None
         for ws in list(self._sockets.values()):
             await ws.close(code=1001, message=b"server shutting down")
+        if self.cluster is not None:
+            await self.cluster.stop()
 
     async def _expire_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -213,8 +232,13 @@ class Rendezvous:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         budget = self.budget
+        # Degraded (Redis unreachable) is still 200: this node serves its own cameras
+        # and viewers, and a load balancer must keep sending it theirs.
+        cluster = {} if self.cluster is None else {"cluster": self.cluster.health()}
+        degraded = self.cluster is not None and self.cluster.degraded
         return web.json_response({
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
+            **cluster,
             **self.router.stats(),
             "connections": budget.open,
             "pending": budget.pending,
@@ -291,6 +315,8 @@ class Rendezvous:
                 ws = self._sockets.get(action.peer)
                 if ws is not None:
                     await ws.close(code=4000, message=action.reason.encode()[:120])
+            elif isinstance(action, Extension) and self.cluster is not None:
+                await self.cluster.perform(action)
 
     async def _send(self, peer: Peer, text: str) -> None:
         ws = self._sockets.get(peer)
@@ -369,6 +395,8 @@ def _metrics(server: Rendezvous) -> Iterator[Metric]:
                 "Open connections allowed before new ones get HTTP 503", budget.max_connections)
     yield gauge("peercam_rendezvous_max_pending_connections",
                 "Connections not yet upgraded allowed in total", budget.max_pending)
+    if server.cluster is not None:
+        yield from server.cluster.metrics()
 
 
 class BadRendezvousConfig(ServiceError, ValueError):
@@ -599,7 +627,8 @@ async def start_rendezvous(
     """
     config = config or RendezvousConfig()
     parse_server_names(config.server_names)  # a bad name fails before binding
-    for name in ("handshake_timeout", "register_timeout", "max_pending", "max_pending_per_ip"):
+    for name in ("handshake_timeout", "register_timeout", "max_pending", "max_pending_per_ip",
+                 "connection_rate", "connection_burst", "heartbeat"):
         if not getattr(config, name) > 0:
             raise BadRendezvousConfig(f"{name} {getattr(config, name)!r}: need more than 0")
     if config.max_connections < 0:

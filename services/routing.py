@@ -140,7 +140,13 @@ class Close:
     reason: str
 
 
-Action = Send | Close
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """Base of actions for an adapter extension (the Redis link of a cluster node,
+    ``services.cluster``); the single-process server never sees one."""
+
+
+Action = Send | Close | Extension
 
 
 @dataclass
@@ -361,14 +367,7 @@ class Router:
             # The newer connection wins: a camera that reconnects must not wait for
             # the old socket to time out. Both proved the same key.
             logger.warning("camera %s registered again; closing the older %r", device_id, old)
-            self.counters.replaced += 1
-            actions.append(Send(old, self._error(ErrorCode.REPLACED,
-                                                 "a newer connection registered")))
-            actions.append(Close(old, "replaced"))
-            for key, session in list(self.sessions.items()):
-                if key[0] == device_id:
-                    actions += self._end(session, "camera reconnected", notify_camera=False)
-            old.device_id = None
+            actions += self._replace(old, device_id)
         peer.device_id = device_id
         self.unregistered.discard(peer)
         self.cameras[device_id] = peer
@@ -381,6 +380,19 @@ class Router:
             ice_servers=self._ice_servers(device_id.replace("-", "")),
         )
         actions.append(Send(peer, registered))
+        return actions
+
+    def _replace(self, old: Peer, device_id: str) -> list[Action]:
+        """Close ``old``, the connection ``device_id`` registered on before a newer one."""
+        self.counters.replaced += 1
+        actions: list[Action] = [
+            Send(old, self._error(ErrorCode.REPLACED, "a newer connection registered")),
+            Close(old, "replaced"),
+        ]
+        for key, session in list(self.sessions.items()):
+            if key[0] == device_id:
+                actions += self._end(session, "camera reconnected", notify_camera=False)
+        old.device_id = None
         return actions
 
     def _signed_for_us(self, peer: Peer, device_key: str, device_id: str, signature: str) -> bool:

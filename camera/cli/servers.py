@@ -44,6 +44,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="connections not yet upgraded, in total (default 512)")
     rdv.add_argument("--max-pending-per-ip", type=int, default=16, metavar="N",
                      help="connections not yet upgraded, per IP address (default 16)")
+    rdv.add_argument("--connection-rate", type=float, default=5.0, metavar="N",
+                     help="new connections per second per IP address (default 5)")
+    rdv.add_argument("--connection-burst", type=float, default=40.0, metavar="N",
+                     help="new connections per IP address in a burst (default 40)")
+    rdv.add_argument("--heartbeat", type=float, default=20.0, metavar="S",
+                     help="WebSocket ping interval; a missed pong drops the peer (default 20)")
     rdv.add_argument("--max-connections", type=int, default=0, metavar="N",
                      help="open connections (default 0: the descriptor limit less 64)")
     rdv.add_argument("--metrics-listen", type=host_port, default=None, metavar="HOST:PORT",
@@ -56,6 +62,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rdv.add_argument("--turn-secret-file", type=Path,
                      help="coturn static-auth-secret, in a 0600 file")
     rdv.add_argument("--turn-ttl", type=int, default=600, help="credential lifetime (s)")
+    rdv.add_argument("--redis-url", metavar="URL",
+                     help="share presence with other nodes through this Redis"
+                          " (redis://[:password@]host:port, rediss:// for TLS; default"
+                          " $PEERCAM_REDIS_URL; none: this process alone)")
+    rdv.add_argument("--redis-ca", type=Path, help="CA file for a rediss:// URL")
+    rdv.add_argument("--node-id", help="this node's name among the others (default:"
+                                       " host name and a random suffix)")
+    rdv.add_argument("--presence-lease", type=float, default=15.0, metavar="S",
+                     help="seconds a dead node's cameras stay in presence (default 15)")
     rdv.set_defaults(handler=rendezvous_command, needs_webrtc=False)
 
     stun = sub.add_parser("stun", help="run the STUN server (RFC 8489; RFC 5780 with two IPs)")
@@ -82,6 +97,23 @@ def _turn_credentials(args: argparse.Namespace) -> Any:
     except ValueError as exc:
         raise BadConfig(str(exc)) from None
     return lambda tag: [mint(turn, tag, time.time())]
+
+
+def _cluster_settings(args: argparse.Namespace) -> Any:
+    """Cluster settings from --redis-url (or $PEERCAM_REDIS_URL); None without one."""
+    url = args.redis_url or os.environ.get("PEERCAM_REDIS_URL", "")
+    if not url:
+        if args.redis_ca or args.node_id:
+            raise BadConfig("--redis-ca and --node-id need --redis-url (or PEERCAM_REDIS_URL)")
+        return None
+    from services.cluster import ClusterSettings
+
+    options: dict[str, Any] = {"lease": args.presence_lease}
+    if args.node_id:
+        options["node_id"] = args.node_id
+    if args.redis_ca:
+        options["tls_ca"] = str(args.redis_ca)
+    return ClusterSettings(url, **options)
 
 
 async def _listen(host: str, port: int, config: Any, ssl_context: Any,
@@ -116,12 +148,15 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
             raise BadConfig(str(exc)) from None
     names = tuple(args.server_name) or server_names_from_env(os.environ)
     try:
+        cluster = _cluster_settings(args)
         config = RendezvousConfig(
             ice_servers=args.ice_server, credentials=_turn_credentials(args),
             server_names=names, handshake_timeout=args.handshake_timeout,
             max_pending=args.max_pending, max_pending_per_ip=args.max_pending_per_ip,
             max_connections=args.max_connections,
-            metrics_listen=args.metrics_listen)
+            metrics_listen=args.metrics_listen, cluster=cluster,
+            connection_rate=args.connection_rate, connection_burst=args.connection_burst,
+            heartbeat=args.heartbeat)
     except ValueError as exc:
         raise BadConfig(str(exc)) from None
     _server, runner, bound = await _listen(host, port, config, ssl_context)

@@ -1,0 +1,301 @@
+"""The Redis adapter of a cluster node: moves presence and node messages, decides nothing.
+
+Presence: one key per camera (``<prefix>:camera:<device id>`` = ``node/connection``)
+with a lease, renewed every third of it together with the node's own key
+(``<prefix>:node:<id>``); the renewal re-creates what a restarted, empty Redis
+lost. Messages: one pub/sub channel per node (``<prefix>:to:<id>``); a publish
+nobody received is a node that is gone. While Redis is unreachable the node
+serves its own cameras and viewers, answers the rest "unavailable", and says
+``degraded`` on /healthz; it comes back by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client.core import Metric
+from redis.exceptions import RedisError
+
+from services.cluster import (
+    REFUSALS,
+    Claim,
+    ClusterRouter,
+    ClusterSettings,
+    Evict,
+    Locate,
+    Publish,
+    Release,
+    encode_node,
+    holder_node,
+    redacted,
+)
+from services.metrics import counter, gauge
+from services.routing import Action, Extension
+
+logger = logging.getLogger(__name__)
+
+#: Presence keys renewed per pipeline round trip.
+BATCH = 1000
+#: Node checks a node's key must be missing in before its sessions are ended (a
+#: restarted Redis has no node keys until each node's next renewal).
+MISSING_CHECKS = 3
+
+_KEEP = """
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_FAILURES = (RedisError, OSError, TimeoutError)
+
+Perform = Callable[[list[Action]], Awaitable[None]]
+
+
+class RedisCluster:
+    """One node's link to Redis, owned by the rendezvous (``start``/``stop``)."""
+
+    def __init__(self, settings: ClusterSettings, router: ClusterRouter, perform: Perform) -> None:
+        self.settings = settings
+        self.router = router
+        self._perform = perform
+        options: dict[str, Any] = {
+            "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
+            "health_check_interval": max(1.0, settings.lease / 3),
+            "decode_responses": True,
+        }
+        if settings.tls_ca and settings.redis_url.startswith("rediss://"):
+            options["ssl_ca_certs"] = settings.tls_ca
+        self.client: aioredis.Redis = aioredis.from_url(settings.redis_url, **options)
+        # Messages from other nodes arrive as bytes: what is not UTF-8 is refused by
+        # the router's parser, never by the client's decoder in the listening task.
+        options["decode_responses"] = False
+        self._raw: aioredis.Redis = aioredis.from_url(settings.redis_url, **options)
+        self._keep = self.client.register_script(_KEEP)
+        self._release = self.client.register_script(_RELEASE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self._subscribed = False
+        self._renewed = False
+        self._reported_down = False
+        self._missing: dict[str, int] = {}
+        self.last_error: str | None = None
+        self.outages = 0
+        """Times Redis became unreachable since start."""
+        self.published_unreceived = 0
+
+    @property
+    def degraded(self) -> bool:
+        """Redis is unreachable (or not yet reached): cross-node routing is off."""
+        return not (self._subscribed and self._renewed)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node": self.settings.node_id,
+            "redis": redacted(self.settings.redis_url),
+            "redis_ok": not self.degraded,
+            "last_error": self.last_error if self.degraded else None,
+            "outages": self.outages,
+        }
+
+    def metrics(self) -> Iterator[Metric]:
+        """This node's cluster families, read at scrape time."""
+        yield gauge("peercam_rendezvous_cluster_redis_up",
+                    "1 while Redis is reachable (presence and cross-node routing work);"
+                    " 0: degraded, serving this node's own cameras and viewers only",
+                    0 if self.degraded else 1)
+        yield counter("peercam_rendezvous_cluster_redis_outages",
+                      "Times Redis became unreachable", self.outages)
+        yield counter("peercam_rendezvous_cluster_node_messages_refused",
+                      "Messages from other nodes refused, by reason", labels=["reason"],
+                      values={r: self.router.node_refused[r] for r in REFUSALS})
+        yield counter("peercam_rendezvous_cluster_publishes_unreceived",
+                      "Messages for another node that no node received (it is gone, or"
+                      " Redis is down)", self.published_unreceived)
+
+    async def start(self) -> None:
+        logger.info("cluster node %s on %s (lease %.0f s)", self.settings.node_id,
+                    redacted(self.settings.redis_url), self.settings.lease)
+        self._tasks = [
+            asyncio.create_task(self._listen_loop(), name="cluster-listen"),
+            asyncio.create_task(self._renew_loop(), name="cluster-renew"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loops; give back this node's presence (best effort, bounded)."""
+        tasks, self._tasks = self._tasks, []
+        self._stopped = True  # what the closing connections release is done below
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(*_FAILURES):
+            async with asyncio.timeout(self.settings.redis_timeout):
+                pipe = self.client.pipeline(transaction=False)
+                pipe.delete(self.settings.node_key(self.settings.node_id))
+                for device_id, holder in self.router.presence().items():
+                    await self._release(keys=[self.settings.presence_key(device_id)],
+                                        args=[holder], client=pipe)
+                await pipe.execute()
+        for client in (self.client, self._raw):
+            with contextlib.suppress(*_FAILURES):
+                async with asyncio.timeout(self.settings.redis_timeout):
+                    await client.aclose()
+
+    # -- health ------------------------------------------------------------------------
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.last_error = f"{what}: {type(exc).__name__}: {str(exc)[:160]}"
+        if not self._reported_down:
+            self._reported_down = True
+            self.outages += 1
+            logger.warning("redis unreachable (%s): degraded, serving this node's cameras and"
+                           " viewers only", self.last_error)
+
+    def _maybe_back(self) -> None:
+        if self._reported_down and not self.degraded:
+            self._reported_down = False
+            logger.warning("redis reachable again: presence resynchronised (%d cameras)",
+                           len(self.router.cameras))
+
+    # -- actions -----------------------------------------------------------------------
+
+    async def perform(self, action: Extension) -> None:
+        if self._stopped:
+            return
+        if isinstance(action, Locate):
+            await self._locate(action)
+        elif isinstance(action, Publish):
+            await self._publish(action)
+        elif isinstance(action, Claim):
+            await self._claim(action.proof)
+        elif isinstance(action, Release):
+            with contextlib.suppress(*_FAILURES):
+                await self._release(keys=[self.settings.presence_key(action.device_id)],
+                                    args=[action.holder])
+
+    async def _locate(self, action: Locate) -> None:
+        value = None
+        try:
+            value = await self.client.get(self.settings.presence_key(action.device_id))
+        except _FAILURES as exc:
+            self._failed("get", exc)
+        loop = asyncio.get_running_loop()
+        node = holder_node(value if isinstance(value, str) else None)
+        await self._perform(self.router.located(action.peer, action.data, node, loop.time()))
+
+    async def _publish(self, action: Publish) -> None:
+        received = 0
+        try:
+            received = int(await self.client.publish(self.settings.channel(action.node),
+                                                     encode_node(action.message)))
+        except _FAILURES as exc:
+            self._failed("publish", exc)
+        if received == 0:
+            self.published_unreceived += 1
+            await self._perform(self.router.publish_failed(action))
+
+    async def _claim(self, proof: Evict) -> None:
+        lease_ms = int(self.settings.lease * 1000)
+        try:
+            old = await self.client.set(self.settings.presence_key(proof.device_id),
+                                        proof.holder, px=lease_ms, get=True)
+        except _FAILURES as exc:
+            self._failed("set", exc)  # the next renewal claims it
+            return
+        node = holder_node(old if isinstance(old, str) else None)
+        if node is not None and node != self.settings.node_id and old != proof.holder:
+            await self._publish(Publish(node, Evict(
+                self.settings.node_id, proof.device_id, str(old), proof.device_key,
+                proof.nonce, proof.signature)))
+
+    # -- loops -------------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        channel = self.settings.channel(self.settings.node_id)
+        while True:
+            pubsub = self._raw.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with asyncio.timeout(self.settings.redis_timeout):
+                    await pubsub.subscribe(channel)
+                self._subscribed = True
+                self._maybe_back()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    data = message.get("data")
+                    if isinstance(data, str | bytes):
+                        await self._perform(self.router.from_node(data, loop.time()))
+            except _FAILURES as exc:
+                self._subscribed = False
+                self._failed("subscribe", exc)
+            finally:
+                with contextlib.suppress(*_FAILURES):
+                    async with asyncio.timeout(self.settings.redis_timeout):
+                        await pubsub.aclose()
+            await asyncio.sleep(1.0)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(max(self.settings.lease / 2, 1.0)):
+                    await self._renew_once()
+                self._renewed = True
+                self._maybe_back()
+            except _FAILURES as exc:
+                self._renewed = False
+                self._failed("renew", exc)
+            await asyncio.sleep(self.settings.lease / 3)
+
+    async def _renew_once(self) -> None:
+        """Renew (or re-create) every local camera's presence and this node's key;
+        settle cameras another node took; end sessions with nodes that are gone."""
+        lease_ms = int(self.settings.lease * 1000)
+        await self.client.set(self.settings.node_key(self.settings.node_id), "1", px=lease_ms)
+        items = list(self.router.presence().items())
+        lost: list[tuple[str, str]] = []
+        for start in range(0, len(items), BATCH):
+            batch = items[start:start + BATCH]
+            pipe = self.client.pipeline(transaction=False)
+            for device_id, holder in batch:
+                await self._keep(keys=[self.settings.presence_key(device_id)],
+                                 args=[holder, lease_ms], client=pipe)
+            results = await pipe.execute()
+            lost += [item for item, kept in zip(batch, results, strict=True) if kept == 0]
+        for device_id, holder in lost:
+            await self._perform(self.router.lost_presence(device_id, holder))
+        nodes = sorted(self.router.nodes_in_use())
+        if not nodes:
+            self._missing.clear()
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(self.settings.node_key(node))
+        present = await pipe.execute()
+        gone: set[str] = set()
+        for node, exists in zip(nodes, present, strict=True):
+            if exists:
+                self._missing.pop(node, None)
+                continue
+            self._missing[node] = self._missing.get(node, 0) + 1
+            if self._missing[node] >= MISSING_CHECKS:
+                gone.add(node)
+                del self._missing[node]
+        if gone:
+            logger.warning("node(s) %s gone: ending their sessions", ", ".join(sorted(gone)))
+            await self._perform(self.router.nodes_gone(gone))
