@@ -373,7 +373,7 @@ async def chromium_viewer(link: str, relay: Any, seconds: float,
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            context = await browser.new_context()
+            context = await browser.new_context(bypass_csp=True)  # wait_for_function: eval
             await context.add_init_script(
                 f"({_RELAY_JS})([{relay.camera_port}, {relay.viewer_port}])")
             page = await context.new_page()
