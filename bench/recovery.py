@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-runs", type=int, default=None,
                    help="trials for the 30 s and 120 s outages (default: --runs)")
     p.add_argument("--events", default=",".join(EVENTS), help="which events, comma-separated")
+    p.add_argument("--append", action="store_true",
+                   help="add these trials to the stored ones of the same events (one event "
+                        "measured over several invocations); without it an event run "
+                        "replaces its stored trials. Events not run are kept either way.")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,8 +88,51 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     runs = {e: args.runs if e not in ("link30", "link120") or args.long_runs is None
             else args.long_runs for e in events}
-    return await loop.run_in_executor(None, _measure, events, runs,
-                                      Path(args.state) / "recovery")
+    started = time.time()
+    result = await loop.run_in_executor(None, _measure, events, runs,
+                                        Path(args.state) / "recovery")
+    if args.smoke:
+        return result
+    stored_path = Path(args.out) / f"{NAME}.json"
+    stored = json.loads(stored_path.read_text()) if stored_path.exists() else {}
+    return merge(stored, result, _provenance(started, runs), append=args.append)
+
+
+def _provenance(started: float, runs: dict[str, int]) -> dict[str, Any]:
+    """When and on which code this invocation measured (shown beside the table)."""
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True,
+                              text=True, check=False, timeout=30)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", "camera", "services", "bench", "tests/lab"):
+        commit += "+uncommitted"
+    utc = "%Y-%m-%d %H:%M"
+    return {"commit": commit, "started_utc": time.strftime(utc, time.gmtime(started)),
+            "ended_utc": time.strftime(utc, time.gmtime()), "runs": runs}
+
+
+def merge(stored: dict[str, Any], new: dict[str, Any], provenance: dict[str, Any], *,
+          append: bool) -> dict[str, Any]:
+    """The stored events, with this invocation's trials replacing (or, with ``append``,
+    added to) those of the events it ran; every event keeps the list of invocations
+    that measured it."""
+    events: dict[str, Any] = {}
+    old = stored.get("events", {}) if not stored.get("smoke") else {}
+    for event in EVENTS:
+        if event in new["events"]:
+            ran = {**provenance, "runs": provenance["runs"][event]}
+            trials = new["events"][event]["trials"]
+            measured = [ran]
+            if append and event in old:
+                trials = old[event]["trials"] + trials
+                measured = old[event].get("measured", [{"commit": "unknown"}]) + measured
+            events[event] = {"trials": trials, **_describe(trials), "measured": measured}
+        elif event in old:
+            events[event] = old[event]
+    return {**new, "events": events,
+            "runs": max((len(e["trials"]) for e in events.values()), default=0)}
 
 
 def _measure(events: list[str], runs: dict[str, int], state: Path) -> dict[str, Any]:
@@ -232,6 +281,22 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     return [name]
 
 
+def _measured_lines(result: dict[str, Any]) -> list[str]:
+    """One line per invocation: which events, how many trials, when, on which commit."""
+    lines = []
+    for event, data in result["events"].items():
+        for ran in data.get("measured", []):
+            when = ran.get("started_utc", "?")
+            if ran.get("ended_utc"):
+                when += f"–{ran['ended_utc'][-5:]} UTC"
+            lines.append(f"- {LABELS[event]}: {ran.get('runs', '?')} trials, measured {when} "
+                         f"at commit `{ran.get('commit', 'unknown')}`")
+    if lines:
+        lines.insert(0, "Measured on (the machine shared with other work throughout):")
+        lines.insert(1, "")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "## Recovery after faults (NAT lab)",
@@ -255,5 +320,5 @@ def markdown(result: dict[str, Any]) -> list[str]:
                      f"{_target(existing_target, 'existing')} | "
                      f"{_cell(data['existing'])} | {_target(new_target, 'new')} | "
                      f"{_new_cell(event, data['new'])} |")
-    lines += ["", "![recovery](bench/recovery.png)", ""]
+    lines += ["", *_measured_lines(result), "", "![recovery](bench/recovery.png)", ""]
     return lines
