@@ -4,8 +4,8 @@ Sessions only need the rendezvous to start: once answered, their media is
 peer-to-peer and goes on without it. So when the link drops, nothing ends; the
 link reconnects in the background with capped exponential backoff and full
 jitter (a restarting server refuses connections for a moment: then the cap is
-:data:`camera.link.REFUSED_CAP`, so the viewer is back within about two
-seconds of the server listening). A request made while it is down waits for it.
+:data:`camera.link.REFUSED_CAP`, so the viewer is back within about
+a second of the server listening). A request made while it is down waits for it.
 
 Messages are routed by ``session_id`` to whoever subscribed to that session;
 an ``error`` without one goes to every subscriber, except ``unknown-session``
