@@ -117,6 +117,7 @@ def _provenance(started: float, runs: dict[str, int]) -> dict[str, Any]:
     utc = "%Y-%m-%d %H:%M"
     return {"commit": commit, "started_utc": time.strftime(utc, time.gmtime(started)),
             "ended_utc": time.strftime(utc, time.gmtime()), "runs": runs,
+            "seconds": round(time.time() - started, 1),
             "new_viewer": NEW_VIEWER}
 
 
@@ -139,8 +140,24 @@ def merge(stored: dict[str, Any], new: dict[str, Any], provenance: dict[str, Any
         elif event in old:
             events[event] = old[event]
     notes = {k: v for k, v in stored.get("notes", {}).items() if k not in new["events"]}
-    return {**new, "events": events, "notes": notes,
+    return {**new, "events": events, "notes": notes, "seconds_taken": _lab_seconds(events),
             "runs": max((len(e["trials"]) for e in events.values()), default=0)}
+
+
+def _lab_seconds(events: dict[str, Any]) -> float:
+    """The invocations' time together (one invocation counted once, whatever it ran; one
+    that did not record its seconds counts its start to end minutes)."""
+    seen: dict[tuple[str, str], float] = {}
+    for data in events.values():
+        for ran in data.get("measured", []):
+            key = (str(ran.get("commit")), str(ran.get("started_utc")))
+            if "seconds" in ran:
+                seen[key] = float(ran["seconds"])
+            elif ran.get("started_utc") and ran.get("ended_utc"):
+                fmt = "%Y-%m-%d %H:%M"
+                start = time.mktime(time.strptime(ran["started_utc"], fmt))
+                seen[key] = time.mktime(time.strptime(ran["ended_utc"], fmt)) - start
+    return round(sum(seen.values()), 1)
 
 
 def _measure(events: list[str], runs: dict[str, int], state: Path) -> dict[str, Any]:
