@@ -51,7 +51,7 @@ from camera.session import BadCandidate, SessionFailed, ViewerSession
 from camera.sources.base import Source
 from camera.status import DeviceStatus, LinkStatus, NatStatus, SourceStatus, ViewerStatus
 from camera.supervisor import Supervisor
-from camera.webrtc import order_turn, stun_server_of
+from camera.webrtc import order_turn, stun_server_of, udp_blocked
 from services.stun.discovery import NatReport
 from services.stun.natcheck import natcheck
 
@@ -207,14 +207,18 @@ class CameraAgent:
         self._perform(self.core.received(data, asyncio.get_running_loop().time()))
 
     async def _check_nat(self, ice_servers: list[dict[str, Any]]) -> None:
-        """Learn this network's NAT type once (logged, shown by status); then let the
-        offers that waited for it go on."""
+        """Learn this network's NAT type once (logged, shown by status); let the
+        offers that waited go on as soon as one STUN answer shows UDP gets out (the
+        whole RFC 5780 run waits out the probes a filtering NAT drops: seconds)."""
         blocked = False
         try:
             server = stun_server_of(ice_servers)
             if server is None:
                 logger.info("no STUN server configured: NAT type unknown")
             else:
+                if not await udp_blocked(ice_servers) and not self._closed:
+                    self._perform(self.core.nat_checked(False,
+                                                        asyncio.get_running_loop().time()))
                 self.nat_report = await natcheck(server)
                 blocked = self.nat_report.nat_type == "udp-blocked"
                 logger.info("NAT check against %s:%d: %s", *server, self.nat_report.summary())

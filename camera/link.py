@@ -39,8 +39,11 @@ HEARTBEAT = 20.0
 """WebSocket ping interval: under the 30 s after which Linux forgets an idle UDP/TCP NAT entry."""
 STABLE = 30.0
 """A registration that lasted this long resets the backoff."""
-REFUSED_CAP = 2.0
-"""Backoff cap while the server's host refuses connections (its process is restarting)."""
+REFUSED_CAP = 1.0
+"""Backoff cap while the server's host refuses connections (its process is restarting),
+and for the first wait after a registration that lasted at least ``SETTLED`` dropped."""
+SETTLED = 5.0
+"""A registration shorter than this that drops keeps the full backoff (a flapping server)."""
 REFUSED_WINDOW = 60.0
 """How long into an outage refusals keep the short cap; after that, the normal backoff."""
 
@@ -257,15 +260,19 @@ class RendezvousLink:
                 if self._closed:
                     break
                 now = loop.time()
+                dropped = False
                 if registered_at is not None:
                     self._outage_since = now
                     if now - registered_at > STABLE:
                         attempt = 0  # it was a stable connection: start the ladder again
+                    # A working registration that ends is a server restarting (or a
+                    # path that broke): the first wait is short whatever came before.
+                    dropped = now - registered_at > SETTLED
                 elif self._outage_since is None:
                     self._outage_since = now
                 cap = min(self.config.backoff_cap, self.config.backoff_base * 2**attempt)
-                if was_refused and now - self._outage_since < REFUSED_WINDOW:
-                    # A server restart: come back within seconds of it listening again
+                if dropped or (was_refused and now - self._outage_since < REFUSED_WINDOW):
+                    # A server restart: come back within a second of it listening again
                     # (still jittered, so a fleet spreads its reconnects over the cap).
                     cap = min(cap, REFUSED_CAP)
                 delay = random.uniform(0, cap)  # full jitter: no reconnect storms

@@ -45,6 +45,11 @@ REGISTER_WINDOW = 30.0
 #: Server names a registration may be signed for (each costs a signature check).
 MAX_SERVER_NAMES = 16
 
+#: ``watch`` requests a viewer connection may have open at once, and how long one lasts:
+#: a hint that a camera registered is cheap to give, but not without bound.
+MAX_WATCHES = 8
+WATCH_TTL = 120.0
+
 #: Makes ICE server entries (with TURN credentials) for a tag: a device or a session.
 Credentials = Callable[[str], list[dict[str, Any]]]
 
@@ -123,6 +128,8 @@ class Peer:
     """Viewers: (device_id, session_id) of the sessions this connection owns."""
     credential_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.5, 10))
     """Viewers: TURN credentials handed out (prepare), rate-limited."""
+    watches: dict[str, float] = field(default_factory=dict)
+    """Viewers: device ID -> when its ``watch`` expires (at most MAX_WATCHES)."""
 
     def __repr__(self) -> str:
         return f"<{self.role} #{self.id} {self.remote}>"
@@ -213,6 +220,8 @@ class Router:
         self.cameras: dict[str, Peer] = {}
         self.sessions: dict[tuple[str, str], _Session] = {}
         self.viewers: set[Peer] = set()
+        self.watchers: dict[str, set[Peer]] = {}
+        """Device ID -> viewer connections to tell when it registers (``watch``)."""
         self.counters = RouterCounters()
 
     def _ice_servers(self, tag: str) -> list[dict[str, Any]]:
@@ -260,6 +269,9 @@ class Router:
                         actions += self._end(session, "camera went offline", notify_camera=False)
         else:
             self.viewers.discard(peer)
+            for device_id in peer.watches:
+                self._unwatch(peer, device_id)
+            peer.watches.clear()
             for key in list(peer.sessions):
                 live = self.sessions.get(key)
                 if live is not None:
@@ -380,7 +392,38 @@ class Router:
             ice_servers=self._ice_servers(device_id.replace("-", "")),
         )
         actions.append(Send(peer, registered))
-        return actions
+        return actions + self._tell_watchers(device_id, now)
+
+    # -- watches: "tell me when this camera registers" -----------------------------
+
+    def _watch(self, peer: Peer, device_id: str, now: float) -> list[Action]:
+        """Advice for a viewer waiting on an offline camera: one ``online`` when it
+        registers (at once if it is online), then the watch is gone. Unknown and
+        offline IDs are treated alike: a watch reveals no more than ``prepare``."""
+        if device_id in self.cameras:
+            return [Send(peer, encode(Role.SERVER, "online", device_id=device_id))]
+        for watched, expires in list(peer.watches.items()):
+            if expires <= now:
+                del peer.watches[watched]
+                self._unwatch(peer, watched)
+        if device_id not in peer.watches and len(peer.watches) >= MAX_WATCHES:
+            raise ProtocolError(ErrorCode.RATE_LIMITED,
+                                f"watch: at most {MAX_WATCHES} cameras per connection")
+        peer.watches[device_id] = now + WATCH_TTL
+        self.watchers.setdefault(device_id, set()).add(peer)
+        return []
+
+    def _unwatch(self, peer: Peer, device_id: str) -> None:
+        watchers = self.watchers.get(device_id)
+        if watchers is not None:
+            watchers.discard(peer)
+            if not watchers:
+                del self.watchers[device_id]
+
+    def _tell_watchers(self, device_id: str, now: float) -> list[Action]:
+        online = encode(Role.SERVER, "online", device_id=device_id)
+        return [Send(peer, online) for peer in self.watchers.pop(device_id, set())
+                if peer.watches.pop(device_id, 0.0) > now]
 
     def _replace(self, old: Peer, device_id: str) -> list[Action]:
         """Close ``old``, the connection ``device_id`` registered on before a newer one."""
@@ -433,6 +476,8 @@ class Router:
             raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "no such session on this connection")
         if message.type == "candidate":
             return self._candidate(peer, message)
+        if message.type == "watch":
+            return self._watch(peer, message["device_id"], now)
         device_id, session_id = message["device_id"], message["session_id"]
         camera = self.cameras.get(device_id)
         if camera is None:

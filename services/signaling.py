@@ -320,6 +320,7 @@ SCHEMAS: dict[tuple[Role, str], Schema] = {
     (Role.SERVER, "paired"): _PAIRED,
     (Role.SERVER, "bye"): _BYE,
     (Role.SERVER, "error"): _ERROR,
+    (Role.SERVER, "online"): Schema({"device_id": _device_id}),
     (Role.CAMERA, "register"): Schema(
         {"device_id": _device_id, "device_key": _public_key, "signature": _signature}
     ),
@@ -335,6 +336,7 @@ SCHEMAS: dict[tuple[Role, str], Schema] = {
     ),
     (Role.VIEWER, "pair"): Schema({"device_id": _device_id, **_SIGNED_PAIR}),
     (Role.VIEWER, "bye"): _BYE,
+    (Role.VIEWER, "watch"): Schema({"device_id": _device_id}),
 }
 
 

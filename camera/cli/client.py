@@ -24,6 +24,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                       help="save the stream to this MP4 (no transcoding; goes on across heals)")
     view.add_argument("--stall", type=float, default=1.5, metavar="SECONDS",
                       help="a session with no frame for this long is replaced (default 1.5)")
+    view.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                      help="a camera that is offline or restarting: keep trying this long "
+                      "for the first frame, at once when the rendezvous says it is back "
+                      "(default 0: fail at once)")
     view.add_argument("--quality", choices=["auto", "high", "low"],
                       help="ask the camera for a layer: auto (it follows the link), high or "
                       "low (default: the camera's, auto)")
@@ -101,6 +105,8 @@ async def view_command(args: argparse.Namespace) -> int:
 
     if args.stall <= 0:
         raise BadConfig(f"--stall {args.stall}: need more than 0 seconds")
+    if args.wait < 0:
+        raise BadConfig(f"--wait {args.wait}: need 0 or more seconds")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -117,6 +123,7 @@ async def view_command(args: argparse.Namespace) -> int:
             tls_ca=args.tls_ca,
             tls_insecure=args.insecure,
             stall=args.stall,
+            wait=args.wait,
             quality=args.quality,
             receive=ReceiveSettings(playout=args.playout, nack=args.nack),
         )

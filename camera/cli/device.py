@@ -140,14 +140,32 @@ async def camera_command(args: argparse.Namespace) -> int:
     from camera.device import Device
     from camera.sdnotify import watchdog_interval
 
+    ready_at = process_age()
     device = Device(config, notifier=Notifier.from_env(), watchdog_interval=watchdog_interval())
     agent = await device.start()
     print(f"DEVICE {agent.device_id}", flush=True)
+    if ready_at is not None:  # where a restart's seconds go (the rest: registered, ready)
+        logger.info("started %.2f s after the process (imports and config took %.2f s)",
+                    process_age() or 0.0, ready_at)
     try:
         await until_signalled(agent.failed)
     finally:
         await device.close()
     return agent.exit_code
+
+
+def process_age() -> float | None:
+    """Seconds since this process began (Linux ``/proc``; None elsewhere)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    try:
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (IndexError, ValueError, OSError):
+        return None
 
 
 def _identity(args: argparse.Namespace) -> int:

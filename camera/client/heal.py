@@ -14,8 +14,10 @@ The media plane decides whether a session is alive, never the rendezvous:
 
 A run gives up only on a terminal refusal (not paired, revoked, a pairing
 refused, an answer not signed by the camera), or on any failure before the
-run's first frame (a wrong device ID must not hang). Other failures are
-retried with a short, capped, fully jittered backoff.
+run's first frame once its ``wait`` is over (0 by default: a wrong device ID
+must not hang). Other failures are retried with a short, capped, fully
+jittered backoff; before the first frame, within ``wait``, with a slower one
+(the rendezvous' ``online`` hint, :meth:`Healer.retry_now`, is the fast path).
 
 The adapter (:func:`camera.client.viewer.view`) feeds events in with the loop's
 clock and performs the actions that come back.
@@ -37,6 +39,10 @@ RETRY_BASE = 0.25
 RETRY_CAP = 2.0
 """Backoff between attempts while the camera is away: it re-registers within about
 a second of its network returning, so the viewer must not sleep much longer."""
+WAIT_RETRY_BASE = 1.0
+WAIT_RETRY_CAP = 5.0
+"""Backoff of a run still waiting for its first frame (the camera offline): the
+rendezvous' ``online`` hint starts the next attempt at once; this is the fallback."""
 
 _TERMINAL = ("not authorized", "pairing refused", "pairing failed", "stale")
 
@@ -112,6 +118,7 @@ CLOSED = "connection closed"
 FAILED = "connection failed"
 STALLED = "frame stall"
 BYE_THEN_STALL = "camera's bye, then no frames"
+WAITING = "waiting for the camera"
 
 
 class Healer:
@@ -123,9 +130,19 @@ class Healer:
         stall: float = STALL,
         stall_after_bye: float = STALL_AFTER_BYE,
         retry: Backoff | None = None,
+        wait: float = 0.0,
+        wait_retry: Backoff | None = None,
     ) -> None:
+        """``wait``: seconds from the start during which failures before the first
+        frame (the camera offline, restarting) are retried instead of ending the run,
+        ``wait_retry`` apart (default: WAIT_RETRY_BASE, doubling up to WAIT_RETRY_CAP)."""
         if stall <= 0 or stall_after_bye <= 0:
             raise ValueError(f"stall {stall} / after bye {stall_after_bye}: need > 0")
+        if wait < 0:
+            raise ValueError(f"wait {wait}: need 0 or more seconds")
+        self.wait = wait
+        self._wait_retry = wait_retry or Backoff(WAIT_RETRY_BASE, WAIT_RETRY_CAP)
+        self._started_at = 0.0
         self.stall = stall
         self.stall_after_bye = stall_after_bye
         self.retry = retry or Backoff(RETRY_BASE, RETRY_CAP)
@@ -150,6 +167,7 @@ class Healer:
 
     def start(self, now: float) -> list[Action]:
         """The run begins: open the first session."""
+        self._started_at = now
         return [self._open("start")]
 
     def frame(self, session: int, now: float, keyframe: bool) -> list[Action]:
@@ -205,6 +223,9 @@ class Healer:
         if session != self.pending:
             return []
         self.pending = None
+        if not terminal and not self.played and now - self._started_at < self.wait:
+            self._retry_at = min(now + self._wait_retry.next(), self._started_at + self.wait)
+            return []
         if terminal or not self.played:
             return [GiveUp(session, cause)]
         if self._retry_at is None:  # the old session came back meanwhile
@@ -222,8 +243,13 @@ class Healer:
 
     def tick(self, now: float) -> list[Action]:
         """Call a few times a second: notices stalls and starts due attempts."""
-        if not self.played or self.pending is not None:
+        if self.pending is not None:
             return []
+        if not self.played:  # waiting for the camera: only a due retry
+            if self._retry_at is None or now < self._retry_at:
+                return []
+            self._retry_at = None
+            return [self._open(WAITING)]
         if self._retry_at is None:
             if self.current is None or not self._stalled(now):
                 return []

@@ -4,12 +4,18 @@ Sessions only need the rendezvous to start: once answered, their media is
 peer-to-peer and goes on without it. So when the link drops, nothing ends; the
 link reconnects in the background with capped exponential backoff and full
 jitter (a restarting server refuses connections for a moment: then the cap is
-:data:`camera.link.REFUSED_CAP`, so the viewer is back within about two
-seconds of the server listening). A request made while it is down waits for it.
+:data:`camera.link.REFUSED_CAP`, so the viewer is back within about
+a second of the server listening). A request made while it is down waits for it.
 
 Messages are routed by ``session_id`` to whoever subscribed to that session;
 an ``error`` without one goes to every subscriber, except ``unknown-session``
 (the answer to a bye for a session a restarted server never knew).
+
+A viewer waiting on an offline camera asks the rendezvous to ``watch`` it: the
+server's ``online`` (sent when that camera registers) is a hint to try now. It
+is advice from an untrusted server and may never come (an older server refuses
+``watch``; a restarted one forgot it, so it is asked again on every reconnect):
+callers keep a slower retry of their own.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -76,6 +83,8 @@ class SignalingLink:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
         self._queues: dict[str, asyncio.Queue[Message]] = {}
+        self._watches: dict[str, Callable[[], None]] = {}
+        """Device ID -> called when the rendezvous says it registered (``online``)."""
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -130,6 +139,8 @@ class SignalingLink:
         self.hello = hello
         self._ws = ws
         self.connected.set()
+        for device_id in self._watches:  # a restarted server forgot them
+            self.send_soon(encode(Role.VIEWER, "watch", device_id=device_id))
         return ws
 
     async def _run(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
@@ -184,7 +195,17 @@ class SignalingLink:
                 self._route(message)
 
     def _route(self, message: Message) -> None:
+        if message.type == "online":
+            callback = self._watches.pop(message["device_id"], None)
+            if callback is not None:
+                callback()
+            return
         session_id = message.get("session_id")
+        if (message.type == "error" and session_id is None
+                and "'watch'" in str(message.get("message"))):
+            # A server older than ``watch`` refuses it: not the sessions' business.
+            logger.debug("the rendezvous does not take watch: retrying on a timer only")
+            return
         if session_id is not None:
             queue = self._queues.get(session_id)
             if queue is not None:
@@ -204,6 +225,15 @@ class SignalingLink:
 
     def unsubscribe(self, session_id: str) -> None:
         self._queues.pop(session_id, None)
+
+    def watch(self, device_id: str, online: Callable[[], None]) -> None:
+        """Call ``online`` once, when the rendezvous says ``device_id`` registered (advice:
+        it may never come). Asked again after every reconnect until it comes."""
+        self._watches[device_id] = online
+        self.send_soon(encode(Role.VIEWER, "watch", device_id=device_id))
+
+    def unwatch(self, device_id: str) -> None:
+        self._watches.pop(device_id, None)
 
     async def wait_connected(self, timeout: float) -> None:
         """Until the link is up; a :class:`ViewError` after ``timeout``."""

@@ -322,7 +322,9 @@ async def open_session(
             signature=sign(identity.private_key, signed),
         ))
         offered = True
+        logger.debug("session %s: offer sent", session_id[:8])
         answer = await await_reply(queue, ("answer",), timeout)
+        logger.debug("session %s: answer", session_id[:8])
         check_answer(device_id, session_id, offer_sdp, answer)
         answer_sdp = answer["sdp"] if rewrite is None else rewrite.answer(answer["sdp"])
         try:
@@ -397,6 +399,7 @@ async def view(
     tls_ca: str | None = None,
     tls_insecure: bool = False,
     stall: float = heal.STALL,
+    wait: float = 0.0,
     quality: Mode | None = None,
     receive: ReceiveSettings | None = None,
     rewrite: SdpRewrite | None = None,
@@ -405,7 +408,10 @@ async def view(
 
     A link with ``pair=SECRET`` in its fragment pairs this viewer's key first.
     Sessions that die are replaced (see the module's description); ``stall``
-    is the frame gap that counts as a dead session. Every session opens the
+    is the frame gap that counts as a dead session; ``wait`` is how long a run
+    that has not shown a frame yet keeps trying a camera that is offline or
+    restarting (0: the first failure ends it), starting again the moment the
+    rendezvous says the camera registered. Every session opens the
     camera's ``quality`` channel (the camera says which layer the viewer is on);
     ``quality`` asks for ``auto``, ``high`` or ``low`` on each (None: the camera's
     default, auto). ``receive`` is how the receiver waits for and asks again for
@@ -429,7 +435,7 @@ async def view(
                          connect_timeout=connect_timeout)
     run = _Run(link, device_id, identity, stats,
                record=record, connect_timeout=connect_timeout, ice_servers=ice_servers,
-               healer=heal.Healer(stall=stall), quality=quality,
+               healer=heal.Healer(stall=stall, wait=wait), quality=quality,
                receive=receive or ReceiveSettings(), rewrite=rewrite)
     try:
         await link.open()
@@ -537,10 +543,12 @@ class _Run:
 
     async def close(self) -> None:
         """Close every session and wait for it (nothing of the run outlives it)."""
+        self.link.unwatch(self.device_id)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+            self._ticker = None
         for number in list(self.sessions):
             self._close(number, "viewer left")
         while self._closers:
@@ -613,6 +621,10 @@ class _Run:
                                          now=loop.time())
             if isinstance(exc, Refused) and "reconnected" in exc.reason:
                 actions += self.healer.retry_now(loop.time())  # the camera is back: now
+            elif not _terminal(exc) and not self.outcome.done():
+                # Offline, restarting, unreachable: the rendezvous says when it registers
+                # (advice; the healer's own retry stays the fallback).
+                self.link.watch(self.device_id, self._camera_online)
             self._apply(actions)
             return
         (self.stats.local_candidate, self.stats.remote_candidate,
@@ -624,6 +636,11 @@ class _Run:
             session.bye = self.last_bye = str(message.get("reason") or "bye")
             logger.info("the camera said bye (%s): going on while video flows", session.bye)
             self._apply(self.healer.bye(session.number, loop.time()))
+
+    def _camera_online(self) -> None:
+        """The rendezvous says our camera registered: the next attempt starts now."""
+        if self._ticker is not None and not self.outcome.done():
+            self._apply(self.healer.retry_now(asyncio.get_running_loop().time()))
 
     def _setup(self, session: _Session, connection: Connection) -> None:
         pc = connection.pc

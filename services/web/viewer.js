@@ -115,6 +115,8 @@ const peercam = {
   maxFrameGapMs: 0,        // longest gap between frames on screen, after the first frame
   signaling: "idle",       // the rendezvous socket: connecting, connected, reconnecting, closed
   signalingReconnects: 0,  // times it came back (hello again) without a page reload
+  watchesSent: 0,          // "tell me when the camera registers" requests (camera offline)
+  onlineHints: 0,          // "it registered" hints from the server that started a session
   sessionId: null,
   lastError: null,
   paired: null,            // true: the camera took our key; false: it refused it; null: unknown
@@ -161,6 +163,8 @@ let stopped = false;    // page hidden for good (pagehide)
 let extra = {};         // overlay-only details of the shown session: path, codec, size
 let keyPromise = null;  // the viewer key, loaded once per page
 let trickleRefused = false; // the server refused "candidate": offer non-trickle from now on
+let watching = false;   // the camera is offline: the server tells us when it registers
+let watchRefused = false;  // an older server does not know "watch": the retry timer alone
 
 // ---- small helpers -------------------------------------------------------
 
@@ -639,6 +643,12 @@ function fail(att, err) {
     giveUp(refusal.code);
     return;
   }
+  if (refusal && refusal.code === "unavailable") {
+    // Offline (or restarting, or moving networks): ask to be told when it
+    // registers, and keep the retry timer as the fallback.
+    watching = true;
+    sendWatch();
+  }
   if (live && !live.trouble) {
     // The old session came back while this one was being set up: keep it.
     render();
@@ -700,6 +710,7 @@ function promote(att) {
   // The pending session showed its first frame: it takes the screen.
   const old = live;
   pending = null;
+  watching = false;
   live = att;
   clearTimeout(retryTimer);
   retryTimer = 0;
@@ -877,6 +888,8 @@ function sigReady() {
   sig.everReady = true;
   sig.failures = 0;
   peercam.signaling = "connected";
+  // A restarted server forgot our watch: ask again.
+  if (watching) sendWatch();
   const att = pending;
   if (att && !att.closed && att.waiters.has("signaling")) {
     att.sigGen = sig.gen;
@@ -948,6 +961,9 @@ function onSignal(data) {
     case "error":
       onServerError(att, msg);
       break;
+    case "online":
+      if (msg.device_id === deviceId) onCameraOnline();
+      break;
     default:
       break; // newer servers may add types; they are not for us
   }
@@ -991,8 +1007,34 @@ function byeError(att, reason) {
     : "The camera ended the session.");
 }
 
+function sendWatch() {
+  if (!watching || watchRefused || !deviceId || !sig.ready || !sig.ws
+      || sig.ws.readyState !== WebSocket.OPEN) return;
+  sig.ws.send(JSON.stringify({ type: "watch", device_id: deviceId }));
+  peercam.watchesSent += 1;
+}
+
+function onCameraOnline() {
+  // The server says the camera registered. It is not trusted: this only
+  // decides when to ask, and the answer is checked as always.
+  if (!watching) return;
+  watching = false;
+  if (stopped || pending || peercam.gaveUp || !retryTimer) return;
+  clearTimeout(retryTimer);
+  retryTimer = 0;
+  peercam.onlineHints += 1;
+  startSession();
+}
+
 function onServerError(att, msg) {
   const code = cleanText(typeof msg.code === "string" ? msg.code : "", 40);
+  if ((msg.code === "bad-message" || msg.code === "rate-limited")
+      && /\bwatch\b/.test(String(msg.message || ""))) {
+    // An older server does not know "watch" (or we hit its limit): that is
+    // about the hint, never about a session; the retry timer goes on.
+    watchRefused = msg.code === "bad-message";
+    return;
+  }
   const text = (Object.hasOwn(ERROR_WORDS, code) && ERROR_WORDS[code])
     || "The server reported a problem" + (code ? " (" + code + ")." : ".");
   // A rendezvous older than trickle ICE refuses "candidate" as an unknown
@@ -1488,8 +1530,9 @@ function readFragment() {
   lastShownAt = null;
   Object.assign(peercam, {
     reconnects: 0, lastCause: null, lastAdvice: null, sessions: 0, maxFrameGapMs: 0,
-    signalingReconnects: 0,
+    signalingReconnects: 0, watchesSent: 0, onlineHints: 0,
   });
+  watching = false;
   sig.everReady = false;
   peercam.lastError = null;
   peercam.state = "idle";  // a refusal shown for the last link does not carry over

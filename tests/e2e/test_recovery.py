@@ -2,8 +2,8 @@
 
 A rendezvous that restarts refuses connections for a moment (its host is up,
 its process is not): the camera's backoff keeps to a short, jittered cap for
-refusals early in an outage, so it is registered again within about two
-seconds of the server listening, instead of whenever a 30 s backoff allows.
+refusals early in an outage, so it is registered again within about a second
+of the server listening, instead of whenever a 30 s backoff allows.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ import av
 import pytest
 from aiortc import RTCPeerConnection
 
+from camera.acl import ViewerACL
 from camera.agent import CameraAgent
+from camera.client import heal
 from camera.client.heal import STALLED
 from camera.client.viewer import SessionEnded, ViewStats, stamp_region, view
 from camera.config import CameraConfig, make_configured_source
@@ -128,6 +130,26 @@ async def test_a_restarted_camera_is_watched_again_and_the_recording_goes_on(
     assert wall_gap > 1000  # capture times jump across the outage ...
     assert file_gap > 0.8 * wall_gap / 1000  # ... and the file shows it as a gap
     assert at > 20 and len(captured) - at > 20  # frames of both sessions
+
+
+async def test_a_viewer_waiting_on_an_offline_camera_starts_when_it_registers(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No fallback retry within the test: only the rendezvous' ``online`` can start it.
+    monkeypatch.setattr(heal, "WAIT_RETRY_BASE", 600.0)
+    monkeypatch.setattr(heal, "WAIT_RETRY_CAP", 600.0)
+    state = tmp_path / "camera0"
+    device_id = DeviceIdentity.load_or_create(state).device_id
+    ViewerACL(state).add(stack.viewer.key, stack.viewer.name)
+    link = f"{stack.url.replace('ws://', 'http://')}/#device={device_id}"
+    watching = asyncio.ensure_future(view(link, seconds=1, wait=scaled(120)))
+    async with asyncio.timeout(scaled(10)):  # its first try failed; it watches
+        while device_id not in stack.rendezvous.router.watchers:
+            await asyncio.sleep(0.05)
+    await _restarted(stack, state)
+    stats: ViewStats = await asyncio.wait_for(watching, scaled(30))
+    assert stats.frames > 0 and stats.sessions == 1
+    assert stack.rendezvous.router.watchers == {}
 
 
 async def test_a_revoked_viewer_ends_with_ended_by_camera_and_retries_once(

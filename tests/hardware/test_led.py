@@ -53,13 +53,18 @@ def expected_segments(pattern: Pattern, count: int) -> list[tuple[float, float]]
 
 def assert_matches(measured: list[tuple[float, float]], pattern: Pattern) -> None:
     expected = expected_segments(pattern, len(measured))
+    late: list[str] = []
     for i, ((level, seconds), (want_level, want_seconds)) in enumerate(
         zip(measured, expected, strict=True)
     ):
         assert level == pytest.approx(want_level), f"segment {i}: {measured}"
-        assert abs(seconds - want_seconds) <= tolerance(want_seconds), (
-            f"segment {i}: {seconds:.3f}s, want {want_seconds}s: {measured}"
-        )
+        if abs(seconds - want_seconds) <= tolerance(want_seconds):
+            continue
+        # A blink thread woken late by a busy machine only ever lengthens a step;
+        # a few such are the machine, a short step or many long ones the pattern.
+        assert seconds > want_seconds, f"segment {i}: {seconds:.3f}s, want {want_seconds}s"
+        late.append(f"segment {i}: {seconds:.3f}s, want {want_seconds}s")
+    assert len(late) <= max(1, len(measured) // 10), (late, measured)
 
 
 def blinks_per_cycle(measured: list[tuple[float, float]], long_gap: float = 0.6) -> int:

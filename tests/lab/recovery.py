@@ -152,11 +152,14 @@ class RecoveryLab(Matrix):
 
     # -- viewers --------------------------------------------------------------------
 
-    def watch(self, site: str, seconds: float, *, stall: float | None = None) -> Watch:
+    def watch(self, site: str, seconds: float, *, stall: float | None = None,
+              wait: float | None = None) -> Watch:
         argv = [*PEERCAM, "view", self.device_id, "--rendezvous", RENDEZVOUS, "--json",
                 "--seconds", str(seconds)]
         if stall is not None:
             argv += ["--stall", str(stall)]
+        if wait is not None:
+            argv += ["--wait", str(wait)]
         started = time.monotonic()
         proc = self.lab.popen(site, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True, env=self.env, cwd=ROOT)
@@ -164,11 +167,14 @@ class RecoveryLab(Matrix):
         return Watch(proc, started)
 
     def first_frame_after(self, site: str, since: float, timeout: float) -> float | None:
-        """A new viewer, started again until it gets video (as a person would retry):
-        seconds from ``since`` to its first frame; None if none within ``timeout``."""
+        """A new viewer that waits for the camera (``peercam view --wait``; started again
+        if it still gives up): seconds from ``since`` to its first frame; None if none
+        within ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = self.watch(site, 0.5).finish(timeout=max(5.0, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            result = self.watch(site, 0.5, wait=max(1.0, left - 5)).finish(
+                timeout=max(5.0, left))
             clock = result.get("first_frame_clock")
             if result.get("frames") and clock is not None:
                 return float(clock) - since

@@ -188,7 +188,9 @@ async def test_budgets_hold_under_hostile_load() -> None:
         async with asyncio.timeout(scaled(30)):
             times = await asyncio.gather(*(
                 pair.session(identity) for pair, identity in zip(legit, identities, strict=True)))
-        assert max(times) < scaled(1.0), sorted(times)
+        # Served beside the attack, not after it: sooner than any attacker's deadline
+        # would free a slot (a wall-clock bound only that loose, on a shared machine).
+        assert max(times) < scaled(HANDSHAKE), sorted(times)
         assert server.router.stats()["cameras"] == 20
 
         # Every attacker is closed by its deadline: the head and upgrade deadline, the

@@ -478,3 +478,51 @@ def test_candidates_are_not_accepted_from_cameras() -> None:
     actions = router.received(camera, text, 0)
     assert sent(actions, viewer) == []
     assert "not allowed from a camera" in sent(actions, camera)[0]["message"]
+
+
+def test_a_watch_says_online_once_when_the_camera_registers() -> None:
+    router, cam = Router(server_names=[HOST]), Camera()
+    viewer, other = Peer(Role.VIEWER), Peer(Role.VIEWER)
+    for peer in (viewer, other):
+        router.connected(peer, 0)
+    watch = encode(Role.VIEWER, "watch", device_id=cam.id)
+    assert router.received(viewer, watch, 0) == []  # offline (or unknown: the same)
+    assert router.received(other, watch, 0) == []
+    router.disconnected(other)  # a watcher that left is not told, and not kept
+    camera = Peer(Role.CAMERA, host=HOST)
+    router.connected(camera, 1)
+    actions = router.received(camera, cam.register(camera), 1)
+    assert sent(actions, viewer) == [{"type": "online", "device_id": cam.id}]
+    assert sent(actions, other) == [] and router.watchers == {}
+    # One-shot; and for a camera already online the answer comes at once.
+    router.disconnected(camera)
+    assert sent(router.received(camera, cam.register(camera), 2), viewer) == []
+    online(router, cam, 3)
+    assert sent(router.received(viewer, watch, 3), viewer)[0]["type"] == "online"
+
+
+def test_watch_spam_is_bounded_and_watches_expire() -> None:
+    from services.routing import MAX_WATCHES, WATCH_TTL
+
+    router, viewer = Router(server_names=[HOST]), Peer(Role.VIEWER)
+    router.connected(viewer, 0)
+    cams = [Camera() for _ in range(MAX_WATCHES + 1)]
+    for cam in cams[:MAX_WATCHES]:
+        text = encode(Role.VIEWER, "watch", device_id=cam.id)
+        assert router.received(viewer, text, 0) == []
+        assert router.received(viewer, text, 0) == []  # the same one again costs nothing
+    spam = encode(Role.VIEWER, "watch", device_id=cams[-1].id)
+    assert sent(router.received(viewer, spam, 1), viewer)[0]["code"] == "rate-limited"
+    assert len(viewer.watches) == MAX_WATCHES and cams[-1].id not in router.watchers
+    # Expired ones make room, and an expired watch is never answered.
+    assert router.received(viewer, spam, WATCH_TTL + 1) == []
+    assert list(viewer.watches) == [cams[-1].id]
+    assert sent(online_actions(router, cams[0], WATCH_TTL + 2), viewer) == []
+    router.disconnected(viewer)
+    assert router.watchers == {}
+
+
+def online_actions(router: Router, cam: Camera, now: float) -> list[Any]:
+    peer = Peer(Role.CAMERA, host=HOST)
+    router.connected(peer, now)
+    return router.received(peer, cam.register(peer), now)
