@@ -71,11 +71,16 @@ class _Painter:
         self._box = max(16, (min(width, height) // 6) & ~1)
 
     def render(self, n: int, capture_ms: int) -> npt.NDArray[np.uint8]:
-        width, height = self.width, self.height
+        width = self.width
         shift = (n * 4) % width & ~1
         self.y[:] = self._y[:, shift : shift + width]
         self.u[:] = self._u[:, shift // 2 : shift // 2 + width // 2]
         self.v[:] = self._v[:, shift // 2 : shift // 2 + width // 2]
+        return self._finish(n, capture_ms)
+
+    def _finish(self, n: int, capture_ms: int) -> npt.NDArray[np.uint8]:
+        """The moving box and the stamp over the background: the picture, as I420."""
+        width, height = self.width, self.height
         # A box moving on a Lissajous path: motion the encoder must really code.
         box = self._box
         bx = int((width - box) * (0.5 + 0.5 * math.sin(n / 23.0))) & ~1
@@ -84,7 +89,7 @@ class _Painter:
         self.u[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 90
         self.v[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 240
         stamp.paint(self.y, n, capture_ms)
-        # Grey chroma under the stamp: black and white, not tinted by the bars.
+        # Grey chroma under the stamp: black and white, not tinted by the background.
         self.u[: stamp.TEXT_BOTTOM // 2, : stamp.CODE_WIDTH // 2] = 128
         self.v[: stamp.TEXT_BOTTOM // 2, : stamp.CODE_WIDTH // 2] = 128
         return self.buffer.reshape(height * 3 // 2, width)
@@ -128,16 +133,7 @@ class _TexturePainter(_Painter):
         np.add(self.y, grain[gy : gy + height, gx : gx + width], out=self.y)
         self.u[:] = self._tu[y // 2 : y // 2 + height // 2, x // 2 : x // 2 + width // 2]
         self.v[:] = self._tv[y // 2 : y // 2 + height // 2, x // 2 : x // 2 + width // 2]
-        box = self._box
-        bx = int((width - box) * (0.5 + 0.5 * math.sin(n / 23.0))) & ~1
-        by = int((height - box) * (0.5 + 0.5 * math.sin(n / 31.0))) & ~1
-        self.y[by : by + box, bx : bx + box] = 235 - (n % 64)
-        self.u[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 90
-        self.v[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 240
-        stamp.paint(self.y, n, capture_ms)
-        self.u[: stamp.TEXT_BOTTOM // 2, : stamp.CODE_WIDTH // 2] = 128
-        self.v[: stamp.TEXT_BOTTOM // 2, : stamp.CODE_WIDTH // 2] = 128
-        return self.buffer.reshape(height * 3 // 2, width)
+        return self._finish(n, capture_ms)
 
 
 PATTERNS = ("bars", "texture")

@@ -166,3 +166,24 @@ export function defaultViewerName(ua, model) {
   const platform = platformName(ua || "");
   return cleanName(platform ? browser + " on " + platform : browser) || "Browser";
 }
+
+const SESSION_ALPHABET =
+  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
+
+/** A fresh session ID: 24 symbols of a 64-symbol alphabet, 144 random bits. */
+export function newSessionId() {
+  // 256 % 64 == 0, so masking the byte keeps the choice unbiased.
+  const bytes = crypto.getRandomValues(new Uint8Array(24));
+  return Array.from(bytes, (b) => SESSION_ALPHABET[b & 63]).join("");
+}
+
+/** The rendezvous' viewer socket for the page at `pageHref`. */
+export function signalingUrl(pageHref) {
+  // Resolved against the page, so /ws/viewer when served at "/", and it
+  // still works behind a reverse proxy that mounts the viewer under a path.
+  const url = new URL("ws/viewer", pageHref);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.hash = "";
+  url.search = "";
+  return url.href;
+}

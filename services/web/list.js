@@ -9,7 +9,7 @@ import {
   LinkError, addCamera, lastSeenText, parseCameraLink, parseCameras, removeCamera,
   renameCamera, touchCamera,
 } from "./cameras.mjs";
-import { cleanName, defaultViewerName } from "./codec.mjs";
+import { cleanName, defaultViewerName, newSessionId, signalingUrl } from "./codec.mjs";
 
 const LIST_KEY = "peercam.cameras";
 const NAME_KEY = "peercam.viewerName";
@@ -113,19 +113,6 @@ async function learnModel() {
 
 // ---- presence -----------------------------------------------------------------
 
-function signalingUrl() {
-  const url = new URL("ws/viewer", location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  url.hash = "";
-  url.search = "";
-  return url.href;
-}
-
-function newSessionId() {
-  const abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
-  return Array.from(crypto.getRandomValues(new Uint8Array(24)), (b) => abc[b & 63]).join("");
-}
-
 function probe() {
   // One short socket: "prepare" for each camera in turn. The server answers
   // "prepared" for a camera online and "unavailable" for one that is not (it
@@ -158,7 +145,7 @@ function probe() {
     };
     const timer = setTimeout(done, PROBE_MS);
     try {
-      ws = new WebSocket(signalingUrl());
+      ws = new WebSocket(signalingUrl(location.href));
     } catch (_) {
       done();
       return;

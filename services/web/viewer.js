@@ -24,7 +24,7 @@
 
 import {
   StatementError, answerStatement, candidateStatement, cleanText, normalizeDeviceId,
-  offerStatement, pairStatement, pairedStatement, sha256Hex,
+  newSessionId, offerStatement, pairStatement, pairedStatement, sha256Hex, signalingUrl,
 } from "./codec.mjs";
 import { LinkError, PAIR_RE, linkParams } from "./cameras.mjs";
 import { loadViewerKey, pairingProof, publicKeyText, sign, verifiedBy } from "./keys.mjs";
@@ -56,9 +56,6 @@ const TIMING = {
   signalWaitMs: 15000,     // a new session waits this long for the signaling socket
   statsMs: 1000,
 };
-
-const SESSION_ALPHABET =
-  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
 
 // Trickled "candidate" messages per session, end-of-candidates included
 // (seq 0..31; services/signaling.py MAX_CANDIDATES).
@@ -180,24 +177,6 @@ class ViewerError extends Error {
     this.slow = Boolean(opts && opts.slow);
     this.final = Boolean(opts && opts.final);
   }
-}
-
-function newSessionId() {
-  // 24 symbols of a 64-symbol alphabet = 144 random bits; 256 % 64 == 0,
-  // so masking the byte keeps the choice unbiased.
-  const bytes = crypto.getRandomValues(new Uint8Array(24));
-  return Array.from(bytes, (b) => SESSION_ALPHABET[b & 63]).join("");
-}
-
-
-function signalingUrl() {
-  // Resolved against the page, so /ws/viewer when served at "/", and it
-  // still works behind a reverse proxy that mounts the viewer under a path.
-  const url = new URL("ws/viewer", location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  url.hash = "";
-  url.search = "";
-  return url.href;
 }
 
 function backoffDelay() {
@@ -805,7 +784,7 @@ function sigConnect() {
   const gen = sig.gen;
   let ws;
   try {
-    ws = new WebSocket(signalingUrl());
+    ws = new WebSocket(signalingUrl(location.href));
   } catch (err) {
     console.warn("peercam: cannot open the signaling socket:", err);
     sigSchedule(true);

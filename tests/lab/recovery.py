@@ -166,6 +166,25 @@ class RecoveryLab(Matrix):
         self.procs.append(proc)
         return Watch(proc, started)
 
+    def camera_pair_link(self) -> str:
+        """A one-time pairing link for this lab's camera (``peercam pair`` over SSH)."""
+        result = subprocess.run(
+            [*PEERCAM, "pair", "--state-dir", str(self.tmp / "camera"), "--rendezvous",
+             RENDEZVOUS], capture_output=True, text=True, check=True, env=self.env)
+        return next(line.split(None, 1)[1] for line in result.stdout.splitlines()
+                    if line.startswith("PAIR "))
+
+    def browser_watch(self, site: str, seconds: float) -> Watch:
+        """Headless Chromium behind ``site`` pairs (a fresh profile) and watches
+        ``seconds`` once it plays; its frame log is what :meth:`Watch.finish` reads."""
+        argv = [sys.executable, "-m", "tests.lab.browser_watch", self.camera_pair_link(),
+                str(seconds)]
+        started = time.monotonic()
+        proc = self.lab.popen(site, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, env=self.env, cwd=ROOT)
+        self.procs.append(proc)
+        return Watch(proc, started)
+
     def first_frame_after(self, site: str, since: float, timeout: float) -> float | None:
         """A new viewer that waits for the camera (``peercam view --wait``; started again
         if it still gives up): seconds from ``since`` to its first frame; None if none

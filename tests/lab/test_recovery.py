@@ -20,7 +20,7 @@ import pytest
 from services.natlab import Lab
 from tests.conftest import scaled
 from tests.lab.conftest import CONNTRACK_UDP_TIMEOUT, needs_lab
-from tests.lab.recovery import RecoveryLab, video_back
+from tests.lab.recovery import RecoveryLab, Watch, video_back
 
 pytestmark = needs_lab
 
@@ -143,3 +143,52 @@ def test_a_camera_moved_to_another_site_heals(run: RecoveryLab, lab: Lab) -> Non
         run.kill_camera()
         run.camera_site = CAMERA
         run.start_camera()
+
+
+# -- the same faults with Chromium watching (the web viewer heals on its own) ------------
+
+
+def browser_back(run: RecoveryLab, watch: Watch, broken_at: float, repaired_at: float,
+                 seconds: float) -> dict[str, object]:
+    result = watch.finish(timeout=seconds + 90)
+    assert result.get("frames", 0) > 100 and not result.get("error"), result
+    back = video_back(result, repaired_at, broken_at)
+    assert back is not None and back < scaled(30), (back, result)
+    return result
+
+
+@pytest.mark.timeout(300)
+def test_chromium_heals_after_the_camera_link_was_down_30_s(run: RecoveryLab, lab: Lab) -> None:
+    settled(run, 0, None)
+    watch = run.browser_watch(VIEWER, 30 + 25)
+    run.wait_playing()
+    fault = lab.link_down(CAMERA, 30)
+    up_at = fault.wait(60)
+    browser_back(run, watch, fault.down_at, up_at, 55)
+    settled(run, 0, None)
+
+
+@pytest.mark.timeout(300)
+def test_chromium_keeps_playing_through_a_rendezvous_restart(run: RecoveryLab) -> None:
+    settled(run, 0, None)
+    watch = run.browser_watch(VIEWER, 14)
+    run.wait_playing()
+    killed = run.kill_rendezvous()
+    time.sleep(2)
+    run.start_rendezvous()
+    result = browser_back(run, watch, killed, killed, 14)
+    assert result.get("reconnects") == 0, result  # the same session throughout
+    settled(run, 0, None)
+
+
+@pytest.mark.timeout(300)
+def test_chromium_heals_after_a_camera_restart(run: RecoveryLab) -> None:
+    settled(run, 0, None)
+    watch = run.browser_watch(VIEWER, 16)
+    run.wait_playing()
+    killed = run.kill_camera()
+    time.sleep(2)
+    started = run.start_camera()
+    result = browser_back(run, watch, killed, started, 16)
+    assert (result.get("reconnects") or 0) >= 1, result  # a new session took over
+    settled(run, 0, None)

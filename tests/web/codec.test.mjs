@@ -6,8 +6,8 @@ import { test } from "node:test";
 
 import {
   StatementError, answerStatement, b64url, candidateStatement, cleanName, defaultViewerName,
-  deviceIdFromDigest, deviceIdOfKey, isValidName, normalizeDeviceId, offerStatement,
-  pairStatement, pairedStatement, sha256Hex, unb64url,
+  deviceIdFromDigest, deviceIdOfKey, isValidName, newSessionId, normalizeDeviceId,
+  offerStatement, pairStatement, pairedStatement, sha256Hex, signalingUrl, unb64url,
 } from "../../services/web/codec.mjs";
 
 const V = JSON.parse(readFileSync(process.env.PEERCAM_VECTORS, "utf8"));
@@ -88,4 +88,17 @@ test("default viewer names tell phones apart", () => {
   for (const name of [defaultViewerName(pixel, "Pixel 7"), defaultViewerName(iphone)]) {
     assert.ok(V.viewer_names.length && isValidName(name));
   }
+});
+
+test("session IDs: 24 URL-safe symbols, fresh each time", () => {
+  const ids = new Set(Array.from({ length: 200 }, () => newSessionId()));
+  assert.equal(ids.size, 200);
+  for (const id of ids) assert.match(id, /^[A-Za-z0-9_-]{24}$/);
+});
+
+test("the signaling socket follows the page's scheme, host and path", () => {
+  assert.equal(signalingUrl("http://127.0.0.1:8080/#device=X&pair=S"),
+    "ws://127.0.0.1:8080/ws/viewer");
+  assert.equal(signalingUrl("https://cam.example.net/peercam/?x=1#device=X"),
+    "wss://cam.example.net/peercam/ws/viewer");
 });
