@@ -142,8 +142,10 @@ def merge(stored: dict[str, Any], new: dict[str, Any], provenance: dict[str, Any
         elif event in old:
             events[event] = old[event]
     notes = {k: v for k, v in stored.get("notes", {}).items() if k not in new["events"]}
+    # What the operator wrote about the machine (shared, loaded) stays with the runs.
+    machine = {"machine_note": stored["machine_note"]} if "machine_note" in stored else {}
     return {**new, "events": events, "notes": notes, "seconds_taken": _lab_seconds(events),
-            "runs": max((len(e["trials"]) for e in events.values()), default=0)}
+            "runs": max((len(e["trials"]) for e in events.values()), default=0), **machine}
 
 
 def _lab_seconds(events: dict[str, Any]) -> float:
@@ -374,7 +376,8 @@ def _measured_lines(result: dict[str, Any]) -> list[str]:
                          f"at commit `{ran.get('commit', 'unknown')}`; new viewer: "
                          f"{ran.get('new_viewer', OLD_NEW_VIEWER)}")
     if lines:
-        lines.insert(0, "Measured on (the machine shared with other work throughout):")
+        machine = result.get("machine_note")
+        lines.insert(0, f"Measured on ({machine}):" if machine else "Measured on:")
         lines.insert(1, "")
     return lines
 
