@@ -12,10 +12,12 @@ uses), ``sessions``/``reconnects``/``lastCause`` are the page's own counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
@@ -41,7 +43,9 @@ FRAME_LOG = """(() => {
 })();"""
 
 
-async def main(link: str, seconds: float) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def lab_page(link: str, init_script: str | None = None) -> AsyncIterator[Any]:
+    """A fresh headless Chromium page at ``link`` (the lab's plain-http viewer)."""
     from playwright.async_api import async_playwright
 
     origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(link))
@@ -51,21 +55,27 @@ async def main(link: str, seconds: float) -> dict[str, Any]:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args)
         try:
             context = await browser.new_context(bypass_csp=True)  # wait_for_function: eval
-            await context.add_init_script(FRAME_LOG)
+            if init_script:
+                await context.add_init_script(init_script)
             page = await context.new_page()
             await page.goto(link)
-            try:
-                await page.wait_for_function(
-                    "window.peercam && window.peercam.framesDecoded > 0", timeout=30_000)
-            except Exception as exc:  # report what the page knew, not a traceback
-                state = await page.evaluate("({...window.peercam})")
-                return {"error": str(exc).splitlines()[0], "frames": 0, **state}
-            print("PLAYING", flush=True)
-            await page.wait_for_timeout(seconds * 1000)
-            shown: list[float] = await page.evaluate("window.__shown")
-            state = await page.evaluate("({...window.peercam})")
+            yield page
         finally:
             await browser.close()
+
+
+async def main(link: str, seconds: float) -> dict[str, Any]:
+    async with lab_page(link, FRAME_LOG) as page:
+        try:
+            await page.wait_for_function(
+                "window.peercam && window.peercam.framesDecoded > 0", timeout=30_000)
+        except Exception as exc:  # report what the page knew, not a traceback
+            state = await page.evaluate("({...window.peercam})")
+            return {"error": str(exc).splitlines()[0], "frames": 0, **state}
+        print("PLAYING", flush=True)
+        await page.wait_for_timeout(seconds * 1000)
+        shown: list[float] = await page.evaluate("window.__shown")
+        state = await page.evaluate("({...window.peercam})")
     offset = time.monotonic() - time.time()
     times = [t / 1000 + offset for t in shown]
     gaps = [[a, b] for a, b in zip(times, times[1:], strict=False) if b - a > GAP_S]
