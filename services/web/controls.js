@@ -53,15 +53,20 @@ export function openQualityChannel(att, pc) {
   channel.onmessage = (ev) => onQualityMessage(att, ev.data);
 }
 
-function onQualityMessage(att, data) {
-  if (att.closed || typeof data !== "string") return;
-  let msg;
+function channelMessage(att, data) {
+  // A data channel message as an object, or null (closed session, not JSON, not an object).
+  if (att.closed || typeof data !== "string") return null;
   try {
-    msg = JSON.parse(data);
+    const msg = JSON.parse(data);
+    return msg && typeof msg === "object" ? msg : null;
   } catch (_) {
-    return;
+    return null;
   }
-  if (!msg || typeof msg !== "object") return;
+}
+
+function onQualityMessage(att, data) {
+  const msg = channelMessage(att, data);
+  if (!msg) return;
   if (msg.type === "quality" && typeof msg.layer === "string") {
     // Shown as text only; bounded, as any string from the network.
     const layers = Array.isArray(msg.layers)
@@ -140,14 +145,8 @@ export function closePtzChannel(att) {
 }
 
 function onPtzMessage(att, data) {
-  if (att.closed || typeof data !== "string") return;
-  let msg;
-  try {
-    msg = JSON.parse(data);
-  } catch (_) {
-    return;
-  }
-  if (!msg || typeof msg !== "object") return;
+  const msg = channelMessage(att, data);
+  if (!msg) return;
   if (msg.type === "ptz") {
     att.ptzAvailable = msg.available === true;
     if (att === current.live()) setPtzAvailable(att.ptzAvailable);
