@@ -26,7 +26,7 @@ from camera.acl import ViewerACL
 from camera.client.viewer import ViewerIdentity
 from services.natlab.lab import Lab
 from services.natlab.paths import direct_possible
-from tests.services.coturn import TURNSERVER, policy_lines
+from tests.services.coturn import TURNSERVER, make_userdb, policy_lines
 
 SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "symmetric-seq",
          "ipv6", "udp-blocked")
@@ -93,7 +93,7 @@ def coturn_config(tmp: Path, secret: str, port: int) -> Path:
         "simple-log",
         "no-stdout-log",
         f"pidfile={tmp / 'turnserver.pid'}",
-        f"userdb={tmp / 'turndb'}",
+        f"userdb={make_userdb(tmp / 'turndb')}",
     ]
     path = tmp / "turnserver.conf"
     path.write_text("\n".join(lines) + "\n")

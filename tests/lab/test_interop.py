@@ -16,7 +16,7 @@ from services.natlab import Lab
 from tests.lab.conftest import needs_lab
 from tests.lab.matrix import SERVER, Matrix
 from tests.lab.test_matrix import EXPECTED_NAT
-from tests.services.coturn import TURNSERVER
+from tests.services.coturn import TURNSERVER, make_userdb
 
 pytestmark = [
     needs_lab,
@@ -44,7 +44,7 @@ def servers(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matr
             "listening-port=3490", "alt-listening-port=3491", "stun-only", "no-tls",
             "no-dtls", "no-cli", f"log-file={tmp / 'coturn-5780.log'}", "simple-log",
             "no-stdout-log", f"pidfile={tmp / 'coturn-5780.pid'}",
-            f"userdb={tmp / 'coturn-5780.db'}"]) + "\n")
+            f"userdb={make_userdb(tmp / 'coturn-5780.db')}"]) + "\n")
         matrix._spawn("server", [TURNSERVER, "-c", str(conf)], "coturn-5780.out")
         yield matrix
 

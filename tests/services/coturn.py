@@ -13,11 +13,13 @@ the long-term credential challenge (RFC 8489 §9.2) and CreatePermission.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import socket
+import sqlite3
 import struct
 import subprocess
 import time
@@ -31,6 +33,41 @@ from aioice import stun
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "systemd" / "coturn" / "turnserver.conf"
 TURNSERVER = "/usr/bin/turnserver"
 REALM = "peercam.test"
+
+# coturn 4.6's user database, as Debian's package ships it in /var/lib/turn/turndb.
+# coturn reads it even with static-auth-secret, and a failed read fails the
+# Allocate: with an empty file each auth thread creates these tables on first
+# use, and the two threads racing get "database is locked" / "no such table",
+# a 401 for the first relayed sessions, and no relay candidate. A private
+# database therefore starts with the schema already in place.
+USERDB_SCHEMA = (
+    "CREATE TABLE turnusers_lt (realm varchar(127) default '', name varchar(512), "
+    "hmackey char(128), PRIMARY KEY (realm,name))",
+    "CREATE TABLE turn_secret (realm varchar(127) default '', value varchar(127), "
+    "primary key (realm,value))",
+    "CREATE TABLE allowed_peer_ip (realm varchar(127) default '', ip_range varchar(256), "
+    "primary key (realm,ip_range))",
+    "CREATE TABLE denied_peer_ip (realm varchar(127) default '', ip_range varchar(256), "
+    "primary key (realm,ip_range))",
+    "CREATE TABLE turn_origin_to_realm (origin varchar(127),realm varchar(127),"
+    "primary key (origin))",
+    "CREATE TABLE turn_realm_option (realm varchar(127) default '', opt varchar(32), "
+    "value varchar(128), primary key (realm,opt))",
+    "CREATE TABLE oauth_key (kid varchar(128),ikm_key varchar(256),timestamp bigint default 0,"
+    "lifetime integer default 0,as_rs_alg varchar(64) default '',realm varchar(127) default '',"
+    "primary key (kid))",
+    "CREATE TABLE admin_user (name varchar(32), realm varchar(127), password varchar(127), "
+    "primary key (name))",
+)
+
+
+def make_userdb(path: Path) -> Path:
+    """An empty coturn user database with its tables, before turnserver opens it."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        for statement in USERDB_SCHEMA:
+            db.execute(statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+    return path
+
 
 # Lines of the shipped file that describe one deployment rather than policy.
 DEPLOYMENT_KEYS = frozenset({
@@ -96,7 +133,7 @@ def render_config(tmp: Path, port: int, secret: str, ipv6: bool,
         "no-stdout-log",
         f"pidfile={tmp / 'turnserver.pid'}",
         # Not Debian's /var/lib/turn/turndb: the test must not touch the host.
-        f"userdb={tmp / 'turndb'}",
+        f"userdb={make_userdb(tmp / 'turndb')}",
     ]
     return "\n".join([*policy_lines(keep), *test_lines]) + "\n"
 

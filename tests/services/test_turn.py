@@ -11,6 +11,7 @@ towards every address class the deny list names must get 403.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import ipaddress
 import logging
 import os
@@ -305,3 +306,22 @@ def test_v4_mapped_bypass_is_closed_by_our_lines(tmp_path: Path) -> None:
     if not granted:
         pytest.skip("this coturn refuses v4-mapped peers by itself")
     assert granted == V4_MAPPED
+
+
+@needs_coturn
+def test_first_allocations_after_start_all_succeed(tmp_path: Path) -> None:
+    """Eight viewers allocating at once against a coturn that has just started.
+
+    coturn checks its user database even with a static secret; on an empty file its
+    two auth threads race to create the tables and half these Allocates got 401,
+    so a relayed session started then had no relay candidate. The database
+    make_userdb prepares (as Debian's package ships one) leaves nothing to race.
+    """
+    with run_coturn(tmp_path, ipv6=False) as fresh:
+        def allocate(n: int) -> int | None:
+            with client(fresh, tag=f"viewer{n}") as c:
+                return c.allocate().error_code
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(allocate, range(8)))
+        assert codes == [None] * 8
+        assert "Cannot find credentials" not in fresh.log_text()
