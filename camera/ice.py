@@ -83,3 +83,38 @@ class DirectFirst:
 
 #: Seconds a successful relay pair waits for a direct pair, at most.
 DEFAULT_GRACE = DirectFirst.grace
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """Background checks for a direct path while the media goes through a relay.
+
+    ICE selects a relay pair when no direct pair answered in time: the NATs allow
+    nothing direct, or something did not yet (a path that came up late, a NAT
+    mapping that was missing, a filter that opened after the checks gave up).
+    Both ends then check every direct pair again at ``rounds`` (seconds after ICE
+    completed); when one answers, the controlling agent (the viewer) nominates it
+    and both move the media there. DTLS and SRTP do not care which pair carries
+    them, so the session, its keys and the decoder's state go on: no new session,
+    no keyframe. The rounds stop at the first direct pair selected, after the
+    last round, or when ``max_packets`` would be exceeded, whichever is first.
+    """
+
+    rounds: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+    retransmissions: int = 2
+    """Retransmissions of a round's check after its first send (aioice's 0.5 s RTO,
+    doubling), on top of the fast ones of a young direct check (``DirectFirst``)."""
+    max_packets: int = 1500
+    """Requests one connection may send in all its rounds together."""
+    enabled: bool = True
+
+
+def packets_per_check(upgrade: Upgrade, timing: DirectFirst) -> int:
+    """The most requests one round's check of one pair sends."""
+    fast = max(0, int(round(timing.fast_for / timing.retransmit)) - 1)
+    return 1 + upgrade.retransmissions + fast
+
+
+def round_fits(upgrade: Upgrade, timing: DirectFirst, sent: int, pairs: int) -> bool:
+    """Whether a round over ``pairs`` direct pairs stays within the packet budget."""
+    return sent + pairs * packets_per_check(upgrade, timing) <= upgrade.max_packets

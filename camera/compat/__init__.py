@@ -49,7 +49,7 @@ from camera.compat.guard import (
 )
 from camera.compat.ice import restrict_host_addresses
 from camera.compat.sender import hook_sender, watch_rtcp
-from camera.ice import DirectFirst
+from camera.ice import DirectFirst, Upgrade
 
 __all__ = [
     "AIOICE",
@@ -81,6 +81,8 @@ class Settings:
 
     direct_first: DirectFirst = field(default_factory=DirectFirst)
     """Timers of the direct-first ICE rules (camera.ice)."""
+    upgrade: Upgrade = field(default_factory=Upgrade)
+    """The background search for a direct path after ICE selected a relay (camera.ice)."""
 
 
 def check_libraries(aiortc_module: Any = aiortc, aioice_module: Any = aioice) -> None:
@@ -115,7 +117,7 @@ def install(settings: Settings | None = None) -> Settings:
                 )
             return _installed
         check_libraries()
-        ice.patch(wanted.direct_first)
+        ice.patch(wanted.direct_first, wanted.upgrade)
         _installed = wanted
         return wanted
 
@@ -136,9 +138,10 @@ def reconfigure(settings: Settings) -> Settings:
     with _lock:
         if _installed is None:
             check_libraries()
-            ice.patch(settings.direct_first)
+            ice.patch(settings.direct_first, settings.upgrade)
         else:
             ice.set_timing(settings.direct_first)
+            ice.set_upgrade(settings.upgrade)
         _installed = settings
         return settings
 

@@ -11,11 +11,17 @@ replaces the two methods, once per process (:mod:`camera.compat`).
 Without a relay policy (:func:`set_relay_policy`; the camera never sets one, it
 answers and so is the controlled agent) a controlling agent nominates exactly as
 stock aioice does.
+
+``connect`` and ``close`` are wrapped too (both roles): a connection that
+completed on a relay pair keeps checking its direct pairs in the background
+(:class:`camera.ice.Upgrade`) until one answers and is selected, the rounds or
+the packet budget are spent, or the connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import Sequence
@@ -27,7 +33,7 @@ from aioice import stun
 from aioice.ice import CandidatePair, Connection, candidate_pair_priority
 
 from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
-from camera.ice import DirectFirst
+from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
 
 logger = logging.getLogger("camera.ice")  # the lab benchmarks read these lines by this name
 
@@ -58,6 +64,8 @@ _CONNECTION_MEMBERS = (
     Member("build_request", "method", ("self", "pair", "nominate")),
     Member("switch_role", "method", ("self", "ice_controlling")),
     Member("check_start_task", "method", ("self", "pair")),
+    Member("connect", "coroutine", ("self",)),
+    Member("close", "coroutine", ("self",)),
 )
 _PAIR_MEMBERS = (
     Member("State", "attribute"),
@@ -92,14 +100,19 @@ def check_members(
     instance_attribute(AIOICE, module, probe, "_nominated", dict)
     instance_attribute(AIOICE, module, probe, "_nominating", set)
     instance_attribute(AIOICE, module, probe, "remote_is_lite", bool)
+    instance_attribute(AIOICE, module, probe, "_protocols", list)
+    instance_attribute(AIOICE, module, probe, "_remote_candidates", list)
 
 
 _PENDING = (_State.FROZEN, _State.WAITING, _State.IN_PROGRESS)
 _ORIGINAL_CHECK_START = Connection.check_start
 _ORIGINAL_CHECK_INCOMING = Connection.check_incoming
 _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
+_ORIGINAL_CONNECT = Connection.connect
+_ORIGINAL_CLOSE = Connection.close
 
 _timing = DirectFirst()
+_upgrade = Upgrade()
 _relay_deadline: RelayDeadline | None = None
 
 # Per check-list bookkeeping, dropped with the objects (aioice owns them).
@@ -108,21 +121,40 @@ _sent_at: weakref.WeakKeyDictionary[CandidatePair, float] = weakref.WeakKeyDicti
 _in_flight: weakref.WeakKeyDictionary[CandidatePair, stun.Message] = weakref.WeakKeyDictionary()
 _waiting_relays: weakref.WeakKeyDictionary[Connection, weakref.WeakSet[CandidatePair]] = (
     weakref.WeakKeyDictionary())
+# The background search for a direct path of a connection that completed on a relay.
+_upgraders: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary())
 
 
-def patch(timing: DirectFirst) -> None:
-    """Replace aioice's two methods with the ones below (process-wide)."""
+def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
+    """Replace aioice's four methods with the ones below (process-wide)."""
     set_timing(timing)
+    set_upgrade(upgrade if upgrade is not None else Upgrade())
     start: Any = check_start
     incoming: Any = check_incoming
+    connect: Any = _connect
+    close: Any = _close
     Connection.check_start = start  # type: ignore[method-assign]
     Connection.check_incoming = incoming  # type: ignore[method-assign]
+    Connection.connect = connect  # type: ignore[method-assign]
+    Connection.close = close  # type: ignore[method-assign]
 
 
 def unpatch() -> None:
     """Put aioice's own methods back."""
     Connection.check_start = _ORIGINAL_CHECK_START  # type: ignore[method-assign]
     Connection.check_incoming = _ORIGINAL_CHECK_INCOMING  # type: ignore[method-assign]
+    Connection.connect = _ORIGINAL_CONNECT  # type: ignore[method-assign]
+    Connection.close = _ORIGINAL_CLOSE  # type: ignore[method-assign]
+
+
+def set_upgrade(upgrade: Upgrade) -> None:
+    global _upgrade
+    _upgrade = upgrade
+
+
+def upgrade() -> Upgrade:
+    return _upgrade
 
 
 def set_timing(timing: DirectFirst) -> None:
@@ -364,3 +396,140 @@ def check_incoming(
     if pair is not None and request is not None:
         protocol.send_stun(request, pair.remote_addr)
 
+
+
+# -- relayed now, direct later (camera.ice.Upgrade) -----------------------------------------
+
+
+async def _connect(self: Connection) -> None:
+    """aioice's ``connect``; then, if it selected a relay pair, the search for a direct one."""
+    await _ORIGINAL_CONNECT(self)
+    pair = self._nominated.get(1)
+    if _upgrade.enabled and _upgrade.rounds and pair is not None and _is_relay(pair):
+        _upgraders[self] = asyncio.create_task(_look_for_direct(self, pair),
+                                               name="ice-upgrade")
+
+
+async def _close(self: Connection) -> None:
+    """The search ends with the connection, before aioice closes its sockets."""
+    task = _upgraders.pop(self, None)
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await _ORIGINAL_CLOSE(self)
+
+
+def _direct_pairs(connection: Connection, component: int) -> list[CandidatePair]:
+    """Every pair of one of our own (not relayed) sockets with a remote candidate the
+    peer offered in this session, or that checked in from a new address (peer
+    reflexive), not relayed either, of the same address family. aioice dropped the
+    pairs it never checked when it nominated: they come back into the check list,
+    so a check arriving on one finds it."""
+    pairs = []
+    for protocol in connection._protocols:
+        local = getattr(protocol, "local_candidate", None)
+        if local is None or local.component != component or local.type == "relay":
+            continue
+        for remote in connection._remote_candidates:
+            if (remote.component != component or remote.type == "relay"
+                    or (":" in remote.host) != (":" in local.host)):
+                continue
+            pair = next((p for p in connection._check_list if p.protocol is protocol
+                         and p.remote_candidate is remote), None)
+            if pair is None:
+                pair = CandidatePair(protocol, remote)
+                pair.state = _State.FAILED
+                connection._check_list.append(pair)
+            pairs.append(pair)
+    return pairs
+
+
+def _busy(pair: CandidatePair) -> bool:
+    """A check of this pair is out: aioice's own (triggered) or a round's. aioice
+    cancels its checks when it completes and leaves their pairs IN_PROGRESS."""
+    task = getattr(pair, "task", None)
+    return pair in _in_flight or (task is not None and not task.done())
+
+
+async def _probe(connection: Connection, pair: CandidatePair) -> None:
+    """One round's check of a direct pair: a Binding request without USE-CANDIDATE,
+    a few retransmissions. It succeeds or fails; nomination is the caller's."""
+    if _busy(pair) or connection.remote_password is None:
+        return
+    request = connection.build_request(pair, nominate=False)
+    fast = _FastRetransmit(pair, request)
+    _in_flight[pair] = request  # a check arriving on the pair retransmits it at once (2)
+    connection.check_state(pair, _State.IN_PROGRESS)
+    try:
+        _response, addr = await pair.protocol.request(
+            request, pair.remote_addr,
+            integrity_key=connection.remote_password.encode("utf8"),
+            retransmissions=_upgrade.retransmissions)
+    except stun.TransactionError:
+        connection.check_state(pair, _State.FAILED)
+        return
+    finally:
+        fast.cancel()
+        _in_flight.pop(pair, None)
+    connection.check_state(pair, _State.SUCCEEDED if addr == pair.remote_addr
+                           else _State.FAILED)
+
+
+async def _look_for_direct(connection: Connection, relay: CandidatePair) -> None:
+    """Check the direct pairs again at each of the rounds; the controlling agent
+    nominates the best one that answers (its own round's check, or a check the
+    peer's round triggered), and then both ends send on it. Bounded in time (the
+    last round) and in packets (``Upgrade.max_packets``)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    component = relay.component
+    sent = 0
+    probes: set[asyncio.Task[None]] = set()
+    rounds = list(_upgrade.rounds)
+    try:
+        while True:
+            selected = connection._nominated.get(component)
+            if selected is None:
+                return  # closed or failed: nothing to upgrade
+            if not _is_relay(selected):
+                logger.info("ICE: media moved from relay pair %s to direct pair %s after "
+                            "%.1f s", relay, selected, loop.time() - started)
+                return
+            won = [p for p in _direct_pairs(connection, component)
+                   if p.state == _State.SUCCEEDED]
+            nominated_by_peer = [p for p in won if p.remote_nominated and not p.nominated]
+            if nominated_by_peer and not connection.ice_controlling:
+                # The peer's USE-CANDIDATE came while our own check of the pair was
+                # still out: aioice records it and leaves the selection to us.
+                nominated_by_peer[0].nominated = True
+                connection.check_complete(nominated_by_peer[0])
+                continue
+            if won and connection.ice_controlling:
+                best = max(won, key=lambda p: _priority(connection, p))
+                if await _nominate(connection, best):
+                    connection.check_complete(best)  # aioice selects the nominated pair
+                # Nominated already: no late check of aioice's may nominate again.
+                connection._nominating.add(component)
+                continue
+            if rounds and loop.time() >= started + rounds[0]:
+                rounds.pop(0)
+                pairs = [p for p in _direct_pairs(connection, component) if not _busy(p)]
+                if not round_fits(_upgrade, _timing, sent, len(pairs)):
+                    logger.info("ICE: no direct path found within the packet budget "
+                                "(%d requests sent); staying on relay pair %s", sent, relay)
+                    return
+                sent += len(pairs) * packets_per_check(_upgrade, _timing)
+                for pair in pairs:
+                    task = asyncio.create_task(_probe(connection, pair))
+                    probes.add(task)
+                    task.add_done_callback(probes.discard)
+                    await asyncio.sleep(_timing.pacing)
+            elif not rounds and not probes:
+                logger.info("ICE: no direct path after %.0f s of background checks; staying "
+                            "on relay pair %s", loop.time() - started, relay)
+                return
+            await asyncio.sleep(2 * _timing.pacing)
+    finally:
+        for task in probes:
+            task.cancel()

@@ -29,7 +29,7 @@ from camera.compat import (
 )
 from camera.compat.guard import check_version
 from camera.errors import PeercamError
-from camera.ice import DirectFirst
+from camera.ice import DirectFirst, Upgrade
 from camera.webrtc import make_peer_connection
 
 
@@ -154,9 +154,9 @@ def test_install_twice_is_safe_and_other_settings_are_refused(
     patches: list[DirectFirst] = []
     real_patch = compat.ice.patch
 
-    def counting(timing: DirectFirst) -> None:
+    def counting(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
         patches.append(timing)
-        real_patch(timing)
+        real_patch(timing, upgrade)
 
     monkeypatch.setattr(compat.ice, "patch", counting)
     first = compat.install(Settings())
@@ -172,6 +172,9 @@ def test_install_twice_is_safe_and_other_settings_are_refused(
     assert compat.installed() == first and compat.ice.timing().grace == 1.0
     assert compat.reconfigure(other) == other  # on purpose: allowed
     assert compat.ice.timing().grace == 2.0 and patches == [DirectFirst()]
+    assert compat.reconfigure(Settings(upgrade=Upgrade(enabled=False))).upgrade.enabled is False
+    assert compat.ice.upgrade() == Upgrade(enabled=False)
+    assert Connection.connect is compat.ice._connect  # type: ignore[comparison-overlap]
 
 
 def test_make_peer_connection_patches_once_and_keeps_the_settings(
@@ -180,10 +183,10 @@ def test_make_peer_connection_patches_once_and_keeps_the_settings(
     calls = 0
     real_patch = compat.ice.patch
 
-    def counting(timing: DirectFirst) -> None:
+    def counting(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
         nonlocal calls
         calls += 1
-        real_patch(timing)
+        real_patch(timing, upgrade)
 
     monkeypatch.setattr(compat.ice, "patch", counting)
     for _ in range(5):

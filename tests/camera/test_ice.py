@@ -25,7 +25,7 @@ from aioice.ice import CandidatePair, Connection
 from camera.client.ice import install as install_relay_rule
 from camera.client.ice import relay_deadline
 from camera.compat import Settings, ice, reconfigure
-from camera.ice import DirectFirst
+from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
 from tests.conftest import scaled
 
 LAB = DirectFirst()  # the shipped timers
@@ -326,3 +326,100 @@ async def test_a_direct_pair_whose_hole_opens_after_the_relay_answered_still_win
     assert viewer._nominated[1].remote_candidate.type == "srflx"
     assert [p.remote_candidate.type for p in waited] == ["relay"]
     assert not waited[0].nominated
+
+
+# -- relayed now, direct later -------------------------------------------------------
+
+
+def test_a_round_fits_only_within_the_packet_budget() -> None:
+    upgrade = Upgrade(retransmissions=2, max_packets=100)
+    per_check = packets_per_check(upgrade, LAB)
+    assert per_check == 1 + 2 + 9  # first send, two RFC retransmits, nine fast ones
+    assert round_fits(upgrade, LAB, sent=0, pairs=8)
+    assert not round_fits(upgrade, LAB, sent=0, pairs=9)
+    assert not round_fits(upgrade, LAB, sent=100 - per_check + 1, pairs=1)
+    assert round_fits(upgrade, LAB, sent=100, pairs=0)  # a round with nothing to check
+
+
+def quick(upgrade: Upgrade) -> Settings:
+    return Settings(direct_first=DirectFirst(grace=scaled(1.0)), upgrade=upgrade)
+
+
+async def test_a_relayed_session_moves_to_a_direct_path_that_opens_later(
+    agents: tuple[Connection, Connection, Gate]
+) -> None:
+    viewer, camera, gate = agents
+    install_relay_rule()
+    reconfigure(quick(Upgrade(rounds=(0.3, 0.6, 1.0, 2.0))))
+    try:
+        await connect(viewer, camera)
+        relay = viewer._nominated[1]
+        assert relay.remote_candidate.type == "relay"  # the gate was shut: no direct path
+        gate.open = True  # the path comes up after ICE gave up on it
+        async with asyncio.timeout(scaled(5)):
+            while viewer._nominated[1].remote_candidate.type == "relay":
+                await asyncio.sleep(0.02)
+            # The camera follows the viewer's nomination onto the path through the gate.
+            while camera._nominated[1].remote_addr != gate.back.get_extra_info("sockname")[:2]:
+                await asyncio.sleep(0.02)
+    finally:
+        reconfigure(Settings())
+    assert viewer._nominated[1].remote_candidate.type == "srflx"
+    assert viewer._nominated[1].nominated
+    # The media goes the new way, in both directions, on the same connection.
+    await viewer.sendto(b"over the direct path", 1)
+    async with asyncio.timeout(scaled(2)):
+        assert await camera.recv() == b"over the direct path"
+    await camera.sendto(b"and back", 1)
+    async with asyncio.timeout(scaled(2)):
+        assert await viewer.recv() == b"and back"
+
+
+async def test_the_search_stays_in_its_budget_and_on_offered_candidates(
+    agents: tuple[Connection, Connection, Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    viewer, camera, gate = agents  # the gate never opens
+    offered = {(c.host, c.port) for c in viewer._remote_candidates}
+    install_relay_rule()
+    upgrade = Upgrade(rounds=(0.1, 0.2, 0.3, 0.4, 0.5), retransmissions=0, max_packets=30)
+    reconfigure(quick(upgrade))
+    try:
+        await connect(viewer, camera)
+        assert viewer._nominated[1].remote_candidate.type == "relay"
+        sent: list[tuple[str, int]] = []
+        for protocol in viewer._protocols:
+            original = protocol.send_stun
+
+            def spy(message: stun.Message, addr: tuple[str, int], original: Any = original
+                    ) -> None:
+                if message.message_class == stun.Class.REQUEST:
+                    sent.append(addr)
+                original(message, addr)
+
+            monkeypatch.setattr(protocol, "send_stun", spy)
+        task = ice._upgraders[viewer]
+        async with asyncio.timeout(scaled(10)):
+            await task
+    finally:
+        reconfigure(Settings())
+    direct = [a for a in sent if a != (viewer._nominated[1].remote_addr)]
+    assert direct, "no background check was sent"
+    assert set(direct) <= offered  # only what the peer offered in this session
+    per_round = packets_per_check(upgrade, DirectFirst())
+    assert len(direct) <= upgrade.max_packets
+    assert len(direct) <= 2 * per_round  # a third round would not have fitted
+    assert viewer._nominated[1].remote_candidate.type == "relay"
+
+
+async def test_no_search_when_it_is_switched_off(
+    agents: tuple[Connection, Connection, Gate]
+) -> None:
+    viewer, camera, _gate = agents
+    install_relay_rule()
+    reconfigure(quick(Upgrade(enabled=False)))
+    try:
+        await connect(viewer, camera)
+    finally:
+        reconfigure(Settings())
+    assert viewer._nominated[1].remote_candidate.type == "relay"
+    assert viewer not in ice._upgraders

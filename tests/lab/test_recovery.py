@@ -24,7 +24,7 @@ from services.natlab import Lab
 from tests.browser.conftest import CHROMIUM
 from tests.conftest import scaled
 from tests.lab.conftest import CONNTRACK_UDP_TIMEOUT, needs_lab
-from tests.lab.recovery import RecoveryLab, Watch, video_back
+from tests.lab.recovery import RecoveryLab, Watch, block_direct, unblock_direct, video_back
 
 pytestmark = needs_lab
 
@@ -178,3 +178,34 @@ def test_a_camera_moved_to_another_site_heals(run: RecoveryLab, lab: Lab) -> Non
         run.kill_camera()
         run.camera_site = CAMERA
         run.start_camera()
+
+
+# -- relayed now, direct later -----------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_a_relayed_session_moves_to_a_direct_path_when_one_opens(run: RecoveryLab,
+                                                                  lab: Lab) -> None:
+    settled(run, 0, None)
+    block_direct(lab, CAMERA, VIEWER)
+    try:
+        watch = run.watch(VIEWER, 25)
+        run.wait_playing()
+        pairs = [v["pair"] for v in run.camera_status()["viewers"]]
+        assert len(pairs) == 1 and "relay" in pairs[0], pairs  # no direct path at the start
+    finally:
+        unblock_direct(lab, CAMERA, VIEWER)
+    opened = time.monotonic()
+    deadline = opened + scaled(40)
+    pair = pairs[0]
+    while time.monotonic() < deadline and "relay" in pair:
+        time.sleep(0.5)
+        viewers = run.camera_status()["viewers"]
+        pair = viewers[0]["pair"] if viewers else "gone"
+    result = watch.finish(timeout=60)
+    assert "relay" not in pair and pair != "gone", (pair, result)
+    # The same session throughout, and its video never stopped for the move.
+    assert result.get("sessions") == 1, result
+    assert result.get("frames", 0) > 300, result
+    assert not [g for g in result.get("gaps", []) if g[1] >= opened and g[1] - g[0] > 0.5], result
+    settled(run, 0, None)
