@@ -39,7 +39,7 @@ from bench import camera_proc
 from bench.common import ROOT, machine
 from bench.report import write_report
 
-ORDER = ["ttff", "latency", "viewers", "janus", "scale", "storm", "relay", "labttff",
+ORDER = ["ttff", "latency", "viewers", "janus", "pibudget", "scale", "storm", "relay", "labttff",
          "recovery", "badnet", "snapshot"]
 
 
