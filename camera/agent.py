@@ -46,6 +46,7 @@ from camera.identity import DeviceIdentity
 from camera.link import RendezvousLink
 from camera.netwatch import NetworkView, NetworkWatcher
 from camera.ptz import PtzControl
+from camera.punch import PunchConfig, with_predicted_candidates
 from camera.sdnotify import Notifier
 from camera.session import BadCandidate, SessionFailed, ViewerSession
 from camera.sources.base import Source
@@ -290,8 +291,20 @@ class CameraAgent:
                          type(exc).__name__, printable(exc))
             await session.close("the camera could not answer")
             return
-        self._perform(self.core.answered(session.session_id, answer,
+        self._perform(self.core.answered(session.session_id, self._with_predictions(answer),
                                          asyncio.get_running_loop().time()))
+
+    def _with_predictions(self, sdp: str) -> str:
+        """Behind a NAT that allocates ports sequentially, the answer also offers the
+        ports it will likely map next (camera/punch.py): a viewer behind a NAT that
+        filters on the remote port checks them, which opens its filter for the port
+        our own check to it leaves from. Plain ICE cannot connect those two NATs."""
+        nat = self.nat_report
+        if (not self.config.port_prediction or nat is None or nat.allocation != "sequential"
+                or not nat.allocation_step):
+            return sdp
+        return with_predicted_candidates(sdp, nat.allocation_step,
+                                         PunchConfig().predicted_ports)
 
     async def _add_candidate(self, session: ViewerSession, add: AddCandidate) -> None:
         """A viewer's trickled candidate, its signature already checked by the core."""

@@ -120,6 +120,10 @@ class CameraConfig:
     control_socket: Path | None = None
     """Owner-only Unix socket for ``peercam status``/``viewers``/``pair``; None: under
     systemd ``$RUNTIME_DIRECTORY/control.sock``, else ``control.sock`` in the state dir."""
+    port_prediction: bool = True
+    """Behind a NAT that allocates ports sequentially (``peercam natcheck``), the
+    answer also offers the next ports that NAT will likely map, so a viewer behind a
+    port-filtering NAT can reach the camera directly; false: plain ICE candidates."""
     probe_revert: bool = True
     """A viewer probing the layer above goes back down as soon as it reports picture
     loss (PLI/FIR, a NACK beyond the retransmit history), not only when its receiver

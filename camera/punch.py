@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -278,3 +279,39 @@ def plan_punch(
                          birthday_probability(config.birthday_sockets, probes))
 
     return _nothing("none")
+
+
+_SRFLX_LINE = re.compile(
+    r"^a=candidate:(?P<foundation>\S+) (?P<component>\d+) (?P<transport>udp) "
+    r"(?P<priority>\d+) (?P<address>[0-9.]+) (?P<port>\d+) typ srflx(?P<rest>.*)$",
+    re.IGNORECASE)
+
+
+def with_predicted_candidates(sdp: str, step: int, count: int) -> str:
+    """``sdp`` with, after each IPv4 server-reflexive UDP candidate, ``count`` more at
+    the ports a sequential NAT will likely give this peer's next flows
+    (:func:`predict_ports` from the candidate's own port, the newest mapping when
+    it was gathered for this session).
+
+    The peer checks them like any candidate: behind a NAT that filters on the
+    remote port, its checks to the right one open its filter for the port our own
+    check to it leaves from, which plain ICE never announced. Each comes just below
+    the candidate it was predicted from in priority, so a working announced path
+    still wins. Called on the SDP before it is signed: the predictions are part of
+    the signed session like every other candidate.
+    """
+    lines = sdp.split("\r\n")
+    out: list[str] = []
+    for line in lines:
+        out.append(line)
+        match = _SRFLX_LINE.match(line)
+        if match is None:
+            continue
+        priority = int(match["priority"])
+        for k, port in enumerate(predict_ports(int(match["port"]), step, count), 1):
+            if port == int(match["port"]):
+                continue
+            out.append(f"a=candidate:pred{k} {match['component']} {match['transport']} "
+                       f"{max(1, priority - k)} {match['address']} {port} typ srflx"
+                       f"{match['rest']}")
+    return "\r\n".join(out)

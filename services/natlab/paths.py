@@ -60,3 +60,16 @@ def direct_possible(camera: str, viewer: str) -> bool:
         # that does not filter on the remote port (or through no NAT at all).
         return other in ("open", "full-cone", "restricted")
     return True
+
+
+def direct_with_prediction(camera: str, viewer: str) -> bool:
+    """:func:`direct_possible`, plus what peercam's camera adds to plain ICE: behind a
+    symmetric NAT that allocates ports sequentially it also offers the ports that NAT
+    will map next (``camera/punch.py``), and a viewer behind a NAT that filters on
+    the remote port reaches the right one. Only the camera predicts: the reverse
+    roles stay as plain ICE has them."""
+    if direct_possible(camera, viewer):
+        return True
+    if site_kind(camera) != "symmetric-seq":
+        return False
+    return V4_KIND.get(site_kind(viewer), site_kind(viewer)) == "port-restricted"

@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import pytest
+from aioice import Candidate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from camera.punch import (
     predict_ports,
     predicted_candidates,
     profile_from_report,
+    with_predicted_candidates,
 )
 from services.stun.allocation import classify_allocation
 from services.stun.discovery import NatReport
@@ -183,3 +185,42 @@ def test_every_plan_stays_inside_its_budget_and_the_offered_addresses(
     assert all(0 <= send.socket < max(plan.sockets, 1) for send in plan.sends)
     if not enabled:
         assert plan.packets == 0
+
+
+# -- predicted candidates in the camera's answer -------------------------------------
+
+ANSWER = "\r\n".join([
+    "v=0", "m=video 9 UDP/TLS/RTP/SAVPF 102",
+    "a=candidate:aa 1 udp 2130706431 10.0.0.5 40000 typ host",
+    "a=candidate:bb 1 udp 1694498815 198.51.100.7 20005 typ srflx raddr 10.0.0.5 rport 40000",
+    "a=candidate:cc 1 udp 1694498815 2001:db8::5 40002 typ srflx raddr 2001:db8::5 rport 40002",
+    "a=candidate:dd 1 udp 16777215 203.0.113.1 50000 typ relay raddr 198.51.100.7 rport 20006",
+    "a=end-of-candidates", ""])
+
+
+def test_predicted_candidates_follow_the_srflx_one_below_it_in_priority() -> None:
+    sdp = with_predicted_candidates(ANSWER, step=1, count=3)
+    lines = sdp.split("\r\n")
+    srflx = lines.index(next(line for line in lines if "20005 typ srflx" in line))
+    predicted = lines[srflx + 1:srflx + 4]
+    assert predicted == [
+        f"a=candidate:pred{k} 1 udp {1694498815 - k} 198.51.100.7 {20005 + k} typ srflx "
+        "raddr 10.0.0.5 rport 40000" for k in (1, 2, 3)]
+    # Nothing else changed: not the host, IPv6 or relay candidates, not the ending.
+    assert [line for line in lines if not line.startswith("a=candidate:pred")] == \
+        ANSWER.split("\r\n")
+    # Every prediction parses as a candidate of the announced address only.
+    for line in predicted:
+        candidate = Candidate.from_sdp(line.removeprefix("a=candidate:"))
+        assert candidate.host == "198.51.100.7" and candidate.type == "srflx"
+
+
+@given(port=st.integers(1024, 65535), step=st.integers(-64, 64).filter(bool),
+       count=st.integers(1, 32))
+def test_predictions_stay_in_the_port_range_and_count(port: int, step: int, count: int) -> None:
+    sdp = ANSWER.replace("20005", str(port))
+    extra = [line for line in with_predicted_candidates(sdp, step, count).split("\r\n")
+             if line.startswith("a=candidate:pred")]
+    ports = [int(line.split()[5]) for line in extra]
+    assert len(ports) <= count and len(set(ports)) == len(ports)
+    assert all(1024 <= p <= 65535 and p != port for p in ports)

@@ -25,7 +25,7 @@ from typing import Any
 from camera.acl import ViewerACL
 from camera.client.viewer import ViewerIdentity
 from services.natlab.lab import Lab
-from services.natlab.paths import direct_possible
+from services.natlab.paths import direct_with_prediction
 from tests.services.coturn import TURNSERVER, make_userdb, policy_lines
 
 SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "symmetric-seq",
@@ -194,7 +194,7 @@ class Matrix:
         return result
 
     def run_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
-        cell = Cell(camera, viewer, direct_possible(camera, viewer))
+        cell = Cell(camera, viewer, direct_with_prediction(camera, viewer))
         argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
                 "--seconds", str(seconds), "--json"]
         result = self._last_json(viewer, argv, seconds + 60, cell)
@@ -230,7 +230,7 @@ class Matrix:
 
     def run_browser_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
         """Headless Chromium behind ``viewer`` pairs with and watches ``camera``."""
-        cell = Cell(camera, viewer, direct_possible(camera, viewer))
+        cell = Cell(camera, viewer, direct_with_prediction(camera, viewer))
         argv = [sys.executable, "-m", "tests.lab.browser_cell", self.pair_link(camera),
                 str(seconds)]
         result = self._last_json(viewer, argv, 90, cell)
@@ -316,7 +316,9 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "Real Linux NATs (nftables in network namespaces, `services/natlab`); our STUN",
         "server, coturn and the rendezvous on the lab's public segment. \"symmetric\"",
         "picks each new flow's port at random, \"symmetric-seq\" takes the next port",
-        "(plain ICE treats both alike; port prediction will not).",
+        "(plain ICE treats both alike; the camera does not: behind the sequential one its "
+        "answer also offers the ports its NAT will map next, and a viewer behind a NAT "
+        "that filters on the remote port reaches it directly).",
         "Each cell: pair type seen by the viewer",
         "(local → remote) and time to first frame in ms. **D** direct, **R** relayed;",
         "a cell is correct when it is direct wherever the two NATs allow a direct path",

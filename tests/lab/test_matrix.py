@@ -94,11 +94,13 @@ def test_every_pair_connects_direct_where_possible(matrix: Matrix, lab: Lab) -> 
     wrong = [f"{c.camera}→{c.viewer}: {c.local_candidate}/{c.remote_candidate} "
              f"(direct possible: {c.expected_direct})" for c in cells if not c.ok]
     assert not wrong, wrong
-    # 64 cells: 15 need TURN over TCP (UDP blocked), 12 pair a symmetric NAT (either
-    # allocator) with a port-restricted or symmetric one; the other 37 must be direct.
+    # 64 cells: 15 need TURN over TCP (UDP blocked), 10 pair a symmetric NAT (either
+    # allocator) with a port-restricted or symmetric one, where the camera's port
+    # prediction does not help; the other 39 must be direct, 2 of them only because
+    # a camera behind the sequential NAT predicts its ports (port-restricted-2, ipv6-2).
     # Without the sequential one, 49 cells: 13 UDP-blocked, 5 symmetric, 31 direct.
     assert (len(cells), sum(1 for c in cells if c.expected_direct)) == \
-        ((64, 37) if FULL else (49, 31))
+        ((64, 39) if FULL else (49, 31))
     assert not by_pair(cells)[("symmetric", "symmetric-2")].expected_direct
 
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from services.natlab.paths import direct_possible
+from services.natlab.paths import direct_possible, direct_with_prediction
 from services.natlab.plan import ALL_SITES, CARRIER_KINDS, Kind, parse_site
 from services.natlab.rules import SEQUENTIAL_PORTS, carrier_ruleset, router_ruleset
 
@@ -79,3 +79,18 @@ def test_carrier_rules(kind: Kind) -> None:
 def test_path_rule(camera: str, viewer: str, direct: bool) -> None:
     assert direct_possible(camera, viewer) is direct
     assert direct_possible(viewer, camera) is direct
+
+
+@pytest.mark.parametrize(("camera", "viewer", "direct"), [
+    ("symmetric-seq", "port-restricted-2", True),  # the camera predicts its next ports
+    ("port-restricted", "symmetric-seq-2", False),  # a viewer does not
+    ("symmetric-seq", "ipv6-2", True),  # IPv4 port-restricted
+    ("symmetric-seq", "cgnat", True),  # port-restricted as a whole
+    ("symmetric-seq", "symmetric-2", False),  # the viewer's mappings are random
+    ("symmetric-seq", "symmetric-seq-2", False),  # and unpredicted
+    ("symmetric-seq", "udp-blocked-2", False),
+    ("symmetric", "port-restricted-2", False),  # random: nothing to predict
+    ("symmetric-seq", "full-cone-2", True),
+])
+def test_path_rule_with_the_cameras_prediction(camera: str, viewer: str, direct: bool) -> None:
+    assert direct_with_prediction(camera, viewer) is direct
