@@ -88,8 +88,10 @@ class PunchConfig:
 
     enabled: bool = True
     budget: PunchBudget = field(default_factory=PunchBudget)
-    predicted_ports: int = 16
-    """Sequential allocator: how many next ports to offer (other flows take some)."""
+    predicted_ports: int = 8
+    """Sequential allocator: how many next ports to offer (other flows take some:
+    the session's TURN allocation and its first checks; each one more is a pair the
+    viewer checks, 20 ms of its check pacing)."""
     birthday_sockets: int = 256
     """Random allocator, the symmetric side: sockets opened, one packet each per round."""
     birthday_probes: int = 1024
@@ -281,6 +283,9 @@ def plan_punch(
     return _nothing("none")
 
 
+PREDICTED_FOUNDATION = "pred"
+"""Foundations of predicted candidates start so (``pred1``, ``pred2``, …)."""
+
 _SRFLX_LINE = re.compile(
     r"^a=candidate:(?P<foundation>\S+) (?P<component>\d+) (?P<transport>udp) "
     r"(?P<priority>\d+) (?P<address>[0-9.]+) (?P<port>\d+) typ srflx(?P<rest>.*)$",
@@ -311,7 +316,7 @@ def with_predicted_candidates(sdp: str, step: int, count: int) -> str:
         for k, port in enumerate(predict_ports(int(match["port"]), step, count), 1):
             if port == int(match["port"]):
                 continue
-            out.append(f"a=candidate:pred{k} {match['component']} {match['transport']} "
-                       f"{max(1, priority - k)} {match['address']} {port} typ srflx"
-                       f"{match['rest']}")
+            out.append(f"a=candidate:{PREDICTED_FOUNDATION}{k} {match['component']} "
+                       f"{match['transport']} {max(1, priority - k)} {match['address']} "
+                       f"{port} typ srflx{match['rest']}")
     return "\r\n".join(out)

@@ -34,6 +34,7 @@ from aioice.ice import CandidatePair, Connection, candidate_pair_priority
 
 from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
 from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
+from camera.punch import PREDICTED_FOUNDATION
 
 logger = logging.getLogger("camera.ice")  # the lab benchmarks read these lines by this name
 
@@ -212,6 +213,11 @@ def _is_relay(pair: CandidatePair) -> bool:
     return "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
 
 
+def _predicted(pair: CandidatePair) -> bool:
+    """A pair with a candidate the peer offered as a predicted port (camera.punch)."""
+    return str(pair.remote_candidate.foundation).startswith(PREDICTED_FOUNDATION)
+
+
 def _pending_direct(connection: Connection, component: int) -> list[CandidatePair]:
     """Direct pairs of this component still unchecked or in flight."""
     return [
@@ -247,7 +253,9 @@ async def _another_pair_won(
                 first_check=_first_check.get(connection, relay_ok),
                 relay_ok=relay_ok,
                 relay_rtt=relay_rtt,
-                pairs=len(connection._check_list),
+                # The peer paces its own check list, which has none of the ports
+                # we were offered as predictions (camera.punch): those are ours.
+                pairs=sum(1 for p in connection._check_list if not _predicted(p)),
                 direct_sent=[_sent_at.get(p) if p.state == _State.IN_PROGRESS else None
                              for p in pending],
             )

@@ -113,8 +113,8 @@ def offered(ports: list[int]) -> set[tuple[str, int]]:
 def test_sequential_plan_checks_exactly_the_offered_predictions() -> None:
     predicted = list(predict_ports(20014, 1, 16))
     candidates = offered(predicted[:10])  # the peer offered ten of them
-    plan = plan_punch(CONE, SEQUENTIAL, candidates, [PEER_PUBLIC], PunchConfig(),
-                      random.Random(1))
+    plan = plan_punch(CONE, SEQUENTIAL, candidates, [PEER_PUBLIC],
+                      PunchConfig(predicted_ports=16), random.Random(1))
     assert plan.strategy == "sequential"
     assert plan.destinations == {(PEER_PUBLIC, p) for p in predicted[:10]}
 
