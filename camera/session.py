@@ -147,6 +147,9 @@ class ViewerSession:
                                          bitrates=self._layer_bitrates,
                                          revert_on_picture_loss=self._probe_revert)
             hook_sender(transceiver.sender, self._keyframe_wanted)
+            # The offer is signed by a viewer in the ACL: the IDR it starts from is
+            # made now, while the answer is made and travels and ICE and DTLS run.
+            self.track.prepare()
             share_packetization(transceiver.sender)  # after hook_sender: NACK misses
         # else: a control-only session (``peercam ptz``): a transceiver the offer
         # has no m-line for would break aiortc's answer, and no video is wanted.
