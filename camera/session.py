@@ -17,7 +17,7 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionD
 from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
-from camera.compat import hook_sender, share_packetization, watch_rtcp
+from camera.compat import answer_as_dtls_server, hook_sender, share_packetization, watch_rtcp
 from camera.errors import PeercamError
 from camera.frames import Layer
 from camera.ladder import LABEL as QUALITY_LABEL
@@ -156,6 +156,7 @@ class ViewerSession:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             await self._apply_early_candidates()
+            answer_as_dtls_server(self.pc)  # the viewer starts the DTLS handshake
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except (ValueError, KeyError, IndexError) as exc:
             raise SessionFailed(f"cannot answer this offer: {exc}") from None
