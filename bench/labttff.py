@@ -523,7 +523,8 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
                             await asyncio.wait_for(page.evaluate(WAIT_FOR_FRAME), 30)
                         except Exception as exc:  # report what the page knew
                             state = await page.evaluate("({...window.peercam})")
-                            yield {"ttff_ms": None, "error": str(exc).splitlines()[0],
+                            yield {"ttff_ms": None,
+                                   "error": (str(exc) or type(exc).__name__).splitlines()[0],
                                    "local": state.get("localCandidateType"),
                                    "remote": state.get("remoteCandidateType")}
                             break
