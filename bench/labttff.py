@@ -408,9 +408,11 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"| {_label(cell)} | {label} | {len(c['trials'])} | "
                 f"{c['on_expected_path']}/{len(c['trials'])} | {pairs} | {s.get('p50', '—')} "
                 f"| {s.get('p95', '—')} | {s.get('min', '—')} | {s.get('max', '—')} | {met} |")
+    paired_rows = any("pairing_ttff_ms" in t for cell in result["cells"]
+                      for t in cell.get("chromium", {}).get("trials", []))
     for cell in result["cells"]:
         c = cell.get("chromium")
-        if not c or not c["summary"].get("n"):
+        if not paired_rows or not c or not c["summary"].get("n"):
             continue
         s = c["summary"]
         line = f"Chromium, {_label(cell)}: the paired page p50 {s['p50']} ms, p95 {s['p95']} ms"
@@ -441,8 +443,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "answered",
         "(`camera/ice.py`); Chromium applies its own nomination. Relayed (tcp) is TURN",
         "over TCP on port 443 from a site that blocks UDP. Each Chromium trial is a",
-        "fresh profile that pairs first, then opens the page again, already paired: that",
-        "second visit is the trial's figure, timed from the page starting its connection.",
+        *(["fresh profile that pairs first, then opens the page again, already paired: that",
+           "second visit is the trial's figure, timed from the page starting its connection."]
+          if paired_rows else
+          ["fresh profile that pairs first (untimed; the clock starts after pairing)."]),
         "",
         "![first frame through the NAT lab](bench/labttff.png)",
         "",
