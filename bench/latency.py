@@ -810,7 +810,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
         st = case.get("chromium_stats")
         if not st:
             continue
-        line = (f"- Chromium × {case['viewers']}, its own `inbound-rtp` counters over the "
+        line = (f"- {_LABELS[case['viewer']]} × {case['viewers']}, its own `inbound-rtp` "
+                f"counters over the "
                 f"window (median tab): jitter buffer {_n(st.get('jitter_buffer_ms'))} ms a "
                 f"frame (target {_n(st.get('jitter_buffer_target_ms'))}), decode "
                 f"{_n(st.get('decode_ms'))} ms, first packet to decoded "
