@@ -15,6 +15,13 @@ Keyframe requests from joins, switches, PLI/FIR and unservable NACKs go to the
 viewer's layer, coalesced and rate-limited per layer, so one bad viewer cannot
 turn every frame of a layer into an IDR.
 
+A viewer's join is prepared when its offer arrives (:meth:`Broadcaster.prepare_join`):
+the IDR is asked for then, while ICE and DTLS are still being set up, and the
+layer keeps the frames since its last IDR for a moment; a viewer whose
+connection comes up within :data:`WARM_JOIN_S` of that IDR starts with them
+(:meth:`Broadcaster.subscribe` ``warm=True``) instead of asking for another and
+waiting for the source's next frame and its encode.
+
 Each access unit is cut into RTP payloads once per layer, for every viewer on
 that layer (:meth:`Broadcaster.payloads`): a viewer's sender adds only its own
 RTP header fields and SRTP.
@@ -150,6 +157,13 @@ PACKETIZED_KEPT = 16
 more than a viewer's queue holds, so a viewer behind by its whole queue still shares."""
 
 
+WARM_JOIN_S = 0.25
+"""How old a layer's last IDR may be for a joining viewer to start from it (with the
+frames since) rather than ask for a new one: about the time from an offer to its
+DTLS handshake on a direct path. Older, the burst would start the viewer's
+playout that far behind live."""
+
+
 class LayerFeed:
     """One layer's fan-out state: its viewers, its keyframe budget, its counters."""
 
@@ -173,6 +187,13 @@ class LayerFeed:
         self.packetized: deque[tuple[EncodedFrame, object]] = deque(maxlen=PACKETIZED_KEPT)
         """The last access units' RTP payloads, cut once for every viewer (newest last)."""
         self.packetizations = 0
+        self.gop: list[EncodedFrame] = []
+        """The frames since the last IDR (IDR first), while it is younger than
+        :data:`WARM_JOIN_S`; empty otherwise."""
+        self.gop_started = 0.0
+        """Loop time at which that IDR was published."""
+        self.warm_joins = 0
+        """Viewers that started from a kept IDR instead of asking for one."""
 
     def recent_fps(self, now: float, window: float = 2.0) -> float:
         return sum(1 for t in self.recent if now - t <= window) / window
@@ -256,6 +277,13 @@ class Broadcaster:
         feed.recent.append(feed.last_frame_time)
         switched: set[Subscription] = set()
         if frame.keyframe:
+            feed.gop, feed.gop_started = [frame], feed.last_frame_time
+        elif feed.gop:
+            if feed.last_frame_time - feed.gop_started <= WARM_JOIN_S:
+                feed.gop.append(frame)
+            else:
+                feed.gop = []
+        if frame.keyframe:
             feed.keyframes_published += 1
             sps = find_sps(frame.data)
             if sps is not None:
@@ -284,15 +312,34 @@ class Broadcaster:
         feed.packetizations += 1
         return made
 
-    def subscribe(self, layer: Layer | None = None) -> Subscription:
+    def subscribe(self, layer: Layer | None = None, *, warm: bool = False) -> Subscription:
         """Join the broadcast on ``layer`` (default: the top one) at a fresh IDR, asked
-        for now."""
+        for now.
+
+        ``warm``: if the layer's last IDR is at most :data:`WARM_JOIN_S` old (the one
+        :meth:`prepare_join` asked for), start from it and the frames since instead.
+        """
         layer = self.layers[0] if layer is None else layer
         feed = self._feeds[layer]
         sub = Subscription(self, layer, self._max_queue_frames)
         feed.subscribers.add(sub)
-        self.request_keyframe("viewer joined", layer)
+        now = asyncio.get_running_loop().time()
+        if (warm and feed.gop and now - feed.gop_started <= WARM_JOIN_S
+                and len(feed.gop) <= self._max_queue_frames // 2):
+            sub.waiting_for_keyframe = False
+            for frame in feed.gop:
+                sub._enqueue(frame)
+            feed.warm_joins += 1
+            logger.debug("viewer joined the %s layer at an IDR %.0f ms old (%d frames)",
+                         layer.label, (now - feed.gop_started) * 1000, len(feed.gop))
+        else:
+            self.request_keyframe("viewer joined", layer)
         return sub
+
+    def prepare_join(self, layer: Layer | None = None) -> None:
+        """A viewer's offer arrived: ask for the IDR it will start from now, so that
+        it is encoded while ICE and DTLS are set up (see ``subscribe(warm=True)``)."""
+        self.request_keyframe("viewer joining", layer)
 
     def _move(self, sub: Subscription, old: Layer, new: Layer) -> None:
         self._feeds[old].subscribers.discard(sub)

@@ -17,7 +17,7 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionD
 from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
-from camera.compat import hook_sender, share_packetization, watch_rtcp
+from camera.compat import answer_as_dtls_server, hook_sender, share_packetization, watch_rtcp
 from camera.errors import PeercamError
 from camera.frames import Layer
 from camera.ladder import LABEL as QUALITY_LABEL
@@ -147,12 +147,16 @@ class ViewerSession:
                                          bitrates=self._layer_bitrates,
                                          revert_on_picture_loss=self._probe_revert)
             hook_sender(transceiver.sender, self._keyframe_wanted)
+            # The offer is signed by a viewer in the ACL: the IDR it starts from is
+            # made now, while the answer is made and travels and ICE and DTLS run.
+            self.track.prepare()
             share_packetization(transceiver.sender)  # after hook_sender: NACK misses
         # else: a control-only session (``peercam ptz``): a transceiver the offer
         # has no m-line for would break aiortc's answer, and no video is wanted.
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             await self._apply_early_candidates()
+            answer_as_dtls_server(self.pc)  # the viewer starts the DTLS handshake
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except (ValueError, KeyError, IndexError) as exc:
             raise SessionFailed(f"cannot answer this offer: {exc}") from None

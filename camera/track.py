@@ -38,7 +38,9 @@ class PassthroughTrack(MediaStreamTrack):
 
     It joins the broadcast on the first ``recv``, which aiortc makes once DTLS is
     up: the join's IDR then goes straight out instead of waiting in the queue
-    behind ICE and DTLS (or overflowing it).
+    behind ICE and DTLS (or overflowing it). That IDR is asked for earlier, when
+    the offer is answered (:meth:`prepare`), and kept by the broadcaster for the
+    join: it is ready when DTLS completes.
     """
 
     kind = "video"
@@ -79,6 +81,11 @@ class PassthroughTrack(MediaStreamTrack):
             return False
         return self._subscription.switch_to(layer)
 
+    def prepare(self) -> None:
+        """The session is being set up: have the join's IDR made now (see the class)."""
+        if self._subscription is None:
+            self._broadcaster.prepare_join(self._join_layer)
+
     def request_keyframe(self, reason: str) -> None:
         """An IDR on this viewer's layer (the sender's PLI/FIR and NACK hooks)."""
         if self._subscription is not None:
@@ -104,7 +111,7 @@ class PassthroughTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         if self._subscription is None:
-            self._subscription = self._broadcaster.subscribe(self._join_layer)
+            self._subscription = self._broadcaster.subscribe(self._join_layer, warm=True)
         try:
             frame = await self._subscription.get()
         except ConnectionError:

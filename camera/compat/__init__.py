@@ -10,6 +10,8 @@ needs, so it reaches into their internals, here and nowhere else:
   into keyframe requests (:func:`hook_sender`, :mod:`camera.compat.sender`);
 * the CLI viewer's receivers release a frame on its marker packet and bound their
   decoder queue (:mod:`camera.compat.receiver`);
+* the camera answers as the DTLS server, so the viewer starts the handshake
+  (:func:`answer_as_dtls_server`, :mod:`camera.compat.dtls`);
 * aioice's connectivity checks try direct paths first and retransmit sooner
   (:mod:`camera.compat.ice`; the rules are in :mod:`camera.ice` and, for the
   viewer, :mod:`camera.client.ice`), and gather host candidates only on chosen
@@ -35,7 +37,8 @@ import aiortc
 from aioice.ice import CandidatePair, Connection
 from aiortc import RTCIceTransport
 
-from camera.compat import fastsend, ice, receiver, sender
+from camera.compat import dtls, fastsend, ice, receiver, sender
+from camera.compat.dtls import answer_as_dtls_server
 from camera.compat.fastsend import SharedSendStats, packetize_h264, share_packetization
 from camera.compat.guard import (
     AIOICE,
@@ -53,6 +56,7 @@ from camera.ice import DirectFirst, Upgrade
 
 __all__ = [
     "AIOICE",
+    "answer_as_dtls_server",
     "AIORTC",
     "HooksConflict",
     "IncompatibleLibrary",
@@ -92,6 +96,7 @@ def check_libraries(aiortc_module: Any = aiortc, aioice_module: Any = aioice) ->
     sender.check_members(aiortc_module)
     fastsend.check_members(aiortc_module)
     receiver.check_members(aiortc_module)
+    dtls.check_members(aiortc_module)
     ice.check_members(aioice_module)
 
 

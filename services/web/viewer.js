@@ -118,7 +118,7 @@ const peercam = {
   lastError: null,
   paired: null,            // true: the camera took our key; false: it refused it; null: unknown
   viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
-  timeline: {},            // ms from startedAt: prepared, offer, firstCandidateSent, gathered,
+  timeline: {},            // ms from startedAt: key, signaling, offerMade, prepared, offer, firstCandidateSent, gathered,
                            // endOfCandidates, answer, verified, connected, firstFrame
   trickle: null,           // the shown session trickles its ICE candidates (false: the fallback)
   candidatesSent: 0,       // trickled candidate messages, end-of-candidates not counted
@@ -285,7 +285,7 @@ function newSession() {
     phase: "signaling",    // "pair" while pairing, "offer" once the offer is out
     sessionLive: false,    // pair/offer sent and neither bye nor error came back
     answered: false,
-    startedAt: null,       // performance.now() just before new RTCPeerConnection
+    startedAt: null,       // performance.now() as connect starts (after pairing, if it pairs)
     firstFrameAt: null,
     lastFrameAt: 0,        // last sign of a new frame (frame callback or framesDecoded)
     frameCallbacks: false, // frame callbacks run for its video (then stats are not needed)
@@ -377,17 +377,39 @@ function makeVideo() {
 }
 
 async function connect(att) {
-  // The key loads (or is made, on first use) while the socket opens.
-  const [me] = await Promise.all([viewerKey(), signalingReady(att)]);
-  alive(att);
-  if (pairSecret) await pair(att, me);
-  // TTFF is measured from here: asking for ICE servers, then the peer connection.
-  att.startedAt = performance.now();
-  const iceServers = await prepare(att);
+  // Nothing waits for a step it does not need: the signaling socket opens,
+  // the viewer key loads (WebCrypto import from IndexedDB) and the peer
+  // connection makes its offer at the same time; the ICE servers the server
+  // hands out are set before the offer is applied, so gathering uses them.
+  // TTFF counts from here for a paired page, from after pairing otherwise.
+  if (!pairSecret) att.startedAt = performance.now();
+  const key = viewerKey();
+  const signaling = signalingReady(att);
+  key.then(() => mark(att, "key"), () => {});
+  signaling.then(() => mark(att, "signaling"), () => {});
+  if (pairSecret) {
+    const [me] = await Promise.all([key, signaling]);
+    alive(att);
+    await pair(att, me);
+    att.startedAt = performance.now();
+  }
   att.trickle = newTrickle(!trickleRefused);
   setFigure(att, "trickle", att.trickle.enabled);
-  const pc = createPeer(att, iceServers);
-  await pc.setLocalDescription(await pc.createOffer());
+  const pc = createPeer(att);
+  const [me, iceServers, offer] = await Promise.all([
+    key,
+    signaling.then(() => {
+      alive(att);
+      return prepare(att);
+    }),
+    pc.createOffer().then((offer) => {
+      mark(att, "offerMade");
+      return offer;
+    }),
+  ]);
+  alive(att);
+  useIceServers(pc, iceServers);
+  await pc.setLocalDescription(offer);
   alive(att);
   if (!att.trickle.enabled) {
     // Fallback: one complete offer, as before trickle ICE (protocol.md).
@@ -1048,9 +1070,11 @@ function onServerError(att, msg) {
 
 // ---- WebRTC --------------------------------------------------------------
 
-function createPeer(att, iceServers) {
-  // Always explicit: an empty list means host candidates only (protocol.md).
-  const pc = new RTCPeerConnection({ iceServers: Array.isArray(iceServers) ? iceServers : [] });
+function createPeer(att) {
+  // Made before the server's ICE servers are known (useIceServers sets them
+  // before the offer is applied, which is when gathering starts). Always
+  // explicit: an empty list means host candidates only (protocol.md).
+  const pc = new RTCPeerConnection({ iceServers: [] });
   att.pc = pc;
   const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
   preferH264(transceiver);
@@ -1065,6 +1089,12 @@ function createPeer(att, iceServers) {
   const stats = setInterval(() => collectStats(att), TIMING.statsMs);
   att.timers.add(stats);
   return pc;
+}
+
+function useIceServers(pc, iceServers) {
+  // Before setLocalDescription: nothing is gathered yet, so these apply.
+  if (!Array.isArray(iceServers) || iceServers.length === 0) return;
+  pc.setConfiguration({ ...pc.getConfiguration(), iceServers });
 }
 
 function preferH264(transceiver) {

@@ -102,7 +102,7 @@ async def test_track_joins_on_first_recv_and_ends_with_its_subscription() -> Non
     requests = Requests()
     broadcaster = Broadcaster(requests)
     track = PassthroughTrack(broadcaster)
-    broadcaster.publish(frame(0, keyframe=True))  # before the media path is up: not queued
+    broadcaster.publish(frame(5))  # before the media path is up: not queued
     assert broadcaster.viewer_count == 0 and requests.count == 0
     pending = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0)
@@ -118,6 +118,37 @@ async def test_track_joins_on_first_recv_and_ends_with_its_subscription() -> Non
     with pytest.raises(MediaStreamError):
         await track.recv()
     assert broadcaster.viewer_count == 0
+
+
+async def test_a_prepared_join_starts_from_the_idr_asked_for_at_the_offer() -> None:
+    requests = Requests()
+    broadcaster = Broadcaster(requests, keyframe_burst=1000)
+    track = PassthroughTrack(broadcaster)
+    track.prepare()  # the offer arrived: the IDR is made while ICE and DTLS run
+    assert requests.count == 1 and broadcaster.viewer_count == 0
+    broadcaster.publish(frame(7, keyframe=True))
+    broadcaster.publish(frame(8))
+    first, second = await track.recv(), await track.recv()  # DTLS up: the kept GOP, at once
+    assert bytes(first) == frame(0, True).data and first.pts == 0
+    assert bytes(second) == frame(1).data and second.pts == 3000
+    assert requests.count == 1 and broadcaster.feed(Layer.HIGH).warm_joins == 1
+    broadcaster.close()
+
+
+async def test_a_join_long_after_the_last_idr_asks_for_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import camera.broadcaster
+
+    monkeypatch.setattr(camera.broadcaster, "WARM_JOIN_S", 0.0)
+    requests = Requests()
+    broadcaster = Broadcaster(requests, keyframe_burst=1000)
+    broadcaster.publish(frame(0, keyframe=True))
+    await asyncio.sleep(0.01)
+    broadcaster.publish(frame(1))  # the GOP is now too old to start a viewer from
+    sub = broadcaster.subscribe(warm=True)
+    assert requests.count == 1 and sub.waiting_for_keyframe and sub.backlog == 0
+    assert broadcaster.feed(Layer.HIGH).warm_joins == 0
 
 
 @pytest.mark.parametrize("fmt", [RTCP_PSFB_PLI, RTCP_PSFB_FIR])

@@ -92,6 +92,19 @@ class SenderWithRenamedParameter(SenderWithoutRetransmit):
     async def _retransmit(self, seq: int) -> None: ...
 
 
+class DtlsWithoutSetRole:
+    pass
+
+
+def test_the_dtls_role_hook_checks_its_member() -> None:
+    from camera.compat import dtls
+
+    with pytest.raises(IncompatibleLibrary, match="DtlsWithoutSetRole._set_role is missing"):
+        dtls.check_members(types.SimpleNamespace(__version__="1.16.0",
+                                                 RTCDtlsTransport=DtlsWithoutSetRole))
+    dtls.check_members()  # the real RTCDtlsTransport passes
+
+
 def test_a_missing_sender_method_is_named_with_library_and_version() -> None:
     with pytest.raises(IncompatibleLibrary) as caught:
         sender.check_members(fake("1.16.0"), SenderWithoutRetransmit)

@@ -47,7 +47,8 @@ async def test_camera_answers_h264_with_the_streams_profile() -> None:
     await viewer.setLocalDescription(await viewer.createOffer())
     assert "VP8" not in viewer.localDescription.sdp
 
-    broadcaster = Broadcaster(lambda layer: None)
+    asked: list[Layer] = []
+    broadcaster = Broadcaster(asked.append)
     broadcaster.feed(Layer.HIGH).profile_level_id = "42e01e"  # as if the encoder emitted level 3.0
     closed: list[str] = []
     session = ViewerSession("x" * 20, broadcaster, [], lambda s, r: closed.append(r))
@@ -55,7 +56,12 @@ async def test_camera_answers_h264_with_the_streams_profile() -> None:
     assert re.search(r"a=rtpmap:\d+ H264/90000", answer)
     assert "VP8" not in answer
     assert "profile-level-id=42e01e" in answer
+    # The IDR the viewer will start from is asked for with the answer, not at DTLS up.
+    assert asked == [Layer.HIGH] and broadcaster.viewer_count == 0
+    # The camera is the DTLS server: the viewer starts the handshake.
+    assert "a=setup:passive" in answer and "a=setup:active" not in answer
     await viewer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    assert viewer.getTransceivers()[0].receiver.transport._role == "client"
     await session.close("done")
     await viewer.close()
     await asyncio.sleep(0)
