@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import logging
+import random
 import re
 import resource
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from prometheus_client.core import Metric
 
 from services.cluster import ClusterRouter, ClusterSettings
 from services.errors import ServiceError
+from services.heartbeat import HeartbeatWheel
 from services.metrics import (
     Families,
     RuntimeMetrics,
@@ -113,7 +118,8 @@ class RendezvousConfig:
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     """ICE servers handed to cameras and viewers in ``hello`` (empty: host candidates only)."""
     heartbeat: float = 20.0
-    """WebSocket ping interval; a peer that misses a pong is dropped (vanished viewers)."""
+    """WebSocket ping interval: a connection quiet for half of it is pinged, one that
+    sends nothing for a whole interval after a ping is dropped (vanished peers)."""
     answer_timeout: float = 20.0
     """Seconds a camera has to answer an offer."""
     message_rate: float = 20.0
@@ -149,6 +155,20 @@ class RendezvousConfig:
     metrics_listen: tuple[str, int] | None = None
     """Serve ``/metrics`` on this (host, port) only, not on the public port;
     None: ``/metrics`` on the public port (block it at the proxy)."""
+    shutdown_window: float = 1.5
+    """Seconds over which a stopping server (SIGTERM) closes its connections, in
+    batches, so their reconnects do not all land on one survivor at once."""
+    reconnect_spread: float = 5.0
+    """Each close at shutdown asks its peer to wait a random 0 to this many seconds
+    before reconnecting (close code 1012, "reconnect in N ms"): the camera link
+    honours it, so a fleet's reconnects spread over the window plus this."""
+    gc_freeze: bool = False
+    """Move long-lived objects out of the garbage collector's sight (``gc.freeze``)
+    after start-up and after each burst of new connections, so a full collection
+    walks only what is new since, not every connection held. It freezes the whole
+    process, so only a process that is nothing but the rendezvous (the
+    ``rendezvous`` command) turns it on: an embedding process (the demo's camera,
+    tests) may keep cyclic garbage that freezing would keep for ever."""
     cluster: ClusterSettings | None = None
     """Share presence and routing with other nodes through Redis; None: this
     process alone (presence in memory only)."""
@@ -180,6 +200,12 @@ class Rendezvous:
             max_pending_per_ip=self.config.max_pending_per_ip,
         )
         self._sockets: dict[Peer, web.WebSocketResponse] = {}
+        self._transports: dict[Peer, asyncio.Transport] = {}
+        self.wheel: HeartbeatWheel[Peer] = HeartbeatWheel(
+            self.config.heartbeat, min(1.0, self.config.heartbeat / 4))
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.freezer = GcFreezer(enabled=self.config.gc_freeze)
+        self.stopping = False
         self._per_ip: dict[str, TokenBucket] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self.refused: Counter[str] = Counter()
@@ -193,8 +219,9 @@ class Rendezvous:
         """The bound port of the separate ``/metrics`` listener (``metrics_listen``)."""
         self.metrics_runner: web.AppRunner | None = None
         self.app = web.Application()
-        self.app.router.add_get("/ws/camera", self._camera_ws)
-        self.app.router.add_get("/ws/viewer", self._viewer_ws)
+        # Partials, not wrapper coroutines: one frame less held per connection.
+        self.app.router.add_get("/ws/camera", functools.partial(self._serve, role=Role.CAMERA))
+        self.app.router.add_get("/ws/viewer", functools.partial(self._serve, role=Role.VIEWER))
         self.app.router.add_get("/healthz", self._healthz)
         if self.config.metrics_listen is None:
             self.app.router.add_get("/metrics", metrics_handler(self.registry))
@@ -205,7 +232,11 @@ class Rendezvous:
 
     async def _startup(self, app: web.Application) -> None:
         self._expiry_task = asyncio.create_task(self._expire_loop(), name="rendezvous-expiry")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(),
+                                                   name="rendezvous-heartbeat")
         self.runtime_metrics.start()
+        if self.freezer.enabled:
+            self.freezer.freeze(asyncio.get_running_loop().time())
         if self.cluster is not None:
             await self.cluster.start()
 
@@ -214,21 +245,77 @@ class Rendezvous:
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
             self.metrics_runner = None
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
-            self._expiry_task = None
-        for ws in list(self._sockets.values()):
-            await ws.close(code=1001, message=b"server shutting down")
+        for task in (self._expiry_task, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._expiry_task = self._heartbeat_task = None
+        await self.close_all(self.config.shutdown_window, self.config.reconnect_spread)
         if self.cluster is not None:
             await self.cluster.stop()
+        if self.freezer.enabled:
+            gc.unfreeze()
+
+    async def close_all(self, window: float, spread: float) -> None:
+        """Close every WebSocket, in batches over ``window`` seconds, each close asking
+        its peer to wait a random 0 to ``spread`` s before it reconnects.
+
+        A close does not wait for the peer's reply: the transport goes after the
+        close frame is written, so a dead peer costs nothing and 100k closes fit in
+        the window."""
+        self.stopping = True
+        peers = list(self._sockets)
+        random.shuffle(peers)
+        loop = asyncio.get_running_loop()
+        batches = max(1, min(len(peers) // 500, round(window / 0.05)))
+        size = -(-len(peers) // batches) if peers else 0
+        started = loop.time()
+        for n in range(batches):
+            await asyncio.sleep(max(0.0, started + n * window / batches - loop.time()))
+            for peer in peers[n * size:(n + 1) * size]:
+                hint = round(random.uniform(0, spread) * 1000)
+                self._close_now(peer, 1012, f"server restarting; reconnect in {hint} ms")
+        logger.info("closed %d connections in %.2f s", len(peers), loop.time() - started)
+
+    def _close_now(self, peer: Peer, code: int, reason: str) -> None:
+        """Write a close frame and drop the transport, without waiting for a reply."""
+        transport = self._transports.get(peer)
+        if transport is None or transport.is_closing():
+            return
+        payload = code.to_bytes(2, "big") + reason.encode()[:120]
+        # A server's frame is unmasked: FIN + opcode 8 (close), then the length.
+        transport.write(bytes((0x88, len(payload))) + payload)
+        transport.close()
 
     async def _expire_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
             await self._perform(self.router.expire(loop.time()))
+            self.freezer.maybe_freeze(loop.time())
+
+    async def _heartbeat_loop(self) -> None:
+        """One task pings every connection (see ``services.heartbeat``): no timers and
+        no task per connection. Pings go out in slices, so a tick never holds the
+        loop for long."""
+        loop = asyncio.get_running_loop()
+        wheel = self.wheel
+        while True:
+            await asyncio.sleep(wheel.tick_seconds)
+            ping, dead = wheel.tick(loop.time())
+            for peer in dead:
+                logger.info("%r sent nothing since a ping: dropped", peer)
+                transport = self._transports.get(peer)
+                if transport is not None:
+                    transport.abort()
+            for n, peer in enumerate(ping, 1):
+                ws = self._sockets.get(peer)
+                if ws is not None and not ws.closed:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.ping()
+                if n % 256 == 0:
+                    await asyncio.sleep(0)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         budget = self.budget
@@ -251,12 +338,6 @@ class Rendezvous:
         return web.Response(body=body, content_type=content_type,
                             headers=web_headers(request.host))
 
-    async def _camera_ws(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, Role.CAMERA)
-
-    async def _viewer_ws(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, Role.VIEWER)
-
     def _admit(self, remote: str, now: float) -> bool:
         """Per-IP connection rate limit (a reconnect storm or a scan stops here)."""
         bucket = self._per_ip.get(remote)
@@ -277,23 +358,37 @@ class Rendezvous:
             return web.Response(status=429, text="too many connections\n")
         # aiohttp closes with 1009 above max_msg_size; below it, our parser answers
         # an oversized message with an error and keeps the connection.
-        ws = web.WebSocketResponse(
-            heartbeat=self.config.heartbeat, max_msg_size=4 * MAX_MESSAGE_BYTES
-        )
+        # No library heartbeat (two timers and a task per connection): the wheel
+        # pings; pings from the peer are answered here.
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=4 * MAX_MESSAGE_BYTES)
         await ws.prepare(request)
-        counted = _Counted.of(request.transport)
+        transport = request.transport
+        counted = _Counted.of(transport)
         if counted is not None:
             counted.upgraded()
+        if not isinstance(transport, asyncio.Transport) or self.stopping:
+            await ws.close(code=1012, message=b"server restarting")
+            return ws
         peer = Peer(role, remote=remote, host=request.host)
         self._sockets[peer] = ws
+        self._transports[peer] = transport
+        self.wheel.add(peer, loop.time())
+        self.freezer.connected()
         bucket = TokenBucket(self.config.message_rate, self.config.message_burst)
         warned_at = float("-inf")
         try:
             await self._perform(self.router.connected(peer, loop.time()))
             async for msg in ws:
+                now = loop.time()
+                peer.seen_at = now
+                if msg.type is WSMsgType.PING:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.pong(msg.data)
+                    continue
+                if msg.type is WSMsgType.PONG:
+                    continue
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
-                now = loop.time()
                 if not bucket.allow(now):
                     self.refused["message_rate"] += 1
                     if now - warned_at > 1.0:
@@ -304,6 +399,9 @@ class Rendezvous:
                 await self._perform(self.router.received(peer, msg.data, now))
         finally:
             self._sockets.pop(peer, None)
+            self._transports.pop(peer, None)
+            self.wheel.discard(peer)
+            _drop_traceback(ws.exception())
             await self._perform(self.router.disconnected(peer))
         return ws
 
@@ -326,6 +424,61 @@ class Rendezvous:
             await ws.send_str(text)
         except (ConnectionError, RuntimeError) as exc:
             logger.info("could not send to %r: %s", peer, exc)
+
+
+def _drop_traceback(exc: BaseException | None) -> None:
+    """Cut the cycle a closed WebSocket keeps: its exception's traceback holds the
+    frames that hold the socket. Left alone, a dropped connection is freed only
+    by a full collection, and never once it has been frozen (``GcFreezer``)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        exc.__traceback__ = None
+        nxt = exc.__cause__ or exc.__context__
+        exc.__cause__ = exc.__context__ = None
+        exc, seen = nxt, seen + 1
+
+
+class GcFreezer:
+    """When to hide what is alive from the garbage collector (``gc.freeze``).
+
+    A full collection walks every tracked object: about 75 per connection, so
+    at 10k connections it stops the event loop for half a second and at 100k
+    for seconds. Objects that survive a collection and are frozen are never
+    walked again (``gc.freeze`` is constant time); they are still freed when
+    their last reference goes, which is why every reference cycle a closed
+    connection leaves behind must be cut (``_drop_traceback``). Freezing after
+    every ``batch`` new connections (or ``period`` seconds after one) keeps the
+    collection before each freeze, and every automatic one, bounded by what is
+    new since the last: about ``batch`` connections' worth.
+    """
+
+    def __init__(self, *, enabled: bool = True, batch: int = 256, period: float = 10.0) -> None:
+        self.enabled, self.batch, self.period = enabled, batch, period
+        self.new = 0
+        """Connections made since the last freeze."""
+        self.freezes = 0
+        self.last_pause_ms = 0.0
+        self._last = float("-inf")
+
+    def connected(self) -> None:
+        self.new += 1
+
+    def maybe_freeze(self, now: float) -> bool:
+        """Freeze if enough is new (call about once a second); did it?"""
+        if not self.enabled or self.new == 0:
+            return False
+        if self.new < self.batch and now - self._last < self.period:
+            return False
+        self.freeze(now)
+        return True
+
+    def freeze(self, now: float) -> None:
+        started = time.perf_counter()
+        gc.collect()
+        gc.freeze()
+        self.last_pause_ms = (time.perf_counter() - started) * 1000
+        self.new, self._last = 0, now
+        self.freezes += 1
 
 
 #: Every label value a counter can have, listed so each series exists from the
@@ -553,6 +706,11 @@ class _Counted(asyncio.Protocol):
         self.budget.closed(self.ip, self.pending)
         self.pending = False
         self.inner.connection_lost(exc)
+        # asyncio's socket transport keeps a bound method of itself (its read
+        # callback): a cycle that only a full collection frees, and none once frozen
+        # (see GcFreezer). The transport is closed and off the selector: cut it.
+        if self.transport is not None and hasattr(self.transport, "_read_ready_cb"):
+            setattr(self.transport, "_read_ready_cb", None)  # noqa: B010
 
 
 class _BudgetSite(web.TCPSite):
