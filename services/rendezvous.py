@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
+import math
 import random
 import re
 import resource
 import ssl
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -556,6 +560,94 @@ class BadRendezvousConfig(ServiceError, ValueError):
     """A rendezvous setting out of its range."""
 
 
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """The connection limits and timers an operator tunes: the rendezvous' config
+    file (``--config``, TOML, keys as below) and its flags (which win). The
+    defaults are what a server without either uses."""
+
+    heartbeat: float = 20.0
+    connection_rate: float = 5.0
+    connection_burst: float = 40.0
+    max_pending: int = 512
+    max_pending_per_ip: int = 16
+    max_connections: int = 0
+    handshake_timeout: float = 5.0
+    register_timeout: float = 30.0
+    shutdown_window: float = 1.5
+    reconnect_spread: float = 5.0
+    gc_freeze: bool = True
+    """On for the ``rendezvous`` command (a process that is only the rendezvous)."""
+
+    def merged(self, overrides: Mapping[str, object]) -> ConnectionSettings:
+        """These settings with each non-None value of ``overrides`` (the flags) put in."""
+        return _settings_from(
+            {**{f: getattr(self, f) for f in _SETTING_TYPES},
+             **{k: v for k, v in overrides.items() if v is not None}}, "flag")
+
+    def applied_to(self, config: RendezvousConfig) -> RendezvousConfig:
+        """``config`` with these settings."""
+        return dataclasses.replace(
+            config, heartbeat=self.heartbeat, connection_rate=self.connection_rate,
+            connection_burst=self.connection_burst, max_pending=self.max_pending,
+            max_pending_per_ip=self.max_pending_per_ip, max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout, register_timeout=self.register_timeout,
+            shutdown_window=self.shutdown_window, reconnect_spread=self.reconnect_spread,
+            gc_freeze=self.gc_freeze)
+
+
+_SETTING_TYPES: dict[str, type] = {
+    "heartbeat": float, "connection_rate": float, "connection_burst": float,
+    "max_pending": int, "max_pending_per_ip": int, "max_connections": int,
+    "handshake_timeout": float, "register_timeout": float, "shutdown_window": float,
+    "reconnect_spread": float, "gc_freeze": bool,
+}
+
+
+def _settings_from(values: Mapping[str, object], where: str) -> ConnectionSettings:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        kind = _SETTING_TYPES.get(key)
+        if kind is None:
+            raise BadRendezvousConfig(
+                f"{where}: unknown setting {key[:40]!r} (known: {', '.join(_SETTING_TYPES)})")
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            raise BadRendezvousConfig(f"{where}: {key} = {str(value)[:40]!r}: need a "
+                                      f"{'boolean' if kind is bool else 'number'}")
+        out[key] = kind(value)
+    settings = ConnectionSettings(**out)
+    for key in ("heartbeat", "connection_rate", "connection_burst", "max_pending",
+                "max_pending_per_ip", "handshake_timeout", "register_timeout"):
+        value = getattr(settings, key)
+        if not (math.isfinite(value) and value > 0):
+            raise BadRendezvousConfig(f"{where}: {key} = {value!r}: need more than 0")
+    for key in ("max_connections", "shutdown_window", "reconnect_spread"):
+        value = getattr(settings, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise BadRendezvousConfig(f"{where}: {key} = {value!r}: need 0 or more")
+    return settings
+
+
+def load_settings(path: Path | None) -> ConnectionSettings:
+    """The settings in a TOML file (missing keys: the defaults); None: the defaults."""
+    if path is None:
+        return ConnectionSettings()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise BadRendezvousConfig(f"config {path}: cannot read it ({exc.strerror or exc})"
+                                  ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadRendezvousConfig(f"config {path}: not TOML ({exc})") from None
+    return _settings_from(data, f"config {path}")
+
+
 #: Descriptors kept back from connections: the listening socket, log and web
 #: files, the event loop's own, DNS, TLS; shedding starts this far from the limit.
 FD_RESERVE = 64
@@ -789,6 +881,9 @@ async def start_rendezvous(
                  "connection_rate", "connection_burst", "heartbeat"):
         if not getattr(config, name) > 0:
             raise BadRendezvousConfig(f"{name} {getattr(config, name)!r}: need more than 0")
+    for name in ("shutdown_window", "reconnect_spread"):
+        if not getattr(config, name) >= 0:
+            raise BadRendezvousConfig(f"{name} {getattr(config, name)!r}: need 0 or more")
     if config.max_connections < 0:
         raise BadRendezvousConfig(
             f"max_connections {config.max_connections!r}: need 0 (from the descriptor limit)"
