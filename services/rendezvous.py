@@ -618,8 +618,8 @@ def _settings_from(values: Mapping[str, object], where: str) -> ConnectionSettin
         else:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not ok:
-            raise BadRendezvousConfig(f"{where}: {key} = {str(value)[:40]!r}: need a "
-                                      f"{'boolean' if kind is bool else 'number'}")
+            need = {bool: "true or false", int: "a whole number"}.get(kind, "a number")
+            raise BadRendezvousConfig(f"{where}: {key} = {repr(value)[:40]}: need {need}")
         out[key] = kind(value)
     settings = ConnectionSettings(**out)
     for key in ("heartbeat", "connection_rate", "connection_burst", "max_pending",
