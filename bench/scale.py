@@ -121,7 +121,7 @@ def probed_run_once(self):
     run_once(self)
     ms = (time.monotonic() - woke[0]) * 1000
     if ms >= 20:
-        loop_log.write(f"{woke[0]:.4f} {ms:.2f}\n")
+        loop_log.write(f"{woke[0]:.4f} {ms:.2f}\\n")
 be.BaseEventLoop._run_once = probed_run_once
 sys.argv[0] = "camera.cli"
 runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
