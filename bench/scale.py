@@ -93,20 +93,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 _GC_PROBE = """
 import gc, runpy, sys, time
 log = open(sys.argv.pop(1), "a", buffering=1)
-started = [0.0]
+started = [0.0, 0.0]
 def probe(phase, info):
     if phase == "start":
-        started[0] = time.monotonic()
+        started[0], started[1] = time.monotonic(), time.thread_time()
         return
     ms = (time.monotonic() - started[0]) * 1000
+    cpu = (time.thread_time() - started[1]) * 1000
     if ms >= 5 or info["generation"] == 2:
-        log.write(f"{started[0]:.4f} {info['generation']} {ms:.2f}\\n")
+        log.write(f"{started[0]:.4f} {info['generation']} {ms:.2f} {cpu:.2f}\\n")
 gc.callbacks.append(probe)
 # Event-loop pauses: from the moment select() returns to the end of that
-# iteration's callbacks (a garbage collection inside them included).
+# iteration's callbacks (a garbage collection inside them included), in wall
+# time and in the loop thread's own CPU time: on a shared machine the
+# difference is time spent waiting for a core, not work of the server's.
 import asyncio.base_events as be
 loop_log = open(sys.argv.pop(1), "a", buffering=1)
-woke = [0.0]
+woke = [0.0, 0.0]
 run_once = be.BaseEventLoop._run_once
 def probed_run_once(self):
     selector = self._selector
@@ -114,14 +117,15 @@ def probed_run_once(self):
         select = selector.select
         def timed_select(timeout=None):
             events = select(timeout)
-            woke[0] = time.monotonic()
+            woke[0], woke[1] = time.monotonic(), time.thread_time()
             return events
         selector.select = timed_select
         selector._peercam_probe = True
     run_once(self)
     ms = (time.monotonic() - woke[0]) * 1000
     if ms >= 20:
-        loop_log.write(f"{woke[0]:.4f} {ms:.2f}\\n")
+        cpu = (time.thread_time() - woke[1]) * 1000
+        loop_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f}\\n")
 be.BaseEventLoop._run_once = probed_run_once
 sys.argv[0] = "camera.cli"
 runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
@@ -139,24 +143,32 @@ class RendezvousProcess:
         self.gc_log = gc_log
         self.loop_log = loop_log
 
-    def loop_pauses(self, since: float, until: float) -> list[float]:
-        """ms of the server's event-loop iterations of 20 ms or more started in [since, until)."""
+    def loop_pauses(self, since: float, until: float) -> list[tuple[float, float]]:
+        """(wall ms, CPU ms) of the server's event-loop iterations of 20 ms or more
+        started in [since, until)."""
         out = []
         with contextlib.suppress(OSError):
             for line in self.loop_log.read_text().splitlines():
-                at, ms = line.split()
+                at, ms, cpu = line.split()
                 if since <= float(at) < until:
-                    out.append(float(ms))
+                    out.append((float(ms), float(cpu)))
         return out
 
-    def gc_pauses(self, since: float, until: float) -> list[tuple[int, float]]:
-        """(generation, ms) of the server's collections started in [since, until) (monotonic)."""
+    def longest_pause(self, since: float, until: float) -> dict[str, float]:
+        """The longest loop iteration in a window, in wall time and in CPU time."""
+        pauses = self.loop_pauses(since, until)
+        return {"wall_ms": round(max((w for w, _c in pauses), default=0.0), 1),
+                "cpu_ms": round(max((c for _w, c in pauses), default=0.0), 1)}
+
+    def gc_pauses(self, since: float, until: float) -> list[tuple[int, float, float]]:
+        """(generation, wall ms, CPU ms) of the server's collections started in
+        [since, until) (monotonic)."""
         out = []
         with contextlib.suppress(OSError):
             for line in self.gc_log.read_text().splitlines():
-                at, gen, ms = line.split()
+                at, gen, ms, cpu = line.split()
                 if since <= float(at) < until:
-                    out.append((int(gen), float(ms)))
+                    out.append((int(gen), float(ms), float(cpu)))
         return out
 
     @classmethod
@@ -467,12 +479,15 @@ async def healthz(url: str) -> dict[str, Any]:
         raise SystemExit(f"bench: the rendezvous does not answer /healthz ({exc!r})") from None
 
 
-def gc_summary(pauses: list[tuple[int, float]]) -> dict[str, Any]:
-    """The server's collections in a window: full ones, and any that took 10 ms or more."""
-    full = [ms for gen, ms in pauses if gen == 2]
-    long = [ms for _gen, ms in pauses if ms >= 10]
+def gc_summary(pauses: list[tuple[int, float, float]]) -> dict[str, Any]:
+    """The server's collections in a window: full ones, and any that took 10 ms or more
+    (wall time); the longest in the server's own CPU time too."""
+    full = [ms for gen, ms, _cpu in pauses if gen == 2]
+    long = [ms for _gen, ms, _cpu in pauses if ms >= 10]
     return {"full": len(full), "full_max_ms": round(max(full, default=0.0), 1),
-            "over_10ms": len(long), "max_ms": round(max((ms for _g, ms in pauses), default=0.0), 1)}
+            "over_10ms": len(long),
+            "max_ms": round(max((ms for _g, ms, _c in pauses), default=0.0), 1),
+            "max_cpu_ms": round(max((c for _g, _m, c in pauses), default=0.0), 1)}
 
 
 class MachineLoad:
@@ -594,7 +609,7 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
             row = rows[-1]
             print(f"{name}: {level} cameras ({row['online_after_idle']} after idle), "
                   f"{row['kib_per_camera']} KiB each, idle CPU {row['idle_cpu']:.3f} of a core, "
-                  f"longest loop pause {row['loop_max_ms']} ms, "
+                  f"longest loop pause {row['loop_idle']} ms, "
                   f"other load {row['other_load_cores']} cores", file=sys.stderr, flush=True)
         pool = ViewerPool(rdv.url, viewers, args.per_address)
         await pool.open()
@@ -705,9 +720,8 @@ async def _grow(rdv: RendezvousProcess, workers: list[WorkerProcess], level: int
         "online_after_idle": online, "lost": sum(st["lost"] for st in stats),
         "server_gc_idle": gc_idle,
         "server_gc_ramp": gc_summary(rdv.gc_pauses(ramp_started, ramp_started + ramp)),
-        "loop_max_ms": round(max(rdv.loop_pauses(t0, time.monotonic()), default=0.0), 1),
-        "loop_max_ramp_ms": round(max(rdv.loop_pauses(ramp_started, ramp_started + ramp),
-                                      default=0.0), 1),
+        "loop_idle": rdv.longest_pause(t0, time.monotonic()),
+        "loop_ramp": rdv.longest_pause(ramp_started, ramp_started + ramp),
         "camera_errors": dict(errors),
         "idle_cpu": round(idle_cpu, 4), "clients_idle_cpu": round(clients_cpu, 4),
         "other_load_cores": round(max(0.0, machine_cores - idle_cpu - clients_cpu), 2),
@@ -731,7 +745,7 @@ async def _signaling(rdv: RendezvousProcess, workers: list[WorkerProcess], pool:
         elapsed = time.monotonic() - t0
         machine_cores = load.cores()
         step["server_gc"] = gc_summary(rdv.gc_pauses(t0, time.monotonic()))
-        step["loop_max_ms"] = round(max(rdv.loop_pauses(t0, time.monotonic()), default=0.0), 1)
+        step["loop"] = rdv.longest_pause(t0, time.monotonic())
         step["server_cpu"] = round((rdv.cpu() - c0) / elapsed, 3)
         step["cameras_cpu"] = round((sum(w.cpu() for w in workers) - w0) / elapsed, 3)
         step["viewers_cpu"] = round((cpu_seconds(os.getpid()) - m0) / elapsed, 3)
@@ -876,7 +890,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
         + " The longest event-loop pause is",
         "the longest loop iteration (from `select()` returning to the end of its callbacks, "
         "garbage collections",
-        f"included) in the idle window. Targets: ≤ {TARGET_KIB:g} KiB per idle camera, "
+        "included) in the idle window, in wall time and, in brackets, in the loop thread's "
+        "own CPU time (the difference is",
+        "time the server waited for one of the shared cores). Targets: "
+        f"≤ {TARGET_KIB:g} KiB per idle camera,",
         f"{TARGET_CAMERAS // 1000}k cameras in one process,",
         f"no event-loop pause over {TARGET_PAUSE_MS:g} ms, signaling p99 ≤ {TARGET_P99_MS:g} ms "
         f"at {TARGET_RATE:g} session starts/s.",
@@ -890,7 +907,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         reg = r["register_ms"] or {}
         lines.append(f"| {r['cameras']} | {r['online_after_idle']} | {r['rss_kib'] / 1024:.1f} | "
                      f"{r['kib_per_camera']} | {100 * r['idle_cpu']:.1f}% | "
-                     f"{r.get('loop_max_ms')} / {r.get('loop_max_ramp_ms')} | "
+                     f"{_pause(r.get('loop_idle'))} / {_pause(r.get('loop_ramp'))} | "
                      f"{_gc_cell(r['server_gc_idle'], full=True)} | "
                      f"{r['registrations_per_s']} | {r['server_cpu_ms_per_registration']} | "
                      f"{reg.get('p50')} / {reg.get('p99')} | {r['other_load_cores']} |")
@@ -936,12 +953,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
     verdict.append(f"{held} of {top['cameras']} cameras held"
                    + ("" if top["cameras"] >= TARGET_CAMERAS
                       else f" (target {TARGET_CAMERAS // 1000}k: not reachable here)"))
-    pauses = [r.get("loop_max_ms") or 0.0 for r in result["levels"]] + [
-        s.get("loop_max_ms") or 0.0 for s in result["steps"]]
-    worst_pause = max(pauses, default=0.0)
-    verdict.append(f"longest loop pause {worst_pause} ms "
-                   f"({'meets' if worst_pause <= TARGET_PAUSE_MS else 'misses'} "
-                   f"{TARGET_PAUSE_MS:g} ms)")
+    pauses = [r.get("loop_idle") or {} for r in result["levels"]] + [
+        s.get("loop") or {} for s in result["steps"]]
+    wall = max((p.get("wall_ms", 0.0) for p in pauses), default=0.0)
+    cpu = max((p.get("cpu_ms", 0.0) for p in pauses), default=0.0)
+    verdict.append(f"longest loop pause idle or under load {wall} ms of wall time "
+                   f"({'meets' if wall <= TARGET_PAUSE_MS else 'misses'} {TARGET_PAUSE_MS:g} ms),"
+                   f" longest in the server's own CPU time {cpu} ms "
+                   f"({'meets' if cpu <= TARGET_PAUSE_MS else 'misses'})")
     target = _at_target(result)
     if target:
         ok = bool(target["rtt"]) and target["rtt"]["p99"] <= TARGET_P99_MS and not target["errors"]
@@ -983,9 +1002,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
             step = next((s for s in steps if s["rate"] == TARGET_RATE), None)
             rtt = (step or {}).get("rtt") or {}
             lines.append(f"| {label} | {lv['kib_per_camera']} | {100 * lv['idle_cpu']:.1f}% | "
-                         f"{lv.get('loop_max_ms')} / {lv.get('loop_max_ramp_ms')} | "
+                         f"{_pause(lv.get('loop_idle'))} / {_pause(lv.get('loop_ramp'))} | "
                          f"{_gc_cell(lv['server_gc_idle'], full=True)} | {rtt.get('p99')} | "
-                         f"{(step or {}).get('loop_max_ms')} |")
+                         f"{_pause((step or {}).get('loop'))} |")
     busy = _busiest_other_load(result)
     lines += [
         "",
@@ -1012,11 +1031,18 @@ def markdown(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pause(p: dict[str, float] | None) -> str:
+    """A loop pause as "wall (CPU)" ms."""
+    if not p:
+        return "–"
+    return f"{p['wall_ms']} ({p['cpu_ms']})"
+
+
 def _step_row(s: dict[str, Any]) -> str:
     r = s["rtt"] or {}
     errs = ", ".join(f"{k}: {v}" for k, v in s["errors"].items()) or "0"
     return (f"| {s['rate']:g} | {s['achieved_rate']} | {s['answered']}/{s['sent']} | "
             f"{r.get('p50')} | {r.get('p99')} | {r.get('max')} | {errs} | "
-            f"{s.get('loop_max_ms')} | {_gc_cell(s['server_gc'], full=False)} | "
+            f"{_pause(s.get('loop'))} | {_gc_cell(s['server_gc'], full=False)} | "
             f"{100 * s['server_cpu']:.0f}% | "
             f"{100 * (s['cameras_cpu'] + s['viewers_cpu']):.0f}% | {s['other_load_cores']} |")
