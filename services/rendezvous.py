@@ -162,7 +162,7 @@ class RendezvousConfig:
     shutdown_window: float = 1.5
     """Seconds over which a stopping server (SIGTERM) closes its connections, in
     batches, so their reconnects do not all land on one survivor at once."""
-    reconnect_spread: float = 5.0
+    reconnect_spread: float = 1.0
     """Each close at shutdown asks its peer to wait a random 0 to this many seconds
     before reconnecting (close code 1012, "reconnect in N ms"): the camera link
     honours it, so a fleet's reconnects spread over the window plus this."""
@@ -575,7 +575,7 @@ class ConnectionSettings:
     handshake_timeout: float = 5.0
     register_timeout: float = 30.0
     shutdown_window: float = 1.5
-    reconnect_spread: float = 5.0
+    reconnect_spread: float = 1.0
     gc_freeze: bool = True
     """On for the ``rendezvous`` command (a process that is only the rendezvous)."""
 

@@ -63,7 +63,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                           " (default 1.5)")
     rdv.add_argument("--reconnect-spread", type=float, metavar="S",
                      help="on SIGTERM, ask each camera to wait a random 0..S s before it"
-                          " reconnects (default 5)")
+                          " reconnects (default 1)")
     rdv.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=None,
                      help="freeze long-lived objects out of the garbage collector's walks"
                           " (default on)")
