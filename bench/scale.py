@@ -1008,7 +1008,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines.append(f"Stopping the rendezvous (SIGTERM) with {result['shutdown_cameras']} "
                      f"cameras connected took {result['shutdown_seconds']} s to exit"
                      + (f"; its connections were closed in {closed} s, in batches, each "
-                        "close (code 1012) asking its camera to wait a random 0 to 1 s (the default --reconnect-spread) before "
+                        "close (code 1012) asking its camera to wait a random delay up to --reconnect-spread before "
                         "reconnecting." if closed is not None else "."))
     elif "shutdown_seconds" in result:
         lines.append(f"The rendezvous did not exit within 60 s of SIGTERM with "
