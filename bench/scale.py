@@ -1008,8 +1008,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines.append(f"Stopping the rendezvous (SIGTERM) with {result['shutdown_cameras']} "
                      f"cameras connected took {result['shutdown_seconds']} s to exit"
                      + (f"; its connections were closed in {closed} s, in batches, each "
-                        "close (code 1012) asking its camera to wait a random delay up to --reconnect-spread before "
-                        "reconnecting." if closed is not None else "."))
+                        "close (code 1012) asking its camera to wait a random delay up to "
+                        "`--reconnect-spread` before reconnecting." if closed is not None else "."))
     elif "shutdown_seconds" in result:
         lines.append(f"The rendezvous did not exit within 60 s of SIGTERM with "
                      f"{result['shutdown_cameras']} cameras connected (killed).")
