@@ -406,7 +406,10 @@ class Rendezvous:
             self._transports.pop(peer, None)
             self.wheel.discard(peer)
             _drop_traceback(ws.exception())
-            await self._perform(self.router.disconnected(peer))
+            if not self.stopping:
+                # Stopping: the router goes with the process, and a cluster node gives
+                # back its whole presence at once (RedisCluster.stop), not 100k times.
+                await self._perform(self.router.disconnected(peer))
         return ws
 
     async def _perform(self, actions: list[Action]) -> None:
