@@ -32,7 +32,7 @@ from services.rendezvous import (
     load_settings,
     start_rendezvous,
 )
-from tests.conftest import scaled
+from tests.conftest import Stack, scaled
 
 # -- the wheel, no I/O ---------------------------------------------------------------
 
@@ -249,3 +249,19 @@ async def test_shutdown_closes_everyone_with_a_spread_reconnect_hint() -> None:
     assert len(set(hints)) > n // 2  # spread, not one value for everyone
     for sock in socks:
         sock.close()
+
+
+async def test_a_camera_waits_the_reconnect_delay_its_stopping_server_asks_for(
+        stack: Stack) -> None:
+    """The real camera agent, closed with code 1012 and a 1.6 s hint: it comes back no
+    sooner (its own backoff here is at most 1 s), and it does come back."""
+    camera = await stack.camera()  # backoff cap 1 s
+    server = stack.rendezvous
+    peer = server.router.cameras[camera.device_id]
+    loop = asyncio.get_running_loop()
+    closed_at = loop.time()
+    server._close_now(peer, 1012, "server restarting; reconnect in 1600 ms")
+    await _until(lambda: not camera.registered.is_set(), 5)
+    await asyncio.wait_for(camera.registered.wait(), scaled(10))
+    assert loop.time() - closed_at >= 1.6
+    assert server.router.cameras[camera.device_id] is not peer
