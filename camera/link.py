@@ -21,6 +21,7 @@ import contextlib
 import errno
 import logging
 import random
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,25 @@ SETTLED = 5.0
 """A registration shorter than this that drops keeps the full backoff (a flapping server)."""
 REFUSED_WINDOW = 60.0
 """How long into an outage refusals keep the short cap; after that, the normal backoff."""
+
+RESTART_CODE = 1012
+"""WebSocket close code "service restart": a rendezvous node that is stopping."""
+MAX_HINT = 30.0
+"""The longest reconnect wait a stopping server may ask for (s); longer is cut to this."""
+_HINT = re.compile(r"reconnect in ([0-9]{1,6}) ms")
+
+
+def reconnect_hint(code: int | None, reason: str) -> float | None:
+    """Seconds a closing server asked us to wait before reconnecting, or None.
+
+    A rendezvous node stopping (SIGTERM) closes its cameras with code 1012 and
+    ``reconnect in N ms``, N random per camera: waiting that long spreads a
+    fleet's reconnects over the survivors instead of landing them all at once."""
+    if code != RESTART_CODE:
+        return None
+    match = _HINT.search(reason)
+    return min(MAX_HINT, int(match.group(1)) / 1000) if match else None
+
 
 _NETWORK_DOWN = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 
@@ -146,6 +166,8 @@ class RendezvousLink:
         self.last_error: str | None = None
         self.last_activity = 0.0
         self._replaced = False
+        self._hint: float | None = None
+        """Seconds the server asked us to wait when it closed the link (code 1012)."""
         self._wake = asyncio.Event()
         """Set when the network changed: skip the backoff wait, start the ladder again."""
         self._outage_since: float | None = None
@@ -278,6 +300,9 @@ class RendezvousLink:
                 delay = random.uniform(0, cap)  # full jitter: no reconnect storms
                 if self.urls.advance():
                     delay = 0.0  # several URLs: the first pass tries each at once
+                if self._hint is not None:
+                    # A stopping node spreads its cameras' returns: its wait, not ours.
+                    delay, self._hint = self._hint, None
                 if self._replaced:
                     # Two devices with one key would replace each other forever: back
                     # off fully so the newer one keeps working, and say why loudly.
@@ -324,6 +349,8 @@ class RendezvousLink:
                 msg = await ws.receive()
                 self.last_activity = loop.time()
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    if msg.type is aiohttp.WSMsgType.CLOSE:
+                        self._hint = reconnect_hint(msg.data, str(msg.extra or ""))
                     return registered_at
                 self._on_frame(msg.data)
 

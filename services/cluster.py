@@ -281,7 +281,7 @@ class Release(Extension):
     holder: str
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RemoteViewer(Peer):
     """A viewer connected to another node, as this node's router sees it."""
 

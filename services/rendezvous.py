@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
+import gc
 import logging
+import math
+import random
 import re
 import resource
 import ssl
+import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -26,6 +34,7 @@ from prometheus_client.core import Metric
 
 from services.cluster import ClusterRouter, ClusterSettings
 from services.errors import ServiceError
+from services.heartbeat import HeartbeatWheel
 from services.metrics import (
     Families,
     RuntimeMetrics,
@@ -113,7 +122,8 @@ class RendezvousConfig:
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     """ICE servers handed to cameras and viewers in ``hello`` (empty: host candidates only)."""
     heartbeat: float = 20.0
-    """WebSocket ping interval; a peer that misses a pong is dropped (vanished viewers)."""
+    """WebSocket ping interval: a connection quiet for half of it is pinged, one that
+    sends nothing for a whole interval after a ping is dropped (vanished peers)."""
     answer_timeout: float = 20.0
     """Seconds a camera has to answer an offer."""
     message_rate: float = 20.0
@@ -149,6 +159,20 @@ class RendezvousConfig:
     metrics_listen: tuple[str, int] | None = None
     """Serve ``/metrics`` on this (host, port) only, not on the public port;
     None: ``/metrics`` on the public port (block it at the proxy)."""
+    shutdown_window: float = 1.5
+    """Seconds over which a stopping server (SIGTERM) closes its connections, in
+    batches, so their reconnects do not all land on one survivor at once."""
+    reconnect_spread: float = 1.0
+    """Each close at shutdown asks its peer to wait a random 0 to this many seconds
+    before reconnecting (close code 1012, "reconnect in N ms"): the camera link
+    honours it, so a fleet's reconnects spread over the window plus this."""
+    gc_freeze: bool = False
+    """Move long-lived objects out of the garbage collector's sight (``gc.freeze``)
+    after start-up and after each burst of new connections, so a full collection
+    walks only what is new since, not every connection held. It freezes the whole
+    process, so only a process that is nothing but the rendezvous (the
+    ``rendezvous`` command) turns it on: an embedding process (the demo's camera,
+    tests) may keep cyclic garbage that freezing would keep for ever."""
     cluster: ClusterSettings | None = None
     """Share presence and routing with other nodes through Redis; None: this
     process alone (presence in memory only)."""
@@ -180,6 +204,12 @@ class Rendezvous:
             max_pending_per_ip=self.config.max_pending_per_ip,
         )
         self._sockets: dict[Peer, web.WebSocketResponse] = {}
+        self._transports: dict[Peer, asyncio.Transport] = {}
+        self.wheel: HeartbeatWheel[Peer] = HeartbeatWheel(
+            self.config.heartbeat, min(1.0, self.config.heartbeat / 4))
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.freezer = GcFreezer(enabled=self.config.gc_freeze)
+        self.stopping = False
         self._per_ip: dict[str, TokenBucket] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self.refused: Counter[str] = Counter()
@@ -193,8 +223,9 @@ class Rendezvous:
         """The bound port of the separate ``/metrics`` listener (``metrics_listen``)."""
         self.metrics_runner: web.AppRunner | None = None
         self.app = web.Application()
-        self.app.router.add_get("/ws/camera", self._camera_ws)
-        self.app.router.add_get("/ws/viewer", self._viewer_ws)
+        # Partials, not wrapper coroutines: one frame less held per connection.
+        self.app.router.add_get("/ws/camera", functools.partial(self._serve, role=Role.CAMERA))
+        self.app.router.add_get("/ws/viewer", functools.partial(self._serve, role=Role.VIEWER))
         self.app.router.add_get("/healthz", self._healthz)
         if self.config.metrics_listen is None:
             self.app.router.add_get("/metrics", metrics_handler(self.registry))
@@ -205,7 +236,11 @@ class Rendezvous:
 
     async def _startup(self, app: web.Application) -> None:
         self._expiry_task = asyncio.create_task(self._expire_loop(), name="rendezvous-expiry")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(),
+                                                   name="rendezvous-heartbeat")
         self.runtime_metrics.start()
+        if self.freezer.enabled:
+            self.freezer.freeze(asyncio.get_running_loop().time())
         if self.cluster is not None:
             await self.cluster.start()
 
@@ -214,21 +249,77 @@ class Rendezvous:
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
             self.metrics_runner = None
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
-            self._expiry_task = None
-        for ws in list(self._sockets.values()):
-            await ws.close(code=1001, message=b"server shutting down")
+        for task in (self._expiry_task, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._expiry_task = self._heartbeat_task = None
+        await self.close_all(self.config.shutdown_window, self.config.reconnect_spread)
         if self.cluster is not None:
             await self.cluster.stop()
+        if self.freezer.enabled:
+            gc.unfreeze()
+
+    async def close_all(self, window: float, spread: float) -> None:
+        """Close every WebSocket, in batches over ``window`` seconds, each close asking
+        its peer to wait a random 0 to ``spread`` s before it reconnects.
+
+        A close does not wait for the peer's reply: the transport goes after the
+        close frame is written, so a dead peer costs nothing and 100k closes fit in
+        the window."""
+        self.stopping = True
+        peers = list(self._sockets)
+        random.shuffle(peers)
+        loop = asyncio.get_running_loop()
+        batches = max(1, min(len(peers) // 500, round(window / 0.05)))
+        size = -(-len(peers) // batches) if peers else 0
+        started = loop.time()
+        for n in range(batches):
+            await asyncio.sleep(max(0.0, started + n * window / batches - loop.time()))
+            for peer in peers[n * size:(n + 1) * size]:
+                hint = round(random.uniform(0, spread) * 1000)
+                self._close_now(peer, 1012, f"server restarting; reconnect in {hint} ms")
+        logger.info("closed %d connections in %.2f s", len(peers), loop.time() - started)
+
+    def _close_now(self, peer: Peer, code: int, reason: str) -> None:
+        """Write a close frame and drop the transport, without waiting for a reply."""
+        transport = self._transports.get(peer)
+        if transport is None or transport.is_closing():
+            return
+        payload = code.to_bytes(2, "big") + reason.encode()[:120]
+        # A server's frame is unmasked: FIN + opcode 8 (close), then the length.
+        transport.write(bytes((0x88, len(payload))) + payload)
+        transport.close()
 
     async def _expire_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
             await self._perform(self.router.expire(loop.time()))
+            self.freezer.maybe_freeze(loop.time())
+
+    async def _heartbeat_loop(self) -> None:
+        """One task pings every connection (see ``services.heartbeat``): no timers and
+        no task per connection. Pings go out in slices, so a tick never holds the
+        loop for long."""
+        loop = asyncio.get_running_loop()
+        wheel = self.wheel
+        while True:
+            await asyncio.sleep(wheel.tick_seconds)
+            ping, dead = wheel.tick(loop.time())
+            for peer in dead:
+                logger.info("%r sent nothing since a ping: dropped", peer)
+                transport = self._transports.get(peer)
+                if transport is not None:
+                    transport.abort()
+            for n, peer in enumerate(ping, 1):
+                ws = self._sockets.get(peer)
+                if ws is not None and not ws.closed:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.ping()
+                if n % 256 == 0:
+                    await asyncio.sleep(0)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         budget = self.budget
@@ -251,12 +342,6 @@ class Rendezvous:
         return web.Response(body=body, content_type=content_type,
                             headers=web_headers(request.host))
 
-    async def _camera_ws(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, Role.CAMERA)
-
-    async def _viewer_ws(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, Role.VIEWER)
-
     def _admit(self, remote: str, now: float) -> bool:
         """Per-IP connection rate limit (a reconnect storm or a scan stops here)."""
         bucket = self._per_ip.get(remote)
@@ -277,23 +362,37 @@ class Rendezvous:
             return web.Response(status=429, text="too many connections\n")
         # aiohttp closes with 1009 above max_msg_size; below it, our parser answers
         # an oversized message with an error and keeps the connection.
-        ws = web.WebSocketResponse(
-            heartbeat=self.config.heartbeat, max_msg_size=4 * MAX_MESSAGE_BYTES
-        )
+        # No library heartbeat (two timers and a task per connection): the wheel
+        # pings; pings from the peer are answered here.
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=4 * MAX_MESSAGE_BYTES)
         await ws.prepare(request)
-        counted = _Counted.of(request.transport)
+        transport = request.transport
+        counted = _Counted.of(transport)
         if counted is not None:
             counted.upgraded()
+        if not isinstance(transport, asyncio.Transport) or self.stopping:
+            await ws.close(code=1012, message=b"server restarting")
+            return ws
         peer = Peer(role, remote=remote, host=request.host)
         self._sockets[peer] = ws
+        self._transports[peer] = transport
+        self.wheel.add(peer, loop.time())
+        self.freezer.connected()
         bucket = TokenBucket(self.config.message_rate, self.config.message_burst)
         warned_at = float("-inf")
         try:
             await self._perform(self.router.connected(peer, loop.time()))
             async for msg in ws:
+                now = loop.time()
+                peer.seen_at = now
+                if msg.type is WSMsgType.PING:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.pong(msg.data)
+                    continue
+                if msg.type is WSMsgType.PONG:
+                    continue
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
-                now = loop.time()
                 if not bucket.allow(now):
                     self.refused["message_rate"] += 1
                     if now - warned_at > 1.0:
@@ -304,7 +403,13 @@ class Rendezvous:
                 await self._perform(self.router.received(peer, msg.data, now))
         finally:
             self._sockets.pop(peer, None)
-            await self._perform(self.router.disconnected(peer))
+            self._transports.pop(peer, None)
+            self.wheel.discard(peer)
+            _drop_traceback(ws.exception())
+            if not self.stopping:
+                # Stopping: the router goes with the process, and a cluster node gives
+                # back its whole presence at once (RedisCluster.stop), not 100k times.
+                await self._perform(self.router.disconnected(peer))
         return ws
 
     async def _perform(self, actions: list[Action]) -> None:
@@ -326,6 +431,66 @@ class Rendezvous:
             await ws.send_str(text)
         except (ConnectionError, RuntimeError) as exc:
             logger.info("could not send to %r: %s", peer, exc)
+
+
+def _drop_traceback(exc: BaseException | None) -> None:
+    """Cut the cycle a closed WebSocket keeps: its exception's traceback holds the
+    frames that hold the socket. Left alone, a dropped connection is freed only
+    by a full collection, and never once it has been frozen (``GcFreezer``)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        exc.__traceback__ = None
+        nxt = exc.__cause__ or exc.__context__
+        exc.__cause__ = exc.__context__ = None
+        exc, seen = nxt, seen + 1
+
+
+class GcFreezer:
+    """When to hide what is alive from the garbage collector (``gc.freeze``).
+
+    A full collection walks every tracked object: about 75 per connection, so
+    at 10k connections it stops the event loop for half a second and at 100k
+    for seconds. Objects that survive a collection and are frozen are never
+    walked again (``gc.freeze`` is constant time); they are still freed when
+    their last reference goes, which is why every reference cycle a closed
+    connection leaves behind must be cut (``_drop_traceback``).
+
+    Not only new connections make new long-lived objects: every message an
+    idle connection gets (a camera's ping every 20 s) leaves a fresh waiter and
+    message behind, held by its frozen connection until the next one, so 100k
+    cameras promote about 5000 connections' worth into the oldest generation
+    every second. Freezing every ``period`` seconds (and after ``batch`` new
+    connections) keeps the collection before each freeze, and every automatic
+    one, bounded by what one second brings.
+    """
+
+    def __init__(self, *, enabled: bool = True, batch: int = 256, period: float = 1.0) -> None:
+        self.enabled, self.batch, self.period = enabled, batch, period
+        self.new = 0
+        """Connections made since the last freeze."""
+        self.freezes = 0
+        self.last_pause_ms = 0.0
+        self._last = float("-inf")
+
+    def connected(self) -> None:
+        self.new += 1
+
+    def maybe_freeze(self, now: float) -> bool:
+        """Freeze if enough is new (call about once a second); did it?"""
+        if not self.enabled:
+            return False
+        if self.new < self.batch and now - self._last < self.period:
+            return False
+        self.freeze(now)
+        return True
+
+    def freeze(self, now: float) -> None:
+        started = time.perf_counter()
+        gc.collect()
+        gc.freeze()
+        self.last_pause_ms = (time.perf_counter() - started) * 1000
+        self.new, self._last = 0, now
+        self.freezes += 1
 
 
 #: Every label value a counter can have, listed so each series exists from the
@@ -401,6 +566,94 @@ def _metrics(server: Rendezvous) -> Iterator[Metric]:
 
 class BadRendezvousConfig(ServiceError, ValueError):
     """A rendezvous setting out of its range."""
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """The connection limits and timers an operator tunes: the rendezvous' config
+    file (``--config``, TOML, keys as below) and its flags (which win). The
+    defaults are what a server without either uses."""
+
+    heartbeat: float = 20.0
+    connection_rate: float = 5.0
+    connection_burst: float = 40.0
+    max_pending: int = 512
+    max_pending_per_ip: int = 16
+    max_connections: int = 0
+    handshake_timeout: float = 5.0
+    register_timeout: float = 30.0
+    shutdown_window: float = 1.5
+    reconnect_spread: float = 1.0
+    gc_freeze: bool = True
+    """On for the ``rendezvous`` command (a process that is only the rendezvous)."""
+
+    def merged(self, overrides: Mapping[str, object]) -> ConnectionSettings:
+        """These settings with each non-None value of ``overrides`` (the flags) put in."""
+        return _settings_from(
+            {**{f: getattr(self, f) for f in _SETTING_TYPES},
+             **{k: v for k, v in overrides.items() if v is not None}}, "flag")
+
+    def applied_to(self, config: RendezvousConfig) -> RendezvousConfig:
+        """``config`` with these settings."""
+        return dataclasses.replace(
+            config, heartbeat=self.heartbeat, connection_rate=self.connection_rate,
+            connection_burst=self.connection_burst, max_pending=self.max_pending,
+            max_pending_per_ip=self.max_pending_per_ip, max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout, register_timeout=self.register_timeout,
+            shutdown_window=self.shutdown_window, reconnect_spread=self.reconnect_spread,
+            gc_freeze=self.gc_freeze)
+
+
+_SETTING_TYPES: dict[str, type] = {
+    "heartbeat": float, "connection_rate": float, "connection_burst": float,
+    "max_pending": int, "max_pending_per_ip": int, "max_connections": int,
+    "handshake_timeout": float, "register_timeout": float, "shutdown_window": float,
+    "reconnect_spread": float, "gc_freeze": bool,
+}
+
+
+def _settings_from(values: Mapping[str, object], where: str) -> ConnectionSettings:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        kind = _SETTING_TYPES.get(key)
+        if kind is None:
+            raise BadRendezvousConfig(
+                f"{where}: unknown setting {key[:40]!r} (known: {', '.join(_SETTING_TYPES)})")
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            need = {bool: "true or false", int: "a whole number"}.get(kind, "a number")
+            raise BadRendezvousConfig(f"{where}: {key} = {repr(value)[:40]}: need {need}")
+        out[key] = kind(value)
+    settings = ConnectionSettings(**out)
+    for key in ("heartbeat", "connection_rate", "connection_burst", "max_pending",
+                "max_pending_per_ip", "handshake_timeout", "register_timeout"):
+        value = getattr(settings, key)
+        if not (math.isfinite(value) and value > 0):
+            raise BadRendezvousConfig(f"{where}: {key} = {value!r}: need more than 0")
+    for key in ("max_connections", "shutdown_window", "reconnect_spread"):
+        value = getattr(settings, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise BadRendezvousConfig(f"{where}: {key} = {value!r}: need 0 or more")
+    return settings
+
+
+def load_settings(path: Path | None) -> ConnectionSettings:
+    """The settings in a TOML file (missing keys: the defaults); None: the defaults."""
+    if path is None:
+        return ConnectionSettings()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise BadRendezvousConfig(f"config {path}: cannot read it ({exc.strerror or exc})"
+                                  ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadRendezvousConfig(f"config {path}: not TOML ({exc})") from None
+    return _settings_from(data, f"config {path}")
 
 
 #: Descriptors kept back from connections: the listening socket, log and web
@@ -553,6 +806,11 @@ class _Counted(asyncio.Protocol):
         self.budget.closed(self.ip, self.pending)
         self.pending = False
         self.inner.connection_lost(exc)
+        # asyncio's socket transport keeps a bound method of itself (its read
+        # callback): a cycle that only a full collection frees, and none once frozen
+        # (see GcFreezer). The transport is closed and off the selector: cut it.
+        if self.transport is not None and hasattr(self.transport, "_read_ready_cb"):
+            setattr(self.transport, "_read_ready_cb", None)  # noqa: B010
 
 
 class _BudgetSite(web.TCPSite):
@@ -631,6 +889,9 @@ async def start_rendezvous(
                  "connection_rate", "connection_burst", "heartbeat"):
         if not getattr(config, name) > 0:
             raise BadRendezvousConfig(f"{name} {getattr(config, name)!r}: need more than 0")
+    for name in ("shutdown_window", "reconnect_spread"):
+        if not getattr(config, name) >= 0:
+            raise BadRendezvousConfig(f"{name} {getattr(config, name)!r}: need 0 or more")
     if config.max_connections < 0:
         raise BadRendezvousConfig(
             f"max_connections {config.max_connections!r}: need 0 (from the descriptor limit)"

@@ -108,9 +108,12 @@ def parse_server_names(names: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Peer:
-    """One WebSocket connection, camera or viewer."""
+    """One WebSocket connection, camera or viewer.
+
+    One lives as long as its connection, so a server holding 100k idle cameras
+    holds 100k of these: slots, and the viewer-only state made on first use."""
 
     role: Role
     remote: str = "?"
@@ -126,10 +129,20 @@ class Peer:
     nonce_used: bool = False
     sessions: set[tuple[str, str]] = field(default_factory=set)
     """Viewers: (device_id, session_id) of the sessions this connection owns."""
-    credential_bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0.5, 10))
-    """Viewers: TURN credentials handed out (prepare), rate-limited."""
+    _bucket: TokenBucket | None = field(default=None, init=False, repr=False)
     watches: dict[str, float] = field(default_factory=dict)
     """Viewers: device ID -> when its ``watch`` expires (at most MAX_WATCHES)."""
+    seen_at: float = 0.0
+    """The adapter's liveness clock: when this connection last sent anything."""
+    pinged_at: float = -1.0
+    """The adapter's liveness clock: when it was last pinged (-1: not since it spoke)."""
+
+    @property
+    def credential_bucket(self) -> TokenBucket:
+        """Viewers: TURN credentials handed out (prepare), rate-limited."""
+        if self._bucket is None:
+            self._bucket = TokenBucket(0.5, 10)
+        return self._bucket
 
     def __repr__(self) -> str:
         return f"<{self.role} #{self.id} {self.remote}>"

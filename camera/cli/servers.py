@@ -38,20 +38,35 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rdv.add_argument("--server-name", action="append", default=[], metavar="HOST[:PORT]",
                      help="a name cameras dial this server by (repeatable; default: "
                           "$PEERCAM_SERVER_NAME, comma-separated, else the --listen address)")
-    rdv.add_argument("--handshake-timeout", type=float, default=5.0, metavar="S",
+    rdv.add_argument("--config", type=Path, metavar="FILE",
+                     help="TOML file of connection settings (the flags below, with _ for -;"
+                          " a flag given wins over the file)")
+    rdv.add_argument("--handshake-timeout", type=float, metavar="S",
                      help="seconds from accept to a WebSocket upgrade (default 5)")
-    rdv.add_argument("--max-pending", type=int, default=512, metavar="N",
+    rdv.add_argument("--max-pending", type=int, metavar="N",
                      help="connections not yet upgraded, in total (default 512)")
-    rdv.add_argument("--max-pending-per-ip", type=int, default=16, metavar="N",
+    rdv.add_argument("--max-pending-per-ip", type=int, metavar="N",
                      help="connections not yet upgraded, per IP address (default 16)")
-    rdv.add_argument("--connection-rate", type=float, default=5.0, metavar="N",
+    rdv.add_argument("--connection-rate", type=float, metavar="N",
                      help="new connections per second per IP address (default 5)")
-    rdv.add_argument("--connection-burst", type=float, default=40.0, metavar="N",
+    rdv.add_argument("--connection-burst", type=float, metavar="N",
                      help="new connections per IP address in a burst (default 40)")
-    rdv.add_argument("--heartbeat", type=float, default=20.0, metavar="S",
-                     help="WebSocket ping interval; a missed pong drops the peer (default 20)")
-    rdv.add_argument("--max-connections", type=int, default=0, metavar="N",
+    rdv.add_argument("--heartbeat", type=float, metavar="S",
+                     help="WebSocket ping interval; a peer silent after a ping is dropped"
+                          " (default 20)")
+    rdv.add_argument("--register-timeout", type=float, metavar="S",
+                     help="seconds a camera connection may stay unregistered (default 30)")
+    rdv.add_argument("--max-connections", type=int, metavar="N",
                      help="open connections (default 0: the descriptor limit less 64)")
+    rdv.add_argument("--shutdown-window", type=float, metavar="S",
+                     help="on SIGTERM, close connections in batches over this long"
+                          " (default 1.5)")
+    rdv.add_argument("--reconnect-spread", type=float, metavar="S",
+                     help="on SIGTERM, ask each camera to wait a random 0..S s before it"
+                          " reconnects (default 1)")
+    rdv.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=None,
+                     help="freeze long-lived objects out of the garbage collector's walks"
+                          " (default on)")
     rdv.add_argument("--metrics-listen", type=host_port, default=None, metavar="HOST:PORT",
                      help="serve /metrics only on this address (e.g. 127.0.0.1:9464), not on"
                           " the public port (default: /metrics on the public port)")
@@ -134,7 +149,7 @@ async def _listen(host: str, port: int, config: Any, ssl_context: Any,
 
 
 async def rendezvous_command(args: argparse.Namespace) -> int:
-    from services.rendezvous import RendezvousConfig, server_names_from_env
+    from services.rendezvous import RendezvousConfig, load_settings, server_names_from_env
     from services.tls import server_context
 
     host, port = args.listen
@@ -149,14 +164,14 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
     names = tuple(args.server_name) or server_names_from_env(os.environ)
     try:
         cluster = _cluster_settings(args)
-        config = RendezvousConfig(
+        settings = load_settings(args.config).merged({
+            name: getattr(args, name) for name in (
+                "handshake_timeout", "max_pending", "max_pending_per_ip", "max_connections",
+                "connection_rate", "connection_burst", "heartbeat", "register_timeout",
+                "shutdown_window", "reconnect_spread", "gc_freeze")})
+        config = settings.applied_to(RendezvousConfig(
             ice_servers=args.ice_server, credentials=_turn_credentials(args),
-            server_names=names, handshake_timeout=args.handshake_timeout,
-            max_pending=args.max_pending, max_pending_per_ip=args.max_pending_per_ip,
-            max_connections=args.max_connections,
-            metrics_listen=args.metrics_listen, cluster=cluster,
-            connection_rate=args.connection_rate, connection_burst=args.connection_burst,
-            heartbeat=args.heartbeat)
+            server_names=names, metrics_listen=args.metrics_listen, cluster=cluster))
     except ValueError as exc:
         raise BadConfig(str(exc)) from None
     _server, runner, bound = await _listen(host, port, config, ssl_context)
