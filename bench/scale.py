@@ -884,6 +884,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "## Rendezvous scale",
         "",
+        # What the run's author wrote down about it (stored with the result).
+        *[line for note in result.get("notes", []) for line in (note, "")],
         "One rendezvous process (`camera.cli rendezvous` as shipped, logging at "
         f"{result['log_level']}) holding",
         "simulated cameras that do the real registration (P-256 keys, signed `register` on",
