@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-for", type=float, default=20.0)
     p.add_argument("--after-lift", type=float, default=15.0)
     p.add_argument("--low-bitrate", type=int, default=0,
-                   help="the camera's low layer (0: its default, a quarter of --bitrate)")
+                   help="the camera's low layer (0: its default, 15 %% of --bitrate)")
     p.add_argument("--conditions", default="loss,jitter,cap")
     p.add_argument("--variants", default="baseline,improved")
     p.add_argument("--no-chromium", dest="chromium", action="store_false",
