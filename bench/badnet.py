@@ -262,7 +262,7 @@ async def run_condition(condition: str, variant: str, camera: Camera, link: str,
         viewer["relay"] = relay_counts[k]
         viewer.setdefault("client", "cli")
         # The first CLI viewer and the Chromium one are capped; the others never.
-        viewer.update(_derived(viewer, events if k == 0 or k >= len(relays) else {}))
+        viewer.update(_derived(viewer, events, capped=k == 0 or k >= len(relays)))
     return {"condition": condition, "variant": variant, "viewers": viewers,
             "events": {k: round(v - events["playing"], 2) for k, v in events.items()}}
 
@@ -325,6 +325,16 @@ _RELAY_JS = """([toCamera, toViewer]) => {
   };
 }"""
 
+# The lab's pages need no relay: only the peer connection, for getStats().
+_RECORD_CONNECTIONS_JS = """(() => {
+  const Native = window.RTCPeerConnection;
+  const made = [];
+  window.peercamBenchConnections = made;
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) { super(...args); made.push(this); }
+  };
+})();"""
+
 # Every frame the <video> presents: (Date.now(), presentedFrames).
 _FRAMES_JS = """() => {
   const video = document.querySelector("video");
@@ -362,13 +372,9 @@ async def chromium_viewer(link: str, relay: Any, seconds: float,
     from playwright.async_api import async_playwright
 
     from bench.common import CHROMIUM
-    from bench.latency import PLAUSIBLE_MS, READER_JS
 
     sys.path.insert(0, str(ROOT))
     from tests.browser.conftest import CHROMIUM_ARGS
-
-    def mono(epoch_ms: float) -> float:
-        return epoch_ms / 1000 + (time.monotonic() - time.time())
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -378,24 +384,52 @@ async def chromium_viewer(link: str, relay: Any, seconds: float,
                 f"({_RELAY_JS})([{relay.camera_port}, {relay.viewer_port}])")
             page = await context.new_page()
             await page.goto(link)
-            await page.wait_for_function("window.peercam && window.peercam.ttffMs > 0",
-                                         timeout=60_000)
-            await page.evaluate(_FRAMES_JS)
-            await page.evaluate(READER_JS.read_text(), "video")
-            first = time.monotonic()
-            playing.set()
-            changes: list[list[Any]] = []
-            while time.monotonic() - first < seconds:
-                layer = await page.evaluate("window.peercam.layer")
-                if layer and (not changes or changes[-1][1] != layer):
-                    changes.append([round(time.monotonic(), 3), layer])
-                await asyncio.sleep(0.25)
-            end = time.monotonic()
-            frames = await page.evaluate("window.peercamBadnet.frames")
-            stamps = await page.evaluate("window.peercamLatency.samples")
-            stats = await page.evaluate(_CHROMIUM_STATS_JS)
+            return await _watch_page(page, seconds, playing)
         finally:
             await browser.close()
+
+
+async def lab_chromium_viewer(link: str, seconds: float) -> dict[str, Any]:
+    """The same in a NAT-lab site's namespace (no relay: the site's link is impaired);
+    prints PLAYING at its first frame."""
+    sys.path.insert(0, str(ROOT))
+    from tests.lab.browser_watch import lab_page
+
+    playing = asyncio.Event()
+
+    async def say() -> None:
+        await playing.wait()
+        print("PLAYING", flush=True)
+
+    announcer = asyncio.create_task(say())
+    try:
+        async with lab_page(link, _RECORD_CONNECTIONS_JS) as page:
+            return await _watch_page(page, seconds, playing)
+    finally:
+        announcer.cancel()
+
+
+async def _watch_page(page: Any, seconds: float, playing: asyncio.Event) -> dict[str, Any]:
+    from bench.latency import PLAUSIBLE_MS, READER_JS
+
+    def mono(epoch_ms: float) -> float:
+        return epoch_ms / 1000 + (time.monotonic() - time.time())
+
+    await page.wait_for_function("window.peercam && window.peercam.ttffMs > 0", timeout=60_000)
+    await page.evaluate(_FRAMES_JS)
+    await page.evaluate(READER_JS.read_text(), "video")
+    first = time.monotonic()
+    playing.set()
+    changes: list[list[Any]] = []
+    while time.monotonic() - first < seconds:
+        layer = await page.evaluate("window.peercam.layer")
+        if layer and (not changes or changes[-1][1] != layer):
+            changes.append([round(time.monotonic(), 3), layer])
+        await asyncio.sleep(0.25)
+    end = time.monotonic()
+    frames = await page.evaluate("window.peercamBadnet.frames")
+    stamps = await page.evaluate("window.peercamLatency.samples")
+    stats = await page.evaluate(_CHROMIUM_STATS_JS)
     clock = [round(mono(at), 3) for at, _ in frames]
     gaps = [b - a for a, b in zip(clock, clock[1:], strict=False)]
     # Glass to glass: the frame's callback (it is on the page) minus its capture time.
@@ -413,6 +447,8 @@ async def chromium_viewer(link: str, relay: Any, seconds: float,
 LAB_CAMERA = "port-restricted"
 LAB_VIEWERS = ("port-restricted-2", "full-cone", "restricted")
 """The first viewer's site is the impaired one; the others reach the camera directly too."""
+LAB_CHROMIUM = "full-cone-2"
+"""The Chromium tab's site: impaired as the first viewer's, on a link of its own."""
 
 
 async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
@@ -426,7 +462,8 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     need_root("the NAT lab")
     started = time.monotonic()
     lab_rows = []
-    async with LabRun(LAB_CAMERA, list(LAB_VIEWERS), Path(args.state) / NAME / "lab",
+    sites = [*LAB_VIEWERS, *([LAB_CHROMIUM] if args.chromium else [])]
+    async with LabRun(LAB_CAMERA, sites, Path(args.state) / NAME / "lab",
                       width=args.width, height=args.height, bitrate=args.bitrate) as lab:
         await asyncio.sleep(1)
         # Pair the viewers' key once (they share it), untimed, before anything is measured.
@@ -450,6 +487,7 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     out.setdefault("targets", TARGETS)
     out["rows"] = rows + lab_rows
     out["lab"] = {"camera_site": LAB_CAMERA, "viewer_sites": list(LAB_VIEWERS),
+                  "chromium_site": LAB_CHROMIUM if args.chromium else None,
                   "seconds_taken": round(time.monotonic() - started, 1),
                   "conditions": {"loss": args.loss, "cap_kbit": args.cap_kbit,
                                  "cap_after_s": args.cap_after, "cap_for_s": args.cap_for,
@@ -460,20 +498,27 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
 async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     sites = [LAB_VIEWERS[0]] if condition == "loss" else list(LAB_VIEWERS)
+    clis = len(sites)
+    # The Chromium tab (a fresh browser key: the pairing link) is impaired as viewer 1.
+    impaired_sites = [sites[0], *([LAB_CHROMIUM] if args.chromium else [])]
+    sites += impaired_sites[1:]
     seconds = args.seconds if condition == "loss" else (
         args.cap_after + args.cap_for + args.after_lift)
-    impaired = None
+    impaired: list[Any] = []
     if condition == "loss":
-        impaired = lab.lab.impair(sites[0], "both", seed=7, loss=args.loss)
+        impaired = [lab.lab.impair(site, "both", seed=7, loss=args.loss)
+                    for site in impaired_sites]
     procs: list[Any] = []
     events: dict[str, float] = {}
     logs = [lab.state / f"lab-{condition}-{k}.log" for k in range(len(sites))]
     try:
         for k, site in enumerate(sites):
+            browser = k >= clis
             with logs[k].open("w") as err:
                 procs.append(lab.lab.popen(
-                    site, [sys.executable, "-c", _VIEWER_CMD, "--link", lab.link(),
-                           "--seconds", str(seconds), "--variant", "improved"],
+                    site, [sys.executable, "-c", _VIEWER_CMD,
+                           "--link", lab.link(pair=browser), "--seconds", str(seconds),
+                           "--variant", "improved", *(["--chromium"] if browser else [])],
                     stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=lab.env))
 
         async def line(proc: Any, timeout: float, log: Path) -> str:
@@ -493,10 +538,12 @@ async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> 
         events["playing"] = time.monotonic()
         if condition == "cap":
             await asyncio.sleep(args.cap_after)
-            impaired = lab.lab.impair(sites[0], "down", seed=7, rate_kbit=args.cap_kbit)
+            impaired = [lab.lab.impair(site, "down", seed=7, rate_kbit=args.cap_kbit)
+                        for site in impaired_sites]
             events["capped"] = time.monotonic()
             await asyncio.sleep(args.cap_for)
-            impaired.change("down")
+            for handle in impaired:
+                handle.change("down")
             events["lifted"] = time.monotonic()
         viewers = []
         for k, proc in enumerate(procs):
@@ -505,20 +552,20 @@ async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> 
                 raise SystemExit(f"bench: badnet: lab viewer {k} failed: {said!r} "
                                  f"({_tail(logs[k])})")
             viewers.append(json.loads(said.split(" ", 1)[1]))
-        wire = impaired.stats() if impaired is not None else None
+        wire = [repr(handle.stats()) for handle in impaired]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
             await loop.run_in_executor(None, proc.wait)
-        if impaired is not None:
-            impaired.clear()
+        for handle in impaired:
+            handle.clear()
     for k, viewer in enumerate(viewers):
-        viewer["client"] = "cli"
+        viewer.setdefault("client", "cli")
         viewer["site"] = sites[k]
-        viewer.update(_derived(viewer, events if k == 0 else {}))
+        viewer.update(_derived(viewer, events, capped=k == 0 or k >= clis))
     return {"condition": condition, "variant": "improved", "lab": True, "viewers": viewers,
-            "wire": None if wire is None else repr(wire),
+            "wire": wire,
             "events": {k: round(v - events["playing"], 2) for k, v in events.items()}}
 
 
@@ -531,17 +578,26 @@ def _relay_counts(relay: Any) -> dict[str, Any]:
     return out
 
 
-def _derived(viewer: dict[str, Any], events: dict[str, float]) -> dict[str, Any]:
-    """Layer residency, and for the capped viewer when it moved and its gaps after."""
+def _derived(viewer: dict[str, Any], events: dict[str, float], *,
+             capped: bool) -> dict[str, Any]:
+    """The longest gap once every viewer of the run plays, layer residency, and for a
+    capped viewer when it moved and its gaps after."""
     changes = [(at, layer) for at, layer in viewer["layer_changes"]]
     start, end = viewer["first_frame_clock"], viewer["end_clock"]
+    out: dict[str, Any] = {"max_gap_ms_from_first_frame": viewer["max_gap_ms"]}
+    # Gaps count from when every viewer of the run plays: a viewer's first second
+    # overlaps the others' start-up (a Chromium launch) on the same two cores, and
+    # first-frame time is another benchmark's.
+    steady = [t for t in viewer["frame_clock"] if t >= events["playing"]]
+    gaps = [b - a for a, b in zip(steady, steady[1:], strict=False)]
+    out["max_gap_ms"] = round(1000 * max(gaps), 1) if gaps else None
     residency: dict[str, float] = {}
     for k, (at, layer) in enumerate(changes):
         until = changes[k + 1][0] if k + 1 < len(changes) else end
         residency[layer] = residency.get(layer, 0.0) + max(0.0, until - max(at, start))
     total = sum(residency.values()) or 1.0
-    out: dict[str, Any] = {"residency": {k: round(v / total, 3) for k, v in residency.items()}}
-    if "capped" in events:
+    out["residency"] = {k: round(v / total, 3) for k, v in residency.items()}
+    if capped and "capped" in events:
         low = next((at for at, layer in changes if layer == "low" and at >= events["capped"]),
                    None)
         out["low_after_s"] = None if low is None else round(low - events["capped"], 2)
@@ -586,8 +642,14 @@ def viewer_main(argv: list[str]) -> int:
     p.add_argument("--variant", choices=list(VARIANTS), required=True)
     p.add_argument("--relay", help="VIEWER_PORT,CAMERA_PORT of the relay (none: the NAT lab, "
                    "every address)")
+    p.add_argument("--chromium", action="store_true",
+                   help="headless Chromium on the web viewer (in a NAT-lab site) instead")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.chromium:
+        result = asyncio.run(lab_chromium_viewer(args.link, args.seconds))
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
     if args.relay:
         pin_loopback()
     result = asyncio.run(_watch(args))
