@@ -60,8 +60,10 @@ CAMERA: dict[str, dict[str, Any]] = {"baseline": {"probe_revert": False}, "impro
 LADDER: dict[str, dict[str, Any]] = {"baseline": {"loss_only": True}, "improved": {}}
 """... its layer controller's tuning (``loss_only``: on loss alone, as before) ..."""
 LOW_SHARE = {"baseline": 0.25, "improved": None}
-"""... and its low layer's bitrate as a share of the bitrate (None: the camera's default;
-a quarter was the default before)."""
+"""... its low layer's bitrate as a share of the bitrate (None: the camera's default;
+a quarter was the default before) ..."""
+LOW_KEYFRAME_SPREAD: dict[str, float | None] = {"baseline": 0.0, "improved": None}
+"""... and over how long it sends a low-layer IDR (None: its default; 0: at once, as before)."""
 TARGETS = {
     "loss": {"latency_p95_ms": 250.0, "max_gap_ms": 500.0, "fps": 25.0},
     "jitter": {"max_gap_ms": 300.0, "fps": 28.0},
@@ -88,6 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--after-lift", type=float, default=15.0)
     p.add_argument("--low-bitrate", type=int, default=0,
                    help="the camera's low layer (0: its default, 15 %% of --bitrate)")
+    p.add_argument("--low-keyframe-spread", type=float, default=None,
+                   help="seconds a low-layer IDR is spread over, both variants (default: "
+                   "each variant's)")
     p.add_argument("--conditions", default="loss,jitter,cap")
     p.add_argument("--variants", default="baseline,improved")
     p.add_argument("--no-chromium", dest="chromium", action="store_false",
@@ -117,8 +122,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                   args.height, bitrate=args.bitrate, fps=args.fps,
                                   extra=["--settings", json.dumps(CAMERA[variant]),
                                          "--ladder", json.dumps(LADDER[variant]),
-                                         "--low-bitrate", str(_low_bitrate(args, variant))]
-                                  ).started()
+                                         "--low-bitrate", str(_low_bitrate(args, variant)),
+                                         *_spread_argv(args, variant)]).started()
             try:
                 await asyncio.sleep(1)
                 await view(camera.link(url, pair=True), seconds=0.2)  # pair the key, untimed
@@ -165,6 +170,12 @@ def _low_bitrate(args: argparse.Namespace, variant: str) -> int:
     if args.low_bitrate or share is None:
         return int(args.low_bitrate)
     return max(50_000, int(args.bitrate * share))
+
+
+def _spread_argv(args: argparse.Namespace, variant: str) -> list[str]:
+    spread = LOW_KEYFRAME_SPREAD[variant] if args.low_keyframe_spread is None else (
+        args.low_keyframe_spread)
+    return [] if spread is None else ["--low-keyframe-spread", str(spread)]
 
 
 def _camera_counters(state: Path) -> dict[str, float]:
