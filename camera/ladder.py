@@ -8,11 +8,17 @@ floor, the queue that section 5's delay-based half watches).
 
 * Congestion in two evaluations running: go down a layer. Congestion is loss
   over ``up_loss`` (2 %) with the round-trip time ``rtt_rise`` (15 ms) or more
-  over its floor of the last ``rtt_floor_window`` seconds (a queue building at
-  the bottleneck), or loss of ``congestion_loss`` (20 %) or more whatever the
-  RTT (a policer dropping what does not fit). Random loss (Wi-Fi: a few
-  percent, even over ``down_loss``, with a flat RTT) demotes nobody: a smaller
-  layer would lose the same share of its packets, and NACK recovers them.
+  over its floor of the last ``rtt_floor_window`` seconds at most of the last
+  three reports (a queue at the bottleneck: one that stands, or one that every
+  keyframe fills and overflows on a link the layer's average fits), or loss of
+  ``congestion_loss`` (20 %) or more whatever the RTT (a policer dropping what
+  does not fit). Random loss (Wi-Fi: a few percent, even over ``down_loss``,
+  with a flat RTT) demotes nobody: a smaller layer would lose the same share of
+  its packets, and NACK recovers them.
+* Loss is what the receiver reports lost or, when more, what it asked again for
+  (packets resent on its NACKs, per packet sent): a receiver that repairs its
+  loss by retransmission (Chromium) reports in its receiver reports only what
+  stayed lost, near nothing on a link that drops every keyframe's tail.
 * On a lower layer, no congestion and loss under ``down_loss`` with a flat RTT
   (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
   ``up_after`` seconds: probe up (the move happens at the upper layer's next
@@ -97,6 +103,8 @@ class Sample:
     """Round-trip time from the latest report, in seconds."""
     nominal_bitrate: int | None = None
     """The target bitrate of the layer the viewer is on (bit/s)."""
+    packets_resent: int | None = None
+    """RTP packets resent so far on the viewer's NACKs (None: not known)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,8 @@ class Estimate:
     """The same for the median of those three: a queue at most reports (three reports
     span a keyframe interval, whose IDR fills a link the layer only just fits), not
     one odd report of a busy machine."""
+    resent: float | None = None
+    """Packets resent on NACKs over the window, per packet sent (part of ``loss``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +246,10 @@ class LadderController:
             if now >= self._probe_until:
                 self._probe_until = None
                 self.failed_probes = 0  # the probe held: the link has room
-        # Loss with a queue standing, or loss of a policer's size: the layer does not fit.
-        queued = self.estimate.rtt_rise is not None and self.estimate.rtt_rise >= t.rtt_rise
+        # Loss with a queue at most reports, or loss of a policer's size: the layer does
+        # not fit.
+        typical_rise = self.estimate.rtt_rise_median
+        queued = typical_rise is not None and typical_rise >= t.rtt_rise
         over = loss is not None and (loss >= t.congestion_loss or (queued and loss > t.up_loss))
         if t.loss_only:
             over = loss is not None and loss > t.down_loss
@@ -317,6 +329,13 @@ class LadderController:
             if expected >= t.min_packets:
                 loss = min(1.0, max(0.0, (last.lost - first.lost) / expected))
         oldest = self._samples[0]
+        resent: float | None = None
+        if (not stale and sample.packets_resent is not None
+                and oldest.packets_resent is not None
+                and sample.packets_sent - oldest.packets_sent >= t.min_packets):
+            resent = min(1.0, max(0.0, (sample.packets_resent - oldest.packets_resent)
+                                  / (sample.packets_sent - oldest.packets_sent)))
+            loss = resent if loss is None else max(loss, resent)
         span = now - oldest.at
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
         rise: float | None = None
@@ -338,7 +357,7 @@ class LadderController:
                 recent = sorted(self._raw_rtts)
                 rise = max(0.0, recent[0] - floor)
                 rise_median = max(0.0, recent[len(recent) // 2] - floor)
-        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median)
+        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent)
 
 
 # -- the quality data channel ---------------------------------------------------------

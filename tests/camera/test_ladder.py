@@ -324,3 +324,46 @@ def test_five_percent_random_loss_on_a_thin_stream_stays_high(seed: int) -> None
     assert run(None) == []
     loss_only = LadderTuning(loss_only=True)
     assert any(d is Decision.DOWN for _, d in run(loss_only))
+
+
+def test_recorded_lab_cap_demotes_on_a_queue_each_keyframe_fills() -> None:
+    """The NAT lab's capped viewer: the high layer's average fits the cap, its IDRs do
+    not. Loss of a few percent with the RTT up at most reports (not all three: the
+    queue drains between keyframes) is congestion: down within a few seconds of the
+    first loss, not when a policer's share of the packets is finally lost."""
+    rows = TRACES["lab_cap"]
+    controller, decisions, estimates = replay("lab_cap")
+    first_loss = next(at for (at, *_), e in zip(rows, estimates, strict=True)
+                      if e.loss is not None and e.loss > 0)
+    down = next(at for at, d in decisions if d is Decision.DOWN)
+    assert down - first_loss <= 3.5, (first_loss, down)
+    # The loss then was never a policer's, nor did the queue stand through three reports.
+    before = [e for (at, *_), e in zip(rows, estimates, strict=True) if at <= down]
+    assert max(e.loss or 0 for e in before) < controller.tuning.congestion_loss
+    assert all(e.rtt_rise is None or e.rtt_rise < controller.tuning.rtt_rise for e in before)
+
+
+def _resending(resent_share: float, rtt: Callable[[int], float]) -> list[Decision]:
+    """A viewer that repairs everything by NACK (its receiver reports say nothing is
+    lost) while the camera resends ``resent_share`` of what it sends."""
+    controller = LadderController(2)
+    decisions = []
+    for step in range(1, 41):
+        now = step * 0.5
+        sent = 30 * step
+        report = step // 2 * 2  # a receiver report every second
+        decision = controller.observe(Sample(
+            at=now, packets_sent=sent, bytes_sent=sent * 900, packets_lost=0,
+            packets_expected=30 * report, report_at=float(report), rtt=rtt(step),
+            packets_resent=round(sent * resent_share)))
+        if decision is not Decision.STAY:
+            decisions.append(decision)
+            controller.cancel()
+    return decisions
+
+
+def test_loss_repaired_by_nack_counts_as_loss() -> None:
+    # Chromium under a cap: nothing lost in its reports, 5 % resent, a queue: down.
+    assert Decision.DOWN in _resending(0.05, lambda step: 0.005 + 0.04 * (step > 6))
+    # The same resends with a flat RTT are random loss: nobody moves.
+    assert _resending(0.05, lambda step: 0.005) == []
