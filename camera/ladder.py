@@ -148,8 +148,8 @@ class LadderTuning:
     rtt_floor_window: float = 60.0
     loss_only: bool = False
     """Decide on loss alone, as the controller did before it looked at the RTT (down
-    over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``):
-    for comparisons."""
+    over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``;
+    loss from receiver reports only): for comparisons."""
     rtt_smoothing: float = 0.85
     """The weight of the old value in the sender's RTT average (aiortc's is 0.85 per
     report); the controller undoes it to see a queue build or drain within a report
@@ -330,7 +330,7 @@ class LadderController:
                 loss = min(1.0, max(0.0, (last.lost - first.lost) / expected))
         oldest = self._samples[0]
         resent: float | None = None
-        if (not stale and sample.packets_resent is not None
+        if (not stale and not t.loss_only and sample.packets_resent is not None
                 and oldest.packets_resent is not None
                 and sample.packets_sent - oldest.packets_sent >= t.min_packets):
             resent = min(1.0, max(0.0, (sample.packets_resent - oldest.packets_resent)
