@@ -881,6 +881,12 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"on its own link) capped at {c['cap_kbit']:g} kbit/s (0.1 s queue) from "
         f"{c['cap_after_s']:g} s for {c['cap_for_s']:g} s.",
     ]
+    for key, what in (("load", "this run"), ("lab_load", "the lab run")):
+        load = result.get(key)
+        if load:
+            lines += ["", f"Load average (1 min, the machine's 2 cores) sampled every 10 s "
+                      f"through {what}: median {load['median']:g}, highest {load['max']:g} "
+                      f"({load['samples']} samples)."]
     setups = sorted({row["setup"] for row in result["rows"] if row.get("setup")})
     if setups:
         lines += ["", f"Rows marked {', '.join(setups)} ran again (`--low-bitrate …` "
