@@ -7,10 +7,11 @@ thin from random loss, a coarse delay signal (the round-trip time's rise over it
 floor, the queue that section 5's delay-based half watches).
 
 * Congestion in two evaluations running: go down a layer. Congestion is loss
-  over ``up_loss`` (2 %) with the round-trip time ``rtt_rise`` (15 ms) or more
-  over its floor of the last ``rtt_floor_window`` seconds at most of the last
-  three reports (a queue at the bottleneck: one that stands, or one that every
-  keyframe fills and overflows on a link the layer's average fits), or loss of
+  over ``up_loss`` (2 %) with a queue at the bottleneck (the round-trip time
+  over its floor of the last ``rtt_floor_window`` seconds: by ``rtt_rise``,
+  15 ms, at each of the last three reports, a queue that stands; or by
+  ``burst_rise``, 30 ms, at most of them, a queue each keyframe fills and
+  overflows on a link the layer's average fits), or loss of
   ``congestion_loss`` (20 %) or more whatever the RTT (a policer dropping what
   does not fit). Random loss (Wi-Fi: a few percent, even over ``down_loss``,
   with a flat RTT) demotes nobody: a smaller layer would lose the same share of
@@ -145,6 +146,10 @@ class LadderTuning:
     """Loss this heavy is a link too thin for the layer, whatever the RTT."""
     rtt_rise: float = 0.015
     """RTT this far over its recent floor: a queue is building (congestion)."""
+    burst_rise: float = 0.030
+    """RTT this far over its floor at two of the last three reports: a queue too (one
+    that drains between keyframes). Higher than ``rtt_rise``: two odd reports in three
+    of a busy machine reach 15 ms, a keyframe's queue on a thin link several times that."""
     rtt_floor_window: float = 60.0
     loss_only: bool = False
     """Decide on loss alone, as the controller did before it looked at the RTT (down
@@ -164,6 +169,9 @@ class LadderTuning:
                              "need 0 < up_after <= max_up_after")
         if not 0 <= self.rtt_smoothing < 1:
             raise ValueError(f"rtt_smoothing {self.rtt_smoothing}: need 0 <= x < 1")
+        if not 0 < self.rtt_rise <= self.burst_rise:
+            raise ValueError(f"rtt_rise {self.rtt_rise}, burst_rise {self.burst_rise}: need "
+                             "0 < rtt_rise <= burst_rise")
         if not self.down_loss <= self.congestion_loss <= 1:
             raise ValueError(f"congestion_loss {self.congestion_loss}: need down_loss "
                              f"{self.down_loss} <= congestion_loss <= 1")
@@ -248,8 +256,9 @@ class LadderController:
                 self.failed_probes = 0  # the probe held: the link has room
         # Loss with a queue at most reports, or loss of a policer's size: the layer does
         # not fit.
-        typical_rise = self.estimate.rtt_rise_median
-        queued = typical_rise is not None and typical_rise >= t.rtt_rise
+        e = self.estimate
+        queued = (e.rtt_rise is not None and e.rtt_rise >= t.rtt_rise) or (
+            e.rtt_rise_median is not None and e.rtt_rise_median >= t.burst_rise)
         over = loss is not None and (loss >= t.congestion_loss or (queued and loss > t.up_loss))
         if t.loss_only:
             over = loss is not None and loss > t.down_loss

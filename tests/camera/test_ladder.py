@@ -367,3 +367,12 @@ def test_loss_repaired_by_nack_counts_as_loss() -> None:
     assert Decision.DOWN in _resending(0.05, lambda step: 0.005 + 0.04 * (step > 6))
     # The same resends with a flat RTT are random loss: nobody moves.
     assert _resending(0.05, lambda step: 0.005) == []
+
+
+def test_recorded_random_loss_on_a_busy_machine_demotes_nobody() -> None:
+    """Two odd receiver reports of three (a busy machine) a little over the RTT floor,
+    with random loss: not the queue of a link too thin for the layer."""
+    controller, decisions, estimates = replay("loss_busy")
+    assert max(e.rtt_rise_median or 0 for e in estimates) >= controller.tuning.rtt_rise
+    assert max(e.loss or 0 for e in estimates) > controller.tuning.up_loss
+    assert decisions == [] and controller.layer == 0
