@@ -156,12 +156,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                         + time.monotonic() - started, 1)
         return {key: value for key, value in stored.items()
                 if key not in ("machine", "smoke", "plots")}
-    return {"video": f"{args.width}x{args.height}@{args.fps} {args.bitrate / 1e6:g} Mbit/s",
-            "conditions": {"loss": args.loss, "delay_s": args.delay, "jitter_s": args.jitter,
-                           "cap_kbit": args.cap_kbit, "cap_after_s": args.cap_after,
-                           "cap_for_s": args.cap_for, "after_lift_s": args.after_lift,
-                           "seconds": args.seconds},
-            "targets": TARGETS, "rows": rows}
+    # The NAT lab's rows are another run's (--lab, under the lab lock): they stay.
+    stored: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        stored = json.loads((Path(args.out) / f"{NAME}.json").read_text())
+    lab_rows = [row for row in stored.get("rows", []) if row.get("lab")]
+    out = {"video": f"{args.width}x{args.height}@{args.fps} {args.bitrate / 1e6:g} Mbit/s",
+           "conditions": {"loss": args.loss, "delay_s": args.delay, "jitter_s": args.jitter,
+                          "cap_kbit": args.cap_kbit, "cap_after_s": args.cap_after,
+                          "cap_for_s": args.cap_for, "after_lift_s": args.after_lift,
+                          "seconds": args.seconds},
+           "targets": TARGETS, "rows": rows + lab_rows}
+    out.update({key: stored[key] for key in ("lab", "lab_load") if key in stored and lab_rows})
+    return out
 
 
 def _low_bitrate(args: argparse.Namespace, variant: str) -> int:
