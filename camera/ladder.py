@@ -139,7 +139,7 @@ class LadderTuning:
     probe_loss: float = 0.05
     min_packets: int = 20
     up_after: float = 3.0
-    max_up_after: float = 8.0
+    max_up_after: float = 6.0
     probe_window: float = 3.0
     stale_after: float = 2.0
     congestion_loss: float = 0.20

@@ -105,7 +105,10 @@ def test_capped_viewer_goes_down_within_the_window_and_stays_down() -> None:
     ups = [at for at, d in link.decisions if d is Decision.UP]
     downs = [at for at, d in link.decisions if d is Decision.DOWN]
     assert 2 <= len(ups) <= 8, ups
+    end = link.history[-1][0]
     for up in ups:
+        if up > end - link.controller.tuning.probe_window - 1.0:
+            continue  # the run ends before its window does
         revert = next(at for at in downs if at > up)
         assert revert - up <= link.controller.tuning.probe_window + 1.0
     gaps = [b - a for a, b in zip(ups, ups[1:], strict=False)]
@@ -123,7 +126,7 @@ def test_viewer_goes_back_up_within_ten_seconds_of_the_cap_lifting() -> None:
     link.cap = None
     link.run(90)
     back_up = link.first(60, lambda layer: layer == 0)
-    assert back_up - 60 <= 10.5, back_up
+    assert back_up - 60 <= 10, back_up
     # And it stays up: the probe held, the wait is reset.
     assert all(layer == 0 for at, layer in link.history if at >= back_up)
     assert link.controller.failed_probes == 0
