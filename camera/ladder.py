@@ -6,7 +6,8 @@ RTCP receiver reports say it lost over a sliding window) and, to tell a link too
 thin from random loss, a coarse delay signal (the round-trip time's rise over its
 floor, the queue that section 5's delay-based half watches).
 
-* Congestion in two evaluations running: go down a layer. Congestion is loss
+* Congestion in two evaluations running (or in one, at ``congestion_loss``): go
+  down a layer. Congestion is loss
   over ``up_loss`` (2 %) with a queue at the bottleneck (the round-trip time
   over its floor of the last ``rtt_floor_window`` seconds: by ``rtt_rise``,
   15 ms, at each of the last three reports, a queue that stands; or by
@@ -263,7 +264,9 @@ class LadderController:
         if t.loss_only:
             over = loss is not None and loss > t.down_loss
         self._over = self._over + 1 if over else 0
-        if self._over >= 2 and self.layer < self.layers - 1:
+        # A policer's share of the packets is no run of random loss: one window says.
+        policed = loss is not None and loss >= t.congestion_loss and not t.loss_only
+        if (self._over >= 2 or policed) and self.layer < self.layers - 1:
             return self._decide(Decision.DOWN)
         if self.layer > 0:
             # A standing queue (the RTT over its floor) says the link is full even

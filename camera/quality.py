@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 0.5
 """Seconds between looks at a viewer's sender stats (receiver reports come every ~1 s)."""
+SWITCH_POLL = 0.1
+"""... and while a decided move waits for its IDR: the viewer hears of its new layer
+(and the controller of when the move took effect) within this of the IDR going out."""
 STATS_TIMEOUT = 2.0
 """Longest wait for one ``getStats`` (it answers from memory; a bound all the same)."""
 NOT_AUTHORIZED = "not authorized: this viewer is not paired with the camera"
@@ -97,7 +100,8 @@ class ViewerQuality:
 
     async def _run(self, sender: RTCRtpSender) -> None:
         while True:
-            await asyncio.sleep(SAMPLE_EVERY)
+            pending = self.controller.pending is not None
+            await asyncio.sleep(SWITCH_POLL if pending else SAMPLE_EVERY)
             try:
                 async with asyncio.timeout(STATS_TIMEOUT):
                     report = await sender.getStats()

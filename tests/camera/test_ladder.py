@@ -379,3 +379,20 @@ def test_recorded_random_loss_on_a_busy_machine_demotes_nobody() -> None:
     assert max(e.rtt_rise_median or 0 for e in estimates) >= controller.tuning.rtt_rise
     assert max(e.loss or 0 for e in estimates) > controller.tuning.up_loss
     assert decisions == [] and controller.layer == 0
+
+
+def test_a_policers_share_of_loss_moves_down_at_once() -> None:
+    """A fifth of the packets lost in one window is no run of random loss: down at the
+    first evaluation that sees it, not the second."""
+    controller = LadderController(2)
+    decisions, losses = [], []
+    for step in range(1, 13):
+        sent = 30 * step
+        lost = 0 if step <= 8 else 10 * (step - 8)  # a third lost from 4.5 s on
+        decisions.append(controller.observe(Sample(
+            at=step * 0.5, packets_sent=sent, bytes_sent=sent * 900, packets_lost=lost,
+            packets_expected=sent, report_at=step * 0.5, rtt=0.005)))
+        losses.append(controller.estimate.loss or 0.0)
+    first_over = next(k for k, loss in enumerate(losses)
+                      if loss >= controller.tuning.congestion_loss)
+    assert decisions.index(Decision.DOWN) == first_over
