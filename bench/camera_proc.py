@@ -31,6 +31,10 @@ async def camera_main(args: argparse.Namespace) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG)
     if not args.any_address:
         pin_loopback()
+    if args.low_keyframe_spread is not None:
+        import camera.track
+
+        camera.track.LOW_KEYFRAME_SPREAD = args.low_keyframe_spread
     from camera.agent import CameraAgent
     from camera.config import CameraConfig, make_configured_source
     from camera.identity import DeviceIdentity
@@ -152,7 +156,10 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
                    help="the layer controller's tuning for every viewer, a JSON object of "
                    "camera.ladder.LadderTuning fields (e.g. {\"loss_only\": true})")
     c.add_argument("--low-bitrate", type=int, default=0,
-                   help="the low layer's bitrate (0: the camera's default, a quarter)")
+                   help="the low layer's bitrate (0: the camera's default)")
+    c.add_argument("--low-keyframe-spread", type=float, default=None,
+                   help="seconds a low-layer IDR's packets are spread over (default: the "
+                   "camera's, camera.track.LOW_KEYFRAME_SPREAD; 0: sent at once, as before)")
     c.add_argument("--pattern", default="bars", choices=["bars", "texture"],
                    help="test pattern: bars (cheap, well under the bitrate) or texture "
                    "(libx264 reaches the configured bitrate)")

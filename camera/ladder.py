@@ -6,13 +6,21 @@ RTCP receiver reports say it lost over a sliding window) and, to tell a link too
 thin from random loss, a coarse delay signal (the round-trip time's rise over its
 floor, the queue that section 5's delay-based half watches).
 
-* Congestion in two evaluations running: go down a layer. Congestion is loss
-  over ``up_loss`` (2 %) with the round-trip time ``rtt_rise`` (15 ms) or more
-  over its floor of the last ``rtt_floor_window`` seconds (a queue building at
-  the bottleneck), or loss of ``congestion_loss`` (20 %) or more whatever the
-  RTT (a policer dropping what does not fit). Random loss (Wi-Fi: a few
-  percent, even over ``down_loss``, with a flat RTT) demotes nobody: a smaller
-  layer would lose the same share of its packets, and NACK recovers them.
+* Congestion in two evaluations running (or in one, at ``congestion_loss``): go
+  down a layer. Congestion is loss
+  over ``up_loss`` (2 %) with a queue at the bottleneck (the round-trip time
+  over its floor of the last ``rtt_floor_window`` seconds: by ``rtt_rise``,
+  15 ms, at each of the last three reports, a queue that stands; or by
+  ``burst_rise``, 30 ms, at most of them, a queue each keyframe fills and
+  overflows on a link the layer's average fits), or loss of
+  ``congestion_loss`` (20 %) or more whatever the RTT (a policer dropping what
+  does not fit). Random loss (Wi-Fi: a few percent, even over ``down_loss``,
+  with a flat RTT) demotes nobody: a smaller layer would lose the same share of
+  its packets, and NACK recovers them.
+* Loss is what the receiver reports lost or, when more, what it asked again for
+  (packets resent on its NACKs, per packet sent): a receiver that repairs its
+  loss by retransmission (Chromium) reports in its receiver reports only what
+  stayed lost, near nothing on a link that drops every keyframe's tail.
 * On a lower layer, no congestion and loss under ``down_loss`` with a flat RTT
   (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
   ``up_after`` seconds: probe up (the move happens at the upper layer's next
@@ -97,6 +105,8 @@ class Sample:
     """Round-trip time from the latest report, in seconds."""
     nominal_bitrate: int | None = None
     """The target bitrate of the layer the viewer is on (bit/s)."""
+    packets_resent: int | None = None
+    """RTP packets resent so far on the viewer's NACKs (None: not known)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +126,8 @@ class Estimate:
     """The same for the median of those three: a queue at most reports (three reports
     span a keyframe interval, whose IDR fills a link the layer only just fits), not
     one odd report of a busy machine."""
+    resent: float | None = None
+    """Packets resent on NACKs over the window, per packet sent (part of ``loss``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,18 +140,22 @@ class LadderTuning:
     probe_loss: float = 0.05
     min_packets: int = 20
     up_after: float = 3.0
-    max_up_after: float = 8.0
+    max_up_after: float = 6.0
     probe_window: float = 3.0
     stale_after: float = 2.0
     congestion_loss: float = 0.20
     """Loss this heavy is a link too thin for the layer, whatever the RTT."""
     rtt_rise: float = 0.015
     """RTT this far over its recent floor: a queue is building (congestion)."""
+    burst_rise: float = 0.030
+    """RTT this far over its floor at two of the last three reports: a queue too (one
+    that drains between keyframes). Higher than ``rtt_rise``: two odd reports in three
+    of a busy machine reach 15 ms, a keyframe's queue on a thin link several times that."""
     rtt_floor_window: float = 60.0
     loss_only: bool = False
     """Decide on loss alone, as the controller did before it looked at the RTT (down
-    over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``):
-    for comparisons."""
+    over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``;
+    loss from receiver reports only): for comparisons."""
     rtt_smoothing: float = 0.85
     """The weight of the old value in the sender's RTT average (aiortc's is 0.85 per
     report); the controller undoes it to see a queue build or drain within a report
@@ -154,6 +170,9 @@ class LadderTuning:
                              "need 0 < up_after <= max_up_after")
         if not 0 <= self.rtt_smoothing < 1:
             raise ValueError(f"rtt_smoothing {self.rtt_smoothing}: need 0 <= x < 1")
+        if not 0 < self.rtt_rise <= self.burst_rise:
+            raise ValueError(f"rtt_rise {self.rtt_rise}, burst_rise {self.burst_rise}: need "
+                             "0 < rtt_rise <= burst_rise")
         if not self.down_loss <= self.congestion_loss <= 1:
             raise ValueError(f"congestion_loss {self.congestion_loss}: need down_loss "
                              f"{self.down_loss} <= congestion_loss <= 1")
@@ -236,13 +255,18 @@ class LadderController:
             if now >= self._probe_until:
                 self._probe_until = None
                 self.failed_probes = 0  # the probe held: the link has room
-        # Loss with a queue standing, or loss of a policer's size: the layer does not fit.
-        queued = self.estimate.rtt_rise is not None and self.estimate.rtt_rise >= t.rtt_rise
+        # Loss with a queue at most reports, or loss of a policer's size: the layer does
+        # not fit.
+        e = self.estimate
+        queued = (e.rtt_rise is not None and e.rtt_rise >= t.rtt_rise) or (
+            e.rtt_rise_median is not None and e.rtt_rise_median >= t.burst_rise)
         over = loss is not None and (loss >= t.congestion_loss or (queued and loss > t.up_loss))
         if t.loss_only:
             over = loss is not None and loss > t.down_loss
         self._over = self._over + 1 if over else 0
-        if self._over >= 2 and self.layer < self.layers - 1:
+        # A policer's share of the packets is no run of random loss: one window says.
+        policed = loss is not None and loss >= t.congestion_loss and not t.loss_only
+        if (self._over >= 2 or policed) and self.layer < self.layers - 1:
             return self._decide(Decision.DOWN)
         if self.layer > 0:
             # A standing queue (the RTT over its floor) says the link is full even
@@ -317,6 +341,13 @@ class LadderController:
             if expected >= t.min_packets:
                 loss = min(1.0, max(0.0, (last.lost - first.lost) / expected))
         oldest = self._samples[0]
+        resent: float | None = None
+        if (not stale and not t.loss_only and sample.packets_resent is not None
+                and oldest.packets_resent is not None
+                and sample.packets_sent - oldest.packets_sent >= t.min_packets):
+            resent = min(1.0, max(0.0, (sample.packets_resent - oldest.packets_resent)
+                                  / (sample.packets_sent - oldest.packets_sent)))
+            loss = resent if loss is None else max(loss, resent)
         span = now - oldest.at
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
         rise: float | None = None
@@ -338,7 +369,7 @@ class LadderController:
                 recent = sorted(self._raw_rtts)
                 rise = max(0.0, recent[0] - floor)
                 rise_median = max(0.0, recent[len(recent) // 2] - floor)
-        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median)
+        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent)
 
 
 # -- the quality data channel ---------------------------------------------------------

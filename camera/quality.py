@@ -5,7 +5,8 @@ Each viewer session with video has one :class:`ViewerQuality`. It owns:
 * a sampling task (started when the session connects, ended when it closes):
   every :data:`SAMPLE_EVERY` seconds it reads the video sender's stats (aiortc's
   public ``getStats``: ``outbound-rtp`` and the viewer's receiver reports as
-  ``remote-inbound-rtp``), feeds the :class:`~camera.ladder.LadderController`
+  ``remote-inbound-rtp``; and the packets it resent on the viewer's NACKs),
+  feeds the :class:`~camera.ladder.LadderController`
   and moves the viewer's track at the target layer's next IDR;
 * the viewer's ``quality`` data channel, if it opens one: ``auto`` (the
   controller decides), ``high`` or ``low`` (pinned). Every request re-checks the
@@ -24,6 +25,7 @@ from typing import Any
 from aiortc import RTCRtpSender
 from aiortc.exceptions import InvalidStateError
 
+from camera.compat.fastsend import stats_of
 from camera.frames import Layer
 from camera.ladder import (
     BadQualityRequest,
@@ -44,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 0.5
 """Seconds between looks at a viewer's sender stats (receiver reports come every ~1 s)."""
+SWITCH_POLL = 0.1
+"""... and while a decided move waits for its IDR: the viewer hears of its new layer
+(and the controller of when the move took effect) within this of the IDR going out."""
 STATS_TIMEOUT = 2.0
 """Longest wait for one ``getStats`` (it answers from memory; a bound all the same)."""
 NOT_AUTHORIZED = "not authorized: this viewer is not paired with the camera"
@@ -95,16 +100,19 @@ class ViewerQuality:
 
     async def _run(self, sender: RTCRtpSender) -> None:
         while True:
-            await asyncio.sleep(SAMPLE_EVERY)
+            pending = self.controller.pending is not None
+            await asyncio.sleep(SWITCH_POLL if pending else SAMPLE_EVERY)
             try:
                 async with asyncio.timeout(STATS_TIMEOUT):
                     report = await sender.getStats()
             except Exception as exc:  # closing under us
                 logger.debug("session %s: no sender stats: %s", self.session_id, exc)
                 continue
-            self.step(self._sample(report.values()))
+            shared = stats_of(sender)
+            self.step(self._sample(report.values(),
+                                   None if shared is None else shared.retransmitted))
 
-    def _sample(self, stats: Any) -> Sample:
+    def _sample(self, stats: Any, resent: int | None = None) -> Sample:
         sent = sent_bytes = 0
         lost = expected = None
         report_at = rtt = None
@@ -118,7 +126,8 @@ class ViewerQuality:
                 rtt = stat.roundTripTime
         return Sample(at=self._clock(), packets_sent=sent, bytes_sent=sent_bytes,
                       packets_lost=lost, packets_expected=expected, report_at=report_at,
-                      rtt=rtt, nominal_bitrate=self._bitrates.get(self.track.layer))
+                      rtt=rtt, nominal_bitrate=self._bitrates.get(self.track.layer),
+                      packets_resent=resent)
 
     def step(self, sample: Sample) -> None:
         """One sample: follow a move that took effect, then let the controller decide."""
@@ -130,10 +139,11 @@ class ViewerQuality:
         self._report_layer()
         decision = self.controller.observe(sample)
         # One line per sample at debug: what a recorded trace for the ladder's tests is.
-        logger.debug("session %s: ladder sample %s %s %s %s %s %s %s layer %d -> %s",
-                     self.session_id, sample.at, sample.packets_sent, sample.bytes_sent,
-                     sample.packets_lost, sample.packets_expected, sample.report_at,
-                     sample.rtt, self.controller.layer, decision.value)
+        logger.debug("session %s: ladder sample %s %s %s %s %s %s %s layer %d -> %s "
+                     "resent %s", self.session_id, sample.at, sample.packets_sent,
+                     sample.bytes_sent, sample.packets_lost, sample.packets_expected,
+                     sample.report_at, sample.rtt, self.controller.layer, decision.value,
+                     sample.packets_resent)
         if self.mode != "auto" or decision is Decision.STAY:
             if self.mode != "auto":
                 self.controller.cancel()

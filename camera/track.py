@@ -30,6 +30,15 @@ logger = logging.getLogger(__name__)
 
 _TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 
+LOW_KEYFRAME_SPREAD = 0.025
+"""Seconds over which a sender spreads the packets of an IDR on a layer below the top
+one (most of a frame interval at 30 fps). A viewer is on such a layer because its
+link is thin: an IDR sent at once, several times the size of the frames around it,
+overflows the queue of a thin link's bottleneck (a policer's is often a tenth of a
+second at its rate) and costs the picture it was meant to repair. On the top layer
+IDRs go at once: its viewers have room, and a burst there is what shows a link too
+thin for it."""
+
 P = TypeVar("P")
 
 
@@ -53,6 +62,9 @@ class PassthroughTrack(MediaStreamTrack):
         self._last_pts = -1
         self._join_layer = broadcaster.layers[0]
         """The layer to join on (changed by a switch asked for before the first recv)."""
+        self.spread = 0.0
+        """Seconds over which to send the packets of the access unit :meth:`next_payloads`
+        returned last (0: at once; see ``LOW_KEYFRAME_SPREAD``)."""
 
     @property
     def layer(self) -> Layer:
@@ -105,6 +117,8 @@ class PassthroughTrack(MediaStreamTrack):
         layer) and its RTP time in 90 kHz ticks from this viewer's first frame: what a
         sender that shares packetization sends instead of :meth:`recv`'s packet."""
         frame, pts = await self._next()
+        low = frame.layer is not self._broadcaster.layers[0]
+        self.spread = LOW_KEYFRAME_SPREAD if frame.keyframe and low else 0.0
         return self._broadcaster.payloads(frame, packetize), pts
 
     async def _next(self) -> tuple[EncodedFrame, int]:

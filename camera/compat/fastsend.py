@@ -8,7 +8,9 @@ serializes its header extensions per packet and goes down four awaited layers
 :func:`share_packetization` replaces that loop on one sender with one that
 
 * takes RTP payloads cut once per access unit for every viewer on a layer
-  (:meth:`camera.track.PassthroughTrack.next_payloads`, :func:`packetize_h264`);
+  (:meth:`camera.track.PassthroughTrack.next_payloads`, :func:`packetize_h264`),
+  and sends them at once or, where the track says so (its ``spread``: an IDR on
+  a layer for thin links), spread evenly over that many seconds;
 * serializes the header with aiortc's own header-extension code once per
   viewer (again if its MID or SSRC change); per access unit it puts in the
   abs-send-time, per packet it packs the sequence number, marker and timestamp;
@@ -192,8 +194,10 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
                 payloads, pts = await track.next_payloads(packetize_h264)
                 if not sender._enabled or not payloads:
                     continue
+                spread = getattr(track, "spread", 0.0)
                 sequence_number = await _send_frame(payloads, pts, payload_type,
-                                                    sequence_number, timestamp_origin)
+                                                    sequence_number, timestamp_origin,
+                                                    spread if isinstance(spread, float) else 0.0)
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:
@@ -239,7 +243,8 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
         return first, before + abs_send_time.to_bytes(3, "big") + after
 
     async def _send_frame(payloads: Sequence[bytes], pts: int, payload_type: int,
-                          sequence_number: int, timestamp_origin: int) -> int:
+                          sequence_number: int, timestamp_origin: int,
+                          spread: float = 0.0) -> int:
         dtls = transport()
         timestamp = (timestamp_origin + pts) & 0xFFFFFFFF
         ntp = current_ntp_time()
@@ -255,7 +260,15 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
         pack = _HEAD.pack
         last = len(payloads) - 1
         octets = sent = 0
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         for i, payload in enumerate(payloads):
+            if spread > 0 and i:
+                # Packet i leaves at i/n of the spread (sleeps under a millisecond are
+                # left out: the loop's timer is not finer).
+                delay = began + spread * i / len(payloads) - loop.time()
+                if delay >= 0.001:
+                    await asyncio.sleep(delay)
             plain = pack(first, payload_type | 0x80 if i == last else payload_type,
                          sequence_number, timestamp) + rest + payload
             history[sequence_number % RTP_HISTORY_SIZE] = plain

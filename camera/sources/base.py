@@ -19,6 +19,9 @@ from camera.frames import EncodedFrame, Layer
 
 FrameSink = Callable[[EncodedFrame], None]
 
+LOW_SHARE_PERCENT = 15
+"""The automatic low layer's bitrate, in percent of ``[video] bitrate``."""
+
 
 @dataclass(frozen=True, slots=True)
 class VideoSettings:
@@ -42,7 +45,11 @@ class VideoSettings:
     low_height: int = 0
     """Low layer height in pixels (even); 0: half of ``height`` (360 for 720)."""
     low_bitrate: int = 0
-    """Low layer target bitrate in bit/s; 0: a quarter of ``bitrate`` (500000 for 2 Mbit/s)."""
+    """Low layer target bitrate in bit/s; 0: 15 % of ``bitrate`` (300000 for 2 Mbit/s).
+
+    The low layer is for links too thin for the high one: its keyframes must fit
+    the queue of such a link too (a quarter of 2 Mbit/s is close to a 600 kbit/s
+    link, whose queue each of its IDRs overflowed)."""
 
     def __post_init__(self) -> None:
         from camera.errors import BadConfig
@@ -82,7 +89,7 @@ class VideoSettings:
     def _low_size_and_rate(self) -> tuple[int, int, int]:
         width = self.low_width or (self.width // 2) & ~1
         height = self.low_height or (self.height // 2) & ~1
-        bitrate = self.low_bitrate or max(50_000, self.bitrate // 4)
+        bitrate = self.low_bitrate or max(50_000, self.bitrate * LOW_SHARE_PERCENT // 100)
         return width, height, bitrate
 
     @property
@@ -91,7 +98,7 @@ class VideoSettings:
 
         The automatic low layer (no ``low_*`` set) is left out when the picture
         is too small to halve (under 128 pixels a side) or the bitrate too low
-        to quarter (under 200 kbit/s): there is nothing useful below it.
+        to share (under 200 kbit/s): there is nothing useful below it.
         """
         if not self.low_layer:
             return (Layer.HIGH,)

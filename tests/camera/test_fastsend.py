@@ -11,6 +11,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
+from camera import track
 from camera.broadcaster import Broadcaster
 from camera.compat import fastsend, packetize_h264
 from camera.frames import Layer
@@ -115,3 +116,53 @@ def test_a_changed_sender_or_packetizer_is_refused_by_name() -> None:
     # A track that cannot hand out shared payloads keeps aiortc's own loop.
     sender = types.SimpleNamespace(track=object())
     assert fastsend.share_packetization(sender) is None  # type: ignore[arg-type]
+
+
+async def test_a_low_layer_idr_is_spread_over_most_of_a_frame_interval() -> None:
+    """A viewer on the layer for thin links gets each IDR's packets spread (a thin link's
+    queue takes them)."""
+    layered = VideoSettings(width=640, height=480, fps=30, bitrate=1_500_000,
+                            low_bitrate=400_000)
+    source = TestPatternSource(layered, pattern="texture")
+    broadcaster = Broadcaster(source.request_keyframe, layers=layered.layers)
+    await source.start(broadcaster.publish)
+    viewer, session = await _viewer_on(broadcaster, Layer.LOW)
+    try:
+        receiver = viewer.getTransceivers()[0].receiver
+        arrivals: dict[int, list[float]] = {}
+        keyframes: set[int] = set()
+        handle = receiver._handle_rtp_packet
+        loop = asyncio.get_running_loop()
+
+        async def timed(packet: RtpPacket, arrival_time_ms: int) -> None:
+            arrivals.setdefault(packet.timestamp, []).append(loop.time())
+            if packet.payload[:1] and packet.payload[0] & 0x1F in (7, 24):  # SPS / STAP-A
+                keyframes.add(packet.timestamp)
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = timed  # type: ignore[method-assign]
+        received = receiver.track
+        picture = await asyncio.wait_for(received.recv(), scaled(10))
+        assert (picture.width, picture.height) == (320, 240)  # the low layer
+        source.request_keyframe(Layer.LOW)
+        for _ in range(20):
+            await asyncio.wait_for(received.recv(), scaled(10))
+        spread = [max(times) - min(times) for ts, times in arrivals.items()
+                  if ts in keyframes and len(times) > 4]
+        assert spread, arrivals
+        # Packet i of n leaves i/n of the spread in: the last at (n-1)/n of it.
+        assert track.LOW_KEYFRAME_SPREAD >= 0.02
+        assert min(spread) >= 0.5 * track.LOW_KEYFRAME_SPREAD, spread
+    finally:
+        await session.close("done")
+        await viewer.close()
+        await source.close()
+        broadcaster.close()
+
+
+async def _viewer_on(broadcaster: Broadcaster, layer: Layer
+                     ) -> tuple[RTCPeerConnection, ViewerSession]:
+    viewer, session = await _viewer(broadcaster)
+    assert session.track is not None
+    session.track.switch_to(layer)  # before its first frame: it joins on that layer
+    return viewer, session

@@ -105,7 +105,10 @@ def test_capped_viewer_goes_down_within_the_window_and_stays_down() -> None:
     ups = [at for at, d in link.decisions if d is Decision.UP]
     downs = [at for at, d in link.decisions if d is Decision.DOWN]
     assert 2 <= len(ups) <= 8, ups
+    end = link.history[-1][0]
     for up in ups:
+        if up > end - link.controller.tuning.probe_window - 1.0:
+            continue  # the run ends before its window does
         revert = next(at for at in downs if at > up)
         assert revert - up <= link.controller.tuning.probe_window + 1.0
     gaps = [b - a for a, b in zip(ups, ups[1:], strict=False)]
@@ -123,7 +126,7 @@ def test_viewer_goes_back_up_within_ten_seconds_of_the_cap_lifting() -> None:
     link.cap = None
     link.run(90)
     back_up = link.first(60, lambda layer: layer == 0)
-    assert back_up - 60 <= 10.5, back_up
+    assert back_up - 60 <= 10, back_up
     # And it stays up: the probe held, the wait is reset.
     assert all(layer == 0 for at, layer in link.history if at >= back_up)
     assert link.controller.failed_probes == 0
@@ -324,3 +327,72 @@ def test_five_percent_random_loss_on_a_thin_stream_stays_high(seed: int) -> None
     assert run(None) == []
     loss_only = LadderTuning(loss_only=True)
     assert any(d is Decision.DOWN for _, d in run(loss_only))
+
+
+def test_recorded_lab_cap_demotes_on_a_queue_each_keyframe_fills() -> None:
+    """The NAT lab's capped viewer: the high layer's average fits the cap, its IDRs do
+    not. Loss of a few percent with the RTT up at most reports (not all three: the
+    queue drains between keyframes) is congestion: down within a few seconds of the
+    first loss, not when a policer's share of the packets is finally lost."""
+    rows = TRACES["lab_cap"]
+    controller, decisions, estimates = replay("lab_cap")
+    first_loss = next(at for (at, *_), e in zip(rows, estimates, strict=True)
+                      if e.loss is not None and e.loss > 0)
+    down = next(at for at, d in decisions if d is Decision.DOWN)
+    assert down - first_loss <= 3.5, (first_loss, down)
+    # The loss then was never a policer's, nor did the queue stand through three reports.
+    before = [e for (at, *_), e in zip(rows, estimates, strict=True) if at <= down]
+    assert max(e.loss or 0 for e in before) < controller.tuning.congestion_loss
+    assert all(e.rtt_rise is None or e.rtt_rise < controller.tuning.rtt_rise for e in before)
+
+
+def _resending(resent_share: float, rtt: Callable[[int], float]) -> list[Decision]:
+    """A viewer that repairs everything by NACK (its receiver reports say nothing is
+    lost) while the camera resends ``resent_share`` of what it sends."""
+    controller = LadderController(2)
+    decisions = []
+    for step in range(1, 41):
+        now = step * 0.5
+        sent = 30 * step
+        report = step // 2 * 2  # a receiver report every second
+        decision = controller.observe(Sample(
+            at=now, packets_sent=sent, bytes_sent=sent * 900, packets_lost=0,
+            packets_expected=30 * report, report_at=float(report), rtt=rtt(step),
+            packets_resent=round(sent * resent_share)))
+        if decision is not Decision.STAY:
+            decisions.append(decision)
+            controller.cancel()
+    return decisions
+
+
+def test_loss_repaired_by_nack_counts_as_loss() -> None:
+    # Chromium under a cap: nothing lost in its reports, 5 % resent, a queue: down.
+    assert Decision.DOWN in _resending(0.05, lambda step: 0.005 + 0.04 * (step > 6))
+    # The same resends with a flat RTT are random loss: nobody moves.
+    assert _resending(0.05, lambda step: 0.005) == []
+
+
+def test_recorded_random_loss_on_a_busy_machine_demotes_nobody() -> None:
+    """Two odd receiver reports of three (a busy machine) a little over the RTT floor,
+    with random loss: not the queue of a link too thin for the layer."""
+    controller, decisions, estimates = replay("loss_busy")
+    assert max(e.rtt_rise_median or 0 for e in estimates) >= controller.tuning.rtt_rise
+    assert max(e.loss or 0 for e in estimates) > controller.tuning.up_loss
+    assert decisions == [] and controller.layer == 0
+
+
+def test_a_policers_share_of_loss_moves_down_at_once() -> None:
+    """A fifth of the packets lost in one window is no run of random loss: down at the
+    first evaluation that sees it, not the second."""
+    controller = LadderController(2)
+    decisions, losses = [], []
+    for step in range(1, 13):
+        sent = 30 * step
+        lost = 0 if step <= 8 else 10 * (step - 8)  # a third lost from 4.5 s on
+        decisions.append(controller.observe(Sample(
+            at=step * 0.5, packets_sent=sent, bytes_sent=sent * 900, packets_lost=lost,
+            packets_expected=sent, report_at=step * 0.5, rtt=0.005)))
+        losses.append(controller.estimate.loss or 0.0)
+    first_over = next(k for k, loss in enumerate(losses)
+                      if loss >= controller.tuning.congestion_loss)
+    assert decisions.index(Decision.DOWN) == first_over

@@ -256,7 +256,7 @@ def test_video_settings_low_layer_defaults_and_checks() -> None:
     default = VideoSettings()
     assert default.layers == (Layer.HIGH, Layer.LOW)
     low = default.for_layer(Layer.LOW)
-    assert (low.width, low.height, low.bitrate) == (640, 360, 500_000)
+    assert (low.width, low.height, low.bitrate) == (640, 360, 300_000)
     assert low.layers == (Layer.HIGH,)  # a layer's encoder settings are single-layer
     assert default.for_layer(Layer.HIGH).width == 1280
     assert VideoSettings(low_layer=False).layers == (Layer.HIGH,)
