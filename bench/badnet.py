@@ -894,7 +894,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         if load:
             lines += ["", f"Load average (1 min, the machine's 2 cores) sampled every 10 s "
                       f"through {what}: median {load['median']:g}, highest {load['max']:g} "
-                      f"({load['samples']} samples)."]
+                      f"({load['samples']} samples).{load.get('note', '')}"]
     setups = sorted({row["setup"] for row in result["rows"] if row.get("setup")})
     if setups:
         lines += ["", f"Rows marked {', '.join(setups)} ran again (`--low-bitrate …` "
@@ -977,6 +977,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         *verdicts(result),
         "",
+        # What the run's author found out about a miss (stored with the result).
+        *[line for note in result.get("notes", []) for line in (note, "")],
         "![badnet](bench/badnet.png)",
         "",
     ]
