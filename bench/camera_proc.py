@@ -219,6 +219,9 @@ def install_per_viewer_encode(video: Any, pattern: str = "bars") -> None:
         def request_keyframe(self, reason: str) -> None:
             pass  # aiortc's own encoder answers PLI itself on this path
 
+        def prepare(self) -> None:
+            pass  # nothing to ask ahead of time: its own encoder starts with an IDR
+
         def switch_to(self, layer: Layer) -> bool:
             return layer is Layer.HIGH
 
