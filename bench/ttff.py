@@ -143,8 +143,6 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
 
 
 def markdown(result: dict[str, Any]) -> list[str]:
-    if "target_p50_ms" not in result:
-        return _legacy_markdown(result)
     target = result["target_p50_ms"]
     lines = [
         f"## Time to first frame (loopback, {result['video']})",
@@ -186,26 +184,3 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ]
     return [*lines, "", "![first frame](bench/ttff.png)", ""]
 
-
-def _legacy_markdown(result: dict[str, Any]) -> list[str]:
-    """A result stored before the paired-page rows: its Chromium clock started after pairing."""
-    lines = [
-        f"## Time to first frame (loopback, {result['video']})",
-        "",
-        "From the viewer starting its peer connection to the first decoded frame (an",
-        "earlier version of this bench: Chromium's clock started after pairing, at the",
-        "page's offer preparation).",
-        "",
-        "| viewer | trials | p50 ms | p95 ms | min | max |",
-        "|---|---|---|---|---|---|",
-    ]
-    for key, label in (("cli", "CLI (`peercam view`)"), ("chromium", "Chromium (web viewer)")):
-        s = result.get(key)
-        if s:
-            lines.append(f"| {label} | {s['n']} | {s['p50']} | {s['p95']} | {s['min']} | "
-                         f"{s['max']} |")
-    phases = result.get("chromium_phases_p50")
-    if phases:
-        lines += ["", "Where Chromium's time goes (medians, ms from the start of the attempt): "
-                  + ", ".join(f"{k} {v}" for k, v in phases.items()) + "."]
-    return [*lines, "", "![first frame](bench/ttff.png)", ""]
