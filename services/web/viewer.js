@@ -38,7 +38,7 @@ import { initPlayer, renderBadge, stopPlayer, toggleFullscreen } from "./player.
 // Timers are named here so they can be read and tuned in one place.
 const TIMING = {
   helloMs: 10000,          // server must greet us this soon after the socket opens
-  prepareMs: 10000,        // server must hand out ICE servers this soon
+  prepareMs: 5000,         // server must hand out ICE servers this soon (or the socket is stuck)
   pairMs: 20000,           // camera must answer a pairing request this soon
   iceGatherMs: 2000,       // non-trickle fallback: send what we have after this long
   answerMs: 20000,         // camera must answer (server also times out: error "timeout")
@@ -477,7 +477,7 @@ async function prepare(att) {
   // The server mints TURN credentials per session; hello only has STUN.
   send(att, { type: "prepare", device_id: deviceId, session_id: att.sessionId });
   const prepared = await expect(att, "prepared", TIMING.prepareMs,
-    "The server did not respond in time.");
+    "The server did not respond in time.", { serverOnly: true });
   mark(att, "prepared");
   return prepared.ice_servers;
 }
@@ -868,6 +868,18 @@ function sigDropped() {
   sigSchedule(fast);
 }
 
+function sigStuck(gen) {
+  // The socket is open on paper but the server's replies stopped coming: a
+  // TCP connection that outlived an outage of our own network retransmits on
+  // a backoff of tens of seconds and, with the server long gone from its other
+  // end, never closes by itself. Open a new one now (the media is untouched).
+  if (gen !== sig.gen || !sig.ws) return;
+  console.info("peercam: the server stopped answering on this socket; opening a new one");
+  sig.ready = false;
+  sig.failures = 0;
+  sigDropped();
+}
+
 function sigSchedule(fast) {
   if (stopped || !deviceId || peercam.gaveUp) return;
   const cap = fast ? TIMING.sigFastCapMs : TIMING.sigCapMs;
@@ -914,9 +926,16 @@ function signalingReady(att) {
     sig.everReady ? "Lost the connection to the server." : "Cannot reach the server.");
 }
 
-function expect(att, type, ms, timeoutText) {
+function expect(att, type, ms, timeoutText, opts) {
+  // serverOnly: the server itself answers this (no camera in between), so
+  // silence means the socket is stuck, not that someone is slow.
+  const serverOnly = Boolean(opts && opts.serverOnly);
   return new Promise((resolve, reject) => {
-    const timer = setTimer(att, ms, () => fail(att, new ViewerError(timeoutText)));
+    const timer = setTimer(att, ms, () => {
+      const gen = att.sigGen;
+      fail(att, new ViewerError(timeoutText));
+      if (serverOnly) sigStuck(gen);
+    });
     att.waiters.set(type, { resolve, reject, timer });
   });
 }
@@ -1621,8 +1640,16 @@ function onVisibility() {
 }
 
 function onOnline() {
-  // The network is back: do not sit out the rest of a backoff.
+  // The network is back: do not sit out the rest of a backoff, and do not
+  // trust a socket that lived through the outage (its TCP connection may be
+  // stuck retransmitting to a server that already closed it).
   if (stopped || !deviceId || peercam.gaveUp) return;
+  if (sig.ws) {
+    console.info("peercam: the network is back; opening a new signaling socket");
+    sig.ready = false;
+    sig.failures = 0;
+    sigDropped();
+  }
   if (sig.timer) {
     sig.failures = 0;
     sigConnect();

@@ -12,6 +12,7 @@ that shows video is advice only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -310,4 +311,113 @@ async def test_a_stalled_session_is_replaced_make_before_break(
     assert set(camera.sessions) == {after["sessionId"]}
     frames = await page.frames()
     await page.wait(f"window.peercam.framesDecoded > {frames + 15}", 5)
+    assert page.errors == []
+
+
+class FreezingProxy:
+    """A TCP forwarder in front of the rendezvous. ``freeze()`` turns every
+    connection it carries into what a TCP connection that outlived an outage of
+    the viewer's own network looks like: open on both ends, nothing gets through
+    either way, no close ever arrives. Connections made after it work."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.frozen: set[asyncio.StreamWriter] = set()
+        self.live: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+
+    def freeze(self) -> int:
+        self.frozen |= self.live
+        return len(self.live)
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.live.add(writer)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       close_dst: bool) -> None:
+            while data := await src.read(65536):
+                if writer not in self.frozen:
+                    dst.write(data)
+            if close_dst and writer not in self.frozen:
+                dst.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pump(reader, up_writer, True),
+                                 pump(up_reader, writer, writer not in self.frozen))
+        self.live.discard(writer)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.live:
+            writer.close()
+
+
+@pytest.fixture
+async def proxy(stack: Stack) -> AsyncIterator[FreezingProxy]:
+    forwarder = FreezingProxy(int(stack.url.rsplit(":", 1)[1]))
+    await forwarder.start()
+    try:
+        yield forwarder
+    finally:
+        await forwarder.close()
+
+
+def _through(link: str, proxy: FreezingProxy) -> str:
+    host, rest = link.split("://", 1)[1].split("/", 1)
+    return f"http://127.0.0.1:{proxy.port}/{rest}"
+
+
+async def test_a_signaling_socket_that_stopped_answering_is_replaced(
+    stack: Stack, context: Any, proxy: FreezingProxy
+) -> None:
+    """A heal needs the server. On a socket that is stuck (open, silent) the
+    server's reply to ``prepare`` never comes: the page gives that socket up and
+    heals on a new one, instead of retrying on the dead one for ever."""
+    camera = await stack.camera()
+    page = Watcher(await context.new_page())
+    before = await page.open(_through(f"{stack.link(camera)}&pair={camera.open_pairing()}",
+                                      proxy))
+    assert proxy.freeze() >= 1
+    # The camera stops feeding the session (a stall): the page must heal, and
+    # the only socket it has is the frozen one.
+    (old,) = camera.sessions.values()
+    old.pc.getSenders()[0].replaceTrack(None)
+    await page.wait("window.peercam.reconnects >= 1 && window.peercam.state === 'connected'", 30)
+    after = await page.state()
+    assert after["sessionId"] != before["sessionId"], after
+    assert after["signalingReconnects"] >= 1 and after["signaling"] == "connected", after
+    assert any("stopped answering" in line for line in after["console"]), after
+    assert after["lastError"] is None, after
+    assert page.errors == []
+
+
+async def test_the_network_coming_back_renews_the_signaling_socket(
+    stack: Stack, context: Any, proxy: FreezingProxy
+) -> None:
+    """The browser says the network is back (``online``): the page opens a new
+    signaling socket at once rather than trust one that lived through the
+    outage. The video is not touched."""
+    camera = await stack.camera()
+    page = Watcher(await context.new_page())
+    before = await page.open(_through(f"{stack.link(camera)}&pair={camera.open_pairing()}",
+                                      proxy))
+    assert proxy.freeze() >= 1
+    # Chromium's own offline/online (what it does when its interfaces go and come back).
+    await context.set_offline(True)
+    await asyncio.sleep(0.3)
+    await context.set_offline(False)
+    await page.wait("window.peercam.signalingReconnects >= 1"
+                    " && window.peercam.signaling === 'connected'", 10)
+    frames = await page.frames()
+    await page.wait(f"window.peercam.framesDecoded > {frames + 15}", 5)
+    after = await page.state()
+    assert any("network is back" in line for line in after["console"]), after
+    assert after["sessionId"] == before["sessionId"] and after["reconnects"] == 0, after
     assert page.errors == []

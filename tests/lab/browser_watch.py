@@ -66,12 +66,16 @@ async def lab_page(link: str, init_script: str | None = None) -> AsyncIterator[A
 
 async def main(link: str, seconds: float) -> dict[str, Any]:
     async with lab_page(link, FRAME_LOG) as page:
+        console: list[str] = []
+        page.on("console", lambda m: console.append(
+            f"{time.monotonic():.3f} {m.type}: {m.text}"[:300]))
         try:
             await page.wait_for_function(
                 "window.peercam && window.peercam.framesDecoded > 0", timeout=30_000)
         except Exception as exc:  # report what the page knew, not a traceback
             state = await page.evaluate("({...window.peercam})")
-            return {"error": str(exc).splitlines()[0], "frames": 0, **state}
+            return {"error": str(exc).splitlines()[0], "frames": 0, **state,
+                    "console": console[-40:]}
         print("PLAYING", flush=True)
         await page.wait_for_timeout(seconds * 1000)
         shown: list[float] = await page.evaluate("window.__shown")
@@ -83,7 +87,8 @@ async def main(link: str, seconds: float) -> dict[str, Any]:
             "first_frame_clock": times[0] if times else None,
             "sessions": state.get("sessions"), "reconnects": state.get("reconnects"),
             "lastCause": state.get("lastCause"), "lastError": state.get("lastError"),
-            "state": state.get("state")}
+            "state": state.get("state"), "signaling": state.get("signaling"),
+            "console": console[-40:]}
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ recovery`` (medians and worst of many runs), not asserted here.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -89,7 +90,8 @@ def healed(results: dict[str, dict[str, Any]], repaired_at: float, broken_at: fl
            frames: int = 100) -> None:
     """Each viewer showed video again after the fault (how soon: scripts/bench recovery)."""
     for name, result in results.items():
-        assert result.get("frames", 0) > frames and not result.get("error"), (name, result)
+        assert result.get("frames", 0) > frames and not result.get("error"), \
+            f"{name}: {json.dumps(result, indent=1)}"
         back = video_back(result, repaired_at, broken_at)
         assert back is not None and back < scaled(30), (name, back, result)
 
