@@ -52,7 +52,7 @@ from camera.session import BadCandidate, SessionFailed, ViewerSession
 from camera.sources.base import Source
 from camera.status import DeviceStatus, LinkStatus, NatStatus, SourceStatus, ViewerStatus
 from camera.supervisor import Supervisor
-from camera.webrtc import order_turn, stun_server_of, udp_blocked
+from camera.webrtc import order_turn, search_direct_again, stun_server_of, udp_blocked
 from services.stun.discovery import NatReport
 from services.stun.natcheck import natcheck
 
@@ -199,10 +199,16 @@ class CameraAgent:
             self._natcheck = self._spawn(self._check_nat(self._natcheck_servers))
 
     def _network_changed(self, reason: str, old: NetworkView, new: NetworkView) -> None:
-        """Reconnect now (not when the backoff says), and learn the new NAT."""
+        """Reconnect now (not when the backoff says), learn the new NAT, and let the
+        relayed sessions look for a direct path again (the new network may allow one)."""
         self.link.network_changed(new.online, old.addresses, new.addresses)
         if new.online and self._natcheck is not None and self._natcheck.done():
             self._natcheck = self._spawn(self._check_nat(self._natcheck_servers))
+        if new.online:
+            again = sum(search_direct_again(s.pc) for s in list(self.sessions.values()))
+            if again:
+                logger.info("network changed (%s): %d relayed session(s) look for a direct "
+                            "path again", reason, again)
 
     def _frame(self, data: str | bytes) -> None:
         self._perform(self.core.received(data, asyncio.get_running_loop().time()))

@@ -90,6 +90,18 @@ def selected_pair(pc: RTCPeerConnection) -> tuple[str | None, str | None, str | 
     return None, None, None
 
 
+def search_direct_again(pc: RTCPeerConnection) -> bool:
+    """After a network change: if this session's media is on a relay, look for a
+    direct path again (the background search, from its first round). True if it does."""
+    transports = [t.receiver.transport or t.sender.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport)
+    for dtls in transports:
+        if dtls is not None:
+            return compat.rearm_upgrade(dtls.transport)  # one bundled transport
+    return False
+
+
 def selected_pair_types(pc: RTCPeerConnection) -> tuple[str | None, str | None]:
     """Candidate types (host/srflx/prflx/relay) of the nominated ICE pair, if any."""
     local, remote, _address = selected_pair(pc)

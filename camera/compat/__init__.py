@@ -73,6 +73,7 @@ __all__ = [
     "nominated_pair",
     "packetize_h264",
     "reconfigure",
+    "rearm_upgrade",
     "restrict_host_addresses",
     "share_packetization",
     "uninstall",
@@ -164,3 +165,10 @@ def nominated_pair(transport: RTCIceTransport, component: int = 1) -> CandidateP
     """The ICE pair aioice selected under this aiortc ICE transport, if any."""
     connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
     return ice.nominated_pair(connection, component)
+
+
+def rearm_upgrade(transport: RTCIceTransport) -> bool:
+    """After a network change: search again for a direct path if the media under
+    this aiortc ICE transport is on a relay pair (see :func:`camera.compat.ice.rearm`)."""
+    connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
+    return ice.rearm(connection)

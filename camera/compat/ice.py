@@ -122,6 +122,13 @@ _sent_at: weakref.WeakKeyDictionary[CandidatePair, float] = weakref.WeakKeyDicti
 _in_flight: weakref.WeakKeyDictionary[CandidatePair, stun.Message] = weakref.WeakKeyDictionary()
 _waiting_relays: weakref.WeakKeyDictionary[Connection, weakref.WeakSet[CandidatePair]] = (
     weakref.WeakKeyDictionary())
+# When a check from the peer last started our search again (see _peer_searches).
+_peer_rearmed: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+PEER_REARM_EVERY = 60.0
+"""Seconds: the most often a peer's checks may start a connection's search again."""
+PEER_QUIET_AFTER = 10.0
+"""Seconds after our search ended before a peer's check may start it again."""
+_search_ended: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
 # The background search for a direct path of a connection that completed on a relay.
 _upgraders: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary())
@@ -403,6 +410,38 @@ def check_incoming(
     request = _in_flight.get(pair) if in_progress and pair is not None else None
     if pair is not None and request is not None:
         protocol.send_stun(request, pair.remote_addr)
+    _peer_searches(self, addr, protocol)
+
+
+def _peer_searches(
+    connection: Connection, addr: tuple[str, int], protocol: Any
+) -> None:
+    """A check from the peer on a direct path while our media is on a relay and our
+    own search has ended: the peer is searching again (its network changed), so we
+    search too, or nobody would nominate the path it finds. Only well after our
+    own search ended (two searches that end about together must not restart each
+    other for ever) and at most once per ``PEER_REARM_EVERY`` seconds per
+    connection, so a peer cannot keep us probing."""
+    local = getattr(protocol, "local_candidate", None)
+    selected = connection._nominated.get(1)
+    if (local is None or local.type == "relay" or selected is None
+            or not _is_relay(selected)):
+        return
+    if any(c.type == "relay" and (c.host, c.port) == (addr[0], addr[1])
+           for c in connection._remote_candidates):
+        return  # through the peer's relay: not a direct path
+    task = _upgraders.get(connection)
+    if task is not None and not task.done():
+        return
+    now = asyncio.get_running_loop().time()
+    ended = _search_ended.get(connection)
+    if ended is None or now - ended < PEER_QUIET_AFTER:
+        return
+    last = _peer_rearmed.get(connection)
+    if last is not None and now - last < PEER_REARM_EVERY:
+        return
+    _peer_rearmed[connection] = now
+    rearm(connection)
 
 
 
@@ -416,6 +455,23 @@ async def _connect(self: Connection) -> None:
     if _upgrade.enabled and _upgrade.rounds and pair is not None and _is_relay(pair):
         _upgraders[self] = asyncio.create_task(_look_for_direct(self, pair),
                                                name="ice-upgrade")
+
+
+def rearm(connection: Connection) -> bool:
+    """The network changed: a connection whose media is on a relay pair searches
+    for a direct one again, from the first round and with a fresh packet budget
+    (a search still going starts over; one that ended, within its bounds, is
+    retried only here). True if a search started."""
+    pair = connection._nominated.get(1)
+    if not (_upgrade.enabled and _upgrade.rounds) or pair is None or not _is_relay(pair):
+        return False
+    old = _upgraders.pop(connection, None)
+    if old is not None and not old.done():
+        old.cancel()
+    _upgraders[connection] = asyncio.create_task(_look_for_direct(connection, pair),
+                                                 name="ice-upgrade")
+    logger.info("ICE: looking for a direct path again (on relay pair %s)", pair)
+    return True
 
 
 async def _close(self: Connection) -> None:
@@ -539,5 +595,6 @@ async def _look_for_direct(connection: Connection, relay: CandidatePair) -> None
                 return
             await asyncio.sleep(2 * _timing.pacing)
     finally:
+        _search_ended[connection] = loop.time()
         for task in probes:
             task.cancel()

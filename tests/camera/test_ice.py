@@ -423,3 +423,75 @@ async def test_no_search_when_it_is_switched_off(
         reconfigure(Settings())
     assert viewer._nominated[1].remote_candidate.type == "relay"
     assert viewer not in ice._upgraders
+
+
+async def _ended(connection: Connection) -> asyncio.Task[None]:
+    """The connection's background search, once it ended."""
+    task = ice._upgraders[connection]
+    async with asyncio.timeout(scaled(5)):
+        await task
+    return task
+
+
+async def test_a_network_change_starts_an_ended_search_again(
+    agents: tuple[Connection, Connection, Gate]
+) -> None:
+    viewer, camera, gate = agents
+    install_relay_rule()
+    reconfigure(quick(Upgrade(rounds=(0.1, 0.2), retransmissions=0)))
+    try:
+        await connect(viewer, camera)
+        await _ended(viewer)  # the gate was shut: the search gave up, within its bounds
+        gate.open = True
+        await asyncio.sleep(0.5)
+        assert viewer._nominated[1].remote_candidate.type == "relay"  # nobody looks now
+        assert not ice.rearm(camera)  # its own pair is not a relay pair here: nothing to do
+        assert ice.rearm(viewer)  # what the agent does when its network changes
+        async with asyncio.timeout(scaled(5)):
+            while viewer._nominated[1].remote_candidate.type == "relay":
+                await asyncio.sleep(0.02)
+    finally:
+        reconfigure(Settings())
+    assert viewer._nominated[1].remote_candidate.type == "srflx"
+    assert not ice.rearm(viewer)  # on a direct path: no search
+
+
+async def test_a_check_from_a_searching_peer_starts_our_search_again(
+    agents: tuple[Connection, Connection, Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer's network changed and it searches again; our search had ended. Its
+    check through the (now open) gate makes us search too, so the path it found
+    gets nominated (we are the controlling agent). Not right after our own search
+    ended, though: two searches ending about together must not restart each other."""
+    viewer, camera, gate = agents
+    install_relay_rule()
+    reconfigure(quick(Upgrade(rounds=(0.1,), retransmissions=0)))
+    back = gate.back.get_extra_info("sockname")[:2]
+
+    async def peer_checks() -> None:
+        # The camera checks towards the viewer through the gate (its new path).
+        protocol = camera._protocols[0]
+        pair = CandidatePair(protocol, Candidate("gate", 1, "udp", 1, *back, "prflx"))
+        request = camera.build_request(pair, nominate=False)
+        assert camera.remote_password is not None
+        try:
+            await protocol.request(request, back, integrity_key=camera.remote_password.encode(),
+                                   retransmissions=0)
+        except stun.TransactionError:
+            pass
+
+    try:
+        await connect(viewer, camera)
+        first = await _ended(viewer)
+        gate.open = True
+        await peer_checks()
+        assert ice._upgraders[viewer] is first  # our search only just ended: no restart
+        assert viewer._nominated[1].remote_candidate.type == "relay"
+        monkeypatch.setattr(ice, "PEER_QUIET_AFTER", 0.0)
+        await peer_checks()
+        assert ice._upgraders[viewer] is not first
+        async with asyncio.timeout(scaled(5)):
+            while viewer._nominated[1].remote_candidate.type == "relay":
+                await asyncio.sleep(0.02)
+    finally:
+        reconfigure(Settings())

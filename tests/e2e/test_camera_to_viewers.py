@@ -266,3 +266,36 @@ async def test_two_devices_with_one_key_newer_wins_older_backs_off(stack: Stack)
     assert stack.rendezvous.router.cameras[clone.device_id] is not None
     assert clone.registered.is_set() and not first.registered.is_set()
     assert clone.replaced == 0
+
+
+async def test_a_network_change_has_every_session_look_for_a_direct_path_again(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The camera's network changed: each live session is asked to search again (a
+    relayed one starts its background checks over; this one, on loopback host
+    candidates, is direct already and has nothing to search)."""
+    from camera import agent as agent_module
+    from camera.netwatch import NetworkView
+
+    camera = await stack.camera()
+    task = asyncio.ensure_future(view(stack.link(camera), seconds=8))
+    for _ in range(int(scaled(100))):
+        if camera.sessions and all(s.connected.is_set() for s in camera.sessions.values()):
+            break
+        await asyncio.sleep(0.1)
+    (session,) = camera.sessions.values()
+    asked: list[tuple[object, bool]] = []
+    real = agent_module.search_direct_again
+
+    def spy(pc: object) -> bool:
+        searched = real(pc)  # type: ignore[arg-type]
+        asked.append((pc, searched))
+        return searched
+
+    monkeypatch.setattr(agent_module, "search_direct_again", spy)
+    before = NetworkView(frozenset({(2, "192.0.2.1", 4)}), frozenset({"192.0.2.2"}))
+    after = NetworkView(frozenset({(2, "192.0.2.9", 4)}), frozenset({"192.0.2.2"}))
+    camera._network_changed("default route changed", before, after)
+    assert asked == [(session.pc, False)]
+    result = await task
+    assert result.frames > 100  # the session went on untouched
