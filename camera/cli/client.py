@@ -37,6 +37,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     view.add_argument("--nack", action=argparse.BooleanOptionalAction, default=True,
                       help="NACK a gap at once and again at RTT intervals "
                       "(--no-nack: aiortc's NACKs, as before)")
+    view.add_argument("--port-prediction", action=argparse.BooleanOptionalAction, default=True,
+                      help="behind a NAT that `peercam natcheck` found allocating ports "
+                      "sequentially (saved for this network), offer the ports it will map "
+                      "next, so a camera behind a port-restricted NAT reaches us directly")
     view.add_argument("--json", action="store_true", help="print one JSON line of stats at the end")
     add_ice_servers(view, None, "ICE server (default: the rendezvous' list)")
     view.add_argument("--name", help="name to pair under (default: peercam view on HOST)")
@@ -126,6 +130,7 @@ async def view_command(args: argparse.Namespace) -> int:
             wait=args.wait,
             quality=args.quality,
             receive=ReceiveSettings(playout=args.playout, nack=args.nack),
+            port_prediction=args.port_prediction,
         )
     except ViewError as exc:
         if args.json:

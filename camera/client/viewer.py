@@ -39,7 +39,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from camera.client import heal
+from camera.client import heal, natprofile
 from camera.client import ice as viewer_ice
 from camera.client.errors import (
     ForgedAnswer,
@@ -48,6 +48,7 @@ from camera.client.errors import (
     SessionEnded,
     ViewError,
 )
+from camera.client.natprofile import SavedNat, with_prediction
 from camera.client.playout import PlayoutCounters, ReceiveSettings
 from camera.client.receiver import (
     DECODER_BACKLOG,
@@ -273,11 +274,14 @@ async def open_session(
     timeout: float,
     ice_servers: list[dict[str, Any]] | None,
     rewrite: SdpRewrite | None = None,
+    nat: SavedNat | None = None,
 ) -> tuple[Connection, asyncio.Queue[Message]]:
     """Offer a session and apply the camera's checked answer.
 
     ``setup`` adds transceivers / data channels before the offer is made, so
-    they are in the signed SDP. Returns the connection and the queue of later
+    they are in the signed SDP; ``nat`` (this network's saved NAT measurement) adds
+    predicted candidates to it behind a sequential symmetric NAT
+    (:mod:`camera.client.natprofile`). Returns the connection and the queue of later
     messages for its session (byes). On any failure the peer connection is
     closed, and a bye is sent if the offer went out.
     """
@@ -306,7 +310,7 @@ async def open_session(
             await pc.setLocalDescription(await pc.createOffer())
         except (ValueError, TypeError, OSError) as exc:
             raise ViewError(f"cannot make an offer with these ICE servers ({exc})") from None
-        offer_sdp = pc.localDescription.sdp
+        offer_sdp = with_prediction(pc.localDescription.sdp, nat)
         if rewrite is not None:
             offer_sdp = rewrite.offer(offer_sdp)
         timestamp = int(time.time() * 1000)
@@ -403,6 +407,7 @@ async def view(
     quality: Mode | None = None,
     receive: ReceiveSettings | None = None,
     rewrite: SdpRewrite | None = None,
+    port_prediction: bool = True,
 ) -> ViewStats:
     """Watch a camera until ``seconds`` pass (from the first frame) or ``stop`` is set.
 
@@ -416,7 +421,9 @@ async def view(
     ``quality`` asks for ``auto``, ``high`` or ``low`` on each (None: the camera's
     default, auto). ``receive`` is how the receiver waits for and asks again for
     lost packets (:class:`ReceiveSettings`); ``rewrite`` changes the SDPs for a
-    relay put in the path (benchmarks). Anything but that ending
+    relay put in the path (benchmarks). With ``port_prediction``, a NAT measurement
+    saved by ``peercam natcheck`` on this network adds predicted candidates to the
+    offers (:mod:`camera.client.natprofile`). Anything but that ending
     raises a :class:`ViewError` carrying the stats so far:
     :class:`SessionEnded` when the camera refuses to go on with a run that was
     playing (revoked), :class:`RecordingFailed` when ``record`` cannot be
@@ -436,7 +443,9 @@ async def view(
     run = _Run(link, device_id, identity, stats,
                record=record, connect_timeout=connect_timeout, ice_servers=ice_servers,
                healer=heal.Healer(stall=stall, wait=wait), quality=quality,
-               receive=receive or ReceiveSettings(), rewrite=rewrite)
+               receive=receive or ReceiveSettings(), rewrite=rewrite,
+               nat=natprofile.load(default_viewer_dir(), time.time()) if port_prediction
+               else None)
     try:
         await link.open()
         if secret is not None:
@@ -494,6 +503,7 @@ class _Run:
         quality: Mode | None = None,
         receive: ReceiveSettings | None = None,
         rewrite: SdpRewrite | None = None,
+        nat: SavedNat | None = None,
     ) -> None:
         self.link = link
         self.device_id = device_id
@@ -505,6 +515,7 @@ class _Run:
         self.quality = quality
         self.receive = receive or ReceiveSettings()
         self.rewrite = rewrite
+        self.nat = nat
         self.outcome: asyncio.Future[ViewError] = asyncio.get_running_loop().create_future()
         self.recorder = (Mp4Recorder(record, on_error=lambda text: self._end(
             RecordingFailed(text))) if record is not None else None)
@@ -607,6 +618,7 @@ class _Run:
                 self.link, self.device_id, self.identity,
                 lambda connection: self._setup(session, connection),
                 timeout=timeout, ice_servers=self.ice_servers, rewrite=self.rewrite,
+                nat=self.nat,
             )
             session.session_id = connection.session_id
             try:

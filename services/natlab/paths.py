@@ -62,14 +62,19 @@ def direct_possible(camera: str, viewer: str) -> bool:
     return True
 
 
-def direct_with_prediction(camera: str, viewer: str) -> bool:
-    """:func:`direct_possible`, plus what peercam's camera adds to plain ICE: behind a
-    symmetric NAT that allocates ports sequentially it also offers the ports that NAT
-    will map next (``camera/punch.py``), and a viewer behind a NAT that filters on
-    the remote port reaches the right one. Only the camera predicts: the reverse
-    roles stay as plain ICE has them."""
+def direct_with_prediction(camera: str, viewer: str, viewer_measured: bool = False) -> bool:
+    """:func:`direct_possible`, plus what peercam adds to plain ICE: behind a
+    symmetric NAT that allocates ports sequentially the camera also offers the ports
+    that NAT will map next (``camera/punch.py``), and a viewer behind a NAT that
+    filters on the remote port reaches the right one. A CLI viewer does the same in
+    the reverse roles once ``peercam natcheck`` measured its network
+    (``viewer_measured``); one that never did stays as plain ICE has it."""
     if direct_possible(camera, viewer):
         return True
-    if site_kind(camera) != "symmetric-seq":
-        return False
-    return V4_KIND.get(site_kind(viewer), site_kind(viewer)) == "port-restricted"
+
+    def restricted(site: str) -> bool:
+        return V4_KIND.get(site_kind(site), site_kind(site)) == "port-restricted"
+
+    if site_kind(camera) == "symmetric-seq" and restricted(viewer):
+        return True
+    return viewer_measured and site_kind(viewer) == "symmetric-seq" and restricted(camera)

@@ -318,7 +318,10 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "picks each new flow's port at random, \"symmetric-seq\" takes the next port",
         "(plain ICE treats both alike; the camera does not: behind the sequential one its "
         "answer also offers the ports its NAT will map next, and a viewer behind a NAT "
-        "that filters on the remote port reaches it directly).",
+        "that filters on the remote port reaches it directly; a CLI viewer does the same "
+        "once `peercam natcheck` has measured its network, which the matrix's viewer has "
+        "not, like one on a network for the first time: `tests/lab/test_punch.py` runs "
+        "that case).",
         "Each cell: pair type seen by the viewer",
         "(local → remote) and time to first frame in ms. **D** direct, **R** relayed;",
         "a cell is correct when it is direct wherever the two NATs allow a direct path",

@@ -1,11 +1,13 @@
-"""Port prediction through real kernel NATs: a camera behind a symmetric NAT that
-allocates ports sequentially, a CLI viewer behind a port-restricted one.
+"""Port prediction through real kernel NATs: a symmetric NAT that allocates ports
+sequentially meets a port-restricted one, with the camera behind either.
 
 Plain ICE cannot connect these two (``services.natlab.paths``): the camera's check
 to the viewer leaves from a port its NAT picks for that destination, which no
 candidate announced, and the viewer's NAT drops it. The camera's answer offers
 the next ports its NAT will likely map (``camera/punch.py``); the viewer's checks
-to them open its filter for the one the camera's check comes from. The session
+to them open its filter for the one the camera's check comes from. In the other
+roles the viewer predicts, from the measurement ``peercam natcheck`` saved for its
+network (``camera/client/natprofile.py``). The session
 starts on whatever path wins first and is direct once the background checks
 after a relay (``camera/ice.py``) have found the predicted pair.
 """
@@ -39,13 +41,13 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def matrix(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
-    with Matrix(lab, tmp_path_factory.mktemp("punch"), sites=(CAMERA,)) as running:
+    with Matrix(lab, tmp_path_factory.mktemp("punch"), sites=(CAMERA, VIEWER)) as running:
         yield running
 
 
-def camera_status(matrix: Matrix) -> dict[str, Any]:
-    result = matrix.lab.run(CAMERA, [*PEERCAM, "status", "--json", "--state-dir",
-                                     str(matrix.tmp / f"camera-{CAMERA}")], check=False)
+def camera_status(matrix: Matrix, site: str = CAMERA) -> dict[str, Any]:
+    result = matrix.lab.run(site, [*PEERCAM, "status", "--json", "--state-dir",
+                                   str(matrix.tmp / f"camera-{site}")], check=False)
     status: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return status
 
@@ -78,3 +80,41 @@ def test_a_sequential_symmetric_nat_meets_a_port_restricted_one_directly(
     assert result.get("frames", 0) > 100, result
     assert "relay" not in pair and pair != "?", (pair, log_file.read_text()[-3000:])
     assert result.get("sessions") == 1, result  # the same session, moved if it started relayed
+
+
+def watch_until_direct(matrix: Matrix, camera: str, viewer: str) -> tuple[str, dict[str, Any]]:
+    """A 20 s ``peercam view`` from ``viewer`` of the camera at ``camera``: the pair the
+    camera reports once it is not relayed (or the last one seen), and the viewer's JSON."""
+    argv = [*PEERCAM, "view", matrix.devices[camera], "--rendezvous", RENDEZVOUS,
+            "--seconds", "20", "--json"]
+    proc = matrix.lab.popen(viewer, argv, stdout=subprocess.PIPE, text=True, env=matrix.env)
+    pair = "?"
+    deadline = time.monotonic() + scaled(40)
+    while time.monotonic() < deadline:
+        viewers = [v for v in camera_status(matrix, camera)["viewers"] if v["connected"]]
+        pair = viewers[0]["pair"] if viewers else "?"
+        if viewers and not viewers[0]["relayed"]:
+            break
+        time.sleep(0.5)
+    out, _ = proc.communicate(timeout=60)
+    return pair, json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(300)
+def test_a_viewer_behind_a_sequential_nat_predicts_from_its_saved_natcheck(
+        matrix: Matrix, lab: Lab) -> None:
+    viewer, camera = CAMERA, VIEWER  # the roles reversed: the viewer is the symmetric one
+    assert not direct_possible(camera, viewer)
+    assert direct_with_prediction(camera, viewer, viewer_measured=True)
+    assert not direct_with_prediction(camera, viewer)  # a viewer that never measured
+    # The viewer measures its network once; what prediction needs is saved for it.
+    check = lab.popen(viewer, [*PEERCAM, "natcheck", "--stun", "203.0.113.1:3479", "--json"],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=matrix.env)
+    out, err = check.communicate(timeout=60)
+    assert json.loads(out.strip().splitlines()[-1])["allocation"] == "sequential", (out, err)
+    saved = json.loads((matrix.viewer_dir / "nat.json").read_text())
+    assert saved["allocation"] == "sequential" and saved["public_ip"] == lab.public_ip(viewer)
+    pair, result = watch_until_direct(matrix, camera, viewer)
+    assert result.get("frames", 0) > 100, result
+    assert "relay" not in pair and pair != "?", (pair, matrix.log(f"camera-{camera}.log"))
+    assert result.get("sessions") == 1, result

@@ -83,7 +83,7 @@ def test_path_rule(camera: str, viewer: str, direct: bool) -> None:
 
 @pytest.mark.parametrize(("camera", "viewer", "direct"), [
     ("symmetric-seq", "port-restricted-2", True),  # the camera predicts its next ports
-    ("port-restricted", "symmetric-seq-2", False),  # a viewer does not
+    ("port-restricted", "symmetric-seq-2", False),  # a viewer that never measured does not
     ("symmetric-seq", "ipv6-2", True),  # IPv4 port-restricted
     ("symmetric-seq", "cgnat", True),  # port-restricted as a whole
     ("symmetric-seq", "symmetric-2", False),  # the viewer's mappings are random
@@ -94,3 +94,15 @@ def test_path_rule(camera: str, viewer: str, direct: bool) -> None:
 ])
 def test_path_rule_with_the_cameras_prediction(camera: str, viewer: str, direct: bool) -> None:
     assert direct_with_prediction(camera, viewer) is direct
+
+
+@pytest.mark.parametrize(("camera", "viewer", "direct"), [
+    ("port-restricted", "symmetric-seq-2", True),  # the viewer measured: it predicts
+    ("cgnat", "symmetric-seq-2", True),
+    ("symmetric", "symmetric-seq-2", False),  # the camera's mappings are random
+    ("symmetric-seq", "symmetric-seq-2", False),
+    ("port-restricted", "symmetric-2", False),  # random: nothing to predict
+])
+def test_path_rule_with_a_viewer_that_measured_its_nat(
+        camera: str, viewer: str, direct: bool) -> None:
+    assert direct_with_prediction(camera, viewer, viewer_measured=True) is direct
