@@ -46,13 +46,26 @@ from camera.identity import DeviceIdentity
 from camera.link import RendezvousLink
 from camera.netwatch import NetworkView, NetworkWatcher
 from camera.ptz import PtzControl
-from camera.punch import PunchConfig, with_predicted_candidates
+from camera.punch import (
+    NatProfile,
+    PunchConfig,
+    nat_attribute,
+    profile_from_report,
+    with_nat_attribute,
+    with_predicted_candidates,
+)
 from camera.sdnotify import Notifier
 from camera.session import BadCandidate, SessionFailed, ViewerSession
 from camera.sources.base import Source
 from camera.status import DeviceStatus, LinkStatus, NatStatus, SourceStatus, ViewerStatus
 from camera.supervisor import Supervisor
-from camera.webrtc import order_turn, search_direct_again, stun_server_of, udp_blocked
+from camera.webrtc import (
+    arm_punch,
+    order_turn,
+    search_direct_again,
+    stun_server_of,
+    udp_blocked,
+)
 from services.stun.discovery import NatReport
 from services.stun.natcheck import natcheck
 
@@ -297,7 +310,8 @@ class CameraAgent:
                          type(exc).__name__, printable(exc))
             await session.close("the camera could not answer")
             return
-        self._perform(self.core.answered(session.session_id, self._with_predictions(answer),
+        answer = self._with_punching(session, offer_sdp, self._with_predictions(answer))
+        self._perform(self.core.answered(session.session_id, answer,
                                          asyncio.get_running_loop().time()))
 
     def _with_predictions(self, sdp: str) -> str:
@@ -311,6 +325,20 @@ class CameraAgent:
             return sdp
         return with_predicted_candidates(sdp, nat.allocation_step,
                                          PunchConfig().predicted_ports)
+
+    def _with_punching(self, session: ViewerSession, offer_sdp: str, sdp: str) -> str:
+        """Say our NAT in the answer (signed, like all of it) and let the session punch
+        if it completes on a relay: behind a NAT that picks ports at random we open
+        many mappings towards the viewer while it probes random ports of ours (the
+        birthday technique, camera/punch.py); in front of a viewer whose offer says
+        its NAT does that, we probe. Where neither applies the plan is empty."""
+        nat = self.nat_report
+        if not self.config.port_prediction or nat is None or nat.nat_type == "udp-blocked":
+            return sdp
+        local = profile_from_report(nat)
+        remote = nat_attribute(offer_sdp) or NatProfile(symmetric=False)
+        arm_punch(session.pc, local, remote, PunchConfig())
+        return with_nat_attribute(sdp, local)
 
     async def _add_candidate(self, session: ViewerSession, add: AddCandidate) -> None:
         """A viewer's trickled candidate, its signature already checked by the core."""

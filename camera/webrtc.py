@@ -8,6 +8,7 @@ from typing import Any
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
+    RTCIceTransport,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -16,6 +17,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from camera import compat
 from camera.h264 import is_constrained_baseline
+from camera.punch import NatProfile, PunchConfig
 
 
 def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
@@ -90,16 +92,30 @@ def selected_pair(pc: RTCPeerConnection) -> tuple[str | None, str | None, str | 
     return None, None, None
 
 
-def search_direct_again(pc: RTCPeerConnection) -> bool:
-    """After a network change: if this session's media is on a relay, look for a
-    direct path again (the background search, from its first round). True if it does."""
+def _ice_transport(pc: RTCPeerConnection) -> RTCIceTransport | None:
+    """The session's one ICE transport (everything is bundled), if it has one yet."""
     transports = [t.receiver.transport or t.sender.transport for t in pc.getTransceivers()]
     if pc.sctp is not None:
         transports.append(pc.sctp.transport)
-    for dtls in transports:
-        if dtls is not None:
-            return compat.rearm_upgrade(dtls.transport)  # one bundled transport
-    return False
+    return next((dtls.transport for dtls in transports if dtls is not None), None)
+
+
+def search_direct_again(pc: RTCPeerConnection) -> bool:
+    """After a network change: if this session's media is on a relay, look for a
+    direct path again (the background search, from its first round). True if it does."""
+    transport = _ice_transport(pc)
+    return transport is not None and compat.rearm_upgrade(transport)
+
+
+def arm_punch(pc: RTCPeerConnection, local: NatProfile, remote: NatProfile,
+              config: PunchConfig) -> bool:
+    """Let this session's background search (after it completed on a relay) make a
+    punching attempt through the two NATs (:mod:`camera.punch`). True if armed."""
+    transport = _ice_transport(pc)
+    if transport is None:
+        return False
+    compat.arm_punch(transport, local, remote, config)
+    return True
 
 
 def selected_pair_types(pc: RTCPeerConnection) -> tuple[str | None, str | None]:

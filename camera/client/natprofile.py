@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from camera.punch import with_predicted_candidates
+from camera.punch import ALLOCATIONS, NatProfile, with_predicted_candidates
 from services.files import write_private
 from services.stun.discovery import NatReport
 
@@ -88,15 +88,32 @@ def load(viewer_dir: Path, now: float) -> SavedNat | None:
     return saved
 
 
+def _measured_here(sdp: str, saved: SavedNat) -> bool:
+    """One of the SDP's server-reflexive candidates has the saved public address."""
+    here = f" {saved.public_ip} "
+    return any(line.startswith("a=candidate:") and here in line and " typ srflx" in line
+               for line in sdp.split("\r\n"))
+
+
+def profile_here(sdp: str, saved: SavedNat | None) -> NatProfile | None:
+    """Our NAT as the saved measurement says, if it was made on this network (the
+    SDP's own server-reflexive address); None when unknown here. natcheck measures
+    the allocation only where the mapping depends on the destination: one measured
+    means a symmetric NAT."""
+    if saved is None or not _measured_here(sdp, saved):
+        return None
+    if saved.allocation is None:
+        return NatProfile(symmetric=False)
+    return NatProfile(True, ALLOCATIONS.get(saved.allocation, "unknown"), saved.step)
+
+
 def with_prediction(sdp: str, saved: SavedNat | None, count: int = PREDICTED_PORTS) -> str:
     """``sdp`` with the predicted candidates when ``saved`` is for this network (one of
     the SDP's server-reflexive candidates has its public address) and its NAT
     allocates sequentially; otherwise ``sdp`` unchanged."""
     if saved is None or not saved.predicts() or saved.step is None:
         return sdp
-    here = f" {saved.public_ip} "
-    if not any(line.startswith("a=candidate:") and here in line and " typ srflx" in line
-               for line in sdp.split("\r\n")):
+    if not _measured_here(sdp, saved):
         return sdp  # measured on another network
     try:
         return with_predicted_candidates(sdp, saved.step, count)

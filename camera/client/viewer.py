@@ -48,7 +48,7 @@ from camera.client.errors import (
     SessionEnded,
     ViewError,
 )
-from camera.client.natprofile import SavedNat, with_prediction
+from camera.client.natprofile import SavedNat, profile_here, with_prediction
 from camera.client.playout import PlayoutCounters, ReceiveSettings
 from camera.client.receiver import (
     DECODER_BACKLOG,
@@ -64,8 +64,10 @@ from camera.config import client_ssl, ws_url
 from camera.identity import load_or_create_key
 from camera.ladder import LABEL as QUALITY_LABEL
 from camera.ladder import MODES, Mode
+from camera.punch import NatProfile, PunchConfig, nat_attribute, with_nat_attribute
 from camera.stamp import read as read_stamp
 from camera.webrtc import (
+    arm_punch,
     make_peer_connection,
     order_turn,
     prefer_h264,
@@ -275,13 +277,17 @@ async def open_session(
     ice_servers: list[dict[str, Any]] | None,
     rewrite: SdpRewrite | None = None,
     nat: SavedNat | None = None,
+    punch: bool = False,
 ) -> tuple[Connection, asyncio.Queue[Message]]:
     """Offer a session and apply the camera's checked answer.
 
     ``setup`` adds transceivers / data channels before the offer is made, so
     they are in the signed SDP; ``nat`` (this network's saved NAT measurement) adds
     predicted candidates to it behind a sequential symmetric NAT
-    (:mod:`camera.client.natprofile`). Returns the connection and the queue of later
+    (:mod:`camera.client.natprofile`) and says it in the offer; with ``punch`` the
+    session may punch through the two NATs if it completes on a relay
+    (:mod:`camera.punch`: the birthday technique where one NAT picks ports at
+    random). Returns the connection and the queue of later
     messages for its session (byes). On any failure the peer connection is
     closed, and a bye is sent if the offer went out.
     """
@@ -310,7 +316,10 @@ async def open_session(
             await pc.setLocalDescription(await pc.createOffer())
         except (ValueError, TypeError, OSError) as exc:
             raise ViewError(f"cannot make an offer with these ICE servers ({exc})") from None
+        here = profile_here(pc.localDescription.sdp, nat)
         offer_sdp = with_prediction(pc.localDescription.sdp, nat)
+        if here is not None:
+            offer_sdp = with_nat_attribute(offer_sdp, here)
         if rewrite is not None:
             offer_sdp = rewrite.offer(offer_sdp)
         timestamp = int(time.time() * 1000)
@@ -335,6 +344,10 @@ async def open_session(
             await pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
         except (ValueError, TypeError) as exc:
             raise ViewError(f"the camera's answer is not usable ({exc})") from None
+        remote_nat = nat_attribute(answer["sdp"])
+        if punch and (here is not None or remote_nat is not None):
+            arm_punch(pc, here or NatProfile(symmetric=False),
+                      remote_nat or NatProfile(symmetric=False), PunchConfig())
     except BaseException:
         link.unsubscribe(session_id)
         if offered:
@@ -445,7 +458,7 @@ async def view(
                healer=heal.Healer(stall=stall, wait=wait), quality=quality,
                receive=receive or ReceiveSettings(), rewrite=rewrite,
                nat=natprofile.load(default_viewer_dir(), time.time()) if port_prediction
-               else None)
+               else None, punch=port_prediction)
     try:
         await link.open()
         if secret is not None:
@@ -504,6 +517,7 @@ class _Run:
         receive: ReceiveSettings | None = None,
         rewrite: SdpRewrite | None = None,
         nat: SavedNat | None = None,
+        punch: bool = False,
     ) -> None:
         self.link = link
         self.device_id = device_id
@@ -516,6 +530,7 @@ class _Run:
         self.receive = receive or ReceiveSettings()
         self.rewrite = rewrite
         self.nat = nat
+        self.punch = punch
         self.outcome: asyncio.Future[ViewError] = asyncio.get_running_loop().create_future()
         self.recorder = (Mp4Recorder(record, on_error=lambda text: self._end(
             RecordingFailed(text))) if record is not None else None)
@@ -618,7 +633,7 @@ class _Run:
                 self.link, self.device_id, self.identity,
                 lambda connection: self._setup(session, connection),
                 timeout=timeout, ice_servers=self.ice_servers, rewrite=self.rewrite,
-                nat=self.nat,
+                nat=self.nat, punch=self.punch,
             )
             session.session_id = connection.session_id
             try:

@@ -53,11 +53,13 @@ from camera.compat.guard import (
 from camera.compat.ice import restrict_host_addresses
 from camera.compat.sender import hook_sender, watch_rtcp
 from camera.ice import DirectFirst, Upgrade
+from camera.punch import NatProfile, PunchConfig
 
 __all__ = [
     "AIOICE",
     "answer_as_dtls_server",
     "AIORTC",
+    "arm_punch",
     "HooksConflict",
     "IncompatibleLibrary",
     "Library",
@@ -165,6 +167,14 @@ def nominated_pair(transport: RTCIceTransport, component: int = 1) -> CandidateP
     """The ICE pair aioice selected under this aiortc ICE transport, if any."""
     connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
     return ice.nominated_pair(connection, component)
+
+
+def arm_punch(transport: RTCIceTransport, local: NatProfile, remote: NatProfile,
+              config: PunchConfig) -> None:
+    """Let the searches under this aiortc ICE transport punch (see
+    :func:`camera.compat.ice.arm_punch`)."""
+    connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
+    ice.arm_punch(connection, local, remote, config)
 
 
 def rearm_upgrade(transport: RTCIceTransport) -> bool:

@@ -23,18 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aioice
 import aioice.ice
-from aioice import stun
-from aioice.ice import CandidatePair, Connection, candidate_pair_priority
+from aioice import Candidate, stun
+from aioice.candidate import candidate_priority
+from aioice.ice import CandidatePair, Connection, StunProtocol, candidate_pair_priority
 
 from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
 from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
-from camera.punch import PREDICTED_FOUNDATION
+from camera.punch import PREDICTED_FOUNDATION, NatProfile, PunchConfig, PunchPlan, plan_punch
 
 logger = logging.getLogger("camera.ice")  # the lab benchmarks read these lines by this name
 
@@ -95,6 +98,12 @@ def check_members(
     for member in _MODULE_MEMBERS:
         require(AIOICE, module, ice_module, member)
     require(AIOICE, module, stun, Member("TransactionError", "attribute"))
+    # The punching sockets are aioice's own protocol objects, added to a connection.
+    require(AIOICE, module, ice_module, Member("StunProtocol", "attribute"))
+    for member in (Member("send_stun", "method", ("self", "message", "addr")),
+                   Member("close", "coroutine", ("self",)),
+                   Member("datagram_received", "method", ("self", "data", "addr"))):
+        require(AIOICE, module, ice_module.StunProtocol, member)
     # Per-connection state lives in instance attributes set by __init__: look at one.
     probe = connection_class(ice_controlling=True, components=1)
     instance_attribute(AIOICE, module, probe, "_check_list", list)
@@ -495,12 +504,15 @@ def _direct_pairs(connection: Connection, component: int) -> list[CandidatePair]
         local = getattr(protocol, "local_candidate", None)
         if local is None or local.component != component or local.type == "relay":
             continue
+        punching = _is_punch_socket(protocol)
         for remote in connection._remote_candidates:
             if (remote.component != component or remote.type == "relay"
                     or (":" in remote.host) != (":" in local.host)):
                 continue
             pair = next((p for p in connection._check_list if p.protocol is protocol
                          and p.remote_candidate is remote), None)
+            if pair is None and punching:
+                continue  # a punching socket's only pairs are the ones a hit made
             if pair is None:
                 pair = CandidatePair(protocol, remote)
                 pair.state = _State.FAILED
@@ -551,6 +563,7 @@ async def _look_for_direct(connection: Connection, relay: CandidatePair) -> None
     sent = 0
     probes: set[asyncio.Task[None]] = set()
     rounds = list(_upgrade.rounds)
+    punch = _punches.get(connection)
     try:
         while True:
             selected = connection._nominated.get(component)
@@ -576,6 +589,12 @@ async def _look_for_direct(connection: Connection, relay: CandidatePair) -> None
                 # Nominated already: no late check of aioice's may nominate again.
                 connection._nominating.add(component)
                 continue
+            if punch is not None and rounds and loop.time() >= started + rounds[0]:
+                # One punching attempt per search, with its first round.
+                task = asyncio.create_task(_punch(connection, punch, component))
+                probes.add(task)
+                task.add_done_callback(probes.discard)
+                punch = None
             if rounds and loop.time() >= started + rounds[0]:
                 rounds.pop(0)
                 pairs = [p for p in _direct_pairs(connection, component) if not _busy(p)]
@@ -598,3 +617,116 @@ async def _look_for_direct(connection: Connection, relay: CandidatePair) -> None
         _search_ended[connection] = loop.time()
         for task in probes:
             task.cancel()
+        _close_punch_sockets(connection)
+
+
+# -- punching through symmetric NATs (camera.punch plans) -----------------------------
+
+PUNCH_FOUNDATION = "punch"
+"""Foundation of the extra sockets a birthday attempt opens (never offered to the peer)."""
+PROBE_DELAY = 1.5
+"""Seconds the probing side waits after the first round before its probes: the
+opening side's mappings (its packets take about 1.3 s at the pacing) exist by then."""
+
+
+@dataclass
+class _Punch:
+    """What a connection's searches may punch with: both NATs, as the signed session says."""
+
+    local: NatProfile
+    remote: NatProfile
+    config: PunchConfig
+    sockets: list[StunProtocol] = field(default_factory=list)
+
+
+_punches: weakref.WeakKeyDictionary[Connection, _Punch] = weakref.WeakKeyDictionary()
+
+
+def arm_punch(connection: Connection, local: NatProfile, remote: NatProfile,
+              config: PunchConfig) -> None:
+    """Let this connection's background searches make one punching attempt each
+    (:func:`camera.punch.plan_punch`: birthday opening or probing, as the two
+    NATs call for; nothing where neither applies), with their first round."""
+    _punches[connection] = _Punch(local, remote, config)
+
+
+def _is_punch_socket(protocol: Any) -> bool:
+    local = getattr(protocol, "local_candidate", None)
+    return local is not None and local.foundation == PUNCH_FOUNDATION
+
+
+def _plan(connection: Connection, punch: _Punch, component: int) -> PunchPlan:
+    remotes = [c for c in connection._remote_candidates
+               if c.component == component and c.type != "relay" and ":" not in c.host]
+    return plan_punch(punch.local, punch.remote, {(c.host, c.port) for c in remotes},
+                      [c.host for c in remotes if c.type == "srflx"], punch.config,
+                      random.SystemRandom())
+
+
+async def _punch(connection: Connection, punch: _Punch, component: int) -> None:
+    """One attempt: open the plan's extra sockets (each a host "candidate" of ours that
+    is never offered), then send its packets, paced, as ICE checks of this session.
+    A hit is an authenticated check arriving on one of them (or on ours from a new
+    port of the peer): aioice learns the peer-reflexive pair and checks it back, and
+    the search nominates it like any direct pair. Stops early once the media left
+    the relay or the connection closed."""
+    plan = _plan(connection, punch, component)
+    own = next((p for p in connection._protocols if not _is_punch_socket(p)
+                and getattr(p, "local_candidate", None) is not None
+                and p.local_candidate.component == component
+                and p.local_candidate.type == "host" and ":" not in p.local_candidate.host),
+               None)
+    if not plan.sends or own is None or connection.remote_password is None:
+        return
+    loop = asyncio.get_running_loop()
+    sockets: list[StunProtocol] = [own]
+    for _ in range(plan.sockets - 1):
+        _transport, protocol = await loop.create_datagram_endpoint(
+            lambda: StunProtocol(connection), local_addr=(own.local_candidate.host, 0))
+        host, port = protocol.transport.get_extra_info("sockname")[:2]
+        protocol.local_candidate = Candidate(
+            PUNCH_FOUNDATION, component, "udp", candidate_priority(component, "host"),
+            host, port, "host")
+        connection._protocols.append(protocol)
+        punch.sockets.append(protocol)
+        sockets.append(protocol)
+    if plan.strategy == "birthday-probe":
+        await asyncio.sleep(PROBE_DELAY)
+    logger.info("ICE: punching (%s): %d packets (%d new sockets) to %d address(es) over "
+                "%.1f s, a path %.2f%% likely", plan.strategy, plan.packets, len(sockets) - 1,
+                len(plan.destinations), plan.duration, 100 * plan.hit_probability)
+    key = connection.remote_password.encode("utf8")
+    started = loop.time()
+    sent = 0
+    for send in plan.sends:
+        wait = started + send.at - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        selected = connection._nominated.get(component)
+        if selected is None or not _is_relay(selected):
+            break  # closed, or the media moved: the rest is not needed
+        protocol = sockets[send.socket]
+        request = connection.build_request(
+            CandidatePair(protocol, Candidate("x", component, "udp", 1, *send.destination,
+                                              "prflx")), nominate=False)
+        request.add_message_integrity(key)
+        request.add_fingerprint()
+        protocol.send_stun(request, send.destination)
+        sent += 1
+    logger.info("ICE: punching (%s) sent %d of %d packets", plan.strategy, sent, plan.packets)
+
+
+def _close_punch_sockets(connection: Connection) -> None:
+    """The search is over: close the punching sockets the media does not use."""
+    punch = _punches.get(connection)
+    if punch is None or not punch.sockets:
+        return
+    in_use = {pair.protocol for pair in connection._nominated.values()}
+    keep = [p for p in punch.sockets if p in in_use]
+    for protocol in punch.sockets:
+        if protocol in keep:
+            continue
+        with contextlib.suppress(ValueError):
+            connection._protocols.remove(protocol)
+        protocol.transport.close()
+    punch.sockets = keep

@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 from aioice import Candidate, stun
-from aioice.ice import CandidatePair, Connection
+from aioice.ice import CandidatePair, Connection, StunProtocol
 
 from camera.client.ice import install as install_relay_rule
 from camera.client.ice import relay_deadline
 from camera.compat import Settings, ice, reconfigure
 from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
+from camera.punch import NatProfile, PunchConfig
 from tests.conftest import scaled
 
 LAB = DirectFirst()  # the shipped timers
@@ -495,3 +496,43 @@ async def test_a_check_from_a_searching_peer_starts_our_search_again(
                 await asyncio.sleep(0.02)
     finally:
         reconfigure(Settings())
+
+
+async def test_a_birthday_attempt_stays_in_its_plan_and_closes_its_sockets(
+    agents: tuple[Connection, Connection, Gate], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The side behind a random-allocating NAT opens its extra sockets, sends one check
+    from each to the peer's offered public address only, and closes them all when
+    the search ends without a path (the gate never opens)."""
+    viewer, camera, gate = agents
+    front = gate.front.get_extra_info("sockname")[:2]
+    install_relay_rule()
+    reconfigure(quick(Upgrade(rounds=(0.1, 0.2), retransmissions=0)))
+    sent: list[tuple[Any, tuple[str, int]]] = []
+    original = StunProtocol.send_stun
+
+    def spy(self: StunProtocol, message: stun.Message, addr: tuple[str, int]) -> None:
+        if message.message_class == stun.Class.REQUEST:
+            sent.append((self, addr))
+        original(self, message, addr)
+
+    monkeypatch.setattr(StunProtocol, "send_stun", spy)
+    try:
+        await connect(viewer, camera)
+        before = list(viewer._protocols)
+        ice.arm_punch(viewer, NatProfile(True, "random"), NatProfile(False),
+                      PunchConfig(birthday_sockets=6, birthday_probes=10))
+        assert ice.rearm(viewer)  # a search that punches with its first round
+        opened: set[Any] = set()
+        async with asyncio.timeout(scaled(10)):
+            while not ice._upgraders[viewer].done():
+                opened |= {p for p in viewer._protocols if ice._is_punch_socket(p)}
+                await asyncio.sleep(0.02)
+    finally:
+        reconfigure(Settings())
+    assert len(opened) == 6
+    from_new = [(p, addr) for p, addr in sent if p in opened]
+    assert len(from_new) == 6 and {addr for _p, addr in from_new} == {front}
+    assert viewer._protocols == before  # all closed again: none carries the media
+    assert all(p.transport.is_closing() for p in opened)
+    assert viewer._nominated[1].remote_candidate.type == "relay"

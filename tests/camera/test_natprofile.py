@@ -11,7 +11,7 @@ import pytest
 
 from camera.client import natprofile
 from camera.client.natprofile import MAX_AGE, PROFILE_FILE, SavedNat, with_prediction
-from camera.punch import PREDICTED_FOUNDATION
+from camera.punch import PREDICTED_FOUNDATION, NatProfile
 from services.stun.discovery import NatReport
 
 OFFER = "\r\n".join([
@@ -85,3 +85,12 @@ def test_a_broken_file_is_reported_and_ignored(
 
 def test_a_step_the_planner_refuses_leaves_the_offer_alone() -> None:
     assert with_prediction(OFFER, SavedNat("203.0.113.50", "sequential", 99999, 0.0)) == OFFER
+
+
+def test_the_profile_said_in_the_offer_is_only_the_one_measured_here() -> None:
+    random_here = SavedNat("203.0.113.50", "random", None, 0.0)
+    assert natprofile.profile_here(OFFER, random_here) == NatProfile(True, "random")
+    assert natprofile.profile_here(OFFER, SavedNat("203.0.113.50", None, None, 0.0)) \
+        == NatProfile(False)
+    assert natprofile.profile_here(OFFER, SavedNat("198.51.100.7", "random", None, 0.0)) is None
+    assert natprofile.profile_here(OFFER, None) is None

@@ -17,10 +17,12 @@ from camera.punch import (
     PunchConfig,
     PunchPlan,
     birthday_probability,
+    nat_attribute,
     plan_punch,
     predict_ports,
     predicted_candidates,
     profile_from_report,
+    with_nat_attribute,
     with_predicted_candidates,
 )
 from services.stun.allocation import classify_allocation
@@ -124,8 +126,8 @@ def test_birthday_probe_targets_only_the_offered_public_address() -> None:
                       random.Random(2))
     assert plan.strategy == "birthday-probe"
     assert {ip for ip, _ in plan.destinations} == {PEER_PUBLIC}
-    assert plan.packets == 1024 and len(plan.destinations) == 1024  # distinct ports
-    assert plan.hit_probability > 0.95
+    assert plan.packets == 2048 and len(plan.destinations) == 2048  # distinct ports
+    assert plan.hit_probability > 0.999
 
 
 def test_random_against_random_is_not_attempted() -> None:
@@ -224,3 +226,20 @@ def test_predictions_stay_in_the_port_range_and_count(port: int, step: int, coun
     ports = [int(line.split()[5]) for line in extra]
     assert len(ports) <= count and len(set(ports)) == len(ports)
     assert all(1024 <= p <= 65535 and p != port for p in ports)
+
+
+def test_the_nat_attribute_goes_at_session_level_and_reads_back() -> None:
+    sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" \
+          "a=mid:0\r\n"
+    for profile in (NatProfile(True, "random"), NatProfile(True, "sequential"),
+                    NatProfile(False)):
+        said = with_nat_attribute(sdp, profile)
+        lines = said.split("\r\n")
+        assert lines.index(next(x for x in lines if x.startswith("a=x-peercam-nat:"))) \
+            < lines.index("m=video 9 UDP/TLS/RTP/SAVPF 96")
+        assert nat_attribute(said) == NatProfile(profile.symmetric, profile.allocation)
+    assert nat_attribute(sdp) is None
+    # Only at session level, and only what it can say; anything else is no statement.
+    assert nat_attribute(sdp + "a=x-peercam-nat:symmetric random\r\n") is None
+    for bad in ("", "symmetric", "symmetric bogus", "cone extra", "symmetric random x"):
+        assert nat_attribute(f"v=0\r\na=x-peercam-nat:{bad}\r\nm=video 9 X 96\r\n") is None

@@ -321,7 +321,10 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "that filters on the remote port reaches it directly; a CLI viewer does the same "
         "once `peercam natcheck` has measured its network, which the matrix's viewer has "
         "not, like one on a network for the first time: `tests/lab/test_punch.py` runs "
-        "that case).",
+        "that case). A cell's path is the one at its first frame: where it is the relay, "
+        "the background checks (and, behind the random NAT, one birthday attempt) may move "
+        "the session to a direct path later, which `tests/lab/test_punch.py` and "
+        "`scripts/bench recovery` measure, not this table.",
         "Each cell: pair type seen by the viewer",
         "(local → remote) and time to first frame in ms. **D** direct, **R** relayed;",
         "a cell is correct when it is direct wherever the two NATs allow a direct path",

@@ -31,17 +31,20 @@ from tests.lab.matrix import PEERCAM, RENDEZVOUS, Matrix
 pytestmark = needs_lab
 
 CAMERA, VIEWER = "symmetric-seq", "port-restricted-2"
+RANDOM = "symmetric"  # picks each new flow's port at random
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab(sites=[CAMERA, VIEWER], conntrack_udp_timeout=CONNTRACK_UDP_TIMEOUT) as running:
+    with Lab(sites=[CAMERA, VIEWER, RANDOM],
+             conntrack_udp_timeout=CONNTRACK_UDP_TIMEOUT) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def matrix(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
-    with Matrix(lab, tmp_path_factory.mktemp("punch"), sites=(CAMERA, VIEWER)) as running:
+    with Matrix(lab, tmp_path_factory.mktemp("punch"),
+                sites=(CAMERA, VIEWER, RANDOM)) as running:
         yield running
 
 
@@ -118,3 +121,24 @@ def test_a_viewer_behind_a_sequential_nat_predicts_from_its_saved_natcheck(
     assert result.get("frames", 0) > 100, result
     assert "relay" not in pair and pair != "?", (pair, matrix.log(f"camera-{camera}.log"))
     assert result.get("sessions") == 1, result
+
+
+@pytest.mark.timeout(300)
+def test_a_random_symmetric_nat_meets_a_port_restricted_one_by_the_birthday_technique(
+        matrix: Matrix, lab: Lab) -> None:
+    """The camera's NAT picks each flow's port at random: nothing to predict. Once the
+    session runs on the relay, the camera opens 256 mappings towards the viewer's
+    public address while the viewer probes 2048 random ports of the camera's; a
+    probe that hits one of them is a direct path (about 99.97 % for one attempt)."""
+    assert not direct_possible(RANDOM, VIEWER)
+    log_file = matrix.tmp / f"camera-{RANDOM}.log"
+    deadline = time.monotonic() + scaled(30)
+    while "allocation: random" not in (log := log_file.read_text()):
+        assert time.monotonic() < deadline, log[-500:]
+        time.sleep(0.5)
+    pair, result = watch_until_direct(matrix, RANDOM, VIEWER)
+    log = log_file.read_text()
+    assert result.get("frames", 0) > 100, result
+    assert "punching (birthday-open)" in log, log[-3000:]
+    assert "relay" not in pair and pair != "?", (pair, log[-3000:])
+    assert result.get("sessions") == 1, result  # the same session, moved off the relay
