@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,72 +52,87 @@ class SavedNat:
         return self.allocation == "sequential" and bool(self.step)
 
 
+MAX_NETWORKS = 16
+"""Networks remembered (a laptop's home, office, phone hotspot ...); the oldest go."""
+
+
 def save(viewer_dir: Path, report: NatReport, now: float) -> SavedNat | None:
-    """Keep ``report``'s allocation for the network it was measured on (mode 0600,
-    atomically). None, and nothing written, when the server saw no address."""
+    """Keep ``report``'s allocation for the network it was measured on, beside the
+    other networks' (mode 0600, atomically). None, and nothing written, when the
+    server saw no address."""
     if report.mapped_address is None:
         return None
     saved = SavedNat(report.mapped_address[0], report.allocation, report.allocation_step, now)
-    write_private(viewer_dir / PROFILE_FILE, json.dumps({
-        "public_ip": saved.public_ip, "allocation": saved.allocation, "step": saved.step,
-        "measured_at": saved.measured_at}).encode())
+    others = [n for n in load(viewer_dir, now) if n.public_ip != saved.public_ip]
+    networks = [saved, *others][:MAX_NETWORKS]
+    write_private(viewer_dir / PROFILE_FILE, json.dumps({"networks": [
+        {"public_ip": n.public_ip, "allocation": n.allocation, "step": n.step,
+         "measured_at": n.measured_at} for n in networks]}).encode())
     return saved
 
 
-def load(viewer_dir: Path, now: float) -> SavedNat | None:
-    """The saved measurement if there is one younger than ``MAX_AGE``; a broken file is
+def _entry(data: object) -> SavedNat:
+    if not isinstance(data, dict):
+        raise TypeError(f"entry {data!r}")
+    saved = SavedNat(str(data["public_ip"]), data["allocation"], data["step"],
+                     float(data["measured_at"]))
+    if saved.allocation is not None and not isinstance(saved.allocation, str):
+        raise TypeError(f"allocation {saved.allocation!r}")
+    if saved.step is not None and (isinstance(saved.step, bool)
+                                   or not isinstance(saved.step, int)):
+        raise TypeError(f"step {saved.step!r}")
+    if not math.isfinite(saved.measured_at):
+        raise ValueError(f"measured_at {saved.measured_at!r}")
+    return saved
+
+
+def load(viewer_dir: Path, now: float) -> tuple[SavedNat, ...]:
+    """The saved measurements younger than ``MAX_AGE``, newest first; a broken file is
     reported and ignored (prediction is an optimisation, never a reason to fail)."""
     path = viewer_dir / PROFILE_FILE
     try:
         data = json.loads(path.read_text())
-        saved = SavedNat(str(data["public_ip"]), data["allocation"], data["step"],
-                         float(data["measured_at"]))
-        if saved.allocation is not None and not isinstance(saved.allocation, str):
-            raise TypeError(f"allocation {saved.allocation!r}")
-        if saved.step is not None and (isinstance(saved.step, bool)
-                                       or not isinstance(saved.step, int)):
-            raise TypeError(f"step {saved.step!r}")
-        if not math.isfinite(saved.measured_at):
-            raise ValueError(f"measured_at {saved.measured_at!r}")
+        if not isinstance(data, dict) or not isinstance(data.get("networks"), list):
+            raise TypeError("no list of networks")
+        networks = [_entry(entry) for entry in data["networks"]]
     except FileNotFoundError:
-        return None
+        return ()
     except (OSError, ValueError, TypeError, KeyError) as exc:
         logger.warning("ignoring %s (run peercam natcheck again): %s", path, exc)
+        return ()
+    fresh = [n for n in networks if 0 <= now - n.measured_at <= MAX_AGE]
+    return tuple(sorted(fresh, key=lambda n: -n.measured_at))
+
+
+def measured_here(sdp: str, saved: Sequence[SavedNat]) -> SavedNat | None:
+    """The measurement of the network this SDP was made on: the one whose public
+    address one of its server-reflexive candidates has; None if none is."""
+    srflx = {line.split()[4] for line in sdp.split("\r\n")
+             if line.startswith("a=candidate:") and " typ srflx" in line
+             and len(line.split()) > 5}
+    return next((n for n in saved if n.public_ip in srflx), None)
+
+
+def profile_here(sdp: str, saved: Sequence[SavedNat]) -> NatProfile | None:
+    """Our NAT as the saved measurement of this network says (:func:`measured_here`);
+    None when this network was not measured. natcheck measures the allocation only
+    where the mapping depends on the destination: one measured means a symmetric NAT."""
+    here = measured_here(sdp, saved)
+    if here is None:
         return None
-    if not 0 <= now - saved.measured_at <= MAX_AGE:
-        return None
-    return saved
-
-
-def _measured_here(sdp: str, saved: SavedNat) -> bool:
-    """One of the SDP's server-reflexive candidates has the saved public address."""
-    here = f" {saved.public_ip} "
-    return any(line.startswith("a=candidate:") and here in line and " typ srflx" in line
-               for line in sdp.split("\r\n"))
-
-
-def profile_here(sdp: str, saved: SavedNat | None) -> NatProfile | None:
-    """Our NAT as the saved measurement says, if it was made on this network (the
-    SDP's own server-reflexive address); None when unknown here. natcheck measures
-    the allocation only where the mapping depends on the destination: one measured
-    means a symmetric NAT."""
-    if saved is None or not _measured_here(sdp, saved):
-        return None
-    if saved.allocation is None:
+    if here.allocation is None:
         return NatProfile(symmetric=False)
-    return NatProfile(True, ALLOCATIONS.get(saved.allocation, "unknown"), saved.step)
+    return NatProfile(True, ALLOCATIONS.get(here.allocation, "unknown"), here.step)
 
 
-def with_prediction(sdp: str, saved: SavedNat | None, count: int = PREDICTED_PORTS) -> str:
-    """``sdp`` with the predicted candidates when ``saved`` is for this network (one of
-    the SDP's server-reflexive candidates has its public address) and its NAT
-    allocates sequentially; otherwise ``sdp`` unchanged."""
-    if saved is None or not saved.predicts() or saved.step is None:
+def with_prediction(sdp: str, saved: Sequence[SavedNat], count: int = PREDICTED_PORTS) -> str:
+    """``sdp`` with the predicted candidates when this network was measured
+    (:func:`measured_here`) and its NAT allocates sequentially; otherwise unchanged."""
+    here = measured_here(sdp, saved)
+    if here is None or not here.predicts() or here.step is None:
         return sdp
-    if not _measured_here(sdp, saved):
-        return sdp  # measured on another network
     try:
-        return with_predicted_candidates(sdp, saved.step, count)
+        return with_predicted_candidates(sdp, here.step, count)
     except ValueError as exc:  # a step the planner refuses: no prediction
         logger.warning("no port prediction: %s", exc)
         return sdp

@@ -29,7 +29,7 @@ import socket
 import statistics
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,13 +276,13 @@ async def open_session(
     timeout: float,
     ice_servers: list[dict[str, Any]] | None,
     rewrite: SdpRewrite | None = None,
-    nat: SavedNat | None = None,
+    nat: Sequence[SavedNat] = (),
     punch: bool = False,
 ) -> tuple[Connection, asyncio.Queue[Message]]:
     """Offer a session and apply the camera's checked answer.
 
     ``setup`` adds transceivers / data channels before the offer is made, so
-    they are in the signed SDP; ``nat`` (this network's saved NAT measurement) adds
+    they are in the signed SDP; ``nat`` (the saved NAT measurements; the one of this network) adds
     predicted candidates to it behind a sequential symmetric NAT
     (:mod:`camera.client.natprofile`) and says it in the offer; with ``punch`` the
     session may punch through the two NATs if it completes on a relay
@@ -458,7 +458,7 @@ async def view(
                healer=heal.Healer(stall=stall, wait=wait), quality=quality,
                receive=receive or ReceiveSettings(), rewrite=rewrite,
                nat=natprofile.load(default_viewer_dir(), time.time()) if port_prediction
-               else None, punch=port_prediction)
+               else (), punch=port_prediction)
     try:
         await link.open()
         if secret is not None:
@@ -516,7 +516,7 @@ class _Run:
         quality: Mode | None = None,
         receive: ReceiveSettings | None = None,
         rewrite: SdpRewrite | None = None,
-        nat: SavedNat | None = None,
+        nat: Sequence[SavedNat] = (),
         punch: bool = False,
     ) -> None:
         self.link = link
