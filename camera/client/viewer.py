@@ -213,6 +213,12 @@ class ViewStats:
     """``time.monotonic()`` and layer of each report of a new layer (the first included)."""
     playout: PlayoutCounters | None = None
     """What the receiver's playout did (None: the playout was off), summed over sessions."""
+    moved_after_s: float | None = None
+    """A session that started on a relay and moved to a direct path (background
+    checks, punching): seconds from the first frame to when the move was seen."""
+    final_local_candidate: str | None = None
+    final_remote_candidate: str | None = None
+    """The shown session's pair types when the run ended (the first frame's are above)."""
 
     def as_dict(self) -> dict[str, Any]:
         span = (
@@ -240,6 +246,9 @@ class ViewStats:
             "layer": self.layer,
             "quality": self.quality,
             "layer_switches": self.layer_switches,
+            "moved_after_s": None if self.moved_after_s is None else round(self.moved_after_s, 2),
+            "final_local_candidate": self.final_local_candidate,
+            "final_remote_candidate": self.final_remote_candidate,
         }
         if self.playout is not None:
             out["playout"] = dataclasses.asdict(self.playout)
@@ -569,6 +578,7 @@ class _Run:
 
     async def close(self) -> None:
         """Close every session and wait for it (nothing of the run outlives it)."""
+        self.stats.final_local_candidate, self.stats.final_remote_candidate = self._shown_pair()
         self.link.unwatch(self.device_id)
         if self._ticker is not None:
             self._ticker.cancel()
@@ -595,6 +605,25 @@ class _Run:
         while True:
             await asyncio.sleep(TICK)
             self._apply(self.healer.tick(loop.time()))
+            self._follow_pair()
+
+    def _shown_pair(self) -> tuple[str | None, str | None]:
+        session = self.sessions.get(self.healer.current or -1)
+        if session is None or session.pc is None or not session.framed.is_set():
+            return None, None
+        local, remote, _address = selected_pair(session.pc)
+        return local, remote
+
+    def _follow_pair(self) -> None:
+        """Note when a session that showed its first frame over a relay moved off it."""
+        stats = self.stats
+        if (stats.moved_after_s is not None or stats.first_frame_clock is None
+                or "relay" not in (stats.local_candidate, stats.remote_candidate)
+                or self.healer.sessions_used > 1):
+            return
+        local, remote = self._shown_pair()
+        if local is not None and remote is not None and "relay" not in (local, remote):
+            stats.moved_after_s = time.monotonic() - stats.first_frame_clock
 
     def _end(self, error: ViewError) -> None:
         if not self.outcome.done():

@@ -248,7 +248,7 @@ class Matrix:
         # Two servers (our STUN server's two addresses): one silent server alone is
         # "no answer from it"; UDP counts as blocked only when both are silent.
         result = self.lab.run(site, [*PEERCAM, "natcheck", "--stun", f"{SERVER}:3479",
-                                     "--stun", f"{SERVER2}:3479", "--json"],
+                                     "--stun", f"{SERVER2}:3479", "--json", "--no-save"],
                               check=False, timeout=60)
         stdout = result.stdout if isinstance(result.stdout, str) else result.stdout.decode()
         report: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])

@@ -80,7 +80,8 @@ def test_coturn_natdiscovery_agrees_with_our_stun_server(
 def test_natcheck_against_coturns_rfc5780_service(
     servers: Matrix, lab: Lab, site: str
 ) -> None:
-    result = lab.run(site, [*PEERCAM, "natcheck", "--stun", f"{SERVER}:3490", "--json"],
+    result = lab.run(site, [*PEERCAM, "natcheck", "--stun", f"{SERVER}:3490", "--json",
+                            "--no-save"],
                      check=False, timeout=60)
     text = result.stdout if isinstance(result.stdout, str) else result.stdout.decode()
     report = json.loads(text.strip().splitlines()[-1])
