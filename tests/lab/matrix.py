@@ -25,7 +25,7 @@ from typing import Any
 from camera.acl import ViewerACL
 from camera.client.viewer import ViewerIdentity
 from services.natlab.lab import Lab
-from services.natlab.paths import direct_with_prediction
+from services.natlab.paths import direct_possible, direct_with_prediction
 from tests.services.coturn import TURNSERVER, make_userdb, policy_lines
 
 SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "symmetric-seq",
@@ -57,10 +57,28 @@ class Cell:
     remote_candidate: str | None = None
     remote_address: str | None = None
     error: str | None = None
+    moved_after_s: float | None = None
+    """Relayed at the first frame, then direct: seconds after the first frame (the
+    later pass, ``Matrix.run_later``)."""
+    later_s: float | None = None
+    """How long the later pass watched (None: not run for this cell)."""
 
     @property
     def relayed(self) -> bool:
         return "relay" in (self.local_candidate, self.remote_candidate)
+
+    def direct_after(self, seconds: float) -> bool | None:
+        """Direct ``seconds`` after the first frame; None where the later pass did
+        not watch that long (or at all) a cell that started relayed."""
+        if not self.frames:
+            return False
+        if not self.relayed:
+            return True
+        if self.moved_after_s is not None and self.moved_after_s <= seconds:
+            return True
+        if self.later_s is None or self.later_s < seconds:
+            return None
+        return False
 
     @property
     def ok(self) -> bool:
@@ -114,6 +132,8 @@ class Matrix:
         self.viewer_dir = tmp / "viewer"
         self.env = {**os.environ, "PEERCAM_VIEWER_DIR": str(self.viewer_dir),
                     "PYTHONUNBUFFERED": "1"}
+        self.viewers_measured = False
+        """``measure_viewers`` ran: the viewer knows each viewer site's NAT."""
 
     def __enter__(self) -> Matrix:
         try:
@@ -193,8 +213,28 @@ class Matrix:
             return None
         return result
 
+    def measure_viewers(self, sites: list[str]) -> dict[str, str | None]:
+        """``peercam natcheck`` once in each viewer site, saved where the matrix's viewer
+        looks (what a CLI user does once per network): its offers there then carry
+        its NAT and, behind a sequential one, its predicted ports. The allocation
+        each found, by site."""
+        def measure(site: str) -> str | None:
+            proc = self.lab.popen(site, [*PEERCAM, "natcheck", "--stun", f"{SERVER}:3479",
+                                         "--stun", f"{SERVER2}:3479", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                  env=self.env, cwd=Path(__file__).resolve().parents[2])
+            out, _ = proc.communicate(timeout=90)
+            allocation: str | None = json.loads(out.strip().splitlines()[-1]).get("allocation")
+            return allocation
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(sites))) as pool:
+            found = dict(zip(sites, pool.map(measure, sites), strict=True))
+        self.viewers_measured = True
+        return found
+
     def run_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
-        cell = Cell(camera, viewer, direct_with_prediction(camera, viewer))
+        cell = Cell(camera, viewer,
+                    direct_with_prediction(camera, viewer, viewer_measured=self.viewers_measured))
         argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
                 "--seconds", str(seconds), "--json"]
         result = self._last_json(viewer, argv, seconds + 60, cell)
@@ -207,6 +247,28 @@ class Matrix:
         cell.remote_address = result.get("remote_address")
         cell.error = result.get("error")
         return cell
+
+    def run_later(self, cells: list[Cell], seconds: float = 60.0, workers: int = 8) -> None:
+        """Each cell relayed at its first frame, watched again for ``seconds``: whether
+        and when the session moved to a direct path (background checks, port
+        prediction, birthday punching). Filled into the cells."""
+        def watch(cell: Cell) -> None:
+            argv = [*PEERCAM, "view", self.devices[cell.camera], "--rendezvous", RENDEZVOUS,
+                    "--seconds", str(seconds), "--json"]
+            result = self._last_json(cell.viewer, argv, seconds + 60, Cell(
+                cell.camera, cell.viewer, cell.expected_direct))
+            if not result or not result.get("frames"):
+                return
+            first = (result.get("local_candidate"), result.get("remote_candidate"))
+            if "relay" not in first:
+                cell.moved_after_s = 0.0  # direct from the start this time
+            elif result.get("moved_after_s") is not None:
+                cell.moved_after_s = float(result["moved_after_s"])
+            cell.later_s = seconds
+
+        later = [c for c in cells if c.frames and c.relayed]
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(watch, later))
 
     def run_all(self, cameras: tuple[str, ...] | None = None, workers: int = 8) -> list[Cell]:
         """Every camera (default: all) × the twin of every camera site; one batch per
@@ -292,7 +354,29 @@ def _cell_text(c: Cell) -> str:
         return "**no video**"
     mark = "R" if c.relayed else "D"
     flag = "" if c.ok else " ⚠"
-    return f"{mark} {c.local_candidate}→{c.remote_candidate} {c.ttff_ms:.0f}{flag}"
+    moved = ""
+    if c.relayed and c.moved_after_s is not None:
+        moved = f" → **D** after {c.moved_after_s:.1f} s"
+    return f"{mark} {c.local_candidate}→{c.remote_candidate} {c.ttff_ms:.0f}{flag}{moved}"
+
+
+def _later_summary(cells: list[Cell]) -> list[str]:
+    """The direct share after 10 s and 60 s, if the later pass ran."""
+    if not any(c.later_s for c in cells):
+        return []
+    total = len(cells)
+    plain = sum(1 for c in cells if direct_possible(c.camera, c.viewer))
+    shares = []
+    for seconds in (10, 60):
+        known = [c.direct_after(seconds) for c in cells]
+        direct = sum(1 for k in known if k)
+        unknown = sum(1 for k in known if k is None)
+        shares.append(f"after {seconds} s {direct}/{total} ({100 * direct / total:.0f}%"
+                      + (f", {unknown} not watched" if unknown else "") + ")")
+    return ["", "Direct share at the first frame, then in the second session: "
+            + "; ".join(shares) + f". Plain ICE's rule (no prediction, no punching, no "
+            f"later checks) allows {plain}/{total} ({100 * plain / total:.0f}%); the UDP-"
+            "blocked site's cells can only ever relay."]
 
 
 def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
@@ -319,12 +403,13 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "(plain ICE treats both alike; the camera does not: behind the sequential one its "
         "answer also offers the ports its NAT will map next, and a viewer behind a NAT "
         "that filters on the remote port reaches it directly; a CLI viewer does the same "
-        "once `peercam natcheck` has measured its network, which the matrix's viewer has "
-        "not, like one on a network for the first time: `tests/lab/test_punch.py` runs "
-        "that case). A cell's path is the one at its first frame: where it is the relay, "
-        "the background checks (and, behind the random NAT, one birthday attempt) may move "
-        "the session to a direct path later, which `tests/lab/test_punch.py` and "
-        "`scripts/bench recovery` measure, not this table.",
+        "once `peercam natcheck` has measured its network, and the matrix's viewer has, "
+        "once in each viewer site before the cells; one that never measured stays as "
+        "plain ICE has it, `tests/lab/test_punch.py`). A cell's path is the one at its "
+        "first frame. Where that is the relay, the background checks (and, where one NAT "
+        "allocates at random, one birthday attempt) may move the session to a direct path "
+        "later: each such cell is watched again, in a second session of 60 s, and a cell "
+        "that moved says \"→ **D** after N s\" (seconds after that session's first frame).",
         "Each cell: pair type seen by the viewer",
         "(local → remote) and time to first frame in ms. **D** direct, **R** relayed;",
         "a cell is correct when it is direct wherever the two NATs allow a direct path",
@@ -340,6 +425,7 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         f"direct where possible: {sum(1 for c in possible if not c.relayed and c.frames)}"
         f"/{len(possible)}; direct share over all cells: {len(direct)}/{len(cells)} "
         f"({100 * len(direct) / max(1, len(cells)):.0f}%).",
+        *_later_summary(cells),
         "",
         "| camera \\ viewer | " + " | ".join(viewers) + " |",
         "|---|" + "---|" * len(viewers),
