@@ -48,7 +48,9 @@ NEW_VIEWER = ("`peercam view --wait` started at the repair (camera restarted: to
               "the camera process)")
 OLD_NEW_VIEWER = "`peercam view` started at the repair and re-run until it showed a frame"
 """How the new viewer was measured (invocations that did not say: the older way)."""
-EVENTS = ("link5", "link30", "link120", "rendezvous", "camera", "flush", "moved", "upgrade")
+EVENTS = ("link5", "link30", "link120", "rendezvous", "camera", "flush", "moved", "upgrade",
+          "birthday")
+RANDOM = "symmetric"  # the lab NAT that picks each new flow's port at random
 TARGETS: dict[str, tuple[float | None, float | None]] = {
     # event: (existing viewer's video back, new viewer's first frame), seconds
     "link5": (2.0, 3.0),
@@ -59,6 +61,7 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "flush": (3.0, None),
     "moved": (5.0, 3.0),
     "upgrade": (0.1, None),
+    "birthday": (0.1, None),
 }
 LABELS = {
     "link5": "camera link down 5 s",
@@ -69,6 +72,8 @@ LABELS = {
     "flush": "NAT mapping flushed mid-stream",
     "moved": "camera moved to another site",
     "upgrade": "relayed session moved to a direct path (longest frame gap)",
+    "birthday": "camera behind a random symmetric NAT: moved off the relay by the birthday "
+                "technique (longest frame gap)",
 }
 
 
@@ -210,6 +215,11 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
         rec.start_camera()
     if event == "upgrade":  # the NATs let nothing direct through until the session runs
         block_direct(lab, CAMERA, VIEWER)
+    if event == "birthday":  # the camera behind the NAT that allocates ports at random
+        rec.kill_camera()
+        rec.camera_site = RANDOM
+        rec.start_camera()
+        _learned(rec, "allocation: random")
     watch = rec.watch(VIEWER, 600)
     rec.wait_playing()
     broken = time.monotonic()
@@ -233,9 +243,10 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
     elif event == "moved":
         lab.roam("symmetric")  # plugged in elsewhere: new address, NAT and route
         broken = repaired = time.monotonic()
-    elif event == "upgrade":
+    elif event in ("upgrade", "birthday"):
         relayed = _relayed(rec)
-        unblock_direct(lab, CAMERA, VIEWER)
+        if event == "upgrade":
+            unblock_direct(lab, CAMERA, VIEWER)
         broken = repaired = time.monotonic()
         while relayed and time.monotonic() < repaired + 70:
             time.sleep(0.2)
@@ -253,21 +264,32 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
     if event == "rendezvous":
         gaps = [g[1] - g[0] for g in result.get("gaps", []) if g[1] >= broken]
         existing: float | None = max(gaps, default=0.0)
-    elif event == "upgrade":
+    elif event in ("upgrade", "birthday"):
         # The viewer's longest pause between frames over the whole session, the
         # move included (its gaps list only holds pauses over 0.25 s).
         existing = None if upgraded is None else (result.get("max_gap_ms") or 0.0) / 1000
     else:
         existing = video_back(result, repaired, broken)
-    if event == "moved":
+    if event in ("moved", "birthday"):
         rec.kill_camera()
         rec.camera_site = CAMERA
         rec.start_camera()
     return {"existing_s": None if existing is None else round(existing, 3),
             "new_s": None if new is None else round(new, 3),
             **({"upgraded_after_s": None if upgraded is None else round(upgraded, 2)}
-               if event == "upgrade" else {}),
+               if event in ("upgrade", "birthday") else {}),
             "sessions": result.get("sessions"), "last_cause": result.get("last_cause")}
+
+
+def _learned(rec: Any, text: str, timeout: float = 30.0) -> None:
+    """Wait until the camera's NAT check says ``text`` (it punches only once it knows)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        summary = (rec.camera_status().get("nat") or {}).get("summary") or ""
+        if text in summary:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the camera's NAT check did not say {text!r} within {timeout:.0f} s")
 
 
 def _relayed(rec: Any) -> bool:
@@ -412,6 +434,28 @@ def _measured_lines(result: dict[str, Any]) -> list[str]:
 
 def _upgrade_lines(result: dict[str, Any]) -> list[str]:
     """How soon a relayed session moved to the direct path that opened under it."""
+    return [*_opened_lines(result), *_birthday_lines(result)]
+
+
+def _birthday_lines(result: dict[str, Any]) -> list[str]:
+    data = result["events"].get("birthday")
+    if not data or "upgraded" not in data:
+        return []
+    up = data["upgraded"]
+    moved = (f"median {up['median']} s, worst {up['worst']} s" if up.get("n") else "never")
+    return [
+        "Birthday technique: the camera behind the NAT that picks each new flow's port at "
+        "random, the viewer behind a port-restricted one: plain ICE has no direct path, so "
+        "the session starts on coturn's relay. With the first background round the camera "
+        "opens 256 sockets towards the viewer's public address and the viewer probes 2,048 "
+        f"random ports of the camera's; the session moved to the direct pair {moved} after "
+        f"its first frame ({up.get('failed', 0)} of {len(data['trials'])} stayed relayed). "
+        "Its \"existing viewer\" figure is the viewer's longest pause between two frames "
+        "over the whole session, the move included (target 100 ms).",
+        ""]
+
+
+def _opened_lines(result: dict[str, Any]) -> list[str]:
     data = result["events"].get("upgrade")
     if not data or "upgraded" not in data:
         return []
