@@ -608,7 +608,8 @@ class _Run:
             self._follow_pair()
 
     def _shown_pair(self) -> tuple[str | None, str | None]:
-        session = self.sessions.get(self.healer.current or -1)
+        current = self.healer.current
+        session = None if current is None else self.sessions.get(current)
         if session is None or session.pc is None or not session.framed.is_set():
             return None, None
         local, remote, _address = selected_pair(session.pc)

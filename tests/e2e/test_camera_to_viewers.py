@@ -299,3 +299,7 @@ async def test_a_network_change_has_every_session_look_for_a_direct_path_again(
     assert asked == [(session.pc, False)]
     result = await task
     assert result.frames > 100  # the session went on untouched
+    # Direct from the first frame to the end: nothing moved.
+    assert (result.final_local_candidate, result.final_remote_candidate) == (
+        result.local_candidate, result.remote_candidate) == ("host", "host")
+    assert result.moved_after_s is None

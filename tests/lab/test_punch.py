@@ -143,6 +143,10 @@ def test_a_random_symmetric_nat_meets_a_port_restricted_one_by_the_birthday_tech
     assert "punching (birthday-open)" in log, log[-3000:]
     assert "relay" not in pair and pair != "?", (pair, log[-3000:])
     assert result.get("sessions") == 1, result  # the same session, moved off the relay
+    # The viewer saw it too: relayed at its first frame, direct when it ended.
+    assert "relay" in (result["local_candidate"], result["remote_candidate"]), result
+    assert result.get("moved_after_s") is not None, result
+    assert "relay" not in (result["final_local_candidate"], result["final_remote_candidate"])
 
 
 @pytest.mark.timeout(300)
