@@ -415,7 +415,10 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "first frame. Where that is the relay, the background checks (and, where one NAT "
         "allocates at random, one birthday attempt) may move the session to a direct path "
         "later: each such cell is watched again, in a second session of 60 s, and a cell "
-        "that moved says \"→ **D** after N s\" (seconds after that session's first frame).",
+        "that moved says \"→ **D** after N s\" (seconds after that session's first frame). "
+        "Cells run eight at a time, one viewer site after the other, except behind the "
+        "viewer's sequential NAT: there one at a time, as one viewer starts its sessions "
+        "(eight at once take each other's next ports, which the viewer predicts for its own).",
         "Each cell: pair type seen by the viewer",
         "(local → remote) and time to first frame in ms. **D** direct, **R** relayed;",
         "a cell is correct when it is direct wherever the two NATs allow a direct path",
