@@ -14,8 +14,9 @@ needs, so it reaches into their internals, here and nowhere else:
   (:func:`answer_as_dtls_server`, :mod:`camera.compat.dtls`);
 * aioice's connectivity checks try direct paths first and retransmit sooner
   (:mod:`camera.compat.ice`; the rules are in :mod:`camera.ice` and, for the
-  viewer, :mod:`camera.client.ice`), and gather host candidates only on chosen
-  addresses (:func:`restrict_host_addresses`).
+  viewer, :mod:`camera.client.ice`), gather host candidates only on chosen
+  addresses (:func:`restrict_host_addresses`), ask a TURN server again when it
+  refuses an allocation, and punch through symmetric NATs (:func:`arm_punch`).
 
 Before any of it is used, the installed versions and every private member a hook
 touches are checked (existence, callable or coroutine, parameter names), and a

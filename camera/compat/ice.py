@@ -81,6 +81,9 @@ _STATES = ("FROZEN", "WAITING", "IN_PROGRESS", "SUCCEEDED", "FAILED")
 _MODULE_MEMBERS = (
     Member("get_host_addresses", "function", ("use_ipv4", "use_ipv6")),
     Member("candidate_pair_priority", "function", ("local", "remote", "ice_controlling")),
+    Member("relayed_candidate", "coroutine", (
+        "component", "hide_related_address", "protocol_factory", "turn_server",
+        "turn_username", "turn_password", "turn_ssl", "turn_transport")),
 )
 
 
@@ -120,6 +123,7 @@ _ORIGINAL_CHECK_INCOMING = Connection.check_incoming
 _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
 _ORIGINAL_CONNECT = Connection.connect
 _ORIGINAL_CLOSE = Connection.close
+_ORIGINAL_RELAYED_CANDIDATE = aioice.ice.relayed_candidate
 
 _timing = DirectFirst()
 _upgrade = Upgrade()
@@ -155,6 +159,8 @@ def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
     Connection.check_incoming = incoming  # type: ignore[method-assign]
     Connection.connect = connect  # type: ignore[method-assign]
     Connection.close = close  # type: ignore[method-assign]
+    relayed: Any = _relayed_candidate
+    aioice.ice.relayed_candidate = relayed
 
 
 def unpatch() -> None:
@@ -163,6 +169,33 @@ def unpatch() -> None:
     Connection.check_incoming = _ORIGINAL_CHECK_INCOMING  # type: ignore[method-assign]
     Connection.connect = _ORIGINAL_CONNECT  # type: ignore[method-assign]
     Connection.close = _ORIGINAL_CLOSE  # type: ignore[method-assign]
+    aioice.ice.relayed_candidate = _ORIGINAL_RELAYED_CANDIDATE
+
+
+RELAY_ATTEMPTS = 4
+"""TURN allocations a gathering asks for before it goes on without a relay candidate."""
+RELAY_RETRY_DELAY = 0.5
+"""Seconds before the second attempt, twice that before the third, three times before
+the fourth: 3 s in all, inside aioice's 5 s for gathering. (coturn frees a user's
+quota share on a one-second timer after an allocation ends.)"""
+
+
+async def _relayed_candidate(**kwargs: Any) -> Any:
+    """aioice's ``relayed_candidate``, asked again when the allocation fails fast (the
+    server refused it: a stale nonce, an overloaded or restarting server, its
+    user database busy). aioice asks once, and a session between two NATs that
+    need the relay cannot start without it. aioice's gathering timeout (5 s)
+    still bounds all attempts together: it cancels what is left."""
+    for attempt in range(RELAY_ATTEMPTS):
+        try:
+            return await _ORIGINAL_RELAYED_CANDIDATE(**kwargs)
+        except (stun.TransactionError, OSError) as exc:
+            if attempt == RELAY_ATTEMPTS - 1:
+                raise
+            logger.info("TURN allocation at %s failed (%s): asking again",
+                        kwargs.get("turn_server"), exc)
+            await asyncio.sleep(RELAY_RETRY_DELAY * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def set_upgrade(upgrade: Upgrade) -> None:

@@ -10,6 +10,7 @@ towards every address class the deny list names must get 403.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import ipaddress
@@ -24,6 +25,7 @@ import pytest
 from aioice import stun
 
 from services.turn import BadSecret, TurnConfig, credential, load_secret, mint
+from tests.conftest import scaled
 from tests.services.coturn import (
     SHIPPED_CONFIG,
     TURNSERVER,
@@ -325,3 +327,45 @@ def test_first_allocations_after_start_all_succeed(tmp_path: Path) -> None:
             codes = list(pool.map(allocate, range(8)))
         assert codes == [None] * 8
         assert "Cannot find credentials" not in fresh.log_text()
+
+
+@needs_coturn
+async def test_a_refused_allocation_is_asked_for_again(
+    coturn: Coturn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aioice asks for its relay once; a refusal then leaves a session between two NATs
+    that need the relay with nothing to connect over. The camera's hook asks again:
+    here the viewer's quota (the shipped user-quota=12) is used up by twelve
+    allocations, the thirteenth is refused, one of the twelve ends, and the retry
+    gets the relay."""
+    from aioice import Connection
+
+    from camera import compat
+
+    compat.ensure_installed()
+    config = TurnConfig(secret=coturn.secret, urls=["turn:127.0.0.1"], ttl=600)
+    cred = mint(config, "quota", time.time())
+    holders = [TurnClient(coturn.server, cred["username"], cred["credential"])
+               for _ in range(12)]
+    connection = Connection(ice_controlling=True, use_ipv6=False, turn_server=coturn.server,
+                            turn_username=cred["username"], turn_password=cred["credential"])
+    try:
+        for holder in holders:
+            holder.__enter__()
+            assert holder.allocate().error_code is None
+        with caplog.at_level(logging.INFO, logger="camera.ice"):
+            gathering = asyncio.create_task(connection.gather_candidates())
+            async with asyncio.timeout(scaled(4)):
+                while "asking again" not in caplog.text:
+                    await asyncio.sleep(0.02)
+            assert "486" in caplog.text  # Allocation Quota Reached
+            released = await asyncio.to_thread(holders[0].request, stun.Method.REFRESH,
+                                               lambda transaction_id: [
+                                                   attribute(0x000D, struct.pack("!I", 0))])
+            assert released.error_code is None
+            await gathering
+        assert [c.type for c in connection.local_candidates if c.type == "relay"] == ["relay"]
+    finally:
+        for holder in holders:
+            holder.__exit__(None, None, None)
+        await connection.close()
