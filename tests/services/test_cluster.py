@@ -270,6 +270,44 @@ async def test_duplicate_registration_on_two_nodes_newer_wins(cluster: Cluster) 
         await client.aclose()
 
 
+async def test_a_registration_captured_on_one_node_is_refused_on_another(
+        cluster: Cluster) -> None:
+    # Every node answers to every node's name (as behind one balancer), so only the
+    # per-connection nonce stops a register message recorded on node a from
+    # registering the camera, or replacing it, on node b.
+    a, b = cluster.nodes
+    identity = DeviceIdentity.generate()
+    key = f"peercam:camera:{identity.device_id}"
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{a.url}/ws/camera")
+        nonce = (await receive_json(ws))["nonce"]
+        captured = {"type": "register", "device_id": identity.device_id,
+                    "device_key": encode_public_key(identity.private_key.public_key()),
+                    "signature": sign(identity.private_key, register_statement(
+                        server_name(a.url), nonce, identity.device_id))}
+        await ws.send_json(captured)
+        assert (await receive_json(ws))["type"] == "registered"
+        client = cluster.redis.client()
+        await until_exists(client, key)
+        for node in (b, a):  # another node, and the same node on a new connection
+            thief = await http.ws_connect(f"{node.url}/ws/camera")
+            assert (await receive_json(thief))["nonce"] != nonce
+            await thief.send_json(captured)
+            reply = await receive_json(thief)
+            assert reply["type"] == "error" and reply["code"] == "bad-signature", reply
+            closed = await thief.receive(timeout=scaled(5))
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert identity.device_id not in b.router.cameras
+        assert (await client.get(key)).startswith("node0/")
+        assert identity.device_id in a.router.cameras and a.router.counters.replaced == 0
+        # The genuine camera is still the one a viewer on node b reaches.
+        viewer = await raw_viewer(http, b.url)
+        await viewer.send_json(pair_request(identity.device_id, "r" * 22))
+        routed = await receive_json(ws)
+        assert routed["type"] == "pair" and routed["session_id"] == "r" * 22
+        await client.aclose()
+
+
 async def test_a_dead_nodes_presence_expires_within_its_lease(cluster: Cluster) -> None:
     a, b = cluster.nodes
     identity = DeviceIdentity.generate()
