@@ -107,9 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="nodes in the kill test: the victim and the survivors (0: no kill test)")
     p.add_argument("--kill-cameras", default="2400,0",
                    help="cameras on the killed node, one kill each (0: --cameras)")
-    p.add_argument("--probe-sample", type=int, default=200,
+    p.add_argument("--probe-sample", type=int, default=100,
                    help="victims the viewers keep offering to while they re-home")
-    p.add_argument("--probe-interval", type=float, default=0.25,
+    p.add_argument("--probe-interval", type=float, default=0.5,
                    help="seconds between offers to a victim not yet answering")
     p.add_argument("--recover-timeout", type=float, default=60.0,
                    help="seconds after the kill to wait for every camera")
@@ -731,6 +731,7 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
     return {
         "nodes": n, "cameras": cameras, "ramp": ramp,
         "victim_cameras": len(on_victim), "probe_sample": len(sample),
+        "probe_interval": args.probe_interval,
         "lost_s": summary(sorted(lost.values())) if lost else None,
         "lost_count": len(lost),
         "registered_again": len(back_times),
@@ -833,13 +834,13 @@ def headline(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for row, marker in zip(result["topologies"], "os^D", strict=False):
+    for i, (row, marker) in enumerate(zip(result["topologies"], "os^D", strict=False)):
         steps = [s for s in row["steps"] if s["rtt"]]
         rates = [s["rate"] for s in steps]
-        left.plot(rates, [s["rtt"]["p50"] for s in steps], marker + "-",
+        left.plot(rates, [s["rtt"]["p50"] for s in steps], marker + "-", color=f"C{i}",
                   label=f"{row['label']} p50")
-        left.plot(rates, [s["rtt"]["p99"] for s in steps], marker + ":",
-                  label=f"{row['label']} p99")
+        left.plot(rates, [s["rtt"]["p99"] for s in steps], marker + ":", color=f"C{i}",
+                  mfc="none", label=f"{row['label']} p99")
     left.set_xscale("log")
     left.set_yscale("log")
     rates = result["rates"]
@@ -851,7 +852,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     left.grid(alpha=0.3, which="both")
     left.legend(fontsize=7)
     kills = result.get("kills", [])
-    for kill in kills:
+    for i, kill in enumerate(kills):
         n = kill["victim_cameras"]
         for key, total, style, what in (
                 ("registered_times_s", n, "-", "registered again"),
@@ -860,7 +861,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
             if times:
                 right.step([0.0, *times], [0.0, *[100 * (i + 1) / total
                                                   for i in range(len(times))]],
-                           style, where="post", label=f"{n} cameras: {what}")
+                           style, color=f"C{i}", where="post", label=f"{n} cameras: {what}")
     if kills:
         right.axhline(95, color="gray", ls=":", lw=0.8)
         right.set_xlabel("seconds after SIGKILL")
@@ -973,7 +974,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             "the ramp, then put back), then that node got SIGKILL. The cameras register "
             "again through HAProxy with the agent's backoff (full jitter, first wait ≤ 0.5 s, "
             "cap 1 s while refused); viewers on the survivors offer to a random sample of "
-            f"{k0['probe_sample']} of them every 0.25 s until each answers (an `unavailable` "
+            f"{k0['probe_sample']} of them every {k0.get('probe_interval', 0.25):g} s until "
+            "each answers (an `unavailable` "
             f"error names no session, so a probe not answered is asked again after {REASK:g} "
             f"s: the reachable times are coarse by up to {REASK:g} s). Seconds after the "
             "SIGKILL:",
