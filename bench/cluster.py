@@ -346,6 +346,24 @@ class Tier:
             await self.redis.stop()
 
 
+def node_events(tier: Tier) -> dict[str, int]:
+    """What the nodes logged about Redis and presence: "redis unreachable (<why>)" by
+    reason, and cameras closed because Redis named another connection for them."""
+    out: dict[str, int] = {}
+    for node in tier.nodes:
+        with contextlib.suppress(OSError):
+            for line in node.log.read_text(errors="replace").splitlines():
+                found = re.search(r"redis unreachable \((\w+): (\w+)", line)
+                if found:
+                    key = f"redis unreachable ({found.group(1)}: {found.group(2)})"
+                elif "is registered on another node now; closing" in line:
+                    key = "closed: presence named another connection"
+                else:
+                    continue
+                out[key] = out.get(key, 0) + 1
+    return out
+
+
 def rates_of(c0: dict[str, float], c1: dict[str, float], seconds: float) -> dict[str, float]:
     return {k: round((c1[k] - c0[k]) / seconds, 3) for k in c0}
 
@@ -486,6 +504,7 @@ async def _topology(args: argparse.Namespace, n: int, cameras: int, maxconn: int
         health = [await healthz(node.url) for node in tier.nodes]
         for node in tier.nodes:
             node.alive()
+        events = node_events(tier)
     finally:
         for pool in pools:
             await pool.close()
@@ -494,7 +513,7 @@ async def _topology(args: argparse.Namespace, n: int, cameras: int, maxconn: int
     row: dict[str, Any] = {
         "nodes": n, "label": label, "cameras": cameras, "per_node": per_node,
         "viewers_per_node": per_pool, "ramp": ramp, "idle_cpu": idle, "steps": steps,
-        "health_at_end": health,
+        "health_at_end": health, "node_events": events,
     }
     if redis_empty and redis_held:
         row["redis_memory"] = {"empty": redis_empty, "held": redis_held, "after": redis_after,
@@ -718,6 +737,7 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         check = await _check_all(prober, on_victim, args.verify_rate)
         health = [await healthz(node.url) for node in tier.nodes[1:]]
         camera_side = [await w.command({"cmd": "stats"}, 60) for w in tier.workers]
+        events = node_events(tier)
     finally:
         for pool in pools:
             await pool.close()
@@ -747,6 +767,7 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         "holders_after": landed,
         "still_on_victim": sum(1 for node in holders.values() if node == "node1"),
         "check": check, "health_after": health, "camera_side": camera_side,
+        "node_events": events,
     }
 
 
@@ -942,6 +963,12 @@ def markdown(result: dict[str, Any]) -> list[str]:
                               f"{b['rtt']['p99'] / max(a['rtt']['p99'], 0.01):.1f}x")
     if ratios:
         lines += ["", "Against the single process in the same run: " + "; ".join(ratios) + "."]
+    events = [f"{row['label']}: " + ", ".join(f"{k} × {v}" for k, v in row["node_events"].items())
+              for row in result["topologies"] if row.get("node_events")]
+    if events:
+        lines += ["", "What the nodes logged about Redis during these runs (a node that "
+                      "says \"redis unreachable\" turns cross-node routing off until its next "
+                      "successful command): " + "; ".join(events) + "."]
     lines += ["", "| topology | registrations/s through HAProxy (CPU: clients / nodes / HAProxy) "
                   "| idle CPU: nodes / Redis / HAProxy (cores) | Redis used memory per 10k "
                   "cameras | Redis RSS per 10k | Redis idle CPU per 10k cameras |",
@@ -1013,6 +1040,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"({chk['verified']}), misrouted: {chk['misrouted']}"
                 + (f"; {replaced} cameras were closed once as `replaced` after registering "
                    "again, and registered once more" if replaced else "")
+                + ". The nodes logged: "
+                + (", ".join(f"{k} × {v}" for k, v in kill.get("node_events", {}).items())
+                   or "nothing about Redis")
                 + ".")
             lines.append("")
     lines += [
