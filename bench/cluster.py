@@ -346,18 +346,23 @@ class Tier:
             await self.redis.stop()
 
 
-def node_events(tier: Tier) -> dict[str, int]:
-    """What the nodes logged about Redis and presence: "redis unreachable (<why>)" by
-    reason, and cameras closed because Redis named another connection for them."""
+def log_events(state: Path) -> dict[str, int]:
+    """What the nodes and HAProxy logged that matters here: a node's "redis unreachable
+    (<why>)", cameras a node closed because Redis named another connection for them,
+    and HAProxy marking a node DOWN (its open sessions are then cut)."""
     out: dict[str, int] = {}
-    for node in tier.nodes:
+    logs = sorted(state.glob("node*/rendezvous.log")) + [state / "haproxy.log"]
+    for log in logs:
         with contextlib.suppress(OSError):
-            for line in node.log.read_text(errors="replace").splitlines():
+            for line in log.read_text(errors="replace").splitlines():
                 found = re.search(r"redis unreachable \((\w+): (\w+)", line)
+                down = re.search(r"Server rendezvous/(node\d+) is DOWN, reason: ([^,]+)", line)
                 if found:
                     key = f"redis unreachable ({found.group(1)}: {found.group(2)})"
                 elif "is registered on another node now; closing" in line:
                     key = "closed: presence named another connection"
+                elif down and not line.startswith("["):  # haproxy prints each twice
+                    key = f"haproxy: a node DOWN ({down.group(2)})"
                 else:
                     continue
                 out[key] = out.get(key, 0) + 1
@@ -400,20 +405,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "redis": subprocess.run(["redis-server", "--version"], capture_output=True,
                                 text=True).stdout.strip(),
     }
+    result["failed"] = []
     for n in topologies:
-        row = await _topology(args, n, cameras, maxconn, rates)
-        result["topologies"].append(row)
+        try:
+            result["topologies"].append(await _topology(args, n, cameras, maxconn, rates))
+        except SystemExit as exc:
+            # The machine is shared: a run that breaks is reported, the others kept.
+            result["failed"].append({"what": f"{n} node(s)", "why": str(exc)[:600],
+                                     "events": log_events(Path(args.state) / f"cluster-{n}")})
+            print(f"cluster: {n} node(s) failed: {exc}", file=sys.stderr, flush=True)
     if args.kill_nodes >= 2:
         sizes = [int(x) or cameras for x in args.kill_cameras.split(",") if x.strip()]
         result["kills"] = []
         for size in sorted(set(sizes)):
             if size > room:
                 raise SystemExit(f"bench: a kill with {size} cameras does not fit ({room})")
-            result["kills"].append(await _kill(args, size, maxconn))
+            try:
+                result["kills"].append(await _kill(args, size, maxconn))
+            except SystemExit as exc:
+                result["failed"].append({
+                    "what": f"kill with {size} cameras", "why": str(exc)[:600],
+                    "events": log_events(Path(args.state) / f"cluster-kill-{size}")})
+                print(f"cluster: the kill with {size} failed: {exc}", file=sys.stderr,
+                      flush=True)
+                continue
             k = result["kills"][-1]
             print(f"cluster: node killed with {size} cameras: registered again "
                   f"{k['registered_again_s']}, reachable {k['reachable_s']}, "
                   f"misrouted {k['check']['misrouted']}", file=sys.stderr, flush=True)
+    if not result["topologies"] and not result.get("kills"):
+        raise SystemExit("bench: nothing was measured: " + "; ".join(
+            f"{f['what']}: {f['why'].splitlines()[0]}" for f in result["failed"]))
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -504,7 +526,7 @@ async def _topology(args: argparse.Namespace, n: int, cameras: int, maxconn: int
         health = [await healthz(node.url) for node in tier.nodes]
         for node in tier.nodes:
             node.alive()
-        events = node_events(tier)
+        events = log_events(tier.state)
     finally:
         for pool in pools:
             await pool.close()
@@ -737,7 +759,7 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         check = await _check_all(prober, on_victim, args.verify_rate)
         health = [await healthz(node.url) for node in tier.nodes[1:]]
         camera_side = [await w.command({"cmd": "stats"}, 60) for w in tier.workers]
-        events = node_events(tier)
+        events = log_events(tier.state)
     finally:
         for pool in pools:
             await pool.close()
@@ -1045,6 +1067,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
                    or "nothing about Redis")
                 + ".")
             lines.append("")
+    for failed in result.get("failed", []):
+        events = ", ".join(f"{k} × {v}" for k, v in failed["events"].items()) or "nothing"
+        lines += [f"**Not measured in this run: {failed['what']}.** "
+                  f"{failed['why'].splitlines()[0]} (logged: {events}).", ""]
     lines += [
         "Left out: WebRTC and media (this is the signaling tier only), Redis AUTH and TLS "
         "(a local Redis without either), more than one machine (every process shares the "
