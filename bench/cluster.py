@@ -498,6 +498,11 @@ async def _topology(args: argparse.Namespace, n: int, cameras: int, maxconn: int
         per_node = {f"node{i + 1}": 0 for i in range(n)}
         for node in where.values():
             per_node[node] += 1
+        # The nodes' own count agrees with what their presence keys say.
+        own = {f"node{i + 1}": (await healthz(node.url)).get("cameras")
+               for i, node in enumerate(tier.nodes)}
+        if own != per_node:
+            raise SystemExit(f"bench: the nodes hold {own}, their presence keys say {per_node}")
         await asyncio.sleep(args.settle)
         # Idle: Redis renews every presence key every third of a lease.
         load, t0, c0 = MachineLoad(), time.monotonic(), tier.cpu()
@@ -948,7 +953,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         "**Session starts across nodes.** Each topology is started fresh; the cameras "
         "register through HAProxy and the node each landed on is read from its presence "
-        f"key in Redis. {result['viewers']} viewer WebSockets, split over the nodes, connect "
+        "key in Redis (and each node's own count, on `/healthz`, agrees). "
+        f"{result['viewers']} viewer WebSockets, split over the nodes, connect "
         "to the nodes directly, and every offer (open loop, Poisson arrivals, "
         f"{result['step_seconds']:g} s per rate, {result['sdp_bytes']} B SDP) goes to a "
         "random camera on another node: viewer → node A → Redis pub/sub → node B → HAProxy "
