@@ -881,7 +881,7 @@ def headline(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     for i, (row, marker) in enumerate(zip(result["topologies"], "os^D", strict=False)):
         steps = [s for s in row["steps"] if s["rtt"]]
         rates = [s["rate"] for s in steps]
@@ -898,7 +898,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     left.set_ylabel("offer → answer (ms)")
     left.set_title("viewer and camera on different nodes", fontsize=9)
     left.grid(alpha=0.3, which="both")
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     kills = result.get("kills", [])
     for i, kill in enumerate(kills):
         n = kill["victim_cameras"]
