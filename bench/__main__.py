@@ -5,6 +5,7 @@
     scripts/bench viewers    camera CPU/memory per viewer: passthrough vs per-viewer encode
     scripts/bench janus      peercam side by side with the Janus gateway (C)
     scripts/bench scale      rendezvous: idle cameras held, signaling round trip under load
+    scripts/bench cluster    rendezvous nodes on Redis behind HAProxy; a node killed
     scripts/bench storm      reconnect storm: a fleet of cameras back after a rendezvous restart
     scripts/bench relay      TURN relay (coturn) cost against direct
     scripts/bench labttff    first frame through the NAT lab: direct (srflx) and relayed
@@ -39,8 +40,8 @@ from bench import camera_proc
 from bench.common import ROOT, machine
 from bench.report import write_report
 
-ORDER = ["ttff", "latency", "viewers", "janus", "pibudget", "scale", "storm", "relay", "labttff",
-         "recovery", "badnet", "snapshot"]
+ORDER = ["ttff", "latency", "viewers", "janus", "pibudget", "scale", "cluster", "storm", "relay",
+         "labttff", "recovery", "badnet", "snapshot"]
 
 
 def benchmarks() -> dict[str, ModuleType]:

@@ -233,15 +233,16 @@ class WorkerProcess:
 
     @classmethod
     async def start(cls, url: str, index: int, workers: int, per_address: int,
-                    concurrency: int, state: Path) -> WorkerProcess:
+                    concurrency: int, state: Path,
+                    extra: list[str] | None = None) -> WorkerProcess:
         log = state / f"cameras-{index}.log"
         with log.open("w") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.scale_cameras", "--url", url, "--index", str(index),
                 "--workers", str(workers), "--per-address", str(per_address),
                 "--concurrency", str(concurrency), "--state-dir", str(state / "cameras"),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-                cwd=ROOT, limit=1 << 26)
+                *(extra or []), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=err, cwd=ROOT, limit=1 << 26)
         worker = cls(proc, log)
         assert proc.stdout is not None
         try:

@@ -14,7 +14,14 @@ stdin/stdout, one JSON object per line:
 
     {"cmd": "grow", "to": N}  register this worker's share of cameras 0..N-1
     {"cmd": "stats"}          answers sent, errors received, connections lost
+    {"cmd": "rehomed"}        (with ``--reconnect``) when each lost camera lost its
+                              connection and when it was registered again
     {"cmd": "quit"}           drop every connection and exit
+
+With ``--reconnect`` a camera whose connection drops registers again on the same
+URL (a load balancer's) with the agent's backoff (camera/link.py: full jitter,
+the first wait at most 0.5 s, then doubling, capped at 1 s while the server side
+refuses); ``--tls-ca`` trusts a private CA for ``wss://``.
 
 Source addresses are spread over 127.0.0.0/8 (all loopback on Linux): the
 rendezvous admits 40 new connections per IP address in a burst, then 5/s, and
@@ -33,6 +40,7 @@ import os
 import random
 import resource
 import secrets
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -50,6 +58,12 @@ ATTEMPTS = 8
 """Connection attempts per camera; an HTTP 429 (connection rate) or 503 (too many
 connections not yet upgraded from one address) backs off 1-2 s before the next,
 as a real camera's link retries."""
+REHOME_ATTEMPTS = 120
+"""Registration attempts after a lost connection (``--reconnect``) before giving up."""
+BACKOFF_BASE = 0.5
+"""The agent's first reconnect wait cap (``CameraConfig.backoff_base``), doubling per attempt."""
+REFUSED_CAP = 1.0
+"""The agent's backoff cap while the server side refuses (camera/link.py ``REFUSED_CAP``)."""
 
 
 def source_address(net: int, block: int) -> str:
@@ -132,7 +146,8 @@ class CameraWorker:
     """This process's share of the simulated cameras, from :meth:`grow` until :meth:`close`."""
 
     def __init__(self, url: str, index: int, workers: int, per_address: int,
-                 concurrency: int, timeout: float, state_dir: Path) -> None:
+                 concurrency: int, timeout: float, state_dir: Path, *,
+                 tls_ca: str | None = None, reconnect: bool = False) -> None:
         from camera.acl import PairingWindows, ViewerACL
 
         self.url = url.rstrip("/") + "/ws/camera"
@@ -154,6 +169,12 @@ class CameraWorker:
         self.refused = 0
         self.lost = 0
         self.errors: collections.Counter[str] = collections.Counter()
+        self._ssl = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        self.reconnect = reconnect
+        self.lost_at: list[tuple[str, float]] = []
+        """(device ID, CLOCK_MONOTONIC) of each connection lost (``--reconnect``)."""
+        self.back_at: list[tuple[str, float, int]] = []
+        """(device ID, CLOCK_MONOTONIC, attempts) of each registration after a loss."""
 
     def _session(self, address: str) -> aiohttp.ClientSession:
         http = self._http.get(address)
@@ -194,42 +215,69 @@ class CameraWorker:
     async def _camera(self, k: int, registered: asyncio.Future[tuple[str, float]]) -> None:
         from camera.gatekeeper import Gatekeeper
         from camera.identity import DeviceIdentity
-        from services.signaling import ProtocolError
 
         gatekeeper = Gatekeeper(DeviceIdentity.generate(), self._acl, self._pairing)
         answer_sdp = fake_sdp("sendonly")
         http = self._session(source_address(CAMERA_NET, k // self.per_address))
-        ws: aiohttp.ClientWebSocketResponse | None = None
+        ws, why, _attempts, ms = await self._connect(http, gatekeeper, rehome=False)
+        if ws is None:
+            registered.set_exception(Refused(why))
+            return
+        registered.set_result((gatekeeper.device_id, ms))
+        while ws is not None:
+            # Idle: reading is what answers the server's pings; offers get an answer at once.
+            try:
+                await self._idle(ws, gatekeeper, answer_sdp)
+            except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+                if not self._closing:
+                    self.errors[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
+            if self._closing:
+                return
+            self.lost += 1
+            self.errors[f"connection closed ({ws.close_code})"] += 1
+            if not self.reconnect:
+                return
+            self.lost_at.append((gatekeeper.device_id, time.monotonic()))
+            ws, why, attempts, _ms = await self._connect(http, gatekeeper, rehome=True)
+            if ws is None:
+                self.errors[f"not registered again: {why[:80]}"] += 1
+            else:
+                self.back_at.append((gatekeeper.device_id, time.monotonic(), attempts))
+
+    async def _connect(self, http: aiohttp.ClientSession, gatekeeper: Any, *,
+                       rehome: bool) -> tuple[aiohttp.ClientWebSocketResponse | None, str, int,
+                                              float]:
+        """Register (retrying as the agent does): the socket (None: gave up), why not,
+        attempts, and the successful handshake's milliseconds."""
+        from services.signaling import ProtocolError
+
         why = "no attempt"
-        for _attempt in range(ATTEMPTS):
+        for attempt in range(REHOME_ATTEMPTS if rehome else ATTEMPTS):
+            if rehome:
+                # The agent after a registration that lasted: full jitter, short cap.
+                await asyncio.sleep(random.uniform(0, min(REFUSED_CAP,
+                                                          BACKOFF_BASE * 2 ** attempt)))
+                if self._closing:
+                    return None, "closing", attempt, 0.0
             try:
                 async with self._slots:
                     started = time.perf_counter()
                     ws = await self._register(http, gatekeeper)
-                    registered.set_result((gatekeeper.device_id,
-                                           (time.perf_counter() - started) * 1000))
-                break
+                    return ws, "", attempt + 1, (time.perf_counter() - started) * 1000
             except aiohttp.WSServerHandshakeError as exc:
                 why = f"HTTP {exc.status} at the WebSocket upgrade"
+                if exc.status in (429, 502, 503):
+                    self.refused += 1
+                if rehome:
+                    continue
                 if exc.status not in (429, 503):
                     break
-                self.refused += 1
                 await asyncio.sleep(random.uniform(1.0, 2.0))
             except (aiohttp.ClientError, OSError, TimeoutError, ProtocolError, Refused) as exc:
                 why = f"{type(exc).__name__}: {exc}"
-                break
-        if ws is None:
-            registered.set_exception(Refused(why))
-            return
-        # Idle: reading is what answers the server's pings; offers get an answer at once.
-        try:
-            await self._idle(ws, gatekeeper, answer_sdp)
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            if not self._closing:
-                self.errors[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
-        if not self._closing:
-            self.lost += 1
-            self.errors[f"connection closed ({ws.close_code})"] += 1
+                if not rehome:
+                    break
+        return None, why, REHOME_ATTEMPTS if rehome else ATTEMPTS, 0.0
 
     async def _idle(self, ws: aiohttp.ClientWebSocketResponse, gatekeeper: Any,
                     answer_sdp: str) -> None:
@@ -255,8 +303,9 @@ class CameraWorker:
         """The agent's handshake (camera/agent.py ``_connect_once``); the open socket."""
         from services.signaling import Role, encode, parse
 
+        tls: dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None else {}
         ws = await http.ws_connect(self.url, heartbeat=HEARTBEAT, timeout=aiohttp.ClientWSTimeout(
-            ws_receive=None, ws_close=5.0))
+            ws_receive=None, ws_close=5.0), **tls)
         try:
             hello = await ws.receive(timeout=self.timeout)
             if hello.type is not aiohttp.WSMsgType.TEXT:
@@ -279,6 +328,9 @@ class CameraWorker:
         return {"held": self.held, "answers": self.answers, "refused": self.refused,
                 "lost": self.lost, "errors": dict(self.errors)}
 
+    def rehomed(self) -> dict[str, Any]:
+        return {"lost": self.lost_at, "back": self.back_at}
+
     async def close(self) -> None:
         """Drop every connection (abruptly: the benchmark is over); safe to call twice."""
         self._closing = True
@@ -297,7 +349,8 @@ async def worker_main(args: argparse.Namespace) -> None:
 
     raise_nofile()
     worker = CameraWorker(args.url, args.index, args.workers, args.per_address,
-                          args.concurrency, args.timeout, Path(args.state_dir))
+                          args.concurrency, args.timeout, Path(args.state_dir),
+                          tls_ca=args.tls_ca, reconnect=args.reconnect)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -314,6 +367,8 @@ async def worker_main(args: argparse.Namespace) -> None:
                 reply(await worker.grow(int(command["to"])))
             elif command["cmd"] == "stats":
                 reply(worker.stats())
+            elif command["cmd"] == "rehomed":
+                reply(worker.rehomed())
             elif command["cmd"] == "quit":
                 break
             else:
@@ -333,6 +388,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=100, help="handshakes in flight")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per handshake step")
     p.add_argument("--state-dir", required=True)
+    p.add_argument("--tls-ca", help="CA file to trust for a wss:// URL")
+    p.add_argument("--reconnect", action="store_true",
+                   help="register again (the agent's backoff) when a connection drops")
     asyncio.run(worker_main(p.parse_args()))
 
 

@@ -63,6 +63,18 @@ _FAILURES = (RedisError, OSError, TimeoutError)
 Perform = Callable[[list[Action]], Awaitable[None]]
 
 
+MAX_CONNECTIONS = 100
+"""Redis connections one client keeps at most; a command waits for a free one (up to
+the Redis timeout) rather than fail: under a burst of registrations a failure
+would count as Redis being unreachable."""
+
+
+def _client(url: str, timeout: float, options: dict[str, Any]) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=timeout, **options)
+    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
+
+
 class RedisCluster:
     """One node's link to Redis, owned by the rendezvous (``start``/``stop``)."""
 
@@ -78,11 +90,11 @@ class RedisCluster:
         }
         if settings.tls_ca and settings.redis_url.startswith("rediss://"):
             options["ssl_ca_certs"] = settings.tls_ca
-        self.client: aioredis.Redis = aioredis.from_url(settings.redis_url, **options)
+        self.client = _client(settings.redis_url, settings.redis_timeout, options)
         # Messages from other nodes arrive as bytes: what is not UTF-8 is refused by
         # the router's parser, never by the client's decoder in the listening task.
         options["decode_responses"] = False
-        self._raw: aioredis.Redis = aioredis.from_url(settings.redis_url, **options)
+        self._raw = _client(settings.redis_url, settings.redis_timeout, options)
         self._keep = self.client.register_script(_KEEP)
         self._release = self.client.register_script(_RELEASE)
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +103,9 @@ class RedisCluster:
         self._renewed = False
         self._reported_down = False
         self._missing: dict[str, int] = {}
+        self._claims: dict[str, Evict] = {}
+        """Claims not (yet) through, by device ID: a renewal that finds the key still
+        naming an older holder claims it again rather than close our camera."""
         self.last_error: str | None = None
         self.outages = 0
         """Times Redis became unreachable since start."""
@@ -183,6 +198,7 @@ class RedisCluster:
         elif isinstance(action, Claim):
             await self._claim(action.proof)
         elif isinstance(action, Release):
+            self._claims.pop(action.device_id, None)
             with contextlib.suppress(*_FAILURES):
                 await self._release(keys=[self.settings.presence_key(action.device_id)],
                                     args=[action.holder])
@@ -210,12 +226,15 @@ class RedisCluster:
 
     async def _claim(self, proof: Evict) -> None:
         lease_ms = int(self.settings.lease * 1000)
+        self._claims[proof.device_id] = proof
         try:
             old = await self.client.set(self.settings.presence_key(proof.device_id),
                                         proof.holder, px=lease_ms, get=True)
         except _FAILURES as exc:
             self._failed("set", exc)  # the next renewal claims it
             return
+        if self._claims.get(proof.device_id) is proof:
+            del self._claims[proof.device_id]
         node = holder_node(old if isinstance(old, str) else None)
         if node is not None and node != self.settings.node_id and old != proof.holder:
             await self._publish(Publish(node, Evict(
@@ -278,6 +297,13 @@ class RedisCluster:
             results = await pipe.execute()
             lost += [item for item, kept in zip(batch, results, strict=True) if kept == 0]
         for device_id, holder in lost:
+            pending = self._claims.get(device_id)
+            if pending is not None and pending.holder == holder:
+                # Our registration is the newer one; its claim had not gone through
+                # (Redis refused it, or it had not run yet): the key still names
+                # the connection before, maybe on a node that died. Claim it now.
+                await self._claim(pending)
+                continue
             await self._perform(self.router.lost_presence(device_id, holder))
         nodes = sorted(self.router.nodes_in_use())
         if not nodes:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from camera.gatekeeper import server_name
 from camera.identity import DeviceIdentity
@@ -270,6 +271,44 @@ async def test_duplicate_registration_on_two_nodes_newer_wins(cluster: Cluster) 
         await client.aclose()
 
 
+async def test_a_registration_captured_on_one_node_is_refused_on_another(
+        cluster: Cluster) -> None:
+    # Every node answers to every node's name (as behind one balancer), so only the
+    # per-connection nonce stops a register message recorded on node a from
+    # registering the camera, or replacing it, on node b.
+    a, b = cluster.nodes
+    identity = DeviceIdentity.generate()
+    key = f"peercam:camera:{identity.device_id}"
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{a.url}/ws/camera")
+        nonce = (await receive_json(ws))["nonce"]
+        captured = {"type": "register", "device_id": identity.device_id,
+                    "device_key": encode_public_key(identity.private_key.public_key()),
+                    "signature": sign(identity.private_key, register_statement(
+                        server_name(a.url), nonce, identity.device_id))}
+        await ws.send_json(captured)
+        assert (await receive_json(ws))["type"] == "registered"
+        client = cluster.redis.client()
+        await until_exists(client, key)
+        for node in (b, a):  # another node, and the same node on a new connection
+            thief = await http.ws_connect(f"{node.url}/ws/camera")
+            assert (await receive_json(thief))["nonce"] != nonce
+            await thief.send_json(captured)
+            reply = await receive_json(thief)
+            assert reply["type"] == "error" and reply["code"] == "bad-signature", reply
+            closed = await thief.receive(timeout=scaled(5))
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert identity.device_id not in b.router.cameras
+        assert (await client.get(key)).startswith("node0/")
+        assert identity.device_id in a.router.cameras and a.router.counters.replaced == 0
+        # The genuine camera is still the one a viewer on node b reaches.
+        viewer = await raw_viewer(http, b.url)
+        await viewer.send_json(pair_request(identity.device_id, "r" * 22))
+        routed = await receive_json(ws)
+        assert routed["type"] == "pair" and routed["session_id"] == "r" * 22
+        await client.aclose()
+
+
 async def test_a_dead_nodes_presence_expires_within_its_lease(cluster: Cluster) -> None:
     a, b = cluster.nodes
     identity = DeviceIdentity.generate()
@@ -450,3 +489,38 @@ def test_two_cluster_routers_route_a_session_and_refuse_foreign_replies() -> Non
     [locate] = a.received(viewer, json.dumps(pair_request(identity.device_id, "u" * 22)), 4.0)
     [unavailable] = a.located(viewer, locate.data, None, 4.0)
     assert isinstance(unavailable, Send) and json.loads(unavailable.text)["code"] == "unavailable"
+
+
+async def test_a_camera_whose_claim_did_not_go_through_is_not_closed_by_its_renewal(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera re-homed from a node that died: the key still names the dead node's
+    connection, and this node's claim failed (Redis refused it under load). The
+    next renewal must claim the key for the newer registration, not take the old
+    value for a newer one elsewhere and close the camera."""
+    _a, b = cluster.nodes
+    identity = DeviceIdentity.generate()
+    key = f"peercam:camera:{identity.device_id}"
+    client = cluster.redis.client()
+    await client.set(key, "node9/7", px=int(LEASE * 1000))  # the dead node's registration
+    cluster_b = b.server.cluster
+    assert cluster_b is not None
+    real_set = cluster_b.client.set
+    refused: list[str] = []
+
+    async def refuse_claims(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == key:
+            refused.append(name)
+            raise RedisError("max number of clients reached")  # what a busy pool said
+        return await real_set(name, *args, **kwargs)
+
+    monkeypatch.setattr(cluster_b.client, "set", refuse_claims)
+    async with aiohttp.ClientSession() as http:
+        camera = await raw_camera(http, b.url, identity)
+        await wait_for(lambda: refused, what="the claim")
+        monkeypatch.setattr(cluster_b.client, "set", real_set)
+        await asyncio.sleep(LEASE)  # renewals run every third of a lease
+        assert identity.device_id in b.router.cameras
+        assert (await client.get(key)).startswith("node1/")
+        assert b.router.counters.replaced == 0
+        assert not camera.ws.closed
+    await client.aclose()
