@@ -83,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "minimal playout (jitterBufferTarget = 0, playoutDelayHint = 0), "
                         "which the page does not do: the hint against the page as served, "
                         "in the same run ('' for none)")
+    p.add_argument("--playout-rounds", type=int, default=0,
+                   help="rounds of one Chromium tab with the camera's playout-delay header "
+                        "extension negotiated (the page as served) and one without (the tab "
+                        "stops negotiating it), alternating ABBA in the same run; 0: none")
 
 
 def _counts(text: str) -> list[int]:
@@ -123,21 +127,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for count in ([] if args.no_chromium else _counts(args.chromium_hint_tabs)):
             await asyncio.sleep(1)
             cases.append(await chromium_case(camera, camera.link(url, pair=True), count, args,
-                                             hint=True))
+                                             variant="hint"))
             _progress(cases[-1])
+        for n in range(0 if args.no_chromium else args.playout_rounds):
+            # ABBA: each variant goes first as often as second across two rounds.
+            order = ("", "noext") if n % 2 == 0 else ("noext", "")
+            for variant in order:
+                await asyncio.sleep(1)
+                case = await chromium_case(camera, camera.link(url, pair=True), 1, args,
+                                           variant=variant)
+                case["round"] = n + 1
+                cases.append(case)
+                _progress(cases[-1])
     finally:
         camera.stop()
         await runner.cleanup()
     return {"video": video, "fps": args.fps, "seconds": args.seconds, "warmup": args.warmup,
             "frames": args.frames, "max_seconds": args.max_seconds,
+            "playout_rounds": 0 if args.no_chromium else args.playout_rounds,
             "target_p50_ms": TARGET_P50_MS, "chromium_target_p50_ms": CHROMIUM_TARGET_P50_MS,
             "baseline": baseline, "cases": cases}
 
 
 def _progress(case: dict[str, Any]) -> None:
     s = case["summary"]
+    extra = ""
+    if "playout_delay_negotiated" in case:
+        extra = f", playout-delay {'on' if case['playout_delay_negotiated'] else 'off'}"
     print(f"latency: {case['viewer']} x{case['viewers']}: p50 {s['p50']} ms, p95 {s['p95']} ms, "
-          f"fps min {case['fps_min']}", flush=True)
+          f"fps min {case['fps_min']}, missed {case['lost']}{extra}", flush=True)
 
 
 # --- no WebRTC: draw, encode, decode, read in one thread ---------------------------------
@@ -487,8 +505,39 @@ _PLAYOUT_HINT_JS = """(() => {
 })();"""
 
 
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+
+# The tab stops negotiating the playout-delay header extension (the standard
+# setHeaderExtensionsToNegotiate): its offer no longer lists it, so the camera
+# neither answers nor stamps it. Everything else is the page as served.
+_NO_PLAYOUT_EXTENSION_JS = """(() => {
+  const add = RTCPeerConnection.prototype.addTransceiver;
+  RTCPeerConnection.prototype.addTransceiver = function (...args) {
+    const t = add.apply(this, args);
+    if (typeof t.setHeaderExtensionsToNegotiate !== "function") {
+      throw new Error("bench: this Chromium cannot stop negotiating a header extension");
+    }
+    t.setHeaderExtensionsToNegotiate(t.getHeaderExtensionsToNegotiate().map((e) =>
+      e.uri === "%s" ? { ...e, direction: "stopped" } : e));
+    return t;
+  };
+})();""" % PLAYOUT_DELAY_URI
+
+# Whether the camera's answer (the page's remote description) carries the extension.
+_ANSWER_HAS_PLAYOUT_JS = """() => {
+  const made = window.peercamBenchConnections || [];
+  const pc = made.filter((p) => p.connectionState !== "closed").pop();
+  const sdp = pc && pc.remoteDescription ? pc.remoteDescription.sdp : "";
+  return sdp.includes("%s");
+}""" % PLAYOUT_DELAY_URI
+
+_VARIANT_JS = {"hint": _PLAYOUT_HINT_JS, "noext": _NO_PLAYOUT_EXTENSION_JS}
+
+
 async def chromium_case(camera: Camera, link: str, tabs: int,
-                        args: argparse.Namespace, *, hint: bool = False) -> dict[str, Any]:
+                        args: argparse.Namespace, *, variant: str = "") -> dict[str, Any]:
+    """``tabs`` tabs of the page as served; ``variant`` "hint": every receiver asked
+    for minimal playout; "noext": the playout-delay extension not negotiated."""
     from playwright.async_api import async_playwright
 
     sys.path.insert(0, str(ROOT))
@@ -501,8 +550,8 @@ async def chromium_case(camera: Camera, link: str, tabs: int,
             pages = []
             for _ in range(tabs):
                 context = await browser.new_context(bypass_csp=True)  # wait_for_function: eval
-                if hint:
-                    await context.add_init_script(_PLAYOUT_HINT_JS)
+                if variant:
+                    await context.add_init_script(_VARIANT_JS[variant])
                 await context.add_init_script(_PC_RECORDER_JS)
                 page = await context.new_page()
                 await page.goto(link)
@@ -517,6 +566,7 @@ async def chromium_case(camera: Camera, link: str, tabs: int,
                                      f"video ({error or exc})") from None
                 await page.evaluate(reader, "video")
             await asyncio.sleep(args.warmup)
+            negotiated = [await page.evaluate(_ANSWER_HAS_PLAYOUT_JS) for page in pages]
             before = [await page.evaluate(_INBOUND_STATS_JS) for page in pages]
             start = time.time() * 1000
             cpu0, t0 = camera.cpu_seconds(), time.monotonic()
@@ -537,8 +587,12 @@ async def chromium_case(camera: Camera, link: str, tabs: int,
                for s, b, a in zip(states, before, after, strict=True)]
     for i, v in enumerate(viewers):
         _require_stamps(f"Chromium tab {i} of {tabs}", v)
-    case = _case("chromium-hint" if hint else "chromium", tabs, viewers, camera_cpu,
+    case = _case(f"chromium-{variant}" if variant else "chromium", tabs, viewers, camera_cpu,
                  ("received", "presented", "callback", "read"))
+    case["playout_delay_negotiated"] = all(negotiated)
+    if any(negotiated) != all(negotiated):
+        raise SystemExit(f"bench: latency: {sum(negotiated)} of {tabs} tabs negotiated the "
+                         "playout-delay extension; a case must be one or the other")
     stats = [v["chromium_stats"] for v in viewers if v["chromium_stats"]]
     if stats:
         case["chromium_stats"] = {
@@ -631,7 +685,8 @@ def _case(viewer: str, count: int, viewers: list[dict[str, Any]], camera_cpu: fl
 
 
 _LABELS = {"cli": "CLI (`peercam view` path)", "chromium": "Chromium (web viewer)",
-           "chromium-hint": "Chromium, asked for minimal playout (not shipped)"}
+           "chromium-hint": "Chromium, asked for minimal playout (not shipped)",
+           "chromium-noext": "Chromium, playout-delay extension not negotiated"}
 
 
 def _find(result: dict[str, Any], viewer: str, count: int) -> dict[str, Any] | None:
