@@ -17,6 +17,11 @@ the stamp; for Chromium also the compositor and the canvas read-back.
   script (``bench/stamp_reader.js``, camera/stamp.py's reader ported) draws the
   ``<video>`` to a canvas on every ``requestVideoFrameCallback`` and reads the
   stamp, keeping the callback's ``receiveTime`` and ``presentationTime``.
+* **Chromium, playout-delay with and without**: one tab at a time, alternating
+  (ABBA) for ``--playout-rounds`` rounds: the page as served, whose offer lists
+  the playout-delay header extension that the camera answers and stamps 0/0, and
+  the page told not to negotiate it (``setHeaderExtensionsToNegotiate``); each
+  variant's rounds are pooled on the page.
 * **No WebRTC**: the same picture, libx264 settings, aiortc decoder and stamp
   reader in one thread, to separate codec time from transport time.
 
@@ -50,8 +55,8 @@ from bench.common import (
 NAME = "latency"
 HELP = "glass-to-glass latency from the burnt-in capture time, CLI and Chromium"
 SMOKE = ["--width", "320", "--height", "240", "--seconds", "1", "--warmup", "0.5",
-         "--frames", "30", "--max-seconds", "5", "--cli-viewers", "1", "--chromium-tabs", "1",
-         "--chromium-hint-tabs", ""]
+         "--frames", "30", "--max-seconds", "5", "--cli-viewers", "1", "--chromium-tabs", "",
+         "--chromium-hint-tabs", "", "--playout-rounds", "1"]
 NEEDS = ["chromium"]
 TARGET_P50_MS = 60.0
 CHROMIUM_TARGET_P50_MS = 35.0
@@ -78,12 +83,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cli-viewers", default="1,8", help="CLI viewer counts, one case each")
     p.add_argument("--chromium-tabs", default="1,8", help="Chromium tab counts, one case each")
     p.add_argument("--no-chromium", action="store_true", help="CLI viewers and baseline only")
-    p.add_argument("--chromium-hint-tabs", default="1",
+    p.add_argument("--chromium-hint-tabs", default="",
                    help="Chromium tab counts run again with every receiver asked for "
                         "minimal playout (jitterBufferTarget = 0, playoutDelayHint = 0), "
                         "which the page does not do: the hint against the page as served, "
                         "in the same run ('' for none)")
-    p.add_argument("--playout-rounds", type=int, default=0,
+    p.add_argument("--playout-rounds", type=int, default=3,
                    help="rounds of one Chromium tab with the camera's playout-delay header "
                         "extension negotiated (the page as served) and one without (the tab "
                         "stops negotiating it), alternating ABBA in the same run; 0: none")
@@ -689,8 +694,47 @@ _LABELS = {"cli": "CLI (`peercam view` path)", "chromium": "Chromium (web viewer
            "chromium-noext": "Chromium, playout-delay extension not negotiated"}
 
 
-def _find(result: dict[str, Any], viewer: str, count: int) -> dict[str, Any] | None:
+_STAGES = {"cli": ("arrived", "released", "decoded", "read")}
+_CHROMIUM_STAGES = ("received", "presented", "callback", "read")
+
+
+def merged(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cases, those of the playout rounds pooled into one per variant (each round's
+    tab counted as one viewer of it); in the order each variant first ran."""
+    out: list[dict[str, Any]] = []
+    rounds: dict[str, list[dict[str, Any]]] = {}
     for case in result["cases"]:
+        if "round" not in case:
+            out.append(case)
+            continue
+        if case["viewer"] not in rounds:
+            rounds[case["viewer"]] = []
+            out.append({"viewer": case["viewer"], "pending": True})
+        rounds[case["viewer"]].append(case)
+    for i, case in enumerate(out):
+        if not case.get("pending"):
+            continue
+        runs = rounds[case["viewer"]]
+        pooled = _case(case["viewer"], 1, [v for r in runs for v in r["per_viewer"]],
+                       statistics.mean(r["camera_cpu_core"] for r in runs), _CHROMIUM_STAGES)
+        pooled["rounds"] = len(runs)
+        pooled["round_p50"] = [r["summary"]["p50"] for r in runs]
+        pooled["round_p95"] = [r["summary"]["p95"] for r in runs]
+        pooled["playout_delay_negotiated"] = all(r["playout_delay_negotiated"] for r in runs)
+        stats = [r["chromium_stats"] for r in runs if r.get("chromium_stats")]
+        if stats:
+            sums = ("frames_received", "frames_decoded", "frames_dropped", "packets_lost",
+                    "freezes")
+            pooled["chromium_stats"] = {
+                key: (sum(s[key] for s in stats) if key in sums
+                      else round(statistics.median(s[key] for s in stats), 1))
+                for key in stats[0] if all(s.get(key) is not None for s in stats)}
+        out[i] = pooled
+    return out
+
+
+def _find(result: dict[str, Any], viewer: str, count: int) -> dict[str, Any] | None:
+    for case in merged(result):
         if case["viewer"] == viewer and case["viewers"] == count:
             found: dict[str, Any] = case
             return found
@@ -699,7 +743,7 @@ def _find(result: dict[str, Any], viewer: str, count: int) -> dict[str, Any] | N
 
 def headline(result: dict[str, Any]) -> str:
     parts = []
-    for case in result["cases"]:
+    for case in merged(result):
         s = case["summary"]
         parts.append(f"{case['viewer']} x{case['viewers']} p50 {s['p50']} / p95 {s['p95']} ms"
                      f" ({case['fps_min']} fps min)")
@@ -708,11 +752,16 @@ def headline(result: dict[str, Any]) -> str:
             f"target p50 ≤ {result['target_p50_ms']:g} ms")
 
 
+def _short(case: dict[str, Any]) -> str:
+    rounds = f" ({case['rounds']} rounds)" if "rounds" in case else ""
+    return f"{case['viewer']} × {case['viewers']}{rounds}"
+
+
 def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
     fig, (cdf, bars) = plt.subplots(1, 2, figsize=(12, 4.2))
     series = [("no WebRTC (codec only)", result["baseline"]["latency_ms"])]
-    series += [(f"{c['viewer']} × {c['viewers']}", c["latency_ms"]) for c in result["cases"]]
+    series += [(_short(c), c["latency_ms"]) for c in merged(result)]
     for label, values in series:
         ordered = sorted(values)
         cdf.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
@@ -725,7 +774,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     cdf.legend(fontsize=8)
     # Where the median goes: consecutive stage medians, stacked.
     rows = [("no WebRTC", result["baseline"]["stages_p50"])]
-    rows += [(f"{c['viewer']} × {c['viewers']}", c["stages_p50"]) for c in result["cases"]]
+    rows += [(_short(c), c["stages_p50"]) for c in merged(result)]
     colours: dict[str, Any] = {}
     for y, (_label, stages) in enumerate(rows):
         left = 0.0
@@ -793,9 +842,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
     s = base["summary"]
     lines.append(f"| no WebRTC: draw + encode + decode + read, one thread | – | {s['n']} | – | "
                  f"{result['fps']} | – | {s['p50']} | {s['p95']} | {s['p99']} | {s['max']} |")
-    for case in result["cases"]:
+    for case in merged(result):
         s = case["summary"]
-        lines.append(f"| {_LABELS[case['viewer']]} | {case['viewers']} | {s['n']} / "
+        lines.append(f"| {_label(case)} | {case['viewers']} | {s['n']} / "
                      f"{case['frames_min']} | {case['fps_min']} / {case['fps_median']} | "
                      f"{case['source_fps']} | {case['lost']} | {s['p50']} | {s['p95']} | "
                      f"{s['p99']} | {s['max']} |")
@@ -805,18 +854,63 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "every one); *missed*: frame numbers in the window that a viewer never showed, summed "
         "over viewers (for Chromium that includes frames its renderer dropped).",
         "",
+        *_playout_table(result),
         "Where the median goes (ms since capture, median of each stage):",
         "",
     ]
     columns = [("no WebRTC", base["stages_p50"])]
-    columns += [(f"{c['viewer']} × {c['viewers']}", c["stages_p50"]) for c in result["cases"]]
+    columns += [(_short(c), c["stages_p50"]) for c in merged(result)]
     lines.append("| stage | " + " | ".join(c[0] for c in columns) + " |")
     lines.append("|---" * (len(columns) + 1) + "|")
     for stage, text in _STAGE_TEXT.items():
         cells = [str(c[1][stage]) if stage in c[1] else "" for c in columns]
         if any(cells):
             lines.append(f"| {text} | " + " | ".join(cells) + " |")
-    lines += ["", *_notes(result), "", "![latency](bench/latency.png)", ""]
+    lines += ["", *_notes(result), "",
+              *[line for note in result.get("notes", []) for line in (note, "")],
+              "![latency](bench/latency.png)", ""]
+    return lines
+
+
+def _label(case: dict[str, Any]) -> str:
+    label = _LABELS[case["viewer"]]
+    if case["viewer"] == "chromium" and case.get("playout_delay_negotiated"):
+        label = "Chromium (web viewer; playout-delay 0/0 negotiated)"
+    if "rounds" in case:
+        label += f", {case['rounds']} rounds pooled"
+    return label
+
+
+def _playout_table(result: dict[str, Any]) -> list[str]:
+    """The playout-delay extension with and without, rounds alternating in one run."""
+    cases = {c["viewer"]: c for c in merged(result) if "rounds" in c}
+    on, off = cases.get("chromium"), cases.get("chromium-noext")
+    if on is None or off is None:
+        return []
+    lines = [
+        f"Playout-delay header extension, one Chromium tab, {on['rounds']} rounds of each "
+        "alternating (ABBA) in this run: *with*, the camera answers the extension Chromium "
+        "offers and stamps 0/0 (smallest/largest playout delay) on every video packet; "
+        "*without*, the tab stops negotiating it (`setHeaderExtensionsToNegotiate`), as "
+        "before the camera knew the extension.",
+        "",
+        "| variant | frames | p50 ms | p95 ms | p99 ms | per-round p50 | per-round p95 "
+        "| missed | dropped by Chromium | jitter buffer ms/frame | received → presented ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, case in (("with (0/0)", on), ("without", off)):
+        s, st, p = case["summary"], case.get("chromium_stats", {}), case["stages_p50"]
+        hold = (round(p["presented"] - p["received"], 1)
+                if "presented" in p and "received" in p else None)
+        lines.append(
+            f"| {name} | {s['n']} | {s['p50']} | {s['p95']} | {s['p99']} | "
+            f"{', '.join(_n(x) for x in case['round_p50'])} | "
+            f"{', '.join(_n(x) for x in case['round_p95'])} | {case['lost']} | "
+            f"{_n(st.get('frames_dropped'))} | {_n(st.get('jitter_buffer_ms'))} | {_n(hold)} |")
+    a, b = on["summary"], off["summary"]
+    lines += ["", f"With against without: p50 {_n(round(a['p50'] - b['p50'], 1))} ms "
+              f"(ratio {a['p50'] / b['p50']:.2f}), p95 {_n(round(a['p95'] - b['p95'], 1))} ms; "
+              f"missed frames {on['lost']} against {off['lost']}.", ""]
     return lines
 
 
@@ -843,8 +937,14 @@ def _notes(result: dict[str, Any]) -> list[str]:
     if one is not None and target is not None:
         p50 = one["summary"]["p50"]
         verdict = "met" if p50 <= target else f"MISSED by {round(p50 - target, 1)} ms"
-        line = (f"- Chromium, one tab, the page as served: p50 {p50} ms against ≤ {target:g} ms:"
+        served = ("the page as served, playout-delay 0/0 negotiated"
+                  if one.get("playout_delay_negotiated") else "the page as served")
+        line = (f"- Chromium, one tab, {served}: p50 {p50} ms against ≤ {target:g} ms:"
                 f" {verdict}; missed frames {one['lost']}")
+        without = _find(result, "chromium-noext", 1)
+        if without is not None:
+            line += (f" (without the extension, same run: p50 {without['summary']['p50']} ms, "
+                     f"missed frames {without['lost']})")
         if hinted is not None:
             h = hinted["summary"]
             line += (f". Same run, every receiver asked for minimal playout "
@@ -861,11 +961,11 @@ def _notes(result: dict[str, Any]) -> list[str]:
                        "decoder only when the first packet of the next frame arrives, not on "
                        "the RTP marker bit, so every frame waits about one frame interval. "
                        "Chromium does not.")
-    for case in result["cases"]:
+    for case in merged(result):
         st = case.get("chromium_stats")
         if not st:
             continue
-        line = (f"- {_LABELS[case['viewer']]} × {case['viewers']}, its own `inbound-rtp` "
+        line = (f"- {_label(case)} × {case['viewers']}, its own `inbound-rtp` "
                 f"counters over the "
                 f"window (median tab): jitter buffer {_n(st.get('jitter_buffer_ms'))} ms a "
                 f"frame (target {_n(st.get('jitter_buffer_target_ms'))}), decode "
@@ -879,7 +979,7 @@ def _notes(result: dict[str, Any]) -> list[str]:
                      f"frame), callback → stamp read {round(p50['read'] - p50['callback'], 1)} "
                      "ms (the canvas draw and read-back, which the measurement itself adds).")
         out.append(line)
-    crowded = [c for c in result["cases"] if c["viewers"] > 1]
+    crowded = [c for c in merged(result) if c["viewers"] > 1]
     if crowded:
         out.append(
             "- With several viewers, each one decodes the full picture on the same 2 cores as "
@@ -887,5 +987,5 @@ def _notes(result: dict[str, Any]) -> list[str]:
             "measure a CPU-starved machine as much as the pipeline; read them with their frame "
             "rates. Camera CPU during each window: "
             + ", ".join(f"{c['viewer']} × {c['viewers']} {c['camera_cpu_core']} cores"
-                        for c in result["cases"]) + ".")
+                        for c in merged(result)) + ".")
     return out
