@@ -967,7 +967,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
             continue
         line = (f"- {_label(case)} × {case['viewers']}, its own `inbound-rtp` "
                 f"counters over the "
-                f"window (median tab): jitter buffer {_n(st.get('jitter_buffer_ms'))} ms a "
+                f"window ({'median round, counts summed' if 'rounds' in case else 'median tab'}): "
+                f"jitter buffer {_n(st.get('jitter_buffer_ms'))} ms a "
                 f"frame (target {_n(st.get('jitter_buffer_target_ms'))}), decode "
                 f"{_n(st.get('decode_ms'))} ms, first packet to decoded "
                 f"{_n(st.get('processing_ms'))} ms; frames dropped "
