@@ -136,7 +136,9 @@ class CameraConfig:
     do) to render each frame as soon as it is decoded, by stamping the extension on
     the camera's video; false: the viewer's own jitter buffer decides."""
     playout_delay_max_ms: int = 0
-    """The largest playout delay asked for (0..40950 ms in steps of 10); the smallest is 0."""
+    """The largest playout delay asked for (0..40950 ms in steps of 10; the smallest is 0).
+    Chromium renders as soon as possible up to 500 (above 0 pacing its decodes a little);
+    above 500 its jitter buffer smooths arrival jitter again, holding frames at most this long."""
     frame_stall: float = 5.0
     """Seconds without a frame before the source counts as stuck (and is restarted)."""
     source_restarts: int = 2
