@@ -46,6 +46,7 @@ from bench.common import (
     Camera,
     Missing,
     need_executable,
+    percentile,
     pin_loopback,
     pyplot,
     start_rendezvous,
@@ -56,7 +57,7 @@ NAME = "latency"
 HELP = "glass-to-glass latency from the burnt-in capture time, CLI and Chromium"
 SMOKE = ["--width", "320", "--height", "240", "--seconds", "1", "--warmup", "0.5",
          "--frames", "30", "--max-seconds", "5", "--cli-viewers", "1", "--chromium-tabs", "",
-         "--chromium-hint-tabs", "", "--playout-rounds", "1"]
+         "--chromium-hint-tabs", "", "--playout-rounds", "0", "--jitter-rounds", "1"]
 NEEDS = ["chromium"]
 TARGET_P50_MS = 60.0
 CHROMIUM_TARGET_P50_MS = 35.0
@@ -92,6 +93,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rounds of one Chromium tab with the camera's playout-delay header "
                         "extension negotiated (the page as served) and one without (the tab "
                         "stops negotiating it), alternating ABBA in the same run; 0: none")
+    p.add_argument("--jitter-rounds", type=int, default=2,
+                   help="the same rounds again with the tab's media through a loopback relay "
+                        "adding --jitter-delay ± --jitter seconds each way (order kept); 0: none")
+    p.add_argument("--jitter-delay", type=float, default=0.04)
+    p.add_argument("--jitter", type=float, default=0.015)
 
 
 def _counts(text: str) -> list[int]:
@@ -134,22 +140,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cases.append(await chromium_case(camera, camera.link(url, pair=True), count, args,
                                              variant="hint"))
             _progress(cases[-1])
-        for n in range(0 if args.no_chromium else args.playout_rounds):
-            # ABBA: each variant goes first as often as second across two rounds.
-            order = ("", "noext") if n % 2 == 0 else ("noext", "")
-            for variant in order:
-                await asyncio.sleep(1)
-                case = await chromium_case(camera, camera.link(url, pair=True), 1, args,
-                                           variant=variant)
-                case["round"] = n + 1
-                cases.append(case)
-                _progress(cases[-1])
+        for jitter, rounds in ((False, args.playout_rounds), (True, args.jitter_rounds)):
+            for n in range(0 if args.no_chromium else rounds):
+                # ABBA: each variant goes first as often as second across two rounds.
+                order = ("", "noext") if n % 2 == 0 else ("noext", "")
+                for variant in order:
+                    await asyncio.sleep(1)
+                    case = await chromium_case(camera, camera.link(url, pair=True), 1, args,
+                                               variant=variant, jitter=jitter)
+                    case["round"] = n + 1
+                    cases.append(case)
+                    _progress(cases[-1])
     finally:
         camera.stop()
         await runner.cleanup()
     return {"video": video, "fps": args.fps, "seconds": args.seconds, "warmup": args.warmup,
             "frames": args.frames, "max_seconds": args.max_seconds,
             "playout_rounds": 0 if args.no_chromium else args.playout_rounds,
+            "jitter_rounds": 0 if args.no_chromium else args.jitter_rounds,
+            "jitter_link": {"delay_ms": round(1000 * args.jitter_delay, 1),
+                            "jitter_ms": round(1000 * args.jitter, 1)},
             "target_p50_ms": TARGET_P50_MS, "chromium_target_p50_ms": CHROMIUM_TARGET_P50_MS,
             "baseline": baseline, "cases": cases}
 
@@ -540,24 +550,48 @@ _VARIANT_JS = {"hint": _PLAYOUT_HINT_JS, "noext": _NO_PLAYOUT_EXTENSION_JS}
 
 
 async def chromium_case(camera: Camera, link: str, tabs: int,
-                        args: argparse.Namespace, *, variant: str = "") -> dict[str, Any]:
+                        args: argparse.Namespace, *, variant: str = "",
+                        jitter: bool = False) -> dict[str, Any]:
     """``tabs`` tabs of the page as served; ``variant`` "hint": every receiver asked
-    for minimal playout; "noext": the playout-delay extension not negotiated."""
+    for minimal playout; "noext": the playout-delay extension not negotiated.
+    ``jitter``: each tab's media through a loopback relay of its own that delays
+    every datagram ``--jitter-delay`` ± ``--jitter`` seconds each way (order kept)."""
+    from bench.impair import ImpairRelay
+    from services.natlab.shaping import Impairment
+
+    reader = READER_JS.read_text()
+    link_model = Impairment(delay=args.jitter_delay, jitter=args.jitter)
+    relays = [await ImpairRelay(link_model, link_model, seed=k + 1).start()
+              for k in range(tabs if jitter else 0)]
+    try:
+        return await _chromium_tabs(camera, link, tabs, args, variant, relays, reader)
+    finally:
+        for relay in relays:
+            relay.close()
+
+
+async def _chromium_tabs(camera: Camera, link: str, tabs: int, args: argparse.Namespace,
+                         variant: str, relays: list[Any], reader: str) -> dict[str, Any]:
     from playwright.async_api import async_playwright
+
+    from bench.badnet import _RELAY_JS
 
     sys.path.insert(0, str(ROOT))
     from tests.browser.conftest import CHROMIUM_ARGS
 
-    reader = READER_JS.read_text()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             pages = []
-            for _ in range(tabs):
+            for k in range(tabs):
                 context = await browser.new_context(bypass_csp=True)  # wait_for_function: eval
+                if relays:  # also keeps the peer connection reachable, as the recorder does
+                    await context.add_init_script(
+                        f"({_RELAY_JS})([{relays[k].camera_port}, {relays[k].viewer_port}])")
+                else:
+                    await context.add_init_script(_PC_RECORDER_JS)
                 if variant:
                     await context.add_init_script(_VARIANT_JS[variant])
-                await context.add_init_script(_PC_RECORDER_JS)
                 page = await context.new_page()
                 await page.goto(link)
                 pages.append(page)
@@ -592,8 +626,8 @@ async def chromium_case(camera: Camera, link: str, tabs: int,
                for s, b, a in zip(states, before, after, strict=True)]
     for i, v in enumerate(viewers):
         _require_stamps(f"Chromium tab {i} of {tabs}", v)
-    case = _case(f"chromium-{variant}" if variant else "chromium", tabs, viewers, camera_cpu,
-                 ("received", "presented", "callback", "read"))
+    name = "-".join(["chromium", *(["jitter"] if relays else []), *([variant] if variant else [])])
+    case = _case(name, tabs, viewers, camera_cpu, ("received", "presented", "callback", "read"))
     case["playout_delay_negotiated"] = all(negotiated)
     if any(negotiated) != all(negotiated):
         raise SystemExit(f"bench: latency: {sum(negotiated)} of {tabs} tabs negotiated the "
@@ -647,7 +681,9 @@ def _chromium_viewer(state: dict[str, Any], start: float, end: float) -> dict[st
 
     numbers = [int(s[0]) for s in window]
     seconds = (end - start) / 1000
+    shown = sorted(s[2] for s in window)
     return {
+        "intervals_ms": [round(b - a, 2) for a, b in zip(shown, shown[1:], strict=False)],
         "frames": len(window),
         "unreadable": state["unreadable"],
         "repeated": state["repeated"],
@@ -691,7 +727,10 @@ def _case(viewer: str, count: int, viewers: list[dict[str, Any]], camera_cpu: fl
 
 _LABELS = {"cli": "CLI (`peercam view` path)", "chromium": "Chromium (web viewer)",
            "chromium-hint": "Chromium, asked for minimal playout (not shipped)",
-           "chromium-noext": "Chromium, playout-delay extension not negotiated"}
+           "chromium-noext": "Chromium, playout-delay extension not negotiated",
+           "chromium-jitter": "Chromium through a jittery link, playout-delay 0/0 negotiated",
+           "chromium-jitter-noext": "Chromium through a jittery link, playout-delay extension "
+                                    "not negotiated"}
 
 
 _STAGES = {"cli": ("arrived", "released", "decoded", "read")}
@@ -872,6 +911,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _intervals(case: dict[str, Any]) -> str:
+    gaps = sorted(x for v in case["per_viewer"] for x in v.get("intervals_ms", []))
+    if not gaps:
+        return "–"
+    return (f"{_n(percentile(gaps, 0.05))} / {_n(percentile(gaps, 0.95))} / "
+            f"{_n(gaps[-1])}")
+
+
 def _label(case: dict[str, Any]) -> str:
     label = _LABELS[case["viewer"]]
     if case["viewer"] == "chromium" and case.get("playout_delay_negotiated"):
@@ -882,21 +929,34 @@ def _label(case: dict[str, Any]) -> str:
 
 
 def _playout_table(result: dict[str, Any]) -> list[str]:
-    """The playout-delay extension with and without, rounds alternating in one run."""
+    """The playout-delay extension with and without, rounds alternating in one run
+    (on loopback, then through the jittery relay)."""
     cases = {c["viewer"]: c for c in merged(result) if "rounds" in c}
-    on, off = cases.get("chromium"), cases.get("chromium-noext")
-    if on is None or off is None:
-        return []
+    lines: list[str] = []
+    link = result.get("jitter_link", {})
+    for prefix, where in (("chromium", "on loopback"),
+                          ("chromium-jitter", f"through a loopback relay adding "
+                           f"{_n(link.get('delay_ms'))} ± {_n(link.get('jitter_ms'))} ms each "
+                           "way (uniform, order kept)")):
+        on, off = cases.get(prefix), cases.get(prefix + "-noext")
+        if on is not None and off is not None:
+            lines += _playout_rows(on, off, where)
+    return lines
+
+
+def _playout_rows(on: dict[str, Any], off: dict[str, Any], where: str) -> list[str]:
     lines = [
-        f"Playout-delay header extension, one Chromium tab, {on['rounds']} rounds of each "
-        "alternating (ABBA) in this run: *with*, the camera answers the extension Chromium "
-        "offers and stamps 0/0 (smallest/largest playout delay) on every video packet; "
-        "*without*, the tab stops negotiating it (`setHeaderExtensionsToNegotiate`), as "
-        "before the camera knew the extension.",
+        f"Playout-delay header extension, one Chromium tab {where}, {on['rounds']} rounds of "
+        "each alternating (ABBA) in this run: *with*, the camera answers the extension "
+        "Chromium offers and stamps 0/0 (smallest/largest playout delay) on every video "
+        "packet; *without*, the tab stops negotiating it (`setHeaderExtensionsToNegotiate`), "
+        "as before the camera knew the extension. *Interval*: time between consecutive "
+        "frames shown (33.3 ms is even pacing).",
         "",
         "| variant | frames | p50 ms | p95 ms | p99 ms | per-round p50 | per-round p95 "
-        "| missed | dropped by Chromium | jitter buffer ms/frame | received → presented ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| missed | dropped by Chromium | jitter buffer ms/frame | received → presented ms "
+        "| interval p5 / p95 / max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, case in (("with (0/0)", on), ("without", off)):
         s, st, p = case["summary"], case.get("chromium_stats", {}), case["stages_p50"]
@@ -906,7 +966,8 @@ def _playout_table(result: dict[str, Any]) -> list[str]:
             f"| {name} | {s['n']} | {s['p50']} | {s['p95']} | {s['p99']} | "
             f"{', '.join(_n(x) for x in case['round_p50'])} | "
             f"{', '.join(_n(x) for x in case['round_p95'])} | {case['lost']} | "
-            f"{_n(st.get('frames_dropped'))} | {_n(st.get('jitter_buffer_ms'))} | {_n(hold)} |")
+            f"{_n(st.get('frames_dropped'))} | {_n(st.get('jitter_buffer_ms'))} | {_n(hold)} | "
+            f"{_intervals(case)} |")
     a, b = on["summary"], off["summary"]
     lines += ["", f"With against without: p50 {_n(round(a['p50'] - b['p50'], 1))} ms "
               f"(ratio {a['p50'] / b['p50']:.2f}), p95 {_n(round(a['p95'] - b['p95'], 1))} ms; "
