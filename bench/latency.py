@@ -21,7 +21,10 @@ the stamp; for Chromium also the compositor and the canvas read-back.
   (ABBA) for ``--playout-rounds`` rounds: the page as served, whose offer lists
   the playout-delay header extension that the camera answers and stamps 0/0, and
   the page told not to negotiate it (``setHeaderExtensionsToNegotiate``); each
-  variant's rounds are pooled on the page.
+  variant's rounds are pooled on the page. The same again with the tab's media
+  through a loopback relay of its own (:class:`bench.impair.ImpairRelay`, the
+  NAT lab's link model): ``--jitter-rounds`` through delay with jitter,
+  ``--loss-rounds`` through random loss.
 * **No WebRTC**: the same picture, libx264 settings, aiortc decoder and stamp
   reader in one thread, to separate codec time from transport time.
 
@@ -57,7 +60,8 @@ NAME = "latency"
 HELP = "glass-to-glass latency from the burnt-in capture time, CLI and Chromium"
 SMOKE = ["--width", "320", "--height", "240", "--seconds", "1", "--warmup", "0.5",
          "--frames", "30", "--max-seconds", "5", "--cli-viewers", "1", "--chromium-tabs", "",
-         "--chromium-hint-tabs", "", "--playout-rounds", "0", "--jitter-rounds", "1"]
+         "--chromium-hint-tabs", "", "--playout-rounds", "0", "--jitter-rounds", "1",
+         "--loss-rounds", "0"]
 NEEDS = ["chromium"]
 TARGET_P50_MS = 60.0
 CHROMIUM_TARGET_P50_MS = 35.0
@@ -98,6 +102,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "adding --jitter-delay ± --jitter seconds each way (order kept); 0: none")
     p.add_argument("--jitter-delay", type=float, default=0.04)
     p.add_argument("--jitter", type=float, default=0.015)
+    p.add_argument("--loss-rounds", type=int, default=2,
+                   help="the same rounds again through a relay losing --loss of the media "
+                        "each way, after --loss-delay seconds each way; 0: none")
+    p.add_argument("--loss", type=float, default=0.02)
+    p.add_argument("--loss-delay", type=float, default=0.02)
 
 
 def _counts(text: str) -> list[int]:
@@ -140,14 +149,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cases.append(await chromium_case(camera, camera.link(url, pair=True), count, args,
                                              variant="hint"))
             _progress(cases[-1])
-        for jitter, rounds in ((False, args.playout_rounds), (True, args.jitter_rounds)):
+        from services.natlab.shaping import Impairment
+
+        links: tuple[tuple[str, Impairment | None, int], ...] = (
+            ("", None, args.playout_rounds),
+            ("jitter", Impairment(delay=args.jitter_delay, jitter=args.jitter),
+             args.jitter_rounds),
+            ("loss", Impairment(delay=args.loss_delay, loss=args.loss), args.loss_rounds))
+        for link_name, link_model, rounds in links:
             for n in range(0 if args.no_chromium else rounds):
                 # ABBA: each variant goes first as often as second across two rounds.
                 order = ("", "noext") if n % 2 == 0 else ("noext", "")
                 for variant in order:
                     await asyncio.sleep(1)
                     case = await chromium_case(camera, camera.link(url, pair=True), 1, args,
-                                               variant=variant, jitter=jitter)
+                                               variant=variant, network=link_name,
+                                               link_model=link_model)
                     case["round"] = n + 1
                     cases.append(case)
                     _progress(cases[-1])
@@ -160,6 +177,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "jitter_rounds": 0 if args.no_chromium else args.jitter_rounds,
             "jitter_link": {"delay_ms": round(1000 * args.jitter_delay, 1),
                             "jitter_ms": round(1000 * args.jitter, 1)},
+            "loss_rounds": 0 if args.no_chromium else args.loss_rounds,
+            "loss_link": {"delay_ms": round(1000 * args.loss_delay, 1),
+                          "loss_percent": round(100 * args.loss, 2)},
             "target_p50_ms": TARGET_P50_MS, "chromium_target_p50_ms": CHROMIUM_TARGET_P50_MS,
             "baseline": baseline, "cases": cases}
 
@@ -551,27 +571,28 @@ _VARIANT_JS = {"hint": _PLAYOUT_HINT_JS, "noext": _NO_PLAYOUT_EXTENSION_JS}
 
 async def chromium_case(camera: Camera, link: str, tabs: int,
                         args: argparse.Namespace, *, variant: str = "",
-                        jitter: bool = False) -> dict[str, Any]:
+                        network: str = "", link_model: Any = None) -> dict[str, Any]:
     """``tabs`` tabs of the page as served; ``variant`` "hint": every receiver asked
     for minimal playout; "noext": the playout-delay extension not negotiated.
-    ``jitter``: each tab's media through a loopback relay of its own that delays
-    every datagram ``--jitter-delay`` ± ``--jitter`` seconds each way (order kept)."""
+    ``network`` ("jitter", "loss"): each tab's media through a loopback relay of its
+    own impaired by ``link_model`` both ways (a :class:`services.natlab.shaping.Impairment`)."""
     from bench.impair import ImpairRelay
-    from services.natlab.shaping import Impairment
 
+    name = "-".join(["chromium", *([network] if network else []),
+                     *([variant] if variant else [])])
     reader = READER_JS.read_text()
-    link_model = Impairment(delay=args.jitter_delay, jitter=args.jitter)
     relays = [await ImpairRelay(link_model, link_model, seed=k + 1).start()
-              for k in range(tabs if jitter else 0)]
+              for k in range(tabs if link_model is not None else 0)]
     try:
-        return await _chromium_tabs(camera, link, tabs, args, variant, relays, reader)
+        return await _chromium_tabs(camera, link, tabs, args, variant, relays, reader, name)
     finally:
         for relay in relays:
             relay.close()
 
 
 async def _chromium_tabs(camera: Camera, link: str, tabs: int, args: argparse.Namespace,
-                         variant: str, relays: list[Any], reader: str) -> dict[str, Any]:
+                         variant: str, relays: list[Any], reader: str,
+                         name: str) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     from bench.badnet import _RELAY_JS
@@ -626,7 +647,6 @@ async def _chromium_tabs(camera: Camera, link: str, tabs: int, args: argparse.Na
                for s, b, a in zip(states, before, after, strict=True)]
     for i, v in enumerate(viewers):
         _require_stamps(f"Chromium tab {i} of {tabs}", v)
-    name = "-".join(["chromium", *(["jitter"] if relays else []), *([variant] if variant else [])])
     case = _case(name, tabs, viewers, camera_cpu, ("received", "presented", "callback", "read"))
     case["playout_delay_negotiated"] = all(negotiated)
     if any(negotiated) != all(negotiated):
@@ -730,7 +750,10 @@ _LABELS = {"cli": "CLI (`peercam view` path)", "chromium": "Chromium (web viewer
            "chromium-noext": "Chromium, playout-delay extension not negotiated",
            "chromium-jitter": "Chromium through a jittery link, playout-delay 0/0 negotiated",
            "chromium-jitter-noext": "Chromium through a jittery link, playout-delay extension "
-                                    "not negotiated"}
+                                    "not negotiated",
+           "chromium-loss": "Chromium through a lossy link, playout-delay 0/0 negotiated",
+           "chromium-loss-noext": "Chromium through a lossy link, playout-delay extension "
+                                  "not negotiated"}
 
 
 _STAGES = {"cli": ("arrived", "released", "decoded", "read")}
@@ -934,10 +957,14 @@ def _playout_table(result: dict[str, Any]) -> list[str]:
     cases = {c["viewer"]: c for c in merged(result) if "rounds" in c}
     lines: list[str] = []
     link = result.get("jitter_link", {})
+    lossy = result.get("loss_link", {})
     for prefix, where in (("chromium", "on loopback"),
                           ("chromium-jitter", f"through a loopback relay adding "
                            f"{_n(link.get('delay_ms'))} ± {_n(link.get('jitter_ms'))} ms each "
-                           "way (uniform, order kept)")):
+                           "way (uniform, order kept)"),
+                          ("chromium-loss", f"through a loopback relay losing "
+                           f"{_n(lossy.get('loss_percent'))} % of the media each way at random "
+                           f"after {_n(lossy.get('delay_ms'))} ms each way")):
         on, off = cases.get(prefix), cases.get(prefix + "-noext")
         if on is not None and off is not None:
             lines += _playout_rows(on, off, where)
