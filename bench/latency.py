@@ -17,6 +17,14 @@ the stamp; for Chromium also the compositor and the canvas read-back.
   script (``bench/stamp_reader.js``, camera/stamp.py's reader ported) draws the
   ``<video>`` to a canvas on every ``requestVideoFrameCallback`` and reads the
   stamp, keeping the callback's ``receiveTime`` and ``presentationTime``.
+* **Chromium, playout-delay with and without**: one tab at a time, alternating
+  (ABBA) for ``--playout-rounds`` rounds: the page as served, whose offer lists
+  the playout-delay header extension that the camera answers and stamps 0/0, and
+  the page told not to negotiate it (``setHeaderExtensionsToNegotiate``); each
+  variant's rounds are pooled on the page. The same again with the tab's media
+  through a loopback relay of its own (:class:`bench.impair.ImpairRelay`, the
+  NAT lab's link model): ``--jitter-rounds`` through delay with jitter,
+  ``--loss-rounds`` through random loss.
 * **No WebRTC**: the same picture, libx264 settings, aiortc decoder and stamp
   reader in one thread, to separate codec time from transport time.
 
@@ -41,6 +49,7 @@ from bench.common import (
     Camera,
     Missing,
     need_executable,
+    percentile,
     pin_loopback,
     pyplot,
     start_rendezvous,
@@ -50,8 +59,9 @@ from bench.common import (
 NAME = "latency"
 HELP = "glass-to-glass latency from the burnt-in capture time, CLI and Chromium"
 SMOKE = ["--width", "320", "--height", "240", "--seconds", "1", "--warmup", "0.5",
-         "--frames", "30", "--max-seconds", "5", "--cli-viewers", "1", "--chromium-tabs", "1",
-         "--chromium-hint-tabs", ""]
+         "--frames", "30", "--max-seconds", "5", "--cli-viewers", "1", "--chromium-tabs", "",
+         "--chromium-hint-tabs", "", "--playout-rounds", "0", "--jitter-rounds", "1",
+         "--loss-rounds", "0"]
 NEEDS = ["chromium"]
 TARGET_P50_MS = 60.0
 CHROMIUM_TARGET_P50_MS = 35.0
@@ -78,11 +88,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cli-viewers", default="1,8", help="CLI viewer counts, one case each")
     p.add_argument("--chromium-tabs", default="1,8", help="Chromium tab counts, one case each")
     p.add_argument("--no-chromium", action="store_true", help="CLI viewers and baseline only")
-    p.add_argument("--chromium-hint-tabs", default="1",
+    p.add_argument("--chromium-hint-tabs", default="",
                    help="Chromium tab counts run again with every receiver asked for "
                         "minimal playout (jitterBufferTarget = 0, playoutDelayHint = 0), "
                         "which the page does not do: the hint against the page as served, "
                         "in the same run ('' for none)")
+    p.add_argument("--playout-rounds", type=int, default=3,
+                   help="rounds of one Chromium tab with the camera's playout-delay header "
+                        "extension negotiated (the page as served) and one without (the tab "
+                        "stops negotiating it), alternating ABBA in the same run; 0: none")
+    p.add_argument("--jitter-rounds", type=int, default=2,
+                   help="the same rounds again with the tab's media through a loopback relay "
+                        "adding --jitter-delay ± --jitter seconds each way (order kept); 0: none")
+    p.add_argument("--jitter-delay", type=float, default=0.04)
+    p.add_argument("--jitter", type=float, default=0.015)
+    p.add_argument("--loss-rounds", type=int, default=2,
+                   help="the same rounds again through a relay losing --loss of the media "
+                        "each way, after --loss-delay seconds each way; 0: none")
+    p.add_argument("--loss", type=float, default=0.02)
+    p.add_argument("--loss-delay", type=float, default=0.02)
 
 
 def _counts(text: str) -> list[int]:
@@ -123,21 +147,50 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for count in ([] if args.no_chromium else _counts(args.chromium_hint_tabs)):
             await asyncio.sleep(1)
             cases.append(await chromium_case(camera, camera.link(url, pair=True), count, args,
-                                             hint=True))
+                                             variant="hint"))
             _progress(cases[-1])
+        from services.natlab.shaping import Impairment
+
+        links: tuple[tuple[str, Impairment | None, int], ...] = (
+            ("", None, args.playout_rounds),
+            ("jitter", Impairment(delay=args.jitter_delay, jitter=args.jitter),
+             args.jitter_rounds),
+            ("loss", Impairment(delay=args.loss_delay, loss=args.loss), args.loss_rounds))
+        for link_name, link_model, rounds in links:
+            for n in range(0 if args.no_chromium else rounds):
+                # ABBA: each variant goes first as often as second across two rounds.
+                order = ("", "noext") if n % 2 == 0 else ("noext", "")
+                for variant in order:
+                    await asyncio.sleep(1)
+                    case = await chromium_case(camera, camera.link(url, pair=True), 1, args,
+                                               variant=variant, network=link_name,
+                                               link_model=link_model)
+                    case["round"] = n + 1
+                    cases.append(case)
+                    _progress(cases[-1])
     finally:
         camera.stop()
         await runner.cleanup()
     return {"video": video, "fps": args.fps, "seconds": args.seconds, "warmup": args.warmup,
             "frames": args.frames, "max_seconds": args.max_seconds,
+            "playout_rounds": 0 if args.no_chromium else args.playout_rounds,
+            "jitter_rounds": 0 if args.no_chromium else args.jitter_rounds,
+            "jitter_link": {"delay_ms": round(1000 * args.jitter_delay, 1),
+                            "jitter_ms": round(1000 * args.jitter, 1)},
+            "loss_rounds": 0 if args.no_chromium else args.loss_rounds,
+            "loss_link": {"delay_ms": round(1000 * args.loss_delay, 1),
+                          "loss_percent": round(100 * args.loss, 2)},
             "target_p50_ms": TARGET_P50_MS, "chromium_target_p50_ms": CHROMIUM_TARGET_P50_MS,
             "baseline": baseline, "cases": cases}
 
 
 def _progress(case: dict[str, Any]) -> None:
     s = case["summary"]
+    extra = ""
+    if "playout_delay_negotiated" in case:
+        extra = f", playout-delay {'on' if case['playout_delay_negotiated'] else 'off'}"
     print(f"latency: {case['viewer']} x{case['viewers']}: p50 {s['p50']} ms, p95 {s['p95']} ms, "
-          f"fps min {case['fps_min']}", flush=True)
+          f"fps min {case['fps_min']}, missed {case['lost']}{extra}", flush=True)
 
 
 # --- no WebRTC: draw, encode, decode, read in one thread ---------------------------------
@@ -487,23 +540,79 @@ _PLAYOUT_HINT_JS = """(() => {
 })();"""
 
 
+PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
+
+# The tab stops negotiating the playout-delay header extension (the standard
+# setHeaderExtensionsToNegotiate): its offer no longer lists it, so the camera
+# neither answers nor stamps it. Everything else is the page as served.
+_NO_PLAYOUT_EXTENSION_JS = """(() => {
+  const add = RTCPeerConnection.prototype.addTransceiver;
+  RTCPeerConnection.prototype.addTransceiver = function (...args) {
+    const t = add.apply(this, args);
+    if (typeof t.setHeaderExtensionsToNegotiate !== "function") {
+      throw new Error("bench: this Chromium cannot stop negotiating a header extension");
+    }
+    t.setHeaderExtensionsToNegotiate(t.getHeaderExtensionsToNegotiate().map((e) =>
+      e.uri === "%s" ? { ...e, direction: "stopped" } : e));
+    return t;
+  };
+})();""" % PLAYOUT_DELAY_URI
+
+# Whether the camera's answer (the page's remote description) carries the extension.
+_ANSWER_HAS_PLAYOUT_JS = """() => {
+  const made = window.peercamBenchConnections || [];
+  const pc = made.filter((p) => p.connectionState !== "closed").pop();
+  const sdp = pc && pc.remoteDescription ? pc.remoteDescription.sdp : "";
+  return sdp.includes("%s");
+}""" % PLAYOUT_DELAY_URI
+
+_VARIANT_JS = {"hint": _PLAYOUT_HINT_JS, "noext": _NO_PLAYOUT_EXTENSION_JS}
+
+
 async def chromium_case(camera: Camera, link: str, tabs: int,
-                        args: argparse.Namespace, *, hint: bool = False) -> dict[str, Any]:
+                        args: argparse.Namespace, *, variant: str = "",
+                        network: str = "", link_model: Any = None) -> dict[str, Any]:
+    """``tabs`` tabs of the page as served; ``variant`` "hint": every receiver asked
+    for minimal playout; "noext": the playout-delay extension not negotiated.
+    ``network`` ("jitter", "loss"): each tab's media through a loopback relay of its
+    own impaired by ``link_model`` both ways (a :class:`services.natlab.shaping.Impairment`)."""
+    from bench.impair import ImpairRelay
+
+    name = "-".join(["chromium", *([network] if network else []),
+                     *([variant] if variant else [])])
+    reader = READER_JS.read_text()
+    relays = [await ImpairRelay(link_model, link_model, seed=k + 1).start()
+              for k in range(tabs if link_model is not None else 0)]
+    try:
+        return await _chromium_tabs(camera, link, tabs, args, variant, relays, reader, name)
+    finally:
+        for relay in relays:
+            relay.close()
+
+
+async def _chromium_tabs(camera: Camera, link: str, tabs: int, args: argparse.Namespace,
+                         variant: str, relays: list[Any], reader: str,
+                         name: str) -> dict[str, Any]:
     from playwright.async_api import async_playwright
+
+    from bench.badnet import _RELAY_JS
 
     sys.path.insert(0, str(ROOT))
     from tests.browser.conftest import CHROMIUM_ARGS
 
-    reader = READER_JS.read_text()
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             pages = []
-            for _ in range(tabs):
+            for k in range(tabs):
                 context = await browser.new_context(bypass_csp=True)  # wait_for_function: eval
-                if hint:
-                    await context.add_init_script(_PLAYOUT_HINT_JS)
-                await context.add_init_script(_PC_RECORDER_JS)
+                if relays:  # also keeps the peer connection reachable, as the recorder does
+                    await context.add_init_script(
+                        f"({_RELAY_JS})([{relays[k].camera_port}, {relays[k].viewer_port}])")
+                else:
+                    await context.add_init_script(_PC_RECORDER_JS)
+                if variant:
+                    await context.add_init_script(_VARIANT_JS[variant])
                 page = await context.new_page()
                 await page.goto(link)
                 pages.append(page)
@@ -517,6 +626,7 @@ async def chromium_case(camera: Camera, link: str, tabs: int,
                                      f"video ({error or exc})") from None
                 await page.evaluate(reader, "video")
             await asyncio.sleep(args.warmup)
+            negotiated = [await page.evaluate(_ANSWER_HAS_PLAYOUT_JS) for page in pages]
             before = [await page.evaluate(_INBOUND_STATS_JS) for page in pages]
             start = time.time() * 1000
             cpu0, t0 = camera.cpu_seconds(), time.monotonic()
@@ -537,8 +647,11 @@ async def chromium_case(camera: Camera, link: str, tabs: int,
                for s, b, a in zip(states, before, after, strict=True)]
     for i, v in enumerate(viewers):
         _require_stamps(f"Chromium tab {i} of {tabs}", v)
-    case = _case("chromium-hint" if hint else "chromium", tabs, viewers, camera_cpu,
-                 ("received", "presented", "callback", "read"))
+    case = _case(name, tabs, viewers, camera_cpu, ("received", "presented", "callback", "read"))
+    case["playout_delay_negotiated"] = all(negotiated)
+    if any(negotiated) != all(negotiated):
+        raise SystemExit(f"bench: latency: {sum(negotiated)} of {tabs} tabs negotiated the "
+                         "playout-delay extension; a case must be one or the other")
     stats = [v["chromium_stats"] for v in viewers if v["chromium_stats"]]
     if stats:
         case["chromium_stats"] = {
@@ -588,7 +701,9 @@ def _chromium_viewer(state: dict[str, Any], start: float, end: float) -> dict[st
 
     numbers = [int(s[0]) for s in window]
     seconds = (end - start) / 1000
+    shown = sorted(s[2] for s in window)
     return {
+        "intervals_ms": [round(b - a, 2) for a, b in zip(shown, shown[1:], strict=False)],
         "frames": len(window),
         "unreadable": state["unreadable"],
         "repeated": state["repeated"],
@@ -631,11 +746,57 @@ def _case(viewer: str, count: int, viewers: list[dict[str, Any]], camera_cpu: fl
 
 
 _LABELS = {"cli": "CLI (`peercam view` path)", "chromium": "Chromium (web viewer)",
-           "chromium-hint": "Chromium, asked for minimal playout (not shipped)"}
+           "chromium-hint": "Chromium, asked for minimal playout (not shipped)",
+           "chromium-noext": "Chromium, playout-delay extension not negotiated",
+           "chromium-jitter": "Chromium through a jittery link, playout-delay 0/0 negotiated",
+           "chromium-jitter-noext": "Chromium through a jittery link, playout-delay extension "
+                                    "not negotiated",
+           "chromium-loss": "Chromium through a lossy link, playout-delay 0/0 negotiated",
+           "chromium-loss-noext": "Chromium through a lossy link, playout-delay extension "
+                                  "not negotiated"}
+
+
+_STAGES = {"cli": ("arrived", "released", "decoded", "read")}
+_CHROMIUM_STAGES = ("received", "presented", "callback", "read")
+
+
+def merged(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cases, those of the playout rounds pooled into one per variant (each round's
+    tab counted as one viewer of it); in the order each variant first ran."""
+    out: list[dict[str, Any]] = []
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    for case in result["cases"]:
+        if "round" not in case:
+            out.append(case)
+            continue
+        if case["viewer"] not in rounds:
+            rounds[case["viewer"]] = []
+            out.append({"viewer": case["viewer"], "pending": True})
+        rounds[case["viewer"]].append(case)
+    for i, case in enumerate(out):
+        if not case.get("pending"):
+            continue
+        runs = rounds[case["viewer"]]
+        pooled = _case(case["viewer"], 1, [v for r in runs for v in r["per_viewer"]],
+                       statistics.mean(r["camera_cpu_core"] for r in runs), _CHROMIUM_STAGES)
+        pooled["rounds"] = len(runs)
+        pooled["round_p50"] = [r["summary"]["p50"] for r in runs]
+        pooled["round_p95"] = [r["summary"]["p95"] for r in runs]
+        pooled["playout_delay_negotiated"] = all(r["playout_delay_negotiated"] for r in runs)
+        stats = [r["chromium_stats"] for r in runs if r.get("chromium_stats")]
+        if stats:
+            sums = ("frames_received", "frames_decoded", "frames_dropped", "packets_lost",
+                    "freezes")
+            pooled["chromium_stats"] = {
+                key: (sum(s[key] for s in stats) if key in sums
+                      else round(statistics.median(s[key] for s in stats), 1))
+                for key in stats[0] if all(s.get(key) is not None for s in stats)}
+        out[i] = pooled
+    return out
 
 
 def _find(result: dict[str, Any], viewer: str, count: int) -> dict[str, Any] | None:
-    for case in result["cases"]:
+    for case in merged(result):
         if case["viewer"] == viewer and case["viewers"] == count:
             found: dict[str, Any] = case
             return found
@@ -644,7 +805,7 @@ def _find(result: dict[str, Any], viewer: str, count: int) -> dict[str, Any] | N
 
 def headline(result: dict[str, Any]) -> str:
     parts = []
-    for case in result["cases"]:
+    for case in merged(result):
         s = case["summary"]
         parts.append(f"{case['viewer']} x{case['viewers']} p50 {s['p50']} / p95 {s['p95']} ms"
                      f" ({case['fps_min']} fps min)")
@@ -653,11 +814,16 @@ def headline(result: dict[str, Any]) -> str:
             f"target p50 ≤ {result['target_p50_ms']:g} ms")
 
 
+def _short(case: dict[str, Any]) -> str:
+    rounds = f" ({case['rounds']} rounds)" if "rounds" in case else ""
+    return f"{case['viewer']} × {case['viewers']}{rounds}"
+
+
 def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
     fig, (cdf, bars) = plt.subplots(1, 2, figsize=(12, 4.2))
     series = [("no WebRTC (codec only)", result["baseline"]["latency_ms"])]
-    series += [(f"{c['viewer']} × {c['viewers']}", c["latency_ms"]) for c in result["cases"]]
+    series += [(_short(c), c["latency_ms"]) for c in merged(result)]
     for label, values in series:
         ordered = sorted(values)
         cdf.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
@@ -670,7 +836,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     cdf.legend(fontsize=8)
     # Where the median goes: consecutive stage medians, stacked.
     rows = [("no WebRTC", result["baseline"]["stages_p50"])]
-    rows += [(f"{c['viewer']} × {c['viewers']}", c["stages_p50"]) for c in result["cases"]]
+    rows += [(_short(c), c["stages_p50"]) for c in merged(result)]
     colours: dict[str, Any] = {}
     for y, (_label, stages) in enumerate(rows):
         left = 0.0
@@ -738,9 +904,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
     s = base["summary"]
     lines.append(f"| no WebRTC: draw + encode + decode + read, one thread | – | {s['n']} | – | "
                  f"{result['fps']} | – | {s['p50']} | {s['p95']} | {s['p99']} | {s['max']} |")
-    for case in result["cases"]:
+    for case in merged(result):
         s = case["summary"]
-        lines.append(f"| {_LABELS[case['viewer']]} | {case['viewers']} | {s['n']} / "
+        lines.append(f"| {_label(case)} | {case['viewers']} | {s['n']} / "
                      f"{case['frames_min']} | {case['fps_min']} / {case['fps_median']} | "
                      f"{case['source_fps']} | {case['lost']} | {s['p50']} | {s['p95']} | "
                      f"{s['p99']} | {s['max']} |")
@@ -750,18 +916,89 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "every one); *missed*: frame numbers in the window that a viewer never showed, summed "
         "over viewers (for Chromium that includes frames its renderer dropped).",
         "",
+        *_playout_table(result),
         "Where the median goes (ms since capture, median of each stage):",
         "",
     ]
     columns = [("no WebRTC", base["stages_p50"])]
-    columns += [(f"{c['viewer']} × {c['viewers']}", c["stages_p50"]) for c in result["cases"]]
+    columns += [(_short(c), c["stages_p50"]) for c in merged(result)]
     lines.append("| stage | " + " | ".join(c[0] for c in columns) + " |")
     lines.append("|---" * (len(columns) + 1) + "|")
     for stage, text in _STAGE_TEXT.items():
         cells = [str(c[1][stage]) if stage in c[1] else "" for c in columns]
         if any(cells):
             lines.append(f"| {text} | " + " | ".join(cells) + " |")
-    lines += ["", *_notes(result), "", "![latency](bench/latency.png)", ""]
+    lines += ["", *_notes(result), "",
+              *[line for note in result.get("notes", []) for line in (note, "")],
+              "![latency](bench/latency.png)", ""]
+    return lines
+
+
+def _intervals(case: dict[str, Any]) -> str:
+    gaps = sorted(x for v in case["per_viewer"] for x in v.get("intervals_ms", []))
+    if not gaps:
+        return "–"
+    return (f"{_n(percentile(gaps, 0.05))} / {_n(percentile(gaps, 0.95))} / "
+            f"{_n(gaps[-1])}")
+
+
+def _label(case: dict[str, Any]) -> str:
+    label = _LABELS[case["viewer"]]
+    if case["viewer"] == "chromium" and case.get("playout_delay_negotiated"):
+        label = "Chromium (web viewer; playout-delay 0/0 negotiated)"
+    if "rounds" in case:
+        label += f", {case['rounds']} rounds pooled"
+    return label
+
+
+def _playout_table(result: dict[str, Any]) -> list[str]:
+    """The playout-delay extension with and without, rounds alternating in one run
+    (on loopback, then through the jittery relay)."""
+    cases = {c["viewer"]: c for c in merged(result) if "rounds" in c}
+    lines: list[str] = []
+    link = result.get("jitter_link", {})
+    lossy = result.get("loss_link", {})
+    for prefix, where in (("chromium", "on loopback"),
+                          ("chromium-jitter", f"through a loopback relay adding "
+                           f"{_n(link.get('delay_ms'))} ± {_n(link.get('jitter_ms'))} ms each "
+                           "way (uniform, order kept)"),
+                          ("chromium-loss", f"through a loopback relay losing "
+                           f"{_n(lossy.get('loss_percent'))} % of the media each way at random "
+                           f"after {_n(lossy.get('delay_ms'))} ms each way")):
+        on, off = cases.get(prefix), cases.get(prefix + "-noext")
+        if on is not None and off is not None:
+            lines += _playout_rows(on, off, where)
+    return lines
+
+
+def _playout_rows(on: dict[str, Any], off: dict[str, Any], where: str) -> list[str]:
+    lines = [
+        f"Playout-delay header extension, one Chromium tab {where}, {on['rounds']} rounds of "
+        "each alternating (ABBA) in this run: *with*, the camera answers the extension "
+        "Chromium offers and stamps 0/0 (smallest/largest playout delay) on every video "
+        "packet; *without*, the tab stops negotiating it (`setHeaderExtensionsToNegotiate`), "
+        "as before the camera knew the extension. *Interval*: time between consecutive "
+        "frames shown (33.3 ms is even pacing).",
+        "",
+        "| variant | frames | p50 ms | p95 ms | p99 ms | per-round p50 | per-round p95 "
+        "| missed | dropped by Chromium | jitter buffer ms/frame | received → presented ms "
+        "| interval p5 / p95 / max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, case in (("with (0/0)", on), ("without", off)):
+        s, st, p = case["summary"], case.get("chromium_stats", {}), case["stages_p50"]
+        hold = (round(p["presented"] - p["received"], 1)
+                if "presented" in p and "received" in p else None)
+        lines.append(
+            f"| {name} | {s['n']} | {s['p50']} | {s['p95']} | {s['p99']} | "
+            f"{', '.join(_n(x) for x in case['round_p50'])} | "
+            f"{', '.join(_n(x) for x in case['round_p95'])} | {case['lost']} | "
+            f"{_n(st.get('frames_dropped'))} | {_n(st.get('jitter_buffer_ms'))} | {_n(hold)} | "
+            f"{_intervals(case)} |")
+    a, b = on["summary"], off["summary"]
+    lines += ["", f"With against without: p50 {_n(round(a['p50'] - b['p50'], 1))} ms "
+              f"(ratio {a['p50'] / b['p50']:.2f}), p95 {_n(round(a['p95'] - b['p95'], 1))} ms; "
+              f"missed frames {on['lost']} against {off['lost']}.", ""]
     return lines
 
 
@@ -788,8 +1025,14 @@ def _notes(result: dict[str, Any]) -> list[str]:
     if one is not None and target is not None:
         p50 = one["summary"]["p50"]
         verdict = "met" if p50 <= target else f"MISSED by {round(p50 - target, 1)} ms"
-        line = (f"- Chromium, one tab, the page as served: p50 {p50} ms against ≤ {target:g} ms:"
+        served = ("the page as served, playout-delay 0/0 negotiated"
+                  if one.get("playout_delay_negotiated") else "the page as served")
+        line = (f"- Chromium, one tab, {served}: p50 {p50} ms against ≤ {target:g} ms:"
                 f" {verdict}; missed frames {one['lost']}")
+        without = _find(result, "chromium-noext", 1)
+        if without is not None:
+            line += (f" (without the extension, same run: p50 {without['summary']['p50']} ms, "
+                     f"missed frames {without['lost']})")
         if hinted is not None:
             h = hinted["summary"]
             line += (f". Same run, every receiver asked for minimal playout "
@@ -806,13 +1049,14 @@ def _notes(result: dict[str, Any]) -> list[str]:
                        "decoder only when the first packet of the next frame arrives, not on "
                        "the RTP marker bit, so every frame waits about one frame interval. "
                        "Chromium does not.")
-    for case in result["cases"]:
+    for case in merged(result):
         st = case.get("chromium_stats")
         if not st:
             continue
-        line = (f"- {_LABELS[case['viewer']]} × {case['viewers']}, its own `inbound-rtp` "
+        line = (f"- {_label(case)} × {case['viewers']}, its own `inbound-rtp` "
                 f"counters over the "
-                f"window (median tab): jitter buffer {_n(st.get('jitter_buffer_ms'))} ms a "
+                f"window ({'median round, counts summed' if 'rounds' in case else 'median tab'}): "
+                f"jitter buffer {_n(st.get('jitter_buffer_ms'))} ms a "
                 f"frame (target {_n(st.get('jitter_buffer_target_ms'))}), decode "
                 f"{_n(st.get('decode_ms'))} ms, first packet to decoded "
                 f"{_n(st.get('processing_ms'))} ms; frames dropped "
@@ -824,7 +1068,7 @@ def _notes(result: dict[str, Any]) -> list[str]:
                      f"frame), callback → stamp read {round(p50['read'] - p50['callback'], 1)} "
                      "ms (the canvas draw and read-back, which the measurement itself adds).")
         out.append(line)
-    crowded = [c for c in result["cases"] if c["viewers"] > 1]
+    crowded = [c for c in merged(result) if c["viewers"] > 1]
     if crowded:
         out.append(
             "- With several viewers, each one decodes the full picture on the same 2 cores as "
@@ -832,5 +1076,5 @@ def _notes(result: dict[str, Any]) -> list[str]:
             "measure a CPU-starved machine as much as the pipeline; read them with their frame "
             "rates. Camera CPU during each window: "
             + ", ".join(f"{c['viewer']} × {c['viewers']} {c['camera_cpu_core']} cores"
-                        for c in result["cases"]) + ".")
+                        for c in merged(result)) + ".")
     return out

@@ -8,8 +8,12 @@ Chromium is timed twice per trial, in one fresh profile: first the visit that
 pairs from the link (its clock starts after pairing, as this bench always did),
 then, the page already paired, a new tab on the plain link: its clock starts
 when the page starts its connection (socket, key and peer connection all
-counted). The page is waited for in the page (no polling over the DevTools
-pipe, which shares this process with the rendezvous).
+counted). With ``--playout-ab`` (the default) a second paired tab follows, told
+not to negotiate the playout-delay header extension the camera answers
+(``setHeaderExtensionsToNegotiate``), the two paired tabs' order alternating
+between trials: the first frame with and without it, in the same minutes. The
+page is waited for in the page (no polling over the DevTools pipe, which shares
+this process with the rendezvous).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
+    p.add_argument("--no-playout-ab", dest="playout_ab", action="store_false",
+                   help="no second paired tab without the playout-delay extension")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,7 +76,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise SystemExit("bench: a CLI viewer got no frame")
             cli.append(stats.ttff_ms)
         if not args.no_chromium:
-            chromium = await chromium_ttff(camera.link(url, pair=True), link, args.trials)
+            chromium = await chromium_ttff(camera.link(url, pair=True), link, args.trials,
+                                           playout_ab=args.playout_ab)
     finally:
         camera.stop()
         await runner.cleanup()
@@ -90,23 +97,33 @@ def phases_p50(timelines: list[dict[str, float]]) -> dict[str, float]:
 
 
 async def chromium_ttff(
-    pair_link: str, link: str, trials: int,
+    pair_link: str, link: str, trials: int, *, playout_ab: bool = False,
 ) -> dict[str, tuple[list[float], list[dict[str, float]]]]:
-    """Per trial, one fresh profile: the pairing visit, then a paired tab (see the top)."""
+    """Per trial, one fresh profile: the pairing visit, then a paired tab (and one
+    without the playout-delay extension, in alternating order; see the top)."""
     from playwright.async_api import async_playwright
+
+    from bench.latency import _NO_PLAYOUT_EXTENSION_JS
 
     sys.path.insert(0, str(ROOT))
     from tests.browser.conftest import CHROMIUM_ARGS
 
     out: dict[str, tuple[list[float], list[dict[str, float]]]] = {
         "chromium": ([], []), "chromium_pairing": ([], [])}
+    if playout_ab:
+        out["chromium_noext"] = ([], [])
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for _ in range(trials):
+        for trial in range(trials):
             await asyncio.sleep(1.0)
             context = await browser.new_context(bypass_csp=True)  # evaluate needs eval
-            for key, target in (("chromium_pairing", pair_link), ("chromium", link)):
+            tabs = [("chromium_pairing", pair_link), ("chromium", link)]
+            if playout_ab:
+                tabs.insert(1 + trial % 2, ("chromium_noext", link))
+            for key, target in tabs:
                 page = await context.new_page()
+                if key == "chromium_noext":
+                    await page.add_init_script(_NO_PLAYOUT_EXTENSION_JS)
                 await page.goto(target)
                 await asyncio.wait_for(page.evaluate(WAIT_FOR_FRAME), 20)
                 out[key][0].append(float(await page.evaluate("window.peercam.ttffMs")))
@@ -129,7 +146,8 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     data, labels = [result["cli_ms"]], ["CLI viewer"]
     for key, label in (("chromium_pairing", "Chromium,\npairing visit"),
-                       ("chromium", "Chromium,\npaired page")):
+                       ("chromium", "Chromium,\npaired page"),
+                       ("chromium_noext", "Chromium, paired,\nno playout-delay ext.")):
         if result.get(f"{key}_ms"):
             data.append(result[f"{key}_ms"])
             labels.append(label)
@@ -163,7 +181,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
     ]
     rows = (("cli", "CLI (`peercam view`)"),
             ("chromium_pairing", "Chromium, pairing visit (from after pairing)"),
-            ("chromium", "Chromium, paired page (from its connection's start)"))
+            ("chromium", "Chromium, paired page (from its connection's start)"),
+            ("chromium_noext", "Chromium, paired page, playout-delay extension not "
+                               "negotiated (same trials, alternating)"))
     for key, label in rows:
         s = result.get(key)
         if s:
@@ -174,7 +194,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
         verdict = ("met" if paired["p50"] <= target
                    else f"MISSED by {paired['p50'] - target:.1f} ms")
         lines += ["", f"Paired page p50 {paired['p50']} ms against ≤ {target:g} ms: {verdict}."]
-    for key, label in (("chromium_pairing", "pairing visit"), ("chromium", "paired page")):
+        without = result.get("chromium_noext")
+        if without:
+            lines[-1] += (f" Without the playout-delay extension (the tab stops negotiating "
+                          f"it; alternating with the page as served, same trials): p50 "
+                          f"{without['p50']} ms, p95 {without['p95']} ms, against "
+                          f"{paired['p50']} / {paired['p95']} ms with it.")
+    for key, label in (("chromium_pairing", "pairing visit"), ("chromium", "paired page"),
+                       ("chromium_noext", "paired page without the playout-delay extension")):
         phases = result.get(f"{key}_phases_p50")
         if phases:
             lines += [
@@ -182,5 +209,6 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"Where Chromium's time goes, {label} (medians, ms from its clock's start): "
                 + ", ".join(f"{k} {v}" for k, v in phases.items()) + ".",
             ]
-    return [*lines, "", "![first frame](bench/ttff.png)", ""]
+    notes = [line for note in result.get("notes", []) for line in ("", note)]
+    return [*lines, *notes, "", "![first frame](bench/ttff.png)", ""]
 

@@ -14,10 +14,13 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from camera.errors import BadConfig
 from camera.sources.base import Source, VideoSettings
+
+if TYPE_CHECKING:
+    from camera.compat.playout import PlayoutDelay
 
 DEFAULT_STATE_DIR = Path(os.environ.get("STATE_DIRECTORY", "~/.local/state/peercam")).expanduser()
 
@@ -128,6 +131,14 @@ class CameraConfig:
     """A viewer probing the layer above goes back down as soon as it reports picture
     loss (PLI/FIR, a NACK beyond the retransmit history), not only when its receiver
     reports show the loss a second or two later; false: the reports alone decide."""
+    playout_delay: bool = True
+    """Ask viewers whose offer lists the playout-delay RTP header extension (browsers
+    do) to render each frame as soon as it is decoded, by stamping the extension on
+    the camera's video; false: the viewer's own jitter buffer decides."""
+    playout_delay_max_ms: int = 0
+    """The largest playout delay asked for (0..40950 ms in steps of 10; the smallest is 0).
+    Chromium renders as soon as possible up to 500 (above 0 pacing its decodes a little);
+    above 500 its jitter buffer smooths arrival jitter again, holding frames at most this long."""
     frame_stall: float = 5.0
     """Seconds without a frame before the source counts as stuck (and is restarted)."""
     source_restarts: int = 2
@@ -158,10 +169,20 @@ class CameraConfig:
             raise BadConfig(f"rendezvous: {len(urls)} URLs, at most {MAX_RENDEZVOUS_URLS}")
         if not 1 <= self.max_viewers <= 256:
             raise BadConfig(f"max_viewers {self.max_viewers}: need 1..256")
+        if not 0 <= self.playout_delay_max_ms <= 40950 or self.playout_delay_max_ms % 10:
+            raise BadConfig(f"playout_delay_max_ms {self.playout_delay_max_ms}: need "
+                            "0..40950 in steps of 10")
         if not 0.5 <= self.frame_stall <= 600:
             raise BadConfig(f"frame_stall {self.frame_stall}: need 0.5..600 s")
         if not 0 <= self.source_restarts <= 100:
             raise BadConfig(f"source_restarts {self.source_restarts}: need 0..100")
+
+    @property
+    def playout_delay_limits(self) -> PlayoutDelay | None:
+        """What the camera asks viewers for (None: the setting is off)."""
+        from camera.compat.playout import PlayoutDelay
+
+        return PlayoutDelay(0, self.playout_delay_max_ms) if self.playout_delay else None
 
     @property
     def control_socket_path(self) -> Path:

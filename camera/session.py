@@ -17,7 +17,14 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpSender, RTCSessionD
 from aiortc.sdp import candidate_from_sdp
 
 from camera.broadcaster import Broadcaster
-from camera.compat import answer_as_dtls_server, hook_sender, share_packetization, watch_rtcp
+from camera.compat import (
+    PlayoutDelay,
+    answer_as_dtls_server,
+    hook_sender,
+    negotiate_playout_delay,
+    share_packetization,
+    watch_rtcp,
+)
 from camera.errors import PeercamError
 from camera.frames import Layer
 from camera.ladder import LABEL as QUALITY_LABEL
@@ -96,10 +103,12 @@ class ViewerSession:
         layer_bitrates: Mapping[Layer, int] | None = None,
         probe_revert: bool = True,
         on_connected: Callable[[ViewerSession], None] | None = None,
+        playout_delay: PlayoutDelay | None = None,
     ) -> None:
         """``authorized(viewer_key)`` is asked for every quality-channel request (None:
         every request is refused); ``layer_bitrates`` are the layers' target bitrates;
-        ``on_connected`` is called once ICE and DTLS are up."""
+        ``on_connected`` is called once ICE and DTLS are up; ``playout_delay`` is asked
+        of a viewer whose offer lists the playout-delay extension (None: never)."""
         self.session_id = session_id
         self.viewer_key = viewer_key
         """The ACL key whose signed offer opened this session (revocation ends it)."""
@@ -111,6 +120,7 @@ class ViewerSession:
         self._authorized = authorized or (lambda key: False)
         self._layer_bitrates = layer_bitrates
         self._probe_revert = probe_revert
+        self._playout_delay = playout_delay
         self.quality: ViewerQuality | None = None
         self._video_sender: RTCRtpSender | None = None
         """This viewer's layer choice (None for a control-only session)."""
@@ -157,6 +167,8 @@ class ViewerSession:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             await self._apply_early_candidates()
             answer_as_dtls_server(self.pc)  # the viewer starts the DTLS handshake
+            if self._playout_delay is not None:
+                negotiate_playout_delay(self.pc, self._playout_delay)
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except (ValueError, KeyError, IndexError) as exc:
             raise SessionFailed(f"cannot answer this offer: {exc}") from None

@@ -10,6 +10,9 @@ needs, so it reaches into their internals, here and nowhere else:
   into keyframe requests (:func:`hook_sender`, :mod:`camera.compat.sender`);
 * the CLI viewer's receivers release a frame on its marker packet and bound their
   decoder queue (:mod:`camera.compat.receiver`);
+* the camera answers the playout-delay header extension a browser offers and
+  writes it into its video packets, so the browser renders each frame as soon
+  as it is decoded (:func:`negotiate_playout_delay`, :mod:`camera.compat.playout`);
 * the camera answers as the DTLS server, so the viewer starts the handshake
   (:func:`answer_as_dtls_server`, :mod:`camera.compat.dtls`);
 * aioice's connectivity checks try direct paths first and retransmit sooner
@@ -52,6 +55,8 @@ from camera.compat.guard import (
     instance_attribute,
 )
 from camera.compat.ice import restrict_host_addresses
+from camera.compat.playout import PlayoutDelay
+from camera.compat.playout import negotiate as negotiate_playout_delay
 from camera.compat.sender import hook_sender, watch_rtcp
 from camera.ice import DirectFirst, Upgrade
 from camera.punch import NatProfile, PunchConfig
@@ -73,8 +78,10 @@ __all__ = [
     "watch_rtcp",
     "install",
     "installed",
+    "negotiate_playout_delay",
     "nominated_pair",
     "packetize_h264",
+    "PlayoutDelay",
     "reconfigure",
     "rearm_upgrade",
     "restrict_host_addresses",

@@ -12,8 +12,10 @@ serializes its header extensions per packet and goes down four awaited layers
   and sends them at once or, where the track says so (its ``spread``: an IDR on
   a layer for thin links), spread evenly over that many seconds;
 * serializes the header with aiortc's own header-extension code once per
-  viewer (again if its MID or SSRC change); per access unit it puts in the
-  abs-send-time, per packet it packs the sequence number, marker and timestamp;
+  viewer (again if its MID or SSRC change), plus the extensions aiortc cannot
+  write that were added with :func:`add_header_extension` (playout-delay,
+  :mod:`camera.compat.playout`); per access unit it puts in the abs-send-time,
+  per packet it packs the sequence number, marker and timestamp;
 * keeps the plain packets (bytes, no objects) for retransmission, and serves a
   NACK from them as aiortc would (RTX when negotiated); a NACK for a packet no
   longer kept goes to the ``_retransmit`` in place before (the camera's hook,
@@ -47,7 +49,14 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpsender import random_sequence_number
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rtx
+from aiortc.rtp import (
+    RTP_HISTORY_SIZE,
+    HeaderExtensionsMap,
+    RtpPacket,
+    pack_header_extensions,
+    unpack_header_extensions,
+    wrap_rtx,
+)
 from aiortc.utils import random32
 
 from camera.compat.guard import AIOICE, AIORTC, Member, instance_attribute, require
@@ -144,6 +153,41 @@ class SharedSendStats:
 
 
 _STATS: weakref.WeakKeyDictionary[RTCRtpSender, SharedSendStats] = weakref.WeakKeyDictionary()
+_EXTRA: weakref.WeakKeyDictionary[RTCRtpSender, dict[int, bytes]] = weakref.WeakKeyDictionary()
+"""Per sender: header extensions aiortc does not write (id -> value), on every packet."""
+
+
+def add_header_extension(sender: RTCRtpSender, extension_id: int, value: bytes) -> None:
+    """Write extension ``extension_id`` with ``value`` into every RTP packet ``sender``
+    sends from now on (its header is serialized again). One-byte form where the id
+    and value allow it (RFC 8285), as aiortc decides for the whole header."""
+    if not 1 <= extension_id <= 255 or not 1 <= len(value) <= 255:
+        raise ValueError(f"header extension {extension_id} with {len(value)} byte(s): "
+                         "need an id 1..255 and 1..255 bytes")
+    _EXTRA.setdefault(sender, {})[extension_id] = bytes(value)
+
+
+def with_extensions(header: bytes, extra: dict[int, bytes]) -> bytes:
+    """An RTP header (12 bytes and its extension block, no CSRCs, no payload) with
+    the ``extra`` extensions added after aiortc's own, packed as aiortc packs them."""
+    if not extra:
+        return header
+    has_block = bool(header[0] & 0x10)
+    if header[0] & 0x0F:
+        raise ValueError("an RTP header with CSRCs: not what the send loop builds")
+    present: list[tuple[int, bytes]] = []
+    if has_block:
+        profile, words = struct.unpack_from("!HH", header, 12)
+        present = unpack_header_extensions(profile, header[16 : 16 + 4 * words])
+        if len(header) != 16 + 4 * words:
+            raise ValueError("an RTP header with bytes after its extension block")
+    elif len(header) != 12:
+        raise ValueError("an RTP header with bytes after its fixed part")
+    ids = {x_id for x_id, _ in present}
+    added = present + [(x_id, v) for x_id, v in sorted(extra.items()) if x_id not in ids]
+    profile, block = pack_header_extensions(added)
+    return (bytes([header[0] | 0x10]) + header[1:12] + struct.pack("!HH", profile,
+                                                                     len(block) // 4) + block)
 
 
 def stats_of(sender: RTCRtpSender) -> SharedSendStats | None:
@@ -209,24 +253,27 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
             setattr(sender, TRACK, None)
         getattr(sender, RTP_EXITED).set()
 
-    header: list[Any] = []  # [mid, ssrc, first byte, bytes before abs-send-time, after]
+    header: list[Any] = []  # [(mid, ssrc, extra), first byte, before abs-send-time, after]
 
     def header_for(payload_type: int, abs_send_time: int) -> tuple[int, bytes]:
         """(first byte, header from the SSRC on) of this frame's packets.
 
         aiortc serializes the header with its extensions; that is done again only
-        when what goes into it (MID, SSRC) changes. Between frames only the
+        when what goes into it (MID, SSRC, the extensions added with
+        :func:`add_header_extension`) changes. Between frames only the
         abs-send-time value moves: found once by serializing two values, then put
         in place with a slice.
         """
         mid, ssrc = getattr(sender, MID), sender._ssrc
-        if not header or header[0] != mid or header[1] != ssrc:
+        extra = _EXTRA.get(sender, {})
+        key = (mid, ssrc, tuple(sorted(extra.items())))
+        if not header or header[0] != key:
             heads = []
             for probe in (0, 0xABCDEF):
                 template = RtpPacket(payload_type=payload_type, ssrc=ssrc)
                 template.extensions.abs_send_time = probe
                 template.extensions.mid = mid
-                heads.append(template.serialize(extensions_map))
+                heads.append(with_extensions(template.serialize(extensions_map), extra))
             a, b = heads
             at = next((i for i in range(8, len(a)) if a[i] != b[i]), None)
             if at is not None and (len(a) != len(b) or a[at : at + 3] != bytes(3)
@@ -234,10 +281,10 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
                 raise AIORTC.fail(aiortc, "the RTP header extensions are not serialized "
                                   "as the send loop expects (abs-send-time)")
             if at is None:  # abs-send-time not negotiated: the header never changes
-                header[:] = [mid, ssrc, a[0], a[8:], b""]
+                header[:] = [key, a[0], a[8:], b""]
             else:
-                header[:] = [mid, ssrc, a[0], a[8:at], a[at + 3 :]]
-        _, _, first, before, after = header
+                header[:] = [key, a[0], a[8:at], a[at + 3 :]]
+        _, first, before, after = header
         if not after:
             return first, before
         return first, before + abs_send_time.to_bytes(3, "big") + after
