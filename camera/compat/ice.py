@@ -180,7 +180,11 @@ the fourth: 3 s in all, inside aioice's 5 s for gathering. (coturn frees a user'
 quota share on a one-second timer after an allocation ends.)"""
 
 
-async def _relayed_candidate(**kwargs: Any) -> Any:
+async def _relayed_candidate(
+    *, component: int, hide_related_address: bool, protocol_factory: Any,
+    turn_server: tuple[str, int], turn_username: str | None, turn_password: str | None,
+    turn_ssl: bool, turn_transport: str,
+) -> Any:
     """aioice's ``relayed_candidate``, asked again when the allocation fails fast (the
     server refused it: a stale nonce, an overloaded or restarting server, its
     user database busy). aioice asks once, and a session between two NATs that
@@ -188,12 +192,15 @@ async def _relayed_candidate(**kwargs: Any) -> Any:
     still bounds all attempts together: it cancels what is left."""
     for attempt in range(RELAY_ATTEMPTS):
         try:
-            return await _ORIGINAL_RELAYED_CANDIDATE(**kwargs)
+            return await _ORIGINAL_RELAYED_CANDIDATE(
+                component=component, hide_related_address=hide_related_address,
+                protocol_factory=protocol_factory, turn_server=turn_server,
+                turn_username=turn_username, turn_password=turn_password, turn_ssl=turn_ssl,
+                turn_transport=turn_transport)
         except (stun.TransactionError, OSError) as exc:
             if attempt == RELAY_ATTEMPTS - 1:
                 raise
-            logger.info("TURN allocation at %s failed (%s): asking again",
-                        kwargs.get("turn_server"), exc)
+            logger.info("TURN allocation at %s failed (%s): asking again", turn_server, exc)
             await asyncio.sleep(RELAY_RETRY_DELAY * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
 
