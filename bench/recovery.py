@@ -432,44 +432,39 @@ def _measured_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+_OPENED = (
+    "Relayed session moved to a direct path: the two NATs drop each other's UDP "
+    "while the viewer starts (so ICE selects coturn's relay), then let it through; "
+    "the session moved to the direct pair {moved} after that "
+    "({failed} of {trials} stayed relayed), by the "
+    "background checks at 1, 2, 4, 8, 15, 30 and 60 s after ICE completed "
+    "(`camera/ice.py`). Its \"existing viewer\" figure is the viewer's longest pause "
+    "between two frames over the whole session, the move included (target 100 ms).")
+_BIRTHDAY = (
+    "Birthday technique: the camera behind the NAT that picks each new flow's port at "
+    "random, the viewer behind a port-restricted one: plain ICE has no direct path, so "
+    "the session starts on coturn's relay. With the first background round the camera "
+    "opens 256 sockets towards the viewer's public address and the viewer probes 2,048 "
+    "random ports of the camera's; the session moved to the direct pair {moved} after "
+    "its first frame ({failed} of {trials} stayed relayed). "
+    "Its \"existing viewer\" figure is the viewer's longest pause between two frames "
+    "over the whole session, the move included (target 100 ms).")
+
+
 def _upgrade_lines(result: dict[str, Any]) -> list[str]:
-    """How soon a relayed session moved to the direct path that opened under it."""
-    return [*_opened_lines(result), *_birthday_lines(result)]
-
-
-def _birthday_lines(result: dict[str, Any]) -> list[str]:
-    data = result["events"].get("birthday")
-    if not data or "upgraded" not in data:
-        return []
-    up = data["upgraded"]
-    moved = (f"median {up['median']} s, worst {up['worst']} s" if up.get("n") else "never")
-    return [
-        "Birthday technique: the camera behind the NAT that picks each new flow's port at "
-        "random, the viewer behind a port-restricted one: plain ICE has no direct path, so "
-        "the session starts on coturn's relay. With the first background round the camera "
-        "opens 256 sockets towards the viewer's public address and the viewer probes 2,048 "
-        f"random ports of the camera's; the session moved to the direct pair {moved} after "
-        f"its first frame ({up.get('failed', 0)} of {len(data['trials'])} stayed relayed). "
-        "Its \"existing viewer\" figure is the viewer's longest pause between two frames "
-        "over the whole session, the move included (target 100 ms).",
-        ""]
-
-
-def _opened_lines(result: dict[str, Any]) -> list[str]:
-    data = result["events"].get("upgrade")
-    if not data or "upgraded" not in data:
-        return []
-    up = data["upgraded"]
-    moved = (f"median {up['median']} s, worst {up['worst']} s" if up.get("n") else "never")
-    return [
-        f"Relayed session moved to a direct path: the two NATs drop each other's UDP "
-        f"while the viewer starts (so ICE selects coturn's relay), then let it through; "
-        f"the session moved to the direct pair {moved} after that "
-        f"({up.get('failed', 0)} of {len(data['trials'])} stayed relayed), by the "
-        "background checks at 1, 2, 4, 8, 15, 30 and 60 s after ICE completed "
-        "(`camera/ice.py`). Its \"existing viewer\" figure is the viewer's longest pause "
-        "between two frames over the whole session, the move included (target 100 ms).",
-        ""]
+    """How soon a relayed session moved to a direct path: one that opened under it
+    ("upgrade"), and the birthday technique's ("birthday")."""
+    lines: list[str] = []
+    for event, text in (("upgrade", _OPENED), ("birthday", _BIRTHDAY)):
+        data = result["events"].get(event)
+        if not data or "upgraded" not in data:
+            continue
+        up = data["upgraded"]
+        moved = (f"median {up['median']} s, worst {up['worst']} s" if up.get("n")
+                 else "never")
+        lines += [text.format(moved=moved, failed=up.get("failed", 0),
+                              trials=len(data["trials"])), ""]
+    return lines
 
 
 LAB_TESTS = (
