@@ -339,7 +339,7 @@ class CameraAgent:
         local = profile_from_report(nat)
         remote = nat_attribute(offer_sdp) or NatProfile(symmetric=False)
         arm_punch(session.pc, local, remote, PunchConfig())
-        return with_nat_attribute(sdp, local)
+        return with_nat_attribute(sdp, local, PunchConfig().sweep_ports)
 
     async def _add_candidate(self, session: ViewerSession, add: AddCandidate) -> None:
         """A viewer's trickled candidate, its signature already checked by the core."""

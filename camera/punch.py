@@ -17,6 +17,16 @@ answer:
   for them. One of the M ports equal to one of the N mappings is a path:
   ``1 - (1 - N/P)^M`` over P usable ports (256 × 256: ~63%, 256 × 1024: ~98%,
   256 × 2048, the default: ~99.97%).
+* **sequential against sequential**: both NATs count up, but each side's counter
+  has moved on since its server-reflexive candidate by flows nobody can see from
+  the other end (the session's TURN allocation, its ICE checks): drifts ``d`` and
+  ``d'``. Each side sweeps the other's next ``W = 2M`` ports from its own socket,
+  one new flow each, the controlling side in order (1, 2, …, W), the controlled
+  side odd offsets first (1, 3, …, 2M-1, then 2, 4, …). Its ``l``-th packet
+  leaves from the port the other side's sweep aims at with its ``(d' + l)``-th,
+  and that packet leaves from the one ours aims at, exactly when ``l = d + d' + 1``:
+  one pair of packets meets for every total drift up to ``M - 1``
+  (:func:`plan_punch`, proved over every drift in the tests).
 
 :func:`plan_punch` turns both sides' profiles into a :class:`PunchPlan`: which
 local sockets to open and every packet to send, when. A plan always stays
@@ -41,7 +51,8 @@ from services.stun.discovery import NatReport
 
 Address = tuple[str, int]
 Allocation = Literal["sequential", "random", "preserving", "unknown"]
-Strategy = Literal["off", "none", "sequential", "birthday-open", "birthday-probe"]
+Strategy = Literal["off", "none", "sequential", "sequential-sweep", "birthday-open",
+                   "birthday-probe"]
 
 FIRST_PORT = 1024
 """NATs allocate outside the well-known ports; predictions stay in 1024-65535."""
@@ -99,9 +110,15 @@ class PunchConfig:
     """Random allocator, the other side: distinct ports probed, one packet each (the
     whole budget: 256 x 2048 over ~64k ports is a path ~99.97 % of the time, where
     1024 would miss about once in 60)."""
+    sweep_ports: int = 128
+    """Sequential against sequential: the next ports of the peer each side sweeps, and
+    the window this side invites the peer to sweep (said in its signed session). 128
+    meet for any drift of the two counters up to 63 flows in all (a session's own
+    checks and allocation take about a dozen on each side), at 128 packets."""
 
     def __post_init__(self) -> None:
-        for name in ("predicted_ports", "birthday_sockets", "birthday_probes"):
+        for name in ("predicted_ports", "birthday_sockets", "birthday_probes",
+                     "sweep_ports"):
             value = getattr(self, name)
             if not 1 <= value <= USABLE_PORTS:
                 raise BadPunchPlan(f"{name} must be in 1-{USABLE_PORTS}, not {value!r}")
@@ -119,6 +136,9 @@ class NatProfile:
     """Sequential allocator: the delta between consecutive mappings."""
     last_port: int | None = None
     """Sequential allocator: the mapped port of the newest flow natcheck made."""
+    window: int | None = None
+    """Sequential allocator: how many of its next ports, after each of its
+    server-reflexive candidates, the peer invites the other side to sweep."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +239,15 @@ def _paced(budget: PunchBudget, route: Sequence[tuple[int, Address]]) -> tuple[S
     return tuple(Send(i * gap, socket, dest) for i, (socket, dest) in enumerate(route))
 
 
+def sweep_order(window: int, controlling: bool) -> tuple[int, ...]:
+    """The offsets (1-based, in steps of the peer's NAT) one side of a sequential
+    sweep aims at, in the order it sends: the controlling side in order, the
+    controlled side odd offsets first, then even ones (see the module's docstring)."""
+    if controlling:
+        return tuple(range(1, window + 1))
+    return (*range(1, window + 1, 2), *range(2, window + 1, 2))
+
+
 def plan_punch(
     local: NatProfile,
     remote: NatProfile,
@@ -226,6 +255,9 @@ def plan_punch(
     remote_public: Sequence[str],
     config: PunchConfig,
     rng: random.Random,
+    *,
+    controlling: bool = False,
+    remote_anchors: Sequence[Address] = (),
 ) -> PunchPlan:
     """This side's part of a punching attempt towards a peer.
 
@@ -235,6 +267,9 @@ def plan_punch(
     try other ports of. Returns an empty plan ("none") where neither technique
     applies: neither side symmetric (plain ICE does it), both symmetric and random
     (N × M would need far more than a few thousand packets), or nothing measured.
+    ``remote_anchors``: the peer's own server-reflexive candidates (not predicted
+    ones), from which a sequential sweep counts; ``controlling``: this side's ICE
+    role, which decides its sweep order (the two sides' orders must differ).
     """
     if not config.enabled:
         return _nothing("off")
@@ -242,6 +277,20 @@ def plan_punch(
     offered = frozenset(remote_candidates)
     public = tuple(dict.fromkeys(ip for ip in remote_public if any(c[0] == ip for c in offered)))
     limit = budget.packet_limit
+
+    if (local.symmetric and local.allocation == "sequential"
+            and remote.symmetric and remote.allocation == "sequential"):
+        # Both count up: sweep the window the peer invited, from its first anchor
+        # (one anchor only: flows to a second would interleave with the order).
+        if remote.step is None or not remote.window:
+            return _nothing("none")
+        anchor = next((a for a in remote_anchors if a[0] in public and a in offered), None)
+        if anchor is None:
+            return _nothing("none")
+        window = min(remote.window, config.sweep_ports)
+        ports = predict_ports(anchor[1], remote.step, window)
+        route = [(0, (anchor[0], ports[k - 1])) for k in sweep_order(len(ports), controlling)]
+        return PunchPlan("sequential-sweep", 1, _paced(budget, route[:limit]), 1.0)
 
     if remote.symmetric and remote.allocation == "sequential":
         # The peer offered its predicted ports as candidates: check those, no others.
@@ -337,9 +386,15 @@ ALLOCATIONS: dict[str, Allocation] = {
     "unknown": "unknown"}
 
 
-def with_nat_attribute(sdp: str, profile: NatProfile) -> str:
-    """``sdp`` saying ``profile`` at session level (before the first media section)."""
-    if profile.symmetric:
+def with_nat_attribute(sdp: str, profile: NatProfile, sweep_ports: int | None = None) -> str:
+    """``sdp`` saying ``profile`` at session level (before the first media section).
+    Behind a sequential NAT whose step is known, with ``sweep_ports``, it also says
+    the step and invites the peer to sweep that many of our next ports
+    (``symmetric sequential STEP WINDOW``)."""
+    if (profile.symmetric and profile.allocation == "sequential"
+            and profile.step is not None and sweep_ports):
+        value = f"symmetric sequential {profile.step} {sweep_ports}"
+    elif profile.symmetric:
         value = f"symmetric {profile.allocation or 'unknown'}"
     else:
         value = "cone"
@@ -358,8 +413,24 @@ def nat_attribute(sdp: str) -> NatProfile | None:
             words = line[len(prefix):].split()
             if words == ["cone"]:
                 return NatProfile(symmetric=False)
+            if len(words) == 4 and words[:2] == ["symmetric", "sequential"]:
+                return _sweep_profile(words[2], words[3])
             allocation = ALLOCATIONS.get(words[1]) if len(words) == 2 else None
             if allocation is not None and words[0] == "symmetric":
                 return NatProfile(True, allocation)
             return None
     return None
+
+
+MAX_SWEEP_WINDOW = 1024
+"""The most ports a peer may invite a sweep to (the budget caps what is sent anyway)."""
+
+
+def _sweep_profile(step: str, window: str) -> NatProfile | None:
+    """``symmetric sequential STEP WINDOW`` read back; None unless both are sane."""
+    if not (re.fullmatch(r"-?[0-9]{1,4}", step) and re.fullmatch(r"[0-9]{1,4}", window)):
+        return None
+    step_, window_ = int(step), int(window)
+    if step_ == 0 or abs(step_) > 4096 or not 1 <= window_ <= MAX_SWEEP_WINDOW:
+        return None
+    return NatProfile(True, "sequential", step=step_, window=window_)

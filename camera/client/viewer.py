@@ -328,7 +328,7 @@ async def open_session(
         here = profile_here(pc.localDescription.sdp, nat)
         offer_sdp = with_prediction(pc.localDescription.sdp, nat)
         if here is not None:
-            offer_sdp = with_nat_attribute(offer_sdp, here)
+            offer_sdp = with_nat_attribute(offer_sdp, here, PunchConfig().sweep_ports)
         if rewrite is not None:
             offer_sdp = rewrite.offer(offer_sdp)
         timestamp = int(time.time() * 1000)

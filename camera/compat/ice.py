@@ -698,9 +698,12 @@ def _is_punch_socket(protocol: Any) -> bool:
 def _plan(connection: Connection, punch: _Punch, component: int) -> PunchPlan:
     remotes = [c for c in connection._remote_candidates
                if c.component == component and c.type != "relay" and ":" not in c.host]
+    anchors = [(c.host, c.port) for c in remotes if c.type == "srflx"
+               and not c.foundation.startswith(PREDICTED_FOUNDATION)]
     return plan_punch(punch.local, punch.remote, {(c.host, c.port) for c in remotes},
                       [c.host for c in remotes if c.type == "srflx"], punch.config,
-                      random.SystemRandom())
+                      random.SystemRandom(), controlling=bool(connection.ice_controlling),
+                      remote_anchors=anchors)
 
 
 async def _punch(connection: Connection, punch: _Punch, component: int) -> None:

@@ -22,6 +22,7 @@ from camera.punch import (
     predict_ports,
     predicted_candidates,
     profile_from_report,
+    sweep_order,
     with_nat_attribute,
     with_predicted_candidates,
 )
@@ -155,7 +156,8 @@ def test_bad_budgets_are_named(settings_: dict[str, float], needle: str) -> None
 profiles = st.one_of(
     st.just(CONE), st.just(RANDOM),
     st.builds(NatProfile, symmetric=st.just(True), allocation=st.just("sequential"),
-              step=st.sampled_from([1, 2, -1]), last_port=st.integers(1024, 65535)),
+              step=st.sampled_from([1, 2, -1]), last_port=st.integers(1024, 65535),
+              window=st.sampled_from([None, 8, 64, 1024])),
 )
 addresses = st.tuples(st.sampled_from([PEER_PUBLIC, "198.51.100.66", "2001:db8::2"]),
                       st.integers(1, 65535))
@@ -173,7 +175,8 @@ def test_every_plan_stays_inside_its_budget_and_the_offered_addresses(
         enabled: bool) -> None:
     budget = PunchBudget(max_packets, max_seconds, rate)
     config = PunchConfig(enabled=enabled, budget=budget)
-    plan = plan_punch(local, remote, candidates, public, config, random.Random(seed))
+    plan = plan_punch(local, remote, candidates, public, config, random.Random(seed),
+                      controlling=bool(seed % 2), remote_anchors=candidates)
     assert plan.packets <= max_packets
     assert plan.duration <= max_seconds + 1e-9
     times = [send.at for send in plan.sends]
@@ -184,6 +187,12 @@ def test_every_plan_stays_inside_its_budget_and_the_offered_addresses(
     assert {ip for ip, _ in plan.destinations} <= offered_ips & (set(public) or {""})
     if plan.strategy in ("sequential", "birthday-open"):
         assert plan.destinations <= set(candidates)
+    if plan.strategy == "sequential-sweep":
+        # Only the window the peer invited, after one of its offered anchors.
+        assert remote.step is not None and remote.window is not None
+        assert any(plan.destinations <= {(ip, p) for p in predict_ports(
+            port, remote.step, min(remote.window, config.sweep_ports))}
+            for ip, port in candidates if ip in public)
     assert all(0 <= send.socket < max(plan.sockets, 1) for send in plan.sends)
     if not enabled:
         assert plan.packets == 0
@@ -226,6 +235,90 @@ def test_predictions_stay_in_the_port_range_and_count(port: int, step: int, coun
     ports = [int(line.split()[5]) for line in extra]
     assert len(ports) <= count and len(set(ports)) == len(ports)
     assert all(1024 <= p <= 65535 and p != port for p in ports)
+
+
+def _nat_counter(anchor: int, step: int, drift: int) -> Any:
+    """A sequential NAT: the port of each new destination, in the order they come,
+    after ``drift`` flows nobody announced since the one that got ``anchor``."""
+    ports = iter(predict_ports(anchor, step, drift + 128)[drift:])
+    mapping: dict[tuple[str, int], int] = {}
+
+    def port_for(destination: tuple[str, int]) -> int:
+        if destination not in mapping:
+            mapping[destination] = next(ports)
+        return mapping[destination]
+    return port_for
+
+
+PUBLIC_A, PUBLIC_B = "198.51.100.7", "203.0.113.104"
+
+
+@settings(max_examples=300, deadline=None)
+@given(anchor_a=st.integers(1024, 65535), anchor_b=st.integers(1024, 65535),
+       step_a=st.sampled_from([1, 2, -1, 3]), step_b=st.sampled_from([1, 2, -1]),
+       drift=st.integers(0, 63), share=st.floats(0, 1))
+def test_two_sequential_nats_meet_for_every_drift_within_the_window(
+        anchor_a: int, anchor_b: int, step_a: int, step_b: int, drift: int,
+        share: float) -> None:
+    """Both sides behind sequential NATs whose counters moved on by ``drift`` flows in
+    all since their srflx candidates: with the default 128-port window, one packet of
+    each sweep meets the other's (A's goes from the port B's aims at, to the port
+    B's comes from), whoever sends first."""
+    drift_a = round(drift * share)
+    drift_b = drift - drift_a
+    config = PunchConfig()
+    profile_a = NatProfile(True, "sequential", step_a, window=config.sweep_ports)
+    profile_b = NatProfile(True, "sequential", step_b, window=config.sweep_ports)
+    plan_a = plan_punch(profile_a, profile_b, {(PUBLIC_B, anchor_b)}, [PUBLIC_B], config,
+                        random.Random(0), controlling=True,
+                        remote_anchors=[(PUBLIC_B, anchor_b)])
+    plan_b = plan_punch(profile_b, profile_a, {(PUBLIC_A, anchor_a)}, [PUBLIC_A], config,
+                        random.Random(0), controlling=False,
+                        remote_anchors=[(PUBLIC_A, anchor_a)])
+    assert plan_a.strategy == plan_b.strategy == "sequential-sweep"
+    assert plan_a.packets == plan_b.packets == 128
+    nat_a = _nat_counter(anchor_a, step_a, drift_a)
+    nat_b = _nat_counter(anchor_b, step_b, drift_b)
+    from_a = {(nat_a(send.destination), send.destination[1]) for send in plan_a.sends}
+    from_b = {(send.destination[1], nat_b(send.destination)) for send in plan_b.sends}
+    # A flow A -> B that B also opened from the other end: both filters let it through.
+    assert from_a & from_b, (drift_a, drift_b)
+
+
+def test_sweep_orders_differ_by_role_and_cover_the_window() -> None:
+    assert sweep_order(6, controlling=True) == (1, 2, 3, 4, 5, 6)
+    assert sweep_order(6, controlling=False) == (1, 3, 5, 2, 4, 6)
+    assert sorted(sweep_order(64, controlling=False)) == list(range(1, 65))
+
+
+def test_a_sweep_needs_the_peers_invitation_and_a_sequential_nat_here() -> None:
+    anchor = [(PUBLIC_B, 20000)]
+    invited = NatProfile(True, "sequential", 1, window=16)
+    assert plan_punch(SEQUENTIAL, invited, set(anchor), [PUBLIC_B], PunchConfig(),
+                      random.Random(0), remote_anchors=anchor).packets == 16
+    # No window said (an older peer): no sweep, and the predictions are checked instead.
+    plan = plan_punch(SEQUENTIAL, NatProfile(True, "sequential", 1), set(anchor),
+                      [PUBLIC_B], PunchConfig(), random.Random(0), remote_anchors=anchor)
+    assert plan.strategy != "sequential-sweep"
+    # An anchor the peer did not offer is never swept from.
+    assert plan_punch(SEQUENTIAL, invited, {(PUBLIC_B, 3000)}, [PUBLIC_B], PunchConfig(),
+                      random.Random(0), remote_anchors=anchor).packets == 0
+    # Behind a random NAT a sweep of the peer's ports would not meet anything.
+    assert plan_punch(RANDOM, invited, set(anchor), [PUBLIC_B], PunchConfig(),
+                      random.Random(0), remote_anchors=anchor).strategy != "sequential-sweep"
+
+
+def test_the_nat_attribute_says_the_step_and_window_and_reads_them_back() -> None:
+    sdp = "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    said = with_nat_attribute(sdp, SEQUENTIAL, 128)
+    assert "a=x-peercam-nat:symmetric sequential 1 128\r\n" in said
+    assert nat_attribute(said) == NatProfile(True, "sequential", 1, window=128)
+    # Without a window to invite (or a step to say) it says what it did before.
+    assert "a=x-peercam-nat:symmetric sequential\r\n" in with_nat_attribute(sdp, SEQUENTIAL)
+    for bad in ("symmetric sequential 0 64", "symmetric sequential 1 0",
+                "symmetric sequential 1 5000", "symmetric sequential x 64",
+                "symmetric random 1 64", "symmetric sequential 99999 64"):
+        assert nat_attribute(f"v=0\r\na=x-peercam-nat:{bad}\r\nm=video 9 X 96\r\n") is None
 
 
 def test_the_nat_attribute_goes_at_session_level_and_reads_back() -> None:

@@ -32,11 +32,12 @@ pytestmark = needs_lab
 
 CAMERA, VIEWER = "symmetric-seq", "port-restricted-2"
 RANDOM = "symmetric"  # picks each new flow's port at random
+SEQUENTIAL_VIEWER = "symmetric-seq-2"  # a second sequential NAT, its own site
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab(sites=[CAMERA, VIEWER, RANDOM],
+    with Lab(sites=[CAMERA, VIEWER, RANDOM, SEQUENTIAL_VIEWER],
              conntrack_udp_timeout=CONNTRACK_UDP_TIMEOUT) as running:
         yield running
 
@@ -44,7 +45,7 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def matrix(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     with Matrix(lab, tmp_path_factory.mktemp("punch"),
-                sites=(CAMERA, VIEWER, RANDOM)) as running:
+                sites=(CAMERA, VIEWER, RANDOM, SEQUENTIAL_VIEWER)) as running:
         yield running
 
 
@@ -167,3 +168,35 @@ def test_a_viewer_behind_a_random_symmetric_nat_opens_the_mappings_itself(
     assert "punching (birthday-probe)" in log, log[-3000:]
     assert "relay" not in pair and pair != "?", (pair, log[-3000:])
     assert result.get("sessions") == 1, result
+
+
+@pytest.mark.timeout(300)
+def test_two_sequential_symmetric_nats_meet_by_sweeping_each_others_next_ports(
+        matrix: Matrix, lab: Lab) -> None:
+    """Both NATs allocate sequentially, so each side's predictions are right but its
+    checks to the other's leave from ports the other did not predict (each side's
+    own checks moved its counter on). The session starts on the relay; then both
+    sweep the 128 next ports the other invited in its signed session, in orders that
+    meet for any drift up to 63 flows (``camera/punch.py``)."""
+    camera, viewer = CAMERA, SEQUENTIAL_VIEWER
+    assert not direct_possible(camera, viewer)
+    assert not direct_with_prediction(camera, viewer, viewer_measured=True)  # at first
+    check = lab.popen(viewer, [*PEERCAM, "natcheck", "--stun", "203.0.113.1:3479", "--json"],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=matrix.env)
+    out, err = check.communicate(timeout=60)
+    assert json.loads(out.strip().splitlines()[-1])["allocation"] == "sequential", (out, err)
+    log_file = matrix.tmp / f"camera-{camera}.log"
+    deadline = time.monotonic() + scaled(30)
+    while "allocation: sequential" not in (log := log_file.read_text()):
+        assert time.monotonic() < deadline, log[-500:]
+        time.sleep(0.5)
+    pair, result = watch_until_direct(matrix, camera, viewer)
+    log = log_file.read_text()
+    assert result.get("frames", 0) > 100, result
+    assert "relay" not in pair and pair != "?", (pair, log[-3000:])
+    assert result.get("sessions") == 1, result  # the same session, moved off the relay
+    if "relay" in (result["local_candidate"], result["remote_candidate"]):
+        # Started relayed, as plain ICE's checks to the predictions mostly miss here:
+        # the sweep moved it.
+        assert "punching (sequential-sweep)" in log, log[-3000:]
+        assert result.get("moved_after_s") is not None, result
