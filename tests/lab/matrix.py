@@ -380,10 +380,18 @@ def _later_summary(cells: list[Cell]) -> list[str]:
         shares.append(f"after {seconds} s {direct}/{total} ({100 * direct / total:.0f}%"
                       + (f", {unknown} not watched" if unknown else "") + ")")
     relayed = sum(1 for c in cells if c.direct_after(60) is False)
+    udp = [c for c in cells
+           if "udp-blocked" not in (site_kind(c.camera), site_kind(c.viewer))]
+    udp_direct = sum(1 for c in udp if c.direct_after(60))
+    udp_plain = sum(1 for c in udp if direct_possible(c.camera, c.viewer))
     return ["", "Direct share at the first frame, then in the second session: "
             + "; ".join(shares) + f". Plain ICE's rule (no prediction, no punching, no "
             f"later checks) allows {plain}/{total} ({100 * plain / total:.0f}%); the UDP-"
-            "blocked site's cells can only ever relay. Sessions still on the relay after "
+            f"blocked site's {total - len(udp)} cells can only ever relay. Over the "
+            f"{len(udp)} cells where both sites pass UDP: direct after 60 s {udp_direct}/"
+            f"{len(udp)} ({100 * udp_direct / max(1, len(udp)):.0f}%), plain ICE "
+            f"{udp_plain}/{len(udp)} ({100 * udp_plain / max(1, len(udp)):.0f}%). "
+            "Sessions still on the relay after "
             f"60 s: {relayed} cells against plain ICE's {total - plain}: the relay's "
             "traffic, one viewer an hour in every cell, would be "
             f"{100 * relayed / max(1, total - plain):.0f}% of plain ICE's (cells counted, "
