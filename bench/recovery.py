@@ -49,8 +49,9 @@ NEW_VIEWER = ("`peercam view --wait` started at the repair (camera restarted: to
 OLD_NEW_VIEWER = "`peercam view` started at the repair and re-run until it showed a frame"
 """How the new viewer was measured (invocations that did not say: the older way)."""
 EVENTS = ("link5", "link30", "link120", "rendezvous", "camera", "flush", "moved", "upgrade",
-          "birthday")
+          "birthday", "sweep")
 RANDOM = "symmetric"  # the lab NAT that picks each new flow's port at random
+SEQUENTIAL, SEQUENTIAL_VIEWER = "symmetric-seq", "symmetric-seq-2"  # two that count up
 TARGETS: dict[str, tuple[float | None, float | None]] = {
     # event: (existing viewer's video back, new viewer's first frame), seconds
     "link5": (2.0, 3.0),
@@ -62,6 +63,7 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "moved": (5.0, 3.0),
     "upgrade": (0.1, None),
     "birthday": (0.1, None),
+    "sweep": (0.1, None),
 }
 LABELS = {
     "link5": "camera link down 5 s",
@@ -74,6 +76,8 @@ LABELS = {
     "upgrade": "relayed session moved to a direct path (longest frame gap)",
     "birthday": "camera behind a random symmetric NAT: moved off the relay by the birthday "
                 "technique (longest frame gap)",
+    "sweep": "camera and viewer behind two sequential symmetric NATs: moved off the relay "
+             "by the sweep (longest frame gap)",
 }
 
 
@@ -177,7 +181,7 @@ def _measure(events: list[str], runs: dict[str, int], state: Path) -> dict[str, 
 
     state.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"events": {}, "runs": max(runs.values(), default=0)}
-    sites = [CAMERA, VIEWER, "symmetric"]
+    sites = [CAMERA, VIEWER, RANDOM, SEQUENTIAL, SEQUENTIAL_VIEWER]
     with Lab(sites=sites, conntrack_udp_timeout=20) as lab, \
             RecoveryLab(lab, state, CAMERA) as rec:
         for event in events:
@@ -220,7 +224,15 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
         rec.camera_site = RANDOM
         rec.start_camera()
         _learned(rec, "allocation: random")
-    watch = rec.watch(VIEWER, 600)
+    viewer = VIEWER
+    if event == "sweep":  # both behind NATs that allocate sequentially; the viewer measured
+        rec.kill_camera()
+        rec.camera_site = SEQUENTIAL
+        rec.start_camera()
+        _natcheck(lab, rec, SEQUENTIAL_VIEWER)
+        _learned(rec, "allocation: sequential")
+        viewer = SEQUENTIAL_VIEWER
+    watch = rec.watch(viewer, 600)
     rec.wait_playing()
     broken = time.monotonic()
     repaired = broken
@@ -243,7 +255,7 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
     elif event == "moved":
         lab.roam("symmetric")  # plugged in elsewhere: new address, NAT and route
         broken = repaired = time.monotonic()
-    elif event in ("upgrade", "birthday"):
+    elif event in ("upgrade", "birthday", "sweep"):
         relayed = _relayed(rec)
         if event == "upgrade":
             unblock_direct(lab, CAMERA, VIEWER)
@@ -264,21 +276,33 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
     if event == "rendezvous":
         gaps = [g[1] - g[0] for g in result.get("gaps", []) if g[1] >= broken]
         existing: float | None = max(gaps, default=0.0)
-    elif event in ("upgrade", "birthday"):
+    elif event in ("upgrade", "birthday", "sweep"):
         # The viewer's longest pause between frames over the whole session, the
         # move included (its gaps list only holds pauses over 0.25 s).
         existing = None if upgraded is None else (result.get("max_gap_ms") or 0.0) / 1000
     else:
         existing = video_back(result, repaired, broken)
-    if event in ("moved", "birthday"):
+    if event in ("moved", "birthday", "sweep"):
         rec.kill_camera()
         rec.camera_site = CAMERA
         rec.start_camera()
     return {"existing_s": None if existing is None else round(existing, 3),
             "new_s": None if new is None else round(new, 3),
             **({"upgraded_after_s": None if upgraded is None else round(upgraded, 2)}
-               if event in ("upgrade", "birthday") else {}),
+               if event in ("upgrade", "birthday", "sweep") else {}),
             "sessions": result.get("sessions"), "last_cause": result.get("last_cause")}
+
+
+def _natcheck(lab: Any, rec: Any, site: str) -> None:
+    """``peercam natcheck`` in the viewer's ``site``: it saves the allocation the
+    viewer's offers there then say (``symmetric sequential STEP WINDOW``)."""
+    from tests.lab.matrix import PEERCAM
+
+    proc = lab.popen(site, [*PEERCAM, "natcheck", "--stun", "203.0.113.1:3479", "--json"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rec.env)
+    out, err = proc.communicate(timeout=90)
+    if proc.returncode != 0:
+        raise RuntimeError(f"natcheck in {site} failed: {err.strip()[-300:]}")
 
 
 def _learned(rec: Any, text: str, timeout: float = 30.0) -> None:
@@ -449,13 +473,23 @@ _BIRTHDAY = (
     "its first frame ({failed} of {trials} stayed relayed). "
     "Its \"existing viewer\" figure is the viewer's longest pause between two frames "
     "over the whole session, the move included (target 100 ms).")
+_SWEEP = (
+    "Sequential sweep: the camera and the viewer behind two different NATs that each "
+    "give a new flow the next port (the viewer ran `peercam natcheck` there once, so its "
+    "offers say so): both sides' predictions are right, but each side's own checks "
+    "moved its NAT's counter on, so plain ICE and the predicted candidates miss and the "
+    "session starts on coturn's relay. With the first background round each side sweeps "
+    "the other's next 128 ports, in orders that cross; the session moved to the direct "
+    "pair {moved} after its first frame ({failed} of {trials} stayed relayed). "
+    "Its \"existing viewer\" figure is the viewer's longest pause between two frames "
+    "over the whole session, the move included (target 100 ms).")
 
 
 def _upgrade_lines(result: dict[str, Any]) -> list[str]:
     """How soon a relayed session moved to a direct path: one that opened under it
     ("upgrade"), and the birthday technique's ("birthday")."""
     lines: list[str] = []
-    for event, text in (("upgrade", _OPENED), ("birthday", _BIRTHDAY)):
+    for event, text in (("upgrade", _OPENED), ("birthday", _BIRTHDAY), ("sweep", _SWEEP)):
         data = result["events"].get(event)
         if not data or "upgraded" not in data:
             continue
