@@ -280,6 +280,16 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
         # The viewer's longest pause between frames over the whole session, the
         # move included (its gaps list only holds pauses over 0.25 s).
         existing = None if upgraded is None else (result.get("max_gap_ms") or 0.0) / 1000
+    started_relayed: bool | None = None
+    if event == "sweep":
+        # The sweep is over within about a second of ICE completing, often before the
+        # camera's status is first read: the viewer's own record says where its first
+        # frame came from and when (after it) the media moved.
+        started_relayed = "relay" in (result.get("local_candidate"),
+                                      result.get("remote_candidate"))
+        moved = result.get("moved_after_s")
+        upgraded = float(moved) if started_relayed and moved is not None else None
+        existing = (result.get("max_gap_ms") or 0.0) / 1000
     else:
         existing = video_back(result, repaired, broken)
     if event in ("moved", "birthday", "sweep"):
@@ -290,6 +300,7 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
             "new_s": None if new is None else round(new, 3),
             **({"upgraded_after_s": None if upgraded is None else round(upgraded, 2)}
                if event in ("upgrade", "birthday", "sweep") else {}),
+            **({"started_relayed": started_relayed} if started_relayed is not None else {}),
             "sessions": result.get("sessions"), "last_cause": result.get("last_cause")}
 
 
@@ -477,10 +488,12 @@ _SWEEP = (
     "Sequential sweep: the camera and the viewer behind two different NATs that each "
     "give a new flow the next port (the viewer ran `peercam natcheck` there once, so its "
     "offers say so): both sides' predictions are right, but each side's own checks "
-    "moved its NAT's counter on, so plain ICE and the predicted candidates miss and the "
-    "session starts on coturn's relay. With the first background round each side sweeps "
-    "the other's next 128 ports, in orders that cross; the session moved to the direct "
-    "pair {moved} after its first frame ({failed} of {trials} stayed relayed). "
+    "moved its NAT's counter on, so plain ICE's checks and the predicted candidates usually "
+    "miss and the session starts on coturn's relay. With the first background round each "
+    "side sweeps "
+    "the other's next 128 ports, in orders that cross. {started} of {trials} sessions "
+    "started on the relay (the viewer's first frame came through it); they moved to the "
+    "direct pair {moved} after that first frame ({failed} stayed relayed). "
     "Its \"existing viewer\" figure is the viewer's longest pause between two frames "
     "over the whole session, the move included (target 100 ms).")
 
@@ -496,8 +509,10 @@ def _upgrade_lines(result: dict[str, Any]) -> list[str]:
         up = data["upgraded"]
         moved = (f"median {up['median']} s, worst {up['worst']} s" if up.get("n")
                  else "never")
-        lines += [text.format(moved=moved, failed=up.get("failed", 0),
-                              trials=len(data["trials"])), ""]
+        started = sum(1 for t in data["trials"] if t.get("started_relayed", True))
+        failed = up.get("failed", 0) - (len(data["trials"]) - started)
+        lines += [text.format(moved=moved, failed=failed, trials=len(data["trials"]),
+                              started=started), ""]
     return lines
 
 
