@@ -265,8 +265,10 @@ def plan_punch(
     session (host, server-reflexive, predicted). ``remote_public``: the peer's
     server-reflexive addresses among them, the only ones a birthday probe may
     try other ports of. Returns an empty plan ("none") where neither technique
-    applies: neither side symmetric (plain ICE does it), both symmetric and random
-    (N × M would need far more than a few thousand packets), or nothing measured.
+    applies: neither side symmetric (plain ICE does it), both symmetric with one
+    random (the random side's mapping differs for each of the other side's ports,
+    and the other side's for each of its destinations: a hit would take about
+    65,000 packets per percent, far beyond a few thousand), or nothing measured.
     ``remote_anchors``: the peer's own server-reflexive candidates (not predicted
     ones), from which a sequential sweep counts; ``controlling``: this side's ICE
     role, which decides its sweep order (the two sides' orders must differ).
