@@ -267,8 +267,9 @@ def plan_punch(
     try other ports of. Returns an empty plan ("none") where neither technique
     applies: neither side symmetric (plain ICE does it), both symmetric with one
     random (the random side's mapping differs for each of the other side's ports,
-    and the other side's for each of its destinations: a hit would take about
-    65,000 packets per percent, far beyond a few thousand), or nothing measured.
+    and the other side's for each of its destinations: an even chance of a hit
+    would take about 45,000 packets from the random side, the budget's 2,048 buy
+    about 3 %), or nothing measured.
     ``remote_anchors``: the peer's own server-reflexive candidates (not predicted
     ones), from which a sequential sweep counts; ``controlling``: this side's ICE
     role, which decides its sweep order (the two sides' orders must differ).
