@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_parser import RawRequestMessage
+from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
@@ -370,10 +372,13 @@ class Rendezvous:
         counted = _Counted.of(transport)
         if counted is not None:
             counted.upgraded()
+        host = request.host
+        _shed_request(request)
+        ws.headers.clear()  # sent with the upgrade, never read again
         if not isinstance(transport, asyncio.Transport) or self.stopping:
             await ws.close(code=1012, message=b"server restarting")
             return ws
-        peer = Peer(role, remote=remote, host=request.host)
+        peer = Peer(role, remote=remote, host=host)
         self._sockets[peer] = ws
         self._transports[peer] = transport
         self.wheel.add(peer, loop.time())
@@ -431,6 +436,48 @@ class Rendezvous:
             await ws.send_str(text)
         except (ConnectionError, RuntimeError) as exc:
             logger.info("could not send to %r: %s", peer, exc)
+
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_NO_MESSAGES: tuple[()] = ()
+"""Stands for an upgraded connection's queue of HTTP requests: empty, and an
+append (which an upgraded connection never does) fails loudly, not silently."""
+
+
+def _shed_request(request: web.Request) -> None:
+    """Let go of what aiohttp keeps of an upgraded connection's HTTP request and
+    will not use again, though it holds it as long as the WebSocket (with the
+    response's headers: 15.4 KiB allocated per idle camera before, 12.2 after).
+
+    The request's parsed headers (its raw ones stay: a tuple aiohttp's own frame
+    holds), the HTTP parser and the queue of pipelined requests (the upgrade
+    ends HTTP on this connection: every later byte goes to the WebSocket
+    reader), and the HTTP keep-alive timer, which an upgraded connection never
+    needs, but which stays in the loop's heap for an hour. Everything the server reads from the
+    request (its Host, the peer's address) is read before. Each step checks that
+    aiohttp still has what it lets go of, and skips it otherwise.
+    """
+    message = getattr(request, "_message", None)
+    if isinstance(message, RawRequestMessage):
+        # aiohttp's own frame keeps the parsed message (and its raw headers) to the
+        # end: empty the headers it shares, then hand the request a message without.
+        for held in gc.get_referents(message.headers):
+            if isinstance(held, CIMultiDict):
+                held.clear()
+        setattr(request, "_message",  # noqa: B010
+                message._replace(headers=_NO_HEADERS, raw_headers=()))
+        setattr(request, "_headers", _NO_HEADERS)  # noqa: B010
+        getattr(request, "_cache", {}).pop("headers", None)
+    handler = request.protocol
+    if getattr(handler, "_payload_parser", None) is None:
+        return  # not upgraded: nothing here is unused yet
+    if hasattr(handler, "_parser") and hasattr(handler, "_messages") and not handler._messages:
+        setattr(handler, "_parser", None)  # noqa: B010
+        setattr(handler, "_messages", _NO_MESSAGES)  # noqa: B010
+    keepalive = getattr(handler, "_keepalive_handle", None)
+    if isinstance(keepalive, asyncio.TimerHandle):
+        keepalive.cancel()
+        setattr(handler, "_keepalive_handle", None)  # noqa: B010
 
 
 def _drop_traceback(exc: BaseException | None) -> None:
