@@ -180,6 +180,35 @@ class RendezvousConfig:
     process alone (presence in memory only)."""
 
 
+#: Connections per shutdown batch at least (a small fleet goes in fewer batches).
+SHUTDOWN_MIN_BATCH = 500
+#: Seconds a stopping server waits for its closed connections' handlers to unwind.
+SHUTDOWN_UNWIND_TIMEOUT = 10.0
+
+
+def _close_frame(code: int, reason: str) -> bytes:
+    """A server's close frame: unmasked, FIN + opcode 8, the length, code and reason."""
+    payload = code.to_bytes(2, "big") + reason.encode()[:120]
+    return bytes((0x88, len(payload))) + payload
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """How a stopping server closed its connections (``Rendezvous.close_all``)."""
+
+    connections: int
+    batches: tuple[tuple[float, int], ...]
+    """Per batch: when it was planned (seconds after the first) and the close
+    frames it wrote."""
+    written_in: float
+    """Seconds from the first batch until the last close frame was written."""
+    parked: int
+    """Handlers of those connections still parked when the last frame was written
+    (all of them: none unwinds inside the window)."""
+    unwound_in: float | None
+    """Seconds the handlers took to unwind after that (None: not within the wait)."""
+
+
 class Rendezvous:
     """One rendezvous process: presence kept in memory."""
 
@@ -212,6 +241,8 @@ class Rendezvous:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.freezer = GcFreezer(enabled=self.config.gc_freeze)
         self.stopping = False
+        self.shutdown_report: ShutdownReport | None = None
+        """How the connections were closed at shutdown (set once stopped)."""
         self._per_ip: dict[str, TokenBucket] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self.refused: Counter[str] = Counter()
@@ -257,41 +288,80 @@ class Rendezvous:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._expiry_task = self._heartbeat_task = None
-        await self.close_all(self.config.shutdown_window, self.config.reconnect_spread)
+        self.shutdown_report = await self.close_all(self.config.shutdown_window,
+                                                    self.config.reconnect_spread)
         if self.cluster is not None:
             await self.cluster.stop()
         if self.freezer.enabled:
             gc.unfreeze()
 
-    async def close_all(self, window: float, spread: float) -> None:
+    async def close_all(self, window: float, spread: float, *,
+                        min_batch: int = SHUTDOWN_MIN_BATCH,
+                        unwind_timeout: float = SHUTDOWN_UNWIND_TIMEOUT) -> ShutdownReport:
         """Close every WebSocket, in batches over ``window`` seconds, each close asking
         its peer to wait a random 0 to ``spread`` s before it reconnects.
 
-        A close does not wait for the peer's reply: the transport goes after the
-        close frame is written, so a dead peer costs nothing and 100k closes fit in
-        the window."""
+        A batch only writes: each connection gets its close frame and a FIN
+        (end of our stream) and is no longer read, and nothing waits for its
+        reply, so a dead peer costs nothing. Its handler stays parked until the
+        last batch is out; then every transport is closed at once and the
+        handlers unwind together, after the window. So the schedule is the
+        plan (batch ``n`` at ``n * window / batches``, the last before
+        ``window``) whatever the count: the unwinding (about 50 µs a connection
+        in this loop) can no longer push the last batches late."""
         self.stopping = True
         peers = list(self._sockets)
         random.shuffle(peers)
         loop = asyncio.get_running_loop()
-        batches = max(1, min(len(peers) // 500, round(window / 0.05)))
+        batches = max(1, min(-(-len(peers) // max(1, min_batch)), round(window / 0.05)))
         size = -(-len(peers) // batches) if peers else 0
+        plan: list[tuple[float, int]] = []
         started = loop.time()
         for n in range(batches):
-            await asyncio.sleep(max(0.0, started + n * window / batches - loop.time()))
+            at = n * window / batches
+            await asyncio.sleep(max(0.0, started + at - loop.time()))
+            written = 0
             for peer in peers[n * size:(n + 1) * size]:
                 hint = round(random.uniform(0, spread) * 1000)
-                self._close_now(peer, 1012, f"server restarting; reconnect in {hint} ms")
-        logger.info("closed %d connections in %.2f s", len(peers), loop.time() - started)
+                written += self._say_goodbye(peer, 1012,
+                                             f"server restarting; reconnect in {hint} ms")
+            plan.append((at, written))
+        written_in = loop.time() - started
+        parked = sum(1 for peer in peers if peer in self._sockets)
+        for peer in peers:
+            transport = self._transports.get(peer)
+            if transport is not None:
+                transport.close()  # after what is buffered (its close frame) is sent
+        unwinding = loop.time()
+        while self._sockets and loop.time() - unwinding < unwind_timeout:
+            await asyncio.sleep(0.01)
+        left = sum(1 for peer in peers if peer in self._sockets)
+        report = ShutdownReport(len(peers), tuple(plan), written_in, parked,
+                                None if left else loop.time() - unwinding)
+        logger.info("closed %d connections in %.2f s (close frames written in %d batches); "
+                    "their handlers unwound in %s", len(peers), written_in, batches,
+                    f"{report.unwound_in:.2f} s" if report.unwound_in is not None
+                    else f"more than {unwind_timeout:g} s ({left} left)")
+        return report
+
+    def _say_goodbye(self, peer: Peer, code: int, reason: str) -> bool:
+        """Write a close frame and a FIN and stop reading the connection, without
+        closing it (``close_all`` does, for all at once); was there one to close?"""
+        transport = self._transports.get(peer)
+        if transport is None or transport.is_closing():
+            return False
+        transport.pause_reading()
+        transport.write(_close_frame(code, reason))
+        if transport.can_write_eof():
+            transport.write_eof()
+        return True
 
     def _close_now(self, peer: Peer, code: int, reason: str) -> None:
         """Write a close frame and drop the transport, without waiting for a reply."""
         transport = self._transports.get(peer)
         if transport is None or transport.is_closing():
             return
-        payload = code.to_bytes(2, "big") + reason.encode()[:120]
-        # A server's frame is unmasked: FIN + opcode 8 (close), then the length.
-        transport.write(bytes((0x88, len(payload))) + payload)
+        transport.write(_close_frame(code, reason))
         transport.close()
 
     async def _expire_loop(self) -> None:
@@ -373,8 +443,7 @@ class Rendezvous:
         if counted is not None:
             counted.upgraded()
         host = request.host
-        _shed_request(request)
-        ws.headers.clear()  # sent with the upgrade, never read again
+        _shed_request(request, ws)
         if not isinstance(transport, asyncio.Transport) or self.stopping:
             await ws.close(code=1012, message=b"server restarting")
             return ws
@@ -444,7 +513,7 @@ _NO_MESSAGES: tuple[()] = ()
 append (which an upgraded connection never does) fails loudly, not silently."""
 
 
-def _shed_request(request: web.Request) -> None:
+def _shed_request(request: web.Request, ws: web.WebSocketResponse) -> None:
     """Let go of what aiohttp keeps of an upgraded connection's HTTP request and
     will not use again, though it holds it as long as the WebSocket (with the
     response's headers: 15.4 KiB allocated per idle camera before, 12.2 after).
@@ -478,6 +547,7 @@ def _shed_request(request: web.Request) -> None:
     if isinstance(keepalive, asyncio.TimerHandle):
         keepalive.cancel()
         setattr(handler, "_keepalive_handle", None)  # noqa: B010
+    ws.headers.clear()  # the response's: sent with the upgrade, never read again
 
 
 def _drop_traceback(exc: BaseException | None) -> None:
