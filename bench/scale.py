@@ -670,7 +670,7 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         held = health.get("cameras", 0)
         shutdown = await rdv.stop(timeout=60.0)
         closed_in = _closed_in(rdv.log)
-        unwound_in = _unwound_in(rdv.log)
+        details = _shutdown_details(rdv.log)
     finally:
         if pool is not None:
             await pool.close()
@@ -691,7 +691,7 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         "camera_side": camera_side, "health_at_end": health,
         "shutdown_seconds": None if shutdown is None else round(shutdown, 2),
         "shutdown_closed_seconds": closed_in,
-        "shutdown_unwound_seconds": unwound_in,
+        "shutdown_details": details,
         "shutdown_cameras": held,
         "loop_pauses_ms": sorted(rdv.loop_pauses(0.0, math.inf), reverse=True)[:20],
         "measure_seconds": round(time.monotonic() - started, 1),
@@ -710,16 +710,19 @@ def _closed_in(log: Path) -> float | None:
     return None
 
 
-def _unwound_in(log: Path) -> float | None:
-    """After the last close frame, how long the handlers took to unwind (its log line)."""
+def _shutdown_details(log: Path) -> dict[str, float]:
+    """The rest of the server's account of its shutdown: how late its latest batch
+    was (ms), the handlers unwound between batches, and how long the rest took after."""
     import re
 
     with contextlib.suppress(OSError):
         for line in reversed(log.read_text(errors="replace").splitlines()):
-            match = re.search(r"handlers unwound in ([0-9.]+) s", line)
+            match = re.search(r"at most (\d+) ms late; (\d+) handlers unwound meanwhile\); "
+                              r"the rest unwound in ([0-9.]+) s", line)
             if match:
-                return float(match.group(1))
-    return None
+                return {"late_ms": float(match.group(1)), "unwound_early": int(match.group(2)),
+                        "unwound_after_seconds": float(match.group(3))}
+    return {}
 
 
 async def _grow(rdv: RendezvousProcess, workers: list[WorkerProcess], level: int,
@@ -1062,15 +1065,19 @@ def markdown(result: dict[str, Any]) -> list[str]:
     ]
     if result.get("shutdown_seconds") is not None:
         closed = result.get("shutdown_closed_seconds")
-        unwound = result.get("shutdown_unwound_seconds")
+        details = result.get("shutdown_details") or {}
         lines.append(f"Stopping the rendezvous (SIGTERM) with {result['shutdown_cameras']} "
                      f"cameras connected took {result['shutdown_seconds']} s to exit"
                      + (f"; the last of its close frames was written {closed} s after the "
                         "first, in batches spread over `--shutdown-window`, each close "
                         "(code 1012) asking its camera to wait a random delay up to "
                         "`--reconnect-spread` before reconnecting" if closed is not None else "")
-                     + (f"; the connections' handlers then unwound in {unwound} s, after the "
-                        "last close frame" if unwound is not None else "") + ".")
+                     + (f" (the latest batch {details['late_ms']:g} ms after its plan); "
+                        f"{details['unwound_early']} of the connections' handlers unwound "
+                        "in the slack between batches (their transports closed a few at a "
+                        "time), the rest in "
+                        f"{details['unwound_after_seconds']} s after the last close frame"
+                        if details else "") + ".")
     elif "shutdown_seconds" in result:
         lines.append(f"The rendezvous did not exit within 60 s of SIGTERM with "
                      f"{result['shutdown_cameras']} cameras connected (killed).")

@@ -184,6 +184,10 @@ class RendezvousConfig:
 SHUTDOWN_MIN_BATCH = 500
 #: Seconds a stopping server waits for its closed connections' handlers to unwind.
 SHUTDOWN_UNWIND_TIMEOUT = 10.0
+#: Transports closed at a time between shutdown batches, and how long before the
+#: next batch is due that closing stops: their handlers unwind in the same loop.
+_UNWIND_CHUNK = 64
+_UNWIND_MARGIN = 0.01
 
 
 def _close_frame(code: int, reason: str) -> bytes:
@@ -202,11 +206,13 @@ class ShutdownReport:
     frames it wrote."""
     written_in: float
     """Seconds from the first batch until the last close frame was written."""
-    parked: int
-    """Handlers of those connections still parked when the last frame was written
-    (all of them: none unwinds inside the window)."""
+    late: float
+    """The most a batch went out after its plan, in seconds."""
+    unwound_early: int
+    """Handlers that unwound before the last close frame was written (in the
+    slack between batches)."""
     unwound_in: float | None
-    """Seconds the handlers took to unwind after that (None: not within the wait)."""
+    """Seconds the rest took to unwind after that (None: not within the wait)."""
 
 
 class Rendezvous:
@@ -303,12 +309,13 @@ class Rendezvous:
 
         A batch only writes: each connection gets its close frame and a FIN
         (end of our stream) and is no longer read, and nothing waits for its
-        reply, so a dead peer costs nothing. Its handler stays parked until the
-        last batch is out; then every transport is closed at once and the
-        handlers unwind together, after the window. So the schedule is the
-        plan (batch ``n`` at ``n * window / batches``, the last before
-        ``window``) whatever the count: the unwinding (about 50 µs a connection
-        in this loop) can no longer push the last batches late."""
+        reply, so a dead peer costs nothing. Closing its transport, which makes
+        its handler unwind in this loop (50 µs or more a connection), is left to
+        the slack before the next batch is due, a few at a time, and whatever is
+        left goes after the last batch. So batch ``n`` goes out at
+        ``n * window / batches`` (the last before ``window``) whatever the
+        count, late by at most one small chunk of unwinding, and the window is
+        not wasted waiting."""
         self.stopping = True
         peers = list(self._sockets)
         random.shuffle(peers)
@@ -316,45 +323,55 @@ class Rendezvous:
         batches = max(1, min(-(-len(peers) // max(1, min_batch)), round(window / 0.05)))
         size = -(-len(peers) // batches) if peers else 0
         plan: list[tuple[float, int]] = []
+        written: list[asyncio.Transport] = []
+        """Transports whose close frame is out and which are still to be closed."""
+        late = 0.0
         started = loop.time()
         for n in range(batches):
             at = n * window / batches
+            while written and loop.time() < started + at - _UNWIND_MARGIN:
+                for transport in written[-_UNWIND_CHUNK:]:
+                    transport.close()  # after what is buffered (its close frame) is sent
+                del written[-_UNWIND_CHUNK:]
+                await asyncio.sleep(0)  # their handlers unwind
             await asyncio.sleep(max(0.0, started + at - loop.time()))
-            written = 0
+            late = max(late, loop.time() - started - at)
+            count = 0
             for peer in peers[n * size:(n + 1) * size]:
                 hint = round(random.uniform(0, spread) * 1000)
-                written += self._say_goodbye(peer, 1012,
-                                             f"server restarting; reconnect in {hint} ms")
-            plan.append((at, written))
+                said = self._say_goodbye(peer, 1012, f"server restarting; reconnect in {hint} ms")
+                if said is not None:
+                    written.append(said)
+                    count += 1
+            plan.append((at, count))
         written_in = loop.time() - started
-        parked = sum(1 for peer in peers if peer in self._sockets)
-        for peer in peers:
-            transport = self._transports.get(peer)
-            if transport is not None:
-                transport.close()  # after what is buffered (its close frame) is sent
+        unwound_early = sum(1 for peer in peers if peer not in self._sockets)
+        for transport in written:
+            transport.close()
         unwinding = loop.time()
         while self._sockets and loop.time() - unwinding < unwind_timeout:
             await asyncio.sleep(0.01)
         left = sum(1 for peer in peers if peer in self._sockets)
-        report = ShutdownReport(len(peers), tuple(plan), written_in, parked,
+        report = ShutdownReport(len(peers), tuple(plan), written_in, late, unwound_early,
                                 None if left else loop.time() - unwinding)
-        logger.info("closed %d connections in %.2f s (close frames written in %d batches); "
-                    "their handlers unwound in %s", len(peers), written_in, batches,
+        logger.info("closed %d connections in %.2f s (close frames written in %d batches, "
+                    "at most %.0f ms late; %d handlers unwound meanwhile); the rest unwound "
+                    "in %s", len(peers), written_in, batches, 1000 * late, unwound_early,
                     f"{report.unwound_in:.2f} s" if report.unwound_in is not None
                     else f"more than {unwind_timeout:g} s ({left} left)")
         return report
 
-    def _say_goodbye(self, peer: Peer, code: int, reason: str) -> bool:
+    def _say_goodbye(self, peer: Peer, code: int, reason: str) -> asyncio.Transport | None:
         """Write a close frame and a FIN and stop reading the connection, without
-        closing it (``close_all`` does, for all at once); was there one to close?"""
+        closing it (``close_all`` does, later); its transport (None: already closing)."""
         transport = self._transports.get(peer)
         if transport is None or transport.is_closing():
-            return False
+            return None
         transport.pause_reading()
         transport.write(_close_frame(code, reason))
         if transport.can_write_eof():
             transport.write_eof()
-        return True
+        return transport
 
     def _close_now(self, peer: Peer, code: int, reason: str) -> None:
         """Write a close frame and drop the transport, without waiting for a reply."""
