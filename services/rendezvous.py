@@ -552,16 +552,17 @@ append (which an upgraded connection never does) fails loudly, not silently."""
 
 def _shed_request(request: web.Request, ws: web.WebSocketResponse) -> None:
     """Let go of what aiohttp keeps of an upgraded connection's HTTP request and
-    will not use again, though it holds it as long as the WebSocket (with the
-    response's headers: 15.4 KiB allocated per idle camera before, 12.2 after).
+    will not use again, though it holds it as long as the WebSocket (15.4 KiB
+    allocated per idle camera before, 12.2 after).
 
     The request's parsed headers (its raw ones stay: a tuple aiohttp's own frame
     holds), the HTTP parser and the queue of pipelined requests (the upgrade
     ends HTTP on this connection: every later byte goes to the WebSocket
-    reader), and the HTTP keep-alive timer, which an upgraded connection never
-    needs, but which stays in the loop's heap for an hour. Everything the server reads from the
-    request (its Host, the peer's address) is read before. Each step checks that
-    aiohttp still has what it lets go of, and skips it otherwise.
+    reader), the HTTP keep-alive timer, which an upgraded connection never needs
+    but which stays in the loop's heap for an hour, and the response's headers,
+    sent with the upgrade. Everything the server reads from the request (its
+    Host, the peer's address) is read before. Each step checks that aiohttp
+    still has what it lets go of, and skips it otherwise.
     """
     message = getattr(request, "_message", None)
     if isinstance(message, RawRequestMessage):
