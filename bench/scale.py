@@ -82,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--compare-no-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="then the top level again on a server run with --no-gc-freeze")
+    p.add_argument("--compare-before", action=argparse.BooleanOptionalAction, default=True,
+                   help="then the top level again on a server with the connection trim and "
+                        "the parked shutdown (2026-12-07) patched out: before and after, one run")
 
 
 # -- processes -----------------------------------------------------------------
@@ -127,6 +130,29 @@ def probed_run_once(self):
         cpu = (time.thread_time() - woke[1]) * 1000
         loop_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f}\\n")
 be.BaseEventLoop._run_once = probed_run_once
+import os
+if os.environ.get("PEERCAM_BENCH_BEFORE"):
+    # The comparison server: the code as it was before the connection trim and the
+    # parked shutdown (2026-12-07), patched back in, the rest as shipped.
+    import asyncio, logging, random
+    import services.rendezvous as rdv
+    rdv._shed_request = lambda request, ws: None
+    async def close_all_before(self, window, spread, **_ignored):
+        self.stopping = True
+        peers = list(self._sockets)
+        random.shuffle(peers)
+        loop = asyncio.get_running_loop()
+        batches = max(1, min(len(peers) // 500, round(window / 0.05)))
+        size = -(-len(peers) // batches) if peers else 0
+        started = loop.time()
+        for n in range(batches):
+            await asyncio.sleep(max(0.0, started + n * window / batches - loop.time()))
+            for peer in peers[n * size:(n + 1) * size]:
+                hint = round(random.uniform(0, spread) * 1000)
+                self._close_now(peer, 1012, f"server restarting; reconnect in {hint} ms")
+        logging.getLogger("services.rendezvous").info(
+            "closed %d connections in %.2f s", len(peers), loop.time() - started)
+    rdv.Rendezvous.close_all = close_all_before
 sys.argv[0] = "camera.cli"
 runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
 """
@@ -172,8 +198,8 @@ class RendezvousProcess:
         return out
 
     @classmethod
-    async def start(cls, state: Path, log_level: str,
-                    server_args: list[str] | None = None) -> RendezvousProcess:
+    async def start(cls, state: Path, log_level: str, server_args: list[str] | None = None,
+                    env: dict[str, str] | None = None) -> RendezvousProcess:
         log = state / "rendezvous.log"
         gc_log = state / "rendezvous-gc.log"
         loop_log = state / "rendezvous-loop.log"
@@ -184,7 +210,7 @@ class RendezvousProcess:
                 sys.executable, "-c", _GC_PROBE, str(gc_log), str(loop_log), "rendezvous",
                 "--listen", "127.0.0.1:0", *(server_args or []),
                 stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT,
-                env={**os.environ, "PEERCAM_LOG_LEVEL": log_level})
+                env={**os.environ, "PEERCAM_LOG_LEVEL": log_level, **(env or {})})
         assert proc.stdout is not None
         try:
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
@@ -574,6 +600,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["without_freeze"] = {k: other[k] for k in (
                 "baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
                 "loop_pauses_ms")}
+    if args.compare_before and not args.smoke:
+        try:
+            before = await _measure(args, [levels[-1]], [TARGET_RATE], viewers, [],
+                                    "scale-before", {"PEERCAM_BENCH_BEFORE": "1"})
+        except SystemExit as exc:
+            result["before_failed"] = str(exc)[:300]
+        else:
+            result["before"] = {k: before[k] for k in (
+                "baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
+                "shutdown_closed_seconds", "loop_pauses_ms")}
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -590,11 +626,12 @@ def _hard_limit_raisable(nofile: int) -> bool:
 
 
 async def _measure(args: argparse.Namespace, levels: list[int], rates: list[float],
-                   viewers: int, server_args: list[str], name: str) -> dict[str, Any]:
+                   viewers: int, server_args: list[str], name: str,
+                   env: dict[str, str] | None = None) -> dict[str, Any]:
     state = Path(args.state) / name
     (state / "cameras").mkdir(parents=True, exist_ok=True)
     workers_n = max(1, min(args.workers, math.ceil(levels[-1] / args.per_address)))
-    rdv = await RendezvousProcess.start(state, args.log_level, server_args)
+    rdv = await RendezvousProcess.start(state, args.log_level, server_args, env)
     workers: list[WorkerProcess] = []
     pool: ViewerPool | None = None
     started = time.monotonic()
@@ -633,6 +670,7 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         held = health.get("cameras", 0)
         shutdown = await rdv.stop(timeout=60.0)
         closed_in = _closed_in(rdv.log)
+        details = _shutdown_details(rdv.log)
     finally:
         if pool is not None:
             await pool.close()
@@ -653,6 +691,7 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         "camera_side": camera_side, "health_at_end": health,
         "shutdown_seconds": None if shutdown is None else round(shutdown, 2),
         "shutdown_closed_seconds": closed_in,
+        "shutdown_details": details,
         "shutdown_cameras": held,
         "loop_pauses_ms": sorted(rdv.loop_pauses(0.0, math.inf), reverse=True)[:20],
         "measure_seconds": round(time.monotonic() - started, 1),
@@ -669,6 +708,21 @@ def _closed_in(log: Path) -> float | None:
             if match:
                 return float(match.group(2))
     return None
+
+
+def _shutdown_details(log: Path) -> dict[str, float]:
+    """The rest of the server's account of its shutdown: how late its latest batch
+    was (ms), the handlers unwound between batches, and how long the rest took after."""
+    import re
+
+    with contextlib.suppress(OSError):
+        for line in reversed(log.read_text(errors="replace").splitlines()):
+            match = re.search(r"at most (\d+) ms late; (\d+) handlers unwound meanwhile\); "
+                              r"the rest unwound in ([0-9.]+) s", line)
+            if match:
+                return {"late_ms": float(match.group(1)), "unwound_early": int(match.group(2)),
+                        "unwound_after_seconds": float(match.group(3))}
+    return {}
 
 
 async def _grow(rdv: RendezvousProcess, workers: list[WorkerProcess], level: int,
@@ -935,23 +989,23 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         "What an idle camera costs the server (`tracemalloc` and `gc.get_objects()` in a "
         "rendezvous holding 2000",
-        "registered cameras, 2026-12-06): 16.0 KiB allocated per camera, down from 18.4 KiB "
-        "and 76 collector-tracked",
-        "objects. Left: the HTTP request head aiohttp keeps for the life of the WebSocket "
-        "(53 objects, 3.2 KiB), its",
-        "WebSocket reader, queue and writer (about 2.5 KiB), the request handler with its "
-        "parser and two tasks and",
-        "their coroutine frames (about 4 KiB), the transport and socket (0.8 KiB), and ours "
-        "(the peer record, its",
-        "rate limiter, the maps: about 1 KiB). Cut: aiohttp's per-connection heartbeat (two "
-        "timers, a ping task",
-        "every 20 s, the cancelled timers left in the loop's heap: about 1.6 KiB) for one "
-        "timer wheel, slotted peer",
-        "records with the credential limiter made on first use, one wrapper coroutine frame. "
-        "The rest is aiohttp's",
-        "own per-connection state: 15 KiB needs a lighter WebSocket stack (a protocol on the "
-        "transport, no request",
-        "objects kept), not done.",
+        "registered cameras, one heartbeat period after they came, 2026-12-07): 12.2 KiB "
+        "allocated per camera, down",
+        "from 15.4 KiB (and 18.4 KiB before the timer wheel), 63 collector-tracked objects, "
+        "down from 72. An upgraded",
+        "connection now lets go of what aiohttp keeps of its HTTP request and never uses "
+        "again: the parsed request",
+        "headers, the HTTP parser, the queue of pipelined requests, the hour-long HTTP "
+        "keep-alive timer, and the",
+        "response headers sent with the upgrade (`_shed_request` in services/rendezvous.py; "
+        "a test checks each is",
+        "gone and the connection still serves). Left: the request's raw header tuple, which "
+        "aiohttp's own frame",
+        "holds (1.6 KiB), the WebSocket reader, queue and writer (about 2 KiB), the request "
+        "handler with its two",
+        "tasks and their coroutine frames (about 3.5 KiB), the transport and socket "
+        "(0.8 KiB), and ours (the peer",
+        "record, its rate limiter, the maps: about 1 KiB).",
     ]
     if result.get("unreachable_levels"):
         lines += ["", f"**Not measured: {', '.join(str(n) for n in result['unreachable_levels'])} "
@@ -1011,14 +1065,45 @@ def markdown(result: dict[str, Any]) -> list[str]:
     ]
     if result.get("shutdown_seconds") is not None:
         closed = result.get("shutdown_closed_seconds")
+        details = result.get("shutdown_details") or {}
         lines.append(f"Stopping the rendezvous (SIGTERM) with {result['shutdown_cameras']} "
                      f"cameras connected took {result['shutdown_seconds']} s to exit"
-                     + (f"; its connections were closed in {closed} s, in batches, each "
-                        "close (code 1012) asking its camera to wait a random delay up to "
-                        "`--reconnect-spread` before reconnecting." if closed is not None else "."))
+                     + (f"; the last of its close frames was written {closed} s after the "
+                        "first, in batches spread over `--shutdown-window`, each close "
+                        "(code 1012) asking its camera to wait a random delay up to "
+                        "`--reconnect-spread` before reconnecting" if closed is not None else "")
+                     + (f" (the latest batch {details['late_ms']:g} ms after its plan); "
+                        f"{details['unwound_early']} of the connections' handlers unwound "
+                        "in the slack between batches (their transports closed a few at a "
+                        "time), the rest in "
+                        f"{details['unwound_after_seconds']} s after the last close frame"
+                        if details else "") + ".")
     elif "shutdown_seconds" in result:
         lines.append(f"The rendezvous did not exit within 60 s of SIGTERM with "
                      f"{result['shutdown_cameras']} cameras connected (killed).")
+    before = result.get("before")
+    if before:
+        b = before["levels"][-1]
+        lines += [
+            "",
+            f"Before and after the connection trim and the parked shutdown, the same "
+            f"{b['cameras']} cameras in the same run (before: the old code patched back "
+            "into the same server; bench/scale.py `--compare-before`):",
+            "",
+            "| server | RSS above empty (MiB) | KiB per camera | shutdown: last close frame "
+            "after (s) | exit after SIGTERM (s) | p99 at 200/s (ms) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, res, lv, steps in (("before", before, b, before["steps"]),
+                                      ("after (as committed)", result, top, result["steps"])):
+            step = next((s for s in steps if s["rate"] == TARGET_RATE), None)
+            rtt = (step or {}).get("rtt") or {}
+            lines.append(f"| {label} | {(lv['rss_kib'] - res['baseline_rss_kib']) / 1024:.1f} | "
+                         f"{lv['kib_per_camera']} | {res.get('shutdown_closed_seconds')} | "
+                         f"{res.get('shutdown_seconds')} | {rtt.get('p99')} |")
+    if result.get("before_failed"):
+        lines += ["", "The before/after comparison in the same run failed: "
+                      f"{result['before_failed'].splitlines()[0]}"]
     other = result.get("without_freeze")
     if other:
         o = other["levels"][-1]

@@ -265,3 +265,58 @@ async def test_a_camera_waits_the_reconnect_delay_its_stopping_server_asks_for(
     await asyncio.wait_for(camera.registered.wait(), scaled(10))
     assert loop.time() - closed_at >= 1.6
     assert server.router.cameras[camera.device_id] is not peer
+
+
+async def test_shutdown_writes_every_close_frame_before_any_handler_unwinds() -> None:
+    """A few hundred connections closed in batches: each gets one close frame (1012,
+    a hint within the spread) before its connection goes, the batches are planned
+    evenly inside the window, and every handler has unwound by the end."""
+    n, window, spread = 300, 0.3, 1.0
+    server, runner, port = await start_rendezvous("127.0.0.1", 0, RendezvousConfig(
+        server_names=("127.0.0.1",), shutdown_window=window, reconnect_spread=spread))
+    try:
+        socks = await asyncio.to_thread(_open, port, n, 64)
+        await _until(lambda: len(server._sockets) == n, 10)
+        report = await server.close_all(window, spread, min_batch=25)
+        assert not server._sockets and server.budget.open == 0
+    finally:
+        await runner.cleanup()
+    assert report.connections == n and sum(count for _at, count in report.batches) == n
+    planned = [at for at, _count in report.batches]
+    assert len(planned) == 6  # 300 / 25 = 12 batches wanted, one per 50 ms of the window
+    assert planned[0] == 0.0 and planned == sorted(set(planned)) and planned[-1] < window
+    assert report.late >= 0 and 0 <= report.unwound_early <= n
+    assert report.unwound_in is not None
+    read = await asyncio.wait_for(asyncio.to_thread(lambda: [_frames(s) for s in socks]),
+                                  scaled(20))
+    for frames in read:
+        closes = [payload for opcode, payload in frames if opcode == 0x8]
+        assert len(closes) == 1, frames
+        hint = reconnect_hint(struct.unpack("!H", closes[0][:2])[0], closes[0][2:].decode())
+        assert hint is not None and 0 <= hint <= spread, closes[0]
+    for sock in socks:
+        sock.close()
+
+
+async def test_an_upgraded_connection_keeps_no_http_request_state() -> None:
+    """What an idle connection no longer holds (its request's headers, the HTTP
+    parser, the keep-alive timer, the sent response headers), and that it still
+    serves: its Host is kept on the peer record and a message still gets a reply."""
+    server, runner, port = await start_rendezvous("127.0.0.1", 0, RendezvousConfig(
+        server_names=("127.0.0.1",)))
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                f"http://127.0.0.1:{port}/ws/viewer", headers={"X-Pad": "x" * 300}) as ws:
+            hello = await ws.receive(timeout=scaled(5))
+            assert '"hello"' in hello.data
+            [(peer, held)] = server._sockets.items()
+            request = held._req
+            assert request is not None and not request.headers and not held.headers
+            assert request.protocol._parser is None
+            assert request.protocol._keepalive_handle is None
+            assert peer.host == f"127.0.0.1:{port}" and peer.remote == "127.0.0.1"
+            await ws.send_str('{"type": "nonsense"}')
+            reply = await ws.receive(timeout=scaled(5))
+            assert '"error"' in reply.data
+    finally:
+        await runner.cleanup()
