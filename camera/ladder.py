@@ -107,6 +107,15 @@ class Sample:
     """The target bitrate of the layer the viewer is on (bit/s)."""
     packets_resent: int | None = None
     """RTP packets resent so far on the viewer's NACKs (None: not known)."""
+    rtt_samples: tuple[float, ...] | None = None
+    """The raw round-trip time samples (seconds) the sender took from receiver reports
+    since the previous sample, oldest first (None: not known; then the controller
+    undoes the sender's average, ``LadderTuning.rtt_smoothing``, which is only right
+    for one report between two samples)."""
+    host_lag: float | None = None
+    """Seconds the caller's own timer fired late just before this sample: the
+    caller's event loop was that busy, and a receiver report it read about then
+    waited as long (an RTT that much higher is the camera's load, not a queue)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,9 @@ class Estimate:
     one odd report of a busy machine."""
     resent: float | None = None
     """Packets resent on NACKs over the window, per packet sent (part of ``loss``)."""
+    host_lag: float | None = None
+    """The longest ``Sample.host_lag`` of the last ``rtt_recent`` seconds: taken off the
+    RTT's rise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +164,10 @@ class LadderTuning:
     that drains between keyframes). Higher than ``rtt_rise``: two odd reports in three
     of a busy machine reach 15 ms, a keyframe's queue on a thin link several times that."""
     rtt_floor_window: float = 60.0
+    rtt_recent: float = 2.0
+    """The rise is taken over the raw RTT samples of this many seconds (a keyframe
+    interval), and at least the last three: a browser that reports with every NACK
+    sends several a second, and three of them span a busy moment, not a queue."""
     loss_only: bool = False
     """Decide on loss alone, as the controller did before it looked at the RTT (down
     over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``;
@@ -211,7 +227,9 @@ class LadderController:
         self._probe_until: float | None = None
         self._rtts: deque[tuple[float, float]] = deque()
         """(when, the raw RTT sample) per fresh report: the floor is their least."""
-        self._raw_rtts: deque[float] = deque(maxlen=3)
+        self._raw_rtts: deque[tuple[float, float]] = deque()
+        """(when, the raw RTT sample) of the last ``rtt_recent`` s (at least three)."""
+        self._lags: deque[tuple[float, float]] = deque()
         self._last_rtt: float | None = None
         self._loss_before_probe = 0.0
 
@@ -352,24 +370,38 @@ class LadderController:
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
         rise: float | None = None
         rise_median: float | None = None
-        if sample.rtt is not None and not stale:
-            if fresh:
-                # The raw sample behind the average: (new - a * old) / (1 - a).
-                a, before = t.rtt_smoothing, self._last_rtt
-                raw = sample.rtt if before is None else (sample.rtt - a * before) / (1 - a)
-                self._raw_rtts.append(max(0.0, raw))
-                self._rtts.append((now, max(0.0, raw)))
-                self._last_rtt = sample.rtt
-            while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
-                self._rtts.popleft()
-            if self._rtts and self._raw_rtts:
-                # A queue stands across reports; an odd report or two (a busy loop, a
-                # delayed RTCP) is not one: the least of the last three raw samples says.
-                floor = min(rtt for _, rtt in self._rtts)
-                recent = sorted(self._raw_rtts)
-                rise = max(0.0, recent[0] - floor)
-                rise_median = max(0.0, recent[len(recent) // 2] - floor)
-        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent)
+        if sample.host_lag is not None:
+            self._lags.append((now, max(0.0, sample.host_lag)))
+        while self._lags and self._lags[0][0] < now - t.rtt_recent:
+            self._lags.popleft()
+        lag = max((late for _, late in self._lags), default=None)
+        raws: tuple[float, ...] = ()
+        if sample.rtt_samples is not None:
+            raws = sample.rtt_samples
+        elif fresh and sample.rtt is not None and sample.rtt != self._last_rtt:
+            # The raw sample behind the average: (new - a * old) / (1 - a). A report
+            # that left the average as it was (it answered an older sender report)
+            # carried no sample.
+            a, before = t.rtt_smoothing, self._last_rtt
+            raws = (sample.rtt if before is None else (sample.rtt - a * before) / (1 - a),)
+        if fresh and sample.rtt is not None:
+            self._last_rtt = sample.rtt
+        for raw in raws:
+            self._raw_rtts.append((now, max(0.0, raw)))
+            self._rtts.append((now, max(0.0, raw)))
+        while len(self._raw_rtts) > 3 and self._raw_rtts[0][0] < now - t.rtt_recent:
+            self._raw_rtts.popleft()
+        while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
+            self._rtts.popleft()
+        if self._rtts and self._raw_rtts and not stale:
+            # A queue stands across reports; an odd report or two (a busy loop, a
+            # delayed RTCP) is not one: the least of the recent raw samples says.
+            # What the camera's own busy loop added is no queue either.
+            floor = min(rtt for _, rtt in self._rtts) + (lag or 0.0)
+            recent = sorted(rtt for _, rtt in self._raw_rtts)
+            rise = max(0.0, recent[0] - floor)
+            rise_median = max(0.0, recent[len(recent) // 2] - floor)
+        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent, lag)
 
 
 # -- the quality data channel ---------------------------------------------------------

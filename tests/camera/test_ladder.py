@@ -396,3 +396,94 @@ def test_a_policers_share_of_loss_moves_down_at_once() -> None:
     first_over = next(k for k, loss in enumerate(losses)
                       if loss >= controller.tuning.congestion_loss)
     assert decisions.index(Decision.DOWN) == first_over
+
+
+# -- the RTT the controller sees -------------------------------------------------------
+
+
+async def test_each_receiver_report_gives_its_own_rtt_sample() -> None:
+    """watch_rtt hands over the raw sample behind aiortc's average for every report
+    that answers the latest sender report (several between two looks at the stats:
+    a browser reports with every NACK), and none for one that answers an older one;
+    it goes on top of the camera's other RTCP hook, as a session installs them."""
+    import time
+
+    from aiortc import RTCRtpSender
+    from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
+
+    from camera.broadcaster import Broadcaster
+    from camera.compat import watch_rtcp, watch_rtt
+    from camera.track import PassthroughTrack
+    from tests.camera.test_broadcaster import Requests, _dtls
+
+    sender = RTCRtpSender(PassthroughTrack(Broadcaster(Requests())), _dtls())
+    seen: list[int] = []
+    watch_rtcp(sender, lambda: seen.append(1))
+    samples: list[float] = []
+    watch_rtt(sender, samples.append)
+
+    async def report(lsr: int, answered_ago: float, held: float) -> None:
+        sender._RTCRtpSender__lsr = 77  # type: ignore[attr-defined]
+        sender._RTCRtpSender__lsr_time = time.time() - answered_ago  # type: ignore[attr-defined]
+        info = RtcpReceiverInfo(ssrc=sender._ssrc, fraction_lost=0, packets_lost=0,
+                                highest_sequence=0, jitter=0, lsr=lsr,
+                                dlsr=round(held * 65536))
+        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=1, reports=[info]))
+
+    await report(77, 0.050, 0.010)  # 40 ms
+    await report(77, 0.130, 0.010)  # 120 ms: the average moves 15 % of the way
+    await report(12, 0.500, 0.010)  # an older sender report's answer: no sample
+    await report(77, 0.040, 0.010)  # 30 ms
+    assert len(seen) == 4
+    assert [round(x, 2) for x in samples] == [0.04, 0.12, 0.03]
+
+
+def _busy_machine(host_lag: bool) -> list[Decision]:
+    """5 % random loss (Chromium repairs it all: resent), a 3 ms path, and a camera
+    whose event loop is 40 ms late for 4 s from 10 s: each receiver report (four a
+    second, exact samples) handled 40 ms late."""
+    rng = random.Random(3)
+    controller = LadderController(2)
+    decisions = []
+    sent = resent = 0
+    for step in range(1, 41):
+        now = step * 0.5
+        busy = 10 <= now < 14
+        sent += 30
+        resent += sum(rng.random() < 0.05 for _ in range(30))
+        rtts = tuple(0.003 + 0.001 * rng.random() + (0.040 if busy else 0.0)
+                     for _ in range(2))
+        decision = controller.observe(Sample(
+            at=now, packets_sent=sent, bytes_sent=sent * 900, packets_lost=0,
+            packets_expected=sent, report_at=now, rtt=rtts[-1], packets_resent=resent,
+            rtt_samples=rtts, host_lag=(0.040 if busy else 0.001) if host_lag else None))
+        if decision is not Decision.STAY:
+            decisions.append(decision)
+            controller.cancel()
+    return decisions
+
+
+def test_a_busy_camera_is_no_queue() -> None:
+    """The RTT the camera measures includes how late it handled the report: a busy
+    event loop (its own timer as late) is not a queue at the bottleneck, so random
+    loss on a busy machine moves nobody; unaccounted, the same rise would."""
+    assert _busy_machine(host_lag=True) == []
+    assert Decision.DOWN in _busy_machine(host_lag=False)
+
+
+def test_a_queue_on_a_calm_camera_still_moves_it_down() -> None:
+    """The same loss with the same rise while the camera's loop is on time: a queue."""
+    controller = LadderController(2)
+    decisions = []
+    for step in range(1, 21):
+        now = step * 0.5
+        sent = 30 * step
+        rtts = (0.003, 0.003) if now < 5 else (0.045, 0.048)
+        decision = controller.observe(Sample(
+            at=now, packets_sent=sent, bytes_sent=sent * 900, packets_lost=0,
+            packets_expected=sent, report_at=now, rtt=rtts[-1],
+            packets_resent=round(0.05 * sent), rtt_samples=rtts, host_lag=0.001))
+        if decision is not Decision.STAY:
+            decisions.append((now, decision))
+            controller.cancel()
+    assert decisions and decisions[0][1] is Decision.DOWN and decisions[0][0] <= 7.5
