@@ -10,9 +10,10 @@ floor, the queue that section 5's delay-based half watches).
   down a layer. Congestion is loss
   over ``up_loss`` (2 %) with a queue at the bottleneck (the round-trip time
   over its floor of the last ``rtt_floor_window`` seconds: by ``rtt_rise``,
-  15 ms, at each of the last three reports, a queue that stands; or by
-  ``burst_rise``, 30 ms, at most of them, a queue each keyframe fills and
-  overflows on a link the layer's average fits), or loss of
+  15 ms, at each report of the last ``rtt_recent`` seconds (2 s, and at least
+  the last three reports), a queue that stands; or by ``burst_rise``, 30 ms,
+  at most of them, a queue each keyframe fills and overflows on a link the
+  layer's average fits), or loss of
   ``congestion_loss`` (20 %) or more whatever the RTT (a policer dropping what
   does not fit). Random loss (Wi-Fi: a few percent, even over ``down_loss``,
   with a flat RTT) demotes nobody: a smaller layer would lose the same share of
@@ -25,9 +26,15 @@ floor, the queue that section 5's delay-based half watches).
   (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
   ``up_after`` seconds: probe up (the move happens at the upper layer's next
   IDR). A queue still standing on the lower layer (the RTT over its floor) is
-  not clean time (at most of the last three reports: they span a keyframe
+  not clean time (at most of the recent reports: they span a keyframe
   interval, and a link the layer only just fits queues at its IDRs): a probe
   into a full link would only stall the picture.
+* The RTT is each receiver report's own sample when the caller has them
+  (``Sample.rtt_samples``; a browser sends several reports a second, one with
+  each NACK), else the sender's average undone (right for one report between
+  two samples). What the caller's own event loop was late by
+  (``Sample.host_lag``: a busy camera handles reports late too) is taken off
+  the rise: random loss on a busy machine is not congestion.
 * A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
   taking effect, with congestion or ``probe_loss`` more than the lower layer lost
   before it (or, with the caller's :meth:`LadderController.picture_lost`, a
