@@ -145,8 +145,8 @@ class Estimate:
     resent: float | None = None
     """Packets resent on NACKs over the window, per packet sent (part of ``loss``)."""
     host_lag: float | None = None
-    """The longest ``Sample.host_lag`` of the last ``rtt_recent`` seconds: taken off the
-    RTT's rise."""
+    """The median ``Sample.host_lag`` of the last ``rtt_recent`` seconds (taken off the
+    median RTT's rise; the least of them off the least RTT's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +381,7 @@ class LadderController:
             self._lags.append((now, max(0.0, sample.host_lag)))
         while self._lags and self._lags[0][0] < now - t.rtt_recent:
             self._lags.popleft()
-        lag = max((late for _, late in self._lags), default=None)
+        lags = sorted(late for _, late in self._lags)
         raws: tuple[float, ...] = ()
         if sample.rtt_samples is not None:
             raws = sample.rtt_samples
@@ -403,11 +403,16 @@ class LadderController:
         if self._rtts and self._raw_rtts and not stale:
             # A queue stands across reports; an odd report or two (a busy loop, a
             # delayed RTCP) is not one: the least of the recent raw samples says.
-            # What the camera's own busy loop added is no queue either.
-            floor = min(rtt for _, rtt in self._rtts) + (lag or 0.0)
+            # What the camera's own busy loop added is no queue either: as late as
+            # its timers fired over the same seconds (the least, and the median,
+            # so that one slow moment does not hide a queue for long).
+            floor = min(rtt for _, rtt in self._rtts)
             recent = sorted(rtt for _, rtt in self._raw_rtts)
-            rise = max(0.0, recent[0] - floor)
-            rise_median = max(0.0, recent[len(recent) // 2] - floor)
+            least_lag = lags[0] if lags else 0.0
+            typical_lag = lags[len(lags) // 2] if lags else 0.0
+            rise = max(0.0, recent[0] - floor - least_lag)
+            rise_median = max(0.0, recent[len(recent) // 2] - floor - typical_lag)
+        lag = lags[len(lags) // 2] if lags else None
         self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent, lag)
 
 
