@@ -489,3 +489,41 @@ def test_a_queue_on_a_calm_camera_still_moves_it_down() -> None:
             decisions.append((now, decision))
             controller.cancel()
     assert decisions and decisions[0][1] is Decision.DOWN and decisions[0][0] <= 7.5
+
+
+def test_recorded_lab_cap_chromium_each_report_its_own_sample() -> None:
+    """The NAT lab's capped Chromium tab, recorded with each receiver report's own RTT
+    sample (two to six a look) and the camera's lateness: no queue read before the
+    cap; down within a few seconds of the first loss; each probe up into the cap
+    (the recording's switches) reverted within its window; up again after the lift."""
+    rows = TRACES["lab_cap_chromium"]
+    controller = LadderController(2, layer=rows[0][7])
+    decisions: list[tuple[float, Decision]] = []
+    estimates: list[tuple[float, Estimate]] = []
+    ups: list[float] = []
+    for at, sent, sent_bytes, lost, expected, report_at, rtt, layer, resent, rtts, lag in rows:
+        if layer != controller.layer:
+            if layer < controller.layer:
+                ups.append(at)
+            controller.switched(layer, at)
+        decision = controller.observe(Sample(
+            at=at, packets_sent=sent, bytes_sent=sent_bytes, packets_lost=lost,
+            packets_expected=expected, report_at=report_at, rtt=rtt, packets_resent=resent,
+            rtt_samples=tuple(rtts), host_lag=lag))
+        estimates.append((at, controller.estimate))
+        if decision is not Decision.STAY:
+            decisions.append((at, decision))
+    assert sum(len(row[9]) for row in rows) > 2 * len(rows)  # several reports a look
+    t = controller.tuning
+    first_loss = next(at for at, e in estimates if e.loss is not None and e.loss > 0)
+    before = [e for at, e in estimates if at < first_loss]
+    assert all((e.rtt_rise or 0) < t.rtt_rise and (e.rtt_rise_median or 0) < t.burst_rise
+               for e in before)
+    down = next(at for at, d in decisions if d is Decision.DOWN)
+    assert first_loss < down <= first_loss + 3.5, (first_loss, down)
+    *capped_probes, after_lift = ups
+    assert capped_probes
+    for up in capped_probes:
+        assert any(d is Decision.DOWN and up < at <= up + t.probe_window
+                   for at, d in decisions), (up, decisions)
+    assert all(at < after_lift for at, d in decisions if d is Decision.DOWN)
