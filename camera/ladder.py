@@ -119,6 +119,10 @@ class Sample:
     since the previous sample, oldest first (None: not known; then the controller
     undoes the sender's average, ``LadderTuning.rtt_smoothing``, which is only right
     for one report between two samples)."""
+    packets_resent_keyframe: int | None = None
+    """Of ``packets_resent``, packets of IDR access units (None: not known)."""
+    keyframe_packets_sent: int | None = None
+    """Of ``packets_sent``, packets of IDR access units (None: not known)."""
     host_lag: float | None = None
     """Seconds the caller's own timer fired late just before this sample: the
     caller's event loop was that busy, and a receiver report it read about then
@@ -144,6 +148,9 @@ class Estimate:
     one odd report of a busy machine."""
     resent: float | None = None
     """Packets resent on NACKs over the window, per packet sent (part of ``loss``)."""
+    idr_resent: float | None = None
+    """Of the packets resent over the last ``idr_window`` s, the share that were IDRs'
+    (None: too few resent to say)."""
     host_lag: float | None = None
     """The median ``Sample.host_lag`` of the last ``rtt_recent`` seconds (taken off the
     median RTT's rise; the least of them off the least RTT's)."""
@@ -171,6 +178,14 @@ class LadderTuning:
     that drains between keyframes). Higher than ``rtt_rise``: two odd reports in three
     of a busy machine reach 15 ms, a keyframe's queue on a thin link several times that."""
     rtt_floor_window: float = 60.0
+    idr_window: float = 4.0
+    """Seconds (two keyframe intervals) over which resends tell IDRs that do not fit: at
+    least ``idr_resends`` packets resent, ``idr_share`` of them and at least twice their
+    share of what was sent IDRs' packets. A link the layer's average fits drops the
+    tail of each IDR; random loss takes IDR packets in their share. A congestion signal
+    where the RTT shows none (a sender report seldom queues behind an IDR)."""
+    idr_resends: int = 8
+    idr_share: float = 0.8
     rtt_recent: float = 2.0
     """The rise is taken over the raw RTT samples of this many seconds (a keyframe
     interval), and at least the last three: a browser that reports with every NACK
@@ -234,6 +249,10 @@ class LadderController:
         self._probe_until: float | None = None
         self._rtts: deque[tuple[float, float]] = deque()
         """(when, the raw RTT sample) per fresh report: the floor is their least."""
+        self._long: deque[Sample] = deque()
+        """Samples of the last ``idr_window`` s (and one before)."""
+        self.idr_tails = False
+        """The layer's IDRs do not fit the link: their packets are the ones resent."""
         self._raw_rtts: deque[tuple[float, float]] = deque()
         """(when, the raw RTT sample) of the last ``rtt_recent`` s (at least three)."""
         self._lags: deque[tuple[float, float]] = deque()
@@ -284,7 +303,8 @@ class LadderController:
         # not fit.
         e = self.estimate
         queued = (e.rtt_rise is not None and e.rtt_rise >= t.rtt_rise) or (
-            e.rtt_rise_median is not None and e.rtt_rise_median >= t.burst_rise)
+            e.rtt_rise_median is not None and e.rtt_rise_median >= t.burst_rise) or (
+            self.idr_tails)
         over = loss is not None and (loss >= t.congestion_loss or (queued and loss > t.up_loss))
         if t.loss_only:
             over = loss is not None and loss > t.down_loss
@@ -318,6 +338,8 @@ class LadderController:
         (not random loss on a link with room)."""
         t, e = self.tuning, self.estimate
         if e.loss is not None and e.loss >= t.congestion_loss:
+            return True
+        if self.idr_tails and not t.loss_only:
             return True
         return e.rtt_rise is not None and e.rtt_rise >= t.rtt_rise
 
@@ -373,6 +395,27 @@ class LadderController:
             resent = min(1.0, max(0.0, (sample.packets_resent - oldest.packets_resent)
                                   / (sample.packets_sent - oldest.packets_sent)))
             loss = resent if loss is None else max(loss, resent)
+        self._long.append(sample)
+        while len(self._long) > 1 and self._long[1].at <= now - t.idr_window:
+            self._long.popleft()
+        earliest = self._long[0]
+        idr_resent: float | None = None
+        self.idr_tails = False
+        if (not stale and not t.loss_only and sample.packets_resent is not None
+                and earliest.packets_resent is not None
+                and sample.packets_resent_keyframe is not None
+                and earliest.packets_resent_keyframe is not None):
+            resends = sample.packets_resent - earliest.packets_resent
+            idr = sample.packets_resent_keyframe - earliest.packets_resent_keyframe
+            if resends >= t.idr_resends:
+                idr_resent = idr / resends
+                sent = sample.packets_sent - earliest.packets_sent
+                idr_sent = (None if sample.keyframe_packets_sent is None
+                            or earliest.keyframe_packets_sent is None
+                            else sample.keyframe_packets_sent - earliest.keyframe_packets_sent)
+                self.idr_tails = (idr >= t.idr_resends and idr_resent >= t.idr_share
+                                  and idr_sent is not None and sent > 0
+                                  and idr_resent >= 2 * idr_sent / sent)
         span = now - oldest.at
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
         rise: float | None = None
@@ -413,7 +456,8 @@ class LadderController:
             rise = max(0.0, recent[0] - floor - least_lag)
             rise_median = max(0.0, recent[len(recent) // 2] - floor - typical_lag)
         lag = lags[len(lags) // 2] if lags else None
-        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent, lag)
+        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent,
+                                 idr_resent, lag)
 
 
 # -- the quality data channel ---------------------------------------------------------

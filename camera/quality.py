@@ -129,11 +129,13 @@ class ViewerQuality:
                 logger.debug("session %s: no sender stats: %s", self.session_id, exc)
                 continue
             shared = stats_of(sender)
-            self.step(self._sample(report.values(),
-                                   None if shared is None else shared.retransmitted, late))
+            self.step(self._sample(
+                report.values(), None if shared is None else shared.retransmitted, late,
+                None if shared is None else (shared.retransmitted_keyframe,
+                                             shared.keyframe_packets)))
 
-    def _sample(self, stats: Any, resent: int | None = None,
-                late: float | None = None) -> Sample:
+    def _sample(self, stats: Any, resent: int | None = None, late: float | None = None,
+                keyframes: tuple[int, int] | None = None) -> Sample:
         sent = sent_bytes = 0
         lost = expected = None
         report_at = rtt = None
@@ -152,7 +154,9 @@ class ViewerQuality:
         return Sample(at=self._clock(), packets_sent=sent, bytes_sent=sent_bytes,
                       packets_lost=lost, packets_expected=expected, report_at=report_at,
                       rtt=rtt, nominal_bitrate=self._bitrates.get(self.track.layer),
-                      packets_resent=resent, rtt_samples=samples, host_lag=late)
+                      packets_resent=resent, rtt_samples=samples, host_lag=late,
+                      packets_resent_keyframe=None if keyframes is None else keyframes[0],
+                      keyframe_packets_sent=None if keyframes is None else keyframes[1])
 
     def step(self, sample: Sample) -> None:
         """One sample: follow a move that took effect, then let the controller decide."""
@@ -165,11 +169,12 @@ class ViewerQuality:
         decision = self.controller.observe(sample)
         # One line per sample at debug: what a recorded trace for the ladder's tests is.
         logger.debug("session %s: ladder sample %s %s %s %s %s %s %s layer %d -> %s "
-                     "resent %s samples %s lag %s", self.session_id, sample.at,
+                     "resent %s samples %s lag %s idr %s %s", self.session_id, sample.at,
                      sample.packets_sent, sample.bytes_sent, sample.packets_lost,
                      sample.packets_expected, sample.report_at, sample.rtt,
                      self.controller.layer, decision.value, sample.packets_resent,
-                     _listed(sample.rtt_samples), sample.host_lag)
+                     _listed(sample.rtt_samples), sample.host_lag,
+                     sample.packets_resent_keyframe, sample.keyframe_packets_sent)
         if self.mode != "auto" or decision is Decision.STAY:
             if self.mode != "auto":
                 self.controller.cancel()

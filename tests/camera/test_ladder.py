@@ -527,3 +527,72 @@ def test_recorded_lab_cap_chromium_each_report_its_own_sample() -> None:
         assert any(d is Decision.DOWN and up < at <= up + t.probe_window
                    for at, d in decisions), (up, decisions)
     assert all(at < after_lift for at, d in decisions if d is Decision.DOWN)
+
+
+# -- IDRs that do not fit: their packets are the ones resent ---------------------------
+
+
+def test_the_send_loop_tells_idr_packets() -> None:
+    """Every packet of an IDR access unit (SPS/PPS aggregated, IDR slice in fragments)
+    counts as the IDR's, with or without RTP header extensions; none of a P frame's."""
+    from camera.compat.fastsend import carries_keyframe, packetize_h264, payload_carries_keyframe
+
+    start = b"\x00\x00\x00\x01"
+    idr = (start + b"\x09\xf0" + start + b"\x67\x42\xc0\x1f\xda" + start + b"\x68\xce\x3c\x80"
+           + start + b"\x65" + bytes(range(256)) * 20)
+    p_frame = start + b"\x09\x30" + start + b"\x41" + bytes(range(256)) * 8
+    idr_payloads, p_payloads = packetize_h264(idr), packetize_h264(p_frame)
+    assert len(idr_payloads) > 3 and len(p_payloads) > 1
+    assert all(payload_carries_keyframe(x) for x in idr_payloads)
+    assert not any(payload_carries_keyframe(x) for x in p_payloads)
+    plain = bytes([0x80, 96]) + bytes(10)
+    extended = bytes([0x90, 96]) + bytes(10) + b"\xbe\xde\x00\x01" + b"\x10\x01\x00\x00"
+    assert carries_keyframe(plain + idr_payloads[-1]) and carries_keyframe(extended
+                                                                           + idr_payloads[0])
+    assert not carries_keyframe(extended + p_payloads[-1]) and not carries_keyframe(plain)
+
+
+def _keyframe_link(seed: int, idr_tail: int, random_loss: float
+                   ) -> tuple[list[Decision], bool]:
+    """A layer of 40 packets a second and an IDR of 16 packets every 2 s, every packet
+    lost repaired by NACK (the receiver reports nothing lost), a flat 3 ms RTT: the
+    last ``idr_tail`` packets of each IDR dropped (a link its average fits) and/or
+    random loss; five minutes. The decisions, and whether the IDRs were ever said not
+    to fit."""
+    rng = random.Random(seed)
+    controller = LadderController(2)
+    decisions = []
+    sent = idr_sent = resent = idr_resent = 0
+    tails = False
+    for step in range(1, 601):
+        now = step * 0.5
+        packets = [False] * 20
+        if step % 4 == 0:
+            packets[:16] = [True] * 16  # the IDR leads this half second
+        for k, is_idr in enumerate(packets):
+            lost = rng.random() < random_loss or (is_idr and k >= 16 - idr_tail)
+            sent += 1
+            idr_sent += is_idr
+            resent += lost
+            idr_resent += lost and is_idr
+        decision = controller.observe(Sample(
+            at=now, packets_sent=sent, bytes_sent=sent * 900, packets_lost=0,
+            packets_expected=sent, report_at=now, rtt=0.003, packets_resent=resent,
+            rtt_samples=(0.003, 0.003), host_lag=0.001, packets_resent_keyframe=idr_resent,
+            keyframe_packets_sent=idr_sent))
+        tails = tails or controller.idr_tails
+        if decision is not Decision.STAY:
+            decisions.append((now, decision))
+            controller.cancel()
+    return [d for _, d in decisions], tails
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_idrs_that_do_not_fit_move_down_where_random_loss_does_not(seed: int) -> None:
+    """The tails of the IDRs lost (6 of 16 each: the RTT shows nothing) is congestion;
+    random loss over the same stream, its IDR packets lost in their share, is not (at
+    10 % a window now and then reaches a policer's 20 %: that is another rule)."""
+    decisions, tails = _keyframe_link(seed, idr_tail=6, random_loss=0.0)
+    assert tails and decisions[0] is Decision.DOWN
+    assert _keyframe_link(seed, idr_tail=0, random_loss=0.05) == ([], False)
+    assert not _keyframe_link(seed, idr_tail=0, random_loss=0.10)[1]
