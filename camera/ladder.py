@@ -15,7 +15,9 @@ floor, the queue that section 5's delay-based half watches).
   at most of them, a queue each keyframe fills and overflows on a link the
   layer's average fits), or loss of
   ``congestion_loss`` (20 %) or more whatever the RTT (a policer dropping what
-  does not fit). Random loss (Wi-Fi: a few percent, even over ``down_loss``,
+  does not fit), or a layer whose IDRs do not fit (``idr_window``: the packets
+  resent are mostly IDR packets, far beyond their share of what was sent; the
+  RTT seldom shows it). Random loss (Wi-Fi: a few percent, even over ``down_loss``,
   with a flat RTT) demotes nobody: a smaller layer would lose the same share of
   its packets, and NACK recovers them.
 * Loss is what the receiver reports lost or, when more, what it asked again for
