@@ -162,13 +162,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stored = json.loads((Path(args.out) / f"{NAME}.json").read_text())
     lab_rows = [row for row in stored.get("rows", []) if row.get("lab")]
     out = {"video": f"{args.width}x{args.height}@{args.fps} {args.bitrate / 1e6:g} Mbit/s",
-           "conditions": {"loss": args.loss, "delay_s": args.delay, "jitter_s": args.jitter,
-                          "cap_kbit": args.cap_kbit, "cap_after_s": args.cap_after,
-                          "cap_for_s": args.cap_for, "after_lift_s": args.after_lift,
-                          "seconds": args.seconds},
+           "conditions": _conditions(args),
            "targets": TARGETS, "rows": rows + lab_rows}
     out.update({key: stored[key] for key in ("lab", "lab_load") if key in stored and lab_rows})
     return out
+
+
+def _conditions(args: argparse.Namespace) -> dict[str, float]:
+    return {"loss": args.loss, "delay_s": args.delay, "jitter_s": args.jitter,
+            "cap_kbit": args.cap_kbit, "cap_after_s": args.cap_after,
+            "cap_for_s": args.cap_for, "after_lift_s": args.after_lift,
+            "seconds": args.seconds}
 
 
 def _low_bitrate(args: argparse.Namespace, variant: str) -> int:
@@ -389,7 +393,9 @@ _CHROMIUM_STATS_JS = """async () => {
       const keys = ["framesReceived", "framesDecoded", "framesDropped", "packetsLost",
         "packetsReceived", "nackCount", "pliCount", "firCount", "freezeCount",
         "totalFreezesDuration", "retransmittedPacketsReceived", "jitterBufferDelay",
-        "jitterBufferEmittedCount", "keyFramesDecoded"];
+        "jitterBufferEmittedCount", "keyFramesDecoded", "bytesReceived",
+        "retransmittedBytesReceived", "framesPerSecond", "jitter", "totalPausesDuration",
+        "pauseCount"];
       return Object.fromEntries(keys.map((k) => [k, typeof s[k] === "number" ? s[k] : null]));
     }
   }
@@ -453,10 +459,16 @@ async def _watch_page(page: Any, seconds: float, playing: asyncio.Event) -> dict
     first = time.monotonic()
     playing.set()
     changes: list[list[Any]] = []
+    # Chromium's inbound-rtp counters once a second: when it lost, NACKed and froze.
+    series: list[list[Any]] = []
+    next_stats = first
     while time.monotonic() - first < seconds:
         layer = await page.evaluate("window.peercam.layer")
         if layer and (not changes or changes[-1][1] != layer):
             changes.append([round(time.monotonic(), 3), layer])
+        if time.monotonic() >= next_stats:
+            next_stats += 1.0
+            series.append([round(time.monotonic(), 3), await page.evaluate(_CHROMIUM_STATS_JS)])
         await asyncio.sleep(0.25)
     end = time.monotonic()
     frames = await page.evaluate("window.peercamBadnet.frames")
@@ -468,10 +480,11 @@ async def _watch_page(page: Any, seconds: float, playing: asyncio.Event) -> dict
     latencies = [round(s[6] - s[1], 1) for s in stamps if 0 <= s[6] - s[1] < PLAUSIBLE_MS]
     return {"client": "chromium", "latencies_ms": latencies,
             "max_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
-            "frame_clock": clock, "layer_changes": changes,
+            "frame_clock": clock, "presented_counts": [count for _, count in frames],
+            "layer_changes": changes,
             "first_frame_clock": clock[0] if clock else first, "end_clock": end,
             "presented_frames": frames[-1][1] - frames[0][1] if len(frames) > 1 else 0,
-            "chromium_stats": stats}
+            "chromium_stats": stats, "chromium_stats_series": series}
 
 
 # --- the NAT lab: the camera and its viewers behind different NATs ---------------------------
@@ -502,7 +515,8 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
         await lab.json_lines(LAB_VIEWERS[0], [
             sys.executable, "-c", "import asyncio; from camera.client.viewer import view; "
             f"asyncio.run(view({lab.link(pair=True)!r}, seconds=0.2))"], 90, "lab-pair.log")
-        for condition in ("loss", "cap"):
+        wanted = [c.strip() for c in args.conditions.split(",")]
+        for condition in [c for c in ("loss", "cap") if c in wanted]:
             row = await _lab_condition(condition, lab, args)
             lab_rows.append(row)
             print(f"badnet: lab {_row_line(row)}", flush=True)
@@ -517,6 +531,7 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     out.setdefault("video", f"{args.width}x{args.height}@{args.fps} "
                             f"{args.bitrate / 1e6:g} Mbit/s")
     out.setdefault("targets", TARGETS)
+    out.setdefault("conditions", _conditions(args))  # no loopback run stored: the page needs it
     out["rows"] = rows + lab_rows
     out["lab"] = {"camera_site": LAB_CAMERA, "viewer_sites": list(LAB_VIEWERS),
                   "chromium_site": LAB_CHROMIUM if args.chromium else None,
@@ -542,6 +557,7 @@ async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> 
                     for site in impaired_sites]
     procs: list[Any] = []
     events: dict[str, float] = {}
+    capped_wire: list[str] = []
     logs = [lab.state / f"lab-{condition}-{k}.log" for k in range(len(sites))]
     try:
         for k, site in enumerate(sites):
@@ -574,6 +590,9 @@ async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> 
                         for site in impaired_sites]
             events["capped"] = time.monotonic()
             await asyncio.sleep(args.cap_for)
+            # What the capped links did while capped (changing a link starts its counters
+            # again): frames offered, dropped by the policer's full queue.
+            capped_wire = [repr(handle.stats()) for handle in impaired]
             for handle in impaired:
                 handle.change("down")
             events["lifted"] = time.monotonic()
@@ -597,7 +616,7 @@ async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> 
         viewer["site"] = sites[k]
         viewer.update(_derived(viewer, events, capped=k == 0 or k >= clis))
     return {"condition": condition, "variant": "improved", "lab": True, "viewers": viewers,
-            "wire": wire,
+            "wire": wire, **({"wire_while_capped": capped_wire} if capped_wire else {}),
             "events": {k: round(v - events["playing"], 2) for k, v in events.items()}}
 
 

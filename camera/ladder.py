@@ -10,11 +10,14 @@ floor, the queue that section 5's delay-based half watches).
   down a layer. Congestion is loss
   over ``up_loss`` (2 %) with a queue at the bottleneck (the round-trip time
   over its floor of the last ``rtt_floor_window`` seconds: by ``rtt_rise``,
-  15 ms, at each of the last three reports, a queue that stands; or by
-  ``burst_rise``, 30 ms, at most of them, a queue each keyframe fills and
-  overflows on a link the layer's average fits), or loss of
+  15 ms, at each report of the last ``rtt_recent`` seconds (2 s, and at least
+  the last three reports), a queue that stands; or by ``burst_rise``, 30 ms,
+  at most of them, a queue each keyframe fills and overflows on a link the
+  layer's average fits), or loss of
   ``congestion_loss`` (20 %) or more whatever the RTT (a policer dropping what
-  does not fit). Random loss (Wi-Fi: a few percent, even over ``down_loss``,
+  does not fit), or a layer whose IDRs do not fit (``idr_window``: the packets
+  resent are mostly IDR packets, far beyond their share of what was sent; the
+  RTT seldom shows it). Random loss (Wi-Fi: a few percent, even over ``down_loss``,
   with a flat RTT) demotes nobody: a smaller layer would lose the same share of
   its packets, and NACK recovers them.
 * Loss is what the receiver reports lost or, when more, what it asked again for
@@ -25,9 +28,15 @@ floor, the queue that section 5's delay-based half watches).
   (random loss, no queue; under ``up_loss``, 2 %, while no RTT is known) for
   ``up_after`` seconds: probe up (the move happens at the upper layer's next
   IDR). A queue still standing on the lower layer (the RTT over its floor) is
-  not clean time (at most of the last three reports: they span a keyframe
+  not clean time (at most of the recent reports: they span a keyframe
   interval, and a link the layer only just fits queues at its IDRs): a probe
   into a full link would only stall the picture.
+* The RTT is each receiver report's own sample when the caller has them
+  (``Sample.rtt_samples``; a browser sends several reports a second, one with
+  each NACK), else the sender's average undone (right for one report between
+  two samples). What the caller's own event loop was late by
+  (``Sample.host_lag``: a busy camera handles reports late too) is taken off
+  the rise: random loss on a busy machine is not congestion.
 * A probe that sees loss above ``probe_loss`` within ``probe_window`` seconds of
   taking effect, with congestion or ``probe_loss`` more than the lower layer lost
   before it (or, with the caller's :meth:`LadderController.picture_lost`, a
@@ -107,6 +116,19 @@ class Sample:
     """The target bitrate of the layer the viewer is on (bit/s)."""
     packets_resent: int | None = None
     """RTP packets resent so far on the viewer's NACKs (None: not known)."""
+    rtt_samples: tuple[float, ...] | None = None
+    """The raw round-trip time samples (seconds) the sender took from receiver reports
+    since the previous sample, oldest first (None: not known; then the controller
+    undoes the sender's average, ``LadderTuning.rtt_smoothing``, which is only right
+    for one report between two samples)."""
+    packets_resent_keyframe: int | None = None
+    """Of ``packets_resent``, packets of IDR access units (None: not known)."""
+    keyframe_packets_sent: int | None = None
+    """Of ``packets_sent``, packets of IDR access units (None: not known)."""
+    host_lag: float | None = None
+    """Seconds the caller's own timer fired late just before this sample: the
+    caller's event loop was that busy, and a receiver report it read about then
+    waited as long (an RTT that much higher is the camera's load, not a queue)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +150,12 @@ class Estimate:
     one odd report of a busy machine."""
     resent: float | None = None
     """Packets resent on NACKs over the window, per packet sent (part of ``loss``)."""
+    idr_resent: float | None = None
+    """Of the packets resent over the last ``idr_window`` s, the share that were IDRs'
+    (None: too few resent to say)."""
+    host_lag: float | None = None
+    """The median ``Sample.host_lag`` of the last ``rtt_recent`` seconds (taken off the
+    median RTT's rise; the least of them off the least RTT's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +180,18 @@ class LadderTuning:
     that drains between keyframes). Higher than ``rtt_rise``: two odd reports in three
     of a busy machine reach 15 ms, a keyframe's queue on a thin link several times that."""
     rtt_floor_window: float = 60.0
+    idr_window: float = 4.0
+    """Seconds (two keyframe intervals) over which resends tell IDRs that do not fit: at
+    least ``idr_resends`` packets resent, ``idr_share`` of them and at least twice their
+    share of what was sent IDRs' packets. A link the layer's average fits drops the
+    tail of each IDR; random loss takes IDR packets in their share. A congestion signal
+    where the RTT shows none (a sender report seldom queues behind an IDR)."""
+    idr_resends: int = 8
+    idr_share: float = 0.8
+    rtt_recent: float = 2.0
+    """The rise is taken over the raw RTT samples of this many seconds (a keyframe
+    interval), and at least the last three: a browser that reports with every NACK
+    sends several a second, and three of them span a busy moment, not a queue."""
     loss_only: bool = False
     """Decide on loss alone, as the controller did before it looked at the RTT (down
     over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``;
@@ -211,7 +251,13 @@ class LadderController:
         self._probe_until: float | None = None
         self._rtts: deque[tuple[float, float]] = deque()
         """(when, the raw RTT sample) per fresh report: the floor is their least."""
-        self._raw_rtts: deque[float] = deque(maxlen=3)
+        self._long: deque[Sample] = deque()
+        """Samples of the last ``idr_window`` s (and one before)."""
+        self.idr_tails = False
+        """The layer's IDRs do not fit the link: their packets are the ones resent."""
+        self._raw_rtts: deque[tuple[float, float]] = deque()
+        """(when, the raw RTT sample) of the last ``rtt_recent`` s (at least three)."""
+        self._lags: deque[tuple[float, float]] = deque()
         self._last_rtt: float | None = None
         self._loss_before_probe = 0.0
 
@@ -259,7 +305,8 @@ class LadderController:
         # not fit.
         e = self.estimate
         queued = (e.rtt_rise is not None and e.rtt_rise >= t.rtt_rise) or (
-            e.rtt_rise_median is not None and e.rtt_rise_median >= t.burst_rise)
+            e.rtt_rise_median is not None and e.rtt_rise_median >= t.burst_rise) or (
+            self.idr_tails)
         over = loss is not None and (loss >= t.congestion_loss or (queued and loss > t.up_loss))
         if t.loss_only:
             over = loss is not None and loss > t.down_loss
@@ -293,6 +340,8 @@ class LadderController:
         (not random loss on a link with room)."""
         t, e = self.tuning, self.estimate
         if e.loss is not None and e.loss >= t.congestion_loss:
+            return True
+        if self.idr_tails and not t.loss_only:
             return True
         return e.rtt_rise is not None and e.rtt_rise >= t.rtt_rise
 
@@ -348,28 +397,69 @@ class LadderController:
             resent = min(1.0, max(0.0, (sample.packets_resent - oldest.packets_resent)
                                   / (sample.packets_sent - oldest.packets_sent)))
             loss = resent if loss is None else max(loss, resent)
+        self._long.append(sample)
+        while len(self._long) > 1 and self._long[1].at <= now - t.idr_window:
+            self._long.popleft()
+        earliest = self._long[0]
+        idr_resent: float | None = None
+        self.idr_tails = False
+        if (not stale and not t.loss_only and sample.packets_resent is not None
+                and earliest.packets_resent is not None
+                and sample.packets_resent_keyframe is not None
+                and earliest.packets_resent_keyframe is not None):
+            resends = sample.packets_resent - earliest.packets_resent
+            idr = sample.packets_resent_keyframe - earliest.packets_resent_keyframe
+            if resends >= t.idr_resends:
+                idr_resent = idr / resends
+                sent = sample.packets_sent - earliest.packets_sent
+                idr_sent = (None if sample.keyframe_packets_sent is None
+                            or earliest.keyframe_packets_sent is None
+                            else sample.keyframe_packets_sent - earliest.keyframe_packets_sent)
+                self.idr_tails = (idr >= t.idr_resends and idr_resent >= t.idr_share
+                                  and idr_sent is not None and sent > 0
+                                  and idr_resent >= 2 * idr_sent / sent)
         span = now - oldest.at
         rate = 8 * (sample.bytes_sent - oldest.bytes_sent) / span if span > 0 else None
         rise: float | None = None
         rise_median: float | None = None
-        if sample.rtt is not None and not stale:
-            if fresh:
-                # The raw sample behind the average: (new - a * old) / (1 - a).
-                a, before = t.rtt_smoothing, self._last_rtt
-                raw = sample.rtt if before is None else (sample.rtt - a * before) / (1 - a)
-                self._raw_rtts.append(max(0.0, raw))
-                self._rtts.append((now, max(0.0, raw)))
-                self._last_rtt = sample.rtt
-            while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
-                self._rtts.popleft()
-            if self._rtts and self._raw_rtts:
-                # A queue stands across reports; an odd report or two (a busy loop, a
-                # delayed RTCP) is not one: the least of the last three raw samples says.
-                floor = min(rtt for _, rtt in self._rtts)
-                recent = sorted(self._raw_rtts)
-                rise = max(0.0, recent[0] - floor)
-                rise_median = max(0.0, recent[len(recent) // 2] - floor)
-        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent)
+        if sample.host_lag is not None:
+            self._lags.append((now, max(0.0, sample.host_lag)))
+        while self._lags and self._lags[0][0] < now - t.rtt_recent:
+            self._lags.popleft()
+        lags = sorted(late for _, late in self._lags)
+        raws: tuple[float, ...] = ()
+        if sample.rtt_samples is not None:
+            raws = sample.rtt_samples
+        elif fresh and sample.rtt is not None and sample.rtt != self._last_rtt:
+            # The raw sample behind the average: (new - a * old) / (1 - a). A report
+            # that left the average as it was (it answered an older sender report)
+            # carried no sample.
+            a, before = t.rtt_smoothing, self._last_rtt
+            raws = (sample.rtt if before is None else (sample.rtt - a * before) / (1 - a),)
+        if fresh and sample.rtt is not None:
+            self._last_rtt = sample.rtt
+        for raw in raws:
+            self._raw_rtts.append((now, max(0.0, raw)))
+            self._rtts.append((now, max(0.0, raw)))
+        while len(self._raw_rtts) > 3 and self._raw_rtts[0][0] < now - t.rtt_recent:
+            self._raw_rtts.popleft()
+        while self._rtts and self._rtts[0][0] < now - t.rtt_floor_window:
+            self._rtts.popleft()
+        if self._rtts and self._raw_rtts and not stale:
+            # A queue stands across reports; an odd report or two (a busy loop, a
+            # delayed RTCP) is not one: the least of the recent raw samples says.
+            # What the camera's own busy loop added is no queue either: as late as
+            # its timers fired over the same seconds (the least, and the median,
+            # so that one slow moment does not hide a queue for long).
+            floor = min(rtt for _, rtt in self._rtts)
+            recent = sorted(rtt for _, rtt in self._raw_rtts)
+            least_lag = lags[0] if lags else 0.0
+            typical_lag = lags[len(lags) // 2] if lags else 0.0
+            rise = max(0.0, recent[0] - floor - least_lag)
+            rise_median = max(0.0, recent[len(recent) // 2] - floor - typical_lag)
+        lag = lags[len(lags) // 2] if lags else None
+        self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent,
+                                 idr_resent, lag)
 
 
 # -- the quality data channel ---------------------------------------------------------

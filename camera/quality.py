@@ -25,6 +25,7 @@ from typing import Any
 from aiortc import RTCRtpSender
 from aiortc.exceptions import InvalidStateError
 
+from camera.compat import watch_rtt
 from camera.compat.fastsend import stats_of
 from camera.frames import Layer
 from camera.ladder import (
@@ -52,6 +53,11 @@ SWITCH_POLL = 0.1
 STATS_TIMEOUT = 2.0
 """Longest wait for one ``getStats`` (it answers from memory; a bound all the same)."""
 NOT_AUTHORIZED = "not authorized: this viewer is not paired with the camera"
+
+
+def _listed(values: tuple[float, ...] | None) -> str:
+    """RTT samples in a debug line: comma-separated, ``-`` for none, ``None``: not known."""
+    return "None" if values is None else ",".join(f"{x:.5f}" for x in values) or "-"
 
 
 class ViewerQuality:
@@ -85,6 +91,11 @@ class ViewerQuality:
         self._channel: Any = None
         self._task: asyncio.Task[None] | None = None
         self._reported: Layer | None = None
+        self._rtt_samples: list[float] = []
+        """Raw RTT samples taken since the last look (``watch_rtt``; None: not watched)."""
+        self._rtt_watched = False
+        self.rtt_samples_taken = 0
+        """Round-trip time samples the viewer's receiver reports gave (tests read it)."""
         self.refused = 0
 
     @property
@@ -96,12 +107,21 @@ class ViewerQuality:
     def start(self, sender: RTCRtpSender) -> None:
         """Start sampling ``sender``'s stats (once; the session calls :meth:`close`)."""
         if self._task is None and len(self.layers) > 1:
+            watch_rtt(sender, self._took_rtt)
+            self._rtt_watched = True
             self._task = asyncio.create_task(self._run(sender), name="viewer-quality")
+
+    def _took_rtt(self, rtt: float) -> None:
+        self.rtt_samples_taken += 1
+        self._rtt_samples.append(rtt)
 
     async def _run(self, sender: RTCRtpSender) -> None:
         while True:
-            pending = self.controller.pending is not None
-            await asyncio.sleep(SWITCH_POLL if pending else SAMPLE_EVERY)
+            pause = SWITCH_POLL if self.controller.pending is not None else SAMPLE_EVERY
+            due = self._clock() + pause
+            await asyncio.sleep(pause)
+            # How late this loop woke: a receiver report handled about now waited as long.
+            late = max(0.0, self._clock() - due)
             try:
                 async with asyncio.timeout(STATS_TIMEOUT):
                     report = await sender.getStats()
@@ -109,10 +129,13 @@ class ViewerQuality:
                 logger.debug("session %s: no sender stats: %s", self.session_id, exc)
                 continue
             shared = stats_of(sender)
-            self.step(self._sample(report.values(),
-                                   None if shared is None else shared.retransmitted))
+            self.step(self._sample(
+                report.values(), None if shared is None else shared.retransmitted, late,
+                None if shared is None else (shared.retransmitted_keyframe,
+                                             shared.keyframe_packets)))
 
-    def _sample(self, stats: Any, resent: int | None = None) -> Sample:
+    def _sample(self, stats: Any, resent: int | None = None, late: float | None = None,
+                keyframes: tuple[int, int] | None = None) -> Sample:
         sent = sent_bytes = 0
         lost = expected = None
         report_at = rtt = None
@@ -124,10 +147,16 @@ class ViewerQuality:
                 expected = stat.packetsReceived + stat.packetsLost
                 report_at = stat.timestamp.timestamp()
                 rtt = stat.roundTripTime
+        samples: tuple[float, ...] | None = None
+        if self._rtt_watched:
+            samples = tuple(self._rtt_samples)
+            self._rtt_samples.clear()
         return Sample(at=self._clock(), packets_sent=sent, bytes_sent=sent_bytes,
                       packets_lost=lost, packets_expected=expected, report_at=report_at,
                       rtt=rtt, nominal_bitrate=self._bitrates.get(self.track.layer),
-                      packets_resent=resent)
+                      packets_resent=resent, rtt_samples=samples, host_lag=late,
+                      packets_resent_keyframe=None if keyframes is None else keyframes[0],
+                      keyframe_packets_sent=None if keyframes is None else keyframes[1])
 
     def step(self, sample: Sample) -> None:
         """One sample: follow a move that took effect, then let the controller decide."""
@@ -140,10 +169,12 @@ class ViewerQuality:
         decision = self.controller.observe(sample)
         # One line per sample at debug: what a recorded trace for the ladder's tests is.
         logger.debug("session %s: ladder sample %s %s %s %s %s %s %s layer %d -> %s "
-                     "resent %s", self.session_id, sample.at, sample.packets_sent,
-                     sample.bytes_sent, sample.packets_lost, sample.packets_expected,
-                     sample.report_at, sample.rtt, self.controller.layer, decision.value,
-                     sample.packets_resent)
+                     "resent %s samples %s lag %s idr %s %s", self.session_id, sample.at,
+                     sample.packets_sent, sample.bytes_sent, sample.packets_lost,
+                     sample.packets_expected, sample.report_at, sample.rtt,
+                     self.controller.layer, decision.value, sample.packets_resent,
+                     _listed(sample.rtt_samples), sample.host_lag,
+                     sample.packets_resent_keyframe, sample.keyframe_packets_sent)
         if self.mode != "auto" or decision is Decision.STAY:
             if self.mode != "auto":
                 self.controller.cancel()

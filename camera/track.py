@@ -65,6 +65,8 @@ class PassthroughTrack(MediaStreamTrack):
         self.spread = 0.0
         """Seconds over which to send the packets of the access unit :meth:`next_payloads`
         returned last (0: at once; see ``LOW_KEYFRAME_SPREAD``)."""
+        self.keyframe = False
+        """Whether that access unit was an IDR (the send loop counts its packets)."""
 
     @property
     def layer(self) -> Layer:
@@ -119,6 +121,7 @@ class PassthroughTrack(MediaStreamTrack):
         frame, pts = await self._next()
         low = frame.layer is not self._broadcaster.layers[0]
         self.spread = LOW_KEYFRAME_SPREAD if frame.keyframe and low else 0.0
+        self.keyframe = frame.keyframe
         return self._broadcaster.payloads(frame, packetize), pts
 
     async def _next(self) -> tuple[EncodedFrame, int]:

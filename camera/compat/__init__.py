@@ -57,7 +57,7 @@ from camera.compat.guard import (
 from camera.compat.ice import restrict_host_addresses
 from camera.compat.playout import PlayoutDelay
 from camera.compat.playout import negotiate as negotiate_playout_delay
-from camera.compat.sender import hook_sender, watch_rtcp
+from camera.compat.sender import hook_sender, watch_rtcp, watch_rtt
 from camera.ice import DirectFirst, Upgrade
 from camera.punch import NatProfile, PunchConfig
 
@@ -76,6 +76,7 @@ __all__ = [
     "ensure_installed",
     "hook_sender",
     "watch_rtcp",
+    "watch_rtt",
     "install",
     "installed",
     "negotiate_playout_delay",

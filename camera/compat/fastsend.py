@@ -121,6 +121,40 @@ def packetize_h264(access_unit: bytes) -> tuple[bytes, ...]:
     return tuple(H264Encoder._packetize(H264Encoder._split_bitstream(access_unit)))
 
 
+_KEYFRAME_NAL_TYPES = frozenset({5, 7, 8})
+"""IDR slice, SPS, PPS: what an IDR access unit's packets carry."""
+
+
+def carries_keyframe(packet: bytes) -> bool:
+    """Whether this plain RTP packet (H.264, RFC 6184) carries part of an IDR access
+    unit: an IDR slice (whole or an FU-A fragment) or the SPS/PPS in front of one."""
+    if len(packet) < 13:
+        return False
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:  # a header extension block
+        if len(packet) < offset + 4:
+            return False
+        offset += 4 + 4 * struct.unpack_from("!H", packet, offset + 2)[0]
+    return payload_carries_keyframe(packet[offset:])
+
+
+def payload_carries_keyframe(payload: bytes) -> bool:
+    """The same for an RTP payload (what :func:`packetize_h264` cuts)."""
+    if len(payload) < 2:
+        return False
+    nal = payload[0] & 0x1F
+    if nal == 28:  # FU-A: the fragmented NAL unit's type is in the FU header
+        return payload[1] & 0x1F in _KEYFRAME_NAL_TYPES
+    if nal == 24:  # STAP-A: each aggregated NAL unit after its 2-byte size
+        at = 1
+        while at + 2 < len(payload):
+            if payload[at + 2] & 0x1F in _KEYFRAME_NAL_TYPES:
+                return True
+            at += 2 + int.from_bytes(payload[at : at + 2], "big")
+        return False
+    return nal in _KEYFRAME_NAL_TYPES
+
+
 def _check_sender(sender: RTCRtpSender) -> None:
     for name, kind in _SENDER_STATE:
         instance_attribute(AIORTC, aiortc, sender, name, kind)
@@ -146,6 +180,10 @@ class SharedSendStats:
         self.frames = 0
         self.packets = 0
         self.retransmitted = 0
+        self.retransmitted_keyframe = 0
+        """Of those, packets of an IDR access unit (its SPS/PPS and IDR slices)."""
+        self.keyframe_packets = 0
+        """Packets sent of IDR access units (of ``packets``)."""
         self.direct_sends = 0
         """Datagrams handed straight to a UDP transport (not through a TURN protocol)."""
         self.last_sequence_number: int | None = None
@@ -239,9 +277,12 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
                 if not sender._enabled or not payloads:
                     continue
                 spread = getattr(track, "spread", 0.0)
+                keyframe = getattr(track, "keyframe", False) is True
                 sequence_number = await _send_frame(payloads, pts, payload_type,
                                                     sequence_number, timestamp_origin,
                                                     spread if isinstance(spread, float) else 0.0)
+                if keyframe:
+                    stats.keyframe_packets += len(payloads)
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:
@@ -354,6 +395,8 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
                               sequence_number=rtx_sequence, ssrc=sender._rtx_ssrc)
             setattr(sender, RTX_SEQUENCE_NUMBER, (rtx_sequence + 1) & 0xFFFF)
         stats.retransmitted += 1
+        if carries_keyframe(plain):
+            stats.retransmitted_keyframe += 1
         await sender.transport._send_rtp(packet.serialize(extensions_map))
 
     _STATS[sender] = stats

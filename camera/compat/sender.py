@@ -14,6 +14,7 @@ from typing import Any
 
 import aiortc
 from aiortc import RTCRtpSender
+from aiortc.rtcrtpsender import RTT_ALPHA
 from aiortc.rtp import RTP_HISTORY_SIZE
 
 from camera.compat.guard import AIORTC, Member, instance_attribute, require
@@ -64,3 +65,29 @@ def watch_rtcp(sender: RTCRtpSender, on_rtcp: Callable[[], None]) -> None:
         await handle(packet)
 
     sender._handle_rtcp_packet = handle_and_note  # type: ignore[method-assign]
+
+
+RTT_ATTR = "_RTCRtpSender__rtt"
+"""The sender's round-trip time: an average, moved by each receiver report that
+answers its latest sender report (``RTT_ALPHA`` of the old value)."""
+
+
+def watch_rtt(sender: RTCRtpSender, on_sample: Callable[[float], None]) -> None:
+    """Call ``on_sample`` with each round-trip time sample (seconds) this sender takes
+    from a receiver report: the raw sample behind aiortc's average, read around the
+    report's handling, so none is lost when several reports arrive between two
+    looks at the stats (a browser sends one with every NACK) and a report that
+    answers an older sender report (no sample) gives none."""
+    instance_attribute(AIORTC, aiortc, sender, RTT_ATTR, (float, type(None)))
+    require(AIORTC, aiortc, RTCRtpSender, _SENDER_MEMBERS[2])
+    handle = sender._handle_rtcp_packet  # aiortc's, or a hook already on it (watch_rtcp)
+    alpha = float(RTT_ALPHA)
+
+    async def handle_and_sample(packet: Any) -> None:
+        before = getattr(sender, RTT_ATTR, None)
+        await handle(packet)
+        after = getattr(sender, RTT_ATTR, None)
+        if isinstance(after, float) and after != before:
+            on_sample(after if before is None else (after - alpha * before) / (1 - alpha))
+
+    sender._handle_rtcp_packet = handle_and_sample  # type: ignore[method-assign]

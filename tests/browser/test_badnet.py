@@ -44,6 +44,8 @@ async def test_chromium_under_loss_is_repaired_by_retransmission_and_stays_high(
         stats = await page.evaluate(_CHROMIUM_STATS_JS)
         state = await page.evaluate("({...window.peercam})")
         layers = [session.layer for session in camera.sessions.values()]
+        rtt_samples = [session.quality.rtt_samples_taken for session in camera.sessions.values()
+                       if session.quality is not None]
     finally:
         await context.close()
         relay.close()
@@ -58,6 +60,9 @@ async def test_chromium_under_loss_is_repaired_by_retransmission_and_stays_high(
     assert state["layer"] == "high" and state["layerSwitches"] == 0
     assert state["state"] == "connected" and state["reconnects"] == 0
     assert layers == ["high"]
+    # The ladder read a round-trip time sample from each of Chromium's receiver reports
+    # (it sends several a second under loss: one with each NACK), not aiortc's average.
+    assert rtt_samples and rtt_samples[0] > 8, rtt_samples
     times = [at for at, _ in frames]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert len(times) > 8 * 15 and max(gaps) < scaled(STALL_MS), max(gaps)

@@ -60,6 +60,9 @@ async def test_two_viewers_decode_frames_packetized_once_and_nacks_are_served() 
         sender.transport._send_rtp = capture  # type: ignore[method-assign]
         stats = fastsend.stats_of(sender)  # the loop is ours, not aiortc's
         assert stats is not None and stats.direct_sends == stats.packets > 0
+        # The IDR it started with is counted as such (the ladder tells IDRs that do not
+        # fit a link by their share of what is resent), the frames after it are not.
+        assert 0 < stats.keyframe_packets < stats.packets
         # The last packet sent is still kept: resent as RTX (its own SSRC, the
         # original sequence number in front of the payload).
         latest = stats.last_sequence_number

@@ -396,3 +396,203 @@ def test_a_policers_share_of_loss_moves_down_at_once() -> None:
     first_over = next(k for k, loss in enumerate(losses)
                       if loss >= controller.tuning.congestion_loss)
     assert decisions.index(Decision.DOWN) == first_over
+
+
+# -- the RTT the controller sees -------------------------------------------------------
+
+
+async def test_each_receiver_report_gives_its_own_rtt_sample() -> None:
+    """watch_rtt hands over the raw sample behind aiortc's average for every report
+    that answers the latest sender report (several between two looks at the stats:
+    a browser reports with every NACK), and none for one that answers an older one;
+    it goes on top of the camera's other RTCP hook, as a session installs them."""
+    import time
+
+    from aiortc import RTCRtpSender
+    from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
+
+    from camera.broadcaster import Broadcaster
+    from camera.compat import watch_rtcp, watch_rtt
+    from camera.track import PassthroughTrack
+    from tests.camera.test_broadcaster import Requests, _dtls
+
+    sender = RTCRtpSender(PassthroughTrack(Broadcaster(Requests())), _dtls())
+    seen: list[int] = []
+    watch_rtcp(sender, lambda: seen.append(1))
+    samples: list[float] = []
+    watch_rtt(sender, samples.append)
+
+    async def report(lsr: int, answered_ago: float, held: float) -> None:
+        sender._RTCRtpSender__lsr = 77  # type: ignore[attr-defined]
+        sender._RTCRtpSender__lsr_time = time.time() - answered_ago  # type: ignore[attr-defined]
+        info = RtcpReceiverInfo(ssrc=sender._ssrc, fraction_lost=0, packets_lost=0,
+                                highest_sequence=0, jitter=0, lsr=lsr,
+                                dlsr=round(held * 65536))
+        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=1, reports=[info]))
+
+    await report(77, 0.050, 0.010)  # 40 ms
+    await report(77, 0.130, 0.010)  # 120 ms: the average moves 15 % of the way
+    await report(12, 0.500, 0.010)  # an older sender report's answer: no sample
+    await report(77, 0.040, 0.010)  # 30 ms
+    assert len(seen) == 4
+    assert [round(x, 2) for x in samples] == [0.04, 0.12, 0.03]
+
+
+def _busy_machine(host_lag: bool) -> list[Decision]:
+    """5 % random loss (Chromium repairs it all: resent), a 3 ms path, and a camera
+    whose event loop is 40 ms late for 4 s from 10 s: each receiver report (four a
+    second, exact samples) handled 40 ms late."""
+    rng = random.Random(3)
+    controller = LadderController(2)
+    decisions = []
+    sent = resent = 0
+    for step in range(1, 41):
+        now = step * 0.5
+        busy = 10 <= now < 14
+        sent += 30
+        resent += sum(rng.random() < 0.05 for _ in range(30))
+        rtts = tuple(0.003 + 0.001 * rng.random() + (0.040 if busy else 0.0)
+                     for _ in range(2))
+        decision = controller.observe(Sample(
+            at=now, packets_sent=sent, bytes_sent=sent * 900, packets_lost=0,
+            packets_expected=sent, report_at=now, rtt=rtts[-1], packets_resent=resent,
+            rtt_samples=rtts, host_lag=(0.040 if busy else 0.001) if host_lag else None))
+        if decision is not Decision.STAY:
+            decisions.append(decision)
+            controller.cancel()
+    return decisions
+
+
+def test_a_busy_camera_is_no_queue() -> None:
+    """The RTT the camera measures includes how late it handled the report: a busy
+    event loop (its own timer as late) is not a queue at the bottleneck, so random
+    loss on a busy machine moves nobody; unaccounted, the same rise would."""
+    assert _busy_machine(host_lag=True) == []
+    assert Decision.DOWN in _busy_machine(host_lag=False)
+
+
+def test_a_queue_on_a_calm_camera_still_moves_it_down() -> None:
+    """The same loss with the same rise while the camera's loop is on time (one slow
+    moment apart, which hides nothing): a queue."""
+    controller = LadderController(2)
+    decisions = []
+    for step in range(1, 21):
+        now = step * 0.5
+        sent = 30 * step
+        rtts = (0.003, 0.003) if now < 5 else (0.045, 0.048)
+        decision = controller.observe(Sample(
+            at=now, packets_sent=sent, bytes_sent=sent * 900, packets_lost=0,
+            packets_expected=sent, report_at=now, rtt=rtts[-1],
+            packets_resent=round(0.05 * sent), rtt_samples=rtts,
+            host_lag=0.060 if step == 11 else 0.001))
+        if decision is not Decision.STAY:
+            decisions.append((now, decision))
+            controller.cancel()
+    assert decisions and decisions[0][1] is Decision.DOWN and decisions[0][0] <= 7.5
+
+
+def test_recorded_lab_cap_chromium_each_report_its_own_sample() -> None:
+    """The NAT lab's capped Chromium tab, recorded with each receiver report's own RTT
+    sample (two to six a look) and the camera's lateness: no queue read before the
+    cap; down within a few seconds of the first loss; each probe up into the cap
+    (the recording's switches) reverted within its window; up again after the lift."""
+    rows = TRACES["lab_cap_chromium"]
+    controller = LadderController(2, layer=rows[0][7])
+    decisions: list[tuple[float, Decision]] = []
+    estimates: list[tuple[float, Estimate]] = []
+    ups: list[float] = []
+    for at, sent, sent_bytes, lost, expected, report_at, rtt, layer, resent, rtts, lag in rows:
+        if layer != controller.layer:
+            if layer < controller.layer:
+                ups.append(at)
+            controller.switched(layer, at)
+        decision = controller.observe(Sample(
+            at=at, packets_sent=sent, bytes_sent=sent_bytes, packets_lost=lost,
+            packets_expected=expected, report_at=report_at, rtt=rtt, packets_resent=resent,
+            rtt_samples=tuple(rtts), host_lag=lag))
+        estimates.append((at, controller.estimate))
+        if decision is not Decision.STAY:
+            decisions.append((at, decision))
+    assert sum(len(row[9]) for row in rows) > 2 * len(rows)  # several reports a look
+    t = controller.tuning
+    first_loss = next(at for at, e in estimates if e.loss is not None and e.loss > 0)
+    before = [e for at, e in estimates if at < first_loss]
+    assert all((e.rtt_rise or 0) < t.rtt_rise and (e.rtt_rise_median or 0) < t.burst_rise
+               for e in before)
+    down = next(at for at, d in decisions if d is Decision.DOWN)
+    assert first_loss < down <= first_loss + 3.5, (first_loss, down)
+    *capped_probes, after_lift = ups
+    assert capped_probes
+    for up in capped_probes:
+        assert any(d is Decision.DOWN and up < at <= up + t.probe_window
+                   for at, d in decisions), (up, decisions)
+    assert all(at < after_lift for at, d in decisions if d is Decision.DOWN)
+
+
+# -- IDRs that do not fit: their packets are the ones resent ---------------------------
+
+
+def test_the_send_loop_tells_idr_packets() -> None:
+    """Every packet of an IDR access unit (SPS/PPS aggregated, IDR slice in fragments)
+    counts as the IDR's, with or without RTP header extensions; none of a P frame's."""
+    from camera.compat.fastsend import carries_keyframe, packetize_h264, payload_carries_keyframe
+
+    start = b"\x00\x00\x00\x01"
+    idr = (start + b"\x09\xf0" + start + b"\x67\x42\xc0\x1f\xda" + start + b"\x68\xce\x3c\x80"
+           + start + b"\x65" + bytes(range(256)) * 20)
+    p_frame = start + b"\x09\x30" + start + b"\x41" + bytes(range(256)) * 8
+    idr_payloads, p_payloads = packetize_h264(idr), packetize_h264(p_frame)
+    assert len(idr_payloads) > 3 and len(p_payloads) > 1
+    assert all(payload_carries_keyframe(x) for x in idr_payloads)
+    assert not any(payload_carries_keyframe(x) for x in p_payloads)
+    plain = bytes([0x80, 96]) + bytes(10)
+    extended = bytes([0x90, 96]) + bytes(10) + b"\xbe\xde\x00\x01" + b"\x10\x01\x00\x00"
+    assert carries_keyframe(plain + idr_payloads[-1]) and carries_keyframe(extended
+                                                                           + idr_payloads[0])
+    assert not carries_keyframe(extended + p_payloads[-1]) and not carries_keyframe(plain)
+
+
+def _keyframe_link(seed: int, idr_tail: int, random_loss: float
+                   ) -> tuple[list[Decision], bool]:
+    """A layer of 40 packets a second and an IDR of 16 packets every 2 s, every packet
+    lost repaired by NACK (the receiver reports nothing lost), a flat 3 ms RTT: the
+    last ``idr_tail`` packets of each IDR dropped (a link its average fits) and/or
+    random loss; five minutes. The decisions, and whether the IDRs were ever said not
+    to fit."""
+    rng = random.Random(seed)
+    controller = LadderController(2)
+    decisions = []
+    sent = idr_sent = resent = idr_resent = 0
+    tails = False
+    for step in range(1, 601):
+        now = step * 0.5
+        packets = [False] * 20
+        if step % 4 == 0:
+            packets[:16] = [True] * 16  # the IDR leads this half second
+        for k, is_idr in enumerate(packets):
+            lost = rng.random() < random_loss or (is_idr and k >= 16 - idr_tail)
+            sent += 1
+            idr_sent += is_idr
+            resent += lost
+            idr_resent += lost and is_idr
+        decision = controller.observe(Sample(
+            at=now, packets_sent=sent, bytes_sent=sent * 900, packets_lost=0,
+            packets_expected=sent, report_at=now, rtt=0.003, packets_resent=resent,
+            rtt_samples=(0.003, 0.003), host_lag=0.001, packets_resent_keyframe=idr_resent,
+            keyframe_packets_sent=idr_sent))
+        tails = tails or controller.idr_tails
+        if decision is not Decision.STAY:
+            decisions.append((now, decision))
+            controller.cancel()
+    return [d for _, d in decisions], tails
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_idrs_that_do_not_fit_move_down_where_random_loss_does_not(seed: int) -> None:
+    """The tails of the IDRs lost (6 of 16 each: the RTT shows nothing) is congestion;
+    random loss over the same stream, its IDR packets lost in their share, is not (at
+    10 % a window now and then reaches a policer's 20 %: that is another rule)."""
+    decisions, tails = _keyframe_link(seed, idr_tail=6, random_loss=0.0)
+    assert tails and decisions[0] is Decision.DOWN
+    assert _keyframe_link(seed, idr_tail=0, random_loss=0.05) == ([], False)
+    assert not _keyframe_link(seed, idr_tail=0, random_loss=0.10)[1]

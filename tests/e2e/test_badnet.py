@@ -106,7 +106,12 @@ async def test_five_percent_loss_both_ways_plays_without_a_stall(stack: Stack) -
                            connect_timeout=scaled(15))
     finally:
         relay.close()
-    assert relay.counters(True).link.lost > 5 and relay.counters(False).link.lost > 0
+    assert relay.counters(True).link.lost > 5
+    # The uplink carries only RTCP (a few dozen packets in 8 s; the relay's one random
+    # stream serves both ways, so which of them it drops depends on timing): through
+    # the lossy model, and losing none only where that is not unlikely (0.95 ** n).
+    uplink = relay.counters(False).link
+    assert uplink.offered > 20 and (uplink.lost > 0 or 0.95 ** uplink.offered > 0.01), uplink
     assert stats.playout is not None and stats.playout.recovered > 0
     assert stats.max_gap_ms is not None and stats.max_gap_ms < scaled(STALL_MS), stats.gaps
     assert stats.sessions == 1 and stats.frames >= 8 * 25
