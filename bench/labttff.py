@@ -54,6 +54,8 @@ USES_LAB = True
 CAMERA_SITE = "port-restricted"
 CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
          "port-restricted:udp-blocked")
+KINDS = {"cli_plain": "CLI, old UDP test", "cli": "CLI", "chromium": "Chromium"}
+"""Viewer kinds, in table order; ``cli_plain`` only with ``--plain-udp-test``."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
@@ -75,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gap", type=float, default=1.0,
                    help="seconds between trials (the camera's keyframe limiter is 2/s)")
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
+    p.add_argument("--plain-udp-test", action="store_true",
+                   help="also run the CLI viewer with the old UDP test (STUN over UDP "
+                        "only, 0.75 s to a verdict), in the same run, for comparison")
 
 
 # -- the lab with servers and one camera, shared with bench/relay.py ----------------
@@ -287,6 +292,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "turn_transport": "tcp" if viewer.startswith("udp-blocked") else "udp",
             }
             kinds = ["cli"] if args.no_chromium else ["cli", "chromium"]
+            if args.plain_udp_test:
+                kinds.insert(0, "cli_plain")
             for kind in kinds:
                 trials = await lab.json_lines(
                     viewer,
@@ -341,10 +348,10 @@ def headline(result: dict[str, Any]) -> str:
     parts = []
     for cell in result["cells"]:
         figures = []
-        for kind in ("cli", "chromium"):
+        for kind in KINDS:
             if kind in cell:
                 s = cell[kind]["summary"]
-                figures.append(f"{'CLI' if kind == 'cli' else 'Chromium'} p50 "
+                figures.append(f"{KINDS[kind]} p50 "
                                f"{s.get('p50', 'n/a')} ms")
                 off = len(cell[kind]["trials"]) - cell[kind]["on_expected_path"]
                 if off:
@@ -358,12 +365,12 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
     data, labels = [], []
     for cell in result["cells"]:
-        for kind in ("cli", "chromium"):
+        for kind in KINDS:
             ms = [t["ttff_ms"] for t in cell.get(kind, {}).get("trials", [])
                   if t.get("ttff_ms") is not None]
             if ms:
                 data.append(ms)
-                labels.append(f"{'CLI' if kind == 'cli' else 'Chromium'}\n"
+                labels.append(f"{KINDS[kind]}\n"
                               f"{cell['viewer']} ({cell['expected']})")
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.7 * len(data)))
     ax.boxplot(data, tick_labels=labels, orientation="horizontal")
@@ -397,7 +404,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
     ]
     for cell in result["cells"]:
         target = TARGET_DIRECT_MS if cell["expected"] == "direct" else TARGET_RELAYED_MS
-        for kind, label in (("cli", "CLI"), ("chromium", "Chromium")):
+        for kind, label in KINDS.items():
             if kind not in cell:
                 continue
             c = cell[kind]
@@ -478,8 +485,15 @@ class RelayWait(logging.Handler):
             self.ms = float(record.args[1])  # type: ignore[index]
 
 
-async def cli_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
+async def cli_trials(link: str, trials: int, gap: float,
+                     plain_udp_test: bool = False) -> AsyncIterator[dict[str, Any]]:
+    from camera.client import viewer
     from camera.client.viewer import ViewError, view
+
+    if plain_udp_test:  # the comparison variant: the viewer's UDP test as it was
+        from camera.webrtc import udp_blocked
+
+        viewer.udp_blocked = udp_blocked  # type: ignore[assignment]
 
     wait = RelayWait()
     ice_log = logging.getLogger("camera.ice")
@@ -554,14 +568,15 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
 
 
 async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
-    source = cli_trials if kind == "cli" else chromium_trials
     started = time.monotonic()
-    async for row in source(link, trials, gap):
+    source = (chromium_trials(link, trials, gap) if kind == "chromium"
+              else cli_trials(link, trials, gap, plain_udp_test=kind == "cli_plain"))
+    async for row in source:
         print(json.dumps({**row, "at_s": round(time.monotonic() - started, 2)}), flush=True)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if len(sys.argv) != 5 or sys.argv[1] not in ("cli", "chromium"):
-        sys.exit("usage: python -m bench.labttff cli|chromium LINK TRIALS GAP")
+    if len(sys.argv) != 5 or sys.argv[1] not in KINDS:
+        sys.exit("usage: python -m bench.labttff cli|cli_plain|chromium LINK TRIALS GAP")
     asyncio.run(_viewer_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
