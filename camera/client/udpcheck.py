@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -69,17 +70,30 @@ def decide(timing: ProbeTiming, *, now: float, udp_answered: bool,
     return None
 
 
-def tcp_turn_server(ice_servers: list[dict[str, Any]]) -> tuple[str, int] | None:
-    """The first plain ``turn:HOST:PORT?transport=tcp`` server, as (host, port)."""
+@dataclass(frozen=True)
+class TcpTurn:
+    """Where a TURN server takes TCP: ``turn:…?transport=tcp`` or ``turns:`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def tcp_turn_server(ice_servers: list[dict[str, Any]]) -> TcpTurn | None:
+    """The first TURN server reached over TCP or TLS in the list (RFC 7065 URLs)."""
     from services.stun.natcheck import parse_hostport
 
     for entry in ice_servers:
         for url in entry["urls"]:
-            if url.startswith("turn:") and "transport=tcp" in url:
-                try:
-                    return parse_hostport(url[5:].split("?", 1)[0])
-                except ValueError:
-                    continue
+            tls = url.startswith("turns:")
+            if not (tls or (url.startswith("turn:") and "transport=tcp" in url)):
+                continue
+            try:
+                host, port = parse_hostport(url.split(":", 1)[1].split("?", 1)[0],
+                                            5349 if tls else 3478)
+            except ValueError:
+                continue
+            return TcpTurn(host, port, tls)
     return None
 
 
@@ -102,15 +116,17 @@ class _UdpProbe(asyncio.DatagramProtocol):
             self.changed.set()
 
 
-async def _tcp_binding(server: tuple[str, int], answered: asyncio.Event,
+async def _tcp_binding(server: TcpTurn, answered: asyncio.Event,
                        changed: asyncio.Event) -> None:
-    """One STUN Binding over TCP (RFC 8489 section 6.2.2: messages back to back)."""
+    """One STUN Binding over TCP or TLS (RFC 8489 section 6.2.2: messages back to
+    back); a certificate that does not verify is no answer."""
     from services.stun.message import HEADER_LENGTH, Message, MessageClass, Method, parse
 
     request = Message(Method.BINDING, MessageClass.REQUEST)
     writer = None
     try:
-        reader, writer = await asyncio.open_connection(*server)
+        reader, writer = await asyncio.open_connection(
+            server.host, server.port, ssl=ssl.create_default_context() if server.tls else None)
         writer.write(request.encode())
         await writer.drain()
         head = await reader.readexactly(HEADER_LENGTH)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from camera.client.udpcheck import ProbeTiming, decide, tcp_turn_server, udp_blocked
+from camera.client.udpcheck import ProbeTiming, TcpTurn, decide, tcp_turn_server, udp_blocked
 from services.stun.server import StunServer, run_stun_server
 from tests.conftest import scaled
 
@@ -50,11 +50,15 @@ def test_timings_that_break_the_rule_are_refused(bad: dict[str, object]) -> None
         ProbeTiming(**bad)  # type: ignore[arg-type]
 
 
-def test_the_tcp_turn_url_is_the_plain_tcp_one() -> None:
+def test_the_tcp_turn_server_is_the_first_over_tcp_or_tls() -> None:
     servers = [{"urls": ["stun:192.0.2.1:3478"]},
                {"urls": ["turn:192.0.2.1:3478?transport=udp", "turns:turn.example:443",
                          "turn:192.0.2.1:443?transport=tcp"]}]
-    assert tcp_turn_server(servers) == ("192.0.2.1", 443)
+    assert tcp_turn_server(servers) == TcpTurn("turn.example", 443, tls=True)
+    assert tcp_turn_server([servers[1] | {"urls": servers[1]["urls"][2:]}]) == \
+        TcpTurn("192.0.2.1", 443, tls=False)
+    assert tcp_turn_server([{"urls": ["turns:turn.example"]}]) == \
+        TcpTurn("turn.example", 5349, tls=True)
     assert tcp_turn_server(servers[:1]) is None
 
 
