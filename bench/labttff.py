@@ -54,8 +54,9 @@ USES_LAB = True
 CAMERA_SITE = "port-restricted"
 CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
          "port-restricted:udp-blocked")
-KINDS = {"cli_plain": "CLI, old UDP test", "cli": "CLI", "chromium": "Chromium"}
-"""Viewer kinds, in table order; ``cli_plain`` only with ``--plain-udp-test``."""
+KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium": "Chromium"}
+"""Viewer kinds, in table order; ``cli_before`` (see :func:`cli_trials`) only with
+``--before``."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
@@ -77,9 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gap", type=float, default=1.0,
                    help="seconds between trials (the camera's keyframe limiter is 2/s)")
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
-    p.add_argument("--plain-udp-test", action="store_true",
-                   help="also run the CLI viewer with the old UDP test (STUN over UDP "
-                        "only, 0.75 s to a verdict), in the same run, for comparison")
+    p.add_argument("--before", action="store_true",
+                   help="also run the CLI viewer as it was before its fast UDP-blocked "
+                        "test and max-bundle offers (in the same run, for comparison)")
 
 
 # -- the lab with servers and one camera, shared with bench/relay.py ----------------
@@ -292,8 +293,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "turn_transport": "tcp" if viewer.startswith("udp-blocked") else "udp",
             }
             kinds = ["cli"] if args.no_chromium else ["cli", "chromium"]
-            if args.plain_udp_test:
-                kinds.insert(0, "cli_plain")
+            if args.before:
+                kinds.insert(0, "cli_before")
             for kind in kinds:
                 trials = await lab.json_lines(
                     viewer,
@@ -486,14 +487,21 @@ class RelayWait(logging.Handler):
 
 
 async def cli_trials(link: str, trials: int, gap: float,
-                     plain_udp_test: bool = False) -> AsyncIterator[dict[str, Any]]:
+                     before: bool = False) -> AsyncIterator[dict[str, Any]]:
     from camera.client import viewer
     from camera.client.viewer import ViewError, view
 
-    if plain_udp_test:  # the comparison variant: the viewer's UDP test as it was
-        from camera.webrtc import udp_blocked
+    if before:
+        # The comparison variant, the CLI viewer as it was: UDP blocked only after
+        # 0.75 s of silence from the STUN server (camera.webrtc.udp_blocked), and
+        # offers with one transport per m-line (aiortc's balanced bundle policy).
+        from camera.webrtc import make_peer_connection, udp_blocked
 
-        viewer.udp_blocked = udp_blocked  # type: ignore[assignment]
+        def balanced(servers: list[dict[str, Any]], *, max_bundle: bool = False) -> Any:
+            return make_peer_connection(servers)
+
+        viewer.udp_blocked = udp_blocked
+        viewer.make_peer_connection = balanced
 
     wait = RelayWait()
     ice_log = logging.getLogger("camera.ice")
@@ -570,7 +578,7 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
 async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
     started = time.monotonic()
     source = (chromium_trials(link, trials, gap) if kind == "chromium"
-              else cli_trials(link, trials, gap, plain_udp_test=kind == "cli_plain"))
+              else cli_trials(link, trials, gap, before=kind == "cli_before"))
     async for row in source:
         print(json.dumps({**row, "at_s": round(time.monotonic() - started, 2)}), flush=True)
 
@@ -578,5 +586,5 @@ async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if len(sys.argv) != 5 or sys.argv[1] not in KINDS:
-        sys.exit("usage: python -m bench.labttff cli|cli_plain|chromium LINK TRIALS GAP")
+        sys.exit("usage: python -m bench.labttff cli|cli_before|chromium LINK TRIALS GAP")
     asyncio.run(_viewer_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))

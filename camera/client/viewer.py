@@ -316,7 +316,7 @@ async def open_session(
             servers = order_turn(servers, udp_blocked=await udp_blocked(servers))
             viewer_ice.install()  # the controlling agent's relay rule; idempotent
             started = time.perf_counter()
-            pc = make_peer_connection(servers)
+            pc = make_peer_connection(servers, max_bundle=True)
         except (ValueError, TypeError, OSError) as exc:
             raise ViewError(f"the rendezvous sent unusable ICE servers ({exc})") from None
         connection = Connection(link, pc, device_id, session_id, started)
