@@ -441,10 +441,25 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if waits:
         lines += ["", "How long the CLI viewer's relay pair waited, after it answered, for a "
                   "direct pair that could still win (p50): " + "; ".join(waits) + "."]
+    before = [c for c in result["cells"] if c.get("cli_before", {}).get("summary", {}).get("n")
+              and c.get("cli", {}).get("summary", {}).get("n")]
+    if before:
+        ratios = "; ".join(
+            f"{_label(c)}: {c['cli_before']['summary']['p50']} → {c['cli']['summary']['p50']} ms"
+            for c in before)
+        lines += ["", "\"CLI before\" is the CLI viewer as it was before two changes, run in "
+                  "the same lab, one viewer process after the other: it learnt that UDP is "
+                  "blocked only from 0.75 s of silence from the STUN server (now: the TURN "
+                  "server's TCP port answers a STUN Binding while UDP, asked twice, has not "
+                  "answered; `camera/client/udpcheck.py`), and its offers had one transport "
+                  "per m-line (two gatherings, two TURN allocations, the second one deleted, a "
+                  "round trip to the TURN server, when the answer bundles the media, before "
+                  "the checks start; now max-bundle). p50 before → now: " + ratios + "."]
     lines += [
         "",
         "The lab's links have no propagation delay: these figures are what the",
-        "software costs (candidate gathering including the TURN allocation, checks,",
+        "software costs (from a site that blocks UDP, the test that finds it out;",
+        "candidate gathering including the TURN allocation, checks,",
         "the relay grace, DTLS, the first IDR), not what a long path adds. The CLI",
         "viewer nominates (it controls ICE) and takes a relay pair only once no direct",
         f"pair can still win, at most {result['relay_grace_s']} s after the relay pair "
