@@ -454,7 +454,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
                   "answered; `camera/client/udpcheck.py`), and its offers had one transport "
                   "per m-line (two gatherings, two TURN allocations, the second one deleted, a "
                   "round trip to the TURN server, when the answer bundles the media, before "
-                  "the checks start; now max-bundle). p50 before → now: " + ratios + "."]
+                  "the checks start; now max-bundle). p50 before → now: " + ratios + ". The "
+                  "machine (2 cores) is shared with other engineers' builds and benchmarks: "
+                  "compare rows of one run, not runs."]
     lines += [
         "",
         "The lab's links have no propagation delay: these figures are what the",
