@@ -54,6 +54,9 @@ USES_LAB = True
 CAMERA_SITE = "port-restricted"
 CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
          "port-restricted:udp-blocked")
+KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium": "Chromium"}
+"""Viewer kinds, in table order; ``cli_before`` (see :func:`cli_trials`) only with
+``--before``."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
@@ -75,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gap", type=float, default=1.0,
                    help="seconds between trials (the camera's keyframe limiter is 2/s)")
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
+    p.add_argument("--before", action="store_true",
+                   help="also run the CLI viewer as it was before its fast UDP-blocked "
+                        "test and max-bundle offers (in the same run, for comparison)")
 
 
 # -- the lab with servers and one camera, shared with bench/relay.py ----------------
@@ -287,6 +293,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "turn_transport": "tcp" if viewer.startswith("udp-blocked") else "udp",
             }
             kinds = ["cli"] if args.no_chromium else ["cli", "chromium"]
+            if args.before:
+                kinds.insert(0, "cli_before")
             for kind in kinds:
                 trials = await lab.json_lines(
                     viewer,
@@ -341,10 +349,10 @@ def headline(result: dict[str, Any]) -> str:
     parts = []
     for cell in result["cells"]:
         figures = []
-        for kind in ("cli", "chromium"):
+        for kind in KINDS:
             if kind in cell:
                 s = cell[kind]["summary"]
-                figures.append(f"{'CLI' if kind == 'cli' else 'Chromium'} p50 "
+                figures.append(f"{KINDS[kind]} p50 "
                                f"{s.get('p50', 'n/a')} ms")
                 off = len(cell[kind]["trials"]) - cell[kind]["on_expected_path"]
                 if off:
@@ -358,12 +366,12 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
     data, labels = [], []
     for cell in result["cells"]:
-        for kind in ("cli", "chromium"):
+        for kind in KINDS:
             ms = [t["ttff_ms"] for t in cell.get(kind, {}).get("trials", [])
                   if t.get("ttff_ms") is not None]
             if ms:
                 data.append(ms)
-                labels.append(f"{'CLI' if kind == 'cli' else 'Chromium'}\n"
+                labels.append(f"{KINDS[kind]}\n"
                               f"{cell['viewer']} ({cell['expected']})")
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.7 * len(data)))
     ax.boxplot(data, tick_labels=labels, orientation="horizontal")
@@ -397,7 +405,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
     ]
     for cell in result["cells"]:
         target = TARGET_DIRECT_MS if cell["expected"] == "direct" else TARGET_RELAYED_MS
-        for kind, label in (("cli", "CLI"), ("chromium", "Chromium")):
+        for kind, label in KINDS.items():
             if kind not in cell:
                 continue
             c = cell[kind]
@@ -433,10 +441,27 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if waits:
         lines += ["", "How long the CLI viewer's relay pair waited, after it answered, for a "
                   "direct pair that could still win (p50): " + "; ".join(waits) + "."]
+    before = [c for c in result["cells"] if c.get("cli_before", {}).get("summary", {}).get("n")
+              and c.get("cli", {}).get("summary", {}).get("n")]
+    if before:
+        ratios = "; ".join(
+            f"{_label(c)}: {c['cli_before']['summary']['p50']} → {c['cli']['summary']['p50']} ms"
+            for c in before)
+        lines += ["", "\"CLI before\" is the CLI viewer as it was before two changes, run in "
+                  "the same lab, one viewer process after the other: it learnt that UDP is "
+                  "blocked only from 0.75 s of silence from the STUN server (now: the TURN "
+                  "server's TCP port answers a STUN Binding while UDP, asked twice, has not "
+                  "answered; `camera/client/udpcheck.py`), and its offers had one transport "
+                  "per m-line (two gatherings, two TURN allocations, the second one deleted, a "
+                  "round trip to the TURN server, when the answer bundles the media, before "
+                  "the checks start; now max-bundle). p50 before → now: " + ratios + ". The "
+                  "machine (2 cores) is shared with other engineers' builds and benchmarks: "
+                  "compare rows of one run, not runs."]
     lines += [
         "",
         "The lab's links have no propagation delay: these figures are what the",
-        "software costs (candidate gathering including the TURN allocation, checks,",
+        "software costs (from a site that blocks UDP, the test that finds it out;",
+        "candidate gathering including the TURN allocation, checks,",
         "the relay grace, DTLS, the first IDR), not what a long path adds. The CLI",
         "viewer nominates (it controls ICE) and takes a relay pair only once no direct",
         f"pair can still win, at most {result['relay_grace_s']} s after the relay pair "
@@ -478,8 +503,22 @@ class RelayWait(logging.Handler):
             self.ms = float(record.args[1])  # type: ignore[index]
 
 
-async def cli_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
+async def cli_trials(link: str, trials: int, gap: float,
+                     before: bool = False) -> AsyncIterator[dict[str, Any]]:
+    from camera.client import viewer
     from camera.client.viewer import ViewError, view
+
+    if before:
+        # The comparison variant, the CLI viewer as it was: UDP blocked only after
+        # 0.75 s of silence from the STUN server (camera.webrtc.udp_blocked), and
+        # offers with one transport per m-line (aiortc's balanced bundle policy).
+        from camera.webrtc import make_peer_connection, udp_blocked
+
+        def balanced(servers: list[dict[str, Any]], *, max_bundle: bool = False) -> Any:
+            return make_peer_connection(servers)
+
+        viewer.udp_blocked = udp_blocked
+        viewer.make_peer_connection = balanced
 
     wait = RelayWait()
     ice_log = logging.getLogger("camera.ice")
@@ -554,14 +593,15 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
 
 
 async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
-    source = cli_trials if kind == "cli" else chromium_trials
     started = time.monotonic()
-    async for row in source(link, trials, gap):
+    source = (chromium_trials(link, trials, gap) if kind == "chromium"
+              else cli_trials(link, trials, gap, before=kind == "cli_before"))
+    async for row in source:
         print(json.dumps({**row, "at_s": round(time.monotonic() - started, 2)}), flush=True)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if len(sys.argv) != 5 or sys.argv[1] not in ("cli", "chromium"):
-        sys.exit("usage: python -m bench.labttff cli|chromium LINK TRIALS GAP")
+    if len(sys.argv) != 5 or sys.argv[1] not in KINDS:
+        sys.exit("usage: python -m bench.labttff cli|cli_before|chromium LINK TRIALS GAP")
     asyncio.run(_viewer_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))

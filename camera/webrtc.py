@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from aiortc import (
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCIceServer,
     RTCIceTransport,
@@ -20,8 +21,14 @@ from camera.h264 import is_constrained_baseline
 from camera.punch import NatProfile, PunchConfig
 
 
-def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection:
+def make_peer_connection(ice_servers: list[dict[str, Any]], *,
+                         max_bundle: bool = False) -> RTCPeerConnection:
     """A peer connection with exactly these ICE servers.
+
+    ``max_bundle`` (an offerer's choice): every m-line on one transport from the
+    start, so one set of candidates is gathered (one TURN allocation, not one per
+    m-line) and none is torn down when the answer arrives: aiortc stops a
+    bundled-away transport, a TURN Refresh round trip, before its checks start.
 
     aiortc falls back to Google's public STUN server when ``iceServers`` is
     None, so we always pass a list; an empty one means host candidates only.
@@ -38,7 +45,8 @@ def make_peer_connection(ice_servers: list[dict[str, Any]]) -> RTCPeerConnection
         )
         for entry in ice_servers
     ]
-    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+    policy = RTCBundlePolicy.MAX_BUNDLE if max_bundle else RTCBundlePolicy.BALANCED
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers, bundlePolicy=policy))
 
 
 def h264_preferences() -> list[RTCRtpCodecCapability]:

@@ -60,6 +60,7 @@ from camera.client.receiver import (
 )
 from camera.client.recorder import Mp4Recorder
 from camera.client.signaling import LINK_LOST, SignalingLink, await_reply, check_answer, pair
+from camera.client.udpcheck import udp_blocked
 from camera.config import client_ssl, ws_url
 from camera.identity import load_or_create_key
 from camera.ladder import LABEL as QUALITY_LABEL
@@ -72,7 +73,6 @@ from camera.webrtc import (
     order_turn,
     prefer_h264,
     selected_pair,
-    udp_blocked,
 )
 from services.signaling import Message, Role, encode, normalize_device_id
 from services.signatures import encode_public_key, offer_statement, sign
@@ -316,7 +316,7 @@ async def open_session(
             servers = order_turn(servers, udp_blocked=await udp_blocked(servers))
             viewer_ice.install()  # the controlling agent's relay rule; idempotent
             started = time.perf_counter()
-            pc = make_peer_connection(servers)
+            pc = make_peer_connection(servers, max_bundle=True)
         except (ValueError, TypeError, OSError) as exc:
             raise ViewError(f"the rendezvous sent unusable ICE servers ({exc})") from None
         connection = Connection(link, pc, device_id, session_id, started)
