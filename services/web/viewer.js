@@ -378,9 +378,11 @@ function makeVideo() {
 
 async function connect(att) {
   // Nothing waits for a step it does not need: the signaling socket opens,
-  // the viewer key loads (WebCrypto import from IndexedDB) and the peer
-  // connection makes its offer at the same time; the ICE servers the server
-  // hands out are set before the offer is applied, so gathering uses them.
+  // the viewer key loads (a stored CryptoKey, from IndexedDB) and the peer
+  // connection makes its offer at the same time. The offer is signed as soon
+  // as the key and the offer are there, while the server mints ICE servers;
+  // once they are in, the offer is applied (gathering starts with them) and
+  // sent in the same step: applying it and the camera's answer overlap.
   // TTFF counts from here for a paired page, from after pairing otherwise.
   if (!pairSecret) att.startedAt = performance.now();
   const key = viewerKey();
@@ -396,33 +398,48 @@ async function connect(att) {
   att.trickle = newTrickle(!trickleRefused);
   setFigure(att, "trickle", att.trickle.enabled);
   const pc = createPeer(att);
-  const [me, iceServers, offer] = await Promise.all([
-    key,
-    signaling.then(() => {
-      alive(att);
-      return prepare(att);
-    }),
-    pc.createOffer().then((offer) => {
-      mark(att, "offerMade");
-      return offer;
-    }),
-  ]);
-  alive(att);
-  useIceServers(pc, iceServers);
-  await pc.setLocalDescription(offer);
-  alive(att);
-  if (!att.trickle.enabled) {
+  const made = pc.createOffer().then((offer) => {
+    mark(att, "offerMade");
+    return offer;
+  });
+  const iceServers = signaling.then(() => {
+    alive(att);
+    return prepare(att);
+  });
+  // The exact string we send is what the camera's answer statement hashes.
+  let sdp;
+  let me;
+  let applied;
+  if (att.trickle.enabled) {
+    // Trickling, the offer as made is what we sign and send: applying it
+    // changes nothing in it, and the candidates gathered after follow it.
+    const signing = Promise.all([key, made]).then(([k, offer]) => signOffer(att, k, offer.sdp));
+    const [k, servers, offer, signature] = await Promise.all([key, iceServers, made, signing]);
+    alive(att);
+    me = k;
+    sdp = offer.sdp;
+    useIceServers(pc, servers);
+    applied = pc.setLocalDescription(offer);
+    applied.catch(() => {});  // awaited below, before the answer is applied
+    sendOffer(att, me, sdp, signature);
+  } else {
     // Fallback: one complete offer, as before trickle ICE (protocol.md).
+    const [k, servers, offer] = await Promise.all([key, iceServers, made]);
+    alive(att);
+    me = k;
+    useIceServers(pc, servers);
+    await pc.setLocalDescription(offer);
+    alive(att);
     await iceGatheringDone(att, pc);
     alive(att);
+    sdp = pc.localDescription.sdp;
+    sendOffer(att, me, sdp, await signOffer(att, me, sdp));
+    applied = Promise.resolve();
   }
-  // The exact string we send is what the camera's answer statement hashes.
-  // Trickling, it is sent at once: gathering goes on, candidates follow it.
-  const sdp = pc.localDescription.sdp;
-  await sendOffer(att, me, sdp);
-  await startTrickle(att, me, sdp);
-  const answer = await expect(att, "answer", TIMING.answerMs,
+  const answered = expect(att, "answer", TIMING.answerMs,
     "The camera did not answer in time.");
+  await startTrickle(att, me, sdp);
+  const answer = await answered;
   mark(att, "answer");
   // Checked BEFORE setRemoteDescription: the answer carries the DTLS
   // fingerprint we will accept, so an unsigned one could be anyone's.
@@ -433,6 +450,8 @@ async function connect(att) {
   mark(att, "verified");
   // The camera answered a signed offer: our key is in its ACL.
   setPaired(true);
+  await applied;
+  alive(att);
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   alive(att);
   att.answered = true;
@@ -482,16 +501,20 @@ async function prepare(att) {
   return prepared.ice_servers;
 }
 
-async function sendOffer(att, me, sdp) {
+async function signOffer(att, me, sdp) {
+  // The offer statement's signature and the timestamp it covers.
   const timestamp = Date.now();
   const text = await offerStatement(deviceId, att.sessionId, timestamp, me.text, sdp);
-  const signature = await sign(me.pair.privateKey, text);
+  return { timestamp, signature: await sign(me.pair.privateKey, text) };
+}
+
+function sendOffer(att, me, sdp, signed) {
   alive(att);
   mark(att, "offer");
   att.phase = "offer";
   send(att, {
     type: "offer", device_id: deviceId, session_id: att.sessionId,
-    sdp, viewer_key: me.text, timestamp, signature,
+    sdp, viewer_key: me.text, timestamp: signed.timestamp, signature: signed.signature,
   });
   att.sessionLive = true;
 }

@@ -12,6 +12,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unpack_header_extensions
+from aiortc.sdp import SessionDescription
 
 from camera.broadcaster import Broadcaster
 from camera.compat import PlayoutDelay, fastsend
@@ -88,6 +89,38 @@ def test_chromiums_offer_lists_the_extension() -> None:
     assert offered_id(CHROMIUM_OFFER, "0") == 5
     assert offered_id(CHROMIUM_OFFER, "1") is None  # no such m-line
     assert f"a=extmap:5 {URI}" in CHROMIUM_OFFER
+
+
+def test_the_line_scan_reads_the_id_as_aiortcs_parser_does() -> None:
+    # Variants of a real offer: a direction on the extmap, the URI on an audio
+    # m-line only, two video m-lines, no mid, other line endings.
+    def parsed(sdp: str, mid: str | None) -> int | None:
+        for media in SessionDescription.parse(sdp).media:
+            if media.kind == "video" and (mid is None or media.rtp.muxId == mid):
+                for ext in media.rtp.headerExtensions:
+                    if ext.uri == URI:
+                        return int(ext.id)
+        return None
+
+    video = CHROMIUM_OFFER[CHROMIUM_OFFER.index("m=video"):]
+    session = CHROMIUM_OFFER[:CHROMIUM_OFFER.index("m=video")]
+    second = video.replace("a=mid:0", "a=mid:1").replace(f"a=extmap:5 {URI}",
+                                                         f"a=extmap:11/recvonly {URI}")
+    audio = video.replace("m=video", "m=audio").replace("a=mid:0", "a=mid:2")
+    variants = {
+        "as made": CHROMIUM_OFFER,
+        "direction": CHROMIUM_OFFER.replace(f"a=extmap:5 {URI}", f"a=extmap:5/sendrecv {URI}"),
+        "two videos": session + video.replace(f"a=extmap:5 {URI}\r\n", "") + second,
+        "audio only": session + video.replace(f"a=extmap:5 {URI}\r\n", "") + audio,
+        "no mid": CHROMIUM_OFFER.replace("a=mid:0\r\n", ""),
+        "bare newlines": CHROMIUM_OFFER.replace("\r\n", "\n"),
+    }
+    seen = set()
+    for name, sdp in variants.items():
+        for mid in (None, "0", "1", "2"):
+            assert offered_id(sdp, mid) == parsed(sdp, mid), (name, mid)
+            seen.add(offered_id(sdp, mid))
+    assert seen == {None, 5, 11}  # the variants do exercise found and not found
 
 
 class _Tap:
