@@ -115,6 +115,8 @@ def check_members(
     instance_attribute(AIOICE, module, probe, "remote_is_lite", bool)
     instance_attribute(AIOICE, module, probe, "_protocols", list)
     instance_attribute(AIOICE, module, probe, "_remote_candidates", list)
+    instance_attribute(AIOICE, module, probe, "_components", set)
+    instance_attribute(AIOICE, module, probe, "_check_list_done", bool)
 
 
 _PENDING = (_State.FROZEN, _State.WAITING, _State.IN_PROGRESS)
@@ -123,6 +125,7 @@ _ORIGINAL_CHECK_INCOMING = Connection.check_incoming
 _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
 _ORIGINAL_CONNECT = Connection.connect
 _ORIGINAL_CLOSE = Connection.close
+_ORIGINAL_CHECK_COMPLETE = Connection.check_complete
 _ORIGINAL_RELAYED_CANDIDATE = aioice.ice.relayed_candidate
 
 _timing = DirectFirst()
@@ -145,20 +148,29 @@ _search_ended: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDic
 # The background search for a direct path of a connection that completed on a relay.
 _upgraders: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary())
+# Set when a connecting check list completes (every component nominated): connect()
+# returns then, not at its pacing loop's next tick (up to 20 ms later, before DTLS
+# can start); aioice's own connect() ends in the background (see _connect).
+_completed: weakref.WeakKeyDictionary[Connection, asyncio.Event] = weakref.WeakKeyDictionary()
+_finishing: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary())
 
 
 def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
-    """Replace aioice's four methods with the ones below (process-wide)."""
+    """Replace aioice's five methods (and its relayed-candidate gathering) with the
+    ones below (process-wide)."""
     set_timing(timing)
     set_upgrade(upgrade if upgrade is not None else Upgrade())
     start: Any = check_start
     incoming: Any = check_incoming
     connect: Any = _connect
     close: Any = _close
+    complete: Any = _check_complete
     Connection.check_start = start  # type: ignore[method-assign]
     Connection.check_incoming = incoming  # type: ignore[method-assign]
     Connection.connect = connect  # type: ignore[method-assign]
     Connection.close = close  # type: ignore[method-assign]
+    Connection.check_complete = complete  # type: ignore[method-assign]
     relayed: Any = _relayed_candidate
     aioice.ice.relayed_candidate = relayed
 
@@ -169,6 +181,7 @@ def unpatch() -> None:
     Connection.check_incoming = _ORIGINAL_CHECK_INCOMING  # type: ignore[method-assign]
     Connection.connect = _ORIGINAL_CONNECT  # type: ignore[method-assign]
     Connection.close = _ORIGINAL_CLOSE  # type: ignore[method-assign]
+    Connection.check_complete = _ORIGINAL_CHECK_COMPLETE  # type: ignore[method-assign]
     aioice.ice.relayed_candidate = _ORIGINAL_RELAYED_CANDIDATE
 
 
@@ -497,9 +510,48 @@ def _peer_searches(
 # -- relayed now, direct later (camera.ice.Upgrade) -----------------------------------------
 
 
+def _check_complete(self: Connection, pair: CandidatePair) -> None:
+    """aioice's ``check_complete``; a connecting check list that it completed (every
+    component nominated) lets ``connect`` return at once."""
+    _ORIGINAL_CHECK_COMPLETE(self, pair)
+    completed = _completed.get(self)
+    if (completed is not None and self._check_list_done and self._nominated
+            and set(self._nominated) >= self._components):
+        completed.set()
+
+
+def _finished(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("ICE: aioice's connect ended with %r after the check list completed",
+                       task.exception())
+
+
 async def _connect(self: Connection) -> None:
-    """aioice's ``connect``; then, if it selected a relay pair, the search for a direct one."""
-    await _ORIGINAL_CONNECT(self)
+    """aioice's ``connect``, returning as soon as the check list completes; then, if it
+    selected a relay pair, the search for a direct one.
+
+    aioice paces its checks in a loop that sleeps 20 ms between them and looks at the
+    check list's state only when it wakes, so a pair nominated just after a tick (the
+    usual case: the peer's nomination arrives at any time) kept the media waiting up
+    to 20 ms for DTLS to start. What aioice's ``connect`` still does once the list is
+    complete (cancel the checks left, start the consent checks) ends within that tick,
+    in the background; a connection closed first cancels it."""
+    completed = _completed[self] = asyncio.Event()
+    original = asyncio.ensure_future(_ORIGINAL_CONNECT(self))
+    waiter = asyncio.ensure_future(completed.wait())
+    try:
+        await asyncio.wait((original, waiter), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        original.cancel()
+        raise
+    finally:
+        waiter.cancel()
+        _completed.pop(self, None)
+    if original.done():
+        original.result()  # aioice's verdict, its exception included
+    else:
+        _finishing[self] = original
+        original.add_done_callback(_finished)
     pair = self._nominated.get(1)
     if _upgrade.enabled and _upgrade.rounds and pair is not None and _is_relay(pair):
         _upgraders[self] = asyncio.create_task(_look_for_direct(self, pair),
@@ -525,6 +577,11 @@ def rearm(connection: Connection) -> bool:
 
 async def _close(self: Connection) -> None:
     """The search ends with the connection, before aioice closes its sockets."""
+    finishing = _finishing.pop(self, None)
+    if finishing is not None and not finishing.done():
+        finishing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await finishing
     task = _upgraders.pop(self, None)
     if task is not None and not task.done():
         task.cancel()

@@ -24,7 +24,7 @@ from aioice.ice import CandidatePair, Connection, StunProtocol
 
 from camera.client.ice import install as install_relay_rule
 from camera.client.ice import relay_deadline
-from camera.compat import Settings, ice, reconfigure
+from camera.compat import Settings, ensure_installed, ice, reconfigure
 from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
 from camera.punch import NatProfile, PunchConfig
 from tests.conftest import scaled
@@ -280,6 +280,35 @@ async def connect(viewer: Connection, camera: Connection) -> float:
     async with asyncio.timeout(scaled(10)):
         await asyncio.gather(viewer.connect(), camera.connect())
     return time.monotonic() - started
+
+
+async def test_connect_returns_when_the_check_list_completes_not_at_the_next_tick(
+    agents: tuple[Connection, Connection, Gate]
+) -> None:
+    """aioice's connect() wakes every 20 ms to pace its checks and only then sees the
+    list completed; ours returns on the completion itself (aioice's own connect then
+    ends in the background: it cancels the checks left and starts consent)."""
+    viewer, camera, gate = agents
+    ensure_installed()
+    gate.open = True
+    early: list[Connection] = []
+
+    async def connecting(connection: Connection) -> None:
+        await connection.connect()
+        assert connection._check_list_done and 1 in connection._nominated
+        if connection in ice._finishing and not ice._finishing[connection].done():
+            early.append(connection)
+
+    async with asyncio.timeout(scaled(10)):
+        await asyncio.gather(connecting(viewer), connecting(camera))
+    # Nominations land between the 20 ms ticks, so at least one side returned before
+    # its pacing loop woke up again.
+    assert early, "both sides waited for aioice's next tick"
+    # What aioice's connect does after the list completes still happens, soon.
+    async with asyncio.timeout(scaled(5)):
+        while not all(c._query_consent_task is not None for c in (viewer, camera)):
+            await asyncio.sleep(0.005)
+    assert all(ice._finishing[c].done() for c in early)
 
 
 async def test_the_relay_is_nominated_once_no_direct_pair_can_win(
