@@ -18,6 +18,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,16 +58,35 @@ def camera_status(matrix: Matrix, site: str = CAMERA) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(300)
+def camera_learned(matrix: Matrix, site: str, allocation: str) -> Path:
+    """Wait until the camera behind ``site`` logged its NAT's allocation (it predicts
+    or punches only once its NAT check knows); its log file."""
+    log_file = matrix.tmp / f"camera-{site}.log"
+    deadline = time.monotonic() + scaled(30)
+    while f"allocation: {allocation}" not in (log := log_file.read_text()):
+        assert time.monotonic() < deadline, log[-500:]
+        time.sleep(0.5)
+    return log_file
+
+
+def viewer_natcheck(matrix: Matrix, site: str) -> str:
+    """``peercam natcheck`` in the viewer ``site`` (it saves what the viewer's offers
+    there then say); the allocation it found."""
+    check = matrix.lab.popen(site, [*PEERCAM, "natcheck", "--stun", "203.0.113.1:3479",
+                                    "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=matrix.env)
+    out, err = check.communicate(timeout=60)
+    allocation: str = json.loads(out.strip().splitlines()[-1])["allocation"]
+    assert allocation, (out, err)
+    return allocation
+
+
 def test_a_sequential_symmetric_nat_meets_a_port_restricted_one_directly(
         matrix: Matrix, lab: Lab) -> None:
     assert not direct_possible(CAMERA, VIEWER)  # for plain ICE
     assert direct_with_prediction(CAMERA, VIEWER)
     # The camera knows its NAT allocates sequentially once its NAT check is done.
-    deadline = time.monotonic() + scaled(30)
-    log_file = matrix.tmp / f"camera-{CAMERA}.log"
-    while "allocation: sequential" not in (log := log_file.read_text()):
-        assert time.monotonic() < deadline, log[-500:]
-        time.sleep(0.5)
+    log_file = camera_learned(matrix, CAMERA, "sequential")
     argv = [*PEERCAM, "view", matrix.devices[CAMERA], "--rendezvous", RENDEZVOUS,
             "--seconds", "20", "--json"]
     viewer = lab.popen(VIEWER, argv, stdout=subprocess.PIPE, text=True,
@@ -112,10 +132,7 @@ def test_a_viewer_behind_a_sequential_nat_predicts_from_its_saved_natcheck(
     assert direct_with_prediction(camera, viewer, viewer_measured=True)
     assert not direct_with_prediction(camera, viewer)  # a viewer that never measured
     # The viewer measures its network once; what prediction needs is saved for it.
-    check = lab.popen(viewer, [*PEERCAM, "natcheck", "--stun", "203.0.113.1:3479", "--json"],
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=matrix.env)
-    out, err = check.communicate(timeout=60)
-    assert json.loads(out.strip().splitlines()[-1])["allocation"] == "sequential", (out, err)
+    assert viewer_natcheck(matrix, viewer) == "sequential"
     saved = json.loads((matrix.viewer_dir / "nat.json").read_text())["networks"]
     assert {(n["public_ip"], n["allocation"]) for n in saved} >= {
         (lab.public_ip(viewer), "sequential")}
@@ -133,11 +150,7 @@ def test_a_random_symmetric_nat_meets_a_port_restricted_one_by_the_birthday_tech
     public address while the viewer probes 2048 random ports of the camera's; a
     probe that hits one of them is a direct path (about 99.97 % for one attempt)."""
     assert not direct_possible(RANDOM, VIEWER)
-    log_file = matrix.tmp / f"camera-{RANDOM}.log"
-    deadline = time.monotonic() + scaled(30)
-    while "allocation: random" not in (log := log_file.read_text()):
-        assert time.monotonic() < deadline, log[-500:]
-        time.sleep(0.5)
+    log_file = camera_learned(matrix, RANDOM, "random")
     pair, result = watch_until_direct(matrix, RANDOM, VIEWER)
     log = log_file.read_text()
     assert result.get("frames", 0) > 100, result
@@ -158,10 +171,7 @@ def test_a_viewer_behind_a_random_symmetric_nat_opens_the_mappings_itself(
     one. The viewer opens the 256 mappings, the camera probes."""
     viewer, camera = RANDOM, VIEWER
     assert not direct_possible(camera, viewer)
-    check = lab.popen(viewer, [*PEERCAM, "natcheck", "--stun", "203.0.113.1:3479", "--json"],
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=matrix.env)
-    out, err = check.communicate(timeout=60)
-    assert json.loads(out.strip().splitlines()[-1])["allocation"] == "random", (out, err)
+    assert viewer_natcheck(matrix, viewer) == "random"
     pair, result = watch_until_direct(matrix, camera, viewer)
     log = (matrix.tmp / f"camera-{camera}.log").read_text()
     assert result.get("frames", 0) > 100, result
@@ -181,15 +191,8 @@ def test_two_sequential_symmetric_nats_meet_by_sweeping_each_others_next_ports(
     camera, viewer = CAMERA, SEQUENTIAL_VIEWER
     assert not direct_possible(camera, viewer)
     assert not direct_with_prediction(camera, viewer, viewer_measured=True)  # at first
-    check = lab.popen(viewer, [*PEERCAM, "natcheck", "--stun", "203.0.113.1:3479", "--json"],
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=matrix.env)
-    out, err = check.communicate(timeout=60)
-    assert json.loads(out.strip().splitlines()[-1])["allocation"] == "sequential", (out, err)
-    log_file = matrix.tmp / f"camera-{camera}.log"
-    deadline = time.monotonic() + scaled(30)
-    while "allocation: sequential" not in (log := log_file.read_text()):
-        assert time.monotonic() < deadline, log[-500:]
-        time.sleep(0.5)
+    assert viewer_natcheck(matrix, viewer) == "sequential"
+    log_file = camera_learned(matrix, camera, "sequential")
     pair, result = watch_until_direct(matrix, camera, viewer)
     log = log_file.read_text()
     assert result.get("frames", 0) > 100, result
