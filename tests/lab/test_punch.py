@@ -87,20 +87,7 @@ def test_a_sequential_symmetric_nat_meets_a_port_restricted_one_directly(
     assert direct_with_prediction(CAMERA, VIEWER)
     # The camera knows its NAT allocates sequentially once its NAT check is done.
     log_file = camera_learned(matrix, CAMERA, "sequential")
-    argv = [*PEERCAM, "view", matrix.devices[CAMERA], "--rendezvous", RENDEZVOUS,
-            "--seconds", "20", "--json"]
-    viewer = lab.popen(VIEWER, argv, stdout=subprocess.PIPE, text=True,
-                       env=matrix.env)
-    pair = "?"
-    deadline = time.monotonic() + scaled(40)
-    while time.monotonic() < deadline:
-        viewers = [v for v in camera_status(matrix)["viewers"] if v["connected"]]
-        pair = viewers[0]["pair"] if viewers else "?"
-        if viewers and not viewers[0]["relayed"]:
-            break
-        time.sleep(0.5)
-    out, _ = viewer.communicate(timeout=60)
-    result = json.loads(out.strip().splitlines()[-1])
+    pair, result = watch_until_direct(matrix, CAMERA, VIEWER)
     assert result.get("frames", 0) > 100, result
     assert "relay" not in pair and pair != "?", (pair, log_file.read_text()[-3000:])
     assert result.get("sessions") == 1, result  # the same session, moved if it started relayed
