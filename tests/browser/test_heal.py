@@ -228,14 +228,15 @@ async def test_the_server_saying_online_brings_the_page_back_without_its_timer(
     stack: Stack, context: Any
 ) -> None:
     """While the camera is offline the page watches it; the rendezvous' `online`
-    starts the next session at once. The page's retry timer is stretched to ten
-    minutes here, its jitter taken out (the served script rewritten), so only the
-    hint can bring it back."""
+    starts the next session at once. Once the page plays, its retry timer is
+    stretched to ten minutes and its jitter taken out (the served script rewritten
+    to read a switch), so only the hint can bring it back."""
 
+    slow = "window.peercamSlowRetries"
     stretched = {
-        "backoffBaseMs: 250,": "backoffBaseMs: 600000,",
-        "backoffCapMs: 2500,": "backoffCapMs: 600000,",
-        "return Math.random() * ceiling;": "return ceiling;",
+        "backoffBaseMs: 250,": f"get backoffBaseMs() {{ return {slow} ? 600000 : 250; }},",
+        "backoffCapMs: 2500,": f"get backoffCapMs() {{ return {slow} ? 600000 : 2500; }},",
+        "return Math.random() * ceiling;": f"return {slow} ? ceiling : Math.random() * ceiling;",
     }
 
     async def slow_retries(route: Any) -> None:
@@ -250,6 +251,7 @@ async def test_the_server_saying_online_brings_the_page_back_without_its_timer(
     camera = await stack.camera()
     page = Watcher(await context.new_page())
     await page.open(f"{stack.link(camera)}&pair={camera.open_pairing()}")
+    await page.page.evaluate(f"{slow} = true")
     await camera.close()
     stack.agents.remove(camera)
     await page.wait("window.peercam.watchesSent >= 1 && window.peercam.state === 'reconnecting'",
