@@ -512,11 +512,14 @@ def _peer_searches(
 
 def _check_complete(self: Connection, pair: CandidatePair) -> None:
     """aioice's ``check_complete``; a connecting check list that it completed (every
-    component nominated) lets ``connect`` return at once."""
+    component nominated) lets ``connect`` return at once. Only the completion
+    itself: a list that had failed before stays failed for aioice, whatever is
+    nominated later, and so it does here."""
+    was_done = self._check_list_done
     _ORIGINAL_CHECK_COMPLETE(self, pair)
     completed = _completed.get(self)
-    if (completed is not None and self._check_list_done and self._nominated
-            and set(self._nominated) >= self._components):
+    if (completed is not None and not was_done and self._check_list_done
+            and self._nominated and set(self._nominated) >= self._components):
         completed.set()
 
 
