@@ -162,9 +162,14 @@ def test_a_viewer_behind_a_random_symmetric_nat_opens_the_mappings_itself(
     pair, result = watch_until_direct(matrix, camera, viewer)
     log = (matrix.tmp / f"camera-{camera}.log").read_text()
     assert result.get("frames", 0) > 100, result
-    assert "punching (birthday-probe)" in log, log[-3000:]
     assert "relay" not in pair and pair != "?", (pair, log[-3000:])
     assert result.get("sessions") == 1, result
+    # The camera probes 1.5 s after its first background round; the viewer's 256 new
+    # mappings sometimes meet a port the camera's own checks opened before that (seen
+    # once in CI: moved 2.2 s after the first frame, no probe yet). Either way the
+    # session left the relay.
+    assert "punching (birthday-probe)" in log or "media moved from relay pair" in log, \
+        log[-3000:]
 
 
 @pytest.mark.timeout(300)
