@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -296,8 +297,18 @@ def _trial(lab: Any, rec: Any, event: str) -> dict[str, Any]:
         rec.kill_camera()
         rec.camera_site = CAMERA
         rec.start_camera()
+    # For a rendezvous restart, where any pause fell (seconds from the server listening
+    # again; the new viewer starts then) and what the machine and the viewer's receiver
+    # were doing: what a pause can be attributed to.
+    context: dict[str, Any] = {}
+    if event == "rendezvous":
+        context = {"gaps_from_repair_s": [[round(a - repaired, 3), round(b - repaired, 3)]
+                                          for a, b in result.get("gaps", []) if b >= broken],
+                   "load1": round(os.getloadavg()[0], 2),
+                   "playout": result.get("playout")}
     return {"existing_s": None if existing is None else round(existing, 3),
             "new_s": None if new is None else round(new, 3),
+            **context,
             **({"upgraded_after_s": None if upgraded is None else round(upgraded, 2)}
                if event in ("upgrade", "birthday", "sweep") else {}),
             **({"started_relayed": started_relayed} if started_relayed is not None else {}),
@@ -445,7 +456,8 @@ def _missed_lines(result: dict[str, Any]) -> list[str]:
         out.append("")
     for event, note in notes.items():
         if event in result["events"]:
-            out += [f"Why ({LABELS[event]}): {note}", ""]
+            missed = any(line.startswith(f"- {LABELS[event]},") for line in lines)
+            out += [f"{'Why' if missed else 'About'} ({LABELS[event]}): {note}", ""]
     return out
 
 
