@@ -541,6 +541,7 @@ class CameraAgent:
             viewers_paired=len(self.acl.viewers()),
             refusals=self.refusals,
             errors=self.errors,
+            tasks=len(asyncio.all_tasks()),
         )
 
     # -- tasks and shutdown ------------------------------------------------------------------

@@ -86,6 +86,9 @@ class DeviceStatus:
     refusals: int
     errors: int = 0
     """Messages whose handling failed unexpectedly (each logged; the camera went on)."""
+    tasks: int = 0
+    """asyncio tasks alive in the agent's process: back to its idle count once sessions
+    end (a count that grows with every session that came and went is a leak)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,7 +109,8 @@ class DeviceStatus:
             pairing_open=_field(data, "pairing_open", bool),
             viewers_paired=_field(data, "viewers_paired", int),
             refusals=_field(data, "refusals", int),
-            errors=int(data.get("errors", 0)) if isinstance(data.get("errors", 0), int) else 0,
+            errors=_count(data, "errors"),
+            tasks=_count(data, "tasks"),
         )
 
 
@@ -118,6 +122,12 @@ def _field(data: dict[str, Any], name: str, kind: Any) -> Any:
     if not isinstance(value, kind):
         raise BadStatus(f"status: {name} is missing or of the wrong type")
     return value
+
+
+def _count(data: dict[str, Any], name: str) -> int:
+    """An optional count (0 when an older camera did not send it)."""
+    value = data.get(name, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _record(cls: type[T], data: Any) -> T:

@@ -98,6 +98,37 @@ async def test_status_shows_state_network_source_and_each_viewer(
     assert (await watching).frames > 30
 
 
+async def test_the_task_count_returns_to_idle_after_sessions_come_and_go(
+    device: Device, stack: Stack
+) -> None:
+    """``status.tasks`` is what the recovery tests compare with a baseline to find
+    leaks: after several sessions ended it is back where it was idle."""
+    agent = device.agent
+    assert agent is not None
+
+    async def idle_tasks(at_most: int | None = None) -> int:
+        """The count once no session is left (and, given ``at_most``, once it is down
+        to that: a session's last tasks end a moment after it does)."""
+        count = agent.status().tasks
+        for _ in range(int(scaled(100))):
+            count = agent.status().tasks
+            if not agent.sessions and (at_most is None or count <= at_most):
+                break
+            await asyncio.sleep(0.1)
+        return count
+
+    baseline = await idle_tasks()
+    assert baseline > 0
+    for _ in range(4):
+        stats = await view(stack.link(agent), seconds=1.0)
+        assert stats.frames > 0
+    done = await cli("status", "--socket", str(socket_path(device)), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tasks"] >= 1
+    # Four sessions came and went: one task left behind by each would be 4 more.
+    assert await idle_tasks(baseline + 2) <= baseline + 2
+
+
 async def test_viewers_and_pair_go_through_the_running_agent(
     device: Device, stack: Stack
 ) -> None:

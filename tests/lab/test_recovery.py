@@ -5,8 +5,9 @@ matrix's rendezvous, STUN server and coturn on the public segment.
 Each test breaks one thing while a ``peercam view`` and headless Chromium (the web
 viewer, which heals on its own) watch at once, and asserts that each viewer's
 video came back (read from its own frame log) and that nothing
-leaked on the camera: its viewer sessions and its open descriptors return to
-what they were. How fast it came back is measured by ``scripts/bench
+leaked on the camera: its viewer sessions, its open descriptors and its asyncio
+tasks return to what they were (a restarted camera is a new process: its sessions
+only). How fast it came back is measured by ``scripts/bench
 recovery`` (medians and worst of many runs), not asserted here.
 """
 
@@ -46,20 +47,41 @@ def run(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recovery
         yield recovery
 
 
-def settled(run: RecoveryLab, viewers: int, fds: int | None, timeout: float = 60) -> None:
-    """The camera is back to ``viewers`` sessions and about ``fds`` descriptors: a
-    session replaced behind a broken path ends by ICE consent (~30 s), not at once."""
+@dataclass(frozen=True)
+class Baseline:
+    """What the idle camera holds: open descriptors and live asyncio tasks."""
+
+    fds: int
+    tasks: int
+
+
+def baseline(run: RecoveryLab) -> Baseline:
+    return Baseline(run.camera_fds(), int(run.camera_status().get("tasks", 0)))
+
+
+def settled(run: RecoveryLab, viewers: int, base: Baseline | None,
+            timeout: float = 60) -> None:
+    """The camera is back to ``viewers`` sessions and, given a baseline, about as many
+    descriptors and tasks as then: a session replaced behind a broken path ends by
+    ICE consent (~30 s), not at once."""
     deadline = time.monotonic() + scaled(timeout)
     status: dict[str, object] = {}
+    fds = 0
     while time.monotonic() < deadline:
         status = run.camera_status()
         sessions = status["viewers"]
         assert isinstance(sessions, list)
-        if len(sessions) == viewers and (fds is None or run.camera_fds() <= fds + 4):
-            return
+        if len(sessions) == viewers:
+            if base is None:
+                return
+            fds = run.camera_fds()
+            tasks = status.get("tasks", 0)
+            assert isinstance(tasks, int)
+            if fds <= base.fds + 4 and tasks <= base.tasks + 3:
+                return
         time.sleep(1)
-    raise AssertionError(f"camera not settled: {status.get('viewers')}, "
-                         f"{run.camera_fds()} fds (baseline {fds})")
+    raise AssertionError(f"camera not settled: {status.get('viewers')}, {fds} fds, "
+                         f"{status.get('tasks')} tasks (baseline {base})")
 
 
 needs_chromium = pytest.mark.skipif(
@@ -102,18 +124,19 @@ def healed(results: dict[str, dict[str, Any]], repaired_at: float, broken_at: fl
 @needs_chromium
 def test_a_link_flap_heals(run: RecoveryLab, lab: Lab, side: str, seconds: int) -> None:
     settled(run, 0, None)
-    baseline = run.camera_fds()
+    base = baseline(run)
     watches = watch_both(run, seconds + 25)
     fault = lab.link_down(CAMERA if side == "camera" else VIEWER, seconds)
     up_at = fault.wait(seconds + 30)
     healed(watches.finish(seconds + 25), up_at, fault.down_at)
-    settled(run, 0, baseline)
+    settled(run, 0, base)
 
 
 @pytest.mark.timeout(300)
 @needs_chromium
 def test_a_rendezvous_restart_never_interrupts_video(run: RecoveryLab) -> None:
     settled(run, 0, None)
+    base = baseline(run)
     watches = watch_both(run, 14)
     killed = run.kill_rendezvous()
     run.wait_playing(viewers=2)
@@ -126,7 +149,7 @@ def test_a_rendezvous_restart_never_interrupts_video(run: RecoveryLab) -> None:
     healed(results, killed, killed)
     # A new viewer after the restart: the camera came back to the new process.
     assert run.first_frame_after(VIEWER, listening, scaled(20)) is not None
-    settled(run, 0, None)
+    settled(run, 0, base)
 
 
 @pytest.mark.timeout(300)
@@ -148,13 +171,13 @@ def test_a_camera_restart_heals_the_viewer(run: RecoveryLab) -> None:
 @needs_chromium
 def test_a_nat_that_forgets_its_mapping_heals(run: RecoveryLab, lab: Lab) -> None:
     settled(run, 0, None)
-    baseline = run.camera_fds()
+    base = baseline(run)
     watches = watch_both(run, 14)
     flushed = time.monotonic()
     remapped = lab.remap(CAMERA)  # the camera's next packet leaves from a new port
     assert remapped, "the camera's NAT had no flow to remap"
     healed(watches.finish(14), flushed, flushed, frames=150)
-    settled(run, 0, baseline)
+    settled(run, 0, base)
 
 
 @pytest.mark.timeout(300)
@@ -167,6 +190,7 @@ def test_a_camera_moved_to_another_site_heals(run: RecoveryLab, lab: Lab) -> Non
     run.camera_site = "roam"
     try:
         run.start_camera()
+        base = baseline(run)
         watches = watch_both(run, 16)
         left = lab.roam("symmetric")  # a new address, a new NAT, a new default route
         assert left == CAMERA
@@ -175,7 +199,7 @@ def test_a_camera_moved_to_another_site_heals(run: RecoveryLab, lab: Lab) -> Non
         assert results["cli"].get("sessions", 0) >= 2, results["cli"]
         assert (results["chromium"].get("reconnects") or 0) >= 1, results["chromium"]
         healed(results, moved_at, moved_at, frames=0)
-        settled(run, 0, None)
+        settled(run, 0, base)
     finally:
         run.kill_camera()
         run.camera_site = CAMERA
