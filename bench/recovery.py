@@ -532,8 +532,9 @@ LAB_TESTS = (
     "The NAT-lab tests (`tests/lab/test_recovery.py`, in CI) break each of these with a "
     "CLI viewer and headless Chromium (the web viewer) watching at once, link flaps of "
     "5, 30 and 120 s on the camera's and on the viewer's side included, and assert that "
-    "both viewers' video came back and the camera's sessions and descriptors returned to "
-    "their baseline; the times above are the CLI viewer's, from this benchmark.")
+    "both viewers' video came back and the camera's sessions, descriptors and asyncio "
+    "tasks returned to their baseline (a restarted camera: its sessions); the times above "
+    "are the CLI viewer's, from this benchmark.")
 
 
 def markdown(result: dict[str, Any]) -> list[str]:
