@@ -177,6 +177,52 @@ class PunchPlan:
         return frozenset(send.destination for send in self.sends)
 
 
+@dataclass
+class PunchGovernor:
+    """Punching across all of one process's sessions together.
+
+    Each attempt is bounded on its own (:class:`PunchBudget`), but the address a plan
+    aims at is the one the peer offered as its own public address, and a paired viewer
+    (or a camera, for the viewer's probes) may offer any address it likes. Each relayed
+    session makes an attempt, so without this many sessions would add up. A token
+    bucket of packets, full at start: an attempt takes all of its packets at once or
+    waits (the background search asks again at its next round). Sustained, one process
+    punches at most ``refill_per_second`` packets a second, whatever its sessions do.
+    """
+
+    capacity: int = 4 * PunchBudget.max_packets
+    """Packets available at once: four full attempts (sessions that start together)."""
+    refill_per_second: float = PunchBudget.max_packets / 15.0
+    """One full attempt's worth every 15 s (about 137 packets/s, under one attempt's
+    own pacing)."""
+    _tokens: float = field(init=False, repr=False)
+    _at: float | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.capacity < PunchBudget.max_packets:
+            raise BadPunchPlan(f"capacity must hold one attempt ({PunchBudget.max_packets} "
+                               f"packets), not {self.capacity!r}")
+        if not self.refill_per_second > 0:
+            raise BadPunchPlan(
+                f"refill_per_second must be positive, not {self.refill_per_second!r}")
+        self._tokens = float(self.capacity)
+
+    def available(self, now: float) -> float:
+        """Packets an attempt starting at ``now`` may take."""
+        if self._at is not None:
+            self._tokens = min(float(self.capacity),
+                               self._tokens + max(0.0, now - self._at) * self.refill_per_second)
+        self._at = now
+        return self._tokens
+
+    def admit(self, plan: PunchPlan, now: float) -> bool:
+        """Take ``plan``'s packets if they are all there (True), else nothing (False)."""
+        if plan.packets > self.available(now):
+            return False
+        self._tokens -= plan.packets
+        return True
+
+
 def profile_from_report(report: NatReport) -> NatProfile:
     """What a peer says about its NAT in the session, from its ``natcheck`` report."""
     symmetric = report.mapping not in (None, "endpoint-independent")

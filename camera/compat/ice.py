@@ -37,7 +37,14 @@ from aioice.ice import CandidatePair, Connection, StunProtocol, candidate_pair_p
 
 from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
 from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
-from camera.punch import PREDICTED_FOUNDATION, NatProfile, PunchConfig, PunchPlan, plan_punch
+from camera.punch import (
+    PREDICTED_FOUNDATION,
+    NatProfile,
+    PunchConfig,
+    PunchGovernor,
+    PunchPlan,
+    plan_punch,
+)
 
 logger = logging.getLogger("camera.ice")  # the lab benchmarks read these lines by this name
 
@@ -690,11 +697,20 @@ async def _look_for_direct(connection: Connection, relay: CandidatePair) -> None
                 connection._nominating.add(component)
                 continue
             if punch is not None and rounds and loop.time() >= started + rounds[0]:
-                # One punching attempt per search, with its first round.
-                task = asyncio.create_task(_punch(connection, punch, component))
-                probes.add(task)
-                task.add_done_callback(probes.discard)
-                punch = None
+                # One punching attempt per search, with its first round, or with a
+                # later one when the process's punching budget is spent for now.
+                plan = _plan(connection, punch, component)
+                if not plan.sends:
+                    punch = None
+                elif _governor.admit(plan, loop.time()):
+                    task = asyncio.create_task(_punch(connection, punch, component, plan))
+                    probes.add(task)
+                    task.add_done_callback(probes.discard)
+                    punch = None
+                elif len(rounds) == 1:
+                    logger.info("ICE: punching (%s) not attempted: this process's punching "
+                                "budget stayed spent through the search", plan.strategy)
+                    punch = None
             if rounds and loop.time() >= started + rounds[0]:
                 rounds.pop(0)
                 pairs = [p for p in _direct_pairs(connection, component) if not _busy(p)]
@@ -740,6 +756,8 @@ class _Punch:
 
 
 _punches: weakref.WeakKeyDictionary[Connection, _Punch] = weakref.WeakKeyDictionary()
+_governor = PunchGovernor()
+"""Every session's punching in this process together (see PunchGovernor)."""
 
 
 def arm_punch(connection: Connection, local: NatProfile, remote: NatProfile,
@@ -766,14 +784,14 @@ def _plan(connection: Connection, punch: _Punch, component: int) -> PunchPlan:
                       remote_anchors=anchors)
 
 
-async def _punch(connection: Connection, punch: _Punch, component: int) -> None:
+async def _punch(connection: Connection, punch: _Punch, component: int,
+                 plan: PunchPlan) -> None:
     """One attempt: open the plan's extra sockets (each a host "candidate" of ours that
     is never offered), then send its packets, paced, as ICE checks of this session.
     A hit is an authenticated check arriving on one of them (or on ours from a new
     port of the peer): aioice learns the peer-reflexive pair and checks it back, and
     the search nominates it like any direct pair. Stops early once the media left
     the relay or the connection closed."""
-    plan = _plan(connection, punch, component)
     own = next((p for p in connection._protocols if not _is_punch_socket(p)
                 and getattr(p, "local_candidate", None) is not None
                 and p.local_candidate.component == component

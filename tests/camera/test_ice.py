@@ -26,7 +26,7 @@ from camera.client.ice import install as install_relay_rule
 from camera.client.ice import relay_deadline
 from camera.compat import Settings, ensure_installed, ice, reconfigure
 from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
-from camera.punch import NatProfile, PunchConfig
+from camera.punch import NatProfile, PunchConfig, PunchGovernor, PunchPlan, Send
 from tests.conftest import scaled
 
 LAB = DirectFirst()  # the shipped timers
@@ -564,4 +564,37 @@ async def test_a_birthday_attempt_stays_in_its_plan_and_closes_its_sockets(
     assert len(from_new) == 6 and {addr for _p, addr in from_new} == {front}
     assert viewer._protocols == before  # all closed again: none carries the media
     assert all(p.transport.is_closing() for p in opened)
+    assert viewer._nominated[1].remote_candidate.type == "relay"
+
+
+async def test_a_spent_punching_budget_defers_the_attempt_and_then_skips_it(
+    agents: tuple[Connection, Connection, Gate], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the process's punching budget spent (other sessions used it), a search
+    opens no sockets and sends no probes: it asks again at each round and, still
+    spent at the last one, says so and stays on the relay."""
+    viewer, camera, _gate = agents
+    governor = PunchGovernor(capacity=2048, refill_per_second=1e-6)
+    spent = PunchPlan("birthday-probe", 1,
+                      tuple(Send(0.0, 0, ("192.0.2.1", port)) for port in range(1, 2049)), 1.0)
+    assert governor.admit(spent, 0.0)
+    monkeypatch.setattr(ice, "_governor", governor)
+    install_relay_rule()
+    reconfigure(quick(Upgrade(rounds=(0.1, 0.2, 0.3), retransmissions=0)))
+    try:
+        await connect(viewer, camera)
+        ice.arm_punch(viewer, NatProfile(True, "random"), NatProfile(False),
+                      PunchConfig(birthday_sockets=6, birthday_probes=10))
+        assert ice.rearm(viewer)
+        opened: set[Any] = set()
+        with caplog.at_level("INFO", logger=ice.logger.name):
+            async with asyncio.timeout(scaled(10)):
+                while not ice._upgraders[viewer].done():
+                    opened |= {p for p in viewer._protocols if ice._is_punch_socket(p)}
+                    await asyncio.sleep(0.02)
+    finally:
+        reconfigure(Settings())
+    assert not opened
+    assert "punching budget stayed spent" in caplog.text
     assert viewer._nominated[1].remote_candidate.type == "relay"

@@ -15,6 +15,7 @@ from camera.punch import (
     NatProfile,
     PunchBudget,
     PunchConfig,
+    PunchGovernor,
     PunchPlan,
     birthday_probability,
     nat_attribute,
@@ -140,6 +141,28 @@ def test_switched_off_it_sends_nothing() -> None:
     plan = plan_punch(CONE, RANDOM, offered([]), [PEER_PUBLIC], PunchConfig(enabled=False),
                       random.Random(4))
     assert plan == PunchPlan("off", 0, (), 0.0)
+
+
+def test_the_process_budget_holds_four_attempts_then_one_every_fifteen_seconds() -> None:
+    """A peer may offer anyone's address as its own: however many sessions it opens,
+    the process punches no more than the governor's bucket allows."""
+    governor = PunchGovernor()
+    probe = plan_punch(CONE, RANDOM, offered([]), [PEER_PUBLIC], PunchConfig(),
+                       random.Random(5))
+    assert probe.packets == 2048
+    assert [governor.admit(probe, 100.0) for _ in range(5)] == [True] * 4 + [False]
+    assert not governor.admit(probe, 107.0)  # half an attempt's worth back
+    assert governor.admit(probe, 115.1)
+    assert not governor.admit(probe, 115.2)
+    # A small plan fits in what is left; sustained, 2048 packets per 15 s at most.
+    sweep = PunchPlan("sequential-sweep", 1, probe.sends[:128], 1.0)
+    assert governor.admit(sweep, 116.0)
+    admitted = sum(governor.admit(probe, 200.0 + t) for t in range(0, 600))
+    assert admitted * 2048 <= 4 * 2048 + 600 * 2048 / 15 + 2048
+    with pytest.raises(BadPunchPlan, match="capacity must hold one attempt"):
+        PunchGovernor(capacity=100)
+    with pytest.raises(BadPunchPlan, match="refill_per_second must be positive"):
+        PunchGovernor(refill_per_second=0)
 
 
 @pytest.mark.parametrize(("settings_", "needle"), [
