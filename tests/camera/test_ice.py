@@ -527,6 +527,20 @@ async def test_a_check_from_a_searching_peer_starts_our_search_again(
         reconfigure(Settings())
 
 
+async def birthday_search(viewer: Connection) -> set[Any]:
+    """Arm a birthday attempt (the viewer behind a random-allocating NAT) and run one
+    background search to its end: the punching sockets it opened along the way."""
+    ice.arm_punch(viewer, NatProfile(True, "random"), NatProfile(False),
+                  PunchConfig(birthday_sockets=6, birthday_probes=10))
+    assert ice.rearm(viewer)  # a search that punches with its first round
+    opened: set[Any] = set()
+    async with asyncio.timeout(scaled(10)):
+        while not ice._upgraders[viewer].done():
+            opened |= {p for p in viewer._protocols if ice._is_punch_socket(p)}
+            await asyncio.sleep(0.02)
+    return opened
+
+
 async def test_a_birthday_attempt_stays_in_its_plan_and_closes_its_sockets(
     agents: tuple[Connection, Connection, Gate], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -549,14 +563,7 @@ async def test_a_birthday_attempt_stays_in_its_plan_and_closes_its_sockets(
     try:
         await connect(viewer, camera)
         before = list(viewer._protocols)
-        ice.arm_punch(viewer, NatProfile(True, "random"), NatProfile(False),
-                      PunchConfig(birthday_sockets=6, birthday_probes=10))
-        assert ice.rearm(viewer)  # a search that punches with its first round
-        opened: set[Any] = set()
-        async with asyncio.timeout(scaled(10)):
-            while not ice._upgraders[viewer].done():
-                opened |= {p for p in viewer._protocols if ice._is_punch_socket(p)}
-                await asyncio.sleep(0.02)
+        opened = await birthday_search(viewer)
     finally:
         reconfigure(Settings())
     assert len(opened) == 6
@@ -584,15 +591,8 @@ async def test_a_spent_punching_budget_defers_the_attempt_and_then_skips_it(
     reconfigure(quick(Upgrade(rounds=(0.1, 0.2, 0.3), retransmissions=0)))
     try:
         await connect(viewer, camera)
-        ice.arm_punch(viewer, NatProfile(True, "random"), NatProfile(False),
-                      PunchConfig(birthday_sockets=6, birthday_probes=10))
-        assert ice.rearm(viewer)
-        opened: set[Any] = set()
         with caplog.at_level("INFO", logger=ice.logger.name):
-            async with asyncio.timeout(scaled(10)):
-                while not ice._upgraders[viewer].done():
-                    opened |= {p for p in viewer._protocols if ice._is_punch_socket(p)}
-                    await asyncio.sleep(0.02)
+            opened = await birthday_search(viewer)
     finally:
         reconfigure(Settings())
     assert not opened
