@@ -902,7 +902,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "of the bitrate; on this easy picture the high layer's encoder often needs well under "
         "its target: what overflows a thin link is its IDRs), "
         "CLI viewers in their own processes, each through its own loopback UDP relay running "
-        "the NAT lab's link model on SRTP/SRTCP only, and one headless Chromium tab (the web "
+        "the NAT lab's link model on SRTP/SRTCP only (each datagram at its kernel receive "
+        "time, so a relay held up by the busy machine still spaces what arrived meanwhile), "
+        "and one headless Chromium tab (the web "
         "viewer as served; an init script moves the page's ICE candidates to its relay, so "
         "nothing goes round it) impaired as the first CLI viewer. `baseline` is today's code "
         "before this work, switched back on by settings: the CLI viewer's receiver as it was "
@@ -913,7 +915,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "once and again at RTT intervals, bounded waits, skip to the next keyframe, no second "
         "keyframe request while the first one's IDR is being repaired; the layer controller "
         "tells congestion (loss with a queue: the RTT 15 ms over its floor at each of the "
-        "last three reports or 30 ms at two, or a policer's 20 % loss) from random loss, "
+        "last three reports or 30 ms at two, each report's own RTT sample; a policer's 20 % "
+        "loss; or IDRs that do not fit: over 4 s, 80 % of the packets resent and twice their "
+        "share of what was sent are IDR packets) from random loss, "
         "counts as loss what the viewer asked again for when that is more than it reports "
         "lost, and probes up only "
         "with a flat RTT; a probe up that brings picture loss reverted at once; the low "
@@ -960,7 +964,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
                else "")
             + " (direct paths through real kernel NATs), the first viewer's site"
             + (" and the Chromium tab's" if lab.get("chromium_site") else "")
-            + " impaired by the lab's own forwarder (`Lab.impair`, a link each): loss "
+            + " impaired by the lab's own forwarder (`Lab.impair`, a link each; it times each "
+            "frame by its kernel receive stamp, not when it reads it): loss "
             f"{lc['loss'] * 100:g} % both ways for {lc['seconds']:g} s; "
             f"its downlink capped at {lc['cap_kbit']:g} kbit/s from {lc['cap_after_s']:g} s for "
             f"{lc['cap_for_s']:g} s. Today's default code only (`improved`).",
