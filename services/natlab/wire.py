@@ -8,9 +8,11 @@ when ``services.natlab.shaping.LinkModel`` says (or never). The model is offered
 each frame at the time the kernel received it (SO_TIMESTAMPNS), not when this
 process got round to reading it: on a loaded machine the forwarder may go
 unscheduled for tens of milliseconds, and frames that arrived spread out over that
-time must not meet the rate cap's queue (or start their delay) as one burst. Frames keep their
-virtio-net header (PACKET_VNET_HDR), so checksum offload and TCP segmentation
-offload of the veths survive the trip: the kernel on the far side finishes them.
+time must not meet the rate cap's queue (or start their delay) as one burst.
+
+Frames keep their virtio-net header (PACKET_VNET_HDR), so checksum offload and TCP
+segmentation offload of the veths survive the trip: the kernel on the far side
+finishes them.
 
 It prints "ready" once its sockets are bound, then serves JSON lines on the Unix
 socket ``PATH`` (one request, one reply):
