@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -111,6 +112,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from camera.client.viewer import view
 
     started = time.monotonic()
+    load: list[float] = []
+    sampler = asyncio.create_task(_sample_load(load))
     runner, url = await start_rendezvous()
     rows: list[dict[str, Any]] = []
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
@@ -140,6 +143,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 camera.stop()
     finally:
+        sampler.cancel()
         await runner.cleanup()
     order = {name: k for k, name in enumerate(conditions)}
     rows.sort(key=lambda row: order[row["condition"]])
@@ -163,9 +167,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     lab_rows = [row for row in stored.get("rows", []) if row.get("lab")]
     out = {"video": f"{args.width}x{args.height}@{args.fps} {args.bitrate / 1e6:g} Mbit/s",
            "conditions": _conditions(args),
-           "targets": TARGETS, "rows": rows + lab_rows}
+           "targets": TARGETS, "rows": rows + lab_rows, "load": _load_summary(load)}
     out.update({key: stored[key] for key in ("lab", "lab_load") if key in stored and lab_rows})
     return out
+
+
+LOAD_EVERY = 10.0
+"""Seconds between two readings of the machine's load average through a run."""
+
+
+async def _sample_load(into: list[float]) -> None:
+    """The 1-minute load average now and every ``LOAD_EVERY`` s, until cancelled."""
+    while True:
+        into.append(os.getloadavg()[0])
+        await asyncio.sleep(LOAD_EVERY)
+
+
+def _load_summary(samples: list[float]) -> dict[str, Any] | None:
+    if not samples:
+        return None
+    return {"median": round(statistics.median(samples), 2), "max": round(max(samples), 2),
+            "samples": len(samples)}
 
 
 def _conditions(args: argparse.Namespace) -> dict[str, float]:
@@ -508,18 +530,23 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     lab_rows = []
     sites = [*LAB_VIEWERS, *([LAB_CHROMIUM] if args.chromium else [])]
-    async with LabRun(LAB_CAMERA, sites, Path(args.state) / NAME / "lab",
-                      width=args.width, height=args.height, bitrate=args.bitrate) as lab:
-        await asyncio.sleep(1)
-        # Pair the viewers' key once (they share it), untimed, before anything is measured.
-        await lab.json_lines(LAB_VIEWERS[0], [
-            sys.executable, "-c", "import asyncio; from camera.client.viewer import view; "
-            f"asyncio.run(view({lab.link(pair=True)!r}, seconds=0.2))"], 90, "lab-pair.log")
-        wanted = [c.strip() for c in args.conditions.split(",")]
-        for condition in [c for c in ("loss", "cap") if c in wanted]:
-            row = await _lab_condition(condition, lab, args)
-            lab_rows.append(row)
-            print(f"badnet: lab {_row_line(row)}", flush=True)
+    load: list[float] = []
+    sampler = asyncio.create_task(_sample_load(load))
+    try:
+        async with LabRun(LAB_CAMERA, sites, Path(args.state) / NAME / "lab",
+                          width=args.width, height=args.height, bitrate=args.bitrate) as lab:
+            await asyncio.sleep(1)
+            # Pair the viewers' key once (they share it), untimed, before anything is measured.
+            await lab.json_lines(LAB_VIEWERS[0], [
+                sys.executable, "-c", "import asyncio; from camera.client.viewer import view; "
+                f"asyncio.run(view({lab.link(pair=True)!r}, seconds=0.2))"], 90, "lab-pair.log")
+            wanted = [c.strip() for c in args.conditions.split(",")]
+            for condition in [c for c in ("loss", "cap") if c in wanted]:
+                row = await _lab_condition(condition, lab, args)
+                lab_rows.append(row)
+                print(f"badnet: lab {_row_line(row)}", flush=True)
+    finally:
+        sampler.cancel()
     # Read now, not before: a loopback run may have stored its rows while this one
     # waited for the lab.
     stored: dict[str, Any] = {}
@@ -533,6 +560,7 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     out.setdefault("targets", TARGETS)
     out.setdefault("conditions", _conditions(args))  # no loopback run stored: the page needs it
     out["rows"] = rows + lab_rows
+    out["lab_load"] = _load_summary(load)
     out["lab"] = {"camera_site": LAB_CAMERA, "viewer_sites": list(LAB_VIEWERS),
                   "chromium_site": LAB_CHROMIUM if args.chromium else None,
                   "seconds_taken": round(time.monotonic() - started, 1),
@@ -874,7 +902,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "of the bitrate; on this easy picture the high layer's encoder often needs well under "
         "its target: what overflows a thin link is its IDRs), "
         "CLI viewers in their own processes, each through its own loopback UDP relay running "
-        "the NAT lab's link model on SRTP/SRTCP only, and one headless Chromium tab (the web "
+        "the NAT lab's link model on SRTP/SRTCP only (each datagram at its kernel receive "
+        "time, so a relay held up by the busy machine still spaces what arrived meanwhile), "
+        "and one headless Chromium tab (the web "
         "viewer as served; an init script moves the page's ICE candidates to its relay, so "
         "nothing goes round it) impaired as the first CLI viewer. `baseline` is today's code "
         "before this work, switched back on by settings: the CLI viewer's receiver as it was "
@@ -885,7 +915,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "once and again at RTT intervals, bounded waits, skip to the next keyframe, no second "
         "keyframe request while the first one's IDR is being repaired; the layer controller "
         "tells congestion (loss with a queue: the RTT 15 ms over its floor at each of the "
-        "last three reports or 30 ms at two, or a policer's 20 % loss) from random loss, "
+        "last three reports or 30 ms at two, each report's own RTT sample; a policer's 20 % "
+        "loss; or IDRs that do not fit: over 4 s, 80 % of the packets resent and twice their "
+        "share of what was sent are IDR packets) from random loss, "
         "counts as loss what the viewer asked again for when that is more than it reports "
         "lost, and probes up only "
         "with a flat RTT; a probe up that brings picture loss reverted at once; the low "
@@ -932,7 +964,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
                else "")
             + " (direct paths through real kernel NATs), the first viewer's site"
             + (" and the Chromium tab's" if lab.get("chromium_site") else "")
-            + " impaired by the lab's own forwarder (`Lab.impair`, a link each): loss "
+            + " impaired by the lab's own forwarder (`Lab.impair`, a link each; it times each "
+            "frame by its kernel receive stamp, not when it reads it): loss "
             f"{lc['loss'] * 100:g} % both ways for {lc['seconds']:g} s; "
             f"its downlink capped at {lc['cap_kbit']:g} kbit/s from {lc['cap_after_s']:g} s for "
             f"{lc['cap_for_s']:g} s. Today's default code only (`improved`).",

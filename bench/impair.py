@@ -10,7 +10,12 @@ Each direction runs the NAT lab's sans-I/O link model
 (:class:`services.natlab.shaping.LinkModel`: loss, a token-bucket rate cap with
 a tail-dropping queue, delay and jitter that keep the order, reordering) on
 ``time.monotonic``; the event loop delivers each datagram when the model says
-it comes out. By default only SRTP and SRTCP are impaired (first byte 128..191,
+it comes out. The model is offered each datagram at the time the kernel received
+it (SO_TIMESTAMPNS, as the lab's forwarder does), not when the event loop got
+round to reading it: a loop held up for a while by a loaded machine reads a
+backlog at once, and that backlog must not meet the rate cap's queue as a burst.
+
+By default only SRTP and SRTCP are impaired (first byte 128..191,
 RFC 7983): STUN and DTLS pass at once, so the impairment measures what media
 does over a bad link, not how long a handshake retries.
 """
@@ -18,13 +23,16 @@ does over a bad link, not how long a handshake retries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.natlab.shaping import Impairment, LinkCounters, LinkModel
+from services.natlab.wire import STAMP_SPACE, ArrivalClock, enable_receive_stamps, receive_stamp
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ 127\.0\.0\.1 )(\d+)( typ host.*)$",
                         re.MULTILINE | re.IGNORECASE)
@@ -38,6 +46,10 @@ def candidate_ports(sdp: str) -> list[int]:
 def rewrite_candidates(sdp: str, port: int) -> str:
     """The SDP with every loopback UDP host candidate moved to ``port`` (the relay)."""
     return _CANDIDATE.sub(lambda m: f"{m.group(1)}{port}{m.group(3)}", sdp)
+
+
+READS_PER_WAKEUP = 64
+MAX_DATAGRAM = 65_536
 
 
 def is_media(data: bytes) -> bool:
@@ -78,18 +90,19 @@ class ImpairRelay:
                         False: LinkModel(to_camera or Impairment(), self._rng)}
         self._counts = {True: [0, 0, 0], False: [0, 0, 0]}  # datagrams, media, delivered
         self._retired: dict[bool, list[LinkCounters]] = {True: [], False: []}
-        self._sockets: dict[bool, asyncio.DatagramTransport] = {}
+        self._sockets: dict[bool, socket.socket] = {}
+        self._arrivals = {True: ArrivalClock(), False: ArrivalClock()}
         self._last_when = {True: float("-inf"), False: float("-inf")}
 
     @property
     def viewer_port(self) -> int:
         """Where the viewer sends (put it in the camera's answer as the camera's candidate)."""
-        return int(self._sockets[True].get_extra_info("sockname")[1])
+        return int(self._sockets[True].getsockname()[1])
 
     @property
     def camera_port(self) -> int:
         """Where the camera sends (put it in the viewer's offer as the viewer's candidate)."""
-        return int(self._sockets[False].get_extra_info("sockname")[1])
+        return int(self._sockets[False].getsockname()[1])
 
     def impair(self, to_viewer: Impairment | None = None,
                to_camera: Impairment | None = None) -> None:
@@ -113,22 +126,39 @@ class ImpairRelay:
 
     async def start(self, host: str = "127.0.0.1") -> ImpairRelay:
         loop = asyncio.get_running_loop()
-        relay = self
-
-        class Side(asyncio.DatagramProtocol):
-            def __init__(self, from_viewer: bool) -> None:
-                self.from_viewer = from_viewer
-
-            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                relay._received(data, addr, self.from_viewer)
-
+        # Plain sockets, not asyncio transports: recvmsg gives each datagram's kernel stamp.
         for from_viewer in (True, False):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda f=from_viewer: Side(f), local_addr=(host, 0))  # type: ignore[misc]
-            self._sockets[from_viewer] = transport
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                enable_receive_stamps(sock)
+                sock.bind((host, 0))
+            except OSError:
+                sock.close()
+                self.close()
+                raise
+            self._sockets[from_viewer] = sock
+            loop.add_reader(sock.fileno(), self._read, sock, from_viewer)
         return self
 
-    def _received(self, data: bytes, addr: tuple[str, int], from_viewer: bool) -> None:
+    def _read(self, sock: socket.socket, from_viewer: bool) -> None:
+        """What the socket holds (up to a bound per wakeup), each at its arrival time."""
+        now, wall_ns = self._clock(), time.time_ns()
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM, STAMP_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error for an earlier send: UDP carries on
+            arrived = self._arrivals[not from_viewer].arrival(receive_stamp(ancdata), now,
+                                                              wall_ns)
+            self._received(data, addr, from_viewer, arrived, now)
+            if not self._sockets:
+                return  # closed meanwhile
+
+    def _received(self, data: bytes, addr: tuple[str, int], from_viewer: bool,
+                  arrived: float, now: float) -> None:
         # The latest sender on each side: before BUNDLE is agreed a viewer checks from
         # one socket per m-line, and only the one it keeps goes on sending.
         if from_viewer:
@@ -142,10 +172,9 @@ class ImpairRelay:
             self._deliver(data, towards_viewer)
             return
         counts[1] += 1
-        now = self._clock()
         model = self._models[towards_viewer]
         reordered = model.counters.reordered
-        at = model.offer(now, len(data) + 42)  # UDP/IP/Ethernet headers
+        at = model.offer(arrived, len(data) + 42)  # UDP/IP/Ethernet headers
         if at is None:
             return
         loop = asyncio.get_running_loop()
@@ -169,10 +198,18 @@ class ImpairRelay:
         if target is None or not self._sockets:
             return  # the other side has not spoken yet: ICE retries
         # The datagram leaves from the socket the receiving side talks to.
-        self._sockets[towards_viewer].sendto(data, target)
+        try:
+            self._sockets[towards_viewer].sendto(data, target)
+        except OSError:
+            return  # a full send buffer or an unreachable side: lost, as on a wire
         self._counts[towards_viewer][2] += 1
 
     def close(self) -> None:
-        for transport in self._sockets.values():
-            transport.close()
+        loop = None
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+        for sock in self._sockets.values():
+            if loop is not None:
+                loop.remove_reader(sock.fileno())
+            sock.close()
         self._sockets.clear()

@@ -4,9 +4,15 @@ uplink, run inside the site's wire namespace while the site is impaired.
     python -m services.natlab.wire --host-side h0 --uplink-side u0 --control PATH [--seed N]
 
 It reads whole frames from two AF_PACKET sockets and writes them to the other side
-when ``services.natlab.shaping.LinkModel`` says (or never). Frames keep their
-virtio-net header (PACKET_VNET_HDR), so checksum offload and TCP segmentation
-offload of the veths survive the trip: the kernel on the far side finishes them.
+when ``services.natlab.shaping.LinkModel`` says (or never). The model is offered
+each frame at the time the kernel received it (SO_TIMESTAMPNS), not when this
+process got round to reading it: on a loaded machine the forwarder may go
+unscheduled for tens of milliseconds, and frames that arrived spread out over that
+time must not meet the rate cap's queue (or start their delay) as one burst.
+
+Frames keep their virtio-net header (PACKET_VNET_HDR), so checksum offload and TCP
+segmentation offload of the veths survive the trip: the kernel on the far side
+finishes them.
 
 It prints "ready" once its sockets are bound, then serves JSON lines on the Unix
 socket ``PATH`` (one request, one reply):
@@ -30,8 +36,10 @@ import os
 import random
 import selectors
 import socket
+import struct
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from services.natlab.shaping import BadImpairment, Impairment, LinkCounters, LinkModel
@@ -53,6 +61,53 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 UP = "up"
 DOWN = "down"
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux's SO_TIMESTAMPNS (Python does not name it): every datagram read with
+recvmsg carries the kernel's receive time, CLOCK_REALTIME, as a struct timespec."""
+_TIMESPEC = struct.Struct("@ll")
+STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+"""The ancillary buffer recvmsg needs for that stamp."""
+STALE_STAMP = 10.0
+"""Seconds; a stamp further than this from the read time is not believed (a clock
+step, or a stamp the kernel did not set): the frame counts as arriving when read."""
+
+
+def enable_receive_stamps(sock: socket.socket) -> None:
+    """Ask the kernel to stamp each datagram ``sock`` receives (read them with recvmsg)."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
+def receive_stamp(ancdata: Iterable[tuple[int, int, bytes]]) -> int | None:
+    """The kernel's receive time (ns, CLOCK_REALTIME) in recvmsg's ancillary data, if any."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return int(seconds) * 1_000_000_000 + int(nanoseconds)
+    return None
+
+
+class ArrivalClock:
+    """When each frame of one queue arrived, on the reader's monotonic clock (sans-I/O).
+
+    ``arrival`` is given the kernel's stamp (realtime) and a pair of readings taken
+    together: the monotonic time and the realtime of the read. The frame arrived
+    the stamp's age before the read. Arrival times never go back (one FIFO queue).
+    """
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+
+    def arrival(self, stamp_ns: int | None, now: float, wall_ns: int) -> float:
+        at = now
+        if stamp_ns is not None:
+            age = (wall_ns - stamp_ns) / 1e9
+            # Below 0: it arrived while this wakeup's frames were being read.
+            if 0.0 < age <= STALE_STAMP:
+                at = now - age
+        at = max(at, self._last)
+        self._last = at
+        return at
+
 
 def packet_socket(interface: str) -> socket.socket:
     """A raw socket on ``interface`` that reads and writes frames with a vnet header."""
@@ -60,6 +115,7 @@ def packet_socket(interface: str) -> socket.socket:
     sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+    enable_receive_stamps(sock)
     sock.bind((interface, ETH_P_ALL))
     sock.setblocking(False)
     return sock
@@ -71,6 +127,7 @@ class _Direction:
     source: socket.socket
     sink: socket.socket
     model: LinkModel
+    arrivals: ArrivalClock = field(default_factory=ArrivalClock)
     delivered: int = 0
     send_errors: int = 0
 
@@ -138,15 +195,18 @@ class Wire:
             self._close()
 
     def _read(self, direction: _Direction) -> None:
+        # One pair of clock readings per wakeup: a frame's arrival is its stamp's age
+        # before them (the frames read now may have waited in the socket for a while).
+        now, wall_ns = time.monotonic(), time.time_ns()
         for _ in range(READS_PER_WAKEUP):
             try:
-                frame, address = direction.source.recvfrom(MAX_READ)
+                frame, ancdata, _flags, address = direction.source.recvmsg(MAX_READ, STAMP_SPACE)
             except BlockingIOError:
                 return
             if address[2] == PACKET_OUTGOING:
                 continue  # our own writes to this side, seen on the way out
-            now = time.monotonic()
-            due = direction.model.offer(now, len(frame) - VNET_HDR_BYTES)
+            arrived = direction.arrivals.arrival(receive_stamp(ancdata), now, wall_ns)
+            due = direction.model.offer(arrived, len(frame) - VNET_HDR_BYTES)
             if due is None:
                 continue
             self._seq += 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 
 import pytest
@@ -124,6 +126,44 @@ async def test_a_rate_cap_holds_media_to_about_its_rate() -> None:
         assert len(viewer.got) == 100
     finally:
         relay.close()
+
+
+async def test_datagrams_read_late_keep_the_times_they_arrived() -> None:
+    """The event loop held up while datagrams arrive spread out: it then reads them in
+    one go, yet the cap's queue and the delay see each at its kernel receive time."""
+    size, count, interval, delay = 1000, 40, 0.02, 0.5
+    frame = size + 42  # 10.4 ms at the cap, under the 20 ms between datagrams
+    relay = await ImpairRelay().start()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        viewer, _camera = await endpoints(relay)
+        relay.impair(to_viewer=Impairment(rate_kbit=800, queue_bytes=10 * frame, delay=delay))
+        # The camera's side (the relay takes the latest sender for the camera), paced by a
+        # thread of its own.
+        datagram = RTP[:2] + bytes(size - 2)
+        sent: list[float] = []
+
+        def send() -> None:
+            for _ in range(count):
+                sent.append(time.monotonic())
+                sender.sendto(datagram, ("127.0.0.1", relay.camera_port))
+                time.sleep(interval)
+
+        pacer = threading.Thread(target=send)
+        pacer.start()
+        pacer.join()  # the loop is held up meanwhile: nothing is read for 0.8 s
+        resumed = time.monotonic()
+        await settle(viewer, count, 5)
+    finally:
+        sender.close()
+        relay.close()
+    # Read at once, 40 datagrams would meet a queue of 10 and most would be dropped.
+    assert relay.counters(True).link.overflowed == 0
+    assert len(viewer.got) == count
+    # Delayed from when they arrived: the first ones were due while the loop was held up
+    # and go at once; none earlier than the delay after it was sent.
+    assert min(at - sent[k] for k, (at, _) in enumerate(viewer.got)) >= delay - 0.001
+    assert viewer.got[0][0] - resumed < 0.8 * delay, viewer.got[0][0] - resumed
 
 
 def test_candidates_are_moved_to_the_relay() -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -195,6 +198,41 @@ def test_a_burst_beyond_the_queue_is_dropped(lab: Lab) -> None:
     assert stats.overflowed == 100 - len(got)
     gaps = [b[2] - a[2] for a, b in zip(got, got[1:], strict=False)]
     assert statistics.median(gaps) == pytest.approx(frame / 50_000, rel=0.1)
+
+
+def test_frames_read_late_keep_the_times_they_arrived(lab: Lab) -> None:
+    """A forwarder left unscheduled reads a backlog in one go: the cap's queue and the
+    delay still see each frame at the time the kernel received it."""
+    size, count, interval, delay = 1000, 75, 0.02, 0.5
+    frame = size + FRAME_OVERHEAD  # 10.4 ms at the cap, under the 20 ms between frames
+    port = 43061
+    with lab.impair(SITE, "up", rate_kbit=800, queue_bytes=20 * frame, delay=delay) as impaired:
+        # The neighbour entries are made now, not while the forwarder is stopped.
+        assert flows(lab, SITE, port, 3, 0.01, 100, 5)
+        sink = lab.popen("server", tool("sink", SERVER, port, 15), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        assert sink.stdout is not None
+        assert sink.stdout.readline().strip() == "ready"
+        # 1.5 s of frames, all of them waiting in the stopped forwarder's socket.
+        os.kill(impaired.process.pid, signal.SIGSTOP)
+        try:
+            lab.run(SITE, tool("source", SERVER, port, count, interval, size),
+                    timeout=scaled(15))
+        finally:
+            os.kill(impaired.process.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        out, err = sink.communicate(timeout=scaled(20))
+        stats = impaired.stats().up
+    assert sink.returncode == 0, err
+    got = [(int(s), float(a), float(b)) for s, a, b in json.loads(out.splitlines()[-1])]
+    # Read at once, 75 frames would meet a queue of 20 and most would be dropped.
+    assert stats.counters.overflowed == 0
+    assert [seq for seq, _, _ in got] == list(range(count))
+    # Delayed from when they arrived: each at least the delay after it was sent, and the
+    # first ones, due while the forwarder was stopped, out as soon as it ran again (not a
+    # delay after it read them).
+    assert min(received - sent for _, sent, received in got) >= delay - 0.001
+    assert got[0][2] - resumed < 0.8 * delay, got[0][2] - resumed
 
 
 def test_bad_impairment_is_refused_and_changes_nothing(lab: Lab) -> None:

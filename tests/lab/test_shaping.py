@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import socket
 import statistics
+import struct
 
 import pytest
 from hypothesis import given
@@ -18,6 +20,7 @@ from services.natlab.shaping import (
     parse_fraction,
     parse_rate,
 )
+from services.natlab.wire import SO_TIMESTAMPNS, ArrivalClock, receive_stamp
 
 
 def test_command_line_values() -> None:
@@ -147,3 +150,20 @@ def test_rate_cap_in_the_model_limits_throughput_and_drops_beyond_the_queue() ->
     assert passed[-1] == pytest.approx(0.1)
     assert settings.queue_limit == 10_000
     assert Impairment(rate_kbit=800).queue_limit == 10_000  # 100 ms at the rate
+
+
+def test_arrival_is_the_kernel_stamp_on_the_monotonic_clock_and_never_goes_back() -> None:
+    wall = 1_800_000_000 * 10**9
+    stamp = struct.pack("@ll", 1_799_999_999, 700_000_000)  # 0.3 s before the read
+    assert receive_stamp([(socket.SOL_SOCKET, SO_TIMESTAMPNS, stamp)]) == wall - 300_000_000
+    assert receive_stamp([]) is None
+    clock = ArrivalClock()
+    assert clock.arrival(wall - 300_000_000, 50.0, wall) == pytest.approx(49.7)
+    # Read in the same wakeup, arrived later: later.
+    assert clock.arrival(wall - 100_000_000, 50.0, wall) == pytest.approx(49.9)
+    # No stamp, or one not believable (an hour old, or after the read): the read time...
+    assert ArrivalClock().arrival(None, 50.0, wall) == 50.0
+    assert ArrivalClock().arrival(wall - 3600 * 10**9, 50.0, wall) == 50.0
+    assert ArrivalClock().arrival(wall + 10**6, 50.0, wall) == 50.0
+    # ... and never before the frame in front of it in the same queue.
+    assert clock.arrival(wall - 200_000_000, 50.0, wall) == pytest.approx(49.9)
