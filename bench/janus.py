@@ -1247,7 +1247,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {o['video']} | {o['pattern']}{' clip' if o.get('clip') else ''}"
                 f"{' (' + o['note'] + ')' if o.get('note') else ''} | {o['kbit_s']} | "
-                f"{o['packets_s_per_viewer']:.0f} | {n or '1 (earlier, single run)'} | "
+                f"{o['packets_s_per_viewer']:.0f} | "
+                f"{n or ('1' if o.get('note') == 'this run' else '1 (earlier, single run)')} | "
                 f"{_pct(mo['peercam'])} / {_pct(mo['janus'])} | "
                 f"{_range(o, 'marginal_ratio')} | "
                 f"{_num(up['peercam'])} / {_num(up['janus'])} | "

@@ -1,0 +1,98 @@
+"""The Janus and relay benchmarks' arithmetic and pages: rounds, their spread, runs folded in.
+
+(The benchmarks themselves run at smoke size in tests/bench/test_smoke.py.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import janus, relay
+
+ROOT = Path(__file__).resolve().parents[2]
+STORED = ROOT / "docs" / "bench"
+
+
+def sweep(rnd: int, peercam_slope: float, janus_slope: float) -> list[dict[str, Any]]:
+    """One round's rows: each server's CPU a straight line from its baseline."""
+    rows = []
+    for n in (1, 4, 8):
+        for server, base, slope in (("peercam", 0.10, peercam_slope), ("janus", 0.0, janus_slope)):
+            rows.append({"server": server, "viewers": n, "round": rnd, "baseline_core": base,
+                         "cpu_core": round(base + slope * n, 6), "kbit_s": 2000.0,
+                         "packets_s_sent": 230.0 * n})
+    return rows
+
+
+def test_each_round_has_its_own_ratio_and_the_spread_is_over_the_rounds() -> None:
+    rounds = [janus.round_figures(sweep(0, 0.005, 0.010), 0),
+              janus.round_figures(sweep(1, 0.010, 0.005), 1),
+              janus.round_figures(sweep(2, 0.006, 0.006), 2)]
+    assert [f["marginal_ratio"] for f in rounds] == [0.5, 2.0, 1.0]
+    # Same packets for both servers: per packet the ratio is the CPU ratio again.
+    assert [f["per_packet_ratio"] for f in rounds] == [0.5, 2.0, 1.0]
+    assert rounds[0]["first"] == "peercam" and rounds[0]["packets_s_per_viewer"] == 230.0
+    spread = janus.spread(rounds)["marginal_ratio"]
+    assert spread == {"n": 3, "median": 1.0, "min": 0.5, "max": 2.0, "over_1": 1}
+    assert janus.order(0) == ("peercam", "janus") and janus.order(1) == ("janus", "peercam")
+
+
+def test_a_round_where_janus_costs_nothing_measurable_is_left_out_of_the_spread() -> None:
+    rounds = [janus.round_figures(sweep(0, 0.005, 0.0), 0),
+              janus.round_figures(sweep(1, 0.004, 0.005), 1)]
+    assert rounds[0]["marginal_ratio"] is None
+    assert janus.spread(rounds)["marginal_ratio"] == {
+        "n": 1, "median": 0.8, "min": 0.8, "max": 0.8, "over_1": 0}
+
+
+def with_rounds(result: dict[str, Any], video: str, ratios: list[float]) -> dict[str, Any]:
+    """The stored result, as if measured at ``video`` with rounds of these ratios."""
+    other = copy.deepcopy(result)
+    other["video"] = video
+    other["rows"] = [r for rnd, ratio in enumerate(ratios)
+                     for r in sweep(rnd, 0.005 * ratio, 0.005)]
+    other["rounds"] = [janus.round_figures([r for r in other["rows"] if r["round"] == rnd], rnd)
+                       for rnd in range(len(ratios))]
+    other["spread"] = janus.spread(other["rounds"])
+    other["marginal_ratio"] = other["spread"]["marginal_ratio"]["median"]
+    return other
+
+
+def test_a_run_at_another_bitrate_is_folded_in_replacing_the_earlier_line(
+        tmp_path: Path) -> None:
+    stored = json.loads((STORED / "janus.json").read_text())
+    main = tmp_path / "janus.json"
+    earlier = {**janus.summary_of(stored), "video": "1920x1080@30 4 Mbit/s", "rounds": [],
+               "spread": None, "note": "earlier"}
+    main.write_text(json.dumps({**stored, "other_runs": [earlier]}))
+    run = tmp_path / "other.json"
+    run.write_text(json.dumps(with_rounds(stored, "1920x1080@30 4 Mbit/s", [0.9, 1.2, 0.95])))
+    folded = janus.fold(main, run)
+    assert [len(o["rounds"]) for o in folded["other_runs"]] == [3]  # the earlier line went
+    assert json.loads(main.read_text())["other_runs"] == folded["other_runs"]
+    page = "\n".join(janus.markdown(folded))
+    line = next(x for x in page.splitlines() if x.startswith("| 1920x1080@30 4 Mbit/s"))
+    assert "**0.95** (0.9–1.2)" in line and "0.9, 1.2, 0.95" in line
+    assert "(1 of 3 rounds over 1.0)" in line
+    with pytest.raises(SystemExit, match="run it as the main result"):
+        janus.fold(main, main)
+
+
+def test_relay_videos_are_parsed_and_a_one_video_result_still_renders() -> None:
+    assert relay.parse_videos("1280x720:2000000,1920x1080:4000000") == [
+        (1280, 720, 2_000_000), (1920, 1080, 4_000_000)]
+    with pytest.raises(SystemExit, match="1080p"):
+        relay.parse_videos("1080p")
+    stored = json.loads((STORED / "relay.json").read_text())
+    one = {k: v for k, v in stored.items() if k != "videos"}
+    videos = relay.videos_of(stored)
+    assert relay.videos_of(one)[0]["setups"] == videos[0]["setups"]
+    page = relay.markdown(stored)
+    columns = page[next(i for i, x in enumerate(page) if x.startswith("| | "))]
+    assert columns.count("|") == 2 + sum(len(v["setups"]) for v in videos)
+    assert any(x.startswith("| packets/s per viewer") for x in page)
