@@ -18,7 +18,13 @@ rendezvous WebSocket; Janus: the session ``create``) to the first received
 access unit, and to the first *keyframe* access unit, the first one a decoder
 can start from. CPU comes from N viewers at a time (joining in a burst) for
 each server in turn, while both servers and both encoders keep running, so the
-background load is the same for both.
+background load is the same for both. On a shared machine one sweep cannot tell
+noise from cost: ``--rounds N`` repeats it, which server goes first alternating
+per count and per round, with a 0-viewer window before each round and after the
+last (a round's baseline is the mean of the two around it); the ratios are
+reported per round and as their median with min and max. A run at another
+bitrate, stored elsewhere with ``--out``, joins the page's table of bitrates with
+``python -m bench.janus fold DIR/janus.json``.
 
 Keyframes on join are like for like: peercam asks its encoder for an IDR when a
 viewer's media starts; so does Janus, with a PLI to the mountpoint's RTCP port,
