@@ -253,8 +253,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results.append(result)
         out.append({"video": label, "bitrate": bitrate, "setups": results})
     # The first video's figures at the top level too, as a one-video run stored them.
-    return {**out[0], "videos": out, "pattern": args.pattern, "clip": args.clip,
-            "window_s": args.seconds}
+    result = {**out[0], "videos": out, "pattern": args.pattern, "clip": args.clip,
+              "window_s": args.seconds}
+    stored = Path(args.out) / f"{NAME}.json"
+    if not args.smoke and stored.exists() and not measured_latency(result):
+        result["earlier_latency"] = earlier_latency(json.loads(stored.read_text()))
+    return result
+
+
+LATENCY = ("latency_p50_direct_ms", "latency_p95_direct_ms", "latency_p50_relayed_ms",
+           "latency_p95_relayed_ms", "added_latency_p50_ms")
+
+
+def measured_latency(result: dict[str, Any]) -> bool:
+    """Whether a run read latencies: a clip has no capture time burnt in at play time."""
+    return any(s["figures"].get("latency_p50_direct_ms") is not None
+               for v in videos_of(result) for s in v["setups"])
+
+
+def earlier_latency(stored: dict[str, Any]) -> list[dict[str, Any]]:
+    """The latency figures of a stored run (with what it played and when), for a run
+    that could not read them; those it carried itself if it read none either."""
+    if not measured_latency(stored):
+        earlier: list[dict[str, Any]] = stored.get("earlier_latency", [])
+        return earlier
+    return [{"video": v["video"], "setup": s["name"], "pattern": stored.get("pattern", "bars"),
+             "clip": bool(stored.get("clip")), "date": stored.get("machine", {}).get("date"),
+             **{k: s["figures"].get(k) for k in LATENCY}}
+            for v in videos_of(stored) for s in v["setups"]]
 
 
 def parse_videos(text: str) -> list[tuple[int, int, int]]:
@@ -579,11 +605,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
     row("**coturn CPU per relayed viewer (% of a core)**",
         lambda v, s: f"**{_pct(s['figures']['coturn_cpu_per_viewer_relayed'])}**")
     row("coturn µs per relayed packet above idle", lambda v, s: fig(s, "coturn_us_per_packet"))
-    row("latency p50 / p95, relayed (ms)",
-        lambda v, s: f"{fig(s, 'latency_p50_relayed_ms')} / {fig(s, 'latency_p95_relayed_ms')}")
-    row("latency p50 / p95, direct (ms)",
-        lambda v, s: f"{fig(s, 'latency_p50_direct_ms')} / {fig(s, 'latency_p95_direct_ms')}")
-    row("added latency p50 (ms)", lambda v, s: fig(s, "added_latency_p50_ms"))
+    if measured_latency(result):
+        row("latency p50 / p95, relayed (ms)",
+            lambda v, s: f"{fig(s, 'latency_p50_relayed_ms')} / "
+                         f"{fig(s, 'latency_p95_relayed_ms')}")
+        row("latency p50 / p95, direct (ms)",
+            lambda v, s: f"{fig(s, 'latency_p50_direct_ms')} / "
+                         f"{fig(s, 'latency_p95_direct_ms')}")
+        row("added latency p50 (ms)", lambda v, s: fig(s, "added_latency_p50_ms"))
     row("**GB per relayed viewer-hour out of coturn, measured** / in",
         lambda v, s: f"**{fig(s, 'relay_egress_gb_per_viewer_hour')}** / "
                      f"{fig(s, 'relay_ingress_gb_per_viewer_hour')}")
@@ -609,6 +638,27 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "A relayed viewer costs the operator that much egress *and* about as much",
         "ingress; a direct viewer costs it nothing.",
         "",
+    ]
+    earlier = result.get("earlier_latency", [])
+    if not measured_latency(result):
+        lines += [
+            "Latency: a pre-encoded clip carries no capture time of its own (the burnt-in",
+            "stamp is the time the live pattern was drawn), so this run read none"
+            + ("; the last run that did:" if earlier else "."),
+            "",
+        ]
+    if earlier and not measured_latency(result):
+        lines += ["| measured | video, content | setup | latency p50 / p95 relayed (ms) | "
+                  "direct (ms) | added p50 (ms) |", "|---|---|---|---|---|---|"]
+        for e in earlier:
+            lines.append(
+                f"| {e['date']} | {e['video']}, `{e['pattern']}`"
+                f"{' clip' if e['clip'] else ', encoded live'} | {e['setup']} | "
+                f"{e['latency_p50_relayed_ms']} / {e['latency_p95_relayed_ms']} | "
+                f"{e['latency_p50_direct_ms']} / {e['latency_p95_direct_ms']} | "
+                f"{e['added_latency_p50_ms']} |")
+        lines.append("")
+    lines += [
         "| video | setup | path | viewers | camera CPU | coturn CPU | packets/s (camera) "
         "| kbit/s per viewer | coturn out MB/s | viewer fps min | pairs |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -96,3 +96,22 @@ def test_relay_videos_are_parsed_and_a_one_video_result_still_renders() -> None:
     columns = page[next(i for i, x in enumerate(page) if x.startswith("| | "))]
     assert columns.count("|") == 2 + sum(len(v["setups"]) for v in videos)
     assert any(x.startswith("| packets/s per viewer") for x in page)
+
+
+def test_a_relay_run_on_a_clip_carries_the_last_measured_latency() -> None:
+    stored = json.loads((STORED / "relay.json").read_text())
+    live, clip = copy.deepcopy(stored), copy.deepcopy(stored)
+    for result, value in ((live, 9.5), (clip, None)):
+        result.pop("earlier_latency", None)
+        for v in relay.videos_of(result):
+            for s in v["setups"]:
+                s["figures"].update(dict.fromkeys(relay.LATENCY, value))
+    assert relay.measured_latency(live) and not relay.measured_latency(clip)
+    carried = relay.earlier_latency(live)
+    assert carried and all(e["latency_p50_relayed_ms"] == 9.5 for e in carried)
+    clip["earlier_latency"] = carried
+    assert relay.earlier_latency(clip) == carried  # a second clip run keeps them
+    page = relay.markdown(clip)
+    assert any("the last run that did" in x for x in page)
+    assert not any(x.startswith("| latency p50") for x in page)
+    assert sum(1 for x in page if "| 9.5 / 9.5 | 9.5 / 9.5 | 9.5 |" in x) == len(carried)
