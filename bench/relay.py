@@ -254,11 +254,42 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out.append({"video": label, "bitrate": bitrate, "setups": results})
     # The first video's figures at the top level too, as a one-video run stored them.
     result = {**out[0], "videos": out, "pattern": args.pattern, "clip": args.clip,
-              "window_s": args.seconds}
+              "window_s": args.seconds, "coturn_max_bps": shipped_max_bps()}
     stored = Path(args.out) / f"{NAME}.json"
     if not args.smoke and stored.exists() and not measured_latency(result):
         result["earlier_latency"] = earlier_latency(json.loads(stored.read_text()))
     return result
+
+
+SHIPPED_COTURN = ROOT / "systemd" / "coturn" / "turnserver.conf"
+
+
+def shipped_max_bps() -> int | None:
+    """The shipped coturn policy's ``max-bps`` (bytes/s per allocation), which the lab's
+    coturn runs with; None if it sets none."""
+    for line in SHIPPED_COTURN.read_text().splitlines():
+        key, _, value = line.strip().partition("=")
+        if key.strip() == "max-bps":
+            return int(value)
+    return None
+
+
+def starved(v: dict[str, Any], s: dict[str, Any]) -> dict[str, float] | None:
+    """A setup whose relayed viewers got under 90% of what direct ones did: what they
+    got, the direct figure, their lowest fps and coturn's egress per viewer (MB/s)."""
+    f = s["figures"]
+    relayed, direct = f.get("relayed_payload_kbit_s"), f.get("direct_payload_kbit_s")
+    if relayed is None or direct is None or relayed >= 0.9 * direct:
+        return None
+    rows = [r for r in s["rows"] if r["path"] == "relayed"]
+    return {"relayed": relayed, "direct": direct,
+            "fps_min": min(r["fps_min"] for r in rows),
+            "out_mb_s": round(statistics.median(
+                wire(r, "out")["bytes"] / r["seconds"] / r["viewers"] for r in rows) / 1e6, 3),
+            "in_pps": round(statistics.median(
+                wire(r, "in")["packets"] / r["seconds"] / r["viewers"] for r in rows)),
+            "out_pps": round(statistics.median(
+                wire(r, "out")["packets"] / r["seconds"] / r["viewers"] for r in rows))}
 
 
 LATENCY = ("latency_p50_direct_ms", "latency_p95_direct_ms", "latency_p50_relayed_ms",
@@ -451,11 +482,12 @@ def figures(rows: list[dict[str, Any]], idle: dict[str, Any], latency: dict[str,
     # Per packet: CPU above idle over the packets the camera sent (coturn: relayed out).
     for path in ("direct", "relayed"):
         mine = [r for r in rows if r["path"] == path]
+        counted = [r for r in mine if counted_packets(r)]
         out[f"{path}_payload_kbit_s"] = round(statistics.median(r["kbit_s"] for r in mine), 1)
         out[f"packets_s_per_viewer_{path}"] = round(statistics.median(
-            r["packets_s_per_viewer"] for r in mine), 1)
+            r["packets_s_per_viewer"] for r in counted), 1) if counted else None
         per = [1e6 * (r["camera_cpu_core"] - idle["camera_cpu_core"]) / r["camera_packets_s"]
-               for r in mine if r["camera_packets_s"] > 0]
+               for r in counted]
         out[f"camera_us_per_packet_{path}"] = round(statistics.median(per), 1) if per else None
     per = [1e6 * (r["coturn_cpu_core"] - idle["coturn_cpu_core"]) / (p / r["seconds"])
            for r in relayed if (p := wire(r, "out")["packets"]) > 0]
@@ -466,6 +498,13 @@ def figures(rows: list[dict[str, Any]], idle: dict[str, Any], latency: dict[str,
     out["latency_p95_relayed_ms"] = latency["relayed"].get("latency_ms_p95")
     out["added_latency_p50_ms"] = None if d is None or r is None else round(r - d, 1)
     return out
+
+
+def counted_packets(row: dict[str, Any]) -> bool:
+    """Whether the camera's packet count over a window is usable: its counter sums the
+    live senders', so a sender of an ended session collected in the window takes its
+    packets off and the difference can go negative."""
+    return bool(row.get("camera_packets_s") is not None and row["camera_packets_s"] > 0)
 
 
 def wire(row: dict[str, Any], direction: str) -> dict[str, int]:
@@ -588,7 +627,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(str(cell(v, s)) for v, s in cols) + " |")
 
     def fig(s: dict[str, Any], key: str) -> Any:
-        return s["figures"].get(key, "–")
+        value = s["figures"].get(key)
+        return "–" if value is None else value
 
     row("video relayed through", lambda v, s: _who(s))
     row("measured kbit/s a viewer received, relayed / direct",
@@ -639,6 +679,25 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "ingress; a direct viewer costs it nothing.",
         "",
     ]
+    short = [(v, s, x) for v, s in cols if (x := starved(v, s))]
+    if short:
+        cap = result.get("coturn_max_bps")
+        lines += [
+            "**Relayed viewers starved**: " + "; ".join(
+                f"{v['video']} {s['name']}: {x['relayed']} kbit/s against {x['direct']} "
+                f"direct, fps down to {x['fps_min']}; coturn took in {x['in_pps']} and sent "
+                f"{x['out_pps']} packets/s per viewer, {x['out_mb_s']} MB/s"
+                for v, s, x in short) + "."
+            + (f" That egress is the shipped policy's `max-bps={cap}` (bytes/s per "
+               f"allocation, {8 * cap / 1e6:g} Mbit/s on the wire): a stream at that "
+               "bitrate has no room left for its packets' overhead, the retransmissions "
+               "and the keyframes the losses bring, so coturn drops the rest and the "
+               "camera resends (more packets in than out). The measured egress, overhead "
+               "and CPU per packet of those columns are the cap's, not the stream's; the "
+               "estimate at the nominal bitrate is what the stream needs."
+               if cap else ""),
+            "",
+        ]
     earlier = result.get("earlier_latency", [])
     if not measured_latency(result):
         lines += [
@@ -660,17 +719,20 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines.append("")
     lines += [
         "| video | setup | path | viewers | camera CPU | coturn CPU | packets/s (camera) "
-        "| kbit/s per viewer | coturn out MB/s | viewer fps min | pairs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| coturn in / out packets/s | kbit/s per viewer | coturn out MB/s | viewer fps min "
+        "| pairs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v, s in cols:
         for r in s["rows"]:
             mbs = wire(r, "out")["bytes"] / r["seconds"] / 1e6
             pairs = ", ".join(sorted({f"{x['local']}→{x['remote']}" for x in r["sessions"]}))
+            turn = (f"{wire(r, 'in')['packets'] / r['seconds']:.0f} / "
+                    f"{wire(r, 'out')['packets'] / r['seconds']:.0f}")
             lines.append(f"| {v['video']} | {s['name']} | {r['path']} | {r['viewers']} | "
                          f"{r['camera_cpu_core']} | {r['coturn_cpu_core']} | "
-                         f"{r.get('camera_packets_s', '–')} | {r.get('kbit_s', '–')} | "
-                         f"{mbs:.3f} | {r['fps_min']} | {pairs} |")
+                         f"{r['camera_packets_s'] if counted_packets(r) else '–'} | {turn} | "
+                         f"{r.get('kbit_s', '–')} | {mbs:.3f} | {r['fps_min']} | {pairs} |")
     lines += [
         "",
         "Caveats: the lab's links have no propagation delay, so the added latency is",

@@ -115,3 +115,19 @@ def test_a_relay_run_on_a_clip_carries_the_last_measured_latency() -> None:
     assert any("the last run that did" in x for x in page)
     assert not any(x.startswith("| latency p50") for x in page)
     assert sum(1 for x in page if "| 9.5 / 9.5 | 9.5 / 9.5 | 9.5 |" in x) == len(carried)
+
+
+def test_relayed_viewers_getting_less_than_direct_ones_are_called_out() -> None:
+    stored = json.loads((STORED / "relay.json").read_text())
+    result = {**copy.deepcopy(stored), "coturn_max_bps": 500000}
+    result.pop("videos", None)
+    setup = result["setups"][0]
+    figures = setup["figures"]
+    figures["direct_payload_kbit_s"] = 4000.0
+    figures["relayed_payload_kbit_s"] = 3700.0
+    assert relay.starved(result, setup) is None
+    figures["relayed_payload_kbit_s"] = 2500.0
+    short = relay.starved(result, setup)
+    assert short is not None and short["relayed"] == 2500.0 and short["out_pps"] >= 0
+    page = "\n".join(relay.markdown(result))
+    assert "**Relayed viewers starved**" in page and "`max-bps=500000`" in page
