@@ -566,8 +566,9 @@ def headline(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
     videos = videos_of(result)
-    fig, axes = plt.subplots(1, len(videos) + 1, figsize=(5 * (len(videos) + 1), 3.8))
-    lat = axes[-1]
+    panels = len(videos) + (1 if measured_latency(result) else 0)  # a clip reads none
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8), squeeze=False)
+    axes = list(axes[0])
     data, labels = [], []
     for cpu, v in zip(axes, videos, strict=False):
         for setup, marker in zip(v["setups"], "os^v", strict=False):
@@ -588,10 +589,12 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
         cpu.set_ylabel("CPU (% of one core)")
         cpu.grid(alpha=0.3)
         cpu.legend(fontsize=6)
-    lat.boxplot(data, tick_labels=labels, orientation="horizontal")
-    lat.tick_params(axis="y", labelsize=6)
-    lat.set_xlabel("glass-to-glass latency (ms), decoding CLI viewer")
-    lat.grid(alpha=0.3)
+    if panels > len(videos):
+        lat = axes[-1]
+        lat.boxplot(data, tick_labels=labels, orientation="horizontal")
+        lat.tick_params(axis="y", labelsize=6)
+        lat.set_xlabel("glass-to-glass latency (ms), decoding CLI viewer")
+        lat.grid(alpha=0.3)
     fig.suptitle(f"Relay cost, NAT lab, {result.get('pattern', 'bars')}"
                  f"{' clip' if result.get('clip') else ''}", fontsize=10)
     fig.tight_layout()
