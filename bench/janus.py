@@ -1227,7 +1227,11 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines.append("CPU per packet sent (above each server's idle; median over the counts "
                      "of the per-count ratio" + (", then over the rounds" if len(rounds) > 1
                                                  else "")
-                     + f"): **peercam/Janus {_spread(result, 'per_packet_ratio')}**.")
+                     + f"): **peercam/Janus {_spread(result, 'per_packet_ratio')}**. "
+                     "Being a median over the counts, it weighs 1 and 4 viewers, where each "
+                     "session's fixed cost (RTCP, consent checks, timers) is spread over few "
+                     "packets, as much as 16; the marginal slope is set mostly by the larger "
+                     "counts.")
     verdicts = []
     for label, key in (("marginal", "marginal_ratio"), ("per packet", "per_packet_ratio")):
         verdicts += [f"{label} {v}" for v in [verdict(result, key)] if v]
