@@ -1034,7 +1034,25 @@ def summary_of(result: dict[str, Any]) -> dict[str, Any]:
             "packets_s_per_viewer": max(
                 r["packets_s_sent"] / r["viewers"] for r in result["rows"]
                 if r["server"] == "peercam" and r.get("packets_s_sent")),
-            "kbit_s": max(r.get("kbit_s", 0) for r in result["rows"])}
+            "kbit_s": max(r.get("kbit_s", 0) for r in result["rows"]),
+            "kbit_s_by_server": kbit_by_server(result)}
+
+
+def kbit_by_server(result: dict[str, Any]) -> dict[str, float]:
+    """The median over a run's rows of what each server's viewers received (kbit/s)."""
+    return {s: round(statistics.median(r["kbit_s"] for r in result["rows"]
+                                       if r["server"] == s), 1) for s in SERVERS}
+
+
+def short_delivery(kbit: dict[str, float] | None) -> str:
+    """A caveat when Janus's viewers received under 90% of what peercam's did."""
+    if not kbit or kbit["janus"] >= 0.9 * kbit["peercam"]:
+        return ""
+    return (f"Janus's viewers received {kbit['janus']} kbit/s against peercam's "
+            f"{kbit['peercam']} ({100 * kbit['janus'] / kbit['peercam']:.0f}%): Janus relayed "
+            "less of the stream, so its CPU covers less work, and its packets/s (frames "
+            "received times the feeder's packets per frame) count packets it did not send; "
+            "both make the ratios lean in Janus's favour.")
 
 
 def _spread(result: dict[str, Any], key: str) -> str:
@@ -1243,20 +1261,23 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if others:
         lines += ["", "**By bitrate**: this run first, then the others, each its own run "
                   "(both servers in it, same settings otherwise, folded in with "
-                  "`python -m bench.janus fold`). *median (min–max)* is over the run's "
+                  "`python -m bench.janus fold`, raw samples in `bench/janus-*.json`). *median (min–max)* is over the run's "
                   "rounds; a run of one round gives one ratio, and on this shared machine "
                   "one round cannot tell noise from cost.", "",
-                  "| video | content | measured kbit/s | packets/s per viewer | rounds | "
+                  "| video | content | measured kbit/s, peercam / Janus | packets/s per viewer | "
+                  "rounds | "
                   "marginal per viewer peercam / Janus | **ratio**, median (min–max) | "
                   "µs/packet peercam / Janus | **ratio per packet**, median (min–max) | "
-                  "each round's ratio | against ≤ 1.0 |",
+                  "each round's ratio | against ≤ 1.0: marginal; per packet |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for o in [{**summary_of(result), "note": "this run"}, *others]:
             mo, up = o["marginal_core"], o["us_per_packet"]
             n = len(o.get("rounds") or [])
             lines.append(
                 f"| {o['video']} | {o['pattern']}{' clip' if o.get('clip') else ''}"
-                f"{' (' + o['note'] + ')' if o.get('note') else ''} | {o['kbit_s']} | "
+                f"{' (' + o['note'] + ')' if o.get('note') else ''} | "
+                + (f"{k['peercam']} / {k['janus']}" if (k := o.get("kbit_s_by_server"))
+                   else f"{o['kbit_s']}") + " | "
                 f"{o['packets_s_per_viewer']:.0f} | "
                 f"{n or ('1' if o.get('note') == 'this run' else '1 (earlier, single run)')} | "
                 f"{_pct(mo['peercam'])} / {_pct(mo['janus'])} | "
@@ -1264,7 +1285,11 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"{_num(up['peercam'])} / {_num(up['janus'])} | "
                 f"{_range(o, 'per_packet_ratio')} | "
                 + (", ".join(_ratio(f["marginal_ratio"]) for f in o["rounds"]) if n else "–")
-                + f" | {verdict(o, 'marginal_ratio')} |")
+                + f" | {verdict(o, 'marginal_ratio')}; {verdict(o, 'per_packet_ratio')} |")
+        caveats = [f"At {o['video']}: {said}" for o in [summary_of(result), *others]
+                   if (said := short_delivery(o.get("kbit_s_by_server")))]
+        if caveats:
+            lines += ["", *caveats]
     lines += [
         "",
         "How it was set up: our own `janus` process with its own config folder (only",
@@ -1332,7 +1357,11 @@ def fold(into: Path, run: Path, note: str = "") -> dict[str, Any]:
     if run_key(other) == run_key(main):
         raise SystemExit(f"bench: {run} measured what {into} did ({other['video']}, "
                          f"{other.get('pattern')}): run it as the main result instead")
-    line = {**summary_of(other), **({"note": note} if note else {})}
+    # Its raw samples stay beside the stored result (the page reads only the summary).
+    slug = re.sub(r"[^0-9A-Za-z]+", "-", f"{other['video']} {other.get('pattern')}").strip("-")
+    raw = into.with_name(f"{NAME}-{slug}{'-clip' if other.get('clip') else ''}.json")
+    raw.write_text(json.dumps(other, indent=1))
+    line = {**summary_of(other), "raw": raw.name, **({"note": note} if note else {})}
     main["other_runs"] = merge_other_runs(main.get("other_runs", []), [line])
     into.write_text(json.dumps(main, indent=1))
     return main

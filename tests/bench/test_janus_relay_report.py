@@ -75,6 +75,8 @@ def test_a_run_at_another_bitrate_is_folded_in_replacing_the_earlier_line(
     folded = janus.fold(main, run)
     assert [len(o["rounds"]) for o in folded["other_runs"]] == [3]  # the earlier line went
     assert json.loads(main.read_text())["other_runs"] == folded["other_runs"]
+    raw = tmp_path / folded["other_runs"][0]["raw"]  # its raw samples kept beside it
+    assert json.loads(raw.read_text())["rounds"] == folded["other_runs"][0]["rounds"]
     page = "\n".join(janus.markdown(folded))
     line = next(x for x in page.splitlines() if x.startswith("| 1920x1080@30 4 Mbit/s"))
     assert "**0.95** (0.9–1.2)" in line and "0.9, 1.2, 0.95" in line
