@@ -696,8 +696,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
                "bitrate has no room left for its packets' overhead, the retransmissions "
                "and the keyframes the losses bring, so coturn drops the rest and the "
                "camera resends (more packets in than out). The measured egress, overhead "
-               "and CPU per packet of those columns are the cap's, not the stream's; the "
-               "estimate at the nominal bitrate is what the stream needs."
+               "and CPU per packet of those columns are the cap's, not the stream's (the "
+               "estimate at the nominal bitrate too, built on that overhead); what the "
+               "stream takes is what a direct viewer received (the row *into a direct viewer*)."
                if cap else ""),
             "",
         ]
