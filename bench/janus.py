@@ -1139,6 +1139,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
           if result.get("clip") else []),
         "The machine was shared with other engineers' work while these ran: compare "
         "the servers count by count (they ran in the same minute), by ratio.",
+        *([""] + ["**Marginal CPU per viewer, peercam/Janus, median of the rounds (min–max)**: "
+                  + "; ".join(f"{o['video']} {o['pattern']}: {_range(o, 'marginal_ratio')}, "
+                              f"per packet {_range(o, 'per_packet_ratio')}"
+                              for o in [summary_of(result), *result.get("other_runs", [])]
+                              if o.get("rounds"))
+                  + " (each its own run; *By bitrate* below)."]
+          if result.get("rounds") else []),
         "",
         "**First frame**: from a viewer's first signaling byte (peercam: opening the",
         "rendezvous WebSocket; Janus: the session `create`) to the first received keyframe",
@@ -1261,7 +1268,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if others:
         lines += ["", "**By bitrate**: this run first, then the others, each its own run "
                   "(both servers in it, same settings otherwise, folded in with "
-                  "`python -m bench.janus fold`, raw samples in `bench/janus-*.json`). *median (min–max)* is over the run's "
+                  "`python -m bench.janus fold`, raw samples in `bench/janus-*.json`). "
+                  "*median (min–max)* is over the run's "
                   "rounds; a run of one round gives one ratio, and on this shared machine "
                   "one round cannot tell noise from cost.", "",
                   "| video | content | measured kbit/s, peercam / Janus | packets/s per viewer | "
