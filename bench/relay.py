@@ -21,13 +21,21 @@ In each: one camera (``python -m bench _camera --any-address``);
 
 * latency: one decoding CLI viewer per path reads the burnt-in capture time
   (camera/stamp.py) from every frame; added latency = relayed p50 - direct p50;
-* CPU and bytes: N viewers that receive but do not decode (they would starve
-  the camera on a small machine), per path; camera and coturn process CPU
-  (``/proc/PID/stat``) over a fixed window; bytes through coturn counted by
+* CPU, packets and bytes: N viewers that receive but do not decode (they would
+  starve the camera on a small machine), per path; camera and coturn process CPU
+  (``/proc/PID/stat``) over a fixed window; the RTP packets the camera sent in it
+  (its senders' own counter, read on SIGUSR1) and the H.264 bitrate each viewer
+  received, printed with every result; bytes through coturn counted by
   nftables counters in the server's namespace on its wire interface (all of
   coturn's ports, in and out), extrapolated to a viewer-hour and set against
   the stream's nominal bitrate x 3600 s; the direct viewers' received bytes are
   counted the same way at their site.
+
+Content: per-viewer cost is per packet, so the content must reach its bitrate:
+the ``texture`` test pattern (``--pattern``), with ``--clip`` pre-encoded once and
+played by the camera's ``file`` source (as on a board whose hardware encoder
+does the work, and as ``bench.viewers`` and ``bench.janus`` do), so no encoder
+competes with coturn and the viewers for the lab machine's CPU.
 
 ``python -m bench.relay latency|receive …`` is the viewer side, run inside a
 lab namespace (JSON lines).
@@ -41,6 +49,8 @@ import contextlib
 import json
 import math
 import os
+import select
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +91,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--bitrate", type=int, default=2_000_000)
+    p.add_argument("--videos", default="",
+                   help="WIDTHxHEIGHT:BITRATE items, comma-separated (e.g. "
+                        "1280x720:2000000,1920x1080:4000000): every setup at each, in one "
+                        "run (default: --width, --height, --bitrate)")
+    p.add_argument("--pattern", default="texture", choices=["bars", "texture"],
+                   help="texture: libx264 reaches the bitrate; bars: the old, light content "
+                        "(about 340 kbit/s whatever the bitrate)")
+    p.add_argument("--clip", action="store_true",
+                   help="the camera plays one pre-encoded clip of the pattern (its `file` "
+                        "source, no encoder in the camera)")
 
 
 # -- nftables byte counters in a lab namespace -----------------------------------
@@ -138,14 +158,16 @@ def delta(after: dict[str, dict[str, int]],
 class Probe:
     """CPU seconds of the camera and of every coturn process, and the byte counters."""
 
-    def __init__(self, lab: Any, camera_pid: int, coturn_pids: list[int],
+    def __init__(self, lab: Any, camera: subprocess.Popen[str], coturn_pids: list[int],
                  viewer_sites: list[str]) -> None:
-        self.lab, self.camera_pid, self.coturn_pids = lab, camera_pid, coturn_pids
+        self.lab, self.camera, self.coturn_pids = lab, camera, coturn_pids
+        self.camera_pid = camera.pid
         self.viewer_sites = viewer_sites
 
     def sample(self) -> dict[str, Any]:
         return {
             "t": time.monotonic(),
+            "camera_packets": camera_packets_sent(self.camera),
             "camera_cpu_s": cpu_seconds(self.camera_pid),
             "coturn_cpu_s": sum(cpu_seconds(pid) for pid in self.coturn_pids),
             "server": read_counters(self.lab, "server"),
@@ -158,10 +180,29 @@ class Probe:
         return {
             "seconds": round(seconds, 2),
             "camera_cpu_core": round((b["camera_cpu_s"] - a["camera_cpu_s"]) / seconds, 4),
+            "camera_packets_s": round((b["camera_packets"] - a["camera_packets"]) / seconds, 1),
             "coturn_cpu_core": round((b["coturn_cpu_s"] - a["coturn_cpu_s"]) / seconds, 4),
             "server_bytes": delta(b["server"], a["server"]),
             "viewer_bytes": {s: delta(b["viewers"][s], a["viewers"][s]) for s in b["viewers"]},
         }
+
+
+def camera_packets_sent(camera: subprocess.Popen[str], timeout: float = 10.0) -> int:
+    """RTP packets the lab camera's video senders sent so far: ``bench _camera`` prints
+    ``SENT <n>`` on SIGUSR1 (its stdout carries nothing else once it has started)."""
+    assert camera.stdout is not None
+    camera.send_signal(signal.SIGUSR1)
+    ready, _, _ = select.select([camera.stdout], [], [], timeout)
+    line = camera.stdout.readline() if ready else ""
+    if not line.startswith("SENT "):
+        raise SystemExit(f"bench: the lab camera did not count its packets ({line!r})")
+    return int(line.split()[1])
+
+
+def content_args(args: argparse.Namespace) -> list[str]:
+    """The camera's content flags: the pattern, and the clip folder with ``--clip``."""
+    return ["--pattern", args.pattern,
+            *(["--clip", str(Path(args.state) / "clips")] if args.clip else [])]
 
 
 def parse_setups(text: str) -> dict[str, tuple[str, str, str]]:
@@ -189,30 +230,147 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                              "the relayed site must be one where coturn has to relay")
         if not expected_direct(camera, direct):
             raise SystemExit(f"bench: {name}: {camera} and {direct} have no direct path")
-    results = []
-    for name, sites in setups.items():
-        result = await measure(args, name, *sites)
-        print(json.dumps({"setup": name, **result["figures"]}), flush=True)
-        results.append(result)
-    return {"video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
-            "bitrate": args.bitrate, "window_s": args.seconds, "setups": results}
+    videos = parse_videos(args.videos) if args.videos else [
+        (args.width, args.height, args.bitrate)]
+    if args.clip:
+        from bench.camera_proc import ensure_clip
+        from camera.sources.base import VideoSettings
+
+        # Made once here (it takes a while at 1080p), not by the lab camera as it starts.
+        for width, height, bitrate in videos:
+            video = VideoSettings(width=width, height=height, fps=FPS, bitrate=bitrate)
+            await asyncio.get_running_loop().run_in_executor(
+                None, ensure_clip, Path(args.state) / "clips", video, args.pattern)
+    out = []
+    for width, height, bitrate in videos:
+        at = argparse.Namespace(**{**vars(args), "width": width, "height": height,
+                                   "bitrate": bitrate})
+        label = f"{width}x{height}@30 {bitrate / 1e6:g} Mbit/s"
+        results = []
+        for name, sites in setups.items():
+            result = await measure(at, name, *sites)
+            print(json.dumps({"video": label, "setup": name, **result["figures"]}), flush=True)
+            results.append(result)
+        out.append({"video": label, "bitrate": bitrate, "setups": results})
+    # The first video's figures at the top level too, as a one-video run stored them.
+    result = {**out[0], "videos": out, "pattern": args.pattern, "clip": args.clip,
+              "window_s": args.seconds, "coturn_max_bps": shipped_max_bps()}
+    stored = Path(args.out) / f"{NAME}.json"
+    if not args.smoke and stored.exists() and not measured_latency(result):
+        result["earlier_latency"] = earlier_latency(json.loads(stored.read_text()))
+    return result
+
+
+SHIPPED_COTURN = ROOT / "systemd" / "coturn" / "turnserver.conf"
+
+
+def shipped_max_bps() -> int | None:
+    """The shipped coturn policy's ``max-bps`` (bytes/s per allocation), which the lab's
+    coturn runs with; None if it sets none."""
+    for line in SHIPPED_COTURN.read_text().splitlines():
+        key, _, value = line.strip().partition("=")
+        if key.strip() == "max-bps":
+            return int(value)
+    return None
+
+
+def starved(v: dict[str, Any], s: dict[str, Any]) -> dict[str, float] | None:
+    """A setup whose relayed viewers got under 90% of what direct ones did: what they
+    got, the direct figure, their lowest fps and coturn's egress per viewer (MB/s)."""
+    f = s["figures"]
+    relayed, direct = f.get("relayed_payload_kbit_s"), f.get("direct_payload_kbit_s")
+    if relayed is None or direct is None or relayed >= 0.9 * direct:
+        return None
+    rows = [r for r in s["rows"] if r["path"] == "relayed"]
+    return {"relayed": relayed, "direct": direct,
+            "fps_min": min(r["fps_min"] for r in rows),
+            "out_mb_s": round(statistics.median(
+                wire(r, "out")["bytes"] / r["seconds"] / r["viewers"] for r in rows) / 1e6, 3),
+            "in_pps": round(statistics.median(
+                wire(r, "in")["packets"] / r["seconds"] / r["viewers"] for r in rows)),
+            "out_pps": round(statistics.median(
+                wire(r, "out")["packets"] / r["seconds"] / r["viewers"] for r in rows))}
+
+
+LATENCY = ("latency_p50_direct_ms", "latency_p95_direct_ms", "latency_p50_relayed_ms",
+           "latency_p95_relayed_ms", "added_latency_p50_ms")
+
+
+def measured_latency(result: dict[str, Any]) -> bool:
+    """Whether a run read latencies: a clip has no capture time burnt in at play time."""
+    return any(s["figures"].get("latency_p50_direct_ms") is not None
+               for v in videos_of(result) for s in v["setups"])
+
+
+def earlier_latency(stored: dict[str, Any]) -> list[dict[str, Any]]:
+    """The latency figures of a stored run (with what it played and when), for a run
+    that could not read them; those it carried itself if it read none either."""
+    if not measured_latency(stored):
+        earlier: list[dict[str, Any]] = stored.get("earlier_latency", [])
+        return earlier
+    return [{"video": v["video"], "setup": s["name"], "pattern": stored.get("pattern", "bars"),
+             "clip": bool(stored.get("clip")), "date": stored.get("machine", {}).get("date"),
+             **{k: s["figures"].get(k) for k in LATENCY}}
+            for v in videos_of(stored) for s in v["setups"]]
+
+
+def parse_videos(text: str) -> list[tuple[int, int, int]]:
+    """``1280x720:2000000,1920x1080:4000000`` → [(1280, 720, 2000000), ...]."""
+    out = []
+    for item in text.split(","):
+        size, _, rate = item.strip().partition(":")
+        width, _, height = size.partition("x")
+        try:
+            out.append((int(width), int(height), int(rate)))
+        except ValueError:
+            raise SystemExit(f"bench: --videos wants WIDTHxHEIGHT:BITRATE items, "
+                             f"not {item!r}") from None
+    return out
+
+
+def videos_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each video's part of a result (one, for a run stored before ``--videos``)."""
+    videos: list[dict[str, Any]] = result.get("videos") or [
+        {"video": result["video"], "bitrate": result["bitrate"], "setups": result["setups"]}]
+    return videos
+
+
+def lab_run(camera: str, sites: list[str], state: Path, args: argparse.Namespace) -> Any:
+    """bench.labttff's LabRun, its camera started with this run's content flags."""
+    from bench.labttff import LabRun
+
+    class ContentLabRun(LabRun):
+        async def _start_camera(self) -> None:
+            # LabRun builds the camera's command line itself: add the content flags to
+            # the one process it starts, then give the lab its own popen back.
+            popen = self.lab.popen
+
+            def with_content(where: str, argv: list[str], **kwargs: Any) -> Any:
+                return popen(where, [*argv, *content_args(args)], **kwargs)
+
+            self.lab.popen = with_content
+            try:
+                await super()._start_camera()
+            finally:
+                del self.lab.popen
+
+    return ContentLabRun(camera, sites, state, width=args.width, height=args.height,
+                         bitrate=args.bitrate)
 
 
 async def measure(args: argparse.Namespace, name: str, camera: str, direct: str,
                   relayed: str) -> dict[str, Any]:
     """One setup in its own lab: latency per path, then CPU and bytes per viewer count."""
-    from bench.labttff import LabRun
-
     counts = [int(c) for c in args.counts.split(",")]
     paths = {"direct": direct, "relayed": relayed}
     loop = asyncio.get_running_loop()
-    async with LabRun(camera, list(paths.values()), Path(args.state) / NAME / name,
-                      width=args.width, height=args.height, bitrate=args.bitrate) as lab:
+    async with lab_run(camera, list(paths.values()), Path(args.state) / NAME / name,
+                       args) as lab:
         install_counters(lab.lab, "server", SERVER_COUNTERS)
         for site in paths.values():
             install_counters(lab.lab, site, VIEWER_COUNTERS)
         coturn = [p.pid for p in lab.matrix.procs[:2]]  # the matrix starts coturn first
-        probe = Probe(lab.lab, lab.camera_pid, coturn, list(paths.values()))
+        probe = Probe(lab.lab, lab.camera, coturn, list(paths.values()))
 
         latency: dict[str, Any] = {}
         for path, site in paths.items():
@@ -273,9 +431,14 @@ async def receive_window(lab: Any, probe: Probe, site: str, count: int,
             proc.wait()
         log.close()
     final = json.loads(out.strip().splitlines()[-1])
-    return {**window, "sessions": final["sessions"],
-            "fps_min": min(s["fps"] for s in final["sessions"]),
-            "paths": sorted({s["path"] for s in final["sessions"]})}
+    sessions = final["sessions"]
+    return {**window, "sessions": sessions,
+            "fps_min": min(s["fps"] for s in sessions),
+            # The H.264 each viewer received (median) and what the camera sent per viewer.
+            "kbit_s": round(statistics.median(
+                8 * s["payload_bytes_per_s"] / 1000 for s in sessions), 1),
+            "packets_s_per_viewer": round(window["camera_packets_s"] / count, 1),
+            "paths": sorted({s["path"] for s in sessions})}
 
 
 def figures(rows: list[dict[str, Any]], idle: dict[str, Any], latency: dict[str, Any],
@@ -316,12 +479,32 @@ def figures(rows: list[dict[str, Any]], idle: dict[str, Any], latency: dict[str,
     out["overhead_bytes_per_packet"] = round(overhead, 1)
     out["relay_egress_gb_per_viewer_hour_at_nominal"] = round(
         at_nominal(bitrate, FPS, overhead) * hour / 1e9, 3)
+    # Per packet: CPU above idle over the packets the camera sent (coturn: relayed out).
+    for path in ("direct", "relayed"):
+        mine = [r for r in rows if r["path"] == path]
+        counted = [r for r in mine if counted_packets(r)]
+        out[f"{path}_payload_kbit_s"] = round(statistics.median(r["kbit_s"] for r in mine), 1)
+        out[f"packets_s_per_viewer_{path}"] = round(statistics.median(
+            r["packets_s_per_viewer"] for r in counted), 1) if counted else None
+        per = [1e6 * (r["camera_cpu_core"] - idle["camera_cpu_core"]) / r["camera_packets_s"]
+               for r in counted]
+        out[f"camera_us_per_packet_{path}"] = round(statistics.median(per), 1) if per else None
+    per = [1e6 * (r["coturn_cpu_core"] - idle["coturn_cpu_core"]) / (p / r["seconds"])
+           for r in relayed if (p := wire(r, "out")["packets"]) > 0]
+    out["coturn_us_per_packet"] = round(statistics.median(per), 1) if per else None
     d, r = latency["direct"].get("latency_ms_p50"), latency["relayed"].get("latency_ms_p50")
     out["latency_p50_direct_ms"], out["latency_p50_relayed_ms"] = d, r
     out["latency_p95_direct_ms"] = latency["direct"].get("latency_ms_p95")
     out["latency_p95_relayed_ms"] = latency["relayed"].get("latency_ms_p95")
     out["added_latency_p50_ms"] = None if d is None or r is None else round(r - d, 1)
     return out
+
+
+def counted_packets(row: dict[str, Any]) -> bool:
+    """Whether the camera's packet count over a window is usable: its counter sums the
+    live senders', so a sender of an ended session collected in the window takes its
+    packets off and the difference can go negative."""
+    return bool(row.get("camera_packets_s") is not None and row["camera_packets_s"] > 0)
 
 
 def wire(row: dict[str, Any], direction: str) -> dict[str, int]:
@@ -352,48 +535,68 @@ def _who(setup: dict[str, Any]) -> str:
             "camera-allocation": "the camera's own allocation"}.get(setup["name"], setup["name"])
 
 
+def _content(result: dict[str, Any]) -> str:
+    pattern = result.get("pattern", "bars")
+    return f"the `{pattern}` test pattern" + (
+        ", pre-encoded, played by the camera's `file` source" if result.get("clip") else
+        ", encoded live by the camera")
+
+
+def _pct(cores: float | None) -> str:
+    return "–" if cores is None else f"{100 * cores:.2f}"
+
+
 def headline(result: dict[str, Any]) -> str:
-    first = result["setups"][0]["figures"]
-    parts = [f"relay: {first['relay_egress_gb_per_viewer_hour_at_nominal']} GB out of coturn "
-             f"per viewer-hour at {result['bitrate'] / 1e6:g} Mbit/s "
-             f"({first['relay_egress_gb_per_viewer_hour']} GB measured at the test pattern's "
-             f"{first['stream_payload_kbit_s']} kbit/s)"]
-    for setup in result["setups"]:
-        f = setup["figures"]
-        parts.append(
-            f"{setup['name']}: camera {100 * f['camera_cpu_per_viewer_relayed']:.2f}% of a "
-            f"core per relayed viewer vs {100 * f['camera_cpu_per_viewer_direct']:.2f}% direct, "
-            f"coturn {100 * f['coturn_cpu_per_viewer_relayed']:.2f}%, added latency p50 "
-            f"{f['added_latency_p50_ms']} ms")
-    return "; ".join(parts)
+    parts = []
+    for v in videos_of(result):
+        for setup in v["setups"]:
+            f = setup["figures"]
+            parts.append(
+                f"{v['video']} {setup['name']}: {f['relay_egress_gb_per_viewer_hour']} GB out "
+                f"of coturn per relayed viewer-hour at the measured "
+                f"{f['stream_payload_kbit_s']} kbit/s, "
+                f"{f.get('packets_s_per_viewer_relayed', '?')} packets/s per viewer; camera "
+                f"{_pct(f['camera_cpu_per_viewer_relayed'])}% of a core per relayed viewer vs "
+                f"{_pct(f['camera_cpu_per_viewer_direct'])}% direct, coturn "
+                f"{_pct(f['coturn_cpu_per_viewer_relayed'])}%, added latency p50 "
+                f"{f['added_latency_p50_ms']} ms")
+    return "relay: " + "; ".join(parts)
 
 
 def plot(result: dict[str, Any], out: Path) -> list[str]:
     plt = pyplot()
-    fig, (cpu, lat) = plt.subplots(1, 2, figsize=(10, 3.8))
+    videos = videos_of(result)
+    panels = len(videos) + (1 if measured_latency(result) else 0)  # a clip reads none
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8), squeeze=False)
+    axes = list(axes[0])
     data, labels = [], []
-    for setup, marker in zip(result["setups"], "os^v", strict=False):
-        for path, line in (("direct", ":"), ("relayed", "-")):
-            rows = [r for r in setup["rows"] if r["path"] == path]
-            xs = [0] + [r["viewers"] for r in rows]
-            cpu.plot(xs, [100 * setup["idle"]["camera_cpu_core"]]
-                     + [100 * r["camera_cpu_core"] for r in rows], marker + line,
-                     label=f"camera, {path} ({setup['name']})")
-            if path == "relayed":
-                cpu.plot(xs, [100 * setup["idle"]["coturn_cpu_core"]]
-                         + [100 * r["coturn_cpu_core"] for r in rows], marker + "--",
-                         label=f"coturn ({setup['name']})")
-            data.append(setup["latency"][path].get("latencies_ms") or [0.0])
-            labels.append(f"{path}\n{setup['name']}")
-    cpu.set_xlabel("viewers")
-    cpu.set_ylabel("CPU (% of one core)")
-    cpu.grid(alpha=0.3)
-    cpu.legend(fontsize=6)
-    lat.boxplot(data, tick_labels=labels, orientation="horizontal")
-    lat.tick_params(axis="y", labelsize=7)
-    lat.set_xlabel("glass-to-glass latency (ms), decoding CLI viewer")
-    lat.grid(alpha=0.3)
-    fig.suptitle(f"Relay cost, NAT lab, {result['video']}", fontsize=10)
+    for cpu, v in zip(axes, videos, strict=False):
+        for setup, marker in zip(v["setups"], "os^v", strict=False):
+            for path, line in (("direct", ":"), ("relayed", "-")):
+                rows = [r for r in setup["rows"] if r["path"] == path]
+                xs = [0] + [r["viewers"] for r in rows]
+                cpu.plot(xs, [100 * setup["idle"]["camera_cpu_core"]]
+                         + [100 * r["camera_cpu_core"] for r in rows], marker + line,
+                         label=f"camera, {path} ({setup['name']})")
+                if path == "relayed":
+                    cpu.plot(xs, [100 * setup["idle"]["coturn_cpu_core"]]
+                             + [100 * r["coturn_cpu_core"] for r in rows], marker + "--",
+                             label=f"coturn ({setup['name']})")
+                data.append(setup["latency"][path].get("latencies_ms") or [0.0])
+                labels.append(f"{path} {setup['name']}\n{v['video'].split('@')[0]}")
+        cpu.set_title(v["video"], fontsize=9)
+        cpu.set_xlabel("viewers")
+        cpu.set_ylabel("CPU (% of one core)")
+        cpu.grid(alpha=0.3)
+        cpu.legend(fontsize=6)
+    if panels > len(videos):
+        lat = axes[-1]
+        lat.boxplot(data, tick_labels=labels, orientation="horizontal")
+        lat.tick_params(axis="y", labelsize=6)
+        lat.set_xlabel("glass-to-glass latency (ms), decoding CLI viewer")
+        lat.grid(alpha=0.3)
+    fig.suptitle(f"Relay cost, NAT lab, {result.get('pattern', 'bars')}"
+                 f"{' clip' if result.get('clip') else ''}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "relay.png", dpi=100)
     plt.close(fig)
@@ -401,80 +604,148 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
 
 
 def markdown(result: dict[str, Any]) -> list[str]:
-    mbit = result["bitrate"] / 1e6
-    setups = result["setups"]
+    videos = videos_of(result)
+    cols = [(v, s) for v in videos for s in v["setups"]]
+    real = result.get("pattern", "bars") != "bars"
     lines = [
         "## Relay cost",
         "",
-        f"A camera ({result['video']}) behind one NAT-lab site, direct viewers behind a",
-        "site with a direct path to it, relayed viewers behind one without (coturn relays,",
-        "shipped policy), in the same run. Two setups, because whose TURN allocation",
-        "carries the video decides what the camera pays. CPU per viewer is the",
-        "least-squares slope of process CPU against the viewer count (idle counting as",
-        f"zero viewers, {result['window_s']} s windows); bytes are nftables counters (IP",
-        "bytes) on coturn's wire interface, in and out, extrapolated to an hour.",
+        f"A camera ({', '.join(v['video'] for v in videos)}; content: {_content(result)})",
+        "behind one NAT-lab site, direct viewers behind a site with a direct path to it,",
+        "relayed viewers behind one without (coturn relays, shipped policy), in the same",
+        "run. Two setups, because whose TURN allocation carries the video decides what the",
+        "camera pays. CPU per viewer is the least-squares slope of process CPU against the",
+        f"viewer count (idle counting as zero viewers, {result['window_s']} s windows);",
+        "*packets/s* are the RTP packets the camera sent (its senders' own counter), per",
+        "viewer; *kbit/s* is the H.264 a viewer received (median); bytes are nftables",
+        "counters (IP bytes) on coturn's wire interface, in and out, extrapolated to an hour.",
+        "The machine was shared with other engineers' work while this ran.",
         "",
-        "| | " + " | ".join(f"{s['name']}: {s['camera_site']} camera, relayed viewer "
-                          f"behind {s['paths']['relayed']}" for s in setups) + " |",
-        "|---|" + "---|" * len(setups),
+        "| | " + " | ".join(f"{v['video']}, {s['name']}: {s['camera_site']} camera, relayed "
+                          f"viewer behind {s['paths']['relayed']}" for v, s in cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
 
     def row(label: str, cell: Any) -> None:
-        lines.append(f"| {label} | " + " | ".join(str(cell(s)) for s in setups) + " |")
+        lines.append(f"| {label} | " + " | ".join(str(cell(v, s)) for v, s in cols) + " |")
 
-    row("video relayed through", _who)
-    row("camera CPU per viewer, relayed / direct (% of a core)",
-        lambda s: f"{100 * s['figures']['camera_cpu_per_viewer_relayed']:.2f} / "
-                  f"{100 * s['figures']['camera_cpu_per_viewer_direct']:.2f}")
-    row("coturn CPU per relayed viewer (% of a core)",
-        lambda s: f"{100 * s['figures']['coturn_cpu_per_viewer_relayed']:.2f}")
-    row("latency p50 / p95, relayed (ms)",
-        lambda s: f"{s['figures']['latency_p50_relayed_ms']} / "
-                  f"{s['figures']['latency_p95_relayed_ms']}")
-    row("latency p50 / p95, direct (ms)",
-        lambda s: f"{s['figures']['latency_p50_direct_ms']} / "
-                  f"{s['figures']['latency_p95_direct_ms']}")
-    row("added latency p50 (ms)", lambda s: s["figures"]["added_latency_p50_ms"])
-    row(f"**GB per relayed viewer-hour out of coturn, at {mbit:g} Mbit/s**",
-        lambda s: f"**{s['figures']['relay_egress_gb_per_viewer_hour_at_nominal']}**")
-    row("GB per viewer-hour measured, coturn out / in",
-        lambda s: f"{s['figures']['relay_egress_gb_per_viewer_hour']} / "
-                  f"{s['figures']['relay_ingress_gb_per_viewer_hour']}")
+    def fig(s: dict[str, Any], key: str) -> Any:
+        value = s["figures"].get(key)
+        return "–" if value is None else value
+
+    row("video relayed through", lambda v, s: _who(s))
+    row("measured kbit/s a viewer received, relayed / direct",
+        lambda v, s: f"{fig(s, 'stream_payload_kbit_s')} / {fig(s, 'direct_payload_kbit_s')}")
+    row("packets/s per viewer (camera sent), relayed / direct",
+        lambda v, s: f"{fig(s, 'packets_s_per_viewer_relayed')} / "
+                     f"{fig(s, 'packets_s_per_viewer_direct')}")
+    row("**camera CPU per viewer, relayed / direct (% of a core)**",
+        lambda v, s: f"**{_pct(s['figures']['camera_cpu_per_viewer_relayed'])} / "
+                     f"{_pct(s['figures']['camera_cpu_per_viewer_direct'])}**")
+    row("camera µs per packet above idle, relayed / direct",
+        lambda v, s: f"{fig(s, 'camera_us_per_packet_relayed')} / "
+                     f"{fig(s, 'camera_us_per_packet_direct')}")
+    row("**coturn CPU per relayed viewer (% of a core)**",
+        lambda v, s: f"**{_pct(s['figures']['coturn_cpu_per_viewer_relayed'])}**")
+    row("coturn µs per relayed packet above idle", lambda v, s: fig(s, "coturn_us_per_packet"))
+    if measured_latency(result):
+        row("latency p50 / p95, relayed (ms)",
+            lambda v, s: f"{fig(s, 'latency_p50_relayed_ms')} / "
+                         f"{fig(s, 'latency_p95_relayed_ms')}")
+        row("latency p50 / p95, direct (ms)",
+            lambda v, s: f"{fig(s, 'latency_p50_direct_ms')} / "
+                         f"{fig(s, 'latency_p95_direct_ms')}")
+        row("added latency p50 (ms)", lambda v, s: fig(s, "added_latency_p50_ms"))
+    row("**GB per relayed viewer-hour out of coturn, measured** / in",
+        lambda v, s: f"**{fig(s, 'relay_egress_gb_per_viewer_hour')}** / "
+                     f"{fig(s, 'relay_ingress_gb_per_viewer_hour')}")
+    row("GB per viewer-hour out of coturn, estimated at the nominal bitrate",
+        lambda v, s: fig(s, "relay_egress_gb_per_viewer_hour_at_nominal"))
     row("GB per viewer-hour measured, into a direct viewer",
-        lambda s: s["figures"]["direct_viewer_gb_per_hour"])
-    row("test pattern's payload (kbit/s) / overhead per packet (bytes)",
-        lambda s: f"{s['figures']['stream_payload_kbit_s']} / "
-                  f"{s['figures']['overhead_bytes_per_packet']}")
-    nominal = setups[0]["figures"]["nominal_gb_per_viewer_hour"]
+        lambda v, s: fig(s, "direct_viewer_gb_per_hour"))
+    row("overhead per packet, coturn out (bytes: RTP, SRTP, ChannelData, UDP, IP)",
+        lambda v, s: fig(s, "overhead_bytes_per_packet"))
+    nominal = ", ".join(f"{v['bitrate'] / 1e6:g} Mbit/s × 3600 s = "
+                        f"{v['setups'][0]['figures']['nominal_gb_per_viewer_hour']} GB"
+                        for v in videos)
     lines += [
         "",
-        f"Nominal: {mbit:g} Mbit/s × 3600 s = {nominal} GB of payload per viewer-hour each",
-        "way. The test pattern compresses well, so the encoder sends less than its target;",
-        f"the {mbit:g} Mbit/s row adds the measured overhead per packet (RTP, SRTP, TURN",
-        "ChannelData, UDP, IP) to the nominal payload cut into aiortc's 1300-byte RTP",
-        "packets. A relayed viewer costs the operator that much egress *and* about as",
-        "much ingress; a direct viewer costs it nothing.",
+        f"Nominal payload per viewer-hour each way: {nominal}."
+        + (" The content reaches its bitrate, so the measured egress is the figure to"
+           " budget with; the estimate at the nominal bitrate (the nominal payload cut into"
+           " aiortc's 1300-byte RTP packets, plus the measured overhead per packet) is"
+           " there as a cross-check." if real else
+           " This light content sends far less than its target, so the row at the nominal"
+           " bitrate (the nominal payload cut into aiortc's 1300-byte RTP packets, plus the"
+           " measured overhead per packet) is the one to budget with."),
+        "A relayed viewer costs the operator that much egress *and* about as much",
+        "ingress; a direct viewer costs it nothing.",
         "",
-        "| setup | path | viewers | camera CPU | coturn CPU | coturn out MB/s | viewer fps min "
-        "| pairs |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for s in setups:
+    short = [(v, s, x) for v, s in cols if (x := starved(v, s))]
+    if short:
+        cap = result.get("coturn_max_bps")
+        lines += [
+            "**Relayed viewers starved**: " + "; ".join(
+                f"{v['video']} {s['name']}: {x['relayed']} kbit/s against {x['direct']} "
+                f"direct, fps down to {x['fps_min']}; coturn took in {x['in_pps']} and sent "
+                f"{x['out_pps']} packets/s per viewer, {x['out_mb_s']} MB/s"
+                for v, s, x in short) + "."
+            + (f" That egress is the shipped policy's `max-bps={cap}` (bytes/s per "
+               f"allocation, {8 * cap / 1e6:g} Mbit/s on the wire): a stream at that "
+               "bitrate has no room left for its packets' overhead, the retransmissions "
+               "and the keyframes the losses bring, so coturn drops the rest and the "
+               "camera resends (more packets in than out). The measured egress, overhead "
+               "and CPU per packet of those columns are the cap's, not the stream's (the "
+               "estimate at the nominal bitrate too, built on that overhead); what the "
+               "stream takes is what a direct viewer received (the row *into a direct viewer*)."
+               if cap else ""),
+            "",
+        ]
+    earlier = result.get("earlier_latency", [])
+    if not measured_latency(result):
+        lines += [
+            "Latency: a pre-encoded clip carries no capture time of its own (the burnt-in",
+            "stamp is the time the live pattern was drawn), so this run read none"
+            + ("; the last run that did:" if earlier else "."),
+            "",
+        ]
+    if earlier and not measured_latency(result):
+        lines += ["| measured | video, content | setup | latency p50 / p95 relayed (ms) | "
+                  "direct (ms) | added p50 (ms) |", "|---|---|---|---|---|---|"]
+        for e in earlier:
+            lines.append(
+                f"| {e['date']} | {e['video']}, `{e['pattern']}`"
+                f"{' clip' if e['clip'] else ', encoded live'} | {e['setup']} | "
+                f"{e['latency_p50_relayed_ms']} / {e['latency_p95_relayed_ms']} | "
+                f"{e['latency_p50_direct_ms']} / {e['latency_p95_direct_ms']} | "
+                f"{e['added_latency_p50_ms']} |")
+        lines.append("")
+    lines += [
+        "| video | setup | path | viewers | camera CPU | coturn CPU | packets/s (camera) "
+        "| coturn in / out packets/s | kbit/s per viewer | coturn out MB/s | viewer fps min "
+        "| pairs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v, s in cols:
         for r in s["rows"]:
             mbs = wire(r, "out")["bytes"] / r["seconds"] / 1e6
             pairs = ", ".join(sorted({f"{x['local']}→{x['remote']}" for x in r["sessions"]}))
-            lines.append(f"| {s['name']} | {r['path']} | {r['viewers']} | {r['camera_cpu_core']} "
-                         f"| {r['coturn_cpu_core']} | {mbs:.3f} | {r['fps_min']} | {pairs} |")
+            turn = (f"{wire(r, 'in')['packets'] / r['seconds']:.0f} / "
+                    f"{wire(r, 'out')['packets'] / r['seconds']:.0f}")
+            lines.append(f"| {v['video']} | {s['name']} | {r['path']} | {r['viewers']} | "
+                         f"{r['camera_cpu_core']} | {r['coturn_cpu_core']} | "
+                         f"{r['camera_packets_s'] if counted_packets(r) else '–'} | {turn} | "
+                         f"{r.get('kbit_s', '–')} | {mbs:.3f} | {r['fps_min']} | {pairs} |")
     lines += [
         "",
         "Caveats: the lab's links have no propagation delay, so the added latency is",
         "coturn's processing and one more hop, not the detour a real TURN server adds",
-        "(geography: camera → TURN → viewer against camera → viewer). CPU is per packet",
-        "more than per byte, and the test pattern's packet rate is a fraction of a real",
-        f"{mbit:g} Mbit/s scene's: scale the camera's and coturn's per-viewer CPU by the",
-        "ratio of packet rates. Viewers in the CPU rows do not decode; the latency viewer",
-        "does. One run on a shared machine: CPU differences under about one percent of a",
-        "core are noise.",
+        "(geography: camera → TURN → viewer against camera → viewer). CPU goes per packet",
+        "more than per byte: compare setups and videos by the packets/s row. Viewers in the",
+        "CPU rows do not decode; the latency viewer does. The camera, coturn, the viewers",
+        "(Python) and the lab share the machine's two cores. One run on a shared machine:",
+        "CPU differences under about one percent of a core are noise.",
         "",
         "![relay cost](bench/relay.png)",
         "",
