@@ -54,13 +54,79 @@ USES_LAB = True
 CAMERA_SITE = "port-restricted"
 CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
          "port-restricted:udp-blocked")
-KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium": "Chromium"}
+KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium, page before",
+         "chromium": "Chromium"}
 """Viewer kinds, in table order; ``cli_before`` (see :func:`cli_trials`) only with
-``--before``."""
+``--before`` or ``--kinds``, ``chromium_before`` (the page as of :data:`PAGE_BEFORE`)
+only with ``--kinds``."""
+PAGE_BEFORE = "6df6bb9cb3dd2055a6fb663eee72656ab2f6771a"
+"""The commit whose services/web/viewer.js ``chromium_before`` serves: the page before
+it added the camera's server-reflexive candidates first (``git show``)."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
 """Chromium on the direct path: the p95 goal beside the p50 one."""
+DIAG_ENV = "PEERCAM_LABTTFF_DIAG"
+"""Set (by ``--diag``): Chromium trials also record :data:`DIAG_SCRIPT`'s findings."""
+DIAG_SCRIPT = """(() => {
+  // Every peer connection the page makes: its ICE events and, polled every 10 ms
+  // for 5 s, when each candidate pair first sent a check, got an answer, was
+  // checked by the peer, changed state, was nominated. Times: ms since epoch.
+  const Base = window.RTCPeerConnection;
+  const now = () => Math.round((performance.timeOrigin + performance.now()) * 10) / 10;
+  window.__pcdiag = [];
+  window.RTCPeerConnection = class extends Base {
+    constructor(...args) {
+      super(...args);
+      const rec = { created: now(), events: [], pairs: {}, candidates: {} };
+      window.__pcdiag.push(rec);
+      const ev = (what, detail) => rec.events.push([now(), what, detail]);
+      this.addEventListener("icecandidate",
+        (e) => ev("candidate", e.candidate ? e.candidate.candidate : null));
+      this.addEventListener("icegatheringstatechange",
+        () => ev("gathering", this.iceGatheringState));
+      this.addEventListener("iceconnectionstatechange", () => ev("ice", this.iceConnectionState));
+      this.addEventListener("connectionstatechange", () => ev("connection", this.connectionState));
+      const origSRD = this.setRemoteDescription.bind(this);
+      this.setRemoteDescription = (d) => { ev("setRemote", d && d.type); return origSRD(d); };
+      const origSLD = this.setLocalDescription.bind(this);
+      this.setLocalDescription = (d) => { ev("setLocal", d && d.type); return origSLD(d); };
+      const origAdd = this.addIceCandidate.bind(this);
+      this.addIceCandidate = (c) => { ev("addRemote", c && c.candidate); return origAdd(c); };
+      const poll = setInterval(async () => {
+        if (this.connectionState === "closed" || now() - rec.created > 5000) {
+          clearInterval(poll);
+          return;
+        }
+        let stats;
+        try { stats = await this.getStats(); } catch (_) { return; }
+        const t = now();
+        stats.forEach((r) => {
+          if (r.type === "local-candidate" || r.type === "remote-candidate") {
+            const side = r.type === "local-candidate" ? "L" : "R";
+            rec.candidates[r.id] =
+              `${side} ${r.candidateType} ${r.protocol} ${r.address}:${r.port}`;
+          }
+        });
+        stats.forEach((r) => {
+          if (r.type !== "candidate-pair") return;
+          const p = rec.pairs[r.id] || (rec.pairs[r.id] = {
+            local: rec.candidates[r.localCandidateId], remote: rec.candidates[r.remoteCandidateId],
+            seen: t, states: [] });
+          const last = p.states[p.states.length - 1];
+          if (!last || last[1] !== r.state) p.states.push([t, r.state]);
+          if (r.requestsSent > 0 && !p.firstSent) p.firstSent = t;
+          if (r.responsesReceived > 0 && !p.firstResponse) p.firstResponse = t;
+          if (r.requestsReceived > 0 && !p.firstRequestIn) p.firstRequestIn = t;
+          if (r.nominated && !p.nominated) p.nominated = t;
+          p.requestsSent = r.requestsSent;
+          p.requestsReceived = r.requestsReceived;
+          p.responsesReceived = r.responsesReceived;
+        });
+      }, 10);
+    }
+  };
+})();"""
 WAIT_FOR_FRAME = """new Promise((resolve) => {
   const t = setInterval(() => {
     if (window.peercam && window.peercam.ttffMs > 0) { clearInterval(t); resolve(); }
@@ -78,6 +144,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gap", type=float, default=1.0,
                    help="seconds between trials (the camera's keyframe limiter is 2/s)")
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
+    p.add_argument("--kinds", default=None,
+                   help="viewer kinds to run, comma-separated, from: " + ", ".join(KINDS)
+                        + " (default: cli and chromium; cli_before with --before)")
+    p.add_argument("--diag", action="store_true",
+                   help="record where each Chromium trial's time goes: the page's ICE events "
+                        "and candidate-pair stats (polled), the camera's ICE debug log")
     p.add_argument("--before", action="store_true",
                    help="also run the CLI viewer as it was before its fast UDP-blocked "
                         "test and max-bundle offers (in the same run, for comparison)")
@@ -278,8 +350,27 @@ def parse_cells(text: str) -> list[tuple[str, str]]:
     return cells
 
 
+def select_kinds(args: argparse.Namespace) -> list[str]:
+    """The viewer kinds to run, in table order."""
+    if args.kinds:
+        wanted = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        unknown = [k for k in wanted if k not in KINDS]
+        if unknown or not wanted:
+            raise SystemExit(f"bench: --kinds wants items of {', '.join(KINDS)}, "
+                             f"not {args.kinds!r}")
+        return [k for k in KINDS if k in wanted]
+    kinds = ["cli"] if args.no_chromium else ["cli", "chromium"]
+    if args.before:
+        kinds.insert(0, "cli_before")
+    return kinds
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    need_lab(chromium=not args.no_chromium)
+    kinds = select_kinds(args)
+    need_lab(chromium=any(k.startswith("chromium") for k in kinds))
+    if args.diag:
+        os.environ[DIAG_ENV] = "1"
+        os.environ.setdefault("PEERCAM_BENCH_DEBUG", "aioice.ice,camera.session,camera.agent")
     cells = parse_cells(args.cells)
     camera_site = cells[0][0]
     timeout = 60 + args.trials * (args.gap + 25)
@@ -292,9 +383,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "expected": "direct" if expected_direct(camera, viewer) else "relay",
                 "turn_transport": "tcp" if viewer.startswith("udp-blocked") else "udp",
             }
-            kinds = ["cli"] if args.no_chromium else ["cli", "chromium"]
-            if args.before:
-                kinds.insert(0, "cli_before")
             for kind in kinds:
                 trials = await lab.json_lines(
                     viewer,
@@ -539,8 +627,23 @@ async def cli_trials(link: str, trials: int, gap: float,
                "relay_wait_ms": None if wait.ms is None else round(wait.ms, 1)}
 
 
-async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
-    from playwright.async_api import async_playwright
+def page_before() -> str:
+    """services/web/viewer.js as of :data:`PAGE_BEFORE`."""
+    try:
+        return subprocess.run(["git", "show", f"{PAGE_BEFORE}:services/web/viewer.js"],
+                              cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"bench: no page as of {PAGE_BEFORE} in this checkout: {exc}") from None
+
+
+async def chromium_trials(link: str, trials: int, gap: float,
+                          before: bool = False) -> AsyncIterator[dict[str, Any]]:
+    from playwright.async_api import Route, async_playwright
+
+    old_page = page_before() if before else None
+
+    async def serve_old(route: Route) -> None:
+        await route.fulfill(body=old_page, content_type="text/javascript")
 
     sys.path.insert(0, str(ROOT))
     from tests.browser.conftest import CHROMIUM_ARGS
@@ -548,12 +651,19 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
     origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(link))
     # The lab serves plain http on a "public" address: let the page have WebCrypto.
     argv = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+    diag = bool(os.environ.get(DIAG_ENV))
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=argv)
         try:
             for _ in range(trials):
                 await asyncio.sleep(gap)
-                context = await browser.new_context(bypass_csp=True)  # fresh; waits use eval
+                # Fresh; waits use eval. No service worker: its fetches would miss the route
+                # of the page before (its clock starts after the page loaded either way).
+                context = await browser.new_context(bypass_csp=True, service_workers="block")
+                if old_page is not None:
+                    await context.route("**/viewer.js", serve_old)
+                if diag:
+                    await context.add_init_script(DIAG_SCRIPT)
                 try:
                     # The visit that pairs from the link (timed from after pairing), then
                     # the page already paired in a new tab (timed from its connection's
@@ -581,7 +691,12 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
                             await page.wait_for_function(
                                 "window.peercam.localCandidateType !== null", timeout=3_000)
                         p = await page.evaluate("({...window.peercam})")
-                        yield {"ttff_ms": float(p["ttffMs"]), "pairing_ttff_ms": pairing,
+                        extra: dict[str, Any] = {}
+                        if diag:
+                            extra["diag"] = await page.evaluate(
+                                "({origin: performance.timeOrigin, pcs: window.__pcdiag, "
+                                "at: performance.timeOrigin + performance.now()})")
+                        yield {**extra, "ttff_ms": float(p["ttffMs"]), "pairing_ttff_ms": pairing,
                                "local": p.get("localCandidateType"),
                                "remote": p.get("remoteCandidateType"),
                                "remote_address": p.get("remoteAddress"),
@@ -594,7 +709,8 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
 
 async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
     started = time.monotonic()
-    source = (chromium_trials(link, trials, gap) if kind == "chromium"
+    source = (chromium_trials(link, trials, gap, before=kind == "chromium_before")
+              if kind.startswith("chromium")
               else cli_trials(link, trials, gap, before=kind == "cli_before"))
     async for row in source:
         print(json.dumps({**row, "at_s": round(time.monotonic() - started, 2)}), flush=True)
@@ -603,5 +719,5 @@ async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if len(sys.argv) != 5 or sys.argv[1] not in KINDS:
-        sys.exit("usage: python -m bench.labttff cli|cli_before|chromium LINK TRIALS GAP")
+        sys.exit("usage: python -m bench.labttff " + "|".join(KINDS) + " LINK TRIALS GAP")
     asyncio.run(_viewer_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))

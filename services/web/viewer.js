@@ -452,7 +452,7 @@ async function connect(att) {
   setPaired(true);
   await applied;
   alive(att);
-  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  await applyAnswer(att, pc, answer.sdp);
   alive(att);
   att.answered = true;
   setTimer(att, TIMING.firstFrameMs, () => {
@@ -460,6 +460,89 @@ async function connect(att) {
       fail(att, new ViewerError("No video arrived from the camera."));
     }
   });
+}
+
+// ---- the camera's answer: its reflexive candidates first -------------------
+//
+// Chromium checks one candidate pair every ~50 ms while nothing works, the
+// highest-priority one first: the camera's host candidate, which only a viewer
+// on the camera's LAN can reach. The pair through both NATs (our host to the
+// camera's server-reflexive address) was checked ~50 ms later, in every
+// direct NAT-lab trial. The camera checks our server-reflexive candidate first
+// (it opens its NAT as it answers), so the answer is applied without its
+// candidates, the camera's server-reflexive ones are added first (checked at
+// once, through the hole the camera just opened) and the others after them,
+// in the answer's order. Priorities are unchanged: on a LAN where both work,
+// the host pair still wins. When the camera's public address is ours (the
+// same LAN, most likely), the answer is applied as it came.
+
+function answerCandidates(sdp) {
+  // The answer without its candidates, and the candidates of its BUNDLE
+  // transport (of every m-section without BUNDLE) in the answer's order.
+  const sections = sdp.split(/\r\n(?=m=)/);
+  const bundle = /^a=group:BUNDLE ([^\s]+)/m.exec(sdp);
+  const candidates = [];
+  const seen = new Set();
+  const kept = sections.map((section, index) => {
+    const mid = (/^a=mid:(\S+)/m.exec(section) || [])[1];
+    const lines = section.split("\r\n");
+    for (const line of lines) {
+      if (!line.startsWith("a=candidate:") || index === 0) continue;
+      if (bundle && mid !== bundle[1]) continue;
+      const key = candidateKey(line);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      candidates.push({ candidate: line.slice(2), sdpMid: mid === undefined ? null : mid,
+        sdpMLineIndex: index - 1 });
+    }
+    return lines.filter((line) => !line.startsWith("a=candidate:")
+      && line !== "a=end-of-candidates").join("\r\n");
+  });
+  return { sdp: kept.join("\r\n"), candidates };
+}
+
+function candidateAddress(line) {
+  // [type, address] of an a=candidate line (or of its value).
+  const fields = line.replace(/^a=/, "").split(" ");
+  return [fields[7] || "", (fields[4] || "").toLowerCase()];
+}
+
+function reflexiveFirst(candidates, localSdp) {
+  // The candidates in the order they are added, or null: apply as is.
+  const ours = new Set();
+  for (const line of (localSdp || "").match(/^a=candidate:.*$/gm) || []) {
+    const [type, address] = candidateAddress(line);
+    if (type === "srflx") ours.add(address);
+  }
+  const first = [];
+  const rest = [];
+  for (const c of candidates) {
+    const [type, address] = candidateAddress(c.candidate);
+    if (type === "srflx" && ours.has(address)) return null;  // the same public address
+    (type === "srflx" ? first : rest).push(c);
+  }
+  return first.length && rest.length ? [...first, ...rest] : null;
+}
+
+async function applyAnswer(att, pc, sdp) {
+  const split = answerCandidates(sdp);
+  const order = reflexiveFirst(split.candidates,
+    pc.localDescription ? pc.localDescription.sdp : "");
+  if (order === null) {
+    await pc.setRemoteDescription({ type: "answer", sdp });
+    return;
+  }
+  await pc.setRemoteDescription({ type: "answer", sdp: split.sdp });
+  for (const candidate of order) {
+    alive(att);
+    try {
+      // One at a time: the first pair is checked before the next one exists.
+      await pc.addIceCandidate(candidate);
+    } catch (err) {
+      console.warn("peercam: the camera's candidate was not taken:", candidate.candidate, err);
+    }
+  }
+  mark(att, "candidatesAdded");
 }
 
 async function pair(att, me) {
