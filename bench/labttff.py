@@ -476,6 +476,63 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     return ["labttff.png"]
 
 
+PHASES = (
+    ("offer", "start → offer sent"),
+    ("answer", "offer → answer"),
+    ("ice", "answer → ICE connected"),
+    ("dtls", "ICE → DTLS done"),
+    ("frame", "connected → first frame"),
+)
+"""The paired page's phases, from its timeline marks and (``--diag``) its ICE events."""
+
+
+def phases(trial: dict[str, Any]) -> dict[str, float]:
+    """One Chromium trial's time by phase (ms); without ``--diag`` ICE and DTLS are one."""
+    t = trial.get("timeline") or {}
+    out: dict[str, float] = {}
+    if "offer" in t:
+        out["offer"] = t["offer"]
+    if "offer" in t and "answer" in t:
+        out["answer"] = t["answer"] - t["offer"]
+    events = {}
+    pcs = (trial.get("diag") or {}).get("pcs") or []
+    for at, what, detail in (pcs[-1]["events"] if pcs else []):
+        events.setdefault(f"{what}:{detail}", at)
+    ice, dtls = events.get("ice:connected"), events.get("connection:connected")
+    if "answer" in t and pcs and ice is not None and dtls is not None:
+        # The page's clock starts ~1 ms before it makes its peer connection.
+        out["ice"] = round(ice - pcs[-1]["created"] - t["answer"], 1)
+        out["dtls"] = round(dtls - ice, 1)
+    elif "answer" in t and "connected" in t:
+        out["ice"] = t["connected"] - t["answer"]
+    if "connected" in t and "firstFrame" in t:
+        out["frame"] = max(0, t["firstFrame"] - t["connected"])
+    return out
+
+
+def breakdown(result: dict[str, Any]) -> list[str]:
+    """Where the paired page's time goes, per cell and Chromium kind (p50 of each phase)."""
+    rows = []
+    for cell in result["cells"]:
+        for kind in ("chromium_before", "chromium"):
+            trials = [t for t in cell.get(kind, {}).get("trials", [])
+                      if t.get("ttff_ms") is not None]
+            split = [phases(t) for t in trials]
+            if not split:
+                continue
+            p50 = [statistics.median(v) if (v := [x[k] for x in split if k in x]) else None
+                   for k, _ in PHASES]
+            rows.append(f"| {_label(cell)} | {KINDS[kind]} | " + " | ".join(
+                "—" if v is None else f"{v:.0f}" for v in p50)
+                + f" | {cell[kind]['summary']['p50']} |")
+    if not rows:
+        return []
+    return ["", "Where the paired page's time goes (p50 of each phase over the trials, ms; "
+            "the phases' p50s need not add up to the total's):", "",
+            "| cell | viewer | " + " | ".join(name for _, name in PHASES) + " | total p50 |",
+            "|---|---|" + "---|" * (len(PHASES) + 1), *rows]
+
+
 def markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "## First frame through the NAT lab",
@@ -506,12 +563,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"| {s.get('p95', '—')} | {s.get('min', '—')} | {s.get('max', '—')} | {met} |")
     paired_rows = any("pairing_ttff_ms" in t for cell in result["cells"]
                       for t in cell.get("chromium", {}).get("trials", []))
-    for cell in result["cells"]:
-        c = cell.get("chromium")
+    for cell, kind in ((cell, kind) for cell in result["cells"]
+                       for kind in ("chromium_before", "chromium")):
+        c = cell.get(kind)
         if not paired_rows or not c or not c["summary"].get("n"):
             continue
         s = c["summary"]
-        line = f"Chromium, {_label(cell)}: the paired page p50 {s['p50']} ms, p95 {s['p95']} ms"
+        line = (f"{KINDS[kind]}, {_label(cell)}: the paired page p50 {s['p50']} ms, "
+                f"p95 {s['p95']} ms")
         if cell["expected"] == "direct":
             misses = []
             if s["p50"] > TARGET_DIRECT_MS:
@@ -524,6 +583,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
             line += (f"; the pairing visit before it (clock from after pairing) p50 "
                      f"{c['pairing_p50']} ms")
         lines += ["", line + "."]
+    lines += breakdown(result)
     waits = [f"{_label(c)}: {c['cli']['relay_wait_ms_p50']} ms" for c in result["cells"]
              if c.get("cli", {}).get("relay_wait_ms_p50") is not None]
     if waits:
