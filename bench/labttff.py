@@ -533,6 +533,33 @@ def breakdown(result: dict[str, Any]) -> list[str]:
             "|---|---|" + "---|" * (len(PHASES) + 1), *rows]
 
 
+CHECK_ORDER_NOTE = (
+    "Where the direct cell's extra time went (`--diag`: the page's ICE events and "
+    "Chromium's candidate-pair stats, polled every 10 ms, beside the camera's aioice "
+    "debug log, on one clock): not gathering (the page trickles: its offer leaves at "
+    "once, its relay candidates arrive while the camera answers) and no DTLS "
+    "retransmission (ICE → DTLS done ~10 ms). Chromium checks one pair every ~48 ms "
+    "while none works, the highest priority first: its first check went to the camera's "
+    "host candidate, which no other site can reach, and the check through both NATs "
+    "(our host → the camera's server-reflexive address) ~50 ms later, in every trial; "
+    "the camera's first check went to the viewer's host candidate and the one that "
+    "opens its NAT to the viewer's server-reflexive address 20 ms after it. (The "
+    "srflx → srflx pair the stats show is that same check, its local candidate "
+    "relabelled from the check's mapped address, not a peer-reflexive discovery. The "
+    "pair recorded is read after the first frame: in one diagnosed trial the first frame "
+    "came over a relay pair checked before it, and Chromium moved to srflx after.) "
+    "Now the camera checks the viewer's server-reflexive candidates first "
+    "(`camera/ice.py`, `check_rank`) and the page adds the camera's answer candidates "
+    "one at a time, server-reflexive first (docs/protocol.md, *Check order*): the "
+    "first check Chromium sends goes through the hole the camera opened as it "
+    "answered. Still on the path, not changed here: the camera answers only after "
+    "its own gathering (STUN and a TURN allocation per session: 2 to 110 ms in the "
+    "lab, longer when the machine is busy), and the page's start (signaling socket, "
+    "key, offer, the server's ICE servers), which grows with the machine's load. The "
+    "polling of `--diag` costs Chromium some CPU in both rows alike; the machine "
+    "(2 cores) was shared with other engineers' benchmarks and tests.")
+
+
 def markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "## First frame through the NAT lab",
@@ -584,6 +611,18 @@ def markdown(result: dict[str, Any]) -> list[str]:
                      f"{c['pairing_p50']} ms")
         lines += ["", line + "."]
     lines += breakdown(result)
+    compared = [c for c in result["cells"]
+                if c.get("chromium_before", {}).get("summary", {}).get("n")
+                and c.get("chromium", {}).get("summary", {}).get("n")]
+    if compared:
+        ratios = "; ".join(
+            f"{_label(c)}: p50 {c['chromium_before']['summary']['p50']} → "
+            f"{c['chromium']['summary']['p50']} ms, p95 "
+            f"{c['chromium_before']['summary']['p95']} → {c['chromium']['summary']['p95']} ms"
+            for c in compared)
+        lines += ["", CHECK_ORDER_NOTE + " Page before → now, same run, one viewer process "
+                  "after the other (the camera checks in its new order for both): " + ratios
+                  + "."]
     waits = [f"{_label(c)}: {c['cli']['relay_wait_ms_p50']} ms" for c in result["cells"]
              if c.get("cli", {}).get("relay_wait_ms_p50") is not None]
     if waits:
