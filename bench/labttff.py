@@ -552,12 +552,22 @@ CHECK_ORDER_NOTE = (
     "added right after (docs/protocol.md, *Check order*): the first check Chromium sends goes"
     " through the hole the camera opened as it answered. (A first version added every "
     "candidate with `addIceCandidate`, one after the other: each call took 10-30 ms here, as "
-    "much as the pacing it saved.) Still on the path, not changed here: the camera answers "
-    "only after its own gathering (STUN and a TURN allocation per session: 2 to 110 ms in the"
-    " lab, longer when the machine is busy), and the page's start (signaling socket, key, "
-    "offer, the server's ICE servers), which grows with the machine's load. The polling of "
-    "`--diag` costs Chromium some CPU in both rows alike; the machine (2 cores) was shared "
-    "with other engineers' benchmarks and tests.")
+    "much as the pacing it saved.) What it does not fix (run of 2026-12-07, `--diag`): the "
+    "camera can open its NAT to us only once it has our server-reflexive candidate, and on a "
+    "quieter machine it answers (~25 ms) before that candidate, trickled, reaches it "
+    "(Chromium starts gathering ~30 ms after setLocalDescription, then STUN, signing, the "
+    "rendezvous). Then Chromium's first check meets a closed NAT and the next one, ~48 ms "
+    "later, succeeds, as before: answer → ICE connected was 6-9 ms in 2 direct trials of 10 "
+    "and 47-72 ms in the others. Next step: apply the camera's server-reflexive candidate "
+    "once ours has reached the camera, or have the camera check a trickled candidate at once "
+    "instead of at its next 20 ms tick. The two slowest relayed (udp) trials of the new page "
+    "lost their time in the camera's answer (180-185 ms: its gathering), before anything this"
+    " change touches. Still on the path, not changed here: the camera answers only after its "
+    "own gathering (STUN and a TURN allocation per session: 2 to 110 ms in the lab, longer "
+    "when the machine is busy), and the page's start (signaling socket, key, offer, the "
+    "server's ICE servers), which grows with the machine's load. The polling of `--diag` "
+    "costs Chromium some CPU in both rows alike; the machine (2 cores) was shared with other "
+    "engineers' benchmarks and tests.")
 
 
 def markdown(result: dict[str, Any]) -> list[str]:
