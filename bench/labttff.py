@@ -54,13 +54,79 @@ USES_LAB = True
 CAMERA_SITE = "port-restricted"
 CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
          "port-restricted:udp-blocked")
-KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium": "Chromium"}
+KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium, page before",
+         "chromium": "Chromium"}
 """Viewer kinds, in table order; ``cli_before`` (see :func:`cli_trials`) only with
-``--before``."""
+``--before`` or ``--kinds``, ``chromium_before`` (the page as of :data:`PAGE_BEFORE`)
+only with ``--kinds``."""
+PAGE_BEFORE = "6df6bb9cb3dd2055a6fb663eee72656ab2f6771a"
+"""The commit whose services/web/viewer.js ``chromium_before`` serves: the page before
+it added the camera's server-reflexive candidates first (``git show``)."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
 """Chromium on the direct path: the p95 goal beside the p50 one."""
+DIAG_ENV = "PEERCAM_LABTTFF_DIAG"
+"""Set (by ``--diag``): Chromium trials also record :data:`DIAG_SCRIPT`'s findings."""
+DIAG_SCRIPT = """(() => {
+  // Every peer connection the page makes: its ICE events and, polled every 10 ms
+  // for 5 s, when each candidate pair first sent a check, got an answer, was
+  // checked by the peer, changed state, was nominated. Times: ms since epoch.
+  const Base = window.RTCPeerConnection;
+  const now = () => Math.round((performance.timeOrigin + performance.now()) * 10) / 10;
+  window.__pcdiag = [];
+  window.RTCPeerConnection = class extends Base {
+    constructor(...args) {
+      super(...args);
+      const rec = { created: now(), events: [], pairs: {}, candidates: {} };
+      window.__pcdiag.push(rec);
+      const ev = (what, detail) => rec.events.push([now(), what, detail]);
+      this.addEventListener("icecandidate",
+        (e) => ev("candidate", e.candidate ? e.candidate.candidate : null));
+      this.addEventListener("icegatheringstatechange",
+        () => ev("gathering", this.iceGatheringState));
+      this.addEventListener("iceconnectionstatechange", () => ev("ice", this.iceConnectionState));
+      this.addEventListener("connectionstatechange", () => ev("connection", this.connectionState));
+      const origSRD = this.setRemoteDescription.bind(this);
+      this.setRemoteDescription = (d) => { ev("setRemote", d && d.type); return origSRD(d); };
+      const origSLD = this.setLocalDescription.bind(this);
+      this.setLocalDescription = (d) => { ev("setLocal", d && d.type); return origSLD(d); };
+      const origAdd = this.addIceCandidate.bind(this);
+      this.addIceCandidate = (c) => { ev("addRemote", c && c.candidate); return origAdd(c); };
+      const poll = setInterval(async () => {
+        if (this.connectionState === "closed" || now() - rec.created > 5000) {
+          clearInterval(poll);
+          return;
+        }
+        let stats;
+        try { stats = await this.getStats(); } catch (_) { return; }
+        const t = now();
+        stats.forEach((r) => {
+          if (r.type === "local-candidate" || r.type === "remote-candidate") {
+            const side = r.type === "local-candidate" ? "L" : "R";
+            rec.candidates[r.id] =
+              `${side} ${r.candidateType} ${r.protocol} ${r.address}:${r.port}`;
+          }
+        });
+        stats.forEach((r) => {
+          if (r.type !== "candidate-pair") return;
+          const p = rec.pairs[r.id] || (rec.pairs[r.id] = {
+            local: rec.candidates[r.localCandidateId], remote: rec.candidates[r.remoteCandidateId],
+            seen: t, states: [] });
+          const last = p.states[p.states.length - 1];
+          if (!last || last[1] !== r.state) p.states.push([t, r.state]);
+          if (r.requestsSent > 0 && !p.firstSent) p.firstSent = t;
+          if (r.responsesReceived > 0 && !p.firstResponse) p.firstResponse = t;
+          if (r.requestsReceived > 0 && !p.firstRequestIn) p.firstRequestIn = t;
+          if (r.nominated && !p.nominated) p.nominated = t;
+          p.requestsSent = r.requestsSent;
+          p.requestsReceived = r.requestsReceived;
+          p.responsesReceived = r.responsesReceived;
+        });
+      }, 10);
+    }
+  };
+})();"""
 WAIT_FOR_FRAME = """new Promise((resolve) => {
   const t = setInterval(() => {
     if (window.peercam && window.peercam.ttffMs > 0) { clearInterval(t); resolve(); }
@@ -78,6 +144,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gap", type=float, default=1.0,
                    help="seconds between trials (the camera's keyframe limiter is 2/s)")
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
+    p.add_argument("--kinds", default=None,
+                   help="viewer kinds to run, comma-separated, from: " + ", ".join(KINDS)
+                        + " (default: cli and chromium; cli_before with --before)")
+    p.add_argument("--diag", action="store_true",
+                   help="record where each Chromium trial's time goes: the page's ICE events "
+                        "and candidate-pair stats (polled), the camera's ICE debug log")
     p.add_argument("--before", action="store_true",
                    help="also run the CLI viewer as it was before its fast UDP-blocked "
                         "test and max-bundle offers (in the same run, for comparison)")
@@ -278,8 +350,27 @@ def parse_cells(text: str) -> list[tuple[str, str]]:
     return cells
 
 
+def select_kinds(args: argparse.Namespace) -> list[str]:
+    """The viewer kinds to run, in table order."""
+    if args.kinds:
+        wanted = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        unknown = [k for k in wanted if k not in KINDS]
+        if unknown or not wanted:
+            raise SystemExit(f"bench: --kinds wants items of {', '.join(KINDS)}, "
+                             f"not {args.kinds!r}")
+        return [k for k in KINDS if k in wanted]
+    kinds = ["cli"] if args.no_chromium else ["cli", "chromium"]
+    if args.before:
+        kinds.insert(0, "cli_before")
+    return kinds
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    need_lab(chromium=not args.no_chromium)
+    kinds = select_kinds(args)
+    need_lab(chromium=any(k.startswith("chromium") for k in kinds))
+    if args.diag:
+        os.environ[DIAG_ENV] = "1"
+        os.environ.setdefault("PEERCAM_BENCH_DEBUG", "aioice.ice,camera.session,camera.agent")
     cells = parse_cells(args.cells)
     camera_site = cells[0][0]
     timeout = 60 + args.trials * (args.gap + 25)
@@ -292,9 +383,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "expected": "direct" if expected_direct(camera, viewer) else "relay",
                 "turn_transport": "tcp" if viewer.startswith("udp-blocked") else "udp",
             }
-            kinds = ["cli"] if args.no_chromium else ["cli", "chromium"]
-            if args.before:
-                kinds.insert(0, "cli_before")
             for kind in kinds:
                 trials = await lab.json_lines(
                     viewer,
@@ -388,6 +476,100 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     return ["labttff.png"]
 
 
+PHASES = (
+    ("offer", "start → offer sent"),
+    ("answer", "offer → answer"),
+    ("ice", "answer → ICE connected"),
+    ("dtls", "ICE → DTLS done"),
+    ("frame", "connected → first frame"),
+)
+"""The paired page's phases, from its timeline marks and (``--diag``) its ICE events."""
+
+
+def phases(trial: dict[str, Any]) -> dict[str, float]:
+    """One Chromium trial's time by phase (ms); without ``--diag`` ICE and DTLS are one."""
+    t = trial.get("timeline") or {}
+    out: dict[str, float] = {}
+    if "offer" in t:
+        out["offer"] = t["offer"]
+    if "offer" in t and "answer" in t:
+        out["answer"] = t["answer"] - t["offer"]
+    events = {}
+    pcs = (trial.get("diag") or {}).get("pcs") or []
+    for at, what, detail in (pcs[-1]["events"] if pcs else []):
+        events.setdefault(f"{what}:{detail}", at)
+    ice, dtls = events.get("ice:connected"), events.get("connection:connected")
+    if "answer" in t and pcs and ice is not None and dtls is not None:
+        # The page's clock starts ~1 ms before it makes its peer connection.
+        out["ice"] = round(ice - pcs[-1]["created"] - t["answer"], 1)
+        out["dtls"] = round(dtls - ice, 1)
+    elif "answer" in t and "connected" in t:
+        out["ice"] = t["connected"] - t["answer"]
+    if "connected" in t and "firstFrame" in t:
+        out["frame"] = max(0, t["firstFrame"] - t["connected"])
+    return out
+
+
+def breakdown(result: dict[str, Any]) -> list[str]:
+    """Where the paired page's time goes, per cell and Chromium kind (p50 of each phase)."""
+    rows = []
+    for cell in result["cells"]:
+        for kind in ("chromium_before", "chromium"):
+            trials = [t for t in cell.get(kind, {}).get("trials", [])
+                      if t.get("ttff_ms") is not None]
+            split = [phases(t) for t in trials]
+            if not split:
+                continue
+            p50 = [statistics.median(v) if (v := [x[k] for x in split if k in x]) else None
+                   for k, _ in PHASES]
+            rows.append(f"| {_label(cell)} | {KINDS[kind]} | " + " | ".join(
+                "—" if v is None else f"{v:.0f}" for v in p50)
+                + f" | {cell[kind]['summary']['p50']} |")
+    if not rows:
+        return []
+    return ["", "Where the paired page's time goes (p50 of each phase over the trials, ms; "
+            "the phases' p50s need not add up to the total's):", "",
+            "| cell | viewer | " + " | ".join(name for _, name in PHASES) + " | total p50 |",
+            "|---|---|" + "---|" * (len(PHASES) + 1), *rows]
+
+
+CHECK_ORDER_NOTE = (
+    "Where the direct cell's extra time went (`--diag`: the page's ICE events and Chromium's "
+    "candidate-pair stats, polled every 10 ms, beside the camera's aioice debug log, on one "
+    "clock): not gathering (the page trickles: its offer leaves at once, its relay candidates"
+    " arrive while the camera answers) and no DTLS retransmission (ICE → DTLS done ~10 ms). "
+    "Chromium checks one pair every ~48 ms while none works, the highest priority first: its "
+    "first check went to the camera's host candidate, which no other site can reach, and the "
+    "check through both NATs (our host → the camera's server-reflexive address) ~50 ms later,"
+    " in every trial; the camera's first check went to the viewer's host candidate and the "
+    "one that opens its NAT to the viewer's server-reflexive address 20 ms after it. (The "
+    "srflx → srflx pair the stats show is that same check, its local candidate relabelled "
+    "from the check's mapped address, not a peer-reflexive discovery. The pair recorded is "
+    "read after the first frame: in one diagnosed trial the first frame came over a relay "
+    "pair checked before it, and Chromium moved to srflx after.) Now the camera checks the "
+    "viewer's server-reflexive candidates first (`camera/ice.py`, `check_rank`) and the page "
+    "applies the answer with only the camera's server-reflexive candidates in it, the others "
+    "added right after (docs/protocol.md, *Check order*): the first check Chromium sends goes"
+    " through the hole the camera opened as it answered. (A first version added every "
+    "candidate with `addIceCandidate`, one after the other: each call took 10-30 ms here, as "
+    "much as the pacing it saved.) What it does not fix (run of 2026-12-07, `--diag`): the "
+    "camera can open its NAT to us only once it has our server-reflexive candidate, and on a "
+    "quieter machine it answers (~25 ms) before that candidate, trickled, reaches it "
+    "(Chromium starts gathering ~30 ms after setLocalDescription, then STUN, signing, the "
+    "rendezvous). Then Chromium's first check meets a closed NAT and the next one, ~48 ms "
+    "later, succeeds, as before: answer → ICE connected was 6-9 ms in 2 direct trials of 10 "
+    "and 47-72 ms in the others. Next step: apply the camera's server-reflexive candidate "
+    "once ours has reached the camera, or have the camera check a trickled candidate at once "
+    "instead of at its next 20 ms tick. The two slowest relayed (udp) trials of the new page "
+    "lost their time in the camera's answer (180-185 ms: its gathering), before anything this"
+    " change touches. Still on the path, not changed here: the camera answers only after its "
+    "own gathering (STUN and a TURN allocation per session: 2 to 110 ms in the lab, longer "
+    "when the machine is busy), and the page's start (signaling socket, key, offer, the "
+    "server's ICE servers), which grows with the machine's load. The polling of `--diag` "
+    "costs Chromium some CPU in both rows alike; the machine (2 cores) was shared with other "
+    "engineers' benchmarks and tests.")
+
+
 def markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "## First frame through the NAT lab",
@@ -418,12 +600,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
                 f"| {s.get('p95', '—')} | {s.get('min', '—')} | {s.get('max', '—')} | {met} |")
     paired_rows = any("pairing_ttff_ms" in t for cell in result["cells"]
                       for t in cell.get("chromium", {}).get("trials", []))
-    for cell in result["cells"]:
-        c = cell.get("chromium")
+    for cell, kind in ((cell, kind) for cell in result["cells"]
+                       for kind in ("chromium_before", "chromium")):
+        c = cell.get(kind)
         if not paired_rows or not c or not c["summary"].get("n"):
             continue
         s = c["summary"]
-        line = f"Chromium, {_label(cell)}: the paired page p50 {s['p50']} ms, p95 {s['p95']} ms"
+        line = (f"{KINDS[kind]}, {_label(cell)}: the paired page p50 {s['p50']} ms, "
+                f"p95 {s['p95']} ms")
         if cell["expected"] == "direct":
             misses = []
             if s["p50"] > TARGET_DIRECT_MS:
@@ -436,6 +620,19 @@ def markdown(result: dict[str, Any]) -> list[str]:
             line += (f"; the pairing visit before it (clock from after pairing) p50 "
                      f"{c['pairing_p50']} ms")
         lines += ["", line + "."]
+    lines += breakdown(result)
+    compared = [c for c in result["cells"]
+                if c.get("chromium_before", {}).get("summary", {}).get("n")
+                and c.get("chromium", {}).get("summary", {}).get("n")]
+    if compared:
+        ratios = "; ".join(
+            f"{_label(c)}: p50 {c['chromium_before']['summary']['p50']} → "
+            f"{c['chromium']['summary']['p50']} ms, p95 "
+            f"{c['chromium_before']['summary']['p95']} → {c['chromium']['summary']['p95']} ms"
+            for c in compared)
+        lines += ["", CHECK_ORDER_NOTE + " Page before → now, same run, one viewer process "
+                  "after the other (the camera checks in its new order for both): " + ratios
+                  + "."]
     waits = [f"{_label(c)}: {c['cli']['relay_wait_ms_p50']} ms" for c in result["cells"]
              if c.get("cli", {}).get("relay_wait_ms_p50") is not None]
     if waits:
@@ -539,8 +736,23 @@ async def cli_trials(link: str, trials: int, gap: float,
                "relay_wait_ms": None if wait.ms is None else round(wait.ms, 1)}
 
 
-async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
-    from playwright.async_api import async_playwright
+def page_before() -> str:
+    """services/web/viewer.js as of :data:`PAGE_BEFORE`."""
+    try:
+        return subprocess.run(["git", "show", f"{PAGE_BEFORE}:services/web/viewer.js"],
+                              cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"bench: no page as of {PAGE_BEFORE} in this checkout: {exc}") from None
+
+
+async def chromium_trials(link: str, trials: int, gap: float,
+                          before: bool = False) -> AsyncIterator[dict[str, Any]]:
+    from playwright.async_api import Route, async_playwright
+
+    old_page = page_before() if before else None
+
+    async def serve_old(route: Route) -> None:
+        await route.fulfill(body=old_page, content_type="text/javascript")
 
     sys.path.insert(0, str(ROOT))
     from tests.browser.conftest import CHROMIUM_ARGS
@@ -548,12 +760,19 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
     origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(link))
     # The lab serves plain http on a "public" address: let the page have WebCrypto.
     argv = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+    diag = bool(os.environ.get(DIAG_ENV))
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=argv)
         try:
             for _ in range(trials):
                 await asyncio.sleep(gap)
-                context = await browser.new_context(bypass_csp=True)  # fresh; waits use eval
+                # Fresh; waits use eval. No service worker: its fetches would miss the route
+                # of the page before (its clock starts after the page loaded either way).
+                context = await browser.new_context(bypass_csp=True, service_workers="block")
+                if old_page is not None:
+                    await context.route("**/viewer.js", serve_old)
+                if diag:
+                    await context.add_init_script(DIAG_SCRIPT)
                 try:
                     # The visit that pairs from the link (timed from after pairing), then
                     # the page already paired in a new tab (timed from its connection's
@@ -581,7 +800,12 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
                             await page.wait_for_function(
                                 "window.peercam.localCandidateType !== null", timeout=3_000)
                         p = await page.evaluate("({...window.peercam})")
-                        yield {"ttff_ms": float(p["ttffMs"]), "pairing_ttff_ms": pairing,
+                        extra: dict[str, Any] = {}
+                        if diag:
+                            extra["diag"] = await page.evaluate(
+                                "({origin: performance.timeOrigin, pcs: window.__pcdiag, "
+                                "at: performance.timeOrigin + performance.now()})")
+                        yield {**extra, "ttff_ms": float(p["ttffMs"]), "pairing_ttff_ms": pairing,
                                "local": p.get("localCandidateType"),
                                "remote": p.get("remoteCandidateType"),
                                "remote_address": p.get("remoteAddress"),
@@ -594,7 +818,8 @@ async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[d
 
 async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
     started = time.monotonic()
-    source = (chromium_trials(link, trials, gap) if kind == "chromium"
+    source = (chromium_trials(link, trials, gap, before=kind == "chromium_before")
+              if kind.startswith("chromium")
               else cli_trials(link, trials, gap, before=kind == "cli_before"))
     async for row in source:
         print(json.dumps({**row, "at_s": round(time.monotonic() - started, 2)}), flush=True)
@@ -603,5 +828,5 @@ async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if len(sys.argv) != 5 or sys.argv[1] not in KINDS:
-        sys.exit("usage: python -m bench.labttff cli|cli_before|chromium LINK TRIALS GAP")
+        sys.exit("usage: python -m bench.labttff " + "|".join(KINDS) + " LINK TRIALS GAP")
     asyncio.run(_viewer_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))

@@ -118,3 +118,24 @@ def packets_per_check(upgrade: Upgrade, timing: DirectFirst) -> int:
 def round_fits(upgrade: Upgrade, timing: DirectFirst, sent: int, pairs: int) -> bool:
     """Whether a round over ``pairs`` direct pairs stays within the packet budget."""
     return sent + pairs * packets_per_check(upgrade, timing) <= upgrade.max_packets
+
+
+def check_rank(controlling: bool, local_type: str, remote_type: str) -> int:
+    """Where a candidate pair goes in the check order, before its priority (0 first).
+
+    4. **Reflexive first when controlled** (the camera). The controlled agent's
+       checks select nothing (the controlling viewer nominates); what they do is
+       open our NAT for the viewer's checks. Its first check, sent as it answers,
+       went to the viewer's host candidate, which only a viewer on our LAN can
+       reach, and the one to the viewer's server-reflexive candidate 20 ms
+       (``pacing``) later; a viewer's check to our server-reflexive candidate that
+       arrived in between was dropped by our NAT. Checking the viewer's
+       server-reflexive candidates from our host candidates first opens the hole
+       as the answer leaves, so the viewer's very first check through it succeeds
+       (the web viewer checks our server-reflexive candidate first, see
+       docs/protocol.md). On a LAN the viewer's own host check arrives and is
+       answered (and our check retransmitted at once, rule 2) whatever our order.
+    """
+    if not controlling and local_type == "host" and remote_type == "srflx":
+        return 0
+    return 1

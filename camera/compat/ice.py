@@ -1,5 +1,8 @@
 """aioice 0.13's ``Connection.check_start`` and ``check_incoming``, with peercam's rules.
 
+``sort_check_list`` too: a controlled agent checks the peer's server-reflexive
+candidates first (:func:`camera.ice.check_rank`).
+
 The rules and their reasons are in :mod:`camera.ice` (both ICE roles: immediate
 and fast retransmits) and :mod:`camera.client.ice` (the controlling agent, the
 viewer: deferred relay nomination). This module is their I/O against aioice's
@@ -36,7 +39,7 @@ from aioice.candidate import candidate_priority
 from aioice.ice import CandidatePair, Connection, StunProtocol, candidate_pair_priority
 
 from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
-from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
+from camera.ice import DirectFirst, Upgrade, check_rank, packets_per_check, round_fits
 from camera.punch import (
     PREDICTED_FOUNDATION,
     NatProfile,
@@ -77,6 +80,7 @@ _CONNECTION_MEMBERS = (
     Member("check_start_task", "method", ("self", "pair")),
     Member("connect", "coroutine", ("self",)),
     Member("close", "coroutine", ("self",)),
+    Member("sort_check_list", "method", ("self",)),
 )
 _PAIR_MEMBERS = (
     Member("State", "attribute"),
@@ -124,6 +128,7 @@ def check_members(
     instance_attribute(AIOICE, module, probe, "_remote_candidates", list)
     instance_attribute(AIOICE, module, probe, "_components", set)
     instance_attribute(AIOICE, module, probe, "_check_list_done", bool)
+    instance_attribute(AIOICE, module, probe, "ice_controlling", bool)
 
 
 _PENDING = (_State.FROZEN, _State.WAITING, _State.IN_PROGRESS)
@@ -133,6 +138,7 @@ _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
 _ORIGINAL_CONNECT = Connection.connect
 _ORIGINAL_CLOSE = Connection.close
 _ORIGINAL_CHECK_COMPLETE = Connection.check_complete
+_ORIGINAL_SORT_CHECK_LIST = Connection.sort_check_list
 _ORIGINAL_RELAYED_CANDIDATE = aioice.ice.relayed_candidate
 
 _timing = DirectFirst()
@@ -164,7 +170,7 @@ _finishing: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
 
 
 def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
-    """Replace aioice's five methods (and its relayed-candidate gathering) with the
+    """Replace aioice's six methods (and its relayed-candidate gathering) with the
     ones below (process-wide)."""
     set_timing(timing)
     set_upgrade(upgrade if upgrade is not None else Upgrade())
@@ -173,11 +179,13 @@ def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
     connect: Any = _connect
     close: Any = _close
     complete: Any = _check_complete
+    sort: Any = _sort_check_list
     Connection.check_start = start  # type: ignore[method-assign]
     Connection.check_incoming = incoming  # type: ignore[method-assign]
     Connection.connect = connect  # type: ignore[method-assign]
     Connection.close = close  # type: ignore[method-assign]
     Connection.check_complete = complete  # type: ignore[method-assign]
+    Connection.sort_check_list = sort  # type: ignore[method-assign]
     relayed: Any = _relayed_candidate
     aioice.ice.relayed_candidate = relayed
 
@@ -189,6 +197,7 @@ def unpatch() -> None:
     Connection.connect = _ORIGINAL_CONNECT  # type: ignore[method-assign]
     Connection.close = _ORIGINAL_CLOSE  # type: ignore[method-assign]
     Connection.check_complete = _ORIGINAL_CHECK_COMPLETE  # type: ignore[method-assign]
+    Connection.sort_check_list = _ORIGINAL_SORT_CHECK_LIST  # type: ignore[method-assign]
     aioice.ice.relayed_candidate = _ORIGINAL_RELAYED_CANDIDATE
 
 
@@ -528,6 +537,15 @@ def _check_complete(self: Connection, pair: CandidatePair) -> None:
     if (completed is not None and not was_done and self._check_list_done
             and self._nominated and set(self._nominated) >= self._components):
         completed.set()
+
+
+def _sort_check_list(self: Connection) -> None:
+    """aioice's order (pair priority), then :func:`camera.ice.check_rank`'s (stable):
+    a controlled agent checks the peer's server-reflexive candidates first."""
+    _ORIGINAL_SORT_CHECK_LIST(self)
+    controlling = self.ice_controlling
+    self._check_list.sort(key=lambda pair: check_rank(
+        controlling, pair.local_candidate.type, pair.remote_candidate.type))
 
 
 def _finished(task: asyncio.Task[None]) -> None:

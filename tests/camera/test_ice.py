@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 from aioice import Candidate, stun
+from aioice.candidate import candidate_priority
 from aioice.ice import CandidatePair, Connection, StunProtocol
 
 from camera.client.ice import install as install_relay_rule
 from camera.client.ice import relay_deadline
 from camera.compat import Settings, ensure_installed, ice, reconfigure
-from camera.ice import DirectFirst, Upgrade, packets_per_check, round_fits
+from camera.ice import DirectFirst, Upgrade, check_rank, packets_per_check, round_fits
 from camera.punch import NatProfile, PunchConfig, PunchGovernor, PunchPlan, Send
 from tests.conftest import scaled
 
@@ -598,3 +599,37 @@ async def test_a_spent_punching_budget_defers_the_attempt_and_then_skips_it(
     assert not opened
     assert "punching budget stayed spent" in caplog.text
     assert viewer._nominated[1].remote_candidate.type == "relay"
+
+
+# -- check order: the controlled agent (the camera) checks the viewer's srflx first ----
+
+
+def test_only_a_controlled_host_to_srflx_pair_is_ranked_first() -> None:
+    assert check_rank(False, "host", "srflx") == 0
+    assert check_rank(False, "host", "host") == 1
+    assert check_rank(False, "relay", "srflx") == 1
+    assert check_rank(True, "host", "srflx") == 1  # the controlling one nominates by priority
+
+
+@pytest.mark.parametrize("controlling", [False, True])
+async def test_the_controlled_agent_checks_the_peers_srflx_before_its_host(
+    controlling: bool
+) -> None:
+    ensure_installed()
+    connection = agent(controlling=controlling)
+    host: Any = FakeProtocol(Candidate(
+        foundation="h", component=1, transport="udp", priority=candidate_priority(1, "host"),
+        host="192.0.2.1", port=1000, type="host"))
+    peer_host = Candidate(foundation="ph", component=1, transport="udp",
+                          priority=candidate_priority(1, "host"), host="10.9.0.2", port=3000,
+                          type="host")
+    peer_srflx = Candidate(foundation="ps", component=1, transport="udp",
+                           priority=candidate_priority(1, "srflx"), host="198.51.100.7",
+                           port=2000, type="srflx")
+    connection._check_list.extend([CandidatePair(host, peer_host),
+                                   CandidatePair(host, peer_srflx)])
+    connection.sort_check_list()  # aioice calls it whenever pairs are formed
+    first = connection._check_list[0].remote_candidate
+    # By priority the host pair goes first; the camera (controlled) opens its NAT first.
+    assert first is (peer_host if controlling else peer_srflx)
+    await connection.close()
