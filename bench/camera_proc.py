@@ -122,21 +122,23 @@ def ensure_clip(folder: Path, video: Any, pattern: str) -> Path:
 
 def count_packets_sent() -> None:
     """On SIGUSR1, print ``SENT <n>``: RTP packets the live video senders sent so far
-    (aiortc's own counter, which the shared-packetization loop keeps too)."""
+    (aiortc's own counter, which the shared-packetization loop keeps too). Every
+    sender is held to the end of the process: with weak references a session's
+    sender collected during a window took its packets out of the total, which then
+    went backwards."""
     import signal
-    import weakref
 
     import camera.session
 
-    senders: weakref.WeakSet[Any] = weakref.WeakSet()
+    senders: list[Any] = []
     hook = camera.session.hook_sender
 
     def hook_and_note(sender: Any, request_keyframe: Any) -> None:
-        senders.add(sender)
+        senders.append(sender)
         hook(sender, request_keyframe)
 
     def report() -> None:
-        total = sum(getattr(s, "_RTCRtpSender__packet_count", 0) for s in list(senders))
+        total = sum(getattr(s, "_RTCRtpSender__packet_count", 0) for s in senders)
         print(f"SENT {total}", flush=True)
 
     camera.session.hook_sender = hook_and_note  # type: ignore[assignment]

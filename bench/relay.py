@@ -702,6 +702,11 @@ def markdown(result: dict[str, Any]) -> list[str]:
                if cap else ""),
             "",
         ]
+    if not short and result.get("coturn_max_bps"):
+        cap = result["coturn_max_bps"]
+        lines += [f"coturn ran the shipped policy: `max-bps={cap}` per allocation "
+                  f"({8 * cap / 1e6:g} Mbit/s each way); no relayed viewer got less than "
+                  "the direct ones.", ""]
     earlier = result.get("earlier_latency", [])
     if not measured_latency(result):
         lines += [
