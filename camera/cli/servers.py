@@ -171,7 +171,8 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
                 "shutdown_window", "reconnect_spread", "gc_freeze")})
         config = settings.applied_to(RendezvousConfig(
             ice_servers=args.ice_server, credentials=_turn_credentials(args),
-            server_names=names, metrics_listen=args.metrics_listen, cluster=cluster))
+            server_names=names, metrics_listen=args.metrics_listen, cluster=cluster,
+            exit_at_shutdown=True))
     except ValueError as exc:
         raise BadConfig(str(exc)) from None
     _server, runner, bound = await _listen(host, port, config, ssl_context)
