@@ -83,8 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-no-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="then the top level again on a server run with --no-gc-freeze")
     p.add_argument("--compare-before", action=argparse.BooleanOptionalAction, default=True,
-                   help="then the top level again on a server with the connection trim and "
-                        "the parked shutdown (2026-12-07) patched out: before and after, one run")
+                   help="then the top level again on a server that unwinds every handler "
+                        "at shutdown (the exit without unwinding patched out): before and "
+                        "after, one run")
 
 
 # -- processes -----------------------------------------------------------------
@@ -132,27 +133,16 @@ def probed_run_once(self):
 be.BaseEventLoop._run_once = probed_run_once
 import os
 if os.environ.get("PEERCAM_BENCH_BEFORE"):
-    # The comparison server: the code as it was before the connection trim and the
-    # parked shutdown (2026-12-07), patched back in, the rest as shipped.
-    import asyncio, logging, random
+    # The comparison server: the shutdown as it was before the exit without
+    # unwinding (2026-12-07 morning): every handler unwinds, then the interpreter
+    # exits; the rest as shipped.
+    import dataclasses
     import services.rendezvous as rdv
-    rdv._shed_request = lambda request, ws: None
-    async def close_all_before(self, window, spread, **_ignored):
-        self.stopping = True
-        peers = list(self._sockets)
-        random.shuffle(peers)
-        loop = asyncio.get_running_loop()
-        batches = max(1, min(len(peers) // 500, round(window / 0.05)))
-        size = -(-len(peers) // batches) if peers else 0
-        started = loop.time()
-        for n in range(batches):
-            await asyncio.sleep(max(0.0, started + n * window / batches - loop.time()))
-            for peer in peers[n * size:(n + 1) * size]:
-                hint = round(random.uniform(0, spread) * 1000)
-                self._close_now(peer, 1012, f"server restarting; reconnect in {hint} ms")
-        logging.getLogger("services.rendezvous").info(
-            "closed %d connections in %.2f s", len(peers), loop.time() - started)
-    rdv.Rendezvous.close_all = close_all_before
+    start_before = rdv.start_rendezvous
+    async def start_unwinding(host, port, config=None, *args, **kwargs):
+        config = dataclasses.replace(config or rdv.RendezvousConfig(), exit_at_shutdown=False)
+        return await start_before(host, port, config, *args, **kwargs)
+    rdv.start_rendezvous = start_unwinding
 sys.argv[0] = "camera.cli"
 runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
 """
@@ -712,11 +702,21 @@ def _closed_in(log: Path) -> float | None:
 
 def _shutdown_details(log: Path) -> dict[str, float]:
     """The rest of the server's account of its shutdown: how late its latest batch
-    was (ms), the handlers unwound between batches, and how long the rest took after."""
+    was (ms), and then either how long it waited for its peers before exiting without
+    unwinding (and how they stood), or the handlers unwound between batches and how
+    long the rest took after."""
     import re
 
     with contextlib.suppress(OSError):
         for line in reversed(log.read_text(errors="replace").splitlines()):
+            match = re.search(r"at most (\d+) ms late\); exiting without unwinding ([0-9.]+) s "
+                              r"later: (\d+) peers ended their side, (\d+) acknowledged "
+                              r"everything, (\d+) did not", line)
+            if match:
+                return {"late_ms": float(match.group(1)),
+                        "exit_wait_seconds": float(match.group(2)),
+                        "peers_ended": int(match.group(3)), "acknowledged": int(match.group(4)),
+                        "unacknowledged": int(match.group(5))}
             match = re.search(r"at most (\d+) ms late; (\d+) handlers unwound meanwhile\); "
                               r"the rest unwound in ([0-9.]+) s", line)
             if match:
@@ -1077,7 +1077,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
                         "in the slack between batches (their transports closed a few at a "
                         "time), the rest in "
                         f"{details['unwound_after_seconds']} s after the last close frame"
-                        if details else "") + ".")
+                        if "unwound_early" in details else "")
+                     + (f" (the latest batch {details['late_ms']:g} ms after its plan); then "
+                        f"it waited {details['exit_wait_seconds']} s for its peers "
+                        f"({details['peers_ended']} had ended their side, "
+                        f"{details['acknowledged']} more had acknowledged everything, "
+                        f"{details['unacknowledged']} had not) and exited without unwinding"
+                        if "exit_wait_seconds" in details else "") + ".")
     elif "shutdown_seconds" in result:
         lines.append(f"The rendezvous did not exit within 60 s of SIGTERM with "
                      f"{result['shutdown_cameras']} cameras connected (killed).")
@@ -1086,9 +1092,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         b = before["levels"][-1]
         lines += [
             "",
-            f"Before and after the connection trim and the parked shutdown, the same "
-            f"{b['cameras']} cameras in the same run (before: the old code patched back "
-            "into the same server; bench/scale.py `--compare-before`):",
+            f"Before and after the exit without unwinding, the same "
+            f"{b['cameras']} cameras in the same run (before: the server unwinds every "
+            "connection's handler and then the interpreter; bench/scale.py `--compare-before`):",
             "",
             "| server | RSS above empty (MiB) | KiB per camera | shutdown: last close frame "
             "after (s) | exit after SIGTERM (s) | p99 at 200/s (ms) |",
