@@ -136,13 +136,10 @@ if os.environ.get("PEERCAM_BENCH_BEFORE"):
     # The comparison server: the shutdown as it was before the exit without
     # unwinding (2026-12-07 morning): every handler unwinds, then the interpreter
     # exits; the rest as shipped.
-    import dataclasses
     import services.rendezvous as rdv
-    start_before = rdv.start_rendezvous
-    async def start_unwinding(host, port, config=None, *args, **kwargs):
-        config = dataclasses.replace(config or rdv.RendezvousConfig(), exit_at_shutdown=False)
-        return await start_before(host, port, config, *args, **kwargs)
-    rdv.start_rendezvous = start_unwinding
+    async def stop_unwinding(self, runner):
+        await runner.cleanup()
+    rdv.Rendezvous.stop_process = stop_unwinding
 sys.argv[0] = "camera.cli"
 runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
 """

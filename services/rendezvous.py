@@ -171,13 +171,6 @@ class RendezvousConfig:
     """Each close at shutdown asks its peer to wait a random 0 to this many seconds
     before reconnecting (close code 1012, "reconnect in N ms"): the camera link
     honours it, so a fleet's reconnects spread over the window plus this."""
-    exit_at_shutdown: bool = False
-    """The process is nothing but this rendezvous (the ``rendezvous`` command): once
-    every close frame is written and delivered (see ``services.drain``), end the
-    process at once (``os._exit(0)``, logs flushed) instead of unwinding each
-    connection's handler and then the interpreter, which at 19000 connections
-    took longer than the closing itself. An embedding process (the demo, tests)
-    keeps it off."""
     gc_freeze: bool = False
     """Move long-lived objects out of the garbage collector's sight (``gc.freeze``)
     after start-up and after each burst of new connections, so a full collection
@@ -269,6 +262,7 @@ class Rendezvous:
         self.stopping = False
         self.shutdown_report: ShutdownReport | None = None
         """How the connections were closed at shutdown (set once stopped)."""
+        self._exit_when_closed = False
         self._per_ip: dict[str, TokenBucket] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self.refused: Counter[str] = Counter()
@@ -315,7 +309,7 @@ class Rendezvous:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._expiry_task = self._heartbeat_task = None
-        exiting = self.config.exit_at_shutdown
+        exiting = self._exit_when_closed
         self.shutdown_report = await self.close_all(self.config.shutdown_window,
                                                     self.config.reconnect_spread,
                                                     unwind=not exiting)
@@ -323,6 +317,19 @@ class Rendezvous:
             await self.cluster.stop()
         if exiting:
             _end_process()
+
+    async def stop_process(self, runner: web.AppRunner) -> NoReturn:
+        """Stop serving and end this process, which is nothing but this rendezvous (the
+        ``rendezvous`` command, on SIGTERM): once every close frame is written and
+        through (``close_all`` with ``unwind=False``, see ``services.drain``), and a
+        cluster node has given back its presence, the process ends at once
+        (``os._exit(0)``, logs flushed) instead of unwinding each connection's
+        handler and then the interpreter, which at 19000 connections took longer
+        than the closing itself. An embedding process (the demo, tests) calls
+        ``runner.cleanup()`` instead."""
+        self._exit_when_closed = True
+        await runner.cleanup()  # the shutdown hook ends the process
+        _end_process()
 
     async def _cleanup(self, app: web.Application) -> None:
         # Unfrozen only now, after the server's shutdown: the closed connections'

@@ -171,13 +171,14 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
                 "shutdown_window", "reconnect_spread", "gc_freeze")})
         config = settings.applied_to(RendezvousConfig(
             ice_servers=args.ice_server, credentials=_turn_credentials(args),
-            server_names=names, metrics_listen=args.metrics_listen, cluster=cluster,
-            exit_at_shutdown=True))
+            server_names=names, metrics_listen=args.metrics_listen, cluster=cluster))
     except ValueError as exc:
         raise BadConfig(str(exc)) from None
-    _server, runner, bound = await _listen(host, port, config, ssl_context)
+    server, runner, bound = await _listen(host, port, config, ssl_context)
     print(f"LISTENING {host}:{bound}", flush=True)
-    await serve_until_signalled(f"listening on {host}:{bound}", runner.cleanup)
+    # Stopped, the process ends as soon as its connections are closed (not unwound).
+    await serve_until_signalled(f"listening on {host}:{bound}",
+                                lambda: server.stop_process(runner))
     return 0
 
 
