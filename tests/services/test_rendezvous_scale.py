@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import gc
 import os
 import re
@@ -20,6 +21,7 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import weakref
@@ -30,6 +32,7 @@ import aiohttp
 import pytest
 
 from camera.link import reconnect_hint
+from services.drain import DrainReport
 from services.heartbeat import BadHeartbeat, HeartbeatWheel
 from services.rendezvous import (
     BadRendezvousConfig,
@@ -426,3 +429,42 @@ def test_a_stopped_rendezvous_exits_without_unwinding_and_resets_no_one(
                      r"ended their side, (\d+) acknowledged everything, (\d+) did not", text)
     assert said is not None, text[-2000:]
     assert int(said.group(3)) == 0 and "rendezvous stopped" in text
+
+
+async def test_a_parked_shutdown_waits_for_its_peers_and_leaves_nothing_unread() -> None:
+    """``close_all(unwind=False)``, as the ``rendezvous`` command stops: no transport is
+    closed and no handler unwinds; the wait ends when every peer has answered the close
+    and ended its side, and nothing they sent is left unread (what would make the
+    kernel's close at exit a reset)."""
+    n = 20
+    server, runner, port = await start_rendezvous("127.0.0.1", 0, RendezvousConfig(
+        server_names=("127.0.0.1",), shutdown_window=0.1))
+    try:
+        socks = await asyncio.to_thread(_open, port, n, 66)
+        await _until(lambda: len(server._sockets) == n, 10)
+
+        def answer(sock: socket.socket) -> tuple[list[tuple[int, bytes]], str]:
+            ended = _to_the_end(sock, answer=True)
+            sock.shutdown(socket.SHUT_WR)  # the client's end of stream after its close
+            return ended
+
+        answers = [asyncio.ensure_future(asyncio.to_thread(answer, sock)) for sock in socks]
+        report = await server.close_all(0.1, 1.0, unwind=False, peer_wait=scaled(10))
+        assert report.drained == DrainReport(watched=n, ended=n, acknowledged=0,
+                                             unacknowledged=0)
+        assert report.drained_in is not None and report.unwound_in is None
+        assert len(server._sockets) == n  # nothing unwound
+        for transport in server._transports.values():
+            unread = fcntl.ioctl(transport.get_extra_info("socket").fileno(),
+                                 termios.FIONREAD, b"\0\0\0\0")
+            assert struct.unpack("i", unread)[0] == 0
+        for frames, how in await asyncio.wait_for(asyncio.gather(*answers), scaled(10)):
+            assert how == "eof"
+            assert [p[:2] for op, p in frames if op == 0x8] == [struct.pack("!H", 1012)]
+        for transport in list(server._transports.values()):
+            transport.close()
+        await _until(lambda: not server._sockets, 10)
+    finally:
+        await runner.cleanup()
+    for sock in socks:
+        sock.close()
