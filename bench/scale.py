@@ -155,6 +155,8 @@ class RendezvousProcess:
         self.log = log
         self.gc_log = gc_log
         self.loop_log = loop_log
+        self.sigterm_at: float | None = None
+        """Wall-clock time the SIGTERM was sent (the server's log lines are in wall time)."""
 
     def loop_pauses(self, since: float, until: float) -> list[tuple[float, float]]:
         """(wall ms, CPU ms) of the server's event-loop iterations of 20 ms or more
@@ -227,6 +229,7 @@ class RendezvousProcess:
         if self.proc.returncode is not None:
             return 0.0
         started = time.monotonic()
+        self.sigterm_at = time.time()
         self.proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)
@@ -596,7 +599,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             result["before"] = {k: before[k] for k in (
                 "baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
-                "shutdown_closed_seconds", "loop_pauses_ms")}
+                "shutdown_closed_seconds", "shutdown_details", "loop_pauses_ms")}
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -658,6 +661,10 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         shutdown = await rdv.stop(timeout=60.0)
         closed_in = _closed_in(rdv.log)
         details = _shutdown_details(rdv.log)
+        began = _logged_at(rdv.log, "INFO services.rendezvous: stopping: ")
+        if began is not None and rdv.sigterm_at is not None:
+            # From the signal to the shutdown hook (the server's log, ms resolution).
+            details["began_after_seconds"] = round(began - rdv.sigterm_at, 2)
     finally:
         if pool is not None:
             await pool.close()
@@ -694,6 +701,17 @@ def _closed_in(log: Path) -> float | None:
             match = re.search(r"closed (\d+) connections in ([0-9.]+) s", line)
             if match:
                 return float(match.group(2))
+    return None
+
+
+def _logged_at(log: Path, text: str) -> float | None:
+    """Wall-clock time of the last log line containing ``text``."""
+    import datetime
+
+    with contextlib.suppress(OSError, ValueError):
+        for line in reversed(log.read_text(errors="replace").splitlines()):
+            if text in line:
+                return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return None
 
 
@@ -1063,8 +1081,11 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if result.get("shutdown_seconds") is not None:
         closed = result.get("shutdown_closed_seconds")
         details = result.get("shutdown_details") or {}
+        began = details.get("began_after_seconds")
         lines.append(f"Stopping the rendezvous (SIGTERM) with {result['shutdown_cameras']} "
                      f"cameras connected took {result['shutdown_seconds']} s to exit"
+                     + (f"; it began closing {began} s after the signal" if began is not None
+                        else "")
                      + (f"; the last of its close frames was written {closed} s after the "
                         "first, in batches spread over `--shutdown-window`, each close "
                         "(code 1012) asking its camera to wait a random delay up to "
@@ -1093,16 +1114,19 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{b['cameras']} cameras in the same run (before: the server unwinds every "
             "connection's handler and then the interpreter; bench/scale.py `--compare-before`):",
             "",
-            "| server | RSS above empty (MiB) | KiB per camera | shutdown: last close frame "
-            "after (s) | exit after SIGTERM (s) | p99 at 200/s (ms) |",
-            "|---|---|---|---|---|---|",
+            "| server | RSS above empty (MiB) | KiB per camera | shutdown: closing began after "
+            "SIGTERM (s) | last close frame after the first (s) | exit after SIGTERM (s) "
+            "| p99 at 200/s (ms) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for label, res, lv, steps in (("before", before, b, before["steps"]),
                                       ("after (as committed)", result, top, result["steps"])):
             step = next((s for s in steps if s["rate"] == TARGET_RATE), None)
             rtt = (step or {}).get("rtt") or {}
             lines.append(f"| {label} | {(lv['rss_kib'] - res['baseline_rss_kib']) / 1024:.1f} | "
-                         f"{lv['kib_per_camera']} | {res.get('shutdown_closed_seconds')} | "
+                         f"{lv['kib_per_camera']} | "
+                         f"{(res.get('shutdown_details') or {}).get('began_after_seconds', '–')} | "
+                         f"{res.get('shutdown_closed_seconds')} | "
                          f"{res.get('shutdown_seconds')} | {rtt.get('p99')} |")
     if result.get("before_failed"):
         lines += ["", "The before/after comparison in the same run failed: "

@@ -299,6 +299,7 @@ class Rendezvous:
             await self.cluster.start()
 
     async def _shutdown(self, app: web.Application) -> None:
+        logger.info("stopping: %d connections to close", len(self._sockets))
         await self.runtime_metrics.stop()
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
@@ -328,6 +329,9 @@ class Rendezvous:
         than the closing itself. An embedding process (the demo, tests) calls
         ``runner.cleanup()`` instead."""
         self._exit_when_closed = True
+        # No collection from here on (a full one held 19000 connections' stop up by
+        # 0.65 s without gc_freeze): what is left goes with the process.
+        gc.disable()
         await runner.cleanup()  # the shutdown hook ends the process
         _end_process()
 
