@@ -83,8 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-no-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="then the top level again on a server run with --no-gc-freeze")
     p.add_argument("--compare-before", action=argparse.BooleanOptionalAction, default=True,
-                   help="then the top level again on a server with the connection trim and "
-                        "the parked shutdown (2026-12-07) patched out: before and after, one run")
+                   help="then the top level again on a server that unwinds every handler "
+                        "at shutdown (the exit without unwinding patched out): before and "
+                        "after, one run")
 
 
 # -- processes -----------------------------------------------------------------
@@ -132,27 +133,13 @@ def probed_run_once(self):
 be.BaseEventLoop._run_once = probed_run_once
 import os
 if os.environ.get("PEERCAM_BENCH_BEFORE"):
-    # The comparison server: the code as it was before the connection trim and the
-    # parked shutdown (2026-12-07), patched back in, the rest as shipped.
-    import asyncio, logging, random
+    # The comparison server: the shutdown as it was before the exit without
+    # unwinding (2026-12-07 morning): every handler unwinds, then the interpreter
+    # exits; the rest as shipped.
     import services.rendezvous as rdv
-    rdv._shed_request = lambda request, ws: None
-    async def close_all_before(self, window, spread, **_ignored):
-        self.stopping = True
-        peers = list(self._sockets)
-        random.shuffle(peers)
-        loop = asyncio.get_running_loop()
-        batches = max(1, min(len(peers) // 500, round(window / 0.05)))
-        size = -(-len(peers) // batches) if peers else 0
-        started = loop.time()
-        for n in range(batches):
-            await asyncio.sleep(max(0.0, started + n * window / batches - loop.time()))
-            for peer in peers[n * size:(n + 1) * size]:
-                hint = round(random.uniform(0, spread) * 1000)
-                self._close_now(peer, 1012, f"server restarting; reconnect in {hint} ms")
-        logging.getLogger("services.rendezvous").info(
-            "closed %d connections in %.2f s", len(peers), loop.time() - started)
-    rdv.Rendezvous.close_all = close_all_before
+    async def stop_unwinding(self, runner):
+        await runner.cleanup()
+    rdv.Rendezvous.stop_process = stop_unwinding
 sys.argv[0] = "camera.cli"
 runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
 """
@@ -168,6 +155,8 @@ class RendezvousProcess:
         self.log = log
         self.gc_log = gc_log
         self.loop_log = loop_log
+        self.sigterm_at: float | None = None
+        """Wall-clock time the SIGTERM was sent (the server's log lines are in wall time)."""
 
     def loop_pauses(self, since: float, until: float) -> list[tuple[float, float]]:
         """(wall ms, CPU ms) of the server's event-loop iterations of 20 ms or more
@@ -240,6 +229,7 @@ class RendezvousProcess:
         if self.proc.returncode is not None:
             return 0.0
         started = time.monotonic()
+        self.sigterm_at = time.time()
         self.proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)
@@ -609,7 +599,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             result["before"] = {k: before[k] for k in (
                 "baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
-                "shutdown_closed_seconds", "loop_pauses_ms")}
+                "shutdown_closed_seconds", "shutdown_details", "loop_pauses_ms")}
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -671,6 +661,10 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         shutdown = await rdv.stop(timeout=60.0)
         closed_in = _closed_in(rdv.log)
         details = _shutdown_details(rdv.log)
+        began = _logged_at(rdv.log, "INFO services.rendezvous: stopping: ")
+        if began is not None and rdv.sigterm_at is not None:
+            # From the signal to the shutdown hook (the server's log, ms resolution).
+            details["began_after_seconds"] = round(began - rdv.sigterm_at, 2)
     finally:
         if pool is not None:
             await pool.close()
@@ -710,13 +704,34 @@ def _closed_in(log: Path) -> float | None:
     return None
 
 
+def _logged_at(log: Path, text: str) -> float | None:
+    """Wall-clock time of the last log line containing ``text``."""
+    import datetime
+
+    with contextlib.suppress(OSError, ValueError):
+        for line in reversed(log.read_text(errors="replace").splitlines()):
+            if text in line:
+                return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
 def _shutdown_details(log: Path) -> dict[str, float]:
     """The rest of the server's account of its shutdown: how late its latest batch
-    was (ms), the handlers unwound between batches, and how long the rest took after."""
+    was (ms), and then either how long it waited for its peers before exiting without
+    unwinding (and how they stood), or the handlers unwound between batches and how
+    long the rest took after."""
     import re
 
     with contextlib.suppress(OSError):
         for line in reversed(log.read_text(errors="replace").splitlines()):
+            match = re.search(r"at most (\d+) ms late\); exiting without unwinding ([0-9.]+) s "
+                              r"later: (\d+) peers ended their side, (\d+) acknowledged "
+                              r"everything, (\d+) did not", line)
+            if match:
+                return {"late_ms": float(match.group(1)),
+                        "exit_wait_seconds": float(match.group(2)),
+                        "peers_ended": int(match.group(3)), "acknowledged": int(match.group(4)),
+                        "unacknowledged": int(match.group(5))}
             match = re.search(r"at most (\d+) ms late; (\d+) handlers unwound meanwhile\); "
                               r"the rest unwound in ([0-9.]+) s", line)
             if match:
@@ -1066,8 +1081,11 @@ def markdown(result: dict[str, Any]) -> list[str]:
     if result.get("shutdown_seconds") is not None:
         closed = result.get("shutdown_closed_seconds")
         details = result.get("shutdown_details") or {}
+        began = details.get("began_after_seconds")
         lines.append(f"Stopping the rendezvous (SIGTERM) with {result['shutdown_cameras']} "
                      f"cameras connected took {result['shutdown_seconds']} s to exit"
+                     + (f"; it began closing {began} s after the signal" if began is not None
+                        else "")
                      + (f"; the last of its close frames was written {closed} s after the "
                         "first, in batches spread over `--shutdown-window`, each close "
                         "(code 1012) asking its camera to wait a random delay up to "
@@ -1077,7 +1095,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
                         "in the slack between batches (their transports closed a few at a "
                         "time), the rest in "
                         f"{details['unwound_after_seconds']} s after the last close frame"
-                        if details else "") + ".")
+                        if "unwound_early" in details else "")
+                     + (f" (the latest batch {details['late_ms']:g} ms after its plan); then "
+                        f"it waited {details['exit_wait_seconds']} s for its peers "
+                        f"({details['peers_ended']} had ended their side, "
+                        f"{details['acknowledged']} more had acknowledged everything, "
+                        f"{details['unacknowledged']} had not) and exited without unwinding"
+                        if "exit_wait_seconds" in details else "") + ".")
     elif "shutdown_seconds" in result:
         lines.append(f"The rendezvous did not exit within 60 s of SIGTERM with "
                      f"{result['shutdown_cameras']} cameras connected (killed).")
@@ -1086,20 +1110,23 @@ def markdown(result: dict[str, Any]) -> list[str]:
         b = before["levels"][-1]
         lines += [
             "",
-            f"Before and after the connection trim and the parked shutdown, the same "
-            f"{b['cameras']} cameras in the same run (before: the old code patched back "
-            "into the same server; bench/scale.py `--compare-before`):",
+            f"Before and after the exit without unwinding, the same "
+            f"{b['cameras']} cameras in the same run (before: the server unwinds every "
+            "connection's handler and then the interpreter; bench/scale.py `--compare-before`):",
             "",
-            "| server | RSS above empty (MiB) | KiB per camera | shutdown: last close frame "
-            "after (s) | exit after SIGTERM (s) | p99 at 200/s (ms) |",
-            "|---|---|---|---|---|---|",
+            "| server | RSS above empty (MiB) | KiB per camera | shutdown: closing began after "
+            "SIGTERM (s) | last close frame after the first (s) | exit after SIGTERM (s) "
+            "| p99 at 200/s (ms) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for label, res, lv, steps in (("before", before, b, before["steps"]),
                                       ("after (as committed)", result, top, result["steps"])):
             step = next((s for s in steps if s["rate"] == TARGET_RATE), None)
             rtt = (step or {}).get("rtt") or {}
             lines.append(f"| {label} | {(lv['rss_kib'] - res['baseline_rss_kib']) / 1024:.1f} | "
-                         f"{lv['kib_per_camera']} | {res.get('shutdown_closed_seconds')} | "
+                         f"{lv['kib_per_camera']} | "
+                         f"{(res.get('shutdown_details') or {}).get('began_after_seconds', '–')} | "
+                         f"{res.get('shutdown_closed_seconds')} | "
                          f"{res.get('shutdown_seconds')} | {rtt.get('p99')} |")
     if result.get("before_failed"):
         lines += ["", "The before/after comparison in the same run failed: "

@@ -174,9 +174,11 @@ async def rendezvous_command(args: argparse.Namespace) -> int:
             server_names=names, metrics_listen=args.metrics_listen, cluster=cluster))
     except ValueError as exc:
         raise BadConfig(str(exc)) from None
-    _server, runner, bound = await _listen(host, port, config, ssl_context)
+    server, runner, bound = await _listen(host, port, config, ssl_context)
     print(f"LISTENING {host}:{bound}", flush=True)
-    await serve_until_signalled(f"listening on {host}:{bound}", runner.cleanup)
+    # Stopped, the process ends as soon as its connections are closed (not unwound).
+    await serve_until_signalled(f"listening on {host}:{bound}",
+                                lambda: server.stop_process(runner))
     return 0
 
 

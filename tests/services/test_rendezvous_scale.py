@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import fcntl
 import gc
 import os
 import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,7 @@ import aiohttp
 import pytest
 
 from camera.link import reconnect_hint
+from services.drain import DrainReport
 from services.heartbeat import BadHeartbeat, HeartbeatWheel
 from services.rendezvous import (
     BadRendezvousConfig,
@@ -125,9 +134,13 @@ def test_a_bad_settings_file_is_one_clear_error(tmp_path: Path, text: str, error
 # -- real servers, raw clients ---------------------------------------------------------
 
 
-def _upgrade(port: int, path: str, source: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=scaled(10),
-                                    source_address=(source, 0))
+def _upgrade(port: int, path: str, source: str, rcvbuf: int = 0) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect
+    sock.settimeout(scaled(10))
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -320,3 +333,138 @@ async def test_an_upgraded_connection_keeps_no_http_request_state() -> None:
             assert '"error"' in reply.data
     finally:
         await runner.cleanup()
+
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (masked, as RFC 6455 requires of clients)."""
+    mask = os.urandom(4)
+    return (bytes((0x80 | opcode, 0x80 | len(payload))) + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def _to_the_end(sock: socket.socket, answer: bool) -> tuple[list[tuple[int, bytes]], str]:
+    """Every frame until the connection ends (answering a close frame with one, if
+    ``answer``), and how it ended: ``eof`` or ``reset``."""
+    data, answered = b"", False
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+            if answer and not answered and any(op == 0x8 for op, _p in _frames_of(data)):
+                answered = True
+                sock.sendall(_masked(0x8, struct.pack("!H", 1000)))
+    except ConnectionResetError:
+        return _frames_of(data), "reset"
+    return _frames_of(data), "eof"
+
+
+def _frames_of(data: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    while len(data) >= 2:
+        length, at = data[1] & 0x7F, 2
+        if length == 126:
+            length, at = struct.unpack("!H", data[2:4])[0], 4
+        if len(data) < at + length:
+            break
+        out.append((data[0] & 0x0F, data[at:at + length]))
+        data = data[at + length:]
+    return out
+
+
+def test_a_stopped_rendezvous_exits_without_unwinding_and_resets_no_one(
+        tmp_path: Path) -> None:
+    """``peercam rendezvous`` as shipped, stopped with SIGTERM while it holds
+    connections that answer the close at once and connections that read nothing
+    for a second (their receive window full of pongs, so the close frame waits in
+    the server's send queue) and ping on (so the server has bytes unread): it exits
+    by itself, without unwinding, once everything it wrote is through, and every
+    client reads its close frame and then a clean end of stream, not a reset. (A
+    socket closed with bytes unread sends a reset, and the reset throws away what
+    it had not delivered yet: the slow clients' pongs and their close frame.)"""
+    log = tmp_path / "rendezvous.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "camera.cli", "rendezvous", "--listen", "127.0.0.1:0",
+             "--shutdown-window", "0.2"],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+            env={**os.environ, "PEERCAM_LOG_LEVEL": "INFO"})
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        prompt = [_upgrade(port, "/ws/viewer", "127.65.0.1") for _ in range(4)]
+        slow = [_upgrade(port, "/ws/viewer", "127.65.0.2", rcvbuf=2048) for _ in range(4)]
+        for sock in slow:
+            sock.sendall(b"".join(_masked(0x9, os.urandom(125)) for _ in range(300)))
+        time.sleep(0.3)  # the server answers: pongs fill the slow clients' windows
+        stop_pinging = threading.Event()
+
+        def ping_on() -> None:
+            while not stop_pinging.wait(0.02):
+                for sock in slow:
+                    with contextlib.suppress(OSError):  # the checks below say what went
+                        sock.sendall(_masked(0x9, b"still here"))
+
+        pinger = threading.Thread(target=ping_on)
+        pinger.start()
+        proc.send_signal(signal.SIGTERM)
+        prompt_ends = [_to_the_end(sock, answer=True) for sock in prompt]
+        time.sleep(1.0)  # the slow clients keep pinging and read nothing
+        stop_pinging.set()
+        pinger.join()
+        slow_ends = [_to_the_end(sock, answer=False) for sock in slow]
+        assert proc.wait(scaled(20)) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    for frames, how in prompt_ends + slow_ends:
+        assert how == "eof", (how, frames[-3:])
+        closes = [payload for opcode, payload in frames if opcode == 0x8]
+        assert len(closes) == 1 and closes[0][:2] == struct.pack("!H", 1012), frames[-3:]
+    for frames, _how in slow_ends:
+        assert sum(1 for opcode, _p in frames if opcode == 0xA) >= 300  # nothing lost
+    for sock in prompt + slow:
+        sock.close()
+    text = log.read_text()
+    said = re.search(r"closed 8 connections in .*exiting without unwinding .*: (\d+) peers "
+                     r"ended their side, (\d+) acknowledged everything, (\d+) did not", text)
+    assert said is not None, text[-2000:]
+    assert int(said.group(3)) == 0 and "rendezvous stopped" in text
+
+
+async def test_a_parked_shutdown_waits_for_its_peers_and_leaves_nothing_unread() -> None:
+    """``close_all(unwind=False)``, as the ``rendezvous`` command stops: no transport is
+    closed and no handler unwinds; the wait ends when every peer has answered the close
+    and ended its side, and nothing they sent is left unread (what would make the
+    kernel's close at exit a reset)."""
+    n = 20
+    server, runner, port = await start_rendezvous("127.0.0.1", 0, RendezvousConfig(
+        server_names=("127.0.0.1",), shutdown_window=0.1))
+    try:
+        socks = await asyncio.to_thread(_open, port, n, 66)
+        await _until(lambda: len(server._sockets) == n, 10)
+
+        def answer(sock: socket.socket) -> tuple[list[tuple[int, bytes]], str]:
+            ended = _to_the_end(sock, answer=True)
+            sock.shutdown(socket.SHUT_WR)  # the client's end of stream after its close
+            return ended
+
+        answers = [asyncio.ensure_future(asyncio.to_thread(answer, sock)) for sock in socks]
+        report = await server.close_all(0.1, 1.0, unwind=False, peer_wait=scaled(10))
+        assert report.drained == DrainReport(watched=n, ended=n, acknowledged=0,
+                                             unacknowledged=0)
+        assert report.drained_in is not None and report.unwound_in is None
+        assert len(server._sockets) == n  # nothing unwound
+        for transport in server._transports.values():
+            unread = fcntl.ioctl(transport.get_extra_info("socket").fileno(),
+                                 termios.FIONREAD, b"\0\0\0\0")
+            assert struct.unpack("i", unread)[0] == 0
+        for frames, how in await asyncio.wait_for(asyncio.gather(*answers), scaled(10)):
+            assert how == "eof"
+            assert [p[:2] for op, p in frames if op == 0x8] == [struct.pack("!H", 1012)]
+        for transport in list(server._transports.values()):
+            transport.close()
+        await _until(lambda: not server._sockets, 10)
+    finally:
+        await runner.cleanup()
+    for sock in socks:
+        sock.close()
