@@ -24,7 +24,7 @@ import sys
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -386,26 +386,18 @@ class Rendezvous:
 
     async def _close_all(self, window: float, spread: float, min_batch: int,
                          unwind_timeout: float) -> ShutdownReport:
-        peers, batches, size = self._plan(window, min_batch)
         loop = asyncio.get_running_loop()
-        plan: list[tuple[float, int]] = []
-        written: list[asyncio.Transport] = []
-        """Transports whose close frame is out and which are still to be closed."""
-        late = 0.0
-        started = loop.time()
-        for n in range(batches):
-            at = n * window / batches
-            while written and loop.time() < started + at - _UNWIND_MARGIN:
+
+        async def unwind(written: list[asyncio.Transport], until: float) -> None:
+            """Close the transports written so far, a chunk at a time, until ``until``."""
+            while written and loop.time() < until:
                 for transport in written[-_UNWIND_CHUNK:]:
                     transport.close()  # after what is buffered (its close frame) is sent
                 del written[-_UNWIND_CHUNK:]
                 await asyncio.sleep(0)  # their handlers unwind
-            await asyncio.sleep(max(0.0, started + at - loop.time()))
-            late = max(late, loop.time() - started - at)
-            said = self._goodbye_batch(peers[n * size:(n + 1) * size], spread)
-            written += said
-            plan.append((at, len(said)))
-        written_in = loop.time() - started
+
+        peers, plan, written, written_in, late = await self._write_batches(
+            window, spread, min_batch, unwind)
         unwound_early = sum(1 for peer in peers if peer not in self._sockets)
         for transport in written:
             transport.close()
@@ -417,56 +409,66 @@ class Rendezvous:
                                 None if left else loop.time() - unwinding)
         logger.info("closed %d connections in %.2f s (close frames written in %d batches, "
                     "at most %.0f ms late; %d handlers unwound meanwhile); the rest unwound "
-                    "in %s", len(peers), written_in, batches, 1000 * late, unwound_early,
+                    "in %s", len(peers), written_in, len(plan), 1000 * late, unwound_early,
                     f"{report.unwound_in:.2f} s" if report.unwound_in is not None
                     else f"more than {unwind_timeout:g} s ({left} left)")
         return report
 
-    def _plan(self, window: float, min_batch: int) -> tuple[list[Peer], int, int]:
-        """Every connection in a random order, the number of batches and their size."""
+    async def _write_batches(
+        self, window: float, spread: float, min_batch: int,
+        slack: Callable[[list[asyncio.Transport], float], Awaitable[None]],
+    ) -> tuple[list[Peer], list[tuple[float, int]], list[asyncio.Transport], float, float]:
+        """Every connection, in a random order and in batches: batch ``n`` gets its close
+        frames (1012 with a reconnect hint) and FINs at ``n * window / batches``. Before
+        each, ``slack(written, until)`` works on the transports written so far (taking
+        out of the list those it is done with) until the loop time ``until``.
+
+        Returns the peers, the plan (when each batch was due, how many it reached), the
+        transports still in the list, the seconds until the last batch was written and
+        how late the latest batch was."""
         peers = list(self._sockets)
         random.shuffle(peers)
         batches = max(1, min(-(-len(peers) // max(1, min_batch)), round(window / 0.05)))
         size = -(-len(peers) // batches) if peers else 0
-        return peers, batches, size
-
-    def _goodbye_batch(self, peers: list[Peer], spread: float) -> list[asyncio.Transport]:
-        """A close frame (1012 with a reconnect hint) and a FIN to each of ``peers``."""
-        written = []
-        for peer in peers:
-            hint = round(random.uniform(0, spread) * 1000)
-            said = self._say_goodbye(peer, 1012, f"server restarting; reconnect in {hint} ms")
-            if said is not None:
-                written.append(said)
-        return written
-
-    async def _close_all_parked(self, window: float, spread: float, min_batch: int,
-                                wait: float, peer_wait: float) -> ShutdownReport:
-        peers, batches, size = self._plan(window, min_batch)
         loop = asyncio.get_running_loop()
-        drain = PeerDrain()
         plan: list[tuple[float, int]] = []
         written: list[asyncio.Transport] = []
         late = 0.0
         started = loop.time()
+        for n in range(batches):
+            at = n * window / batches
+            await slack(written, started + at - _UNWIND_MARGIN)
+            await asyncio.sleep(max(0.0, started + at - loop.time()))
+            late = max(late, loop.time() - started - at)
+            count = 0
+            for peer in peers[n * size:(n + 1) * size]:
+                hint = round(random.uniform(0, spread) * 1000)
+                said = self._say_goodbye(peer, 1012, f"server restarting; reconnect in {hint} ms")
+                if said is not None:
+                    written.append(said)
+                    count += 1
+            plan.append((at, count))
+        return peers, plan, written, loop.time() - started, late
+
+    async def _close_all_parked(self, window: float, spread: float, min_batch: int,
+                                wait: float, peer_wait: float) -> ShutdownReport:
+        loop = asyncio.get_running_loop()
+        drain = PeerDrain()
+
+        async def watch(written: list[asyncio.Transport], until: float) -> None:
+            """Watch what the last batches wrote, reading away what their peers answered,
+            until ``until``."""
+            while loop.time() < until:
+                for transport in written[-_UNWIND_CHUNK:]:
+                    drain.add(transport)
+                del written[-_UNWIND_CHUNK:]
+                drain.poll(_UNWIND_CHUNK)
+                idle = until - loop.time()
+                await asyncio.sleep(0 if written else max(0.0, min(0.005, idle)))
+
         try:
-            for n in range(batches):
-                at = n * window / batches
-                # The slack before the batch: watch what the last ones wrote, read
-                # away what their peers answered.
-                while loop.time() < started + at - _UNWIND_MARGIN:
-                    for transport in written[-_UNWIND_CHUNK:]:
-                        drain.add(transport)
-                    del written[-_UNWIND_CHUNK:]
-                    drain.poll(_UNWIND_CHUNK)
-                    idle = started + at - _UNWIND_MARGIN - loop.time()
-                    await asyncio.sleep(0 if written else max(0.0, min(0.005, idle)))
-                await asyncio.sleep(max(0.0, started + at - loop.time()))
-                late = max(late, loop.time() - started - at)
-                said = self._goodbye_batch(peers[n * size:(n + 1) * size], spread)
-                written += said
-                plan.append((at, len(said)))
-            written_in = loop.time() - started
+            peers, plan, written, written_in, late = await self._write_batches(
+                window, spread, min_batch, watch)
             for transport in written:
                 drain.add(transport)
             last = loop.time()
@@ -489,7 +491,7 @@ class Rendezvous:
         logger.info("closed %d connections in %.2f s (close frames written in %d batches, "
                     "at most %.0f ms late); exiting without unwinding %.2f s later: %d peers "
                     "ended their side, %d acknowledged everything, %d did not",
-                    len(peers), written_in, batches, 1000 * late, drained_in, drained.ended,
+                    len(peers), written_in, len(plan), 1000 * late, drained_in, drained.ended,
                     drained.acknowledged, drained.unacknowledged)
         return ShutdownReport(len(peers), tuple(plan), written_in, late, 0, None,
                               drained, drained_in)
