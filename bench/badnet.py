@@ -16,9 +16,10 @@ up as usual). Conditions:
 Each condition runs twice in the same run, each variant with a camera of its
 own: ``baseline`` (the receiver as before: ``ReceiveSettings(playout=False,
 nack=False)``, aiortc's jitter buffer released on the marker bit and its NACK
-generator; the camera with ``probe_revert = false``) and ``improved`` (the
-defaults: NACK at once and at RTT intervals, bounded waits, skip to the next
-keyframe; a probe up that brings picture loss reverted at once). Measured per
+generator; the camera with ``probe_revert = false`` and ``probe_padding =
+false``) and ``improved`` (the defaults: NACK at once and at RTT intervals,
+bounded waits, skip to the next keyframe; a probe up tried with padding first and,
+once made, reverted at once if it brings picture loss). Measured per
 viewer: glass-to-glass latency from the burnt-in stamp (read on the high layer
 only: on the low layer it is half size and not read), the longest gap between
 shown frames, frames shown per second, the layer the camera reported over time;
@@ -56,7 +57,8 @@ NEEDS: list[str] = []
 
 VARIANTS = {"baseline": {"playout": False, "nack": False}, "improved": {}}
 """The CLI viewer's ReceiveSettings per variant ..."""
-CAMERA: dict[str, dict[str, Any]] = {"baseline": {"probe_revert": False}, "improved": {}}
+CAMERA: dict[str, dict[str, Any]] = {
+    "baseline": {"probe_revert": False, "probe_padding": False}, "improved": {}}
 """... the camera's settings ..."""
 LADDER: dict[str, dict[str, Any]] = {"baseline": {"loss_only": True}, "improved": {}}
 """... its layer controller's tuning (``loss_only``: on loss alone, as before) ..."""
@@ -909,8 +911,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "nothing goes round it) impaired as the first CLI viewer. `baseline` is today's code "
         "before this work, switched back on by settings: the CLI viewer's receiver as it was "
         "(`--no-playout --no-nack`: aiortc's jitter buffer released on the marker bit, its "
-        "NACK generator), the camera with `probe_revert = false` and its layer controller on "
-        "loss alone (`LadderTuning(loss_only=True)`), its low layer at a quarter of the bitrate "
+        "NACK generator), the camera with `probe_revert = false`, `probe_padding = false` and "
+        "its layer controller on loss alone (`LadderTuning(loss_only=True)`), its low layer "
+        "at a quarter of the bitrate "
         "(`[video] low_bitrate`, the default before); `improved` is the default now (NACK at "
         "once and again at RTT intervals, bounded waits, skip to the next keyframe, no second "
         "keyframe request while the first one's IDR is being repaired; the layer controller "
@@ -920,7 +923,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "share of what was sent are IDR packets) from random loss, "
         "counts as loss what the viewer asked again for when that is more than it reports "
         "lost, and probes up only "
-        "with a flat RTT; a probe up that brings picture loss reverted at once; the low "
+        "with a flat RTT, and only after padding at the upper layer's rate and a burst of its "
+        "IDR's size did not make the viewer ask for more packets again (`probe_padding`: "
+        "the picture stays on the low layer meanwhile); a probe up that brings picture loss "
+        "reverted at once; the low "
         "layer at 15 % of the bitrate, its IDRs' packets spread over 25 ms). Chromium's "
         "receiver is Chromium's in both "
         "variants: only the camera differs. Both variants in the same run, a camera process "

@@ -287,6 +287,7 @@ class CameraAgent:
                 layer_bitrates={layer: self.config.video.for_layer(layer).bitrate
                                 for layer in self.config.video.layers},
                 probe_revert=self.config.probe_revert,
+                probe_padding=self.config.probe_padding,
                 playout_delay=self.config.playout_delay_limits,
                 on_connected=lambda s: self.core.media_up(s.session_id),
             )

@@ -180,6 +180,8 @@ class LayerFeed:
         self.frames_published = 0
         self.bytes_published = 0
         self.keyframes_published = 0
+        self.keyframe_bytes = 0
+        """Bytes of the last IDR access unit (what a viewer moving here gets at once)."""
         self.keyframe_requests = 0
         self.keyframe_requests_sent = 0
         self.last_frame_time: float | None = None
@@ -285,6 +287,7 @@ class Broadcaster:
                 feed.gop = []
         if frame.keyframe:
             feed.keyframes_published += 1
+            feed.keyframe_bytes = len(frame.data)
             sps = find_sps(frame.data)
             if sps is not None:
                 feed.profile_level_id = profile_level_id(sps)

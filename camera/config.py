@@ -131,6 +131,11 @@ class CameraConfig:
     """A viewer probing the layer above goes back down as soon as it reports picture
     loss (PLI/FIR, a NACK beyond the retransmit history), not only when its receiver
     reports show the loss a second or two later; false: the reports alone decide."""
+    probe_padding: bool = True
+    """Before a viewer moves up to the layer above, the camera pads its stream to that
+    layer's rate for about a second (padding-only RTX packets the viewer drops
+    unread) and moves it only if the viewer's link took that without losing more;
+    false: the move is tried with the upper layer's IDR at once."""
     playout_delay: bool = True
     """Ask viewers whose offer lists the playout-delay RTP header extension (browsers
     do) to render each frame as soon as it is decoded, by stamping the extension on

@@ -44,6 +44,15 @@ floor, the queue that section 5's delay-based half watches).
   waits twice as long (up to ``max_up_after``, so a viewer whose link got
   better is back up within about ``window + max_up_after`` seconds). A probe
   that survives resets the wait.
+* A probe up is tried first with padding (:class:`PaddingProbe`), where the
+  caller can pad: padding-only packets added to the viewer's stream, ramped up to
+  what the layer above sends, then one burst the size of its last IDR just before
+  a frame, while the picture stays on the lower layer. Packets
+  the viewer asks again for (its NACKs), ``probe_loss`` more than before, or a
+  picture loss fail it at once: the padding stops, the viewer never left its
+  layer, and the next probe waits twice as long
+  (:meth:`LadderController.probe_refused`). Only a padding probe that held moves
+  the viewer (which is then watched as above).
 * Between the thresholds nothing moves: the gap is the hysteresis that keeps
   steady random loss from flapping a viewer between layers.
 
@@ -196,6 +205,21 @@ class LadderTuning:
     """Decide on loss alone, as the controller did before it looked at the RTT (down
     over ``down_loss``, clean under ``up_loss``, a probe failed over ``probe_loss``;
     loss from receiver reports only): for comparisons."""
+    pad_ramp: float = 0.4
+    """Seconds over which a padding probe's padding rises from nothing to its full
+    rate: a link with less room loses a few packets early, not a burst at once."""
+    pad_hold: float = 0.2
+    """Seconds the full rate is then held."""
+    pad_grace: float = 0.25
+    """Seconds after the padding (and after its burst) for NACKs to come back: the
+    frame the burst went before, a round trip, the viewer's NACK."""
+    pad_headroom: float = 1.25
+    """A padding probe tries this much more than the layer above sends on average
+    (its IDRs come as bursts over it)."""
+    pad_min_resends: int = 3
+    """A padding probe fails on at least this many packets asked again for, more
+    than ``probe_loss`` over the share asked again for before it (after its burst:
+    on any, over that share, of the packets sent since the burst)."""
     rtt_smoothing: float = 0.85
     """The weight of the old value in the sender's RTT average (aiortc's is 0.85 per
     report); the controller undoes it to see a queue build or drain within a report
@@ -213,6 +237,10 @@ class LadderTuning:
         if not 0 < self.rtt_rise <= self.burst_rise:
             raise ValueError(f"rtt_rise {self.rtt_rise}, burst_rise {self.burst_rise}: need "
                              "0 < rtt_rise <= burst_rise")
+        if min(self.pad_ramp, self.pad_hold, self.pad_grace) < 0 or (
+                self.pad_ramp + self.pad_hold <= 0):
+            raise ValueError(f"padding ramp {self.pad_ramp}, hold {self.pad_hold}, grace "
+                             f"{self.pad_grace}: need >= 0, and some time to pad")
         if not self.down_loss <= self.congestion_loss <= 1:
             raise ValueError(f"congestion_loss {self.congestion_loss}: need down_loss "
                              f"{self.down_loss} <= congestion_loss <= 1")
@@ -355,6 +383,16 @@ class LadderController:
         self._probe_until = None
         return self._decide(Decision.DOWN)
 
+    def probe_refused(self) -> None:
+        """The decided move up failed its padding probe: the viewer stays, and the next
+        probe waits twice as long (as after a probe reverted)."""
+        if self.pending is None or self.pending >= self.layer:
+            return
+        self.pending = None
+        self.failed_probes += 1
+        self._clean_since = None
+        self._over = 0
+
     def _decide(self, decision: Decision) -> Decision:
         self.pending = self.layer + (1 if decision is Decision.DOWN else -1)
         self._clean_since = None
@@ -460,6 +498,112 @@ class LadderController:
         lag = lags[len(lags) // 2] if lags else None
         self.estimate = Estimate(loss, sample.rtt, rate, rise, rise_median, resent,
                                  idr_resent, lag)
+
+
+class ProbeState(enum.Enum):
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+class PaddingProbe:
+    """One padding probe: how much padding is due, and whether the link took it.
+
+    The caller sends ``due(now)`` bytes of padding whenever it looks (every few
+    milliseconds), says so with :meth:`padded`, and asks :meth:`check` with its
+    sender's counters. ``extra`` is the padding's full rate (bit/s): what the layer
+    above sends, with headroom, less what the viewer gets now.
+    """
+
+    def __init__(self, *, at: float, extra: float, packets_sent: int, resent: int,
+                 loss_before: float, burst: int = 0,
+                 tuning: LadderTuning | None = None) -> None:
+        if not extra > 0:
+            raise ValueError(f"padding rate {extra} bit/s: need > 0")
+        self.tuning = tuning or LadderTuning()
+        self.started = at
+        self.extra = extra
+        self._packets0 = packets_sent
+        self._resent0 = resent
+        self.loss_before = loss_before
+        self.padded_bytes = 0
+        self.burst = burst
+        """Bytes of padding sent in one burst when the ramp is done, just before a
+        frame (the size of the upper layer's IDR, which comes as one burst too)."""
+        self.burst_at: float | None = None
+        self._burst_counters = (0, 0)
+        self.state = ProbeState.RUNNING
+        self.reason = ""
+        self.loss: float | None = None
+        """Of the media packets sent since the start, the share asked again for."""
+
+    @property
+    def ends(self) -> float:
+        """When the padding stops (the verdict comes ``pad_grace`` later)."""
+        return self.started + self.tuning.pad_ramp + self.tuning.pad_hold
+
+    def owed(self, now: float) -> float:
+        """Bytes of padding the ramp has called for from the start until ``now``."""
+        t = self.tuning
+        x = min(max(0.0, now - self.started), t.pad_ramp + t.pad_hold)
+        rate = self.extra / 8
+        if t.pad_ramp == 0:
+            return rate * x
+        if x <= t.pad_ramp:
+            return rate * x * x / (2 * t.pad_ramp)
+        return rate * (t.pad_ramp / 2 + x - t.pad_ramp)
+
+    def due(self, now: float) -> int:
+        """Bytes of padding to send now (0 once the probe is over or failed)."""
+        if self.state is not ProbeState.RUNNING:
+            return 0
+        return max(0, int(self.owed(now)) - self.padded_bytes)
+
+    def padded(self, nbytes: int) -> None:
+        self.padded_bytes += nbytes
+
+    def take_burst(self, now: float, packets_sent: int, resent: int) -> int:
+        """The burst's bytes, once, when the ramp and hold are over (else 0); the
+        counters as it goes: what is asked again for after it is judged apart."""
+        if self.state is not ProbeState.RUNNING or self.burst_at is not None or (
+                not self.burst or now < self.ends):
+            return 0
+        self.burst_at = now
+        self._burst_counters = (packets_sent, resent)
+        return self.burst
+
+    def picture_lost(self) -> None:
+        """The viewer reported picture loss during the probe: it failed."""
+        if self.state is ProbeState.RUNNING:
+            self.state, self.reason = ProbeState.FAILED, "picture loss"
+
+    def check(self, now: float, packets_sent: int, resent: int) -> ProbeState:
+        """The verdict so far from the sender's counters (media packets sent, and
+        packets resent on the viewer's NACKs; padding counts in neither)."""
+        if self.state is not ProbeState.RUNNING:
+            return self.state
+        t = self.tuning
+        sent = packets_sent - self._packets0
+        resends = resent - self._resent0
+        self.loss = resends / sent if sent > 0 else None
+        # After the burst, apart: the frame behind it is a few packets, and those are
+        # what a queue too short for the burst drops.
+        after_sent = packets_sent - self._burst_counters[0]
+        after_resends = resent - self._burst_counters[1]
+        if (resends >= t.pad_min_resends and self.loss is not None
+                and self.loss > self.loss_before + t.probe_loss):
+            self.state = ProbeState.FAILED
+            self.reason = f"{resends} of {sent} packets asked again for"
+        elif (self.burst_at is not None and after_resends > 0 and after_sent > 0
+              and after_resends / after_sent > self.loss_before + t.probe_loss):
+            self.state = ProbeState.FAILED
+            self.reason = (f"{after_resends} of {after_sent} packets asked again for "
+                           "after the burst")
+        elif now >= self.ends + t.pad_grace and (
+                not self.burst or (self.burst_at is not None
+                                   and now >= self.burst_at + t.pad_grace)):
+            self.state = ProbeState.PASSED
+        return self.state
 
 
 # -- the quality data channel ---------------------------------------------------------

@@ -10,7 +10,16 @@ Each viewer session with video has one :class:`ViewerQuality`. It owns:
   and moves the viewer's track at the target layer's next IDR;
 * the viewer's ``quality`` data channel, if it opens one: ``auto`` (the
   controller decides), ``high`` or ``low`` (pinned). Every request re-checks the
-  ACL, like pan/tilt, and takes a token from the session's bucket.
+  ACL, like pan/tilt, and takes a token from the session's bucket;
+* a padding probe's task, while one runs: a move up is first tried by padding
+  the viewer's stream (padding-only RTX packets,
+  :func:`camera.compat.fastsend.send_padding`) up to the upper layer's measured
+  rate and then one burst of its IDR's size just before a frame, and made only if the
+  viewer asked for no more packets again than before
+  (:class:`~camera.ladder.PaddingProbe`). A link without room loses a few packets
+  for it, repaired by retransmission, instead of the picture for the upper
+  layer's IDR and the way back. Where the sender cannot pad (no RTX negotiated)
+  the move is made at once, as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +36,7 @@ from aiortc import RTCRtpSender
 from aiortc.exceptions import InvalidStateError
 
 from camera.compat import watch_rtt
-from camera.compat.fastsend import stats_of
+from camera.compat.fastsend import pad_before_next_frame, send_padding, stats_of
 from camera.frames import Layer
 from camera.ladder import (
     BadQualityRequest,
@@ -34,6 +44,8 @@ from camera.ladder import (
     LadderController,
     LadderTuning,
     Mode,
+    PaddingProbe,
+    ProbeState,
     Sample,
     error_reply,
     layer_for,
@@ -50,6 +62,11 @@ SAMPLE_EVERY = 0.5
 SWITCH_POLL = 0.1
 """... and while a decided move waits for its IDR: the viewer hears of its new layer
 (and the controller of when the move took effect) within this of the IDR going out."""
+PAD_EVERY = 0.01
+"""Seconds between a padding probe's sends (its ramp is followed at this grain)."""
+RATE_WINDOW = 4.0
+"""Seconds over which a layer's rate is measured for a padding probe (two keyframe
+intervals: its IDRs are in the average)."""
 STATS_TIMEOUT = 2.0
 """Longest wait for one ``getStats`` (it answers from memory; a bound all the same)."""
 NOT_AUTHORIZED = "not authorized: this viewer is not paired with the camera"
@@ -75,6 +92,7 @@ class ViewerQuality:
         rate: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         revert_on_picture_loss: bool = True,
+        pad_probes: bool = True,
     ) -> None:
         self.session_id = session_id
         self.track = track
@@ -84,6 +102,15 @@ class ViewerQuality:
         self._clock = clock
         self._bucket = TokenBucket(rate, rate)
         self.revert_on_picture_loss = revert_on_picture_loss
+        self.pad_probes = pad_probes
+        self._sender: RTCRtpSender | None = None
+        self._probe: PaddingProbe | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._layer_bytes: deque[tuple[float, dict[Layer, int]]] = deque()
+        self.padding_probes = 0
+        """Padding probes started (tests and status read them) ..."""
+        self.padding_probes_failed = 0
+        """... and those the link did not take (the viewer stayed where it was)."""
         self.layers = track.layers
         self.controller = LadderController(len(self.layers), tuning,
                                            layer=self.layers.index(track.layer))
@@ -109,6 +136,7 @@ class ViewerQuality:
         if self._task is None and len(self.layers) > 1:
             watch_rtt(sender, self._took_rtt)
             self._rtt_watched = True
+            self._sender = sender
             self._task = asyncio.create_task(self._run(sender), name="viewer-quality")
 
     def _took_rtt(self, rtt: float) -> None:
@@ -129,6 +157,7 @@ class ViewerQuality:
                 logger.debug("session %s: no sender stats: %s", self.session_id, exc)
                 continue
             shared = stats_of(sender)
+            self._note_layer_bytes()
             self.step(self._sample(
                 report.values(), None if shared is None else shared.retransmitted, late,
                 None if shared is None else (shared.retransmitted_keyframe,
@@ -186,12 +215,104 @@ class ViewerQuality:
                     self.session_id, "?" if loss is None else f"{100 * loss:.1f} %",
                     self.track.layer.label,
                     "probing up" if decision is Decision.UP else "going down", target.label)
+        if decision is Decision.UP and self._start_padding(target, sample.at):
+            return
+        if not self.track.switch_to(target):
+            self.controller.cancel()
+
+    # -- padding probes ---------------------------------------------------------------
+
+    def _note_layer_bytes(self) -> None:
+        now = self._clock()
+        self._layer_bytes.append((now, {layer: self.track.layer_bytes(layer)
+                                        for layer in self.layers}))
+        while len(self._layer_bytes) > 2 and self._layer_bytes[1][0] <= now - RATE_WINDOW:
+            self._layer_bytes.popleft()
+
+    def layer_rate(self, layer: Layer) -> float | None:
+        """Bits per second ``layer`` published over the last ``RATE_WINDOW`` seconds
+        (None: under half of that measured yet)."""
+        if len(self._layer_bytes) < 2:
+            return None
+        (t0, first), (t1, last) = self._layer_bytes[0], self._layer_bytes[-1]
+        if t1 - t0 < RATE_WINDOW / 2:
+            return None
+        return 8 * (last[layer] - first[layer]) / (t1 - t0)
+
+    def _start_padding(self, target: Layer, now: float) -> bool:
+        """Try the move up to ``target`` with padding first; False: make it at once
+        (padding off, or nothing to pad with)."""
+        sender = self._sender
+        shared = None if sender is None else stats_of(sender)
+        if not self.pad_probes or sender is None or shared is None or self._probe is not None:
+            return False
+        tuning = self.controller.tuning
+        rate = self.layer_rate(target) or self._bitrates.get(target)
+        current = self.controller.estimate.send_rate or 0.0
+        if not rate or tuning.pad_headroom * rate - current <= 0:
+            return False
+        probe = PaddingProbe(at=now, extra=tuning.pad_headroom * rate - current,
+                             packets_sent=shared.packets, resent=shared.retransmitted,
+                             loss_before=self.controller.estimate.resent or 0.0,
+                             burst=self.track.keyframe_bytes(target), tuning=tuning)
+        self._probe = probe
+        self.padding_probes += 1
+        logger.info("session %s: padding %.0f kbit/s and a %d-byte burst to try the %s "
+                    "layer (%.0f kbit/s)", self.session_id, probe.extra / 1000, probe.burst,
+                    target.label, rate / 1000)
+        self._probe_task = asyncio.create_task(self._pad(sender, probe, target),
+                                               name="viewer-quality-padding")
+        return True
+
+    async def _pad(self, sender: RTCRtpSender, probe: PaddingProbe, target: Layer) -> None:
+        shared = stats_of(sender)
+        assert shared is not None
+        state = ProbeState.RUNNING
+        try:
+            while state is ProbeState.RUNNING:
+                now = self._clock()
+                state = probe.check(now, shared.packets, shared.retransmitted)
+                burst = probe.take_burst(now, shared.packets, shared.retransmitted)
+                if burst:
+                    pad_before_next_frame(sender, burst)
+                due = probe.due(now)
+                if state is ProbeState.RUNNING and due:
+                    sent = await send_padding(sender, due)
+                    if not sent and not probe.padded_bytes:
+                        break  # nothing to pad with (no RTX): move as before
+                    probe.padded(sent)
+                if state is ProbeState.RUNNING:
+                    await asyncio.sleep(PAD_EVERY)
+        except ConnectionError as exc:
+            logger.debug("session %s: padding stopped: %s", self.session_id, exc)
+            probe.state, probe.reason = ProbeState.FAILED, "not connected"
+        finally:
+            if self._probe is probe:
+                self._probe = None
+        state = probe.state
+        pending = self.controller.pending
+        if self.mode != "auto" or pending is None or self.layers[pending] is not target:
+            return  # the viewer pinned a layer meanwhile
+        if state is ProbeState.FAILED:
+            self.padding_probes_failed += 1
+            self.controller.probe_refused()
+            logger.info("session %s: the link did not take the %s layer's rate (%s, "
+                        "%d bytes of padding): staying on the %s layer", self.session_id,
+                        target.label, probe.reason, probe.padded_bytes,
+                        self.track.layer.label)
+            return
+        logger.info("session %s: the link took %d bytes of padding and a %d-byte burst: "
+                    "moving to the %s layer", self.session_id, probe.padded_bytes,
+                    probe.burst if probe.burst_at is not None else 0, target.label)
         if not self.track.switch_to(target):
             self.controller.cancel()
 
     def picture_lost(self, reason: str) -> None:
         """The viewer asked for a keyframe (PLI/FIR, NACK beyond history): a probe up that
         brings picture loss goes back down at once (``revert_on_picture_loss``)."""
+        if self._probe is not None:
+            self._probe.picture_lost()  # the padding cost a picture: the move is off
+            return
         if not self.revert_on_picture_loss or self.mode != "auto" or len(self.layers) < 2:
             return
         now = self._clock()
@@ -256,6 +377,7 @@ class ViewerQuality:
             return
         self.mode = mode
         self.controller.cancel()
+        self._stop_padding()
         if pinned is not None:
             self.track.switch_to(pinned)
         else:
@@ -279,9 +401,20 @@ class ViewerQuality:
         with contextlib.suppress(InvalidStateError, ConnectionError):
             channel.send(text)
 
+    def _stop_padding(self) -> None:
+        task, self._probe_task = self._probe_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        self._probe = None
+
     async def close(self) -> None:
-        """Stop sampling; forget the channel. Safe twice."""
+        """Stop sampling and padding; forget the channel. Safe twice."""
         self._channel = None
+        probe_task = self._probe_task
+        self._stop_padding()
+        if probe_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe_task
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -102,6 +102,7 @@ class ViewerSession:
         authorized: Callable[[str | None], bool] | None = None,
         layer_bitrates: Mapping[Layer, int] | None = None,
         probe_revert: bool = True,
+        probe_padding: bool = True,
         on_connected: Callable[[ViewerSession], None] | None = None,
         playout_delay: PlayoutDelay | None = None,
     ) -> None:
@@ -120,6 +121,7 @@ class ViewerSession:
         self._authorized = authorized or (lambda key: False)
         self._layer_bitrates = layer_bitrates
         self._probe_revert = probe_revert
+        self._probe_padding = probe_padding
         self._playout_delay = playout_delay
         self.quality: ViewerQuality | None = None
         self._video_sender: RTCRtpSender | None = None
@@ -155,7 +157,8 @@ class ViewerSession:
                                          viewer_key=self.viewer_key,
                                          authorized=self._authorized,
                                          bitrates=self._layer_bitrates,
-                                         revert_on_picture_loss=self._probe_revert)
+                                         revert_on_picture_loss=self._probe_revert,
+                                         pad_probes=self._probe_padding)
             hook_sender(transceiver.sender, self._keyframe_wanted)
             # The offer is signed by a viewer in the ACL: the IDR it starts from is
             # made now, while the answer is made and travels and ICE and DTLS run.

@@ -86,6 +86,14 @@ class PassthroughTrack(MediaStreamTrack):
     def layers(self) -> tuple[Layer, ...]:
         return self._broadcaster.layers
 
+    def layer_bytes(self, layer: Layer) -> int:
+        """Bytes of access units ``layer`` has published so far (its rate, sampled)."""
+        return self._broadcaster.feed(layer).bytes_published
+
+    def keyframe_bytes(self, layer: Layer) -> int:
+        """Bytes of ``layer``'s last IDR (0: none yet)."""
+        return self._broadcaster.feed(layer).keyframe_bytes
+
     def switch_to(self, layer: Layer) -> bool:
         """Move to ``layer`` at its next IDR (see :meth:`Subscription.switch_to`)."""
         if layer not in self._broadcaster.layers:

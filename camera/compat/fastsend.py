@@ -24,7 +24,10 @@ serializes its header extensions per packet and goes down four awaited layers
   straight to the UDP transport of the ICE pair in use (through the pair's
   protocol where that is not plain UDP: TURN);
 * updates the counters aiortc's RTCP sender reports and stats read, once per
-  access unit.
+  access unit;
+* sends padding on request (:func:`send_padding`, :func:`pad_before_next_frame`):
+  padding-only RTX packets, which cost the link bytes and the viewer nothing, for
+  the layer controller's probes of a higher rate.
 
 DTLS, ICE, SRTP keys, RTCP (PLI/FIR, NACK, receiver reports) stay aiortc's.
 Everything private it touches is checked by :func:`check_members` (the class)
@@ -37,7 +40,7 @@ import asyncio
 import logging
 import struct
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aioice
@@ -188,11 +191,25 @@ class SharedSendStats:
         """Datagrams handed straight to a UDP transport (not through a TURN protocol)."""
         self.last_sequence_number: int | None = None
         """Of the last RTP packet sent (None: nothing sent yet)."""
+        self.padding_packets = 0
+        """Padding-only RTX packets sent (:func:`send_padding`), not counted in ``packets``."""
+        self.padding_bytes = 0
+        """Their datagrams' bytes."""
+        self.bursts = 0
+        """Bursts of padding sent before an access unit (:func:`pad_before_next_frame`)."""
 
 
 _STATS: weakref.WeakKeyDictionary[RTCRtpSender, SharedSendStats] = weakref.WeakKeyDictionary()
 _EXTRA: weakref.WeakKeyDictionary[RTCRtpSender, dict[int, bytes]] = weakref.WeakKeyDictionary()
 """Per sender: header extensions aiortc does not write (id -> value), on every packet."""
+_PADDERS: weakref.WeakKeyDictionary[
+    RTCRtpSender, Callable[[int], Awaitable[int]]] = weakref.WeakKeyDictionary()
+
+_BURSTS: weakref.WeakKeyDictionary[RTCRtpSender, int] = weakref.WeakKeyDictionary()
+"""Per sender: padding bytes to send just before the next access unit."""
+
+PADDING_BYTES = 255
+"""Padding per padding-only packet: the most RTP's one-byte padding length allows."""
 
 
 def add_header_extension(sender: RTCRtpSender, extension_id: int, value: bytes) -> None:
@@ -231,6 +248,35 @@ def with_extensions(header: bytes, extra: dict[int, bytes]) -> bytes:
 def stats_of(sender: RTCRtpSender) -> SharedSendStats | None:
     """The counters of a sender :func:`share_packetization` changed (None: not changed)."""
     return _STATS.get(sender)
+
+
+def pad_before_next_frame(sender: RTCRtpSender, nbytes: int) -> bool:
+    """Send ``nbytes`` of padding (as :func:`send_padding`) in one burst just before
+    the next access unit's packets, so they queue behind it: where a link's queue
+    cannot take a burst that size (an IDR of the layer above), the frame's own
+    packets are the ones dropped, and the viewer asks for them again at once.
+    False: this sender cannot pad."""
+    if sender not in _PADDERS or nbytes <= 0:
+        return False
+    _BURSTS[sender] = nbytes
+    return True
+
+
+async def send_padding(sender: RTCRtpSender, nbytes: int) -> int:
+    """Send at least ``nbytes`` (datagram bytes) of padding-only RTX packets on
+    ``sender`` now; returns the bytes sent (0: this sender cannot pad: its loop
+    was not replaced by :func:`share_packetization`, the viewer negotiated no RTX,
+    or nothing has been sent yet).
+
+    A padding-only packet is an RTX packet (RFC 4588) whose payload is all RTP
+    padding: every receiver drops it unread (aiortc, libwebrtc: an RTX payload
+    under two bytes), and it costs the link what a packet of the layer above
+    would. It is how a sender tries a higher rate without changing the picture.
+    """
+    pad = _PADDERS.get(sender)
+    if pad is None or nbytes <= 0:
+        return 0
+    return await pad(nbytes)
 
 
 def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
@@ -278,6 +324,9 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
                     continue
                 spread = getattr(track, "spread", 0.0)
                 keyframe = getattr(track, "keyframe", False) is True
+                burst = _BURSTS.pop(sender, 0)
+                if burst and await pad(burst):
+                    stats.bursts += 1
                 sequence_number = await _send_frame(payloads, pts, payload_type,
                                                     sequence_number, timestamp_origin,
                                                     spread if isinstance(spread, float) else 0.0)
@@ -399,7 +448,43 @@ def share_packetization(sender: RTCRtpSender) -> SharedSendStats | None:
             stats.retransmitted_keyframe += 1
         await sender.transport._send_rtp(packet.serialize(extensions_map))
 
+    async def pad(nbytes: int) -> int:
+        rtx_payload_type = getattr(sender, RTX_PAYLOAD_TYPE)
+        if rtx_payload_type is None or stats.last_sequence_number is None:
+            return 0
+        dtls = transport()
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        protocol, address = pair.protocol, pair.remote_addr
+        template = RtpPacket(payload_type=rtx_payload_type,
+                             timestamp=getattr(sender, RTP_TIMESTAMP), ssrc=sender._rtx_ssrc)
+        template.extensions.mid = getattr(sender, MID)
+        template.extensions.abs_send_time = (current_ntp_time() >> 14) & 0x00FFFFFF
+        head = bytearray(template.serialize(extensions_map))
+        head[0] |= 0x20  # P: the payload is padding only, its length in the last byte
+        tail = bytes(PADDING_BYTES - 1) + bytes([PADDING_BYTES])
+        protect = dtls._tx_srtp.protect
+        sent = count = 0
+        while sent < nbytes:
+            sequence = getattr(sender, RTX_SEQUENCE_NUMBER)
+            setattr(sender, RTX_SEQUENCE_NUMBER, (sequence + 1) & 0xFFFF)
+            struct.pack_into("!H", head, 2, sequence)
+            datagram = protect(bytes(head) + tail)
+            if type(protocol) is aioice.ice.StunProtocol and protocol.transport is not None:
+                protocol.transport.sendto(datagram, address)
+            else:
+                await protocol.send_data(datagram, address)
+            sent += len(datagram)
+            count += 1
+        stats.padding_packets += count
+        stats.padding_bytes += sent
+        setattr(dtls, DTLS_TX_BYTES, getattr(dtls, DTLS_TX_BYTES) + sent)
+        setattr(dtls, DTLS_TX_PACKETS, getattr(dtls, DTLS_TX_PACKETS) + count)
+        return sent
+
     _STATS[sender] = stats
+    _PADDERS[sender] = pad
     sender._run_rtp = run_rtp  # type: ignore[method-assign]
     sender._retransmit = retransmit  # type: ignore[method-assign]
     return stats

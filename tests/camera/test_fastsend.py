@@ -169,3 +169,61 @@ async def _viewer_on(broadcaster: Broadcaster, layer: Layer
     assert session.track is not None
     session.track.switch_to(layer)  # before its first frame: it joins on that layer
     return viewer, session
+
+
+async def test_padding_reaches_the_viewer_on_the_rtx_ssrc_and_is_dropped_unread() -> None:
+    """What a padding probe sends: padding-only RTX packets, as many bytes as asked for,
+    which the viewer's receiver takes in (its link carried them) and drops unread;
+    the picture and the media counters go on as if they were not there."""
+    source = TestPatternSource(SMALL, pattern="texture")
+    broadcaster = Broadcaster(source.request_keyframe)
+    await source.start(broadcaster.publish)
+    viewer, session = await _viewer(broadcaster)
+    try:
+        receiver = viewer.getTransceivers()[0].receiver
+        received = receiver.track
+        padding: list[RtpPacket] = []
+        order: list[str] = []  # "p" padding, "m" media, in arrival order
+        handle = receiver._handle_rtp_packet
+
+        async def watched(packet: RtpPacket, arrival_time_ms: int) -> None:
+            if not packet.payload:
+                padding.append(packet)
+            order.append("m" if packet.payload else "p")
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = watched  # type: ignore[method-assign]
+        await asyncio.wait_for(received.recv(), scaled(10))
+        sender = session.pc.getTransceivers()[0].sender
+        stats = fastsend.stats_of(sender)
+        assert stats is not None
+        packets, octets = stats.packets, sender._RTCRtpSender__octet_count
+        sent = await fastsend.send_padding(sender, 10_000)
+        # At least what was asked, at most one packet more.
+        assert 10_000 <= sent < 10_000 + 400
+        assert stats.padding_bytes == sent and stats.padding_packets >= 10_000 // 300
+        for _ in range(3):  # the viewer still decodes pictures after the padding
+            await asyncio.wait_for(received.recv(), scaled(10))
+        assert len(padding) == stats.padding_packets
+        assert {p.ssrc for p in padding} == {sender._rtx_ssrc}
+        assert {p.padding_size for p in padding} == {fastsend.PADDING_BYTES}
+        # Consecutive RTX sequence numbers; none counted as media.
+        sequence = [p.sequence_number for p in padding]
+        assert sequence == [(sequence[0] + i) & 0xFFFF for i in range(len(sequence))]
+        assert stats.packets - packets < 20  # only the frames sent meanwhile
+        assert sender._RTCRtpSender__octet_count - octets < 20 * 1200
+        assert await fastsend.send_padding(sender, 0) == 0
+        # A burst goes out just before the next frame's packets: they queue behind it.
+        order.clear()
+        assert fastsend.pad_before_next_frame(sender, 3000)
+        async with asyncio.timeout(scaled(5)):
+            while stats.bursts < 1 or "m" not in order[order.index("p"):]:
+                await asyncio.sleep(0.01)
+        burst = "".join(order)
+        assert "m" + "p" * 11 + "m" in burst or burst.startswith("p" * 11 + "m"), burst
+        assert not fastsend.pad_before_next_frame(object(), 3000)  # type: ignore[arg-type]
+    finally:
+        await session.close("done")
+        await viewer.close()
+        await source.close()
+        broadcaster.close()

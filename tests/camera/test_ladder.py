@@ -225,6 +225,74 @@ def test_picture_loss_during_a_probe_reverts_it_at_once() -> None:
     assert controller.picture_lost(30.0 + controller.tuning.probe_window + 1) is Decision.STAY
 
 
+def test_a_padding_probe_ramps_its_padding_and_stops_when_over() -> None:
+    from camera.ladder import PaddingProbe, ProbeState
+
+    tuning = LadderTuning(pad_ramp=0.5, pad_hold=0.5, pad_grace=0.2)
+    probe = PaddingProbe(at=10.0, extra=800_000, packets_sent=1000, resent=5,
+                         loss_before=0.0, tuning=tuning)
+    assert probe.due(10.0) == 0
+    # Linear ramp to 100 kB/s over 0.5 s: 6.25 kB by its middle, 25 kB at its top,
+    # then 100 kB/s for 0.5 s more: 75 kB in all, and nothing after.
+    assert probe.due(10.25) == 6250
+    probe.padded(6300)  # a packet more than was due
+    assert probe.due(10.5) == 25_000 - 6300
+    probe.padded(25_000 - 6300)
+    assert probe.owed(11.0) == pytest.approx(75_000)
+    assert probe.due(12.0) == 75_000 - 25_000
+    assert probe.check(11.1, 1100, 5) is ProbeState.RUNNING  # the grace: NACKs may come
+    assert probe.check(11.2, 1110, 6) is ProbeState.PASSED
+    assert probe.due(11.3) == 0 and probe.loss == pytest.approx(1 / 110)
+    # With a burst: it is taken once, when the ramp and hold are over, and the verdict
+    # waits for the NACKs of the frame sent behind it.
+    probe = PaddingProbe(at=0.0, extra=800_000, packets_sent=0, resent=0,
+                         loss_before=0.0, burst=30_000, tuning=tuning)
+    assert probe.take_burst(0.9, 90, 0) == 0
+    assert probe.take_burst(1.0, 100, 0) == 30_000 and probe.take_burst(1.1, 101, 0) == 0
+    assert probe.check(1.1, 104, 0) is ProbeState.RUNNING
+    # The two packets of the frame behind the burst, of ten sent since: 3 of 110 over
+    # the whole probe would be random loss, 2 of 10 after the burst are not.
+    assert probe.check(1.19, 110, 2) is ProbeState.FAILED
+    assert "after the burst" in probe.reason
+    with pytest.raises(ValueError, match="padding rate"):
+        PaddingProbe(at=0, extra=0, packets_sent=0, resent=0, loss_before=0)
+    with pytest.raises(ValueError, match="padding ramp"):
+        LadderTuning(pad_ramp=-1)
+
+
+def test_a_padding_probe_fails_on_nacks_beyond_the_loss_before_it() -> None:
+    from camera.ladder import PaddingProbe, ProbeState
+
+    def probe(loss_before: float = 0.04) -> PaddingProbe:
+        return PaddingProbe(at=0.0, extra=1_000_000, packets_sent=0, resent=0,
+                            loss_before=loss_before)
+
+    # Random loss as before the probe (4 % then, 4 % now): not the padding's doing.
+    p = probe()
+    assert p.check(0.5, 100, 4) is ProbeState.RUNNING
+    # Two packets are no evidence, whatever their share; three over 4 + 5 % are.
+    p = probe(0.0)
+    assert p.check(0.1, 10, 2) is ProbeState.RUNNING
+    assert p.check(0.2, 20, 3) is ProbeState.FAILED and "3 of 20" in p.reason
+    assert p.due(0.3) == 0  # the padding stops at once
+    assert p.check(5.0, 20, 3) is ProbeState.FAILED  # and stays failed
+    p = probe()
+    p.picture_lost()
+    assert p.check(0.1, 10, 0) is ProbeState.FAILED and p.reason == "picture loss"
+
+
+def test_a_refused_padding_probe_keeps_the_layer_and_backs_off() -> None:
+    controller = LadderController(2, layer=1)
+    controller.pending = 0  # as a decided probe up leaves it
+    controller.probe_refused()
+    assert controller.pending is None and controller.layer == 1
+    assert controller.failed_probes == 1 and not controller.probing
+    assert controller.up_after == 2 * controller.tuning.up_after
+    controller.pending = 1  # not a move up: nothing to refuse
+    controller.probe_refused()
+    assert controller.pending == 1 and controller.failed_probes == 1
+
+
 # -- recorded traces: random loss against a capped link ------------------------------
 
 TRACES = json.loads((Path(__file__).parent / "data" / "ladder_traces.json").read_text())
