@@ -301,9 +301,13 @@ class ViewerQuality:
                         target.label, probe.reason, probe.padded_bytes,
                         self.track.layer.label)
             return
-        logger.info("session %s: the link took %d bytes of padding and a %d-byte burst: "
-                    "moving to the %s layer", self.session_id, probe.padded_bytes,
-                    probe.burst if probe.burst_at is not None else 0, target.label)
+        if state is ProbeState.RUNNING:
+            logger.info("session %s: no padding on this session (no RTX): moving to the %s "
+                        "layer", self.session_id, target.label)
+        else:
+            logger.info("session %s: the link took %d bytes of padding and a %d-byte burst: "
+                        "moving to the %s layer", self.session_id, probe.padded_bytes,
+                        probe.burst if probe.burst_at is not None else 0, target.label)
         if not self.track.switch_to(target):
             self.controller.cancel()
 

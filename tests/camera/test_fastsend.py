@@ -227,3 +227,58 @@ async def test_padding_reaches_the_viewer_on_the_rtx_ssrc_and_is_dropped_unread(
         await viewer.close()
         await source.close()
         broadcaster.close()
+
+
+async def _layered_viewer(broadcaster: Broadcaster, *, rtx: bool
+                          ) -> tuple[RTCPeerConnection, ViewerSession]:
+    from camera.webrtc import h264_preferences
+
+    viewer = make_peer_connection([])
+    codecs = [c for c in h264_preferences() if rtx or c.mimeType != "video/rtx"]
+    viewer.addTransceiver("video", direction="recvonly").setCodecPreferences(codecs)
+    await viewer.setLocalDescription(await viewer.createOffer())
+    session = ViewerSession("v" * 20, broadcaster, [], lambda s, r: None,
+                            layer_bitrates={Layer.HIGH: 1_500_000, Layer.LOW: 400_000})
+    answer = await session.answer(viewer.localDescription.sdp)
+    await viewer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    assert session.track is not None
+    session.track.switch_to(Layer.LOW)
+    return viewer, session
+
+
+@pytest.mark.parametrize("rtx", [True, False], ids=["rtx", "no-rtx"])
+async def test_a_move_up_pads_first_where_the_viewer_has_rtx(rtx: bool) -> None:
+    """With RTX negotiated a move up to the high layer waits for its padding probe (on
+    loopback the link takes it); without RTX there is nothing to pad with, and the
+    move is made at once, as before padding probes."""
+    layered = VideoSettings(width=640, height=480, fps=30, bitrate=1_500_000,
+                            low_bitrate=400_000)
+    source = TestPatternSource(layered, pattern="texture")
+    broadcaster = Broadcaster(source.request_keyframe, layers=layered.layers)
+    await source.start(broadcaster.publish)
+    viewer, session = await _layered_viewer(broadcaster, rtx=rtx)
+    try:
+        received = viewer.getTransceivers()[0].receiver.track
+        picture = await asyncio.wait_for(received.recv(), scaled(10))
+        assert picture.width == 320  # on the low layer
+        quality, sender = session.quality, session.pc.getTransceivers()[0].sender
+        assert quality is not None and session.track is not None
+        stats = fastsend.stats_of(sender)
+        assert stats is not None
+        quality.controller.switched(1, quality._clock())  # it knows the viewer is low
+        quality.controller.pending = 0  # as the controller's decision to probe up leaves it
+        assert quality._start_padding(Layer.HIGH, quality._clock())
+        task = quality._probe_task
+        assert task is not None
+        await asyncio.wait_for(task, scaled(10))
+        assert quality.padding_probes == 1 and quality.padding_probes_failed == 0
+        assert Layer.HIGH in (session.track.target, session.track.layer)  # the move
+        if rtx:
+            assert stats.padding_bytes > 0 and stats.bursts == 1
+        else:
+            assert stats.padding_bytes == 0 and stats.bursts == 0
+    finally:
+        await session.close("done")
+        await viewer.close()
+        await source.close()
+        broadcaster.close()
