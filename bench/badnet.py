@@ -523,8 +523,9 @@ LAB_CHROMIUM = "full-cone-2"
 async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     """The loss and cap conditions in the NAT lab, CLI viewers in their sites' namespaces,
     the impairment on the first viewer's site by the lab's own forwarder (``Lab.impair``):
-    loss both ways; the cap on its downlink. The camera is today's default (``improved``);
-    rows are merged into the stored result (the loopback rows stay)."""
+    loss both ways; the cap on its downlink. Each variant (``--variants``) with a lab and
+    a camera of its own, one after the other; rows are merged into the stored result
+    (the loopback rows stay)."""
     from bench.common import need_root
     from bench.labttff import LabRun
 
@@ -535,18 +536,26 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     load: list[float] = []
     sampler = asyncio.create_task(_sample_load(load))
     try:
-        async with LabRun(LAB_CAMERA, sites, Path(args.state) / NAME / "lab",
-                          width=args.width, height=args.height, bitrate=args.bitrate) as lab:
-            await asyncio.sleep(1)
-            # Pair the viewers' key once (they share it), untimed, before anything is measured.
-            await lab.json_lines(LAB_VIEWERS[0], [
-                sys.executable, "-c", "import asyncio; from camera.client.viewer import view; "
-                f"asyncio.run(view({lab.link(pair=True)!r}, seconds=0.2))"], 90, "lab-pair.log")
-            wanted = [c.strip() for c in args.conditions.split(",")]
-            for condition in [c for c in ("loss", "cap") if c in wanted]:
-                row = await _lab_condition(condition, lab, args)
-                lab_rows.append(row)
-                print(f"badnet: lab {_row_line(row)}", flush=True)
+        for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            camera_args = ["--settings", json.dumps(CAMERA[variant]),
+                           "--ladder", json.dumps(LADDER[variant]),
+                           "--low-bitrate", str(_low_bitrate(args, variant)),
+                           *_spread_argv(args, variant)]
+            async with LabRun(LAB_CAMERA, sites, Path(args.state) / NAME / "lab" / variant,
+                              width=args.width, height=args.height, bitrate=args.bitrate,
+                              camera_args=camera_args) as lab:
+                await asyncio.sleep(1)
+                # Pair the viewers' key once (they share it), untimed, before anything is
+                # measured.
+                await lab.json_lines(LAB_VIEWERS[0], [
+                    sys.executable, "-c", "import asyncio; from camera.client.viewer import "
+                    f"view; asyncio.run(view({lab.link(pair=True)!r}, seconds=0.2))"], 90,
+                    "lab-pair.log")
+                wanted = [c.strip() for c in args.conditions.split(",")]
+                for condition in [c for c in ("loss", "cap") if c in wanted]:
+                    row = await _lab_condition(condition, variant, lab, args)
+                    lab_rows.append(row)
+                    print(f"badnet: lab {_row_line(row)}", flush=True)
     finally:
         sampler.cancel()
     # Read now, not before: a loopback run may have stored its rows while this one
@@ -572,7 +581,8 @@ async def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def _lab_condition(condition: str, variant: str, lab: Any,
+                         args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     sites = [LAB_VIEWERS[0]] if condition == "loss" else list(LAB_VIEWERS)
     clis = len(sites)
@@ -596,7 +606,7 @@ async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> 
                 procs.append(lab.lab.popen(
                     site, [sys.executable, "-c", _VIEWER_CMD,
                            "--link", lab.link(pair=browser), "--seconds", str(seconds),
-                           "--variant", "improved", *(["--chromium"] if browser else [])],
+                           "--variant", variant, *(["--chromium"] if browser else [])],
                     stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=lab.env))
 
         async def line(proc: Any, timeout: float, log: Path) -> str:
@@ -645,7 +655,7 @@ async def _lab_condition(condition: str, lab: Any, args: argparse.Namespace) -> 
         viewer.setdefault("client", "cli")
         viewer["site"] = sites[k]
         viewer.update(_derived(viewer, events, capped=k == 0 or k >= clis))
-    return {"condition": condition, "variant": "improved", "lab": True, "viewers": viewers,
+    return {"condition": condition, "variant": variant, "lab": True, "viewers": viewers,
             "wire": wire, **({"wire_while_capped": capped_wire} if capped_wire else {}),
             "events": {k: round(v - events["playing"], 2) for k, v in events.items()}}
 
@@ -841,6 +851,14 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     return [name]
 
 
+def _lab_variants(result: dict[str, Any]) -> str:
+    variants = list(dict.fromkeys(row["variant"] for row in result["rows"] if row.get("lab")))
+    if variants == ["improved"]:
+        return "Today's default code only (`improved`)."
+    return (f"Variants {' and '.join(f'`{v}`' for v in variants)} as on loopback, each with "
+            "a lab and a camera of its own, one after the other in the same run.")
+
+
 def _condition_label(row: dict[str, Any]) -> str:
     if row.get("setup"):
         return f"{row['condition']} ({row['setup']})"
@@ -974,7 +992,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             "frame by its kernel receive stamp, not when it reads it): loss "
             f"{lc['loss'] * 100:g} % both ways for {lc['seconds']:g} s; "
             f"its downlink capped at {lc['cap_kbit']:g} kbit/s from {lc['cap_after_s']:g} s for "
-            f"{lc['cap_for_s']:g} s. Today's default code only (`improved`).",
+            f"{lc['cap_for_s']:g} s. "
+            + _lab_variants(result),
         ]
     lines += [
         "",

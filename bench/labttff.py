@@ -202,11 +202,14 @@ class LabRun:
     """
 
     def __init__(self, camera_site: str, viewer_sites: list[str], state: Path, *,
-                 width: int, height: int, bitrate: int) -> None:
+                 width: int, height: int, bitrate: int,
+                 camera_args: list[str] | None = None) -> None:
         self.camera_site = camera_site
         self.sites = list(dict.fromkeys([camera_site, *viewer_sites]))
         self.state = state
         self.width, self.height, self.bitrate = width, height, bitrate
+        self.camera_args = list(camera_args or [])
+        """More arguments for the camera (``bench _camera``): a variant's settings."""
         self.lab: Any = None
         self.matrix: Any = None
         self.camera: subprocess.Popen[str] | None = None
@@ -270,7 +273,7 @@ class LabRun:
             [sys.executable, "-m", "bench", "_camera", "--any-address",
              "--rendezvous", self.rendezvous, "--state-dir", str(self.state / "camera"),
              "--width", str(self.width), "--height", str(self.height),
-             "--bitrate", str(self.bitrate)],
+             "--bitrate", str(self.bitrate), *self.camera_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
             env=self.env)
         assert self.camera.stdout is not None
