@@ -57,17 +57,20 @@ if v and v ~= ARGV[1] then
   local h, g = string.match(v, '^(.*)@(%d+)$')
   local mh, mg = string.match(ARGV[1], '^(.*)@(%d+)$')
   if g and (#g > #mg or (#g == #mg and (g > mg or (g == mg and h > mh)))) then
-    return {0, v}
+    return 0
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {1, v or ''}
+if v and v ~= ARGV[1] then return v end
+return 1
 """
 """Set presence key KEYS[1] to ARGV[1] (``holder@generation``) for ARGV[2] ms unless
 it names a newer registration: a higher generation (decimal, no leading zeros, so
 the longer is the higher), or the same one of a greater holder (a tie broken the
-same way on every node). Returns ``{1, value before or ''}`` or ``{0, newer value}``.
-A value without a generation (a node of an older release) counts as the oldest."""
+same way on every node). A value without a generation (a node of an older
+release) counts as the oldest. Returns 1 (set: it was ours, or missing), the
+older value it replaced, or 0 (not set: a newer registration holds it). Integers
+for the common cases: a renewal of 100k keys parses 100k small replies."""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -239,18 +242,19 @@ class RedisCluster:
         proof = claim.proof
         lease_ms = int(self.settings.lease * 1000)
         try:
-            took, old = await self._claim_script(
+            result = await self._claim_script(
                 keys=[self.settings.presence_key(proof.device_id)], args=[claim.value, lease_ms])
         except _FAILURES as exc:
             self._failed("claim", exc)  # the next renewal claims it
             return
-        if not took:  # a newer registration holds it: this one is the older
+        if result == 0:  # a newer registration holds it: this one is the older
             await self._perform(self.router.lost_presence(proof.device_id, claim.value))
             return
-        node = holder_node(old or None)
-        if node is not None and node != self.settings.node_id:
+        old = result if isinstance(result, str) else None
+        node = holder_node(old)
+        if old is not None and node is not None and node != self.settings.node_id:
             await self._publish(Publish(node, Evict(
-                self.settings.node_id, proof.device_id, str(old).partition("@")[0],
+                self.settings.node_id, proof.device_id, old.partition("@")[0],
                 proof.device_key, proof.nonce, proof.signature)))
 
     # -- loops -------------------------------------------------------------------------
@@ -317,8 +321,8 @@ class RedisCluster:
                 await self._claim_script(keys=[self.settings.presence_key(device_id)],
                                          args=[value, lease_ms], client=pipe)
             results = await pipe.execute()
-            lost += [item for item, (took, _old) in zip(batch, results, strict=True)
-                     if not took]
+            lost += [item for item, result in zip(batch, results, strict=True)
+                     if result == 0]
         for device_id, value in lost:
             await self._perform(self.router.lost_presence(device_id, value))
         nodes = sorted(self.router.nodes_in_use())
