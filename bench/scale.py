@@ -111,9 +111,20 @@ gc.callbacks.append(probe)
 # iteration's callbacks (a garbage collection inside them included), in wall
 # time and in the loop thread's own CPU time: on a shared machine the
 # difference is time spent waiting for a core, not work of the server's.
+# The fourth column: of the wall time, how long the thread sat on a run queue,
+# runnable but without a core (/proc schedstat run_delay): the machine's share.
 import asyncio.base_events as be
+import os
 loop_log = open(sys.argv.pop(1), "a", buffering=1)
-woke = [0.0, 0.0]
+try:
+    sched_fd = os.open(f"/proc/self/task/{os.getpid()}/schedstat", os.O_RDONLY)
+except OSError:
+    sched_fd = -1
+def run_delay():
+    if sched_fd < 0:
+        return 0
+    return int(os.pread(sched_fd, 100, 0).split()[1])
+woke = [0.0, 0.0, 0]
 run_once = be.BaseEventLoop._run_once
 def probed_run_once(self):
     selector = self._selector
@@ -121,7 +132,7 @@ def probed_run_once(self):
         select = selector.select
         def timed_select(timeout=None):
             events = select(timeout)
-            woke[0], woke[1] = time.monotonic(), time.thread_time()
+            woke[0], woke[1], woke[2] = time.monotonic(), time.thread_time(), run_delay()
             return events
         selector.select = timed_select
         selector._peercam_probe = True
@@ -129,9 +140,9 @@ def probed_run_once(self):
     ms = (time.monotonic() - woke[0]) * 1000
     if ms >= 20:
         cpu = (time.thread_time() - woke[1]) * 1000
-        loop_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f}\\n")
+        waited = (run_delay() - woke[2]) / 1e6
+        loop_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f} {waited:.2f}\\n")
 be.BaseEventLoop._run_once = probed_run_once
-import os
 if os.environ.get("PEERCAM_BENCH_BEFORE"):
     # The comparison server: the shutdown as it was before the exit without
     # unwinding (2026-12-07 morning): every handler unwinds, then the interpreter
@@ -161,19 +172,41 @@ class RendezvousProcess:
     def loop_pauses(self, since: float, until: float) -> list[tuple[float, float]]:
         """(wall ms, CPU ms) of the server's event-loop iterations of 20 ms or more
         started in [since, until)."""
+        return [(ms, cpu) for _at, ms, cpu, _waited in self.loop_iterations(since, until)]
+
+    def loop_iterations(self, since: float, until: float
+                        ) -> list[tuple[float, float, float, float]]:
+        """(start, wall ms, CPU ms, ms waiting for a core) of the server's event-loop
+        iterations of 20 ms or more started in [since, until) (monotonic)."""
         out = []
         with contextlib.suppress(OSError):
             for line in self.loop_log.read_text().splitlines():
-                at, ms, cpu = line.split()
+                at, ms, cpu, *waited = line.split()
                 if since <= float(at) < until:
-                    out.append((float(ms), float(cpu)))
+                    out.append((float(at), float(ms), float(cpu),
+                                float(waited[0]) if waited else math.nan))
         return out
 
     def longest_pause(self, since: float, until: float) -> dict[str, float]:
-        """The longest loop iteration in a window, in wall time and in CPU time."""
-        pauses = self.loop_pauses(since, until)
-        return {"wall_ms": round(max((w for w, _c in pauses), default=0.0), 1),
-                "cpu_ms": round(max((c for _w, c in pauses), default=0.0), 1)}
+        """The longest loop iteration in a window, in wall time and in CPU time, and
+        how much of the longest the server waited for a core."""
+        pauses = self.loop_iterations(since, until)
+        longest = max(pauses, key=lambda p: p[1], default=(0.0, 0.0, 0.0, 0.0))
+        return {"wall_ms": round(longest[1], 1),
+                "cpu_ms": round(max((p[2] for p in pauses), default=0.0), 1),
+                "runq_ms": round(longest[3], 1)}
+
+    def gc_pauses_at(self, since: float, until: float
+                     ) -> list[tuple[float, int, float, float]]:
+        """(start, generation, wall ms, CPU ms) of the server's collections started in
+        [since, until) (monotonic)."""
+        out = []
+        with contextlib.suppress(OSError):
+            for line in self.gc_log.read_text().splitlines():
+                at, gen, ms, cpu = line.split()
+                if since <= float(at) < until:
+                    out.append((float(at), int(gen), float(ms), float(cpu)))
+        return out
 
     def gc_pauses(self, since: float, until: float) -> list[tuple[int, float, float]]:
         """(generation, wall ms, CPU ms) of the server's collections started in
@@ -326,6 +359,9 @@ class ViewerPool:
         self.errors: collections.Counter[str] = collections.Counter()
         self.verify_left = 0
         self.verified = 0
+        self.timed: list[tuple[float, float]] = []
+        """(perf_counter at send, round trip ms) of the answers in the current step;
+        perf_counter is CLOCK_MONOTONIC, the clock of the server's probes."""
 
     async def open(self) -> None:
         import aiohttp
@@ -384,6 +420,7 @@ class ViewerPool:
                     self.errors["answer after the drain window"] += 1
                     continue
                 sent[3].append((now - sent[0]) * 1000)
+                self.timed.append((sent[0], (now - sent[0]) * 1000))
                 if self.verify_left > 0:
                     self.verify_left -= 1
                     self._verify(message, sent[1], sent[2])
@@ -436,6 +473,7 @@ class ViewerPool:
         self.verify_left, self.verified = 3, 0
         rtt: list[float] = []
         lag: list[float] = []
+        self.timed = []
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
         first = last = 0.0
@@ -494,6 +532,49 @@ async def healthz(url: str) -> dict[str, Any]:
             return body
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise SystemExit(f"bench: the rendezvous does not answer /healthz ({exc!r})") from None
+
+
+def run_delay_ms(pid: int) -> float:
+    """Milliseconds ``pid``'s main thread has spent runnable on a run queue, waiting
+    for a core (/proc schedstat); 0 if the kernel does not say."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+SLOW_MS = 20.0
+"""A round trip at least this long is looked into (``slow_round_trips``)."""
+
+
+def slow_round_trips(sends: list[tuple[float, float]],
+                     loop: list[tuple[float, float, float, float]],
+                     collections: list[tuple[float, int, float, float]]) -> dict[str, Any]:
+    """Where the slow round trips of a step were: ``sends`` (monotonic send time, ms)
+    against the server's long loop iterations (start, wall, CPU, waiting for a core)
+    and its collections (start, generation, wall, CPU). A round trip overlapping a
+    long iteration is counted with it, and that iteration split into the server's
+    own CPU, its wait for a core, and the rest; the others had no server loop pause
+    of 20 ms or more in them: the delay was the load generator's, the cameras' or
+    the kernel's."""
+    slow = [(at, ms) for at, ms in sends if ms >= SLOW_MS]
+    hit: dict[float, tuple[float, float, float, float]] = {}
+    overlapped = 0
+    for at, ms in slow:
+        end = at + ms / 1000
+        over = [p for p in loop if p[0] < end and p[0] + p[1] / 1000 > at]
+        if over:
+            overlapped += 1
+            for p in over:
+                hit[p[0]] = p
+    pauses = list(hit.values())
+    in_gc = sum(1 for p in pauses if any(
+        p[0] <= c[0] < p[0] + p[1] / 1000 and c[2] >= 5 for c in collections))
+    return {"n": len(slow), "with_server_pause": overlapped,
+            "server_pauses": len(pauses), "pauses_with_a_collection": in_gc,
+            "pause_wall_ms": round(sum(p[1] for p in pauses), 1),
+            "pause_cpu_ms": round(sum(p[2] for p in pauses), 1),
+            "pause_runq_ms": round(sum(p[3] for p in pauses), 1)}
 
 
 def gc_summary(pauses: list[tuple[int, float, float]]) -> dict[str, Any]:
@@ -816,12 +897,22 @@ async def _signaling(rdv: RendezvousProcess, workers: list[WorkerProcess], pool:
         c0, t0 = rdv.cpu(), time.monotonic()
         w0 = sum(w.cpu() for w in workers)
         m0 = cpu_seconds(os.getpid())
+        pids = {"server": [rdv.proc.pid], "viewers": [os.getpid()],
+                "cameras": [w.proc.pid for w in workers]}
+        q0 = {k: sum(run_delay_ms(p) for p in v) for k, v in pids.items()}
         load = MachineLoad()
         step = await pool.step(rate, args.step_seconds, devices, rng)
         elapsed = time.monotonic() - t0
         machine_cores = load.cores()
+        # Runnable but without a core, per second of the step (each process's main
+        # thread): the machine's share of the delays, not the server's work.
+        step["runq_ms_per_s"] = {
+            k: round((sum(run_delay_ms(p) for p in v) - q0[k]) / elapsed, 1)
+            for k, v in pids.items()}
         step["server_gc"] = gc_summary(rdv.gc_pauses(t0, time.monotonic()))
         step["loop"] = rdv.longest_pause(t0, time.monotonic())
+        step["slow"] = slow_round_trips(pool.timed, rdv.loop_iterations(
+            t0, time.monotonic()), rdv.gc_pauses_at(t0, time.monotonic()))
         step["server_cpu"] = round((rdv.cpu() - c0) / elapsed, 3)
         step["cameras_cpu"] = round((sum(w.cpu() for w in workers) - w0) / elapsed, 3)
         step["viewers_cpu"] = round((cpu_seconds(os.getpid()) - m0) / elapsed, 3)
@@ -843,7 +934,9 @@ async def _signaling(rdv: RendezvousProcess, workers: list[WorkerProcess], pool:
         s = step["rtt"] or {}
         print(f"scale: {rate:g} starts/s: p50 {s.get('p50')} ms, p99 {s.get('p99')} ms, "
               f"{errors} errors, server CPU {step['server_cpu']}, other load "
-              f"{step['other_load_cores']} cores", file=sys.stderr, flush=True)
+              f"{step['other_load_cores']} cores, waiting for a core (ms/s) "
+              f"{step['runq_ms_per_s']}, slow round trips {step['slow']}, "
+              f"longest loop pause {step['loop']}", file=sys.stderr, flush=True)
         if step["degraded"] and (rate >= TARGET_RATE or p99 > 2000):
             break
         step["sessions_left"] = await _quiesce(rdv.url)
