@@ -43,7 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, cpu_seconds, percentile, pyplot, rss_kib, summary
-from bench.scale_cameras import VIEWER_NET, fake_sdp, raise_nofile, source_address
+from bench.scale_cameras import (
+    VIEWER_NET,
+    fake_sdp,
+    install_loop_probe,
+    raise_nofile,
+    source_address,
+)
 
 NAME = "scale"
 HELP = "rendezvous: idle cameras held, signaling round trip under load"
@@ -80,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO",
                    help="the rendezvous' log level (INFO is what ships)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--aligned-heartbeats", action="store_true",
+                   help="the simulated cameras' heartbeats on aiohttp's whole-second timers "
+                        "(all of a worker's cameras ping in one loop iteration), as before")
     p.add_argument("--compare-no-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="then the top level again on a server run with --no-gc-freeze")
     p.add_argument("--compare-before", action=argparse.BooleanOptionalAction, default=True,
@@ -116,6 +125,7 @@ gc.callbacks.append(probe)
 import asyncio.base_events as be
 import os
 loop_log = open(sys.argv.pop(1), "a", buffering=1)
+wake_log = open(loop_log.name + ".wake", "a", buffering=1)
 try:
     sched_fd = os.open(f"/proc/self/task/{os.getpid()}/schedstat", os.O_RDONLY)
 except OSError:
@@ -131,8 +141,13 @@ def probed_run_once(self):
     if not getattr(selector, "_peercam_probe", False):
         select = selector.select
         def timed_select(timeout=None):
+            before = run_delay()
             events = select(timeout)
             woke[0], woke[1], woke[2] = time.monotonic(), time.thread_time(), run_delay()
+            if woke[2] - before >= 1_000_000:
+                # Ready (or due) but without a core for 1 ms or more before this
+                # iteration could start: a delay no loop iteration shows.
+                wake_log.write(f"{woke[0]:.4f} {(woke[2] - before) / 1e6:.2f}\\n")
             return events
         selector.select = timed_select
         selector._peercam_probe = True
@@ -187,6 +202,17 @@ class RendezvousProcess:
                                 float(waited[0]) if waited else math.nan))
         return out
 
+    def late_wakes(self, since: float, until: float) -> list[tuple[float, float]]:
+        """(when the loop got its core, ms it waited for it) of the server's wake-ups
+        from select() that waited 1 ms or more, in [since, until) (monotonic)."""
+        out = []
+        with contextlib.suppress(OSError):
+            for line in Path(f"{self.loop_log}.wake").read_text().splitlines():
+                at, waited = line.split()
+                if since <= float(at) < until:
+                    out.append((float(at), float(waited)))
+        return out
+
     def longest_pause(self, since: float, until: float) -> dict[str, float]:
         """The longest loop iteration in a window, in wall time and in CPU time, and
         how much of the longest the server waited for a core."""
@@ -227,6 +253,7 @@ class RendezvousProcess:
         loop_log = state / "rendezvous-loop.log"
         gc_log.write_text("")
         loop_log.write_text("")
+        Path(f"{loop_log}.wake").write_text("")
         with log.open("w") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", _GC_PROBE, str(gc_log), str(loop_log), "rendezvous",
@@ -279,20 +306,26 @@ class WorkerProcess:
     def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
         self.proc = proc
         self.log = log
+        self.loop_log: Path | None = None
+        """Its event-loop stalls (``bench.scale_cameras.install_loop_probe``)."""
 
     @classmethod
     async def start(cls, url: str, index: int, workers: int, per_address: int,
                     concurrency: int, state: Path,
                     extra: list[str] | None = None) -> WorkerProcess:
         log = state / f"cameras-{index}.log"
+        loop_log = state / f"cameras-{index}-loop.log"
+        loop_log.write_text("")
         with log.open("w") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.scale_cameras", "--url", url, "--index", str(index),
                 "--workers", str(workers), "--per-address", str(per_address),
                 "--concurrency", str(concurrency), "--state-dir", str(state / "cameras"),
+                "--loop-log", str(loop_log),
                 *(extra or []), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=err, cwd=ROOT, limit=1 << 26)
         worker = cls(proc, log)
+        worker.loop_log = loop_log
         assert proc.stdout is not None
         try:
             ready = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -534,6 +567,26 @@ async def healthz(url: str) -> dict[str, Any]:
         raise SystemExit(f"bench: the rendezvous does not answer /healthz ({exc!r})") from None
 
 
+def state_probe(path: Path, since: float, until: float) -> tuple[
+        list[tuple[float, float, float, float]], list[tuple[float, int, float, float]],
+        list[tuple[float, float]]]:
+    """A client process's stalls in [since, until) from its probe log
+    (``install_loop_probe``): long iterations, collections, late wake-ups."""
+    iterations, collections, wakes = [], [], []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            kind, at, *rest = line.split()
+            if not since <= float(at) < until:
+                continue
+            if kind == "I":
+                iterations.append((float(at), float(rest[0]), float(rest[1]), float(rest[2])))
+            elif kind == "G":
+                collections.append((float(at), int(rest[0]), float(rest[1]), float(rest[2])))
+            elif kind == "W":
+                wakes.append((float(at), float(rest[0])))
+    return iterations, collections, wakes
+
+
 def run_delay_ms(pid: int) -> float:
     """Milliseconds ``pid``'s main thread has spent runnable on a run queue, waiting
     for a core (/proc schedstat); 0 if the kernel does not say."""
@@ -549,15 +602,25 @@ SLOW_MS = 20.0
 
 def slow_round_trips(sends: list[tuple[float, float]],
                      loop: list[tuple[float, float, float, float]],
-                     collections: list[tuple[float, int, float, float]]) -> dict[str, Any]:
+                     collections: list[tuple[float, int, float, float]],
+                     wakes: list[tuple[float, float]] | None = None) -> dict[str, Any]:
     """Where the slow round trips of a step were: ``sends`` (monotonic send time, ms)
-    against the server's long loop iterations (start, wall, CPU, waiting for a core)
-    and its collections (start, generation, wall, CPU). A round trip overlapping a
-    long iteration is counted with it, and that iteration split into the server's
-    own CPU, its wait for a core, and the rest; the others had no server loop pause
-    of 20 ms or more in them: the delay was the load generator's, the cameras' or
-    the kernel's."""
+    against one process's long loop iterations (start, wall, CPU, waiting for a
+    core), its collections (start, generation, wall, CPU) and its late wake-ups
+    (when it got a core, ms it waited for one). A round trip overlapping a long
+    iteration is counted with it, and that iteration split into the process's own
+    CPU, its wait for a core, and the rest. One overlapping a late wake-up of 10 ms
+    or more (and no long iteration) waited for that process to get a core. For the
+    server, the others had neither in them: the delay was the load generator's
+    (its viewers' or cameras' processes, probed the same way) or the kernel's."""
+    wakes = wakes or []
     slow = [(at, ms) for at, ms in sends if ms >= SLOW_MS]
+    waited = 0
+    for at, ms in slow:
+        end = at + ms / 1000
+        if not any(p[0] < end and p[0] + p[1] / 1000 > at for p in loop) and any(
+                w >= 10 and when - w / 1000 < end and when > at for when, w in wakes):
+            waited += 1
     hit: dict[float, tuple[float, float, float, float]] = {}
     overlapped = 0
     for at, ms in slow:
@@ -567,11 +630,24 @@ def slow_round_trips(sends: list[tuple[float, float]],
             overlapped += 1
             for p in over:
                 hit[p[0]] = p
+    # Each slow round trip: how long this process waited for a core within it.
+    waits = sorted(
+        sum(w for when, w in wakes if when - w / 1000 < at + ms / 1000 and when > at)
+        + sum(p[3] for p in loop if p[0] < at + ms / 1000 and p[0] + p[1] / 1000 > at)
+        for at, ms in slow)
     pauses = list(hit.values())
     in_gc = sum(1 for p in pauses if any(
         p[0] <= c[0] < p[0] + p[1] / 1000 and c[2] >= 5 for c in collections))
-    return {"n": len(slow), "with_server_pause": overlapped,
-            "server_pauses": len(pauses), "pauses_with_a_collection": in_gc,
+    return {"n": len(slow), "with_a_pause": overlapped,
+            # aiohttp's whole-second timers (the simulated cameras' heartbeats)
+            "across_a_whole_second": sum(
+                1 for at, ms in slow if math.floor(at + ms / 1000) > math.floor(at)),
+            "with_waiting_for_a_core": waited,
+            "waited_in_slow_ms": {"p50": round(percentile(waits, 0.5), 1) if waits else 0.0,
+                                  "max": round(waits[-1], 1) if waits else 0.0},
+            "late_wakes_10ms": sum(1 for _when, w in wakes if w >= 10),
+            "late_wake_max_ms": round(max((w for _when, w in wakes), default=0.0), 1),
+            "pauses": len(pauses), "pauses_with_a_collection": in_gc,
             "pause_wall_ms": round(sum(p[1] for p in pauses), 1),
             "pause_cpu_ms": round(sum(p[2] for p in pauses), 1),
             "pause_runq_ms": round(sum(p[3] for p in pauses), 1)}
@@ -713,8 +789,10 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         c0, t0 = rdv.cpu(), time.monotonic()
         await asyncio.sleep(min(args.idle_seconds, 5.0))
         empty_cpu = (rdv.cpu() - c0) / (time.monotonic() - t0)
+        aligned = ["--aligned-heartbeats"] if getattr(args, "aligned_heartbeats", False) else []
         workers = [await WorkerProcess.start(rdv.url, i, workers_n, args.per_address,
-                                             max(1, args.concurrency // workers_n), state)
+                                             max(1, args.concurrency // workers_n), state,
+                                             aligned)
                    for i in range(workers_n)]
         devices: list[str] = []
         register_ms: list[float] = []
@@ -728,6 +806,9 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
                   f"other load {row['other_load_cores']} cores", file=sys.stderr, flush=True)
         pool = ViewerPool(rdv.url, viewers, args.per_address)
         await pool.open()
+        viewers_log = state / "viewers-loop.log"
+        viewers_log.write_text("")
+        install_loop_probe(viewers_log)
         gc.collect()
         gc.freeze()  # the load generator's own collections stay out of its timings
         await asyncio.sleep(args.settle)
@@ -911,8 +992,17 @@ async def _signaling(rdv: RendezvousProcess, workers: list[WorkerProcess], pool:
             for k, v in pids.items()}
         step["server_gc"] = gc_summary(rdv.gc_pauses(t0, time.monotonic()))
         step["loop"] = rdv.longest_pause(t0, time.monotonic())
-        step["slow"] = slow_round_trips(pool.timed, rdv.loop_iterations(
-            t0, time.monotonic()), rdv.gc_pauses_at(t0, time.monotonic()))
+        t1 = time.monotonic()
+        step["slow"] = slow_round_trips(pool.timed, rdv.loop_iterations(t0, t1),
+                                        rdv.gc_pauses_at(t0, t1), rdv.late_wakes(t0, t1))
+        # The same for the load generator's processes: where the slow round trips
+        # that the server does not explain were.
+        clients = {"viewers": state_probe(Path(rdv.log).parent / "viewers-loop.log", t0, t1)}
+        for i, w in enumerate(workers):
+            if w.loop_log is not None:
+                clients[f"cameras-{i}"] = state_probe(w.loop_log, t0, t1)
+        step["slow_clients"] = {name: slow_round_trips(pool.timed, *probe)
+                                for name, probe in clients.items()}
         step["server_cpu"] = round((rdv.cpu() - c0) / elapsed, 3)
         step["cameras_cpu"] = round((sum(w.cpu() for w in workers) - w0) / elapsed, 3)
         step["viewers_cpu"] = round((cpu_seconds(os.getpid()) - m0) / elapsed, 3)
@@ -936,7 +1026,8 @@ async def _signaling(rdv: RendezvousProcess, workers: list[WorkerProcess], pool:
               f"{errors} errors, server CPU {step['server_cpu']}, other load "
               f"{step['other_load_cores']} cores, waiting for a core (ms/s) "
               f"{step['runq_ms_per_s']}, slow round trips {step['slow']}, "
-              f"longest loop pause {step['loop']}", file=sys.stderr, flush=True)
+              f"longest loop pause {step['loop']}; clients: {step['slow_clients']}",
+              file=sys.stderr, flush=True)
         if step["degraded"] and (rate >= TARGET_RATE or p99 > 2000):
             break
         step["sessions_left"] = await _quiesce(rdv.url)
