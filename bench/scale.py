@@ -86,6 +86,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO",
                    help="the rendezvous' log level (INFO is what ships)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--compare-tick-freeze", action=argparse.BooleanOptionalAction,
+                   default=False,
+                   help="then the top level again on a server that freezes only at its "
+                        "once-a-second tick (no freeze as each batch of new connections is "
+                        "in): before and after, one run")
     p.add_argument("--aligned-heartbeats", action="store_true",
                    help="the simulated cameras' heartbeats on aiohttp's whole-second timers "
                         "(all of a worker's cameras ping in one loop iteration), as before")
@@ -166,6 +171,11 @@ if os.environ.get("PEERCAM_BENCH_BEFORE"):
     async def stop_unwinding(self, runner):
         await runner.cleanup()
     rdv.Rendezvous.stop_process = stop_unwinding
+if os.environ.get("PEERCAM_BENCH_TICK_FREEZE"):
+    # The comparison server: the collector frozen only at the once-a-second tick,
+    # as before a batch of new connections was frozen as soon as it was in.
+    import services.rendezvous as rdv
+    rdv.Rendezvous._freeze_batch = lambda self: None
 sys.argv[0] = "camera.cli"
 runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
 """
@@ -757,6 +767,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["before"] = {k: before[k] for k in (
                 "baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
                 "shutdown_closed_seconds", "shutdown_details", "loop_pauses_ms")}
+    if args.compare_tick_freeze and not args.smoke:
+        try:
+            tick = await _measure(args, [levels[-1]], [TARGET_RATE], viewers, [],
+                                  "scale-tickfreeze", {"PEERCAM_BENCH_TICK_FREEZE": "1"})
+        except SystemExit as exc:
+            result["tick_freeze_failed"] = str(exc)[:300]
+        else:
+            result["tick_freeze"] = {k: tick[k] for k in (
+                "baseline_rss_kib", "levels", "steps", "loop_pauses_ms")}
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
 
