@@ -1340,18 +1340,28 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"The same {o['cameras']} cameras on a server started with `--no-gc-freeze` (the "
-            "collector as before), measured in the same run:",
+            "collector as before), measured in the same run"
+            + (", and on one that freezes only at its once-a-second tick (bench/scale.py "
+               "`--compare-tick-freeze`: not as each batch of 256 new connections is in)"
+               if result.get("tick_freeze") else "") + ":",
             "",
             "| server | KiB per camera | idle CPU | longest loop pause idle / ramp (ms) "
+            "| longest collection in the ramp (ms) "
             "| idle full GCs (max ms) | p99 at 200/s (ms) | longest loop pause at 200/s (ms) |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for label, lv, steps in (("gc.freeze (default)", top, result["steps"]),
-                                 ("--no-gc-freeze", o, other["steps"])):
+        rows = [("gc.freeze (default)", top, result["steps"]),
+                ("--no-gc-freeze", o, other["steps"])]
+        if result.get("tick_freeze"):
+            rows.append(("gc.freeze at the tick only", result["tick_freeze"]["levels"][-1],
+                         result["tick_freeze"]["steps"]))
+        for label, lv, steps in rows:
             step = next((s for s in steps if s["rate"] == TARGET_RATE), None)
             rtt = (step or {}).get("rtt") or {}
+            ramp_gc = lv.get("server_gc_ramp") or {}
             lines.append(f"| {label} | {lv['kib_per_camera']} | {100 * lv['idle_cpu']:.1f}% | "
                          f"{_pause(lv.get('loop_idle'))} / {_pause(lv.get('loop_ramp'))} | "
+                         f"{ramp_gc.get('max_ms', '–')} ({ramp_gc.get('max_cpu_ms', '–')}) | "
                          f"{_gc_cell(lv['server_gc_idle'], full=True)} | {rtt.get('p99')} | "
                          f"{_pause((step or {}).get('loop'))} |")
     if result.get("without_freeze_failed"):
