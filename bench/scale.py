@@ -43,7 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, cpu_seconds, percentile, pyplot, rss_kib, summary
-from bench.scale_cameras import VIEWER_NET, fake_sdp, raise_nofile, source_address
+from bench.scale_cameras import (
+    VIEWER_NET,
+    fake_sdp,
+    install_loop_probe,
+    raise_nofile,
+    source_address,
+)
 
 NAME = "scale"
 HELP = "rendezvous: idle cameras held, signaling round trip under load"
@@ -80,6 +86,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO",
                    help="the rendezvous' log level (INFO is what ships)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--compare-tick-freeze", action=argparse.BooleanOptionalAction,
+                   default=False,
+                   help="then the top level again on a server that freezes only at its "
+                        "once-a-second tick (no freeze as each batch of new connections is "
+                        "in): before and after, one run")
+    p.add_argument("--aligned-heartbeats", action="store_true",
+                   help="the simulated cameras' heartbeats on aiohttp's whole-second timers "
+                        "(all of a worker's cameras ping in one loop iteration), as before")
     p.add_argument("--compare-no-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="then the top level again on a server run with --no-gc-freeze")
     p.add_argument("--compare-before", action=argparse.BooleanOptionalAction, default=True,
@@ -111,17 +125,34 @@ gc.callbacks.append(probe)
 # iteration's callbacks (a garbage collection inside them included), in wall
 # time and in the loop thread's own CPU time: on a shared machine the
 # difference is time spent waiting for a core, not work of the server's.
+# The fourth column: of the wall time, how long the thread sat on a run queue,
+# runnable but without a core (/proc schedstat run_delay): the machine's share.
 import asyncio.base_events as be
+import os
 loop_log = open(sys.argv.pop(1), "a", buffering=1)
-woke = [0.0, 0.0]
+wake_log = open(loop_log.name + ".wake", "a", buffering=1)
+try:
+    sched_fd = os.open(f"/proc/self/task/{os.getpid()}/schedstat", os.O_RDONLY)
+except OSError:
+    sched_fd = -1
+def run_delay():
+    if sched_fd < 0:
+        return 0
+    return int(os.pread(sched_fd, 100, 0).split()[1])
+woke = [0.0, 0.0, 0]
 run_once = be.BaseEventLoop._run_once
 def probed_run_once(self):
     selector = self._selector
     if not getattr(selector, "_peercam_probe", False):
         select = selector.select
         def timed_select(timeout=None):
+            before = run_delay()
             events = select(timeout)
-            woke[0], woke[1] = time.monotonic(), time.thread_time()
+            woke[0], woke[1], woke[2] = time.monotonic(), time.thread_time(), run_delay()
+            if woke[2] - before >= 1_000_000:
+                # Ready (or due) but without a core for 1 ms or more before this
+                # iteration could start: a delay no loop iteration shows.
+                wake_log.write(f"{woke[0]:.4f} {(woke[2] - before) / 1e6:.2f}\\n")
             return events
         selector.select = timed_select
         selector._peercam_probe = True
@@ -129,9 +160,9 @@ def probed_run_once(self):
     ms = (time.monotonic() - woke[0]) * 1000
     if ms >= 20:
         cpu = (time.thread_time() - woke[1]) * 1000
-        loop_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f}\\n")
+        waited = (run_delay() - woke[2]) / 1e6
+        loop_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f} {waited:.2f}\\n")
 be.BaseEventLoop._run_once = probed_run_once
-import os
 if os.environ.get("PEERCAM_BENCH_BEFORE"):
     # The comparison server: the shutdown as it was before the exit without
     # unwinding (2026-12-07 morning): every handler unwinds, then the interpreter
@@ -140,6 +171,11 @@ if os.environ.get("PEERCAM_BENCH_BEFORE"):
     async def stop_unwinding(self, runner):
         await runner.cleanup()
     rdv.Rendezvous.stop_process = stop_unwinding
+if os.environ.get("PEERCAM_BENCH_TICK_FREEZE"):
+    # The comparison server: the collector frozen only at the once-a-second tick,
+    # as before a batch of new connections was frozen as soon as it was in.
+    import services.rendezvous as rdv
+    rdv.Rendezvous._freeze_batch = lambda self: None
 sys.argv[0] = "camera.cli"
 runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
 """
@@ -161,19 +197,52 @@ class RendezvousProcess:
     def loop_pauses(self, since: float, until: float) -> list[tuple[float, float]]:
         """(wall ms, CPU ms) of the server's event-loop iterations of 20 ms or more
         started in [since, until)."""
+        return [(ms, cpu) for _at, ms, cpu, _waited in self.loop_iterations(since, until)]
+
+    def loop_iterations(self, since: float, until: float
+                        ) -> list[tuple[float, float, float, float]]:
+        """(start, wall ms, CPU ms, ms waiting for a core) of the server's event-loop
+        iterations of 20 ms or more started in [since, until) (monotonic)."""
         out = []
         with contextlib.suppress(OSError):
             for line in self.loop_log.read_text().splitlines():
-                at, ms, cpu = line.split()
+                at, ms, cpu, *waited = line.split()
                 if since <= float(at) < until:
-                    out.append((float(ms), float(cpu)))
+                    out.append((float(at), float(ms), float(cpu),
+                                float(waited[0]) if waited else math.nan))
+        return out
+
+    def late_wakes(self, since: float, until: float) -> list[tuple[float, float]]:
+        """(when the loop got its core, ms it waited for it) of the server's wake-ups
+        from select() that waited 1 ms or more, in [since, until) (monotonic)."""
+        out = []
+        with contextlib.suppress(OSError):
+            for line in Path(f"{self.loop_log}.wake").read_text().splitlines():
+                at, waited = line.split()
+                if since <= float(at) < until:
+                    out.append((float(at), float(waited)))
         return out
 
     def longest_pause(self, since: float, until: float) -> dict[str, float]:
-        """The longest loop iteration in a window, in wall time and in CPU time."""
-        pauses = self.loop_pauses(since, until)
-        return {"wall_ms": round(max((w for w, _c in pauses), default=0.0), 1),
-                "cpu_ms": round(max((c for _w, c in pauses), default=0.0), 1)}
+        """The longest loop iteration in a window, in wall time and in CPU time, and
+        how much of the longest the server waited for a core."""
+        pauses = self.loop_iterations(since, until)
+        longest = max(pauses, key=lambda p: p[1], default=(0.0, 0.0, 0.0, 0.0))
+        return {"wall_ms": round(longest[1], 1),
+                "cpu_ms": round(max((p[2] for p in pauses), default=0.0), 1),
+                "runq_ms": round(longest[3], 1)}
+
+    def gc_pauses_at(self, since: float, until: float
+                     ) -> list[tuple[float, int, float, float]]:
+        """(start, generation, wall ms, CPU ms) of the server's collections started in
+        [since, until) (monotonic)."""
+        out = []
+        with contextlib.suppress(OSError):
+            for line in self.gc_log.read_text().splitlines():
+                at, gen, ms, cpu = line.split()
+                if since <= float(at) < until:
+                    out.append((float(at), int(gen), float(ms), float(cpu)))
+        return out
 
     def gc_pauses(self, since: float, until: float) -> list[tuple[int, float, float]]:
         """(generation, wall ms, CPU ms) of the server's collections started in
@@ -194,6 +263,7 @@ class RendezvousProcess:
         loop_log = state / "rendezvous-loop.log"
         gc_log.write_text("")
         loop_log.write_text("")
+        Path(f"{loop_log}.wake").write_text("")
         with log.open("w") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", _GC_PROBE, str(gc_log), str(loop_log), "rendezvous",
@@ -246,20 +316,26 @@ class WorkerProcess:
     def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
         self.proc = proc
         self.log = log
+        self.loop_log: Path | None = None
+        """Its event-loop stalls (``bench.scale_cameras.install_loop_probe``)."""
 
     @classmethod
     async def start(cls, url: str, index: int, workers: int, per_address: int,
                     concurrency: int, state: Path,
                     extra: list[str] | None = None) -> WorkerProcess:
         log = state / f"cameras-{index}.log"
+        loop_log = state / f"cameras-{index}-loop.log"
+        loop_log.write_text("")
         with log.open("w") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.scale_cameras", "--url", url, "--index", str(index),
                 "--workers", str(workers), "--per-address", str(per_address),
                 "--concurrency", str(concurrency), "--state-dir", str(state / "cameras"),
+                "--loop-log", str(loop_log),
                 *(extra or []), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=err, cwd=ROOT, limit=1 << 26)
         worker = cls(proc, log)
+        worker.loop_log = loop_log
         assert proc.stdout is not None
         try:
             ready = await asyncio.wait_for(proc.stdout.readline(), 60)
@@ -326,6 +402,9 @@ class ViewerPool:
         self.errors: collections.Counter[str] = collections.Counter()
         self.verify_left = 0
         self.verified = 0
+        self.timed: list[tuple[float, float]] = []
+        """(perf_counter at send, round trip ms) of the answers in the current step;
+        perf_counter is CLOCK_MONOTONIC, the clock of the server's probes."""
 
     async def open(self) -> None:
         import aiohttp
@@ -384,6 +463,7 @@ class ViewerPool:
                     self.errors["answer after the drain window"] += 1
                     continue
                 sent[3].append((now - sent[0]) * 1000)
+                self.timed.append((sent[0], (now - sent[0]) * 1000))
                 if self.verify_left > 0:
                     self.verify_left -= 1
                     self._verify(message, sent[1], sent[2])
@@ -436,6 +516,7 @@ class ViewerPool:
         self.verify_left, self.verified = 3, 0
         rtt: list[float] = []
         lag: list[float] = []
+        self.timed = []
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.05
         first = last = 0.0
@@ -494,6 +575,92 @@ async def healthz(url: str) -> dict[str, Any]:
             return body
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise SystemExit(f"bench: the rendezvous does not answer /healthz ({exc!r})") from None
+
+
+def state_probe(path: Path, since: float, until: float) -> tuple[
+        list[tuple[float, float, float, float]], list[tuple[float, int, float, float]],
+        list[tuple[float, float]]]:
+    """A client process's stalls in [since, until) from its probe log
+    (``install_loop_probe``): long iterations, collections, late wake-ups."""
+    iterations, collections, wakes = [], [], []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            kind, at, *rest = line.split()
+            if not since <= float(at) < until:
+                continue
+            if kind == "I":
+                iterations.append((float(at), float(rest[0]), float(rest[1]), float(rest[2])))
+            elif kind == "G":
+                collections.append((float(at), int(rest[0]), float(rest[1]), float(rest[2])))
+            elif kind == "W":
+                wakes.append((float(at), float(rest[0])))
+    return iterations, collections, wakes
+
+
+def run_delay_ms(pid: int) -> float:
+    """Milliseconds ``pid``'s main thread has spent runnable on a run queue, waiting
+    for a core (/proc schedstat); 0 if the kernel does not say."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+SLOW_MS = 20.0
+"""A round trip at least this long is looked into (``slow_round_trips``)."""
+
+
+def slow_round_trips(sends: list[tuple[float, float]],
+                     loop: list[tuple[float, float, float, float]],
+                     collections: list[tuple[float, int, float, float]],
+                     wakes: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Where the slow round trips of a step were: ``sends`` (monotonic send time, ms)
+    against one process's long loop iterations (start, wall, CPU, waiting for a
+    core), its collections (start, generation, wall, CPU) and its late wake-ups
+    (when it got a core, ms it waited for one). A round trip overlapping a long
+    iteration is counted with it, and that iteration split into the process's own
+    CPU, its wait for a core, and the rest. One overlapping a late wake-up of 10 ms
+    or more (and no long iteration) waited for that process to get a core. For the
+    server, the others had neither in them: the delay was the load generator's
+    (its viewers' or cameras' processes, probed the same way) or the kernel's."""
+    wakes = wakes or []
+    slow = [(at, ms) for at, ms in sends if ms >= SLOW_MS]
+    waited = 0
+    for at, ms in slow:
+        end = at + ms / 1000
+        if not any(p[0] < end and p[0] + p[1] / 1000 > at for p in loop) and any(
+                w >= 10 and when - w / 1000 < end and when > at for when, w in wakes):
+            waited += 1
+    hit: dict[float, tuple[float, float, float, float]] = {}
+    overlapped = 0
+    for at, ms in slow:
+        end = at + ms / 1000
+        over = [p for p in loop if p[0] < end and p[0] + p[1] / 1000 > at]
+        if over:
+            overlapped += 1
+            for p in over:
+                hit[p[0]] = p
+    # Each slow round trip: how long this process waited for a core within it.
+    waits = sorted(
+        sum(w for when, w in wakes if when - w / 1000 < at + ms / 1000 and when > at)
+        + sum(p[3] for p in loop if p[0] < at + ms / 1000 and p[0] + p[1] / 1000 > at)
+        for at, ms in slow)
+    pauses = list(hit.values())
+    in_gc = sum(1 for p in pauses if any(
+        p[0] <= c[0] < p[0] + p[1] / 1000 and c[2] >= 5 for c in collections))
+    return {"n": len(slow), "with_a_pause": overlapped,
+            # aiohttp's whole-second timers (the simulated cameras' heartbeats)
+            "across_a_whole_second": sum(
+                1 for at, ms in slow if math.floor(at + ms / 1000) > math.floor(at)),
+            "with_waiting_for_a_core": waited,
+            "waited_in_slow_ms": {"p50": round(percentile(waits, 0.5), 1) if waits else 0.0,
+                                  "max": round(waits[-1], 1) if waits else 0.0},
+            "late_wakes_10ms": sum(1 for _when, w in wakes if w >= 10),
+            "late_wake_max_ms": round(max((w for _when, w in wakes), default=0.0), 1),
+            "pauses": len(pauses), "pauses_with_a_collection": in_gc,
+            "pause_wall_ms": round(sum(p[1] for p in pauses), 1),
+            "pause_cpu_ms": round(sum(p[2] for p in pauses), 1),
+            "pause_runq_ms": round(sum(p[3] for p in pauses), 1)}
 
 
 def gc_summary(pauses: list[tuple[int, float, float]]) -> dict[str, Any]:
@@ -600,6 +767,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["before"] = {k: before[k] for k in (
                 "baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
                 "shutdown_closed_seconds", "shutdown_details", "loop_pauses_ms")}
+    if args.compare_tick_freeze and not args.smoke:
+        try:
+            tick = await _measure(args, [levels[-1]], [TARGET_RATE], viewers, [],
+                                  "scale-tickfreeze", {"PEERCAM_BENCH_TICK_FREEZE": "1"})
+        except SystemExit as exc:
+            result["tick_freeze_failed"] = str(exc)[:300]
+        else:
+            result["tick_freeze"] = {k: tick[k] for k in (
+                "baseline_rss_kib", "levels", "steps", "loop_pauses_ms")}
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -632,8 +808,10 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         c0, t0 = rdv.cpu(), time.monotonic()
         await asyncio.sleep(min(args.idle_seconds, 5.0))
         empty_cpu = (rdv.cpu() - c0) / (time.monotonic() - t0)
+        aligned = ["--aligned-heartbeats"] if getattr(args, "aligned_heartbeats", False) else []
         workers = [await WorkerProcess.start(rdv.url, i, workers_n, args.per_address,
-                                             max(1, args.concurrency // workers_n), state)
+                                             max(1, args.concurrency // workers_n), state,
+                                             aligned)
                    for i in range(workers_n)]
         devices: list[str] = []
         register_ms: list[float] = []
@@ -647,6 +825,9 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
                   f"other load {row['other_load_cores']} cores", file=sys.stderr, flush=True)
         pool = ViewerPool(rdv.url, viewers, args.per_address)
         await pool.open()
+        viewers_log = state / "viewers-loop.log"
+        viewers_log.write_text("")
+        install_loop_probe(viewers_log)
         gc.collect()
         gc.freeze()  # the load generator's own collections stay out of its timings
         await asyncio.sleep(args.settle)
@@ -816,12 +997,31 @@ async def _signaling(rdv: RendezvousProcess, workers: list[WorkerProcess], pool:
         c0, t0 = rdv.cpu(), time.monotonic()
         w0 = sum(w.cpu() for w in workers)
         m0 = cpu_seconds(os.getpid())
+        pids = {"server": [rdv.proc.pid], "viewers": [os.getpid()],
+                "cameras": [w.proc.pid for w in workers]}
+        q0 = {k: sum(run_delay_ms(p) for p in v) for k, v in pids.items()}
         load = MachineLoad()
         step = await pool.step(rate, args.step_seconds, devices, rng)
         elapsed = time.monotonic() - t0
         machine_cores = load.cores()
+        # Runnable but without a core, per second of the step (each process's main
+        # thread): the machine's share of the delays, not the server's work.
+        step["runq_ms_per_s"] = {
+            k: round((sum(run_delay_ms(p) for p in v) - q0[k]) / elapsed, 1)
+            for k, v in pids.items()}
         step["server_gc"] = gc_summary(rdv.gc_pauses(t0, time.monotonic()))
         step["loop"] = rdv.longest_pause(t0, time.monotonic())
+        t1 = time.monotonic()
+        step["slow"] = slow_round_trips(pool.timed, rdv.loop_iterations(t0, t1),
+                                        rdv.gc_pauses_at(t0, t1), rdv.late_wakes(t0, t1))
+        # The same for the load generator's processes: where the slow round trips
+        # that the server does not explain were.
+        clients = {"viewers": state_probe(Path(rdv.log).parent / "viewers-loop.log", t0, t1)}
+        for i, w in enumerate(workers):
+            if w.loop_log is not None:
+                clients[f"cameras-{i}"] = state_probe(w.loop_log, t0, t1)
+        step["slow_clients"] = {name: slow_round_trips(pool.timed, *probe)
+                                for name, probe in clients.items()}
         step["server_cpu"] = round((rdv.cpu() - c0) / elapsed, 3)
         step["cameras_cpu"] = round((sum(w.cpu() for w in workers) - w0) / elapsed, 3)
         step["viewers_cpu"] = round((cpu_seconds(os.getpid()) - m0) / elapsed, 3)
@@ -843,7 +1043,10 @@ async def _signaling(rdv: RendezvousProcess, workers: list[WorkerProcess], pool:
         s = step["rtt"] or {}
         print(f"scale: {rate:g} starts/s: p50 {s.get('p50')} ms, p99 {s.get('p99')} ms, "
               f"{errors} errors, server CPU {step['server_cpu']}, other load "
-              f"{step['other_load_cores']} cores", file=sys.stderr, flush=True)
+              f"{step['other_load_cores']} cores, waiting for a core (ms/s) "
+              f"{step['runq_ms_per_s']}, slow round trips {step['slow']}, "
+              f"longest loop pause {step['loop']}; clients: {step['slow_clients']}",
+              file=sys.stderr, flush=True)
         if step["degraded"] and (rate >= TARGET_RATE or p99 > 2000):
             break
         step["sessions_left"] = await _quiesce(rdv.url)
@@ -1137,18 +1340,28 @@ def markdown(result: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"The same {o['cameras']} cameras on a server started with `--no-gc-freeze` (the "
-            "collector as before), measured in the same run:",
+            "collector as before), measured in the same run"
+            + (", and on one that freezes only at its once-a-second tick (bench/scale.py "
+               "`--compare-tick-freeze`: not as each batch of 256 new connections is in)"
+               if result.get("tick_freeze") else "") + ":",
             "",
             "| server | KiB per camera | idle CPU | longest loop pause idle / ramp (ms) "
+            "| longest collection in the ramp (ms) "
             "| idle full GCs (max ms) | p99 at 200/s (ms) | longest loop pause at 200/s (ms) |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for label, lv, steps in (("gc.freeze (default)", top, result["steps"]),
-                                 ("--no-gc-freeze", o, other["steps"])):
+        rows = [("gc.freeze (default)", top, result["steps"]),
+                ("--no-gc-freeze", o, other["steps"])]
+        if result.get("tick_freeze"):
+            rows.append(("gc.freeze at the tick only", result["tick_freeze"]["levels"][-1],
+                         result["tick_freeze"]["steps"]))
+        for label, lv, steps in rows:
             step = next((s for s in steps if s["rate"] == TARGET_RATE), None)
             rtt = (step or {}).get("rtt") or {}
+            ramp_gc = lv.get("server_gc_ramp") or {}
             lines.append(f"| {label} | {lv['kib_per_camera']} | {100 * lv['idle_cpu']:.1f}% | "
                          f"{_pause(lv.get('loop_idle'))} / {_pause(lv.get('loop_ramp'))} | "
+                         f"{ramp_gc.get('max_ms', '–')} ({ramp_gc.get('max_cpu_ms', '–')}) | "
                          f"{_gc_cell(lv['server_gc_idle'], full=True)} | {rtt.get('p99')} | "
                          f"{_pause((step or {}).get('loop'))} |")
     if result.get("without_freeze_failed"):

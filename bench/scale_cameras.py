@@ -147,7 +147,8 @@ class CameraWorker:
 
     def __init__(self, url: str, index: int, workers: int, per_address: int,
                  concurrency: int, timeout: float, state_dir: Path, *,
-                 tls_ca: str | None = None, reconnect: bool = False) -> None:
+                 tls_ca: str | None = None, reconnect: bool = False,
+                 aligned_heartbeats: bool = False) -> None:
         from camera.acl import PairingWindows, ViewerACL
 
         self.url = url.rstrip("/") + "/ws/camera"
@@ -171,6 +172,12 @@ class CameraWorker:
         self.errors: collections.Counter[str] = collections.Counter()
         self._ssl = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
         self.reconnect = reconnect
+        self.aligned_heartbeats = aligned_heartbeats
+        """aiohttp rounds a timer of 5 s or more up to a whole second of the loop's
+        clock: every camera of this process would ping in the same loop iteration,
+        each second (475 pings at once per 9500 cameras), a burst no fleet of
+        separate devices makes. Off (the default), each camera pings 20 s after its
+        own last ping, as separate devices do; on: the rounding, as before."""
         self.lost_at: list[tuple[str, float]] = []
         """(device ID, CLOCK_MONOTONIC) of each connection lost (``--reconnect``)."""
         self.back_at: list[tuple[str, float, int]] = []
@@ -180,7 +187,9 @@ class CameraWorker:
         http = self._http.get(address)
         if http is None:
             # limit=0: a WebSocket keeps its connection, and we keep thousands.
-            connector = aiohttp.TCPConnector(local_addr=(address, 0), limit=0)
+            connector = aiohttp.TCPConnector(
+                local_addr=(address, 0), limit=0,
+                timeout_ceil_threshold=5 if self.aligned_heartbeats else 2 * HEARTBEAT)
             http = self._http[address] = aiohttp.ClientSession(connector=connector)
         return http
 
@@ -343,14 +352,74 @@ class CameraWorker:
         self._http.clear()
 
 
+def install_loop_probe(path: Path) -> None:
+    """Note this process's event-loop stalls in ``path`` (CLOCK_MONOTONIC, the clock
+    of the server's probes): ``I start wall cpu runq`` for an iteration of 20 ms or
+    more (ms; runq: of it, runnable without a core), ``W at ms`` for a wake-up from
+    select() that waited 1 ms or more for a core, ``G start generation wall cpu`` for
+    a garbage collection of 5 ms or more. Cheap: two clock reads and two small
+    /proc reads per iteration."""
+    import asyncio.base_events as be
+
+    log = path.open("a", buffering=1)
+    try:
+        sched_fd = os.open(f"/proc/self/task/{os.getpid()}/schedstat", os.O_RDONLY)
+    except OSError:
+        sched_fd = -1
+
+    def run_delay() -> int:
+        return int(os.pread(sched_fd, 100, 0).split()[1]) if sched_fd >= 0 else 0
+
+    woke = [0.0, 0.0, 0]
+    run_once = be.BaseEventLoop._run_once  # type: ignore[attr-defined]
+
+    def probed_run_once(self: Any) -> None:
+        selector = self._selector
+        if not getattr(selector, "_peercam_probe", False):
+            select = selector.select
+
+            def timed_select(timeout: float | None = None) -> Any:
+                before = run_delay()
+                events = select(timeout)
+                woke[0], woke[1], woke[2] = time.monotonic(), time.thread_time(), run_delay()
+                if woke[2] - before >= 1_000_000:
+                    log.write(f"W {woke[0]:.4f} {(woke[2] - before) / 1e6:.2f}\n")
+                return events
+
+            selector.select = timed_select
+            selector._peercam_probe = True
+        run_once(self)
+        ms = (time.monotonic() - woke[0]) * 1000
+        if ms >= 20:
+            cpu = (time.thread_time() - woke[1]) * 1000
+            log.write(f"I {woke[0]:.4f} {ms:.2f} {cpu:.2f} {(run_delay() - woke[2]) / 1e6:.2f}\n")
+
+    be.BaseEventLoop._run_once = probed_run_once  # type: ignore[attr-defined]
+    started = [0.0, 0.0]
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0], started[1] = time.monotonic(), time.thread_time()
+            return
+        ms = (time.monotonic() - started[0]) * 1000
+        if ms >= 5:
+            cpu = (time.thread_time() - started[1]) * 1000
+            log.write(f"G {started[0]:.4f} {info['generation']} {ms:.2f} {cpu:.2f}\n")
+
+    gc.callbacks.append(collected)
+
+
 async def worker_main(args: argparse.Namespace) -> None:
     import camera.gatekeeper  # noqa: F401  (imported before "ready": the ramp times handshakes)
     import camera.identity  # noqa: F401
 
     raise_nofile()
+    if args.loop_log:
+        install_loop_probe(Path(args.loop_log))
     worker = CameraWorker(args.url, args.index, args.workers, args.per_address,
                           args.concurrency, args.timeout, Path(args.state_dir),
-                          tls_ca=args.tls_ca, reconnect=args.reconnect)
+                          tls_ca=args.tls_ca, reconnect=args.reconnect,
+                          aligned_heartbeats=args.aligned_heartbeats)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -391,6 +460,10 @@ def main() -> None:
     p.add_argument("--tls-ca", help="CA file to trust for a wss:// URL")
     p.add_argument("--reconnect", action="store_true",
                    help="register again (the agent's backoff) when a connection drops")
+    p.add_argument("--loop-log", help="note this worker's event-loop stalls here")
+    p.add_argument("--aligned-heartbeats", action="store_true",
+                   help="aiohttp's whole-second heartbeat timers: every camera of this "
+                        "worker pings in the same loop iteration (for comparison)")
     asyncio.run(worker_main(p.parse_args()))
 
 

@@ -21,7 +21,9 @@ import logging
 import re
 import secrets
 import socket
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -135,13 +137,28 @@ class ClusterSettings:
 
 
 def holder_node(value: str | None) -> str | None:
-    """The node named by a presence value (``node/connection``), None if malformed."""
+    """The node named by a holder (``node/connection``) or a presence value
+    (``node/connection@generation``), None if malformed."""
     if value is None:
         return None
-    node, slash, conn = value.partition("/")
+    holder, at, generation = value.partition("@")
+    if at and not generation.isdigit():
+        return None
+    node, slash, conn = holder.partition("/")
     if not slash or not conn.isdigit() or not _NODE_ID_RE.fullmatch(node):
         return None
     return node
+
+
+def presence_value(holder: str, generation: int) -> str:
+    """What a presence key holds: the holder and its registration's generation."""
+    return f"{holder}@{generation}"
+
+
+def wall_generation() -> int:
+    """Microseconds of the wall clock: registrations of one camera on different nodes
+    are ordered by when each node accepted it (the nodes' clocks kept in sync)."""
+    return time.time_ns() // 1000
 
 
 # -- node-to-node messages ------------------------------------------------------------
@@ -267,18 +284,21 @@ class Publish(Extension):
 
 @dataclass(frozen=True, slots=True)
 class Claim(Extension):
-    """Set the presence of ``proof.device_id`` to ``proof.holder`` (this connection);
-    evict the connection it named before, if that was on another node."""
+    """Set the presence of ``proof.device_id`` to ``value`` (this connection and its
+    registration's generation) unless it names a newer registration; evict the
+    connection it named before, if that was on another node. A newer one there:
+    call ``ClusterRouter.lost_presence`` (this registration is the older)."""
 
     proof: Evict
+    value: str
 
 
 @dataclass(frozen=True, slots=True)
 class Release(Extension):
-    """Delete the presence of ``device_id`` if it still names ``holder``."""
+    """Delete the presence of ``device_id`` if it is still ``value``."""
 
     device_id: str
-    holder: str
+    value: str
 
 
 @dataclass(eq=False, slots=True)
@@ -305,9 +325,13 @@ class _RemoteSession:
 class ClusterRouter(Router):
     """A :class:`Router` for one node of several sharing presence through Redis."""
 
-    def __init__(self, node_id: str, **kwargs: Any) -> None:
+    def __init__(self, node_id: str, generation_clock: Callable[[], int] = wall_generation,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.node_id = check_node_id(node_id)
+        self._generation_clock = generation_clock
+        """Where a registration's generation comes from (see ``_next_generation``)."""
+        self._last_generation = 0
         self.local_viewers: dict[int, Peer] = {}
         self.remote: dict[Peer, dict[tuple[str, str], _RemoteSession]] = {}
         """Viewers here -> their sessions with cameras on other nodes."""
@@ -320,8 +344,20 @@ class ClusterRouter(Router):
         self.node_received: Counter[str] = Counter()
 
     def holder(self, peer: Peer) -> str:
-        """The presence value of a camera registered on ``peer`` here."""
+        """The connection ``peer`` as other nodes name it (``node/connection``)."""
         return f"{self.node_id}/{peer.id}"
+
+    def presence_value(self, peer: Peer) -> str:
+        """The presence value of a camera registered on ``peer`` here."""
+        return presence_value(self.holder(peer), peer.generation)
+
+    def _next_generation(self) -> int:
+        """A registration's place among every registration of its camera on any node:
+        the wall clock in microseconds, strictly increasing on this node. Redis keeps
+        the presence of the highest (``services.cluster_redis``): the newer wins
+        whichever node's write reaches Redis last."""
+        self._last_generation = max(self._generation_clock(), self._last_generation + 1)
+        return self._last_generation
 
     # -- hooks into the single-node router -------------------------------------------
 
@@ -334,7 +370,7 @@ class ClusterRouter(Router):
         actions: list[Action] = []
         if peer.role is Role.CAMERA and peer.device_id is not None and (
                 self.cameras.get(peer.device_id) is peer):
-            actions.append(Release(peer.device_id, self.holder(peer)))
+            actions.append(Release(peer.device_id, self.presence_value(peer)))
         elif peer.role is Role.VIEWER and not isinstance(peer, RemoteViewer):
             self.local_viewers.pop(peer.id, None)
             nodes = {s.node for s in self.remote.pop(peer, {}).values()}
@@ -360,9 +396,10 @@ class ClusterRouter(Router):
     def _register(self, peer: Peer, message: Message, now: float) -> list[Action]:
         actions = super()._register(peer, message, now)
         if peer.device_id is not None:
+            peer.generation = self._next_generation()
             actions.append(Claim(Evict(self.node_id, peer.device_id, self.holder(peer),
                                        message["device_key"], peer.nonce,
-                                       message["signature"])))
+                                       message["signature"]), self.presence_value(peer)))
         return actions
 
     def _from_viewer(self, peer: Peer, message: Message, now: float) -> list[Action]:
@@ -519,13 +556,14 @@ class ClusterRouter(Router):
 
     def presence(self) -> dict[str, str]:
         """Presence values of the cameras registered here (renewed by the adapter)."""
-        return {device_id: self.holder(peer) for device_id, peer in self.cameras.items()}
+        return {device_id: self.presence_value(peer) for device_id, peer in self.cameras.items()}
 
-    def lost_presence(self, device_id: str, holder: str) -> list[Action]:
-        """Redis names another connection for a camera registered here as ``holder``:
-        a newer registration elsewhere whose eviction did not arrive."""
+    def lost_presence(self, device_id: str, value: str) -> list[Action]:
+        """Redis holds a newer registration than the one registered here as ``value``
+        (a presence value): the camera registered again elsewhere, and its eviction
+        did not arrive (or had not yet)."""
         camera = self.cameras.get(device_id)
-        if camera is None or self.holder(camera) != holder:
+        if camera is None or self.presence_value(camera) != value:
             return []
         logger.warning("camera %s is registered on another node now; closing %r",
                        device_id, camera)

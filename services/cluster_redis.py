@@ -1,9 +1,15 @@
 """The Redis adapter of a cluster node: moves presence and node messages, decides nothing.
 
-Presence: one key per camera (``<prefix>:camera:<device id>`` = ``node/connection``)
-with a lease, renewed every third of it together with the node's own key
-(``<prefix>:node:<id>``); the renewal re-creates what a restarted, empty Redis
-lost. Messages: one pub/sub channel per node (``<prefix>:to:<id>``); a publish
+Presence: one key per camera (``<prefix>:camera:<device id>`` =
+``node/connection@generation``) with a lease, renewed every third of it together
+with the node's own key (``<prefix>:node:<id>``); the renewal re-creates what a
+restarted, empty Redis lost. Every write of a presence key, the claim after a
+registration and each renewal alike, is one compare-and-set in Redis (``_CLAIM``):
+it writes only if the key is missing, already ours, or names an older generation.
+So the newer registration wins whichever node's write arrives last: a dead node's
+last renewal, or a claim that waited for a connection, cannot take the key back.
+
+Messages: one pub/sub channel per node (``<prefix>:to:<id>``); a publish
 nobody received is a node that is gone. While Redis is unreachable the node
 serves its own cameras and viewers, answers the rest "unavailable", and says
 ``degraded`` on /healthz; it comes back by itself.
@@ -45,14 +51,26 @@ BATCH = 1000
 #: restarted Redis has no node keys until each node's next renewal).
 MISSING_CHECKS = 3
 
-_KEEP = """
+_CLAIM = """
 local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+if v and v ~= ARGV[1] then
+  local h, g = string.match(v, '^(.*)@(%d+)$')
+  local mh, mg = string.match(ARGV[1], '^(.*)@(%d+)$')
+  if g and (#g > #mg or (#g == #mg and (g > mg or (g == mg and h > mh)))) then
+    return 0
+  end
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if v and v ~= ARGV[1] then return v end
+return 1
 """
+"""Set presence key KEYS[1] to ARGV[1] (``holder@generation``) for ARGV[2] ms unless
+it names a newer registration: a higher generation (decimal, no leading zeros, so
+the longer is the higher), or the same one of a greater holder (a tie broken the
+same way on every node). A value without a generation (a node of an older
+release) counts as the oldest. Returns 1 (set: it was ours, or missing), the
+older value it replaced, or 0 (not set: a newer registration holds it). Integers
+for the common cases: a renewal of 100k keys parses 100k small replies."""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -95,7 +113,7 @@ class RedisCluster:
         # the router's parser, never by the client's decoder in the listening task.
         options["decode_responses"] = False
         self._raw = _client(settings.redis_url, settings.redis_timeout, options)
-        self._keep = self.client.register_script(_KEEP)
+        self._claim_script = self.client.register_script(_CLAIM)
         self._release = self.client.register_script(_RELEASE)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -103,9 +121,6 @@ class RedisCluster:
         self._renewed = False
         self._reported_down = False
         self._missing: dict[str, int] = {}
-        self._claims: dict[str, Evict] = {}
-        """Claims not (yet) through, by device ID: a renewal that finds the key still
-        naming an older holder claims it again rather than close our camera."""
         self.last_error: str | None = None
         self.outages = 0
         """Times Redis became unreachable since start."""
@@ -161,9 +176,9 @@ class RedisCluster:
             async with asyncio.timeout(self.settings.redis_timeout):
                 pipe = self.client.pipeline(transaction=False)
                 pipe.delete(self.settings.node_key(self.settings.node_id))
-                for device_id, holder in self.router.presence().items():
+                for device_id, value in self.router.presence().items():
                     await self._release(keys=[self.settings.presence_key(device_id)],
-                                        args=[holder], client=pipe)
+                                        args=[value], client=pipe)
                 await pipe.execute()
         for client in (self.client, self._raw):
             with contextlib.suppress(*_FAILURES):
@@ -196,12 +211,11 @@ class RedisCluster:
         elif isinstance(action, Publish):
             await self._publish(action)
         elif isinstance(action, Claim):
-            await self._claim(action.proof)
+            await self._claim(action)
         elif isinstance(action, Release):
-            self._claims.pop(action.device_id, None)
             with contextlib.suppress(*_FAILURES):
                 await self._release(keys=[self.settings.presence_key(action.device_id)],
-                                    args=[action.holder])
+                                    args=[action.value])
 
     async def _locate(self, action: Locate) -> None:
         value = None
@@ -224,22 +238,24 @@ class RedisCluster:
             self.published_unreceived += 1
             await self._perform(self.router.publish_failed(action))
 
-    async def _claim(self, proof: Evict) -> None:
+    async def _claim(self, claim: Claim) -> None:
+        proof = claim.proof
         lease_ms = int(self.settings.lease * 1000)
-        self._claims[proof.device_id] = proof
         try:
-            old = await self.client.set(self.settings.presence_key(proof.device_id),
-                                        proof.holder, px=lease_ms, get=True)
+            result = await self._claim_script(
+                keys=[self.settings.presence_key(proof.device_id)], args=[claim.value, lease_ms])
         except _FAILURES as exc:
-            self._failed("set", exc)  # the next renewal claims it
+            self._failed("claim", exc)  # the next renewal claims it
             return
-        if self._claims.get(proof.device_id) is proof:
-            del self._claims[proof.device_id]
-        node = holder_node(old if isinstance(old, str) else None)
-        if node is not None and node != self.settings.node_id and old != proof.holder:
+        if result == 0:  # a newer registration holds it: this one is the older
+            await self._perform(self.router.lost_presence(proof.device_id, claim.value))
+            return
+        old = result if isinstance(result, str) else None
+        node = holder_node(old)
+        if old is not None and node is not None and node != self.settings.node_id:
             await self._publish(Publish(node, Evict(
-                self.settings.node_id, proof.device_id, str(old), proof.device_key,
-                proof.nonce, proof.signature)))
+                self.settings.node_id, proof.device_id, old.partition("@")[0],
+                proof.device_key, proof.nonce, proof.signature)))
 
     # -- loops -------------------------------------------------------------------------
 
@@ -285,26 +301,30 @@ class RedisCluster:
         """Renew (or re-create) every local camera's presence and this node's key;
         settle cameras another node took; end sessions with nodes that are gone."""
         lease_ms = int(self.settings.lease * 1000)
-        await self.client.set(self.settings.node_key(self.settings.node_id), "1", px=lease_ms)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.settings.node_key(self.settings.node_id), "1", px=lease_ms)
+        # Loaded here, so that a claim (a new camera's first Redis command) is one
+        # round trip, also on a Redis that restarted empty.
+        pipe.script_load(_CLAIM)
+        pipe.script_load(_RELEASE)
+        await pipe.execute()
         items = list(self.router.presence().items())
         lost: list[tuple[str, str]] = []
         for start in range(0, len(items), BATCH):
             batch = items[start:start + BATCH]
             pipe = self.client.pipeline(transaction=False)
-            for device_id, holder in batch:
-                await self._keep(keys=[self.settings.presence_key(device_id)],
-                                 args=[holder, lease_ms], client=pipe)
+            for device_id, value in batch:
+                # The same compare-and-set as a claim: a renewal that runs before
+                # its registration's claim (or after it failed) claims the key from
+                # an older registration; one from a registration that is no longer
+                # the newest changes nothing.
+                await self._claim_script(keys=[self.settings.presence_key(device_id)],
+                                         args=[value, lease_ms], client=pipe)
             results = await pipe.execute()
-            lost += [item for item, kept in zip(batch, results, strict=True) if kept == 0]
-        for device_id, holder in lost:
-            pending = self._claims.get(device_id)
-            if pending is not None and pending.holder == holder:
-                # Our registration is the newer one; its claim had not gone through
-                # (Redis refused it, or it had not run yet): the key still names
-                # the connection before, maybe on a node that died. Claim it now.
-                await self._claim(pending)
-                continue
-            await self._perform(self.router.lost_presence(device_id, holder))
+            lost += [item for item, result in zip(batch, results, strict=True)
+                     if result == 0]
+        for device_id, value in lost:
+            await self._perform(self.router.lost_presence(device_id, value))
         nodes = sorted(self.router.nodes_in_use())
         if not nodes:
             self._missing.clear()

@@ -125,6 +125,9 @@ class Peer:
     id: int = field(default_factory=itertools.count(1).__next__)
     device_id: str | None = None
     """Cameras: the ID registered on this connection."""
+    generation: int = 0
+    """Cameras on a cluster node: the registration's order among all registrations
+    of its camera on every node (``services.cluster``); 0 on a single server."""
     nonce: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     nonce_used: bool = False
     sessions: set[tuple[str, str]] = field(default_factory=set)

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from camera.gatekeeper import server_name
 from camera.identity import DeviceIdentity
-from services.cluster import ClusterRouter, ClusterSettings, Evict, encode_node
+from services.cluster import Claim, ClusterRouter, ClusterSettings, Evict, encode_node
 from services.rendezvous import Rendezvous, RendezvousConfig, start_rendezvous
 from services.routing import Router
 from services.signatures import encode_public_key, register_statement, sign
@@ -455,7 +455,7 @@ def test_two_cluster_routers_route_a_session_and_refuse_foreign_replies() -> Non
     b.received(camera, encode(Role.CAMERA, "register", device_id=identity.device_id,
                               device_key=encode_public_key(identity.private_key.public_key()),
                               signature=sign(identity.private_key, statement)), 0.0)
-    assert b.presence() == {identity.device_id: b.holder(camera)}
+    assert b.presence() == {identity.device_id: b.presence_value(camera)}
     viewer = Peer(Role.VIEWER)
     a.connected(viewer)
     request = json.dumps(pair_request(identity.device_id, "s" * 22))
@@ -501,26 +501,139 @@ async def test_a_camera_whose_claim_did_not_go_through_is_not_closed_by_its_rene
     identity = DeviceIdentity.generate()
     key = f"peercam:camera:{identity.device_id}"
     client = cluster.redis.client()
-    await client.set(key, "node9/7", px=int(LEASE * 1000))  # the dead node's registration
+    await client.set(key, dead_nodes_value(), px=int(LEASE * 1000))
     cluster_b = b.server.cluster
     assert cluster_b is not None
-    real_set = cluster_b.client.set
+    real_evalsha = cluster_b.client.evalsha
     refused: list[str] = []
 
-    async def refuse_claims(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == key:
-            refused.append(name)
+    async def refuse_claims(sha: str, numkeys: int, *args: Any) -> Any:
+        if args[0] == key:
+            refused.append(key)
             raise RedisError("max number of clients reached")  # what a busy pool said
-        return await real_set(name, *args, **kwargs)
+        return await real_evalsha(sha, numkeys, *args)
 
-    monkeypatch.setattr(cluster_b.client, "set", refuse_claims)
+    monkeypatch.setattr(cluster_b.client, "evalsha", refuse_claims)
     async with aiohttp.ClientSession() as http:
         camera = await raw_camera(http, b.url, identity)
         await wait_for(lambda: refused, what="the claim")
-        monkeypatch.setattr(cluster_b.client, "set", real_set)
+        monkeypatch.setattr(cluster_b.client, "evalsha", real_evalsha)
         await asyncio.sleep(LEASE)  # renewals run every third of a lease
         assert identity.device_id in b.router.cameras
         assert (await client.get(key)).startswith("node1/")
         assert b.router.counters.replaced == 0
         assert not camera.ws.closed
     await client.aclose()
+
+
+# -- which registration is the newer: the registrations' order, not the writes' ------
+
+
+def dead_nodes_value() -> str:
+    """The presence value a node that died left: a registration 5 s old."""
+    return f"node9/7@{time.time_ns() // 1000 - 5_000_000}"
+
+
+@dataclass
+class HeldClaims:
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+    done: list[Claim] = field(default_factory=list)
+
+
+def hold_claims(monkeypatch: pytest.MonkeyPatch, node: Node) -> HeldClaims:
+    """Hold ``node``'s presence claims until ``go`` is set (a claim that waits for a
+    Redis connection while everything else goes on); ``done``: the claims run."""
+    cluster = node.server.cluster
+    assert cluster is not None
+    real = cluster.perform
+    held = HeldClaims()
+
+    async def perform(action: Any) -> None:
+        if isinstance(action, Claim):
+            await asyncio.wait_for(held.go.wait(), scaled(10))
+        await real(action)
+        if isinstance(action, Claim):
+            held.done.append(action)
+
+    monkeypatch.setattr(cluster, "perform", perform)
+    return held
+
+
+async def test_a_renewal_before_the_claim_takes_the_key_from_a_dead_node(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera re-homed from a node that died: its new node's renewal runs between
+    the registration and its claim, and finds the key still naming the dead node's
+    connection. That is an older registration: the renewal takes the key, and the
+    camera is not closed as ``replaced``."""
+    a, b = cluster.nodes
+    identity = DeviceIdentity.generate()
+    key = f"peercam:camera:{identity.device_id}"
+    client = cluster.redis.client()
+    await client.set(key, dead_nodes_value(), px=int(LEASE * 1000))
+    held = hold_claims(monkeypatch, b)
+    cluster_b = b.server.cluster
+    assert cluster_b is not None
+    async with aiohttp.ClientSession() as http:
+        camera = await raw_camera(http, b.url, identity)
+        await cluster_b._renew_once()  # the renewal that ran first
+        assert b.router.counters.replaced == 0 and not camera.ws.closed
+        held.go.set()
+        await wait_for(lambda: held.done, what="the claim")  # it must change nothing
+        assert b.router.counters.replaced == 0 and not camera.ws.closed
+        assert identity.device_id in b.router.cameras
+        assert (await client.get(key)).startswith("node1/")
+        viewer = await raw_viewer(http, a.url)
+        await viewer.send_json(pair_request(identity.device_id, "d" * 22))
+        assert (await camera.next())["session_id"] == "d" * 22
+    await client.aclose()
+
+
+async def test_an_older_registrations_late_claim_does_not_evict_the_newer(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The camera registers on node a, whose claim waits; then again on node b, whose
+    claim goes through. When a's claim reaches Redis at last, the registration on b
+    is still the newer: the key stays b's, and a closes its own older connection."""
+    a, b = cluster.nodes
+    identity = DeviceIdentity.generate()
+    key = f"peercam:camera:{identity.device_id}"
+    client = cluster.redis.client()
+    held = hold_claims(monkeypatch, a)
+    async with aiohttp.ClientSession() as http:
+        older = await raw_camera(http, a.url, identity)
+        newer = await raw_camera(http, b.url, identity)
+        await until_exists(client, key)
+        assert (await client.get(key)).startswith("node1/")
+        held.go.set()  # the older registration's claim arrives last
+        replaced = await older.next()
+        assert replaced["type"] == "error" and replaced["code"] == "replaced"
+        await wait_for(lambda: identity.device_id not in a.router.cameras)
+        assert (await client.get(key)).startswith("node1/")
+        assert a.router.counters.replaced == 1 and b.router.counters.replaced == 0
+        assert not newer.ws.closed
+        viewer = await raw_viewer(http, a.url)
+        await viewer.send_json(pair_request(identity.device_id, "n" * 22))
+        assert (await newer.next())["session_id"] == "n" * 22
+    await client.aclose()
+
+
+def test_generations_increase_on_one_node_whatever_the_clock_does() -> None:
+    from services.routing import Peer
+    from services.signaling import Role, encode
+
+    name = "rdv.test:443"
+    clock = iter([1_000, 900, 900, 5_000])
+    router = ClusterRouter("a", generation_clock=lambda: next(clock), server_names=[name])
+    seen = []
+    for _ in range(4):
+        identity = DeviceIdentity.generate()
+        camera = Peer(Role.CAMERA, host=name)
+        router.connected(camera)
+        statement = register_statement(name, camera.nonce, identity.device_id)
+        actions = router.received(camera, encode(
+            Role.CAMERA, "register", device_id=identity.device_id,
+            device_key=encode_public_key(identity.private_key.public_key()),
+            signature=sign(identity.private_key, statement)), 0.0)
+        [claim] = [x for x in actions if isinstance(x, Claim)]
+        seen.append(claim.value)
+        assert router.presence()[identity.device_id] == claim.value
+    assert [v.rpartition("@")[2] for v in seen] == ["1000", "1001", "1002", "5000"]

@@ -224,6 +224,26 @@ async def test_closed_connections_are_freed_with_their_objects_frozen() -> None:
     assert gc.get_freeze_count() == 0  # a stopped server leaves nothing frozen
 
 
+async def test_a_burst_of_connections_is_frozen_batch_by_batch() -> None:
+    """A registration burst brings more connections in a second than one collection
+    should walk: each batch is frozen as soon as it is in, not at the next tick."""
+    server, runner, port = await start_rendezvous("127.0.0.1", 0, RendezvousConfig(
+        server_names=("127.0.0.1",), gc_freeze=True))
+    try:
+        server.freezer.batch, server.freezer.period = 8, 3600.0  # no tick within the test
+        server.freezer.freeze(0.0)
+        freezes, server.freezer.largest = server.freezer.freezes, 0
+        socks = await asyncio.to_thread(_open, port, 60, 63)
+        await _until(lambda: len(server._sockets) == 60, 10)
+        assert server.freezer.freezes - freezes >= 60 // 8
+        assert 8 <= server.freezer.largest <= 2 * 8
+        for sock in socks:
+            sock.close()
+        await _until(lambda: not server._sockets, 10)
+    finally:
+        await runner.cleanup()
+
+
 async def test_the_heartbeat_drops_a_silent_peer_and_keeps_one_that_answers() -> None:
     server, runner, port = await start_rendezvous("127.0.0.1", 0, RendezvousConfig(
         server_names=("127.0.0.1",), heartbeat=0.4))
