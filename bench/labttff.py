@@ -54,14 +54,17 @@ USES_LAB = True
 CAMERA_SITE = "port-restricted"
 CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
          "port-restricted:udp-blocked")
-KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium, page before",
+KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium, before",
          "chromium": "Chromium"}
 """Viewer kinds, in table order; ``cli_before`` (see :func:`cli_trials`) only with
-``--before`` or ``--kinds``, ``chromium_before`` (the page as of :data:`PAGE_BEFORE`)
-only with ``--kinds``."""
-PAGE_BEFORE = "6df6bb9cb3dd2055a6fb663eee72656ab2f6771a"
-"""The commit whose services/web/viewer.js ``chromium_before`` serves: the page before
-it added the camera's server-reflexive candidates first (``git show``)."""
+``--before`` or ``--kinds``, ``chromium_before`` (the page as of :data:`PAGE_BEFORE`,
+the camera restarted with :data:`CAMERA_BEFORE`) only with ``--kinds``."""
+PAGE_BEFORE = "e22bae99706fe9c26b180e1c1082dc1fe6a4f91a"
+"""The commit whose services/web/viewer.js ``chromium_before`` serves (``git show``):
+the page before the camera held its answer for the page's server-reflexive candidate."""
+CAMERA_BEFORE = ["--ice-before"]
+"""``chromium_before``'s camera: its ICE as before rules 5 and 6 of camera/ice.py (a
+trickled candidate checked at the next pacing tick, the answer sent at once)."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
@@ -135,7 +138,11 @@ WAIT_FOR_FRAME = """new Promise((resolve) => {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=int, default=20, help="per cell and viewer kind")
+    p.add_argument("--trials", type=int, default=20,
+                   help="per cell, viewer kind and round")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds of every viewer kind, alternating ABBA (same-run comparisons "
+                        "on a machine whose load drifts)")
     p.add_argument("--cells", default=",".join(CELLS),
                    help="CAMERA_SITE:VIEWER_SITE,… (one camera site for all cells)")
     p.add_argument("--width", type=int, default=1280)
@@ -214,6 +221,8 @@ class LabRun:
         self.pair_secret = ""
         self.lab_up_s = 0.0
         self.terminated = False
+        self.camera_extra: list[str] = []
+        self._logs: set[str] = set()
 
     @property
     def rendezvous(self) -> str:
@@ -263,14 +272,34 @@ class LabRun:
         self.terminated = True
         task.cancel()
 
-    async def _start_camera(self) -> None:
-        log = (self.state / "camera.log").open("w")
+    async def restart_camera(self, extra: list[str], log: str) -> None:
+        """Stop the camera and start it again with ``extra`` arguments (same identity,
+        a new pairing secret), its stderr to ``log``: a variant in the same lab."""
+        await self._stop_camera()
+        await self._start_camera(extra, log)
+
+    async def _stop_camera(self) -> None:
+        if self.camera is not None and self.camera.poll() is None:
+            if self.camera.stdin:
+                with contextlib.suppress(OSError):
+                    self.camera.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.get_running_loop().run_in_executor(None, self.camera.wait, 10)
+            if self.camera.poll() is None:
+                self.camera.kill()
+                await asyncio.get_running_loop().run_in_executor(None, self.camera.wait, 10)
+
+    async def _start_camera(self, extra: list[str] | None = None,
+                            log_name: str = "camera.log") -> None:
+        self.camera_extra = list(extra or [])
+        log = (self.state / log_name).open("a" if log_name in self._logs else "w")
+        self._logs.add(log_name)
         self.camera = self.lab.popen(
             self.camera_site,
             [sys.executable, "-m", "bench", "_camera", "--any-address",
              "--rendezvous", self.rendezvous, "--state-dir", str(self.state / "camera"),
              "--width", str(self.width), "--height", str(self.height),
-             "--bitrate", str(self.bitrate)],
+             "--bitrate", str(self.bitrate), *self.camera_extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
             env=self.env)
         assert self.camera.stdout is not None
@@ -285,7 +314,7 @@ class LabRun:
             lines.append(line)
             if not line.startswith(("DEVICE ", "PAIR ")):
                 raise SystemExit(f"bench: the lab camera at {self.camera_site} did not start: "
-                                 f"{self.log('camera.log')}")
+                                 f"{self.log(log_name)}")
         self.device_id = lines[0].split()[1]
         self.pair_secret = lines[1].split()[1]
 
@@ -323,12 +352,7 @@ class LabRun:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGTERM)
-        if self.camera is not None and self.camera.poll() is None:
-            if self.camera.stdin:
-                with contextlib.suppress(OSError):
-                    self.camera.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await loop.run_in_executor(None, self.camera.wait, 10)
+        await self._stop_camera()
         if self.matrix is not None:
             await loop.run_in_executor(None, self.matrix.stop)
         if self.lab is not None:
@@ -383,16 +407,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "expected": "direct" if expected_direct(camera, viewer) else "relay",
                 "turn_transport": "tcp" if viewer.startswith("udp-blocked") else "udp",
             }
+            raw: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+            for round_ in range(args.rounds):
+                # ABBA: each variant as often first as second, one camera restart per switch.
+                for kind in (kinds if round_ % 2 == 0 else kinds[::-1]):
+                    want = CAMERA_BEFORE if kind == "chromium_before" else []
+                    if want != lab.camera_extra:
+                        await lab.restart_camera(
+                            want, "camera-before.log" if want else "camera.log")
+                    trials = await lab.json_lines(
+                        viewer,
+                        [sys.executable, "-m", "bench.labttff", kind, lab.link(pair=True),
+                         str(args.trials), str(args.gap)],
+                        timeout, f"{kind}-{viewer}.log")
+                    if not trials:
+                        raise SystemExit(f"bench: the {kind} viewer behind {viewer} reported "
+                                         f"nothing: {lab.log(f'{kind}-{viewer}.log')}")
+                    raw[kind] += [{**t, "round": round_} for t in trials]
             for kind in kinds:
-                trials = await lab.json_lines(
-                    viewer,
-                    [sys.executable, "-m", "bench.labttff", kind, lab.link(pair=True),
-                     str(args.trials), str(args.gap)],
-                    timeout, f"{kind}-{viewer}.log")
-                if not trials:
-                    raise SystemExit(f"bench: the {kind} viewer behind {viewer} reported "
-                                     f"nothing: {lab.log(f'{kind}-{viewer}.log')}")
-                cell[kind] = describe(trials, cell["expected"])
+                cell[kind] = describe(raw[kind], cell["expected"])
                 print(json.dumps({"cell": f"{camera}→{viewer}", "viewer": kind,
                                   **cell[kind]["summary"]}), flush=True)
             out.append(cell)
@@ -400,7 +433,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from camera.ice import DEFAULT_GRACE
 
     return {"video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
-            "trials": args.trials, "lab_up_s": round(lab_up, 2), "cells": out,
+            "trials": args.trials * args.rounds, "rounds": args.rounds,
+            "lab_up_s": round(lab_up, 2), "cells": out,
             "relay_grace_s": DEFAULT_GRACE,
             "targets_ms": {"direct": TARGET_DIRECT_MS, "relay": TARGET_RELAYED_MS}}
 

@@ -62,6 +62,7 @@ pyproject.toml and checked, with every member the patch uses, by :mod:`camera.co
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -79,6 +80,11 @@ class DirectFirst:
     """How long a direct check gets the extra retransmissions."""
     margin: float = 0.05
     """Slack for event-loop and scheduling delays on either side."""
+    trickled_at_once: bool = True
+    """Rule 5: a trickled remote candidate's best pair is checked as it arrives."""
+    answer_hold: float = 0.1
+    """Rule 6: the longest the controlled agent's answer waits for the peer's
+    server-reflexive (or relayed) candidate; 0 never waits."""
 
 
 #: Seconds a successful relay pair waits for a direct pair, at most.
@@ -139,3 +145,39 @@ def check_rank(controlling: bool, local_type: str, remote_type: str) -> int:
     if not controlling and local_type == "host" and remote_type == "srflx":
         return 0
     return 1
+
+
+REFLEXIVE_TYPES = frozenset({"srflx", "relay"})
+"""Candidate types whose arrival ends an answer's wait (rule 6)."""
+
+
+def answer_waits(*, trickled: bool, servers: bool, remote_types: Iterable[str | None],
+                 ended: bool) -> bool:
+    """Whether the controlled agent (the camera) holds its answer back for now.
+
+    5. **A trickled candidate is checked at once** (both roles). aioice checks a
+       candidate that arrives while it is connecting only at a later tick of its
+       20 ms pacing, and after every pair still waiting: the camera's check that
+       opens its NAT to the viewer's trickled server-reflexive address left 3 to
+       40 ms after that address arrived in the NAT lab. Now the candidate's best
+       pair (in :func:`check_rank`'s order) is checked as it is added.
+    6. **The answer waits for the viewer's server-reflexive candidate**, at most
+       ``DirectFirst.answer_hold``. A browser starts gathering only once its offer
+       is applied, and sends the offer at once (trickle ICE): in the NAT lab the
+       camera's answer was often back before the viewer's server-reflexive
+       candidate reached the camera. The browser then checked the camera's
+       server-reflexive candidate at once, through a NAT the camera had not yet
+       opened to it (the camera cannot before it has that candidate), and checked
+       again only ~48 ms later (Chromium's pace for a pair that has not answered).
+       Sent once that candidate is in (and, by 5, the camera's check to it has
+       left), the answer makes the browser's first check meet an open NAT. A
+       relayed candidate ends the wait too (a viewer whose UDP is blocked has no
+       server-reflexive one), as does end-of-candidates. No wait when the viewer
+       does not trickle (its offer carries its candidates), when the session has
+       no STUN or TURN server (neither has the viewer then: the rendezvous gives
+       both the same STUN server, so no server-reflexive candidate is coming), or
+       when one is in already.
+    """
+    if not trickled or not servers or ended:
+        return False
+    return not any(t in REFLEXIVE_TYPES for t in remote_types)

@@ -21,12 +21,14 @@ from camera.compat import (
     PlayoutDelay,
     answer_as_dtls_server,
     hook_sender,
+    ice_timing,
     negotiate_playout_delay,
     share_packetization,
     watch_rtcp,
 )
 from camera.errors import PeercamError
 from camera.frames import Layer
+from camera.ice import REFLEXIVE_TYPES, answer_waits
 from camera.ladder import LABEL as QUALITY_LABEL
 from camera.ptz import LABEL as PTZ_LABEL
 from camera.ptz import PtzControl
@@ -47,6 +49,8 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a session's peer connection may take to close before it is given up."""
 
 _VIDEO_SECTION = re.compile(r"^m=video ", re.MULTILINE)
+_END_OF_CANDIDATES = re.compile(r"^a=end-of-candidates\r?$", re.MULTILINE)
+_CANDIDATE_TYPE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ \S+ \d+ typ (\S+)", re.MULTILINE)
 
 
 class SessionFailed(PeercamError, RuntimeError):
@@ -130,6 +134,13 @@ class ViewerSession:
         self._early_candidates: list[RTCIceCandidate | None] = []
         """Trickled before the offer was applied: aiortc needs its transceivers first."""
         self._candidate_seqs: set[int] = set()
+        self._has_servers = bool(ice_servers)
+        self._remote_types: list[str] = []
+        """Types of the viewer's candidates applied so far (offer and trickled)."""
+        self._remote_ended = False
+        self._reflexive_in = asyncio.Event()
+        """Set once a server-reflexive or relayed candidate of the viewer (or its
+        end-of-candidates) is applied: a held answer goes (camera.ice rule 6)."""
         self.pc: RTCPeerConnection = make_peer_connection(ice_servers)
         self.track: PassthroughTrack | None = None
         self.connected = asyncio.Event()
@@ -141,7 +152,9 @@ class ViewerSession:
         self.pc.on("datachannel", self._datachannel)
 
     async def answer(self, offer_sdp: str) -> str:
-        """Apply the viewer's offer and return our answer SDP (ICE gathered)."""
+        """Apply the viewer's offer and return our answer SDP (ICE gathered; checks
+        started; held up to ``DirectFirst.answer_hold`` for a trickling viewer's
+        server-reflexive candidate, camera.ice rule 6)."""
         self.offer_sdp = offer_sdp
         if _VIDEO_SECTION.search(offer_sdp):
             self.track = PassthroughTrack(self._broadcaster)
@@ -175,6 +188,7 @@ class ViewerSession:
         except Exception as exc:  # aiortc raises its own OperationError / InvalidStateError
             raise SessionFailed(f"cannot answer this offer: {exc}") from None
         self._watchdog = asyncio.create_task(self._connect_deadline(), name="session-deadline")
+        await self._hold_answer(offer_sdp)
         local = self.pc.localDescription
         return set_profile_level_id(local.sdp, self._broadcaster.profile_level_id)
 
@@ -213,6 +227,27 @@ class ViewerSession:
         if None in early:
             await self._apply_candidate(None)
 
+    async def _hold_answer(self, offer_sdp: str) -> None:
+        """Checks are running (ours included): the answer waits, briefly, for the
+        viewer's server-reflexive candidate, so that the viewer's first check meets
+        our NAT open (camera.ice, rule 6)."""
+        hold = ice_timing().answer_hold
+        if hold <= 0 or not answer_waits(
+                trickled=not _END_OF_CANDIDATES.search(offer_sdp), servers=self._has_servers,
+                remote_types=[*_CANDIDATE_TYPE.findall(offer_sdp), *self._remote_types],
+                ended=self._remote_ended):
+            return
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            async with asyncio.timeout(hold):
+                await self._reflexive_in.wait()
+        except TimeoutError:
+            pass
+        logger.debug("session %s: answer held %.1f ms for the viewer's reflexive candidate%s",
+                     self.session_id, 1000 * (loop.time() - began),
+                     "" if self._reflexive_in.is_set() else " (none came)")
+
     async def _apply_candidate(self, candidate: RTCIceCandidate | None) -> None:
         try:
             await self.pc.addIceCandidate(candidate)
@@ -220,6 +255,12 @@ class ViewerSession:
             logger.warning("session %s: candidate %s not applied: %s", self.session_id,
                            candidate, exc)
             return
+        if candidate is None:
+            self._remote_ended = True
+        else:
+            self._remote_types.append(candidate.type)
+        if candidate is None or candidate.type in REFLEXIVE_TYPES:
+            self._reflexive_in.set()
         logger.debug("session %s: remote candidate %s", self.session_id,
                      candidate or "end-of-candidates")
 

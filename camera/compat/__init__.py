@@ -55,6 +55,7 @@ from camera.compat.guard import (
     instance_attribute,
 )
 from camera.compat.ice import restrict_host_addresses
+from camera.compat.ice import timing as ice_timing
 from camera.compat.playout import PlayoutDelay
 from camera.compat.playout import negotiate as negotiate_playout_delay
 from camera.compat.sender import hook_sender, watch_rtcp, watch_rtt
@@ -75,6 +76,7 @@ __all__ = [
     "check_libraries",
     "ensure_installed",
     "hook_sender",
+    "ice_timing",
     "watch_rtcp",
     "watch_rtt",
     "install",
