@@ -567,43 +567,6 @@ def breakdown(result: dict[str, Any]) -> list[str]:
             "|---|---|" + "---|" * (len(PHASES) + 1), *rows]
 
 
-CHECK_ORDER_NOTE = (
-    "Where the direct cell's extra time went (`--diag`: the page's ICE events and Chromium's "
-    "candidate-pair stats, polled every 10 ms, beside the camera's aioice debug log, on one "
-    "clock): not gathering (the page trickles: its offer leaves at once, its relay candidates"
-    " arrive while the camera answers) and no DTLS retransmission (ICE → DTLS done ~10 ms). "
-    "Chromium checks one pair every ~48 ms while none works, the highest priority first: its "
-    "first check went to the camera's host candidate, which no other site can reach, and the "
-    "check through both NATs (our host → the camera's server-reflexive address) ~50 ms later,"
-    " in every trial; the camera's first check went to the viewer's host candidate and the "
-    "one that opens its NAT to the viewer's server-reflexive address 20 ms after it. (The "
-    "srflx → srflx pair the stats show is that same check, its local candidate relabelled "
-    "from the check's mapped address, not a peer-reflexive discovery. The pair recorded is "
-    "read after the first frame: in one diagnosed trial the first frame came over a relay "
-    "pair checked before it, and Chromium moved to srflx after.) Now the camera checks the "
-    "viewer's server-reflexive candidates first (`camera/ice.py`, `check_rank`) and the page "
-    "applies the answer with only the camera's server-reflexive candidates in it, the others "
-    "added right after (docs/protocol.md, *Check order*): the first check Chromium sends goes"
-    " through the hole the camera opened as it answered. (A first version added every "
-    "candidate with `addIceCandidate`, one after the other: each call took 10-30 ms here, as "
-    "much as the pacing it saved.) What it does not fix (run of 2026-12-07, `--diag`): the "
-    "camera can open its NAT to us only once it has our server-reflexive candidate, and on a "
-    "quieter machine it answers (~25 ms) before that candidate, trickled, reaches it "
-    "(Chromium starts gathering ~30 ms after setLocalDescription, then STUN, signing, the "
-    "rendezvous). Then Chromium's first check meets a closed NAT and the next one, ~48 ms "
-    "later, succeeds, as before: answer → ICE connected was 6-9 ms in 2 direct trials of 10 "
-    "and 47-72 ms in the others. Next step: apply the camera's server-reflexive candidate "
-    "once ours has reached the camera, or have the camera check a trickled candidate at once "
-    "instead of at its next 20 ms tick. The two slowest relayed (udp) trials of the new page "
-    "lost their time in the camera's answer (180-185 ms: its gathering), before anything this"
-    " change touches. Still on the path, not changed here: the camera answers only after its "
-    "own gathering (STUN and a TURN allocation per session: 2 to 110 ms in the lab, longer "
-    "when the machine is busy), and the page's start (signaling socket, key, offer, the "
-    "server's ICE servers), which grows with the machine's load. The polling of `--diag` "
-    "costs Chromium some CPU in both rows alike; the machine (2 cores) was shared with other "
-    "engineers' benchmarks and tests.")
-
-
 def markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "## First frame through the NAT lab",
@@ -664,9 +627,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{c['chromium']['summary']['p50']} ms, p95 "
             f"{c['chromium_before']['summary']['p95']} → {c['chromium']['summary']['p95']} ms"
             for c in compared)
-        lines += ["", CHECK_ORDER_NOTE + " Page before → now, same run, one viewer process "
-                  "after the other (the camera checks in its new order for both): " + ratios
-                  + "."]
+        rounds = result.get("rounds", 1)
+        lines += ["", f"\"Chromium, before\" is the page as of `{PAGE_BEFORE[:7]}` and the "
+                  "camera without rules 5 and 6 of `camera/ice.py` (`--ice-before`: a trickled "
+                  "candidate checked at a later 20 ms pacing tick, the answer sent as soon as "
+                  "it is made), in the same lab and run as today's"
+                  + (f", the two alternating in {rounds} rounds (ABBA)" if rounds > 1 else "")
+                  + ". Before → now: " + ratios + "."]
+    lines += [line for note in result.get("notes", []) for line in ("", note)]
     waits = [f"{_label(c)}: {c['cli']['relay_wait_ms_p50']} ms" for c in result["cells"]
              if c.get("cli", {}).get("relay_wait_ms_p50") is not None]
     if waits:

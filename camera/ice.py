@@ -151,9 +151,11 @@ REFLEXIVE_TYPES = frozenset({"srflx", "relay"})
 """Candidate types whose arrival ends an answer's wait (rule 6)."""
 
 
-def answer_waits(*, trickled: bool, servers: bool, remote_types: Iterable[str | None],
-                 ended: bool) -> bool:
-    """Whether the controlled agent (the camera) holds its answer back for now.
+def answer_waits(*, trickled: bool, servers: bool, offered_types: Iterable[str]) -> bool:
+    """Whether the controlled agent (the camera) holds its answer back (rule 6) until
+    its check to one of the viewer's server-reflexive or relayed candidates has left,
+    or the viewer's end-of-candidates came without one, at most
+    ``DirectFirst.answer_hold``; ``offered_types`` are the candidate types in the offer.
 
     5. **A trickled candidate is checked at once** (both roles). aioice checks a
        candidate that arrives while it is connecting only at a later tick of its
@@ -161,23 +163,21 @@ def answer_waits(*, trickled: bool, servers: bool, remote_types: Iterable[str | 
        opens its NAT to the viewer's trickled server-reflexive address left 3 to
        40 ms after that address arrived in the NAT lab. Now the candidate's best
        pair (in :func:`check_rank`'s order) is checked as it is added.
-    6. **The answer waits for the viewer's server-reflexive candidate**, at most
-       ``DirectFirst.answer_hold``. A browser starts gathering only once its offer
-       is applied, and sends the offer at once (trickle ICE): in the NAT lab the
-       camera's answer was often back before the viewer's server-reflexive
-       candidate reached the camera. The browser then checked the camera's
-       server-reflexive candidate at once, through a NAT the camera had not yet
-       opened to it (the camera cannot before it has that candidate), and checked
-       again only ~48 ms later (Chromium's pace for a pair that has not answered).
-       Sent once that candidate is in (and, by 5, the camera's check to it has
-       left), the answer makes the browser's first check meet an open NAT. A
-       relayed candidate ends the wait too (a viewer whose UDP is blocked has no
-       server-reflexive one), as does end-of-candidates. No wait when the viewer
-       does not trickle (its offer carries its candidates), when the session has
-       no STUN or TURN server (neither has the viewer then: the rendezvous gives
-       both the same STUN server, so no server-reflexive candidate is coming), or
-       when one is in already.
+    6. **The answer leaves once the camera's NAT is open to the viewer.** A
+       browser starts gathering only once its offer is applied, and sends the
+       offer at once (trickle ICE): in the NAT lab the camera's answer was often
+       back before the viewer's server-reflexive candidate reached the camera, or
+       left in the same instant as the camera's first check. The browser then
+       checked the camera's server-reflexive candidate at once, through a NAT the
+       camera had not yet opened to it (it cannot before it has that candidate
+       and has sent to it), and checked again only ~48 ms later (Chromium's pace
+       for a pair that has not answered). Sent after the camera's check to that
+       candidate, the answer makes the browser's first check meet an open NAT. A
+       relayed candidate counts too (a viewer whose UDP is blocked has no
+       server-reflexive one). No wait when the viewer does not trickle (its
+       offer, with its candidates, is all there is: the CLI viewer) or the
+       offer already has such a candidate, nor when the session has no STUN or
+       TURN server (the rendezvous gives the viewer the same STUN server as the
+       camera: without one no server-reflexive candidate is coming).
     """
-    if not trickled or not servers or ended:
-        return False
-    return not any(t in REFLEXIVE_TYPES for t in remote_types)
+    return trickled and servers and not any(t in REFLEXIVE_TYPES for t in offered_types)

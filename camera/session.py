@@ -37,6 +37,7 @@ from camera.track import PassthroughTrack
 from camera.webrtc import (
     make_peer_connection,
     prefer_h264,
+    reflexive_checked,
     selected_pair_types,
     set_profile_level_id,
 )
@@ -136,8 +137,7 @@ class ViewerSession:
         self._candidate_seqs: set[int] = set()
         self._has_servers = bool(ice_servers)
         self._remote_types: list[str] = []
-        """Types of the viewer's candidates applied so far (offer and trickled)."""
-        self._remote_ended = False
+        """Types of the viewer's trickled candidates applied so far."""
         self._reflexive_in = asyncio.Event()
         """Set once a server-reflexive or relayed candidate of the viewer (or its
         end-of-candidates) is applied: a held answer goes (camera.ice rule 6)."""
@@ -228,25 +228,27 @@ class ViewerSession:
             await self._apply_candidate(None)
 
     async def _hold_answer(self, offer_sdp: str) -> None:
-        """Checks are running (ours included): the answer waits, briefly, for the
-        viewer's server-reflexive candidate, so that the viewer's first check meets
-        our NAT open (camera.ice, rule 6)."""
+        """Checks are running: the answer waits, briefly, until our check to one of the
+        viewer's server-reflexive (or relayed) candidates has left, so that the
+        viewer's first check meets our NAT open (camera.ice, rule 6)."""
         hold = ice_timing().answer_hold
-        if hold <= 0 or not answer_waits(
+        checked = reflexive_checked(self.pc)
+        if (hold <= 0 or checked is None or checked.is_set() or not answer_waits(
                 trickled=not _END_OF_CANDIDATES.search(offer_sdp), servers=self._has_servers,
-                remote_types=[*_CANDIDATE_TYPE.findall(offer_sdp), *self._remote_types],
-                ended=self._remote_ended):
+                offered_types=_CANDIDATE_TYPE.findall(offer_sdp))):
             return
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
             async with asyncio.timeout(hold):
-                await self._reflexive_in.wait()
+                await self._reflexive_in.wait()  # one came, or the viewer's end-of-candidates
+                if any(t in REFLEXIVE_TYPES for t in self._remote_types):
+                    await checked.wait()  # our check to it has left: our NAT is open
         except TimeoutError:
             pass
-        logger.debug("session %s: answer held %.1f ms for the viewer's reflexive candidate%s",
-                     self.session_id, 1000 * (loop.time() - began),
-                     "" if self._reflexive_in.is_set() else " (none came)")
+        logger.debug("session %s: answer held %.1f ms%s", self.session_id,
+                     1000 * (loop.time() - began),
+                     "" if checked.is_set() else " (no check to a reflexive candidate yet)")
 
     async def _apply_candidate(self, candidate: RTCIceCandidate | None) -> None:
         try:
@@ -255,9 +257,7 @@ class ViewerSession:
             logger.warning("session %s: candidate %s not applied: %s", self.session_id,
                            candidate, exc)
             return
-        if candidate is None:
-            self._remote_ended = True
-        else:
+        if candidate is not None:
             self._remote_types.append(candidate.type)
         if candidate is None or candidate.type in REFLEXIVE_TYPES:
             self._reflexive_in.set()

@@ -32,6 +32,7 @@ changing them is :func:`reconfigure`, on purpose.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,7 @@ __all__ = [
     "PlayoutDelay",
     "reconfigure",
     "rearm_upgrade",
+    "reflexive_checked",
     "restrict_host_addresses",
     "share_packetization",
     "uninstall",
@@ -178,6 +180,13 @@ def nominated_pair(transport: RTCIceTransport, component: int = 1) -> CandidateP
     """The ICE pair aioice selected under this aiortc ICE transport, if any."""
     connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
     return ice.nominated_pair(connection, component)
+
+
+def reflexive_checked(transport: RTCIceTransport) -> asyncio.Event:
+    """Set once the ICE agent under this aiortc transport has sent a check to one of the
+    peer's server-reflexive or relayed candidates (see camera.ice, rule 6)."""
+    connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
+    return ice.reflexive_checked(connection)
 
 
 def arm_punch(transport: RTCIceTransport, local: NatProfile, remote: NatProfile,

@@ -40,7 +40,14 @@ from aioice.candidate import candidate_priority
 from aioice.ice import CandidatePair, Connection, StunProtocol, candidate_pair_priority
 
 from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
-from camera.ice import DirectFirst, Upgrade, check_rank, packets_per_check, round_fits
+from camera.ice import (
+    REFLEXIVE_TYPES,
+    DirectFirst,
+    Upgrade,
+    check_rank,
+    packets_per_check,
+    round_fits,
+)
 from camera.punch import (
     PREDICTED_FOUNDATION,
     NatProfile,
@@ -171,6 +178,19 @@ _upgraders: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
 _completed: weakref.WeakKeyDictionary[Connection, asyncio.Event] = weakref.WeakKeyDictionary()
 _finishing: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary())
+# Set once a check to one of the peer's server-reflexive or relayed candidates has
+# been sent: our NAT is open to it (camera.ice, rule 6: the answer may go).
+_reflexive_sent: weakref.WeakKeyDictionary[Connection, asyncio.Event] = (
+    weakref.WeakKeyDictionary())
+
+
+def reflexive_checked(connection: Connection) -> asyncio.Event:
+    """Set once this connection has sent a check to a server-reflexive or relayed
+    candidate of the peer (the first transmission, answered or not)."""
+    event = _reflexive_sent.get(connection)
+    if event is None:
+        event = _reflexive_sent[connection] = asyncio.Event()
+    return event
 
 
 def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
@@ -397,6 +417,9 @@ async def _transaction(
     _sent_at[pair] = asyncio.get_running_loop().time()
     _in_flight[pair] = request
     fast = None if _is_relay(pair) else _FastRetransmit(pair, request)
+    if pair.remote_candidate.type in REFLEXIVE_TYPES:
+        # The request's first transmission leaves as the transaction starts, below.
+        reflexive_checked(connection).set()
     try:
         return await pair.protocol.request(
             request, pair.remote_addr, integrity_key=connection.remote_password.encode("utf8")

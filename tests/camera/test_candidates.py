@@ -241,13 +241,12 @@ SRFLX = ("candidate:2 1 udp 1686052607 198.51.100.9 40000 typ srflx raddr 192.0.
 
 
 def test_only_a_trickling_viewer_with_servers_and_no_reflexive_candidate_waits() -> None:
-    assert answer_waits(trickled=True, servers=True, remote_types=["host"], ended=False)
-    assert not answer_waits(trickled=True, servers=True, remote_types=["host", "srflx"],
-                            ended=False)
-    assert not answer_waits(trickled=True, servers=True, remote_types=["relay"], ended=False)
-    assert not answer_waits(trickled=True, servers=True, remote_types=[], ended=True)
-    assert not answer_waits(trickled=False, servers=True, remote_types=[], ended=False)
-    assert not answer_waits(trickled=True, servers=False, remote_types=[], ended=False)
+    assert answer_waits(trickled=True, servers=True, offered_types=[])
+    assert answer_waits(trickled=True, servers=True, offered_types=["host"])
+    assert not answer_waits(trickled=True, servers=True, offered_types=["host", "srflx"])
+    assert not answer_waits(trickled=True, servers=True, offered_types=["relay"])
+    assert not answer_waits(trickled=False, servers=True, offered_types=["host"])
+    assert not answer_waits(trickled=True, servers=False, offered_types=[])
 
 
 @pytest.fixture
