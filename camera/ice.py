@@ -58,6 +58,10 @@ delays. In the NAT lab the grace now ends 60-250 ms after the relay pair
 answered instead of 1 s. :func:`camera.compat.ice.check_start` follows aioice
 0.13.0's line by line apart from these changes; the version is pinned in
 pyproject.toml and checked, with every member the patch uses, by :mod:`camera.compat`.
+
+Rules 4 to 6 (what the controlled camera checks first, a trickled candidate checked
+as it arrives, when the camera's answer leaves) are at :func:`check_rank` and
+:func:`answer_waits`.
 """
 
 from __future__ import annotations
