@@ -20,6 +20,11 @@ the link (recorded as ``pairing_ttff_ms``, clock from after pairing), then the
 page already paired in a new tab, the trial's figure: its clock starts when the
 page starts its connection (see bench/ttff.py).
 
+``--kinds chromium_before,chromium --rounds N`` compares today's page and camera with
+the ones before (the page as of ``PAGE_BEFORE``, the camera restarted with
+``CAMERA_BEFORE``) in the same lab, the variants alternating ABBA over N rounds,
+so a machine whose load drifts weighs on both alike.
+
 ``python -m bench.labttff cli|chromium LINK TRIALS GAP`` is the viewer side,
 run inside a lab namespace: one JSON line per trial.
 """
