@@ -138,6 +138,10 @@ class ViewerSession:
         self._has_servers = bool(ice_servers)
         self._remote_types: list[str] = []
         """Types of the viewer's trickled candidates applied so far."""
+        self._host_at: float | None = None
+        """Loop time the viewer's first trickled host candidate was applied."""
+        self._candidate_in = asyncio.Event()
+        """Set as each trickled candidate (or end-of-candidates) is applied."""
         self._reflexive_in = asyncio.Event()
         """Set once a server-reflexive or relayed candidate of the viewer (or its
         end-of-candidates) is applied: a held answer goes (camera.ice rule 6)."""
@@ -239,13 +243,23 @@ class ViewerSession:
             return
         loop = asyncio.get_running_loop()
         began = loop.time()
-        try:
-            async with asyncio.timeout(hold):
-                await self._reflexive_in.wait()  # one came, or the viewer's end-of-candidates
-                if any(t in REFLEXIVE_TYPES for t in self._remote_types):
+        after_host = ice_timing().answer_hold_after_host
+        while not self._reflexive_in.is_set():  # a reflexive one, or end-of-candidates
+            limit = began + hold
+            if self._host_at is not None:
+                limit = min(limit, self._host_at + after_host)
+            if loop.time() >= limit:
+                break
+            self._candidate_in.clear()
+            try:
+                async with asyncio.timeout(limit - loop.time()):
+                    await self._candidate_in.wait()
+            except TimeoutError:
+                break
+        if any(t in REFLEXIVE_TYPES for t in self._remote_types):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, began + hold - loop.time())):
                     await checked.wait()  # our check to it has left: our NAT is open
-        except TimeoutError:
-            pass
         logger.debug("session %s: answer held %.1f ms%s", self.session_id,
                      1000 * (loop.time() - began),
                      "" if checked.is_set() else " (no check to a reflexive candidate yet)")
@@ -259,6 +273,9 @@ class ViewerSession:
             return
         if candidate is not None:
             self._remote_types.append(candidate.type)
+            if candidate.type == "host" and self._host_at is None:
+                self._host_at = asyncio.get_running_loop().time()
+        self._candidate_in.set()
         if candidate is None or candidate.type in REFLEXIVE_TYPES:
             self._reflexive_in.set()
         logger.debug("session %s: remote candidate %s", self.session_id,

@@ -262,7 +262,9 @@ async def test_the_answer_waits_for_the_viewers_srflx_candidate(
     stun_servers: list[dict[str, Any]], hold: bool
 ) -> None:
     # A hold far longer than the test: only the candidate can end it.
-    reconfigure(Settings(direct_first=DirectFirst(answer_hold=scaled(30) if hold else 0.0)))
+    long = scaled(30)
+    reconfigure(Settings(direct_first=DirectFirst(answer_hold=long if hold else 0.0,
+                                                  answer_hold_after_host=long)))
     session = ViewerSession(SESSION, Broadcaster(lambda: None), stun_servers,
                             lambda _s, _r: None)
     viewer, offer = await _offer()
@@ -284,6 +286,28 @@ async def test_the_answer_waits_for_the_viewers_srflx_candidate(
             (c.ip, c.port) for c in session.pc.sctp.transport.transport.getRemoteCandidates()]
     finally:
         answering.cancel()
+        await session.close("test over")
+        await viewer.close()
+        reconfigure(Settings())
+
+
+async def test_without_a_srflx_candidate_soon_after_its_host_one_the_answer_goes(
+    stun_servers: list[dict[str, Any]]
+) -> None:
+    """A viewer whose UDP is blocked never sends a server-reflexive candidate: the
+    answer goes ``answer_hold_after_host`` after its host candidate, not at the hold's
+    end (here far longer than the test)."""
+    reconfigure(Settings(direct_first=DirectFirst(answer_hold=scaled(30),
+                                                  answer_hold_after_host=0.05)))
+    session = ViewerSession(SESSION, Broadcaster(lambda: None), stun_servers,
+                            lambda _s, _r: None)
+    viewer, offer = await _offer()
+    try:
+        await session.add_candidate(0, LINE, "0", 0)
+        async with asyncio.timeout(scaled(10)):
+            answer = await session.answer(offer)
+        assert "a=fingerprint" in answer
+    finally:
         await session.close("test over")
         await viewer.close()
         reconfigure(Settings())
