@@ -632,7 +632,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{c['chromium']['summary']['p50']} ms, p95 "
             f"{c['chromium_before']['summary']['p95']} → {c['chromium']['summary']['p95']} ms"
             for c in compared)
-        rounds = result.get("rounds", 1)
+        rounds = result.get("rounds") or 1
         lines += ["", f"\"Chromium, before\" is the page as of `{PAGE_BEFORE[:7]}` and the "
                   "camera without rules 5 and 6 of `camera/ice.py` (`--ice-before`: a trickled "
                   "candidate checked at a later 20 ms pacing tick, the answer sent as soon as "
