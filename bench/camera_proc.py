@@ -31,6 +31,13 @@ async def camera_main(args: argparse.Namespace) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG)
     if not args.any_address:
         pin_loopback()
+    if args.ice_before:
+        from camera import compat
+        from camera.ice import DirectFirst
+
+        # The camera's ICE before rules 5 and 6 (camera/ice.py), for a same-run baseline.
+        compat.install(compat.Settings(
+            direct_first=DirectFirst(trickled_at_once=False, answer_hold=0.0)))
     if args.low_keyframe_spread is not None:
         import camera.track
 
@@ -170,6 +177,10 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
                    "instead of encoding live")
     c.add_argument("--settings", default="{}",
                    help="more camera settings, a JSON object (e.g. {\"probe_revert\": false})")
+    c.add_argument("--ice-before", action="store_true",
+                   help="the camera's ICE without rules 5 and 6 of camera/ice.py (a "
+                        "trickled candidate checked at once, the answer held for the "
+                        "viewer's server-reflexive candidate): a same-run baseline")
     c.add_argument("--any-address", action="store_true",
                    help="offer every host address (NAT lab), not only 127.0.0.1")
 

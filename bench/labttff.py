@@ -20,6 +20,11 @@ the link (recorded as ``pairing_ttff_ms``, clock from after pairing), then the
 page already paired in a new tab, the trial's figure: its clock starts when the
 page starts its connection (see bench/ttff.py).
 
+``--kinds chromium_before,chromium --rounds N`` compares today's page and camera with
+the ones before (the page as of ``PAGE_BEFORE``, the camera restarted with
+``CAMERA_BEFORE``) in the same lab, the variants alternating ABBA over N rounds,
+so a machine whose load drifts weighs on both alike.
+
 ``python -m bench.labttff cli|chromium LINK TRIALS GAP`` is the viewer side,
 run inside a lab namespace: one JSON line per trial.
 """
@@ -54,14 +59,17 @@ USES_LAB = True
 CAMERA_SITE = "port-restricted"
 CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
          "port-restricted:udp-blocked")
-KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium, page before",
+KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium, before",
          "chromium": "Chromium"}
 """Viewer kinds, in table order; ``cli_before`` (see :func:`cli_trials`) only with
-``--before`` or ``--kinds``, ``chromium_before`` (the page as of :data:`PAGE_BEFORE`)
-only with ``--kinds``."""
-PAGE_BEFORE = "6df6bb9cb3dd2055a6fb663eee72656ab2f6771a"
-"""The commit whose services/web/viewer.js ``chromium_before`` serves: the page before
-it added the camera's server-reflexive candidates first (``git show``)."""
+``--before`` or ``--kinds``, ``chromium_before`` (the page as of :data:`PAGE_BEFORE`,
+the camera restarted with :data:`CAMERA_BEFORE`) only with ``--kinds``."""
+PAGE_BEFORE = "e22bae99706fe9c26b180e1c1082dc1fe6a4f91a"
+"""The commit whose services/web/viewer.js ``chromium_before`` serves (``git show``):
+the page before the camera held its answer for the page's server-reflexive candidate."""
+CAMERA_BEFORE = ["--ice-before"]
+"""``chromium_before``'s camera: its ICE as before rules 5 and 6 of camera/ice.py (a
+trickled candidate checked at the next pacing tick, the answer sent at once)."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
@@ -135,7 +143,11 @@ WAIT_FOR_FRAME = """new Promise((resolve) => {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=int, default=20, help="per cell and viewer kind")
+    p.add_argument("--trials", type=int, default=20,
+                   help="per cell, viewer kind and round")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds of every viewer kind, alternating ABBA (same-run comparisons "
+                        "on a machine whose load drifts)")
     p.add_argument("--cells", default=",".join(CELLS),
                    help="CAMERA_SITE:VIEWER_SITE,… (one camera site for all cells)")
     p.add_argument("--width", type=int, default=1280)
@@ -217,6 +229,9 @@ class LabRun:
         self.pair_secret = ""
         self.lab_up_s = 0.0
         self.terminated = False
+        self.camera_extra: list[str] = []
+        """Arguments added by the last :meth:`restart_camera` (a variant in the same lab)."""
+        self._logs: set[str] = set()
 
     @property
     def rendezvous(self) -> str:
@@ -266,14 +281,34 @@ class LabRun:
         self.terminated = True
         task.cancel()
 
-    async def _start_camera(self) -> None:
-        log = (self.state / "camera.log").open("w")
+    async def restart_camera(self, extra: list[str], log: str) -> None:
+        """Stop the camera and start it again with ``extra`` arguments (same identity,
+        a new pairing secret), its stderr to ``log``: a variant in the same lab."""
+        await self._stop_camera()
+        await self._start_camera(extra, log)
+
+    async def _stop_camera(self) -> None:
+        if self.camera is not None and self.camera.poll() is None:
+            if self.camera.stdin:
+                with contextlib.suppress(OSError):
+                    self.camera.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.get_running_loop().run_in_executor(None, self.camera.wait, 10)
+            if self.camera.poll() is None:
+                self.camera.kill()
+                await asyncio.get_running_loop().run_in_executor(None, self.camera.wait, 10)
+
+    async def _start_camera(self, extra: list[str] | None = None,
+                            log_name: str = "camera.log") -> None:
+        self.camera_extra = list(extra or [])
+        log = (self.state / log_name).open("a" if log_name in self._logs else "w")
+        self._logs.add(log_name)
         self.camera = self.lab.popen(
             self.camera_site,
             [sys.executable, "-m", "bench", "_camera", "--any-address",
              "--rendezvous", self.rendezvous, "--state-dir", str(self.state / "camera"),
              "--width", str(self.width), "--height", str(self.height),
-             "--bitrate", str(self.bitrate), *self.camera_args],
+             "--bitrate", str(self.bitrate), *self.camera_args, *self.camera_extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
             env=self.env)
         assert self.camera.stdout is not None
@@ -288,7 +323,7 @@ class LabRun:
             lines.append(line)
             if not line.startswith(("DEVICE ", "PAIR ")):
                 raise SystemExit(f"bench: the lab camera at {self.camera_site} did not start: "
-                                 f"{self.log('camera.log')}")
+                                 f"{self.log(log_name)}")
         self.device_id = lines[0].split()[1]
         self.pair_secret = lines[1].split()[1]
 
@@ -326,12 +361,7 @@ class LabRun:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGTERM)
-        if self.camera is not None and self.camera.poll() is None:
-            if self.camera.stdin:
-                with contextlib.suppress(OSError):
-                    self.camera.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await loop.run_in_executor(None, self.camera.wait, 10)
+        await self._stop_camera()
         if self.matrix is not None:
             await loop.run_in_executor(None, self.matrix.stop)
         if self.lab is not None:
@@ -386,16 +416,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "expected": "direct" if expected_direct(camera, viewer) else "relay",
                 "turn_transport": "tcp" if viewer.startswith("udp-blocked") else "udp",
             }
+            raw: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+            for round_ in range(args.rounds):
+                # ABBA: each variant as often first as second, one camera restart per switch.
+                for kind in (kinds if round_ % 2 == 0 else kinds[::-1]):
+                    want = CAMERA_BEFORE if kind == "chromium_before" else []
+                    if want != lab.camera_extra:
+                        await lab.restart_camera(
+                            want, "camera-before.log" if want else "camera.log")
+                    trials = await lab.json_lines(
+                        viewer,
+                        [sys.executable, "-m", "bench.labttff", kind, lab.link(pair=True),
+                         str(args.trials), str(args.gap)],
+                        timeout, f"{kind}-{viewer}.log")
+                    if not trials:
+                        raise SystemExit(f"bench: the {kind} viewer behind {viewer} reported "
+                                         f"nothing: {lab.log(f'{kind}-{viewer}.log')}")
+                    raw[kind] += [{**t, "round": round_} for t in trials]
             for kind in kinds:
-                trials = await lab.json_lines(
-                    viewer,
-                    [sys.executable, "-m", "bench.labttff", kind, lab.link(pair=True),
-                     str(args.trials), str(args.gap)],
-                    timeout, f"{kind}-{viewer}.log")
-                if not trials:
-                    raise SystemExit(f"bench: the {kind} viewer behind {viewer} reported "
-                                     f"nothing: {lab.log(f'{kind}-{viewer}.log')}")
-                cell[kind] = describe(trials, cell["expected"])
+                cell[kind] = describe(raw[kind], cell["expected"])
                 print(json.dumps({"cell": f"{camera}→{viewer}", "viewer": kind,
                                   **cell[kind]["summary"]}), flush=True)
             out.append(cell)
@@ -403,7 +442,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from camera.ice import DEFAULT_GRACE
 
     return {"video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
-            "trials": args.trials, "lab_up_s": round(lab_up, 2), "cells": out,
+            "trials": args.trials * args.rounds, "rounds": args.rounds,
+            "lab_up_s": round(lab_up, 2), "cells": out,
             "relay_grace_s": DEFAULT_GRACE,
             "targets_ms": {"direct": TARGET_DIRECT_MS, "relay": TARGET_RELAYED_MS}}
 
@@ -536,43 +576,6 @@ def breakdown(result: dict[str, Any]) -> list[str]:
             "|---|---|" + "---|" * (len(PHASES) + 1), *rows]
 
 
-CHECK_ORDER_NOTE = (
-    "Where the direct cell's extra time went (`--diag`: the page's ICE events and Chromium's "
-    "candidate-pair stats, polled every 10 ms, beside the camera's aioice debug log, on one "
-    "clock): not gathering (the page trickles: its offer leaves at once, its relay candidates"
-    " arrive while the camera answers) and no DTLS retransmission (ICE → DTLS done ~10 ms). "
-    "Chromium checks one pair every ~48 ms while none works, the highest priority first: its "
-    "first check went to the camera's host candidate, which no other site can reach, and the "
-    "check through both NATs (our host → the camera's server-reflexive address) ~50 ms later,"
-    " in every trial; the camera's first check went to the viewer's host candidate and the "
-    "one that opens its NAT to the viewer's server-reflexive address 20 ms after it. (The "
-    "srflx → srflx pair the stats show is that same check, its local candidate relabelled "
-    "from the check's mapped address, not a peer-reflexive discovery. The pair recorded is "
-    "read after the first frame: in one diagnosed trial the first frame came over a relay "
-    "pair checked before it, and Chromium moved to srflx after.) Now the camera checks the "
-    "viewer's server-reflexive candidates first (`camera/ice.py`, `check_rank`) and the page "
-    "applies the answer with only the camera's server-reflexive candidates in it, the others "
-    "added right after (docs/protocol.md, *Check order*): the first check Chromium sends goes"
-    " through the hole the camera opened as it answered. (A first version added every "
-    "candidate with `addIceCandidate`, one after the other: each call took 10-30 ms here, as "
-    "much as the pacing it saved.) What it does not fix (run of 2026-12-07, `--diag`): the "
-    "camera can open its NAT to us only once it has our server-reflexive candidate, and on a "
-    "quieter machine it answers (~25 ms) before that candidate, trickled, reaches it "
-    "(Chromium starts gathering ~30 ms after setLocalDescription, then STUN, signing, the "
-    "rendezvous). Then Chromium's first check meets a closed NAT and the next one, ~48 ms "
-    "later, succeeds, as before: answer → ICE connected was 6-9 ms in 2 direct trials of 10 "
-    "and 47-72 ms in the others. Next step: apply the camera's server-reflexive candidate "
-    "once ours has reached the camera, or have the camera check a trickled candidate at once "
-    "instead of at its next 20 ms tick. The two slowest relayed (udp) trials of the new page "
-    "lost their time in the camera's answer (180-185 ms: its gathering), before anything this"
-    " change touches. Still on the path, not changed here: the camera answers only after its "
-    "own gathering (STUN and a TURN allocation per session: 2 to 110 ms in the lab, longer "
-    "when the machine is busy), and the page's start (signaling socket, key, offer, the "
-    "server's ICE servers), which grows with the machine's load. The polling of `--diag` "
-    "costs Chromium some CPU in both rows alike; the machine (2 cores) was shared with other "
-    "engineers' benchmarks and tests.")
-
-
 def markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "## First frame through the NAT lab",
@@ -633,9 +636,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{c['chromium']['summary']['p50']} ms, p95 "
             f"{c['chromium_before']['summary']['p95']} → {c['chromium']['summary']['p95']} ms"
             for c in compared)
-        lines += ["", CHECK_ORDER_NOTE + " Page before → now, same run, one viewer process "
-                  "after the other (the camera checks in its new order for both): " + ratios
-                  + "."]
+        rounds = result.get("rounds") or 1
+        lines += ["", f"\"Chromium, before\" is the page as of `{PAGE_BEFORE[:7]}` and the "
+                  "camera without rules 5 and 6 of `camera/ice.py` (`--ice-before`: a trickled "
+                  "candidate checked at a later 20 ms pacing tick, the answer sent as soon as "
+                  "it is made), in the same lab and run as today's"
+                  + (f", the two alternating in {rounds} rounds (ABBA)" if rounds > 1 else "")
+                  + ". Before → now: " + ratios + "."]
+    lines += [line for note in result.get("notes", []) for line in ("", note)]
     waits = [f"{_label(c)}: {c['cli']['relay_wait_ms_p50']} ms" for c in result["cells"]
              if c.get("cli", {}).get("relay_wait_ms_p50") is not None]
     if waits:

@@ -58,10 +58,15 @@ delays. In the NAT lab the grace now ends 60-250 ms after the relay pair
 answered instead of 1 s. :func:`camera.compat.ice.check_start` follows aioice
 0.13.0's line by line apart from these changes; the version is pinned in
 pyproject.toml and checked, with every member the patch uses, by :mod:`camera.compat`.
+
+Rules 4 to 6 (what the controlled camera checks first, a trickled candidate checked
+as it arrives, when the camera's answer leaves) are at :func:`check_rank` and
+:func:`answer_waits`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -79,6 +84,14 @@ class DirectFirst:
     """How long a direct check gets the extra retransmissions."""
     margin: float = 0.05
     """Slack for event-loop and scheduling delays on either side."""
+    trickled_at_once: bool = True
+    """Rule 5: a trickled remote candidate's best pair is checked as it arrives."""
+    answer_hold: float = 0.1
+    """Rule 6: the longest the controlled agent's answer waits for its check to one of
+    the peer's server-reflexive (or relayed) candidates; 0 never waits."""
+    answer_hold_after_host: float = 0.03
+    """Rule 6: ... and at most this long after the peer's first host candidate (its
+    server-reflexive one follows within a STUN round trip, or never: UDP blocked)."""
 
 
 #: Seconds a successful relay pair waits for a direct pair, at most.
@@ -139,3 +152,46 @@ def check_rank(controlling: bool, local_type: str, remote_type: str) -> int:
     if not controlling and local_type == "host" and remote_type == "srflx":
         return 0
     return 1
+
+
+REFLEXIVE_TYPES = frozenset({"srflx", "relay"})
+"""Candidate types whose arrival ends an answer's wait (rule 6)."""
+
+
+def answer_waits(*, trickled: bool, servers: bool, offered_types: Iterable[str]) -> bool:
+    """Whether the controlled agent (the camera) holds its answer back (rule 6) until
+    its check to one of the viewer's server-reflexive or relayed candidates has left,
+    or the viewer's end-of-candidates came without one, at most
+    ``DirectFirst.answer_hold`` after the answer was made and
+    ``DirectFirst.answer_hold_after_host`` after the viewer's first host candidate;
+    ``offered_types`` are the candidate types in the offer.
+
+    5. **A trickled candidate is checked at once** (both roles). aioice checks a
+       candidate that arrives while it is connecting only at a later tick of its
+       20 ms pacing, and after every pair still waiting: the camera's check that
+       opens its NAT to the viewer's trickled server-reflexive address left 3 to
+       40 ms after that address arrived in the NAT lab. Now the candidate's best
+       pair (in :func:`check_rank`'s order) is checked as it is added.
+    6. **The answer leaves once the camera's NAT is open to the viewer.** A
+       browser starts gathering only once its offer is applied, and sends the
+       offer at once (trickle ICE): in the NAT lab the camera's answer was often
+       back before the viewer's server-reflexive candidate reached the camera, or
+       left in the same instant as the camera's first check. The browser then
+       checked the camera's server-reflexive candidate at once, through a NAT the
+       camera had not yet opened to it (it cannot before it has that candidate
+       and has sent to it), and checked again only ~48 ms later (Chromium's pace
+       for a pair that has not answered). Sent after the camera's check to that
+       candidate, the answer makes the browser's first check meet an open NAT. A
+       relayed candidate counts too. A viewer whose UDP is blocked has no
+       server-reflexive candidate, and its relayed one (TURN over TCP) came ~50 ms
+       after the answer was made, which held the answer that long in the lab for
+       nothing (the browser's own TURN round trips decide that path): so the wait
+       ends 30 ms after the viewer's first host candidate (in the NAT lab its
+       server-reflexive one followed within 26 ms in 196 sessions of 200). No
+       wait when the viewer does not trickle (its offer, with its candidates, is
+       all there is: the CLI viewer) or the offer already has such a candidate,
+       nor when the session has no STUN or TURN server (the rendezvous gives the
+       viewer the same STUN server as the camera: without one no
+       server-reflexive candidate is coming).
+    """
+    return trickled and servers and not any(t in REFLEXIVE_TYPES for t in offered_types)

@@ -21,12 +21,14 @@ from camera.compat import (
     PlayoutDelay,
     answer_as_dtls_server,
     hook_sender,
+    ice_timing,
     negotiate_playout_delay,
     share_packetization,
     watch_rtcp,
 )
 from camera.errors import PeercamError
 from camera.frames import Layer
+from camera.ice import REFLEXIVE_TYPES, answer_waits
 from camera.ladder import LABEL as QUALITY_LABEL
 from camera.ptz import LABEL as PTZ_LABEL
 from camera.ptz import PtzControl
@@ -35,6 +37,7 @@ from camera.track import PassthroughTrack
 from camera.webrtc import (
     make_peer_connection,
     prefer_h264,
+    reflexive_checked,
     selected_pair_types,
     set_profile_level_id,
 )
@@ -47,6 +50,8 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a session's peer connection may take to close before it is given up."""
 
 _VIDEO_SECTION = re.compile(r"^m=video ", re.MULTILINE)
+_END_OF_CANDIDATES = re.compile(r"^a=end-of-candidates\r?$", re.MULTILINE)
+_CANDIDATE_TYPE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ \S+ \d+ typ (\S+)", re.MULTILINE)
 
 
 class SessionFailed(PeercamError, RuntimeError):
@@ -132,6 +137,16 @@ class ViewerSession:
         self._early_candidates: list[RTCIceCandidate | None] = []
         """Trickled before the offer was applied: aiortc needs its transceivers first."""
         self._candidate_seqs: set[int] = set()
+        self._has_servers = bool(ice_servers)
+        self._remote_types: list[str] = []
+        """Types of the viewer's trickled candidates applied so far."""
+        self._host_at: float | None = None
+        """Loop time the viewer's first trickled host candidate was applied."""
+        self._candidate_in = asyncio.Event()
+        """Set as each trickled candidate (or end-of-candidates) is applied."""
+        self._reflexive_in = asyncio.Event()
+        """Set once a server-reflexive or relayed candidate of the viewer (or its
+        end-of-candidates) is applied: a held answer goes (camera.ice rule 6)."""
         self.pc: RTCPeerConnection = make_peer_connection(ice_servers)
         self.track: PassthroughTrack | None = None
         self.connected = asyncio.Event()
@@ -143,7 +158,9 @@ class ViewerSession:
         self.pc.on("datachannel", self._datachannel)
 
     async def answer(self, offer_sdp: str) -> str:
-        """Apply the viewer's offer and return our answer SDP (ICE gathered)."""
+        """Apply the viewer's offer and return our answer SDP (ICE gathered; checks
+        started; held up to ``DirectFirst.answer_hold`` for a trickling viewer's
+        server-reflexive candidate, camera.ice rule 6)."""
         self.offer_sdp = offer_sdp
         if _VIDEO_SECTION.search(offer_sdp):
             self.track = PassthroughTrack(self._broadcaster)
@@ -178,6 +195,7 @@ class ViewerSession:
         except Exception as exc:  # aiortc raises its own OperationError / InvalidStateError
             raise SessionFailed(f"cannot answer this offer: {exc}") from None
         self._watchdog = asyncio.create_task(self._connect_deadline(), name="session-deadline")
+        await self._hold_answer(offer_sdp)
         local = self.pc.localDescription
         return set_profile_level_id(local.sdp, self._broadcaster.profile_level_id)
 
@@ -216,6 +234,39 @@ class ViewerSession:
         if None in early:
             await self._apply_candidate(None)
 
+    async def _hold_answer(self, offer_sdp: str) -> None:
+        """Checks are running: the answer waits, briefly, until our check to one of the
+        viewer's server-reflexive (or relayed) candidates has left, so that the
+        viewer's first check meets our NAT open (camera.ice, rule 6)."""
+        hold = ice_timing().answer_hold
+        checked = reflexive_checked(self.pc)
+        if (hold <= 0 or checked is None or checked.is_set() or not answer_waits(
+                trickled=not _END_OF_CANDIDATES.search(offer_sdp), servers=self._has_servers,
+                offered_types=_CANDIDATE_TYPE.findall(offer_sdp))):
+            return
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        after_host = ice_timing().answer_hold_after_host
+        while not self._reflexive_in.is_set():  # a reflexive one, or end-of-candidates
+            limit = began + hold
+            if self._host_at is not None:
+                limit = min(limit, self._host_at + after_host)
+            if loop.time() >= limit:
+                break
+            self._candidate_in.clear()
+            try:
+                async with asyncio.timeout(limit - loop.time()):
+                    await self._candidate_in.wait()
+            except TimeoutError:
+                break
+        if any(t in REFLEXIVE_TYPES for t in self._remote_types):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, began + hold - loop.time())):
+                    await checked.wait()  # our check to it has left: our NAT is open
+        logger.debug("session %s: answer held %.1f ms%s", self.session_id,
+                     1000 * (loop.time() - began),
+                     "" if checked.is_set() else " (no check to a reflexive candidate yet)")
+
     async def _apply_candidate(self, candidate: RTCIceCandidate | None) -> None:
         try:
             await self.pc.addIceCandidate(candidate)
@@ -223,6 +274,13 @@ class ViewerSession:
             logger.warning("session %s: candidate %s not applied: %s", self.session_id,
                            candidate, exc)
             return
+        if candidate is not None:
+            self._remote_types.append(candidate.type)
+            if candidate.type == "host" and self._host_at is None:
+                self._host_at = asyncio.get_running_loop().time()
+        self._candidate_in.set()
+        if candidate is None or candidate.type in REFLEXIVE_TYPES:
+            self._reflexive_in.set()
         logger.debug("session %s: remote candidate %s", self.session_id,
                      candidate or "end-of-candidates")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -113,6 +114,13 @@ def search_direct_again(pc: RTCPeerConnection) -> bool:
     direct path again (the background search, from its first round). True if it does."""
     transport = _ice_transport(pc)
     return transport is not None and compat.rearm_upgrade(transport)
+
+
+def reflexive_checked(pc: RTCPeerConnection) -> asyncio.Event | None:
+    """Set once this session's ICE agent has sent a check to one of the peer's
+    server-reflexive or relayed candidates (None: no ICE transport yet)."""
+    transport = _ice_transport(pc)
+    return None if transport is None else compat.reflexive_checked(transport)
 
 
 def arm_punch(pc: RTCPeerConnection, local: NatProfile, remote: NatProfile,

@@ -32,6 +32,7 @@ changing them is :func:`reconfigure`, on purpose.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ from camera.compat.guard import (
     instance_attribute,
 )
 from camera.compat.ice import restrict_host_addresses
+from camera.compat.ice import timing as ice_timing
 from camera.compat.playout import PlayoutDelay
 from camera.compat.playout import negotiate as negotiate_playout_delay
 from camera.compat.sender import hook_sender, watch_rtcp, watch_rtt
@@ -75,6 +77,7 @@ __all__ = [
     "check_libraries",
     "ensure_installed",
     "hook_sender",
+    "ice_timing",
     "watch_rtcp",
     "watch_rtt",
     "install",
@@ -85,6 +88,7 @@ __all__ = [
     "PlayoutDelay",
     "reconfigure",
     "rearm_upgrade",
+    "reflexive_checked",
     "restrict_host_addresses",
     "share_packetization",
     "uninstall",
@@ -176,6 +180,13 @@ def nominated_pair(transport: RTCIceTransport, component: int = 1) -> CandidateP
     """The ICE pair aioice selected under this aiortc ICE transport, if any."""
     connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
     return ice.nominated_pair(connection, component)
+
+
+def reflexive_checked(transport: RTCIceTransport) -> asyncio.Event:
+    """Set once the ICE agent under this aiortc transport has sent a check to one of the
+    peer's server-reflexive or relayed candidates (see camera.ice, rule 6)."""
+    connection = instance_attribute(AIORTC, aiortc, transport, "_connection", Connection)
+    return ice.reflexive_checked(connection)
 
 
 def arm_punch(transport: RTCIceTransport, local: NatProfile, remote: NatProfile,

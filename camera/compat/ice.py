@@ -1,7 +1,8 @@
 """aioice 0.13's ``Connection.check_start`` and ``check_incoming``, with peercam's rules.
 
 ``sort_check_list`` too: a controlled agent checks the peer's server-reflexive
-candidates first (:func:`camera.ice.check_rank`).
+candidates first (:func:`camera.ice.check_rank`); and ``add_remote_candidate``: a
+candidate trickled while connecting has its best pair checked at once (rule 5).
 
 The rules and their reasons are in :mod:`camera.ice` (both ICE roles: immediate
 and fast retransmits) and :mod:`camera.client.ice` (the controlling agent, the
@@ -39,7 +40,14 @@ from aioice.candidate import candidate_priority
 from aioice.ice import CandidatePair, Connection, StunProtocol, candidate_pair_priority
 
 from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
-from camera.ice import DirectFirst, Upgrade, check_rank, packets_per_check, round_fits
+from camera.ice import (
+    REFLEXIVE_TYPES,
+    DirectFirst,
+    Upgrade,
+    check_rank,
+    packets_per_check,
+    round_fits,
+)
 from camera.punch import (
     PREDICTED_FOUNDATION,
     NatProfile,
@@ -81,6 +89,7 @@ _CONNECTION_MEMBERS = (
     Member("connect", "coroutine", ("self",)),
     Member("close", "coroutine", ("self",)),
     Member("sort_check_list", "method", ("self",)),
+    Member("add_remote_candidate", "coroutine", ("self", "remote_candidate")),
 )
 _PAIR_MEMBERS = (
     Member("State", "attribute"),
@@ -129,6 +138,7 @@ def check_members(
     instance_attribute(AIOICE, module, probe, "_components", set)
     instance_attribute(AIOICE, module, probe, "_check_list_done", bool)
     instance_attribute(AIOICE, module, probe, "ice_controlling", bool)
+    instance_attribute(AIOICE, module, probe, "_early_checks_done", bool)
 
 
 _PENDING = (_State.FROZEN, _State.WAITING, _State.IN_PROGRESS)
@@ -139,6 +149,7 @@ _ORIGINAL_CONNECT = Connection.connect
 _ORIGINAL_CLOSE = Connection.close
 _ORIGINAL_CHECK_COMPLETE = Connection.check_complete
 _ORIGINAL_SORT_CHECK_LIST = Connection.sort_check_list
+_ORIGINAL_ADD_REMOTE_CANDIDATE = Connection.add_remote_candidate
 _ORIGINAL_RELAYED_CANDIDATE = aioice.ice.relayed_candidate
 
 _timing = DirectFirst()
@@ -167,10 +178,23 @@ _upgraders: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
 _completed: weakref.WeakKeyDictionary[Connection, asyncio.Event] = weakref.WeakKeyDictionary()
 _finishing: weakref.WeakKeyDictionary[Connection, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary())
+# Set once a check to one of the peer's server-reflexive or relayed candidates has
+# been sent: our NAT is open to it (camera.ice, rule 6: the answer may go).
+_reflexive_sent: weakref.WeakKeyDictionary[Connection, asyncio.Event] = (
+    weakref.WeakKeyDictionary())
+
+
+def reflexive_checked(connection: Connection) -> asyncio.Event:
+    """Set once this connection has sent a check to a server-reflexive or relayed
+    candidate of the peer (the first transmission, answered or not)."""
+    event = _reflexive_sent.get(connection)
+    if event is None:
+        event = _reflexive_sent[connection] = asyncio.Event()
+    return event
 
 
 def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
-    """Replace aioice's six methods (and its relayed-candidate gathering) with the
+    """Replace aioice's seven methods (and its relayed-candidate gathering) with the
     ones below (process-wide)."""
     set_timing(timing)
     set_upgrade(upgrade if upgrade is not None else Upgrade())
@@ -180,12 +204,14 @@ def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
     close: Any = _close
     complete: Any = _check_complete
     sort: Any = _sort_check_list
+    add_remote: Any = _add_remote_candidate
     Connection.check_start = start  # type: ignore[method-assign]
     Connection.check_incoming = incoming  # type: ignore[method-assign]
     Connection.connect = connect  # type: ignore[method-assign]
     Connection.close = close  # type: ignore[method-assign]
     Connection.check_complete = complete  # type: ignore[method-assign]
     Connection.sort_check_list = sort  # type: ignore[method-assign]
+    Connection.add_remote_candidate = add_remote  # type: ignore[method-assign]
     relayed: Any = _relayed_candidate
     aioice.ice.relayed_candidate = relayed
 
@@ -198,6 +224,8 @@ def unpatch() -> None:
     Connection.close = _ORIGINAL_CLOSE  # type: ignore[method-assign]
     Connection.check_complete = _ORIGINAL_CHECK_COMPLETE  # type: ignore[method-assign]
     Connection.sort_check_list = _ORIGINAL_SORT_CHECK_LIST  # type: ignore[method-assign]
+    Connection.add_remote_candidate = (  # type: ignore[method-assign]
+        _ORIGINAL_ADD_REMOTE_CANDIDATE)
     aioice.ice.relayed_candidate = _ORIGINAL_RELAYED_CANDIDATE
 
 
@@ -389,6 +417,9 @@ async def _transaction(
     _sent_at[pair] = asyncio.get_running_loop().time()
     _in_flight[pair] = request
     fast = None if _is_relay(pair) else _FastRetransmit(pair, request)
+    if pair.remote_candidate.type in REFLEXIVE_TYPES:
+        # The request's first transmission leaves as the transaction starts, below.
+        reflexive_checked(connection).set()
     try:
         return await pair.protocol.request(
             request, pair.remote_addr, integrity_key=connection.remote_password.encode("utf8")
@@ -546,6 +577,24 @@ def _sort_check_list(self: Connection) -> None:
     controlling = self.ice_controlling
     self._check_list.sort(key=lambda pair: check_rank(
         controlling, pair.local_candidate.type, pair.remote_candidate.type))
+
+
+async def _add_remote_candidate(self: Connection, remote_candidate: Candidate | None) -> None:
+    """aioice's ``add_remote_candidate``; then, while connecting, the new candidate's
+    best pair is checked now, not at a later pacing tick after every pair still
+    waiting (:mod:`camera.ice`, rule 5)."""
+    await _ORIGINAL_ADD_REMOTE_CANDIDATE(self, remote_candidate)
+    if (remote_candidate is None or not _timing.trickled_at_once
+            or not self._early_checks_done or self._check_list_done
+            or self.remote_password is None):
+        return
+    # The list is in check order (_sort_check_list); aioice pairs a copy of the candidate.
+    address = (remote_candidate.host, remote_candidate.port)
+    pair = next((p for p in self._check_list if p.state == _State.FROZEN
+                 and (p.remote_candidate.host, p.remote_candidate.port) == address
+                 and p.remote_candidate.component == remote_candidate.component), None)
+    if pair is not None:
+        self.check_start_task(pair)
 
 
 def _finished(task: asyncio.Task[None]) -> None:

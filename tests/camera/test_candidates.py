@@ -3,6 +3,8 @@ buffer, with a real aiortc peer connection and no network."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,15 @@ from aiortc import RTCPeerConnection
 from camera.acl import PairingWindows, ViewerACL
 from camera.broadcaster import Broadcaster
 from camera.client.viewer import ViewerIdentity
+from camera.compat import Settings, reconfigure
 from camera.gatekeeper import Gatekeeper, Refused
+from camera.ice import DirectFirst, answer_waits
 from camera.identity import DeviceIdentity
 from camera.session import BadCandidate, ViewerSession, parse_candidate
 from services.signaling import MAX_CANDIDATES, Message, Role, encode, parse
 from services.signatures import candidate_statement, sign
+from services.stun.server import run_stun_server
+from tests.conftest import scaled
 
 OFFER = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"
 SESSION = "t" * 20
@@ -226,3 +232,82 @@ async def test_end_of_candidates_before_the_offer_is_applied_after_the_candidate
     finally:
         await session.close("test over")
         await viewer.close()
+
+
+# -- the answer waits for a trickling viewer's server-reflexive candidate (camera.ice 6) ---
+
+SRFLX = ("candidate:2 1 udp 1686052607 198.51.100.9 40000 typ srflx raddr 192.0.2.7 "
+         "rport 50000 generation 0 ufrag abcd")
+
+
+def test_only_a_trickling_viewer_with_servers_and_no_reflexive_candidate_waits() -> None:
+    assert answer_waits(trickled=True, servers=True, offered_types=[])
+    assert answer_waits(trickled=True, servers=True, offered_types=["host"])
+    assert not answer_waits(trickled=True, servers=True, offered_types=["host", "srflx"])
+    assert not answer_waits(trickled=True, servers=True, offered_types=["relay"])
+    assert not answer_waits(trickled=False, servers=True, offered_types=["host"])
+    assert not answer_waits(trickled=True, servers=False, offered_types=[])
+
+
+@pytest.fixture
+async def stun_servers() -> AsyncIterator[list[dict[str, Any]]]:
+    stun = await run_stun_server("127.0.0.1", None, 0, 0, tcp=False)
+    host, port = stun.addresses[(0, 0)]
+    yield [{"urls": [f"stun:{host}:{port}"]}]
+    await stun.close()
+
+
+@pytest.mark.parametrize("hold", [True, False])
+async def test_the_answer_waits_for_the_viewers_srflx_candidate(
+    stun_servers: list[dict[str, Any]], hold: bool
+) -> None:
+    # A hold far longer than the test: only the candidate can end it.
+    long = scaled(30)
+    reconfigure(Settings(direct_first=DirectFirst(answer_hold=long if hold else 0.0,
+                                                  answer_hold_after_host=long)))
+    session = ViewerSession(SESSION, Broadcaster(lambda: None), stun_servers,
+                            lambda _s, _r: None)
+    viewer, offer = await _offer()
+    answering = asyncio.create_task(session.answer(offer))
+    try:
+        await session.add_candidate(0, LINE, "0", 0)  # a host candidate: not enough
+        async with asyncio.timeout(scaled(10)):
+            while session.pc.localDescription is None:
+                await asyncio.sleep(0.005)
+            if not hold:
+                await answering
+                return
+            await asyncio.sleep(0.05)
+            assert not answering.done()  # checking, the answer held back
+            await session.add_candidate(1, SRFLX, "0", 0)
+            answer = await answering
+        assert "a=fingerprint" in answer
+        assert ("198.51.100.9", 40000) in [
+            (c.ip, c.port) for c in session.pc.sctp.transport.transport.getRemoteCandidates()]
+    finally:
+        answering.cancel()
+        await session.close("test over")
+        await viewer.close()
+        reconfigure(Settings())
+
+
+async def test_without_a_srflx_candidate_soon_after_its_host_one_the_answer_goes(
+    stun_servers: list[dict[str, Any]]
+) -> None:
+    """A viewer whose UDP is blocked never sends a server-reflexive candidate: the
+    answer goes ``answer_hold_after_host`` after its host candidate, not at the hold's
+    end (here far longer than the test)."""
+    reconfigure(Settings(direct_first=DirectFirst(answer_hold=scaled(30),
+                                                  answer_hold_after_host=0.05)))
+    session = ViewerSession(SESSION, Broadcaster(lambda: None), stun_servers,
+                            lambda _s, _r: None)
+    viewer, offer = await _offer()
+    try:
+        await session.add_candidate(0, LINE, "0", 0)
+        async with asyncio.timeout(scaled(10)):
+            answer = await session.answer(offer)
+        assert "a=fingerprint" in answer
+    finally:
+        await session.close("test over")
+        await viewer.close()
+        reconfigure(Settings())

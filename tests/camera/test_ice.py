@@ -633,3 +633,38 @@ async def test_the_controlled_agent_checks_the_peers_srflx_before_its_host(
     # By priority the host pair goes first; the camera (controlled) opens its NAT first.
     assert first is (peer_host if controlling else peer_srflx)
     await connection.close()
+
+
+# -- a trickled candidate is checked as it arrives (rule 5) ---------------------------
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+async def test_a_trickled_candidate_is_checked_as_it_arrives(at_once: bool) -> None:
+    """While the camera connects, the viewer's trickled srflx candidate gets its check
+    as it is added, ahead of the pairs still waiting; aioice alone (``at_once`` off)
+    leaves it frozen for a later tick of its pacing loop."""
+    reconfigure(Settings(direct_first=DirectFirst(trickled_at_once=at_once)))
+    connection = agent(controlling=False)
+    protocol: Any = FakeProtocol(candidate("host", 1000))  # its checks are never answered
+    connection._protocols.append(protocol)
+    connection._local_candidates.append(protocol.local_candidate)
+    connection._local_candidates_end = True
+    for port in (3001, 3002, 3003):  # the viewer's host candidates, unreachable
+        await connection.add_remote_candidate(candidate("host", port, "10.9.0.2"))
+    connecting = asyncio.create_task(connection.connect())
+    try:
+        async with asyncio.timeout(scaled(5)):
+            while not connection._early_checks_done:
+                await asyncio.sleep(0)
+        # Adding it does not yield to the loop: no pacing tick can come in between.
+        await connection.add_remote_candidate(candidate("srflx", 2000, "198.51.100.7"))
+        pair = next(p for p in connection._check_list if p.remote_candidate.port == 2000)
+        assert (pair.task is not None) is at_once
+        if at_once:
+            await asyncio.sleep(0)  # the check's task runs up to its transaction
+            assert pair.state == CandidatePair.State.IN_PROGRESS
+    finally:
+        connecting.cancel()
+        connection._protocols.clear()
+        await connection.close()
+        reconfigure(Settings())
