@@ -156,7 +156,8 @@ async def test_ready_waits_for_frames_and_registration_watchdog_only_for_frames(
         assert late == [], "WATCHDOG=1 went on after frames stopped"
         assert agent.failed.is_set() and agent.exit_code == EXIT_STUCK  # no restarts set
         await agent.close()
-        assert systemd.times("STOPPING=1"), systemd.messages
+        # The listener thread records what the agent sent a moment later: wait for it.
+        await systemd.wait_for("STOPPING=1")
     finally:
         await agent.close()
         await runner.cleanup()
