@@ -40,7 +40,6 @@ message is logged and costs that message, or that session, never the link.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from services.signaling import (
     normalize_session_id,
     parse,
 )
+from services.signaling import loads as loads_json
 
 logger = logging.getLogger(__name__)
 
@@ -418,6 +418,6 @@ def _bye(session_id: str, reason: str) -> Send:
 def _loads(data: str | bytes) -> Any:
     """Decode JSON for a second look at a refused message; None when it is not JSON."""
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return loads_json(data)
+    except ValueError:  # not JSON, nested too deep, or not Unicode
         return None

@@ -40,6 +40,7 @@ from services.signaling import (
     normalize_device_id,
     parse,
 )
+from services.signaling import loads as loads_json
 from services.signatures import register_statement, verify
 
 logger = logging.getLogger(__name__)
@@ -228,8 +229,8 @@ def decode_node(raw: str | bytes) -> NodeMessage:
     if len(raw) > MAX_NODE_MESSAGE:
         raise BadNodeMessage(f"{len(raw)} bytes (limit {MAX_NODE_MESSAGE})")
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = loads_json(raw)
+    except ValueError as exc:  # not JSON, nested too deep, or not Unicode
         raise BadNodeMessage(f"not JSON ({str(exc)[:80]})") from None
     if not isinstance(obj, dict) or obj.get("v") != 1:
         raise BadNodeMessage("not a version 1 node message")

@@ -28,6 +28,8 @@ MAX_CANDIDATES = 32
 #: Characters in one candidate line (RFC 8839 section 5.1 sets no limit; browsers'
 #: lines, extensions included, stay under 200).
 MAX_CANDIDATE_CHARS = 512
+#: Nesting levels :func:`loads` accepts. The deepest legal message nests four.
+MAX_JSON_DEPTH = 32
 
 _SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # Crockford base32 (no I, L, O, U), 26 data characters + 1 check symbol.
@@ -354,6 +356,42 @@ class Message:
         return self.fields.get(key, default)
 
 
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than :data:`MAX_JSON_DEPTH`: refused before it is parsed."""
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def loads(data: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for text from a peer, refusing (:class:`JSONTooDeep`, a ValueError)
+    anything nested deeper than ``max_depth`` before the recursive parser sees it.
+
+    The parser recurses once per level: 64 KiB of ``[`` reaches the interpreter's
+    recursion limit, and anything the interpreter calls meanwhile (a garbage
+    collector callback, a signal handler) fails with RecursionError at that depth
+    even though the parser's own error is caught. The check is C-speed string work:
+    with no more openers than ``max_depth`` nothing is scanned; otherwise strings are
+    cut out, every bracket kind folded to ``[]``, and one level of empty pairs
+    removed per round."""
+    if isinstance(data, (bytes, bytearray)):
+        # As json.loads does: UTF-8, -16 or -32, told apart by the first bytes.
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    if data.count("[") + data.count("{") > max_depth:
+        skeleton = _NOT_BRACKET.sub("", _JSON_STRING.sub("", data))
+        skeleton = skeleton.replace("{", "[").replace("}", "]")
+        if "[" * (max_depth + 1) in skeleton:  # the usual attack, found in one pass
+            raise JSONTooDeep(f"JSON nested more than {max_depth} deep")
+        for _ in range(max_depth):
+            if not skeleton:
+                break
+            skeleton = skeleton.replace("[]", "")
+        if skeleton:
+            raise JSONTooDeep(f"JSON nested more than {max_depth} deep")
+    return json.loads(data)
+
+
 def parse(data: str | bytes, sender: Role) -> Message:
     """Validate one WebSocket frame from ``sender``; raise ProtocolError if it is not legal."""
     if len(data) > MAX_MESSAGE_BYTES:
@@ -361,12 +399,11 @@ def parse(data: str | bytes, sender: Role) -> Message:
             ErrorCode.TOO_LARGE, f"message of {len(data)} bytes, limit {MAX_MESSAGE_BYTES}"
         )
     try:
-        obj = json.loads(data)
+        obj = loads(data)
+    except JSONTooDeep:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not JSON: {exc}") from None
-    except RecursionError:
-        # 64 KiB of '[' is enough to exhaust the parser's stack: refuse, don't crash.
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "JSON nested too deeply") from None
     return validate(obj, sender)
 
 

@@ -75,6 +75,7 @@ from camera.webrtc import (
     selected_pair,
 )
 from services.signaling import Message, Role, encode, normalize_device_id
+from services.signaling import loads as loads_json
 from services.signatures import encode_public_key, offer_statement, sign
 
 __all__ = [
@@ -748,7 +749,7 @@ class _Run:
             if session.closing:
                 return
             try:
-                reply = json.loads(data)
+                reply = loads_json(data)
             except (ValueError, TypeError):
                 return
             if not isinstance(reply, dict):
