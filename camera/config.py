@@ -127,6 +127,10 @@ class CameraConfig:
     """Behind a NAT that allocates ports sequentially (``peercam natcheck``), the
     answer also offers the next ports that NAT will likely map, so a viewer behind a
     port-filtering NAT can reach the camera directly; false: plain ICE candidates."""
+    direct_upgrade: bool = True
+    """A session that ICE put on a TURN relay keeps checking its direct pairs in the
+    background (bounded rounds and packets) and moves to one that answers; false: it
+    stays on the relay for its whole life, as plain ICE leaves it."""
     probe_revert: bool = True
     """A viewer probing the layer above goes back down as soon as it reports picture
     loss (PLI/FIR, a NACK beyond the retransmit history), not only when its receiver

@@ -41,6 +41,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                       help="behind a NAT that `peercam natcheck` found allocating ports "
                       "sequentially (saved for this network), offer the ports it will map "
                       "next, so a camera behind a port-restricted NAT reaches us directly")
+    view.add_argument("--direct-upgrade", action=argparse.BooleanOptionalAction, default=True,
+                      help="a session that starts on a TURN relay keeps checking for a "
+                      "direct path and moves to it (--no-direct-upgrade: stay on the "
+                      "relay, as plain ICE does)")
     view.add_argument("--json", action="store_true", help="print one JSON line of stats at the end")
     add_ice_servers(view, None, "ICE server (default: the rendezvous' list)")
     view.add_argument("--name", help="name to pair under (default: peercam view on HOST)")
@@ -111,6 +115,9 @@ async def view_command(args: argparse.Namespace) -> int:
         raise BadConfig(f"--stall {args.stall}: need more than 0 seconds")
     if args.wait < 0:
         raise BadConfig(f"--wait {args.wait}: need 0 or more seconds")
+    from camera import compat
+
+    compat.set_direct_upgrade(args.direct_upgrade)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -137,8 +137,11 @@ async def camera_command(args: argparse.Namespace) -> int:
     )
     if config.tls_insecure:
         logger.warning("--insecure: the rendezvous certificate is NOT checked (development only)")
+    from camera import compat
     from camera.device import Device
     from camera.sdnotify import watchdog_interval
+
+    compat.set_direct_upgrade(config.direct_upgrade)
 
     ready_at = process_age()
     device = Device(config, notifier=Notifier.from_env(), watchdog_interval=watchdog_interval())

@@ -220,6 +220,13 @@ class ViewStats:
     final_local_candidate: str | None = None
     final_remote_candidate: str | None = None
     """The shown session's pair types when the run ended (the first frame's are above)."""
+    relay_bytes: int | None = None
+    """A session whose first frame came through a TURN relay: the bytes its transport
+    sent and received (DTLS and SRTP payloads, both ways) from its start until the
+    move to a direct pair was seen (at most one ``TICK`` late) or the run ended. What
+    the relay carried for it, once; the relay's ingress plus egress is about twice
+    this, plus TURN and UDP headers. None: no relay at the first frame, or the run
+    healed into a second session."""
 
     def as_dict(self) -> dict[str, Any]:
         span = (
@@ -250,6 +257,7 @@ class ViewStats:
             "moved_after_s": None if self.moved_after_s is None else round(self.moved_after_s, 2),
             "final_local_candidate": self.final_local_candidate,
             "final_remote_candidate": self.final_remote_candidate,
+            "relay_bytes": self.relay_bytes,
         }
         if self.playout is not None:
             out["playout"] = dataclasses.asdict(self.playout)
@@ -580,6 +588,8 @@ class _Run:
     async def close(self) -> None:
         """Close every session and wait for it (nothing of the run outlives it)."""
         self.stats.final_local_candidate, self.stats.final_remote_candidate = self._shown_pair()
+        if self._on_relay():
+            await self._count_relay_bytes()
         self.link.unwatch(self.device_id)
         if self._ticker is not None:
             self._ticker.cancel()
@@ -606,7 +616,8 @@ class _Run:
         while True:
             await asyncio.sleep(TICK)
             self._apply(self.healer.tick(loop.time()))
-            self._follow_pair()
+            if self._follow_pair():
+                await self._count_relay_bytes()
 
     def _shown_pair(self) -> tuple[str | None, str | None]:
         current = self.healer.current
@@ -616,16 +627,36 @@ class _Run:
         local, remote, _address = selected_pair(session.pc)
         return local, remote
 
-    def _follow_pair(self) -> None:
-        """Note when a session that showed its first frame over a relay moved off it."""
+    def _on_relay(self) -> bool:
+        """The run's one session showed its first frame over a relay and has not been
+        seen to move off it."""
         stats = self.stats
-        if (stats.moved_after_s is not None or stats.first_frame_clock is None
-                or "relay" not in (stats.local_candidate, stats.remote_candidate)
-                or self.healer.sessions_used > 1):
-            return
+        return (stats.moved_after_s is None and stats.first_frame_clock is not None
+                and "relay" in (stats.local_candidate, stats.remote_candidate)
+                and self.healer.sessions_used == 1)
+
+    def _follow_pair(self) -> bool:
+        """Note when a session that showed its first frame over a relay moved off it;
+        True the moment it is seen."""
+        stats = self.stats
+        if not self._on_relay() or stats.first_frame_clock is None:
+            return False
         local, remote = self._shown_pair()
         if local is not None and remote is not None and "relay" not in (local, remote):
             stats.moved_after_s = time.monotonic() - stats.first_frame_clock
+            return True
+        return False
+
+    async def _count_relay_bytes(self) -> None:
+        """What the shown session's transport has carried so far, as ``relay_bytes``."""
+        current = self.healer.current
+        session = None if current is None else self.sessions.get(current)
+        if session is None or session.pc is None:
+            return
+        report = await session.pc.getStats()
+        self.stats.relay_bytes = sum(
+            int(getattr(stat, "bytesSent", 0)) + int(getattr(stat, "bytesReceived", 0))
+            for stat in report.values() if getattr(stat, "type", None) == "transport")
 
     def _end(self, error: ViewError) -> None:
         if not self.outcome.done():

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aioice
@@ -165,6 +165,16 @@ def reconfigure(settings: Settings) -> Settings:
             ice.set_upgrade(settings.upgrade)
         _installed = settings
         return settings
+
+
+def set_direct_upgrade(enabled: bool) -> Settings:
+    """Turn the background search for a direct path after a relay on or off for the
+    process (an operator setting: off leaves relayed sessions where plain ICE put
+    them); the other settings stay as installed."""
+    current = ensure_installed()
+    if current.upgrade.enabled == enabled:
+        return current
+    return reconfigure(replace(current, upgrade=replace(current.upgrade, enabled=enabled)))
 
 
 def uninstall() -> None:

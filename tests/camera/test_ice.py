@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,8 @@ from aioice.ice import CandidatePair, Connection, StunProtocol
 
 from camera.client.ice import install as install_relay_rule
 from camera.client.ice import relay_deadline
-from camera.compat import Settings, ensure_installed, ice, reconfigure
+from camera.compat import Settings, ensure_installed, ice, reconfigure, set_direct_upgrade
+from camera.config import load_camera_config
 from camera.ice import DirectFirst, Upgrade, check_rank, packets_per_check, round_fits
 from camera.punch import NatProfile, PunchConfig, PunchGovernor, PunchPlan, Send
 from tests.conftest import scaled
@@ -667,4 +669,23 @@ async def test_a_trickled_candidate_is_checked_as_it_arrives(at_once: bool) -> N
         connecting.cancel()
         connection._protocols.clear()
         await connection.close()
+        reconfigure(Settings())
+
+
+def test_the_operator_switch_turns_only_the_search_off(tmp_path: Path) -> None:
+    # `direct_upgrade = false` in [camera] (peercam view --no-direct-upgrade): what
+    # the CLI hands to set_direct_upgrade; the other hook settings stay as installed.
+    path = tmp_path / "camera.toml"
+    path.write_text("[camera]\ndirect_upgrade = false\n")
+    assert load_camera_config(path).direct_upgrade is False
+    assert load_camera_config().direct_upgrade is True
+    timing = DirectFirst(grace=0.25)
+    reconfigure(Settings(direct_first=timing, upgrade=Upgrade(rounds=(0.5,))))
+    try:
+        settings = set_direct_upgrade(False)
+        assert not ice.upgrade().enabled and not settings.upgrade.enabled
+        assert settings.direct_first == timing and settings.upgrade.rounds == (0.5,)
+        assert set_direct_upgrade(True).upgrade == Upgrade(rounds=(0.5,))
+        assert ice.upgrade().enabled
+    finally:
         reconfigure(Settings())

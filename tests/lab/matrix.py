@@ -44,6 +44,29 @@ SERVER = "203.0.113.1"
 SERVER2 = "203.0.113.2"
 RENDEZVOUS = f"ws://{SERVER}:8080"
 PEERCAM = [sys.executable, "-m", "camera.cli", "--log-level", "INFO"]
+TURN_PORTS = "3478, 443, 49152-65535"
+"""coturn's listening ports and its relay range: on the lab's server host nothing
+else uses them (the rendezvous is on 8080, STUN on 3479-3480)."""
+TURN_METER = f"""table inet peercam_turn_meter {{
+    counter turn_in {{ }}
+    counter turn_out {{ }}
+    chain input {{
+        type filter hook input priority -300; policy accept;
+        meta l4proto {{ udp, tcp }} th dport {{ {TURN_PORTS} }} counter name turn_in
+    }}
+    chain output {{
+        type filter hook output priority -300; policy accept;
+        meta l4proto {{ udp, tcp }} th sport {{ {TURN_PORTS} }} counter name turn_out
+    }}
+}}
+"""
+"""Counts every byte into and out of coturn on the server host (IP headers included):
+what the relays cost, measured where a TURN operator pays for it. A packet relayed
+from one allocation to another on the same server is counted at each hop."""
+PLAIN_CONFIG = "[camera]\nport_prediction = false\ndirect_upgrade = false\n"
+"""The camera as plain ICE leaves it: no predicted candidates, no punching, no
+background checks after a relay (``peercam view --no-port-prediction
+--no-direct-upgrade`` for the viewer)."""
 
 
 @dataclass
@@ -57,6 +80,11 @@ class Cell:
     remote_candidate: str | None = None
     remote_address: str | None = None
     error: str | None = None
+    relay_bytes: int | None = None
+    """What the viewer's transport carried while its session went through the relay
+    (``peercam view --json``); 0 where the first frame came directly."""
+    relayed_at_end: bool | None = None
+    """The session's pair when the viewer left went through the relay."""
     moved_after_s: float | None = None
     """Relayed at the first frame, then direct: seconds after the first frame (the
     later pass, ``Matrix.run_later``)."""
@@ -134,6 +162,9 @@ class Matrix:
                     "PYTHONUNBUFFERED": "1"}
         self.viewers_measured = False
         """``measure_viewers`` ran: the viewer knows each viewer site's NAT."""
+        self.plain = False
+        """The cameras and viewers run as plain ICE (``use_plain_ice``)."""
+        self.cameras: dict[str, subprocess.Popen[Any]] = {}
 
     def __enter__(self) -> Matrix:
         try:
@@ -177,20 +208,60 @@ class Matrix:
         if not rendezvous.stdout.readline().startswith("LISTENING"):
             raise RuntimeError(f"rendezvous did not start: {self.log('rendezvous.log')}")
         viewer = ViewerIdentity.load_or_create(self.viewer_dir, name="matrix viewer")
-        cameras = {}
         for site in self.sites:
+            ViewerACL(self.tmp / f"camera-{site}").add(viewer.key, viewer.name)  # paired
+        self._start_cameras(self.sites)
+        self.lab.run("server", ["nft", "-f", "-"], input=TURN_METER)
+
+    def _start_cameras(self, sites: tuple[str, ...]) -> None:
+        started = {}
+        for site in sites:
             state = self.tmp / f"camera-{site}"
-            ViewerACL(state).add(viewer.key, viewer.name)  # paired beforehand (ACL file)
-            cameras[site] = self._spawn(site, [
-                *PEERCAM, "camera", "--rendezvous", RENDEZVOUS, "--state-dir", str(state),
-                "--width", "320", "--height", "240", "--bitrate", "400000"], f"camera-{site}.log")
-        for site, proc in cameras.items():
+            argv = [*PEERCAM, "camera", "--rendezvous", RENDEZVOUS, "--state-dir", str(state),
+                    "--width", "320", "--height", "240", "--bitrate", "400000"]
+            if self.plain:
+                config = self.tmp / "plain-camera.toml"
+                config.write_text(PLAIN_CONFIG)
+                argv += ["--config", str(config)]
+            started[site] = self.cameras[site] = self._spawn(site, argv, f"camera-{site}.log")
+        for site, proc in started.items():
             assert proc.stdout is not None
             line = proc.stdout.readline()
             if not line.startswith("DEVICE "):
                 detail = self.log(f"camera-{site}.log")
                 raise RuntimeError(f"camera at {site} did not start: {detail}")
             self.devices[site] = line.split()[1]
+
+    def use_plain_ice(self, plain: bool = True) -> None:
+        """Restart every camera (same keys, same device IDs) as plain ICE leaves a
+        session, or as shipped; the viewers this matrix starts follow."""
+        if plain == self.plain:
+            return
+        self.plain = plain
+        for proc in self.cameras.values():
+            proc.terminate()
+        for proc in self.cameras.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = [p for p in self.procs if p not in self.cameras.values()]
+        self.cameras.clear()
+        self._start_cameras(self.sites)
+
+    def viewer_argv(self, camera: str, seconds: float) -> list[str]:
+        argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
+                "--seconds", str(seconds), "--json"]
+        return argv + (["--no-port-prediction", "--no-direct-upgrade"] if self.plain else [])
+
+    def turn_bytes(self, reset: bool = False) -> int:
+        """Bytes into plus out of coturn since the lab came up or the last reset."""
+        command = ["nft", "-j", "reset" if reset else "list", "counters", "table", "inet",
+                   "peercam_turn_meter"]
+        listing = json.loads(self.lab.run("server", command).stdout)
+        return sum(int(item["counter"]["bytes"]) for item in listing["nftables"]
+                   if "counter" in item)
 
     def log(self, name: str) -> str:
         path = self.tmp / name
@@ -235,9 +306,7 @@ class Matrix:
     def run_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
         cell = Cell(camera, viewer,
                     direct_with_prediction(camera, viewer, viewer_measured=self.viewers_measured))
-        argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
-                "--seconds", str(seconds), "--json"]
-        result = self._last_json(viewer, argv, seconds + 60, cell)
+        result = self._last_json(viewer, self.viewer_argv(camera, seconds), seconds + 60, cell)
         if result is None:
             return cell
         cell.frames = int(result.get("frames") or 0)
@@ -246,6 +315,9 @@ class Matrix:
         cell.remote_candidate = result.get("remote_candidate")
         cell.remote_address = result.get("remote_address")
         cell.error = result.get("error")
+        cell.relay_bytes = result.get("relay_bytes") or 0
+        cell.relayed_at_end = "relay" in (result.get("final_local_candidate"),
+                                          result.get("final_remote_candidate"))
         return cell
 
     def run_later(self, cells: list[Cell], seconds: float = 60.0, workers: int = 8) -> None:
@@ -253,8 +325,7 @@ class Matrix:
         and when the session moved to a direct path (background checks, port
         prediction, birthday punching). Filled into the cells."""
         def watch(cell: Cell) -> None:
-            argv = [*PEERCAM, "view", self.devices[cell.camera], "--rendezvous", RENDEZVOUS,
-                    "--seconds", str(seconds), "--json"]
+            argv = self.viewer_argv(cell.camera, seconds)
             result = self._last_json(cell.viewer, argv, seconds + 60, Cell(
                 cell.camera, cell.viewer, cell.expected_direct))
             if not result or not result.get("frames"):
@@ -269,6 +340,31 @@ class Matrix:
         later = [c for c in cells if c.frames and c.relayed]
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             list(pool.map(watch, later))
+
+    def compare_turn(self, pairs: list[tuple[str, str]], seconds: float,
+                     workers: int = 8) -> dict[str, Any]:
+        """Every pair watched for ``seconds`` as shipped, then again as plain ICE (the
+        cameras restarted, the viewers with its flags), eight at a time: coturn's bytes
+        for each variant (``turn_bytes``) and each session's own count. Leaves the
+        cameras as shipped."""
+        variants: dict[str, Any] = {}
+        for name, plain in (("shipped", False), ("plain", True)):
+            self.use_plain_ice(plain)
+            self.turn_bytes(reset=True)
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                cells = list(pool.map(lambda pair: self.run_cell(*pair, seconds=seconds),
+                                      pairs))
+            variants[name] = {
+                "turn_bytes": self.turn_bytes(),
+                "viewer_seconds": seconds * len(pairs),
+                "sessions": len(cells),
+                "with_video": sum(1 for c in cells if c.frames),
+                "relayed_at_first_frame": sum(1 for c in cells if c.frames and c.relayed),
+                "relayed_at_end": sum(1 for c in cells if c.frames and c.relayed_at_end),
+                "cells": [asdict(c) for c in cells],
+            }
+        self.use_plain_ice(False)
+        return {"seconds": seconds, **variants}
 
     def run_all(self, cameras: tuple[str, ...] | None = None, workers: int = 8) -> list[Cell]:
         """Every camera (default: all) × the twin of every camera site; one batch per
@@ -402,11 +498,70 @@ def _later_summary(cells: list[Cell]) -> list[str]:
             "not bytes: every cell streams the same 400 kbit/s)."]
 
 
+def _turn_section(turn: dict[str, Any]) -> list[str]:
+    """What the relays cost, shipped against plain ICE (``Matrix.compare_turn``)."""
+    seconds = turn["seconds"]
+    shipped, plain = turn["shipped"], turn["plain"]
+
+    def per_hour(variant: dict[str, Any]) -> float:
+        return variant["turn_bytes"] / max(1, variant["viewer_seconds"]) * 3600 / 1e9
+
+    ratio = shipped["turn_bytes"] / max(1, plain["turn_bytes"])
+    lines = [
+        "", "## What the relay carried: shipped against plain ICE, measured", "",
+        f"Every cell watched again for {seconds:.0f} s, eight sessions at a time (the "
+        "viewer's sequential-NAT column too, so its own predictions there meet each "
+        "other's flows: that only costs the shipped variant), first as shipped, then as "
+        "plain ICE in the same lab and run: the cameras restarted with `port_prediction = "
+        "false` and `direct_upgrade = false`, the viewers with `--no-port-prediction "
+        "--no-direct-upgrade`. \"coturn\" is every byte into and out of coturn's ports on "
+        "the server host (nftables counters, IP headers included; a packet relayed between "
+        "two allocations counts at each hop), so it is what a TURN operator's link carries; "
+        "\"sessions\" is what the viewers' transports carried while their sessions went "
+        "through the relay (DTLS and SRTP payloads, both ways, counted by each viewer).",
+        "",
+        "| variant | sessions with video | relayed at first frame | relayed at the end "
+        "| coturn MB | sessions' relayed MB | coturn GB per viewer-hour |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, variant in (("shipped", shipped), ("plain ICE", plain)):
+        carried = sum(c.get("relay_bytes") or 0 for c in variant["cells"])
+        lines.append(
+            f"| {name} | {variant['with_video']}/{variant['sessions']} | "
+            f"{variant['relayed_at_first_frame']} | {variant['relayed_at_end']} | "
+            f"{variant['turn_bytes'] / 1e6:.1f} | {carried / 1e6:.1f} | "
+            f"{per_hour(variant):.3f} |")
+    lines += ["", f"Shipped against plain ICE: {100 * ratio:.0f}% of the relay's bytes "
+              f"({'at least halved' if ratio <= 0.5 else 'NOT halved'}). Sessions of "
+              f"{seconds:.0f} s overstate the shipped variant's share: its relayed bytes "
+              "are the seconds before a move, which a longer session dilutes.", "",
+              "Per cell, where either variant relayed (MB the session's transport carried "
+              "through the relay; → D: moved to a direct path after N s):", "",
+              "| camera | viewer | shipped | plain ICE |", "|---|---|---|---|"]
+    by_plain = {(c["camera"], c["viewer"]): c for c in plain["cells"]}
+    for c in shipped["cells"]:
+        p = by_plain.get((c["camera"], c["viewer"]), {})
+        if not (c.get("relay_bytes") or p.get("relay_bytes")):
+            continue
+
+        def text(cell: dict[str, Any]) -> str:
+            if not cell.get("frames"):
+                return "no video"
+            moved = "" if cell.get("relayed_at_end") or not cell.get("relay_bytes") else (
+                " → D")
+            return f"{(cell.get('relay_bytes') or 0) / 1e6:.2f}{moved}"
+
+        lines.append(f"| {c['camera']} | {c['viewer']} | {text(c)} | {text(p)} |")
+    return lines
+
+
 def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
                  natchecks: dict[str, dict[str, Any]] | None = None,
-                 shared: list[Cell] | None = None) -> None:
+                 shared: list[Cell] | None = None,
+                 turn: dict[str, Any] | None = None) -> None:
     """docs/nat-matrix.md (a table) and a heatmap PNG of time to first frame;
-    ``shared``: the cells between sites behind shared NATs, as a second table."""
+    ``shared``: the cells between sites behind shared NATs, as a second table;
+    ``turn``: the relay's bytes, shipped against plain ICE (``Matrix.compare_turn``)."""
     sites = list(dict.fromkeys(c.camera for c in cells))
     viewers = list(dict.fromkeys(c.viewer for c in cells))
     by = {(c.camera, c.viewer): c for c in cells}
@@ -496,6 +651,8 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         for c in shared:
             lines.append(f"| {c.camera} | {c.viewer} | {'yes' if c.expected_direct else 'no'} "
                          f"| {_cell_text(c)} |")
+    if turn:
+        lines += _turn_section(turn)
     lines += ["", "![time to first frame per cell](nat-matrix.png)", ""]
     md.write_text("\n".join(lines))
     _heatmap(cells, sites, viewers, png)

@@ -148,6 +148,8 @@ def test_a_random_symmetric_nat_meets_a_port_restricted_one_by_the_birthday_tech
     assert "relay" in (result["local_candidate"], result["remote_candidate"]), result
     assert result.get("moved_after_s") is not None, result
     assert "relay" not in (result["final_local_candidate"], result["final_remote_candidate"])
+    # What the relay carried for it: the seconds before the move, not the 20 s.
+    assert 0 < result["relay_bytes"], result
 
 
 @pytest.mark.timeout(300)
@@ -195,3 +197,33 @@ def test_two_sequential_symmetric_nats_meet_by_sweeping_each_others_next_ports(
         # the sweep moved it.
         assert "punching (sequential-sweep)" in log, log[-3000:]
         assert result.get("moved_after_s") is not None, result
+
+
+@pytest.mark.timeout(300)
+def test_as_plain_ice_the_session_stays_relayed_and_coturn_counts_what_it_carries(
+        matrix: Matrix) -> None:
+    """The baseline the matrix compares with: the camera with ``port_prediction`` and
+    ``direct_upgrade`` off, the viewer with ``--no-port-prediction
+    --no-direct-upgrade``. Between a random symmetric NAT and a port-restricted one
+    nothing direct can answer plain ICE, so the whole session goes through coturn,
+    and the meter on coturn's ports sees at least both legs of what the viewer's
+    transport carried."""
+    seconds = 6.0
+    try:
+        matrix.use_plain_ice(True)
+        matrix.turn_bytes(reset=True)
+        cell = matrix.run_cell(RANDOM, VIEWER, seconds=seconds)
+        coturn = matrix.turn_bytes()
+    finally:
+        matrix.use_plain_ice(False)
+    log = matrix.log(f"camera-{RANDOM}.log")
+    assert cell.frames > 100, (cell, log)
+    assert cell.relayed and cell.relayed_at_end, cell  # relayed first and last
+    assert "punching" not in log and "media moved from relay pair" not in log, log
+    # 320x240 at 400 kbit/s for 6 s is about 300 kB; the relay carried all of it.
+    assert cell.relay_bytes is not None and cell.relay_bytes > 150_000, cell
+    # In and out of coturn, each byte at least twice (the hop in, the hop out), plus
+    # headers and the idle cameras' refreshes; not more than a relay-to-relay path
+    # (four hops) and some slack.
+    assert 2 * cell.relay_bytes <= coturn <= 4 * cell.relay_bytes + 1_000_000, (
+        coturn, cell.relay_bytes)
