@@ -177,8 +177,9 @@ class Matrix:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, where: str, argv: list[str], log: str) -> subprocess.Popen[Any]:
-        out = (self.tmp / log).open("w")
+    def _spawn(self, where: str, argv: list[str], log: str,
+               append: bool = False) -> subprocess.Popen[Any]:
+        out = (self.tmp / log).open("a" if append else "w")
         proc = self.lab.popen(where, argv, stdout=subprocess.PIPE, stderr=out, text=True,
                               env=self.env)
         self.procs.append(proc)
@@ -213,7 +214,7 @@ class Matrix:
         self._start_cameras(self.sites)
         self.lab.run("server", ["nft", "-f", "-"], input=TURN_METER)
 
-    def _start_cameras(self, sites: tuple[str, ...]) -> None:
+    def _start_cameras(self, sites: tuple[str, ...], restart: bool = False) -> None:
         started = {}
         for site in sites:
             state = self.tmp / f"camera-{site}"
@@ -223,7 +224,9 @@ class Matrix:
                 config = self.tmp / "plain-camera.toml"
                 config.write_text(PLAIN_CONFIG)
                 argv += ["--config", str(config)]
-            started[site] = self.cameras[site] = self._spawn(site, argv, f"camera-{site}.log")
+            # A restart appends: the first process's NAT check stays in the log.
+            started[site] = self.cameras[site] = self._spawn(site, argv, f"camera-{site}.log",
+                                                             append=restart)
         for site, proc in started.items():
             assert proc.stdout is not None
             line = proc.stdout.readline()
@@ -248,7 +251,7 @@ class Matrix:
                 proc.wait()
         self.procs = [p for p in self.procs if p not in self.cameras.values()]
         self.cameras.clear()
-        self._start_cameras(self.sites)
+        self._start_cameras(self.sites, restart=True)
 
     def viewer_argv(self, camera: str, seconds: float) -> list[str]:
         argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
@@ -531,10 +534,23 @@ def _turn_section(turn: dict[str, Any]) -> list[str]:
             f"{variant['relayed_at_first_frame']} | {variant['relayed_at_end']} | "
             f"{variant['turn_bytes'] / 1e6:.1f} | {carried / 1e6:.1f} | "
             f"{per_hour(variant):.3f} |")
-    lines += ["", f"Shipped against plain ICE: {100 * ratio:.0f}% of the relay's bytes "
-              f"({'at least halved' if ratio <= 0.5 else 'NOT halved'}). Sessions of "
-              f"{seconds:.0f} s overstate the shipped variant's share: its relayed bytes "
-              "are the seconds before a move, which a longer session dilutes.", "",
+    def udp_carried(variant: dict[str, Any]) -> int:
+        return sum(c.get("relay_bytes") or 0 for c in variant["cells"]
+                   if "udp-blocked" not in (site_kind(c["camera"]), site_kind(c["viewer"])))
+
+    blocked = sum(1 for c in plain["cells"]
+                  if "udp-blocked" in (site_kind(c["camera"]), site_kind(c["viewer"])))
+    udp_ratio = udp_carried(shipped) / max(1, udp_carried(plain))
+    lines += ["", f"Shipped against plain ICE: {100 * ratio:.0f}% of coturn's bytes "
+              f"({'at least halved' if ratio <= 0.5 else 'NOT halved'}). The {blocked} "
+              "cells with the UDP-blocked site relay in both variants (TURN over TCP; no "
+              "direct path without ICE-TCP, which aiortc and aioice lack), and they are "
+              "most of plain ICE's relayed cells. Over the other cells, what the sessions "
+              f"carried through the relay, shipped against plain ICE: {100 * udp_ratio:.0f}% "
+              f"({udp_carried(shipped) / 1e6:.1f} against {udp_carried(plain) / 1e6:.1f} "
+              f"MB). Sessions of {seconds:.0f} s overstate the shipped variant's share: its "
+              "relayed bytes are the seconds before a move, which a longer session "
+              "dilutes.", "",
               "Per cell, where either variant relayed (MB the session's transport carried "
               "through the relay; → D: moved to a direct path after N s):", "",
               "| camera | viewer | shipped | plain ICE |", "|---|---|---|---|"]
@@ -547,8 +563,9 @@ def _turn_section(turn: dict[str, Any]) -> list[str]:
         def text(cell: dict[str, Any]) -> str:
             if not cell.get("frames"):
                 return "no video"
-            moved = "" if cell.get("relayed_at_end") or not cell.get("relay_bytes") else (
-                " → D")
+            if "relay" not in (cell.get("local_candidate"), cell.get("remote_candidate")):
+                return "direct"
+            moved = "" if cell.get("relayed_at_end") else " → D"
             return f"{(cell.get('relay_bytes') or 0) / 1e6:.2f}{moved}"
 
         lines.append(f"| {c['camera']} | {c['viewer']} | {text(c)} | {text(p)} |")

@@ -10,6 +10,7 @@ namespaces; see tests/lab/matrix.py and docs/nat-matrix.md.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,8 @@ def test_every_pair_connects_direct_where_possible(matrix: Matrix, lab: Lab) -> 
         turn = matrix.compare_turn([(c.camera, c.viewer) for c in cells],
                                    float(os.environ.get("PEERCAM_MATRIX_TURN_SECONDS", "30")))
     out = Path(os.environ.get("PEERCAM_MATRIX_DIR", matrix.tmp))
+    if turn is not None:
+        (out / "nat-matrix-turn.json").write_text(json.dumps(turn, indent=1))
     shared, shared_natcheck = load_shared(out)
     write_report(cells, lab, out / "nat-matrix.md", out / "nat-matrix.png",
                  {**matrix.natcheck, **shared_natcheck}, shared, turn)
