@@ -497,8 +497,8 @@ def _later_summary(cells: list[Cell]) -> list[str]:
             "Sessions still on the relay after "
             f"60 s: {relayed} cells against plain ICE's {total - plain}: the relay's "
             "traffic, one viewer an hour in every cell, would be "
-            f"{100 * relayed / max(1, total - plain):.0f}% of plain ICE's (cells counted, "
-            "not bytes: every cell streams the same 400 kbit/s)."]
+            f"{100 * relayed / max(1, total - plain):.0f}% of plain ICE's (cells counted; "
+            "the bytes, measured against plain ICE run in the same lab, are below)."]
 
 
 def _turn_section(turn: dict[str, Any]) -> list[str]:
