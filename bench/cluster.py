@@ -116,6 +116,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-rate", type=float, default=500.0,
                    help="offers/s of the check after re-homing (one per victim)")
     p.add_argument("--log-level", default="INFO", help="the nodes' log level (INFO ships)")
+    p.add_argument("--profile", action="store_true",
+                   help="sample a survivor and a camera worker with py-spy (and HAProxy with "
+                        "perf, if there) while the killed node's cameras re-home")
+    p.add_argument("--profile-seconds", type=float, default=8.0,
+                   help="how long the profilers sample after the kill")
     p.add_argument("--seed", type=int, default=1)
 
 
@@ -327,6 +332,16 @@ class Tier:
             self.workers.append(await WorkerProcess.start(
                 self.haproxy.url, i, n, self.args.per_address,
                 max(1, self.args.concurrency // n), self.state, extra=extra))
+
+    def cpu_each(self) -> dict[str, float]:
+        """CPU seconds so far of every live process of the tier, by name."""
+        out = {f"node{i + 1}": node.cpu() for i, node in enumerate(self.nodes)
+               if node.proc.returncode is None}
+        out |= {f"camera worker {i}": w.cpu() for i, w in enumerate(self.workers)}
+        out["haproxy"] = self.haproxy.cpu() if self.haproxy else 0.0
+        out["redis"] = self.redis.cpu() if self.redis else 0.0
+        out["viewers (the benchmark)"] = cpu_seconds(os.getpid())
+        return out
 
     def cpu(self) -> dict[str, float]:
         return {"nodes": sum(node.cpu() for node in self.nodes if node.proc.returncode is None),
@@ -731,10 +746,18 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         await asyncio.sleep(args.settle)
         victim = tier.nodes[0]
         load = MachineLoad()
+        profilers = _Profilers(tier, state / "profile", args.profile_seconds) \
+            if args.profile else None
+        killed_wall = time.time()
         victim.proc.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         await victim.proc.wait()
         c0 = tier.cpu()  # the survivors' (a dead process has no CPU to read)
+        each0 = tier.cpu_each()
+        timeline: list[dict[str, float]] = []
+        sampler = asyncio.create_task(_cpu_timeline(tier, killed, timeline))
+        if profilers is not None:
+            await profilers.start()
         reached = await prober.until_reached(sample, killed, args.recover_timeout,
                                              args.probe_interval)
         # Every camera's own account: lost, then registered again.
@@ -756,7 +779,15 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
             await asyncio.sleep(0.5)
         recovery_window = time.monotonic() - killed
         cpu = rates_of(c0, tier.cpu(), recovery_window)
-        cpu["other"] = round(max(0.0, load.cores() - sum(cpu.values())), 2)
+        busy = load.cores()
+        cpu["other"] = round(max(0.0, busy - sum(cpu.values())), 2)
+        each1 = tier.cpu_each()
+        cpu_each = {k: round((each1[k] - each0[k]) / recovery_window, 3) for k in each1}
+        cpu_each["machine (all processes)"] = round(busy, 3)
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        profile = await profilers.finish() if profilers is not None else None
         probe_errors = {k: v for p in pools for k, v in p.errors.items()}
         probe_verified = sum(p.verified for p in pools)
         # After re-homing: who holds each victim now, and one offer to each.
@@ -791,11 +822,173 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         "probe_offers": prober.sent, "probe_answers_verified": probe_verified,
         "probe_errors": probe_errors,
         "recovery_cpu": cpu, "recovery_window_s": round(recovery_window, 1),
+        "recovery_cpu_each": cpu_each, "cpu_timeline": timeline, "profile": profile,
+        "haproxy_after_kill": _haproxy_requests(state / "haproxy.log", killed_wall),
+        "cameras_loop_max": [_worst_iterations(w.loop_log, killed, killed + recovery_window)
+                             for w in tier.workers],
+        "nodes_loop_max": [node.longest_pause(killed, killed + recovery_window)
+                           for node in tier.nodes[1:]],
         "holders_after": landed,
         "still_on_victim": sum(1 for node in holders.values() if node == "node1"),
         "check": check, "health_after": health, "camera_side": camera_side,
         "node_events": events,
     }
+
+
+async def _cpu_timeline(tier: Tier, t0: float, out: list[dict[str, float]],
+                        every: float = 0.5) -> None:
+    """Every ``every`` s until cancelled: cores each process used since the last sample,
+    and the whole machine's (seconds after ``t0`` as ``t``)."""
+    prev, load, at = tier.cpu_each(), MachineLoad(), time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        now, when = tier.cpu_each(), time.monotonic()
+        row = {k: round((now[k] - prev.get(k, now[k])) / (when - at), 2) for k in now}
+        row["machine"] = round(load.cores(), 2)
+        row["t"] = round(when - t0, 2)
+        out.append(row)
+        prev, load, at = now, MachineLoad(), when
+
+
+def _worst_iterations(path: Path | None, since: float, until: float) -> dict[str, float]:
+    """A camera worker's longest loop iteration in a window (its loop probe's ``I`` lines)."""
+    worst = (0.0, 0.0, 0.0)
+    with contextlib.suppress(OSError, TypeError):
+        for line in Path(str(path)).read_text().splitlines():
+            kind, at, *rest = line.split()
+            if kind == "I" and since <= float(at) < until and float(rest[0]) > worst[0]:
+                worst = (float(rest[0]), float(rest[1]), float(rest[2]))
+    return {"wall_ms": worst[0], "cpu_ms": worst[1], "runq_ms": worst[2]}
+
+
+def _haproxy_requests(log: Path, since_wall: float) -> dict[str, Any]:
+    """The cameras' WebSocket requests HAProxy accepted after ``since_wall`` (its httplog,
+    written as each tunnel closes: all of them by the end): which server took them,
+    status, connect time and retries (``+N``: redispatched to another server)."""
+    import datetime
+
+    servers: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    retried = redispatched = 0
+    connect_ms: list[float] = []
+    wait_ms: list[float] = []
+    pattern = re.compile(r"\[(\d+/\w+/\d+:\d+:\d+:\d+\.\d+)\] \S+ rendezvous/(\S+) "
+                         r"(-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/(-?\d+) (\d+) .* "
+                         r"\d+/\d+/\d+/\d+/(\+?\d+) .*\"GET /ws/camera")
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            m = pattern.search(line)
+            if not m:
+                continue
+            at = datetime.datetime.strptime(m.group(1), "%d/%b/%Y:%H:%M:%S.%f")
+            if at.timestamp() < since_wall - 0.001:  # HAProxy logs local time
+                continue
+            servers[m.group(2)] = servers.get(m.group(2), 0) + 1
+            statuses[m.group(8)] = statuses.get(m.group(8), 0) + 1
+            if int(m.group(4)) >= 0:
+                wait_ms.append(float(m.group(4)))
+            if int(m.group(5)) >= 0:
+                connect_ms.append(float(m.group(5)))
+            retries = m.group(9)
+            retried += retries.lstrip("+") != "0"
+            redispatched += retries.startswith("+")
+    return {"requests": sum(servers.values()), "servers": servers, "statuses": statuses,
+            "retried": retried, "redispatched": redispatched,
+            "connect_ms": summary(connect_ms) if connect_ms else None,
+            "queue_ms": summary(wait_ms) if wait_ms else None}
+
+
+class _Profilers:
+    """py-spy on a survivor and on camera worker 0, perf on HAProxy, for ``seconds``."""
+
+    def __init__(self, tier: Tier, where: Path, seconds: float) -> None:
+        self.tier = tier
+        self.where = where
+        self.seconds = seconds
+        self.procs: list[tuple[str, Path, asyncio.subprocess.Process]] = []
+
+    async def start(self) -> None:
+        import shutil
+
+        self.where.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
+        targets = [("node2", self.tier.nodes[1].proc.pid),
+                   ("camera worker 0", self.tier.workers[0].proc.pid)]
+        for name, pid in targets:
+            out = self.where / f"{name.replace(' ', '-')}.txt"
+            proc = await asyncio.create_subprocess_exec(
+                spy, "record", "--pid", str(pid), "--duration", str(math.ceil(self.seconds)),
+                "--rate", "100", "--nonblocking", "--format", "raw", "--output", str(out),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            self.procs.append((name, out, proc))
+        perf = shutil.which("perf")
+        if perf and self.tier.haproxy is not None:
+            out = self.where / "haproxy.perf"
+            proc = await asyncio.create_subprocess_exec(
+                perf, "record", "-F", "499", "-g", "-o", str(out), "-p",
+                str(self.tier.haproxy.proc.pid), "--", "sleep", str(self.seconds),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            self.procs.append(("haproxy", out, proc))
+
+    async def finish(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seconds": self.seconds}
+        for name, path, proc in self.procs:
+            try:
+                await asyncio.wait_for(proc.wait(), self.seconds + 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            if name == "haproxy":
+                out[name] = await _perf_top(path)
+            else:
+                out[name] = _collapsed_top(path)
+        return out
+
+
+def _collapsed_top(path: Path, top: int = 15) -> dict[str, Any]:
+    """py-spy's collapsed stacks: the share of samples in each function (self, and
+    anywhere on the stack)."""
+    own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = [re.sub(r" \((?:.*/)?([^/]+?)(?::\d+)?\)$", r" (\1)", f)
+                      for f in stack.split(";")]
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+            for f in set(frames):
+                anywhere[f] = anywhere.get(f, 0) + n
+
+    def share(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, round(100 * v / total, 1)) for k, v in
+                sorted(d.items(), key=lambda kv: -kv[1])[:top]] if total else []
+
+    return {"samples": total, "self_pct": share(own), "inclusive_pct": share(anywhere)}
+
+
+async def _perf_top(path: Path, top: int = 15) -> dict[str, Any]:
+    """``perf report``'s self shares by symbol (and by library) for HAProxy."""
+    out: dict[str, Any] = {}
+    for key, sort in (("symbols", "sym"), ("libraries", "dso")):
+        proc = await asyncio.create_subprocess_exec(
+            "perf", "report", "-i", str(path), "--stdio", "--no-children", "--sort", sort,
+            "-g", "none", "--percent-limit", "0.5", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        text, _ = await asyncio.wait_for(proc.communicate(), 120)
+        rows = []
+        for line in text.decode(errors="replace").splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(.*)$", line)
+            if m:
+                rows.append((m.group(2).strip()[:80], float(m.group(1))))
+        out[key] = rows[:top]
+    return out
 
 
 def _quantiles(times: list[float], total: int) -> dict[str, float | None]:
