@@ -116,6 +116,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-rate", type=float, default=500.0,
                    help="offers/s of the check after re-homing (one per victim)")
     p.add_argument("--log-level", default="INFO", help="the nodes' log level (INFO ships)")
+    p.add_argument("--tls-resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="the simulated cameras resume their TLS sessions, as the agent does "
+                        "(--no-tls-resume: a full handshake every time, as before)")
+    p.add_argument("--ssl-buffer", type=int, default=32,
+                   help="KiB of TLS read buffer per simulated camera (0: asyncio's 256 KiB, "
+                        "as before)")
     p.add_argument("--profile", action="store_true",
                    help="sample a survivor and a camera worker with py-spy (and HAProxy with "
                         "perf, if there) while the killed node's cameras re-home")
@@ -325,7 +331,8 @@ class Tier:
         assert self.haproxy is not None and self.ca is not None
         n = max(1, min(self.args.workers, math.ceil(count / self.args.per_address)))
         (self.state / "cameras").mkdir(parents=True, exist_ok=True)
-        extra = ["--tls-ca", str(self.ca)]
+        extra = ["--tls-ca", str(self.ca), "--ssl-buffer", str(self.args.ssl_buffer),
+                 "--tls-resume" if self.args.tls_resume else "--no-tls-resume"]
         if reconnect:
             extra.append("--reconnect")
         for i in range(n):
@@ -413,6 +420,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cameras": cameras, "nofile": nofile, "haproxy_maxconn": maxconn,
         "rates": rates, "step_seconds": args.step_seconds, "idle_seconds": args.idle_seconds,
         "viewers": args.viewers, "workers": args.workers, "per_address": args.per_address,
+        "tls_resume": args.tls_resume, "ssl_buffer_kib": args.ssl_buffer or 256,
         "log_level": args.log_level, "sdp_bytes": len(fake_sdp("recvonly")),
         "node_limits": NODE_LIMITS, "topologies": [],
         "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True,
