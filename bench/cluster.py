@@ -122,6 +122,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssl-buffer", type=int, default=32,
                    help="KiB of TLS read buffer per simulated camera (0: asyncio's 256 KiB, "
                         "as before)")
+    p.add_argument("--kill-compare", action=argparse.BooleanOptionalAction, default=True,
+                   help="each kill also with the simulated cameras as before (full TLS "
+                        "handshakes, asyncio's 256 KiB buffers), just before: one run")
     p.add_argument("--profile", action="store_true",
                    help="sample a survivor and a camera worker with py-spy (and HAProxy with "
                         "perf, if there) while the killed node's cameras re-home")
@@ -440,20 +443,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.kill_nodes >= 2:
         sizes = [int(x) or cameras for x in args.kill_cameras.split(",") if x.strip()]
         result["kills"] = []
-        for size in sorted(set(sizes)):
+        runs = [(size, variant) for size in sorted(set(sizes))
+                for variant in (["before", "after"] if args.kill_compare else ["after"])]
+        for size, variant in runs:
             if size > room:
                 raise SystemExit(f"bench: a kill with {size} cameras does not fit ({room})")
             try:
-                result["kills"].append(await _kill(args, size, maxconn))
+                result["kills"].append(await _kill(_variant(args, variant), size, maxconn))
             except SystemExit as exc:
                 result["failed"].append({
                     "what": f"kill with {size} cameras", "why": str(exc)[:600],
-                    "events": log_events(Path(args.state) / f"cluster-kill-{size}")})
+                    "events": log_events(Path(args.state) / f"cluster-kill-{size}-{variant}")})
                 print(f"cluster: the kill with {size} failed: {exc}", file=sys.stderr,
                       flush=True)
                 continue
             k = result["kills"][-1]
-            print(f"cluster: node killed with {size} cameras: registered again "
+            print(f"cluster: node killed with {size} cameras ({variant}): registered again "
                   f"{k['registered_again_s']}, reachable {k['reachable_s']}, "
                   f"misrouted {k['check']['misrouted']}", file=sys.stderr, flush=True)
     if not result["topologies"] and not result.get("kills"):
@@ -461,6 +466,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{f['what']}: {f['why'].splitlines()[0]}" for f in result["failed"]))
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _variant(args: argparse.Namespace, variant: str) -> argparse.Namespace:
+    """``args`` for one side of the comparison: "before", the simulated cameras as
+    they were (a full TLS handshake on every connection, asyncio's 256 KiB buffer);
+    "after", as given."""
+    out = argparse.Namespace(**vars(args))
+    out.variant = variant
+    if variant == "before":
+        out.tls_resume, out.ssl_buffer = False, 0
+    return out
 
 
 async def _grow(tier: Tier, count: int) -> tuple[list[str], dict[str, Any]]:
@@ -721,7 +737,7 @@ class Prober:
 
 async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[str, Any]:
     n = args.kill_nodes
-    state = Path(args.state) / f"cluster-kill-{cameras}"
+    state = Path(args.state) / f"cluster-kill-{cameras}-{getattr(args, 'variant', 'after')}"
     tier = Tier(state, n, args)
     pools: list[ViewerPool] = []
     port = free_port()
@@ -816,6 +832,8 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
     back_times = sorted(back.values())
     return {
         "nodes": n, "cameras": cameras, "ramp": ramp,
+        "variant": getattr(args, "variant", "after"), "tls_resume": args.tls_resume,
+        "ssl_buffer_kib": args.ssl_buffer or 256,
         "victim_cameras": len(on_victim), "probe_sample": len(sample),
         "probe_interval": args.probe_interval,
         "lost_s": summary(sorted(lost.values())) if lost else None,
@@ -836,6 +854,8 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
                              for w in tier.workers],
         "nodes_loop_max": [node.longest_pause(killed, killed + recovery_window)
                            for node in tier.nodes[1:]],
+        "nodes_longest_iteration": [node.longest_iteration(killed, killed + recovery_window)
+                                    for node in tier.nodes[1:]],
         "holders_after": landed,
         "still_on_victim": sum(1 for node in holders.values() if node == "node1"),
         "check": check, "health_after": health, "camera_side": camera_side,

@@ -429,12 +429,12 @@ async def worker_main(args: argparse.Namespace) -> None:
 
     raise_nofile()
     if args.ssl_buffer:
-        import asyncio.sslproto
+        from asyncio import sslproto
 
         # asyncio gives every TLS connection a 256 KiB read buffer, zeroed as it is
         # made (~0.2 ms of page faults each, 2.4 GiB for 9600): one camera holds one
         # connection, this process thousands. A TLS record is at most ~16.7 KiB.
-        asyncio.sslproto.SSLProtocol.max_size = args.ssl_buffer * 1024
+        sslproto.SSLProtocol.max_size = args.ssl_buffer * 1024
     if args.loop_log:
         install_loop_probe(Path(args.loop_log))
     worker = CameraWorker(args.url, args.index, args.workers, args.per_address,
