@@ -122,9 +122,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssl-buffer", type=int, default=32,
                    help="KiB of TLS read buffer per simulated camera (0: asyncio's 256 KiB, "
                         "as before)")
-    p.add_argument("--kill-compare", action=argparse.BooleanOptionalAction, default=True,
-                   help="each kill also with the simulated cameras as before (full TLS "
-                        "handshakes, asyncio's 256 KiB buffers), just before: one run")
+    p.add_argument("--kill-variants", default="before,after",
+                   help="each kill once per variant, in this order: after (the simulated "
+                        "cameras as given) and before (full TLS handshakes, asyncio's 256 KiB "
+                        "buffers, as they were): one run compares them")
     p.add_argument("--profile", action="store_true",
                    help="sample a survivor and a camera worker with py-spy (and HAProxy with "
                         "perf, if there) while the killed node's cameras re-home")
@@ -364,6 +365,12 @@ class Tier:
         for w in self.workers:
             await w.stop()
         if self.haproxy is not None:
+            # HAProxy logs a tunnel as it closes: let it see every camera gone first.
+            deadline = time.monotonic() + 5
+            with contextlib.suppress(OSError, TimeoutError):
+                while time.monotonic() < deadline and "CurrConns: 0\n" not in \
+                        await self.haproxy.command("show info"):
+                    await asyncio.sleep(0.1)
             self.haproxy.stop()
         for node in self.nodes:
             await node.stop()
@@ -444,7 +451,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sizes = [int(x) or cameras for x in args.kill_cameras.split(",") if x.strip()]
         result["kills"] = []
         runs = [(size, variant) for size in sorted(set(sizes))
-                for variant in (["before", "after"] if args.kill_compare else ["after"])]
+                for variant in _variants(args.kill_variants)]
         for size, variant in runs:
             if size > room:
                 raise SystemExit(f"bench: a kill with {size} cameras does not fit ({room})")
@@ -466,6 +473,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{f['what']}: {f['why'].splitlines()[0]}" for f in result["failed"]))
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _variants(text: str) -> list[str]:
+    out = [v.strip() for v in text.split(",") if v.strip()]
+    if not out or set(out) - {"before", "after"}:
+        raise SystemExit(f"bench: --kill-variants {text!r}: before and/or after")
+    return out
 
 
 def _variant(args: argparse.Namespace, variant: str) -> argparse.Namespace:
@@ -1130,7 +1144,8 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
             if times:
                 right.step([0.0, *times], [0.0, *[100 * (i + 1) / total
                                                   for i in range(len(times))]],
-                           style, color=f"C{i}", where="post", label=f"{n} cameras: {what}")
+                           style, color=f"C{i}", where="post",
+                           label=f"{n}, {kill.get('run', '')} {kill.get('variant', '')}: {what}")
     if kills:
         right.axhline(95, color="gray", ls=":", lw=0.8)
         right.set_xlabel("seconds after SIGKILL")
@@ -1256,20 +1271,22 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"s: the reachable times are coarse by up to {REASK:g} s). Seconds after the "
             "SIGKILL:",
             "",
-            "| cameras on the killed node | | 50% | 95% | 100% | CPU while re-homing: nodes / "
-            "HAProxy / cameras / other (cores) |",
-            "|---|---|---|---|---|---|",
+            "| cameras on the killed node | simulated cameras | | 50% | 95% | 100% | CPU while "
+            "re-homing: nodes / HAProxy / Redis / cameras / other (cores) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for kill in kills:
             reg, reach, c = kill["registered_again_s"], kill["reachable_s"], kill["recovery_cpu"]
             lines += [
-                f"| {kill['victim_cameras']} | registered again (the cameras' own clock) | "
-                f"{_s(reg['p50'])} | {_s(reg['p95'])} | {_s(reg['all'])} | "
-                f"{c['nodes']:.2f} / {c['haproxy']:.2f} / {c['cameras']:.2f} / {c['other']} |",
-                f"| | reachable: a viewer's offer answered ({kill['probe_sample']} sampled) | "
+                f"| {kill['victim_cameras']} | {_variant_label(kill)} | registered again (the "
+                f"cameras' own clock) | {_s(reg['p50'])} | {_s(reg['p95'])} | {_s(reg['all'])} | "
+                f"{c['nodes']:.2f} / {c['haproxy']:.2f} / {c.get('redis', 0.0):.2f} / "
+                f"{c['cameras']:.2f} / {c['other']} |",
+                f"| | | reachable: a viewer's offer answered ({kill['probe_sample']} sampled) | "
                 f"{_s(reach['p50'])} | {_s(reach['p95'])} | {_s(reach['all'])} | |",
             ]
         lines.append("")
+        lines += _kill_costs(kills)
         for kill in kills:
             chk = kill["check"]
             side: dict[str, int] = {}
@@ -1278,7 +1295,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
                     side[k] = side.get(k, 0) + v
             replaced = side.get("replaced", 0)
             lines.append(
-                f"With {kill['victim_cameras']}: {kill['registered_again']} registered again "
+                f"With {kill['victim_cameras']} ({_variant_label(kill)}): "
+                f"{kill['registered_again']} registered again "
                 f"within {kill['recovery_window_s']} s and landed on "
                 + ", ".join(f"{k}: {v}" for k, v in sorted(kill["holders_after"].items()))
                 + f" (presence keys still naming the dead node: {kill['still_on_victim']}); "
@@ -1310,6 +1328,70 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "![cluster: session starts and a node kill](bench/cluster.png)",
         "",
     ]
+    return lines
+
+
+def _variant_label(kill: dict[str, Any]) -> str:
+    run = f"{kill['run']}: " if kill.get("run") else ""
+    if kill.get("variant") == "before":
+        return run + "as before: full TLS handshakes, 256 KiB buffers"
+    if "variant" not in kill:
+        return run + "full TLS handshakes"
+    return run + (("TLS resumed" if kill.get("tls_resume") else "full TLS handshakes")
+                  + f", {kill.get('ssl_buffer_kib', 256)} KiB buffers")
+
+
+def _kill_costs(kills: list[dict[str, Any]]) -> list[str]:
+    """Per kill: where the CPU went, per re-homed camera, and what HAProxy and the
+    survivors' event loops saw (the kills measured with the per-process account)."""
+    lines: list[str] = []
+    rows = [k for k in kills if "recovery_cpu_each" in k]
+    if not rows:
+        return lines
+    lines += ["| cameras | simulated cameras | machine busy (cores) | each process (cores) "
+              "| CPU ms per re-homed camera: cameras / nodes / HAProxy / Redis "
+              "| connection loss seen (p50 / p95) | TLS sessions resumed (ramp and re-home) "
+              "| HAProxy: redispatched from the dead node, connect p99 "
+              "| survivors' longest loop iteration |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for k in rows:
+        each = k["recovery_cpu_each"]
+        window = k["recovery_window_s"]
+        n = max(1, k["registered_again"])
+
+        def ms(*names: str, each: dict[str, float] = each, window: float = window,
+               n: int = n) -> str:
+            cores = sum(v for key, v in each.items() if key.startswith(names))
+            return f"{1000 * cores * window / n:.2f}"
+
+        procs = ", ".join(f"{key} {v:.2f}" for key, v in each.items()
+                          if not key.startswith("machine"))
+        hap = k.get("haproxy_after_kill") or {}
+        lost = k.get("lost_s") or {}
+        resumed = sum(int(w.get("tls_resumed", 0)) for w in k["camera_side"])
+        longest = max((it for it in k.get("nodes_longest_iteration", []) if it),
+                      key=lambda it: it["wall_ms"], default=None)
+        if longest:
+            kinds = "; ".join(f"{x['what']} ×{x['count']} {x['cpu_ms']:.1f} ms"
+                              for x in longest["kinds"][:3])
+            loop = (f"{longest['wall_ms']:.1f} ms ({longest['cpu_ms']:.1f} CPU): "
+                    f"{longest['callbacks']} callbacks, {kinds}")
+        else:
+            loop = "none of 20 ms or more"
+        lines.append(
+            f"| {k['victim_cameras']} | {_variant_label(k)} | "
+            f"{each.get('machine (all processes)', 0):.2f} | {procs} | "
+            f"{ms('camera')} / {ms('node')} / {ms('haproxy')} / {ms('redis')} | "
+            f"{lost.get('p50')} / {lost.get('p95')} s | {resumed} | "
+            f"{hap.get('redispatched', '?')} of {hap.get('requests', '?')}, "
+            f"{(hap.get('connect_ms') or {}).get('p99', '?')} ms | {loop} |")
+    lines += ["", "CPU per re-homed camera is each process's CPU over the whole window "
+                  "(SIGKILL to the last camera back) divided by the cameras registered again, "
+                  "so the nodes' share includes their idle work and the probes' offers. "
+                  "\"Connection loss seen\" is when the simulated camera's read ended; a "
+                  "camera's reconnect waits a further 0-0.5 s (the agent's jitter) before "
+                  "it starts. A loop iteration's callbacks are counted by kind (a task: its "
+                  "coroutine) with their CPU.", ""]
     return lines
 
 
