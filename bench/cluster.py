@@ -71,7 +71,7 @@ HELP = "rendezvous nodes on Redis behind HAProxy: cross-node session starts, a n
 SMOKE = ["--cameras", "40", "--topologies", "1,2", "--rates", "10,20", "--step-seconds", "1",
          "--idle-seconds", "1", "--settle", "0.3", "--viewers", "4", "--workers", "1",
          "--kill-nodes", "2", "--kill-cameras", "0", "--probe-sample", "10",
-         "--recover-timeout", "20"]
+         "--recover-timeout", "20", "--kill-variants", "after"]
 NEEDS = ["redis-server", "haproxy"]
 
 DOCS = ROOT / "docs" / "operations.md"

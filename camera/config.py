@@ -235,8 +235,8 @@ class ResumingContext(ssl.SSLContext):
     it) resumes its TLS session from the server's ticket (TLS 1.3 PSK with a fresh
     ECDHE, so forward secrecy holds): the server skips its certificate and signature,
     the camera skips verifying the chain. Measured in-process on x86 (OpenSSL 3.0,
-    P-256 certificate), the client's handshake CPU falls from 0.48 to 0.22 ms and
-    the server's from 0.29 to 0.23 ms; on a Pi's cores the client's saving is
+    P-256 certificate), the client's handshake CPU falls from 0.53 to 0.24 ms and
+    the server's from 0.30 to 0.25 ms; on a Pi's cores the client's saving is
     several times larger. A server that does not take the ticket (another
     balancer, keys rotated) simply does a full handshake.
     """
