@@ -1137,9 +1137,9 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     kills = result.get("kills", [])
     for i, kill in enumerate(kills):
         n = kill["victim_cameras"]
-        for key, total, style, what in (
-                ("registered_times_s", n, "-", "registered again"),
-                ("reachable_times_s", kill["probe_sample"], ":", "offer answered (sample)")):
+        curves = [("registered_times_s", n, "-", "registered again"),
+                  ("reachable_times_s", kill["probe_sample"], ":", "offer answered (sample)")]
+        for key, total, style, what in curves[:1 if len(kills) > 2 else 2]:
             times = kill[key]
             if times:
                 right.step([0.0, *times], [0.0, *[100 * (i + 1) / total
@@ -1152,7 +1152,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
         right.set_ylabel("% of the killed node's cameras")
         right.set_title("a node killed behind HAProxy", fontsize=9)
         right.grid(alpha=0.3)
-        right.legend(fontsize=7)
+        right.legend(fontsize=6 if len(kills) > 2 else 7, loc="lower right")
     else:
         right.set_axis_off()
     fig.tight_layout()
