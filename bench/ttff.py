@@ -36,8 +36,12 @@ WAIT_FOR_FRAME = """new Promise((resolve) => {
   }, 20);
 })"""
 
-PHASES = ("key", "signaling", "offerMade", "prepared", "offer", "answer", "connected",
-          "firstFrame")
+PHASES = ("key", "signaling", "offerMade", "prepared", "offer", "answer", "verified",
+          "iceConnected", "connected", "firstFrame")
+
+BEFORE_JS = "window.peercamOptions = { offerAfterServers: true, workerAtStart: true };"
+"""The page's start-up before the offer left ahead of the ICE servers and before the
+service worker waited for the first frame (services/web/viewer.js OPTIONS)."""
 
 NAME = "ttff"
 HELP = "time to first frame, CLI viewer and Chromium, loopback"
@@ -51,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
     p.add_argument("--no-playout-ab", dest="playout_ab", action="store_false",
                    help="no second paired tab without the playout-delay extension")
+    p.add_argument("--no-startup-ab", dest="startup_ab", action="store_false",
+                   help="no paired tab with the page's and the camera's start-up as before "
+                        "(offer after the ICE servers, service worker at load, a second IDR "
+                        "asked for at the join)")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,7 +70,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     runner, url = await start_rendezvous()
     camera = await Camera(url, "passthrough", Path(args.state) / "ttff", args.width,
-                          args.height).started()
+                          args.height, extra=["--join-toggle"]).started()
     link = camera.link(url)
     chromium: dict[str, tuple[list[float], list[dict[str, float]]]] = {}
     try:
@@ -77,7 +85,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cli.append(stats.ttff_ms)
         if not args.no_chromium:
             chromium = await chromium_ttff(camera.link(url, pair=True), link, args.trials,
-                                           playout_ab=args.playout_ab)
+                                           playout_ab=args.playout_ab,
+                                           before=camera if args.startup_ab else None)
     finally:
         camera.stop()
         await runner.cleanup()
@@ -98,9 +107,11 @@ def phases_p50(timelines: list[dict[str, float]]) -> dict[str, float]:
 
 async def chromium_ttff(
     pair_link: str, link: str, trials: int, *, playout_ab: bool = False,
+    before: Camera | None = None,
 ) -> dict[str, tuple[list[float], list[dict[str, float]]]]:
     """Per trial, one fresh profile: the pairing visit, then a paired tab (and one
-    without the playout-delay extension, in alternating order; see the top)."""
+    without the playout-delay extension, and one with the start-up as before, with
+    ``before`` the camera started with ``--join-toggle``; in alternating order)."""
     from playwright.async_api import async_playwright
 
     from bench.latency import _NO_PLAYOUT_EXTENSION_JS
@@ -112,6 +123,8 @@ async def chromium_ttff(
         "chromium": ([], []), "chromium_pairing": ([], [])}
     if playout_ab:
         out["chromium_noext"] = ([], [])
+    if before is not None:
+        out["chromium_before"] = ([], [])
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for trial in range(trials):
@@ -120,14 +133,21 @@ async def chromium_ttff(
             tabs = [("chromium_pairing", pair_link), ("chromium", link)]
             if playout_ab:
                 tabs.insert(1 + trial % 2, ("chromium_noext", link))
+            if before is not None:
+                tabs.insert(1 + (trial // 2) % 2 * (len(tabs) - 1), ("chromium_before", link))
             for key, target in tabs:
                 page = await context.new_page()
                 if key == "chromium_noext":
                     await page.add_init_script(_NO_PLAYOUT_EXTENSION_JS)
+                if before is not None:
+                    await before.join_takes_asked_idr(key != "chromium_before")
+                if key == "chromium_before":
+                    await page.add_init_script(BEFORE_JS)
                 await page.goto(target)
                 await asyncio.wait_for(page.evaluate(WAIT_FOR_FRAME), 20)
                 out[key][0].append(float(await page.evaluate("window.peercam.ttffMs")))
-                out[key][1].append(await page.evaluate("({...window.peercam.timeline})"))
+                out[key][1].append(await page.evaluate(
+                    "({...window.peercam.timeline, epochMs: window.peercam.startedAtEpochMs})"))
                 await page.close()  # its bye frees the session
                 await asyncio.sleep(1.0)
             await context.close()
@@ -147,6 +167,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     data, labels = [result["cli_ms"]], ["CLI viewer"]
     for key, label in (("chromium_pairing", "Chromium,\npairing visit"),
                        ("chromium", "Chromium,\npaired page"),
+                       ("chromium_before", "Chromium, paired,\nstart-up as before"),
                        ("chromium_noext", "Chromium, paired,\nno playout-delay ext.")):
         if result.get(f"{key}_ms"):
             data.append(result[f"{key}_ms"])
@@ -186,7 +207,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ("chromium_pairing", "Chromium, pairing visit (from after pairing)"),
             ("chromium", "Chromium, paired page (from its connection's start)"),
             ("chromium_noext", "Chromium, paired page, playout-delay extension not "
-                               "negotiated (same trials, alternating)"))
+                               "negotiated (same trials, alternating)"),
+            ("chromium_before", "Chromium, paired page, start-up as before (same trials, "
+                                "alternating)"))
     for key, label in rows:
         s = result.get(key)
         if s:
@@ -203,8 +226,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
                           f"it; alternating with the page as served, same trials): p50 "
                           f"{without['p50']} ms, p95 {without['p95']} ms, against "
                           f"{paired['p50']} / {paired['p95']} ms with it.")
+    before = result.get("chromium_before")
+    if paired and before:
+        lines += ["", f"The start-up as before (alternating with the page as served, same "
+                  f"trials): p50 {before['p50']} ms, p95 {before['p95']} ms, against "
+                  f"{paired['p50']} / {paired['p95']} ms now."]
     for key, label in (("chromium_pairing", "pairing visit"), ("chromium", "paired page"),
-                       ("chromium_noext", "paired page without the playout-delay extension")):
+                       ("chromium_noext", "paired page without the playout-delay extension"),
+                       ("chromium_before", "paired page, start-up as before")):
         phases = result.get(f"{key}_phases_p50")
         if phases:
             lines += [

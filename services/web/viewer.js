@@ -55,6 +55,8 @@ const TIMING = {
   sigFastFailMs: 2000,     // a socket that fails sooner than this failed fast
   signalWaitMs: 15000,     // a new session waits this long for the signaling socket
   statsMs: 1000,
+  workerDelayMs: 3000,     // a page opening a camera registers its service worker after
+                           // its first frame, or this long after it loaded
 };
 
 // Trickled "candidate" messages per session, end-of-candidates included
@@ -89,6 +91,12 @@ const WORDS = {
     + "Make a new one with peercam pair.",
 };
 
+// Switches for benchmarks that compare the page with its earlier start-up in the
+// same run (docs/benchmarks.md); a page as served has none set. offerAfterServers:
+// the offer waits for the ICE servers ("prepared"); workerAtStart: the app
+// shell's service worker is registered before the first session starts.
+const OPTIONS = Object.freeze({ ...(window.peercamOptions || {}) });
+
 // A thrown value that means "this session was torn down; stop quietly".
 const SUPERSEDED = Object.freeze({ superseded: true });
 
@@ -119,7 +127,8 @@ const peercam = {
   paired: null,            // true: the camera took our key; false: it refused it; null: unknown
   viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
   timeline: {},            // ms from startedAt: key, signaling, offerMade, prepared, offer, firstCandidateSent, gathered,
-                           // endOfCandidates, answer, verified, connected, firstFrame
+                           // endOfCandidates, answer, verified, iceConnected, connected, firstFrame
+  startedAtEpochMs: null,  // that clock's start, ms since the epoch (performance.timeOrigin based)
   trickle: null,           // the shown session trickles its ICE candidates (false: the fallback)
   candidatesSent: 0,       // trickled candidate messages, end-of-candidates not counted
   ptzAvailable: null,      // the camera's "ptz" hello: true (a head), false (none), null (not yet)
@@ -139,6 +148,13 @@ const peercam = {
 window.peercam = peercam;
 
 // Where the time to first frame goes, for the overlay-less benchmark.
+function setStart(att) {
+  // The clock of ttffMs and the timeline; its wall-clock time lets a benchmark
+  // join the timeline to the camera's log.
+  att.startedAt = performance.now();
+  setFigure(att, "startedAtEpochMs", performance.timeOrigin + att.startedAt);
+}
+
 function mark(att, name) {
   // att.figures.timeline is window.peercam.timeline while att is shown.
   const timeline = att.figures.timeline;
@@ -301,6 +317,7 @@ function newSession() {
     sessionId: att.sessionId, ttffMs: null, framesDecoded: 0, localCandidateType: null,
     remoteCandidateType: null, remoteAddress: null, rttMs: null, fps: null,
     bitrateKbps: null, timeline: {}, trickle: null, candidatesSent: 0, latencyMs: null,
+    startedAtEpochMs: null,
   };
   return att;
 }
@@ -380,11 +397,11 @@ async function connect(att) {
   // Nothing waits for a step it does not need: the signaling socket opens,
   // the viewer key loads (a stored CryptoKey, from IndexedDB) and the peer
   // connection makes its offer at the same time. The offer is signed as soon
-  // as the key and the offer are there, while the server mints ICE servers;
-  // once they are in, the offer is applied (gathering starts with them) and
-  // sent in the same step: applying it and the camera's answer overlap.
+  // as the key and the offer are there and sent at once, while the server
+  // mints ICE servers; once they are in, the offer is applied (gathering
+  // starts with them): applying it and the camera's answer overlap.
   // TTFF counts from here for a paired page, from after pairing otherwise.
-  if (!pairSecret) att.startedAt = performance.now();
+  if (!pairSecret) setStart(att);
   const key = viewerKey();
   const signaling = signalingReady(att);
   key.then(() => mark(att, "key"), () => {});
@@ -393,7 +410,7 @@ async function connect(att) {
     const [me] = await Promise.all([key, signaling]);
     alive(att);
     await pair(att, me);
-    att.startedAt = performance.now();
+    setStart(att);
   }
   att.trickle = newTrickle(!trickleRefused);
   setFigure(att, "trickle", att.trickle.enabled);
@@ -402,17 +419,40 @@ async function connect(att) {
     mark(att, "offerMade");
     return offer;
   });
-  const iceServers = signaling.then(() => {
+  // "prepare" leaves the moment the socket is ready; `asked` resolves once it is sent.
+  let minting = null;
+  const asked = signaling.then(() => {
     alive(att);
-    return prepare(att);
+    minting = prepare(att);
+    minting.catch(() => {});  // awaited through iceServers
   });
+  const iceServers = asked.then(() => minting);
   // The exact string we send is what the camera's answer statement hashes.
   let sdp;
   let me;
   let applied;
-  if (att.trickle.enabled) {
+  if (att.trickle.enabled && !OPTIONS.offerAfterServers) {
     // Trickling, the offer as made is what we sign and send: applying it
-    // changes nothing in it, and the candidates gathered after follow it.
+    // changes nothing in it, and the candidates gathered after follow it. It
+    // does not depend on the ICE servers either, so it leaves as soon as it is
+    // signed (after our "prepare", on the same socket): the camera makes its
+    // answer and its IDR while the server mints our ICE servers. The offer is
+    // applied once they are in (gathering starts with them), before the answer.
+    const signing = Promise.all([key, made]).then(([k, offer]) => signOffer(att, k, offer.sdp));
+    const [k, offer, signature] = await Promise.all([key, made, signing, asked]);
+    alive(att);
+    me = k;
+    sdp = offer.sdp;
+    sendOffer(att, me, sdp, signature);
+    applied = iceServers.then((servers) => {
+      alive(att);
+      useIceServers(pc, servers);
+      return pc.setLocalDescription(offer);
+    });
+    applied.catch(() => {});  // awaited below, before the answer is applied
+  } else if (att.trickle.enabled) {
+    // The start-up before the offer left ahead of the ICE servers (benchmarks'
+    // baseline): the offer is applied and sent once they are in.
     const signing = Promise.all([key, made]).then(([k, offer]) => signOffer(att, k, offer.sdp));
     const [k, servers, offer, signature] = await Promise.all([key, iceServers, made, signing]);
     alive(att);
@@ -1339,6 +1379,7 @@ function onFirstFrame(att) {
   setFigure(att, "ttffMs", Math.round(att.firstFrameAt - att.startedAt));
   mark(att, "firstFrame");
   if (att === pending) promote(att);
+  setTimeout(registerServiceWorker, 0);  // after this frame's callbacks
   if (deviceId) markSeen(deviceId);
 }
 
@@ -1358,6 +1399,7 @@ function onConnectionState(att) {
 
 function onIceState(att) {
   const state = att.pc.iceConnectionState;
+  if (state === "connected" || state === "completed") mark(att, "iceConnected");
   if (state === "failed") mediaLost(att, "ICE failed");
   else if (state === "closed") mediaLost(att, "connection closed");
   else if ((state === "connected" || state === "completed")
@@ -1771,10 +1813,21 @@ function onOnline() {
   }
 }
 
+function linkHasDevice() {
+  try {
+    return linkParams(location.hash).has("device");
+  } catch (_) {
+    return false;
+  }
+}
+
+let workerAsked = false;
+
 function registerServiceWorker() {
   // Installable app: the worker caches the page's own files (never video,
-  // keys or signaling) so the home-screen icon opens even offline.
-  if (!("serviceWorker" in navigator)) return;
+  // keys or signaling) so the home-screen icon opens even offline. Once.
+  if (workerAsked || !("serviceWorker" in navigator)) return;
+  workerAsked = true;
   // The page's policy takes script URLs only through its one Trusted Types
   // policy, and that policy knows one URL: the worker's.
   const script = window.trustedTypes
@@ -1813,7 +1866,11 @@ function init() {
     return;
   }
   viewerKey().catch(() => { /* reported by the session that needs it */ });
-  registerServiceWorker();
+  // The worker's registration fetches sw.js from the server and may start the
+  // worker: work a page opening a camera does after its first frame (or
+  // workerDelayMs without one), not while it connects.
+  if (OPTIONS.workerAtStart || !linkHasDevice()) registerServiceWorker();
+  else setTimeout(registerServiceWorker, TIMING.workerDelayMs);
   ui.stage = $("stage");
   initList(watch);
   initPlayer({
