@@ -39,9 +39,16 @@ WAIT_FOR_FRAME = """new Promise((resolve) => {
 PHASES = ("key", "signaling", "offerMade", "prepared", "offer", "answer", "verified",
           "iceConnected", "connected", "firstFrame")
 
-BEFORE_JS = "window.peercamOptions = { offerAfterServers: true, workerAtStart: true };"
-"""The page's start-up before the offer left ahead of the ICE servers and before the
-service worker waited for the first frame (services/web/viewer.js OPTIONS)."""
+STARTUP_VARIANTS: dict[str, tuple[str, bool]] = {
+    # tab: (init script, camera.broadcaster.JOIN_TAKES_ASKED_IDR in the camera)
+    "chromium_before": (
+        "window.peercamOptions = { offerAfterServers: true, workerAtStart: true };", False),
+    "chromium_lateoffer": ("window.peercamOptions = { offerAfterServers: true };", True),
+}
+"""Paired tabs alternating with the page as served (``--startup-ab``): the page's and
+the camera's start-up before these changes (the offer waits for the ICE servers, the
+service worker registers at load, the camera asks for a second IDR at the join), and
+only the offer as before (services/web/viewer.js OPTIONS)."""
 
 NAME = "ttff"
 HELP = "time to first frame, CLI viewer and Chromium, loopback"
@@ -124,7 +131,8 @@ async def chromium_ttff(
     if playout_ab:
         out["chromium_noext"] = ([], [])
     if before is not None:
-        out["chromium_before"] = ([], [])
+        for key in STARTUP_VARIANTS:
+            out[key] = ([], [])
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for trial in range(trials):
@@ -134,15 +142,19 @@ async def chromium_ttff(
             if playout_ab:
                 tabs.insert(1 + trial % 2, ("chromium_noext", link))
             if before is not None:
-                tabs.insert(1 + (trial // 2) % 2 * (len(tabs) - 1), ("chromium_before", link))
+                # The paired tabs in rotating order: each variant in each place in turn.
+                paired = tabs[1:] + [(key, link) for key in STARTUP_VARIANTS]
+                turn = trial % len(paired)
+                tabs = tabs[:1] + paired[turn:] + paired[:turn]
             for key, target in tabs:
                 page = await context.new_page()
                 if key == "chromium_noext":
                     await page.add_init_script(_NO_PLAYOUT_EXTENSION_JS)
+                script, join_rule = STARTUP_VARIANTS.get(key, ("", True))
                 if before is not None:
-                    await before.join_takes_asked_idr(key != "chromium_before")
-                if key == "chromium_before":
-                    await page.add_init_script(BEFORE_JS)
+                    await before.join_takes_asked_idr(join_rule)
+                if script:
+                    await page.add_init_script(script)
                 await page.goto(target)
                 await asyncio.wait_for(page.evaluate(WAIT_FOR_FRAME), 20)
                 out[key][0].append(float(await page.evaluate("window.peercam.ttffMs")))
@@ -209,7 +221,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ("chromium_noext", "Chromium, paired page, playout-delay extension not "
                                "negotiated (same trials, alternating)"),
             ("chromium_before", "Chromium, paired page, start-up as before (same trials, "
-                                "alternating)"))
+                                "alternating)"),
+            ("chromium_lateoffer", "Chromium, paired page, only the offer as before "
+                                   "(same trials, alternating)"))
     for key, label in rows:
         s = result.get(key)
         if s:
@@ -233,7 +247,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
                   f"{paired['p50']} / {paired['p95']} ms now."]
     for key, label in (("chromium_pairing", "pairing visit"), ("chromium", "paired page"),
                        ("chromium_noext", "paired page without the playout-delay extension"),
-                       ("chromium_before", "paired page, start-up as before")):
+                       ("chromium_before", "paired page, start-up as before"),
+                       ("chromium_lateoffer", "paired page, only the offer as before")):
         phases = result.get(f"{key}_phases_p50")
         if phases:
             lines += [
