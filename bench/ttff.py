@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -62,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
     p.add_argument("--no-playout-ab", dest="playout_ab", action="store_false",
                    help="no second paired tab without the playout-delay extension")
+    p.add_argument("--signaling-delay-ms", type=float, default=0.0,
+                   help="Chromium tabs: hold every signaling message this long each way "
+                        "(a rendezvous that far from the viewer; 0: loopback)")
     p.add_argument("--no-startup-ab", dest="startup_ab", action="store_false",
                    help="no paired tab with the page's and the camera's start-up as before "
                         "(offer after the ICE servers, service worker at load, a second IDR "
@@ -93,7 +98,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_chromium:
             chromium = await chromium_ttff(camera.link(url, pair=True), link, args.trials,
                                            playout_ab=args.playout_ab,
-                                           before=camera if args.startup_ab else None)
+                                           before=camera if args.startup_ab else None,
+                                           signaling_delay=args.signaling_delay_ms / 1000)
     finally:
         camera.stop()
         await runner.cleanup()
@@ -114,7 +120,7 @@ def phases_p50(timelines: list[dict[str, float]]) -> dict[str, float]:
 
 async def chromium_ttff(
     pair_link: str, link: str, trials: int, *, playout_ab: bool = False,
-    before: Camera | None = None,
+    before: Camera | None = None, signaling_delay: float = 0.0,
 ) -> dict[str, tuple[list[float], list[dict[str, float]]]]:
     """Per trial, one fresh profile: the pairing visit, then a paired tab (and one
     without the playout-delay extension, and one with the start-up as before, with
@@ -155,6 +161,9 @@ async def chromium_ttff(
                     await before.join_takes_asked_idr(join_rule)
                 if script:
                     await page.add_init_script(script)
+                if signaling_delay > 0:
+                    await page.route_web_socket(re.compile(r"/ws/viewer$"),
+                                                delayed_relay(signaling_delay))
                 await page.goto(target)
                 await asyncio.wait_for(page.evaluate(WAIT_FOR_FRAME), 20)
                 out[key][0].append(float(await page.evaluate("window.peercam.ttffMs")))
@@ -165,6 +174,38 @@ async def chromium_ttff(
             await context.close()
         await browser.close()
     return out
+
+
+def delayed_relay(delay: float) -> Any:
+    """A Playwright WebSocket route passing every message on ``delay`` seconds late,
+    in order, each way."""
+
+    def relay(ws: Any) -> None:
+        server = ws.connect_to_server()
+        for source, target in ((ws, server), (server, ws)):
+            queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
+
+            async def pump(queue: asyncio.Queue[tuple[float, Any]] = queue,
+                           target: Any = target) -> None:
+                loop = asyncio.get_running_loop()
+                while True:
+                    due, message = await queue.get()
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+                    with contextlib.suppress(Exception):  # the tab is gone
+                        target.send(message)
+
+            task = asyncio.ensure_future(pump())
+            _PUMPS.add(task)
+            task.add_done_callback(_PUMPS.discard)
+            source.on_message(lambda message, queue=queue: queue.put_nowait(
+                (asyncio.get_running_loop().time() + delay, message)))
+            source.on_close(lambda *_, task=task: task.cancel())
+
+    return relay
+
+
+_PUMPS: set[asyncio.Future[None]] = set()
+"""The relays' pumps (kept referenced until their socket closes)."""
 
 
 def headline(result: dict[str, Any]) -> str:
