@@ -20,10 +20,9 @@ the link (recorded as ``pairing_ttff_ms``, clock from after pairing), then the
 page already paired in a new tab, the trial's figure: its clock starts when the
 page starts its connection (see bench/ttff.py).
 
-``--kinds chromium_before,chromium --rounds N`` compares today's page and camera with
-their start-up before (the page told by ``BEFORE_OPTIONS_JS``, the camera restarted
-with ``CAMERA_BEFORE``) in the same lab, the variants alternating ABBA over N rounds,
-so a machine whose load drifts weighs on both alike.
+``--kinds chromium_before,chromium --rounds N`` compares today's camera with the one
+before (restarted with ``CAMERA_BEFORE``; the page is the same) in the same lab, the
+variants alternating ABBA over N rounds, so a machine whose load drifts weighs on both alike.
 
 ``python -m bench.labttff cli|chromium LINK TRIALS GAP`` is the viewer side,
 run inside a lab namespace: one JSON line per trial.
@@ -62,13 +61,8 @@ CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
 KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium, before",
          "chromium": "Chromium"}
 """Viewer kinds, in table order; ``cli_before`` (see :func:`cli_trials`) only with
-``--before`` or ``--kinds``, ``chromium_before`` (the page told by
-:data:`BEFORE_OPTIONS_JS`, the camera restarted with :data:`CAMERA_BEFORE`) only with
-``--kinds``."""
-BEFORE_OPTIONS_JS = "window.peercamOptions = { offerAfterServers: true, workerAtStart: true };"
-"""``chromium_before``'s page: its offer waits for the ICE servers (``prepared``) and its
-service worker registers at load (services/web/viewer.js OPTIONS; the lab blocks
-service workers, so only the first applies here)."""
+``--before`` or ``--kinds``, ``chromium_before`` (the camera restarted with
+:data:`CAMERA_BEFORE`) only with ``--kinds``."""
 CAMERA_BEFORE = ["--join-asks-again"]
 """``chromium_before``'s camera: a viewer whose connection comes up before the IDR its
 offer asked for asks for a second one (camera.broadcaster.JOIN_TAKES_ASKED_IDR)."""
@@ -639,9 +633,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{c['chromium_before']['summary']['p95']} → {c['chromium']['summary']['p95']} ms"
             for c in compared)
         rounds = result.get("rounds") or 1
-        lines += ["", "\"Chromium, before\" is the page with its offer waiting for the ICE "
-                  "servers (`prepared`) as before, and the camera asking for a second IDR when "
-                  "the connection comes up before the one the offer asked for "
+        lines += ["", "\"Chromium, before\" is the camera asking for a second IDR when the "
+                  "connection comes up before the one the offer asked for "
                   "(`--join-asks-again`), in the same lab and run as today's"
                   + (f", the two alternating in {rounds} rounds (ABBA)" if rounds > 1 else "")
                   + ". Before → now: " + ratios + "."]
@@ -749,8 +742,7 @@ async def cli_trials(link: str, trials: int, gap: float,
                "relay_wait_ms": None if wait.ms is None else round(wait.ms, 1)}
 
 
-async def chromium_trials(link: str, trials: int, gap: float,
-                          before: bool = False) -> AsyncIterator[dict[str, Any]]:
+async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
     from playwright.async_api import async_playwright
 
     sys.path.insert(0, str(ROOT))
@@ -765,11 +757,9 @@ async def chromium_trials(link: str, trials: int, gap: float,
         try:
             for _ in range(trials):
                 await asyncio.sleep(gap)
-                # Fresh; waits use eval. No service worker (the same for both variants;
-                # the clock starts after the page loaded either way).
+                # Fresh; waits use eval. No service worker (its clock starts after the
+                # page loaded either way).
                 context = await browser.new_context(bypass_csp=True, service_workers="block")
-                if before:
-                    await context.add_init_script(BEFORE_OPTIONS_JS)
                 if diag:
                     await context.add_init_script(DIAG_SCRIPT)
                 try:
@@ -817,8 +807,7 @@ async def chromium_trials(link: str, trials: int, gap: float,
 
 async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
     started = time.monotonic()
-    source = (chromium_trials(link, trials, gap, before=kind == "chromium_before")
-              if kind.startswith("chromium")
+    source = (chromium_trials(link, trials, gap) if kind.startswith("chromium")
               else cli_trials(link, trials, gap, before=kind == "cli_before"))
     async for row in source:
         print(json.dumps({**row, "at_s": round(time.monotonic() - started, 2)}), flush=True)

@@ -43,14 +43,11 @@ PHASES = ("key", "signaling", "offerMade", "prepared", "offer", "answer", "verif
 
 STARTUP_VARIANTS: dict[str, tuple[str, bool]] = {
     # tab: (init script, camera.broadcaster.JOIN_TAKES_ASKED_IDR in the camera)
-    "chromium_before": (
-        "window.peercamOptions = { offerAfterServers: true, workerAtStart: true };", False),
-    "chromium_lateoffer": ("window.peercamOptions = { offerAfterServers: true };", True),
+    "chromium_before": ("", False),
 }
-"""Paired tabs alternating with the page as served (``--startup-ab``): the page's and
-the camera's start-up before these changes (the offer waits for the ICE servers, the
-service worker registers at load, the camera asks for a second IDR at the join), and
-only the offer as before (services/web/viewer.js OPTIONS)."""
+"""Paired tabs alternating with the page as served (``--startup-ab``): the camera as
+before, asking for a second IDR when the connection comes up before the one the
+offer asked for (flipped in the same camera for that tab)."""
 
 NAME = "ttff"
 HELP = "time to first frame, CLI viewer and Chromium, loopback"
@@ -68,9 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Chromium tabs: hold every signaling message this long each way "
                         "(a rendezvous that far from the viewer; 0: loopback)")
     p.add_argument("--no-startup-ab", dest="startup_ab", action="store_false",
-                   help="no paired tab with the page's and the camera's start-up as before "
-                        "(offer after the ICE servers, service worker at load, a second IDR "
-                        "asked for at the join)")
+                   help="no paired tab with the camera asking for a second IDR at the join "
+                        "as before")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -123,8 +119,8 @@ async def chromium_ttff(
     before: Camera | None = None, signaling_delay: float = 0.0,
 ) -> dict[str, tuple[list[float], list[dict[str, float]]]]:
     """Per trial, one fresh profile: the pairing visit, then a paired tab (and one
-    without the playout-delay extension, and one with the start-up as before, with
-    ``before`` the camera started with ``--join-toggle``; in alternating order)."""
+    without the playout-delay extension, and one with the camera's join as before,
+    ``before`` being the camera started with ``--join-toggle``; in rotating order)."""
     from playwright.async_api import async_playwright
 
     from bench.latency import _NO_PLAYOUT_EXTENSION_JS
@@ -220,7 +216,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     data, labels = [result["cli_ms"]], ["CLI viewer"]
     for key, label in (("chromium_pairing", "Chromium,\npairing visit"),
                        ("chromium", "Chromium,\npaired page"),
-                       ("chromium_before", "Chromium, paired,\nstart-up as before"),
+                       ("chromium_before", "Chromium, paired,\njoin as before"),
                        ("chromium_noext", "Chromium, paired,\nno playout-delay ext.")):
         if result.get(f"{key}_ms"):
             data.append(result[f"{key}_ms"])
@@ -261,10 +257,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ("chromium", "Chromium, paired page (from its connection's start)"),
             ("chromium_noext", "Chromium, paired page, playout-delay extension not "
                                "negotiated (same trials, alternating)"),
-            ("chromium_before", "Chromium, paired page, start-up as before (same trials, "
-                                "alternating)"),
-            ("chromium_lateoffer", "Chromium, paired page, only the offer as before "
-                                   "(same trials, alternating)"))
+            ("chromium_before", "Chromium, paired page, the camera asking for a second "
+                                "IDR at the join as before (same trials, alternating)"))
     for key, label in rows:
         s = result.get(key)
         if s:
@@ -283,13 +277,12 @@ def markdown(result: dict[str, Any]) -> list[str]:
                           f"{paired['p50']} / {paired['p95']} ms with it.")
     before = result.get("chromium_before")
     if paired and before:
-        lines += ["", f"The start-up as before (alternating with the page as served, same "
-                  f"trials): p50 {before['p50']} ms, p95 {before['p95']} ms, against "
-                  f"{paired['p50']} / {paired['p95']} ms now."]
+        lines += ["", f"The camera's join as before (alternating, same trials): p50 "
+                  f"{before['p50']} ms, p95 {before['p95']} ms, against {paired['p50']} / "
+                  f"{paired['p95']} ms now."]
     for key, label in (("chromium_pairing", "pairing visit"), ("chromium", "paired page"),
                        ("chromium_noext", "paired page without the playout-delay extension"),
-                       ("chromium_before", "paired page, start-up as before"),
-                       ("chromium_lateoffer", "paired page, only the offer as before")):
+                       ("chromium_before", "paired page, the camera's join as before")):
         phases = result.get(f"{key}_phases_p50")
         if phases:
             lines += [

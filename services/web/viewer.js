@@ -55,8 +55,6 @@ const TIMING = {
   sigFastFailMs: 2000,     // a socket that fails sooner than this failed fast
   signalWaitMs: 15000,     // a new session waits this long for the signaling socket
   statsMs: 1000,
-  workerDelayMs: 3000,     // a page opening a camera registers its service worker after
-                           // its first frame, or this long after it loaded
 };
 
 // Trickled "candidate" messages per session, end-of-candidates included
@@ -90,12 +88,6 @@ const WORDS = {
   badSecret: "The pairing link is damaged (the pair= part is not valid). "
     + "Make a new one with peercam pair.",
 };
-
-// Switches for benchmarks that compare the page with its earlier start-up in the
-// same run (docs/benchmarks.md); a page as served has none set. offerAfterServers:
-// the offer waits for the ICE servers ("prepared"); workerAtStart: the app
-// shell's service worker is registered before the first session starts.
-const OPTIONS = Object.freeze({ ...(window.peercamOptions || {}) });
 
 // A thrown value that means "this session was torn down; stop quietly".
 const SUPERSEDED = Object.freeze({ superseded: true });
@@ -397,9 +389,9 @@ async function connect(att) {
   // Nothing waits for a step it does not need: the signaling socket opens,
   // the viewer key loads (a stored CryptoKey, from IndexedDB) and the peer
   // connection makes its offer at the same time. The offer is signed as soon
-  // as the key and the offer are there and sent at once, while the server
-  // mints ICE servers; once they are in, the offer is applied (gathering
-  // starts with them): applying it and the camera's answer overlap.
+  // as the key and the offer are there, while the server mints ICE servers;
+  // once they are in, the offer is applied (gathering starts with them) and
+  // sent in the same step: applying it and the camera's answer overlap.
   // TTFF counts from here for a paired page, from after pairing otherwise.
   if (!pairSecret) setStart(att);
   const key = viewerKey();
@@ -419,40 +411,17 @@ async function connect(att) {
     mark(att, "offerMade");
     return offer;
   });
-  // "prepare" leaves the moment the socket is ready; `asked` resolves once it is sent.
-  let minting = null;
-  const asked = signaling.then(() => {
+  const iceServers = signaling.then(() => {
     alive(att);
-    minting = prepare(att);
-    minting.catch(() => {});  // awaited through iceServers
+    return prepare(att);
   });
-  const iceServers = asked.then(() => minting);
   // The exact string we send is what the camera's answer statement hashes.
   let sdp;
   let me;
   let applied;
-  if (att.trickle.enabled && !OPTIONS.offerAfterServers) {
+  if (att.trickle.enabled) {
     // Trickling, the offer as made is what we sign and send: applying it
-    // changes nothing in it, and the candidates gathered after follow it. It
-    // does not depend on the ICE servers either, so it leaves as soon as it is
-    // signed (after our "prepare", on the same socket): the camera makes its
-    // answer and its IDR while the server mints our ICE servers. The offer is
-    // applied once they are in (gathering starts with them), before the answer.
-    const signing = Promise.all([key, made]).then(([k, offer]) => signOffer(att, k, offer.sdp));
-    const [k, offer, signature] = await Promise.all([key, made, signing, asked]);
-    alive(att);
-    me = k;
-    sdp = offer.sdp;
-    sendOffer(att, me, sdp, signature);
-    applied = iceServers.then((servers) => {
-      alive(att);
-      useIceServers(pc, servers);
-      return pc.setLocalDescription(offer);
-    });
-    applied.catch(() => {});  // awaited below, before the answer is applied
-  } else if (att.trickle.enabled) {
-    // The start-up before the offer left ahead of the ICE servers (benchmarks'
-    // baseline): the offer is applied and sent once they are in.
+    // changes nothing in it, and the candidates gathered after follow it.
     const signing = Promise.all([key, made]).then(([k, offer]) => signOffer(att, k, offer.sdp));
     const [k, servers, offer, signature] = await Promise.all([key, iceServers, made, signing]);
     alive(att);
@@ -1379,7 +1348,6 @@ function onFirstFrame(att) {
   setFigure(att, "ttffMs", Math.round(att.firstFrameAt - att.startedAt));
   mark(att, "firstFrame");
   if (att === pending) promote(att);
-  setTimeout(registerServiceWorker, 0);  // after this frame's callbacks
   if (deviceId) markSeen(deviceId);
 }
 
@@ -1813,21 +1781,10 @@ function onOnline() {
   }
 }
 
-function linkHasDevice() {
-  try {
-    return linkParams(location.hash).has("device");
-  } catch (_) {
-    return false;
-  }
-}
-
-let workerAsked = false;
-
 function registerServiceWorker() {
   // Installable app: the worker caches the page's own files (never video,
-  // keys or signaling) so the home-screen icon opens even offline. Once.
-  if (workerAsked || !("serviceWorker" in navigator)) return;
-  workerAsked = true;
+  // keys or signaling) so the home-screen icon opens even offline.
+  if (!("serviceWorker" in navigator)) return;
   // The page's policy takes script URLs only through its one Trusted Types
   // policy, and that policy knows one URL: the worker's.
   const script = window.trustedTypes
@@ -1866,11 +1823,7 @@ function init() {
     return;
   }
   viewerKey().catch(() => { /* reported by the session that needs it */ });
-  // The worker's registration fetches sw.js from the server and may start the
-  // worker: work a page opening a camera does after its first frame (or
-  // workerDelayMs without one), not while it connects.
-  if (OPTIONS.workerAtStart || !linkHasDevice()) registerServiceWorker();
-  else setTimeout(registerServiceWorker, TIMING.workerDelayMs);
+  registerServiceWorker();
   ui.stage = $("stage");
   initList(watch);
   initPlayer({
