@@ -20,7 +20,8 @@ the IDR is asked for then, while ICE and DTLS are still being set up, and the
 layer keeps the frames since its last IDR for a moment; a viewer whose
 connection comes up within :data:`WARM_JOIN_S` of that IDR starts with them
 (:meth:`Broadcaster.subscribe` ``warm=True``) instead of asking for another and
-waiting for the source's next frame and its encode.
+waiting for the source's next frame and its encode; one whose connection comes up
+before that IDR takes it when it comes, without asking for a second.
 
 Each access unit is cut into RTP payloads once per layer, for every viewer on
 that layer (:meth:`Broadcaster.payloads`): a viewer's sender adds only its own
