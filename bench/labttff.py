@@ -66,6 +66,14 @@ KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium,
 CAMERA_BEFORE = ["--join-asks-again"]
 """``chromium_before``'s camera: a viewer whose connection comes up before the IDR its
 offer asked for asks for a second one (camera.broadcaster.JOIN_TAKES_ASKED_IDR)."""
+BEFORE_IS = ("the camera asking for a second IDR when the connection comes up before "
+             "the one the offer asked for (`--join-asks-again`)")
+"""What ``chromium_before`` was in a run (stored with its results, shown on the page)."""
+BEFORE_IS_E22BAE9 = (
+    "the page as of `e22bae9` and the camera without rules 5 and 6 of `camera/ice.py` "
+    "(`--ice-before`: a trickled candidate checked at a later 20 ms pacing tick, the answer "
+    "sent as soon as it is made)")
+"""``chromium_before`` in runs that did not store what it was (before ``BEFORE_IS``)."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
@@ -440,7 +448,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
             "trials": args.trials * args.rounds, "rounds": args.rounds,
             "lab_up_s": round(lab_up, 2), "cells": out,
-            "relay_grace_s": DEFAULT_GRACE,
+            "relay_grace_s": DEFAULT_GRACE, "before_is": BEFORE_IS,
             "targets_ms": {"direct": TARGET_DIRECT_MS, "relay": TARGET_RELAYED_MS}}
 
 
@@ -633,9 +641,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{c['chromium_before']['summary']['p95']} → {c['chromium']['summary']['p95']} ms"
             for c in compared)
         rounds = result.get("rounds") or 1
-        lines += ["", "\"Chromium, before\" is the camera asking for a second IDR when the "
-                  "connection comes up before the one the offer asked for "
-                  "(`--join-asks-again`), in the same lab and run as today's"
+        lines += ["", "\"Chromium, before\" is " + result.get("before_is", BEFORE_IS_E22BAE9)
+                  + ", in the same lab and run as today's"
                   + (f", the two alternating in {rounds} rounds (ABBA)" if rounds > 1 else "")
                   + ". Before → now: " + ratios + "."]
     lines += [line for note in result.get("notes", []) for line in ("", note)]
