@@ -74,6 +74,23 @@ async def camera_main(args: argparse.Namespace) -> None:
     if tuning:
         use_ladder_tuning(tuning)
     count_packets_sent()
+    if args.join_asks_again:
+        import camera.broadcaster
+
+        camera.broadcaster.JOIN_TAKES_ASKED_IDR = False
+    if args.join_toggle:
+        import signal
+
+        import camera.broadcaster
+
+        def flip_join() -> None:
+            # SIGUSR2: a joining viewer takes the IDR already asked for, or asks again
+            # (as before): one camera, both behaviours alternating in one run.
+            value = not camera.broadcaster.JOIN_TAKES_ASKED_IDR
+            camera.broadcaster.JOIN_TAKES_ASKED_IDR = value
+            print(f"JOIN {value}", flush=True)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, flip_join)
     agent = CameraAgent(config, source, DeviceIdentity.load_or_create(config.state_dir))
     await agent.start()
     await agent.registered.wait()
@@ -181,6 +198,12 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
                    help="the camera's ICE without rules 5 and 6 of camera/ice.py (a "
                         "trickled candidate checked at once, the answer held for the "
                         "viewer's server-reflexive candidate): a same-run baseline")
+    c.add_argument("--join-asks-again", action="store_true",
+                   help="a viewer whose connection comes up before the IDR its offer asked "
+                        "for asks for a second one, as before (a same-run baseline)")
+    c.add_argument("--join-toggle", action="store_true",
+                   help="SIGUSR2 flips camera.broadcaster.JOIN_TAKES_ASKED_IDR (prints JOIN "
+                        "<value>): a same-run baseline of the join's second IDR request")
     c.add_argument("--any-address", action="store_true",
                    help="offer every host address (NAT lab), not only 127.0.0.1")
 

@@ -71,7 +71,7 @@ HELP = "rendezvous nodes on Redis behind HAProxy: cross-node session starts, a n
 SMOKE = ["--cameras", "40", "--topologies", "1,2", "--rates", "10,20", "--step-seconds", "1",
          "--idle-seconds", "1", "--settle", "0.3", "--viewers", "4", "--workers", "1",
          "--kill-nodes", "2", "--kill-cameras", "0", "--probe-sample", "10",
-         "--recover-timeout", "20"]
+         "--recover-timeout", "20", "--kill-variants", "after"]
 NEEDS = ["redis-server", "haproxy"]
 
 DOCS = ROOT / "docs" / "operations.md"
@@ -116,6 +116,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-rate", type=float, default=500.0,
                    help="offers/s of the check after re-homing (one per victim)")
     p.add_argument("--log-level", default="INFO", help="the nodes' log level (INFO ships)")
+    p.add_argument("--tls-resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="the simulated cameras resume their TLS sessions, as the agent does "
+                        "(--no-tls-resume: a full handshake every time, as before)")
+    p.add_argument("--ssl-buffer", type=int, default=32,
+                   help="KiB of TLS read buffer per simulated camera (0: asyncio's 256 KiB, "
+                        "as before)")
+    p.add_argument("--kill-variants", default="before,after",
+                   help="each kill once per variant, in this order: after (the simulated "
+                        "cameras as given) and before (full TLS handshakes, asyncio's 256 KiB "
+                        "buffers, as they were): one run compares them")
+    p.add_argument("--profile", action="store_true",
+                   help="sample a survivor and a camera worker with py-spy (and HAProxy with "
+                        "perf, if there) while the killed node's cameras re-home")
+    p.add_argument("--profile-seconds", type=float, default=8.0,
+                   help="how long the profilers sample after the kill")
     p.add_argument("--seed", type=int, default=1)
 
 
@@ -320,13 +335,24 @@ class Tier:
         assert self.haproxy is not None and self.ca is not None
         n = max(1, min(self.args.workers, math.ceil(count / self.args.per_address)))
         (self.state / "cameras").mkdir(parents=True, exist_ok=True)
-        extra = ["--tls-ca", str(self.ca)]
+        extra = ["--tls-ca", str(self.ca), "--ssl-buffer", str(self.args.ssl_buffer),
+                 "--tls-resume" if self.args.tls_resume else "--no-tls-resume"]
         if reconnect:
             extra.append("--reconnect")
         for i in range(n):
             self.workers.append(await WorkerProcess.start(
                 self.haproxy.url, i, n, self.args.per_address,
                 max(1, self.args.concurrency // n), self.state, extra=extra))
+
+    def cpu_each(self) -> dict[str, float]:
+        """CPU seconds so far of every live process of the tier, by name."""
+        out = {f"node{i + 1}": node.cpu() for i, node in enumerate(self.nodes)
+               if node.proc.returncode is None}
+        out |= {f"camera worker {i}": w.cpu() for i, w in enumerate(self.workers)}
+        out["haproxy"] = self.haproxy.cpu() if self.haproxy else 0.0
+        out["redis"] = self.redis.cpu() if self.redis else 0.0
+        out["viewers (the benchmark)"] = cpu_seconds(os.getpid())
+        return out
 
     def cpu(self) -> dict[str, float]:
         return {"nodes": sum(node.cpu() for node in self.nodes if node.proc.returncode is None),
@@ -339,6 +365,12 @@ class Tier:
         for w in self.workers:
             await w.stop()
         if self.haproxy is not None:
+            # HAProxy logs a tunnel as it closes: let it see every camera gone first.
+            deadline = time.monotonic() + 5
+            with contextlib.suppress(OSError, TimeoutError):
+                while time.monotonic() < deadline and "CurrConns: 0\n" not in \
+                        await self.haproxy.command("show info"):
+                    await asyncio.sleep(0.1)
             self.haproxy.stop()
         for node in self.nodes:
             await node.stop()
@@ -398,6 +430,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cameras": cameras, "nofile": nofile, "haproxy_maxconn": maxconn,
         "rates": rates, "step_seconds": args.step_seconds, "idle_seconds": args.idle_seconds,
         "viewers": args.viewers, "workers": args.workers, "per_address": args.per_address,
+        "tls_resume": args.tls_resume, "ssl_buffer_kib": args.ssl_buffer or 256,
         "log_level": args.log_level, "sdp_bytes": len(fake_sdp("recvonly")),
         "node_limits": NODE_LIMITS, "topologies": [],
         "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True,
@@ -417,20 +450,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.kill_nodes >= 2:
         sizes = [int(x) or cameras for x in args.kill_cameras.split(",") if x.strip()]
         result["kills"] = []
-        for size in sorted(set(sizes)):
+        runs = [(size, variant) for size in sorted(set(sizes))
+                for variant in _variants(args.kill_variants)]
+        for size, variant in runs:
             if size > room:
                 raise SystemExit(f"bench: a kill with {size} cameras does not fit ({room})")
             try:
-                result["kills"].append(await _kill(args, size, maxconn))
+                result["kills"].append(await _kill(_variant(args, variant), size, maxconn))
             except SystemExit as exc:
                 result["failed"].append({
                     "what": f"kill with {size} cameras", "why": str(exc)[:600],
-                    "events": log_events(Path(args.state) / f"cluster-kill-{size}")})
+                    "events": log_events(Path(args.state) / f"cluster-kill-{size}-{variant}")})
                 print(f"cluster: the kill with {size} failed: {exc}", file=sys.stderr,
                       flush=True)
                 continue
             k = result["kills"][-1]
-            print(f"cluster: node killed with {size} cameras: registered again "
+            print(f"cluster: node killed with {size} cameras ({variant}): registered again "
                   f"{k['registered_again_s']}, reachable {k['reachable_s']}, "
                   f"misrouted {k['check']['misrouted']}", file=sys.stderr, flush=True)
     if not result["topologies"] and not result.get("kills"):
@@ -438,6 +473,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{f['what']}: {f['why'].splitlines()[0]}" for f in result["failed"]))
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _variants(text: str) -> list[str]:
+    out = [v.strip() for v in text.split(",") if v.strip()]
+    if not out or set(out) - {"before", "after"}:
+        raise SystemExit(f"bench: --kill-variants {text!r}: before and/or after")
+    return out
+
+
+def _variant(args: argparse.Namespace, variant: str) -> argparse.Namespace:
+    """``args`` for one side of the comparison: "before", the simulated cameras as
+    they were (a full TLS handshake on every connection, asyncio's 256 KiB buffer);
+    "after", as given."""
+    out = argparse.Namespace(**vars(args))
+    out.variant = variant
+    if variant == "before":
+        out.tls_resume, out.ssl_buffer = False, 0
+    return out
 
 
 async def _grow(tier: Tier, count: int) -> tuple[list[str], dict[str, Any]]:
@@ -698,7 +751,7 @@ class Prober:
 
 async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[str, Any]:
     n = args.kill_nodes
-    state = Path(args.state) / f"cluster-kill-{cameras}"
+    state = Path(args.state) / f"cluster-kill-{cameras}-{getattr(args, 'variant', 'after')}"
     tier = Tier(state, n, args)
     pools: list[ViewerPool] = []
     port = free_port()
@@ -731,10 +784,18 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         await asyncio.sleep(args.settle)
         victim = tier.nodes[0]
         load = MachineLoad()
+        profilers = _Profilers(tier, state / "profile", args.profile_seconds) \
+            if args.profile else None
+        killed_wall = time.time()
         victim.proc.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         await victim.proc.wait()
         c0 = tier.cpu()  # the survivors' (a dead process has no CPU to read)
+        each0 = tier.cpu_each()
+        timeline: list[dict[str, float]] = []
+        sampler = asyncio.create_task(_cpu_timeline(tier, killed, timeline))
+        if profilers is not None:
+            await profilers.start()
         reached = await prober.until_reached(sample, killed, args.recover_timeout,
                                              args.probe_interval)
         # Every camera's own account: lost, then registered again.
@@ -756,7 +817,15 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
             await asyncio.sleep(0.5)
         recovery_window = time.monotonic() - killed
         cpu = rates_of(c0, tier.cpu(), recovery_window)
-        cpu["other"] = round(max(0.0, load.cores() - sum(cpu.values())), 2)
+        busy = load.cores()
+        cpu["other"] = round(max(0.0, busy - sum(cpu.values())), 2)
+        each1 = tier.cpu_each()
+        cpu_each = {k: round((each1[k] - each0[k]) / recovery_window, 3) for k in each1}
+        cpu_each["machine (all processes)"] = round(busy, 3)
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        profile = await profilers.finish() if profilers is not None else None
         probe_errors = {k: v for p in pools for k, v in p.errors.items()}
         probe_verified = sum(p.verified for p in pools)
         # After re-homing: who holds each victim now, and one offer to each.
@@ -777,6 +846,8 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
     back_times = sorted(back.values())
     return {
         "nodes": n, "cameras": cameras, "ramp": ramp,
+        "variant": getattr(args, "variant", "after"), "tls_resume": args.tls_resume,
+        "ssl_buffer_kib": args.ssl_buffer or 256,
         "victim_cameras": len(on_victim), "probe_sample": len(sample),
         "probe_interval": args.probe_interval,
         "lost_s": summary(sorted(lost.values())) if lost else None,
@@ -791,11 +862,175 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         "probe_offers": prober.sent, "probe_answers_verified": probe_verified,
         "probe_errors": probe_errors,
         "recovery_cpu": cpu, "recovery_window_s": round(recovery_window, 1),
+        "recovery_cpu_each": cpu_each, "cpu_timeline": timeline, "profile": profile,
+        "haproxy_after_kill": _haproxy_requests(state / "haproxy.log", killed_wall),
+        "cameras_loop_max": [_worst_iterations(w.loop_log, killed, killed + recovery_window)
+                             for w in tier.workers],
+        "nodes_loop_max": [node.longest_pause(killed, killed + recovery_window)
+                           for node in tier.nodes[1:]],
+        "nodes_longest_iteration": [node.longest_iteration(killed, killed + recovery_window)
+                                    for node in tier.nodes[1:]],
         "holders_after": landed,
         "still_on_victim": sum(1 for node in holders.values() if node == "node1"),
         "check": check, "health_after": health, "camera_side": camera_side,
         "node_events": events,
     }
+
+
+async def _cpu_timeline(tier: Tier, t0: float, out: list[dict[str, float]],
+                        every: float = 0.5) -> None:
+    """Every ``every`` s until cancelled: cores each process used since the last sample,
+    and the whole machine's (seconds after ``t0`` as ``t``)."""
+    prev, load, at = tier.cpu_each(), MachineLoad(), time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        now, when = tier.cpu_each(), time.monotonic()
+        row = {k: round((now[k] - prev.get(k, now[k])) / (when - at), 2) for k in now}
+        row["machine"] = round(load.cores(), 2)
+        row["t"] = round(when - t0, 2)
+        out.append(row)
+        prev, load, at = now, MachineLoad(), when
+
+
+def _worst_iterations(path: Path | None, since: float, until: float) -> dict[str, float]:
+    """A camera worker's longest loop iteration in a window (its loop probe's ``I`` lines)."""
+    worst = (0.0, 0.0, 0.0)
+    with contextlib.suppress(OSError, TypeError):
+        for line in Path(str(path)).read_text().splitlines():
+            kind, at, *rest = line.split()
+            if kind == "I" and since <= float(at) < until and float(rest[0]) > worst[0]:
+                worst = (float(rest[0]), float(rest[1]), float(rest[2]))
+    return {"wall_ms": worst[0], "cpu_ms": worst[1], "runq_ms": worst[2]}
+
+
+def _haproxy_requests(log: Path, since_wall: float) -> dict[str, Any]:
+    """The cameras' WebSocket requests HAProxy accepted after ``since_wall`` (its httplog,
+    written as each tunnel closes: all of them by the end): which server took them,
+    status, connect time and retries (``+N``: redispatched to another server)."""
+    import datetime
+
+    servers: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    retried = redispatched = 0
+    connect_ms: list[float] = []
+    wait_ms: list[float] = []
+    pattern = re.compile(r"\[(\d+/\w+/\d+:\d+:\d+:\d+\.\d+)\] \S+ rendezvous/(\S+) "
+                         r"(-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/(-?\d+) (\d+) .* "
+                         r"\d+/\d+/\d+/\d+/(\+?\d+) .*\"GET /ws/camera")
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            m = pattern.search(line)
+            if not m:
+                continue
+            at = datetime.datetime.strptime(m.group(1), "%d/%b/%Y:%H:%M:%S.%f")
+            if at.timestamp() < since_wall - 0.001:  # HAProxy logs local time
+                continue
+            servers[m.group(2)] = servers.get(m.group(2), 0) + 1
+            statuses[m.group(8)] = statuses.get(m.group(8), 0) + 1
+            if int(m.group(4)) >= 0:
+                wait_ms.append(float(m.group(4)))
+            if int(m.group(5)) >= 0:
+                connect_ms.append(float(m.group(5)))
+            retries = m.group(9)
+            retried += retries.lstrip("+") != "0"
+            redispatched += retries.startswith("+")
+    return {"requests": sum(servers.values()), "servers": servers, "statuses": statuses,
+            "retried": retried, "redispatched": redispatched,
+            "connect_ms": summary(connect_ms) if connect_ms else None,
+            "queue_ms": summary(wait_ms) if wait_ms else None}
+
+
+class _Profilers:
+    """py-spy on a survivor and on camera worker 0, perf on HAProxy, for ``seconds``."""
+
+    def __init__(self, tier: Tier, where: Path, seconds: float) -> None:
+        self.tier = tier
+        self.where = where
+        self.seconds = seconds
+        self.procs: list[tuple[str, Path, asyncio.subprocess.Process]] = []
+
+    async def start(self) -> None:
+        import shutil
+
+        self.where.mkdir(parents=True, exist_ok=True)
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
+        targets = [("node2", self.tier.nodes[1].proc.pid),
+                   ("camera worker 0", self.tier.workers[0].proc.pid)]
+        for name, pid in targets:
+            out = self.where / f"{name.replace(' ', '-')}.txt"
+            proc = await asyncio.create_subprocess_exec(
+                spy, "record", "--pid", str(pid), "--duration", str(math.ceil(self.seconds)),
+                "--rate", "100", "--nonblocking", "--format", "raw", "--output", str(out),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            self.procs.append((name, out, proc))
+        perf = shutil.which("perf")
+        if perf and self.tier.haproxy is not None:
+            out = self.where / "haproxy.perf"
+            proc = await asyncio.create_subprocess_exec(
+                perf, "record", "-F", "499", "-g", "-o", str(out), "-p",
+                str(self.tier.haproxy.proc.pid), "--", "sleep", str(self.seconds),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            self.procs.append(("haproxy", out, proc))
+
+    async def finish(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seconds": self.seconds}
+        for name, path, proc in self.procs:
+            try:
+                await asyncio.wait_for(proc.wait(), self.seconds + 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            if name == "haproxy":
+                out[name] = await _perf_top(path)
+            else:
+                out[name] = _collapsed_top(path)
+        return out
+
+
+def _collapsed_top(path: Path, top: int = 15) -> dict[str, Any]:
+    """py-spy's collapsed stacks: the share of samples in each function (self, and
+    anywhere on the stack)."""
+    own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            frames = [re.sub(r" \((?:.*/)?([^/]+?)(?::\d+)?\)$", r" (\1)", f)
+                      for f in stack.split(";")]
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+            for f in set(frames):
+                anywhere[f] = anywhere.get(f, 0) + n
+
+    def share(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, round(100 * v / total, 1)) for k, v in
+                sorted(d.items(), key=lambda kv: -kv[1])[:top]] if total else []
+
+    return {"samples": total, "self_pct": share(own), "inclusive_pct": share(anywhere)}
+
+
+async def _perf_top(path: Path, top: int = 15) -> dict[str, Any]:
+    """``perf report``'s self shares by symbol (and by library) for HAProxy."""
+    out: dict[str, Any] = {}
+    for key, sort in (("symbols", "sym"), ("libraries", "dso")):
+        proc = await asyncio.create_subprocess_exec(
+            "perf", "report", "-i", str(path), "--stdio", "--no-children", "--sort", sort,
+            "-g", "none", "--percent-limit", "0.5", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        text, _ = await asyncio.wait_for(proc.communicate(), 120)
+        rows = []
+        for line in text.decode(errors="replace").splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(.*)$", line)
+            if m:
+                rows.append((m.group(2).strip()[:80], float(m.group(1))))
+        out[key] = rows[:top]
+    return out
 
 
 def _quantiles(times: list[float], total: int) -> dict[str, float | None]:
@@ -902,21 +1137,22 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     kills = result.get("kills", [])
     for i, kill in enumerate(kills):
         n = kill["victim_cameras"]
-        for key, total, style, what in (
-                ("registered_times_s", n, "-", "registered again"),
-                ("reachable_times_s", kill["probe_sample"], ":", "offer answered (sample)")):
+        curves = [("registered_times_s", n, "-", "registered again"),
+                  ("reachable_times_s", kill["probe_sample"], ":", "offer answered (sample)")]
+        for key, total, style, what in curves[:1 if len(kills) > 2 else 2]:
             times = kill[key]
             if times:
                 right.step([0.0, *times], [0.0, *[100 * (i + 1) / total
                                                   for i in range(len(times))]],
-                           style, color=f"C{i}", where="post", label=f"{n} cameras: {what}")
+                           style, color=f"C{i}", where="post",
+                           label=f"{n}, {kill.get('run', '')} {kill.get('variant', '')}: {what}")
     if kills:
         right.axhline(95, color="gray", ls=":", lw=0.8)
         right.set_xlabel("seconds after SIGKILL")
         right.set_ylabel("% of the killed node's cameras")
         right.set_title("a node killed behind HAProxy", fontsize=9)
         right.grid(alpha=0.3)
-        right.legend(fontsize=7)
+        right.legend(fontsize=6 if len(kills) > 2 else 7, loc="lower right")
     else:
         right.set_axis_off()
     fig.tight_layout()
@@ -1035,20 +1271,22 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"s: the reachable times are coarse by up to {REASK:g} s). Seconds after the "
             "SIGKILL:",
             "",
-            "| cameras on the killed node | | 50% | 95% | 100% | CPU while re-homing: nodes / "
-            "HAProxy / cameras / other (cores) |",
-            "|---|---|---|---|---|---|",
+            "| cameras on the killed node | simulated cameras | | 50% | 95% | 100% | CPU while "
+            "re-homing: nodes / HAProxy / Redis / cameras / other (cores) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for kill in kills:
             reg, reach, c = kill["registered_again_s"], kill["reachable_s"], kill["recovery_cpu"]
             lines += [
-                f"| {kill['victim_cameras']} | registered again (the cameras' own clock) | "
-                f"{_s(reg['p50'])} | {_s(reg['p95'])} | {_s(reg['all'])} | "
-                f"{c['nodes']:.2f} / {c['haproxy']:.2f} / {c['cameras']:.2f} / {c['other']} |",
-                f"| | reachable: a viewer's offer answered ({kill['probe_sample']} sampled) | "
+                f"| {kill['victim_cameras']} | {_variant_label(kill)} | registered again (the "
+                f"cameras' own clock) | {_s(reg['p50'])} | {_s(reg['p95'])} | {_s(reg['all'])} | "
+                f"{c['nodes']:.2f} / {c['haproxy']:.2f} / {c.get('redis', 0.0):.2f} / "
+                f"{c['cameras']:.2f} / {c['other']} |",
+                f"| | | reachable: a viewer's offer answered ({kill['probe_sample']} sampled) | "
                 f"{_s(reach['p50'])} | {_s(reach['p95'])} | {_s(reach['all'])} | |",
             ]
         lines.append("")
+        lines += _kill_costs(kills)
         for kill in kills:
             chk = kill["check"]
             side: dict[str, int] = {}
@@ -1057,7 +1295,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
                     side[k] = side.get(k, 0) + v
             replaced = side.get("replaced", 0)
             lines.append(
-                f"With {kill['victim_cameras']}: {kill['registered_again']} registered again "
+                f"With {kill['victim_cameras']} ({_variant_label(kill)}): "
+                f"{kill['registered_again']} registered again "
                 f"within {kill['recovery_window_s']} s and landed on "
                 + ", ".join(f"{k}: {v}" for k, v in sorted(kill["holders_after"].items()))
                 + f" (presence keys still naming the dead node: {kill['still_on_victim']}); "
@@ -1089,6 +1328,70 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "![cluster: session starts and a node kill](bench/cluster.png)",
         "",
     ]
+    return lines
+
+
+def _variant_label(kill: dict[str, Any]) -> str:
+    run = f"{kill['run']}: " if kill.get("run") else ""
+    if kill.get("variant") == "before":
+        return run + "as before: full TLS handshakes, 256 KiB buffers"
+    if "variant" not in kill:
+        return run + "full TLS handshakes"
+    return run + (("TLS resumed" if kill.get("tls_resume") else "full TLS handshakes")
+                  + f", {kill.get('ssl_buffer_kib', 256)} KiB buffers")
+
+
+def _kill_costs(kills: list[dict[str, Any]]) -> list[str]:
+    """Per kill: where the CPU went, per re-homed camera, and what HAProxy and the
+    survivors' event loops saw (the kills measured with the per-process account)."""
+    lines: list[str] = []
+    rows = [k for k in kills if "recovery_cpu_each" in k]
+    if not rows:
+        return lines
+    lines += ["| cameras | simulated cameras | machine busy (cores) | each process (cores) "
+              "| CPU ms per re-homed camera: cameras / nodes / HAProxy / Redis "
+              "| connection loss seen (p50 / p95) | TLS sessions resumed (ramp and re-home) "
+              "| HAProxy: redispatched from the dead node, connect p99 "
+              "| survivors' longest loop iteration |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for k in rows:
+        each = k["recovery_cpu_each"]
+        window = k["recovery_window_s"]
+        n = max(1, k["registered_again"])
+
+        def ms(*names: str, each: dict[str, float] = each, window: float = window,
+               n: int = n) -> str:
+            cores = sum(v for key, v in each.items() if key.startswith(names))
+            return f"{1000 * cores * window / n:.2f}"
+
+        procs = ", ".join(f"{key} {v:.2f}" for key, v in each.items()
+                          if not key.startswith("machine"))
+        hap = k.get("haproxy_after_kill") or {}
+        lost = k.get("lost_s") or {}
+        resumed = sum(int(w.get("tls_resumed", 0)) for w in k["camera_side"])
+        longest = max((it for it in k.get("nodes_longest_iteration", []) if it),
+                      key=lambda it: it["wall_ms"], default=None)
+        if longest:
+            kinds = "; ".join(f"{x['what']} ×{x['count']} {x['cpu_ms']:.1f} ms"
+                              for x in longest["kinds"][:3])
+            loop = (f"{longest['wall_ms']:.1f} ms ({longest['cpu_ms']:.1f} CPU): "
+                    f"{longest['callbacks']} callbacks, {kinds}")
+        else:
+            loop = "none of 20 ms or more"
+        lines.append(
+            f"| {k['victim_cameras']} | {_variant_label(k)} | "
+            f"{each.get('machine (all processes)', 0):.2f} | {procs} | "
+            f"{ms('camera')} / {ms('node')} / {ms('haproxy')} / {ms('redis')} | "
+            f"{lost.get('p50')} / {lost.get('p95')} s | {resumed} | "
+            f"{hap.get('redispatched', '?')} of {hap.get('requests', '?')}, "
+            f"{(hap.get('connect_ms') or {}).get('p99', '?')} ms | {loop} |")
+    lines += ["", "CPU per re-homed camera is each process's CPU over the whole window "
+                  "(SIGKILL to the last camera back) divided by the cameras registered again, "
+                  "so the nodes' share includes their idle work and the probes' offers. "
+                  "\"Connection loss seen\" is when the simulated camera's read ended; a "
+                  "camera's reconnect waits a further 0-0.5 s (the agent's jitter) before "
+                  "it starts. A loop iteration's callbacks are counted by kind (a task: its "
+                  "coroutine) with their CPU.", ""]
     return lines
 
 

@@ -67,6 +67,8 @@ class Camera:
         )
         self.device_id = ""
         self.pair_secret = ""
+        self.join_value = True
+        """camera.broadcaster.JOIN_TAKES_ASKED_IDR in the camera (see join_takes_asked_idr)."""
 
     async def started(self) -> Camera:
         """Wait (without blocking the loop) for its device ID and pairing secret."""
@@ -99,6 +101,21 @@ class Camera:
         if not line.startswith("SENT "):
             raise SystemExit(f"bench: the camera did not count its packets ({line!r})")
         return int(line.split()[1])
+
+    async def join_takes_asked_idr(self, value: bool) -> None:
+        """Set camera.broadcaster.JOIN_TAKES_ASKED_IDR in a camera started with
+        ``--join-toggle`` (each SIGUSR2 flips it; the camera prints the new value)."""
+        import signal
+
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        while self.join_value != value:
+            self.proc.send_signal(signal.SIGUSR2)
+            line = await asyncio.wait_for(
+                loop.run_in_executor(None, self.proc.stdout.readline), 10)
+            if not line.startswith("JOIN "):
+                raise SystemExit(f"bench: the camera did not flip its join rule ({line!r})")
+            self.join_value = line.split()[1] == "True"
 
     def rss_mib(self) -> float:
         return rss_kib(self.proc.pid) / 1024

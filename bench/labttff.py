@@ -20,10 +20,9 @@ the link (recorded as ``pairing_ttff_ms``, clock from after pairing), then the
 page already paired in a new tab, the trial's figure: its clock starts when the
 page starts its connection (see bench/ttff.py).
 
-``--kinds chromium_before,chromium --rounds N`` compares today's page and camera with
-the ones before (the page as of ``PAGE_BEFORE``, the camera restarted with
-``CAMERA_BEFORE``) in the same lab, the variants alternating ABBA over N rounds,
-so a machine whose load drifts weighs on both alike.
+``--kinds chromium_before,chromium --rounds N`` compares today's camera with the one
+before (restarted with ``CAMERA_BEFORE``; the page is the same) in the same lab, the
+variants alternating ABBA over N rounds, so a machine whose load drifts weighs on both alike.
 
 ``python -m bench.labttff cli|chromium LINK TRIALS GAP`` is the viewer side,
 run inside a lab namespace: one JSON line per trial.
@@ -62,14 +61,19 @@ CELLS = ("port-restricted:port-restricted-2", "port-restricted:symmetric",
 KINDS = {"cli_before": "CLI before", "cli": "CLI", "chromium_before": "Chromium, before",
          "chromium": "Chromium"}
 """Viewer kinds, in table order; ``cli_before`` (see :func:`cli_trials`) only with
-``--before`` or ``--kinds``, ``chromium_before`` (the page as of :data:`PAGE_BEFORE`,
-the camera restarted with :data:`CAMERA_BEFORE`) only with ``--kinds``."""
-PAGE_BEFORE = "e22bae99706fe9c26b180e1c1082dc1fe6a4f91a"
-"""The commit whose services/web/viewer.js ``chromium_before`` serves (``git show``):
-the page before the camera held its answer for the page's server-reflexive candidate."""
-CAMERA_BEFORE = ["--ice-before"]
-"""``chromium_before``'s camera: its ICE as before rules 5 and 6 of camera/ice.py (a
-trickled candidate checked at the next pacing tick, the answer sent at once)."""
+``--before`` or ``--kinds``, ``chromium_before`` (the camera restarted with
+:data:`CAMERA_BEFORE`) only with ``--kinds``."""
+CAMERA_BEFORE = ["--join-asks-again"]
+"""``chromium_before``'s camera: a viewer whose connection comes up before the IDR its
+offer asked for asks for a second one (camera.broadcaster.JOIN_TAKES_ASKED_IDR)."""
+BEFORE_IS = ("the camera asking for a second IDR when the connection comes up before "
+             "the one the offer asked for (`--join-asks-again`)")
+"""What ``chromium_before`` was in a run (stored with its results, shown on the page)."""
+BEFORE_IS_E22BAE9 = (
+    "the page as of `e22bae9` and the camera without rules 5 and 6 of `camera/ice.py` "
+    "(`--ice-before`: a trickled candidate checked at a later 20 ms pacing tick, the answer "
+    "sent as soon as it is made)")
+"""``chromium_before`` in runs that did not store what it was (before ``BEFORE_IS``)."""
 TARGET_DIRECT_MS = 150.0
 TARGET_RELAYED_MS = 400.0
 TARGET_DIRECT_P95_MS = 250.0
@@ -444,7 +448,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"video": f"{args.width}x{args.height}@30 {args.bitrate / 1e6:g} Mbit/s",
             "trials": args.trials * args.rounds, "rounds": args.rounds,
             "lab_up_s": round(lab_up, 2), "cells": out,
-            "relay_grace_s": DEFAULT_GRACE,
+            "relay_grace_s": DEFAULT_GRACE, "before_is": BEFORE_IS,
             "targets_ms": {"direct": TARGET_DIRECT_MS, "relay": TARGET_RELAYED_MS}}
 
 
@@ -637,10 +641,8 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{c['chromium_before']['summary']['p95']} → {c['chromium']['summary']['p95']} ms"
             for c in compared)
         rounds = result.get("rounds") or 1
-        lines += ["", f"\"Chromium, before\" is the page as of `{PAGE_BEFORE[:7]}` and the "
-                  "camera without rules 5 and 6 of `camera/ice.py` (`--ice-before`: a trickled "
-                  "candidate checked at a later 20 ms pacing tick, the answer sent as soon as "
-                  "it is made), in the same lab and run as today's"
+        lines += ["", "\"Chromium, before\" is " + result.get("before_is", BEFORE_IS_E22BAE9)
+                  + ", in the same lab and run as today's"
                   + (f", the two alternating in {rounds} rounds (ABBA)" if rounds > 1 else "")
                   + ". Before → now: " + ratios + "."]
     lines += [line for note in result.get("notes", []) for line in ("", note)]
@@ -747,23 +749,8 @@ async def cli_trials(link: str, trials: int, gap: float,
                "relay_wait_ms": None if wait.ms is None else round(wait.ms, 1)}
 
 
-def page_before() -> str:
-    """services/web/viewer.js as of :data:`PAGE_BEFORE`."""
-    try:
-        return subprocess.run(["git", "show", f"{PAGE_BEFORE}:services/web/viewer.js"],
-                              cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise SystemExit(f"bench: no page as of {PAGE_BEFORE} in this checkout: {exc}") from None
-
-
-async def chromium_trials(link: str, trials: int, gap: float,
-                          before: bool = False) -> AsyncIterator[dict[str, Any]]:
-    from playwright.async_api import Route, async_playwright
-
-    old_page = page_before() if before else None
-
-    async def serve_old(route: Route) -> None:
-        await route.fulfill(body=old_page, content_type="text/javascript")
+async def chromium_trials(link: str, trials: int, gap: float) -> AsyncIterator[dict[str, Any]]:
+    from playwright.async_api import async_playwright
 
     sys.path.insert(0, str(ROOT))
     from tests.browser.conftest import CHROMIUM_ARGS
@@ -777,11 +764,9 @@ async def chromium_trials(link: str, trials: int, gap: float,
         try:
             for _ in range(trials):
                 await asyncio.sleep(gap)
-                # Fresh; waits use eval. No service worker: its fetches would miss the route
-                # of the page before (its clock starts after the page loaded either way).
+                # Fresh; waits use eval. No service worker (its clock starts after the
+                # page loaded either way).
                 context = await browser.new_context(bypass_csp=True, service_workers="block")
-                if old_page is not None:
-                    await context.route("**/viewer.js", serve_old)
                 if diag:
                     await context.add_init_script(DIAG_SCRIPT)
                 try:
@@ -829,8 +814,7 @@ async def chromium_trials(link: str, trials: int, gap: float,
 
 async def _viewer_main(kind: str, link: str, trials: int, gap: float) -> None:
     started = time.monotonic()
-    source = (chromium_trials(link, trials, gap, before=kind == "chromium_before")
-              if kind.startswith("chromium")
+    source = (chromium_trials(link, trials, gap) if kind.startswith("chromium")
               else cli_trials(link, trials, gap, before=kind == "cli_before"))
     async for row in source:
         print(json.dumps({**row, "at_s": round(time.monotonic() - started, 2)}), flush=True)

@@ -141,6 +141,27 @@ def run_delay():
     return int(os.pread(sched_fd, 100, 0).split()[1])
 woke = [0.0, 0.0, 0]
 run_once = be.BaseEventLoop._run_once
+# What a long iteration consists of: each callback's thread CPU, summed by what it
+# ran (a task: its coroutine's name; else the callback's), noted for iterations of
+# 20 ms or more in <loop log>.what as "start wall cpu n_callbacks name=count/ms ...".
+import asyncio
+import asyncio.events as ev
+what_log = open(loop_log.name + ".what", "a", buffering=1)
+ran = {}
+handle_run = ev.Handle._run
+def timed_handle_run(self):
+    t = time.thread_time()
+    handle_run(self)
+    took = time.thread_time() - t
+    cb = self._callback
+    owner = getattr(cb, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        name = getattr(owner.get_coro(), "__qualname__", "task")
+    else:
+        name = getattr(cb, "__qualname__", type(cb).__name__)
+    n, total = ran.get(name, (0, 0.0))
+    ran[name] = (n + 1, total + took)
+ev.Handle._run = timed_handle_run
 def probed_run_once(self):
     selector = self._selector
     if not getattr(selector, "_peercam_probe", False):
@@ -156,12 +177,16 @@ def probed_run_once(self):
             return events
         selector.select = timed_select
         selector._peercam_probe = True
+    ran.clear()
     run_once(self)
     ms = (time.monotonic() - woke[0]) * 1000
     if ms >= 20:
         cpu = (time.thread_time() - woke[1]) * 1000
         waited = (run_delay() - woke[2]) / 1e6
         loop_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f} {waited:.2f}\\n")
+        top = sorted(ran.items(), key=lambda kv: -kv[1][1])[:8]
+        what_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f} {sum(n for n, _ in ran.values())} "
+                       + " ".join(f"{k}={n}/{t * 1000:.2f}" for k, (n, t) in top) + "\\n")
 be.BaseEventLoop._run_once = probed_run_once
 if os.environ.get("PEERCAM_BENCH_BEFORE"):
     # The comparison server: the shutdown as it was before the exit without
@@ -223,6 +248,25 @@ class RendezvousProcess:
                     out.append((float(at), float(waited)))
         return out
 
+    def longest_iteration(self, since: float, until: float) -> dict[str, Any] | None:
+        """The longest loop iteration started in [since, until) (monotonic) and what it
+        ran: callbacks in all, and per kind (a task's coroutine, else the callback)
+        how many and their thread CPU ms, the costliest first."""
+        worst: dict[str, Any] | None = None
+        with contextlib.suppress(OSError):
+            for line in Path(f"{self.loop_log}.what").read_text().splitlines():
+                at, ms, cpu, count, *parts = line.split()
+                if not since <= float(at) < until or (worst and worst["wall_ms"] >= float(ms)):
+                    continue
+                kinds = []
+                for part in parts:
+                    name, _, numbers = part.rpartition("=")
+                    n, _, took = numbers.partition("/")
+                    kinds.append({"what": name, "count": int(n), "cpu_ms": float(took)})
+                worst = {"at": float(at), "wall_ms": float(ms), "cpu_ms": float(cpu),
+                         "callbacks": int(count), "kinds": kinds}
+        return worst
+
     def longest_pause(self, since: float, until: float) -> dict[str, float]:
         """The longest loop iteration in a window, in wall time and in CPU time, and
         how much of the longest the server waited for a core."""
@@ -264,6 +308,7 @@ class RendezvousProcess:
         gc_log.write_text("")
         loop_log.write_text("")
         Path(f"{loop_log}.wake").write_text("")
+        Path(f"{loop_log}.what").write_text("")
         with log.open("w") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", _GC_PROBE, str(gc_log), str(loop_log), "rendezvous",

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -36,8 +38,16 @@ WAIT_FOR_FRAME = """new Promise((resolve) => {
   }, 20);
 })"""
 
-PHASES = ("key", "signaling", "offerMade", "prepared", "offer", "answer", "connected",
-          "firstFrame")
+PHASES = ("key", "signaling", "offerMade", "prepared", "offer", "answer", "verified",
+          "iceConnected", "connected", "firstFrame")
+
+STARTUP_VARIANTS: dict[str, tuple[str, bool]] = {
+    # tab: (init script, camera.broadcaster.JOIN_TAKES_ASKED_IDR in the camera)
+    "chromium_before": ("", False),
+}
+"""Paired tabs alternating with the page as served (``--startup-ab``): the camera as
+before, asking for a second IDR when the connection comes up before the one the
+offer asked for (flipped in the same camera for that tab)."""
 
 NAME = "ttff"
 HELP = "time to first frame, CLI viewer and Chromium, loopback"
@@ -51,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chromium", action="store_true", help="CLI viewer only")
     p.add_argument("--no-playout-ab", dest="playout_ab", action="store_false",
                    help="no second paired tab without the playout-delay extension")
+    p.add_argument("--signaling-delay-ms", type=float, default=0.0,
+                   help="Chromium tabs: hold every signaling message this long each way "
+                        "(a rendezvous that far from the viewer; 0: loopback)")
+    p.add_argument("--no-startup-ab", dest="startup_ab", action="store_false",
+                   help="no paired tab with the camera asking for a second IDR at the join "
+                        "as before")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,7 +78,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     runner, url = await start_rendezvous()
     camera = await Camera(url, "passthrough", Path(args.state) / "ttff", args.width,
-                          args.height).started()
+                          args.height, extra=["--join-toggle"]).started()
     link = camera.link(url)
     chromium: dict[str, tuple[list[float], list[dict[str, float]]]] = {}
     try:
@@ -77,7 +93,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cli.append(stats.ttff_ms)
         if not args.no_chromium:
             chromium = await chromium_ttff(camera.link(url, pair=True), link, args.trials,
-                                           playout_ab=args.playout_ab)
+                                           playout_ab=args.playout_ab,
+                                           before=camera if args.startup_ab else None,
+                                           signaling_delay=args.signaling_delay_ms / 1000)
     finally:
         camera.stop()
         await runner.cleanup()
@@ -98,9 +116,11 @@ def phases_p50(timelines: list[dict[str, float]]) -> dict[str, float]:
 
 async def chromium_ttff(
     pair_link: str, link: str, trials: int, *, playout_ab: bool = False,
+    before: Camera | None = None, signaling_delay: float = 0.0,
 ) -> dict[str, tuple[list[float], list[dict[str, float]]]]:
     """Per trial, one fresh profile: the pairing visit, then a paired tab (and one
-    without the playout-delay extension, in alternating order; see the top)."""
+    without the playout-delay extension, and one with the camera's join as before,
+    ``before`` being the camera started with ``--join-toggle``; in rotating order)."""
     from playwright.async_api import async_playwright
 
     from bench.latency import _NO_PLAYOUT_EXTENSION_JS
@@ -112,6 +132,9 @@ async def chromium_ttff(
         "chromium": ([], []), "chromium_pairing": ([], [])}
     if playout_ab:
         out["chromium_noext"] = ([], [])
+    if before is not None:
+        for key in STARTUP_VARIANTS:
+            out[key] = ([], [])
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for trial in range(trials):
@@ -120,19 +143,65 @@ async def chromium_ttff(
             tabs = [("chromium_pairing", pair_link), ("chromium", link)]
             if playout_ab:
                 tabs.insert(1 + trial % 2, ("chromium_noext", link))
+            if before is not None:
+                # The paired tabs in rotating order: each variant in each place in turn.
+                paired = tabs[1:] + [(key, link) for key in STARTUP_VARIANTS]
+                turn = trial % len(paired)
+                tabs = tabs[:1] + paired[turn:] + paired[:turn]
             for key, target in tabs:
                 page = await context.new_page()
                 if key == "chromium_noext":
                     await page.add_init_script(_NO_PLAYOUT_EXTENSION_JS)
+                script, join_rule = STARTUP_VARIANTS.get(key, ("", True))
+                if before is not None:
+                    await before.join_takes_asked_idr(join_rule)
+                if script:
+                    await page.add_init_script(script)
+                if signaling_delay > 0:
+                    await page.route_web_socket(re.compile(r"/ws/viewer$"),
+                                                delayed_relay(signaling_delay))
                 await page.goto(target)
                 await asyncio.wait_for(page.evaluate(WAIT_FOR_FRAME), 20)
                 out[key][0].append(float(await page.evaluate("window.peercam.ttffMs")))
-                out[key][1].append(await page.evaluate("({...window.peercam.timeline})"))
+                out[key][1].append(await page.evaluate(
+                    "({...window.peercam.timeline, epochMs: window.peercam.startedAtEpochMs})"))
                 await page.close()  # its bye frees the session
                 await asyncio.sleep(1.0)
             await context.close()
         await browser.close()
     return out
+
+
+def delayed_relay(delay: float) -> Any:
+    """A Playwright WebSocket route passing every message on ``delay`` seconds late,
+    in order, each way."""
+
+    def relay(ws: Any) -> None:
+        server = ws.connect_to_server()
+        for source, target in ((ws, server), (server, ws)):
+            queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
+
+            async def pump(queue: asyncio.Queue[tuple[float, Any]] = queue,
+                           target: Any = target) -> None:
+                loop = asyncio.get_running_loop()
+                while True:
+                    due, message = await queue.get()
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+                    with contextlib.suppress(Exception):  # the tab is gone
+                        target.send(message)
+
+            task = asyncio.ensure_future(pump())
+            _PUMPS.add(task)
+            task.add_done_callback(_PUMPS.discard)
+            source.on_message(lambda message, queue=queue: queue.put_nowait(
+                (asyncio.get_running_loop().time() + delay, message)))
+            source.on_close(lambda *_, task=task: task.cancel())
+
+    return relay
+
+
+_PUMPS: set[asyncio.Future[None]] = set()
+"""The relays' pumps (kept referenced until their socket closes)."""
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -147,6 +216,7 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     data, labels = [result["cli_ms"]], ["CLI viewer"]
     for key, label in (("chromium_pairing", "Chromium,\npairing visit"),
                        ("chromium", "Chromium,\npaired page"),
+                       ("chromium_before", "Chromium, paired,\njoin as before"),
                        ("chromium_noext", "Chromium, paired,\nno playout-delay ext.")):
         if result.get(f"{key}_ms"):
             data.append(result[f"{key}_ms"])
@@ -186,7 +256,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
             ("chromium_pairing", "Chromium, pairing visit (from after pairing)"),
             ("chromium", "Chromium, paired page (from its connection's start)"),
             ("chromium_noext", "Chromium, paired page, playout-delay extension not "
-                               "negotiated (same trials, alternating)"))
+                               "negotiated (same trials, alternating)"),
+            ("chromium_before", "Chromium, paired page, the camera asking for a second "
+                                "IDR at the join as before (same trials, alternating)"))
     for key, label in rows:
         s = result.get(key)
         if s:
@@ -203,8 +275,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
                           f"it; alternating with the page as served, same trials): p50 "
                           f"{without['p50']} ms, p95 {without['p95']} ms, against "
                           f"{paired['p50']} / {paired['p95']} ms with it.")
+    before = result.get("chromium_before")
+    if paired and before:
+        lines += ["", f"The camera's join as before (alternating, same trials): p50 "
+                  f"{before['p50']} ms, p95 {before['p95']} ms, against {paired['p50']} / "
+                  f"{paired['p95']} ms now."]
     for key, label in (("chromium_pairing", "pairing visit"), ("chromium", "paired page"),
-                       ("chromium_noext", "paired page without the playout-delay extension")):
+                       ("chromium_noext", "paired page without the playout-delay extension"),
+                       ("chromium_before", "paired page, the camera's join as before")):
         phases = result.get(f"{key}_phases_p50")
         if phases:
             lines += [

@@ -20,7 +20,8 @@ the IDR is asked for then, while ICE and DTLS are still being set up, and the
 layer keeps the frames since its last IDR for a moment; a viewer whose
 connection comes up within :data:`WARM_JOIN_S` of that IDR starts with them
 (:meth:`Broadcaster.subscribe` ``warm=True``) instead of asking for another and
-waiting for the source's next frame and its encode.
+waiting for the source's next frame and its encode; one whose connection comes up
+before that IDR takes it when it comes, without asking for a second.
 
 Each access unit is cut into RTP payloads once per layer, for every viewer on
 that layer (:meth:`Broadcaster.payloads`): a viewer's sender adds only its own
@@ -164,6 +165,12 @@ DTLS handshake on a direct path. Older, the burst would start the viewer's
 playout that far behind live."""
 
 
+JOIN_TAKES_ASKED_IDR = True
+"""A viewer joining (``subscribe(warm=True)``) while an IDR asked for at most
+:data:`WARM_JOIN_S` ago has not come yet starts from it instead of asking for
+another (False: it asks again, as before; benchmarks compare the two)."""
+
+
 class LayerFeed:
     """One layer's fan-out state: its viewers, its keyframe budget, its counters."""
 
@@ -196,6 +203,11 @@ class LayerFeed:
         """Loop time at which that IDR was published."""
         self.warm_joins = 0
         """Viewers that started from a kept IDR instead of asking for one."""
+        self.idr_asked_at: float | None = None
+        """Loop time a keyframe request last went to the source, until an IDR comes."""
+        self.joins_waiting = 0
+        """Viewers that joined while an IDR asked for was on its way, and took it
+        instead of asking for another."""
 
     def recent_fps(self, now: float, window: float = 2.0) -> float:
         return sum(1 for t in self.recent if now - t <= window) / window
@@ -280,6 +292,7 @@ class Broadcaster:
         switched: set[Subscription] = set()
         if frame.keyframe:
             feed.gop, feed.gop_started = [frame], feed.last_frame_time
+            feed.idr_asked_at = None
         elif feed.gop:
             if feed.last_frame_time - feed.gop_started <= WARM_JOIN_S:
                 feed.gop.append(frame)
@@ -335,6 +348,14 @@ class Broadcaster:
             feed.warm_joins += 1
             logger.debug("viewer joined the %s layer at an IDR %.0f ms old (%d frames)",
                          layer.label, (now - feed.gop_started) * 1000, len(feed.gop))
+        elif (warm and JOIN_TAKES_ASKED_IDR and feed.idr_asked_at is not None
+              and now - feed.idr_asked_at <= WARM_JOIN_S):
+            # The IDR prepare_join asked for is being made (the connection came up
+            # first): it is this viewer's first frame. Asking again would cost a
+            # second IDR, encoded while the first is sent and decoded, and a token.
+            feed.joins_waiting += 1
+            logger.debug("viewer joined the %s layer; the IDR asked %.0f ms ago is coming",
+                         layer.label, (now - feed.idr_asked_at) * 1000)
         else:
             self.request_keyframe("viewer joined", layer)
         return sub
@@ -387,6 +408,7 @@ class Broadcaster:
         feed.pending = None
         feed.bucket.allow(asyncio.get_running_loop().time())
         feed.keyframe_requests_sent += 1
+        feed.idr_asked_at = asyncio.get_running_loop().time()
         logger.debug("keyframe requested on the %s layer: %s", feed.layer.label, reason)
         self._request_source_keyframe(feed.layer)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from camera.config import CameraConfig, ws_url
+from camera.config import CameraConfig, ResumingContext, ws_url
 from camera.core import printable
 from camera.gatekeeper import Gatekeeper
 from services.signaling import ErrorCode, Message, ProtocolError, Role, encode, parse
@@ -162,6 +162,8 @@ class RendezvousLink:
         self.registered.clear()
         self.network_down = False
         self.reconnects = 0
+        self.tls_resumed = 0
+        """Connections whose TLS session was resumed (the server took our ticket)."""
         self.internal_failures = 0
         self.last_error: str | None = None
         self.last_activity = 0.0
@@ -173,6 +175,7 @@ class RendezvousLink:
         self._outage_since: float | None = None
         self._restarting: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ssl_context: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -256,7 +259,10 @@ class RendezvousLink:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0
-        ssl_context = self.config.ssl_context()
+        if self._ssl_context is None:
+            # Kept across runs: a restarted link still resumes its TLS session.
+            self._ssl_context = self.config.ssl_context()
+        ssl_context = self._ssl_context
         async with self._http() as http:
             while not self._closed:
                 self.last_activity = loop.time()
@@ -328,6 +334,9 @@ class RendezvousLink:
             hello = await self._handshake_message(ws, timeout)
             if hello is None or hello.type != "hello":
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, "expected hello")
+            if isinstance(ssl_context, ResumingContext):
+                # The server's ticket arrives after the TLS handshake: by now it is read.
+                self.tls_resumed += ssl_context.remember(ws.get_extra_info("ssl_object"))
             fields = self.gatekeeper.registration(url, hello["nonce"])
             await ws.send_str(encode(Role.CAMERA, "register", **fields))
             reply = await self._handshake_message(ws, timeout)

@@ -162,6 +162,7 @@ class ViewerSession:
         started; held up to ``DirectFirst.answer_hold`` for a trickling viewer's
         server-reflexive candidate, camera.ice rule 6)."""
         self.offer_sdp = offer_sdp
+        logger.debug("session %s: offer in", self.session_id)
         if _VIDEO_SECTION.search(offer_sdp):
             self.track = PassthroughTrack(self._broadcaster)
             # The transceiver must exist before setRemoteDescription so that our
@@ -195,6 +196,7 @@ class ViewerSession:
         except Exception as exc:  # aiortc raises its own OperationError / InvalidStateError
             raise SessionFailed(f"cannot answer this offer: {exc}") from None
         self._watchdog = asyncio.create_task(self._connect_deadline(), name="session-deadline")
+        logger.debug("session %s: answer made", self.session_id)
         await self._hold_answer(offer_sdp)
         local = self.pc.localDescription
         return set_profile_level_id(local.sdp, self._broadcaster.profile_level_id)

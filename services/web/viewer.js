@@ -119,7 +119,8 @@ const peercam = {
   paired: null,            // true: the camera took our key; false: it refused it; null: unknown
   viewerKey: null,         // our public key, base64url SPKI (what the camera's ACL lists)
   timeline: {},            // ms from startedAt: key, signaling, offerMade, prepared, offer, firstCandidateSent, gathered,
-                           // endOfCandidates, answer, verified, connected, firstFrame
+                           // endOfCandidates, answer, verified, iceConnected, connected, firstFrame
+  startedAtEpochMs: null,  // that clock's start, ms since the epoch (performance.timeOrigin based)
   trickle: null,           // the shown session trickles its ICE candidates (false: the fallback)
   candidatesSent: 0,       // trickled candidate messages, end-of-candidates not counted
   ptzAvailable: null,      // the camera's "ptz" hello: true (a head), false (none), null (not yet)
@@ -139,6 +140,13 @@ const peercam = {
 window.peercam = peercam;
 
 // Where the time to first frame goes, for the overlay-less benchmark.
+function setStart(att) {
+  // The clock of ttffMs and the timeline; its wall-clock time lets a benchmark
+  // join the timeline to the camera's log.
+  att.startedAt = performance.now();
+  setFigure(att, "startedAtEpochMs", performance.timeOrigin + att.startedAt);
+}
+
 function mark(att, name) {
   // att.figures.timeline is window.peercam.timeline while att is shown.
   const timeline = att.figures.timeline;
@@ -301,6 +309,7 @@ function newSession() {
     sessionId: att.sessionId, ttffMs: null, framesDecoded: 0, localCandidateType: null,
     remoteCandidateType: null, remoteAddress: null, rttMs: null, fps: null,
     bitrateKbps: null, timeline: {}, trickle: null, candidatesSent: 0, latencyMs: null,
+    startedAtEpochMs: null,
   };
   return att;
 }
@@ -384,7 +393,7 @@ async function connect(att) {
   // once they are in, the offer is applied (gathering starts with them) and
   // sent in the same step: applying it and the camera's answer overlap.
   // TTFF counts from here for a paired page, from after pairing otherwise.
-  if (!pairSecret) att.startedAt = performance.now();
+  if (!pairSecret) setStart(att);
   const key = viewerKey();
   const signaling = signalingReady(att);
   key.then(() => mark(att, "key"), () => {});
@@ -393,7 +402,7 @@ async function connect(att) {
     const [me] = await Promise.all([key, signaling]);
     alive(att);
     await pair(att, me);
-    att.startedAt = performance.now();
+    setStart(att);
   }
   att.trickle = newTrickle(!trickleRefused);
   setFigure(att, "trickle", att.trickle.enabled);
@@ -1358,6 +1367,7 @@ function onConnectionState(att) {
 
 function onIceState(att) {
   const state = att.pc.iceConnectionState;
+  if (state === "connected" || state === "completed") mark(att, "iceConnected");
   if (state === "failed") mediaLost(att, "ICE failed");
   else if (state === "closed") mediaLost(att, "connection closed");
   else if ((state === "connected" || state === "completed")

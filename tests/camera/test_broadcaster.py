@@ -151,6 +151,39 @@ async def test_a_join_long_after_the_last_idr_asks_for_a_new_one(
     assert broadcaster.feed(Layer.HIGH).warm_joins == 0
 
 
+async def test_a_join_before_the_idr_asked_for_comes_waits_for_it_without_asking_again(
+) -> None:
+    requests = Requests()
+    broadcaster = Broadcaster(requests, keyframe_burst=1000)
+    track = PassthroughTrack(broadcaster)
+    track.prepare()  # the offer: one IDR asked for
+    receiving = asyncio.ensure_future(track.recv())  # DTLS is up before that IDR
+    await asyncio.sleep(0)
+    assert broadcaster.viewer_count == 1 and requests.count == 1
+    assert broadcaster.feed(Layer.HIGH).joins_waiting == 1
+    broadcaster.publish(frame(9))  # a picture made before the request: not a start
+    broadcaster.publish(frame(10, keyframe=True))
+    first = await asyncio.wait_for(receiving, 1)
+    assert bytes(first) == frame(0, True).data and first.pts == 0
+    assert requests.count == 1
+    broadcaster.close()
+
+
+async def test_a_join_long_after_an_unanswered_request_asks_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import camera.broadcaster
+
+    monkeypatch.setattr(camera.broadcaster, "WARM_JOIN_S", 0.005)
+    requests = Requests()
+    broadcaster = Broadcaster(requests, keyframe_burst=1000)
+    broadcaster.prepare_join()
+    await asyncio.sleep(0.02)  # the source never made that IDR (or it is very late)
+    sub = broadcaster.subscribe(warm=True)
+    assert requests.count == 2 and sub.waiting_for_keyframe
+    assert broadcaster.feed(Layer.HIGH).joins_waiting == 0
+
+
 @pytest.mark.parametrize("fmt", [RTCP_PSFB_PLI, RTCP_PSFB_FIR])
 async def test_pli_and_fir_reach_the_source(fmt: int) -> None:
     requests = Requests()

@@ -49,6 +49,13 @@ async def test_camera_over_tls_verifies_the_server(
         trusting = await camera("trusting", tls_ca=str(cert))
         async with asyncio.timeout(scaled(10)):
             await trusting.registered.wait()
+        assert trusting.link.tls_resumed == 0
+        # Connecting again, the camera resumes its TLS session from the server's ticket.
+        await trusting.link.restart()
+        async with asyncio.timeout(scaled(10)):
+            while not (trusting.registered.is_set() and trusting.link.tls_resumed):
+                await asyncio.sleep(0.05)
+        assert trusting.link.tls_resumed == 1
         stack = Stack(server, url, tmp_path)
         trusting.acl.add(stack.viewer.key, stack.viewer.name)
         link = f"https://127.0.0.1:{port}/#device={trusting.device_id}"
