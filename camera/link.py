@@ -187,6 +187,26 @@ class RendezvousLink:
         self.last_activity = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._run(), name="rendezvous-link")
 
+    async def nudge(self) -> None:
+        """Send a ping on the connection now, instead of at the next heartbeat.
+
+        When a viewer's media goes quiet its page or CLI heals with a new offer,
+        which the server pushes down this connection. If our NAT forgot the
+        connection (rebooted, flushed), the push is dropped until we send
+        something: the ping makes the NAT map the connection again, or, where it
+        picks another port, draws the server's reset, and the link reconnects at
+        once. A connection that cannot even send is restarted.
+        """
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        try:
+            await ws.ping()
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            logger.info("rendezvous connection failed a ping (%s): reconnecting",
+                        printable(str(exc) or type(exc).__name__, 200))
+            await self.restart()
+
     async def restart(self) -> None:
         """Drop the connection and start again at once (backoff reset)."""
         await self._stop_task()

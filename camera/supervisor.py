@@ -80,6 +80,8 @@ class Supervisor:
         self._renewed_at = float("-inf")
         self._renewed_for: set[str] = set()
         """Sessions whose quiet already led to a renewal (one renewal per quiet spell)."""
+        self._nudged_for: set[str] = set()
+        """Sessions whose quiet already led to a ping or a renewal of the link."""
         self.metrics = MetricsFile.for_config(agent.config)
         """The Prometheus textfile, rewritten from the tick every few seconds."""
 
@@ -159,7 +161,9 @@ class Supervisor:
         for session in watching:
             if session.quiet(now, MEDIA_DEAD):
                 session.close(f"no RTCP from the viewer for {MEDIA_DEAD:.0f} s")
-        self._renewed_for &= {s.session_id for s in watching if s.quiet(now, MEDIA_QUIET)}
+        quiet = {s.session_id for s in watching if s.quiet(now, MEDIA_QUIET)}
+        self._renewed_for &= quiet
+        self._nudged_for &= quiet
         if (watching and now - self._renewed_at >= RENEW_SPACING
                 and all(s.quiet(now, MEDIA_QUIET) for s in watching)
                 and any(s.session_id not in self._renewed_for for s in watching)):
@@ -172,7 +176,17 @@ class Supervisor:
             self._renewed_for |= {s.session_id for s in watching}
             logger.warning("no RTCP from any viewer for %.0f s: renewing the rendezvous link",
                            MEDIA_QUIET)
+            self._nudged_for |= quiet
             await agent.link.restart()
+        elif quiet - self._nudged_for:
+            # Some viewers' RTCP stopped, not all: our NAT may have forgotten its
+            # mappings while another viewer's path found the new one at once (ICE
+            # learns a peer-reflexive address). The quiet viewer heals with a new
+            # offer, which the link must be able to receive: a ping now re-opens it.
+            logger.info("no RTCP from %d of %d viewers for %.0f s: pinging the rendezvous link",
+                        len(quiet - self._nudged_for), len(watching), MEDIA_QUIET)
+            self._nudged_for |= quiet
+            await agent.link.nudge()
 
     async def _act(self, action: HealthAction, now: float) -> None:
         if action is HealthAction.READY:
