@@ -33,6 +33,11 @@ and no presence key may still name the dead node.
 
 Signaling only: no WebRTC, no media, no bitrate; what is timed is the
 rendezvous tier.
+
+What is stored (``cluster.json``) is what the page and the plot use: the round
+trips' summaries, not every sample; the re-home curves at 1% steps
+(``percent_times``), not one time per camera; the machine's busy cores per half
+second as a summary, not the timeline.
 """
 
 from __future__ import annotations
@@ -669,7 +674,7 @@ async def _step(tier: Tier, pools: list[ViewerPool], where: dict[str, str], rate
         "signatures_checked": sum(p["signatures_checked"] for p in parts),
         "achieved_rate": round(sum(achieved), 1) if achieved else None,
         "errors": errors, "rtt": summary(rtt) if rtt else None,
-        "rtt_ms": [round(x, 3) for x in rtt], "cpu": cpu,
+        "cpu": cpu,
         "loop_max_ms": max((node.longest_pause(t0, time.monotonic())["wall_ms"]
                             for node in tier.nodes), default=0.0),
     }
@@ -792,8 +797,8 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         await victim.proc.wait()
         c0 = tier.cpu()  # the survivors' (a dead process has no CPU to read)
         each0 = tier.cpu_each()
-        timeline: list[dict[str, float]] = []
-        sampler = asyncio.create_task(_cpu_timeline(tier, killed, timeline))
+        busy_samples: list[float] = []
+        sampler = asyncio.create_task(_machine_cores(busy_samples))
         if profilers is not None:
             await profilers.start()
         reached = await prober.until_reached(sample, killed, args.recover_timeout,
@@ -857,12 +862,13 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
         "attempts": summary([float(a) for a in attempts]) if attempts else None,
         "reachable": len(reached_times),
         "reachable_s": _quantiles(reached_times, len(sample)),
-        "reachable_times_s": reached_times,
-        "registered_times_s": back_times,
+        "reachable_percent_s": percent_times(reached_times, len(sample)),
+        "registered_percent_s": percent_times(back_times, cameras),
         "probe_offers": prober.sent, "probe_answers_verified": probe_verified,
         "probe_errors": probe_errors,
         "recovery_cpu": cpu, "recovery_window_s": round(recovery_window, 1),
-        "recovery_cpu_each": cpu_each, "cpu_timeline": timeline, "profile": profile,
+        "recovery_cpu_each": cpu_each, "profile": profile,
+        "machine_cores_per_half_second": machine_summary(busy_samples),
         "haproxy_after_kill": _haproxy_requests(state / "haproxy.log", killed_wall),
         "cameras_loop_max": [_worst_iterations(w.loop_log, killed, killed + recovery_window)
                              for w in tier.workers],
@@ -877,19 +883,31 @@ async def _kill(args: argparse.Namespace, cameras: int, maxconn: int) -> dict[st
     }
 
 
-async def _cpu_timeline(tier: Tier, t0: float, out: list[dict[str, float]],
-                        every: float = 0.5) -> None:
-    """Every ``every`` s until cancelled: cores each process used since the last sample,
-    and the whole machine's (seconds after ``t0`` as ``t``)."""
-    prev, load, at = tier.cpu_each(), MachineLoad(), time.monotonic()
+async def _machine_cores(out: list[float], every: float = 0.5) -> None:
+    """Every ``every`` s until cancelled: the cores the whole machine used since the
+    last sample."""
     while True:
+        load = MachineLoad()
         await asyncio.sleep(every)
-        now, when = tier.cpu_each(), time.monotonic()
-        row = {k: round((now[k] - prev.get(k, now[k])) / (when - at), 2) for k in now}
-        row["machine"] = round(load.cores(), 2)
-        row["t"] = round(when - t0, 2)
-        out.append(row)
-        prev, load, at = now, MachineLoad(), when
+        out.append(round(load.cores(), 2))
+
+
+def machine_summary(samples: list[float]) -> dict[str, float] | None:
+    """What is stored of the machine's busy cores per half second while re-homing."""
+    return summary(samples) if samples else None
+
+
+def percent_times(times: list[float], total: int) -> list[float]:
+    """What is stored of a re-home timeline (sorted seconds after the kill, one per
+    camera): item k-1 is when k% of ``total`` were done, for the percents reached.
+    The plot draws it as the cumulative curve, 1% a step."""
+    out = []
+    for pct in range(1, 101):
+        need = max(1, -(-pct * total // 100))
+        if need > len(times):
+            break
+        out.append(times[need - 1])
+    return out
 
 
 def _worst_iterations(path: Path | None, since: float, until: float) -> dict[str, float]:
@@ -1137,13 +1155,12 @@ def plot(result: dict[str, Any], out: Path) -> list[str]:
     kills = result.get("kills", [])
     for i, kill in enumerate(kills):
         n = kill["victim_cameras"]
-        curves = [("registered_times_s", n, "-", "registered again"),
-                  ("reachable_times_s", kill["probe_sample"], ":", "offer answered (sample)")]
-        for key, total, style, what in curves[:1 if len(kills) > 2 else 2]:
+        curves = [("registered_percent_s", "-", "registered again"),
+                  ("reachable_percent_s", ":", "offer answered (sample)")]
+        for key, style, what in curves[:1 if len(kills) > 2 else 2]:
             times = kill[key]
             if times:
-                right.step([0.0, *times], [0.0, *[100 * (i + 1) / total
-                                                  for i in range(len(times))]],
+                right.step([0.0, *times], range(len(times) + 1),
                            style, color=f"C{i}", where="post",
                            label=f"{n}, {kill.get('run', '')} {kill.get('variant', '')}: {what}")
     if kills:
