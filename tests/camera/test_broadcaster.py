@@ -41,6 +41,17 @@ class Requests:
         self.layers.append(layer)
 
 
+@pytest.fixture
+def short_warm_join(monkeypatch: pytest.MonkeyPatch) -> tuple[Requests, Broadcaster]:
+    """A broadcaster whose last IDR is too old to start a viewer from after 5 ms (not
+    250), and its IDR requests."""
+    import camera.broadcaster
+
+    monkeypatch.setattr(camera.broadcaster, "WARM_JOIN_S", 0.005)
+    requests = Requests()
+    return requests, Broadcaster(requests, keyframe_burst=1000)
+
+
 async def test_every_viewer_gets_the_same_single_stream() -> None:
     requests = Requests()
     broadcaster = Broadcaster(requests, keyframe_burst=1000)
@@ -136,13 +147,9 @@ async def test_a_prepared_join_starts_from_the_idr_asked_for_at_the_offer() -> N
 
 
 async def test_a_join_long_after_the_last_idr_asks_for_a_new_one(
-    monkeypatch: pytest.MonkeyPatch,
+    short_warm_join: tuple[Requests, Broadcaster],
 ) -> None:
-    import camera.broadcaster
-
-    monkeypatch.setattr(camera.broadcaster, "WARM_JOIN_S", 0.0)
-    requests = Requests()
-    broadcaster = Broadcaster(requests, keyframe_burst=1000)
+    requests, broadcaster = short_warm_join
     broadcaster.publish(frame(0, keyframe=True))
     await asyncio.sleep(0.01)
     broadcaster.publish(frame(1))  # the GOP is now too old to start a viewer from
@@ -170,13 +177,9 @@ async def test_a_join_before_the_idr_asked_for_comes_waits_for_it_without_asking
 
 
 async def test_a_join_long_after_an_unanswered_request_asks_again(
-    monkeypatch: pytest.MonkeyPatch,
+    short_warm_join: tuple[Requests, Broadcaster],
 ) -> None:
-    import camera.broadcaster
-
-    monkeypatch.setattr(camera.broadcaster, "WARM_JOIN_S", 0.005)
-    requests = Requests()
-    broadcaster = Broadcaster(requests, keyframe_burst=1000)
+    requests, broadcaster = short_warm_join
     broadcaster.prepare_join()
     await asyncio.sleep(0.02)  # the source never made that IDR (or it is very late)
     sub = broadcaster.subscribe(warm=True)
