@@ -59,6 +59,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import loop_probe
 from bench.common import ROOT, cpu_seconds, need_executable, pyplot, rss_kib, summary
 from bench.scale import (
     DRAIN_SECONDS,
@@ -911,14 +912,10 @@ def percent_times(times: list[float], total: int) -> list[float]:
 
 
 def _worst_iterations(path: Path | None, since: float, until: float) -> dict[str, float]:
-    """A camera worker's longest loop iteration in a window (its loop probe's ``I`` lines)."""
-    worst = (0.0, 0.0, 0.0)
-    with contextlib.suppress(OSError, TypeError):
-        for line in Path(str(path)).read_text().splitlines():
-            kind, at, *rest = line.split()
-            if kind == "I" and since <= float(at) < until and float(rest[0]) > worst[0]:
-                worst = (float(rest[0]), float(rest[1]), float(rest[2]))
-    return {"wall_ms": worst[0], "cpu_ms": worst[1], "runq_ms": worst[2]}
+    """A camera worker's longest loop iteration in a window (its loop probe's)."""
+    _at, wall, cpu, runq = max(loop_probe.read(path, since, until).iterations,
+                               key=lambda it: it[1], default=(0.0, 0.0, 0.0, 0.0))
+    return {"wall_ms": wall, "cpu_ms": cpu, "runq_ms": runq}
 
 
 def _haproxy_requests(log: Path, since_wall: float) -> dict[str, Any]:

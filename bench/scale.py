@@ -42,14 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import loop_probe
 from bench.common import ROOT, cpu_seconds, percentile, pyplot, rss_kib, summary
-from bench.scale_cameras import (
-    VIEWER_NET,
-    fake_sdp,
-    install_loop_probe,
-    raise_nofile,
-    source_address,
-)
+from bench.scale_cameras import VIEWER_NET, fake_sdp, raise_nofile, source_address
 
 NAME = "scale"
 HELP = "rendezvous: idle cameras held, signaling round trip under load"
@@ -105,89 +100,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # -- processes -----------------------------------------------------------------
 
 
-# Runs ``python -m camera.cli`` unchanged, with a gc callback that notes every
-# collection of 5 ms or more (CLOCK_MONOTONIC, shared by all processes): at 10k
-# connections a full collection walks ~750k objects and the event loop stops.
-_GC_PROBE = """
-import gc, runpy, sys, time
-log = open(sys.argv.pop(1), "a", buffering=1)
-started = [0.0, 0.0]
-def probe(phase, info):
-    if phase == "start":
-        started[0], started[1] = time.monotonic(), time.thread_time()
-        return
-    ms = (time.monotonic() - started[0]) * 1000
-    cpu = (time.thread_time() - started[1]) * 1000
-    if ms >= 5 or info["generation"] == 2:
-        log.write(f"{started[0]:.4f} {info['generation']} {ms:.2f} {cpu:.2f}\\n")
-gc.callbacks.append(probe)
-# Event-loop pauses: from the moment select() returns to the end of that
-# iteration's callbacks (a garbage collection inside them included), in wall
-# time and in the loop thread's own CPU time: on a shared machine the
-# difference is time spent waiting for a core, not work of the server's.
-# The fourth column: of the wall time, how long the thread sat on a run queue,
-# runnable but without a core (/proc schedstat run_delay): the machine's share.
-import asyncio.base_events as be
-import os
-loop_log = open(sys.argv.pop(1), "a", buffering=1)
-wake_log = open(loop_log.name + ".wake", "a", buffering=1)
-try:
-    sched_fd = os.open(f"/proc/self/task/{os.getpid()}/schedstat", os.O_RDONLY)
-except OSError:
-    sched_fd = -1
-def run_delay():
-    if sched_fd < 0:
-        return 0
-    return int(os.pread(sched_fd, 100, 0).split()[1])
-woke = [0.0, 0.0, 0]
-run_once = be.BaseEventLoop._run_once
-# What a long iteration consists of: each callback's thread CPU, summed by what it
-# ran (a task: its coroutine's name; else the callback's), noted for iterations of
-# 20 ms or more in <loop log>.what as "start wall cpu n_callbacks name=count/ms ...".
-import asyncio
-import asyncio.events as ev
-what_log = open(loop_log.name + ".what", "a", buffering=1)
-ran = {}
-handle_run = ev.Handle._run
-def timed_handle_run(self):
-    t = time.thread_time()
-    handle_run(self)
-    took = time.thread_time() - t
-    cb = self._callback
-    owner = getattr(cb, "__self__", None)
-    if isinstance(owner, asyncio.Task):
-        name = getattr(owner.get_coro(), "__qualname__", "task")
-    else:
-        name = getattr(cb, "__qualname__", type(cb).__name__)
-    n, total = ran.get(name, (0, 0.0))
-    ran[name] = (n + 1, total + took)
-ev.Handle._run = timed_handle_run
-def probed_run_once(self):
-    selector = self._selector
-    if not getattr(selector, "_peercam_probe", False):
-        select = selector.select
-        def timed_select(timeout=None):
-            before = run_delay()
-            events = select(timeout)
-            woke[0], woke[1], woke[2] = time.monotonic(), time.thread_time(), run_delay()
-            if woke[2] - before >= 1_000_000:
-                # Ready (or due) but without a core for 1 ms or more before this
-                # iteration could start: a delay no loop iteration shows.
-                wake_log.write(f"{woke[0]:.4f} {(woke[2] - before) / 1e6:.2f}\\n")
-            return events
-        selector.select = timed_select
-        selector._peercam_probe = True
-    ran.clear()
-    run_once(self)
-    ms = (time.monotonic() - woke[0]) * 1000
-    if ms >= 20:
-        cpu = (time.thread_time() - woke[1]) * 1000
-        waited = (run_delay() - woke[2]) / 1e6
-        loop_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f} {waited:.2f}\\n")
-        top = sorted(ran.items(), key=lambda kv: -kv[1][1])[:8]
-        what_log.write(f"{woke[0]:.4f} {ms:.2f} {cpu:.2f} {sum(n for n, _ in ran.values())} "
-                       + " ".join(f"{k}={n}/{t * 1000:.2f}" for k, (n, t) in top) + "\\n")
-be.BaseEventLoop._run_once = probed_run_once
+# Runs ``python -m camera.cli`` unchanged, with the benchmarks' loop probe
+# (bench/loop_probe.py, with what each long iteration ran): at 10k connections a
+# full collection walks ~750k objects and the event loop stops.
+_SERVER = """
+import os, runpy, sys
+from pathlib import Path
+from bench import loop_probe
+loop_probe.install(Path(sys.argv.pop(1)), server=True)
 if os.environ.get("PEERCAM_BENCH_BEFORE"):
     # The comparison server: the shutdown as it was before the exit without
     # unwinding (2026-12-07 morning): every handler unwinds, then the interpreter
@@ -207,15 +127,16 @@ runpy.run_module("camera.cli", run_name="__main__", alter_sys=True)
 
 
 class RendezvousProcess:
-    """``python -m camera.cli rendezvous --listen 127.0.0.1:0``, as shipped (plus a gc probe)."""
+    """``python -m camera.cli rendezvous --listen 127.0.0.1:0``, as shipped (plus the loop
+    probe)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, url: str, log: Path,
-                 gc_log: Path, loop_log: Path) -> None:
+                 probe_log: Path) -> None:
         self.proc = proc
         self.url = url
         self.log = log
-        self.gc_log = gc_log
-        self.loop_log = loop_log
+        self.probe_log = probe_log
+        """Its event-loop stalls and collections (``bench.loop_probe``)."""
         self.sigterm_at: float | None = None
         """Wall-clock time the SIGTERM was sent (the server's log lines are in wall time)."""
 
@@ -228,44 +149,14 @@ class RendezvousProcess:
                         ) -> list[tuple[float, float, float, float]]:
         """(start, wall ms, CPU ms, ms waiting for a core) of the server's event-loop
         iterations of 20 ms or more started in [since, until) (monotonic)."""
-        out = []
-        with contextlib.suppress(OSError):
-            for line in self.loop_log.read_text().splitlines():
-                at, ms, cpu, *waited = line.split()
-                if since <= float(at) < until:
-                    out.append((float(at), float(ms), float(cpu),
-                                float(waited[0]) if waited else math.nan))
-        return out
-
-    def late_wakes(self, since: float, until: float) -> list[tuple[float, float]]:
-        """(when the loop got its core, ms it waited for it) of the server's wake-ups
-        from select() that waited 1 ms or more, in [since, until) (monotonic)."""
-        out = []
-        with contextlib.suppress(OSError):
-            for line in Path(f"{self.loop_log}.wake").read_text().splitlines():
-                at, waited = line.split()
-                if since <= float(at) < until:
-                    out.append((float(at), float(waited)))
-        return out
+        return loop_probe.read(self.probe_log, since, until).iterations
 
     def longest_iteration(self, since: float, until: float) -> dict[str, Any] | None:
         """The longest loop iteration started in [since, until) (monotonic) and what it
         ran: callbacks in all, and per kind (a task's coroutine, else the callback)
         how many and their thread CPU ms, the costliest first."""
-        worst: dict[str, Any] | None = None
-        with contextlib.suppress(OSError):
-            for line in Path(f"{self.loop_log}.what").read_text().splitlines():
-                at, ms, cpu, count, *parts = line.split()
-                if not since <= float(at) < until or (worst and worst["wall_ms"] >= float(ms)):
-                    continue
-                kinds = []
-                for part in parts:
-                    name, _, numbers = part.rpartition("=")
-                    n, _, took = numbers.partition("/")
-                    kinds.append({"what": name, "count": int(n), "cpu_ms": float(took)})
-                worst = {"at": float(at), "wall_ms": float(ms), "cpu_ms": float(cpu),
-                         "callbacks": int(count), "kinds": kinds}
-        return worst
+        return max(loop_probe.read(self.probe_log, since, until).kinds,
+                   key=lambda it: it["wall_ms"], default=None)
 
     def longest_pause(self, since: float, until: float) -> dict[str, float]:
         """The longest loop iteration in a window, in wall time and in CPU time, and
@@ -276,42 +167,21 @@ class RendezvousProcess:
                 "cpu_ms": round(max((p[2] for p in pauses), default=0.0), 1),
                 "runq_ms": round(longest[3], 1)}
 
-    def gc_pauses_at(self, since: float, until: float
-                     ) -> list[tuple[float, int, float, float]]:
-        """(start, generation, wall ms, CPU ms) of the server's collections started in
-        [since, until) (monotonic)."""
-        out = []
-        with contextlib.suppress(OSError):
-            for line in self.gc_log.read_text().splitlines():
-                at, gen, ms, cpu = line.split()
-                if since <= float(at) < until:
-                    out.append((float(at), int(gen), float(ms), float(cpu)))
-        return out
-
     def gc_pauses(self, since: float, until: float) -> list[tuple[int, float, float]]:
         """(generation, wall ms, CPU ms) of the server's collections started in
         [since, until) (monotonic)."""
-        out = []
-        with contextlib.suppress(OSError):
-            for line in self.gc_log.read_text().splitlines():
-                at, gen, ms, cpu = line.split()
-                if since <= float(at) < until:
-                    out.append((int(gen), float(ms), float(cpu)))
-        return out
+        return [(gen, ms, cpu) for _at, gen, ms, cpu
+                in loop_probe.read(self.probe_log, since, until).collections]
 
     @classmethod
     async def start(cls, state: Path, log_level: str, server_args: list[str] | None = None,
                     env: dict[str, str] | None = None) -> RendezvousProcess:
         log = state / "rendezvous.log"
-        gc_log = state / "rendezvous-gc.log"
-        loop_log = state / "rendezvous-loop.log"
-        gc_log.write_text("")
-        loop_log.write_text("")
-        Path(f"{loop_log}.wake").write_text("")
-        Path(f"{loop_log}.what").write_text("")
+        probe_log = state / "rendezvous-loop.log"
+        probe_log.write_text("")
         with log.open("w") as err:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _GC_PROBE, str(gc_log), str(loop_log), "rendezvous",
+                sys.executable, "-c", _SERVER, str(probe_log), "rendezvous",
                 "--listen", "127.0.0.1:0", *(server_args or []),
                 stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT,
                 env={**os.environ, "PEERCAM_LOG_LEVEL": log_level, **(env or {})})
@@ -326,7 +196,7 @@ class RendezvousProcess:
             await proc.wait()
             raise SystemExit(f"bench: the rendezvous did not start (printed {line!r}); "
                              f"its log ends:\n{tail(log)}")
-        return cls(proc, f"ws://{line.split()[1].strip()}", log, gc_log, loop_log)
+        return cls(proc, f"ws://{line.split()[1].strip()}", log, probe_log)
 
     def alive(self) -> None:
         if self.proc.returncode is not None:
@@ -362,7 +232,7 @@ class WorkerProcess:
         self.proc = proc
         self.log = log
         self.loop_log: Path | None = None
-        """Its event-loop stalls (``bench.scale_cameras.install_loop_probe``)."""
+        """Its event-loop stalls (``bench.loop_probe``)."""
 
     @classmethod
     async def start(cls, url: str, index: int, workers: int, per_address: int,
@@ -622,26 +492,6 @@ async def healthz(url: str) -> dict[str, Any]:
         raise SystemExit(f"bench: the rendezvous does not answer /healthz ({exc!r})") from None
 
 
-def state_probe(path: Path, since: float, until: float) -> tuple[
-        list[tuple[float, float, float, float]], list[tuple[float, int, float, float]],
-        list[tuple[float, float]]]:
-    """A client process's stalls in [since, until) from its probe log
-    (``install_loop_probe``): long iterations, collections, late wake-ups."""
-    iterations, collections, wakes = [], [], []
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            kind, at, *rest = line.split()
-            if not since <= float(at) < until:
-                continue
-            if kind == "I":
-                iterations.append((float(at), float(rest[0]), float(rest[1]), float(rest[2])))
-            elif kind == "G":
-                collections.append((float(at), int(rest[0]), float(rest[1]), float(rest[2])))
-            elif kind == "W":
-                wakes.append((float(at), float(rest[0])))
-    return iterations, collections, wakes
-
-
 def run_delay_ms(pid: int) -> float:
     """Milliseconds ``pid``'s main thread has spent runnable on a run queue, waiting
     for a core (/proc schedstat); 0 if the kernel does not say."""
@@ -788,39 +638,31 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["unreachable_levels"] = unreachable
     result["nofile"] = nofile
     result["nofile_raisable"] = _hard_limit_raisable(nofile)
-    if args.compare_no_freeze and not args.smoke:
-        # The same top level on a server with the collector as it was (no freeze),
-        # in the same run: what freezing changes, on the same machine minute.
+    # The top level again on a server changed one way, in the same run: what the
+    # change does on the same machine minute. The load generator shares the machine
+    # too: a failed comparison is reported, and the main measurement is kept.
+    comparisons = [
+        # the collector as it was (no freeze)
+        (args.compare_no_freeze, "without_freeze", "scale-nofreeze", ["--no-gc-freeze"], {},
+         ("baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
+          "loop_pauses_ms")),
+        (args.compare_before, "before", "scale-before", [], {"PEERCAM_BENCH_BEFORE": "1"},
+         ("baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
+          "shutdown_closed_seconds", "shutdown_details", "loop_pauses_ms")),
+        (args.compare_tick_freeze, "tick_freeze", "scale-tickfreeze", [],
+         {"PEERCAM_BENCH_TICK_FREEZE": "1"},
+         ("baseline_rss_kib", "levels", "steps", "loop_pauses_ms")),
+    ]
+    for wanted, key, name, server_args, env, keys in comparisons:
+        if not wanted or args.smoke:
+            continue
         try:
-            other = await _measure(args, [levels[-1]], [TARGET_RATE], viewers,
-                                   ["--no-gc-freeze"], "scale-nofreeze")
+            other = await _measure(args, [levels[-1]], [TARGET_RATE], viewers, server_args,
+                                   name, env)
         except SystemExit as exc:
-            # The load generator shares the machine too: a failed comparison is
-            # reported, and the main measurement is kept.
-            result["without_freeze_failed"] = str(exc)[:300]
+            result[f"{key}_failed"] = str(exc)[:300]
         else:
-            result["without_freeze"] = {k: other[k] for k in (
-                "baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
-                "loop_pauses_ms")}
-    if args.compare_before and not args.smoke:
-        try:
-            before = await _measure(args, [levels[-1]], [TARGET_RATE], viewers, [],
-                                    "scale-before", {"PEERCAM_BENCH_BEFORE": "1"})
-        except SystemExit as exc:
-            result["before_failed"] = str(exc)[:300]
-        else:
-            result["before"] = {k: before[k] for k in (
-                "baseline_rss_kib", "levels", "steps", "shutdown_seconds", "shutdown_cameras",
-                "shutdown_closed_seconds", "shutdown_details", "loop_pauses_ms")}
-    if args.compare_tick_freeze and not args.smoke:
-        try:
-            tick = await _measure(args, [levels[-1]], [TARGET_RATE], viewers, [],
-                                  "scale-tickfreeze", {"PEERCAM_BENCH_TICK_FREEZE": "1"})
-        except SystemExit as exc:
-            result["tick_freeze_failed"] = str(exc)[:300]
-        else:
-            result["tick_freeze"] = {k: tick[k] for k in (
-                "baseline_rss_kib", "levels", "steps", "loop_pauses_ms")}
+            result[key] = {k: other[k] for k in keys}
     result["measure_seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -872,7 +714,7 @@ async def _measure(args: argparse.Namespace, levels: list[int], rates: list[floa
         await pool.open()
         viewers_log = state / "viewers-loop.log"
         viewers_log.write_text("")
-        install_loop_probe(viewers_log)
+        loop_probe.install(viewers_log)
         gc.collect()
         gc.freeze()  # the load generator's own collections stay out of its timings
         await asyncio.sleep(args.settle)
@@ -1057,16 +899,19 @@ async def _signaling(rdv: RendezvousProcess, workers: list[WorkerProcess], pool:
         step["server_gc"] = gc_summary(rdv.gc_pauses(t0, time.monotonic()))
         step["loop"] = rdv.longest_pause(t0, time.monotonic())
         t1 = time.monotonic()
-        step["slow"] = slow_round_trips(pool.timed, rdv.loop_iterations(t0, t1),
-                                        rdv.gc_pauses_at(t0, t1), rdv.late_wakes(t0, t1))
+        server = loop_probe.read(rdv.probe_log, t0, t1)
+        step["slow"] = slow_round_trips(pool.timed, server.iterations, server.collections,
+                                        server.wakes)
         # The same for the load generator's processes: where the slow round trips
         # that the server does not explain were.
-        clients = {"viewers": state_probe(Path(rdv.log).parent / "viewers-loop.log", t0, t1)}
+        clients = {"viewers": loop_probe.read(Path(rdv.log).parent / "viewers-loop.log",
+                                              t0, t1)}
         for i, w in enumerate(workers):
             if w.loop_log is not None:
-                clients[f"cameras-{i}"] = state_probe(w.loop_log, t0, t1)
-        step["slow_clients"] = {name: slow_round_trips(pool.timed, *probe)
-                                for name, probe in clients.items()}
+                clients[f"cameras-{i}"] = loop_probe.read(w.loop_log, t0, t1)
+        step["slow_clients"] = {
+            name: slow_round_trips(pool.timed, probe.iterations, probe.collections, probe.wakes)
+            for name, probe in clients.items()}
         step["server_cpu"] = round((rdv.cpu() - c0) / elapsed, 3)
         step["cameras_cpu"] = round((sum(w.cpu() for w in workers) - w0) / elapsed, 3)
         step["viewers_cpu"] = round((cpu_seconds(os.getpid()) - m0) / elapsed, 3)

@@ -48,6 +48,8 @@ from typing import Any
 
 import aiohttp
 
+from bench import loop_probe
+
 CAMERA_NET = 10
 """Second octet of the cameras' source addresses (127.10.x.y)."""
 VIEWER_NET = 20
@@ -366,63 +368,6 @@ class CameraWorker:
         self._http.clear()
 
 
-def install_loop_probe(path: Path) -> None:
-    """Note this process's event-loop stalls in ``path`` (CLOCK_MONOTONIC, the clock
-    of the server's probes): ``I start wall cpu runq`` for an iteration of 20 ms or
-    more (ms; runq: of it, runnable without a core), ``W at ms`` for a wake-up from
-    select() that waited 1 ms or more for a core, ``G start generation wall cpu`` for
-    a garbage collection of 5 ms or more. Cheap: two clock reads and two small
-    /proc reads per iteration."""
-    import asyncio.base_events as be
-
-    log = path.open("a", buffering=1)
-    try:
-        sched_fd = os.open(f"/proc/self/task/{os.getpid()}/schedstat", os.O_RDONLY)
-    except OSError:
-        sched_fd = -1
-
-    def run_delay() -> int:
-        return int(os.pread(sched_fd, 100, 0).split()[1]) if sched_fd >= 0 else 0
-
-    woke = [0.0, 0.0, 0]
-    run_once = be.BaseEventLoop._run_once  # type: ignore[attr-defined]
-
-    def probed_run_once(self: Any) -> None:
-        selector = self._selector
-        if not getattr(selector, "_peercam_probe", False):
-            select = selector.select
-
-            def timed_select(timeout: float | None = None) -> Any:
-                before = run_delay()
-                events = select(timeout)
-                woke[0], woke[1], woke[2] = time.monotonic(), time.thread_time(), run_delay()
-                if woke[2] - before >= 1_000_000:
-                    log.write(f"W {woke[0]:.4f} {(woke[2] - before) / 1e6:.2f}\n")
-                return events
-
-            selector.select = timed_select
-            selector._peercam_probe = True
-        run_once(self)
-        ms = (time.monotonic() - woke[0]) * 1000
-        if ms >= 20:
-            cpu = (time.thread_time() - woke[1]) * 1000
-            log.write(f"I {woke[0]:.4f} {ms:.2f} {cpu:.2f} {(run_delay() - woke[2]) / 1e6:.2f}\n")
-
-    be.BaseEventLoop._run_once = probed_run_once  # type: ignore[attr-defined]
-    started = [0.0, 0.0]
-
-    def collected(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            started[0], started[1] = time.monotonic(), time.thread_time()
-            return
-        ms = (time.monotonic() - started[0]) * 1000
-        if ms >= 5:
-            cpu = (time.thread_time() - started[1]) * 1000
-            log.write(f"G {started[0]:.4f} {info['generation']} {ms:.2f} {cpu:.2f}\n")
-
-    gc.callbacks.append(collected)
-
-
 async def worker_main(args: argparse.Namespace) -> None:
     import camera.gatekeeper  # noqa: F401  (imported before "ready": the ramp times handshakes)
     import camera.identity  # noqa: F401
@@ -436,7 +381,7 @@ async def worker_main(args: argparse.Namespace) -> None:
         # connection, this process thousands. A TLS record is at most ~16.7 KiB.
         sslproto.SSLProtocol.max_size = args.ssl_buffer * 1024
     if args.loop_log:
-        install_loop_probe(Path(args.loop_log))
+        loop_probe.install(Path(args.loop_log))
     worker = CameraWorker(args.url, args.index, args.workers, args.per_address,
                           args.concurrency, args.timeout, Path(args.state_dir),
                           tls_ca=args.tls_ca, reconnect=args.reconnect,
