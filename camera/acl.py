@@ -108,8 +108,7 @@ class ViewerACL:
         self.reload()
         existing = self._viewers.get(key)
         viewer = Viewer(key, name, existing.added if existing else time.time())
-        self._viewers[key] = viewer
-        self._save()
+        self._save({**self._viewers, key: viewer})
         return viewer
 
     def revoke(self, handle: str) -> list[Viewer]:
@@ -131,22 +130,23 @@ class ViewerACL:
                     f"{len(gone)} viewers are named {handle[:80]!r}: revoke one by its "
                     f"fingerprint ({listing})"
                 )
-        for viewer in gone:
-            del self._viewers[viewer.key]
         if gone:
-            self._save()
+            self._save({k: v for k, v in self._viewers.items() if v not in gone})
         return gone
 
     def clear(self) -> int:
         self.reload()
         count = len(self._viewers)
-        self._viewers.clear()
-        self._save()
+        self._save({})
         return count
 
-    def _save(self) -> None:
-        data = {"viewers": [asdict(v) for v in self.viewers()]}
+    def _save(self, viewers: dict[str, Viewer]) -> None:
+        """Write ``viewers`` to the file, then hold them. A write that fails (a full
+        or read-only card) raises OSError and leaves both the file and the list in
+        memory as they were: the camera never trusts a key its file does not list."""
+        data = {"viewers": [asdict(v) for v in sorted(viewers.values(), key=lambda v: v.added)]}
         write_private(self.path, (json.dumps(data, indent=1) + "\n").encode())
+        self._viewers = viewers
         self._stamp = self._file_stamp()
 
 
@@ -171,6 +171,8 @@ class PairingWindows:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / PAIRING_DIR
         self._memory: list[PairingWindow] = []
+        self._spent: set[str] = set()
+        """Single-use secrets of files used here (in case a file could not be removed)."""
 
     def open(self, ttl: float = 600.0, *, reusable: bool = False,
              persist: bool = True) -> PairingWindow:
@@ -202,19 +204,41 @@ class PairingWindows:
 
     def use(self, message: bytes, proof: str) -> bool:
         """True if ``proof`` was made with an open secret; a single-use one is consumed."""
+        match = self.match(message, proof)
+        if match is not None:
+            self.consume(match)
+        return match is not None
+
+    def match(self, message: bytes, proof: str) -> tuple[PairingWindow, Path | None] | None:
+        """The open window whose secret made ``proof`` (and its file, if it has one),
+        without using it up: :meth:`consume` does, once the pairing is stored."""
         now = time.time()
         self._memory = [w for w in self._memory if w.expires > now]
         for window in self._memory:
             if check_pairing_proof(window.secret, message, proof):
-                if not window.reusable:
-                    self._memory.remove(window)
-                return True
+                return window, None
         for path, window in self._files():
-            if check_pairing_proof(window.secret, message, proof):
-                if not window.reusable:
-                    path.unlink(missing_ok=True)
-                return True
-        return False
+            if window.secret not in self._spent and check_pairing_proof(
+                    window.secret, message, proof):
+                return window, path
+        return None
+
+    def consume(self, match: tuple[PairingWindow, Path | None]) -> None:
+        """Close a single-use window (a reusable one stays open)."""
+        window, path = match
+        if window.reusable:
+            return
+        if path is None:
+            if window in self._memory:
+                self._memory.remove(window)
+            return
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            # The secret must not work twice: this process remembers it as spent.
+            logger.error("cannot remove the used pairing file %s (%s); it stays spent "
+                         "until the camera restarts", path, exc)
+        self._spent.add(window.secret)
 
     def is_open(self, *, include_reusable: bool = True) -> bool:
         """Is a window open (in memory or from ``peercam pair``)?

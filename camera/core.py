@@ -364,6 +364,12 @@ class AgentCore:
         except BadConfig as exc:
             logger.error("cannot pair: %s", printable(exc))
             return [_bye(session_id, "pairing failed on the camera")]
+        except OSError as exc:
+            logger.error("cannot pair: the viewer list could not be saved (%s); the pairing "
+                         "link stays open: free space on the camera's storage and try again",
+                         printable(str(exc)))
+            return [_bye(session_id, "pairing failed on the camera: it could not save the "
+                                     "viewer list (storage full or read-only); try again")]
         return [PairingUsed(), Send(encode(Role.CAMERA, "paired", **fields))]
 
     def _error(self, message: Message) -> list[Action]:

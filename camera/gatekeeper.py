@@ -160,10 +160,14 @@ class Gatekeeper:
         if not verify(viewer_key, signed, message["signature"]):
             raise Refused("pairing refused: the request's signature does not verify")
         self._fresh(viewer_key, session_id, message["timestamp"])
-        if not self.pairing.use(signed, message["proof"]):
+        window = self.pairing.match(signed, message["proof"])
+        if window is None:
             raise Refused("pairing refused: no open pairing window has that secret")
-        self._remember(viewer_key, session_id)
+        # Stored first: a viewer list that cannot be written (a full or read-only
+        # card) raises OSError here, and the secret stays open for another try.
         self.acl.add(viewer_key, name)
+        self.pairing.consume(window)
+        self._remember(viewer_key, session_id)
         logger.info("paired viewer %s (%s)", fingerprint(viewer_key), name)
         return {
             "session_id": session_id,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import stat
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -205,3 +210,87 @@ def test_load_never_makes_a_device_key(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()
     made = DeviceIdentity.load_or_create(tmp_path / "cam")
     assert DeviceIdentity.load(tmp_path / "cam").device_id == made.device_id
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB tmpfs: a camera's storage that can fill up or go read-only."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)],
+                   check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to its last byte; returns the filler (remove it to free the space)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC: full
+            while True:
+                os.write(fd, b"\0" * 512)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_pairing_on_a_full_disk_fails_clearly_and_keeps_the_secret_open(
+    small_disk: Path, viewer: ViewerIdentity
+) -> None:
+    gk = keeper(small_disk)
+    paired_before = ViewerIdentity.load_or_create(small_disk / "first", name="first")
+    gk.acl.add(paired_before.key, "first")
+    acl_file = small_disk / "cam" / ACL_FILE
+    on_disk = acl_file.read_bytes()
+    window = gk.pairing.open(ttl=60)  # as `peercam pair` writes it
+    filler = fill(small_disk)
+    with pytest.raises(OSError) as failed:  # the kernel's own ENOSPC
+        gk.check_pair(pair_request(gk, viewer, window.secret))  # type: ignore[arg-type]
+    assert failed.value.errno == errno.ENOSPC
+    # Nothing half-done: the file and the camera's list as they were, no temporary
+    # file left behind, and the one-time secret still open.
+    assert acl_file.read_bytes() == on_disk
+    assert viewer.key not in gk.acl and paired_before.key in gk.acl
+    assert sorted(p.name for p in (small_disk / "cam").iterdir() if p.name.startswith("."))\
+        == []
+    assert gk.pairing.is_open(include_reusable=False)
+    filler.unlink()
+    gk.check_pair(pair_request(gk, viewer, window.secret, "r" * 20))  # type: ignore[arg-type]
+    assert viewer.key in gk.acl and viewer.key in ViewerACL(small_disk / "cam")
+    assert not gk.pairing.is_open(include_reusable=False)  # used up now
+
+
+def test_a_read_only_disk_refuses_changes_and_a_used_secret_stays_spent(
+    small_disk: Path, viewer: ViewerIdentity
+) -> None:
+    gk = keeper(small_disk)
+    gk.acl.add(viewer.key, "phone")
+    window = gk.pairing.open(ttl=60)
+    other = ViewerIdentity.load_or_create(small_disk / "other", name="other")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(OSError) as failed:
+        gk.acl.revoke(fingerprint(viewer.key))
+    assert failed.value.errno == errno.EROFS
+    assert viewer.key in gk.acl  # memory agrees with the file the camera restarts from
+    with pytest.raises(OSError):
+        gk.check_pair(pair_request(gk, other, window.secret))  # type: ignore[arg-type]
+    assert other.key not in gk.acl
+    # A window matched while its file cannot be removed is spent all the same.
+    match = gk.pairing.match(*_proof(gk, other, window.secret))
+    assert match is not None
+    gk.pairing.consume(match)
+    assert (small_disk / "cam" / "pairing").is_dir() and any(
+        (small_disk / "cam" / "pairing").iterdir())  # the file could not go...
+    assert gk.pairing.match(*_proof(gk, other, window.secret)) is None  # ...the secret did
+
+
+def _proof(gk: Gatekeeper, viewer: ViewerIdentity, secret: str) -> tuple[bytes, str]:
+    signed = pair_statement(gk.device_id, "z" * 20, int(time.time() * 1000), viewer.key,
+                            viewer.name)
+    return signed, pairing_proof(secret, signed)

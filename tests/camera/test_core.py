@@ -3,6 +3,7 @@ actions out. Hostile and out-of-order sequences included."""
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
@@ -231,6 +232,26 @@ def test_pairing_with_the_secret_adds_the_viewer(tmp_path: Path, keys: Any) -> N
     core.gatekeeper.acl.clear()
     secret = core.gatekeeper.pairing.open(60, persist=False).secret
     used, paired = core.received(pair_message(keys, secret, "kitchen tablet"), 0.0)
+    assert used == PairingUsed() and json.loads(paired.text)["type"] == "paired"
+    assert keys[1].key in core.gatekeeper.acl
+
+
+def test_pairing_that_cannot_be_saved_says_why_and_can_be_tried_again(
+    tmp_path: Path, keys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = make_core(tmp_path, keys)
+    core.gatekeeper.acl.clear()
+    secret = core.gatekeeper.pairing.open(60, persist=False).secret
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("camera.acl.write_private", full)
+    [bye] = sent(core.received(pair_message(keys, secret, "kitchen tablet"), 0.0))
+    assert bye["type"] == "bye" and "could not save the viewer list" in bye["reason"]
+    assert keys[1].key not in core.gatekeeper.acl
+    monkeypatch.undo()  # space freed: the same link works
+    used, paired = core.received(pair_message(keys, secret, "kitchen tablet", "t" * 20), 1.0)
     assert used == PairingUsed() and json.loads(paired.text)["type"] == "paired"
     assert keys[1].key in core.gatekeeper.acl
 

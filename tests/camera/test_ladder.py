@@ -469,12 +469,15 @@ def test_a_policers_share_of_loss_moves_down_at_once() -> None:
 # -- the RTT the controller sees -------------------------------------------------------
 
 
-async def test_each_receiver_report_gives_its_own_rtt_sample() -> None:
+async def test_each_receiver_report_gives_its_own_rtt_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """watch_rtt hands over the raw sample behind aiortc's average for every report
     that answers the latest sender report (several between two looks at the stats:
     a browser reports with every NACK), and none for one that answers an older one;
     it goes on top of the camera's other RTCP hook, as a session installs them."""
     import time
+    import types
 
     from aiortc import RTCRtpSender
     from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
@@ -484,6 +487,10 @@ async def test_each_receiver_report_gives_its_own_rtt_sample() -> None:
     from camera.track import PassthroughTrack
     from tests.camera.test_broadcaster import Requests, _dtls
 
+    # aiortc reads the wall clock when a report arrives: a frozen one, so that a
+    # busy machine's scheduling cannot add milliseconds to the samples.
+    now = time.time()
+    monkeypatch.setattr("aiortc.rtcrtpsender.time", types.SimpleNamespace(time=lambda: now))
     sender = RTCRtpSender(PassthroughTrack(Broadcaster(Requests())), _dtls())
     seen: list[int] = []
     watch_rtcp(sender, lambda: seen.append(1))
@@ -492,7 +499,7 @@ async def test_each_receiver_report_gives_its_own_rtt_sample() -> None:
 
     async def report(lsr: int, answered_ago: float, held: float) -> None:
         sender._RTCRtpSender__lsr = 77  # type: ignore[attr-defined]
-        sender._RTCRtpSender__lsr_time = time.time() - answered_ago  # type: ignore[attr-defined]
+        sender._RTCRtpSender__lsr_time = now - answered_ago  # type: ignore[attr-defined]
         info = RtcpReceiverInfo(ssrc=sender._ssrc, fraction_lost=0, packets_lost=0,
                                 highest_sequence=0, jitter=0, lsr=lsr,
                                 dlsr=round(held * 65536))
