@@ -106,6 +106,8 @@ class Trial:
     --json``'s ``move_gap_ms``)."""
     max_gap_ms: float | None = None
     """The longest frame gap of the whole session, for comparison."""
+    load1: float | None = None
+    """The machine's 1-minute load average when the session ended."""
     error: str | None = None
 
     def direct_by(self, seconds: float) -> bool:
@@ -391,7 +393,7 @@ class Matrix:
             argv = self.viewer_argv(cell.camera, seconds)
             probe = Cell(cell.camera, cell.viewer, cell.expected_direct)
             result = self._last_json(cell.viewer, argv, seconds + 60, probe)
-            trial = Trial(seconds)
+            trial = Trial(seconds, load1=round(os.getloadavg()[0], 2))
             if not result or not result.get("frames"):
                 trial.error = (result or {}).get("error") or probe.error or "no video"
                 return trial
@@ -620,10 +622,8 @@ def trial_summary(cells: list[Cell], seconds: float = LATER_SECONDS) -> dict[str
     sequential = [c for c in cells if not udp_blocked_cell(c.camera, c.viewer)
                   and "symmetric-seq" in (site_kind(c.camera), site_kind(c.viewer))]
     random_pr = [c for c in cells
-                 if sorted((site_kind(c.camera), _v4_kind(c.viewer))) == [
-                     "port-restricted", "symmetric"]
-                 or sorted((_v4_kind(c.camera), site_kind(c.viewer))) == [
-                     "port-restricted", "symmetric"]]
+                 if site_kind(c.camera) == "symmetric" and _v4_kind(c.viewer) == "port-restricted"
+                 or site_kind(c.viewer) == "symmetric" and _v4_kind(c.camera) == "port-restricted"]
     moves = [t for c in cells for t in c.trials
              if t.moved_after_s is not None and not t.first_direct]
     gaps = [t.move_gap_ms for t in moves if t.move_gap_ms is not None]
@@ -631,8 +631,10 @@ def trial_summary(cells: list[Cell], seconds: float = LATER_SECONDS) -> dict[str
     seq_short = [f"{c.camera}→{c.viewer}" for c in sequential
                  if c.direct_share(seconds) != 1.0]
     random_share = share(random_pr)
+    loads = [t.load1 for c in cells for t in c.trials if t.load1 is not None]
     summary: dict[str, Any] = {
         "seconds": seconds,
+        "load1": {"median": statistics.median(loads), "max": max(loads)} if loads else None,
         "trials_per_cell": max((len(c.trials) for c in relayed), default=0),
         "cells": [{
             "camera": c.camera, "viewer": c.viewer, "trials": len(c.trials),
@@ -669,6 +671,14 @@ def trial_summary(cells: list[Cell], seconds: float = LATER_SECONDS) -> dict[str
     return summary
 
 
+def _load_text(load: dict[str, float] | None) -> str:
+    if load is None:
+        return ""
+    return (f" The machine's 1-minute load average at the sessions' ends: median "
+            f"{load['median']:.1f}, highest {load['max']:.1f} (2 cores; other engineers' "
+            "tests and benchmarks may share them): read the gaps against that.")
+
+
 def _trials_section(cells: list[Cell], summary: dict[str, Any], when: str) -> list[str]:
     """Per relayed cell, its later sessions; then the targets."""
     n = summary["trials_per_cell"]
@@ -690,7 +700,7 @@ def _trials_section(cells: list[Cell], summary: dict[str, Any], when: str) -> li
         "longest time between two shown frames within 1 s either side of the seen move "
         "(`peercam view --json`'s `move_gap_ms`; at the camera's 30 fps one frame is "
         "33 ms); longest gap in the session: the whole session's, for comparison (eight "
-        "sessions share 2 cores here).", "",
+        "sessions share 2 cores here)." + _load_text(summary["load1"]), "",
         "| camera | viewer | direct after 60 s | started direct | median s to move "
         "| gap at the move ms (median / max) | longest gap in the session ms (max) |",
         "|---|---|---|---|---|---|---|",

@@ -26,7 +26,7 @@ def relayed_cell(camera: str, viewer: str, trials: list[Trial]) -> Cell:
 
 def moved(after: float, gap: float) -> Trial:
     return Trial(60.0, frames=1800, moved_after_s=after, direct_at_end=True,
-                 move_gap_ms=gap, max_gap_ms=max(gap, 90.0))
+                 move_gap_ms=gap, max_gap_ms=max(gap, 90.0), load1=2.0 + after / 100)
 
 
 def stayed() -> Trial:
@@ -83,6 +83,18 @@ def test_the_summary_counts_sessions_per_cell_and_against_the_targets() -> None:
     assert (gap["max_ms"], gap["met"]) == (150.0, False)
 
 
+def test_only_a_random_symmetric_nat_counts_against_a_port_restricted_one() -> None:
+    summary = trial_summary([
+        relayed_cell("port-restricted", "symmetric-2", [moved(3.0, 40.0)] * 10),
+        # The sequential one is the other target's: its sessions are not counted here.
+        relayed_cell("symmetric-seq", "port-restricted-2", [stayed()] * 10),
+        relayed_cell("port-restricted", "symmetric-seq-2", [stayed()] * 10),
+    ])
+    assert summary["random_port_restricted"]["cells"] == 1
+    assert summary["random_port_restricted"]["share"] == 1.0
+    assert summary["sequential"]["sessions"] == (0, 20)
+
+
 def test_the_targets_met_when_every_session_is_direct_in_time() -> None:
     good = [relayed_cell("symmetric-seq", "port-restricted-2", [moved(1.0, 40.0)] * 10),
             relayed_cell("symmetric", "ipv6-2", [moved(3.0, 66.0)] * 6 + [stayed()] * 4)]
@@ -109,6 +121,8 @@ def test_the_report_shows_k_of_n_and_the_targets(tmp_path: Path) -> None:
     assert "more than 100 ms: MISSED (23 moves measured of 23" in text
     # The existing summary, each cell counted by its share: 1 + .9 + .6 + .8 of 5.
     assert "after 60 s 3.3/5 (66%)" in text
+    # The load the sessions ran under (the made-up moves' ends: 2.02 to 2.7).
+    assert "median 2.0, highest 2.7" in text
     data: dict[str, Any] = json.loads(md.with_suffix(".json").read_text())
     assert data["when"] == "2026-12-07 18:00–18:30 UTC"
     assert data["summary"]["random_port_restricted"]["sessions"] == [14, 20]
