@@ -358,8 +358,17 @@ class Matrix:
             allocation: str | None = json.loads(out.strip().splitlines()[-1]).get("allocation")
             return allocation
 
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(sites))) as pool:
-            found = dict(zip(sites, pool.map(measure, sites), strict=True))
+        # One after the other: each `peercam natcheck` reads the viewer's saved
+        # networks and writes them back with its own, so two at once can lose one
+        # (a viewer behind the random NAT without its measurement offers no NAT
+        # profile, and the birthday technique never starts for it).
+        found = {site: measure(site) for site in sites}
+        saved = {n["public_ip"]: n["allocation"] for n in json.loads(
+            (self.viewer_dir / "nat.json").read_text())["networks"]}
+        lost = [site for site, allocation in found.items()
+                if allocation and saved.get(self.lab.public_ip(site)) != allocation]
+        if lost:
+            raise RuntimeError(f"natcheck's saved measurement missing for {lost}: {saved}")
         self.viewers_measured = True
         return found
 
