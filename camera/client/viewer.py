@@ -19,6 +19,7 @@ its very first session cannot get video.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -170,6 +171,9 @@ def parse_target(target: str, rendezvous: str | None) -> tuple[str, str, str | N
 GAP_LOGGED = 0.25
 """Seconds between two shown frames that count as a gap in :attr:`ViewStats.gaps`."""
 GAPS_KEPT = 200
+MOVE_WINDOW = 1.0
+"""Seconds either side of a seen move off a relay (plus one ``TICK`` before it, since a
+move is seen at most that late) over which :attr:`ViewStats.move_gap_ms` is taken."""
 
 
 @dataclass
@@ -217,6 +221,10 @@ class ViewStats:
     moved_after_s: float | None = None
     """A session that started on a relay and moved to a direct path (background
     checks, punching): seconds from the first frame to when the move was seen."""
+    move_gap_ms: float | None = None
+    """Where ``moved_after_s`` is set: the longest time between two shown frames that
+    ended from ``MOVE_WINDOW`` + ``TICK`` before the move was seen to ``MOVE_WINDOW``
+    after it (what the move cost the picture; compare ``max_gap_ms``, the whole run's)."""
     final_local_candidate: str | None = None
     final_remote_candidate: str | None = None
     """The shown session's pair types when the run ended (the first frame's are above)."""
@@ -255,6 +263,7 @@ class ViewStats:
             "quality": self.quality,
             "layer_switches": self.layer_switches,
             "moved_after_s": None if self.moved_after_s is None else round(self.moved_after_s, 2),
+            "move_gap_ms": None if self.move_gap_ms is None else round(self.move_gap_ms, 1),
             "final_local_candidate": self.final_local_candidate,
             "final_remote_candidate": self.final_remote_candidate,
             "relay_bytes": self.relay_bytes,
@@ -556,6 +565,10 @@ class _Run:
         self.errors: dict[int, ViewError] = {}
         self.first_frame = asyncio.Event()
         self.dropped = 0
+        self.recent_gaps: collections.deque[tuple[float, float]] = collections.deque()
+        """(``time.monotonic()`` at the frame, ms since the one before) while a relayed
+        first session has not been seen to move: the last ``MOVE_WINDOW`` + ``TICK``."""
+        self.move_seen_at: float | None = None
         self.last_bye: str | None = None
         self._closers: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -643,9 +656,26 @@ class _Run:
             return False
         local, remote = self._shown_pair()
         if local is not None and remote is not None and "relay" not in (local, remote):
-            stats.moved_after_s = time.monotonic() - stats.first_frame_clock
+            self.move_seen_at = time.monotonic()
+            stats.moved_after_s = self.move_seen_at - stats.first_frame_clock
+            since = self.move_seen_at - MOVE_WINDOW - TICK
+            stats.move_gap_ms = max((gap for at, gap in self.recent_gaps if at >= since),
+                                    default=0.0)
+            self.recent_gaps.clear()
             return True
         return False
+
+    def _note_move_gap(self, clock: float, gap_ms: float) -> None:
+        """Keep the frame gaps around a move off the relay (``move_gap_ms``)."""
+        if self.move_seen_at is not None:
+            if clock <= self.move_seen_at + MOVE_WINDOW and self.stats.move_gap_ms is not None:
+                self.stats.move_gap_ms = max(self.stats.move_gap_ms, gap_ms)
+            return
+        if not self._on_relay():
+            return
+        self.recent_gaps.append((clock, gap_ms))
+        while self.recent_gaps and self.recent_gaps[0][0] < clock - MOVE_WINDOW - TICK:
+            self.recent_gaps.popleft()
 
     async def _count_relay_bytes(self) -> None:
         """What the shown session's transport has carried so far, as ``relay_bytes``."""
@@ -884,6 +914,7 @@ class _Run:
                 stats.max_gap_ms = max(stats.max_gap_ms or 0.0, gap)
                 if gap >= GAP_LOGGED * 1000 and len(stats.gaps) < GAPS_KEPT:
                     stats.gaps.append((clock - gap / 1000, clock))
+                self._note_move_gap(clock, gap)
             stats.last_frame_at = now
             stats.frames += 1
             stats.width, stats.height = frame.width, frame.height  # the latest picture's

@@ -15,17 +15,18 @@ import concurrent.futures
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from camera.acl import ViewerACL
 from camera.client.viewer import ViewerIdentity
 from services.natlab.lab import Lab
-from services.natlab.paths import direct_possible, direct_with_prediction, site_kind
+from services.natlab.paths import V4_KIND, direct_possible, direct_with_prediction, site_kind
 from tests.services.coturn import TURNSERVER, make_userdb, policy_lines
 
 SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "symmetric-seq",
@@ -69,6 +70,53 @@ background checks after a relay (``peercam view --no-port-prediction
 --no-direct-upgrade`` for the viewer)."""
 
 
+LATER_SECONDS = 60.0
+"""How long each later session watches a cell that was relayed at its first frame."""
+
+
+def trials_from_env() -> int:
+    """``PEERCAM_MATRIX_TRIALS``: later sessions per relayed cell (default 1)."""
+    value = int(os.environ.get("PEERCAM_MATRIX_TRIALS", "1"))
+    if value < 1:
+        raise ValueError(f"PEERCAM_MATRIX_TRIALS={value}: need at least 1")
+    return value
+
+
+def udp_blocked_cell(camera: str, viewer: str) -> bool:
+    """No UDP leaves one of the two sites: TURN over TCP is the only path there, so a
+    later session has nothing to find and one is enough."""
+    return "udp-blocked" in (site_kind(camera), site_kind(viewer))
+
+
+@dataclass
+class Trial:
+    """One later session of a cell that was relayed at its first frame."""
+
+    seconds: float
+    """How long it watched, from its first frame."""
+    frames: int = 0
+    first_direct: bool = False
+    """Its first frame came over a direct pair this time (then ``moved_after_s`` is 0)."""
+    moved_after_s: float | None = None
+    """Seconds from its first frame to when the viewer saw the move off the relay."""
+    direct_at_end: bool = False
+    """Its pair when the viewer left was direct."""
+    move_gap_ms: float | None = None
+    """The longest frame gap within a second either side of the move (``peercam view
+    --json``'s ``move_gap_ms``)."""
+    max_gap_ms: float | None = None
+    """The longest frame gap of the whole session, for comparison."""
+    load1: float | None = None
+    """The machine's 1-minute load average when the session ended."""
+    error: str | None = None
+
+    def direct_by(self, seconds: float) -> bool:
+        """Moved to (or started on) a direct path within ``seconds`` of its first
+        frame, and was still direct when it ended."""
+        return (self.frames > 0 and self.direct_at_end and self.moved_after_s is not None
+                and self.moved_after_s <= seconds)
+
+
 @dataclass
 class Cell:
     camera: str
@@ -85,28 +133,37 @@ class Cell:
     (``peercam view --json``); 0 where the first frame came directly."""
     relayed_at_end: bool | None = None
     """The session's pair when the viewer left went through the relay."""
-    moved_after_s: float | None = None
-    """Relayed at the first frame, then direct: seconds after the first frame (the
-    later pass, ``Matrix.run_later``)."""
-    later_s: float | None = None
-    """How long the later pass watched (None: not run for this cell)."""
+    trials: list[Trial] = field(default_factory=list)
+    """Relayed at the first frame: the later sessions (``Matrix.run_later``)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cell:
+        known = {f.name for f in fields(cls)}
+        cell = cls(**{k: v for k, v in data.items() if k in known and k != "trials"})
+        cell.trials = [Trial(**t) for t in data.get("trials") or []]
+        return cell
 
     @property
     def relayed(self) -> bool:
         return "relay" in (self.local_candidate, self.remote_candidate)
 
-    def direct_after(self, seconds: float) -> bool | None:
-        """Direct ``seconds`` after the first frame; None where the later pass did
-        not watch that long (or at all) a cell that started relayed."""
+    def direct_share(self, seconds: float) -> float | None:
+        """The share of this cell's sessions direct ``seconds`` after their first frame:
+        1 where the first frame came directly, 0 without video, else the share of the
+        later sessions that were; None where none of them watched that long."""
         if not self.frames:
-            return False
+            return 0.0
         if not self.relayed:
-            return True
-        if self.moved_after_s is not None and self.moved_after_s <= seconds:
-            return True
-        if self.later_s is None or self.later_s < seconds:
+            return 1.0
+        watched = [t for t in self.trials if t.seconds >= seconds]
+        if not watched:
             return None
-        return False
+        return sum(1 for t in watched if t.direct_by(seconds)) / len(watched)
+
+    def moves(self) -> list[float]:
+        """Seconds to the move, over the later sessions that started relayed and moved."""
+        return [t.moved_after_s for t in self.trials
+                if t.moved_after_s is not None and not t.first_direct and t.direct_at_end]
 
     @property
     def ok(self) -> bool:
@@ -301,8 +358,17 @@ class Matrix:
             allocation: str | None = json.loads(out.strip().splitlines()[-1]).get("allocation")
             return allocation
 
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(sites))) as pool:
-            found = dict(zip(sites, pool.map(measure, sites), strict=True))
+        # One after the other: each `peercam natcheck` reads the viewer's saved
+        # networks and writes them back with its own, so two at once can lose one
+        # (a viewer behind the random NAT without its measurement offers no NAT
+        # profile, and the birthday technique never starts for it).
+        found = {site: measure(site) for site in sites}
+        saved = {n["public_ip"]: n["allocation"] for n in json.loads(
+            (self.viewer_dir / "nat.json").read_text())["networks"]}
+        lost = [site for site, allocation in found.items()
+                if allocation and saved.get(self.lab.public_ip(site)) != allocation]
+        if lost:
+            raise RuntimeError(f"natcheck's saved measurement missing for {lost}: {saved}")
         self.viewers_measured = True
         return found
 
@@ -323,26 +389,45 @@ class Matrix:
                                           result.get("final_remote_candidate"))
         return cell
 
-    def run_later(self, cells: list[Cell], seconds: float = 60.0, workers: int = 8) -> None:
-        """Each cell relayed at its first frame, watched again for ``seconds``: whether
-        and when the session moved to a direct path (background checks, port
-        prediction, birthday punching). Filled into the cells."""
-        def watch(cell: Cell) -> None:
+    def run_later(self, cells: list[Cell], seconds: float = LATER_SECONDS, workers: int = 8,
+                  trials: int = 1) -> None:
+        """Each cell relayed at its first frame, watched again in ``trials`` sessions of
+        ``seconds`` (one where a site blocks UDP: nothing for a background search to
+        find there): whether and when each session moved to a direct path (background
+        checks, port prediction, birthday punching). A cell's sessions run one after
+        the other, never two at once (behind the sequential NAT parallel flows take
+        each other's predicted ports); ``workers`` cells at a time. Filled into the
+        cells' ``trials``."""
+        def watch(cell: Cell) -> Trial:
             argv = self.viewer_argv(cell.camera, seconds)
-            result = self._last_json(cell.viewer, argv, seconds + 60, Cell(
-                cell.camera, cell.viewer, cell.expected_direct))
+            probe = Cell(cell.camera, cell.viewer, cell.expected_direct)
+            result = self._last_json(cell.viewer, argv, seconds + 60, probe)
+            trial = Trial(seconds, load1=round(os.getloadavg()[0], 2))
             if not result or not result.get("frames"):
-                return
-            first = (result.get("local_candidate"), result.get("remote_candidate"))
-            if "relay" not in first:
-                cell.moved_after_s = 0.0  # direct from the start this time
+                trial.error = (result or {}).get("error") or probe.error or "no video"
+                return trial
+            trial.frames = int(result["frames"])
+            trial.max_gap_ms = result.get("max_gap_ms")
+            trial.move_gap_ms = result.get("move_gap_ms")
+            trial.error = result.get("error")
+            trial.direct_at_end = "relay" not in (result.get("final_local_candidate"),
+                                                  result.get("final_remote_candidate"))
+            if "relay" not in (result.get("local_candidate"), result.get("remote_candidate")):
+                trial.first_direct = True
+                trial.moved_after_s = 0.0  # direct from the start this time
             elif result.get("moved_after_s") is not None:
-                cell.moved_after_s = float(result["moved_after_s"])
-            cell.later_s = seconds
+                trial.moved_after_s = float(result["moved_after_s"])
+            return trial
+
+        def run(cell: Cell) -> None:
+            count = 1 if udp_blocked_cell(cell.camera, cell.viewer) else trials
+            cell.trials = [watch(cell) for _ in range(count)]
 
         later = [c for c in cells if c.frames and c.relayed]
+        # The longest queues first: the one-session cells fill in behind them.
+        later.sort(key=lambda c: udp_blocked_cell(c.camera, c.viewer))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            list(pool.map(watch, later))
+            list(pool.map(run, later))
 
     def compare_turn(self, pairs: list[tuple[str, str]], seconds: float,
                      workers: int = 8) -> dict[str, Any]:
@@ -451,7 +536,7 @@ def load_shared(out: Path) -> tuple[list[Cell], dict[str, dict[str, Any]]]:
     if not path.exists():
         return [], {}
     data = json.loads(path.read_text())
-    return [Cell(**cell) for cell in data["cells"]], dict(data["natcheck"])
+    return [Cell.from_dict(cell) for cell in data["cells"]], dict(data["natcheck"])
 
 
 def _cell_text(c: Cell) -> str:
@@ -460,45 +545,218 @@ def _cell_text(c: Cell) -> str:
     mark = "R" if c.relayed else "D"
     flag = "" if c.ok else " ⚠"
     moved = ""
-    if c.relayed and c.moved_after_s is not None:
-        moved = f" → **D** after {c.moved_after_s:.1f} s"
+    if c.relayed and c.trials:
+        direct = sum(1 for t in c.trials if t.direct_by(LATER_SECONDS))
+        moves = c.moves()
+        if len(c.trials) == 1 and moves:
+            moved = f" → **D** after {moves[0]:.1f} s"
+        elif len(c.trials) > 1 and direct:
+            median = f", median {statistics.median(moves):.1f} s" if moves else ""
+            moved = f" → **D** in {direct}/{len(c.trials)}{median}"
     return f"{mark} {c.local_candidate}→{c.remote_candidate} {c.ttff_ms:.0f}{flag}{moved}"
 
 
+def _share(value: float, total: int) -> str:
+    """``value`` of ``total`` cells, as a count (with a decimal where trials split one)."""
+    count = f"{value:.0f}" if abs(value - round(value)) < 1e-9 else f"{value:.1f}"
+    return f"{count}/{total} ({100 * value / max(1, total):.0f}%)"
+
+
 def _later_summary(cells: list[Cell]) -> list[str]:
-    """The direct share after 10 s and 60 s, if the later pass ran."""
-    if not any(c.later_s for c in cells):
+    """The direct share after 10 s and 60 s, if the later pass ran (each cell counted
+    by the share of its later sessions that were direct)."""
+    if not any(c.trials for c in cells):
         return []
     total = len(cells)
     plain = sum(1 for c in cells if direct_possible(c.camera, c.viewer))
     shares = []
     for seconds in (10, 60):
-        known = [c.direct_after(seconds) for c in cells]
-        direct = sum(1 for k in known if k)
+        known = [c.direct_share(seconds) for c in cells]
+        direct = sum(k for k in known if k is not None)
         unknown = sum(1 for k in known if k is None)
-        shares.append(f"after {seconds} s {direct}/{total} ({100 * direct / total:.0f}%"
-                      + (f", {unknown} not watched" if unknown else "") + ")")
-    relayed = sum(1 for c in cells if c.direct_after(60) is False)
-    udp = [c for c in cells
-           if "udp-blocked" not in (site_kind(c.camera), site_kind(c.viewer))]
-    udp_direct = sum(1 for c in udp if c.direct_after(60))
+        shares.append(f"after {seconds} s {_share(direct, total)}"
+                      + (f", {unknown} not watched" if unknown else ""))
+    relayed = sum(1 - (c.direct_share(60) or 0.0) for c in cells)
+    udp = [c for c in cells if not udp_blocked_cell(c.camera, c.viewer)]
+    udp_direct = sum(c.direct_share(60) or 0.0 for c in udp)
     udp_plain = sum(1 for c in udp if direct_possible(c.camera, c.viewer))
-    return ["", "Direct share at the first frame, then in the second session: "
+    udp_relayed = len(udp) - udp_direct
+    return ["", "Direct share at the first frame, then in the later sessions (each cell "
+            "counted by the share of its sessions that were direct): "
             + "; ".join(shares) + f". Plain ICE's rule (no prediction, no punching, no "
             f"later checks) allows {plain}/{total} ({100 * plain / total:.0f}%); the UDP-"
             f"blocked site's {total - len(udp)} cells can only ever relay. Over the "
-            f"{len(udp)} cells where both sites pass UDP: direct after 60 s {udp_direct}/"
-            f"{len(udp)} ({100 * udp_direct / max(1, len(udp)):.0f}%), plain ICE "
-            f"{udp_plain}/{len(udp)} ({100 * udp_plain / max(1, len(udp)):.0f}%), so "
-            f"{len(udp) - udp_direct} of them on the relay against plain ICE's "
+            f"{len(udp)} cells where both sites pass UDP: direct after 60 s "
+            f"{_share(udp_direct, len(udp))}, plain ICE {_share(udp_plain, len(udp))}, so "
+            f"{udp_relayed:.1f} of them on the relay against plain ICE's "
             f"{len(udp) - udp_plain} "
-            f"({100 * (len(udp) - udp_direct) / max(1, len(udp) - udp_plain):.0f}% of its "
+            f"({100 * udp_relayed / max(1, len(udp) - udp_plain):.0f}% of its "
             "relay traffic there). "
             "Sessions still on the relay after "
-            f"60 s: {relayed} cells against plain ICE's {total - plain}: the relay's "
+            f"60 s: {relayed:.1f} cells against plain ICE's {total - plain}: the relay's "
             "traffic, one viewer an hour in every cell, would be "
             f"{100 * relayed / max(1, total - plain):.0f}% of plain ICE's (cells counted; "
             "the bytes, measured against plain ICE run in the same lab, are below)."]
+
+
+MOVE_GAP_TARGET_MS = 100.0
+"""The move off the relay must not interrupt the video for longer than this."""
+RANDOM_PORT_RESTRICTED_TARGET = 0.6
+"""Share of sessions direct after 60 s where a random symmetric NAT meets a
+port-restricted one."""
+
+
+def _v4_kind(site: str) -> str:
+    return V4_KIND.get(site_kind(site), site_kind(site))
+
+
+def trial_summary(cells: list[Cell], seconds: float = LATER_SECONDS) -> dict[str, Any]:
+    """The later sessions against the targets: every cell with a sequential symmetric
+    NAT on either side (UDP-blocked sites aside) direct after ``seconds`` in every
+    session; where a random symmetric NAT meets a port-restricted one (the ipv6 sites'
+    IPv4 is port-restricted) direct in ``RANDOM_PORT_RESTRICTED_TARGET`` of the
+    sessions; the direct share over all cells, each counted by its sessions' share;
+    no move off the relay with a frame gap over ``MOVE_GAP_TARGET_MS``."""
+    def share(group: list[Cell]) -> float | None:
+        known = [c.direct_share(seconds) for c in group]
+        if not group or any(k is None for k in known):
+            return None
+        return sum(k for k in known if k is not None) / len(group)
+
+    def sessions(group: list[Cell]) -> tuple[int, int]:
+        """(direct, all) over the later sessions of the group's relayed cells."""
+        trials = [t for c in group if c.relayed for t in c.trials]
+        return sum(1 for t in trials if t.direct_by(seconds)), len(trials)
+
+    sequential = [c for c in cells if not udp_blocked_cell(c.camera, c.viewer)
+                  and "symmetric-seq" in (site_kind(c.camera), site_kind(c.viewer))]
+    random_pr = [c for c in cells
+                 if site_kind(c.camera) == "symmetric" and _v4_kind(c.viewer) == "port-restricted"
+                 or site_kind(c.viewer) == "symmetric" and _v4_kind(c.camera) == "port-restricted"]
+    moves = [t for c in cells for t in c.trials
+             if t.moved_after_s is not None and not t.first_direct]
+    gaps = [t.move_gap_ms for t in moves if t.move_gap_ms is not None]
+    relayed = [c for c in cells if c.frames and c.relayed]
+    seq_short = [f"{c.camera}→{c.viewer}" for c in sequential
+                 if c.direct_share(seconds) != 1.0]
+    random_share = share(random_pr)
+    loads = [t.load1 for c in cells for t in c.trials if t.load1 is not None]
+    summary: dict[str, Any] = {
+        "seconds": seconds,
+        "load1": {"median": statistics.median(loads), "max": max(loads)} if loads else None,
+        "trials_per_cell": max((len(c.trials) for c in relayed), default=0),
+        "cells": [{
+            "camera": c.camera, "viewer": c.viewer, "trials": len(c.trials),
+            "direct": sum(1 for t in c.trials if t.direct_by(seconds)),
+            "first_direct": sum(1 for t in c.trials if t.first_direct),
+            "no_video": sum(1 for t in c.trials if not t.frames),
+            "median_move_s": statistics.median(c.moves()) if c.moves() else None,
+            "move_gap_ms": [t.move_gap_ms for t in c.trials if t.move_gap_ms is not None],
+        } for c in relayed],
+        "sequential": {
+            "cells": len(sequential), "sessions": sessions(sequential),
+            "short": seq_short, "met": not seq_short and bool(sequential),
+        },
+        "random_port_restricted": {
+            "cells": len(random_pr), "sessions": sessions(random_pr),
+            "share": random_share,
+            "met": random_share is not None and random_share >= RANDOM_PORT_RESTRICTED_TARGET,
+        },
+        "overall": {
+            "cells": len(cells), "share": share(cells),
+            "udp_cells": len([c for c in cells if not udp_blocked_cell(c.camera, c.viewer)]),
+            "udp_share": share([c for c in cells
+                                if not udp_blocked_cell(c.camera, c.viewer)]),
+        },
+        "move_gap": {
+            "moves": len(moves), "measured": len(gaps),
+            "median_ms": statistics.median(gaps) if gaps else None,
+            "max_ms": max(gaps) if gaps else None,
+            "over_target": sum(1 for g in gaps if g > MOVE_GAP_TARGET_MS),
+            "met": bool(gaps) and len(gaps) == len(moves)
+            and all(g <= MOVE_GAP_TARGET_MS for g in gaps),
+        },
+    }
+    return summary
+
+
+def _load_text(load: dict[str, float] | None) -> str:
+    if load is None:
+        return ""
+    return (f" The machine's 1-minute load average at the sessions' ends: median "
+            f"{load['median']:.1f}, highest {load['max']:.1f} (2 cores; other engineers' "
+            "tests and benchmarks may share them): read the gaps against that.")
+
+
+def _trials_section(cells: list[Cell], summary: dict[str, Any], when: str) -> list[str]:
+    """Per relayed cell, its later sessions; then the targets."""
+    n = summary["trials_per_cell"]
+    seconds = summary["seconds"]
+    lines = [
+        "", f"## Later sessions of the relayed cells: {n} per cell", "",
+        f"Run {when}. Each cell relayed at its first frame above was watched again in "
+        f"{n} session{'s' if n != 1 else ''} of {seconds:.0f} s "
+        "(`PEERCAM_MATRIX_TRIALS`), one after the other (never two sessions of one "
+        "cell at once: behind the sequential NAT parallel flows take each other's "
+        "predicted ports), eight cells at a time. The cells with the UDP-blocked site "
+        "get one session each, not "
+        f"{n}: no UDP leaves that site, so a background search has nothing to find "
+        "(TURN over TCP is the only path). \"direct after 60 s\": the session's pair "
+        "when the viewer left was direct and the move came within 60 s of its first "
+        "frame; \"started direct\": this session's first frame came directly already. "
+        "Time to move: from the session's first frame to when the viewer saw the move "
+        "(at most 0.1 s late), median over the sessions that moved. Gap at the move: the "
+        "longest time between two shown frames within 1 s either side of the seen move "
+        "(`peercam view --json`'s `move_gap_ms`; at the camera's 30 fps one frame is "
+        "33 ms); longest gap in the session: the whole session's, for comparison (eight "
+        "sessions share 2 cores here)." + _load_text(summary["load1"]), "",
+        "| camera | viewer | direct after 60 s | started direct | median s to move "
+        "| gap at the move ms (median / max) | longest gap in the session ms (max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by = {(c.camera, c.viewer): c for c in cells}
+    for row in summary["cells"]:
+        c = by[(row["camera"], row["viewer"])]
+        gaps = row["move_gap_ms"]
+        sessions = [t.max_gap_ms for t in c.trials if t.max_gap_ms is not None]
+        median = row["median_move_s"]
+        failed = f" ({row['no_video']} without video)" if row["no_video"] else ""
+        lines.append(
+            f"| {row['camera']} | {row['viewer']} | {row['direct']} of {row['trials']}"
+            f"{failed} | {row['first_direct']} | "
+            f"{'' if median is None else f'{median:.1f}'} | "
+            + (f"{statistics.median(gaps):.0f} / {max(gaps):.0f}" if gaps else "")
+            + f" | {f'{max(sessions):.0f}' if sessions else ''} |")
+    seq, rnd = summary["sequential"], summary["random_port_restricted"]
+    overall, gap = summary["overall"], summary["move_gap"]
+
+    def pct(value: float | None) -> str:
+        return "not measured" if value is None else f"{100 * value:.0f}%"
+
+    lines += [
+        "", "Against the targets (direct share after 60 s; a cell direct at its first "
+        "frame counts 1, a relayed one the share of its later sessions):", "",
+        f"- Direct in every cell with a sequential symmetric NAT on either side (the "
+        f"UDP-blocked site's aside), every session: {'MET' if seq['met'] else 'MISSED'}"
+        f" ({seq['cells']} cells; their relayed cells' sessions direct: "
+        f"{seq['sessions'][0]} of {seq['sessions'][1]}"
+        + (f"; short: {', '.join(seq['short'])}" if seq["short"] else "") + ").",
+        f"- Random symmetric × port-restricted (the ipv6 sites' IPv4 is port-restricted), "
+        f"≥ {100 * RANDOM_PORT_RESTRICTED_TARGET:.0f}%: {pct(rnd['share'])} "
+        f"({'MET' if rnd['met'] else 'MISSED'}; {rnd['cells']} cells, sessions direct "
+        f"{rnd['sessions'][0]} of {rnd['sessions'][1]}).",
+        f"- Overall: {pct(overall['share'])} of the {overall['cells']} cells; "
+        f"{pct(overall['udp_share'])} of the {overall['udp_cells']} where both sites pass "
+        "UDP.",
+        f"- The move never interrupts the video for more than "
+        f"{MOVE_GAP_TARGET_MS:.0f} ms: {'MET' if gap['met'] else 'MISSED'} ("
+        + (f"{gap['measured']} moves measured of {gap['moves']}, gap median "
+           f"{gap['median_ms']:.0f} ms, longest {gap['max_ms']:.0f} ms, "
+           f"{gap['over_target']} over {MOVE_GAP_TARGET_MS:.0f} ms"
+           if gap["measured"] else f"no gap measured over {gap['moves']} moves")
+        + ").",
+    ]
+    return lines
 
 
 def _turn_section(turn: dict[str, Any]) -> list[str]:
@@ -575,10 +833,14 @@ def _turn_section(turn: dict[str, Any]) -> list[str]:
 def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
                  natchecks: dict[str, dict[str, Any]] | None = None,
                  shared: list[Cell] | None = None,
-                 turn: dict[str, Any] | None = None) -> None:
-    """docs/nat-matrix.md (a table) and a heatmap PNG of time to first frame;
+                 turn: dict[str, Any] | None = None, when: str | None = None) -> None:
+    """docs/nat-matrix.md (a table), a heatmap PNG of time to first frame and
+    nat-matrix.json (the cells, their later sessions and ``trial_summary``);
     ``shared``: the cells between sites behind shared NATs, as a second table;
-    ``turn``: the relay's bytes, shipped against plain ICE (``Matrix.compare_turn``)."""
+    ``turn``: the relay's bytes, shipped against plain ICE (``Matrix.compare_turn``);
+    ``when``: when the later sessions ran (default: now)."""
+    when = when or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    summary = trial_summary(cells) if any(c.trials for c in cells) else None
     sites = list(dict.fromkeys(c.camera for c in cells))
     viewers = list(dict.fromkeys(c.viewer for c in cells))
     by = {(c.camera, c.viewer): c for c in cells}
@@ -604,8 +866,12 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "first frame. Where that is the relay, the background checks (and, where one NAT "
         "allocates at random, one birthday attempt; where both allocate sequentially, one "
         "sweep of the other's next ports each) may move the session to a direct path "
-        "later: each such cell is watched again, in a second session of 60 s, and a cell "
-        "that moved says \"→ **D** after N s\" (seconds after that session's first frame). "
+        "later: each such cell is watched again in later sessions of 60 s "
+        "(`PEERCAM_MATRIX_TRIALS` of them, one by default; `PEERCAM_MATRIX_TRIALS=10 "
+        "scripts/nat-matrix` for ten), and a cell that moved says \"→ **D** after N s\" "
+        "(one session: seconds after its first frame) or \"→ **D** in k/N, median M s\" "
+        "(k of N sessions direct after 60 s; the section after the table has each "
+        "cell's sessions). "
         "Cells run eight at a time, one viewer site after the other, except behind the "
         "viewer's sequential NAT: there one at a time, as one viewer starts its sessions "
         "(eight at once take each other's next ports, which the viewer predicts for its own).",
@@ -635,6 +901,8 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
             c = by.get((camera, viewer))
             row.append("" if c is None else _cell_text(c))
         lines.append(f"| **{camera}** | " + " | ".join(row) + " |")
+    if summary is not None:
+        lines += _trials_section(cells, summary, when)
     if natchecks:
         lines += ["", "## `peercam natcheck` at each site", "",
                   "| site | lab NAT (probed) | natcheck nat_type | mapping | filtering "
@@ -673,7 +941,8 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
     lines += ["", "![time to first frame per cell](nat-matrix.png)", ""]
     md.write_text("\n".join(lines))
     _heatmap(cells, sites, viewers, png)
-    (md.with_suffix(".json")).write_text(json.dumps([asdict(c) for c in cells], indent=1))
+    (md.with_suffix(".json")).write_text(json.dumps(
+        {"when": when, "summary": summary, "cells": [asdict(c) for c in cells]}, indent=1))
 
 
 def _heatmap(cells: list[Cell], sites: list[str], viewers: list[str], png: Path) -> None:

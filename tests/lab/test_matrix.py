@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tests.lab.matrix import (
     Cell,
     Matrix,
     load_shared,
+    trials_from_env,
     twin,
     write_report,
 )
@@ -84,16 +86,23 @@ def test_natcheck_names_every_lab_nat(matrix: Matrix) -> None:
         == dict.fromkeys(set(SITES) - {"open", "udp-blocked"}, False)
 
 
-@pytest.mark.timeout(2700 if FULL else 300)
+#: Each later session past the first adds one 60 s session (and a viewer's start) to
+#: the longest cell's queue.
+@pytest.mark.timeout(2700 + 150 * (trials_from_env() - 1) if FULL else 300)
 def test_every_pair_connects_direct_where_possible(matrix: Matrix, lab: Lab) -> None:
     # The viewer measured each of its networks once (peercam natcheck, saved).
     measured = matrix.measure_viewers([twin(site) for site in CELL_SITES])
     assert measured["symmetric-2"] == "random", measured
     cells = matrix.run_all(CELL_SITES)
     turn = None
+    when = None
     if FULL:
-        # Where the first frame came over the relay: a second, longer session.
-        matrix.run_later(cells)
+        # Where the first frame came over the relay: later, longer sessions
+        # (PEERCAM_MATRIX_TRIALS of them per cell, one by default).
+        started = time.gmtime()
+        matrix.run_later(cells, trials=trials_from_env())
+        when = (time.strftime("%Y-%m-%d %H:%M", started)
+                + time.strftime("–%H:%M UTC", time.gmtime()))
         # What the relay carries over the whole matrix, shipped against plain ICE.
         turn = matrix.compare_turn([(c.camera, c.viewer) for c in cells],
                                    float(os.environ.get("PEERCAM_MATRIX_TURN_SECONDS", "30")))
@@ -102,7 +111,7 @@ def test_every_pair_connects_direct_where_possible(matrix: Matrix, lab: Lab) -> 
         (out / "nat-matrix-turn.json").write_text(json.dumps(turn, indent=1))
     shared, shared_natcheck = load_shared(out)
     write_report(cells, lab, out / "nat-matrix.md", out / "nat-matrix.png",
-                 {**matrix.natcheck, **shared_natcheck}, shared, turn)
+                 {**matrix.natcheck, **shared_natcheck}, shared, turn, when)
     missing = [f"{c.camera}→{c.viewer}: {c.error}" for c in cells if not c.frames]
     assert not missing, missing
     wrong = [f"{c.camera}→{c.viewer}: {c.local_candidate}/{c.remote_candidate} "

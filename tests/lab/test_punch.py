@@ -148,6 +148,8 @@ def test_a_random_symmetric_nat_meets_a_port_restricted_one_by_the_birthday_tech
     assert "relay" in (result["local_candidate"], result["remote_candidate"]), result
     assert result.get("moved_after_s") is not None, result
     assert "relay" not in (result["final_local_candidate"], result["final_remote_candidate"])
+    # The frames around the move were timed: within the whole run's longest gap.
+    assert 0 < result["move_gap_ms"] <= result["max_gap_ms"], result
     # What the relay carried for it: the seconds before the move, not the 20 s.
     assert 0 < result["relay_bytes"], result
 
