@@ -16,9 +16,11 @@ the network it was measured on (same public address) and for ``MAX_AGE``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +65,20 @@ def save(viewer_dir: Path, report: NatReport, now: float) -> SavedNat | None:
     if report.mapped_address is None:
         return None
     saved = SavedNat(report.mapped_address[0], report.allocation, report.allocation_step, now)
-    others = [n for n in load(viewer_dir, now) if n.public_ip != saved.public_ip]
-    networks = [saved, *others][:MAX_NETWORKS]
-    write_private(viewer_dir / PROFILE_FILE, json.dumps({"networks": [
-        {"public_ip": n.public_ip, "allocation": n.allocation, "step": n.step,
-         "measured_at": n.measured_at} for n in networks]}).encode())
+    # Read, add, write back under a lock: natchecks run at once (one per network
+    # interface, or a script's loop) would otherwise each write the list they read,
+    # and all but the last would lose their network.
+    viewer_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = os.open(viewer_dir / f".{PROFILE_FILE}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        others = [n for n in load(viewer_dir, now) if n.public_ip != saved.public_ip]
+        networks = [saved, *others][:MAX_NETWORKS]
+        write_private(viewer_dir / PROFILE_FILE, json.dumps({"networks": [
+            {"public_ip": n.public_ip, "allocation": n.allocation, "step": n.step,
+             "measured_at": n.measured_at} for n in networks]}).encode())
+    finally:
+        os.close(lock)  # and with it the lock
     return saved
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,32 @@ def test_each_network_keeps_its_own_measurement(tmp_path: Path) -> None:
     for k in range(natprofile.MAX_NETWORKS + 3):
         natprofile.save(tmp_path, report(f"192.0.2.{k}", None, None), 2000.0 + k)
     assert len(natprofile.load(tmp_path, 2100.0)) == natprofile.MAX_NETWORKS
+
+
+def test_natchecks_saving_at_once_keep_every_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow card: each write takes 50 ms, so eight saves overlap unless they queue.
+    slow_write = natprofile.write_private
+
+    def write_private(path: Path, data: bytes) -> None:
+        time.sleep(0.05)
+        slow_write(path, data)
+
+    monkeypatch.setattr(natprofile, "write_private", write_private)
+    start = threading.Barrier(8)
+
+    def measure(k: int) -> None:
+        start.wait()
+        natprofile.save(tmp_path, report(f"192.0.2.{k}", "random", None), 1000.0)
+
+    threads = [threading.Thread(target=measure, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(n.public_ip for n in natprofile.load(tmp_path, 1010.0)) == \
+        sorted(f"192.0.2.{k}" for k in range(8))
 
 
 def test_the_profile_said_in_the_offer_is_only_the_one_measured_here() -> None:
