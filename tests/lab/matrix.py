@@ -675,6 +675,11 @@ def trial_summary(cells: list[Cell], seconds: float = LATER_SECONDS) -> dict[str
             "over_target": sum(1 for g in gaps if g > MOVE_GAP_TARGET_MS),
             "met": bool(gaps) and len(gaps) == len(moves)
             and all(g <= MOVE_GAP_TARGET_MS for g in gaps),
+            # The same machine's gaps without a move, for comparison: the whole-session
+            # longest gap of every later session that stayed on its relay.
+            "unmoved_session_max_ms": sorted(
+                t.max_gap_ms for c in cells for t in c.trials
+                if t.frames and t.moved_after_s is None and t.max_gap_ms is not None),
         },
     }
     return summary
@@ -754,9 +759,20 @@ def _trials_section(cells: list[Cell], summary: dict[str, Any], when: str) -> li
            f"{gap['median_ms']:.0f} ms, longest {gap['max_ms']:.0f} ms, "
            f"{gap['over_target']} over {MOVE_GAP_TARGET_MS:.0f} ms"
            if gap["measured"] else f"no gap measured over {gap['moves']} moves")
-        + ").",
+        + ")." + _unmoved_text(gap.get("unmoved_session_max_ms") or []),
     ]
     return lines
+
+
+def _unmoved_text(unmoved: list[float]) -> str:
+    """What the machine did to sessions without a move, beside the gaps at the moves."""
+    if not unmoved:
+        return ""
+    return (f" For comparison, the {len(unmoved)} later sessions that stayed on their "
+            f"relay had a longest gap (over the whole session, not a 2 s window) of "
+            f"{min(unmoved):.0f} to {max(unmoved):.0f} ms, median "
+            f"{statistics.median(unmoved):.0f} ms: with eight sessions sharing 2 cores the "
+            "matrix cannot tell a gap the move makes from one the machine makes.")
 
 
 def _turn_section(turn: dict[str, Any]) -> list[str]:

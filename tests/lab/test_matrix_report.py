@@ -119,6 +119,8 @@ def test_the_report_shows_k_of_n_and_the_targets(tmp_path: Path) -> None:
     assert "≥ 60%: 70% (MET" in text
     assert "every session: MISSED" in text
     assert "more than 100 ms: MISSED (23 moves measured of 23" in text
+    assert "the 7 later sessions that stayed on their relay had a longest gap" in text
+    assert "of 80 to 80 ms, median 80 ms" in text
     # The existing summary, each cell counted by its share: 1 + .9 + .6 + .8 of 5.
     assert "after 60 s 3.3/5 (66%)" in text
     # The load the sessions ran under (the made-up moves' ends: 2.02 to 2.7).
