@@ -23,19 +23,3 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make the rename itself durable: a camera loses power without warning, and a
-    rename not yet on disk comes back after a power cut as the old file."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # a filesystem that cannot sync a directory (some FUSE ones): nothing more to do
-    finally:
-        os.close(fd)
