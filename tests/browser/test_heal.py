@@ -268,7 +268,7 @@ async def test_the_server_saying_online_brings_the_page_back_without_its_timer(
 
     again = await _same_camera_again(stack, camera)
     await page.wait("window.peercam.reconnects >= 1 && window.peercam.state === 'connected'"
-                    " && window.peercam.framesDecoded > 10", 15)
+                    " && window.peercam.framesDecoded > 10", 30)
     after = await page.state()
     assert after["onlineHints"] == 1, after
     # No session was started by the (ten-minute) timer: one after the outage, one on the hint.
