@@ -26,6 +26,7 @@ from camera.health import EXIT_STUCK, HealthMonitor, LinkAction, LinkLadder
 from camera.health import Action as HealthAction
 from camera.metrics import MetricsFile
 from camera.sdnotify import Notifier
+from camera.stallwatch import StallWatch
 from camera.state import DeviceFacts, device_state
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 TICK = 0.25
 """Seconds between health/LED ticks on the event loop."""
+STALL = TICK + 1.0
+"""A tick this late is logged as a blocked loop, with where the loop was (a thread
+samples its stack while the stall lasts: ``camera.stallwatch``)."""
 MEDIA_QUIET = 2.0
 """Seconds without RTCP from every connected viewer before the rendezvous link is renewed."""
 RENEW_SPACING = 2.0
@@ -126,16 +130,24 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self.health.started_at = loop.time()
         expected = loop.time()
-        while True:
-            await asyncio.sleep(TICK)
-            now = loop.time()
-            if now - expected > TICK + 1.0:
-                logger.warning("event loop was blocked for %.1f s", now - expected - TICK)
-            expected = now + TICK
-            try:
-                await self.tick(now)
-            except Exception as exc:  # the supervisor itself must never stop
-                logger.error("health tick failed: %s: %s", type(exc).__name__, printable(exc))
+        watch = StallWatch(STALL)
+        watch.start()
+        try:
+            while True:
+                await asyncio.sleep(TICK)
+                now = loop.time()
+                where = watch.beat()
+                if now - expected > STALL:
+                    logger.warning("event loop was blocked for %.1f s%s", now - expected - TICK,
+                                   f" (at {where})" if where else "")
+                expected = now + TICK
+                try:
+                    await self.tick(now)
+                except Exception as exc:  # the supervisor itself must never stop
+                    logger.error("health tick failed: %s: %s", type(exc).__name__,
+                                 printable(exc))
+        finally:
+            watch.stop()
 
     async def tick(self, now: float) -> None:
         agent = self.agent

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from camera.agent import CameraAgent
 from camera.config import make_configured_source
@@ -120,7 +121,12 @@ class Watcher:
         return await self.state()
 
     async def wait(self, expression: str, seconds: float = 20) -> None:
-        await self.page.wait_for_function(expression, timeout=scaled(seconds) * 1000)
+        try:
+            await self.page.wait_for_function(expression, timeout=scaled(seconds) * 1000)
+        except PlaywrightTimeout:
+            # What the page was doing, not only that it timed out.
+            raise AssertionError(f"not within {scaled(seconds):.0f} s: {expression}\n"
+                                 f"{await self.state()!r}\nerrors: {self.errors}") from None
 
     async def state(self) -> dict[str, Any]:
         result = Facts(await self.page.evaluate(STATE))
