@@ -13,6 +13,7 @@ change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -197,8 +198,11 @@ class PairingWindows:
                 logger.warning("ignoring unreadable pairing file %s (%s)", path, exc)
                 continue
             if window.expires <= now:
-                path.unlink(missing_ok=True)  # expired: tidy up
+                with contextlib.suppress(OSError):  # a read-only card: left, still expired
+                    path.unlink(missing_ok=True)  # expired: tidy up
                 continue
+            if window.secret in self._spent:
+                continue  # used here, its file could not be removed
             out.append((path, window))
         return out
 
@@ -218,8 +222,7 @@ class PairingWindows:
             if check_pairing_proof(window.secret, message, proof):
                 return window, None
         for path, window in self._files():
-            if window.secret not in self._spent and check_pairing_proof(
-                    window.secret, message, proof):
+            if check_pairing_proof(window.secret, message, proof):
                 return window, path
         return None
 

@@ -364,7 +364,10 @@ class CameraAgent:
         and notice pairing windows opened, used or expired by ``peercam pair``."""
         while True:
             await asyncio.sleep(1.0)
-            self._refresh_pairing()
+            try:
+                self._refresh_pairing()
+            except OSError as exc:  # a failing card: revocations must still be seen
+                logger.error("cannot read the pairing windows: %s", exc)
             try:
                 self.acl.reload()
             except BadConfig as exc:

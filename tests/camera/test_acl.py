@@ -272,8 +272,10 @@ def test_a_read_only_disk_refuses_changes_and_a_used_secret_stays_spent(
     gk = keeper(small_disk)
     gk.acl.add(viewer.key, "phone")
     window = gk.pairing.open(ttl=60)
+    gk.pairing.open(ttl=0.01)  # expired by the time it is read: its file cannot go
     other = ViewerIdentity.load_or_create(small_disk / "other", name="other")
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    time.sleep(0.05)
     with pytest.raises(OSError) as failed:
         gk.acl.revoke(fingerprint(viewer.key))
     assert failed.value.errno == errno.EROFS
@@ -288,6 +290,9 @@ def test_a_read_only_disk_refuses_changes_and_a_used_secret_stays_spent(
     assert (small_disk / "cam" / "pairing").is_dir() and any(
         (small_disk / "cam" / "pairing").iterdir())  # the file could not go...
     assert gk.pairing.match(*_proof(gk, other, window.secret)) is None  # ...the secret did
+    # Nothing open is shown (the LED, `peercam status`): the spent window and the
+    # expired one whose file the read-only card keeps are both closed.
+    assert not gk.pairing.is_open()
 
 
 def _proof(gk: Gatekeeper, viewer: ViewerIdentity, secret: str) -> tuple[bytes, str]:
