@@ -42,6 +42,12 @@ def site_kind(site: str) -> str:
     return parse_site(site).kind.value
 
 
+def v4_kind(site: str) -> str:
+    """What a site's NAT looks like to a peer's ICE over IPv4 (``V4_KIND``)."""
+    kind = site_kind(site)
+    return V4_KIND.get(kind, kind)
+
+
 def direct_possible(camera: str, viewer: str) -> bool:
     """Can ICE find a direct path between these two sites (RFC 8445 with STUN)?"""
     if camera == viewer:
@@ -53,7 +59,7 @@ def direct_possible(camera: str, viewer: str) -> bool:
         return True  # both on public IPv6, which the ipv6 sites route without a firewall
     if "udp-blocked" in kinds:
         return False  # only TURN over TCP gets out
-    a, b = (V4_KIND.get(kind, kind) for kind in (site_kind(camera), site_kind(viewer)))
+    a, b = v4_kind(camera), v4_kind(viewer)
     if "symmetric" in (a, b):
         other = b if a == "symmetric" else a
         # A symmetric NAT's per-destination port is only reachable through a NAT
@@ -73,7 +79,7 @@ def direct_with_prediction(camera: str, viewer: str, viewer_measured: bool = Fal
         return True
 
     def restricted(site: str) -> bool:
-        return V4_KIND.get(site_kind(site), site_kind(site)) == "port-restricted"
+        return v4_kind(site) == "port-restricted"
 
     if site_kind(camera) == "symmetric-seq" and restricted(viewer):
         return True

@@ -26,7 +26,7 @@ from typing import Any
 from camera.acl import ViewerACL
 from camera.client.viewer import ViewerIdentity
 from services.natlab.lab import Lab
-from services.natlab.paths import V4_KIND, direct_possible, direct_with_prediction, site_kind
+from services.natlab.paths import direct_possible, direct_with_prediction, site_kind, v4_kind
 from tests.services.coturn import TURNSERVER, make_userdb, policy_lines
 
 SITES = ("open", "full-cone", "restricted", "port-restricted", "symmetric", "symmetric-seq",
@@ -606,10 +606,6 @@ RANDOM_PORT_RESTRICTED_TARGET = 0.6
 port-restricted one."""
 
 
-def _v4_kind(site: str) -> str:
-    return V4_KIND.get(site_kind(site), site_kind(site))
-
-
 def trial_summary(cells: list[Cell], seconds: float = LATER_SECONDS) -> dict[str, Any]:
     """The later sessions against the targets: every cell with a sequential symmetric
     NAT on either side (UDP-blocked sites aside) direct after ``seconds`` in every
@@ -631,8 +627,8 @@ def trial_summary(cells: list[Cell], seconds: float = LATER_SECONDS) -> dict[str
     sequential = [c for c in cells if not udp_blocked_cell(c.camera, c.viewer)
                   and "symmetric-seq" in (site_kind(c.camera), site_kind(c.viewer))]
     random_pr = [c for c in cells
-                 if site_kind(c.camera) == "symmetric" and _v4_kind(c.viewer) == "port-restricted"
-                 or site_kind(c.viewer) == "symmetric" and _v4_kind(c.camera) == "port-restricted"]
+                 if site_kind(c.camera) == "symmetric" and v4_kind(c.viewer) == "port-restricted"
+                 or site_kind(c.viewer) == "symmetric" and v4_kind(c.camera) == "port-restricted"]
     moves = [t for c in cells for t in c.trials
              if t.moved_after_s is not None and not t.first_direct]
     gaps = [t.move_gap_ms for t in moves if t.move_gap_ms is not None]
