@@ -358,11 +358,12 @@ class Matrix:
             allocation: str | None = json.loads(out.strip().splitlines()[-1]).get("allocation")
             return allocation
 
-        # One after the other: each `peercam natcheck` reads the viewer's saved
-        # networks and writes them back with its own, so two at once can lose one
-        # (a viewer behind the random NAT without its measurement offers no NAT
-        # profile, and the birthday technique never starts for it).
-        found = {site: measure(site) for site in sites}
+        # All at once, as a viewer's script might: each `peercam natcheck` adds its
+        # network to the saved list under a lock, and the check below fails the run
+        # if one was lost anyway (a viewer behind the random NAT without its
+        # measurement offers no NAT profile: the birthday technique never starts).
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(sites))) as pool:
+            found = dict(zip(sites, pool.map(measure, sites), strict=True))
         saved = {n["public_ip"]: n["allocation"] for n in json.loads(
             (self.viewer_dir / "nat.json").read_text())["networks"]}
         lost = [site for site, allocation in found.items()
