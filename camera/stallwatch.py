@@ -5,7 +5,7 @@ disk write on a dying SD card, a slow DNS lookup, a CPU-bound step) freezes ever
 session at once. The supervisor sees such a stall only after it ends, by its
 tick coming late. This thread looks while it lasts: when the loop has not beaten
 for ``limit`` seconds it reads the loop thread's stack, so the journal can say
-where the loop was, not only that it was stuck. A stack that ends in the
+where the loop was, not only that it was stuck. A stack whose innermost frame is the
 selector's wait means the loop was idle and the process did not get the CPU.
 """
 
