@@ -6,7 +6,8 @@ session at once. The supervisor sees such a stall only after it ends, by its
 tick coming late. This thread looks while it lasts: when the loop has not beaten
 for ``limit`` seconds it reads the loop thread's stack, so the journal can say
 where the loop was, not only that it was stuck. A stack whose innermost frame is the
-selector's wait means the loop was idle and the process did not get the CPU.
+selector's wait means the loop was idle: the process did not get the CPU, or the
+caller's own beat waited on something it awaited.
 """
 
 from __future__ import annotations
