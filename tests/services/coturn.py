@@ -150,8 +150,10 @@ class Coturn:
 
 @contextmanager
 def run_coturn(tmp: Path, keep: Callable[[str], bool] = lambda line: True,
-               ipv6: bool = True, timeout: float = 5.0) -> Iterator[Coturn]:
-    """Start turnserver in the foreground; always kill it on exit."""
+               ipv6: bool = True, timeout: float = 30.0) -> Iterator[Coturn]:
+    """Start turnserver in the foreground; always kill it on exit. ``timeout`` bounds
+    the wait for its first answer, which ends at that answer: a loaded machine (a CI
+    run with the NAT lab beside it) once kept coturn initializing past 5 s."""
     tmp.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(24)
     port = free_udp_port()
