@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.natlab import Lab
+from services.natlab import Lab, wire
 from services.natlab.behaviour import ProbeResult, classify
 from services.natlab.faults import BadFault
 from services.natlab.netlink import NetlinkEvent
@@ -115,7 +115,9 @@ def test_loss_is_the_fraction_asked_for(lab: Lab) -> None:
 def test_delay_and_jitter_match_their_distribution(lab: Lab) -> None:
     delay, jitter = 0.04, 0.01
     # Packets further apart than 2 x jitter: each one's delay is its own draw.
-    with lab.impair(SITE, "up", delay=delay, jitter=jitter, seed=2):
+    with lab.impair(SITE, "up", delay=delay, jitter=jitter, seed=2) as impaired:
+        # The forwarder stands in for a link: it runs ahead of the suite (nice 10).
+        assert os.getpriority(os.PRIO_PROCESS, impaired.process.pid) == wire.NICE
         got = flows(lab, SITE, 43011, 200, 0.025, 100, 10)
     assert len(got) == 200
     # The first few wait for ARP, whose request crosses the delayed link too.
