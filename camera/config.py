@@ -131,6 +131,11 @@ class CameraConfig:
     """A session that ICE put on a TURN relay keeps checking its direct pairs in the
     background (bounded rounds and packets) and moves to one that answers; false: it
     stays on the relay for its whole life, as plain ICE leaves it."""
+    ice_tcp: bool = True
+    """ICE over TCP (RFC 6544) beside UDP: host candidates that listen (passive) and
+    connect (active), so a viewer on a network that lets no UDP out (many offices,
+    guest networks) reaches a camera it can connect to directly, not only through
+    the TURN relay; false: UDP candidates only, as plain aiortc has them."""
     probe_revert: bool = True
     """A viewer probing the layer above goes back down as soon as it reports picture
     loss (PLI/FIR, a NACK beyond the retransmit history), not only when its receiver

@@ -101,6 +101,13 @@ def selected_pair(pc: RTCPeerConnection) -> tuple[str | None, str | None, str | 
     return None, None, None
 
 
+def selected_transport(pc: RTCPeerConnection) -> str | None:
+    """"udp" or "tcp": what the nominated ICE pair runs over (None: none yet)."""
+    transport = _ice_transport(pc)
+    pair = None if transport is None else compat.nominated_pair(transport)
+    return None if pair is None else str(pair.local_candidate.transport).lower()
+
+
 def _ice_transport(pc: RTCPeerConnection) -> RTCIceTransport | None:
     """The session's one ICE transport (everything is bundled), if it has one yet."""
     transports = [t.receiver.transport or t.sender.transport for t in pc.getTransceivers()]

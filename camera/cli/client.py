@@ -45,6 +45,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                       help="a session that starts on a TURN relay keeps checking for a "
                       "direct path and moves to it (--no-direct-upgrade: stay on the "
                       "relay, as plain ICE does)")
+    view.add_argument("--ice-tcp", action=argparse.BooleanOptionalAction, default=True,
+                      help="offer ICE candidates over TCP too (listening and connecting), "
+                      "for networks that let no UDP out (--no-ice-tcp: UDP only)")
     view.add_argument("--json", action="store_true", help="print one JSON line of stats at the end")
     add_ice_servers(view, None, "ICE server (default: the rendezvous' list)")
     view.add_argument("--name", help="name to pair under (default: peercam view on HOST)")
@@ -118,6 +121,7 @@ async def view_command(args: argparse.Namespace) -> int:
     from camera import compat
 
     compat.set_direct_upgrade(args.direct_upgrade)
+    compat.set_ice_tcp(args.ice_tcp)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -142,6 +142,7 @@ async def camera_command(args: argparse.Namespace) -> int:
     from camera.sdnotify import watchdog_interval
 
     compat.set_direct_upgrade(config.direct_upgrade)
+    compat.set_ice_tcp(config.ice_tcp)
 
     ready_at = process_age()
     device = Device(config, notifier=Notifier.from_env(), watchdog_interval=watchdog_interval())

@@ -74,6 +74,7 @@ from camera.webrtc import (
     order_turn,
     prefer_h264,
     selected_pair,
+    selected_transport,
 )
 from services.signaling import Message, Role, encode, normalize_device_id
 from services.signaling import loads as loads_json
@@ -188,6 +189,8 @@ class ViewStats:
     local_candidate: str | None = None
     remote_candidate: str | None = None
     remote_address: str | None = None
+    transport: str | None = None
+    """What that pair runs over: "udp", or "tcp" (ICE-TCP, where UDP cannot get out)."""
     width: int | None = None
     height: int | None = None
     recorded_frames: int = 0
@@ -250,6 +253,7 @@ class ViewStats:
             "local_candidate": self.local_candidate,
             "remote_candidate": self.remote_candidate,
             "remote_address": self.remote_address,
+            "transport": self.transport,
             "width": self.width,
             "height": self.height,
             "latency_ms_p50": None,
@@ -748,6 +752,7 @@ class _Run:
             return
         (self.stats.local_candidate, self.stats.remote_candidate,
          self.stats.remote_address) = selected_pair(connection.pc)
+        self.stats.transport = selected_transport(connection.pc)
         while True:  # the camera's byes for this session: advice, not orders
             message = await queue.get()
             if message is LINK_LOST or message.type != "bye":

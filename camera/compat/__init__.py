@@ -19,7 +19,9 @@ needs, so it reaches into their internals, here and nowhere else:
   (:mod:`camera.compat.ice`; the rules are in :mod:`camera.ice` and, for the
   viewer, :mod:`camera.client.ice`), gather host candidates only on chosen
   addresses (:func:`restrict_host_addresses`), ask a TURN server again when it
-  refuses an allocation, and punch through symmetric NATs (:func:`arm_punch`).
+  refuses an allocation, and punch through symmetric NATs (:func:`arm_punch`);
+* aioice gathers and checks ICE candidates over TCP too (RFC 6544:
+  :mod:`camera.compat.icetcp`, switched by :func:`set_ice_tcp`).
 
 Before any of it is used, the installed versions and every private member a hook
 touches are checked (existence, callable or coroutine, parameter names), and a
@@ -90,6 +92,7 @@ __all__ = [
     "rearm_upgrade",
     "reflexive_checked",
     "restrict_host_addresses",
+    "set_ice_tcp",
     "share_packetization",
     "uninstall",
 ]
@@ -175,6 +178,13 @@ def set_direct_upgrade(enabled: bool) -> Settings:
     if current.upgrade.enabled == enabled:
         return current
     return reconfigure(replace(current, upgrade=replace(current.upgrade, enabled=enabled)))
+
+
+def set_ice_tcp(enabled: bool) -> None:
+    """Offer ICE candidates over TCP (:mod:`camera.compat.icetcp`) in the peer
+    connections made from now on, or UDP ones only (an operator setting)."""
+    ensure_installed()
+    ice.set_tcp(enabled)
 
 
 def uninstall() -> None:

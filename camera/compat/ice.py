@@ -39,6 +39,7 @@ from aioice import Candidate, stun
 from aioice.candidate import candidate_priority
 from aioice.ice import CandidatePair, Connection, StunProtocol, candidate_pair_priority
 
+from camera.compat import icetcp
 from camera.compat.guard import AIOICE, HooksConflict, Member, instance_attribute, require
 from camera.ice import (
     REFLEXIVE_TYPES,
@@ -90,6 +91,10 @@ _CONNECTION_MEMBERS = (
     Member("close", "coroutine", ("self",)),
     Member("sort_check_list", "method", ("self",)),
     Member("add_remote_candidate", "coroutine", ("self", "remote_candidate")),
+    Member("get_component_candidates", "coroutine", ("self", "component", "addresses")),
+    Member("request_received", "method", ("self", "message", "addr", "protocol")),
+    Member("data_received", "method", ("self", "data", "component")),
+    Member("protocol_lost", "method", ("self", "protocol")),
 )
 _PAIR_MEMBERS = (
     Member("State", "attribute"),
@@ -151,9 +156,12 @@ _ORIGINAL_CHECK_COMPLETE = Connection.check_complete
 _ORIGINAL_SORT_CHECK_LIST = Connection.sort_check_list
 _ORIGINAL_ADD_REMOTE_CANDIDATE = Connection.add_remote_candidate
 _ORIGINAL_RELAYED_CANDIDATE = aioice.ice.relayed_candidate
+_ORIGINAL_GET_COMPONENT_CANDIDATES = Connection.get_component_candidates
 
 _timing = DirectFirst()
 _upgrade = Upgrade()
+_tcp = True
+"""Gather TCP host candidates (camera.compat.icetcp) beside aioice's UDP ones."""
 _relay_deadline: RelayDeadline | None = None
 
 # Per check-list bookkeeping, dropped with the objects (aioice owns them).
@@ -205,6 +213,8 @@ def patch(timing: DirectFirst, upgrade: Upgrade | None = None) -> None:
     complete: Any = _check_complete
     sort: Any = _sort_check_list
     add_remote: Any = _add_remote_candidate
+    gather: Any = _get_component_candidates
+    Connection.get_component_candidates = gather  # type: ignore[method-assign]
     Connection.check_start = start  # type: ignore[method-assign]
     Connection.check_incoming = incoming  # type: ignore[method-assign]
     Connection.connect = connect  # type: ignore[method-assign]
@@ -226,6 +236,8 @@ def unpatch() -> None:
     Connection.sort_check_list = _ORIGINAL_SORT_CHECK_LIST  # type: ignore[method-assign]
     Connection.add_remote_candidate = (  # type: ignore[method-assign]
         _ORIGINAL_ADD_REMOTE_CANDIDATE)
+    Connection.get_component_candidates = (  # type: ignore[method-assign]
+        _ORIGINAL_GET_COMPONENT_CANDIDATES)
     aioice.ice.relayed_candidate = _ORIGINAL_RELAYED_CANDIDATE
 
 
@@ -260,6 +272,31 @@ async def _relayed_candidate(
             logger.info("TURN allocation at %s failed (%s): asking again", turn_server, exc)
             await asyncio.sleep(RELAY_RETRY_DELAY * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _get_component_candidates(
+    self: Connection, component: int, addresses: list[str], timeout: int = 5,
+) -> list[Candidate]:
+    """aioice's gathering (UDP host, server-reflexive, relayed), then the TCP host
+    candidates on the same addresses (:mod:`camera.compat.icetcp`) unless turned
+    off. None with the relay-only policy: aioice passes no address then."""
+    candidates: list[Candidate] = await _ORIGINAL_GET_COMPONENT_CANDIDATES(
+        self, component, addresses, timeout)
+    if _tcp and addresses:
+        protocols: list[Any] = await icetcp.gather(self, component, addresses)
+        self._protocols += protocols
+        candidates += [protocol.local_candidate for protocol in protocols]
+    return candidates
+
+
+def set_tcp(enabled: bool) -> None:
+    """Gather TCP host candidates in the connections made from now on (or not)."""
+    global _tcp
+    _tcp = enabled
+
+
+def tcp() -> bool:
+    return _tcp
 
 
 def set_upgrade(upgrade: Upgrade) -> None:
@@ -331,11 +368,23 @@ def _predicted(pair: CandidatePair) -> bool:
     return str(pair.remote_candidate.foundation).startswith(PREDICTED_FOUNDATION)
 
 
-def _pending_direct(connection: Connection, component: int) -> list[CandidatePair]:
-    """Direct pairs of this component still unchecked or in flight."""
+def _is_tcp(pair: CandidatePair) -> bool:
+    return str(pair.local_candidate.transport).lower() == "tcp"
+
+
+def _rank(pair: CandidatePair) -> int:
+    """Which paths come first, whatever the priorities: direct over UDP (0), direct
+    over TCP (1: it waits for what it loses), relayed (2)."""
+    return 2 if _is_relay(pair) else 1 if _is_tcp(pair) else 0
+
+
+def _pending_better(connection: Connection, pair: CandidatePair) -> list[CandidatePair]:
+    """Pairs of ``pair``'s component on a better kind of path (:func:`_rank`) still
+    unchecked or in flight."""
+    rank = _rank(pair)
     return [
         p for p in connection._check_list
-        if p.component == component and not _is_relay(p) and p.state in _PENDING
+        if p.component == pair.component and _rank(p) < rank and p.state in _PENDING
     ]
 
 
@@ -360,7 +409,7 @@ async def _another_pair_won(
         while True:
             if pair.component in connection._nominated:
                 return True
-            pending = _pending_direct(connection, pair.component)
+            pending = _pending_better(connection, pair)
             deadline = relay_ok if not pending else deadline_of(
                 _timing,
                 first_check=_first_check.get(connection, relay_ok),
@@ -416,7 +465,7 @@ async def _transaction(
     assert connection.remote_password is not None
     _sent_at[pair] = asyncio.get_running_loop().time()
     _in_flight[pair] = request
-    fast = None if _is_relay(pair) else _FastRetransmit(pair, request)
+    fast = None if _is_relay(pair) or _is_tcp(pair) else _FastRetransmit(pair, request)
     if pair.remote_candidate.type in REFLEXIVE_TYPES:
         # The request's first transmission leaves as the transaction starts, below.
         reflexive_checked(connection).set()
@@ -438,8 +487,8 @@ async def check_start(self: Connection, pair: CandidatePair) -> None:
     _first_check.setdefault(self, loop.time())
 
     policy = _relay_deadline is not None
-    defer = (policy and self.ice_controlling and _is_relay(pair)
-             and bool(_pending_direct(self, pair.component)))
+    defer = (policy and self.ice_controlling and _rank(pair) > 0
+             and bool(_pending_better(self, pair)))
     # Once a pair is nominated, a late check (say, triggered by the peer's check
     # arriving over a relay) must not nominate another: aioice would replace
     # the selected pair, on both sides, with whichever was nominated last.
@@ -516,6 +565,15 @@ def check_incoming(
                  if p.protocol is protocol and p.remote_addr == (addr[0], addr[1])), None)
     in_progress = pair is not None and pair.state == _State.IN_PROGRESS
     _ORIGINAL_CHECK_INCOMING(self, message, addr, protocol)
+    if pair is None and icetcp.is_tcp(protocol):
+        # aioice learns every peer-reflexive candidate as UDP: this one came over a
+        # connection the peer opened, so it is the peer's active TCP candidate.
+        pair = next((p for p in self._check_list if p.protocol is protocol
+                     and p.remote_addr == (addr[0], addr[1])), None)
+        if pair is not None and pair.remote_candidate.type == "prflx":
+            pair.remote_candidate.transport = "tcp"
+            pair.remote_candidate.tcptype = "active"
+        pair = None
     request = _in_flight.get(pair) if in_progress and pair is not None else None
     if pair is not None and request is not None:
         protocol.send_stun(request, pair.remote_addr)
@@ -678,15 +736,18 @@ def _direct_pairs(connection: Connection, component: int) -> list[CandidatePair]
         local = getattr(protocol, "local_candidate", None)
         if local is None or local.component != component or local.type == "relay":
             continue
-        punching = _is_punch_socket(protocol)
+        # A punching socket's only pairs are the ones a hit made; a passive TCP
+        # candidate's, the ones the peer's connections made.
+        made_by_peer = _is_punch_socket(protocol) or local.tcptype == "passive"
         for remote in connection._remote_candidates:
             if (remote.component != component or remote.type == "relay"
-                    or (":" in remote.host) != (":" in local.host)):
+                    or (":" in remote.host) != (":" in local.host)
+                    or str(remote.transport).lower() != str(local.transport).lower()):
                 continue
             pair = next((p for p in connection._check_list if p.protocol is protocol
                          and p.remote_candidate is remote), None)
-            if pair is None and punching:
-                continue  # a punching socket's only pairs are the ones a hit made
+            if pair is None and (made_by_peer or not local.can_pair_with(remote)):
+                continue
             if pair is None:
                 pair = CandidatePair(protocol, remote)
                 pair.state = _State.FAILED
@@ -708,7 +769,7 @@ async def _probe(connection: Connection, pair: CandidatePair) -> None:
     if _busy(pair) or connection.remote_password is None:
         return
     request = connection.build_request(pair, nominate=False)
-    fast = _FastRetransmit(pair, request)
+    fast = None if _is_tcp(pair) else _FastRetransmit(pair, request)
     _in_flight[pair] = request  # a check arriving on the pair retransmits it at once (2)
     connection.check_state(pair, _State.IN_PROGRESS)
     try:
@@ -720,7 +781,8 @@ async def _probe(connection: Connection, pair: CandidatePair) -> None:
         connection.check_state(pair, _State.FAILED)
         return
     finally:
-        fast.cancel()
+        if fast is not None:
+            fast.cancel()
         _in_flight.pop(pair, None)
     connection.check_state(pair, _State.SUCCEEDED if addr == pair.remote_addr
                            else _State.FAILED)
@@ -860,7 +922,7 @@ async def _punch(connection: Connection, punch: _Punch, component: int,
     the search nominates it like any direct pair. Stops early once the media left
     the relay or the connection closed."""
     own = next((p for p in connection._protocols if not _is_punch_socket(p)
-                and getattr(p, "local_candidate", None) is not None
+                and not icetcp.is_tcp(p) and getattr(p, "local_candidate", None) is not None
                 and p.local_candidate.component == component
                 and p.local_candidate.type == "host" and ":" not in p.local_candidate.host),
                None)

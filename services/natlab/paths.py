@@ -68,14 +68,25 @@ def direct_possible(camera: str, viewer: str) -> bool:
     return True
 
 
-def direct_with_prediction(camera: str, viewer: str, viewer_measured: bool = False) -> bool:
+def direct_over_tcp(camera: str, viewer: str, viewer_listens: bool = True) -> bool:
+    """ICE over TCP (RFC 6544, host candidates, which peercam's peers add to plain
+    ICE): one side connects out, the other listens where it can be reached, i.e. on a
+    host with no NAT in front. Every lab site lets TCP out, the UDP-blocked one
+    included. A browser viewer only connects (``viewer_listens`` False)."""
+    return site_kind(camera) == "open" or (viewer_listens and site_kind(viewer) == "open")
+
+
+def direct_with_prediction(camera: str, viewer: str, viewer_measured: bool = False,
+                           viewer_listens: bool = True) -> bool:
     """:func:`direct_possible`, plus what peercam adds to plain ICE: behind a
     symmetric NAT that allocates ports sequentially the camera also offers the ports
     that NAT will map next (``camera/punch.py``), and a viewer behind a NAT that
     filters on the remote port reaches the right one. A CLI viewer does the same in
     the reverse roles once ``peercam natcheck`` measured its network
-    (``viewer_measured``); one that never did stays as plain ICE has it."""
-    if direct_possible(camera, viewer):
+    (``viewer_measured``); one that never did stays as plain ICE has it. And
+    :func:`direct_over_tcp`: where UDP cannot get out, a direct TCP connection to a
+    side that listens in the open (a browser viewer does not listen)."""
+    if direct_possible(camera, viewer) or direct_over_tcp(camera, viewer, viewer_listens):
         return True
 
     def restricted(site: str) -> bool:

@@ -64,11 +64,15 @@ TURN_METER = f"""table inet peercam_turn_meter {{
 """Counts every byte into and out of coturn on the server host (IP headers included):
 what the relays cost, measured where a TURN operator pays for it. A packet relayed
 from one allocation to another on the same server is counted at each hop."""
-PLAIN_CONFIG = "[camera]\nport_prediction = false\ndirect_upgrade = false\n"
+PLAIN_CONFIG = "[camera]\nport_prediction = false\ndirect_upgrade = false\nice_tcp = false\n"
 """The camera as plain ICE leaves it: no predicted candidates, no punching, no
-background checks after a relay (``peercam view --no-port-prediction
---no-direct-upgrade`` for the viewer)."""
+background checks after a relay, UDP candidates only (``peercam view
+--no-port-prediction --no-direct-upgrade --no-ice-tcp`` for the viewer)."""
 
+
+BROWSER_SETTLE = 10.0
+"""Seconds a Chromium cell that should be direct may take to move off a relay it
+nominated first (its own ICE, not peercam's, decides when)."""
 
 LATER_SECONDS = 60.0
 """How long each later session watches a cell that was relayed at its first frame."""
@@ -127,6 +131,11 @@ class Cell:
     local_candidate: str | None = None
     remote_candidate: str | None = None
     remote_address: str | None = None
+    transport: str | None = None
+    """"tcp" where the first frame's pair was ICE over TCP (CLI viewers report it)."""
+    settled_ms: int | None = None
+    """A Chromium cell: how long after its first look its page moved off the relay it
+    nominated first (None: it never was on one, or never left it)."""
     error: str | None = None
     relay_bytes: int | None = None
     """What the viewer's transport carried while its session went through the relay
@@ -313,7 +322,8 @@ class Matrix:
     def viewer_argv(self, camera: str, seconds: float) -> list[str]:
         argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
                 "--seconds", str(seconds), "--json"]
-        return argv + (["--no-port-prediction", "--no-direct-upgrade"] if self.plain else [])
+        return argv + (["--no-port-prediction", "--no-direct-upgrade", "--no-ice-tcp"]
+                       if self.plain else [])
 
     def turn_bytes(self, reset: bool = False) -> int:
         """Bytes into plus out of coturn since the lab came up or the last reset."""
@@ -384,6 +394,7 @@ class Matrix:
         cell.local_candidate = result.get("local_candidate")
         cell.remote_candidate = result.get("remote_candidate")
         cell.remote_address = result.get("remote_address")
+        cell.transport = result.get("transport")
         cell.error = result.get("error")
         cell.relay_bytes = result.get("relay_bytes") or 0
         cell.relayed_at_end = "relay" in (result.get("final_local_candidate"),
@@ -483,9 +494,13 @@ class Matrix:
 
     def run_browser_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
         """Headless Chromium behind ``viewer`` pairs with and watches ``camera``."""
-        cell = Cell(camera, viewer, direct_with_prediction(camera, viewer))
+        # A browser connects out over TCP but never listens (ICE-TCP active only).
+        cell = Cell(camera, viewer, direct_with_prediction(camera, viewer, viewer_listens=False))
+        # Where a direct path exists Chromium may nominate the relay first and move
+        # once the better pair answers: give it BROWSER_SETTLE seconds to.
+        settle = BROWSER_SETTLE if cell.expected_direct else 0.0
         argv = [sys.executable, "-m", "tests.lab.browser_cell", self.pair_link(camera),
-                str(seconds)]
+                str(seconds), str(settle)]
         result = self._last_json(viewer, argv, 90, cell)
         if result is None:
             return cell
@@ -495,6 +510,7 @@ class Matrix:
         cell.remote_candidate = result.get("remoteCandidateType")
         cell.remote_address = result.get("remoteAddress")
         cell.error = result.get("error") or result.get("lastError")
+        cell.settled_ms = result.get("settledMs")
         return cell
 
     def run_natcheck(self, site: str) -> dict[str, Any]:
@@ -554,7 +570,8 @@ def _cell_text(c: Cell) -> str:
         elif len(c.trials) > 1 and direct:
             median = f", median {statistics.median(moves):.1f} s" if moves else ""
             moved = f" → **D** in {direct}/{len(c.trials)}{median}"
-    return f"{mark} {c.local_candidate}→{c.remote_candidate} {c.ttff_ms:.0f}{flag}{moved}"
+    over = " tcp" if c.transport == "tcp" else ""
+    return f"{mark} {c.local_candidate}→{c.remote_candidate}{over} {c.ttff_ms:.0f}{flag}{moved}"
 
 
 def _share(value: float, total: int) -> str:
@@ -585,8 +602,9 @@ def _later_summary(cells: list[Cell]) -> list[str]:
     return ["", "Direct share at the first frame, then in the later sessions (each cell "
             "counted by the share of its sessions that were direct): "
             + "; ".join(shares) + f". Plain ICE's rule (no prediction, no punching, no "
-            f"later checks) allows {plain}/{total} ({100 * plain / total:.0f}%); the UDP-"
-            f"blocked site's {total - len(udp)} cells can only ever relay. Over the "
+            f"later checks, no ICE-TCP) allows {plain}/{total} ({100 * plain / total:.0f}%); "
+            f"of the UDP-blocked site's {total - len(udp)} cells, only those with a side "
+            "that listens in the open can be direct (ICE-TCP). Over the "
             f"{len(udp)} cells where both sites pass UDP: direct after 60 s "
             f"{_share(udp_direct, len(udp))}, plain ICE {_share(udp_plain, len(udp))}, so "
             f"{udp_relayed:.1f} of them on the relay against plain ICE's "
@@ -814,9 +832,11 @@ def _turn_section(turn: dict[str, Any]) -> list[str]:
     udp_ratio = udp_carried(shipped) / max(1, udp_carried(plain))
     lines += ["", f"Shipped against plain ICE: {100 * ratio:.0f}% of coturn's bytes "
               f"({'at least halved' if ratio <= 0.5 else 'NOT halved'}). The {blocked} "
-              "cells with the UDP-blocked site relay in both variants (TURN over TCP; no "
-              "direct path without ICE-TCP, which aiortc and aioice lack), and they are "
-              "most of plain ICE's relayed cells. Over the other cells, what the sessions "
+              "cells with the UDP-blocked site relay in plain ICE (TURN over TCP) and, "
+              "but for the two with an open side (ICE-TCP), as shipped too: a NAT on "
+              "both sides leaves TCP no direct path without TCP hole punching, which "
+              "peercam does not do; they are most of plain ICE's relayed cells. Over "
+              "the other cells, what the sessions "
               f"carried through the relay, shipped against plain ICE: {100 * udp_ratio:.0f}% "
               f"({udp_carried(shipped) / 1e6:.1f} against {udp_carried(plain) / 1e6:.1f} "
               f"MB). Sessions of {seconds:.0f} s overstate the shipped variant's share: its "
@@ -894,7 +914,9 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "and relayed only where they don't. TURN is configured in every cell; a relayed",
         "cell's first frame includes the short wait (until no direct pair can still win,",
         "at most 1 s) before the viewer nominates a relay pair (`camera/ice.py`). Cameras and",
-        "viewers behind the UDP-blocked site use TURN over TCP on port 443. Times come",
+        "viewers behind the UDP-blocked site use TURN over TCP on port 443, or ICE over",
+        "TCP (RFC 6544: \"tcp\" after the pair) where the other side listens in the",
+        "open (the open sites; a browser viewer only connects). Times come",
         "from a 2-core machine shared with other engineers' benchmarks: compare paths,",
         "not milliseconds.",
         "",

@@ -1,0 +1,104 @@
+"""ICE over TCP through real kernel NATs: a network that lets no UDP out reaches a
+peer that listens in the open directly, not through the TURN relay.
+
+The UDP-blocked site's router drops its LAN's UDP; TCP gets out (port-restricted
+NAT). Without ICE-TCP the only path is TURN over TCP. With it, the side behind
+the block connects to the other side's passive TCP candidate: a camera on an
+open address for any viewer (a browser's own ICE-TCP included), a CLI viewer on
+an open address for a camera behind the block (browsers do not listen).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from services.natlab import Lab
+from services.natlab.paths import direct_over_tcp, direct_possible
+from tests.lab.conftest import CONNTRACK_UDP_TIMEOUT, needs_lab
+from tests.lab.matrix import PEERCAM, RENDEZVOUS, Matrix
+
+pytestmark = needs_lab
+
+OPEN, BLOCKED = "open", "udp-blocked"
+OPEN_VIEWER, BLOCKED_VIEWER = "open-2", "udp-blocked-2"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(sites=[OPEN, BLOCKED, OPEN_VIEWER, BLOCKED_VIEWER],
+             conntrack_udp_timeout=CONNTRACK_UDP_TIMEOUT) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def matrix(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+    with Matrix(lab, tmp_path_factory.mktemp("icetcp"), sites=(OPEN, BLOCKED)) as running:
+        yield running
+
+
+def view(matrix: Matrix, camera: str, viewer: str, *extra: str) -> dict[str, Any]:
+    argv = [*PEERCAM, "view", matrix.devices[camera], "--rendezvous", RENDEZVOUS,
+            "--seconds", "3", "--json", *extra]
+    proc = matrix.lab.popen(viewer, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=matrix.env)
+    out, err = proc.communicate(timeout=90)
+    assert out.strip(), err[-2000:]
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.timeout(300)
+def test_a_viewer_behind_a_udp_block_reaches_an_open_camera_over_tcp(matrix: Matrix) -> None:
+    assert not direct_possible(OPEN, BLOCKED_VIEWER)  # plain ICE: the relay only
+    assert direct_over_tcp(OPEN, BLOCKED_VIEWER, viewer_listens=False)
+    result = view(matrix, OPEN, BLOCKED_VIEWER)
+    assert result["frames"] > 10, result
+    assert result["transport"] == "tcp", result
+    # The viewer's active candidate connected to the camera's passive one.
+    assert (result["local_candidate"], result["remote_candidate"]) == ("host", "host"), result
+    assert result["remote_address"] == matrix.lab.public_ip(OPEN), result
+    assert result["relay_bytes"] is None, result  # None: no relay at the first frame
+
+
+@pytest.mark.timeout(300)
+def test_without_ice_tcp_the_same_viewer_goes_through_the_relay(matrix: Matrix) -> None:
+    """The control: what made the cell above direct is ICE-TCP, nothing else."""
+    result = view(matrix, OPEN, BLOCKED_VIEWER, "--no-ice-tcp")
+    assert result["frames"] > 10, result
+    assert "relay" in (result["local_candidate"], result["remote_candidate"]), result
+    assert result["transport"] == "udp", result  # TURN over TCP; ICE itself runs over UDP
+
+
+@pytest.mark.timeout(300)
+def test_a_camera_behind_a_udp_block_reaches_an_open_viewer_over_tcp(matrix: Matrix) -> None:
+    assert direct_over_tcp(BLOCKED, OPEN_VIEWER)
+    result = view(matrix, BLOCKED, OPEN_VIEWER)
+    assert result["frames"] > 10, result
+    assert result["transport"] == "tcp", result
+    # The camera connected in to the viewer's passive candidate: the viewer learned
+    # the camera's connection as a peer-reflexive candidate (the NAT's address).
+    assert (result["local_candidate"], result["remote_candidate"]) == ("host", "prflx"), result
+    assert result["remote_address"] == matrix.lab.public_ip(BLOCKED), result
+    log = matrix.log(f"camera-{BLOCKED}.log")
+    assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"),
+                    reason="needs Chromium at /usr/bin/chromium (scripts/test installs it)")
+@pytest.mark.timeout(300)
+def test_chromium_behind_a_udp_block_reaches_an_open_camera_over_tcp(matrix: Matrix) -> None:
+    """Chromium's own ICE-TCP (active candidates) against the camera's passive one."""
+    cell = matrix.run_browser_cell(OPEN, BLOCKED_VIEWER)
+    assert cell.expected_direct, cell
+    assert cell.frames > 0, cell
+    assert not cell.relayed, cell
+    assert cell.remote_address == matrix.lab.public_ip(OPEN), cell
+    print(f"chromium over tcp: first frame {cell.ttff_ms} ms, "
+          f"off the relay after {cell.settled_ms} ms")
