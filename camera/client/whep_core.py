@@ -273,7 +273,9 @@ class Session:
     def plan(self, fragment: Fragment) -> list[Trickle]:
         """The signed-candidate messages a PATCH becomes (what the camera can use).
 
-        Only UDP candidates (aioice has no ICE-TCP) of the BUNDLE-tagged section
+        Only UDP candidates (a player's TCP ones are active: it connects to the
+        camera's passive one by itself, and nothing of the camera's pairs with
+        them) of the BUNDLE-tagged section
         (or the first, without BUNDLE), none already offered or sent; ``seq`` 0-30
         for candidates, 31 for end-of-candidates; a 32nd candidate is dropped
         (connectivity checks still find it as peer-reflexive).

@@ -277,16 +277,48 @@ async def _relayed_candidate(
 async def _get_component_candidates(
     self: Connection, component: int, addresses: list[str], timeout: int = 5,
 ) -> list[Candidate]:
-    """aioice's gathering (UDP host, server-reflexive, relayed), then the TCP host
-    candidates on the same addresses (:mod:`camera.compat.icetcp`) unless turned
-    off. None with the relay-only policy: aioice passes no address then."""
-    candidates: list[Candidate] = await _ORIGINAL_GET_COMPONENT_CANDIDATES(
-        self, component, addresses, timeout)
-    if _tcp and addresses:
-        protocols: list[Any] = await icetcp.gather(self, component, addresses)
-        self._protocols += protocols
-        candidates += [protocol.local_candidate for protocol in protocols]
+    """aioice's gathering (UDP host, server-reflexive, relayed) and, at the same time,
+    the TCP candidates on the same addresses (:mod:`camera.compat.icetcp`: host
+    active and passive, server-reflexive simultaneous open) unless turned off.
+    None with the relay-only policy: aioice passes no address then."""
+    server = _tcp_stun_server(self) if _tcp and addresses else None
+    reflexive = (asyncio.ensure_future(icetcp.so_candidates(self, component, addresses, server))
+                 if server is not None else None)
+    try:
+        candidates: list[Candidate] = await _ORIGINAL_GET_COMPONENT_CANDIDATES(
+            self, component, addresses, timeout)
+    except BaseException:
+        if reflexive is not None:
+            reflexive.cancel()
+        raise
+    if not (_tcp and addresses):
+        return candidates
+    protocols: list[Any] = await icetcp.gather(self, component, addresses)
+    if reflexive is not None and server is not None:
+        done, _pending = await asyncio.wait({reflexive}, timeout=icetcp.SO_GATHER_GRACE)
+        if reflexive in done:
+            protocols += reflexive.result()
+        else:
+            reflexive.cancel()
+            logger.info("ICE-TCP: no mapped address over TCP from %s:%d within %.1f s of "
+                        "the UDP candidates: no simultaneous-open candidate", *server,
+                        icetcp.SO_GATHER_GRACE)
+    self._protocols += protocols
+    candidates += [protocol.local_candidate for protocol in protocols]
     return candidates
+
+
+def _tcp_stun_server(connection: Connection) -> tuple[str, int] | None:
+    """Where to learn a simultaneous-open candidate's mapped address over TCP: the
+    STUN server (peercam's answers over TCP too), else a TURN server reached
+    without TLS (coturn answers a Binding on its TCP port)."""
+    stun_server = getattr(connection, "stun_server", None)
+    if stun_server is not None:
+        return (str(stun_server[0]), int(stun_server[1]))
+    turn_server = getattr(connection, "turn_server", None)
+    if turn_server is not None and not getattr(connection, "turn_ssl", False):
+        return (str(turn_server[0]), int(turn_server[1]))
+    return None
 
 
 def set_tcp(enabled: bool) -> None:

@@ -17,11 +17,23 @@ peers gather both:
 * **active**: offered with port 9 (RFC 6544: it connects, it is never connected
   to). A check of a pair with the peer's passive candidate connects first
   (``CONNECT_TIMEOUT``), then sends the request once (TCP retransmits itself).
+* **simultaneous open** (``tcptype so``, server reflexive): behind a NAT neither
+  side can be connected to, but a NAT that keeps a flow's port for every
+  destination (endpoint-independent mapping: most home routers) lets in the
+  other side's SYN once its own host's SYN to that address went out. Each side
+  binds one port, learns what its NAT maps it to with a STUN Binding over TCP
+  from that port (``so_candidates``), and offers that address; a check of a pair
+  of two such candidates connects from the bound port to the peer's mapped
+  address while the peer does the same the other way (both agents check their
+  pairs), and the two SYNs cross: TCP's simultaneous open (RFC 793 section 3.4).
+  Attempts repeat for at most ``SO_CONNECT_FOR`` s per check, one SYN every
+  ``SO_RETRY`` s at most.
 
 Framing is RFC 4571's (a 16-bit length before each STUN, DTLS or SRTP packet).
 Media over TCP waits for nothing it lost: a frame the kernel cannot take now
 (``SEND_BUFFER_LIMIT`` queued) is dropped as a congested UDP link would, so a
-slow path costs pictures, not seconds of delay.
+slow path costs pictures, not seconds of delay (and a peer that never reads
+cannot make the camera queue answers for it).
 
 Each protocol object stands where aioice puts a ``StunProtocol``: it has a
 ``local_candidate``, ``request``, ``send_stun``, ``send_data`` and ``close``, and
@@ -34,6 +46,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import struct
 from typing import Any
 
@@ -56,30 +69,49 @@ CONNECT_TIMEOUT = 5.0
 CHECK_TIMEOUT = 5.0
 """Seconds a check sent over TCP waits for its answer (it is sent once)."""
 SEND_BUFFER_LIMIT = 256 * 1024
-"""Bytes queued in user space for one connection beyond which media is dropped."""
+"""Bytes queued in user space for one connection beyond which what we send is
+dropped (media of a slow path; answers to a peer that does not read)."""
 TYPE_PREFERENCE = 90
 """Host candidates over TCP rank below every UDP candidate but the relayed one
 (host 126, peer reflexive 110, server reflexive 100, relayed 0): UDP first, a
 direct TCP path before any relay. libwebrtc uses the same value."""
-DIRECTION_PREFERENCE = {"active": 6, "passive": 4}
-"""RFC 6544 section 4.2: the direction part of the local preference."""
+REFLEXIVE_TYPE_PREFERENCE = 80
+"""A server-reflexive candidate over TCP (simultaneous open): below a host one."""
+DIRECTION_PREFERENCE = {"active": 6, "passive": 4, "so": 6}
+"""RFC 6544 section 4.2: the direction part of the local preference (host active and
+passive; server reflexive so)."""
+SO_CONNECT_FOR = 10.0
+"""Seconds one check of a simultaneous-open pair keeps trying to connect."""
+SO_RETRY = 1.0
+"""Seconds between two connection attempts of one simultaneous-open check."""
+STUN_TIMEOUT = 2.0
+"""Seconds to learn a simultaneous-open candidate's mapped address (STUN over TCP)."""
+SO_GATHER_GRACE = 0.2
+"""Seconds gathering waits for that, beyond the UDP candidates: a STUN server whose
+TCP port does not answer must not hold up every session's offer or answer."""
 
 
-def tcp_priority(component: int, tcptype: str, address: str) -> int:
+def tcp_priority(component: int, tcptype: str, address: str, reflexive: bool = False) -> int:
     """RFC 6544 section 4.2: type preference, then direction, then IPv6 over IPv4."""
     other = 8191 if ipaddress.ip_address(address).version == 6 else 4095
     local = (DIRECTION_PREFERENCE[tcptype] << 13) | other
-    return (TYPE_PREFERENCE << 24) | (local << 8) | (256 - component)
+    kind = REFLEXIVE_TYPE_PREFERENCE if reflexive else TYPE_PREFERENCE
+    return (kind << 24) | (local << 8) | (256 - component)
+
+
+PAIRS_WITH = {"active": "passive", "so": "so"}
+"""RFC 6544 section 6.2: which remote tcptype a local one checks. A local passive
+candidate pairs with nothing: the checks of its pairs come in over the
+connections the peer opens."""
 
 
 class TcpCandidate(Candidate):
-    """A local TCP candidate: only an active one pairs, and only with a passive one
-    (RFC 6544 section 6.2: pairs with a local passive candidate are pruned; the
-    checks of such a pair come in over the connections the peer opens)."""
+    """A local TCP candidate, paired by its tcptype (``PAIRS_WITH``)."""
 
     def can_pair_with(self, other: Candidate) -> bool:
-        return (self.tcptype == "active" and other.transport.lower() == "tcp"
-                and other.tcptype == "passive" and self.component == other.component
+        wanted = PAIRS_WITH.get(str(self.tcptype))
+        return (wanted is not None and other.transport.lower() == "tcp"
+                and other.tcptype == wanted and self.component == other.component
                 and ipaddress.ip_address(self.host).version
                 == ipaddress.ip_address(other._network_host).version)
 
@@ -139,12 +171,13 @@ class _Stream(asyncio.Protocol):
         self.transport = None
         self.owner._stream_lost(self)
 
-    def send(self, frame: bytes, media: bool) -> bool:
+    def send(self, frame: bytes) -> bool:
         transport = self.transport
         if transport is None or transport.is_closing() or len(frame) > MAX_FRAME:
             return False
-        if media and transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
-            return False  # congested: drop, as a full UDP queue would
+        if transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
+            # Congested (or a peer that does not read): drop, as a full UDP queue would.
+            return False
         transport.write(struct.pack("!H", len(frame)) + frame)
         return True
 
@@ -178,7 +211,7 @@ class TcpProtocol:
             asyncio.get_running_loop().create_future())
         self._pending[request.transaction_id] = (future, integrity_key)
         try:
-            if not stream.send(bytes(request), media=False):
+            if not stream.send(bytes(request)):
                 raise stun.TransactionTimeout()
             async with asyncio.timeout(CHECK_TIMEOUT):
                 return await future
@@ -190,12 +223,12 @@ class TcpProtocol:
     def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
         stream = self._streams.get((addr[0], addr[1]))
         if stream is not None:
-            stream.send(bytes(message), media=False)
+            stream.send(bytes(message))
 
     async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
         stream = self._streams.get((addr[0], addr[1]))
         if stream is not None:
-            stream.send(data, media=True)
+            stream.send(data)
 
     async def close(self) -> None:
         self._closed = True
@@ -336,6 +369,125 @@ class PassiveTcp(TcpProtocol):
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
+
+
+def _reusable_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) that others bound there too may share: the
+    STUN query and each connection attempt of one simultaneous-open candidate."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def mapped_address(host: str, server: tuple[str, int]) -> tuple[int, tuple[str, int]]:
+    """Bind a port on ``host``, ask ``server`` over TCP what address it sees (a STUN
+    Binding, RFC 8489 section 6.2.2); the bound port and that address."""
+    loop = asyncio.get_running_loop()
+    sock = _reusable_socket(host, 0)
+    port = sock.getsockname()[1]
+    try:
+        async with asyncio.timeout(STUN_TIMEOUT):
+            found = await loop.getaddrinfo(server[0], server[1], family=sock.family,
+                                           type=socket.SOCK_STREAM)
+            await loop.sock_connect(sock, found[0][4][:2])
+            request = stun.Message(message_method=stun.Method.BINDING,
+                                   message_class=stun.Class.REQUEST)
+            await loop.sock_sendall(sock, bytes(request))
+            data = b""
+            while len(data) < 20 or len(data) < 20 + struct.unpack_from("!H", data, 2)[0]:
+                chunk = await loop.sock_recv(sock, 2048)
+                if not chunk:
+                    raise ConnectionError("the STUN server closed the connection")
+                data += chunk
+        response = stun.parse_message(data[:20 + struct.unpack_from("!H", data, 2)[0]])
+        if response.transaction_id != request.transaction_id:
+            raise ValueError("an answer to another request")
+        mapped = response.attributes["XOR-MAPPED-ADDRESS"]
+        return port, (str(mapped[0]), int(mapped[1]))
+    finally:
+        sock.close()
+
+
+class SimultaneousTcp(TcpProtocol):
+    """A ``tcptype so`` server-reflexive candidate (see the module doc)."""
+
+    def __init__(self, receiver: Connection, host: str, port: int,
+                 mapped: tuple[str, int], component: int) -> None:
+        candidate = TcpCandidate(
+            foundation=candidate_foundation("srflx", "tcp", host), component=component,
+            transport="tcp", priority=tcp_priority(component, "so", host, reflexive=True),
+            host=mapped[0], port=mapped[1], type="srflx", related_address=host,
+            related_port=port, tcptype="so")
+        super().__init__(receiver, candidate)
+        self._base = (host, port)
+        self._connecting: dict[tuple[str, int], asyncio.Future[_Stream]] = {}
+
+    async def _stream_to(self, addr: tuple[str, int]) -> _Stream:
+        key = (addr[0], addr[1])
+        stream = self._streams.get(key)
+        if stream is not None and stream.transport is not None:
+            return stream
+        if self._closed:
+            raise stun.TransactionTimeout()
+        connecting = self._connecting.get(key)
+        if connecting is None:
+            connecting = asyncio.ensure_future(self._connect(key))
+            self._connecting[key] = connecting
+            connecting.add_done_callback(lambda _f: self._connecting.pop(key, None))
+        return await asyncio.shield(connecting)
+
+    async def _connect(self, addr: tuple[str, int]) -> _Stream:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SO_CONNECT_FOR
+        attempts = 0
+        while not self._closed:
+            attempts += 1
+            started = loop.time()
+            try:
+                sock = _reusable_socket(*self._base)
+            except OSError as exc:
+                logger.info("ICE-TCP: cannot bind %s:%d again: %s", *self._base, exc)
+                break
+            try:
+                async with asyncio.timeout(max(0.05, deadline - loop.time())):
+                    await loop.sock_connect(sock, addr)
+                _transport, stream = await loop.create_connection(lambda: _Stream(self),
+                                                                  sock=sock)
+                logger.info("ICE-TCP: simultaneous open with %s:%d after %d attempt(s)",
+                            *addr, attempts)
+                return stream
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                logger.debug("ICE-TCP: no simultaneous open with %s:%d yet: %s", *addr, exc)
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(max(0.0, started + SO_RETRY - loop.time()))
+        raise stun.TransactionTimeout()
+
+
+async def so_candidates(receiver: Connection, component: int, addresses: list[str],
+                        server: tuple[str, int]) -> list[TcpProtocol]:
+    """A simultaneous-open candidate per IPv4 address, where ``server`` answers a STUN
+    Binding over TCP in time (IPv6 has no NAT to open)."""
+    async def one(address: str) -> TcpProtocol | None:
+        try:
+            port, mapped = await mapped_address(address, server)
+        except (OSError, TimeoutError, ValueError, KeyError) as exc:
+            logger.info("ICE-TCP: no mapped address for %s from %s:%d over TCP: %s",
+                        address, *server, exc)
+            return None
+        return SimultaneousTcp(receiver, address, port, mapped, component)
+
+    found = await asyncio.gather(*(one(a) for a in addresses if ":" not in a))
+    return [protocol for protocol in found if protocol is not None]
 
 
 async def gather(receiver: Connection, component: int, addresses: list[str],

@@ -68,25 +68,41 @@ def direct_possible(camera: str, viewer: str) -> bool:
     return True
 
 
-def direct_over_tcp(camera: str, viewer: str, viewer_listens: bool = True) -> bool:
-    """ICE over TCP (RFC 6544, host candidates, which peercam's peers add to plain
-    ICE): one side connects out, the other listens where it can be reached, i.e. on a
-    host with no NAT in front. Every lab site lets TCP out, the UDP-blocked one
-    included. A browser viewer only connects (``viewer_listens`` False)."""
-    return site_kind(camera) == "open" or (viewer_listens and site_kind(viewer) == "open")
+TCP_PORT_KEEPING = frozenset({"open", "full-cone", "restricted", "port-restricted",
+                              "udp-blocked", "ipv6", "symmetric-seq"})
+"""Kinds whose IPv4 NAT (if any) maps a TCP flow to the same port whatever its
+destination: all but the random symmetric one. The cones' extra rules and the
+sequential NAT's port counter are for UDP only (``services/natlab/rules.py``):
+their TCP is plain port-keeping SNAT."""
+
+
+def direct_over_tcp(camera: str, viewer: str, peercam_viewer: bool = True) -> bool:
+    """ICE over TCP (RFC 6544, which peercam's peers add to plain ICE). Every lab site
+    lets TCP out, the UDP-blocked one included. A side with no NAT in front listens
+    where the other can connect to it (host candidates, active to passive); behind
+    two NATs that keep a flow's port for every destination, both sides connect to
+    each other's mapped address at once and the SYNs cross (simultaneous open,
+    server-reflexive candidates). A browser viewer (``peercam_viewer`` False) only
+    connects to a camera that listens in the open."""
+    if site_kind(camera) == "open":
+        return True
+    if not peercam_viewer:
+        return False
+    return site_kind(viewer) == "open" or (
+        site_kind(camera) in TCP_PORT_KEEPING and site_kind(viewer) in TCP_PORT_KEEPING)
 
 
 def direct_with_prediction(camera: str, viewer: str, viewer_measured: bool = False,
-                           viewer_listens: bool = True) -> bool:
+                           peercam_viewer: bool = True) -> bool:
     """:func:`direct_possible`, plus what peercam adds to plain ICE: behind a
     symmetric NAT that allocates ports sequentially the camera also offers the ports
     that NAT will map next (``camera/punch.py``), and a viewer behind a NAT that
     filters on the remote port reaches the right one. A CLI viewer does the same in
     the reverse roles once ``peercam natcheck`` measured its network
     (``viewer_measured``); one that never did stays as plain ICE has it. And
-    :func:`direct_over_tcp`: where UDP cannot get out, a direct TCP connection to a
-    side that listens in the open (a browser viewer does not listen)."""
-    if direct_possible(camera, viewer) or direct_over_tcp(camera, viewer, viewer_listens):
+    :func:`direct_over_tcp`: where UDP cannot get out, a direct TCP connection
+    (``peercam_viewer`` False: a browser, which only connects to a side in the open)."""
+    if direct_possible(camera, viewer) or direct_over_tcp(camera, viewer, peercam_viewer):
         return True
 
     def restricted(site: str) -> bool:

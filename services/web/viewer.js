@@ -527,6 +527,8 @@ function reflexiveFirst(candidates, localSdp) {
   const later = [];
   for (const c of candidates) {
     const [type, address] = candidateAddress(c.candidate);
+    // TCP ones (RFC 6544) after the answer: a browser connects only to a passive one.
+    if (c.candidate.split(" ")[2].toLowerCase() === "tcp") { later.push(c); continue; }
     if (type === "srflx" && ours.has(address)) return null;  // the same public address
     if (type === "srflx") reflexive += 1;
     else later.push(c);
@@ -686,7 +688,8 @@ function wantCandidate(t, item) {
   // The camera (aiortc) always accepts the offer's BUNDLE group, so only the
   // tagged m-section's transport carries media (BUNDLE, RFC 9143).
   if (t.bundleMid !== null && mid !== null && mid !== t.bundleMid) return false;
-  // Its ICE (aioice) is UDP only: a TCP candidate (RFC 6544) would never pair.
+  // A browser's TCP candidates (RFC 6544) are active ones: it connects to the
+  // camera's passive candidate by itself, and nothing of the camera's pairs with them.
   if ((fields[2] || "").toLowerCase() === "tcp") return false;
   return !t.offerKeys.has(candidateKey(item.line));
 }

@@ -10,12 +10,11 @@ import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from aioice import Connection, stun
+from aioice import Candidate, Connection, stun
 
 from camera.compat import ensure_installed, ice, icetcp
+from services.stun.server import run_stun_server
 from tests.conftest import scaled
-
-pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
@@ -30,9 +29,9 @@ async def loopback() -> AsyncIterator[None]:
         ice.set_tcp(True)
 
 
-async def agents() -> tuple[Connection, Connection]:
-    viewer = Connection(ice_controlling=True, components=1)
-    camera = Connection(ice_controlling=False, components=1)
+async def agents(stun_server: tuple[str, int] | None = None) -> tuple[Connection, Connection]:
+    viewer = Connection(ice_controlling=True, components=1, stun_server=stun_server)
+    camera = Connection(ice_controlling=False, components=1, stun_server=stun_server)
     await viewer.gather_candidates()
     await camera.gather_candidates()
     viewer.remote_username, viewer.remote_password = camera.local_username, camera.local_password
@@ -40,11 +39,12 @@ async def agents() -> tuple[Connection, Connection]:
     return viewer, camera
 
 
-async def exchange_tcp(a: Connection, b: Connection) -> None:
-    """Each learns only the other's TCP candidates, as behind a UDP block."""
+async def exchange_tcp(a: Connection, b: Connection, tcptype: str | None = None) -> None:
+    """Each learns only the other's TCP candidates (of one tcptype, if given), as
+    behind a UDP block."""
     for here, there in ((a, b), (b, a)):
         for candidate in there.local_candidates:
-            if candidate.transport == "tcp":
+            if candidate.transport == "tcp" and tcptype in (None, candidate.tcptype):
                 await here.add_remote_candidate(candidate)
         await here.add_remote_candidate(None)
 
@@ -195,3 +195,57 @@ async def test_a_frame_longer_than_its_connection_carries_is_not_misread(
     finally:
         await viewer.close()
         await camera.close()
+
+
+async def test_a_simultaneous_open_candidate_is_learnt_over_tcp(loopback: None) -> None:
+    """A server-reflexive ``so`` candidate: its address learnt from a STUN server over
+    TCP, from the port it keeps bound for its checks (on loopback the mapped address
+    is the bound one). Crossing SYNs need NATs that drop an early SYN instead of
+    answering it with a reset, as loopback does: tests/lab/test_icetcp.py."""
+    server = await run_stun_server("127.0.0.1", None, 0, 0)
+    viewer, camera = await agents(server.addresses[(0, 0)])
+    try:
+        so = [c for c in camera.local_candidates if c.tcptype == "so"]
+        assert len(so) == 1 and so[0].type == "srflx", camera.local_candidates
+        assert (so[0].host, so[0].port) == (so[0].related_address, so[0].related_port)
+        assert so[0].priority >> 24 == icetcp.REFLEXIVE_TYPE_PREFERENCE
+        assert "tcptype so" in so[0].to_sdp()
+        # It pairs with the peer's so candidate, and with nothing else.
+        await exchange_tcp(viewer, camera)
+        pairs = [p for p in camera._check_list if p.local_candidate.tcptype == "so"]
+        assert [p.remote_candidate.tcptype for p in pairs] == ["so"]
+    finally:
+        await viewer.close()
+        await camera.close()
+        await server.close()
+
+
+async def test_no_simultaneous_open_candidate_without_a_stun_answer(
+        loopback: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(icetcp, "STUN_TIMEOUT", 0.3)
+    silent = socket.socket()  # accepts (backlog) but never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        viewer, camera = await agents(silent.getsockname())
+        try:
+            assert not [c for c in camera.local_candidates if c.tcptype == "so"]
+            assert {c.tcptype for c in camera.local_candidates if c.transport == "tcp"} \
+                == {"active", "passive"}
+        finally:
+            await viewer.close()
+            await camera.close()
+    finally:
+        silent.close()
+
+
+def test_each_tcptype_pairs_only_with_its_counterpart() -> None:
+    def tcp(tcptype: str) -> Candidate:
+        return icetcp.TcpCandidate("f", 1, "tcp", 1, "192.0.2.1", 9, "host", tcptype=tcptype)
+
+    kinds = ("active", "passive", "so")
+    pairs = {(local, other) for local in kinds for other in kinds
+             if tcp(local).can_pair_with(tcp(other))}
+    assert pairs == {("active", "passive"), ("so", "so")}
+    udp = Candidate("r", 1, "udp", 1, "192.0.2.9", 5000, "host")
+    assert not tcp("active").can_pair_with(udp)

@@ -87,8 +87,7 @@ def trials_from_env() -> int:
 
 
 def udp_blocked_cell(camera: str, viewer: str) -> bool:
-    """No UDP leaves one of the two sites: TURN over TCP is the only path there, so a
-    later session has nothing to find and one is enough."""
+    """No UDP leaves one of the two sites: only TCP (TURN over TCP, ICE-TCP) gets through."""
     return "udp-blocked" in (site_kind(camera), site_kind(viewer))
 
 
@@ -404,9 +403,8 @@ class Matrix:
     def run_later(self, cells: list[Cell], seconds: float = LATER_SECONDS, workers: int = 8,
                   trials: int = 1) -> None:
         """Each cell relayed at its first frame, watched again in ``trials`` sessions of
-        ``seconds`` (one where a site blocks UDP: nothing for a background search to
-        find there): whether and when each session moved to a direct path (background
-        checks, port prediction, birthday punching). A cell's sessions run one after
+        ``seconds``: whether and when each session moved to a direct path (background
+        checks, port prediction, birthday punching, ICE-TCP). A cell's sessions run one after
         the other, never two at once (behind the sequential NAT parallel flows take
         each other's predicted ports); ``workers`` cells at a time. Filled into the
         cells' ``trials``."""
@@ -432,12 +430,9 @@ class Matrix:
             return trial
 
         def run(cell: Cell) -> None:
-            count = 1 if udp_blocked_cell(cell.camera, cell.viewer) else trials
-            cell.trials = [watch(cell) for _ in range(count)]
+            cell.trials = [watch(cell) for _ in range(trials)]
 
         later = [c for c in cells if c.frames and c.relayed]
-        # The longest queues first: the one-session cells fill in behind them.
-        later.sort(key=lambda c: udp_blocked_cell(c.camera, c.viewer))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             list(pool.map(run, later))
 
@@ -494,8 +489,8 @@ class Matrix:
 
     def run_browser_cell(self, camera: str, viewer: str, seconds: float = 2.0) -> Cell:
         """Headless Chromium behind ``viewer`` pairs with and watches ``camera``."""
-        # A browser connects out over TCP but never listens (ICE-TCP active only).
-        cell = Cell(camera, viewer, direct_with_prediction(camera, viewer, viewer_listens=False))
+        # A browser's ICE-TCP only connects: to a camera that listens in the open.
+        cell = Cell(camera, viewer, direct_with_prediction(camera, viewer, peercam_viewer=False))
         # Where a direct path exists Chromium may nominate the relay first and move
         # once the better pair answers: give it BROWSER_SETTLE seconds to.
         settle = BROWSER_SETTLE if cell.expected_direct else 0.0
@@ -603,8 +598,9 @@ def _later_summary(cells: list[Cell]) -> list[str]:
             "counted by the share of its sessions that were direct): "
             + "; ".join(shares) + f". Plain ICE's rule (no prediction, no punching, no "
             f"later checks, no ICE-TCP) allows {plain}/{total} ({100 * plain / total:.0f}%); "
-            f"of the UDP-blocked site's {total - len(udp)} cells, only those with a side "
-            "that listens in the open can be direct (ICE-TCP). Over the "
+            f"the UDP-blocked site's {total - len(udp)} cells can be direct only over "
+            "TCP (ICE-TCP), where the other side is in the open or both NATs keep a "
+            "flow's port. Over the "
             f"{len(udp)} cells where both sites pass UDP: direct after 60 s "
             f"{_share(udp_direct, len(udp))}, plain ICE {_share(udp_plain, len(udp))}, so "
             f"{udp_relayed:.1f} of them on the relay against plain ICE's "
@@ -718,10 +714,7 @@ def _trials_section(cells: list[Cell], summary: dict[str, Any], when: str) -> li
         f"{n} session{'s' if n != 1 else ''} of {seconds:.0f} s "
         "(`PEERCAM_MATRIX_TRIALS`), one after the other (never two sessions of one "
         "cell at once: behind the sequential NAT parallel flows take each other's "
-        "predicted ports), eight cells at a time. The cells with the UDP-blocked site "
-        "get one session each, not "
-        f"{n}: no UDP leaves that site, so a background search has nothing to find "
-        "(TURN over TCP is the only path). \"direct after 60 s\": the session's pair "
+        "predicted ports), eight cells at a time. \"direct after 60 s\": the session's pair "
         "when the viewer left was direct and the move came within 60 s of its first "
         "frame; \"started direct\": this session's first frame came directly already. "
         "Time to move: from the session's first frame to when the viewer saw the move "
@@ -832,11 +825,10 @@ def _turn_section(turn: dict[str, Any]) -> list[str]:
     udp_ratio = udp_carried(shipped) / max(1, udp_carried(plain))
     lines += ["", f"Shipped against plain ICE: {100 * ratio:.0f}% of coturn's bytes "
               f"({'at least halved' if ratio <= 0.5 else 'NOT halved'}). The {blocked} "
-              "cells with the UDP-blocked site relay in plain ICE (TURN over TCP) and, "
-              "but for the two with an open side (ICE-TCP), as shipped too: a NAT on "
-              "both sides leaves TCP no direct path without TCP hole punching, which "
-              "peercam does not do; they are most of plain ICE's relayed cells. Over "
-              "the other cells, what the sessions "
+              "cells with the UDP-blocked site relay in plain ICE (TURN over TCP); as "
+              "shipped, all but the ones with a symmetric NAT are direct over TCP "
+              "(ICE-TCP, simultaneous open through two NATs); they are most of plain "
+              "ICE's relayed cells. Over the other cells, what the sessions "
               f"carried through the relay, shipped against plain ICE: {100 * udp_ratio:.0f}% "
               f"({udp_carried(shipped) / 1e6:.1f} against {udp_carried(plain) / 1e6:.1f} "
               f"MB). Sessions of {seconds:.0f} s overstate the shipped variant's share: its "
@@ -915,8 +907,9 @@ def write_report(cells: list[Cell], lab: Lab, md: Path, png: Path,
         "cell's first frame includes the short wait (until no direct pair can still win,",
         "at most 1 s) before the viewer nominates a relay pair (`camera/ice.py`). Cameras and",
         "viewers behind the UDP-blocked site use TURN over TCP on port 443, or ICE over",
-        "TCP (RFC 6544: \"tcp\" after the pair) where the other side listens in the",
-        "open (the open sites; a browser viewer only connects). Times come",
+        "TCP (RFC 6544: \"tcp\" after the pair): to a side that listens in the open, or",
+        "by simultaneous open where both NATs keep a flow's port (srflx → srflx tcp; a",
+        "browser viewer only connects to a camera in the open). Times come",
         "from a 2-core machine shared with other engineers' benchmarks: compare paths,",
         "not milliseconds.",
         "",

@@ -5,7 +5,9 @@ The UDP-blocked site's router drops its LAN's UDP; TCP gets out (port-restricted
 NAT). Without ICE-TCP the only path is TURN over TCP. With it, the side behind
 the block connects to the other side's passive TCP candidate: a camera on an
 open address for any viewer (a browser's own ICE-TCP included), a CLI viewer on
-an open address for a camera behind the block (browsers do not listen).
+an open address for a camera behind the block (browsers do not listen). Behind
+two NATs that keep a flow's port for every destination, the camera and the CLI
+viewer connect to each other's mapped address at once (simultaneous open).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ pytestmark = needs_lab
 
 OPEN, BLOCKED = "open", "udp-blocked"
 OPEN_VIEWER, BLOCKED_VIEWER = "open-2", "udp-blocked-2"
+NATTED_VIEWER, RANDOM_VIEWER = "port-restricted-2", "symmetric-2"
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab(sites=[OPEN, BLOCKED, OPEN_VIEWER, BLOCKED_VIEWER],
+    with Lab(sites=[OPEN, BLOCKED, OPEN_VIEWER, BLOCKED_VIEWER, NATTED_VIEWER, RANDOM_VIEWER],
              conntrack_udp_timeout=CONNTRACK_UDP_TIMEOUT) as running:
         yield running
 
@@ -56,7 +59,7 @@ def view(matrix: Matrix, camera: str, viewer: str, *extra: str) -> dict[str, Any
 @pytest.mark.timeout(300)
 def test_a_viewer_behind_a_udp_block_reaches_an_open_camera_over_tcp(matrix: Matrix) -> None:
     assert not direct_possible(OPEN, BLOCKED_VIEWER)  # plain ICE: the relay only
-    assert direct_over_tcp(OPEN, BLOCKED_VIEWER, viewer_listens=False)
+    assert direct_over_tcp(OPEN, BLOCKED_VIEWER, peercam_viewer=False)
     result = view(matrix, OPEN, BLOCKED_VIEWER)
     assert result["frames"] > 10, result
     assert result["transport"] == "tcp", result
@@ -102,3 +105,31 @@ def test_chromium_behind_a_udp_block_reaches_an_open_camera_over_tcp(matrix: Mat
     assert cell.remote_address == matrix.lab.public_ip(OPEN), cell
     print(f"chromium over tcp: first frame {cell.ttff_ms} ms, "
           f"off the relay after {cell.settled_ms} ms")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("viewer", [NATTED_VIEWER, BLOCKED_VIEWER])
+def test_behind_a_udp_block_and_another_nat_the_two_sides_open_tcp_at_once(
+        matrix: Matrix, viewer: str) -> None:
+    """Neither side can be connected to; both NATs keep a TCP flow's port for every
+    destination, so each side's SYN to the other's mapped address opens its own NAT
+    for the other's: the SYNs cross (simultaneous open)."""
+    assert direct_over_tcp(BLOCKED, viewer)
+    assert not direct_over_tcp(BLOCKED, viewer, peercam_viewer=False)  # a browser: relay
+    result = view(matrix, BLOCKED, viewer)
+    assert result["frames"] > 10, result
+    log = matrix.log(f"camera-{BLOCKED}.log")
+    assert result["transport"] == "tcp", (result, log[-3000:])
+    assert (result["local_candidate"], result["remote_candidate"]) == ("srflx", "srflx"), result
+    assert result["remote_address"] == matrix.lab.public_ip(BLOCKED), result
+    assert "simultaneous open with" in log, log[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_a_nat_that_picks_each_flows_port_at_random_leaves_the_relay(matrix: Matrix) -> None:
+    """The viewer's symmetric NAT maps its SYN to the camera from a port its STUN
+    query never saw: no simultaneous open, TURN over TCP as before."""
+    assert not direct_over_tcp(BLOCKED, RANDOM_VIEWER)
+    result = view(matrix, BLOCKED, RANDOM_VIEWER)
+    assert result["frames"] > 10, result
+    assert "relay" in (result["local_candidate"], result["remote_candidate"]), result

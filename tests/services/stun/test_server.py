@@ -167,11 +167,16 @@ async def test_aioice_gets_a_server_reflexive_candidate(server: StunServer) -> N
     connection = aioice.Connection(ice_controlling=True, stun_server=server.addresses[(0, 0)])
     try:
         await asyncio.wait_for(connection.gather_candidates(), scaled(5))
-        host = [c for c in connection.local_candidates if c.type == "host"]
-        srflx = [c for c in connection.local_candidates if c.type == "srflx"]
+        udp = [c for c in connection.local_candidates if c.transport == "udp"]
+        host = [c for c in udp if c.type == "host"]
+        srflx = [c for c in udp if c.type == "srflx"]
         assert len(host) == 1 and len(srflx) == 1
         assert (srflx[0].host, srflx[0].port) == (host[0].host, host[0].port)
         assert (srflx[0].related_address, srflx[0].related_port) == (host[0].host, host[0].port)
-        assert server.responder.stats.answered == 1
+        # Where another test installed peercam's hooks (camera.compat), its ICE-TCP
+        # asked too, over TCP, for a simultaneous-open candidate.
+        so = [c for c in connection.local_candidates if c.tcptype == "so"]
+        assert all(c.host == host[0].host for c in so)
+        assert server.responder.stats.answered == 1 + len(so)
     finally:
         await connection.close()
