@@ -3,7 +3,8 @@
 It sits in the ICE path between one viewer and the camera, on two loopback
 sockets: the viewer is told the camera is at ``viewer_port`` and the camera is
 told the viewer is at ``camera_port`` (:func:`rewrite_candidates` moves the
-loopback host candidates of an SDP). Each side's address is learnt from the
+loopback UDP host candidates of an SDP, and drops its TCP ones: ICE over TCP
+would go round the relay). Each side's address is learnt from the
 datagrams it sends (ICE connectivity checks go both ways): the latest sender.
 
 Each direction runs the NAT lab's sans-I/O link model
@@ -43,9 +44,14 @@ def candidate_ports(sdp: str) -> list[int]:
     return [int(m.group(2)) for m in _CANDIDATE.finditer(sdp)]
 
 
+_TCP_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ tcp .*(\r?\n|$)", re.MULTILINE | re.IGNORECASE)
+
+
 def rewrite_candidates(sdp: str, port: int) -> str:
-    """The SDP with every loopback UDP host candidate moved to ``port`` (the relay)."""
-    return _CANDIDATE.sub(lambda m: f"{m.group(1)}{port}{m.group(3)}", sdp)
+    """The SDP with every loopback UDP host candidate moved to ``port`` (the relay)
+    and without TCP candidates (RFC 6544: they would reach the peer round the relay)."""
+    moved = _CANDIDATE.sub(lambda m: f"{m.group(1)}{port}{m.group(3)}", sdp)
+    return _TCP_CANDIDATE.sub("", moved)
 
 
 READS_PER_WAKEUP = 64

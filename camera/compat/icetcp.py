@@ -296,11 +296,12 @@ class TcpProtocol:
             self.receiver.request_received(message, addr, self)  # type: ignore[arg-type]
 
 
-class ActiveTcp(TcpProtocol):
-    """A ``tcptype active`` candidate: connects to the peer's passive candidates."""
+class _ConnectingTcp(TcpProtocol):
+    """A candidate whose checks open their connection: one connection attempt per
+    peer address at a time, shared by the checks that wait for it."""
 
-    def __init__(self, receiver: Connection, host: str, component: int) -> None:
-        super().__init__(receiver, local_candidate(component, "active", host, ACTIVE_PORT))
+    def __init__(self, receiver: Connection, candidate: TcpCandidate) -> None:
+        super().__init__(receiver, candidate)
         self._connecting: dict[tuple[str, int], asyncio.Future[_Stream]] = {}
 
     async def _stream_to(self, addr: tuple[str, int]) -> _Stream:
@@ -316,6 +317,16 @@ class ActiveTcp(TcpProtocol):
             self._connecting[key] = connecting
             connecting.add_done_callback(lambda _f: self._connecting.pop(key, None))
         return await asyncio.shield(connecting)
+
+    async def _connect(self, addr: tuple[str, int]) -> _Stream:
+        raise NotImplementedError
+
+
+class ActiveTcp(_ConnectingTcp):
+    """A ``tcptype active`` candidate: connects to the peer's passive candidates."""
+
+    def __init__(self, receiver: Connection, host: str, component: int) -> None:
+        super().__init__(receiver, local_candidate(component, "active", host, ACTIVE_PORT))
 
     async def _connect(self, addr: tuple[str, int]) -> _Stream:
         loop = asyncio.get_running_loop()
@@ -416,7 +427,7 @@ async def mapped_address(host: str, server: tuple[str, int]) -> tuple[int, tuple
         sock.close()
 
 
-class SimultaneousTcp(TcpProtocol):
+class SimultaneousTcp(_ConnectingTcp):
     """A ``tcptype so`` server-reflexive candidate (see the module doc)."""
 
     def __init__(self, receiver: Connection, host: str, port: int,
@@ -428,21 +439,6 @@ class SimultaneousTcp(TcpProtocol):
             related_port=port, tcptype="so")
         super().__init__(receiver, candidate)
         self._base = (host, port)
-        self._connecting: dict[tuple[str, int], asyncio.Future[_Stream]] = {}
-
-    async def _stream_to(self, addr: tuple[str, int]) -> _Stream:
-        key = (addr[0], addr[1])
-        stream = self._streams.get(key)
-        if stream is not None and stream.transport is not None:
-            return stream
-        if self._closed:
-            raise stun.TransactionTimeout()
-        connecting = self._connecting.get(key)
-        if connecting is None:
-            connecting = asyncio.ensure_future(self._connect(key))
-            self._connecting[key] = connecting
-            connecting.add_done_callback(lambda _f: self._connecting.pop(key, None))
-        return await asyncio.shield(connecting)
 
     async def _connect(self, addr: tuple[str, int]) -> _Stream:
         loop = asyncio.get_running_loop()

@@ -169,10 +169,19 @@ async def test_datagrams_read_late_keep_the_times_they_arrived() -> None:
 def test_candidates_are_moved_to_the_relay() -> None:
     sdp = ("v=0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host\r\n"
            "a=candidate:2 1 udp 2130706431 127.0.0.1 40002 typ host\r\n"
-           "a=candidate:3 1 udp 1694498815 203.0.113.5 40000 typ srflx\r\n")
-    moved = rewrite_candidates(sdp.replace("\r\n", "\n"), 5555)
-    assert candidate_ports(moved) == [5555, 5555]
-    assert "203.0.113.5 40000" in moved
+           "a=candidate:3 1 udp 1694498815 203.0.113.5 40000 typ srflx\r\n"
+           "a=candidate:4 1 tcp 1519386623 127.0.0.1 40004 typ host tcptype passive\r\n"
+           "a=candidate:5 1 tcp 1355808767 127.0.0.1 40006 typ srflx raddr 127.0.0.1 "
+           "rport 40006 tcptype so\r\n"
+           "a=end-of-candidates\r\n")
+    for text in (sdp, sdp.replace("\r\n", "\n")):
+        moved = rewrite_candidates(text, 5555)
+        assert candidate_ports(moved) == [5555, 5555]
+        assert "203.0.113.5 40000" in moved
+        # ICE over TCP would reach the camera round the relay: its candidates go.
+        assert " tcp " not in moved
+        assert moved.splitlines()[-1] == "a=end-of-candidates"
+        assert len(moved.splitlines()) == len(text.splitlines()) - 2
 
 
 @pytest.mark.parametrize(("first", "media"), [(0x80, True), (0xBF, True), (0x00, False),
