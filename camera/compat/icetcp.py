@@ -321,6 +321,11 @@ class _ConnectingTcp(TcpProtocol):
     async def _connect(self, addr: tuple[str, int]) -> _Stream:
         raise NotImplementedError
 
+    async def close(self) -> None:
+        for connecting in list(self._connecting.values()):
+            connecting.cancel()
+        await super().close()
+
 
 class ActiveTcp(_ConnectingTcp):
     """A ``tcptype active`` candidate: connects to the peer's passive candidates."""
@@ -398,6 +403,18 @@ def _reusable_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+async def _resolved(server: tuple[str, int], family: int) -> tuple[str, int]:
+    """The server's address in ``family``: as it is when it is one already (a lookup
+    goes through a thread, which costs a busy machine milliseconds per session)."""
+    try:
+        ipaddress.ip_address(server[0])
+    except ValueError:
+        found = await asyncio.get_running_loop().getaddrinfo(
+            server[0], server[1], family=family, type=socket.SOCK_STREAM)
+        return (str(found[0][4][0]), int(found[0][4][1]))
+    return server
+
+
 async def mapped_address(host: str, server: tuple[str, int]) -> tuple[int, tuple[str, int]]:
     """Bind a port on ``host``, ask ``server`` over TCP what address it sees (a STUN
     Binding, RFC 8489 section 6.2.2); the bound port and that address."""
@@ -406,9 +423,7 @@ async def mapped_address(host: str, server: tuple[str, int]) -> tuple[int, tuple
     port = sock.getsockname()[1]
     try:
         async with asyncio.timeout(STUN_TIMEOUT):
-            found = await loop.getaddrinfo(server[0], server[1], family=sock.family,
-                                           type=socket.SOCK_STREAM)
-            await loop.sock_connect(sock, found[0][4][:2])
+            await loop.sock_connect(sock, await _resolved(server, sock.family))
             request = stun.Message(message_method=stun.Method.BINDING,
                                    message_class=stun.Class.REQUEST)
             await loop.sock_sendall(sock, bytes(request))
