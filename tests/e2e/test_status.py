@@ -70,7 +70,10 @@ async def test_status_shows_state_network_source_and_each_viewer(
 ) -> None:
     agent = device.agent
     assert agent is not None
-    watching = asyncio.ensure_future(view(stack.link(agent), seconds=6))
+    # Watching until the checks are done (two `peercam status` processes, each a
+    # second or more on a busy machine), not for a fixed time that may end first.
+    stop = asyncio.Event()
+    watching = asyncio.ensure_future(view(stack.link(agent), stop=stop))
     for _ in range(int(scaled(100))):
         viewers = agent.status().viewers
         if viewers and viewers[0].bitrate is not None and viewers[0].rtt_ms is not None:
@@ -95,6 +98,7 @@ async def test_status_shows_state_network_source_and_each_viewer(
     assert human.returncode == 0
     assert "state:       streaming_direct" in human.stdout
     assert f"{stack.viewer.name} [" in human.stdout and "host->host" in human.stdout
+    stop.set()
     assert (await watching).frames > 30
 
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from services.natlab.paths import direct_possible, direct_with_prediction
+from services.natlab.paths import direct_over_tcp, direct_possible, direct_with_prediction
 from services.natlab.plan import ALL_SITES, CARRIER_KINDS, Kind, parse_site
 from services.natlab.rules import SEQUENTIAL_PORTS, carrier_ruleset, router_ruleset
 
@@ -83,12 +83,15 @@ def test_path_rule(camera: str, viewer: str, direct: bool) -> None:
 
 @pytest.mark.parametrize(("camera", "viewer", "direct"), [
     ("symmetric-seq", "port-restricted-2", True),  # the camera predicts its next ports
-    ("port-restricted", "symmetric-seq-2", False),  # a viewer that never measured does not
+    # A viewer that never measured does not predict over UDP; over TCP the lab's
+    # sequential NAT keeps ports, so the two meet by simultaneous open.
+    ("port-restricted", "symmetric-seq-2", True),
     ("symmetric-seq", "ipv6-2", True),  # IPv4 port-restricted
     ("symmetric-seq", "cgnat", True),  # port-restricted as a whole
     ("symmetric-seq", "symmetric-2", False),  # the viewer's mappings are random
-    ("symmetric-seq", "symmetric-seq-2", False),  # and unpredicted
-    ("symmetric-seq", "udp-blocked-2", False),
+    ("symmetric-seq", "symmetric-seq-2", True),  # unpredicted over UDP; TCP keeps ports
+    ("symmetric-seq", "udp-blocked-2", True),  # simultaneous open over TCP
+    ("symmetric", "udp-blocked-2", False),  # random over TCP too
     ("symmetric", "port-restricted-2", False),  # random: nothing to predict
     ("symmetric-seq", "full-cone-2", True),
 ])
@@ -100,9 +103,26 @@ def test_path_rule_with_the_cameras_prediction(camera: str, viewer: str, direct:
     ("port-restricted", "symmetric-seq-2", True),  # the viewer measured: it predicts
     ("cgnat", "symmetric-seq-2", True),
     ("symmetric", "symmetric-seq-2", False),  # the camera's mappings are random
-    ("symmetric-seq", "symmetric-seq-2", False),
+    ("symmetric-seq", "symmetric-seq-2", True),  # over TCP (simultaneous open)
     ("port-restricted", "symmetric-2", False),  # random: nothing to predict
 ])
 def test_path_rule_with_a_viewer_that_measured_its_nat(
         camera: str, viewer: str, direct: bool) -> None:
     assert direct_with_prediction(camera, viewer, viewer_measured=True) is direct
+
+
+@pytest.mark.parametrize(("camera", "viewer", "peercam_viewer", "direct"), [
+    ("open", "udp-blocked-2", False, True),  # a browser connects to the camera's listener
+    ("udp-blocked", "open-2", True, True),  # the camera connects to the CLI viewer's
+    ("udp-blocked", "open-2", False, False),  # a browser does not listen
+    ("udp-blocked", "port-restricted-2", True, True),  # simultaneous open
+    ("udp-blocked", "port-restricted-2", False, False),  # a browser does not do it
+    ("udp-blocked", "udp-blocked-2", True, True),
+    ("udp-blocked", "symmetric-2", True, False),  # random ports over TCP too
+    ("symmetric", "udp-blocked-2", True, False),
+    ("cgnat", "udp-blocked-2", True, False),  # not modelled for TCP: no claim
+])
+def test_path_rule_over_tcp(camera: str, viewer: str, peercam_viewer: bool,
+                            direct: bool) -> None:
+    assert direct_over_tcp(camera, viewer, peercam_viewer) is direct
+    assert direct_with_prediction(camera, viewer, peercam_viewer=peercam_viewer) is direct
