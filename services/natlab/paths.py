@@ -93,7 +93,7 @@ def direct_over_tcp(camera: str, viewer: str, peercam_viewer: bool = True) -> bo
 
 
 def direct_with_prediction(camera: str, viewer: str, viewer_measured: bool = False,
-                           peercam_viewer: bool = True) -> bool:
+                           peercam_viewer: bool = True, tcp: bool = True) -> bool:
     """:func:`direct_possible`, plus what peercam adds to plain ICE: behind a
     symmetric NAT that allocates ports sequentially the camera also offers the ports
     that NAT will map next (``camera/punch.py``), and a viewer behind a NAT that
@@ -101,8 +101,10 @@ def direct_with_prediction(camera: str, viewer: str, viewer_measured: bool = Fal
     the reverse roles once ``peercam natcheck`` measured its network
     (``viewer_measured``); one that never did stays as plain ICE has it. And
     :func:`direct_over_tcp`: where UDP cannot get out, a direct TCP connection
-    (``peercam_viewer`` False: a browser, which only connects to a side in the open)."""
-    if direct_possible(camera, viewer) or direct_over_tcp(camera, viewer, peercam_viewer):
+    (``peercam_viewer`` False: a browser, which only connects to a side in the open;
+    ``tcp`` False: peers with ICE-TCP turned off)."""
+    if direct_possible(camera, viewer) or (
+            tcp and direct_over_tcp(camera, viewer, peercam_viewer)):
         return True
 
     def restricted(site: str) -> bool:

@@ -215,8 +215,11 @@ def coturn_config(tmp: Path, secret: str, port: int) -> Path:
 class Matrix:
     """Servers and one camera per site in a running lab."""
 
-    def __init__(self, lab: Lab, tmp: Path, sites: tuple[str, ...] = SITES) -> None:
+    def __init__(self, lab: Lab, tmp: Path, sites: tuple[str, ...] = SITES,
+                 ice_tcp: bool = True) -> None:
         self.lab = lab
+        self.ice_tcp = ice_tcp
+        """False: cameras and viewers with UDP candidates only (tests of UDP punching)."""
         self.tmp = tmp
         self.sites = sites
         self.procs: list[subprocess.Popen[Any]] = []
@@ -289,6 +292,10 @@ class Matrix:
                 config = self.tmp / "plain-camera.toml"
                 config.write_text(PLAIN_CONFIG)
                 argv += ["--config", str(config)]
+            elif not self.ice_tcp:
+                config = self.tmp / "udp-camera.toml"
+                config.write_text("[camera]\nice_tcp = false\n")
+                argv += ["--config", str(config)]
             # A restart appends: the first process's NAT check stays in the log.
             started[site] = self.cameras[site] = self._spawn(site, argv, f"camera-{site}.log",
                                                              append=restart)
@@ -322,7 +329,7 @@ class Matrix:
         argv = [*PEERCAM, "view", self.devices[camera], "--rendezvous", RENDEZVOUS,
                 "--seconds", str(seconds), "--json"]
         return argv + (["--no-port-prediction", "--no-direct-upgrade", "--no-ice-tcp"]
-                       if self.plain else [])
+                       if self.plain else [] if self.ice_tcp else ["--no-ice-tcp"])
 
     def turn_bytes(self, reset: bool = False) -> int:
         """Bytes into plus out of coturn since the lab came up or the last reset."""

@@ -62,14 +62,14 @@ def video_back(result: dict[str, Any], repaired_at: float, broken_at: float) -> 
 
 
 def block_direct(lab: Lab, *sites: str) -> None:
-    """Each site's NAT drops UDP arriving from the other sites' public addresses: only
-    the relay (coturn, on the public segment) connects them."""
+    """Each site's NAT drops UDP and TCP arriving from the other sites' public
+    addresses: only the relay (coturn, on the public segment) connects them."""
     for site in sites:
         others = ", ".join(lab.public_ip(s) for s in sites if s != site)
         lab.run(f"{site}-nat", ["nft", "-f", "-"], input=(
             "table ip peercam_block {\n"
             "  chain pre { type filter hook prerouting priority -300; policy accept;\n"
-            f"    ip saddr {{ {others} }} meta l4proto udp drop\n"
+            f"    ip saddr {{ {others} }} meta l4proto {{ udp, tcp }} drop\n"
             "  }\n}\n"))
 
 

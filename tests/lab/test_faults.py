@@ -125,7 +125,9 @@ def test_delay_and_jitter_match_their_distribution(lab: Lab) -> None:
     # The plain wire adds well under a millisecond; scheduling adds about as much.
     assert min(delays) >= delay - jitter - 0.0005
     assert statistics.quantiles(delays, n=20)[-1] <= delay + jitter + 0.002
-    assert max(delays) <= delay + jitter + scaled(0.02)
+    # The tail is the machine's: the sending and receiving tools run with the suite
+    # at nice 10 (a loaded CI run saw 72 ms once, with the forwarder at nice -5).
+    assert max(delays) <= delay + jitter + scaled(0.05)
     assert statistics.mean(delays) == pytest.approx(delay, abs=0.002)
     # Uniform on [delay - jitter, delay + jitter]: sd = jitter / sqrt(3).
     assert statistics.pstdev(delays) == pytest.approx(jitter / 3**0.5, rel=0.2)

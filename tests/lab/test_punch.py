@@ -45,8 +45,10 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def matrix(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+    # UDP only: these are tests of UDP prediction and punching, which ICE over TCP
+    # (simultaneous open through these port-keeping TCP NATs) would go round.
     with Matrix(lab, tmp_path_factory.mktemp("punch"),
-                sites=(CAMERA, VIEWER, RANDOM, SEQUENTIAL_VIEWER)) as running:
+                sites=(CAMERA, VIEWER, RANDOM, SEQUENTIAL_VIEWER), ice_tcp=False) as running:
         yield running
 
 
@@ -84,7 +86,7 @@ def viewer_natcheck(matrix: Matrix, site: str) -> str:
 def test_a_sequential_symmetric_nat_meets_a_port_restricted_one_directly(
         matrix: Matrix, lab: Lab) -> None:
     assert not direct_possible(CAMERA, VIEWER)  # for plain ICE
-    assert direct_with_prediction(CAMERA, VIEWER)
+    assert direct_with_prediction(CAMERA, VIEWER, tcp=False)
     # The camera knows its NAT allocates sequentially once its NAT check is done.
     log_file = camera_learned(matrix, CAMERA, "sequential")
     pair, result = watch_until_direct(matrix, CAMERA, VIEWER)
@@ -97,7 +99,7 @@ def watch_until_direct(matrix: Matrix, camera: str, viewer: str) -> tuple[str, d
     """A 20 s ``peercam view`` from ``viewer`` of the camera at ``camera``: the pair the
     camera reports once it is not relayed (or the last one seen), and the viewer's JSON."""
     argv = [*PEERCAM, "view", matrix.devices[camera], "--rendezvous", RENDEZVOUS,
-            "--seconds", "20", "--json"]
+            "--seconds", "20", "--json", "--no-ice-tcp"]
     proc = matrix.lab.popen(viewer, argv, stdout=subprocess.PIPE, text=True, env=matrix.env)
     pair = "?"
     deadline = time.monotonic() + scaled(40)
@@ -116,8 +118,8 @@ def test_a_viewer_behind_a_sequential_nat_predicts_from_its_saved_natcheck(
         matrix: Matrix, lab: Lab) -> None:
     viewer, camera = CAMERA, VIEWER  # the roles reversed: the viewer is the symmetric one
     assert not direct_possible(camera, viewer)
-    assert direct_with_prediction(camera, viewer, viewer_measured=True)
-    assert not direct_with_prediction(camera, viewer)  # a viewer that never measured
+    assert direct_with_prediction(camera, viewer, viewer_measured=True, tcp=False)
+    assert not direct_with_prediction(camera, viewer, tcp=False)  # a viewer that never measured
     # The viewer measures its network once; what prediction needs is saved for it.
     assert viewer_natcheck(matrix, viewer) == "sequential"
     saved = json.loads((matrix.viewer_dir / "nat.json").read_text())["networks"]
@@ -186,7 +188,7 @@ def test_two_sequential_symmetric_nats_meet_by_sweeping_each_others_next_ports(
     meet for any drift up to 63 flows (``camera/punch.py``)."""
     camera, viewer = CAMERA, SEQUENTIAL_VIEWER
     assert not direct_possible(camera, viewer)
-    assert not direct_with_prediction(camera, viewer, viewer_measured=True)  # at first
+    assert not direct_with_prediction(camera, viewer, viewer_measured=True, tcp=False)  # at first
     assert viewer_natcheck(matrix, viewer) == "sequential"
     log_file = camera_learned(matrix, camera, "sequential")
     pair, result = watch_until_direct(matrix, camera, viewer)
