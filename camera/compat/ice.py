@@ -161,7 +161,7 @@ _ORIGINAL_GET_COMPONENT_CANDIDATES = Connection.get_component_candidates
 _timing = DirectFirst()
 _upgrade = Upgrade()
 _tcp = True
-"""Gather TCP host candidates (camera.compat.icetcp) beside aioice's UDP ones."""
+"""Gather TCP candidates (camera.compat.icetcp) beside aioice's UDP ones."""
 _relay_deadline: RelayDeadline | None = None
 
 # Per check-list bookkeeping, dropped with the objects (aioice owns them).
@@ -281,7 +281,9 @@ async def _get_component_candidates(
     the TCP candidates on the same addresses (:mod:`camera.compat.icetcp`: host
     active and passive, server-reflexive simultaneous open) unless turned off.
     None with the relay-only policy: aioice passes no address then."""
-    server = _tcp_stun_server(self) if _tcp and addresses else None
+    if not (_tcp and addresses):
+        return await _ORIGINAL_GET_COMPONENT_CANDIDATES(self, component, addresses, timeout)
+    server = _tcp_stun_server(self)
     reflexive = (asyncio.ensure_future(icetcp.so_candidates(self, component, addresses, server))
                  if server is not None else None)
     try:
@@ -291,8 +293,6 @@ async def _get_component_candidates(
         if reflexive is not None:
             reflexive.cancel()
         raise
-    if not (_tcp and addresses):
-        return candidates
     protocols: list[Any] = await icetcp.gather(self, component, addresses)
     if reflexive is not None and server is not None:
         done, _pending = await asyncio.wait({reflexive}, timeout=icetcp.SO_GATHER_GRACE)
@@ -322,13 +322,9 @@ def _tcp_stun_server(connection: Connection) -> tuple[str, int] | None:
 
 
 def set_tcp(enabled: bool) -> None:
-    """Gather TCP host candidates in the connections made from now on (or not)."""
+    """Gather TCP candidates in the connections made from now on (or not)."""
     global _tcp
     _tcp = enabled
-
-
-def tcp() -> bool:
-    return _tcp
 
 
 def set_upgrade(upgrade: Upgrade) -> None:

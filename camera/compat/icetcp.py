@@ -359,14 +359,11 @@ class PassiveTcp(TcpProtocol):
     async def listen(cls, receiver: Connection, host: str, component: int) -> PassiveTcp:
         loop = asyncio.get_running_loop()
         protocol = cls(receiver, local_candidate(component, "passive", host, 0))
-        server = await loop.create_server(lambda: protocol._accept(), host=host, port=0,
+        server = await loop.create_server(lambda: _Stream(protocol), host=host, port=0,
                                           backlog=MAX_CONNECTIONS)
         protocol.server = server
         protocol.local_candidate.port = server.sockets[0].getsockname()[1]
         return protocol
-
-    def _accept(self) -> _Stream:
-        return _Stream(self)
 
     def _stream_made(self, stream: _Stream) -> None:
         if self._closed or len(self._streams) >= MAX_CONNECTIONS:
